@@ -1,0 +1,20 @@
+"""pipeplan's simulation engine: schedule IR, generators, checker and discrete-event simulator.
+
+Knows stages, devices, links, bytes and seconds; knows nothing of transformers.
+"""
+from .checker import check_schedule
+from .ir import Action, Schedule, ScheduleError, from_csv, to_csv
+from .schedules import SCHEDULES, build_schedule, gpipe, interleaved, one_f_one_b, zb_h1, zb_h2, zb_v
+
+__all__ = [
+    "Action", "Schedule", "ScheduleError", "from_csv", "to_csv", "check_schedule",
+    "SCHEDULES", "build_schedule", "gpipe", "one_f_one_b", "interleaved", "zb_h1", "zb_h2", "zb_v",
+]
+from .engine import SimResult, simulate
+from .timeline import OpRecord, Timeline, TransferRecord, bubble_fraction, busy_time, iteration_time
+from .workload import Link, Network, StageCost, Workload, uniform_network, uniform_workload
+
+__all__ += [
+    "SimResult", "simulate", "OpRecord", "Timeline", "TransferRecord", "bubble_fraction", "busy_time",
+    "iteration_time", "Link", "Network", "StageCost", "Workload", "uniform_network", "uniform_workload",
+]

@@ -1,0 +1,118 @@
+"""Checks that a schedule is complete, ordered and free of cross-device wait cycles.
+
+Uses the one set of dependency rules in ``deps``; errors name the device, the action and the
+missing dependency.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from .deps import schedule_dependencies
+from .ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Action, Schedule, ScheduleError
+
+
+def check_complete(schedule: Schedule) -> None:
+    """Every (stage, micro-batch) has one F and either one B or one I and one W, on its own device."""
+    counts: Counter[Action] = Counter()
+    for device, actions in enumerate(schedule.device_actions):
+        for action in actions:
+            if not 0 <= action.stage < schedule.num_stages:
+                raise ScheduleError(
+                    f"device {device}: action {action} names stage {action.stage}, but stages are "
+                    f"0..{schedule.num_stages - 1}"
+                )
+            if not 0 <= action.microbatch < schedule.num_microbatches:
+                raise ScheduleError(
+                    f"device {device}: action {action} names micro-batch {action.microbatch}, but "
+                    f"micro-batches are 0..{schedule.num_microbatches - 1}"
+                )
+            owner = schedule.stage_to_device[action.stage]
+            if owner != device:
+                raise ScheduleError(
+                    f"device {device}: action {action} belongs to stage {action.stage}, which lives on "
+                    f"device {owner}"
+                )
+            counts[action] += 1
+    duplicated = [a for a, n in counts.items() if n > 1]
+    if duplicated:
+        a = duplicated[0]
+        raise ScheduleError(
+            f"device {schedule.stage_to_device[a.stage]}: action {a} appears {counts[a]} times; "
+            "each op runs exactly once"
+        )
+    for stage in range(schedule.num_stages):
+        device = schedule.stage_to_device[stage]
+        for mb in range(schedule.num_microbatches):
+            def has(kind: str) -> bool:
+                return counts[Action(stage, kind, mb)] > 0
+
+            if not has(FORWARD):
+                raise ScheduleError(f"device {device}: missing forward {Action(stage, FORWARD, mb)}")
+            full, inp, weight = has(FULL_BACKWARD), has(BACKWARD_INPUT), has(BACKWARD_WEIGHT)
+            if full and (inp or weight):
+                raise ScheduleError(
+                    f"device {device}: stage {stage} micro-batch {mb} has both a full backward "
+                    f"{Action(stage, FULL_BACKWARD, mb)} and split I/W ops; use one or the other"
+                )
+            if not full and not (inp and weight):
+                lacking = Action(stage, BACKWARD_WEIGHT if inp else BACKWARD_INPUT, mb)
+                if not inp and not weight:
+                    lacking = Action(stage, FULL_BACKWARD, mb)
+                raise ScheduleError(f"device {device}: missing backward {lacking}")
+
+
+def check_order_and_deadlock(schedule: Schedule) -> None:
+    """Run the action lists with unit-free dependency tracking; raise on a wait cycle.
+
+    A device blocks on its next action until every dependency has run. If all devices block,
+    the schedule deadlocks; an op that waits for a later op on its own device is reported as
+    an ordering error, since that device can never reach it.
+    """
+    deps = schedule_dependencies(schedule)
+    position = {a: (d, i) for d, acts in enumerate(schedule.device_actions) for i, a in enumerate(acts)}
+    for device, actions in enumerate(schedule.device_actions):
+        for index, action in enumerate(actions):
+            for dep in deps[action]:
+                where = position.get(dep.producer)
+                if where is None:
+                    raise ScheduleError(
+                        f"device {device}: action {action} depends on {dep.producer}, which no device runs"
+                    )
+                if where[0] == device and where[1] > index:
+                    raise ScheduleError(
+                        f"device {device}: action {action} (position {index}) runs before "
+                        f"{dep.producer} (position {where[1]}) that it depends on"
+                    )
+
+    done: set[Action] = set()
+    pointer = [0] * schedule.num_devices
+    waiting_on: dict[Action, list[int]] = {}
+    ready = list(range(schedule.num_devices))
+    while ready:
+        device = ready.pop()
+        actions = schedule.device_actions[device]
+        while pointer[device] < len(actions):
+            action = actions[pointer[device]]
+            missing = next((d.producer for d in deps[action] if d.producer not in done), None)
+            if missing is not None:
+                waiting_on.setdefault(missing, []).append(device)
+                break
+            done.add(action)
+            pointer[device] += 1
+            ready.extend(waiting_on.pop(action, ()))
+    stuck = [d for d in range(schedule.num_devices) if pointer[d] < len(schedule.device_actions[d])]
+    if stuck:
+        parts = []
+        for device in stuck:
+            action = schedule.device_actions[device][pointer[device]]
+            missing = next(d.producer for d in deps[action] if d.producer not in done)
+            parts.append(f"device {device} waits at {action} for {missing}")
+        raise ScheduleError("deadlock: " + "; ".join(parts))
+
+
+def check_schedule(schedule: Schedule) -> None:
+    """Raise ScheduleError naming the first problem; return None when the schedule can run."""
+    if schedule.num_microbatches < 1:
+        raise ScheduleError("num_microbatches must be at least 1")
+    check_complete(schedule)
+    check_order_and_deadlock(schedule)

@@ -1,0 +1,151 @@
+"""The schedule IR shared by the simulator, the planner and the validator.
+
+An action is ``(stage, kind, microbatch)``; its text form is exactly
+torch.distributed.pipelining's ``_Action`` repr: ``2F0``, ``1I3``, ``0W1``, ``3B2``.
+A schedule is, per device, the ordered list of its actions plus the stage -> device map.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple, Sequence
+
+FORWARD = "F"
+FULL_BACKWARD = "B"
+BACKWARD_INPUT = "I"
+BACKWARD_WEIGHT = "W"
+KINDS = (FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT)
+
+_ACTION_RE = re.compile(r"^\s*(\d+)([FBIW])(\d+)\s*$")
+
+
+class ScheduleError(ValueError):
+    """A schedule is malformed, incomplete or cannot run (deadlock)."""
+
+
+class Action(NamedTuple):
+    """One compute op of one micro-batch on one stage.
+
+    A NamedTuple rather than a dataclass: schedules hold hundreds of thousands of them
+    and they are dictionary keys in the checker and the engine.
+    """
+
+    stage: int
+    kind: str
+    microbatch: int
+
+    def __str__(self) -> str:
+        return f"{self.stage}{self.kind}{self.microbatch}"
+
+    @staticmethod
+    def parse(text: str) -> "Action":
+        """Parse torch's text form (``2F0``); raise ScheduleError naming the bad text."""
+        match = _ACTION_RE.match(text)
+        if not match:
+            raise ScheduleError(
+                f"action {text!r} is not of the form <stage><F|B|I|W><microbatch>, e.g. 2F0 or 1I3"
+            )
+        return Action(int(match.group(1)), match.group(2), int(match.group(3)))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-device ordered action lists plus the stage -> device map.
+
+    ``device_actions[d]`` is the order device ``d`` runs its ops in; ``stage_to_device[s]``
+    is the device that holds stage ``s``. ``name`` is informational only.
+    """
+
+    device_actions: tuple[tuple[Action, ...], ...]
+    stage_to_device: tuple[int, ...]
+    num_microbatches: int
+    name: str = "custom"
+    chunks: int = 1
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.device_actions)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_to_device)
+
+    def stages_of(self, device: int) -> list[int]:
+        return [s for s, d in enumerate(self.stage_to_device) if d == device]
+
+    def num_actions(self) -> int:
+        return sum(len(a) for a in self.device_actions)
+
+    def backward_split(self) -> bool:
+        """True when any action is an I/W pair rather than a full B."""
+        return any(a.kind == BACKWARD_WEIGHT for acts in self.device_actions for a in acts)
+
+    def to_rows(self) -> list[list[str]]:
+        return [[str(a) for a in acts] for acts in self.device_actions]
+
+
+def make_schedule(
+    device_actions: Sequence[Iterable[Action]],
+    stage_to_device: Sequence[int],
+    num_microbatches: int,
+    name: str,
+    chunks: int = 1,
+) -> Schedule:
+    return Schedule(
+        device_actions=tuple(tuple(acts) for acts in device_actions),
+        stage_to_device=tuple(stage_to_device),
+        num_microbatches=num_microbatches,
+        name=name,
+        chunks=chunks,
+    )
+
+
+def to_csv(schedule: Schedule) -> str:
+    """torch's compute-only CSV: one row per device (rank), one action per cell."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for row in schedule.to_rows():
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def from_csv(text: str, name: str = "custom") -> Schedule:
+    """Parse torch's compute-only CSV (empty cells are idle steps and are skipped).
+
+    The stage -> device map is inferred the way torch's ``_load_csv`` does: a stage belongs to
+    the row whose actions name it; a stage named on two rows is an error.
+    """
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        raise ScheduleError("schedule CSV is empty: write one row per device, e.g. '0F0,0B0'")
+    device_actions: list[list[Action]] = []
+    owner: dict[int, int] = {}
+    for device, row in enumerate(rows):
+        actions = []
+        for column, cell in enumerate(row):
+            if not cell.strip():
+                continue
+            try:
+                action = Action.parse(cell)
+            except ScheduleError as err:
+                raise ScheduleError(f"row {device + 1}, column {column + 1}: {err}") from None
+            previous = owner.setdefault(action.stage, device)
+            if previous != device:
+                raise ScheduleError(
+                    f"action {action} on device {device}: stage {action.stage} already runs on "
+                    f"device {previous}; a stage must live on exactly one device (row)"
+                )
+            actions.append(action)
+        device_actions.append(actions)
+    num_stages = max(owner) + 1
+    missing = [s for s in range(num_stages) if s not in owner]
+    if missing:
+        raise ScheduleError(
+            f"stage {missing[0]} has no actions on any device; stages must be numbered 0..{num_stages - 1}"
+        )
+    num_microbatches = 1 + max(a.microbatch for acts in device_actions for a in acts)
+    stage_to_device = [owner[s] for s in range(num_stages)]
+    chunks = max(stage_to_device.count(d) for d in range(len(device_actions)))
+    return make_schedule(device_actions, stage_to_device, num_microbatches, name, chunks)

@@ -1,0 +1,113 @@
+"""What the engine simulates: per-stage costs, per-device memory, the network, the schedule.
+
+Plain data in seconds and bytes. ``pipeplan.lower`` builds one from a model, a cluster and a plan;
+``uniform_workload`` builds the synthetic kind the ``pipeplan schedule`` command uses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .ir import Schedule, ScheduleError
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """One stage, one micro-batch.
+
+    Memory: F allocates ``activation_bytes`` when it starts. A full backward B frees all of it
+    when it ends. With the split backward, I frees everything except ``weight_grad_bytes`` (the
+    layer inputs and output gradients the weight gradient still needs) and W frees those.
+    ``backward`` is the full-backward time; it defaults to I + W.
+    """
+
+    forward: float
+    backward_input: float
+    backward_weight: float
+    backward: float | None = None
+    send_forward_bytes: float = 0.0
+    send_backward_bytes: float = 0.0
+    activation_bytes: float = 0.0
+    weight_grad_bytes: float = 0.0
+
+    @property
+    def full_backward(self) -> float:
+        return self.backward_input + self.backward_weight if self.backward is None else self.backward
+
+
+@dataclass(frozen=True)
+class Link:
+    """A one-way path between two devices: a transfer of X bytes alone takes latency + X / bandwidth.
+
+    ``ports`` name the shared resources it crosses (a GPU's NVLink port, a NIC); transfers that
+    overlap on a port share its capacity max-min fairly.
+    """
+
+    latency: float
+    bandwidth: float = math.inf
+    ports: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Network:
+    """``links[src][dst]`` for every ordered device pair; ``port_capacity`` in bytes per second."""
+
+    links: tuple[tuple[Link, ...], ...]
+    port_capacity: dict[str, float] = field(default_factory=dict)
+
+    def link(self, src: int, dst: int) -> Link:
+        return self.links[src][dst]
+
+
+@dataclass(frozen=True)
+class Workload:
+    schedule: Schedule
+    stages: tuple[StageCost, ...]
+    network: Network
+    static_bytes: tuple[float, ...] = ()
+    capacity_bytes: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        p = self.schedule.num_devices
+        if len(self.stages) != self.schedule.num_stages:
+            raise ScheduleError(
+                f"stages: the workload has {len(self.stages)} stage costs but the schedule has "
+                f"{self.schedule.num_stages} stages"
+            )
+        if len(self.network.links) != p or any(len(row) != p for row in self.network.links):
+            raise ScheduleError(f"network: links must be a {p}x{p} table, one per device pair")
+        if self.static_bytes and len(self.static_bytes) != p:
+            raise ScheduleError(f"static_bytes: need one value per device ({p})")
+        if self.capacity_bytes and len(self.capacity_bytes) != p:
+            raise ScheduleError(f"capacity_bytes: need one value per device ({p})")
+
+
+def uniform_network(num_devices: int, latency: float = 0.0, bandwidth: float = math.inf) -> Network:
+    """Every device pair joined by the same private link (no shared ports)."""
+    link = Link(latency, bandwidth)
+    return Network(tuple(tuple(link for _ in range(num_devices)) for _ in range(num_devices)))
+
+
+def uniform_workload(
+    schedule: Schedule,
+    forward: float = 1.0,
+    backward_input: float = 1.0,
+    backward_weight: float = 1.0,
+    comm: float = 0.0,
+) -> Workload:
+    """Identical stages, unit activations, a fixed transfer time: the textbook setting.
+
+    Each stage allocates 1 "byte" of activations per micro-batch, so memory curves count
+    micro-batch activations alive (one per stage-chunk held).
+    """
+    for name, value in (("f", forward), ("b", backward_input), ("w", backward_weight), ("comm", comm)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise ScheduleError(f"{name}: times must be finite and >= 0 (got {value})")
+    cost = StageCost(forward, backward_input, backward_weight, activation_bytes=1.0, weight_grad_bytes=0.5)
+    return Workload(
+        schedule=schedule,
+        stages=tuple(cost for _ in range(schedule.num_stages)),
+        network=uniform_network(schedule.num_devices, latency=comm),
+        static_bytes=tuple(0.0 for _ in range(schedule.num_devices)),
+        capacity_bytes=tuple(math.inf for _ in range(schedule.num_devices)),
+    )
