@@ -1,0 +1,38 @@
+"""pipeplan: plan, simulate and validate pipeline-parallel training.
+
+Public API; everything not re-exported here may move.
+"""
+from simulator import (
+    SCHEDULES,
+    Action,
+    Schedule,
+    ScheduleError,
+    Timeline,
+    bubble_fraction,
+    build_schedule,
+    check_schedule,
+    from_csv,
+    gpipe,
+    interleaved,
+    one_f_one_b,
+    to_csv,
+    zb_h1,
+    zb_h2,
+    zb_v,
+)
+
+from .api import PlanResult, simulate
+from .cluster import CLUSTER_PRESETS, ClusterSpec, GPUSpec, LinkSpec, load_cluster
+from .errors import SpecError
+from .lowering import lower
+from .model import MODEL_PRESETS, ModelSpec, load_model
+from .plan import Plan, even_split
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCHEDULES", "Action", "Schedule", "ScheduleError", "Timeline", "bubble_fraction", "build_schedule",
+    "check_schedule", "from_csv", "to_csv", "gpipe", "one_f_one_b", "interleaved", "zb_h1", "zb_h2", "zb_v",
+    "PlanResult", "simulate", "CLUSTER_PRESETS", "ClusterSpec", "GPUSpec", "LinkSpec", "load_cluster",
+    "SpecError", "lower", "MODEL_PRESETS", "ModelSpec", "load_model", "Plan", "even_split",
+]

@@ -1,0 +1,53 @@
+"""The ``pipeplan`` command line. Each subcommand lives in its own module with ``register(subparsers)``.
+
+Heavy libraries (matplotlib, ortools, torch) are imported inside the handlers so ``--help`` is quick.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import USER_ERRORS
+
+# Modules that each add one or more subcommands, in the order --help lists them.
+COMMAND_MODULES = ["schedule", "simulate", "presets"]
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="pipeplan",
+        description="Plan, simulate and validate pipeline-parallel training schedules.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except USER_ERRORS as err:
+        print(f"pipeplan {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `pipeplan ... --json | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("pipeplan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""``pipeplan schedule``: a named schedule on synthetic uniform stage costs."""
+from __future__ import annotations
+
+import argparse
+
+from simulator.engine import simulate
+from simulator.ir import to_csv
+from simulator.schedules import SCHEDULES, build_schedule
+from simulator.workload import uniform_workload
+
+from ..fileio import write_atomic
+from .output import fmt_pct, print_json, table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "schedule",
+        help="simulate a named schedule with uniform synthetic stage costs",
+        description="Simulate a schedule where every stage takes the same time. B is the input-gradient "
+        "time and W the weight-gradient time; a full backward (gpipe, 1f1b, interleaved) takes B + W. "
+        "Times are per stage, i.e. per chunk where a device holds several.",
+    )
+    p.add_argument("name", choices=list(SCHEDULES), metavar="NAME", help=f"one of {', '.join(SCHEDULES)}")
+    p.add_argument("--devices", "-p", type=int, required=True, help="pipeline devices p")
+    p.add_argument("--microbatches", "-m", type=int, required=True, help="micro-batches m")
+    p.add_argument("--chunks", "-v", type=int, default=None, help="chunks per device (interleaved: 2+, zb-v: 2)")
+    p.add_argument("--f", type=float, default=1.0, help="forward time per stage (default 1)")
+    p.add_argument("--b", type=float, default=1.0, help="input-gradient time per stage (default 1)")
+    p.add_argument("--w", type=float, default=1.0, help="weight-gradient time per stage (default 1)")
+    p.add_argument("--comm", type=float, default=0.0, help="fixed transfer time between devices (default 0)")
+    p.add_argument("--csv", metavar="FILE", help="write the schedule as torch's compute-only CSV")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    schedule = build_schedule(args.name, args.devices, args.microbatches, args.chunks)
+    result = simulate(uniform_workload(schedule, args.f, args.b, args.w, args.comm))
+    if args.csv:
+        write_atomic(args.csv, to_csv(schedule))
+    if args.json:
+        print_json(
+            {
+                "schedule": schedule.name,
+                "devices": schedule.num_devices,
+                "microbatches": schedule.num_microbatches,
+                "chunks": schedule.chunks,
+                "bubble_fraction": result.bubble_fraction,
+                "iteration_time": result.iteration_time,
+                "peak_activations": result.peak_activations,
+                "device_bubble_fraction": result.device_bubble_fraction,
+                "busy_time": result.busy_time,
+            }
+        )
+        return 0
+    print(
+        f"{schedule.name}: p={schedule.num_devices} m={schedule.num_microbatches} v={schedule.chunks}  "
+        f"bubble {fmt_pct(result.bubble_fraction)}  iteration time {result.iteration_time:g}"
+    )
+    rows = [
+        [d, " ".join(map(str, schedule.stages_of(d))), f"{result.busy_time[d]:g}",
+         fmt_pct(result.device_bubble_fraction[d]), result.peak_activations[d]]
+        for d in range(schedule.num_devices)
+    ]
+    print(table(["device", "stages", "busy", "bubble", "peak activations"], rows))
+    if args.csv:
+        print(f"wrote {args.csv}")
+    return 0

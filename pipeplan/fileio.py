@@ -1,0 +1,52 @@
+"""Reading spec files and writing outputs atomically (temp file + rename, never half-written)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError
+
+
+def load_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """Load a JSON or YAML file holding one mapping; errors name the file and the problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"{what}: file {str(p)!r} does not exist; give a preset name or a path to a JSON/YAML file")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as err:  # the parser's own message says where
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SpecError(f"{what}: cannot parse {str(p)!r}: {first_line}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{what}: {str(p)!r} must hold a mapping (JSON object), not {type(data).__name__}")
+    return data
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise SpecError(f"output: folder {str(folder)!r} does not exist; create it or choose another path")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,147 @@
+"""A pipeline plan: where to cut, which schedule, how to micro-batch, what to recompute, where to place.
+
+JSON round trip with a format version; validation names the bad field and how to fix it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from simulator.schedules import SCHEDULES
+
+from .errors import SpecError, positive_int
+from .fileio import load_mapping
+
+PLAN_FORMAT_VERSION = 1
+RECOMPUTE_CHOICES = ("none", "full")
+
+
+def even_split(num_layers: int, num_stages: int) -> tuple[int, ...]:
+    """Layers per stage as equal as possible, the remainder spread over the first stages."""
+    if num_stages > num_layers:
+        raise SpecError(
+            f"stages: {num_stages} stages need at least {num_stages} layers, the model has {num_layers}; "
+            "use fewer pipeline devices or chunks"
+        )
+    base, extra = divmod(num_layers, num_stages)
+    return tuple(base + (1 if s < extra else 0) for s in range(num_stages))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything needed to simulate or run one pipeline configuration.
+
+    ``layers_per_stage[s]`` counts pipeline layers (embedding, blocks, head) in stage s; stages are
+    numbered along the model, and stage s runs on the device the schedule maps it to. ``placement[d]``
+    is the GPU index (node-major) that pipeline device d runs on; by default device d takes GPU
+    d·dp, the layout Megatron's rank order (pipeline outermost) gives one data-parallel replica.
+    """
+
+    model: str | dict
+    cluster: str | dict
+    schedule: str
+    pp: int
+    num_microbatches: int
+    microbatch_size: int
+    layers_per_stage: tuple[int, ...]
+    chunks: int = 1
+    recompute: tuple[str, ...] = ()
+    seq_len: int | None = None
+    nodes: int | None = None
+    dp: int = 1
+    distributed_optimizer: bool = False
+    placement: tuple[int, ...] = ()
+    schedule_csv: str | None = None
+    format_version: int = PLAN_FORMAT_VERSION
+    notes: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        positive_int("plan.pp", self.pp)
+        positive_int("plan.num_microbatches", self.num_microbatches)
+        positive_int("plan.microbatch_size", self.microbatch_size)
+        positive_int("plan.chunks", self.chunks)
+        positive_int("plan.dp", self.dp)
+        if self.seq_len is not None:
+            positive_int("plan.seq_len", self.seq_len)
+        if self.format_version != PLAN_FORMAT_VERSION:
+            raise SpecError(
+                f"plan.format_version: this pipeplan reads version {PLAN_FORMAT_VERSION}, the file says "
+                f"{self.format_version}; re-create the plan with `pipeplan optimize`"
+            )
+        if self.schedule != "custom" and self.schedule not in SCHEDULES:
+            raise SpecError(f"plan.schedule: unknown {self.schedule!r}; choose one of {', '.join(SCHEDULES)} or custom")
+        if self.schedule == "custom" and not self.schedule_csv:
+            raise SpecError("plan.schedule_csv: a custom schedule needs the path of its torch-format CSV")
+        if any(n < 1 for n in self.layers_per_stage):
+            raise SpecError("plan.layers_per_stage: every stage needs at least one layer")
+        if self.recompute and len(self.recompute) != len(self.layers_per_stage):
+            raise SpecError(
+                f"plan.recompute: give one value per stage ({len(self.layers_per_stage)}), got {len(self.recompute)}"
+            )
+        bad = [r for r in self.recompute if r not in RECOMPUTE_CHOICES]
+        if bad:
+            raise SpecError(f"plan.recompute: {bad[0]!r} is not one of {', '.join(RECOMPUTE_CHOICES)}")
+        if self.placement and len(self.placement) != self.pp:
+            raise SpecError(f"plan.placement: give one GPU index per pipeline device ({self.pp})")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.layers_per_stage)
+
+    @property
+    def cut_points(self) -> tuple[int, ...]:
+        """Index of the first layer of every stage after the first."""
+        cuts, total = [], 0
+        for n in self.layers_per_stage[:-1]:
+            total += n
+            cuts.append(total)
+        return tuple(cuts)
+
+    def stage_layers(self, stage: int) -> range:
+        start = sum(self.layers_per_stage[:stage])
+        return range(start, start + self.layers_per_stage[stage])
+
+    def recompute_of(self, stage: int) -> bool:
+        return bool(self.recompute) and self.recompute[stage] == "full"
+
+    def gpus(self) -> list[int]:
+        return list(self.placement) if self.placement else [d * self.dp for d in range(self.pp)]
+
+    def with_(self, **changes: Any) -> "Plan":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["layers_per_stage"] = list(self.layers_per_stage)
+        data["recompute"] = list(self.recompute) or ["none"] * self.num_stages
+        data["placement"] = self.gpus()
+        data["cut_points"] = list(self.cut_points)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "Plan":
+        data = dict(data)
+        data.pop("cut_points", None)  # derived; layers_per_stage is the source of truth
+        known = set(Plan.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"plan.{unknown[0]}: unknown field; known fields are {', '.join(sorted(known))}")
+        for required in ("model", "cluster", "schedule", "pp", "num_microbatches", "microbatch_size", "layers_per_stage"):
+            if required not in data:
+                raise SpecError(f"plan.{required}: required field is missing")
+        for key in ("layers_per_stage", "recompute", "placement"):
+            if key in data:
+                if not isinstance(data[key], (list, tuple)):
+                    raise SpecError(f"plan.{key}: must be a list")
+                data[key] = tuple(data[key])
+        if "layers_per_stage" in data and not all(isinstance(n, int) and not isinstance(n, bool) for n in data["layers_per_stage"]):
+            raise SpecError("plan.layers_per_stage: must be a list of integers")
+        return Plan(**data)
+
+    @staticmethod
+    def load(path: str) -> "Plan":
+        return Plan.from_dict(load_mapping(path, "plan"))
