@@ -139,6 +139,8 @@ def from_csv(text: str, name: str = "custom") -> Schedule:
                 )
             actions.append(action)
         device_actions.append(actions)
+    if not owner:
+        raise ScheduleError("schedule CSV holds no actions: write one row per device, e.g. '0F0,0B0'")
     num_stages = max(owner) + 1
     missing = [s for s in range(num_stages) if s not in owner]
     if missing:

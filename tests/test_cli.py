@@ -1,0 +1,94 @@
+"""The pipeplan command line, run as a real subprocess."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pipeplan(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pipeplan", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+
+def test_schedule_1f1b_json_prints_three_nineteenths():
+    out = pipeplan("schedule", "1f1b", "--devices", "4", "--microbatches", "16", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["bubble_fraction"] == pytest.approx(3 / 19, abs=1e-12)
+    assert str(data["bubble_fraction"]).startswith("0.15789")
+    assert data["peak_activations"] == [4, 3, 2, 1]
+
+
+def test_schedule_gpipe_one_microbatch_is_three_quarters_idle():
+    data = json.loads(pipeplan("schedule", "gpipe", "--devices", "4", "--microbatches", "1", "--json").stdout)
+    assert data["bubble_fraction"] == 0.75
+
+
+def test_schedule_csv_is_written_and_reads_back(tmp_path):
+    target = tmp_path / "zbv.csv"
+    out = pipeplan("schedule", "zb-v", "-p", "4", "-m", "8", "--csv", str(target))
+    assert out.returncode == 0, out.stderr
+    rows = target.read_text().strip().split("\n")
+    assert len(rows) == 4 and all(len(r.split(",")) == 2 * 8 * 3 for r in rows)
+    # The same file runs as a custom schedule on a preset model.
+    sim = pipeplan("simulate", "--model", "llama3-8b", "--schedule-csv", str(target), "--json")
+    assert sim.returncode == 0, sim.stderr
+    data = json.loads(sim.stdout)
+    assert data["plan"]["schedule"] == "custom" and len(data["plan"]["layers_per_stage"]) == 8
+
+
+@pytest.mark.parametrize("args,field", [
+    (["schedule", "1f1b", "--devices", "0", "--microbatches", "4"], "devices"),
+    (["schedule", "interleaved", "-p", "3", "-m", "7"], "microbatches"),
+    (["schedule", "zb-v", "-p", "4", "-m", "8", "--chunks", "3"], "chunks"),
+    (["schedule", "1f1b", "-p", "4", "-m", "x"], "--microbatches"),
+    (["schedule", "1f1b", "-p", "4", "-m", "4", "--f", "-1"], "f:"),
+    (["simulate", "--model", "gpt5"], "model"),
+    (["simulate", "missing.json"], "plan"),
+])
+def test_bad_input_is_one_line_exit_2_no_traceback(args, field):
+    out = pipeplan(*args)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert field in out.stderr
+
+
+def test_bad_csv_leaves_no_output_file(tmp_path):
+    target = tmp_path / "never.csv"
+    out = pipeplan("schedule", "interleaved", "-p", "3", "-m", "7", "--csv", str(target))
+    assert out.returncode == 2 and not target.exists()
+
+
+def test_broken_custom_schedule_names_the_action(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("0F0,0B0\n1B0,1F0\n")
+    out = pipeplan("simulate", "--model", "tiny", "--cluster", "pcie-l40s", "--schedule-csv", str(bad))
+    assert out.returncode == 2
+    assert "device 1: action 1B0" in out.stderr
+
+
+def test_simulate_plan_file(tmp_path):
+    plan = {
+        "model": "llama3-8b", "cluster": "dgx-h100", "schedule": "1f1b", "pp": 8, "num_microbatches": 16,
+        "microbatch_size": 1, "layers_per_stage": [5, 4, 4, 4, 4, 4, 4, 5],
+    }
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    out = pipeplan("simulate", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["fits"] and len(data["peak_memory"]) == 8 and 0 < data["bubble_fraction"] < 1
+    human = pipeplan("simulate", str(path))
+    assert "bubble" in human.stdout and "tokens/s" in human.stdout
+
+
+def test_presets_are_listed():
+    models = pipeplan("models").stdout
+    assert all(name in models for name in ("gpt3-175b", "llama3-8b", "llama3-70b", "llama3-405b", "gpt2-xl", "tiny"))
+    clusters = pipeplan("clusters").stdout
+    assert all(name in clusters for name in ("dgx-h100", "dgx-a100", "pcie-l40s"))

@@ -1,0 +1,78 @@
+"""Invariants of every simulation over random schedules, costs and links (hypothesis)."""
+from collections import defaultdict
+
+from hypothesis import given, settings, strategies as st
+
+from simulator import Link, Network, StageCost, Workload, build_schedule, check_schedule, simulate
+from simulator.deps import schedule_dependencies
+
+SCHEDULE_CHOICES = [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("interleaved", 3), ("zb-h1", 1),
+                    ("zb-h2", 1), ("zb-v", 2)]
+
+
+@st.composite
+def workloads(draw):
+    name, v = draw(st.sampled_from(SCHEDULE_CHOICES))
+    p = draw(st.integers(1, 5))
+    m = draw(st.integers(1, 9))
+    if name == "interleaved":
+        m = p * draw(st.integers(1, 3))
+    schedule = build_schedule(name, p, m, v)
+    times = st.floats(0.0, 5.0, allow_nan=False)
+    stages = tuple(
+        StageCost(draw(times), draw(times), draw(times), send_forward_bytes=draw(st.floats(0, 1e6)),
+                  send_backward_bytes=draw(st.floats(0, 1e6)), activation_bytes=draw(st.floats(0, 100)),
+                  weight_grad_bytes=0.0)
+        for _ in range(schedule.num_stages)
+    )
+    stages = tuple(StageCost(s.forward, s.backward_input, s.backward_weight, None, s.send_forward_bytes,
+                             s.send_backward_bytes, s.activation_bytes, s.activation_bytes * draw(st.floats(0, 1)))
+                   for s in stages)
+    shared = draw(st.booleans())  # one shared port for everything, or a private port pair per device
+    bandwidth = draw(st.floats(1e5, 1e7))
+    latency = draw(st.floats(0, 0.5))
+    links = tuple(
+        tuple(Link(latency, bandwidth, ("bus",) if shared else (f"out{a}", f"in{b}")) for b in range(p))
+        for a in range(p)
+    )
+    capacity = {"bus": bandwidth} if shared else {f"{d}{k}": bandwidth for k in range(p) for d in ("out", "in")}
+    static = tuple(draw(st.floats(0, 50)) for _ in range(p))
+    return Workload(schedule, stages, Network(links, capacity), static_bytes=static)
+
+
+@settings(max_examples=150, deadline=None)
+@given(workloads())
+def test_simulation_invariants(workload):
+    schedule = workload.schedule
+    check_schedule(schedule)
+    result = simulate(workload)
+    ops = result.timeline.ops
+    # Each op exactly once.
+    assert sorted(o.action for o in ops) == sorted(a for acts in schedule.device_actions for a in acts)
+    end = {o.action: o.end for o in ops}
+    start = {o.action: o.start for o in ops}
+    arrival = {(t.action, t.consumer): t.end for t in result.timeline.transfers}
+    # No op starts before its inputs have arrived (same device: the producer's end; else the transfer's).
+    for consumer, deps in schedule_dependencies(schedule).items():
+        for dep in deps:
+            ready = arrival.get((dep.producer, consumer), end[dep.producer])
+            assert start[consumer] >= ready - 1e-9
+    # Transfers never finish faster than latency + bytes / bandwidth alone.
+    for t in result.timeline.transfers:
+        link = workload.network.link(t.src, t.dst)
+        assert t.end - t.start >= link.latency + t.nbytes / link.bandwidth - 1e-9
+    # Compute ops on one device never overlap, and run in the listed order.
+    by_device = defaultdict(list)
+    for o in ops:
+        by_device[o.device].append(o)
+    for d, acts in enumerate(schedule.device_actions):
+        timed = sorted(by_device[d], key=lambda o: (o.start, o.end))
+        for a, b in zip(timed, timed[1:]):
+            assert b.start >= a.end - 1e-9
+        order = [start[a] for a in acts]
+        assert order == sorted(order)
+    # Memory never below static, and back to static at the end.
+    for d, (times, levels) in enumerate(result.memory):
+        assert min(levels) >= workload.static_bytes[d] - 1e-6
+        assert abs(levels[-1] - workload.static_bytes[d]) < 1e-6
+    assert 0.0 <= result.bubble_fraction <= 1.0
