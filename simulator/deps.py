@@ -48,22 +48,34 @@ def backward_kind_map(actions: Iterable[Action]) -> dict[tuple[int, int], str]:
     return kinds
 
 
+def producer_keys(
+    stage: int, kind: str, mb: int, num_stages: int, grad_kind: dict[tuple[int, int], str]
+) -> list[tuple[tuple[int, str, int], str]]:
+    """The rules themselves, on plain tuples: [((stage, kind, microbatch), direction), ...].
+
+    Plain tuples hash and compare like ``Action``s, so the engine looks them up in an
+    Action-keyed table without building objects in its set-up loop.
+    """
+    if kind == FORWARD:
+        return [((stage - 1, FORWARD, mb), "fwd")] if stage > 0 else []
+    if kind in SENDS_BACKWARD:
+        if stage < num_stages - 1:
+            upstream_kind = grad_kind.get((stage + 1, mb), FULL_BACKWARD)
+            return [((stage, FORWARD, mb), "local"), ((stage + 1, upstream_kind, mb), "bwd")]
+        return [((stage, FORWARD, mb), "local")]
+    if kind == BACKWARD_WEIGHT:
+        return [((stage, BACKWARD_INPUT, mb), "local")]
+    raise ScheduleError(f"unknown action kind {kind!r} in {stage}{kind}{mb}")
+
+
 def dependencies_of(
     action: Action, num_stages: int, grad_kind: dict[tuple[int, int], str]
 ) -> list[Dependency]:
     """The actions ``action`` must wait for (see the module docstring for the rules)."""
-    stage, kind, mb = action
-    if kind == FORWARD:
-        return [Dependency(Action(stage - 1, FORWARD, mb), "fwd")] if stage > 0 else []
-    if kind in SENDS_BACKWARD:
-        deps = [Dependency(Action(stage, FORWARD, mb), "local")]
-        if stage < num_stages - 1:
-            upstream_kind = grad_kind.get((stage + 1, mb), FULL_BACKWARD)
-            deps.append(Dependency(Action(stage + 1, upstream_kind, mb), "bwd"))
-        return deps
-    if kind == BACKWARD_WEIGHT:
-        return [Dependency(Action(stage, BACKWARD_INPUT, mb), "local")]
-    raise ScheduleError(f"unknown action kind {kind!r} in {action}")
+    return [
+        Dependency(Action(*key), direction)
+        for key, direction in producer_keys(action.stage, action.kind, action.microbatch, num_stages, grad_kind)
+    ]
 
 
 def schedule_dependencies(schedule: Schedule) -> dict[Action, list[Dependency]]:

@@ -7,7 +7,12 @@ inputs have arrived. Transfers crossing a shared port split its capacity max-min
 the transfers overlapping them; a transfer of X bytes alone takes latency + X / bandwidth
 (latency is paid after the bytes leave, as propagation).
 
-The hot loop works on integer ids and flat lists built once up front; records are made after.
+Two ways to the same times. Without contention (no two transfers ever overlap on a port) every
+op's start is max(device free, inputs arrived) with a fixed delay per edge: a single pass over the
+ops in dependency order computes it exactly. ``simulate`` takes that pass first, checks the
+transfers for overlap on any port, and only when some overlap runs the event loop, where
+overlapping transfers share bandwidth. Both work on integer ids and flat lists built once up
+front; records are made after.
 """
 from __future__ import annotations
 
@@ -15,19 +20,11 @@ import heapq
 import math
 from dataclasses import dataclass
 
-from .checker import check_schedule
-from .deps import schedule_dependencies
+from .checker import check_complete, check_order_and_deadlock
+from .deps import backward_kind_map, producer_keys
 from .ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, ScheduleError
 from .memory import memory_curves, peak_live_microbatches, peak_memory
-from .timeline import (
-    OpRecord,
-    Timeline,
-    TransferRecord,
-    bubble_fraction,
-    busy_time,
-    device_bubble_fractions,
-    iteration_time,
-)
+from .timeline import OpRecord, Timeline, TransferRecord
 from .workload import Workload
 
 
@@ -140,67 +137,165 @@ class _Flows:
         return flows
 
 
-def simulate(workload: Workload, check: bool = True) -> SimResult:
-    """Time ``workload.schedule`` on ``workload``'s stages and network; see the module docstring."""
-    schedule = workload.schedule
-    if check:
-        check_schedule(schedule)
-    p = schedule.num_devices
-    deps = schedule_dependencies(schedule)
+@dataclass
+class _Compiled:
+    """A workload flattened to integer op ids (device-major order)."""
 
-    # Integer ids for ops, in device order.
+    actions: list
+    op_device: list[int]
+    device_ops: list[list[int]]
+    duration: list[float]
+    # Per consumer: (producer, delay when alone or -1.0 when local, transfer spec or None).
+    producers: list[list[tuple[int, float, tuple | None]]]
+
+
+def _compile(workload: Workload) -> _Compiled:
+    schedule = workload.schedule
     actions = [a for acts in schedule.device_actions for a in acts]
     op_id = {a: i for i, a in enumerate(actions)}
-    n = len(actions)
-    op_device = [0] * n
+    op_device: list[int] = []
     device_ops: list[list[int]] = []
-    i = 0
     for d, acts in enumerate(schedule.device_actions):
-        device_ops.append(list(range(i, i + len(acts))))
-        for _ in acts:
-            op_device[i] = d
-            i += 1
-    duration = [0.0] * n
-    for i, a in enumerate(actions):
-        cost = workload.stages[a.stage]
-        if a.kind == FORWARD:
-            duration[i] = cost.forward
-        elif a.kind == FULL_BACKWARD:
-            duration[i] = cost.full_backward
-        elif a.kind == BACKWARD_INPUT:
-            duration[i] = cost.backward_input
-        elif a.kind == BACKWARD_WEIGHT:
-            duration[i] = cost.backward_weight
-
-    # Consumers of each op: (consumer, None) when local, else (consumer, transfer spec).
-    pending = [0] * n
-    ready_at = [0.0] * n
-    consumers: list[list[tuple[int, tuple | None]]] = [[] for _ in range(n)]
-    for consumer, dep_list in deps.items():
-        c = op_id[consumer]
-        pending[c] = len(dep_list)
-        for dep in dep_list:
-            prod = op_id[dep.producer]
-            src, dst = op_device[prod], op_device[c]
+        device_ops.append(list(range(len(op_device), len(op_device) + len(acts))))
+        op_device.extend([d] * len(acts))
+    stages = workload.stages
+    per_kind = [
+        {FORWARD: c.forward, FULL_BACKWARD: c.full_backward, BACKWARD_INPUT: c.backward_input,
+         BACKWARD_WEIGHT: c.backward_weight}
+        for c in stages
+    ]
+    duration = [per_kind[a[0]][a[1]] for a in actions]
+    grad_kind = backward_kind_map(actions)
+    num_stages = schedule.num_stages
+    network = workload.network
+    capacity = network.port_capacity
+    edge_cache: dict[tuple[int, int, str, int], tuple[float, tuple | None]] = {}
+    producers: list[list[tuple[int, float, tuple | None]]] = []
+    for i, (stage, kind, mb) in enumerate(actions):
+        entry = []
+        for key, direction in producer_keys(stage, kind, mb, num_stages, grad_kind):
+            prod = op_id[key]
+            src, dst = op_device[prod], op_device[i]
             if src == dst:
-                consumers[prod].append((c, None))
+                entry.append((prod, -1.0, None))
                 continue
-            cost = workload.stages[dep.producer.stage]
-            nbytes = cost.send_forward_bytes if dep.direction == "fwd" else cost.send_backward_bytes
-            link = workload.network.link(src, dst)
-            consumers[prod].append((c, (src, dst, nbytes, link.latency, link.bandwidth, link.ports)))
+            cache_key = (src, dst, direction, key[0])
+            cached = edge_cache.get(cache_key)
+            if cached is None:
+                cost = stages[key[0]]
+                nbytes = cost.send_forward_bytes if direction == "fwd" else cost.send_backward_bytes
+                link = network.link(src, dst)
+                rate = link.bandwidth
+                for port in link.ports:
+                    rate = min(rate, capacity.get(port, math.inf))
+                if nbytes <= 0 or math.isinf(rate):
+                    cached = (link.latency, (src, dst, 0.0 if nbytes <= 0 else nbytes, link.latency, math.inf, ()))
+                else:
+                    cached = (link.latency + nbytes / rate, (src, dst, nbytes, link.latency, link.bandwidth, link.ports))
+                edge_cache[cache_key] = cached
+            entry.append((prod, cached[0], cached[1]))
+        producers.append(entry)
+    return _Compiled(actions, op_device, device_ops, duration, producers)
 
+
+def _uncontended_times(c: _Compiled, p: int) -> tuple[list[float], list[float]] | None:
+    """Start/end of every op assuming each transfer has its link to itself; None on a wait cycle."""
+    n = len(c.actions)
+    start = [0.0] * n
+    end = [-1.0] * n
+    free = [0.0] * p
+    pointer = [0] * p
+    waiting: dict[int, list[int]] = {}
+    device_ops, producers, duration = c.device_ops, c.producers, c.duration
+    stack = list(range(p))
+    done = 0
+    while stack:
+        d = stack.pop()
+        ops = device_ops[d]
+        ptr = pointer[d]
+        t_free = free[d]
+        while ptr < len(ops):
+            o = ops[ptr]
+            ready = t_free
+            blocked = -1
+            for prod, delay, _ in producers[o]:
+                e = end[prod]
+                if e < 0:
+                    blocked = prod
+                    break
+                if delay > 0:
+                    e += delay
+                if e > ready:
+                    ready = e
+            if blocked >= 0:
+                waiting.setdefault(blocked, []).append(d)
+                break
+            start[o] = ready
+            t_free = end[o] = ready + duration[o]
+            ptr += 1
+            done += 1
+            woken = waiting.pop(o, None)
+            if woken:
+                stack.extend(woken)
+        pointer[d] = ptr
+        free[d] = t_free
+    return (start, end) if done == n else None
+
+
+def _transfers_contend(c: _Compiled, end: list[float]) -> bool:
+    """True when two transfers' bandwidth phases overlap on some port."""
+    busy: dict[str, list[tuple[float, float]]] = {}
+    for consumer, entry in enumerate(c.producers):
+        for prod, delay, spec in entry:
+            if spec is None or not spec[5]:
+                continue
+            t0 = end[prod]
+            phase = (t0, t0 + delay - spec[3])
+            for port in spec[5]:
+                busy.setdefault(port, []).append(phase)
+    for phases in busy.values():
+        if len(phases) < 2:
+            continue
+        phases.sort()
+        last_end = phases[0][1]
+        for t0, t1 in phases[1:]:
+            if t0 < last_end:
+                return True
+            if t1 > last_end:
+                last_end = t1
+    return False
+
+
+def _transfer_rows_uncontended(c: _Compiled, end: list[float]) -> list[list]:
+    rows = []
+    for consumer, entry in enumerate(c.producers):
+        for prod, delay, spec in entry:
+            if spec is not None:
+                rows.append([spec[0], spec[1], prod, consumer, end[prod], end[prod] + delay, spec[2]])
+    return rows
+
+
+def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[list[float], list[float], list[list]]:
+    """The general engine: transfers overlapping on a port share it max-min fairly."""
+    n = len(c.actions)
+    op_device, device_ops, duration = c.op_device, c.device_ops, c.duration
+    pending = [len(entry) for entry in c.producers]
+    consumers: list[list[tuple[int, tuple | None]]] = [[] for _ in range(n)]
+    for consumer, entry in enumerate(c.producers):
+        for prod, _, spec in entry:
+            consumers[prod].append((consumer, spec))
+    ready_at = [0.0] * n
     start = [math.nan] * n
     end = [math.nan] * n
     pointer = [0] * p
     device_free = [0.0] * p
     running = [False] * p
     transfers: list[list] = []  # [src, dst, producer, consumer, start, end, nbytes]
-    heap: list[tuple[float, int, int, int]] = []  # (time, seq, kind 0=op end 1=flow end, id/version)
+    heap: list[tuple[float, int, int, int]] = []  # (time, seq, 0 = op end | 1 = flow end, id)
     seq = 0
-    flows = _Flows(workload.network.port_capacity)
+    flows = _Flows(port_capacity)
     flow_version: dict[int, int] = {}
-    flow_info: dict[int, tuple[int, float, int]] = {}  # fid -> (consumer, latency, transfer index)
+    flow_consumer: dict[int, tuple[int, float]] = {}
     heappush, heappop = heapq.heappush, heapq.heappop
 
     def try_start(d: int) -> None:
@@ -217,12 +312,12 @@ def simulate(workload: Workload, check: bool = True) -> SimResult:
         seq += 1
         heappush(heap, (t0 + duration[o], seq, 0, o))
 
-    def deliver(c: int, t: float) -> None:
-        pending[c] -= 1
-        if t > ready_at[c]:
-            ready_at[c] = t
-        if not pending[c]:
-            try_start(op_device[c])
+    def deliver(consumer: int, t: float) -> None:
+        pending[consumer] -= 1
+        if t > ready_at[consumer]:
+            ready_at[consumer] = t
+        if not pending[consumer]:
+            try_start(op_device[consumer])
 
     def reschedule(fids: list[int], now: float) -> None:
         nonlocal seq
@@ -235,52 +330,66 @@ def simulate(workload: Workload, check: bool = True) -> SimResult:
 
     for d in range(p):
         try_start(d)
-    done = 0
     while heap:
         t, _, kind, ident = heappop(heap)
         if kind == 0:
-            o = ident
-            end[o] = t
-            done += 1
-            d = op_device[o]
+            end[ident] = t
+            d = op_device[ident]
             running[d] = False
             device_free[d] = t
             pointer[d] += 1
-            for c, spec in consumers[o]:
+            for consumer, spec in consumers[ident]:
                 if spec is None:
-                    deliver(c, t)
+                    deliver(consumer, t)
                     continue
                 src, dst, nbytes, latency, bandwidth, ports = spec
                 if nbytes <= 0 or (math.isinf(bandwidth) and not ports):
-                    arrival = t + latency + (0.0 if nbytes <= 0 else 0.0)
-                    transfers.append([src, dst, o, c, t, arrival, nbytes])
-                    deliver(c, arrival)
+                    transfers.append([src, dst, ident, consumer, t, t + latency, nbytes])
+                    deliver(consumer, t + latency)
                     continue
                 fid = len(transfers)
-                transfers.append([src, dst, o, c, t, math.nan, nbytes])
+                transfers.append([src, dst, ident, consumer, t, math.nan, nbytes])
                 flows.add(fid, nbytes, bandwidth, ports, t)
                 flow_version[fid] = 0
-                flow_info[fid] = (c, latency, fid)
+                flow_consumer[fid] = (consumer, latency)
                 reschedule(flows.component([fid]), t)
             try_start(d)
         else:
             fid, version = divmod(ident, 4096)
             if fid not in flow_version or flow_version[fid] % 4096 != version:
-                continue
-            c, latency, index = flow_info.pop(fid)
+                continue  # a stale finish time: the flow's rate changed since
+            consumer, latency = flow_consumer.pop(fid)
             del flow_version[fid]
-            arrival = t + latency
-            transfers[index][5] = arrival
+            transfers[fid][5] = t + latency
             neighbours = flows.remove(fid)
-            deliver(c, arrival)
+            deliver(consumer, t + latency)
             if neighbours:
                 reschedule(flows.component(neighbours), t)
+    return start, end, transfers
 
-    if done != n:
-        stuck = [str(schedule.device_actions[d][pointer[d]]) for d in range(p) if pointer[d] < len(device_ops[d])]
-        raise ScheduleError(f"deadlock in simulation: devices stuck at {', '.join(stuck)}")
 
-    ops = [OpRecord(op_device[i], actions[i], start[i], end[i]) for i in range(n)]
+def simulate(workload: Workload, check: bool = True, force_event_loop: bool = False) -> SimResult:
+    """Time ``workload.schedule`` on ``workload``'s stages and network; see the module docstring.
+
+    ``check`` verifies completeness first (a wait cycle is always reported, with the checker's
+    message naming each waiting device). ``force_event_loop`` skips the uncontended fast path.
+    """
+    schedule = workload.schedule
+    if check:
+        check_complete(schedule)
+    p = schedule.num_devices
+    compiled = _compile(workload)
+    times = _uncontended_times(compiled, p)
+    if times is None:
+        check_order_and_deadlock(schedule)  # raises with the named devices and actions
+        raise ScheduleError("deadlock: the schedule cannot run to completion")
+    start, end = times
+    if force_event_loop or _transfers_contend(compiled, end):
+        start, end, transfers = _event_loop(compiled, p, workload.network.port_capacity)
+    else:
+        transfers = _transfer_rows_uncontended(compiled, end)
+    actions, op_device = compiled.actions, compiled.op_device
+    ops = [OpRecord(op_device[i], actions[i], start[i], end[i]) for i in range(len(actions))]
     transfer_records = [
         TransferRecord(s, d, actions[prod], actions[c], t0, t1, nb) for s, d, prod, c, t0, t1, nb in transfers
     ]
@@ -300,12 +409,17 @@ def simulate(workload: Workload, check: bool = True) -> SimResult:
     capacity = list(workload.capacity_bytes) or [math.inf] * p
     curves = memory_curves(timeline, workload.stages, static)
     peaks = peak_memory(curves)
+    # The same definitions as timeline.busy_time / iteration_time, read off the flat arrays once.
+    busy = [0.0] * p
+    for i, d in enumerate(op_device):
+        busy[d] += end[i] - start[i]
+    total = (max(end) - min(start)) if end else 0.0
     return SimResult(
         timeline=timeline,
-        iteration_time=iteration_time(timeline),
-        bubble_fraction=bubble_fraction(timeline),
-        device_bubble_fraction=device_bubble_fractions(timeline),
-        busy_time=busy_time(timeline),
+        iteration_time=total,
+        bubble_fraction=1.0 - sum(busy) / (p * total) if total > 0 else 0.0,
+        device_bubble_fraction=[1.0 - b / total if total > 0 else 0.0 for b in busy],
+        busy_time=busy,
         memory=curves,
         peak_memory=peaks,
         capacity=capacity,
