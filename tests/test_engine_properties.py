@@ -76,3 +76,17 @@ def test_simulation_invariants(workload):
         assert min(levels) >= workload.static_bytes[d] - 1e-6
         assert abs(levels[-1] - workload.static_bytes[d]) < 1e-6
     assert 0.0 <= result.bubble_fraction <= 1.0
+
+
+@settings(max_examples=80, deadline=None)
+@given(workloads())
+def test_fast_path_and_event_loop_agree(workload):
+    # The dependency-order pass is exact when no transfers overlap on a port, and simulate() falls
+    # back to the event loop otherwise: both routes must give the same timeline.
+    default = simulate(workload)
+    forced = simulate(workload, force_event_loop=True)
+    a = sorted((str(o.action), o.start, o.end) for o in default.timeline.ops)
+    b = sorted((str(o.action), o.start, o.end) for o in forced.timeline.ops)
+    assert [x[0] for x in a] == [x[0] for x in b]
+    for (_, s1, e1), (_, s2, e2) in zip(a, b):
+        assert abs(s1 - s2) <= 1e-9 * max(1.0, abs(s2)) and abs(e1 - e2) <= 1e-9 * max(1.0, abs(e2))
