@@ -12,21 +12,40 @@ from .timeline import Timeline
 from .workload import StageCost
 
 
-def memory_events(timeline: Timeline, stages: Sequence[StageCost]) -> list[list[tuple[float, float]]]:
-    """Per device, (time, change in bytes) sorted by time with frees before allocations at a tie."""
-    events: list[list[tuple[float, int, float]]] = [[] for _ in range(timeline.num_devices)]
+def _ops_in_run_order(timeline: Timeline) -> list[list]:
+    """Per device, its ops in the order they ran (stable on ties, so zero-length ops keep list order)."""
+    per_device: list[list] = [[] for _ in range(timeline.num_devices)]
     for op in timeline.ops:
-        cost = stages[op.action.stage]
-        kind = op.action.kind
-        if kind == FORWARD:
-            events[op.device].append((op.start, 1, cost.activation_bytes))
-        elif kind == FULL_BACKWARD:
-            events[op.device].append((op.end, 0, -cost.activation_bytes))
-        elif kind == BACKWARD_INPUT:
-            events[op.device].append((op.end, 0, -(cost.activation_bytes - cost.weight_grad_bytes)))
-        elif kind == BACKWARD_WEIGHT:
-            events[op.device].append((op.end, 0, -cost.weight_grad_bytes))
-    return [[(t, delta) for t, _, delta in sorted(evs)] for evs in events]
+        per_device[op.device].append(op)
+    for ops in per_device:
+        ops.sort(key=lambda o: (o.start, o.end))
+    return per_device
+
+
+def memory_events(timeline: Timeline, stages: Sequence[StageCost]) -> list[list[tuple[float, float]]]:
+    """Per device, (time, change in bytes) in causal order.
+
+    Events sort by time, then by the op's position on its device (its start before its end),
+    so a free at the end of one op comes before the allocation of the next op starting at
+    the same instant, and never before the allocation it releases.
+    """
+    events: list[list[tuple[float, int, float]]] = []
+    for ops in _ops_in_run_order(timeline):
+        evs = []
+        for position, op in enumerate(ops):
+            cost = stages[op.action.stage]
+            kind = op.action.kind
+            if kind == FORWARD:
+                evs.append((op.start, 2 * position, cost.activation_bytes))
+            elif kind == FULL_BACKWARD:
+                evs.append((op.end, 2 * position + 1, -cost.activation_bytes))
+            elif kind == BACKWARD_INPUT:
+                evs.append((op.end, 2 * position + 1, -(cost.activation_bytes - cost.weight_grad_bytes)))
+            elif kind == BACKWARD_WEIGHT:
+                evs.append((op.end, 2 * position + 1, -cost.weight_grad_bytes))
+        evs.sort()
+        events.append(evs)
+    return [[(t, delta) for t, _, delta in evs] for evs in events]
 
 
 def memory_curves(
@@ -51,17 +70,17 @@ def peak_memory(curves: Sequence[tuple[list[float], list[float]]]) -> list[float
 
 def peak_live_microbatches(timeline: Timeline) -> list[int]:
     """Per device, the most micro-batch activations alive at once (F start to B or W end), per stage-chunk."""
-    events: list[list[tuple[float, int]]] = [[] for _ in range(timeline.num_devices)]
-    for op in timeline.ops:
-        kind = op.action.kind
-        if kind == FORWARD:
-            events[op.device].append((op.start, 1))
-        elif kind in (FULL_BACKWARD, BACKWARD_WEIGHT):
-            events[op.device].append((op.end, -1))
     peaks = []
-    for evs in events:
+    for ops in _ops_in_run_order(timeline):
+        evs = []
+        for position, op in enumerate(ops):
+            kind = op.action.kind
+            if kind == FORWARD:
+                evs.append((op.start, 2 * position, 1))
+            elif kind in (FULL_BACKWARD, BACKWARD_WEIGHT):
+                evs.append((op.end, 2 * position + 1, -1))
         level = peak = 0
-        for _, delta in sorted(evs):
+        for _, _, delta in sorted(evs):
             level += delta
             peak = max(peak, level)
         peaks.append(peak)
