@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import heapq
 import math
+
+import numpy as np
 from dataclasses import dataclass
 
 from .checker import check_complete, check_order_and_deadlock
@@ -147,6 +149,10 @@ class _Compiled:
     duration: list[float]
     # Per consumer: (producer, delay when alone or -1.0 when local, transfer spec or None).
     producers: list[list[tuple[int, float, tuple | None]]]
+    # One row per (transfer, port it crosses): producer op, bandwidth-phase length, port id.
+    port_use_producer: list[int]
+    port_use_length: list[float]
+    port_use_port: list[int]
 
 
 def _compile(workload: Workload) -> _Compiled:
@@ -171,6 +177,10 @@ def _compile(workload: Workload) -> _Compiled:
     capacity = network.port_capacity
     edge_cache: dict[tuple[int, int, str, int], tuple[float, tuple | None]] = {}
     producers: list[list[tuple[int, float, tuple | None]]] = []
+    port_ids: dict[str, int] = {}
+    use_producer: list[int] = []
+    use_length: list[float] = []
+    use_port: list[int] = []
     for i, (stage, kind, mb) in enumerate(actions):
         entry = []
         for key, direction in producer_keys(stage, kind, mb, num_stages, grad_kind):
@@ -194,8 +204,12 @@ def _compile(workload: Workload) -> _Compiled:
                     cached = (link.latency + nbytes / rate, (src, dst, nbytes, link.latency, link.bandwidth, link.ports))
                 edge_cache[cache_key] = cached
             entry.append((prod, cached[0], cached[1]))
+            for port in cached[1][5]:
+                use_producer.append(prod)
+                use_length.append(cached[0] - cached[1][3])
+                use_port.append(port_ids.setdefault(port, len(port_ids)))
         producers.append(entry)
-    return _Compiled(actions, op_device, device_ops, duration, producers)
+    return _Compiled(actions, op_device, device_ops, duration, producers, use_producer, use_length, use_port)
 
 
 def _uncontended_times(c: _Compiled, p: int) -> tuple[list[float], list[float]] | None:
@@ -243,36 +257,35 @@ def _uncontended_times(c: _Compiled, p: int) -> tuple[list[float], list[float]] 
 
 
 def _transfers_contend(c: _Compiled, end: list[float]) -> bool:
-    """True when two transfers' bandwidth phases overlap on some port."""
-    busy: dict[str, list[tuple[float, float]]] = {}
-    for consumer, entry in enumerate(c.producers):
-        for prod, delay, spec in entry:
-            if spec is None or not spec[5]:
-                continue
-            t0 = end[prod]
-            phase = (t0, t0 + delay - spec[3])
-            for port in spec[5]:
-                busy.setdefault(port, []).append(phase)
-    for phases in busy.values():
-        if len(phases) < 2:
-            continue
-        phases.sort()
-        last_end = phases[0][1]
-        for t0, t1 in phases[1:]:
-            if t0 < last_end:
-                return True
-            if t1 > last_end:
-                last_end = t1
-    return False
+    """True when two transfers' bandwidth phases overlap on some port.
+
+    Vectorised: phases sort by (port, start); offsetting each port's times by port x span keeps
+    ports apart, so one running maximum of end times finds any phase that starts before an
+    earlier one on its port has ended.
+    """
+    if len(c.port_use_port) < 2:
+        return False
+    ends = np.asarray(end)
+    t0 = ends[np.asarray(c.port_use_producer)]
+    t1 = t0 + np.asarray(c.port_use_length)
+    span = float(t1.max() - t0.min()) + 1.0
+    offset = np.asarray(c.port_use_port, dtype=float) * (2.0 * span) - float(t0.min())
+    t0, t1 = t0 + offset, t1 + offset
+    order = np.lexsort((t0, offset))
+    t0, t1 = t0[order], t1[order]
+    latest_end = np.maximum.accumulate(t1)
+    return bool(np.any(t0[1:] < latest_end[:-1]))
 
 
-def _transfer_rows_uncontended(c: _Compiled, end: list[float]) -> list[list]:
-    rows = []
+def _transfer_records_uncontended(c: _Compiled, end: list[float]) -> list[TransferRecord]:
+    actions = c.actions
+    records = []
     for consumer, entry in enumerate(c.producers):
         for prod, delay, spec in entry:
             if spec is not None:
-                rows.append([spec[0], spec[1], prod, consumer, end[prod], end[prod] + delay, spec[2]])
-    return rows
+                t0 = end[prod]
+                records.append(TransferRecord(spec[0], spec[1], actions[prod], actions[consumer], t0, t0 + delay, spec[2]))
+    return records
 
 
 def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[list[float], list[float], list[list]]:
@@ -384,15 +397,15 @@ def simulate(workload: Workload, check: bool = True, force_event_loop: bool = Fa
         check_order_and_deadlock(schedule)  # raises with the named devices and actions
         raise ScheduleError("deadlock: the schedule cannot run to completion")
     start, end = times
-    if force_event_loop or _transfers_contend(compiled, end):
-        start, end, transfers = _event_loop(compiled, p, workload.network.port_capacity)
-    else:
-        transfers = _transfer_rows_uncontended(compiled, end)
     actions, op_device = compiled.actions, compiled.op_device
+    if force_event_loop or _transfers_contend(compiled, end):
+        start, end, rows = _event_loop(compiled, p, workload.network.port_capacity)
+        transfer_records = [
+            TransferRecord(s, d, actions[prod], actions[c], t0, t1, nb) for s, d, prod, c, t0, t1, nb in rows
+        ]
+    else:
+        transfer_records = _transfer_records_uncontended(compiled, end)
     ops = [OpRecord(op_device[i], actions[i], start[i], end[i]) for i in range(len(actions))]
-    transfer_records = [
-        TransferRecord(s, d, actions[prod], actions[c], t0, t1, nb) for s, d, prod, c, t0, t1, nb in transfers
-    ]
     timeline = Timeline(
         p,
         ops,
