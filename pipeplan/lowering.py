@@ -48,11 +48,20 @@ def plan_schedule(plan: Plan, base_dir: str | Path = ".") -> Schedule:
     return build_schedule(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks)
 
 
+def _beside(spec: object, base_dir: str | Path) -> object:
+    if isinstance(spec, str) and not Path(spec).is_absolute() and (Path(base_dir) / spec).is_file():
+        return str(Path(base_dir) / spec)
+    return spec
+
+
 def resolve(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan: Plan,
             base_dir: str | Path = ".") -> Resolved:
-    """Load the specs a plan names and check that model, cluster, plan and schedule agree."""
-    model = load_model(model)
-    cluster = load_cluster(cluster, plan.nodes)
+    """Load the specs a plan names and check that model, cluster, plan and schedule agree.
+
+    Spec files named by a relative path are looked up next to the plan file (``base_dir``) first.
+    """
+    model = load_model(_beside(model, base_dir))
+    cluster = load_cluster(_beside(cluster, base_dir), plan.nodes)
     schedule = plan_schedule(plan, base_dir)
     if schedule.num_devices != plan.pp:
         raise SpecError(f"plan.pp: the schedule runs on {schedule.num_devices} devices but pp is {plan.pp}")

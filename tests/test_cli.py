@@ -87,6 +87,17 @@ def test_simulate_plan_file(tmp_path):
     assert "bubble" in human.stdout and "tokens/s" in human.stdout
 
 
+def test_plan_names_model_file_beside_it(tmp_path):
+    (tmp_path / "mini.yaml").write_text(
+        "name: mini\nnum_layers: 6\nhidden: 512\nheads: 8\nffn_hidden: 2048\nvocab: 32000\nseq_len: 1024\n")
+    plan = {"model": "mini.yaml", "cluster": "dgx-a100", "schedule": "zb-h1", "pp": 4, "num_microbatches": 8,
+            "microbatch_size": 2, "layers_per_stage": [2, 2, 2, 2]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    out = pipeplan("simulate", "plan.json", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["model"] == "mini"
+
+
 def test_presets_are_listed():
     models = pipeplan("models").stdout
     assert all(name in models for name in ("gpt3-175b", "llama3-8b", "llama3-70b", "llama3-405b", "gpt2-xl", "tiny"))
