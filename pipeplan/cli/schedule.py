@@ -9,6 +9,7 @@ from simulator.schedules import SCHEDULES, build_schedule
 from simulator.workload import uniform_workload
 
 from ..fileio import write_atomic
+from .chart_outputs import add_output_arguments, check_output_arguments, write_outputs
 from .output import fmt_pct, print_json, table
 
 
@@ -30,14 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--comm", type=float, default=0.0, help="fixed transfer time between devices (default 0)")
     p.add_argument("--csv", metavar="FILE", help="write the schedule as torch's compute-only CSV")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_output_arguments(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_arguments(args)
     schedule = build_schedule(args.name, args.devices, args.microbatches, args.chunks)
     result = simulate(uniform_workload(schedule, args.f, args.b, args.w, args.comm))
+    result.timeline.meta["time_unit"] = "unit"
     if args.csv:
         write_atomic(args.csv, to_csv(schedule))
+    written = write_outputs(args, result)
     if args.json:
         print_json(
             {
@@ -63,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
         for d in range(schedule.num_devices)
     ]
     print(table(["device", "stages", "busy", "bubble", "peak activations"], rows))
-    if args.csv:
-        print(f"wrote {args.csv}")
+    for path in ([args.csv] if args.csv else []) + written:
+        print(f"wrote {path}")
     return 0

@@ -10,6 +10,7 @@ from ..api import PlanResult, simulate
 from ..errors import SpecError
 from ..model import load_model
 from ..plan import Plan, even_split
+from .chart_outputs import add_output_arguments, check_output_arguments, write_outputs
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json, table
 
 
@@ -81,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_plan_arguments(p)
     p.add_argument("--schedule-csv", metavar="FILE", help="custom schedule (torch compute-only CSV)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_output_arguments(p)
     p.set_defaults(handler=run)
 
 
@@ -109,10 +111,15 @@ def print_result(result: PlanResult) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_arguments(args)
     plan, base = plan_from_args(args)
     result = simulate(plan=plan, base_dir=base)
+    result.timeline.meta["label"] = f"{result.resolved.model.name} {plan.schedule}"
+    written = write_outputs(args, result.sim)
     if args.json:
         print_json({**result.summary(), "plan": plan.to_dict()})
     else:
         print_result(result)
+        for path in written:
+            print(f"wrote {path}")
     return 0

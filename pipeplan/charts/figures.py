@@ -1,0 +1,96 @@
+"""Regenerate every committed figure: ``pipeplan figures`` (or ``python -m pipeplan.charts.figures``)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from simulator.engine import simulate as simulate_workload
+from simulator.schedules import SCHEDULES, build_schedule
+from simulator.workload import uniform_workload
+
+from ..api import simulate
+from ..plan import Plan
+from .bubble import bubble_vs_microbatches
+from .gantt import describe, draw_gantt
+from .memory import memory_panels
+from .render import pyplot, save_figure
+
+P, M = 4, 8
+
+
+def uniform_result(name: str, p: int = P, m: int = M):
+    """F = B = W = 1 per device's worth of work: a chunked schedule's stages take 1/v each."""
+    schedule = build_schedule(name, p, m)
+    t = 1.0 / schedule.chunks
+    result = simulate_workload(uniform_workload(schedule, t, t, t))
+    result.timeline.meta["time_unit"] = "unit"
+    return result
+
+
+def schedules_figure(path: Path) -> None:
+    results = [uniform_result(name) for name in SCHEDULES]
+    xmax = max(r.iteration_time for r in results)
+    plt = pyplot()
+    fig, axes = plt.subplots(len(results), 1, figsize=(13, 2.1 * len(results)), sharex=True)
+    timelines = [r.timeline for r in results]
+    for k, (ax, result) in enumerate(zip(axes, results)):
+        draw_gantt(ax, result.timeline, xmax=xmax, legend=k == 0, legend_from=timelines)
+        if k < len(results) - 1:
+            ax.set_xlabel("")
+    fig.suptitle(f"The six schedules at p={P}, m={M}, same work per device (F = B = W = 1; chunks split it)",
+                 x=0.01, ha="left", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, str(path))
+
+
+def memory_figure(path: Path) -> None:
+    panels = []
+    for name in ("gpipe", "1f1b", "zb-h2"):
+        result = uniform_result(name, P, 16)
+        panels.append((describe(result.timeline), result.memory, None))
+    memory_panels(panels, str(path), unit="unit")
+
+
+def preset_plan() -> Plan:
+    """llama3-8b over two DGX H100 nodes: 8 pipeline devices, data-parallel 2, so stage 3 -> 4 crosses IB."""
+    return Plan(model="llama3-8b", cluster="dgx-h100", nodes=2, dp=2, schedule="1f1b", pp=8, num_microbatches=16,
+                microbatch_size=1, layers_per_stage=(4, 4, 4, 4, 5, 5, 4, 4))
+
+
+def preset_figure(path: Path) -> None:
+    result = simulate(plan=preset_plan())
+    timeline = result.timeline
+    timeline.meta["label"] = "llama3-8b on 2x dgx-h100 (pp=8, dp=2), 1f1b"
+    # Zoom into the steady state around the inter-node hop so transfers are wide enough to see.
+    f = next(o for o in timeline.ops if o.device == 4 and o.action.kind == "B" and o.action.microbatch == 4)
+    window = (f.start - 0.12 * result.iteration_time / 8, f.end + 0.02 * result.iteration_time)
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(13, 8.5))
+    draw_gantt(axes[0], timeline)
+    draw_gantt(axes[1], timeline, window=window, legend=False,
+               title="zoom: transfers (thin lane under each row): NVLink inside a node, InfiniBand between devices 3 and 4")
+    fig.tight_layout()
+    save_figure(fig, str(path))
+
+
+FIGURES = {
+    "schedules.png": schedules_figure,
+    "bubble_vs_microbatches.png": lambda path: bubble_vs_microbatches(str(path), p=P),
+    "memory_gpipe_1f1b_zbh2.png": memory_figure,
+    "llama3-8b_dgx-h100.png": preset_figure,
+}
+
+
+def regenerate(folder: str | Path = "figures") -> list[Path]:
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, draw in FIGURES.items():
+        draw(out / name)
+        written.append(out / name)
+    return written
+
+
+if __name__ == "__main__":
+    for written_path in regenerate(sys.argv[1] if len(sys.argv) > 1 else "figures"):
+        print(f"wrote {written_path}")
