@@ -15,7 +15,12 @@ def load_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"{what}: file {str(p)!r} does not exist; give a preset name or a path to a JSON/YAML file")
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise SpecError(f"{what}: {str(p)!r} is not a text file; give a JSON or YAML file") from None
+    except OSError as err:
+        raise SpecError(f"{what}: cannot read {str(p)!r}: {err.strerror}") from None
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -39,6 +44,10 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
         raise SpecError(f"output: folder {str(folder)!r} does not exist; create it or choose another path")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
     try:
+        # mkstemp creates 0600; give the file the permissions a plain open() would (0666 minus umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, target)

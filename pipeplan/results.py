@@ -44,16 +44,20 @@ def save_simulation(result: SimResult, path: str, extra: dict[str, Any] | None =
 def load_timelines(path: str) -> list[tuple[str, Timeline]]:
     """The timelines a saved document holds: one for a simulation, (predicted, measured) for a report."""
     data = load_mapping(path, "input")
-    if data.get("kind") == DOCUMENT_KIND:
-        return [("simulated", Timeline.from_dict(data["timeline"]))]
-    if "measured" in data and "predicted" in data:
-        found = []
-        for key in ("predicted", "measured"):
-            section = data[key]
-            if isinstance(section, dict) and "timeline" in section:
-                found.append((key, Timeline.from_dict(section["timeline"])))
-        if len(found) == 2:
-            return found
+    try:
+        if data.get("kind") == DOCUMENT_KIND:
+            return [("simulated", Timeline.from_dict(data["timeline"]))]
+        if "measured" in data and "predicted" in data:
+            found = []
+            for key in ("predicted", "measured"):
+                section = data[key]
+                if isinstance(section, dict) and "timeline" in section:
+                    found.append((key, Timeline.from_dict(section["timeline"])))
+            if len(found) == 2:
+                return found
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise SpecError(f"input: {path!r} has a damaged timeline ({type(err).__name__}: {err}); "
+                        "re-save it with pipeplan simulate --timeline") from None
     raise SpecError(
         f"input: {path!r} is neither a plan, a saved simulation (pipeplan simulate --timeline) nor a "
         "validation report with measured and predicted timelines"

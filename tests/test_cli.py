@@ -103,3 +103,31 @@ def test_presets_are_listed():
     assert all(name in models for name in ("gpt3-175b", "llama3-8b", "llama3-70b", "llama3-405b", "gpt2-xl", "tiny"))
     clusters = pipeplan("clusters").stdout
     assert all(name in clusters for name in ("dgx-h100", "dgx-a100", "pcie-l40s"))
+
+
+@pytest.mark.parametrize("content", [
+    bytes(range(128, 256)),  # binary, not UTF-8
+    b'{"kind": "pipeplan.simulation", "timeline": {"ops": [1]}}',  # right kind, damaged timeline
+    b"[1, 2, 3]",  # JSON, but not a mapping
+])
+def test_gantt_rejects_bad_input_in_one_line(tmp_path, content):
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    target = tmp_path / "never.png"
+    out = pipeplan("gantt", str(bad), "-o", str(target))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "input" in out.stderr
+    assert not target.exists()
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    target = tmp_path / "s.csv"
+    old = os.umask(0o022)  # the child inherits it; a temp file + rename must not leave 0600 behind
+    try:
+        out = pipeplan("schedule", "1f1b", "-p", "2", "-m", "2", "--csv", str(target))
+    finally:
+        os.umask(old)
+    assert out.returncode == 0
+    assert target.stat().st_mode & 0o777 == 0o644
