@@ -2,7 +2,9 @@
 
 One process per device with a compute thread (tid 0) and a communication thread (tid 1); an ``X``
 event per op and per transfer, times in microseconds; a flow (``s`` on the sending transfer, ``f``
-on the op that consumes it) for every cross-device transfer.
+on the op that consumes it) for every cross-device transfer. Slices on one thread must nest, so
+sends that overlap in time (a forward and a backward send in flight together) go on extra
+communication threads (tid 2, 3, ...) rather than on top of each other.
 """
 from __future__ import annotations
 
@@ -14,6 +16,24 @@ from simulator.timeline import Timeline
 from ..fileio import write_atomic
 
 COMPUTE_TID, COMM_TID = 0, 1
+FLOW_END_INSIDE_US = 1e-3  # a flow end binds to the slice enclosing it: put it just inside the consumer
+
+
+def _comm_lanes(timeline: Timeline) -> list[int]:
+    """Per transfer, the communication thread it is drawn on: the first lane free at its start."""
+    lanes = [0] * len(timeline.transfers)
+    lane_free_at: dict[int, list[float]] = {}
+    order = sorted(range(len(timeline.transfers)), key=lambda i: (timeline.transfers[i].start, i))
+    for i in order:
+        t = timeline.transfers[i]
+        free = lane_free_at.setdefault(t.src, [])
+        lane = next((k for k, end in enumerate(free) if end <= t.start), len(free))
+        if lane == len(free):
+            free.append(t.end)
+        else:
+            free[lane] = t.end
+        lanes[i] = COMM_TID + lane
+    return lanes
 
 
 def perfetto_trace(timeline: Timeline, time_to_us: float = 1e6) -> dict[str, Any]:
@@ -24,27 +44,33 @@ def perfetto_trace(timeline: Timeline, time_to_us: float = 1e6) -> dict[str, Any
         events.append({"ph": "M", "name": "process_sort_index", "pid": d, "args": {"sort_index": d}})
         events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": COMPUTE_TID, "args": {"name": "compute"}})
         events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": COMM_TID, "args": {"name": "communication"}})
+    lanes = _comm_lanes(timeline)
+    for d in range(timeline.num_devices):
+        for extra in sorted({lane for lane, t in zip(lanes, timeline.transfers) if t.src == d} - {COMM_TID}):
+            events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": extra,
+                           "args": {"name": f"communication {extra - COMM_TID + 1}"}})
     start_of = {}
     for op in timeline.ops:
-        start_of[op.action] = (op.device, op.start)
+        start_of[op.action] = (op.device, op.start, op.end)
         events.append({
             "ph": "X", "name": str(op.action), "cat": op.action.kind, "pid": op.device, "tid": COMPUTE_TID,
             "ts": op.start * time_to_us, "dur": (op.end - op.start) * time_to_us,
             "args": {"stage": op.action.stage, "microbatch": op.action.microbatch, "kind": op.action.kind},
         })
-    for flow_id, t in enumerate(timeline.transfers):
+    for flow_id, (t, lane) in enumerate(zip(timeline.transfers, lanes)):
         name = f"send {t.action} -> {t.consumer}"
         events.append({
-            "ph": "X", "name": name, "cat": "transfer", "pid": t.src, "tid": COMM_TID,
+            "ph": "X", "name": name, "cat": "transfer", "pid": t.src, "tid": lane,
             "ts": t.start * time_to_us, "dur": (t.end - t.start) * time_to_us,
             "args": {"stage": t.action.stage, "microbatch": t.action.microbatch, "bytes": t.nbytes,
                      "src": t.src, "dst": t.dst, "consumer": str(t.consumer)},
         })
         events.append({"ph": "s", "name": "transfer", "cat": "transfer", "id": flow_id, "pid": t.src,
-                       "tid": COMM_TID, "ts": t.start * time_to_us})
-        consumer_device, consumer_start = start_of.get(t.consumer, (t.dst, t.end))
+                       "tid": lane, "ts": t.start * time_to_us})
+        consumer_device, consumer_start, consumer_end = start_of.get(t.consumer, (t.dst, t.end, t.end))
+        inside = min(FLOW_END_INSIDE_US, (consumer_end - consumer_start) * time_to_us / 2)
         events.append({"ph": "f", "bp": "e", "name": "transfer", "cat": "transfer", "id": flow_id,
-                       "pid": consumer_device, "tid": COMPUTE_TID, "ts": consumer_start * time_to_us})
+                       "pid": consumer_device, "tid": COMPUTE_TID, "ts": consumer_start * time_to_us + inside})
     return {"traceEvents": events, "displayTimeUnit": "ms", "metadata": dict(timeline.meta)}
 
 
