@@ -51,6 +51,15 @@ def test_gantt_svg(tmp_path):
     assert text.lstrip().startswith("<?xml") and "<svg" in text and len(text) > 10_000
 
 
+def test_large_svg_embeds_boxes_as_an_image(tmp_path):
+    # 32 x 256 x 2 = 16,384 boxes: one <path> each would make a multi-MB file.
+    timeline = result("1f1b", 32, 256).timeline
+    gantt(timeline, str(tmp_path / "big.svg"))
+    text = (tmp_path / "big.svg").read_text()
+    assert "<image" in text and text.count("<path") < 1000
+    assert (tmp_path / "big.svg").stat().st_size < 2_000_000
+
+
 def test_side_by_side_and_memory(tmp_path):
     a, b = result("1f1b"), result("zb-h1")
     side_by_side(a.timeline, b.timeline, str(tmp_path / "sbs.png"), ("1f1b", "zb-h1"))

@@ -17,6 +17,9 @@ from .style import KIND_COLORS, KIND_LABELS, TRANSFER_COLORS, shade, time_scale
 MAX_LABELS = 4000
 
 
+RASTERIZE_ABOVE = 3000  # boxes; beyond this, per-box outlines and text would be invisible anyway
+
+
 def chunk_index(timeline: Timeline) -> dict[int, tuple[int, int]]:
     """stage -> (chunk index on its device, chunks on that device), read off the timeline itself."""
     stages_on: dict[int, set[int]] = {}
@@ -81,9 +84,13 @@ def draw_gantt(ax, timeline: Timeline, *, title: str | None = None, show_transfe
     verts = np.stack(
         [np.stack([starts, rows + top], 1), np.stack([starts, rows + bottom], 1),
          np.stack([ends, rows + bottom], 1), np.stack([ends, rows + top], 1)], 1)
-    thin = len(ops) > 3000
-    ax.add_collection(PolyCollection(verts, facecolors=colors, edgecolors="none" if thin else "white",
-                                     linewidths=0 if thin else 0.6))
+    thin = len(ops) > RASTERIZE_ABOVE
+    boxes = PolyCollection(verts, facecolors=colors, edgecolors="none" if thin else "white",
+                           linewidths=0 if thin else 0.6)
+    # A vector file with one path per box grows to tens of MB and opens slowly; past a few thousand
+    # boxes SVG/PDF embed them as one image while axes and text stay vector.
+    boxes.set_rasterized(thin)
+    ax.add_collection(boxes)
 
     if transfers:
         t_start = np.fromiter(((t.start - origin) * scale for t in timeline.transfers), float)
@@ -94,7 +101,9 @@ def draw_gantt(ax, timeline: Timeline, *, title: str | None = None, show_transfe
             [np.stack([t_start, t_rows + lane_top], 1), np.stack([t_start, t_rows + lane_bottom], 1),
              np.stack([t_end, t_rows + lane_bottom], 1), np.stack([t_end, t_rows + lane_top], 1)], 1)
         t_colors = [TRANSFER_COLORS["fwd" if t.action.kind == "F" else "bwd"] for t in timeline.transfers]
-        ax.add_collection(PolyCollection(t_verts, facecolors=t_colors, edgecolors="none", alpha=0.8))
+        lanes = PolyCollection(t_verts, facecolors=t_colors, edgecolors="none", alpha=0.8)
+        lanes.set_rasterized(len(t_verts) > RASTERIZE_ABOVE)
+        ax.add_collection(lanes)
 
     if window is not None:
         ax.set_xlim((window[0] - origin) * scale, (window[1] - origin) * scale)
