@@ -85,3 +85,45 @@ def peak_live_microbatches(timeline: Timeline) -> list[int]:
             peak = max(peak, level)
         peaks.append(peak)
     return peaks
+
+
+def live_count_profiles(schedule) -> list[tuple[tuple[tuple[int, int], ...], ...]]:
+    """Per device, the activation counts at every moment its memory can peak, with dominated ones removed.
+
+    Memory on a device changes only at its own ops, which run one after another, so the level
+    after each op follows from the action order alone (``memory_events`` replays the same rules
+    with times). It peaks just after an F allocates. At that moment, for every stage the device
+    holds (in ``schedule.stages_of(device)`` order), count ``full``: micro-batches whose F has
+    started and whose I/B has not ended, and ``held``: those past I whose W has not ended. The
+    level is then ``static + sum(full·activation_bytes + held·weight_grad_bytes)`` over the
+    stages, so ``max`` over the returned count vectors is the exact peak for any stage costs:
+    a planner can state the memory limit as one linear constraint per vector.
+    """
+    profiles = []
+    for device in range(schedule.num_devices):
+        stages = schedule.stages_of(device)
+        slot = {s: i for i, s in enumerate(stages)}
+        full = [0] * len(stages)
+        held = [0] * len(stages)
+        seen: set[tuple] = set()
+        for action in schedule.device_actions[device]:
+            i = slot[action.stage]
+            if action.kind == FORWARD:
+                full[i] += 1
+                seen.add(tuple(zip(full, held)))
+            elif action.kind == FULL_BACKWARD:
+                full[i] -= 1
+            elif action.kind == BACKWARD_INPUT:
+                full[i] -= 1
+                held[i] += 1
+            elif action.kind == BACKWARD_WEIGHT:
+                held[i] -= 1
+        vectors = sorted(seen, reverse=True)
+        kept = [v for v in vectors if not any(_dominates(other, v) for other in vectors if other != v)]
+        profiles.append(tuple(kept) if kept else (tuple((0, 0) for _ in stages),))
+    return profiles
+
+
+def _dominates(a: tuple, b: tuple) -> bool:
+    """a >= b in every count: b can never be the higher level, whatever the (non-negative) bytes."""
+    return all(fa >= fb and ha >= hb for (fa, ha), (fb, hb) in zip(a, b))

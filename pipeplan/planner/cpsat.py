@@ -1,0 +1,184 @@
+"""The CP-SAT model for one candidate: where to cut, which stages recompute.
+
+Variables: cut ``c_k`` (first layer of stage k, k = 1..S−1), an integer; every stage sum is a
+difference of prefix sums read through Element constraints, ``P[c_{k+1}] − P[c_k]``; contiguity and "every
+stage at least one layer" are ``c_{k+1} ≥ c_k + 1``. ``r_k`` says stage k recomputes; the extra
+forward and the smaller stored bytes enter through enforced equalities. The slowest device is an
+``AddMaxEquality``; memory is one linear constraint per device and count vector of the schedule
+(exact, see ``simulator.memory.live_count_profiles``). The objective is
+``PartitionProblem.objective``. Deterministic: fixed seed and worker count, and a deterministic
+time budget where one is given.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .problem import PartitionProblem
+
+OPTIMAL, FEASIBLE, INFEASIBLE, UNKNOWN = "OPTIMAL", "FEASIBLE", "INFEASIBLE", "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class Solution:
+    """What one solve returns; ``objective``/``bound`` in the problem's scaled units, ``seconds`` in s."""
+
+    status: str
+    layers_per_stage: tuple[int, ...] = ()
+    recompute: tuple[bool, ...] = ()
+    objective: int | None = None
+    bound: float | None = None
+    wall_time: float = 0.0
+
+    @property
+    def found(self) -> bool:
+        return self.status in (OPTIMAL, FEASIBLE)
+
+    @property
+    def gap(self) -> float | None:
+        """Relative distance between the solution and the solver's proven lower bound."""
+        if self.objective is None or self.bound is None:
+            return None
+        return max(0.0, (self.objective - self.bound) / self.objective) if self.objective else 0.0
+
+
+def _prefix(values: tuple[int, ...]) -> list[int]:
+    out = [0]
+    for x in values:
+        out.append(out[-1] + x)
+    return out
+
+
+def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1, hint: tuple[int, ...] | None = None,
+          minimize_memory: bool = False) -> Solution:
+    """Minimise the analytic iteration time of ``problem`` (or, with ``minimize_memory``, the largest
+    per-device memory over capacity, used to say how much memory a plan would need).
+
+    ``hint`` is a layers-per-stage split to start from (e.g. the uniform one).
+    """
+    from ortools.sat.python import cp_model
+
+    L, S, p = problem.num_layers, problem.num_stages, problem.pp
+    if S > L:
+        return Solution(INFEASIBLE)
+    model = cp_model.CpModel()
+    prefix = {name: _prefix(getattr(problem, name)) for name in (
+        "forward", "backward_input", "backward_weight", "activation", "held", "activation_rc", "held_rc", "static")}
+
+    # Cut k is the first layer of stage k: an integer with its prefix sums read through Element
+    # constraints. Prefix sums are monotone, so bound propagation on them moves the cuts as a
+    # greedy "fill each stage up to the slowest allowed" would, which proves optimality quickly.
+    cuts = [model.NewConstant(0)]
+    for k in range(1, S):
+        cuts.append(model.NewIntVar(k, L - S + k, f"c{k}"))
+    cuts.append(model.NewConstant(L))
+    for k in range(S):
+        model.Add(cuts[k + 1] >= cuts[k] + 1)
+    at_cut: dict[str, list] = {}
+    for name, values in prefix.items():
+        row = []
+        for k in range(S + 1):
+            if k in (0, S):
+                row.append(values[0] if k == 0 else values[L])
+                continue
+            v = model.NewIntVar(values[k], values[L - S + k], f"{name}@c{k}")
+            model.AddElement(cuts[k], values, v)
+            row.append(v)
+        at_cut[name] = row
+
+    def stage_sum(name: str, k: int):
+        return at_cut[name][k + 1] - at_cut[name][k]
+
+    a, b, c = problem.fill_weights
+    big_f = prefix["forward"][-1]
+    work, fill_terms, act, held = [], [], [], []
+    recompute = []
+    for k in range(S):
+        f, i_, w = stage_sum("forward", k), stage_sum("backward_input", k), stage_sum("backward_weight", k)
+        r = model.NewBoolVar(f"r{k}")
+        if not problem.allow_recompute:
+            model.Add(r == 0)
+        recompute.append(r)
+        extra = model.NewIntVar(0, big_f, f"rf{k}")  # = r_k · F_k, the recomputed forward
+        model.Add(extra == f).OnlyEnforceIf(r)
+        model.Add(extra == 0).OnlyEnforceIf(r.Not())
+        work.append(f + i_ + w + extra)
+        fill_terms.append(a * f + b * (i_ + extra) + c * w)
+        top_act = max(prefix["activation"][-1], prefix["activation_rc"][-1])
+        top_held = max(prefix["held"][-1], prefix["held_rc"][-1])
+        ak = model.NewIntVar(0, top_act, f"act{k}")
+        hk = model.NewIntVar(0, top_held, f"held{k}")
+        model.Add(ak == stage_sum("activation", k)).OnlyEnforceIf(r.Not())
+        model.Add(ak == stage_sum("activation_rc", k)).OnlyEnforceIf(r)
+        model.Add(hk == stage_sum("held", k)).OnlyEnforceIf(r.Not())
+        model.Add(hk == stage_sum("held_rc", k)).OnlyEnforceIf(r)
+        act.append(ak)
+        held.append(hk)
+
+    total_work = prefix["forward"][-1] * 2 + prefix["backward_input"][-1] + prefix["backward_weight"][-1]
+    device_work = []
+    levels = []
+    for d in range(p):
+        stages = problem.stages_of(d)
+        wd = model.NewIntVar(0, total_work, f"work{d}")
+        model.Add(wd == sum(work[k] for k in stages))
+        device_work.append(wd)
+        static = sum(stage_sum("static", k) for k in stages)
+        for vector in problem.profiles[d]:
+            level = static + sum(nf * act[k] + nh * held[k] for k, (nf, nh) in zip(stages, vector))
+            levels.append(level)
+            if not minimize_memory:
+                model.Add(level <= problem.capacity)
+    slowest = model.NewIntVar(0, total_work, "slowest")
+    model.AddMaxEquality(slowest, device_work)
+    # Redundant but tightens the LP: the slowest device does at least its share of the plain work.
+    base = prefix["forward"][-1] + prefix["backward_input"][-1] + prefix["backward_weight"][-1]
+    model.Add(p * slowest >= base)
+
+    if minimize_memory:
+        top = max(1, 4 * sum(problem.static) + sum(max(x, y) for x, y in zip(problem.activation, problem.activation_rc))
+                  * problem.num_microbatches * 4)
+        peak = model.NewIntVar(0, top, "peak")
+        for level in levels:
+            model.Add(peak >= level)
+        model.Minimize(peak)
+    else:
+        if problem.chunks > 1:
+            lo = min(0, *(min(problem.fill_weights) * x for x in (total_work,)))
+            widest = model.NewIntVar(lo, 2 * total_work, "widest_fill")
+            model.AddMaxEquality(widest, fill_terms)
+            fill = problem.scale * widest
+        else:
+            fill = sum(fill_terms)
+        model.Minimize(problem.scale * problem.num_microbatches * slowest + (p - 1) * fill
+                       + problem.scale * problem.comm)
+
+    if hint:
+        start = 0
+        for k, n in enumerate(hint[:-1], start=1):
+            start += n
+            model.AddHint(cuts[k], start)
+
+    solver = cp_model.CpSolver()
+    # The deterministic budget makes the answer independent of machine load; the wall-clock cap
+    # only guards against a budget that runs far slower than its nominal seconds.
+    solver.parameters.max_deterministic_time = float(time_limit)
+    solver.parameters.max_time_in_seconds = 4.0 * float(time_limit)
+    solver.parameters.num_workers = int(workers)
+    solver.parameters.random_seed = 0
+    started = time.perf_counter()
+    code = solver.Solve(model)
+    wall = time.perf_counter() - started
+    status = {cp_model.OPTIMAL: OPTIMAL, cp_model.FEASIBLE: FEASIBLE, cp_model.INFEASIBLE: INFEASIBLE}.get(code, UNKNOWN)
+    if status not in (OPTIMAL, FEASIBLE):
+        return Solution(status, wall_time=wall)
+    values = [solver.Value(c) for c in cuts]
+    layers = tuple(values[k + 1] - values[k] for k in range(S))
+    return Solution(
+        status=status,
+        layers_per_stage=layers,
+        recompute=tuple(bool(solver.Value(r)) for r in recompute),
+        objective=int(round(solver.ObjectiveValue())),
+        bound=float(solver.BestObjectiveBound()),
+        wall_time=wall,
+    )

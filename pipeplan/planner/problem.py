@@ -1,0 +1,211 @@
+"""One candidate's partition problem in integers: per-layer costs and memory, the schedule's memory profiles.
+
+A candidate fixes the schedule, chunks v, micro-batch size b and count m; what is left is where to
+cut the layers into p·v stages and which stages recompute. Costs come from ``lowering.stage_cost``
+applied to one layer at a time, so the planner and the simulator add up the same numbers (stage
+costs are sums of per-layer costs plus a per-layer overhead). Times are integers in ``time_unit``
+seconds (rounded), bytes integers in ``memory_unit`` bytes (rounded up, capacity rounded down), so
+a plan that fits here fits in the simulator.
+
+Analytic iteration time (the objective), with S = p·v stages and device d holding stages D(d):
+
+    T = m · max_d Σ_{k∈D(d)} (F_k + I_k + W_k)  +  fill  +  comm
+
+fill = (p−1)/p · Σ_k φ_k with one stage per device (Σ_k t_k + (m−1)·max_k t_k for 1F1B), and
+(p−1) · max_k φ_k with chunks, where a lopsided chunk stretches every hop of the warm-up. φ is the
+per-stage time the schedule cannot hide, chosen so that uniform stages give the closed forms
+(shared REFERENCE): GPipe/1F1B/interleaved φ = F + B (bubble (p−1)(F+B)/v), ZB-H1 φ = F + I − W
+(bubble (p−1)(F+I−W)), ZB-H2 and ZB-V φ = F (only the fill). Recomputation adds F to I. ``comm``
+is the warm-up's forward and backward boundary transfers, 2·Σ hops / v.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from simulator.ir import Schedule
+from simulator.memory import live_count_profiles
+
+from ..cluster import ClusterSpec
+from ..lowering import bytes_per_param, stage_cost
+from ..model import ModelSpec
+from ..plan import Plan
+
+# Integer resolution: the largest total is mapped to about this many units, which keeps the
+# rounding error near 1e-6 relative while CP-SAT's coefficients stay small.
+TIME_RESOLUTION = 1 << 20
+MEMORY_RESOLUTION = 1 << 22
+
+# φ = a·F + b·I + c·W per schedule (see the module docstring).
+FILL_WEIGHTS = {
+    "gpipe": (1, 1, 1),
+    "1f1b": (1, 1, 1),
+    "interleaved": (1, 1, 1),
+    "zb-h1": (1, 1, -1),
+    "zb-h2": (1, 0, 0),
+    "zb-v": (1, 0, 0),
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The small discrete choices the outer loop enumerates."""
+
+    schedule: str
+    chunks: int
+    microbatch_size: int
+    num_microbatches: int
+
+    @property
+    def label(self) -> str:
+        v = f" v={self.chunks}" if self.chunks > 1 else ""
+        return f"{self.schedule}{v} b={self.microbatch_size} m={self.num_microbatches}"
+
+
+@dataclass(frozen=True)
+class PartitionProblem:
+    """Integer data of one candidate; the CP-SAT model and any brute force read only this.
+
+    Per layer i: ``forward[i]``, ``backward_input[i]``, ``backward_weight[i]`` (time units);
+    ``activation[i]`` / ``held[i]`` (memory units stored by F / kept after I for W) without
+    recomputation and ``activation_rc[i]`` / ``held_rc[i]`` with it; ``static[i]`` weights,
+    gradients and optimizer state. ``profiles[d]`` are device d's count vectors
+    ((full, held) per stage it holds, see ``live_count_profiles``), ``capacity`` the per-device
+    limit. Recomputing stage k adds ``forward`` of its layers to its I.
+    """
+
+    pp: int
+    chunks: int
+    num_microbatches: int
+    stage_to_device: tuple[int, ...]
+    forward: tuple[int, ...]
+    backward_input: tuple[int, ...]
+    backward_weight: tuple[int, ...]
+    activation: tuple[int, ...]
+    held: tuple[int, ...]
+    activation_rc: tuple[int, ...]
+    held_rc: tuple[int, ...]
+    static: tuple[int, ...]
+    profiles: tuple[tuple[tuple[tuple[int, int], ...], ...], ...]
+    capacity: int
+    fill_weights: tuple[int, int, int] = (1, 1, 1)
+    comm: int = 0
+    allow_recompute: bool = True
+    time_unit: float = 1.0
+    memory_unit: float = 1.0
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.forward)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_to_device)
+
+    def stages_of(self, device: int) -> list[int]:
+        return [k for k, d in enumerate(self.stage_to_device) if d == device]
+
+    def objective(self, layers_per_stage: tuple[int, ...], recompute: tuple[bool, ...]) -> int | None:
+        """The scaled objective p·v·T/time_unit of one partition, or None if some device overflows.
+
+        The direct evaluation of what ``cpsat.solve`` minimises: tests compare the two, and the
+        planner uses it to score baselines in the same units.
+        """
+        bounds, start = [], 0
+        for n in layers_per_stage:
+            bounds.append(range(start, start + n))
+            start += n
+        a, b, c = self.fill_weights
+        work, fills, act, held = [], [], [], []
+        for k, layers in enumerate(bounds):
+            f = sum(self.forward[i] for i in layers)
+            i_ = sum(self.backward_input[i] for i in layers) + (f if recompute[k] else 0)
+            w = sum(self.backward_weight[i] for i in layers)
+            work.append(f + i_ + w)
+            fills.append(a * f + b * i_ + c * w)
+            act.append(sum((self.activation_rc if recompute[k] else self.activation)[i] for i in layers))
+            held.append(sum((self.held_rc if recompute[k] else self.held)[i] for i in layers))
+        for d in range(self.pp):
+            stages = self.stages_of(d)
+            static = sum(self.static[i] for k in stages for i in bounds[k])
+            for vector in self.profiles[d]:
+                level = static + sum(n_full * act[k] + n_held * held[k] for k, (n_full, n_held) in zip(stages, vector))
+                if level > self.capacity:
+                    return None
+        slowest = max(sum(work[k] for k in self.stages_of(d)) for d in range(self.pp))
+        fill_term = (self.pp - 1) * (self.scale * max(fills) if self.chunks > 1 else sum(fills))
+        return self.scale * self.num_microbatches * slowest + fill_term + self.scale * self.comm
+
+    @property
+    def scale(self) -> int:
+        """p·v: the objective is p·v·T so that every coefficient is an integer."""
+        return self.pp * self.chunks
+
+    def seconds(self, objective: float) -> float:
+        return objective / self.scale * self.time_unit
+
+
+def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, seq_len: int, recompute: bool):
+    """Per-layer StageCost, each layer as its own one-layer stage (what ``lower`` sums per stage)."""
+    n = model.num_pipeline_layers
+    plan = Plan(model=model.name, cluster=cluster.name, schedule="1f1b", pp=1, num_microbatches=1,
+                microbatch_size=microbatch_size, layers_per_stage=(1,) * n,
+                recompute=("full" if recompute else "none",) * n)
+    return [stage_cost(model, cluster, plan, i, seq_len) for i in range(n)]
+
+
+def hop_seconds(cluster: ClusterSpec, gpus: list[int], src: int, dst: int, nbytes: float) -> float:
+    if src == dst:
+        return 0.0
+    link = cluster.link_between(gpus[src], gpus[dst])
+    return link.latency + nbytes / link.bandwidth
+
+
+def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, schedule: Schedule, seq_len: int,
+                  gpus: list[int], dp: int = 1, distributed_optimizer: bool = False, headroom: float = 0.0,
+                  allow_recompute: bool = True) -> PartitionProblem:
+    """The integer partition problem of ``candidate`` (``schedule`` is its generated action lists)."""
+    b = candidate.microbatch_size
+    plain = layer_costs(model, cluster, b, seq_len, recompute=False)
+    rc = layer_costs(model, cluster, b, seq_len, recompute=True)
+    total = sum(c.forward + c.backward_input + c.backward_weight for c in rc)
+    time_unit = total / TIME_RESOLUTION
+    capacity_bytes = cluster.gpu.memory_bytes * (1.0 - headroom)
+    memory_unit = capacity_bytes / MEMORY_RESOLUTION
+
+    def t(x: float) -> int:
+        return int(round(x / time_unit))
+
+    def mem(x: float) -> int:
+        return int(math.ceil(x / memory_unit - 1e-9))
+
+    per_param = bytes_per_param(dp, distributed_optimizer)
+    params = [model.layer_cost(i, 1, seq_len).params for i in range(model.num_pipeline_layers)]
+    boundary = plain[0].send_forward_bytes  # every layer but the head sends b·s·h bf16 values
+    stage_to_device = schedule.stage_to_device
+    hops = sum(hop_seconds(cluster, gpus, stage_to_device[k], stage_to_device[k + 1], boundary)
+               for k in range(len(stage_to_device) - 1))
+    return PartitionProblem(
+        pp=schedule.num_devices,
+        chunks=candidate.chunks,
+        num_microbatches=candidate.num_microbatches,
+        stage_to_device=tuple(stage_to_device),
+        forward=tuple(t(c.forward) for c in plain),
+        backward_input=tuple(t(c.backward_input) for c in plain),
+        backward_weight=tuple(t(c.backward_weight) for c in plain),
+        activation=tuple(mem(c.activation_bytes) for c in plain),
+        held=tuple(mem(c.weight_grad_bytes) for c in plain),
+        # lowering keeps min(activation, Σ weight-grad bytes) after I; with recomputation the layer
+        # input alone is never more than a layer's weight-grad bytes except for a dropout embedding,
+        # so the per-layer stored bytes are the exact value or an upper bound.
+        activation_rc=tuple(mem(c.activation_bytes) for c in rc),
+        held_rc=tuple(mem(c.activation_bytes) for c in rc),
+        static=tuple(mem(p * per_param) for p in params),
+        profiles=tuple(live_count_profiles(schedule)),
+        capacity=int(math.floor(capacity_bytes / memory_unit)),
+        fill_weights=FILL_WEIGHTS[candidate.schedule],
+        comm=t(2 * hops / candidate.chunks),
+        allow_recompute=allow_recompute,
+        time_unit=time_unit,
+        memory_unit=memory_unit,
+    )
