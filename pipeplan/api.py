@@ -69,10 +69,13 @@ class PlanResult:
 
 
 def simulate(model: ModelSpec | str | dict | None = None, cluster: ClusterSpec | str | dict | None = None,
-             plan: Plan | None = None, base_dir: str | Path = ".") -> PlanResult:
-    """Simulate ``plan``. Model and cluster default to the ones the plan names (preset, file or inline)."""
+             plan: Plan | None = None, base_dir: str | Path = ".", profile=None) -> PlanResult:
+    """Simulate ``plan``. Model and cluster default to the ones the plan names (preset, file or inline).
+
+    ``profile``: a measured Profile (object, dict or file path) to use instead of analytic costs.
+    """
     if plan is None:
         raise TypeError("simulate() needs a plan")
     workload, resolved = lower(model if model is not None else plan.model,
-                               cluster if cluster is not None else plan.cluster, plan, base_dir)
+                               cluster if cluster is not None else plan.cluster, plan, base_dir, profile=profile)
     return PlanResult(simulate_workload(workload), workload, resolved)

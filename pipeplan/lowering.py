@@ -1,7 +1,7 @@
 """The one place where the domain meets the engine: (model, cluster, plan) -> simulator Workload."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from simulator.checker import check_schedule
@@ -13,6 +13,7 @@ from .cluster import ClusterSpec, load_cluster
 from .errors import SpecError
 from .model import ModelSpec, load_model
 from .plan import Plan
+from .profile import Profile, load_profile
 
 BYTES_PER_PARAM_WEIGHTS_GRADS = 2 + 4  # bf16 weights + fp32 gradients (Megatron mixed precision)
 BYTES_PER_PARAM_OPTIMIZER = 12  # fp32 master weights, Adam m and v
@@ -127,12 +128,31 @@ def stage_params(model: ModelSpec, plan: Plan, stage: int, seq_len: int) -> floa
     return sum(model.layer_cost(i, 1, seq_len).params for i in plan.stage_layers(stage))
 
 
+def measured_stage_cost(analytic: StageCost, measured) -> StageCost:
+    """A stage with measured op times and boundary bytes; memory stays the model's."""
+    return replace(
+        analytic, forward=measured.forward, backward=measured.backward, backward_input=measured.backward_input,
+        backward_weight=measured.backward_weight, send_forward_bytes=measured.send_forward_bytes,
+        send_backward_bytes=measured.send_backward_bytes,
+    )
+
+
 def lower(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan: Plan,
-          base_dir: str | Path = ".") -> tuple[Workload, Resolved]:
-    """Build the simulator workload for ``plan``: stage costs, static memory, capacity, network, schedule."""
+          base_dir: str | Path = ".", profile: Profile | str | dict | None = None) -> tuple[Workload, Resolved]:
+    """Build the simulator workload for ``plan``: stage costs, static memory, capacity, network, schedule.
+
+    With a ``profile`` (see ``pipeplan.profile``) op times, boundary bytes and the measured links
+    replace the analytic cost model.
+    """
     r = resolve(model, cluster, plan, base_dir)
     s = r.seq_len
     stages = tuple(stage_cost(r.model, r.cluster, plan, k, s) for k in range(plan.num_stages))
+    network = r.cluster.network(plan.gpus())
+    profile = load_profile(profile)
+    if profile is not None:
+        profile.check_plan(r.model.name, plan.layers_per_stage, plan.microbatch_size, s)
+        stages = tuple(measured_stage_cost(c, m) for c, m in zip(stages, profile.stages))
+        network = profile.network(network)
     per_param = bytes_per_param(plan.dp, plan.distributed_optimizer)
     static = [0.0] * plan.pp
     for k in range(plan.num_stages):
@@ -140,7 +160,7 @@ def lower(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan
     workload = Workload(
         schedule=r.schedule,
         stages=stages,
-        network=r.cluster.network(plan.gpus()),
+        network=network,
         static_bytes=tuple(static),
         capacity_bytes=tuple(r.cluster.gpu.memory_bytes for _ in range(plan.pp)),
     )

@@ -81,6 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("plan", nargs="?", metavar="PLAN.json", help="plan file written by pipeplan optimize")
     add_plan_arguments(p)
     p.add_argument("--schedule-csv", metavar="FILE", help="custom schedule (torch compute-only CSV)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="measured op and link costs (from pipeplan validate) instead of the analytic model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_output_arguments(p)
     p.set_defaults(handler=run)
@@ -113,7 +115,7 @@ def print_result(result: PlanResult) -> None:
 def run(args: argparse.Namespace) -> int:
     check_output_arguments(args)
     plan, base = plan_from_args(args)
-    result = simulate(plan=plan, base_dir=base)
+    result = simulate(plan=plan, base_dir=base, profile=args.profile)
     result.timeline.meta["label"] = f"{result.resolved.model.name} {plan.schedule}"
     written = write_outputs(args, result.sim)
     if args.json:

@@ -1,0 +1,142 @@
+"""``pipeplan validate`` (run a plan for real, compare with the predictions) and ``pipeplan compare``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .output import fmt_pct, fmt_time, table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    v = sub.add_parser(
+        "validate",
+        help="run a plan for real with torch.distributed and compare with the prediction",
+        description="Start one process per pipeline device through torchrun, calibrate each stage's ops and "
+        "each link, run the schedule, and print measured vs calibrated vs a-priori bubble and iteration time. "
+        "Needs torch (pip install 'pipeplan[validate]').",
+    )
+    v.add_argument("plan", metavar="PLAN.json")
+    v.add_argument("--backend", choices=["gloo", "nccl"], default="gloo", help="torch.distributed backend (default gloo)")
+    v.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the stages compute (default cpu)")
+    v.add_argument("--iterations", type=int, default=10, help="timed iterations (default 10)")
+    v.add_argument("--warmup", type=int, default=3, help="untimed iterations before them (default 3)")
+    v.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds for the whole run; any single wait gives up after a third of it (default 300)")
+    v.add_argument("--scale", type=float, default=1.0,
+                   help="multiply hidden size, FFN, vocabulary, sequence and micro-batch by this (0, 1], "
+                   "keeping layers, cuts and schedule, so a big preset fits a small machine (default 1)")
+    v.add_argument("--calibration-reps", type=int, default=2,
+                   help="calibration repetitions of every op and ping-pong before each iteration (default 2)")
+    v.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: cores / ranks)")
+    v.add_argument("--out", metavar="FILE", help="report JSON (written atomically, only on success)")
+    v.add_argument("--profile-out", metavar="FILE", help="also save the calibration as a profile for --profile")
+    v.add_argument("--gantt", metavar="FILE", help="side-by-side Gantt: predicted | measured (.png, .svg, .pdf)")
+    v.add_argument("--json", action="store_true", help="print the errors and the three summaries as JSON")
+    v.set_defaults(handler=run_validate)
+
+    c = sub.add_parser("compare", help="print the table of a validation report again",
+                       description="Reprint measured vs predicted vs a-priori from REPORT.json.")
+    c.add_argument("report", metavar="REPORT.json")
+    c.add_argument("--gantt", metavar="FILE", help="side-by-side Gantt: predicted | measured")
+    c.set_defaults(handler=run_compare)
+
+
+def _row(label: str, section: dict[str, Any], error: dict[str, float] | None) -> list[str]:
+    busy = " / ".join(fmt_time(b) for b in section["busy_time"])
+    if error is None:
+        return [label, fmt_pct(section["bubble_fraction"]), "", fmt_time(section["iteration_time"]), "", busy]
+    return [
+        label, fmt_pct(section["bubble_fraction"]), f"{error['bubble_points']:+.2f} pt",
+        fmt_time(section["iteration_time"]), f"{error['iteration_time_pct']:+.1f} %", busy,
+    ]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    plan, run = report["plan"], report["run"]
+    model = plan["model"]["name"] if isinstance(plan["model"], dict) else plan["model"]
+    lines = [
+        f"{model} {plan['schedule']} p={plan['pp']} m={plan['num_microbatches']} b={plan['microbatch_size']} "
+        f"layers {plan['layers_per_stage']}: {run['world_size']} ranks, {run['backend']} on {run['device']}, "
+        f"{run['dtype']}, {run['threads_per_rank']} thread(s)/rank, median of {run['iterations']} iterations "
+        f"after {run['warmup']} warm-up",
+        table(
+            ["", "bubble", "error", "iteration", "error", "busy per device"],
+            [
+                _row("measured", report["measured"], None),
+                _row("predicted (calibrated)", report["predicted"], report["errors"]["predicted"]),
+                _row("a priori (cluster spec)", report["apriori"], report["errors"]["apriori"]),
+            ],
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def _gantt(report: dict[str, Any], path: str) -> None:
+    from simulator.timeline import Timeline
+
+    from ..charts.gantt import side_by_side
+
+    side_by_side(Timeline.from_dict(report["predicted"]["timeline"]), Timeline.from_dict(report["measured"]["timeline"]),
+                 path, ("predicted (calibrated)", "measured"))
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..charts.render import figure_format
+    from ..errors import SpecError
+    from ..plan import Plan
+    from ..validation import ValidateOptions, ValidationFailed, run_validation
+
+    options = ValidateOptions(
+        backend=args.backend, device=args.device, iterations=args.iterations, warmup=args.warmup,
+        timeout=args.timeout, scale=args.scale, calibration_reps=args.calibration_reps, threads=args.threads,
+    )
+    if args.gantt:
+        figure_format(args.gantt)
+    for flag in ("out", "profile_out", "gantt"):
+        path = getattr(args, flag)
+        if path and not Path(path).resolve().parent.is_dir():
+            raise SpecError(f"--{flag.replace('_', '-')}: folder of {path!r} does not exist")
+    Plan.load(args.plan)  # a bad plan is a one-line error before any process starts
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise SpecError("validate: needs torch; install it with pip install 'pipeplan[validate]'")
+        report = run_validation(args.plan, options, args.out)
+    except ValidationFailed as err:
+        print(f"pipeplan validate: {err}", file=sys.stderr)
+        return 1
+    if args.profile_out:
+        from ..profile import Profile
+
+        Profile.from_dict(report["profile"]).save(args.profile_out)
+    if args.gantt:
+        _gantt(report, args.gantt)
+    if args.json:
+        from .output import print_json
+
+        print_json({k: {x: v for x, v in report[k].items() if x != "timeline"} for k in ("measured", "predicted", "apriori")}
+                   | {"errors": report["errors"], "run": report["run"]})
+    else:
+        print(format_report(report))
+        for path in (args.out, args.profile_out, args.gantt):
+            if path:
+                print(f"wrote {path}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from ..validation import load_report
+
+    report = load_report(args.report)
+    print(format_report(report))
+    if args.gantt:
+        from ..charts.render import figure_format
+
+        figure_format(args.gantt)
+        _gantt(report, args.gantt)
+        print(f"wrote {args.gantt}")
+    return 0

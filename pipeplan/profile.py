@@ -1,0 +1,173 @@
+"""Measured costs that replace the analytic cost model: calibrate once, then ask what-if questions.
+
+``pipeplan validate`` writes one (the ``profile`` key of its report, or ``--profile-out FILE``):
+per stage the seconds of F, B, I and W for one micro-batch and the bytes it sends, per used device
+pair the link's latency and bandwidth, and the device and backend they were measured on.
+``pipeplan simulate --profile FILE`` (and ``lower(..., profile=...)``) use them instead of
+FLOPs / peak and datasheet links; memory still comes from the model, since calibration times ops
+and does not measure allocations.
+
+A profile is tied to the shapes it was measured at (model, micro-batch size, sequence length) and
+to the stage cut; a plan that differs is refused with the field named, so a what-if never silently
+mixes measured and unmeasured stages. Links it did not measure keep the cluster's figures.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from simulator.workload import Link, Network
+
+from .errors import SpecError, positive_number
+from .fileio import load_mapping, write_json_atomic
+
+PROFILE_KIND = "pipeplan.profile"
+PROFILE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StageProfile:
+    """Seconds of one stage's ops for one micro-batch, and the boundary bytes it sends each way."""
+
+    forward: float
+    backward: float
+    backward_input: float
+    backward_weight: float
+    send_forward_bytes: float = 0.0
+    send_backward_bytes: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("forward", "backward", "backward_input", "backward_weight", "send_forward_bytes",
+                     "send_backward_bytes"):
+            positive_number(f"profile.stages.{name}", getattr(self, name), allow_zero=True)
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """A measured one-way link: a message of X bytes takes ``latency + X / bandwidth`` seconds."""
+
+    src: int
+    dst: int
+    latency: float
+    bandwidth: float
+
+    def __post_init__(self) -> None:
+        positive_number("profile.links.latency", self.latency, allow_zero=True)
+        if not (self.bandwidth > 0):
+            raise SpecError(f"profile.links.bandwidth: must be > 0 (got {self.bandwidth!r})")
+
+
+@dataclass(frozen=True)
+class Profile:
+    device: str
+    backend: str
+    model: str
+    microbatch_size: int
+    seq_len: int
+    layers_per_stage: tuple[int, ...]
+    stages: tuple[StageProfile, ...]
+    links: tuple[LinkProfile, ...] = ()
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if len(self.stages) != len(self.layers_per_stage):
+            raise SpecError(
+                f"profile.stages: {len(self.stages)} stages measured but layers_per_stage names "
+                f"{len(self.layers_per_stage)}"
+            )
+
+    def check_plan(self, model_name: str, layers_per_stage: tuple[int, ...], microbatch_size: int,
+                   seq_len: int) -> None:
+        """Refuse a plan whose ops were not the ones measured, naming the field that differs."""
+        checks = (
+            ("model", self.model, model_name),
+            ("layers_per_stage", tuple(self.layers_per_stage), tuple(layers_per_stage)),
+            ("microbatch_size", self.microbatch_size, microbatch_size),
+            ("seq_len", self.seq_len, seq_len),
+        )
+        for name, measured, planned in checks:
+            if measured != planned:
+                raise SpecError(
+                    f"profile.{name}: measured for {measured!r} but the plan has {planned!r}; "
+                    f"calibrate this plan with `pipeplan validate`"
+                )
+
+    def network(self, base: Network) -> Network:
+        """``base`` with the measured links replaced (their ports kept, port capacity the measured rate)."""
+        links = [list(row) for row in base.links]
+        capacity = dict(base.port_capacity)
+        p = len(links)
+        for m in self.links:
+            if not (0 <= m.src < p and 0 <= m.dst < p):
+                raise SpecError(f"profile.links: device pair {m.src}->{m.dst} is outside a {p}-device plan")
+            ports = links[m.src][m.dst].ports
+            links[m.src][m.dst] = Link(m.latency, m.bandwidth, ports)
+            for port in ports:
+                capacity[port] = m.bandwidth
+        # A port shared with an unmeasured link keeps the lower of the two rates.
+        for row in links:
+            for link in row:
+                for port in link.ports:
+                    capacity[port] = min(capacity.get(port, math.inf), link.bandwidth)
+        return Network(tuple(tuple(row) for row in links), capacity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": PROFILE_KIND,
+            "version": PROFILE_VERSION,
+            "device": self.device,
+            "backend": self.backend,
+            "model": self.model,
+            "microbatch_size": self.microbatch_size,
+            "seq_len": self.seq_len,
+            "dtype": self.dtype,
+            "layers_per_stage": list(self.layers_per_stage),
+            "stages": [vars(s).copy() for s in self.stages],
+            "links": [
+                {**vars(link), "bandwidth": link.bandwidth if math.isfinite(link.bandwidth) else None}
+                for link in self.links
+            ],
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "Profile":
+        if data.get("kind") != PROFILE_KIND:
+            # A validation report carries its profile under "profile".
+            if isinstance(data.get("profile"), dict):
+                return Profile.from_dict(data["profile"])
+            raise SpecError("profile: not a pipeplan profile (written by `pipeplan validate`)")
+        if data.get("version") != PROFILE_VERSION:
+            raise SpecError(f"profile.version: this pipeplan reads version {PROFILE_VERSION}, got {data.get('version')}")
+        try:
+            stages = tuple(StageProfile(**s) for s in data["stages"])
+            links = tuple(
+                LinkProfile(int(l["src"]), int(l["dst"]), float(l["latency"]),
+                            math.inf if l["bandwidth"] is None else float(l["bandwidth"]))
+                for l in data.get("links", [])
+            )
+            return Profile(
+                device=str(data["device"]), backend=str(data["backend"]), model=str(data["model"]),
+                microbatch_size=int(data["microbatch_size"]), seq_len=int(data["seq_len"]),
+                layers_per_stage=tuple(int(n) for n in data["layers_per_stage"]), stages=stages, links=links,
+                dtype=str(data.get("dtype", "float32")),
+            )
+        except KeyError as err:
+            raise SpecError(f"profile.{err.args[0]}: required field is missing") from None
+        except TypeError as err:
+            raise SpecError(f"profile: {err}") from None
+
+    @staticmethod
+    def load(path: str) -> "Profile":
+        return Profile.from_dict(load_mapping(path, "profile"))
+
+    def save(self, path: str) -> None:
+        write_json_atomic(path, self.to_dict())
+
+
+def load_profile(profile: "Profile | str | dict | None") -> "Profile | None":
+    if profile is None or isinstance(profile, Profile):
+        return profile
+    if isinstance(profile, dict):
+        return Profile.from_dict(profile)
+    return Profile.load(profile)

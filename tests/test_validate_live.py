@@ -1,0 +1,76 @@
+"""Real 2-rank gloo runs on the CPU: the calibrated prediction must match the measurement, and a
+failing rank must end the run cleanly. Each run starts torchrun and two ranks (a few seconds)."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from pipeplan.validation import ValidateOptions, ValidationFailed, _alive, run_validation  # noqa: E402
+from validator.runtime import FAULT_ENV  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PLANS = REPO / "validation" / "plans"
+OPTIONS = ValidateOptions(iterations=8, warmup=2, timeout=90)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "pipeplan", *args], capture_output=True, text=True, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """zb-h1 through the command line, writing the report and the side-by-side Gantt."""
+    folder = tmp_path_factory.mktemp("validate")
+    out = _cli("validate", str(PLANS / "tiny-zb-h1-p2.json"), "--iterations", str(OPTIONS.iterations),
+               "--warmup", str(OPTIONS.warmup), "--out", str(folder / "report.json"),
+               "--gantt", str(folder / "gantt.png"), "--profile-out", str(folder / "profile.json"))
+    return out, folder
+
+
+def test_validate_prints_the_table_and_writes_report_gantt_and_profile(cli_run):
+    out, folder = cli_run
+    assert out.returncode == 0, out.stderr
+    for label in ("measured", "predicted (calibrated)", "a priori"):
+        assert label in out.stdout
+    report = json.loads((folder / "report.json").read_text())
+    for key in ("measured", "predicted", "apriori"):
+        section = report[key]
+        assert 0 <= section["bubble_fraction"] < 1 and section["iteration_time"] > 0
+        assert len(section["busy_time"]) == 2 and "timeline" in section
+    assert set(report["errors"]) == {"predicted", "apriori"}
+    ops = report["measured"]["timeline"]["ops"]
+    assert sorted(op[1] for op in ops if op[0] == 1)[:3] == ["1F0", "1F1", "1F2"]
+    assert len(ops) == 2 * 8 * 3  # zb-h1: F, I and W of 8 micro-batches on both devices
+    assert (folder / "gantt.png").stat().st_size > 10_000
+    again = _cli("compare", str(folder / "report.json"))
+    assert again.returncode == 0 and "predicted (calibrated)" in again.stdout
+    sim = _cli("simulate", str(PLANS / "tiny-zb-h1-p2.json"), "--profile", str(folder / "profile.json"), "--json")
+    assert sim.returncode == 0, sim.stderr
+    assert json.loads(sim.stdout)["iteration_time"] == pytest.approx(report["predicted"]["iteration_time"])
+
+
+@pytest.mark.parametrize("mode", ["kill", "raise", "hang"])
+def test_a_failing_rank_ends_the_run_cleanly(mode, monkeypatch, tmp_path):
+    """Rank 1 dies / raises / hangs at its 6th op: the run ends within the timeout, names rank 1,
+    leaves no report and no process behind."""
+    monkeypatch.setenv(FAULT_ENV, f"1:5:{mode}")
+    timeout = 15.0
+    out = tmp_path / "report.json"
+    start = time.monotonic()
+    with pytest.raises(ValidationFailed) as failure:
+        run_validation(str(PLANS / "tiny-1f1b-p2.json"), ValidateOptions(iterations=2, warmup=1, timeout=timeout),
+                       out=str(out))
+    elapsed = time.monotonic() - start
+    message = str(failure.value)
+    assert message.startswith("rank 1 failed: "), message
+    expected = {"kill": "killed by SIGKILL", "raise": "injected fault at op 5", "hang": "stopped responding"}[mode]
+    assert expected in message
+    assert elapsed < timeout, f"took {elapsed:.1f} s"
+    assert not out.exists()
+    assert len(failure.value.pids) == 3 and not any(_alive(pid) for pid in failure.value.pids)

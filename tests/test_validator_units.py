@@ -1,0 +1,125 @@
+"""The validator's parts without launching ranks: split backward, transfers, profile, scaling, CLI errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeplan import simulate
+from pipeplan.errors import SpecError
+from pipeplan.model import MODEL_PRESETS
+from pipeplan.plan import Plan
+from pipeplan.profile import LinkProfile, Profile, StageProfile
+from pipeplan.scaling import scale_model, scale_plan
+from simulator.schedules import build_schedule
+
+REPO = Path(__file__).resolve().parents[1]
+PLANS = REPO / "validation" / "plans"
+
+
+def test_input_then_weight_gradient_equals_full_backward():
+    """I followed by W must give exactly B's gradients (same math, different order)."""
+    torch = pytest.importorskip("torch")
+    from validator.compute import StageRunner
+
+    torch.set_num_threads(1)
+    model = MODEL_PRESETS["tiny"]
+    x = torch.randn(2, 16, model.hidden)
+    g = torch.randn(2, 16, model.hidden)
+    grads = []
+    for split in (False, True):
+        runner = StageRunner(model, 1, range(2, 5), 2, 16, 4, torch.device("cpu"), torch.float64, seed=3)
+        runner.forward(0, x.clone().double())
+        dx = runner.backward(0, g.double(), split=split)
+        if split:
+            assert all(p.grad is None for n, p in runner.module.named_parameters() if n.endswith(("q.weight", "down.weight")))
+            runner.weight(0)
+        grads.append((dx, {n: p.grad.clone() for n, p in runner.module.named_parameters()}))
+    (dx_b, g_b), (dx_i, g_i) = grads
+    assert torch.allclose(dx_b, dx_i)
+    assert g_b.keys() == g_i.keys() and len(g_b) > 10
+    for name in g_b:
+        assert torch.allclose(g_b[name], g_i[name], rtol=1e-10, atol=1e-12), name
+
+
+def test_transfers_follow_the_dependency_rules_in_sender_order():
+    pytest.importorskip("torch")
+    from validator.runtime import plan_transfers
+
+    channels = plan_transfers(build_schedule("1f1b", 2, 4))
+    assert sorted(channels) == [(0, 1), (1, 0)]
+    assert [str(t.producer) for t in channels[(0, 1)]] == ["0F0", "0F1", "0F2", "0F3"]
+    assert [str(t.consumer) for t in channels[(1, 0)]] == ["0B0", "0B1", "0B2", "0B3"]
+    assert [t.tag for t in channels[(1, 0)]] == [0, 1, 2, 3]
+    # ZB-V keeps stages p-1 and p on the last device: that hand-off is local, not a transfer.
+    zbv = plan_transfers(build_schedule("zb-v", 2, 4))
+    assert all(t.producer.stage != 1 or t.consumer.stage != 2 for ts in zbv.values() for t in ts)
+
+
+def _profile(plan: Plan, forward=1e-3, link_latency=1e-4) -> Profile:
+    stages = tuple(StageProfile(forward, 2 * forward, 1.5 * forward, 0.5 * forward, 4096.0 if s == 0 else 0.0,
+                                4096.0 if s == 1 else 0.0) for s in range(plan.num_stages))
+    return Profile("test cpu", "gloo", "tiny", plan.microbatch_size, 64, plan.layers_per_stage, stages,
+                   (LinkProfile(0, 1, link_latency, 1e9), LinkProfile(1, 0, link_latency, 1e9)))
+
+
+def test_profile_replaces_the_cost_model_with_closed_form_times():
+    """GPipe, p=2, m=8, t_F=1 ms, t_B=2 ms, transfer c: iteration = (m + p - 1)(t_F + t_B) + 2c
+    (device 1 starts c late, device 0's last backward waits c for its gradient)."""
+    plan = Plan.load(str(PLANS / "tiny-gpipe-p2.json"))
+    profile = _profile(plan)
+    result = simulate(plan=plan, base_dir=PLANS, profile=profile)
+    c = 1e-4 + 4096 / 1e9
+    assert result.iteration_time == pytest.approx(9 * 3e-3 + 2 * c, rel=1e-9)
+    again = Profile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    assert again == profile
+    assert simulate(plan=plan, base_dir=PLANS, profile=again.to_dict()).iteration_time == result.iteration_time
+
+
+def test_profile_for_another_cut_is_refused_naming_the_field():
+    plan = Plan.load(str(PLANS / "tiny-1f1b-p2.json"))
+    with pytest.raises(SpecError, match="profile.layers_per_stage"):
+        simulate(plan=plan.with_(layers_per_stage=(4, 6)), base_dir=PLANS, profile=_profile(plan))
+    with pytest.raises(SpecError, match="profile.microbatch_size"):
+        simulate(plan=plan.with_(microbatch_size=2), base_dir=PLANS, profile=_profile(plan))
+
+
+def test_scale_keeps_cuts_and_schedule_and_shrinks_shapes():
+    model = MODEL_PRESETS["llama3-8b"]
+    plan = Plan("llama3-8b", "dgx-h100", "1f1b", 4, 8, 2, (9, 8, 8, 9))
+    small = scale_plan(plan, model, 0.125)
+    scaled = scale_model(model, 0.125)
+    assert small.layers_per_stage == plan.layers_per_stage and small.schedule == "1f1b"
+    assert scaled.hidden == 512 and scaled.hidden % scaled.heads == 0 and scaled.num_layers == 32
+    assert small.seq_len == 1024 and small.microbatch_size == 1
+    assert simulate(plan=small).iteration_time < simulate(plan=plan).iteration_time
+
+
+def _pipeplan(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "pipeplan", *args], capture_output=True, text=True, cwd=cwd,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+
+
+@pytest.mark.parametrize("args,field", [
+    (["validate", "missing.json"], "plan"),
+    (["validate", str(PLANS / "tiny-1f1b-p2.json"), "--scale", "2"], "--scale"),
+    (["validate", str(PLANS / "tiny-1f1b-p2.json"), "--backend", "nccl"], "--backend"),
+    (["validate", str(PLANS / "tiny-1f1b-p2.json"), "--gantt", "x.bmp"], "output"),
+    (["compare", str(PLANS / "tiny-1f1b-p2.json")], "report"),
+    (["simulate", str(PLANS / "tiny-1f1b-p2.json"), "--profile", str(PLANS / "tiny-gpipe-p2.json")], "profile"),
+])
+def test_bad_validate_input_is_one_line_exit_2(args, field):
+    out = _pipeplan(*args)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert field in out.stderr
+
+
+def test_simulate_accepts_a_profile_file(tmp_path):
+    plan = Plan.load(str(PLANS / "tiny-gpipe-p2.json"))
+    path = tmp_path / "profile.json"
+    _profile(plan).save(str(path))
+    out = _pipeplan("simulate", str(PLANS / "tiny-gpipe-p2.json"), "--profile", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["iteration_time"] == pytest.approx(9 * 3e-3 + 2 * (1e-4 + 4096 / 1e9))

@@ -1,0 +1,90 @@
+"""One rank of a validation run; start it through torchrun, one process per pipeline device.
+
+    python -m torch.distributed.run --nproc-per-node 2 -m validator PLAN.json --out report.json
+
+(``pipeplan validate`` builds that command, picks a free port and watches it.) Every rank builds its
+stages, calibrates them and its links, runs the schedule ``--warmup`` + ``--iterations`` times, and
+sends its timings to rank 0, which writes the report. If anything fails the rank prints
+``rank k failed: <reason>``, leaves a note in ``--run-dir`` for the launcher, and exits non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .runtime import PeerFailure
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m validator", description=__doc__.split("\n\n")[0])
+    p.add_argument("plan", help="plan JSON")
+    p.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--iterations", type=int, default=10, help="timed iterations (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds any single wait may take (default 60)")
+    p.add_argument("--scale", type=float, default=1.0, help="shrink widths, sequence and micro-batch (0, 1]")
+    p.add_argument("--calibration-reps", type=int, default=2,
+                   help="calibration repetitions of each op and ping-pong before every iteration (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: cores / local ranks)")
+    p.add_argument("--out", help="report JSON written by rank 0")
+    p.add_argument("--run-dir", help="folder for the launcher: pid, done and failure notes per rank")
+    return p.parse_args(argv)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this rank when torchrun goes away, so a killed launcher leaves no orphans."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _note(run_dir: str | None, name: str, data: dict) -> None:
+    if not run_dir:
+        return
+    path = Path(run_dir) / name
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    _die_with_parent()
+    _note(args.run_dir, f"rank{rank}.pid", {"rank": rank, "pid": os.getpid()})
+    try:
+        from .run import run_rank
+
+        run_rank(args, rank)
+    except BaseException as err:  # every failure becomes one line and a non-zero exit
+        if isinstance(err, SystemExit) and not err.code:
+            raise
+        peer = err.peer if isinstance(err, PeerFailure) else None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not isinstance(err, (PeerFailure, KeyboardInterrupt)):
+            reason = f"{type(err).__name__}: {reason}"
+        _note(args.run_dir, f"rank{rank}.failed", {
+            "rank": rank, "reason": reason, "peer": peer, "kind": "peer" if isinstance(err, PeerFailure) else "own",
+            "time": time.time(), "traceback": traceback.format_exc(limit=8),
+        })
+        print(f"rank {rank} failed: {reason}", file=sys.stderr, flush=True)
+        # Skip interpreter teardown: destroying a process group whose peer is gone can block.
+        os._exit(1)
+    _note(args.run_dir, f"rank{rank}.done", {"rank": rank, "time": time.time()})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Calibration: what each stage's ops and each used link cost on this machine, measured alone.
+
+* Stages: every rank times F, B, I and W of its own stages on synthetic boundary tensors, all ranks
+  at once, so each op sees the same neighbours competing for cores and memory as in the real run.
+* Links: for every channel a -> b of the schedule, a ping-pong in the same backend and through the
+  same groups as the run. One-way time is half the median round trip, at one element (latency)
+  and at the real boundary-tensor size; bandwidth is the size difference over the time difference.
+
+Calibration runs in rounds, one before every iteration of the real run, and the cost is the median
+over all rounds after warm-up. On a shared machine the load changes over seconds; interleaving makes
+calibration and run sample the same conditions, instead of calibrating in a quiet (or busy) moment
+and running in another.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .compute import StageRunner
+from .runtime import Channel, _wait
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    forward: float
+    backward: float
+    backward_input: float
+    backward_weight: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"forward": self.forward, "backward": self.backward, "backward_input": self.backward_input,
+                "backward_weight": self.backward_weight}
+
+
+@dataclass(frozen=True)
+class LinkTiming:
+    src: int
+    dst: int
+    latency: float
+    bandwidth: float
+    nbytes: float  # the boundary tensor size the big message used
+
+    def to_dict(self) -> dict[str, float]:
+        return {"src": self.src, "dst": self.dst, "latency": self.latency, "bandwidth": self.bandwidth,
+                "nbytes": self.nbytes}
+
+
+def _timed(clock, fn) -> tuple[object, object, object]:
+    start = clock.mark()
+    result = fn()
+    return start, clock.mark(), result
+
+
+def stage_round(runners: dict[int, StageRunner], clock, reps: int) -> dict[int, dict[str, list[float]]]:
+    """``reps`` timings of F, B, I and W of each stage in ``runners`` (this rank's stages)."""
+    samples: dict[int, dict[str, list[float]]] = {s: {k: [] for k in "FBIW"} for s in runners}
+    losses_before = {s: len(r.losses) for s, r in runners.items()}
+    for _ in range(reps):
+        clock.begin_iteration()
+        marks = []
+        for stage, runner in runners.items():
+            shape = runner.boundary_shape()
+
+            def inp():
+                return None if runner.first else torch.randn(shape, dtype=runner.dtype, device=runner.device)
+
+            grad = None if runner.last else torch.randn(shape, dtype=runner.dtype, device=runner.device)
+            marks.append((stage, "F", *_timed(clock, lambda: runner.forward(0, inp()))[:2]))
+            marks.append((stage, "B", *_timed(clock, lambda: runner.backward(0, grad, split=False))[:2]))
+            runner.forward(0, inp())
+            marks.append((stage, "I", *_timed(clock, lambda: runner.backward(0, grad, split=True))[:2]))
+            marks.append((stage, "W", *_timed(clock, lambda: runner.weight(0))[:2]))
+        times = clock.resolve([m for _, _, s, e in marks for m in (s, e)])
+        for k, (stage, kind, _, _) in enumerate(marks):
+            samples[stage][kind].append(times[2 * k + 1] - times[2 * k])
+    for stage, runner in runners.items():
+        runner.clear()  # calibration must not leave gradients for the real run's update
+        del runner.losses[losses_before[stage]:]
+    return samples
+
+
+def stage_timings(samples: list[dict[int, dict[str, list[float]]]]) -> dict[int, StageTiming]:
+    """Medians over all rounds' samples."""
+    merged: dict[int, dict[str, list[float]]] = {}
+    for round_samples in samples:
+        for stage, kinds in round_samples.items():
+            for kind, values in kinds.items():
+                merged.setdefault(stage, {}).setdefault(kind, []).extend(values)
+    return {s: StageTiming(*(statistics.median(merged[s][k]) for k in "FBIW")) for s in merged}
+
+
+def _round_trips(channel: Channel, back: Channel | None, rank: int, numel: int, reps: int,
+                 device: torch.device) -> list[float]:
+    """Round-trip seconds of a ``numel``-element tensor over ``channel`` and back (sender's list)."""
+    a, b = channel.src, channel.dst
+    back_group = back.group if back is not None else channel.group
+    staged = channel.staged
+    tensor = torch.zeros(numel, dtype=channel.dtype, device=device)
+    host = torch.device("cpu") if staged else device
+    buffer = torch.empty(numel, dtype=channel.dtype, device=host)
+    rtts = []
+    for _ in range(reps):
+        if rank == a:
+            _sync(device)
+            t0 = time.perf_counter()
+            payload = tensor.cpu() if staged else tensor
+            _wait(dist.isend(payload, b, group=channel.group), channel.timeout, b, f"ping-pong to rank {b}")
+            _wait(dist.irecv(buffer, b, group=back_group), channel.timeout, b, f"ping-pong from rank {b}")
+            arrived = buffer.to(device) if staged else buffer
+            _sync(device)
+            rtts.append(time.perf_counter() - t0)
+            del arrived
+        else:
+            _wait(dist.irecv(buffer, a, group=channel.group), channel.timeout, a, f"ping-pong from rank {a}")
+            arrived = buffer.to(device) if staged else buffer
+            _sync(device)
+            payload = arrived.cpu() if staged else arrived
+            _wait(dist.isend(payload, a, group=back_group), channel.timeout, a, f"ping-pong to rank {a}")
+    return rtts
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def link_round(all_channels: list[tuple[int, int]], channels: dict[tuple[int, int], Channel], rank: int,
+               numel: int, device: torch.device, reps: int, timeout: float) -> dict[tuple[int, int], tuple[list, list]]:
+    """Ping-pong every channel in turn, one element and ``numel`` elements, ``reps`` times each.
+
+    All ranks walk the same channel list; a barrier separates pairs so no two ping-pongs overlap.
+    Returns the round trips of the channels this rank sends on: {(src, dst): (small, big)}.
+    """
+    measured = {}
+    for src, dst in all_channels:
+        if rank in (src, dst):
+            channel = channels[(src, dst)]
+            back = channels.get((dst, src))
+            small = _round_trips(channel, back, rank, 1, reps, device)
+            big = _round_trips(channel, back, rank, numel, reps, device)
+            if rank == src:
+                measured[(src, dst)] = (small, big)
+        barrier(timeout)
+    return measured
+
+
+def link_timings(samples: list[dict[tuple[int, int], tuple[list, list]]], numel: int, elem_bytes: int) -> list[LinkTiming]:
+    """One-way latency (half the median small round trip) and bandwidth (size over the extra time)."""
+    merged: dict[tuple[int, int], tuple[list, list]] = {}
+    for round_samples in samples:
+        for key, (small, big) in round_samples.items():
+            m = merged.setdefault(key, ([], []))
+            m[0].extend(small)
+            m[1].extend(big)
+    links = []
+    for (src, dst), (small, big) in sorted(merged.items()):
+        latency = statistics.median(small) / 2
+        one_way = statistics.median(big) / 2
+        nbytes = numel * elem_bytes
+        slope = (one_way - latency) / (nbytes - elem_bytes) if nbytes > elem_bytes else 0.0
+        links.append(LinkTiming(src, dst, latency, 1.0 / slope if slope > 0 else float("inf"), float(nbytes)))
+    return links
+
+
+def barrier(timeout: float) -> None:
+    """A barrier that gives up after ``timeout`` seconds (gloo's monitored barrier names the missing rank)."""
+    if dist.get_backend() == "gloo":
+        dist.monitored_barrier(timeout=timedelta(seconds=timeout))
+    else:
+        dist.barrier()

@@ -1,0 +1,176 @@
+"""Real torch modules for a plan's stages, with the shapes of the plan's ModelSpec.
+
+Pipeline layer 0 is the token embedding, layers 1..L the transformer blocks, layer L+1 the final
+norm + LM head + loss; a stage holds the contiguous range ``plan.stage_layers(stage)``.
+
+The weight-gradient half of the backward is separable: every matmul weight goes through
+``_SplitLinear``, whose backward computes only the input gradient when its stage's
+``WeightGradStore`` is deferring and keeps (input, output gradient) for later. ``W`` then runs those
+weight-gradient matmuls and nothing else, as in Zero Bubble's implementation (Qi et al., ICLR'24):
+I + W does the work of one full backward, not more. Norm and embedding weights are small and get
+their gradients from autograd during I (or B).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeplan.model import BLOCK, EMBEDDING, HEAD, ModelSpec
+
+
+class WeightGradStore:
+    """Per stage: whether a backward defers weight gradients, and the deferred work per micro-batch."""
+
+    def __init__(self) -> None:
+        self.defer = False
+        self.collecting: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.pending: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    def take(self, microbatch: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return self.pending.pop(microbatch, [])
+
+
+def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """dL/dW of y = x Wᵀ: grad_outᵀ · x over all tokens."""
+    return grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+
+
+class _SplitLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, store):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.store = store
+        return x @ weight.t()
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad_x = grad_out @ weight
+        if ctx.store.defer:
+            ctx.store.collecting.append((weight, x, grad_out))
+            return grad_x, None, None
+        return grad_x, _weight_grad(x, grad_out), None
+
+
+def apply_weight_grads(work: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+    """Run deferred weight-gradient matmuls, accumulating into ``.grad`` as autograd would."""
+    for weight, x, grad_out in work:
+        grad = _weight_grad(x, grad_out)
+        if weight.grad is None:
+            weight.grad = grad
+        else:
+            weight.grad.add_(grad)
+
+
+class SplitLinear(nn.Module):
+    """A bias-free linear layer whose weight gradient can be deferred to a separate W pass."""
+
+    def __init__(self, n_in: int, n_out: int, store: WeightGradStore) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_out, n_in) * n_in ** -0.5)
+        self.store = store
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SplitLinearFn.apply(x, self.weight, self.store)
+
+
+def _norm(model: ModelSpec) -> nn.Module:
+    # Llama-style models (SwiGLU) use RMSNorm, GPT-style LayerNorm; their cost is the same order.
+    return nn.RMSNorm(model.hidden) if model.gated_mlp else nn.LayerNorm(model.hidden)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: causal self-attention (grouped-query when kv_heads < heads) + MLP.
+
+    Dropout is left out: it changes no matmul shape and would make runs non-deterministic.
+    """
+
+    def __init__(self, model: ModelSpec, store: WeightGradStore) -> None:
+        super().__init__()
+        h, kv = model.hidden, model.kv_dim
+        self.heads, self.kv_heads, self.head_dim = model.heads, model.kv_heads or model.heads, h // model.heads
+        self.norm1, self.norm2 = _norm(model), _norm(model)
+        self.q, self.k, self.v = SplitLinear(h, h, store), SplitLinear(h, kv, store), SplitLinear(h, kv, store)
+        self.o = SplitLinear(h, h, store)
+        self.gated = model.gated_mlp
+        self.up = SplitLinear(h, model.ffn_hidden, store)
+        self.gate = SplitLinear(h, model.ffn_hidden, store) if model.gated_mlp else None
+        self.down = SplitLinear(model.ffn_hidden, h, store)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, h = x.shape
+        y = self.norm1(x)
+        q = self.q(y).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
+        x = x + self.o(attn.transpose(1, 2).reshape(b, s, h))
+        y = self.norm2(x)
+        inner = F.silu(self.gate(y)) * self.up(y) if self.gate is not None else F.gelu(self.up(y))
+        return x + self.down(inner)
+
+
+class Embedding(nn.Module):
+    def __init__(self, model: ModelSpec) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(model.vocab, model.hidden)
+        self.positions = nn.Embedding(model.seq_len, model.hidden) if model.learned_positions else None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(tokens)
+        if self.positions is not None:
+            x = x + self.positions(torch.arange(tokens.shape[1], device=tokens.device))
+        return x
+
+
+class Head(nn.Module):
+    """Final norm and LM head; the loss is computed by the stage (it needs the targets)."""
+
+    def __init__(self, model: ModelSpec, store: WeightGradStore) -> None:
+        super().__init__()
+        self.norm = _norm(model)
+        self.lm_head = SplitLinear(model.hidden, model.vocab, store)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(x))
+
+
+class StageModule(nn.Module):
+    """The layers of one pipeline stage. ``forward(x, targets)`` returns the boundary tensor, or the
+    loss on the last stage (mean cross-entropy divided by ``loss_scale``, the micro-batch count)."""
+
+    def __init__(self, model: ModelSpec, layers: range, loss_scale: int = 1) -> None:
+        super().__init__()
+        self.store = WeightGradStore()
+        kinds = model.layer_kinds
+        built = []
+        for i in layers:
+            if kinds[i] == EMBEDDING:
+                built.append(Embedding(model))
+            elif kinds[i] == BLOCK:
+                built.append(Block(model, self.store))
+            elif kinds[i] == HEAD:
+                built.append(Head(model, self.store))
+        self.layers = nn.ModuleList(built)
+        self.first = kinds[layers.start] == EMBEDDING
+        self.last = kinds[layers.stop - 1] == HEAD
+        self.vocab = model.vocab
+        self.loss_scale = loss_scale
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        if self.last:
+            loss = F.cross_entropy(x.float().reshape(-1, self.vocab), targets.reshape(-1))
+            return loss / self.loss_scale
+        return x
+
+
+def microbatch_tokens(model: ModelSpec, batch: int, seq: int, microbatch: int, seed: int,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic (tokens, targets) for a micro-batch: the first and last stage draw the same
+    batch without sending it, as data loaders on both ends of a real pipeline do."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + microbatch)
+    data = torch.randint(0, model.vocab, (batch, seq + 1), generator=generator)
+    return data[:, :-1].to(device), data[:, 1:].to(device)

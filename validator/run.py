@@ -1,0 +1,200 @@
+"""One rank's whole run: set up, calibrate, execute the schedule, gather to rank 0, report."""
+from __future__ import annotations
+
+import os
+import platform
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pipeplan.errors import SpecError
+from pipeplan.lowering import resolve
+from pipeplan.plan import Plan
+from pipeplan.profile import LinkProfile, Profile, StageProfile
+from pipeplan.scaling import scale_plan
+from simulator.timeline import OpRecord, Timeline, TransferRecord
+
+from .calibrate import barrier, link_round, link_timings, stage_round, stage_timings
+from .compute import StageRunner
+from .runtime import Fault, RankExecutor, make_channels, plan_transfers
+from .timing import clock_offsets, make_clock
+
+SEED = 1234
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu} ({os.cpu_count()} cores)"
+
+
+def load_scaled_plan(path: str, scale: float) -> tuple[Plan, Path]:
+    plan = Plan.load(path)
+    base = Path(path).resolve().parent
+    if scale != 1:
+        model = resolve(plan.model, plan.cluster, plan, base).model
+        plan = scale_plan(plan, model, scale)
+    if any(plan.recompute_of(s) for s in range(plan.num_stages)):
+        raise SpecError("plan.recompute: the validator runs without activation recomputation; set it to none")
+    return plan, base
+
+
+def run_rank(args, rank: int) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    plan, base = load_scaled_plan(args.plan, args.scale)
+    resolved = resolve(plan.model, plan.cluster, plan, base)
+    schedule, model = resolved.schedule, resolved.model
+    if world != plan.pp:
+        raise SpecError(
+            f"plan.pp: the plan has {plan.pp} pipeline devices but torchrun started {world} ranks; "
+            f"start nodes x procs-per-node = {plan.pp}"
+        )
+    threads = args.threads or max(1, (os.cpu_count() or 1) // local_world)
+    torch.set_num_threads(threads)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError("--device cuda: torch sees no CUDA device here")
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        dtype = torch.bfloat16
+    else:
+        if args.backend == "nccl":
+            raise SpecError("--backend nccl needs --device cuda")
+        device = torch.device("cpu")
+        dtype = torch.float32
+    timeout = args.timeout
+    dist.init_process_group(args.backend, timeout=timedelta(seconds=timeout))
+    _run(args, rank, world, plan, base, schedule, model, device, dtype, threads, timeout)
+
+
+def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads, timeout) -> None:
+    batch, seq = plan.microbatch_size, plan.seq_len or model.seq_len
+    shape = (batch, seq, model.hidden)
+    channels = make_channels(schedule, rank, shape, dtype, device, args.backend, timeout)
+    runners = {
+        s: StageRunner(model, s, plan.stage_layers(s), batch, seq, plan.num_microbatches, device, dtype, SEED)
+        for s in schedule.stages_of(rank)
+    }
+    clock = make_clock(device)
+    scalar_device = device if args.backend == "nccl" else torch.device("cpu")
+    offsets = clock_offsets(rank, world, scalar_device, timeout)
+
+    elem_bytes = torch.empty((), dtype=dtype).element_size()
+    numel = batch * seq * model.hidden
+    all_channels = sorted(plan_transfers(schedule))
+    executor = RankExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
+    stage_rounds, link_rounds, iterations = [], [], []
+    stage_round(runners, clock, reps=2)  # first-touch allocations and lazy initialisation
+    for it in range(args.warmup + args.iterations):
+        barrier(timeout)
+        stages_now = stage_round(runners, clock, reps=args.calibration_reps)
+        barrier(timeout)
+        links_now = link_round(all_channels, channels, rank, numel, device, reps=args.calibration_reps, timeout=timeout)
+        barrier(timeout)
+        marks, arrivals = executor.run_iteration()
+        times = clock.resolve([m for op in marks for m in (op.start, op.end)] + [a.mark for a in arrivals])
+        if it < args.warmup:
+            continue
+        stage_rounds.append(stages_now)
+        link_rounds.append(links_now)
+        shift = offsets[rank]
+        ops = [[str(op.action), times[2 * k] - shift, times[2 * k + 1] - shift] for k, op in enumerate(marks)]
+        base_k = 2 * len(marks)
+        seen = [[str(a.producer), str(a.consumer), a.src, times[base_k + k] - shift] for k, a in enumerate(arrivals)]
+        iterations.append({"ops": ops, "arrivals": seen})
+    stage_costs = stage_timings(stage_rounds)
+    links = link_timings(link_rounds, numel, elem_bytes)
+    losses = [float(loss) for r in runners.values() for loss in r.losses]
+
+    payload = {
+        "rank": rank,
+        "stages": {s: t.to_dict() for s, t in stage_costs.items()},
+        "links": [link.to_dict() for link in links],
+        "iterations": iterations,
+        "losses": losses,
+    }
+    gathered = [None] * world if rank == 0 else None
+    dist.gather_object(payload, gathered, dst=0)
+    if rank != 0:
+        return
+    run = assemble(args, plan, base, schedule, model, gathered, device, dtype, threads, elem_bytes * numel, offsets)
+    from pipeplan.validation import build_report, write_report
+
+    report = build_report(run)
+    if args.out:
+        write_report(report, args.out)
+
+
+def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads, boundary_bytes, offsets) -> dict:
+    """Rank 0: the per-rank payloads as measured timelines (simulator format) plus the profile."""
+    stages = {}
+    for payload in gathered:
+        stages.update({int(s): t for s, t in payload["stages"].items()})
+    num_stages = schedule.num_stages
+    profile = Profile(
+        device=device_name(device), backend=args.backend, model=model.name, microbatch_size=plan.microbatch_size,
+        seq_len=plan.seq_len or model.seq_len, layers_per_stage=tuple(plan.layers_per_stage),
+        stages=tuple(
+            StageProfile(**stages[s], send_forward_bytes=boundary_bytes if s < num_stages - 1 else 0.0,
+                         send_backward_bytes=boundary_bytes if s > 0 else 0.0)
+            for s in range(num_stages)
+        ),
+        links=tuple(LinkProfile(l["src"], l["dst"], l["latency"], l["bandwidth"])
+                    for payload in gathered for l in payload["links"]),
+        dtype=str(dtype).replace("torch.", ""),
+    )
+    timelines = []
+    for it in range(args.iterations):
+        ops, ends = [], {}
+        for payload in gathered:
+            for action, start, end in payload["iterations"][it]["ops"]:
+                ops.append((payload["rank"], action, start, end))
+                ends[action] = end
+        origin = min(o[2] for o in ops)
+        records = [OpRecord(d, _action(a), s - origin, e - origin) for d, a, s, e in ops]
+        transfers = []
+        for payload in gathered:
+            for producer, consumer, src, seen in payload["iterations"][it]["arrivals"]:
+                start = ends[producer] - origin
+                transfers.append(TransferRecord(src, payload["rank"], _action(producer), _action(consumer),
+                                                start, max(start, seen - origin), float(boundary_bytes)))
+        records.sort(key=lambda r: (r.device, r.start))
+        meta = {"schedule": schedule.name, "devices": schedule.num_devices, "microbatches": schedule.num_microbatches,
+                "chunks": schedule.chunks, "source": "measured", "iteration": it}
+        timelines.append(Timeline(schedule.num_devices, records, transfers, meta).to_dict())
+    return {
+        "plan": plan.to_dict(),
+        "plan_file": str(Path(args.plan).resolve()),
+        "base_dir": str(base),
+        "scale": args.scale,
+        "backend": args.backend,
+        "device": profile.device,
+        "dtype": profile.dtype,
+        "threads_per_rank": threads,
+        "world_size": len(gathered),
+        "iterations": args.iterations,
+        "warmup": args.warmup,
+        "calibration_reps": args.calibration_reps,
+        "clock_offsets": offsets,
+        "profile": profile.to_dict(),
+        "measured_iterations": timelines,
+        "losses": [payload["losses"] for payload in gathered if payload["losses"]],
+    }
+
+
+def _action(text: str):
+    from simulator.ir import Action
+
+    return Action.parse(text)

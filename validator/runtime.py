@@ -1,0 +1,263 @@
+"""Each rank runs exactly its action list from the shared schedule IR, with real point-to-point traffic.
+
+What an op waits for comes from ``simulator.deps`` (the rules the checker and the engine use). A
+dependency on another device is a transfer over a *channel*: one process group per ordered device
+pair (src -> dst), carrying that pair's boundary tensors in the order the sender produces them.
+Because each channel is FIFO in a fixed order both ends know from the schedule, and every channel
+has its own group (its own NCCL communicator and stream), a receive can never wait behind an
+unrelated send: the run cannot deadlock unless the schedule itself does, which the checker rules out.
+
+* gloo: every receive of the iteration is posted up front (unique tag per transfer), so a send
+  never waits for its matching receive to be posted.
+* NCCL: receives are posted in the sender's order just before they are needed (a posted NCCL
+  receive holds GPU resources while it waits); sends are ``isend`` on the pair's own stream.
+
+Every wait has a timeout; a failed or timed-out wait raises ``PeerFailure`` naming the peer and
+what was awaited, so the launcher can say which rank failed and why.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from simulator.deps import schedule_dependencies
+from simulator.ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Action, Schedule
+
+from .compute import StageRunner
+
+FAULT_ENV = "PIPEPLAN_VALIDATOR_FAULT"
+
+
+class PeerFailure(RuntimeError):
+    """A wait on another rank failed or timed out; ``peer`` is that rank (None: unknown, a collective)."""
+
+    def __init__(self, peer: int | None, message: str) -> None:
+        super().__init__(message)
+        self.peer = peer
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A boundary tensor crossing devices: ``producer`` on ``src`` feeds ``consumer`` on ``dst``."""
+
+    producer: Action
+    consumer: Action
+    src: int
+    dst: int
+    direction: str  # "fwd" (activations) or "bwd" (input gradient)
+    tag: int  # position on its channel within one iteration
+
+    def describe(self) -> str:
+        what = "activations" if self.direction == "fwd" else "input gradient"
+        return f"the {what} of {self.producer} for {self.consumer}"
+
+
+def plan_transfers(schedule: Schedule) -> dict[tuple[int, int], list[Transfer]]:
+    """Per channel (src, dst), its transfers in the order the sender produces them."""
+    position = {a: (d, i) for d, acts in enumerate(schedule.device_actions) for i, a in enumerate(acts)}
+    found: dict[tuple[int, int], list[tuple[int, Action, Action, str]]] = {}
+    for consumer, deps in schedule_dependencies(schedule).items():
+        dst = position[consumer][0]
+        for dep in deps:
+            src, order = position[dep.producer]
+            if dep.direction != "local" and src != dst:
+                found.setdefault((src, dst), []).append((order, dep.producer, consumer, dep.direction))
+    channels = {}
+    for key in sorted(found):
+        rows = sorted(found[key], key=lambda r: (r[0], r[2]))
+        channels[key] = [Transfer(p, c, key[0], key[1], direction, tag) for tag, (_, p, c, direction) in enumerate(rows)]
+    return channels
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault to inject, for tests: at this rank's ``op``-th compute op (0-based, warm-up included)."""
+
+    rank: int
+    op: int
+    mode: str  # kill | raise | hang
+
+    @staticmethod
+    def from_env() -> "Fault | None":
+        """``PIPEPLAN_VALIDATOR_FAULT=rank:op:mode``, e.g. ``1:5:kill``."""
+        text = os.environ.get(FAULT_ENV, "").strip()
+        if not text:
+            return None
+        rank, op, mode = text.split(":")
+        if mode not in ("kill", "raise", "hang"):
+            raise ValueError(f"{FAULT_ENV}: mode must be kill, raise or hang (got {mode!r})")
+        return Fault(int(rank), int(op), mode)
+
+    def trigger(self, action: Action) -> None:
+        if self.mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.mode == "raise":
+            raise RuntimeError(f"injected fault at op {self.op} ({action})")
+        while True:  # hang: never return; the peers' waits time out
+            time.sleep(3600)
+
+
+def _wait(work, timeout: float, peer: int | None, what: str) -> None:
+    try:
+        ok = work.wait(timedelta(seconds=timeout))
+    except Exception as err:  # gloo raises on timeouts and on a peer that went away
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PeerFailure(peer, f"waiting for {what}: {first}") from None
+    if ok is False:
+        raise PeerFailure(peer, f"timed out after {timeout:g} s waiting for {what}")
+
+
+class Channel:
+    """One ordered device pair's boundary tensors, in one process group of its own."""
+
+    def __init__(self, src: int, dst: int, group, transfers: list[Transfer], shape: tuple[int, ...],
+                 dtype: torch.dtype, device: torch.device, staged: bool, prepost: bool, timeout: float) -> None:
+        self.src, self.dst, self.group = src, dst, group
+        self.transfers = transfers
+        self.by_consumer = {(t.producer, t.consumer): t for t in transfers}
+        self.shape, self.dtype, self.timeout = shape, dtype, timeout
+        # gloo moves only CPU tensors: with CUDA compute the buffers live in host memory.
+        self.buffer_device = torch.device("cpu") if staged else device
+        self.device, self.staged, self.prepost = device, staged, prepost
+        self.posted: dict[int, tuple[object, torch.Tensor]] = {}
+        self.sends: list[tuple[object, torch.Tensor, Transfer]] = []
+
+    # receiving end
+    def start_iteration(self) -> None:
+        self.posted = {}
+        if self.prepost:
+            for t in self.transfers:
+                self._post(t)
+
+    def _post(self, t: Transfer) -> None:
+        buffer = torch.empty(self.shape, dtype=self.dtype, device=self.buffer_device)
+        self.posted[t.tag] = (dist.irecv(buffer, self.src, group=self.group, tag=t.tag), buffer)
+
+    def receive(self, producer: Action, consumer: Action) -> torch.Tensor:
+        t = self.by_consumer[(producer, consumer)]
+        for earlier in self.transfers[: t.tag + 1]:  # lazy posting keeps the sender's order
+            if earlier.tag not in self.posted:
+                self._post(earlier)
+        work, buffer = self.posted[t.tag]
+        _wait(work, self.timeout, self.src, f"{t.describe()} from rank {self.src}")
+        return buffer.to(self.device, non_blocking=False) if self.staged else buffer
+
+    # sending end
+    def send(self, producer: Action, consumer: Action, tensor: torch.Tensor) -> None:
+        t = self.by_consumer[(producer, consumer)]
+        payload = tensor.detach()
+        payload = payload.cpu() if self.staged else payload.contiguous()
+        self.sends.append((dist.isend(payload, self.dst, group=self.group, tag=t.tag), payload, t))
+
+    def finish_sends(self) -> None:
+        for work, _, t in self.sends:
+            _wait(work, self.timeout, self.dst, f"rank {self.dst} to take {t.describe()}")
+        self.sends = []
+
+
+def make_channels(schedule: Schedule, rank: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                  backend: str, timeout: float) -> dict[tuple[int, int], Channel]:
+    """Create one group per channel on every rank (``new_group`` is collective), keep this rank's."""
+    staged = backend == "gloo" and device.type == "cuda"
+    mine = {}
+    for (src, dst), transfers in plan_transfers(schedule).items():
+        group = dist.new_group([src, dst], timeout=timedelta(seconds=timeout), backend=backend)
+        if rank in (src, dst):
+            mine[(src, dst)] = Channel(src, dst, group, transfers, shape, dtype, device, staged,
+                                       prepost=backend == "gloo", timeout=timeout)
+    return mine
+
+
+@dataclass(frozen=True)
+class OpMark:
+    action: Action
+    start: object  # a clock mark (float on CPU, CUDA event on GPU)
+    end: object
+
+
+@dataclass(frozen=True)
+class ArrivalMark:
+    producer: Action
+    consumer: Action
+    src: int
+    mark: object
+
+
+class RankExecutor:
+    """Runs one rank's action list once per call of ``run_iteration``."""
+
+    def __init__(self, schedule: Schedule, rank: int, runners: dict[int, StageRunner],
+                 channels: dict[tuple[int, int], Channel], clock, fault: Fault | None = None) -> None:
+        self.schedule, self.rank, self.runners, self.channels, self.clock = schedule, rank, runners, channels, clock
+        self.actions = schedule.device_actions[rank]
+        deps = schedule_dependencies(schedule)
+        device_of = schedule.stage_to_device
+        self.inputs: dict[Action, list[tuple[Action, int]]] = {}
+        self.outputs: dict[Action, list[tuple[Action, int]]] = {}
+        for action in self.actions:
+            self.inputs[action] = [(d.producer, device_of[d.producer.stage]) for d in deps[action]
+                                   if d.direction != "local"]
+        for consumer, dep_list in deps.items():
+            for d in dep_list:
+                if d.direction != "local" and device_of[d.producer.stage] == rank:
+                    self.outputs.setdefault(d.producer, []).append((consumer, device_of[consumer.stage]))
+        self.fault = fault if fault is not None and fault.rank == rank else None
+        self.ops_run = 0
+        self.mailbox: dict[tuple[Action, Action], torch.Tensor] = {}
+
+    def _gather_input(self, action: Action, arrivals: list[ArrivalMark]) -> torch.Tensor | None:
+        tensor = None
+        for producer, src in self.inputs[action]:
+            if src == self.rank:
+                tensor = self.mailbox.pop((producer, action))
+            else:
+                tensor = self.channels[(src, self.rank)].receive(producer, action)
+                arrivals.append(ArrivalMark(producer, action, src, self.clock.mark()))
+        return tensor
+
+    def _compute(self, action: Action, received: torch.Tensor | None) -> torch.Tensor | None:
+        runner = self.runners[action.stage]
+        if action.kind == FORWARD:
+            return runner.forward(action.microbatch, received)
+        if action.kind == FULL_BACKWARD:
+            return runner.backward(action.microbatch, received, split=False)
+        if action.kind == BACKWARD_INPUT:
+            return runner.backward(action.microbatch, received, split=True)
+        if action.kind == BACKWARD_WEIGHT:
+            runner.weight(action.microbatch)
+            return None
+        raise ValueError(f"unknown action kind in {action}")
+
+    def run_iteration(self) -> tuple[list[OpMark], list[ArrivalMark]]:
+        self.clock.begin_iteration()
+        for channel in self.channels.values():
+            if channel.dst == self.rank:
+                channel.start_iteration()
+        marks: list[OpMark] = []
+        arrivals: list[ArrivalMark] = []
+        for action in self.actions:
+            received = self._gather_input(action, arrivals)
+            if self.fault is not None and self.ops_run == self.fault.op:
+                self.fault.trigger(action)
+            self.ops_run += 1
+            start = self.clock.mark()
+            result = self._compute(action, received)
+            end = self.clock.mark()
+            marks.append(OpMark(action, start, end))
+            for consumer, dst in self.outputs.get(action, ()):
+                if dst == self.rank:
+                    self.mailbox[(action, consumer)] = result.detach()
+                else:
+                    self.channels[(self.rank, dst)].send(action, consumer, result)
+        for channel in self.channels.values():
+            if channel.src == self.rank:
+                channel.finish_sends()
+        for runner in self.runners.values():
+            runner.step()
+        return marks, arrivals

@@ -1,0 +1,98 @@
+"""One clock for every op on every rank.
+
+On CPU an op's start and end are ``perf_counter`` readings taken after its inputs are in place and
+after its compute returns (CPU ops are synchronous, so no further sync is needed). On GPU they are
+CUDA events recorded on the compute stream, converted to host seconds through a reference event
+recorded right after a device synchronise at the start of each iteration.
+
+Ranks are aligned NTP-style: rank 0 exchanges a few round trips with every other rank and takes the
+one with the smallest round-trip time; the other rank's clock reading is assumed to fall in the
+middle of it. On one host perf_counter is CLOCK_MONOTONIC and the offset comes out at a few
+microseconds; across nodes it corrects the clocks' different origins.
+"""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+class CpuClock:
+    """perf_counter marks; ``mark()`` returns a token, ``seconds(token)`` the host time."""
+
+    def begin_iteration(self) -> None:
+        pass
+
+    def mark(self) -> float:
+        return time.perf_counter()
+
+    def resolve(self, marks: list) -> list[float]:
+        return list(marks)
+
+
+class CudaClock:
+    """CUDA events on the current stream; resolved to host seconds after the iteration."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reference = None
+        self.reference_host = 0.0
+
+    def begin_iteration(self) -> None:
+        torch.cuda.synchronize(self.device)
+        self.reference = torch.cuda.Event(enable_timing=True)
+        self.reference.record()
+        torch.cuda.synchronize(self.device)
+        self.reference_host = time.perf_counter()
+
+    def mark(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def resolve(self, marks: list) -> list[float]:
+        torch.cuda.synchronize(self.device)
+        return [self.reference_host + self.reference.elapsed_time(e) / 1e3 for e in marks]
+
+
+def make_clock(device: torch.device):
+    return CudaClock(device) if device.type == "cuda" else CpuClock()
+
+
+def _sync(device: torch.device) -> None:
+    # An NCCL wait only orders streams; the host must see the data before it reads the clock.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock_offsets(rank: int, world: int, device: torch.device, timeout: float, rounds: int = 16) -> list[float]:
+    """Per rank, how far its perf_counter runs ahead of rank 0's (seconds); all ranks get the list.
+
+    ``device`` is where the exchanged scalars live (CUDA for NCCL, CPU for gloo).
+    """
+    wait = timedelta(seconds=timeout)
+    offsets = [0.0] * world
+    buf = torch.zeros(1, dtype=torch.float64, device=device)
+    for peer in range(1, world):
+        if rank == 0:
+            best_rtt, best = float("inf"), 0.0
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                dist.isend(buf, peer).wait(wait)
+                dist.irecv(buf, peer).wait(wait)
+                _sync(device)
+                t1 = time.perf_counter()
+                if t1 - t0 < best_rtt:
+                    best_rtt, best = t1 - t0, float(buf.item()) - (t0 + t1) / 2
+            offsets[peer] = best
+        elif rank == peer:
+            for _ in range(rounds):
+                dist.irecv(buf, 0).wait(wait)
+                _sync(device)
+                buf.fill_(time.perf_counter())
+                dist.isend(buf, 0).wait(wait)
+    shared = torch.tensor(offsets, dtype=torch.float64, device=device)
+    dist.broadcast(shared, 0)
+    return [float(x) for x in shared.cpu()]
