@@ -3,7 +3,8 @@
 1. every (schedule, v, b) the generators accept, with m = per-replica batch / b;
 2. in order of their lower bound, CP-SAT finds each candidate's best split and recomputation under the
    analytic objective; a candidate whose bound cannot beat the ``rescore``-th best found is skipped;
-3. the simulator re-scores the best ``rescore`` proposals and the best of every schedule variant;
+3. the simulator re-scores the best ``rescore`` proposals and the best of every schedule variant, and
+   polishes the winner by moving single cuts while that simulates faster (``refine``);
 4. the baselines run under the winner's schedule, b and m through the same simulator; whichever
    simulates fastest and fits is returned, so the answer is never slower than a baseline.
 """
@@ -21,6 +22,7 @@ from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, all_splits, deepspeed_p
 from .candidates import enumerate_candidates, lower_bound, schedule_variants
 from .cpsat import Solution, solve
 from .problem import Candidate, build_problem
+from .refine import refine
 from .result import CandidateRecord, OptimizeResult, Scored
 
 Progress = Callable[[int, int, str], None]
@@ -134,6 +136,8 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
 
         raise SpecError(explain_infeasible(spec, cl, pp, dp, batch, s, headroom, distributed_optimizer, gpus))
     scored, candidate, solution, predicted = best
+    proposal = scored
+    scored = refine(scored, judge, headroom)
     baselines = _baselines(spec, candidate, pp, s, make_plan, judge)
     chosen, source = scored, "cp-sat"
     for b in baselines:
@@ -143,7 +147,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         progress(total, total, "done")
     ordered = tuple(records[c] for _, _, c, _ in problems)
     return OptimizeResult(chosen, source, candidate, solution, predicted, tuple(baselines), ordered,
-                          time.perf_counter() - started, headroom)
+                          time.perf_counter() - started, headroom, proposal)
 
 
 def _with_simulated(record: CandidateRecord, simulated: float) -> CandidateRecord:

@@ -75,6 +75,7 @@ class OptimizeResult:
     candidates: tuple[CandidateRecord, ...] = field(default=())
     search_time: float = 0.0
     headroom: float = 0.0
+    proposal: Scored | None = None  # CP-SAT's split as proposed, before the simulator's polish
 
     @property
     def plan(self) -> Plan:
@@ -103,6 +104,8 @@ class OptimizeResult:
             "source": self.source,
             "iteration_time": r.iteration_time,
             "predicted_iteration_time": self.predicted_iteration_time,
+            "proposal_iteration_time": None if self.proposal is None else self.proposal.iteration_time,
+            "proposal_layers_per_stage": None if self.proposal is None else list(self.proposal.plan.layers_per_stage),
             "bubble_fraction": r.bubble_fraction,
             "tokens_per_second": r.tokens_per_second,
             "mfu": r.mfu,
