@@ -27,6 +27,8 @@ from .errors import SpecError
 from .lowering import lower
 from .model import MODEL_PRESETS, ModelSpec, load_model
 from .plan import Plan, even_split
+from .planner.optimize import optimize
+from .planner.result import OptimizeResult
 
 __version__ = "0.1.0"
 
@@ -36,3 +38,4 @@ __all__ = [
     "PlanResult", "simulate", "CLUSTER_PRESETS", "ClusterSpec", "GPUSpec", "LinkSpec", "load_cluster",
     "SpecError", "lower", "MODEL_PRESETS", "ModelSpec", "load_model", "Plan", "even_split",
 ]
+__all__ += ["optimize", "OptimizeResult"]

@@ -50,12 +50,14 @@ def _prefix(values: tuple[int, ...]) -> list[int]:
 
 
 def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1, hint: tuple[int, ...] | None = None,
-          minimize_memory: bool = False) -> Solution:
-    """Minimise the analytic iteration time of ``problem`` (or, with ``minimize_memory``, the largest
-    per-device memory over capacity, used to say how much memory a plan would need).
+          objective: str = "time") -> Solution:
+    """Minimise the analytic iteration time of ``problem`` (``objective="time"``).
 
-    ``hint`` is a layers-per-stage split to start from (e.g. the uniform one).
+    ``"memory"`` minimises the largest per-device memory level instead, ignoring the capacity (to
+    say how much memory a plan would need); ``"none"`` only asks whether any split fits (to find
+    how many devices would be enough). ``hint`` is a layers-per-stage split to start from.
     """
+    minimize_memory = objective == "memory"
     from ortools.sat.python import cp_model
 
     L, S, p = problem.num_layers, problem.num_stages, problem.pp
@@ -142,7 +144,7 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
         for level in levels:
             model.Add(peak >= level)
         model.Minimize(peak)
-    else:
+    elif objective == "time":
         if problem.chunks > 1:
             lo = min(0, *(min(problem.fill_weights) * x for x in (total_work,)))
             widest = model.NewIntVar(lo, 2 * total_work, "widest_fill")

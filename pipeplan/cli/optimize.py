@@ -1,0 +1,152 @@
+"""``pipeplan optimize``: search cut points, micro-batching, schedule, chunks and recomputation."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import SpecError
+from .output import fmt_bytes, fmt_pct, fmt_time, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "optimize",
+        help="find the fastest plan that fits (CP-SAT proposes, the simulator judges)",
+        description="Search contiguous cut points, recomputation per stage, schedule, chunks, micro-batch size "
+        "and count with OR-Tools CP-SAT; the discrete-event simulator re-scores the best proposals and the "
+        "baselines (Megatron uniform split, DeepSpeed parameter split) under the same schedule, b and m.",
+    )
+    p.add_argument("--model", required=True, help="model preset or JSON/YAML file")
+    p.add_argument("--cluster", default="dgx-h100", help="cluster preset or JSON/YAML file (default dgx-h100)")
+    p.add_argument("--nodes", type=int, default=None, help="number of nodes of the cluster")
+    p.add_argument("--pp", type=int, default=None, help="pipeline devices (default: all GPUs / dp)")
+    p.add_argument("--dp", type=int, default=1, help="data-parallel replicas (default 1)")
+    p.add_argument("--global-batch", type=int, required=True, help="sequences per iteration, all replicas")
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: the model's)")
+    p.add_argument("--schedules", nargs="+", metavar="NAME", default=None,
+                   help="schedules to consider (default: gpipe 1f1b interleaved zb-h1 zb-h2 zb-v)")
+    p.add_argument("--microbatch-sizes", nargs="+", type=int, metavar="B", default=None,
+                   help="micro-batch sizes to consider (default: every divisor of the per-replica batch)")
+    p.add_argument("--time-limit", type=float, default=5.0, help="CP-SAT budget per candidate, seconds (default 5)")
+    p.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
+    p.add_argument("--distributed-optimizer", action="store_true", help="shard optimizer state over dp")
+    p.add_argument("--out", metavar="PLAN.json", help="write the chosen plan (for simulate / validate)")
+    p.add_argument("--gantt", metavar="FILE", help="Gantt chart of the chosen plan (.png, .svg or .pdf)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=run)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    if args.gantt:
+        from ..charts.render import figure_format
+
+        figure_format(args.gantt)
+    for flag in ("out", "gantt"):
+        path = getattr(args, flag)
+        if path and not Path(path).resolve().parent.is_dir():
+            raise SpecError(f"--{flag}: folder of {path!r} does not exist")
+    if args.out and Path(args.out).suffix.lower() != ".json":
+        raise SpecError(f"--out: {args.out!r} needs a .json extension")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_outputs(args)
+    from ..planner.optimize import optimize
+
+    kwargs = dict(model=args.model, cluster=args.cluster, global_batch=args.global_batch, pp=args.pp, dp=args.dp,
+                  nodes=args.nodes, seq_len=args.seq_len, schedules=args.schedules,
+                  microbatch_sizes=args.microbatch_sizes, time_limit=args.time_limit, headroom=args.headroom,
+                  distributed_optimizer=args.distributed_optimizer)
+    if args.json or not sys.stderr.isatty():
+        result = optimize(**kwargs)
+    else:
+        result = _with_progress(optimize, kwargs)
+    written = []
+    if args.out:
+        from ..fileio import write_atomic
+
+        write_atomic(args.out, result.plan.to_json())
+        written.append(args.out)
+    if args.gantt:
+        from ..charts.gantt import gantt
+
+        gantt(result.result.timeline, args.gantt, title=f"{result.result.resolved.model.name}: optimized plan")
+        written.append(args.gantt)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print_report(result)
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
+def _with_progress(optimize, kwargs):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("searching", total=None)
+
+        def update(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"candidate {label}")
+
+        return optimize(**kwargs, progress=update)
+
+
+def _recompute_text(plan) -> str:
+    flags = list(plan.recompute) or ["none"] * plan.num_stages
+    full = [str(k) for k, r in enumerate(flags) if r == "full"]
+    if not full:
+        return "none"
+    return "all stages" if len(full) == len(flags) else "stages " + ",".join(full)
+
+
+def print_report(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
+    plan, sim = result.plan, result.result
+    model, cluster = sim.resolved.model, sim.resolved.cluster
+    sol = result.solution
+    gap = "" if sol.gap is None else f", gap {fmt_pct(sol.gap)}"
+    console.print(
+        f"[bold]{model.name}[/] on {cluster.nodes} x {cluster.name}: pp={plan.pp} dp={plan.dp} "
+        f"global batch {plan.microbatch_size * plan.num_microbatches * plan.dp}, seq {sim.resolved.seq_len}"
+    )
+    console.print(
+        f"chosen: [bold]{plan.schedule}[/] v={plan.chunks} b={plan.microbatch_size} m={plan.num_microbatches}, "
+        f"recompute {_recompute_text(plan)}  (from {result.source}; CP-SAT {sol.status}{gap}, "
+        f"{sol.wall_time:.2f} s; search {result.search_time:.1f} s)"
+    )
+    console.print(
+        f"iteration [bold]{fmt_time(sim.iteration_time)}[/] (analytic {fmt_time(result.predicted_iteration_time)})  "
+        f"bubble {fmt_pct(sim.bubble_fraction)}  {sim.tokens_per_second:,.0f} tokens/s  MFU {fmt_pct(sim.mfu)}"
+    )
+    schedule = sim.resolved.schedule
+    stages = Table(title="per device", title_justify="left")
+    for h in ("device", "stages", "layers", "recompute", "peak memory / capacity"):
+        stages.add_column(h, justify="right")
+    flags = list(plan.recompute) or ["none"] * plan.num_stages
+    for d in range(plan.pp):
+        mine = schedule.stages_of(d)
+        stages.add_row(str(d), " ".join(map(str, mine)), "+".join(str(plan.layers_per_stage[k]) for k in mine),
+                       " ".join(flags[k] for k in mine),
+                       f"{fmt_bytes(sim.peak_memory[d])} / {fmt_bytes(sim.sim.capacity[d])}")
+    console.print(stages)
+    table = Table(title=f"against the baselines ({plan.schedule}, b={plan.microbatch_size}, m={plan.num_microbatches})",
+                  title_justify="left")
+    for h in ("plan", "layers per stage", "recompute", "iteration", "bubble", "MFU", "fits", "speed-up"):
+        table.add_column(h, justify="right" if h not in ("plan", "layers per stage") else "left")
+    table.add_row("chosen", " ".join(map(str, plan.layers_per_stage)), _recompute_text(plan),
+                  fmt_time(sim.iteration_time), fmt_pct(sim.bubble_fraction), fmt_pct(sim.mfu), "yes", "1.00x")
+    for b in result.baselines:
+        r = b.result
+        table.add_row(b.name, " ".join(map(str, b.plan.layers_per_stage)), _recompute_text(b.plan),
+                      fmt_time(r.iteration_time), fmt_pct(r.bubble_fraction), fmt_pct(r.mfu),
+                      "yes" if r.fits else "OUT OF MEMORY", f"{r.iteration_time / sim.iteration_time:.2f}x")
+    console.print(table)

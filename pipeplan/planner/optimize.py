@@ -1,0 +1,181 @@
+"""The outer loop: enumerate candidates, prune by bounds, CP-SAT per candidate, the simulator judges.
+
+1. every (schedule, v, b) the generators accept, with m = per-replica batch / b;
+2. in order of their lower bound, CP-SAT finds each candidate's best split and recomputation under the
+   analytic objective; a candidate whose bound cannot beat the ``rescore``-th best found is skipped;
+3. the simulator re-scores the best ``rescore`` proposals and the best of every schedule variant, and
+   polishes the winner by moving single cuts while that simulates faster (``refine``);
+4. the baselines run under the winner's schedule, b and m through the same simulator; whichever
+   simulates fastest and fits is returned, so the answer is never slower than a baseline.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ..api import simulate
+from ..cluster import CLUSTER_PRESETS, ClusterSpec, load_cluster
+from ..errors import SpecError, positive_int
+from ..model import MODEL_PRESETS, ModelSpec, load_model
+from ..plan import Plan
+from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, all_splits, deepspeed_parameters, megatron_uniform
+from .candidates import enumerate_candidates, lower_bound, schedule_variants
+from .cpsat import Solution, solve
+from .problem import Candidate, build_problem
+from .refine import refine
+from .result import CandidateRecord, OptimizeResult, Scored
+
+Progress = Callable[[int, int, str], None]
+
+
+def _spec_ref(given, spec):
+    """What the plan file should name: the user's string (preset or path), a preset's name, or the spec inline."""
+    if isinstance(given, str):
+        return given
+    if isinstance(spec, ModelSpec):
+        return spec.name if MODEL_PRESETS.get(spec.name) == spec else spec.to_dict()
+    preset = CLUSTER_PRESETS.get(spec.name)
+    return spec.name if preset is not None and preset.with_nodes(spec.nodes) == spec else spec.to_dict()
+
+
+def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,
+             pp: int | None = None, dp: int = 1, nodes: int | None = None, seq_len: int | None = None,
+             schedules: list[str] | None = None, microbatch_sizes: list[int] | None = None,
+             time_limit: float = 5.0, headroom: float = 0.05, distributed_optimizer: bool = False,
+             rescore: int = 3, progress: Progress | None = None) -> OptimizeResult:
+    """Find the fastest plan that fits: cut points, recomputation per stage, schedule, b, m and v.
+
+    ``time_limit`` is each candidate's CP-SAT budget (deterministic seconds); ``headroom`` the share
+    of GPU memory kept free. Raises SpecError (one line) when nothing fits, saying how much memory
+    per GPU or how many pipeline devices would be needed.
+    """
+    started = time.perf_counter()
+    spec = load_model(model)
+    cl = load_cluster(cluster, nodes)
+    positive_int("dp", dp)
+    positive_int("global_batch", global_batch)
+    if seq_len is not None:
+        positive_int("seq_len", seq_len)
+    if not 0 <= headroom < 1:
+        raise SpecError(f"headroom: must be in [0, 1) (got {headroom}); 0.05 keeps 5 % of each GPU free")
+    if time_limit <= 0:
+        raise SpecError(f"time_limit: must be > 0 seconds (got {time_limit})")
+    pp = pp if pp is not None else cl.num_gpus // dp
+    positive_int("pp", pp)
+    if pp * dp > cl.num_gpus:
+        raise SpecError(f"pp: pp x dp = {pp * dp} GPUs but {cl.name} has {cl.num_gpus} with {cl.nodes} node(s); "
+                        f"raise --nodes or lower --pp/--dp")
+    if global_batch % dp:
+        raise SpecError(f"global_batch: {global_batch} is not divisible by dp = {dp}")
+    L = spec.num_pipeline_layers
+    if pp > L:
+        raise SpecError(f"pp: {pp} pipeline devices need at least {pp} layers; {spec.name} has {L}; lower --pp")
+    batch = global_batch // dp
+    s = seq_len or spec.seq_len
+    gpus = [d * dp for d in range(pp)]
+    variants = schedule_variants(schedules)
+    found = enumerate_candidates(L, pp, batch, variants, microbatch_sizes)
+    if not found:
+        raise SpecError(f"schedules: no schedule of {', '.join(n for n, _ in variants)} runs with pp = {pp} and a "
+                        f"per-replica batch of {batch}; try other --schedules or a larger --global-batch")
+    model_ref, cluster_ref = _spec_ref(model, spec), _spec_ref(cluster, cl)
+
+    def make_plan(candidate: Candidate, layers: tuple[int, ...], recompute: tuple[bool, ...]) -> Plan:
+        return Plan(model=model_ref, cluster=cluster_ref, nodes=nodes, schedule=candidate.schedule, pp=pp,
+                    chunks=candidate.chunks, num_microbatches=candidate.num_microbatches,
+                    microbatch_size=candidate.microbatch_size, layers_per_stage=tuple(layers),
+                    recompute=tuple("full" if r else "none" for r in recompute), seq_len=seq_len, dp=dp,
+                    distributed_optimizer=distributed_optimizer)
+
+    def judge(name: str, plan: Plan) -> Scored:
+        return Scored(name, plan, simulate(spec, cl, plan))
+
+    problems = []
+    for candidate, schedule in found:
+        problem = build_problem(spec, cl, candidate, schedule, s, gpus, dp, distributed_optimizer, headroom)
+        problems.append((problem.seconds(lower_bound(problem)), candidate.label, candidate, problem))
+    problems.sort(key=lambda t: (t[0], t[1]))
+
+    records: dict[Candidate, CandidateRecord] = {}
+    solved: list[tuple[float, Candidate, Solution]] = []
+    total = len(problems) + 1
+    for done, (bound, _, candidate, problem) in enumerate(problems):
+        if progress:
+            progress(done, total, candidate.label)
+        best_found = sorted(t for t, _, _ in solved)
+        if len(best_found) >= rescore and bound >= best_found[rescore - 1]:
+            records[candidate] = CandidateRecord(candidate, bound)
+            continue
+        hint = megatron_uniform(spec, problem.num_stages)
+        solution = solve(problem, time_limit=time_limit, hint=hint)
+        predicted = problem.seconds(solution.objective) if solution.found else None
+        records[candidate] = CandidateRecord(candidate, bound, solution.status, predicted, solution.gap,
+                                             solution.wall_time)
+        if solution.found:
+            solved.append((predicted, candidate, solution))
+    if progress:
+        progress(total - 1, total, "simulating the best proposals")
+
+    # Re-score: the best few overall and the best of every schedule variant.
+    solved.sort(key=lambda t: (t[0], t[1].label))
+    chosen_set, seen_variants = [], set()
+    for i, (predicted, candidate, solution) in enumerate(solved):
+        variant = (candidate.schedule, candidate.chunks)
+        if i < rescore or variant not in seen_variants:
+            chosen_set.append((predicted, candidate, solution))
+        seen_variants.add(variant)
+    best: tuple[Scored, Candidate, Solution, float] | None = None
+    for predicted, candidate, solution in chosen_set:
+        scored = judge("cp-sat", make_plan(candidate, solution.layers_per_stage, solution.recompute))
+        records[candidate] = _with_simulated(records[candidate], scored.iteration_time)
+        if scored.result.fits and (best is None or scored.iteration_time < best[0].iteration_time):
+            best = (scored, candidate, solution, predicted)
+
+    if best is None:
+        from .infeasible import explain_infeasible
+
+        raise SpecError(explain_infeasible(spec, cl, pp, dp, batch, s, headroom, distributed_optimizer, gpus))
+    scored, candidate, solution, predicted = best
+    proposal = scored
+    scored = refine(scored, judge, headroom)
+    baselines = _baselines(spec, candidate, pp, s, make_plan, judge)
+    chosen, source = scored, "cp-sat"
+    for b in baselines:
+        if b.result.fits and b.iteration_time < chosen.iteration_time:
+            chosen, source = b, b.name
+    if progress:
+        progress(total, total, "done")
+    ordered = tuple(records[c] for _, _, c, _ in problems)
+    return OptimizeResult(chosen, source, candidate, solution, predicted, tuple(baselines), ordered,
+                          time.perf_counter() - started, headroom, proposal)
+
+
+def _with_simulated(record: CandidateRecord, simulated: float) -> CandidateRecord:
+    from dataclasses import replace
+
+    return replace(record, simulated=simulated)
+
+
+def _baselines(spec: ModelSpec, candidate: Candidate, pp: int, seq_len: int, make_plan, judge) -> list[Scored]:
+    """Uniform and parameter-balanced splits (recomputing everywhere when they do not fit otherwise),
+    and for small models the best of every split by simulation."""
+    S = candidate.chunks * pp
+    out = []
+    for name, layers in ((UNIFORM, megatron_uniform(spec, S)), (PARAMETERS, deepspeed_parameters(spec, S, seq_len))):
+        scored = judge(name, make_plan(candidate, layers, (False,) * S))
+        if not scored.result.fits:
+            scored = judge(name, make_plan(candidate, layers, (True,) * S))
+        out.append(scored)
+    splits = all_splits(spec.num_pipeline_layers, S)
+    if splits:
+        best = None
+        for recompute in ((False,) * S, (True,) * S):
+            for layers in splits:
+                scored = judge(BRUTE_FORCE, make_plan(candidate, layers, recompute))
+                if scored.result.fits and (best is None or scored.iteration_time < best.iteration_time):
+                    best = scored
+            if best is not None:
+                break
+        if best is not None:
+            out.append(best)
+    return out

@@ -1,0 +1,130 @@
+"""The planner end to end: plans fit in the simulator, beat the baselines, and the CLI speaks JSON and one-line errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pipeplan
+from pipeplan import Plan, SpecError
+from pipeplan.cluster import CLUSTER_PRESETS
+from pipeplan.planner.baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, linear_partition, megatron_uniform
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pipeplan_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pipeplan", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+
+def assert_fits_with_headroom(result, headroom):
+    """The simulator's own replay, not the planner's constraint, says every device stays under the limit."""
+    assert result.result.fits
+    cap = result.result.sim.capacity
+    assert all(peak <= c * (1 - headroom) + 1 for peak, c in zip(result.result.peak_memory, cap))
+
+
+@pytest.fixture(scope="module")
+def llama8b_1f1b():
+    return pipeplan.optimize("llama3-8b", "dgx-h100", global_batch=64, pp=8, schedules=["1f1b"], time_limit=5)
+
+
+def test_llama3_8b_beats_the_uniform_split_by_five_percent(llama8b_1f1b):
+    # The Megatron default, simulated here directly: 4 blocks per stage, embedding first, head last.
+    uniform = pipeplan.simulate(plan=Plan(model="llama3-8b", cluster="dgx-h100", schedule="1f1b", pp=8,
+                                          num_microbatches=64, microbatch_size=1,
+                                          layers_per_stage=(5, 4, 4, 4, 4, 4, 4, 5)))
+    assert uniform.fits
+    assert llama8b_1f1b.iteration_time <= uniform.iteration_time / 1.05
+    assert llama8b_1f1b.speedup_vs_uniform == pytest.approx(uniform.iteration_time / llama8b_1f1b.iteration_time)
+    assert_fits_with_headroom(llama8b_1f1b, 0.05)
+
+
+def test_never_worse_than_any_baseline(llama8b_1f1b):
+    names = {b.name for b in llama8b_1f1b.baselines}
+    assert {UNIFORM, PARAMETERS} <= names
+    for b in llama8b_1f1b.baselines:
+        assert llama8b_1f1b.iteration_time <= b.iteration_time + 1e-12
+
+
+def test_the_returned_plan_resimulates_to_the_reported_figures(llama8b_1f1b):
+    again = pipeplan.simulate(plan=Plan.from_dict(json.loads(llama8b_1f1b.plan.to_json())))
+    assert again.iteration_time == pytest.approx(llama8b_1f1b.iteration_time, rel=1e-12)
+    assert sum(llama8b_1f1b.plan.layers_per_stage) == 34
+
+
+def test_memory_bound_plans_recompute_and_still_fit():
+    # 40 GB GPUs: the uniform split of llama3-8b needs recomputation to fit under 1F1B and ZB-H2.
+    small = CLUSTER_PRESETS["dgx-h100"].to_dict()
+    small["gpu"]["memory_bytes"] = 40e9
+    result = pipeplan.optimize("llama3-8b", small, global_batch=32, pp=8, schedules=["1f1b", "zb-h2"],
+                               microbatch_sizes=[1], time_limit=3)
+    assert_fits_with_headroom(result, 0.05)
+    assert "full" in result.plan.recompute
+    for b in result.baselines:
+        assert result.iteration_time <= b.iteration_time + 1e-12
+        if b.name == UNIFORM:
+            assert set(b.plan.recompute) == {"full"}  # the uniform split only fits by recomputing everywhere
+
+
+def test_small_model_matches_or_beats_the_brute_force_optimum_and_is_deterministic():
+    first = pipeplan.optimize("tiny", "dgx-h100", global_batch=8, pp=4, schedules=["1f1b", "zb-h1"], time_limit=2)
+    second = pipeplan.optimize("tiny", "dgx-h100", global_batch=8, pp=4, schedules=["1f1b", "zb-h1"], time_limit=2)
+    assert first.plan == second.plan
+    brute = first.baseline(BRUTE_FORCE)
+    assert brute is not None
+    assert first.iteration_time <= brute.iteration_time + 1e-12
+
+
+def test_baseline_splits_by_hand():
+    llama = pipeplan.load_model("llama3-8b")
+    assert megatron_uniform(llama, 8) == (5, 4, 4, 4, 4, 4, 4, 5)
+    assert linear_partition([5, 1, 1, 1, 1, 5], 3) == (1, 4, 1)
+    assert linear_partition([1, 2, 3, 4, 5, 6, 7, 8, 9], 3) == (5, 2, 2)  # 15 | 13 | 17: the textbook split
+
+
+def test_infeasible_says_what_would_fit():
+    with pytest.raises(SpecError, match=r"needs .* GB per GPU.*--pp \d+"):
+        pipeplan.optimize("llama3-70b", "dgx-h100", global_batch=16, pp=8, schedules=["1f1b"], time_limit=1)
+
+
+def test_cli_json_has_the_documented_keys(tmp_path):
+    out = tmp_path / "plan.json"
+    run = pipeplan_cli("optimize", "--model", "llama3-8b", "--cluster", "dgx-h100", "--pp", "8", "--global-batch", "64",
+                       "--schedules", "1f1b", "--time-limit", "2", "--out", str(out), "--json")
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    for key in ("plan", "iteration_time", "bubble_fraction", "solver_status", "baselines", "speedup_vs_uniform"):
+        assert key in data
+    assert data["solver_status"] in ("OPTIMAL", "FEASIBLE")
+    assert all("iteration_time" in b for b in data["baselines"].values())
+    assert data["speedup_vs_uniform"] >= 1.05
+    assert run.stderr == ""  # no progress bar with --json
+    sim = pipeplan_cli("simulate", str(out), "--json")
+    assert sim.returncode == 0, sim.stderr
+    assert json.loads(sim.stdout)["iteration_time"] == pytest.approx(data["iteration_time"], rel=1e-12)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model", "nope", "--global-batch", "8"], "model"),
+    (["--model", "tiny", "--global-batch", "8", "--schedules", "1f2b"], "--schedules"),
+    (["--model", "tiny", "--global-batch", "8", "--pp", "64"], "pp"),
+    (["--model", "tiny", "--global-batch", "8", "--headroom", "1.5"], "headroom"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, needle):
+    run = pipeplan_cli("optimize", *args)
+    assert run.returncode == 2
+    assert len(run.stderr.strip().splitlines()) == 1 and needle in run.stderr
+
+
+def test_cli_infeasible_exits_2_with_one_line(tmp_path):
+    small = CLUSTER_PRESETS["dgx-h100"].to_dict()
+    small["gpu"]["memory_bytes"] = 2e6
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(small))
+    run = pipeplan_cli("optimize", "--model", "tiny", "--cluster", str(path), "--pp", "4", "--global-batch", "4",
+                       "--schedules", "1f1b", "--time-limit", "1")
+    assert run.returncode == 2
+    assert len(run.stderr.strip().splitlines()) == 1 and "no plan fits" in run.stderr
