@@ -162,11 +162,14 @@ def build_report(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def repredict(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Errors of today's simulator against a stored run (its calibration and measurement)."""
+def repredict(report: dict[str, Any], base_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
+    """Errors of today's simulator against a stored run (its calibration and measurement).
+
+    ``base_dir``: where the plan's relative cluster/model files are (default: the run's plan folder).
+    """
     plan = Plan.from_dict(report["plan"])
     measured = measured_section(report["measured_iterations"])
-    predicted, apriori = predictions(plan, report["run"]["base_dir"], report["profile"])
+    predicted, apriori = predictions(plan, base_dir or report["run"]["base_dir"], report["profile"])
     return {"predicted": errors(predicted, measured), "apriori": errors(apriori, measured)}
 
 

@@ -200,3 +200,23 @@ def barrier(timeout: float) -> None:
         dist.monitored_barrier(timeout=timedelta(seconds=timeout))
     else:
         dist.barrier()
+
+
+def layer_timings(model, plan, schedule: Schedule, rank: int, batch: int, seq: int, device: torch.device,
+                  dtype: torch.dtype, clock, reps: int) -> dict[str, StageTiming]:
+    """F, B, I, W of one layer of each kind this rank holds (embedding, block, head), timed alone.
+
+    With these a profile prices any other cut of the same model and shapes (see pipeplan.profile).
+    """
+    first_of_kind: dict[str, int] = {}
+    for stage in schedule.stages_of(rank):
+        for layer in plan.stage_layers(stage):
+            first_of_kind.setdefault(model.layer_kinds[layer], layer)
+    timings = {}
+    for kind, layer in first_of_kind.items():
+        runner = StageRunner(model, 1000 + layer, range(layer, layer + 1), batch, seq, plan.num_microbatches,
+                             device, dtype, seed=0)
+        stage_round({0: runner}, clock, reps=2, depth={0: 1})  # warm-up
+        samples = stage_round({0: runner}, clock, reps=reps, depth={0: 1})
+        timings[kind] = stage_timings([samples])[0]
+    return timings

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import statistics
 import time
 import zlib
 from datetime import timedelta
@@ -19,7 +20,7 @@ from pipeplan.profile import LinkProfile, Profile, StageProfile
 from pipeplan.scaling import scale_plan
 from simulator.timeline import OpRecord, Timeline, TransferRecord
 
-from .calibrate import barrier, in_flight, link_round, link_timings, stage_round, stage_timings
+from .calibrate import barrier, in_flight, layer_timings, link_round, link_timings, stage_round, stage_timings
 from .compute import StageRunner
 from .runtime import Fault, RankExecutor, make_channels, plan_transfers
 from .timing import clock_offsets, foreign_cores, host_busy_seconds, make_clock, own_cpu_seconds
@@ -71,6 +72,11 @@ def run_rank(args, rank: int) -> None:
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise SpecError("--device cuda: torch sees no CUDA device here")
+        if args.backend == "nccl" and local_world > torch.cuda.device_count():
+            raise SpecError(
+                f"--backend nccl: {local_world} ranks on this node but {torch.cuda.device_count()} GPU(s); NCCL "
+                "refuses two ranks on one GPU, use --backend gloo (it stages boundary tensors through host memory)"
+            )
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
         dtype = torch.bfloat16
@@ -80,7 +86,9 @@ def run_rank(args, rank: int) -> None:
         device = torch.device("cpu")
         dtype = torch.float32
     timeout = args.timeout
-    dist.init_process_group(args.backend, timeout=timedelta(seconds=timeout))
+    # Binding NCCL to the rank's GPU up front lets barriers and collectives know their device.
+    bound = {"device_id": device} if args.backend == "nccl" else {}
+    dist.init_process_group(args.backend, timeout=timedelta(seconds=timeout), **bound)
     _run(args, rank, world, plan, base, schedule, model, device, dtype, threads, timeout)
 
 
@@ -143,6 +151,9 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
     iterations = [k[3] for k in chosen]
     disturbed = len(quiet) < args.iterations
     stage_costs = stage_timings(stage_rounds)
+    barrier(timeout)
+    layer_costs = layer_timings(model, plan, schedule, rank, batch, seq, device, dtype, clock, reps=5)
+    barrier(timeout)
     links = link_timings(link_rounds, numel, elem_bytes)
     losses = [float(loss) for r in runners.values() for loss in r.losses]
 
@@ -150,6 +161,7 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
         "rank": rank,
         "stages": {s: t.to_dict() for s, t in stage_costs.items()},
         "links": [link.to_dict() for link in links],
+        "layers": {kind: t.to_dict() for kind, t in layer_costs.items()},
         "iterations": iterations,
         "losses": losses,
         "tried": len(kept),
@@ -173,6 +185,14 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
     for payload in gathered:
         stages.update({int(s): t for s, t in payload["stages"].items()})
     num_stages = schedule.num_stages
+    layers: dict[str, list[dict]] = {}
+    for payload in gathered:
+        for kind, t in payload["layers"].items():
+            layers.setdefault(kind, []).append(t)
+    # A kind timed on several ranks (blocks, usually) takes the median of their medians.
+    layer_profiles = {
+        kind: StageProfile(**{f: statistics.median(t[f] for t in ts) for f in ts[0]}) for kind, ts in layers.items()
+    }
     profile = Profile(
         device=device_name(device), backend=args.backend, model=model.name, microbatch_size=plan.microbatch_size,
         seq_len=plan.seq_len or model.seq_len, layers_per_stage=tuple(plan.layers_per_stage),
@@ -184,6 +204,8 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
         links=tuple(LinkProfile(l["src"], l["dst"], l["latency"], l["bandwidth"])
                     for payload in gathered for l in payload["links"]),
         dtype=str(dtype).replace("torch.", ""),
+        layers=layer_profiles,
+        boundary_bytes=float(boundary_bytes),
     )
     timelines = []
     for it in range(len(gathered[0]["iterations"])):
