@@ -151,7 +151,8 @@ def lower(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan
     profile = load_profile(profile)
     if profile is not None:
         profile.check_plan(r.model.name, plan.layers_per_stage, plan.microbatch_size, s)
-        stages = tuple(measured_stage_cost(c, m) for c, m in zip(stages, profile.stages))
+        kinds = [[r.model.layer_kinds[i] for i in plan.stage_layers(k)] for k in range(plan.num_stages)]
+        stages = tuple(measured_stage_cost(c, m) for c, m in zip(stages, profile.stage_profiles(kinds)))
         network = profile.network(network)
     per_param = bytes_per_param(plan.dp, plan.distributed_optimizer)
     static = [0.0] * plan.pp

@@ -69,6 +69,9 @@ class Profile:
     stages: tuple[StageProfile, ...]
     links: tuple[LinkProfile, ...] = ()
     dtype: str = "float32"
+    # One layer of each kind ("embedding", "block", "head") timed alone: lets a planner price other cuts.
+    layers: dict[str, StageProfile] | None = None
+    boundary_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.stages) != len(self.layers_per_stage):
@@ -79,19 +82,45 @@ class Profile:
 
     def check_plan(self, model_name: str, layers_per_stage: tuple[int, ...], microbatch_size: int,
                    seq_len: int) -> None:
-        """Refuse a plan whose ops were not the ones measured, naming the field that differs."""
-        checks = (
+        """Refuse a plan whose ops were not the ones measured, naming the field that differs.
+
+        Another cut is fine when single layers were timed (``layers``): stages are then priced as
+        sums of layers, which misses what fusing them into one op saves but keeps every shape measured.
+        """
+        checks = [
             ("model", self.model, model_name),
-            ("layers_per_stage", tuple(self.layers_per_stage), tuple(layers_per_stage)),
             ("microbatch_size", self.microbatch_size, microbatch_size),
             ("seq_len", self.seq_len, seq_len),
-        )
+        ]
+        if not self.layers:
+            checks.insert(1, ("layers_per_stage", tuple(self.layers_per_stage), tuple(layers_per_stage)))
         for name, measured, planned in checks:
             if measured != planned:
                 raise SpecError(
                     f"profile.{name}: measured for {measured!r} but the plan has {planned!r}; "
                     f"calibrate this plan with `pipeplan validate`"
                 )
+
+    def stage_profiles(self, stage_kinds: list[list[str]]) -> tuple[StageProfile, ...]:
+        """Per stage (given as its layers' kinds), the measured stage when the cut is the measured one,
+        else the sum of its layers' single-layer timings."""
+        if [len(k) for k in stage_kinds] == list(self.layers_per_stage):
+            return self.stages
+        if not self.layers:
+            raise SpecError("profile.layers: this profile has no single-layer timings; calibrate this cut")
+        missing = sorted({k for kinds in stage_kinds for k in kinds} - set(self.layers))
+        if missing:
+            raise SpecError(f"profile.layers: no timing for a {missing[0]} layer")
+        out = []
+        last = len(stage_kinds) - 1
+        for s, kinds in enumerate(stage_kinds):
+            parts = [self.layers[k] for k in kinds]
+            out.append(StageProfile(
+                *(sum(getattr(p, f) for p in parts) for f in ("forward", "backward", "backward_input", "backward_weight")),
+                send_forward_bytes=self.boundary_bytes if s < last else 0.0,
+                send_backward_bytes=self.boundary_bytes if s > 0 else 0.0,
+            ))
+        return tuple(out)
 
     def network(self, base: Network) -> Network:
         """``base`` with the measured links replaced (their ports kept, port capacity the measured rate)."""
@@ -124,6 +153,8 @@ class Profile:
             "dtype": self.dtype,
             "layers_per_stage": list(self.layers_per_stage),
             "stages": [vars(s).copy() for s in self.stages],
+            "layers": {k: vars(v).copy() for k, v in self.layers.items()} if self.layers else None,
+            "boundary_bytes": self.boundary_bytes,
             "links": [
                 {**vars(link), "bandwidth": link.bandwidth if math.isfinite(link.bandwidth) else None}
                 for link in self.links
@@ -151,6 +182,8 @@ class Profile:
                 microbatch_size=int(data["microbatch_size"]), seq_len=int(data["seq_len"]),
                 layers_per_stage=tuple(int(n) for n in data["layers_per_stage"]), stages=stages, links=links,
                 dtype=str(data.get("dtype", "float32")),
+                layers={k: StageProfile(**v) for k, v in data["layers"].items()} if data.get("layers") else None,
+                boundary_bytes=float(data.get("boundary_bytes", 0.0)),
             )
         except KeyError as err:
             raise SpecError(f"profile.{err.args[0]}: required field is missing") from None

@@ -61,7 +61,7 @@ class ValidateOptions:
     warmup: int = 3
     timeout: float = 300.0
     scale: float = 1.0
-    calibration_reps: int = 2
+    calibration_reps: int = 1
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -117,7 +117,8 @@ def measured_section(iterations: list[dict[str, Any]]) -> dict[str, Any]:
         bubble_fraction=statistics.median(bubbles),
         iteration_time=median_time,
         busy_time=[statistics.median(busy_time(t)[d] for t in timelines) for d in range(p)],
-        iterations=[{"iteration_time": t, "bubble_fraction": b} for t, b in zip(times, bubbles)],
+        iterations=[{"iteration_time": t, "bubble_fraction": b, "foreign_cores": tl.meta.get("foreign_cores")}
+                    for t, b, tl in zip(times, bubbles, timelines)],
     )
     section["device_bubble_fraction"] = [1 - b / median_time for b in section["busy_time"]]
     return section
@@ -149,7 +150,8 @@ def build_report(run: dict[str, Any]) -> dict[str, Any]:
         "version": REPORT_VERSION,
         "plan": run["plan"],
         "run": {k: run[k] for k in ("plan_file", "base_dir", "scale", "backend", "device", "dtype", "threads_per_rank",
-                                    "world_size", "iterations", "warmup", "calibration_reps", "clock_offsets")},
+                                    "world_size", "iterations", "iterations_tried", "disturbed", "warmup", "calibration_reps",
+                                    "clock_offsets")},
         "measured": measured,
         "predicted": predicted,
         "apriori": apriori,
@@ -160,11 +162,14 @@ def build_report(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def repredict(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Errors of today's simulator against a stored run (its calibration and measurement)."""
+def repredict(report: dict[str, Any], base_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
+    """Errors of today's simulator against a stored run (its calibration and measurement).
+
+    ``base_dir``: where the plan's relative cluster/model files are (default: the run's plan folder).
+    """
     plan = Plan.from_dict(report["plan"])
     measured = measured_section(report["measured_iterations"])
-    predicted, apriori = predictions(plan, report["run"]["base_dir"], report["profile"])
+    predicted, apriori = predictions(plan, base_dir or report["run"]["base_dir"], report["profile"])
     return {"predicted": errors(predicted, measured), "apriori": errors(apriori, measured)}
 
 

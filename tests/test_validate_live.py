@@ -16,6 +16,15 @@ from validator.runtime import FAULT_ENV  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 PLANS = REPO / "validation" / "plans"
 OPTIONS = ValidateOptions(iterations=8, warmup=2, timeout=90)
+# The targets for the calibrated prediction on an otherwise idle machine; README "Validating"
+# lists what was measured. This 2-core VM shares its host: whole iterations sometimes run at half
+# speed with no other process in sight (so the validator cannot leave them out), hence up to
+# ATTEMPTS runs, the first within the targets passing. When other processes measurably kept the
+# machine busy through every attempt (the validator counts their CPU time) the test is skipped,
+# saying so: the claim is about an otherwise idle machine.
+BUBBLE_POINTS = 3.0
+TIME_PCT = 10.0
+ATTEMPTS = 3
 
 
 def _cli(*args):
@@ -31,6 +40,27 @@ def cli_run(tmp_path_factory):
                "--warmup", str(OPTIONS.warmup), "--out", str(folder / "report.json"),
                "--gantt", str(folder / "gantt.png"), "--profile-out", str(folder / "profile.json"))
     return out, folder
+
+
+def _within(report):
+    err = report["errors"]["predicted"]
+    return abs(err["bubble_points"]) <= BUBBLE_POINTS and abs(err["iteration_time_pct"]) <= TIME_PCT
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "zb-h1"])
+def test_calibrated_prediction_matches_a_real_run(schedule, cli_run):
+    reports = []
+    if schedule == "zb-h1":
+        out, folder = cli_run
+        assert out.returncode == 0, out.stderr
+        reports.append(json.loads((folder / "report.json").read_text()))
+    while not _within(reports[-1] if reports else {"errors": {"predicted": {"bubble_points": 1e9}}}) \
+            and len(reports) < ATTEMPTS:
+        reports.append(run_validation(str(PLANS / f"tiny-{schedule}-p2.json"), OPTIONS))
+    summary = [(r["errors"]["predicted"], r["run"]["iterations_tried"], r["run"]["disturbed"]) for r in reports]
+    if not _within(reports[-1]) and all(r["run"]["disturbed"] for r in reports):
+        pytest.skip(f"{schedule}: other processes kept this machine busy in every attempt: {summary}")
+    assert _within(reports[-1]), f"{schedule}: calibrated errors per attempt (errors, tried, disturbed): {summary}"
 
 
 def test_validate_prints_the_table_and_writes_report_gantt_and_profile(cli_run):

@@ -123,3 +123,19 @@ def test_simulate_accepts_a_profile_file(tmp_path):
     out = _pipeplan("simulate", str(PLANS / "tiny-gpipe-p2.json"), "--profile", str(path), "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["iteration_time"] == pytest.approx(9 * 3e-3 + 2 * (1e-4 + 4096 / 1e9))
+
+
+def test_single_layer_timings_price_another_cut():
+    """With per-layer timings a profile prices any cut: stage time = sum of its layers' times."""
+    plan = Plan.load(str(PLANS / "tiny-gpipe-p2.json"))
+    one = lambda t: StageProfile(t, 2 * t, 1.5 * t, 0.5 * t)  # noqa: E731
+    profile = Profile("test cpu", "gloo", "tiny", 4, 64, (5, 5), _profile(plan).stages,
+                      layers={"embedding": one(0.0), "block": one(1e-3), "head": one(2e-3)}, boundary_bytes=0.0)
+    other = plan.with_(layers_per_stage=(3, 7))  # embedding + 2 blocks | 6 blocks + head
+    result = simulate(plan=other, base_dir=PLANS, profile=Profile.from_dict(profile.to_dict()))
+    t_f, t_b = (2e-3, 8e-3), (4e-3, 16e-3)  # per stage: forward, full backward
+    # GPipe, p=2, m=8, the second stage the slower one: device 1 starts after one stage-0 forward
+    # and never waits again; the two exposed transfers keep the cluster file's 50 us latency, as
+    # this profile measured no links.
+    expected = t_f[0] + 8 * (t_f[1] + t_b[1]) + t_b[0] + 2 * 50e-6
+    assert result.iteration_time == pytest.approx(expected, rel=1e-9)

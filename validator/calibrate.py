@@ -21,6 +21,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from simulator.ir import BACKWARD_INPUT, FORWARD, FULL_BACKWARD, Schedule
+
 from .compute import StageRunner
 from .runtime import Channel, _wait
 
@@ -56,8 +58,27 @@ def _timed(clock, fn) -> tuple[object, object, object]:
     return start, clock.mark(), result
 
 
-def stage_round(runners: dict[int, StageRunner], clock, reps: int) -> dict[int, dict[str, list[float]]]:
-    """``reps`` timings of F, B, I and W of each stage in ``runners`` (this rank's stages)."""
+def in_flight(schedule: Schedule, stage: int, cap: int = 4) -> int:
+    """The most micro-batches whose forward ran on ``stage`` and whose backward has not (at most ``cap``)."""
+    live = peak = 0
+    for action in schedule.device_actions[schedule.stage_to_device[stage]]:
+        if action.stage == stage and action.kind == FORWARD:
+            live += 1
+            peak = max(peak, live)
+        elif action.stage == stage and action.kind in (FULL_BACKWARD, BACKWARD_INPUT):
+            live -= 1
+    return max(1, min(cap, peak))
+
+
+def stage_round(runners: dict[int, StageRunner], clock, reps: int,
+                depth: dict[int, int]) -> dict[int, dict[str, list[float]]]:
+    """``reps`` x ``depth`` timings of F, B, I and W of each stage in ``runners`` (this rank's stages).
+
+    A rep runs ``depth[s]`` forwards before their backwards (and their I's before their W's), the
+    most the schedule keeps in flight on that stage: a backward then reads activations written
+    several ops earlier, from the cache level it reads them from in the real run, not hot from the
+    forward just before it.
+    """
     samples: dict[int, dict[str, list[float]]] = {s: {k: [] for k in "FBIW"} for s in runners}
     losses_before = {s: len(r.losses) for s, r in runners.items()}
     for _ in range(reps):
@@ -65,16 +86,22 @@ def stage_round(runners: dict[int, StageRunner], clock, reps: int) -> dict[int, 
         marks = []
         for stage, runner in runners.items():
             shape = runner.boundary_shape()
+            mbs = range(depth[stage])
 
             def inp():
                 return None if runner.first else torch.randn(shape, dtype=runner.dtype, device=runner.device)
 
             grad = None if runner.last else torch.randn(shape, dtype=runner.dtype, device=runner.device)
-            marks.append((stage, "F", *_timed(clock, lambda: runner.forward(0, inp()))[:2]))
-            marks.append((stage, "B", *_timed(clock, lambda: runner.backward(0, grad, split=False))[:2]))
-            runner.forward(0, inp())
-            marks.append((stage, "I", *_timed(clock, lambda: runner.backward(0, grad, split=True))[:2]))
-            marks.append((stage, "W", *_timed(clock, lambda: runner.weight(0))[:2]))
+            for split in (False, True):
+                inputs = [inp() for _ in mbs]
+                for mb in mbs:
+                    marks.append((stage, "F", *_timed(clock, lambda: runner.forward(mb, inputs[mb]))[:2]))
+                for mb in mbs:
+                    kind = "I" if split else "B"
+                    marks.append((stage, kind, *_timed(clock, lambda: runner.backward(mb, grad, split=split))[:2]))
+                if split:
+                    for mb in mbs:
+                        marks.append((stage, "W", *_timed(clock, lambda: runner.weight(mb))[:2]))
         times = clock.resolve([m for _, _, s, e in marks for m in (s, e)])
         for k, (stage, kind, _, _) in enumerate(marks):
             samples[stage][kind].append(times[2 * k + 1] - times[2 * k])
@@ -173,3 +200,23 @@ def barrier(timeout: float) -> None:
         dist.monitored_barrier(timeout=timedelta(seconds=timeout))
     else:
         dist.barrier()
+
+
+def layer_timings(model, plan, schedule: Schedule, rank: int, batch: int, seq: int, device: torch.device,
+                  dtype: torch.dtype, clock, reps: int) -> dict[str, StageTiming]:
+    """F, B, I, W of one layer of each kind this rank holds (embedding, block, head), timed alone.
+
+    With these a profile prices any other cut of the same model and shapes (see pipeplan.profile).
+    """
+    first_of_kind: dict[str, int] = {}
+    for stage in schedule.stages_of(rank):
+        for layer in plan.stage_layers(stage):
+            first_of_kind.setdefault(model.layer_kinds[layer], layer)
+    timings = {}
+    for kind, layer in first_of_kind.items():
+        runner = StageRunner(model, 1000 + layer, range(layer, layer + 1), batch, seq, plan.num_microbatches,
+                             device, dtype, seed=0)
+        stage_round({0: runner}, clock, reps=2, depth={0: 1})  # warm-up
+        samples = stage_round({0: runner}, clock, reps=reps, depth={0: 1})
+        timings[kind] = stage_timings([samples])[0]
+    return timings

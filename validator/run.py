@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
+import statistics
+import time
+import zlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,12 +20,14 @@ from pipeplan.profile import LinkProfile, Profile, StageProfile
 from pipeplan.scaling import scale_plan
 from simulator.timeline import OpRecord, Timeline, TransferRecord
 
-from .calibrate import barrier, link_round, link_timings, stage_round, stage_timings
+from .calibrate import barrier, in_flight, layer_timings, link_round, link_timings, stage_round, stage_timings
 from .compute import StageRunner
 from .runtime import Fault, RankExecutor, make_channels, plan_transfers
-from .timing import clock_offsets, make_clock
+from .timing import clock_offsets, foreign_cores, host_busy_seconds, make_clock, own_cpu_seconds
 
 SEED = 1234
+# An iteration counts as undisturbed when other processes kept at most this many cores busy.
+QUIET_CORES = 0.3
 
 
 def device_name(device: torch.device) -> str:
@@ -66,6 +72,11 @@ def run_rank(args, rank: int) -> None:
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise SpecError("--device cuda: torch sees no CUDA device here")
+        if args.backend == "nccl" and local_world > torch.cuda.device_count():
+            raise SpecError(
+                f"--backend nccl: {local_world} ranks on this node but {torch.cuda.device_count()} GPU(s); NCCL "
+                "refuses two ranks on one GPU, use --backend gloo (it stages boundary tensors through host memory)"
+            )
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
         dtype = torch.bfloat16
@@ -75,7 +86,9 @@ def run_rank(args, rank: int) -> None:
         device = torch.device("cpu")
         dtype = torch.float32
     timeout = args.timeout
-    dist.init_process_group(args.backend, timeout=timedelta(seconds=timeout))
+    # Binding NCCL to the rank's GPU up front lets barriers and collectives know their device.
+    bound = {"device_id": device} if args.backend == "nccl" else {}
+    dist.init_process_group(args.backend, timeout=timedelta(seconds=timeout), **bound)
     _run(args, rank, world, plan, base, schedule, model, device, dtype, threads, timeout)
 
 
@@ -95,26 +108,52 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
     numel = batch * seq * model.hidden
     all_channels = sorted(plan_transfers(schedule))
     executor = RankExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
-    stage_rounds, link_rounds, iterations = [], [], []
-    stage_round(runners, clock, reps=2)  # first-touch allocations and lazy initialisation
-    for it in range(args.warmup + args.iterations):
+    kept: list[tuple[float, dict, dict, dict]] = []  # (foreign cores, stage round, link round, iteration)
+    host_key = float(zlib.crc32(socket.gethostname().encode()))
+    depth = {s: in_flight(schedule, s) for s in runners}
+    stage_round(runners, clock, reps=2, depth=depth)  # first-touch allocations and lazy initialisation
+    run = 0
+    # Keep going until ``iterations`` timed iterations ran on an otherwise idle machine, or three
+    # times that many were tried: on a shared host another job's burst would otherwise be measured
+    # as if it were the schedule's cost.
+    while run < args.warmup + 3 * args.iterations:
+        wall0, busy0, own0 = time.perf_counter(), host_busy_seconds(), own_cpu_seconds()
         barrier(timeout)
-        stages_now = stage_round(runners, clock, reps=args.calibration_reps)
+        stages_now = stage_round(runners, clock, reps=args.calibration_reps, depth=depth)
         barrier(timeout)
-        links_now = link_round(all_channels, channels, rank, numel, device, reps=args.calibration_reps, timeout=timeout)
+        links_now = link_round(all_channels, channels, rank, numel, device, reps=2 * args.calibration_reps,
+                               timeout=timeout)
         barrier(timeout)
         marks, arrivals = executor.run_iteration()
         times = clock.resolve([m for op in marks for m in (op.start, op.end)] + [a.mark for a in arrivals])
-        if it < args.warmup:
+        window = [host_key, host_busy_seconds() - busy0, own_cpu_seconds() - own0, time.perf_counter() - wall0]
+        gathered_load = [torch.zeros(4, dtype=torch.float64, device=scalar_device) for _ in range(world)]
+        dist.all_gather(gathered_load, torch.tensor(window, dtype=torch.float64, device=scalar_device))
+        rows = [t.cpu().tolist() for t in gathered_load]
+        foreign = foreign_cores([r[:3] for r in rows], max(r[3] for r in rows))
+        run += 1
+        if run <= args.warmup:
             continue
-        stage_rounds.append(stages_now)
-        link_rounds.append(links_now)
         shift = offsets[rank]
         ops = [[str(op.action), times[2 * k] - shift, times[2 * k + 1] - shift] for k, op in enumerate(marks)]
         base_k = 2 * len(marks)
         seen = [[str(a.producer), str(a.consumer), a.src, times[base_k + k] - shift] for k, a in enumerate(arrivals)]
-        iterations.append({"ops": ops, "arrivals": seen})
+        kept.append((foreign, stages_now, links_now, {"ops": ops, "arrivals": seen, "foreign_cores": foreign}))
+        if sum(1 for k in kept if k[0] <= QUIET_CORES) >= args.iterations:
+            break
+    quiet = [k for k in kept if k[0] <= QUIET_CORES]
+    # All ranks take the same decision: the load figures were all-gathered.
+    chosen = quiet[: args.iterations] if len(quiet) >= args.iterations else sorted(kept, key=lambda k: k[0])[: args.iterations]
+    chosen_ids = {id(k) for k in chosen}
+    chosen = [k for k in kept if id(k) in chosen_ids]  # back in run order
+    stage_rounds = [k[1] for k in chosen]
+    link_rounds = [k[2] for k in chosen]
+    iterations = [k[3] for k in chosen]
+    disturbed = len(quiet) < args.iterations
     stage_costs = stage_timings(stage_rounds)
+    barrier(timeout)
+    layer_costs = layer_timings(model, plan, schedule, rank, batch, seq, device, dtype, clock, reps=5)
+    barrier(timeout)
     links = link_timings(link_rounds, numel, elem_bytes)
     losses = [float(loss) for r in runners.values() for loss in r.losses]
 
@@ -122,8 +161,11 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
         "rank": rank,
         "stages": {s: t.to_dict() for s, t in stage_costs.items()},
         "links": [link.to_dict() for link in links],
+        "layers": {kind: t.to_dict() for kind, t in layer_costs.items()},
         "iterations": iterations,
         "losses": losses,
+        "tried": len(kept),
+        "disturbed": disturbed,
     }
     gathered = [None] * world if rank == 0 else None
     dist.gather_object(payload, gathered, dst=0)
@@ -143,6 +185,14 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
     for payload in gathered:
         stages.update({int(s): t for s, t in payload["stages"].items()})
     num_stages = schedule.num_stages
+    layers: dict[str, list[dict]] = {}
+    for payload in gathered:
+        for kind, t in payload["layers"].items():
+            layers.setdefault(kind, []).append(t)
+    # A kind timed on several ranks (blocks, usually) takes the median of their medians.
+    layer_profiles = {
+        kind: StageProfile(**{f: statistics.median(t[f] for t in ts) for f in ts[0]}) for kind, ts in layers.items()
+    }
     profile = Profile(
         device=device_name(device), backend=args.backend, model=model.name, microbatch_size=plan.microbatch_size,
         seq_len=plan.seq_len or model.seq_len, layers_per_stage=tuple(plan.layers_per_stage),
@@ -154,9 +204,11 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
         links=tuple(LinkProfile(l["src"], l["dst"], l["latency"], l["bandwidth"])
                     for payload in gathered for l in payload["links"]),
         dtype=str(dtype).replace("torch.", ""),
+        layers=layer_profiles,
+        boundary_bytes=float(boundary_bytes),
     )
     timelines = []
-    for it in range(args.iterations):
+    for it in range(len(gathered[0]["iterations"])):
         ops, ends = [], {}
         for payload in gathered:
             for action, start, end in payload["iterations"][it]["ops"]:
@@ -172,7 +224,8 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
                                                 start, max(start, seen - origin), float(boundary_bytes)))
         records.sort(key=lambda r: (r.device, r.start))
         meta = {"schedule": schedule.name, "devices": schedule.num_devices, "microbatches": schedule.num_microbatches,
-                "chunks": schedule.chunks, "source": "measured", "iteration": it}
+                "chunks": schedule.chunks, "source": "measured", "iteration": it,
+                "foreign_cores": gathered[0]["iterations"][it]["foreign_cores"]}
         timelines.append(Timeline(schedule.num_devices, records, transfers, meta).to_dict())
     return {
         "plan": plan.to_dict(),
@@ -184,7 +237,9 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
         "dtype": profile.dtype,
         "threads_per_rank": threads,
         "world_size": len(gathered),
-        "iterations": args.iterations,
+        "iterations": len(timelines),
+        "iterations_tried": gathered[0]["tried"],
+        "disturbed": gathered[0]["disturbed"],
         "warmup": args.warmup,
         "calibration_reps": args.calibration_reps,
         "clock_offsets": offsets,

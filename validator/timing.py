@@ -12,6 +12,7 @@ microseconds; across nodes it corrects the clocks' different origins.
 """
 from __future__ import annotations
 
+import os
 import time
 from datetime import timedelta
 
@@ -96,3 +97,38 @@ def clock_offsets(rank: int, world: int, device: torch.device, timeout: float, r
     shared = torch.tensor(offsets, dtype=torch.float64, device=device)
     dist.broadcast(shared, 0)
     return [float(x) for x in shared.cpu()]
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def host_busy_seconds() -> float:
+    """CPU seconds this host has spent busy (all cores, all processes) since boot; 0 if unknown."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in (fields + ["0"] * 8)[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process, all threads (compute, gloo, autograd)."""
+    return time.process_time()
+
+
+def foreign_cores(samples: list[list[float]], wall: float) -> float:
+    """Cores that processes other than the ranks kept busy during a window of ``wall`` seconds.
+
+    ``samples`` holds, per rank, [host key, host busy seconds, own CPU seconds] for the window; each
+    host's busy time minus its ranks' own CPU time is what others used (the launcher included).
+    """
+    hosts: dict[float, list[list[float]]] = {}
+    for key, busy, own in samples:
+        hosts.setdefault(key, []).append([busy, own])
+    foreign = 0.0
+    for rows in hosts.values():
+        busy = sum(r[0] for r in rows) / len(rows)
+        foreign += max(0.0, busy - sum(r[1] for r in rows))
+    return foreign / wall if wall > 0 else 0.0

@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--scale", type=float, default=1.0,
                    help="multiply hidden size, FFN, vocabulary, sequence and micro-batch by this (0, 1], "
                    "keeping layers, cuts and schedule, so a big preset fits a small machine (default 1)")
-    v.add_argument("--calibration-reps", type=int, default=2,
-                   help="calibration repetitions of every op and ping-pong before each iteration (default 2)")
+    v.add_argument("--calibration-reps", type=int, default=1,
+                   help="calibration repetitions of every op and ping-pong before each iteration (default 1)")
     v.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: cores / ranks)")
     v.add_argument("--out", metavar="FILE", help="report JSON (written atomically, only on success)")
     v.add_argument("--profile-out", metavar="FILE", help="also save the calibration as a profile for --profile")
@@ -69,6 +69,14 @@ def format_report(report: dict[str, Any]) -> str:
             ],
         ),
     ]
+    if run.get("disturbed"):
+        lines.append(
+            f"warning: other processes kept this machine busy during the run (fewer than {run['iterations']} of "
+            f"{run['iterations_tried']} iterations ran undisturbed); the measurement includes their interference"
+        )
+    elif run.get("iterations_tried", run["iterations"]) > run["iterations"]:
+        lines.append(f"note: {run['iterations_tried'] - run['iterations']} iteration(s) disturbed by other processes "
+                     "were left out (calibration rounds beside them too)")
     return "\n".join(lines)
 
 
