@@ -128,3 +128,10 @@ def test_cli_infeasible_exits_2_with_one_line(tmp_path):
                        "--schedules", "1f1b", "--time-limit", "1")
     assert run.returncode == 2
     assert len(run.stderr.strip().splitlines()) == 1 and "no plan fits" in run.stderr
+
+
+def test_parallel_workers_give_the_same_plan():
+    kwargs = dict(global_batch=8, pp=4, schedules=["1f1b", "zb-h1"], time_limit=2)
+    one = pipeplan.optimize("tiny", "dgx-h100", **kwargs)
+    two = pipeplan.optimize("tiny", "dgx-h100", parallel=2, **kwargs)
+    assert one.plan == two.plan and one.iteration_time == two.iteration_time

@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="micro-batch sizes to consider (default: every divisor of the per-replica batch)")
     p.add_argument("--time-limit", type=float, default=5.0, help="CP-SAT budget per candidate, seconds (default 5)")
     p.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
+    p.add_argument("--jobs", type=int, default=1, help="candidates solved at once in worker processes (default 1)")
     p.add_argument("--distributed-optimizer", action="store_true", help="shard optimizer state over dp")
     p.add_argument("--out", metavar="PLAN.json", help="write the chosen plan (for simulate / validate)")
     p.add_argument("--gantt", metavar="FILE", help="Gantt chart of the chosen plan (.png, .svg or .pdf)")
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(model=args.model, cluster=args.cluster, global_batch=args.global_batch, pp=args.pp, dp=args.dp,
                   nodes=args.nodes, seq_len=args.seq_len, schedules=args.schedules,
                   microbatch_sizes=args.microbatch_sizes, time_limit=args.time_limit, headroom=args.headroom,
-                  distributed_optimizer=args.distributed_optimizer)
+                  distributed_optimizer=args.distributed_optimizer, parallel=args.jobs)
     if args.json or not sys.stderr.isatty():
         result = optimize(**kwargs)
     else:

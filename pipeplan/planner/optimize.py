@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
 from ..api import simulate
@@ -26,6 +27,7 @@ from .refine import refine
 from .result import CandidateRecord, OptimizeResult, Scored
 
 Progress = Callable[[int, int, str], None]
+MAX_PARALLEL = 8
 
 
 def _spec_ref(given, spec):
@@ -42,11 +44,12 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
              pp: int | None = None, dp: int = 1, nodes: int | None = None, seq_len: int | None = None,
              schedules: list[str] | None = None, microbatch_sizes: list[int] | None = None,
              time_limit: float = 5.0, headroom: float = 0.05, distributed_optimizer: bool = False,
-             rescore: int = 3, progress: Progress | None = None) -> OptimizeResult:
+             rescore: int = 3, parallel: int | None = None, progress: Progress | None = None) -> OptimizeResult:
     """Find the fastest plan that fits: cut points, recomputation per stage, schedule, b, m and v.
 
     ``time_limit`` is each candidate's CP-SAT budget (deterministic seconds); ``headroom`` the share
-    of GPU memory kept free. Raises SpecError (one line) when nothing fits, saying how much memory
+    of GPU memory kept free; ``parallel`` > 1 solves that many candidates at once in worker processes
+    (at most 8; worth it on an idle machine with that many cores). Raises SpecError (one line) when nothing fits, saying how much memory
     per GPU or how many pipeline devices would be needed.
     """
     started = time.perf_counter()
@@ -99,20 +102,35 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     records: dict[Candidate, CandidateRecord] = {}
     solved: list[tuple[float, Candidate, Solution]] = []
     total = len(problems) + 1
-    for done, (bound, _, candidate, problem) in enumerate(problems):
-        if progress:
-            progress(done, total, candidate.label)
-        best_found = sorted(t for t, _, _ in solved)
-        if len(best_found) >= rescore and bound >= best_found[rescore - 1]:
-            records[candidate] = CandidateRecord(candidate, bound)
-            continue
-        hint = megatron_uniform(spec, problem.num_stages)
-        solution = solve(problem, time_limit=time_limit, hint=hint)
-        predicted = problem.seconds(solution.objective) if solution.found else None
-        records[candidate] = CandidateRecord(candidate, bound, solution.status, predicted, solution.gap,
-                                             solution.wall_time)
-        if solution.found:
-            solved.append((predicted, candidate, solution))
+    parallel = max(1, min(parallel or 1, MAX_PARALLEL))
+    pool = ProcessPoolExecutor(parallel) if parallel > 1 else None
+    try:
+        # Batches of ``parallel`` candidates in bound order; pruning looks only at earlier batches and each
+        # solve is deterministic, so the answer does not depend on how many processes ran it.
+        for first in range(0, len(problems), parallel):
+            if progress:
+                progress(first, total, problems[first][2].label)
+            best_found = sorted(t for t, _, _ in solved)
+            jobs = []
+            for bound, _, candidate, problem in problems[first:first + parallel]:
+                if len(best_found) >= rescore and bound >= best_found[rescore - 1]:
+                    records[candidate] = CandidateRecord(candidate, bound)
+                    continue
+                hint = megatron_uniform(spec, problem.num_stages)
+                hint_recompute = next((rc for rc in ((False,) * len(hint), (True,) * len(hint))
+                                       if problem.objective(hint, rc) is not None), None)
+                args = (problem, time_limit, 1, hint, hint_recompute)
+                jobs.append((bound, candidate, problem, pool.submit(solve, *args) if pool else solve(*args)))
+            for bound, candidate, problem, job in jobs:
+                solution = job.result() if pool else job
+                predicted = problem.seconds(solution.objective) if solution.found else None
+                records[candidate] = CandidateRecord(candidate, bound, solution.status, predicted, solution.gap,
+                                                     solution.wall_time)
+                if solution.found:
+                    solved.append((predicted, candidate, solution))
+    finally:
+        if pool:
+            pool.shutdown()
     if progress:
         progress(total - 1, total, "simulating the best proposals")
 
