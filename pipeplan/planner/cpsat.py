@@ -173,6 +173,9 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
     solver.parameters.max_time_in_seconds = 10.0 * float(time_limit)
     solver.parameters.num_workers = int(workers)
     solver.parameters.random_seed = 0
+    # Full linearisation puts the enforced (recompute) equalities into the LP: memory-bound models
+    # prove optimal in seconds instead of stalling at a 25 % gap.
+    solver.parameters.linearization_level = 2
     started = time.perf_counter()
     code = solver.Solve(model)
     wall = time.perf_counter() - started

@@ -155,7 +155,9 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         raise SpecError(explain_infeasible(spec, cl, pp, dp, batch, s, headroom, distributed_optimizer, gpus))
     scored, candidate, solution, predicted = best
     proposal = scored
-    scored = refine(scored, judge, headroom)
+    problem = next(pr for _, _, c, pr in problems if c == candidate)
+    scored = refine(scored, judge, headroom, lambda plan: problem.objective(
+        plan.layers_per_stage, tuple(r == "full" for r in plan.recompute)) is not None)
     baselines = _baselines(spec, candidate, pp, s, make_plan, judge)
     chosen, source = scored, "cp-sat"
     for b in baselines:
