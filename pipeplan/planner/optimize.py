@@ -83,9 +83,12 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         raise SpecError(f"schedules: no schedule of {', '.join(n for n, _ in variants)} runs with pp = {pp} and a "
                         f"per-replica batch of {batch}; try other --schedules or a larger --global-batch")
     model_ref, cluster_ref = _spec_ref(model, spec), _spec_ref(cluster, cl)
+    # A ClusterSpec given as an object and written as its preset's name must keep its node count.
+    plan_nodes = nodes if nodes is not None else (
+        cl.nodes if not isinstance(cluster, str) and isinstance(cluster_ref, str) else None)
 
     def make_plan(candidate: Candidate, layers: tuple[int, ...], recompute: tuple[bool, ...]) -> Plan:
-        return Plan(model=model_ref, cluster=cluster_ref, nodes=nodes, schedule=candidate.schedule, pp=pp,
+        return Plan(model=model_ref, cluster=cluster_ref, nodes=plan_nodes, schedule=candidate.schedule, pp=pp,
                     chunks=candidate.chunks, num_microbatches=candidate.num_microbatches,
                     microbatch_size=candidate.microbatch_size, layers_per_stage=tuple(layers),
                     recompute=tuple("full" if r else "none" for r in recompute), seq_len=seq_len, dp=dp,
