@@ -23,7 +23,7 @@ from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, all_splits, deepspeed_p
 from .candidates import enumerate_candidates, lower_bound, schedule_variants
 from .cpsat import Solution, solve
 from .problem import Candidate, build_problem
-from .refine import refine
+from .refine import fits_within, refine
 from .result import CandidateRecord, OptimizeResult, Scored
 
 Progress = Callable[[int, int, str], None]
@@ -150,7 +150,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     for predicted, candidate, solution in chosen_set:
         scored = judge("cp-sat", make_plan(candidate, solution.layers_per_stage, solution.recompute))
         records[candidate] = _with_simulated(records[candidate], scored.iteration_time)
-        if scored.result.fits:
+        if fits_within(scored, headroom):
             fitting.append((scored, candidate, solution, predicted))
     if not fitting:
         from .infeasible import explain_infeasible
@@ -169,8 +169,8 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     scored, candidate, solution, predicted, proposal = best
     baselines = _baselines(spec, candidate, pp, s, make_plan, judge)
     chosen, source = scored, "cp-sat"
-    for b in baselines:
-        if b.result.fits and b.iteration_time < chosen.iteration_time:
+    for b in baselines:  # a baseline wins only within the same memory limit, headroom included
+        if fits_within(b, headroom) and b.iteration_time < chosen.iteration_time:
             chosen, source = b, b.name
     if progress:
         progress(total, total, "done")

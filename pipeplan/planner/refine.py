@@ -17,7 +17,8 @@ from .result import Scored
 MAX_EVALS = 40
 
 
-def _fits(scored: Scored, headroom: float) -> bool:
+def fits_within(scored: Scored, headroom: float) -> bool:
+    """The simulator's peak memory stays under capacity x (1 - headroom) on every device."""
     sim = scored.result.sim
     return all(peak <= cap * (1 - headroom) for peak, cap in zip(sim.peak_memory, sim.capacity))
 
@@ -57,7 +58,7 @@ def refine(start: Scored, judge: Callable[[str, Plan], Scored], headroom: float,
                 continue
             evals += 1
             scored = judge(start.name, plan)
-            if _fits(scored, headroom) and scored.iteration_time < best.iteration_time * (1 - 1e-9):
+            if fits_within(scored, headroom) and scored.iteration_time < best.iteration_time * (1 - 1e-9):
                 best, improved = scored, True
                 break
     return best
