@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 from simulator.checker import check_schedule
@@ -46,7 +47,13 @@ def plan_schedule(plan: Plan, base_dir: str | Path = ".") -> Schedule:
         schedule = from_csv(path.read_text(), name="custom")
         check_schedule(schedule)
         return schedule
-    return build_schedule(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks)
+    return generated_schedule(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks)
+
+
+@lru_cache(maxsize=64)
+def generated_schedule(name: str, p: int, m: int, v: int) -> Schedule:
+    """Generators are pure and schedules immutable, so the planner's many plans per candidate share one."""
+    return build_schedule(name, p, m, v)
 
 
 def _beside(spec: object, base_dir: str | Path) -> object:

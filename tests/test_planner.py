@@ -128,3 +128,23 @@ def test_cli_infeasible_exits_2_with_one_line(tmp_path):
                        "--schedules", "1f1b", "--time-limit", "1")
     assert run.returncode == 2
     assert len(run.stderr.strip().splitlines()) == 1 and "no plan fits" in run.stderr
+
+
+def test_parallel_workers_give_the_same_plan():
+    kwargs = dict(global_batch=8, pp=4, schedules=["1f1b", "zb-h1"], time_limit=2)
+    one = pipeplan.optimize("tiny", "dgx-h100", **kwargs)
+    two = pipeplan.optimize("tiny", "dgx-h100", parallel=2, **kwargs)
+    assert one.plan == two.plan and one.iteration_time == two.iteration_time
+
+
+def test_a_cluster_object_keeps_its_node_count_in_the_plan_file():
+    cluster = pipeplan.load_cluster("dgx-h100", 2)
+    result = pipeplan.optimize("tiny", cluster, global_batch=4, pp=4, dp=4, schedules=["1f1b"], time_limit=1)
+    again = pipeplan.simulate(plan=Plan.from_dict(json.loads(result.plan.to_json())))
+    assert again.iteration_time == pytest.approx(result.iteration_time, rel=1e-12)
+
+
+def test_compact_layer_text():
+    from pipeplan.cli.optimize import compact_layers
+
+    assert compact_layers((9, 8, 8, 8, 8, 6, 7, 7)) == "9 8x4 6 7 7"

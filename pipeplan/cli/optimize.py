@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="micro-batch sizes to consider (default: every divisor of the per-replica batch)")
     p.add_argument("--time-limit", type=float, default=5.0, help="CP-SAT budget per candidate, seconds (default 5)")
     p.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
+    p.add_argument("--jobs", type=int, default=1, help="candidates solved at once in worker processes (default 1)")
     p.add_argument("--distributed-optimizer", action="store_true", help="shard optimizer state over dp")
     p.add_argument("--out", metavar="PLAN.json", help="write the chosen plan (for simulate / validate)")
     p.add_argument("--gantt", metavar="FILE", help="Gantt chart of the chosen plan (.png, .svg or .pdf)")
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(model=args.model, cluster=args.cluster, global_batch=args.global_batch, pp=args.pp, dp=args.dp,
                   nodes=args.nodes, seq_len=args.seq_len, schedules=args.schedules,
                   microbatch_sizes=args.microbatch_sizes, time_limit=args.time_limit, headroom=args.headroom,
-                  distributed_optimizer=args.distributed_optimizer)
+                  distributed_optimizer=args.distributed_optimizer, parallel=args.jobs)
     if args.json or not sys.stderr.isatty():
         result = optimize(**kwargs)
     else:
@@ -97,12 +98,26 @@ def _with_progress(optimize, kwargs):
         return optimize(**kwargs, progress=update)
 
 
+def compact_layers(layers) -> str:
+    """Layers per stage, runs of three or more written as ``8x5`` so 64-stage plans stay one line."""
+    out, i = [], 0
+    while i < len(layers):
+        j = i
+        while j < len(layers) and layers[j] == layers[i]:
+            j += 1
+        out.append(f"{layers[i]}x{j - i}" if j - i >= 3 else " ".join([str(layers[i])] * (j - i)))
+        i = j
+    return " ".join(out)
+
+
 def _recompute_text(plan) -> str:
     flags = list(plan.recompute) or ["none"] * plan.num_stages
     full = [str(k) for k, r in enumerate(flags) if r == "full"]
     if not full:
         return "none"
-    return "all stages" if len(full) == len(flags) else "stages " + ",".join(full)
+    if len(full) == len(flags):
+        return "all stages"
+    return f"{len(full)} of {len(flags)} stages" if len(full) > 8 else "stages " + ",".join(full)
 
 
 def print_report(result) -> None:
@@ -142,11 +157,11 @@ def print_report(result) -> None:
                   title_justify="left")
     for h in ("plan", "layers per stage", "recompute", "iteration", "bubble", "MFU", "fits", "speed-up"):
         table.add_column(h, justify="right" if h not in ("plan", "layers per stage") else "left")
-    table.add_row("chosen", " ".join(map(str, plan.layers_per_stage)), _recompute_text(plan),
+    table.add_row("chosen", compact_layers(plan.layers_per_stage), _recompute_text(plan),
                   fmt_time(sim.iteration_time), fmt_pct(sim.bubble_fraction), fmt_pct(sim.mfu), "yes", "1.00x")
     for b in result.baselines:
         r = b.result
-        table.add_row(b.name, " ".join(map(str, b.plan.layers_per_stage)), _recompute_text(b.plan),
+        table.add_row(b.name, compact_layers(b.plan.layers_per_stage), _recompute_text(b.plan),
                       fmt_time(r.iteration_time), fmt_pct(r.bubble_fraction), fmt_pct(r.mfu),
                       "yes" if r.fits else "OUT OF MEMORY", f"{r.iteration_time / sim.iteration_time:.2f}x")
     console.print(table)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 
 from simulator.ir import Schedule, ScheduleError
-from simulator.schedules import SCHEDULES, build_schedule
+from simulator.schedules import SCHEDULES
 
 from ..errors import SpecError
+from ..lowering import generated_schedule
 from .problem import Candidate, PartitionProblem
 
 # (schedule, chunks per device) pairs the planner tries; interleaved at v = 2 and v = 4.
@@ -48,7 +49,7 @@ def enumerate_candidates(num_layers: int, pp: int, batch: int, variants: list[tu
         for b in sizes:
             m = batch // b
             try:
-                schedule = build_schedule(name, pp, m, v)
+                schedule = generated_schedule(name, pp, m, v)
             except ScheduleError:
                 continue
             found.append((Candidate(name, v, b, m), schedule))

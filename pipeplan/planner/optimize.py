@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
 from ..api import simulate
@@ -22,10 +23,12 @@ from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, all_splits, deepspeed_p
 from .candidates import enumerate_candidates, lower_bound, schedule_variants
 from .cpsat import Solution, solve
 from .problem import Candidate, build_problem
-from .refine import refine
+from .refine import fits_within, refine
 from .result import CandidateRecord, OptimizeResult, Scored
 
 Progress = Callable[[int, int, str], None]
+MAX_PARALLEL = 8
+POLISHED = 2  # proposals the simulator polishes; the runner-up schedule often overtakes after polish
 
 
 def _spec_ref(given, spec):
@@ -42,11 +45,12 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
              pp: int | None = None, dp: int = 1, nodes: int | None = None, seq_len: int | None = None,
              schedules: list[str] | None = None, microbatch_sizes: list[int] | None = None,
              time_limit: float = 5.0, headroom: float = 0.05, distributed_optimizer: bool = False,
-             rescore: int = 3, progress: Progress | None = None) -> OptimizeResult:
+             rescore: int = 3, parallel: int | None = None, progress: Progress | None = None) -> OptimizeResult:
     """Find the fastest plan that fits: cut points, recomputation per stage, schedule, b, m and v.
 
     ``time_limit`` is each candidate's CP-SAT budget (deterministic seconds); ``headroom`` the share
-    of GPU memory kept free. Raises SpecError (one line) when nothing fits, saying how much memory
+    of GPU memory kept free; ``parallel`` > 1 solves that many candidates at once in worker processes
+    (at most 8; worth it on an idle machine with that many cores). Raises SpecError (one line) when nothing fits, saying how much memory
     per GPU or how many pipeline devices would be needed.
     """
     started = time.perf_counter()
@@ -79,9 +83,12 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         raise SpecError(f"schedules: no schedule of {', '.join(n for n, _ in variants)} runs with pp = {pp} and a "
                         f"per-replica batch of {batch}; try other --schedules or a larger --global-batch")
     model_ref, cluster_ref = _spec_ref(model, spec), _spec_ref(cluster, cl)
+    # A ClusterSpec given as an object and written as its preset's name must keep its node count.
+    plan_nodes = nodes if nodes is not None else (
+        cl.nodes if not isinstance(cluster, str) and isinstance(cluster_ref, str) else None)
 
     def make_plan(candidate: Candidate, layers: tuple[int, ...], recompute: tuple[bool, ...]) -> Plan:
-        return Plan(model=model_ref, cluster=cluster_ref, nodes=nodes, schedule=candidate.schedule, pp=pp,
+        return Plan(model=model_ref, cluster=cluster_ref, nodes=plan_nodes, schedule=candidate.schedule, pp=pp,
                     chunks=candidate.chunks, num_microbatches=candidate.num_microbatches,
                     microbatch_size=candidate.microbatch_size, layers_per_stage=tuple(layers),
                     recompute=tuple("full" if r else "none" for r in recompute), seq_len=seq_len, dp=dp,
@@ -99,20 +106,35 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     records: dict[Candidate, CandidateRecord] = {}
     solved: list[tuple[float, Candidate, Solution]] = []
     total = len(problems) + 1
-    for done, (bound, _, candidate, problem) in enumerate(problems):
-        if progress:
-            progress(done, total, candidate.label)
-        best_found = sorted(t for t, _, _ in solved)
-        if len(best_found) >= rescore and bound >= best_found[rescore - 1]:
-            records[candidate] = CandidateRecord(candidate, bound)
-            continue
-        hint = megatron_uniform(spec, problem.num_stages)
-        solution = solve(problem, time_limit=time_limit, hint=hint)
-        predicted = problem.seconds(solution.objective) if solution.found else None
-        records[candidate] = CandidateRecord(candidate, bound, solution.status, predicted, solution.gap,
-                                             solution.wall_time)
-        if solution.found:
-            solved.append((predicted, candidate, solution))
+    parallel = max(1, min(parallel or 1, MAX_PARALLEL))
+    pool = ProcessPoolExecutor(parallel) if parallel > 1 else None
+    try:
+        # Batches of ``parallel`` candidates in bound order; pruning looks only at earlier batches and each
+        # solve is deterministic, so the answer does not depend on how many processes ran it.
+        for first in range(0, len(problems), parallel):
+            if progress:
+                progress(first, total, problems[first][2].label)
+            best_found = sorted(t for t, _, _ in solved)
+            jobs = []
+            for bound, _, candidate, problem in problems[first:first + parallel]:
+                if len(best_found) >= rescore and bound >= best_found[rescore - 1]:
+                    records[candidate] = CandidateRecord(candidate, bound)
+                    continue
+                hint = megatron_uniform(spec, problem.num_stages)
+                hint_recompute = next((rc for rc in ((False,) * len(hint), (True,) * len(hint))
+                                       if problem.objective(hint, rc) is not None), None)
+                args = (problem, time_limit, 1, hint, hint_recompute)
+                jobs.append((bound, candidate, problem, pool.submit(solve, *args) if pool else solve(*args)))
+            for bound, candidate, problem, job in jobs:
+                solution = job.result() if pool else job
+                predicted = problem.seconds(solution.objective) if solution.found else None
+                records[candidate] = CandidateRecord(candidate, bound, solution.status, predicted, solution.gap,
+                                                     solution.wall_time)
+                if solution.found:
+                    solved.append((predicted, candidate, solution))
+    finally:
+        if pool:
+            pool.shutdown()
     if progress:
         progress(total - 1, total, "simulating the best proposals")
 
@@ -124,24 +146,31 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         if i < rescore or variant not in seen_variants:
             chosen_set.append((predicted, candidate, solution))
         seen_variants.add(variant)
-    best: tuple[Scored, Candidate, Solution, float] | None = None
+    fitting: list[tuple[Scored, Candidate, Solution, float]] = []
     for predicted, candidate, solution in chosen_set:
         scored = judge("cp-sat", make_plan(candidate, solution.layers_per_stage, solution.recompute))
         records[candidate] = _with_simulated(records[candidate], scored.iteration_time)
-        if scored.result.fits and (best is None or scored.iteration_time < best[0].iteration_time):
-            best = (scored, candidate, solution, predicted)
-
-    if best is None:
+        if fits_within(scored, headroom):
+            fitting.append((scored, candidate, solution, predicted))
+    if not fitting:
         from .infeasible import explain_infeasible
 
         raise SpecError(explain_infeasible(spec, cl, pp, dp, batch, s, headroom, distributed_optimizer, gpus))
-    scored, candidate, solution, predicted = best
-    proposal = scored
-    scored = refine(scored, judge, headroom)
+
+    # Polish the POLISHED fastest proposals with the simulator and keep the fastest result.
+    fitting.sort(key=lambda t: (t[0].iteration_time, t[1].label))
+    best = None
+    for proposal, candidate, solution, predicted in fitting[:POLISHED]:
+        problem = next(pr for _, _, c, pr in problems if c == candidate)
+        polished = refine(proposal, judge, headroom, lambda plan, pr=problem: pr.objective(
+            plan.layers_per_stage, tuple(r == "full" for r in plan.recompute)) is not None)
+        if best is None or polished.iteration_time < best[0].iteration_time:
+            best = (polished, candidate, solution, predicted, proposal)
+    scored, candidate, solution, predicted, proposal = best
     baselines = _baselines(spec, candidate, pp, s, make_plan, judge)
     chosen, source = scored, "cp-sat"
-    for b in baselines:
-        if b.result.fits and b.iteration_time < chosen.iteration_time:
+    for b in baselines:  # a baseline wins only within the same memory limit, headroom included
+        if fits_within(b, headroom) and b.iteration_time < chosen.iteration_time:
             chosen, source = b, b.name
     if progress:
         progress(total, total, "done")

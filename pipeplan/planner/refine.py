@@ -14,10 +14,11 @@ from typing import Callable
 from ..plan import Plan
 from .result import Scored
 
-MAX_EVALS = 60
+MAX_EVALS = 40
 
 
-def _fits(scored: Scored, headroom: float) -> bool:
+def fits_within(scored: Scored, headroom: float) -> bool:
+    """The simulator's peak memory stays under capacity x (1 - headroom) on every device."""
     sim = scored.result.sim
     return all(peak <= cap * (1 - headroom) for peak, cap in zip(sim.peak_memory, sim.capacity))
 
@@ -40,7 +41,9 @@ def neighbours(plan: Plan) -> list[Plan]:
 
 
 def refine(start: Scored, judge: Callable[[str, Plan], Scored], headroom: float,
-           max_evals: int = MAX_EVALS) -> Scored:
+           may_fit: Callable[[Plan], bool] = lambda plan: True, max_evals: int = MAX_EVALS) -> Scored:
+    """``may_fit`` screens neighbours before they cost a simulation: the planner's own memory rule,
+    which rounds bytes up, so a neighbour it rejects is over the limit or within rounding of it."""
     best, evals = start, 0
     seen = {(start.plan.layers_per_stage, start.plan.recompute)}
     improved = True
@@ -51,9 +54,11 @@ def refine(start: Scored, judge: Callable[[str, Plan], Scored], headroom: float,
             if key in seen or evals >= max_evals:
                 continue
             seen.add(key)
+            if not may_fit(plan):
+                continue
             evals += 1
             scored = judge(start.name, plan)
-            if _fits(scored, headroom) and scored.iteration_time < best.iteration_time * (1 - 1e-9):
+            if fits_within(scored, headroom) and scored.iteration_time < best.iteration_time * (1 - 1e-9):
                 best, improved = scored, True
                 break
     return best

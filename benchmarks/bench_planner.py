@@ -1,0 +1,62 @@
+"""Planner speed on llama3-405b (126 blocks + embedding + head = 128 pipeline layers) at pp = 16.
+
+405B does not fit 80 GB GPUs as a pure pipeline: weights, gradients and Adam state alone are
+405e9 x 18 B / 16 = 456 GB per stage. Real runs add tensor parallelism inside a node, so the
+cluster here (benchmarks/clusters/h100-tp8-groups.json) treats each pipeline device as one
+TP = 8 group of H100s: 8x the FLOPs and memory (640 GB), one DGX node per device, the
+eight NICs as one 400 GB/s link; TP's own all-reduces are not modelled. The memory limit still
+binds: the first stages must recompute.
+
+Prints (1) the CP-SAT cut-point model for 1F1B, b = 1, m = 64: status and solve time (target
+OPTIMAL < 5 s), and (2) the whole ``optimize`` over every schedule, b and v (target < 30 s on a
+2-core machine). Run: python benchmarks/bench_planner.py
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pipeplan  # noqa: E402
+from pipeplan.planner.cpsat import solve  # noqa: E402
+from pipeplan.planner.problem import Candidate, build_problem  # noqa: E402
+from simulator import build_schedule  # noqa: E402
+
+CLUSTER = str(ROOT / "benchmarks" / "clusters" / "h100-tp8-groups.json")
+
+
+def cut_point_model(schedule: str = "1f1b", v: int = 1) -> None:
+    model = pipeplan.load_model("llama3-405b")
+    cluster = pipeplan.load_cluster(CLUSTER)
+    started = time.perf_counter()
+    problem = build_problem(model, cluster, Candidate(schedule, v, 1, 64), build_schedule(schedule, 16, 64, v),
+                            model.seq_len, list(range(16)), headroom=0.05)
+    built = time.perf_counter() - started
+    solution = solve(problem, time_limit=30)
+    recomputed = sum(solution.recompute)
+    print(f"cut-point model {schedule} v={v} b=1 m=64, {problem.num_layers} layers -> {problem.num_stages} stages: "
+          f"{solution.status} in {solution.wall_time:.2f} s (build {built:.2f} s), gap {solution.gap:.2%}, "
+          f"analytic {problem.seconds(solution.objective):.2f} s, {recomputed} stages recompute")
+    print(f"  layers per stage {list(solution.layers_per_stage)}")
+
+
+def whole_optimize() -> None:
+    started = time.perf_counter()
+    result = pipeplan.optimize("llama3-405b", CLUSTER, global_batch=64, pp=16, time_limit=0.5)
+    wall = time.perf_counter() - started
+    plan = result.plan
+    print(f"whole optimize: {wall:.1f} s; chose {plan.schedule} v={plan.chunks} b={plan.microbatch_size} "
+          f"m={plan.num_microbatches}, simulated {result.iteration_time:.2f} s, "
+          f"speed-up vs uniform {result.speedup_vs_uniform:.2f}x (CP-SAT {result.solution.status})")
+    solved = [c for c in result.candidates if c.status != "PRUNED"]
+    print(f"  {len(result.candidates)} candidates, {len(solved)} solved, "
+          f"{len(result.candidates) - len(solved)} pruned by their bound, "
+          f"CP-SAT time {sum(c.solve_time for c in solved):.1f} s")
+
+
+if __name__ == "__main__":
+    cut_point_model()
+    whole_optimize()
