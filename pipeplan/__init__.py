@@ -27,6 +27,7 @@ from .errors import SpecError
 from .lowering import lower
 from .model import MODEL_PRESETS, ModelSpec, load_model
 from .plan import Plan, even_split
+from .profile import Profile
 
 __version__ = "0.1.0"
 
@@ -34,5 +35,5 @@ __all__ = [
     "SCHEDULES", "Action", "Schedule", "ScheduleError", "Timeline", "bubble_fraction", "build_schedule",
     "check_schedule", "from_csv", "to_csv", "gpipe", "one_f_one_b", "interleaved", "zb_h1", "zb_h2", "zb_v",
     "PlanResult", "simulate", "CLUSTER_PRESETS", "ClusterSpec", "GPUSpec", "LinkSpec", "load_cluster",
-    "SpecError", "lower", "MODEL_PRESETS", "ModelSpec", "load_model", "Plan", "even_split",
+    "SpecError", "lower", "MODEL_PRESETS", "ModelSpec", "load_model", "Plan", "even_split", "Profile",
 ]
