@@ -47,10 +47,11 @@ class LinkTiming:
     latency: float
     bandwidth: float
     nbytes: float  # the boundary tensor size the big message used
+    send_overhead: float  # seconds the send call itself takes (the sending op pays it)
 
     def to_dict(self) -> dict[str, float]:
         return {"src": self.src, "dst": self.dst, "latency": self.latency, "bandwidth": self.bandwidth,
-                "nbytes": self.nbytes}
+                "nbytes": self.nbytes, "send_overhead": self.send_overhead}
 
 
 def _timed(clock, fn) -> tuple[object, object, object]:
@@ -131,14 +132,15 @@ def _burst(seconds: float) -> None:
 
 
 def _one_way_times(channel: Channel, back: Channel | None, rank: int, numel: int, reps: int,
-                   device: torch.device, offsets: list[float]) -> list[float]:
+                   device: torch.device, offsets: list[float]) -> tuple[list[float], list[float]]:
     """One-way seconds of a ``numel``-element tensor a -> b, measured the way the pipeline uses it.
 
     The receiver has posted its receive and waits (a consumer waiting for its input); the sender
     sends and goes straight on computing (a producer starting its next op). That second part
     matters: a backend whose transfers need a CPU thread of their own (gloo) delivers later when the
-    sender's cores are busy, and an idle ping-pong would not show it. Arrival minus send time, on
-    the aligned clock (``offsets``). Returns the sender's list.
+    sender's cores are busy, and an idle ping-pong would not show it. Arrival minus the moment the
+    send call returned, on the aligned clock (``offsets``), and separately how long the call took
+    (the runtime counts it in the sending op). Returns the sender's lists (one-way, issue).
     """
     a, b = channel.src, channel.dst
     back_group = back.group if back is not None else channel.group
@@ -147,7 +149,7 @@ def _one_way_times(channel: Channel, back: Channel | None, rank: int, numel: int
     buffer = torch.empty(numel, dtype=channel.dtype, device=torch.device("cpu") if staged else device)
     stamp = torch.zeros(1, dtype=torch.float64)
     stamp = stamp.to(device) if channel.buffer_device.type == "cuda" else stamp
-    times = []
+    times, issues = [], []
     for _ in range(reps):
         if rank == b:
             work = dist.irecv(buffer, a, group=channel.group)
@@ -161,15 +163,18 @@ def _one_way_times(channel: Channel, back: Channel | None, rank: int, numel: int
         else:
             _wait(dist.irecv(stamp, b, group=back_group), channel.timeout, b, f"link calibration with rank {b}")
             _sync(device)
-            t0 = time.perf_counter() - offsets[a]
+            issued = time.perf_counter()
             payload = tensor.cpu() if staged else tensor
             work = dist.isend(payload, b, group=channel.group)
+            t0 = time.perf_counter()
+            issues.append(t0 - issued)
+            t0 -= offsets[a]
             _burst(BURST_SECONDS)
             _wait(work, channel.timeout, b, f"link calibration to rank {b}")
             _wait(dist.irecv(stamp, b, group=back_group), channel.timeout, b, f"link calibration with rank {b}")
             _sync(device)
             times.append(float(stamp.item()) - t0)
-    return times
+    return times, issues
 
 
 # Longer than any delivery we expect to see, shorter than a stage's op on the tiny model.
@@ -195,29 +200,32 @@ def link_round(all_channels: list[tuple[int, int]], channels: dict[tuple[int, in
             channel = channels[(src, dst)]
             back = channels.get((dst, src))
             with talking_to(dst if rank == src else src, "link calibration"):
-                small = _one_way_times(channel, back, rank, 1, reps, device, offsets)
-                big = _one_way_times(channel, back, rank, numel, reps, device, offsets)
+                small, _ = _one_way_times(channel, back, rank, 1, reps, device, offsets)
+                big, issue = _one_way_times(channel, back, rank, numel, reps, device, offsets)
             if rank == src:
-                measured[(src, dst)] = (small, big)
+                measured[(src, dst)] = (small, big, issue)
         barrier(timeout)
     return measured
 
 
-def link_timings(samples: list[dict[tuple[int, int], tuple[list, list]]], numel: int, elem_bytes: int) -> list[LinkTiming]:
+def link_timings(samples: list[dict[tuple[int, int], tuple[list, list, list]]], numel: int,
+                 elem_bytes: int) -> list[LinkTiming]:
     """One-way latency (median at one element) and bandwidth (size over the extra median time)."""
-    merged: dict[tuple[int, int], tuple[list, list]] = {}
+    merged: dict[tuple[int, int], tuple[list, list, list]] = {}
     for round_samples in samples:
-        for key, (small, big) in round_samples.items():
-            m = merged.setdefault(key, ([], []))
-            m[0].extend(small)
-            m[1].extend(big)
+        for key, lists in round_samples.items():
+            m = merged.setdefault(key, ([], [], []))
+            for into, values in zip(m, lists):
+                into.extend(values)
     links = []
-    for (src, dst), (small, big) in sorted(merged.items()):
-        latency = statistics.median(small)
-        one_way = statistics.median(big)
+    for (src, dst), (small, big, issue) in sorted(merged.items()):
+        # Clocks of different hosts are aligned only to within a round trip's asymmetry; never below 0.
+        latency = max(0.0, statistics.median(small))
+        one_way = max(latency, statistics.median(big))
         nbytes = numel * elem_bytes
         slope = (one_way - latency) / (nbytes - elem_bytes) if nbytes > elem_bytes else 0.0
-        links.append(LinkTiming(src, dst, latency, 1.0 / slope if slope > 0 else float("inf"), float(nbytes)))
+        links.append(LinkTiming(src, dst, latency, 1.0 / slope if slope > 0 else float("inf"), float(nbytes),
+                                statistics.median(issue)))
     return links
 
 

@@ -188,6 +188,7 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
     for payload in gathered:
         stages.update({int(s): t for s, t in payload["stages"].items()})
     num_stages = schedule.num_stages
+    overhead = {(l["src"], l["dst"]): l["send_overhead"] for payload in gathered for l in payload["links"]}
     layers: dict[str, list[dict]] = {}
     for payload in gathered:
         for kind, t in payload["layers"].items():
@@ -199,12 +200,8 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
     profile = Profile(
         device=device_name(device), backend=args.backend, model=model.name, microbatch_size=plan.microbatch_size,
         seq_len=plan.seq_len or model.seq_len, layers_per_stage=tuple(plan.layers_per_stage),
-        stages=tuple(
-            StageProfile(**stages[s], send_forward_bytes=boundary_bytes if s < num_stages - 1 else 0.0,
-                         send_backward_bytes=boundary_bytes if s > 0 else 0.0)
-            for s in range(num_stages)
-        ),
-        links=tuple(LinkProfile(l["src"], l["dst"], l["latency"], l["bandwidth"])
+        stages=tuple(_with_send_overhead(s, stages[s], schedule, overhead, boundary_bytes) for s in range(num_stages)),
+        links=tuple(LinkProfile(l["src"], l["dst"], l["latency"], l["bandwidth"], l["send_overhead"])
                     for payload in gathered for l in payload["links"]),
         dtype=str(dtype).replace("torch.", ""),
         layers=layer_profiles,
@@ -250,6 +247,21 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
         "measured_iterations": timelines,
         "losses": [payload["losses"] for payload in gathered if payload["losses"]],
     }
+
+
+def _with_send_overhead(stage: int, timing: dict, schedule, overhead: dict, boundary_bytes: float) -> StageProfile:
+    """A stage's profile: its ops timed alone plus issuing the send of their output to another device,
+    which the runtime counts in the op (see RankExecutor.run_iteration)."""
+    device = schedule.stage_to_device
+    last = schedule.num_stages - 1
+    fwd = overhead.get((device[stage], device[stage + 1]), 0.0) if stage < last else 0.0
+    bwd = overhead.get((device[stage], device[stage - 1]), 0.0) if stage > 0 else 0.0
+    return StageProfile(
+        forward=timing["forward"] + fwd, backward=timing["backward"] + bwd,
+        backward_input=timing["backward_input"] + bwd, backward_weight=timing["backward_weight"],
+        send_forward_bytes=boundary_bytes if stage < last else 0.0,
+        send_backward_bytes=boundary_bytes if stage > 0 else 0.0,
+    )
 
 
 def _action(text: str):
