@@ -29,6 +29,7 @@ from .model import MODEL_PRESETS, ModelSpec, load_model
 from .plan import Plan, even_split
 from .planner.optimize import optimize
 from .planner.result import OptimizeResult
+from .profile import Profile
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,6 @@ __all__ = [
     "SCHEDULES", "Action", "Schedule", "ScheduleError", "Timeline", "bubble_fraction", "build_schedule",
     "check_schedule", "from_csv", "to_csv", "gpipe", "one_f_one_b", "interleaved", "zb_h1", "zb_h2", "zb_v",
     "PlanResult", "simulate", "CLUSTER_PRESETS", "ClusterSpec", "GPUSpec", "LinkSpec", "load_cluster",
-    "SpecError", "lower", "MODEL_PRESETS", "ModelSpec", "load_model", "Plan", "even_split",
+    "SpecError", "lower", "MODEL_PRESETS", "ModelSpec", "load_model", "Plan", "even_split", "Profile",
 ]
 __all__ += ["optimize", "OptimizeResult"]

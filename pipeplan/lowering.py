@@ -135,12 +135,17 @@ def stage_params(model: ModelSpec, plan: Plan, stage: int, seq_len: int) -> floa
     return sum(model.layer_cost(i, 1, seq_len).params for i in plan.stage_layers(stage))
 
 
-def measured_stage_cost(analytic: StageCost, measured) -> StageCost:
-    """A stage with measured op times and boundary bytes; memory stays the model's."""
+def measured_stage_cost(analytic: StageCost, measured, recompute: bool = False) -> StageCost:
+    """A stage with measured op times and boundary bytes; memory stays the model's.
+
+    Profiles are measured without recomputation; with it the backward pays one more forward, as in
+    ``stage_cost``.
+    """
+    extra = measured.forward if recompute else 0.0
     return replace(
-        analytic, forward=measured.forward, backward=measured.backward, backward_input=measured.backward_input,
-        backward_weight=measured.backward_weight, send_forward_bytes=measured.send_forward_bytes,
-        send_backward_bytes=measured.send_backward_bytes,
+        analytic, forward=measured.forward, backward=measured.backward + extra,
+        backward_input=measured.backward_input + extra, backward_weight=measured.backward_weight,
+        send_forward_bytes=measured.send_forward_bytes, send_backward_bytes=measured.send_backward_bytes,
     )
 
 
@@ -159,7 +164,8 @@ def lower(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan
     if profile is not None:
         profile.check_plan(r.model.name, plan.layers_per_stage, plan.microbatch_size, s)
         kinds = [[r.model.layer_kinds[i] for i in plan.stage_layers(k)] for k in range(plan.num_stages)]
-        stages = tuple(measured_stage_cost(c, m) for c, m in zip(stages, profile.stage_profiles(kinds)))
+        stages = tuple(measured_stage_cost(c, m, plan.recompute_of(k))
+                       for k, (c, m) in enumerate(zip(stages, profile.stage_profiles(kinds))))
         network = profile.network(network)
     per_param = bytes_per_param(plan.dp, plan.distributed_optimizer)
     static = [0.0] * plan.pp

@@ -45,12 +45,17 @@ class StageProfile:
 
 @dataclass(frozen=True)
 class LinkProfile:
-    """A measured one-way link: a message of X bytes takes ``latency + X / bandwidth`` seconds."""
+    """A measured one-way link: a message of X bytes takes ``latency + X / bandwidth`` seconds.
+
+    ``send_overhead``: what issuing one send costs the sender; the validator counts it in the
+    sending op, so measured stage times already hold it (kept here to show where time goes).
+    """
 
     src: int
     dst: int
     latency: float
     bandwidth: float
+    send_overhead: float = 0.0
 
     def __post_init__(self) -> None:
         positive_number("profile.links.latency", self.latency, allow_zero=True)
@@ -174,7 +179,8 @@ class Profile:
             stages = tuple(StageProfile(**s) for s in data["stages"])
             links = tuple(
                 LinkProfile(int(l["src"]), int(l["dst"]), float(l["latency"]),
-                            math.inf if l["bandwidth"] is None else float(l["bandwidth"]))
+                            math.inf if l["bandwidth"] is None else float(l["bandwidth"]),
+                            float(l.get("send_overhead", 0.0)))
                 for l in data.get("links", [])
             )
             return Profile(

@@ -22,6 +22,9 @@ from pathlib import Path
 from .runtime import PeerFailure
 
 
+_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "timed out")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m validator", description=__doc__.split("\n\n")[0])
     p.add_argument("plan", help="plan JSON")
@@ -71,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         peer = err.peer if isinstance(err, PeerFailure) else None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # A backend error about a lost connection is the other side's failure, wherever it surfaced.
+        lost = isinstance(err, PeerFailure) or any(s in reason for s in _PEER_SIGNS)
         if not isinstance(err, (PeerFailure, KeyboardInterrupt)):
             reason = f"{type(err).__name__}: {reason}"
         _note(args.run_dir, f"rank{rank}.failed", {
-            "rank": rank, "reason": reason, "peer": peer, "kind": "peer" if isinstance(err, PeerFailure) else "own",
+            "rank": rank, "reason": reason, "peer": peer, "kind": "peer" if lost else "own",
             "time": time.time(), "traceback": traceback.format_exc(limit=8),
         })
         print(f"rank {rank} failed: {reason}", file=sys.stderr, flush=True)

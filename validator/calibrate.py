@@ -2,9 +2,10 @@
 
 * Stages: every rank times F, B, I and W of its own stages on synthetic boundary tensors, all ranks
   at once, so each op sees the same neighbours competing for cores and memory as in the real run.
-* Links: for every channel a -> b of the schedule, a ping-pong in the same backend and through the
-  same groups as the run. One-way time is half the median round trip, at one element (latency)
-  and at the real boundary-tensor size; bandwidth is the size difference over the time difference.
+* Links: for every channel a -> b of the schedule, one-way transfers in the same backend and through
+  the same groups as the run, the receiver waiting and the sender computing on (see
+  ``_one_way_times``), at one element (latency) and at the real boundary-tensor size; bandwidth is
+  the size difference over the time difference.
 
 Calibration runs in rounds, one before every iteration of the real run, and the cost is the median
 over all rounds after warm-up. On a shared machine the load changes over seconds; interleaving makes
@@ -24,7 +25,7 @@ import torch.distributed as dist
 from simulator.ir import BACKWARD_INPUT, FORWARD, FULL_BACKWARD, Schedule
 
 from .compute import StageRunner
-from .runtime import Channel, _wait
+from .runtime import Channel, _wait, talking_to
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,11 @@ class LinkTiming:
     latency: float
     bandwidth: float
     nbytes: float  # the boundary tensor size the big message used
+    send_overhead: float  # seconds the send call itself takes (the sending op pays it)
 
     def to_dict(self) -> dict[str, float]:
         return {"src": self.src, "dst": self.dst, "latency": self.latency, "bandwidth": self.bandwidth,
-                "nbytes": self.nbytes}
+                "nbytes": self.nbytes, "send_overhead": self.send_overhead}
 
 
 def _timed(clock, fn) -> tuple[object, object, object]:
@@ -121,34 +123,62 @@ def stage_timings(samples: list[dict[int, dict[str, list[float]]]]) -> dict[int,
     return {s: StageTiming(*(statistics.median(merged[s][k]) for k in "FBIW")) for s in merged}
 
 
-def _round_trips(channel: Channel, back: Channel | None, rank: int, numel: int, reps: int,
-                 device: torch.device) -> list[float]:
-    """Round-trip seconds of a ``numel``-element tensor over ``channel`` and back (sender's list)."""
+def _burst(seconds: float) -> None:
+    """Keep this thread computing for ``seconds``, as a stage does right after sending its output."""
+    a = torch.ones(128, 128)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        a = a @ a * 1e-3
+
+
+def _one_way_times(channel: Channel, back: Channel | None, rank: int, numel: int, reps: int,
+                   device: torch.device, offsets: list[float]) -> tuple[list[float], list[float]]:
+    """One-way seconds of a ``numel``-element tensor a -> b, measured the way the pipeline uses it.
+
+    The receiver has posted its receive and waits (a consumer waiting for its input); the sender
+    sends and goes straight on computing (a producer starting its next op). That second part
+    matters: a backend whose transfers need a CPU thread of their own (gloo) delivers later when the
+    sender's cores are busy, and an idle ping-pong would not show it. Arrival minus the moment the
+    send call returned, on the aligned clock (``offsets``), and separately how long the call took
+    (the runtime counts it in the sending op). Returns the sender's lists (one-way, issue).
+    """
     a, b = channel.src, channel.dst
     back_group = back.group if back is not None else channel.group
     staged = channel.staged
     tensor = torch.zeros(numel, dtype=channel.dtype, device=device)
-    host = torch.device("cpu") if staged else device
-    buffer = torch.empty(numel, dtype=channel.dtype, device=host)
-    rtts = []
+    buffer = torch.empty(numel, dtype=channel.dtype, device=torch.device("cpu") if staged else device)
+    stamp = torch.zeros(1, dtype=torch.float64)
+    stamp = stamp.to(device) if channel.buffer_device.type == "cuda" else stamp
+    times, issues = [], []
     for _ in range(reps):
-        if rank == a:
-            _sync(device)
-            t0 = time.perf_counter()
-            payload = tensor.cpu() if staged else tensor
-            _wait(dist.isend(payload, b, group=channel.group), channel.timeout, b, f"ping-pong to rank {b}")
-            _wait(dist.irecv(buffer, b, group=back_group), channel.timeout, b, f"ping-pong from rank {b}")
+        if rank == b:
+            work = dist.irecv(buffer, a, group=channel.group)
+            _wait(dist.isend(stamp, a, group=back_group), channel.timeout, a, f"link calibration with rank {a}")
+            _wait(work, channel.timeout, a, f"link calibration from rank {a}")
             arrived = buffer.to(device) if staged else buffer
             _sync(device)
-            rtts.append(time.perf_counter() - t0)
+            stamp.fill_(time.perf_counter() - offsets[b])
             del arrived
+            _wait(dist.isend(stamp, a, group=back_group), channel.timeout, a, f"link calibration with rank {a}")
         else:
-            _wait(dist.irecv(buffer, a, group=channel.group), channel.timeout, a, f"ping-pong from rank {a}")
-            arrived = buffer.to(device) if staged else buffer
+            _wait(dist.irecv(stamp, b, group=back_group), channel.timeout, b, f"link calibration with rank {b}")
             _sync(device)
-            payload = arrived.cpu() if staged else arrived
-            _wait(dist.isend(payload, a, group=back_group), channel.timeout, a, f"ping-pong to rank {a}")
-    return rtts
+            issued = time.perf_counter()
+            payload = tensor.cpu() if staged else tensor
+            work = dist.isend(payload, b, group=channel.group)
+            t0 = time.perf_counter()
+            issues.append(t0 - issued)
+            t0 -= offsets[a]
+            _burst(BURST_SECONDS)
+            _wait(work, channel.timeout, b, f"link calibration to rank {b}")
+            _wait(dist.irecv(stamp, b, group=back_group), channel.timeout, b, f"link calibration with rank {b}")
+            _sync(device)
+            times.append(float(stamp.item()) - t0)
+    return times, issues
+
+
+# Longer than any delivery we expect to see, shorter than a stage's op on the tiny model.
+BURST_SECONDS = 0.003
 
 
 def _sync(device: torch.device) -> None:
@@ -157,49 +187,55 @@ def _sync(device: torch.device) -> None:
 
 
 def link_round(all_channels: list[tuple[int, int]], channels: dict[tuple[int, int], Channel], rank: int,
-               numel: int, device: torch.device, reps: int, timeout: float) -> dict[tuple[int, int], tuple[list, list]]:
-    """Ping-pong every channel in turn, one element and ``numel`` elements, ``reps`` times each.
+               numel: int, device: torch.device, reps: int, timeout: float,
+               offsets: list[float]) -> dict[tuple[int, int], tuple[list, list]]:
+    """Time every channel in turn, one element and ``numel`` elements, ``reps`` times each.
 
-    All ranks walk the same channel list; a barrier separates pairs so no two ping-pongs overlap.
-    Returns the round trips of the channels this rank sends on: {(src, dst): (small, big)}.
+    All ranks walk the same channel list; a barrier separates pairs so no two measurements overlap.
+    Returns the one-way times of the channels this rank sends on: {(src, dst): (small, big)}.
     """
     measured = {}
     for src, dst in all_channels:
         if rank in (src, dst):
             channel = channels[(src, dst)]
             back = channels.get((dst, src))
-            small = _round_trips(channel, back, rank, 1, reps, device)
-            big = _round_trips(channel, back, rank, numel, reps, device)
+            with talking_to(dst if rank == src else src, "link calibration"):
+                small, _ = _one_way_times(channel, back, rank, 1, reps, device, offsets)
+                big, issue = _one_way_times(channel, back, rank, numel, reps, device, offsets)
             if rank == src:
-                measured[(src, dst)] = (small, big)
+                measured[(src, dst)] = (small, big, issue)
         barrier(timeout)
     return measured
 
 
-def link_timings(samples: list[dict[tuple[int, int], tuple[list, list]]], numel: int, elem_bytes: int) -> list[LinkTiming]:
-    """One-way latency (half the median small round trip) and bandwidth (size over the extra time)."""
-    merged: dict[tuple[int, int], tuple[list, list]] = {}
+def link_timings(samples: list[dict[tuple[int, int], tuple[list, list, list]]], numel: int,
+                 elem_bytes: int) -> list[LinkTiming]:
+    """One-way latency (median at one element) and bandwidth (size over the extra median time)."""
+    merged: dict[tuple[int, int], tuple[list, list, list]] = {}
     for round_samples in samples:
-        for key, (small, big) in round_samples.items():
-            m = merged.setdefault(key, ([], []))
-            m[0].extend(small)
-            m[1].extend(big)
+        for key, lists in round_samples.items():
+            m = merged.setdefault(key, ([], [], []))
+            for into, values in zip(m, lists):
+                into.extend(values)
     links = []
-    for (src, dst), (small, big) in sorted(merged.items()):
-        latency = statistics.median(small) / 2
-        one_way = statistics.median(big) / 2
+    for (src, dst), (small, big, issue) in sorted(merged.items()):
+        # Clocks of different hosts are aligned only to within a round trip's asymmetry; never below 0.
+        latency = max(0.0, statistics.median(small))
+        one_way = max(latency, statistics.median(big))
         nbytes = numel * elem_bytes
         slope = (one_way - latency) / (nbytes - elem_bytes) if nbytes > elem_bytes else 0.0
-        links.append(LinkTiming(src, dst, latency, 1.0 / slope if slope > 0 else float("inf"), float(nbytes)))
+        links.append(LinkTiming(src, dst, latency, 1.0 / slope if slope > 0 else float("inf"), float(nbytes),
+                                statistics.median(issue)))
     return links
 
 
 def barrier(timeout: float) -> None:
     """A barrier that gives up after ``timeout`` seconds (gloo's monitored barrier names the missing rank)."""
-    if dist.get_backend() == "gloo":
-        dist.monitored_barrier(timeout=timedelta(seconds=timeout))
-    else:
-        dist.barrier()
+    with talking_to(None, "barrier"):
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=timeout))
+        else:
+            dist.barrier()
 
 
 def layer_timings(model, plan, schedule: Schedule, rank: int, batch: int, seq: int, device: torch.device,

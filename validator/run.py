@@ -22,7 +22,7 @@ from simulator.timeline import OpRecord, Timeline, TransferRecord
 
 from .calibrate import barrier, in_flight, layer_timings, link_round, link_timings, stage_round, stage_timings
 from .compute import StageRunner
-from .runtime import Fault, RankExecutor, make_channels, plan_transfers
+from .runtime import Fault, RankExecutor, make_channels, plan_transfers, talking_to
 from .timing import clock_offsets, foreign_cores, host_busy_seconds, make_clock, own_cpu_seconds
 
 SEED = 1234
@@ -102,7 +102,8 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
     }
     clock = make_clock(device)
     scalar_device = device if args.backend == "nccl" else torch.device("cpu")
-    offsets = clock_offsets(rank, world, scalar_device, timeout)
+    with talking_to(None, "aligning clocks"):
+        offsets = clock_offsets(rank, world, scalar_device, timeout)
 
     elem_bytes = torch.empty((), dtype=dtype).element_size()
     numel = batch * seq * model.hidden
@@ -122,13 +123,14 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
         stages_now = stage_round(runners, clock, reps=args.calibration_reps, depth=depth)
         barrier(timeout)
         links_now = link_round(all_channels, channels, rank, numel, device, reps=2 * args.calibration_reps,
-                               timeout=timeout)
+                               timeout=timeout, offsets=offsets)
         barrier(timeout)
         marks, arrivals = executor.run_iteration()
         times = clock.resolve([m for op in marks for m in (op.start, op.end)] + [a.mark for a in arrivals])
         window = [host_key, host_busy_seconds() - busy0, own_cpu_seconds() - own0, time.perf_counter() - wall0]
         gathered_load = [torch.zeros(4, dtype=torch.float64, device=scalar_device) for _ in range(world)]
-        dist.all_gather(gathered_load, torch.tensor(window, dtype=torch.float64, device=scalar_device))
+        with talking_to(None, "exchanging load figures"):
+            dist.all_gather(gathered_load, torch.tensor(window, dtype=torch.float64, device=scalar_device))
         rows = [t.cpu().tolist() for t in gathered_load]
         foreign = foreign_cores([r[:3] for r in rows], max(r[3] for r in rows))
         run += 1
@@ -168,7 +170,8 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
         "disturbed": disturbed,
     }
     gathered = [None] * world if rank == 0 else None
-    dist.gather_object(payload, gathered, dst=0)
+    with talking_to(None if rank == 0 else 0, "gathering timings to rank 0"):
+        dist.gather_object(payload, gathered, dst=0)
     if rank != 0:
         return
     run = assemble(args, plan, base, schedule, model, gathered, device, dtype, threads, elem_bytes * numel, offsets)
@@ -185,6 +188,7 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
     for payload in gathered:
         stages.update({int(s): t for s, t in payload["stages"].items()})
     num_stages = schedule.num_stages
+    overhead = {(l["src"], l["dst"]): l["send_overhead"] for payload in gathered for l in payload["links"]}
     layers: dict[str, list[dict]] = {}
     for payload in gathered:
         for kind, t in payload["layers"].items():
@@ -196,12 +200,8 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
     profile = Profile(
         device=device_name(device), backend=args.backend, model=model.name, microbatch_size=plan.microbatch_size,
         seq_len=plan.seq_len or model.seq_len, layers_per_stage=tuple(plan.layers_per_stage),
-        stages=tuple(
-            StageProfile(**stages[s], send_forward_bytes=boundary_bytes if s < num_stages - 1 else 0.0,
-                         send_backward_bytes=boundary_bytes if s > 0 else 0.0)
-            for s in range(num_stages)
-        ),
-        links=tuple(LinkProfile(l["src"], l["dst"], l["latency"], l["bandwidth"])
+        stages=tuple(_with_send_overhead(s, stages[s], schedule, overhead, boundary_bytes) for s in range(num_stages)),
+        links=tuple(LinkProfile(l["src"], l["dst"], l["latency"], l["bandwidth"], l["send_overhead"])
                     for payload in gathered for l in payload["links"]),
         dtype=str(dtype).replace("torch.", ""),
         layers=layer_profiles,
@@ -247,6 +247,21 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
         "measured_iterations": timelines,
         "losses": [payload["losses"] for payload in gathered if payload["losses"]],
     }
+
+
+def _with_send_overhead(stage: int, timing: dict, schedule, overhead: dict, boundary_bytes: float) -> StageProfile:
+    """A stage's profile: its ops timed alone plus issuing the send of their output to another device,
+    which the runtime counts in the op (see RankExecutor.run_iteration)."""
+    device = schedule.stage_to_device
+    last = schedule.num_stages - 1
+    fwd = overhead.get((device[stage], device[stage + 1]), 0.0) if stage < last else 0.0
+    bwd = overhead.get((device[stage], device[stage - 1]), 0.0) if stage > 0 else 0.0
+    return StageProfile(
+        forward=timing["forward"] + fwd, backward=timing["backward"] + bwd,
+        backward_input=timing["backward_input"] + bwd, backward_weight=timing["backward_weight"],
+        send_forward_bytes=boundary_bytes if stage < last else 0.0,
+        send_backward_bytes=boundary_bytes if stage > 0 else 0.0,
+    )
 
 
 def _action(text: str):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -103,6 +104,18 @@ class Fault:
             time.sleep(3600)
 
 
+@contextmanager
+def talking_to(peer: int | None, what: str):
+    """Any error inside (a refused send, a collective whose peer vanished) is a ``PeerFailure``."""
+    try:
+        yield
+    except PeerFailure:
+        raise
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PeerFailure(peer, f"{what}: {first}") from None
+
+
 def _wait(work, timeout: float, peer: int | None, what: str) -> None:
     try:
         ok = work.wait(timedelta(seconds=timeout))
@@ -137,7 +150,8 @@ class Channel:
 
     def _post(self, t: Transfer) -> None:
         buffer = torch.empty(self.shape, dtype=self.dtype, device=self.buffer_device)
-        self.posted[t.tag] = (dist.irecv(buffer, self.src, group=self.group, tag=t.tag), buffer)
+        with talking_to(self.src, f"posting the receive of {t.describe()}"):
+            self.posted[t.tag] = (dist.irecv(buffer, self.src, group=self.group, tag=t.tag), buffer)
 
     def receive(self, producer: Action, consumer: Action) -> torch.Tensor:
         t = self.by_consumer[(producer, consumer)]
@@ -153,7 +167,8 @@ class Channel:
         t = self.by_consumer[(producer, consumer)]
         payload = tensor.detach()
         payload = payload.cpu() if self.staged else payload.contiguous()
-        self.sends.append((dist.isend(payload, self.dst, group=self.group, tag=t.tag), payload, t))
+        with talking_to(self.dst, f"sending {t.describe()} to rank {self.dst}"):
+            self.sends.append((dist.isend(payload, self.dst, group=self.group, tag=t.tag), payload, t))
 
     def finish_sends(self) -> None:
         for work, _, t in self.sends:
@@ -248,13 +263,15 @@ class RankExecutor:
             self.ops_run += 1
             start = self.clock.mark()
             result = self._compute(action, received)
-            end = self.clock.mark()
-            marks.append(OpMark(action, start, end))
             for consumer, dst in self.outputs.get(action, ()):
                 if dst == self.rank:
                     self.mailbox[(action, consumer)] = result.detach()
                 else:
                     self.channels[(self.rank, dst)].send(action, consumer, result)
+            # The op ends once its output is handed over: issuing a send is CPU work this device does
+            # before it can start anything else (tens of microseconds for gloo), so it is part of the op.
+            end = self.clock.mark()
+            marks.append(OpMark(action, start, end))
         for channel in self.channels.values():
             if channel.src == self.rank:
                 channel.finish_sends()

@@ -13,7 +13,9 @@ microseconds; across nodes it corrects the clocks' different origins.
 from __future__ import annotations
 
 import os
+import socket
 import time
+import zlib
 from datetime import timedelta
 
 import torch
@@ -71,12 +73,20 @@ def _sync(device: torch.device) -> None:
 def clock_offsets(rank: int, world: int, device: torch.device, timeout: float, rounds: int = 16) -> list[float]:
     """Per rank, how far its perf_counter runs ahead of rank 0's (seconds); all ranks get the list.
 
-    ``device`` is where the exchanged scalars live (CUDA for NCCL, CPU for gloo).
+    Ranks on rank 0's host share its clock (perf_counter is CLOCK_MONOTONIC, one per machine) and get
+    exactly 0: an estimate would only add the round trip's noise. ``device`` is where the exchanged
+    scalars live (CUDA for NCCL, CPU for gloo).
     """
     wait = timedelta(seconds=timeout)
     offsets = [0.0] * world
+    key = torch.tensor([float(zlib.crc32(socket.gethostname().encode()))], dtype=torch.float64, device=device)
+    keys = [torch.zeros_like(key) for _ in range(world)]
+    dist.all_gather(keys, key)
+    same_host = [float(k.item()) == float(keys[0].item()) for k in keys]
     buf = torch.zeros(1, dtype=torch.float64, device=device)
     for peer in range(1, world):
+        if same_host[peer]:
+            continue
         if rank == 0:
             best_rtt, best = float("inf"), 0.0
             for _ in range(rounds):
