@@ -124,3 +124,46 @@ def test_count_profiles_give_the_simulators_peak_memory(name, p, m, v):
             for vec in vectors
         )
         assert predicted == pytest.approx(result.peak_memory[d], rel=1e-9)
+
+
+def test_problem_costs_agree_with_the_lowering_and_memory_bounds_the_simulator():
+    """The integer data the solver sees, summed over a split, is the lowering's stage cost (to rounding),
+    and its memory rule never under-counts what the simulator replays."""
+    import pipeplan
+    from pipeplan.lowering import lower
+    from pipeplan.planner.problem import Candidate, build_problem
+
+    model, cluster = pipeplan.load_model("llama3-8b"), pipeplan.load_cluster("dgx-h100")
+    layers, recompute = (6, 3, 4, 5, 4, 4, 5, 3), (True, False, True, False, False, False, False, False)
+    for name, v in (("1f1b", 1), ("zb-h2", 1), ("interleaved", 2)):
+        split = layers if v == 1 else (3, 2, 2, 2, 2, 1, 2, 2, 2, 2, 2, 3, 2, 2, 2, 3)
+        rc = recompute if v == 1 else recompute + recompute
+        schedule = build_schedule(name, 8, 16, v)
+        problem = build_problem(model, cluster, Candidate(name, v, 1, 16), schedule, 8192, list(range(8)))
+        plan = pipeplan.Plan(model="llama3-8b", cluster="dgx-h100", schedule=name, pp=8, chunks=v, num_microbatches=16,
+                             microbatch_size=1, layers_per_stage=split,
+                             recompute=tuple("full" if r else "none" for r in rc))
+        workload, _ = lower(model, cluster, plan)
+        start = 0
+        for k, n in enumerate(split):
+            idx = range(start, start + n)
+            start += n
+            forward = sum(problem.forward[i] for i in idx) * problem.time_unit
+            backward = (sum(problem.backward_input[i] for i in idx) * problem.time_unit + (forward if rc[k] else 0))
+            assert forward == pytest.approx(workload.stages[k].forward, rel=1e-4)
+            assert backward == pytest.approx(workload.stages[k].backward_input, rel=1e-4)
+        result = simulate(workload)
+        bounds, start = [], 0
+        for n in split:
+            bounds.append(range(start, start + n))
+            start += n
+        for d in range(8):
+            mine = schedule.stages_of(d)
+            act = [sum((problem.activation_rc if rc[k] else problem.activation)[i] for i in bounds[k]) for k in mine]
+            held = [sum((problem.held_rc if rc[k] else problem.held)[i] for i in bounds[k]) for k in mine]
+            static = sum(problem.static[i] for k in mine for i in bounds[k])
+            level = static + max(sum(nf * a + nh * h for (nf, nh), a, h in zip(vec, act, held))
+                                 for vec in problem.profiles[d])
+            predicted = level * problem.memory_unit
+            assert predicted >= result.peak_memory[d]
+            assert predicted <= result.peak_memory[d] * 1.001
