@@ -4,9 +4,10 @@
 2. in order of their lower bound, CP-SAT finds each candidate's best split and recomputation under the
    analytic objective; a candidate whose bound cannot beat the ``rescore``-th best found is skipped;
 3. the simulator re-scores the best ``rescore`` proposals and the best of every schedule variant, and
-   polishes the winner by moving single cuts while that simulates faster (``refine``);
+   polishes the two fastest by moving single cuts while that simulates faster (``refine``);
 4. the baselines run under the winner's schedule, b and m through the same simulator; whichever
-   simulates fastest and fits is returned, so the answer is never slower than a baseline.
+   simulates fastest and fits (headroom included) is returned, so the answer is never slower than a
+   baseline.
 """
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
 
     ``time_limit`` is each candidate's CP-SAT budget (deterministic seconds); ``headroom`` the share
     of GPU memory kept free; ``parallel`` > 1 solves that many candidates at once in worker processes
-    (at most 8; worth it on an idle machine with that many cores). Raises SpecError (one line) when nothing fits, saying how much memory
-    per GPU or how many pipeline devices would be needed.
+    (at most 8; worth it on an idle machine with that many cores). Raises SpecError (one line) when
+    nothing fits, saying how much memory per GPU or how many pipeline devices would be needed.
     """
     started = time.perf_counter()
     spec = load_model(model)
