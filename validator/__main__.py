@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import faulthandler
 import json
 import os
 import signal
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     _die_with_parent()
+    # The launcher sends SIGUSR1 before killing a run that outlived its timeout: every thread's
+    # Python stack then goes to stderr, so a hang names where it hung.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     _note(args.run_dir, f"rank{rank}.pid", {"rank": rank, "pid": os.getpid()})
     try:
         from .run import run_rank

@@ -250,6 +250,33 @@ class RankExecutor:
         raise ValueError(f"unknown action kind in {action}")
 
     def run_iteration(self) -> tuple[list[OpMark], list[ArrivalMark]]:
+        """One real iteration: every op waits for its inputs, computes, hands its output over."""
+        return self._iterate(replay=False)
+
+    def replay(self) -> list[OpMark]:
+        """Calibration: the same ops in the same order with the same traffic, but nothing waited for.
+
+        Each op takes a synthetic input instead of waiting for its producer and still sends its
+        output, so it is timed alone (no bubble, no transfer in front of it) yet with everything
+        the run puts around it: the cache state the schedule's order leaves and the CPU that the
+        backend's send and receive work takes from compute. The traffic is drained at the end.
+        """
+        marks, _ = self._iterate(replay=True)
+        for channel in self.channels.values():
+            if channel.dst == self.rank:
+                for t in channel.transfers:
+                    channel.receive(t.producer, t.consumer)
+        return marks
+
+    def _synthetic(self, action: Action) -> torch.Tensor | None:
+        runner = self.runners[action.stage]
+        if (action.kind == FORWARD and runner.first) or (action.kind in (FULL_BACKWARD, BACKWARD_INPUT) and runner.last):
+            return None
+        if action.kind == BACKWARD_WEIGHT:
+            return None
+        return torch.randn(runner.boundary_shape(), dtype=runner.dtype, device=runner.device)
+
+    def _iterate(self, replay: bool) -> tuple[list[OpMark], list[ArrivalMark]]:
         self.clock.begin_iteration()
         for channel in self.channels.values():
             if channel.dst == self.rank:
@@ -257,17 +284,20 @@ class RankExecutor:
         marks: list[OpMark] = []
         arrivals: list[ArrivalMark] = []
         for action in self.actions:
-            received = self._gather_input(action, arrivals)
-            if self.fault is not None and self.ops_run == self.fault.op:
-                self.fault.trigger(action)
-            self.ops_run += 1
+            if replay:
+                received = self._synthetic(action)
+            else:
+                received = self._gather_input(action, arrivals)
+                if self.fault is not None and self.ops_run == self.fault.op:
+                    self.fault.trigger(action)
+                self.ops_run += 1
             start = self.clock.mark()
             result = self._compute(action, received)
             for consumer, dst in self.outputs.get(action, ()):
-                if dst == self.rank:
-                    self.mailbox[(action, consumer)] = result.detach()
-                else:
+                if dst != self.rank:
                     self.channels[(self.rank, dst)].send(action, consumer, result)
+                elif not replay:
+                    self.mailbox[(action, consumer)] = result.detach()
             # The op ends once its output is handed over: issuing a send is CPU work this device does
             # before it can start anything else (tens of microseconds for gloo), so it is part of the op.
             end = self.clock.mark()
@@ -275,6 +305,7 @@ class RankExecutor:
         for channel in self.channels.values():
             if channel.src == self.rank:
                 channel.finish_sends()
-        for runner in self.runners.values():
-            runner.step()
+        if not replay:
+            for runner in self.runners.values():
+                runner.step()
         return marks, arrivals
