@@ -181,7 +181,13 @@ def make_channels(schedule: Schedule, rank: int, shape: tuple[int, ...], dtype: 
     """Create one group per channel on every rank (``new_group`` is collective), keep this rank's."""
     staged = backend == "gloo" and device.type == "cuda"
     mine = {}
-    for (src, dst), transfers in plan_transfers(schedule).items():
+    planned = plan_transfers(schedule)
+    # Every pair gets a group each way, even one that carries no boundary tensor: link calibration
+    # answers on the reverse group, and an NCCL communicator must never carry both directions (its
+    # one stream would serialise a receive in front of the send it waits for).
+    for key in list(planned):
+        planned.setdefault((key[1], key[0]), [])
+    for (src, dst), transfers in sorted(planned.items()):
         group = dist.new_group([src, dst], timeout=timedelta(seconds=timeout), backend=backend)
         if rank in (src, dst):
             mine[(src, dst)] = Channel(src, dst, group, transfers, shape, dtype, device, staged,
@@ -251,7 +257,16 @@ class RankExecutor:
 
     def run_iteration(self) -> tuple[list[OpMark], list[ArrivalMark]]:
         """One real iteration: every op waits for its inputs, computes, hands its output over."""
-        return self._iterate(replay=False)
+        marks, arrivals = self._iterate(replay=False)
+        self._finish_sends()
+        for runner in self.runners.values():
+            runner.step()
+        return marks, arrivals
+
+    def _finish_sends(self) -> None:
+        for channel in self.channels.values():
+            if channel.src == self.rank:
+                channel.finish_sends()
 
     def replay(self) -> list[OpMark]:
         """Calibration: the same ops in the same order with the same traffic, but nothing waited for.
@@ -262,10 +277,12 @@ class RankExecutor:
         backend's send and receive work takes from compute. The traffic is drained at the end.
         """
         marks, _ = self._iterate(replay=True)
+        # Receive before waiting on our own sends: with NCCL a peer's receive is only posted here.
         for channel in self.channels.values():
             if channel.dst == self.rank:
                 for t in channel.transfers:
                     channel.receive(t.producer, t.consumer)
+        self._finish_sends()
         return marks
 
     def _synthetic(self, action: Action) -> torch.Tensor | None:
@@ -302,10 +319,4 @@ class RankExecutor:
             # before it can start anything else (tens of microseconds for gloo), so it is part of the op.
             end = self.clock.mark()
             marks.append(OpMark(action, start, end))
-        for channel in self.channels.values():
-            if channel.src == self.rank:
-                channel.finish_sends()
-        if not replay:
-            for runner in self.runners.values():
-                runner.step()
         return marks, arrivals
