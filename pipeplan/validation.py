@@ -338,6 +338,12 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
             output, _ = proc.communicate(timeout=options.timeout)
         except subprocess.TimeoutExpired:
             timed_out = options.timeout
+            for pid in _rank_pids(run_dir).values():  # ask for Python stacks first (see validator)
+                try:
+                    os.kill(pid, signal.SIGUSR1)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(1.0)
             _kill_all(proc, run_dir)
             output, _ = proc.communicate()
         except BaseException:
@@ -354,4 +360,7 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
         _wait_gone(pids)
         if timed_out is None and proc.returncode == 0 and Path(target).is_file():
             return load_report(target)
+        log = os.environ.get("PIPEPLAN_VALIDATE_LOG")
+        if log:  # the ranks' whole output, for post-mortems
+            Path(log).write_text(output)
         raise ValidationFailed(failure_reason(run_dir, output, proc.returncode, timed_out), (proc.pid, *pids))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import faulthandler
 import json
 import os
 import signal
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds any single wait may take (default 60)")
     p.add_argument("--scale", type=float, default=1.0, help="shrink widths, sequence and micro-batch (0, 1]")
     p.add_argument("--calibration-reps", type=int, default=1,
-                   help="calibration repetitions of each op and ping-pong before every iteration (default 1)")
+                   help="link timings per size before every iteration, x2 (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: cores / local ranks)")
     p.add_argument("--out", help="report JSON written by rank 0")
     p.add_argument("--run-dir", help="folder for the launcher: pid, done and failure notes per rank")
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     _die_with_parent()
+    # The launcher sends SIGUSR1 before killing a run that outlived its timeout: every thread's
+    # Python stack then goes to stderr, so a hang names where it hung.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     _note(args.run_dir, f"rank{rank}.pid", {"rank": rank, "pid": os.getpid()})
     try:
         from .run import run_rank

@@ -113,13 +113,36 @@ def stage_round(runners: dict[int, StageRunner], clock, reps: int,
     return samples
 
 
-def stage_timings(samples: list[dict[int, dict[str, list[float]]]]) -> dict[int, StageTiming]:
-    """Medians over all rounds' samples."""
+def replay_round(executor, runners: dict[int, StageRunner], clock) -> dict[int, dict[str, list[float]]]:
+    """Every op of this rank's action list timed by ``RankExecutor.replay``: in the schedule's order,
+    with its real sends, nothing waited for. Ops timed back to back in isolation instead under-state
+    the ops whose activations the schedule leaves in slower memory, and the CPU that communication
+    takes on a machine without spare cores."""
+    samples: dict[int, dict[str, list[float]]] = {s: {k: [] for k in "FBIW"} for s in runners}
+    losses_before = {s: len(r.losses) for s, r in runners.items()}
+    marks = executor.replay()
+    times = clock.resolve([m for op in marks for m in (op.start, op.end)])
+    for k, op in enumerate(marks):
+        samples[op.action.stage][op.action.kind].append(times[2 * k + 1] - times[2 * k])
+    for stage, runner in runners.items():
+        runner.clear()  # calibration must not leave gradients for the real run's update
+        del runner.losses[losses_before[stage]:]
+    return samples
+
+
+def stage_timings(samples: list[dict[int, dict[str, list[float]]]],
+                  fallback: dict[int, dict[str, list[float]]] | None = None) -> dict[int, StageTiming]:
+    """Medians over all rounds' samples; a kind the rounds never ran (I and W under 1F1B, B under
+    Zero Bubble) takes its median from ``fallback``, so a profile always prices all four."""
     merged: dict[int, dict[str, list[float]]] = {}
     for round_samples in samples:
         for stage, kinds in round_samples.items():
             for kind, values in kinds.items():
                 merged.setdefault(stage, {}).setdefault(kind, []).extend(values)
+    for stage, kinds in (fallback or {}).items():
+        for kind, values in kinds.items():
+            if not merged.setdefault(stage, {}).get(kind):
+                merged[stage][kind] = list(values)
     return {s: StageTiming(*(statistics.median(merged[s][k]) for k in "FBIW")) for s in merged}
 
 

@@ -20,7 +20,8 @@ from pipeplan.profile import LinkProfile, Profile, StageProfile
 from pipeplan.scaling import scale_plan
 from simulator.timeline import OpRecord, Timeline, TransferRecord
 
-from .calibrate import barrier, in_flight, layer_timings, link_round, link_timings, stage_round, stage_timings
+from .calibrate import (barrier, in_flight, layer_timings, link_round, link_timings, replay_round, stage_round,
+                        stage_timings)
 from .compute import StageRunner
 from .runtime import Fault, RankExecutor, make_channels, plan_transfers, talking_to
 from .timing import clock_offsets, foreign_cores, host_busy_seconds, make_clock, own_cpu_seconds
@@ -120,7 +121,7 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
     while run < args.warmup + 3 * args.iterations:
         wall0, busy0, own0 = time.perf_counter(), host_busy_seconds(), own_cpu_seconds()
         barrier(timeout)
-        stages_now = stage_round(runners, clock, reps=args.calibration_reps, depth=depth)
+        stages_now = replay_round(executor, runners, clock)
         barrier(timeout)
         links_now = link_round(all_channels, channels, rank, numel, device, reps=2 * args.calibration_reps,
                                timeout=timeout, offsets=offsets)
@@ -152,7 +153,9 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
     link_rounds = [k[2] for k in chosen]
     iterations = [k[3] for k in chosen]
     disturbed = len(quiet) < args.iterations
-    stage_costs = stage_timings(stage_rounds)
+    barrier(timeout)
+    isolated = stage_round(runners, clock, reps=3, depth=depth)
+    stage_costs = stage_timings(stage_rounds, fallback=isolated)
     barrier(timeout)
     layer_costs = layer_timings(model, plan, schedule, rank, batch, seq, device, dtype, clock, reps=5)
     barrier(timeout)
@@ -188,7 +191,6 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
     for payload in gathered:
         stages.update({int(s): t for s, t in payload["stages"].items()})
     num_stages = schedule.num_stages
-    overhead = {(l["src"], l["dst"]): l["send_overhead"] for payload in gathered for l in payload["links"]}
     layers: dict[str, list[dict]] = {}
     for payload in gathered:
         for kind, t in payload["layers"].items():
@@ -200,7 +202,11 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
     profile = Profile(
         device=device_name(device), backend=args.backend, model=model.name, microbatch_size=plan.microbatch_size,
         seq_len=plan.seq_len or model.seq_len, layers_per_stage=tuple(plan.layers_per_stage),
-        stages=tuple(_with_send_overhead(s, stages[s], schedule, overhead, boundary_bytes) for s in range(num_stages)),
+        stages=tuple(
+            StageProfile(**stages[s], send_forward_bytes=boundary_bytes if s < num_stages - 1 else 0.0,
+                         send_backward_bytes=boundary_bytes if s > 0 else 0.0)
+            for s in range(num_stages)
+        ),
         links=tuple(LinkProfile(l["src"], l["dst"], l["latency"], l["bandwidth"], l["send_overhead"])
                     for payload in gathered for l in payload["links"]),
         dtype=str(dtype).replace("torch.", ""),
@@ -247,21 +253,6 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
         "measured_iterations": timelines,
         "losses": [payload["losses"] for payload in gathered if payload["losses"]],
     }
-
-
-def _with_send_overhead(stage: int, timing: dict, schedule, overhead: dict, boundary_bytes: float) -> StageProfile:
-    """A stage's profile: its ops timed alone plus issuing the send of their output to another device,
-    which the runtime counts in the op (see RankExecutor.run_iteration)."""
-    device = schedule.stage_to_device
-    last = schedule.num_stages - 1
-    fwd = overhead.get((device[stage], device[stage + 1]), 0.0) if stage < last else 0.0
-    bwd = overhead.get((device[stage], device[stage - 1]), 0.0) if stage > 0 else 0.0
-    return StageProfile(
-        forward=timing["forward"] + fwd, backward=timing["backward"] + bwd,
-        backward_input=timing["backward_input"] + bwd, backward_weight=timing["backward_weight"],
-        send_forward_bytes=boundary_bytes if stage < last else 0.0,
-        send_backward_bytes=boundary_bytes if stage > 0 else 0.0,
-    )
 
 
 def _action(text: str):

@@ -181,7 +181,13 @@ def make_channels(schedule: Schedule, rank: int, shape: tuple[int, ...], dtype: 
     """Create one group per channel on every rank (``new_group`` is collective), keep this rank's."""
     staged = backend == "gloo" and device.type == "cuda"
     mine = {}
-    for (src, dst), transfers in plan_transfers(schedule).items():
+    planned = plan_transfers(schedule)
+    # Every pair gets a group each way, even one that carries no boundary tensor: link calibration
+    # answers on the reverse group, and an NCCL communicator must never carry both directions (its
+    # one stream would serialise a receive in front of the send it waits for).
+    for key in list(planned):
+        planned.setdefault((key[1], key[0]), [])
+    for (src, dst), transfers in sorted(planned.items()):
         group = dist.new_group([src, dst], timeout=timedelta(seconds=timeout), backend=backend)
         if rank in (src, dst):
             mine[(src, dst)] = Channel(src, dst, group, transfers, shape, dtype, device, staged,
@@ -250,6 +256,44 @@ class RankExecutor:
         raise ValueError(f"unknown action kind in {action}")
 
     def run_iteration(self) -> tuple[list[OpMark], list[ArrivalMark]]:
+        """One real iteration: every op waits for its inputs, computes, hands its output over."""
+        marks, arrivals = self._iterate(replay=False)
+        self._finish_sends()
+        for runner in self.runners.values():
+            runner.step()
+        return marks, arrivals
+
+    def _finish_sends(self) -> None:
+        for channel in self.channels.values():
+            if channel.src == self.rank:
+                channel.finish_sends()
+
+    def replay(self) -> list[OpMark]:
+        """Calibration: the same ops in the same order with the same traffic, but nothing waited for.
+
+        Each op takes a synthetic input instead of waiting for its producer and still sends its
+        output, so it is timed alone (no bubble, no transfer in front of it) yet with everything
+        the run puts around it: the cache state the schedule's order leaves and the CPU that the
+        backend's send and receive work takes from compute. The traffic is drained at the end.
+        """
+        marks, _ = self._iterate(replay=True)
+        # Receive before waiting on our own sends: with NCCL a peer's receive is only posted here.
+        for channel in self.channels.values():
+            if channel.dst == self.rank:
+                for t in channel.transfers:
+                    channel.receive(t.producer, t.consumer)
+        self._finish_sends()
+        return marks
+
+    def _synthetic(self, action: Action) -> torch.Tensor | None:
+        runner = self.runners[action.stage]
+        if (action.kind == FORWARD and runner.first) or (action.kind in (FULL_BACKWARD, BACKWARD_INPUT) and runner.last):
+            return None
+        if action.kind == BACKWARD_WEIGHT:
+            return None
+        return torch.randn(runner.boundary_shape(), dtype=runner.dtype, device=runner.device)
+
+    def _iterate(self, replay: bool) -> tuple[list[OpMark], list[ArrivalMark]]:
         self.clock.begin_iteration()
         for channel in self.channels.values():
             if channel.dst == self.rank:
@@ -257,24 +301,22 @@ class RankExecutor:
         marks: list[OpMark] = []
         arrivals: list[ArrivalMark] = []
         for action in self.actions:
-            received = self._gather_input(action, arrivals)
-            if self.fault is not None and self.ops_run == self.fault.op:
-                self.fault.trigger(action)
-            self.ops_run += 1
+            if replay:
+                received = self._synthetic(action)
+            else:
+                received = self._gather_input(action, arrivals)
+                if self.fault is not None and self.ops_run == self.fault.op:
+                    self.fault.trigger(action)
+                self.ops_run += 1
             start = self.clock.mark()
             result = self._compute(action, received)
             for consumer, dst in self.outputs.get(action, ()):
-                if dst == self.rank:
-                    self.mailbox[(action, consumer)] = result.detach()
-                else:
+                if dst != self.rank:
                     self.channels[(self.rank, dst)].send(action, consumer, result)
+                elif not replay:
+                    self.mailbox[(action, consumer)] = result.detach()
             # The op ends once its output is handed over: issuing a send is CPU work this device does
             # before it can start anything else (tens of microseconds for gloo), so it is part of the op.
             end = self.clock.mark()
             marks.append(OpMark(action, start, end))
-        for channel in self.channels.values():
-            if channel.src == self.rank:
-                channel.finish_sends()
-        for runner in self.runners.values():
-            runner.step()
         return marks, arrivals

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="multiply hidden size, FFN, vocabulary, sequence and micro-batch by this (0, 1], "
                    "keeping layers, cuts and schedule, so a big preset fits a small machine (default 1)")
     v.add_argument("--calibration-reps", type=int, default=1,
-                   help="calibration repetitions of every op and ping-pong before each iteration (default 1)")
+                   help="link timings per size before each iteration, x2 (default 1)")
     v.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: cores / ranks)")
     v.add_argument("--out", metavar="FILE", help="report JSON (written atomically, only on success)")
     v.add_argument("--profile-out", metavar="FILE", help="also save the calibration as a profile for --profile")
@@ -140,11 +140,16 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..validation import load_report
 
     report = load_report(args.report)
-    print(format_report(report))
     if args.gantt:
         from ..charts.render import figure_format
+        from ..errors import SpecError
 
         figure_format(args.gantt)
+        if "timeline" not in report["predicted"]:
+            raise SpecError("--gantt: this report keeps no predicted timeline (a validation/records file); "
+                            "run pipeplan validate --gantt to draw one")
+    print(format_report(report))
+    if args.gantt:
         _gantt(report, args.gantt)
         print(f"wrote {args.gantt}")
     return 0
