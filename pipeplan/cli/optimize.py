@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
     p.add_argument("--jobs", type=int, default=1, help="candidates solved at once in worker processes (default 1)")
     p.add_argument("--distributed-optimizer", action="store_true", help="shard optimizer state over dp")
+    p.add_argument("--profile", metavar="FILE", default=None,
+                   help="measured costs (a profile or report from `pipeplan validate`) instead of the analytic model")
     p.add_argument("--out", metavar="PLAN.json", help="write the chosen plan (for simulate / validate)")
     p.add_argument("--gantt", metavar="FILE", help="Gantt chart of the chosen plan (.png, .svg or .pdf)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(model=args.model, cluster=args.cluster, global_batch=args.global_batch, pp=args.pp, dp=args.dp,
                   nodes=args.nodes, seq_len=args.seq_len, schedules=args.schedules,
                   microbatch_sizes=args.microbatch_sizes, time_limit=args.time_limit, headroom=args.headroom,
-                  distributed_optimizer=args.distributed_optimizer, parallel=args.jobs)
+                  distributed_optimizer=args.distributed_optimizer, parallel=args.jobs, profile=args.profile)
     if args.json or not sys.stderr.isatty():
         result = optimize(**kwargs)
     else:
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_dict())
     else:
-        print_report(result)
+        print_report(result, args.profile)
         for path in written:
             print(f"wrote {path}")
     return 0
@@ -120,9 +122,13 @@ def _recompute_text(plan) -> str:
     return f"{len(full)} of {len(flags)} stages" if len(full) > 8 else "stages " + ",".join(full)
 
 
-def print_report(result) -> None:
+def print_report(result, profile_path: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from ..profile import load_profile
+
+    args_profile = load_profile(profile_path)
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
     plan, sim = result.plan, result.result
@@ -132,6 +138,7 @@ def print_report(result) -> None:
     console.print(
         f"[bold]{model.name}[/] on {cluster.nodes} x {cluster.name}: pp={plan.pp} dp={plan.dp} "
         f"global batch {plan.microbatch_size * plan.num_microbatches * plan.dp}, seq {sim.resolved.seq_len}"
+        + (f"; costs measured on {args_profile.device} ({args_profile.backend})" if args_profile else "")
     )
     console.print(
         f"chosen: [bold]{plan.schedule}[/] v={plan.chunks} b={plan.microbatch_size} m={plan.num_microbatches}, "

@@ -20,6 +20,7 @@ from ..cluster import CLUSTER_PRESETS, ClusterSpec, load_cluster
 from ..errors import SpecError, positive_int
 from ..model import MODEL_PRESETS, ModelSpec, load_model
 from ..plan import Plan
+from ..profile import Profile, load_profile
 from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, all_splits, deepspeed_parameters, megatron_uniform
 from .candidates import enumerate_candidates, lower_bound, schedule_variants
 from .cpsat import Solution, solve
@@ -46,13 +47,18 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
              pp: int | None = None, dp: int = 1, nodes: int | None = None, seq_len: int | None = None,
              schedules: list[str] | None = None, microbatch_sizes: list[int] | None = None,
              time_limit: float = 5.0, headroom: float = 0.05, distributed_optimizer: bool = False,
-             rescore: int = 3, parallel: int | None = None, progress: Progress | None = None) -> OptimizeResult:
+             rescore: int = 3, parallel: int | None = None, progress: Progress | None = None,
+             profile: Profile | str | dict | None = None) -> OptimizeResult:
     """Find the fastest plan that fits: cut points, recomputation per stage, schedule, b, m and v.
 
     ``time_limit`` is each candidate's CP-SAT budget (deterministic seconds); ``headroom`` the share
     of GPU memory kept free; ``parallel`` > 1 solves that many candidates at once in worker processes
     (at most 8; worth it on an idle machine with that many cores). Raises SpecError (one line) when
     nothing fits, saying how much memory per GPU or how many pipeline devices would be needed.
+
+    ``profile``: measured op times and links (``pipeplan validate`` writes one) instead of the analytic
+    cost model, for the planner's objective and the simulator that judges. A profile is measured at one
+    micro-batch size and sequence length, so those are fixed to its values; memory stays the model's.
     """
     started = time.perf_counter()
     spec = load_model(model)
@@ -76,6 +82,9 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     if pp > L:
         raise SpecError(f"pp: {pp} pipeline devices need at least {pp} layers; {spec.name} has {L}; lower --pp")
     batch = global_batch // dp
+    prof = load_profile(profile)
+    if prof is not None:
+        seq_len, microbatch_sizes = _profile_shapes(prof, spec, seq_len, microbatch_sizes)
     s = seq_len or spec.seq_len
     gpus = [d * dp for d in range(pp)]
     variants = schedule_variants(schedules)
@@ -96,11 +105,12 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
                     distributed_optimizer=distributed_optimizer)
 
     def judge(name: str, plan: Plan) -> Scored:
-        return Scored(name, plan, simulate(spec, cl, plan))
+        return Scored(name, plan, simulate(spec, cl, plan, profile=prof))
 
     problems = []
     for candidate, schedule in found:
-        problem = build_problem(spec, cl, candidate, schedule, s, gpus, dp, distributed_optimizer, headroom)
+        problem = build_problem(spec, cl, candidate, schedule, s, gpus, dp, distributed_optimizer, headroom,
+                                profile=prof)
         problems.append((problem.seconds(lower_bound(problem)), candidate.label, candidate, problem))
     problems.sort(key=lambda t: (t[0], t[1]))
 
@@ -178,6 +188,23 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     ordered = tuple(records[c] for _, _, c, _ in problems)
     return OptimizeResult(chosen, source, candidate, solution, predicted, tuple(baselines), ordered,
                           time.perf_counter() - started, headroom, proposal)
+
+
+def _profile_shapes(prof: Profile, spec: ModelSpec, seq_len: int | None,
+                    microbatch_sizes: list[int] | None) -> tuple[int, list[int]]:
+    """The sequence length and micro-batch sizes a profile can price; errors name the field that clashes."""
+    if prof.model != spec.name:
+        raise SpecError(f"profile.model: measured for {prof.model!r} but the model is {spec.name!r}; "
+                        "calibrate this model with `pipeplan validate`")
+    if not prof.layers:
+        raise SpecError("profile.layers: this profile has no single-layer timings, so other cuts cannot be "
+                        "priced; re-calibrate with `pipeplan validate`")
+    if seq_len is not None and seq_len != prof.seq_len:
+        raise SpecError(f"seq_len: the profile was measured at {prof.seq_len}; drop --seq-len or calibrate at {seq_len}")
+    if microbatch_sizes and list(microbatch_sizes) != [prof.microbatch_size]:
+        raise SpecError(f"microbatch_sizes: the profile was measured at micro-batch size {prof.microbatch_size}; "
+                        "drop --microbatch-sizes or calibrate at the size you want")
+    return prof.seq_len, [prof.microbatch_size]
 
 
 def _with_simulated(record: CandidateRecord, simulated: float) -> CandidateRecord:

@@ -21,15 +21,16 @@ is the warm-up's forward and backward boundary transfers, 2·Σ hops / v.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simulator.ir import Schedule
 from simulator.memory import live_count_profiles
 
 from ..cluster import ClusterSpec
-from ..lowering import bytes_per_param, stage_cost
+from ..lowering import bytes_per_param, measured_stage_cost, stage_cost
 from ..model import ModelSpec
 from ..plan import Plan
+from ..profile import Profile
 
 # Integer resolution: the largest total is mapped to about this many units, which keeps the
 # rounding error near 1e-6 relative while CP-SAT's coefficients stay small.
@@ -145,13 +146,23 @@ class PartitionProblem:
         return objective / self.scale * self.time_unit
 
 
-def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, seq_len: int, recompute: bool):
-    """Per-layer StageCost, each layer as its own one-layer stage (what ``lower`` sums per stage)."""
+def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, seq_len: int, recompute: bool,
+                profile: Profile | None = None):
+    """Per-layer StageCost, each layer as its own one-layer stage (what ``lower`` sums per stage).
+
+    With a ``profile`` the op times are its single-layer measurements (as ``lower`` prices a stage
+    from a profile: the sum of its layers), memory stays the model's.
+    """
     n = model.num_pipeline_layers
     plan = Plan(model=model.name, cluster=cluster.name, schedule="1f1b", pp=1, num_microbatches=1,
                 microbatch_size=microbatch_size, layers_per_stage=(1,) * n,
                 recompute=("full" if recompute else "none",) * n)
-    return [stage_cost(model, cluster, plan, i, seq_len) for i in range(n)]
+    costs = [stage_cost(model, cluster, plan, i, seq_len) for i in range(n)]
+    if profile is None:
+        return costs
+    measured = profile.stage_profiles([[kind] for kind in model.layer_kinds])
+    return [replace(measured_stage_cost(c, m, recompute), send_forward_bytes=profile.boundary_bytes,
+                    send_backward_bytes=profile.boundary_bytes) for c, m in zip(costs, measured)]
 
 
 def hop_seconds(cluster: ClusterSpec, gpus: list[int], src: int, dst: int, nbytes: float) -> float:
@@ -163,11 +174,11 @@ def hop_seconds(cluster: ClusterSpec, gpus: list[int], src: int, dst: int, nbyte
 
 def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, schedule: Schedule, seq_len: int,
                   gpus: list[int], dp: int = 1, distributed_optimizer: bool = False, headroom: float = 0.0,
-                  allow_recompute: bool = True) -> PartitionProblem:
+                  allow_recompute: bool = True, profile: Profile | None = None) -> PartitionProblem:
     """The integer partition problem of ``candidate`` (``schedule`` is its generated action lists)."""
     b = candidate.microbatch_size
-    plain = layer_costs(model, cluster, b, seq_len, recompute=False)
-    rc = layer_costs(model, cluster, b, seq_len, recompute=True)
+    plain = layer_costs(model, cluster, b, seq_len, recompute=False, profile=profile)
+    rc = layer_costs(model, cluster, b, seq_len, recompute=True, profile=profile)
     total = sum(c.forward + c.backward_input + c.backward_weight for c in rc)
     time_unit = total / TIME_RESOLUTION
     capacity_bytes = cluster.gpu.memory_bytes * (1.0 - headroom)
