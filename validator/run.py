@@ -29,6 +29,8 @@ from .timing import clock_offsets, foreign_cores, host_busy_seconds, make_clock,
 SEED = 1234
 # An iteration counts as undisturbed when other processes kept at most this many cores busy.
 QUIET_CORES = 0.3
+# A receive that returned this long after the receiver's previous op ended was waited for.
+WAITED_S = 50e-6
 
 
 def device_name(device: torch.device) -> str:
@@ -224,7 +226,15 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
         records = [OpRecord(d, _action(a), s - origin, e - origin) for d, a, s, e in ops]
         transfers = []
         for payload in gathered:
+            own_ends = sorted(end for _, _, end in payload["iterations"][it]["ops"])
             for producer, consumer, src, seen in payload["iterations"][it]["arrivals"]:
+                # The receiver sees a tensor only when it asks for it. Its arrival time is known only
+                # if the receiver was already waiting (it asked well before the tensor came); a tensor
+                # that was there before the receiver finished its previous op has no known arrival
+                # time and gets no transfer record rather than an invented one.
+                before = [e for e in own_ends if e <= seen]
+                if before and seen - before[-1] < WAITED_S:
+                    continue
                 start = ends[producer] - origin
                 transfers.append(TransferRecord(src, payload["rank"], _action(producer), _action(consumer),
                                                 start, max(start, seen - origin), float(boundary_bytes)))
