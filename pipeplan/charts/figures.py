@@ -11,7 +11,7 @@ from simulator.workload import uniform_workload
 from ..api import simulate
 from ..plan import Plan
 from .bubble import bubble_vs_microbatches
-from .gantt import describe, draw_gantt
+from .gantt import describe, draw_gantt, gantt_panels, side_by_side
 from .memory import memory_panels
 from .render import pyplot, save_figure
 
@@ -73,11 +73,47 @@ def preset_figure(path: Path) -> None:
     save_figure(fig, str(path))
 
 
+REPO = Path(__file__).resolve().parents[2]
+VALIDATION_RECORD = REPO / "validation" / "records" / "cpu-gloo-tiny-zb-h1-p2.json"
+
+
+def validation_figure(path: Path) -> None:
+    """A recorded real run (committed, so this redraws without re-running): the calibrated prediction
+    re-made with today's simulator above, the measured iteration below."""
+    import json
+
+    from simulator.timeline import Timeline
+
+    from ..validation import predictions
+
+    record = json.loads(VALIDATION_RECORD.read_text())
+    calibrated, _ = predictions(Plan.from_dict(record["plan"]), VALIDATION_RECORD.parents[1] / record["run"]["base_dir"],
+                                record["profile"])
+    predicted = Timeline.from_dict(calibrated["timeline"])
+    measured = Timeline.from_dict(record["measured"]["timeline"])
+    side_by_side(predicted, measured, str(path), ("predicted (calibrated)", "measured, 2 CPU ranks, gloo"),
+                 show_transfers=False)
+
+
+def planner_figure(path: Path) -> None:
+    """llama3-8b, pp = 8, 1F1B: Megatron's uniform split against the planner's, on one time axis."""
+    from ..planner.optimize import optimize
+
+    found = optimize("llama3-8b", "dgx-h100", global_batch=64, pp=8, schedules=["1f1b"], time_limit=1.0)
+    uniform = next(b for b in found.baselines if b.name == "megatron-uniform")
+    panels = [(uniform, "Megatron uniform split"), (found.chosen, "pipeplan optimize")]
+    titles = [f"{label} {' '.join(map(str, s.plan.layers_per_stage))}: {describe(s.result.timeline)}"
+              for s, label in panels]
+    gantt_panels([s.result.timeline for s, _ in panels], str(path), titles=titles, show_transfers=False)
+
+
 FIGURES = {
     "schedules.png": schedules_figure,
     "bubble_vs_microbatches.png": lambda path: bubble_vs_microbatches(str(path), p=P),
     "memory_gpipe_1f1b_zbh2.png": memory_figure,
     "llama3-8b_dgx-h100.png": preset_figure,
+    "planner_llama3-8b_uniform_vs_optimized.png": planner_figure,
+    "validation_zb-h1_cpu.png": validation_figure,
 }
 
 
