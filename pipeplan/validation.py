@@ -17,7 +17,6 @@ then names the rank that failed first. Nothing here imports torch.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import signal
@@ -174,7 +173,7 @@ def repredict(report: dict[str, Any], base_dir: str | Path | None = None) -> dic
 
 
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
-    write_json_atomic(path, _jsonable(report))
+    write_json_atomic(path, report)
 
 
 def load_report(path: str) -> dict[str, Any]:
@@ -182,16 +181,6 @@ def load_report(path: str) -> dict[str, Any]:
     if data.get("kind") != REPORT_KIND or not all(k in data for k in ("measured", "predicted", "apriori")):
         raise SpecError(f"report: {path!r} is not a validation report (written by `pipeplan validate --out`)")
     return data
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 # -------------------------------------------------------------------------------------------- launcher

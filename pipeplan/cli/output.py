@@ -6,6 +6,8 @@ import math
 import sys
 from typing import Any, Sequence
 
+from ..fileio import jsonable
+
 
 def fmt_time(seconds: float) -> str:
     if not math.isfinite(seconds):
@@ -38,16 +40,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def print_json(obj: Any) -> None:
-    json.dump(_jsonable(obj), sys.stdout, indent=2)
+    json.dump(jsonable(obj), sys.stdout, indent=2)
     sys.stdout.write("\n")
