@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from itertools import chain, repeat
 
 import numpy as np
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from .checker import check_complete, check_order_and_deadlock
 from .deps import backward_kind_map, producer_keys
 from .ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, ScheduleError
-from .memory import memory_curves, peak_live_microbatches, peak_memory
+from .memory import memory_curves, memory_curves_columns, peak_live_microbatches, peak_memory
 from .timeline import OpRecord, Timeline, TransferRecord
 from .workload import Workload
 
@@ -381,15 +382,351 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
     return start, end, transfers
 
 
+_KIND_CODE = {FORWARD: 0, FULL_BACKWARD: 1, BACKWARD_INPUT: 2, BACKWARD_WEIGHT: 3}
+_KINDS_BY_CODE = (FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT)
+
+
+@dataclass
+class _Flat:
+    """A well-formed workload as numpy columns (op ids device-major, as in ``_Compiled``).
+
+    Every action sits on its stage's device, appears once and finds its producers, and no
+    duration is negative or NaN. Then a stage's own producers (F for B/I, I for W) share its
+    device and, if earlier in its order, have ended by the time the device is free: only the
+    one cross-device producer per op (F from s-1, B/I from s+1) can delay a start.
+    """
+
+    actions: list
+    device: np.ndarray          # per op
+    stage: np.ndarray
+    kind: np.ndarray            # codes 0..3 in _KINDS_BY_CODE order
+    bounds: list[int]           # device d owns op ids bounds[d]:bounds[d + 1]
+    duration: list[float]
+    first: np.ndarray           # first producer of the op's rule list (-1: none)
+    second: np.ndarray          # second producer (the s+1 gradient of a B/I; -1: none)
+    remote: np.ndarray          # the producer on another device (-1: none); first or second
+    edge: np.ndarray            # per op: index into the edge tables when remote >= 0
+    edge_delay: list[float]     # alone-on-the-link transfer time, exactly as _compile computes it
+    edge_spec: list[tuple]      # the _compile transfer spec (src, dst, nbytes, latency, bandwidth, ports)
+    deadlock: bool              # a same-device producer comes after its consumer
+
+
+def _flatten(workload: Workload) -> _Flat | None:
+    """Columns for ``workload``, or None when it is not well formed (the general path handles it).
+
+    Vectorised: producers come from one (stage, kind, micro-batch) -> op id table; edge costs are
+    computed once per distinct (src, dst, direction, stage) in Python, with the same arithmetic
+    as ``_compile``, and spread to the ops by index.
+    """
+    schedule = workload.schedule
+    p, num_stages = schedule.num_devices, schedule.num_stages
+    actions = list(chain.from_iterable(schedule.device_actions))
+    n = len(actions)
+    if n == 0 or num_stages == 0:
+        return None
+    stage_t, kind_t, mb_t = zip(*actions)
+    try:
+        kind = np.fromiter(map(_KIND_CODE.__getitem__, kind_t), np.int64, n)
+    except (KeyError, TypeError):
+        return None
+    stage = np.fromiter(stage_t, np.int64, n)
+    mb = np.fromiter(mb_t, np.int64, n)
+    if stage.min() < 0 or stage.max() >= num_stages or mb.min() < 0:
+        return None
+    counts = [len(acts) for acts in schedule.device_actions]
+    bounds = [0]
+    for c in counts:
+        bounds.append(bounds[-1] + c)
+    device = np.repeat(np.arange(p, dtype=np.int64), counts)
+    if not np.array_equal(np.asarray(schedule.stage_to_device, dtype=np.int64)[stage], device):
+        return None
+    num_mb = int(mb.max()) + 1
+    key = (stage * 4 + kind) * num_mb + mb
+    table = np.full(num_stages * 4 * num_mb, -1, dtype=np.int64)
+    ids = np.arange(n, dtype=np.int64)
+    table[key] = ids
+    if not np.array_equal(table[key], ids):
+        return None  # a duplicated action
+    table = table.reshape(num_stages, 4, num_mb)
+    costs = workload.stages
+    per_kind = np.array(
+        [[c.forward, c.full_backward, c.backward_input, c.backward_weight] for c in costs], dtype=np.float64
+    )
+    duration = per_kind[stage, kind]
+    if not bool(np.all(duration >= 0)):
+        return None
+
+    is_f = kind == 0
+    is_bi = (kind == 1) | (kind == 2)
+    is_w = kind == 3
+    first = np.full(n, -1, dtype=np.int64)
+    second = np.full(n, -1, dtype=np.int64)
+    f_up = is_f & (stage > 0)
+    first[f_up] = table[stage[f_up] - 1, 0, mb[f_up]]
+    first[is_bi] = table[stage[is_bi], 0, mb[is_bi]]
+    first[is_w] = table[stage[is_w], 2, mb[is_w]]
+    grad = is_bi & (stage < num_stages - 1)
+    # The later of B and I, as backward_kind_map's last-wins dict gives (only one exists when complete).
+    second[grad] = np.maximum(table[stage[grad] + 1, 1, mb[grad]], table[stage[grad] + 1, 2, mb[grad]])
+    if bool(np.any(first[f_up | is_bi | is_w] < 0)) or bool(np.any(second[grad] < 0)):
+        return None  # a producer is missing
+
+    # Same-stage producers share the device: they must come earlier in its order.
+    deadlock = bool(np.any(first[is_bi | is_w] > ids[is_bi | is_w]))
+    remote = np.full(n, -1, dtype=np.int64)
+    f_remote = f_up.copy()
+    f_remote[f_up] = device[first[f_up]] != device[f_up]
+    g_remote = grad.copy()
+    g_remote[grad] = device[second[grad]] != device[grad]
+    local_f = f_up & ~f_remote
+    local_g = grad & ~g_remote
+    deadlock = deadlock or bool(np.any(first[local_f] > ids[local_f])) or bool(np.any(second[local_g] > ids[local_g]))
+    remote[f_remote] = first[f_remote]
+    remote[g_remote] = second[g_remote]
+
+    # One cost per distinct (src, dst, direction, producer stage); direction is fwd for F consumers.
+    has = remote >= 0
+    src = device[remote[has]]
+    dst = device[has]
+    prod_stage = stage[remote[has]]
+    backward = (~is_f[has]).astype(np.int64)
+    edge_key = ((src * p + dst) * 2 + backward) * num_stages + prod_stage
+    uniq, inverse = np.unique(edge_key, return_inverse=True)
+    network = workload.network
+    capacity = network.port_capacity
+    edge_delay: list[float] = []
+    edge_spec: list[tuple] = []
+    for k in uniq.tolist():
+        rest, s = divmod(k, num_stages)
+        rest, bwd = divmod(rest, 2)
+        a, b = divmod(rest, p)
+        cost = costs[s]
+        nbytes = cost.send_backward_bytes if bwd else cost.send_forward_bytes
+        link = network.link(a, b)
+        rate = link.bandwidth
+        for port in link.ports:
+            rate = min(rate, capacity.get(port, math.inf))
+        if nbytes <= 0 or math.isinf(rate):
+            edge_delay.append(link.latency)
+            edge_spec.append((a, b, 0.0 if nbytes <= 0 else nbytes, link.latency, math.inf, ()))
+        else:
+            edge_delay.append(link.latency + nbytes / rate)
+            edge_spec.append((a, b, nbytes, link.latency, link.bandwidth, link.ports))
+    edge = np.full(n, -1, dtype=np.int64)
+    edge[has] = inverse.reshape(-1)
+    return _Flat(actions, device, stage, kind, bounds, duration.tolist(), first, second, remote, edge,
+                 edge_delay, edge_spec, deadlock)
+
+
+def _flat_times(f: _Flat, p: int) -> tuple[list[float], list[float]] | None:
+    """``_uncontended_times`` on columns: the same max/add per op, with only the remote producer checked.
+
+    Ops of device d are the ids bounds[d]..bounds[d+1]-1, so the device's pointer is the op id.
+    A device runs until its next op waits for a remote producer not yet ended, and parks itself
+    on that producer; an op has at most one remote consumer, so one slot per op holds the waiter.
+    """
+    if f.deadlock:
+        return None
+    n = len(f.actions)
+    start = [0.0] * n
+    end = [-1.0] * n
+    remote = f.remote.tolist()
+    # A non-positive (or NaN) delay adds nothing in _uncontended_times; + 0.0 is exact on ends >= 0.
+    per_edge = [d if d > 0 else 0.0 for d in f.edge_delay]
+    delay = [per_edge[e] if e >= 0 else 0.0 for e in f.edge.tolist()]
+    duration = f.duration
+    waiter = [-1] * n
+    bounds = f.bounds
+    pointer = bounds[:p]
+    stop_at = bounds[1:]
+    free = [0.0] * p
+    stack = list(range(p))
+    while stack:
+        d = stack.pop()
+        o = pointer[d]
+        stop = stop_at[d]
+        t = free[d]
+        while o < stop:
+            r = remote[o]
+            if r >= 0:
+                e = end[r]
+                if e < 0:
+                    waiter[r] = d
+                    break
+                e += delay[o]
+                if e > t:
+                    t = e
+            start[o] = t
+            t += duration[o]
+            end[o] = t
+            w = waiter[o]
+            if w >= 0:
+                stack.append(w)
+            o += 1
+        pointer[d] = o
+        free[d] = t
+    if pointer != stop_at:
+        return None
+    return start, end
+
+
+def _flat_port_uses(f: _Flat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_compile``'s (producer, bandwidth-phase length, port id) rows: per transfer in consumer order,
+    per port of its link in link order; port ids numbered by first appearance, as there."""
+    consumers = np.nonzero(f.remote >= 0)[0]
+    edges = f.edge[consumers]
+    port_names: dict[str, int] = {}
+    edge_ports = [[port_names.setdefault(port, len(port_names)) for port in spec[5]] for spec in f.edge_spec]
+    width = max((len(ports) for ports in edge_ports), default=0)
+    if width == 0 or len(consumers) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, np.zeros(0), empty
+    padded = np.full((len(edge_ports), width), -1, dtype=np.int64)
+    for i, ports in enumerate(edge_ports):
+        padded[i, :len(ports)] = ports
+    lengths = np.array([delay - spec[3] for delay, spec in zip(f.edge_delay, f.edge_spec)], dtype=np.float64)
+    port_grid = padded[edges]                      # (transfers, width), row-major = consumer then port
+    used = port_grid >= 0
+    port = port_grid[used]
+    producer = np.broadcast_to(f.remote[consumers][:, None], port_grid.shape)[used]
+    length = np.broadcast_to(lengths[edges][:, None], port_grid.shape)[used]
+    # Renumber ports by first appearance in row order.
+    names, first_row = np.unique(port, return_index=True)
+    renumber = np.zeros(len(port_names), dtype=np.int64)
+    renumber[names[np.argsort(first_row)]] = np.arange(len(names))
+    return producer, length, renumber[port]
+
+
+def _flat_contend(f: _Flat, end: list[float]) -> bool:
+    producer, length, port = _flat_port_uses(f)
+    return _transfers_contend(_Compiled([], [], [], [], [], producer, length, port), end)
+
+
+def _flat_transfer_records(f: _Flat, end_arr: np.ndarray) -> list[TransferRecord]:
+    """One record per remote edge in consumer order, as ``_transfer_records_uncontended`` makes them."""
+    consumers = np.nonzero(f.remote >= 0)[0]
+    producers = f.remote[consumers]
+    edges = f.edge[consumers]
+    t0 = end_arr[producers]
+    t1 = t0 + np.asarray(f.edge_delay, dtype=np.float64)[edges]
+    edge_list = edges.tolist()
+    specs = f.edge_spec
+    actions = f.actions
+    get = actions.__getitem__
+    return list(map(
+        tuple.__new__, repeat(TransferRecord),
+        zip(
+            [specs[e][0] for e in edge_list],
+            [specs[e][1] for e in edge_list],
+            map(get, producers.tolist()),
+            map(get, consumers.tolist()),
+            t0.tolist(),
+            t1.tolist(),
+            [specs[e][2] for e in edge_list],
+        ),
+    ))
+
+
+def _flat_compiled(f: _Flat) -> _Compiled:
+    """The general ``_Compiled`` form of ``f`` for the event loop (same lists as ``_compile``'s)."""
+    n = len(f.actions)
+    first, second = f.first.tolist(), f.second.tolist()
+    remote, edge = f.remote.tolist(), f.edge.tolist()
+    delays, specs = f.edge_delay, f.edge_spec
+    producers = []
+    for o in range(n):
+        entry = []
+        for prod in (first[o], second[o]):
+            if prod < 0:
+                continue
+            if prod == remote[o]:
+                entry.append((prod, delays[edge[o]], specs[edge[o]]))
+            else:
+                entry.append((prod, -1.0, None))
+        producers.append(entry)
+    bounds = f.bounds
+    device_ops = [list(range(bounds[d], bounds[d + 1])) for d in range(len(bounds) - 1)]
+    producer, length, port = _flat_port_uses(f)
+    return _Compiled(f.actions, f.device.tolist(), device_ops, f.duration, producers,
+                     producer.tolist(), length.tolist(), port.tolist())
+
+
 def simulate(workload: Workload, check: bool = True, force_event_loop: bool = False) -> SimResult:
     """Time ``workload.schedule`` on ``workload``'s stages and network; see the module docstring.
 
     ``check`` verifies completeness first (a wait cycle is always reported, with the checker's
     message naming each waiting device). ``force_event_loop`` skips the uncontended fast path.
+
+    Well-formed workloads (see ``_Flat``) run on numpy columns; anything else (possible only with
+    ``check=False``, or with negative or NaN durations) takes the general lists, with the same
+    results and errors as before the columns existed.
     """
     schedule = workload.schedule
     if check:
         check_complete(schedule)
+    flat = _flatten(workload)
+    if flat is None:
+        return _simulate_general(workload, force_event_loop)
+    p = schedule.num_devices
+    times = _flat_times(flat, p)
+    if times is None:
+        check_order_and_deadlock(schedule)  # raises with the named devices and actions
+        raise ScheduleError("deadlock: the schedule cannot run to completion")
+    start, end = times
+    actions = flat.actions
+    if force_event_loop or _flat_contend(flat, end):
+        compiled = _flat_compiled(flat)
+        start, end, rows = _event_loop(compiled, p, workload.network.port_capacity)
+        transfer_records = [
+            TransferRecord(s, d, actions[prod], actions[c], t0, t1, nb) for s, d, prod, c, t0, t1, nb in rows
+        ]
+        start_arr, end_arr = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
+    else:
+        start_arr, end_arr = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
+        transfer_records = _flat_transfer_records(flat, end_arr)
+    device_list = flat.device.tolist()
+    ops = list(map(tuple.__new__, repeat(OpRecord), zip(device_list, actions, start, end)))
+    timeline = Timeline(
+        p,
+        ops,
+        transfer_records,
+        {
+            "schedule": schedule.name,
+            "devices": p,
+            "microbatches": schedule.num_microbatches,
+            "chunks": schedule.chunks,
+            "source": "simulated",
+        },
+    )
+    static = list(workload.static_bytes) or [0.0] * p
+    capacity = list(workload.capacity_bytes) or [math.inf] * p
+    curves, live = memory_curves_columns(flat.device, flat.stage, flat.kind, start_arr, end_arr, flat.bounds,
+                                         workload.stages, static)
+    peaks = peak_memory(curves)
+    # Per device, its op durations summed left to right in id order, as the loop in
+    # _simulate_general does (np.cumsum is sequential; np.sum would pair terms differently).
+    spans = end_arr - start_arr
+    bounds = flat.bounds
+    busy = [float(np.cumsum(spans[bounds[d]:bounds[d + 1]])[-1]) if bounds[d + 1] > bounds[d] else 0.0
+            for d in range(p)]
+    total = float(end_arr.max() - start_arr.min())
+    return SimResult(
+        timeline=timeline,
+        iteration_time=total,
+        bubble_fraction=1.0 - sum(busy) / (p * total) if total > 0 else 0.0,
+        device_bubble_fraction=[1.0 - b / total if total > 0 else 0.0 for b in busy],
+        busy_time=busy,
+        memory=curves,
+        peak_memory=peaks,
+        capacity=capacity,
+        out_of_memory=[peak > cap for peak, cap in zip(peaks, capacity)],
+        peak_activations=live,
+    )
+
+
+def _simulate_general(workload: Workload, force_event_loop: bool = False) -> SimResult:
+    """``simulate`` on per-op lists: any workload, including ones ``_flatten`` turns away."""
+    schedule = workload.schedule
     p = schedule.num_devices
     compiled = _compile(workload)
     times = _uncontended_times(compiled, p)
