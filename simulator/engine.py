@@ -16,8 +16,10 @@ front; records are made after.
 """
 from __future__ import annotations
 
+import gc
 import heapq
 import math
+from contextlib import contextmanager
 from itertools import chain, repeat
 
 import numpy as np
@@ -409,6 +411,7 @@ class _Flat:
     edge_delay: list[float]     # alone-on-the-link transfer time, exactly as _compile computes it
     edge_spec: list[tuple]      # the _compile transfer spec (src, dst, nbytes, latency, bandwidth, ports)
     deadlock: bool              # a same-device producer comes after its consumer
+    complete: bool              # check_complete would pass (see _flatten)
 
 
 def _flatten(workload: Workload) -> _Flat | None:
@@ -448,6 +451,16 @@ def _flatten(workload: Workload) -> _Flat | None:
     if not np.array_equal(table[key], ids):
         return None  # a duplicated action
     table = table.reshape(num_stages, 4, num_mb)
+    # check_complete's set algebra on the table (actions are already known to be unique, on their
+    # stage's device, with stages in range): every (stage, micro-batch) has an F, exactly one of
+    # B and I, and a W exactly where it has an I.
+    present = table >= 0
+    complete = (
+        num_mb == schedule.num_microbatches
+        and bool(present[:, 0, :].all())
+        and bool((present[:, 1, :] != present[:, 2, :]).all())
+        and bool((present[:, 2, :] == present[:, 3, :]).all())
+    )
     costs = workload.stages
     per_kind = np.array(
         [[c.forward, c.full_backward, c.backward_input, c.backward_weight] for c in costs], dtype=np.float64
@@ -515,7 +528,7 @@ def _flatten(workload: Workload) -> _Flat | None:
     edge = np.full(n, -1, dtype=np.int64)
     edge[has] = inverse.reshape(-1)
     return _Flat(actions, device, stage, kind, bounds, duration.tolist(), first, second, remote, edge,
-                 edge_delay, edge_spec, deadlock)
+                 edge_delay, edge_spec, deadlock, complete)
 
 
 def _flat_times(f: _Flat, p: int) -> tuple[list[float], list[float]] | None:
@@ -609,20 +622,19 @@ def _flat_transfer_records(f: _Flat, end_arr: np.ndarray) -> list[TransferRecord
     edges = f.edge[consumers]
     t0 = end_arr[producers]
     t1 = t0 + np.asarray(f.edge_delay, dtype=np.float64)[edges]
-    edge_list = edges.tolist()
-    specs = f.edge_spec
-    actions = f.actions
-    get = actions.__getitem__
+    # nbytes stays the spec's own Python object (an int stays an int), picked per edge.
+    nbytes = [spec[2] for spec in f.edge_spec]
+    get = f.actions.__getitem__
     return list(map(
         tuple.__new__, repeat(TransferRecord),
         zip(
-            [specs[e][0] for e in edge_list],
-            [specs[e][1] for e in edge_list],
+            f.device[producers].tolist(),
+            f.device[consumers].tolist(),
             map(get, producers.tolist()),
             map(get, consumers.tolist()),
             t0.tolist(),
             t1.tolist(),
-            [specs[e][2] for e in edge_list],
+            map(nbytes.__getitem__, edges.tolist()),
         ),
     ))
 
@@ -651,7 +663,31 @@ def _flat_compiled(f: _Flat) -> _Compiled:
                      producer.tolist(), length.tolist(), port.tolist())
 
 
+@contextmanager
+def _no_gc():
+    """Pause the cyclic garbage collector.
+
+    A simulation allocates a few hundred thousand tuples (records, actions, producer lists) that
+    all stay alive; each allocation burst triggers collections that rescan them, which cost as
+    much as the simulation itself on large schedules. The engine makes no reference cycles, so
+    nothing is lost by collecting once afterwards (the collector runs as usual after we return).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def simulate(workload: Workload, check: bool = True, force_event_loop: bool = False) -> SimResult:
+    """Time ``workload.schedule`` on ``workload``'s stages and network; see ``_simulate``."""
+    with _no_gc():
+        return _simulate(workload, check, force_event_loop)
+
+
+def _simulate(workload: Workload, check: bool = True, force_event_loop: bool = False) -> SimResult:
     """Time ``workload.schedule`` on ``workload``'s stages and network; see the module docstring.
 
     ``check`` verifies completeness first (a wait cycle is always reported, with the checker's
@@ -662,9 +698,12 @@ def simulate(workload: Workload, check: bool = True, force_event_loop: bool = Fa
     results and errors as before the columns existed.
     """
     schedule = workload.schedule
-    if check:
-        check_complete(schedule)
-    flat = _flatten(workload)
+    try:
+        flat = _flatten(workload)
+    except (TypeError, ValueError, OverflowError):
+        flat = None  # odd values (non-integer stages, non-numeric costs): the general path reports them
+    if check and (flat is None or not flat.complete):
+        check_complete(schedule)  # raises, naming what is wrong (a None flat may still be complete)
     if flat is None:
         return _simulate_general(workload, force_event_loop)
     p = schedule.num_devices
