@@ -469,33 +469,26 @@ def _flatten(workload: Workload) -> _Flat | None:
     if not bool(np.all(duration >= 0)):
         return None
 
-    is_f = kind == 0
-    is_bi = (kind == 1) | (kind == 2)
-    is_w = kind == 3
-    first = np.full(n, -1, dtype=np.int64)
-    second = np.full(n, -1, dtype=np.int64)
-    f_up = is_f & (stage > 0)
-    first[f_up] = table[stage[f_up] - 1, 0, mb[f_up]]
-    first[is_bi] = table[stage[is_bi], 0, mb[is_bi]]
-    first[is_w] = table[stage[is_w], 2, mb[is_w]]
-    grad = is_bi & (stage < num_stages - 1)
-    # The later of B and I, as backward_kind_map's last-wins dict gives (only one exists when complete).
-    second[grad] = np.maximum(table[stage[grad] + 1, 1, mb[grad]], table[stage[grad] + 1, 2, mb[grad]])
-    if bool(np.any(first[f_up | is_bi | is_w] < 0)) or bool(np.any(second[grad] < 0)):
+    # Producers by key arithmetic on key = (stage * 4 + kind) * num_mb + mb: the first rule's
+    # producer is F(s-1) for F, F(s) for B and I, I(s) for W, a fixed key shift per kind; the
+    # gradient producer of a B/I is B(s+1) or I(s+1), the later of the two as backward_kind_map's
+    # last-wins dict gives (only one exists when the schedule is complete).
+    slots = table.reshape(-1)
+    has_first = (kind != 0) | (stage > 0)
+    shift = np.array([4, 1, 2, 1], dtype=np.int64)[kind] * num_mb
+    first = np.where(has_first, slots[np.where(has_first, key - shift, 0)], -1)
+    grad = ((kind == 1) | (kind == 2)) & (stage < num_stages - 1)
+    grad_key = np.where(grad, key + (5 - kind) * num_mb, 0)
+    second = np.where(grad, np.maximum(slots[grad_key], slots[grad_key + num_mb]), -1)
+    if bool(np.any(has_first & (first < 0))) or bool(np.any(grad & (second < 0))):
         return None  # a producer is missing
-
-    # Same-stage producers share the device: they must come earlier in its order.
-    deadlock = bool(np.any(first[is_bi | is_w] > ids[is_bi | is_w]))
-    remote = np.full(n, -1, dtype=np.int64)
-    f_remote = f_up.copy()
-    f_remote[f_up] = device[first[f_up]] != device[f_up]
-    g_remote = grad.copy()
-    g_remote[grad] = device[second[grad]] != device[grad]
-    local_f = f_up & ~f_remote
-    local_g = grad & ~g_remote
-    deadlock = deadlock or bool(np.any(first[local_f] > ids[local_f])) or bool(np.any(second[local_g] > ids[local_g]))
-    remote[f_remote] = first[f_remote]
-    remote[g_remote] = second[g_remote]
+    first_remote = has_first & (device[first] != device)
+    second_remote = grad & (device[second] != device)
+    remote = np.where(first_remote, first, np.where(second_remote, second, -1))
+    # Same-device producers must come earlier in the device's order, or it waits on itself.
+    deadlock = bool(np.any(has_first & ~first_remote & (first > ids))) or bool(
+        np.any(grad & ~second_remote & (second > ids)))
+    is_f = kind == 0
 
     # One cost per distinct (src, dst, direction, producer stage); direction is fwd for F consumers.
     has = remote >= 0
@@ -531,22 +524,23 @@ def _flatten(workload: Workload) -> _Flat | None:
                  edge_delay, edge_spec, deadlock, complete)
 
 
-def _flat_times(f: _Flat, p: int) -> tuple[list[float], list[float]] | None:
+def _flat_times(f: _Flat, p: int) -> tuple[np.ndarray, np.ndarray] | None:
     """``_uncontended_times`` on columns: the same max/add per op, with only the remote producer checked.
 
     Ops of device d are the ids bounds[d]..bounds[d+1]-1, so the device's pointer is the op id.
     A device runs until its next op waits for a remote producer not yet ended, and parks itself
     on that producer; an op has at most one remote consumer, so one slot per op holds the waiter.
+    The loop keeps only ends; starts follow afterwards from the same comparisons in numpy.
     """
     if f.deadlock:
         return None
     n = len(f.actions)
-    start = [0.0] * n
     end = [-1.0] * n
     remote = f.remote.tolist()
     # A non-positive (or NaN) delay adds nothing in _uncontended_times; + 0.0 is exact on ends >= 0.
-    per_edge = [d if d > 0 else 0.0 for d in f.edge_delay]
-    delay = [per_edge[e] if e >= 0 else 0.0 for e in f.edge.tolist()]
+    per_edge = np.array([d if d > 0 else 0.0 for d in f.edge_delay] + [0.0], dtype=np.float64)
+    delay_arr = per_edge[f.edge]  # edge -1 (no remote producer) picks the trailing 0.0
+    delay = delay_arr.tolist()
     duration = f.duration
     waiter = [-1] * n
     bounds = f.bounds
@@ -556,31 +550,38 @@ def _flat_times(f: _Flat, p: int) -> tuple[list[float], list[float]] | None:
     stack = list(range(p))
     while stack:
         d = stack.pop()
-        o = pointer[d]
-        stop = stop_at[d]
         t = free[d]
-        while o < stop:
+        stop = stop_at[d]
+        for o in range(pointer[d], stop):
             r = remote[o]
             if r >= 0:
                 e = end[r]
                 if e < 0:
                     waiter[r] = d
+                    pointer[d] = o
                     break
                 e += delay[o]
                 if e > t:
                     t = e
-            start[o] = t
             t += duration[o]
             end[o] = t
-            w = waiter[o]
-            if w >= 0:
-                stack.append(w)
-            o += 1
-        pointer[d] = o
+            if waiter[o] >= 0:
+                stack.append(waiter[o])
+        else:
+            pointer[d] = stop
         free[d] = t
     if pointer != stop_at:
         return None
-    return start, end
+    end_arr = np.array(end, dtype=np.float64)
+    # start = the device's free time (previous op's end, 0.0 first), raised to the input's
+    # arrival when that is later: the loop's `if e > t: t = e`, elementwise.
+    free_at = np.empty(n, dtype=np.float64)
+    free_at[1:] = end_arr[:-1]
+    free_at[np.asarray(bounds[:-1], dtype=np.int64)[np.diff(bounds) > 0]] = 0.0
+    has = f.remote >= 0
+    arrival = end_arr[np.where(has, f.remote, 0)] + delay_arr
+    start_arr = np.where(has & (arrival > free_at), arrival, free_at)
+    return start_arr, end_arr
 
 
 def _flat_port_uses(f: _Flat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -610,7 +611,7 @@ def _flat_port_uses(f: _Flat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return producer, length, renumber[port]
 
 
-def _flat_contend(f: _Flat, end: list[float]) -> bool:
+def _flat_contend(f: _Flat, end: np.ndarray) -> bool:
     producer, length, port = _flat_port_uses(f)
     return _transfers_contend(_Compiled([], [], [], [], [], producer, length, port), end)
 
@@ -711,9 +712,10 @@ def _simulate(workload: Workload, check: bool = True, force_event_loop: bool = F
     if times is None:
         check_order_and_deadlock(schedule)  # raises with the named devices and actions
         raise ScheduleError("deadlock: the schedule cannot run to completion")
-    start, end = times
+    start_arr, end_arr = times
+    start, end = start_arr.tolist(), end_arr.tolist()
     actions = flat.actions
-    if force_event_loop or _flat_contend(flat, end):
+    if force_event_loop or _flat_contend(flat, end_arr):
         compiled = _flat_compiled(flat)
         start, end, rows = _event_loop(compiled, p, workload.network.port_capacity)
         transfer_records = [
@@ -721,7 +723,6 @@ def _simulate(workload: Workload, check: bool = True, force_event_loop: bool = F
         ]
         start_arr, end_arr = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
     else:
-        start_arr, end_arr = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
         transfer_records = _flat_transfer_records(flat, end_arr)
     device_list = flat.device.tolist()
     ops = list(map(tuple.__new__, repeat(OpRecord), zip(device_list, actions, start, end)))
