@@ -119,26 +119,33 @@ class _Flows:
                 rate = min(rate, self.capacity.get(port, math.inf))
             self.rate[f] = rate
             return flows
-        left = {port: self.capacity.get(port, math.inf) for f in flows for port in self.ports[f]}
+        # Progressive filling with the per-port count of unfrozen flows kept up to date instead of
+        # recounted: the same divisions, comparisons and subtractions as counting afresh, in the
+        # same port order, so the rates are the same floats.
+        ports, cap, by_port, capacity = self.ports, self.cap, self.by_port, self.capacity
         unfrozen = set(flows)
+        left: dict[str, float] = {}
+        users: dict[str, int] = {}
+        for f in flows:
+            for port in ports[f]:
+                if port not in left:
+                    left[port] = capacity.get(port, math.inf)
+                    users[port] = len(by_port[port] & unfrozen)
         while unfrozen:
-            level = min(self.cap[f] for f in unfrozen)
-            for port, cap in left.items():
-                users = sum(1 for f in self.by_port[port] if f in unfrozen)
-                if users:
-                    level = min(level, cap / users)
-            frozen = [
-                f for f in unfrozen
-                if self.cap[f] <= level or any(
-                    left[p] / max(1, sum(1 for g in self.by_port[p] if g in unfrozen)) <= level
-                    for p in self.ports[f]
-                )
-            ]
+            level = min(cap[f] for f in unfrozen)
+            share: dict[str, float] = {}
+            for port, count in users.items():
+                if count:
+                    s = share[port] = left[port] / count
+                    if s < level:  # min(level, s)
+                        level = s
+            frozen = [f for f in unfrozen if cap[f] <= level or any(share[p] <= level for p in ports[f])]
             for f in frozen:
                 self.rate[f] = level
                 unfrozen.discard(f)
-                for port in self.ports[f]:
+                for port in ports[f]:
                     left[port] -= level
+                    users[port] -= 1
         return flows
 
 
