@@ -299,7 +299,14 @@ def _transfer_records_uncontended(c: _Compiled, end: list[float]) -> list[Transf
 
 
 def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[list[float], list[float], list[list]]:
-    """The general engine: transfers overlapping on a port share it max-min fairly."""
+    """The general engine: transfers overlapping on a port share it max-min fairly.
+
+    Events pop in (time, sequence) order; the sequence number makes ties first-come first-served.
+    Delivering an input and starting a device's next op are written out in the loop rather than
+    called, which is most of this function's speed; the order of pushes (and so of sequence
+    numbers) is that of the plain version: deliver, maybe start the consumer's device, then, after
+    an op's consumers, start its own device.
+    """
     n = len(c.actions)
     op_device, device_ops, duration = c.op_device, c.device_ops, c.duration
     pending = [len(entry) for entry in c.producers]
@@ -313,18 +320,21 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
     pointer = [0] * p
     device_free = [0.0] * p
     running = [False] * p
+    device_len = [len(ops) for ops in device_ops]
     transfers: list[list] = []  # [src, dst, producer, consumer, start, end, nbytes]
     heap: list[tuple[float, int, int, int]] = []  # (time, seq, 0 = op end | 1 = flow end, id)
     seq = 0
     flows = _Flows(port_capacity)
+    rates, remaining = flows.rate, flows.remaining
     flow_version: dict[int, int] = {}
     flow_consumer: dict[int, tuple[int, float]] = {}
     heappush, heappop = heapq.heappush, heapq.heappop
+    isinf, inf, nan = math.isinf, math.inf, math.nan
 
     def try_start(d: int) -> None:
         nonlocal seq
         ptr = pointer[d]
-        if running[d] or ptr >= len(device_ops[d]):
+        if running[d] or ptr >= device_len[d]:
             return
         o = device_ops[d][ptr]
         if pending[o]:
@@ -335,21 +345,14 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
         seq += 1
         heappush(heap, (t0 + duration[o], seq, 0, o))
 
-    def deliver(consumer: int, t: float) -> None:
-        pending[consumer] -= 1
-        if t > ready_at[consumer]:
-            ready_at[consumer] = t
-        if not pending[consumer]:
-            try_start(op_device[consumer])
-
     def reschedule(fids: list[int], now: float) -> None:
         nonlocal seq
         for f in flows.rebalance(fids, now):
-            flow_version[f] += 1
-            rate = flows.rate[f]
-            finish = now + (flows.remaining[f] / rate if rate > 0 else math.inf)
+            version = flow_version[f] = flow_version[f] + 1
+            rate = rates[f]
+            finish = now + (remaining[f] / rate if rate > 0 else inf)
             seq += 1
-            heappush(heap, (finish, seq, 1, f * 4096 + flow_version[f] % 4096))
+            heappush(heap, (finish, seq, 1, f * 4096 + version % 4096))
 
     for d in range(p):
         try_start(d)
@@ -362,30 +365,44 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
             device_free[d] = t
             pointer[d] += 1
             for consumer, spec in consumers[ident]:
-                if spec is None:
-                    deliver(consumer, t)
-                    continue
-                src, dst, nbytes, latency, bandwidth, ports = spec
-                if nbytes <= 0 or (math.isinf(bandwidth) and not ports):
+                if spec is not None:
+                    src, dst, nbytes, latency, bandwidth, ports = spec
+                    if not (nbytes <= 0 or (isinf(bandwidth) and not ports)):
+                        fid = len(transfers)
+                        transfers.append([src, dst, ident, consumer, t, nan, nbytes])
+                        flows.add(fid, nbytes, bandwidth, ports, t)
+                        flow_version[fid] = 0
+                        flow_consumer[fid] = (consumer, latency)
+                        reschedule(flows.component([fid]), t)
+                        continue
                     transfers.append([src, dst, ident, consumer, t, t + latency, nbytes])
-                    deliver(consumer, t + latency)
-                    continue
-                fid = len(transfers)
-                transfers.append([src, dst, ident, consumer, t, math.nan, nbytes])
-                flows.add(fid, nbytes, bandwidth, ports, t)
-                flow_version[fid] = 0
-                flow_consumer[fid] = (consumer, latency)
-                reschedule(flows.component([fid]), t)
+                    arrive = t + latency
+                else:
+                    arrive = t
+                # deliver(consumer, arrive)
+                left = pending[consumer] - 1
+                pending[consumer] = left
+                if arrive > ready_at[consumer]:
+                    ready_at[consumer] = arrive
+                if not left:
+                    try_start(op_device[consumer])
             try_start(d)
         else:
             fid, version = divmod(ident, 4096)
-            if fid not in flow_version or flow_version[fid] % 4096 != version:
+            current = flow_version.get(fid)
+            if current is None or current % 4096 != version:
                 continue  # a stale finish time: the flow's rate changed since
             consumer, latency = flow_consumer.pop(fid)
             del flow_version[fid]
-            transfers[fid][5] = t + latency
+            arrive = transfers[fid][5] = t + latency
             neighbours = flows.remove(fid)
-            deliver(consumer, t + latency)
+            # deliver(consumer, arrive)
+            left = pending[consumer] - 1
+            pending[consumer] = left
+            if arrive > ready_at[consumer]:
+                ready_at[consumer] = arrive
+            if not left:
+                try_start(op_device[consumer])
             if neighbours:
                 reschedule(flows.component(neighbours), t)
     return start, end, transfers
@@ -725,9 +742,12 @@ def _simulate(workload: Workload, check: bool = True, force_event_loop: bool = F
     if force_event_loop or _flat_contend(flat, end_arr):
         compiled = _flat_compiled(flat)
         start, end, rows = _event_loop(compiled, p, workload.network.port_capacity)
-        transfer_records = [
-            TransferRecord(s, d, actions[prod], actions[c], t0, t1, nb) for s, d, prod, c, t0, t1, nb in rows
-        ]
+        transfer_records = []
+        if rows:
+            src, dst, prod, cons, t0, t1, nb = zip(*rows)
+            get = actions.__getitem__
+            transfer_records = list(map(tuple.__new__, repeat(TransferRecord),
+                                        zip(src, dst, map(get, prod), map(get, cons), t0, t1, nb)))
         start_arr, end_arr = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
     else:
         transfer_records = _flat_transfer_records(flat, end_arr)
