@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from .ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD
 from .timeline import Timeline
 from .workload import StageCost
@@ -127,3 +129,46 @@ def live_count_profiles(schedule) -> list[tuple[tuple[tuple[int, int], ...], ...
 def _dominates(a: tuple, b: tuple) -> bool:
     """a >= b in every count: b can never be the higher level, whatever the (non-negative) bytes."""
     return all(fa >= fb and ha >= hb for (fa, ha), (fb, hb) in zip(a, b))
+
+
+# Column forms of memory_curves and peak_live_microbatches for the engine, which holds its ops as
+# numpy arrays (ids device-major, kinds coded F=0, B=1, I=2, W=3). Same events, same order, same
+# sums: np.lexsort is stable like list.sort, and np.cumsum adds left to right like the loops above.
+
+def _run_positions(device: np.ndarray, start: np.ndarray, end: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
+    """Each op's index in its device's run order (sorted by (start, end), ties in id order)."""
+    order = np.lexsort((end, start, device))
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order), dtype=np.int64) - np.asarray(bounds[:-1], dtype=np.int64)[device[order]]
+    return position
+
+
+def memory_curves_columns(
+    device: np.ndarray, stage: np.ndarray, kind: np.ndarray, start: np.ndarray, end: np.ndarray,
+    bounds: Sequence[int], stages: Sequence[StageCost], static_bytes: Sequence[float],
+) -> tuple[list[tuple[list[float], list[float]]], list[int]]:
+    """(memory_curves, peak_live_microbatches) of the ops given as columns; device d owns ids bounds[d]:bounds[d+1]."""
+    key = 2 * _run_positions(device, start, end, bounds)
+    is_f = kind == 0
+    key += ~is_f
+    when = np.where(is_f, start, end)
+    change = np.array(
+        [[c.activation_bytes, -c.activation_bytes, -(c.activation_bytes - c.weight_grad_bytes), -c.weight_grad_bytes]
+         for c in stages],
+        dtype=np.float64,
+    )[stage, kind]
+    order = np.lexsort((key, when, device))
+    when, change = when[order], change[order]
+    # Live micro-batches: +1 at an F's start, -1 at a B's or W's end; an I changes nothing.
+    live = np.array([1, -1, 0, -1], dtype=np.int64)[kind][order]
+    curves = []
+    peaks = []
+    for d in range(len(bounds) - 1):
+        lo, hi = bounds[d], bounds[d + 1]
+        level = static_bytes[d] if static_bytes else 0.0
+        levels = np.cumsum(np.concatenate(([level], change[lo:hi]))).tolist()
+        levels[0] = level
+        curves.append(([0.0] + when[lo:hi].tolist(), levels))
+        counts = np.cumsum(live[lo:hi])
+        peaks.append(max(0, int(counts.max())) if hi > lo else 0)
+    return curves, peaks
