@@ -43,8 +43,11 @@ def test_recomputation_runs_with_the_losses_of_the_plain_run(runs):
     ops = recomputed["measured"]["timeline"]["ops"]
     assert len(ops) == 2 * 8 * 2  # 1F1B: F and B of 8 micro-batches on both devices
     (losses,), (reference,) = recomputed["losses"], plain["losses"]
-    assert len(losses) == len(reference) == (OPTIONS.warmup + recomputed["run"]["iterations_tried"]) * 8
-    assert losses == pytest.approx(reference, rel=1e-5, abs=1e-6)
+    for report, values in ((recomputed, losses), (plain, reference)):
+        assert len(values) == (OPTIONS.warmup + report["run"]["iterations_tried"]) * 8
+    # A busy machine makes a run try more iterations; the iterations both ran must agree.
+    both = min(len(losses), len(reference))
+    assert losses[:both] == pytest.approx(reference[:both], rel=1e-5, abs=1e-6)
     # Every iteration runs the same 8 micro-batches, so the updates show as a falling loss.
     per_iteration = [sum(losses[k:k + 8]) for k in range(0, len(losses), 8)]
     assert all(b < a for a, b in zip(per_iteration, per_iteration[1:])), per_iteration
