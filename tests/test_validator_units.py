@@ -135,6 +135,9 @@ def test_a_profile_measured_with_recomputation_is_not_charged_the_forward_twice(
         {**vars(plain.stages[0]), "backward": 3 * forward, "backward_input": 2.5 * forward, "recompute": True},
         vars(plain.stages[1])]})
     assert measured.stages[0].recompute and not measured.stages[1].recompute
+    assert Profile.from_dict(json.loads(json.dumps(measured.to_dict()))) == measured
+    with pytest.raises(SpecError, match="profile.stages.recompute"):
+        StageProfile(1.0, 2.0, 1.5, 0.5, recompute="yes")
     without = plan.with_(recompute=("none", "none"))
     for profile, recomputing, other in ((measured, plan, without), (plain, plan, without)):
         workload, _ = lower(plan.model, plan.cluster, recomputing, PLANS, profile)
