@@ -14,7 +14,7 @@ from .cluster import ClusterSpec, load_cluster
 from .errors import SpecError
 from .model import ModelSpec, load_model
 from .plan import Plan
-from .profile import Profile, load_profile
+from .profile import Profile, StageProfile, load_profile
 
 BYTES_PER_PARAM_WEIGHTS_GRADS = 2 + 4  # bf16 weights + fp32 gradients (Megatron mixed precision)
 BYTES_PER_PARAM_OPTIMIZER = 12  # fp32 master weights, Adam m and v
@@ -135,13 +135,15 @@ def stage_params(model: ModelSpec, plan: Plan, stage: int, seq_len: int) -> floa
     return sum(model.layer_cost(i, 1, seq_len).params for i in plan.stage_layers(stage))
 
 
-def measured_stage_cost(analytic: StageCost, measured, recompute: bool = False) -> StageCost:
+def measured_stage_cost(analytic: StageCost, measured: StageProfile, recompute: bool = False) -> StageCost:
     """A stage with measured op times and boundary bytes; memory stays the model's.
 
-    Profiles are measured without recomputation; with it the backward pays one more forward, as in
-    ``stage_cost``.
+    With recomputation the backward pays one more forward, as in ``stage_cost``. A stage measured
+    with it (``measured.recompute``, see ``pipeplan.profile``) already holds that forward in B and I;
+    one measured without (every single-layer timing) gets the measured forward added. A stage
+    measured with it but priced without has the forward taken off, so profiles stay reusable.
     """
-    extra = measured.forward if recompute else 0.0
+    extra = measured.forward * (int(recompute) - int(measured.recompute))
     return replace(
         analytic, forward=measured.forward, backward=measured.backward + extra,
         backward_input=measured.backward_input + extra, backward_weight=measured.backward_weight,

@@ -10,6 +10,12 @@ and does not measure allocations.
 A profile is tied to the shapes it was measured at (model, micro-batch size, sequence length) and
 to the stage cut; a plan that differs is refused with the field named, so a what-if never silently
 mixes measured and unmeasured stages. Links it did not measure keep the cluster's figures.
+
+Recomputation: a stage's times are those of the ops that ran, and ``StageProfile.recompute`` says
+whether that stage recomputed (its B and I then hold one forward more). Single-layer timings
+(``layers``) are always measured without it. Pricing (``lowering.measured_stage_cost``) adds the
+measured forward to B and I when the plan recomputes a stage measured without, and takes it off in
+the opposite case, so one profile prices every recompute choice of its shapes.
 """
 from __future__ import annotations
 
@@ -28,7 +34,11 @@ PROFILE_VERSION = 1
 
 @dataclass(frozen=True)
 class StageProfile:
-    """Seconds of one stage's ops for one micro-batch, and the boundary bytes it sends each way."""
+    """Seconds of one stage's ops for one micro-batch, and the boundary bytes it sends each way.
+
+    ``recompute``: the stage ran with full recomputation, so ``backward`` and ``backward_input``
+    include the forward it re-runs (a profile without the field was measured without).
+    """
 
     forward: float
     backward: float
@@ -36,11 +46,14 @@ class StageProfile:
     backward_weight: float
     send_forward_bytes: float = 0.0
     send_backward_bytes: float = 0.0
+    recompute: bool = False
 
     def __post_init__(self) -> None:
         for name in ("forward", "backward", "backward_input", "backward_weight", "send_forward_bytes",
                      "send_backward_bytes"):
             positive_number(f"profile.stages.{name}", getattr(self, name), allow_zero=True)
+        if not isinstance(self.recompute, bool):
+            raise SpecError(f"profile.stages.recompute: must be true or false (got {self.recompute!r})")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import pytest
 
 from pipeplan import simulate
 from pipeplan.errors import SpecError
+from pipeplan.lowering import lower
 from pipeplan.model import MODEL_PRESETS
 from pipeplan.plan import Plan
 from pipeplan.profile import LinkProfile, Profile, StageProfile
@@ -41,6 +42,45 @@ def test_input_then_weight_gradient_equals_full_backward():
     assert g_b.keys() == g_i.keys() and len(g_b) > 10
     for name in g_b:
         assert torch.allclose(g_b[name], g_i[name], rtol=1e-10, atol=1e-12), name
+
+
+@pytest.mark.parametrize("stage,layers", [(0, range(0, 3)), (1, range(2, 5)), (2, range(8, 10))])
+@pytest.mark.parametrize("split", [False, True])
+def test_recomputation_gives_the_same_gradients(stage, layers, split):
+    """Full recomputation (F without a graph, the forward again inside B or I) changes what is kept
+    and when it is computed, never the math: input and weight gradients equal the stored-graph run's,
+    for the first (embedding), a middle and the last (head + loss) stage, B and I + W alike."""
+    torch = pytest.importorskip("torch")
+    from validator.compute import StageRunner
+
+    torch.set_num_threads(1)
+    model = MODEL_PRESETS["tiny"]
+    runners = [StageRunner(model, stage, layers, 2, 16, 4, torch.device("cpu"), torch.float64, seed=3,
+                           recompute=recompute) for recompute in (False, True)]
+    first, last = runners[0].first, runners[0].last
+    x = None if first else torch.randn(2, 16, model.hidden, dtype=torch.float64)
+    g = None if last else torch.randn(2, 16, model.hidden, dtype=torch.float64)
+    results = []
+    for runner in runners:
+        outs = [runner.forward(mb, None if first else x.clone()) for mb in range(2)]
+        if runner.recompute:
+            assert not runner.outputs and all(o is None or o.grad_fn is None for o in outs)
+        dxs = [runner.backward(mb, g, split=split) for mb in range(2)]
+        if split:
+            for mb in range(2):
+                runner.weight(mb)
+        grads = {n: p.grad.clone() for n, p in runner.module.named_parameters()}
+        results.append((outs, dxs, grads, [float(loss) for loss in runner.losses]))
+    (outs_a, dx_a, g_a, loss_a), (outs_b, dx_b, g_b, loss_b) = results
+    for a, b in zip(outs_a, outs_b):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b))
+    for a, b in zip(dx_a, dx_b):
+        assert (a is None) == first and (a is None or torch.allclose(a, b, rtol=1e-10, atol=1e-12))
+    assert g_a.keys() == g_b.keys() and len(g_a) > 3
+    for name in g_a:
+        assert torch.allclose(g_a[name], g_b[name], rtol=1e-10, atol=1e-12), name
+    assert loss_a == pytest.approx(loss_b, rel=1e-12) and len(loss_a) == (2 if last else 0)
+    assert not runners[1].inputs and not runners[1].targets  # B / I took what F kept
 
 
 def test_transfers_follow_the_dependency_rules_in_sender_order():
@@ -83,6 +123,30 @@ def test_profile_for_another_cut_is_refused_naming_the_field():
         simulate(plan=plan.with_(layers_per_stage=(4, 6)), base_dir=PLANS, profile=_profile(plan))
     with pytest.raises(SpecError, match="profile.microbatch_size"):
         simulate(plan=plan.with_(microbatch_size=2), base_dir=PLANS, profile=_profile(plan))
+
+
+def test_a_profile_measured_with_recomputation_is_not_charged_the_forward_twice():
+    """A stage measured recomputing holds the extra forward already; one measured without gets it
+    added; the same profile priced without recomputation has it taken off."""
+    plan = Plan.load(str(PLANS / "tiny-1f1b-recompute-p2.json"))
+    plain = _profile(plan)
+    forward = plain.stages[0].forward
+    measured = Profile.from_dict({**plain.to_dict(), "stages": [
+        {**vars(plain.stages[0]), "backward": 3 * forward, "backward_input": 2.5 * forward, "recompute": True},
+        vars(plain.stages[1])]})
+    assert measured.stages[0].recompute and not measured.stages[1].recompute
+    assert Profile.from_dict(json.loads(json.dumps(measured.to_dict()))) == measured
+    with pytest.raises(SpecError, match="profile.stages.recompute"):
+        StageProfile(1.0, 2.0, 1.5, 0.5, recompute="yes")
+    without = plan.with_(recompute=("none", "none"))
+    for profile, recomputing, other in ((measured, plan, without), (plain, plan, without)):
+        workload, _ = lower(plan.model, plan.cluster, recomputing, PLANS, profile)
+        assert workload.stages[0].full_backward == pytest.approx(3 * forward)
+        assert workload.stages[0].backward_input == pytest.approx(2.5 * forward)
+        assert workload.stages[1].full_backward == pytest.approx(2 * forward)
+        workload, _ = lower(plan.model, plan.cluster, other, PLANS, profile)
+        assert workload.stages[0].full_backward == pytest.approx(2 * forward)
+        assert workload.stages[0].backward_input == pytest.approx(1.5 * forward)
 
 
 def test_scale_keeps_cuts_and_schedule_and_shrinks_shapes():

@@ -8,6 +8,12 @@
   (input, output-gradient) pairs the weight gradients need are kept.
 * W(m): those weight-gradient matmuls, accumulated into ``.grad``.
 
+With full activation recomputation (``recompute``, the plan's ``"full"``) F runs under
+``torch.no_grad()`` and keeps only the stage input; B and I first run the forward again from it with
+the graph recorded, then do the same backward as without recomputation. W is unchanged: I leaves it
+the same (input, output-gradient) pairs. The gradients are the same; F's memory is only its input,
+and B or I pays one more forward, which is what the simulator's cost model charges.
+
 The weights are updated once per iteration, after every op (``step``), with plain SGD.
 """
 from __future__ import annotations
@@ -20,18 +26,23 @@ from .modules import StageModule, apply_weight_grads, microbatch_tokens
 
 
 class StageRunner:
-    """One stage's module and its per-micro-batch state (inputs and outputs kept between F and B/I)."""
+    """One stage's module and its per-micro-batch state (inputs and outputs kept between F and B/I;
+    only inputs when it recomputes)."""
 
     def __init__(self, model: ModelSpec, stage: int, layers: range, batch: int, seq: int, num_microbatches: int,
-                 device: torch.device, dtype: torch.dtype, seed: int, lr: float = 1e-4) -> None:
+                 device: torch.device, dtype: torch.dtype, seed: int, lr: float = 1e-4,
+                 recompute: bool = False) -> None:
         # Same seed per stage on every run, so runs and calibration see identical weights.
         torch.manual_seed(seed * 7919 + stage)
         self.module = StageModule(model, layers, loss_scale=num_microbatches).to(device=device, dtype=dtype)
         self.stage, self.model, self.batch, self.seq = stage, model, batch, seq
         self.device, self.dtype, self.seed = device, dtype, seed
+        self.recompute = recompute
         self.optimizer = torch.optim.SGD(self.module.parameters(), lr=lr)
         self.inputs: dict[int, torch.Tensor] = {}
         self.outputs: dict[int, torch.Tensor] = {}
+        # Recomputing stages keep the last stage's targets next to the input, for the re-run loss.
+        self.targets: dict[int, torch.Tensor | None] = {}
         self.losses: list[torch.Tensor] = []
 
     @property
@@ -49,6 +60,14 @@ class StageRunner:
         tokens, targets = (None, None)
         if self.first or self.last:
             tokens, targets = microbatch_tokens(self.model, self.batch, self.seq, microbatch, self.seed, self.device)
+        if self.recompute:
+            # No graph: the activations inside the stage are freed as soon as the forward moves on.
+            x = tokens if self.first else received.detach()
+            with torch.no_grad():
+                out = self.module(x, targets if self.last else None)
+            self.inputs[microbatch] = x
+            self.targets[microbatch] = targets
+            return None if self.last else out
         if self.first:
             x = tokens
         else:
@@ -58,10 +77,25 @@ class StageRunner:
         self.outputs[microbatch] = out
         return None if self.last else out.detach()
 
-    def backward(self, microbatch: int, grad_output: torch.Tensor | None, split: bool) -> torch.Tensor | None:
-        """B (``split`` False) or I (``split`` True); returns the gradient of the stage input."""
+    def _rerun(self, microbatch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A recomputing stage's forward again from its kept input, this time recording the graph."""
         x = self.inputs.pop(microbatch)
-        out = self.outputs.pop(microbatch)
+        targets = self.targets.pop(microbatch)
+        if not self.first:
+            x = x.requires_grad_(True)
+        with torch.enable_grad():
+            out = self.module(x, targets if self.last else None)
+        return x, out
+
+    def backward(self, microbatch: int, grad_output: torch.Tensor | None, split: bool) -> torch.Tensor | None:
+        """B (``split`` False) or I (``split`` True); returns the gradient of the stage input.
+
+        A recomputing stage runs its forward first, inside this op: that is the cost it pays."""
+        if self.recompute:
+            x, out = self._rerun(microbatch)
+        else:
+            x = self.inputs.pop(microbatch)
+            out = self.outputs.pop(microbatch)
         store = self.module.store
         store.defer, store.collecting = split, []
         try:
@@ -88,5 +122,6 @@ class StageRunner:
         """Drop held activations and deferred work (after calibration, before the real run)."""
         self.inputs.clear()
         self.outputs.clear()
+        self.targets.clear()
         self.module.store.pending.clear()
         self.optimizer.zero_grad(set_to_none=True)

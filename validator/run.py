@@ -53,8 +53,6 @@ def load_scaled_plan(path: str, scale: float) -> tuple[Plan, Path]:
     if scale != 1:
         model = resolve(plan.model, plan.cluster, plan, base).model
         plan = scale_plan(plan, model, scale)
-    if any(plan.recompute_of(s) for s in range(plan.num_stages)):
-        raise SpecError("plan.recompute: the validator runs without activation recomputation; set it to none")
     return plan, base
 
 
@@ -100,7 +98,8 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
     shape = (batch, seq, model.hidden)
     channels = make_channels(schedule, rank, shape, dtype, device, args.backend, timeout)
     runners = {
-        s: StageRunner(model, s, plan.stage_layers(s), batch, seq, plan.num_microbatches, device, dtype, SEED)
+        s: StageRunner(model, s, plan.stage_layers(s), batch, seq, plan.num_microbatches, device, dtype, SEED,
+                       recompute=plan.recompute_of(s))
         for s in schedule.stages_of(rank)
     }
     clock = make_clock(device)
@@ -206,7 +205,7 @@ def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads
         seq_len=plan.seq_len or model.seq_len, layers_per_stage=tuple(plan.layers_per_stage),
         stages=tuple(
             StageProfile(**stages[s], send_forward_bytes=boundary_bytes if s < num_stages - 1 else 0.0,
-                         send_backward_bytes=boundary_bytes if s > 0 else 0.0)
+                         send_backward_bytes=boundary_bytes if s > 0 else 0.0, recompute=plan.recompute_of(s))
             for s in range(num_stages)
         ),
         links=tuple(LinkProfile(l["src"], l["dst"], l["latency"], l["bandwidth"], l["send_overhead"])

@@ -55,9 +55,12 @@ def _row(label: str, section: dict[str, Any], error: dict[str, float] | None) ->
 def format_report(report: dict[str, Any]) -> str:
     plan, run = report["plan"], report["run"]
     model = plan["model"]["name"] if isinstance(plan["model"], dict) else plan["model"]
+    # Plans (and older reports) without recomputation keep the header they always had.
+    recompute = plan.get("recompute") or []
+    recomputed = f" recompute [{', '.join(recompute)}]" if any(r != "none" for r in recompute) else ""
     lines = [
         f"{model} {plan['schedule']} p={plan['pp']} m={plan['num_microbatches']} b={plan['microbatch_size']} "
-        f"layers {plan['layers_per_stage']}: {run['world_size']} ranks, {run['backend']} on {run['device']}, "
+        f"layers {plan['layers_per_stage']}{recomputed}: {run['world_size']} ranks, {run['backend']} on {run['device']}, "
         f"{run['dtype']}, {run['threads_per_rank']} thread(s)/rank, median of {run['iterations']} iterations "
         f"after {run['warmup']} warm-up",
         table(
