@@ -55,14 +55,16 @@ def test_recomputation_runs_with_the_losses_of_the_plain_run(runs):
 
 def test_recomputation_costs_time_and_the_calibrated_prediction_holds(runs):
     plain, recomputed = runs
+    if not _idle(plain):
+        # The time comparison needs both runs undisturbed; retrying under load only makes the test slow.
+        pytest.skip(f"other processes kept this machine busy: plain 1F1B tried {plain['run']['iterations_tried']}")
     reports = [recomputed]
     while not any(_idle(r) and _within(r) for r in reports) and len(reports) < ATTEMPTS:
         reports.append(run_validation(str(PLANS / "tiny-1f1b-recompute-p2.json"), OPTIONS))
     summary = [(r["errors"]["predicted"], r["run"]["iterations_tried"]) for r in reports]
     idle = [r for r in reports if _idle(r)]
-    if not idle or not _idle(plain):
-        pytest.skip(f"other processes kept this machine busy: plain tried {plain['run']['iterations_tried']}, "
-                    f"recompute {summary}")
+    if not idle:
+        pytest.skip(f"other processes kept this machine busy in every attempt: {summary}")
     assert any(_within(r) for r in idle), f"calibrated errors (errors, iterations tried): {summary}"
     # Stage 0 runs its forward twice per micro-batch: some 15 % more iteration time on this model.
     assert min(r["measured"]["iteration_time"] for r in idle) > plain["measured"]["iteration_time"]

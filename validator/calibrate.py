@@ -2,6 +2,8 @@
 
 * Stages: every rank times F, B, I and W of its own stages on synthetic boundary tensors, all ranks
   at once, so each op sees the same neighbours competing for cores and memory as in the real run.
+  A stage that recomputes is timed as it runs: its B and I include the forward they re-run (the
+  profile marks the stage, see ``pipeplan.profile``).
 * Links: for every channel a -> b of the schedule, one-way transfers in the same backend and through
   the same groups as the run, the receiver waiting and the sender computing on (see
   ``_one_way_times``), at one element (latency) and at the real boundary-tensor size; bandwidth is
@@ -266,6 +268,8 @@ def layer_timings(model, plan, schedule: Schedule, rank: int, batch: int, seq: i
     """F, B, I, W of one layer of each kind this rank holds (embedding, block, head), timed alone.
 
     With these a profile prices any other cut of the same model and shapes (see pipeplan.profile).
+    They are timed without recomputation, whatever the plan says; pricing adds the forward where a
+    plan recomputes.
     """
     first_of_kind: dict[str, int] = {}
     for stage in schedule.stages_of(rank):
