@@ -5,6 +5,7 @@ backward, I frees all but ``weight_grad_bytes`` and W frees the rest (see ``Stag
 """
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Sequence
 
 import numpy as np
@@ -152,13 +153,20 @@ def memory_curves_columns(
     is_f = kind == 0
     key += ~is_f
     when = np.where(is_f, start, end)
-    change = np.array(
-        [[c.activation_bytes, -c.activation_bytes, -(c.activation_bytes - c.weight_grad_bytes), -c.weight_grad_bytes]
-         for c in stages],
-        dtype=np.float64,
-    )[stage, kind]
+    per_stage = [
+        [c.activation_bytes, -c.activation_bytes, -(c.activation_bytes - c.weight_grad_bytes), -c.weight_grad_bytes]
+        for c in stages
+    ]
+    change = np.array(per_stage, dtype=np.float64)[stage, kind]
     order = np.lexsort((key, when, device))
     when, change = when[order], change[order]
+    # Integer byte counts stay integers in memory_curves (int + int); keep that, adding the
+    # Python values one by one, when any count or static size is not a float.
+    exact_types = all(type(x) is float for row in per_stage for x in row) and all(
+        type(x) is float for x in (static_bytes or ()))
+    if not exact_types:
+        values = [x for row in per_stage for x in row]
+        change_objects = list(map(values.__getitem__, (stage * 4 + kind)[order].tolist()))
     # Live micro-batches: +1 at an F's start, -1 at a B's or W's end; an I changes nothing.
     live = np.array([1, -1, 0, -1], dtype=np.int64)[kind][order]
     curves = []
@@ -166,8 +174,11 @@ def memory_curves_columns(
     for d in range(len(bounds) - 1):
         lo, hi = bounds[d], bounds[d + 1]
         level = static_bytes[d] if static_bytes else 0.0
-        levels = np.cumsum(np.concatenate(([level], change[lo:hi]))).tolist()
-        levels[0] = level
+        if exact_types:
+            levels = np.cumsum(np.concatenate(([level], change[lo:hi]))).tolist()
+            levels[0] = level
+        else:
+            levels = list(accumulate(change_objects[lo:hi], initial=level))
         curves.append(([0.0] + when[lo:hi].tolist(), levels))
         counts = np.cumsum(live[lo:hi])
         peaks.append(max(0, int(counts.max())) if hi > lo else 0)
