@@ -40,9 +40,9 @@ def workload(name: str, p: int, m: int, v: int, seed: int, mode: str) -> Workloa
     latency = rng.uniform(0, 0.3)
     if mode == "ints":
         # Whole numbers as Python ints: the memory curves stay ints, as the old loop made them.
-        stages = [StageCost(rng.randint(0, 3), rng.randint(0, 3), rng.randint(0, 3), send_forward_bytes=rng.randint(0, 9),
-                            send_backward_bytes=rng.randint(1, 9), activation_bytes=rng.randint(1, 9),
-                            weight_grad_bytes=0)
+        stages = [StageCost(rng.randint(0, 3), rng.randint(0, 3), rng.randint(0, 3),
+                            send_forward_bytes=rng.randint(0, 9), send_backward_bytes=rng.randint(1, 9),
+                            activation_bytes=rng.randint(1, 9), weight_grad_bytes=0)
                   for _ in range(schedule.num_stages)]
         links = tuple(tuple(Link(rng.randint(0, 2), 4, ("bus",)) for _ in range(p)) for _ in range(p))
         return Workload(schedule, tuple(stages), Network(links, {"bus": 4}), static_bytes=tuple(range(p)))
