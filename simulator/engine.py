@@ -332,7 +332,8 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
     heap: list[tuple[float, int, int, int]] = []  # (time, seq, 0 = op end | 1 = flow end, id)
     seq = 0
     flows = _Flows(port_capacity)
-    rates, remaining = flows.rate, flows.remaining
+    rates, remaining, updated, by_port = flows.rate, flows.remaining, flows.updated, flows.by_port
+    capacity_of = port_capacity.get
     flow_version: dict[int, int] = {}
     flow_consumer: dict[int, tuple[int, float]] = {}
     heappush, heappop = heapq.heappush, heapq.heappop
@@ -378,9 +379,24 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
                         fid = len(transfers)
                         transfers.append([src, dst, ident, consumer, t, nan, nbytes])
                         flows.add(fid, nbytes, bandwidth, ports, t)
-                        flow_version[fid] = 0
                         flow_consumer[fid] = (consumer, latency)
-                        reschedule(flows.component([fid]), t)
+                        for port in ports:
+                            if len(by_port[port]) > 1:
+                                flow_version[fid] = 0
+                                reschedule(flows.component([fid]), t)
+                                break
+                        else:
+                            # Alone on its ports, the common case: what component + rebalance +
+                            # reschedule do for a one-flow component, written out.
+                            r = remaining[fid] = max(0.0, remaining[fid] - rates[fid] * (t - updated[fid]))
+                            updated[fid] = t
+                            rate = bandwidth
+                            for port in ports:
+                                rate = min(rate, capacity_of(port, inf))
+                            rates[fid] = rate
+                            flow_version[fid] = 1
+                            seq += 1
+                            heappush(heap, (t + (r / rate if rate > 0 else inf), seq, 1, fid * 4096 + 1))
                         continue
                     transfers.append([src, dst, ident, consumer, t, t + latency, nbytes])
                     arrive = t + latency
