@@ -136,11 +136,32 @@ def _dominates(a: tuple, b: tuple) -> bool:
 # numpy arrays (ids device-major, kinds coded F=0, B=1, I=2, W=3). Same events, same order, same
 # sums: np.lexsort is stable like list.sort, and np.cumsum adds left to right like the loops above.
 
+def _sorted_within_devices(device: np.ndarray, *keys: np.ndarray) -> bool:
+    """True when consecutive ids on one device are already in (keys...) order, ties allowed.
+
+    A device runs its ops one after another, so its ops and its memory events almost always
+    come in id order already; a stable sort of sorted data is the identity, and this O(n) check
+    lets the replay skip it. NaN compares false and sends the data to the sort.
+    """
+    if len(device) < 2:
+        return True
+    same = device[1:] == device[:-1]
+    ahead = np.zeros(len(device) - 1, dtype=bool)
+    tied = np.ones(len(device) - 1, dtype=bool)
+    for k in keys:
+        ahead |= tied & (k[1:] > k[:-1])
+        tied &= k[1:] == k[:-1]
+    return bool(np.all(ahead | tied | ~same))
+
+
 def _run_positions(device: np.ndarray, start: np.ndarray, end: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
     """Each op's index in its device's run order (sorted by (start, end), ties in id order)."""
+    base = np.asarray(bounds[:-1], dtype=np.int64)
+    if _sorted_within_devices(device, start, end):
+        return np.arange(len(device), dtype=np.int64) - base[device]
     order = np.lexsort((end, start, device))
     position = np.empty(len(order), dtype=np.int64)
-    position[order] = np.arange(len(order), dtype=np.int64) - np.asarray(bounds[:-1], dtype=np.int64)[device[order]]
+    position[order] = np.arange(len(order), dtype=np.int64) - base[device[order]]
     return position
 
 
@@ -158,8 +179,11 @@ def memory_curves_columns(
         for c in stages
     ]
     change = np.array(per_stage, dtype=np.float64)[stage, kind]
-    order = np.lexsort((key, when, device))
-    when, change = when[order], change[order]
+    if _sorted_within_devices(device, when, key):
+        order = np.arange(len(device))
+    else:
+        order = np.lexsort((key, when, device))
+        when, change = when[order], change[order]
     # Integer byte counts stay integers in memory_curves (int + int); keep that, adding the
     # Python values one by one, when any count or static size is not a float.
     exact_types = all(type(x) is float for row in per_stage for x in row) and all(
