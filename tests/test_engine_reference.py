@@ -4,6 +4,8 @@ The reference was written by tests/make_sim_reference.py on the engine before it
 any change to a single float here is a change in behaviour, not noise.
 """
 import json
+import math
+import sys
 
 from make_sim_reference import CASES, MODES, PATH, result_dict, workload  # noqa: E402  (tests/ is on sys.path)
 
@@ -17,6 +19,11 @@ def test_engine_matches_stored_reference():
         name, p, m, v, seed, mode, force = entry["case"]
         got = json.loads(json.dumps(result_dict(simulate(workload(name, p, m, v, seed, mode), force_event_loop=force))))
         for key, want in entry["result"].items():
+            if key == "bubble_fraction" and sys.version_info >= (3, 12):
+                # sum() of floats is compensated from Python 3.12 on, and the engine sums busy
+                # times with it; the reference was stored with 3.11's left-to-right sum().
+                assert math.isclose(got[key], want, rel_tol=1e-12, abs_tol=1e-15), f"{entry['case']}: {key}"
+                continue
             # Compared as JSON text: floats to the last bit, and an int stays an int.
             assert json.dumps(got[key]) == json.dumps(want), f"{entry['case']}: {key} differs"
 
