@@ -13,6 +13,13 @@ ops in dependency order computes it exactly. ``simulate`` takes that pass first,
 transfers for overlap on any port, and only when some overlap runs the event loop, where
 overlapping transfers share bandwidth. Both work on integer ids and flat lists built once up
 front; records are made after.
+
+Well-formed workloads (every action once, on its stage's device, durations >= 0) are flattened
+to numpy columns (``_flatten``): producers come from a (stage, kind, micro-batch) table, edge
+costs are worked out once per distinct edge, and the dependency pass, overlap check, memory
+replay and records read the columns. Anything else takes the per-op lists (``_simulate_general``)
+it replaced. Both give the same floats: the same additions and comparisons, in the same order
+where order matters (tests/test_engine_reference.py holds results stored before the columns).
 """
 from __future__ import annotations
 
@@ -325,7 +332,8 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
     heap: list[tuple[float, int, int, int]] = []  # (time, seq, 0 = op end | 1 = flow end, id)
     seq = 0
     flows = _Flows(port_capacity)
-    rates, remaining = flows.rate, flows.remaining
+    rates, remaining, updated, by_port = flows.rate, flows.remaining, flows.updated, flows.by_port
+    capacity_of = port_capacity.get
     flow_version: dict[int, int] = {}
     flow_consumer: dict[int, tuple[int, float]] = {}
     heappush, heappop = heapq.heappush, heapq.heappop
@@ -371,9 +379,24 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
                         fid = len(transfers)
                         transfers.append([src, dst, ident, consumer, t, nan, nbytes])
                         flows.add(fid, nbytes, bandwidth, ports, t)
-                        flow_version[fid] = 0
                         flow_consumer[fid] = (consumer, latency)
-                        reschedule(flows.component([fid]), t)
+                        for port in ports:
+                            if len(by_port[port]) > 1:
+                                flow_version[fid] = 0
+                                reschedule(flows.component([fid]), t)
+                                break
+                        else:
+                            # Alone on its ports, the common case: what component + rebalance +
+                            # reschedule do for a one-flow component, written out.
+                            r = remaining[fid] = max(0.0, remaining[fid] - rates[fid] * (t - updated[fid]))
+                            updated[fid] = t
+                            rate = bandwidth
+                            for port in ports:
+                                rate = min(rate, capacity_of(port, inf))
+                            rates[fid] = rate
+                            flow_version[fid] = 1
+                            seq += 1
+                            heappush(heap, (t + (r / rate if rate > 0 else inf), seq, 1, fid * 4096 + 1))
                         continue
                     transfers.append([src, dst, ident, consumer, t, t + latency, nbytes])
                     arrive = t + latency
@@ -408,8 +431,8 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
     return start, end, transfers
 
 
+# Kind codes in the columns; memory.memory_curves_columns relies on the same numbering.
 _KIND_CODE = {FORWARD: 0, FULL_BACKWARD: 1, BACKWARD_INPUT: 2, BACKWARD_WEIGHT: 3}
-_KINDS_BY_CODE = (FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT)
 
 
 @dataclass
@@ -425,7 +448,7 @@ class _Flat:
     actions: list
     device: np.ndarray          # per op
     stage: np.ndarray
-    kind: np.ndarray            # codes 0..3 in _KINDS_BY_CODE order
+    kind: np.ndarray            # _KIND_CODE: F=0, B=1, I=2, W=3
     bounds: list[int]           # device d owns op ids bounds[d]:bounds[d + 1]
     duration: list[float]
     first: np.ndarray           # first producer of the op's rule list (-1: none)

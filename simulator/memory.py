@@ -5,6 +5,7 @@ backward, I frees all but ``weight_grad_bytes`` and W frees the rest (see ``Stag
 """
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Sequence
 
 import numpy as np
@@ -135,11 +136,32 @@ def _dominates(a: tuple, b: tuple) -> bool:
 # numpy arrays (ids device-major, kinds coded F=0, B=1, I=2, W=3). Same events, same order, same
 # sums: np.lexsort is stable like list.sort, and np.cumsum adds left to right like the loops above.
 
+def _sorted_within_devices(device: np.ndarray, *keys: np.ndarray) -> bool:
+    """True when consecutive ids on one device are already in (keys...) order, ties allowed.
+
+    A device runs its ops one after another, so its ops and its memory events almost always
+    come in id order already; a stable sort of sorted data is the identity, and this O(n) check
+    lets the replay skip it. NaN compares false and sends the data to the sort.
+    """
+    if len(device) < 2:
+        return True
+    same = device[1:] == device[:-1]
+    ahead = np.zeros(len(device) - 1, dtype=bool)
+    tied = np.ones(len(device) - 1, dtype=bool)
+    for k in keys:
+        ahead |= tied & (k[1:] > k[:-1])
+        tied &= k[1:] == k[:-1]
+    return bool(np.all(ahead | tied | ~same))
+
+
 def _run_positions(device: np.ndarray, start: np.ndarray, end: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
     """Each op's index in its device's run order (sorted by (start, end), ties in id order)."""
+    base = np.asarray(bounds[:-1], dtype=np.int64)
+    if _sorted_within_devices(device, start, end):
+        return np.arange(len(device), dtype=np.int64) - base[device]
     order = np.lexsort((end, start, device))
     position = np.empty(len(order), dtype=np.int64)
-    position[order] = np.arange(len(order), dtype=np.int64) - np.asarray(bounds[:-1], dtype=np.int64)[device[order]]
+    position[order] = np.arange(len(order), dtype=np.int64) - base[device[order]]
     return position
 
 
@@ -152,13 +174,23 @@ def memory_curves_columns(
     is_f = kind == 0
     key += ~is_f
     when = np.where(is_f, start, end)
-    change = np.array(
-        [[c.activation_bytes, -c.activation_bytes, -(c.activation_bytes - c.weight_grad_bytes), -c.weight_grad_bytes]
-         for c in stages],
-        dtype=np.float64,
-    )[stage, kind]
-    order = np.lexsort((key, when, device))
-    when, change = when[order], change[order]
+    per_stage = [
+        [c.activation_bytes, -c.activation_bytes, -(c.activation_bytes - c.weight_grad_bytes), -c.weight_grad_bytes]
+        for c in stages
+    ]
+    change = np.array(per_stage, dtype=np.float64)[stage, kind]
+    if _sorted_within_devices(device, when, key):
+        order = np.arange(len(device))
+    else:
+        order = np.lexsort((key, when, device))
+        when, change = when[order], change[order]
+    # Integer byte counts stay integers in memory_curves (int + int); keep that, adding the
+    # Python values one by one, when any count or static size is not a float.
+    exact_types = all(type(x) is float for row in per_stage for x in row) and all(
+        type(x) is float for x in (static_bytes or ()))
+    if not exact_types:
+        values = [x for row in per_stage for x in row]
+        change_objects = list(map(values.__getitem__, (stage * 4 + kind)[order].tolist()))
     # Live micro-batches: +1 at an F's start, -1 at a B's or W's end; an I changes nothing.
     live = np.array([1, -1, 0, -1], dtype=np.int64)[kind][order]
     curves = []
@@ -166,8 +198,11 @@ def memory_curves_columns(
     for d in range(len(bounds) - 1):
         lo, hi = bounds[d], bounds[d + 1]
         level = static_bytes[d] if static_bytes else 0.0
-        levels = np.cumsum(np.concatenate(([level], change[lo:hi]))).tolist()
-        levels[0] = level
+        if exact_types:
+            levels = np.cumsum(np.concatenate(([level], change[lo:hi]))).tolist()
+            levels[0] = level
+        else:
+            levels = list(accumulate(change_objects[lo:hi], initial=level))
         curves.append(([0.0] + when[lo:hi].tolist(), levels))
         counts = np.cumsum(live[lo:hi])
         peaks.append(max(0, int(counts.max())) if hi > lo else 0)

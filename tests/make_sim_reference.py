@@ -1,7 +1,8 @@
 """Regenerate tests/data/sim_reference.json: full simulate() results of small workloads.
 
-Run once with a trusted engine (this file was first run on the engine before the speed work);
-tests/test_engine_reference.py then demands the engine reproduce every float bit for bit.
+The stored file was written by the engine as of commit d16d213, before the speed work (run this
+script with that commit's simulator/ first on sys.path); tests/test_engine_reference.py then
+demands the engine reproduce every float bit for bit. Regenerate only for an intended change.
 Run: python tests/make_sim_reference.py
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from simulator import Link, Network, StageCost, Workload, build_schedule, simulate  # noqa: E402
 
 PATH = Path(__file__).parent / "data" / "sim_reference.json"
+MODES = ("private", "ports", "bus", "ints")
 
 CASES = [("gpipe", 4, 6, 1), ("1f1b", 4, 8, 1), ("1f1b", 5, 3, 1), ("interleaved", 4, 8, 2),
          ("interleaved", 3, 6, 3), ("zb-h1", 4, 7, 1), ("zb-h2", 4, 8, 1), ("zb-v", 3, 6, 2), ("1f1b", 1, 3, 1)]
@@ -36,6 +38,14 @@ def workload(name: str, p: int, m: int, v: int, seed: int, mode: str) -> Workloa
                                 weight_grad_bytes=act * rng.uniform(0, 1)))
     bandwidth = rng.uniform(1e5, 1e7)
     latency = rng.uniform(0, 0.3)
+    if mode == "ints":
+        # Whole numbers as Python ints: the memory curves stay ints, as the old loop made them.
+        stages = [StageCost(rng.randint(0, 3), rng.randint(0, 3), rng.randint(0, 3),
+                            send_forward_bytes=rng.randint(0, 9), send_backward_bytes=rng.randint(1, 9),
+                            activation_bytes=rng.randint(1, 9), weight_grad_bytes=0)
+                  for _ in range(schedule.num_stages)]
+        links = tuple(tuple(Link(rng.randint(0, 2), 4, ("bus",)) for _ in range(p)) for _ in range(p))
+        return Workload(schedule, tuple(stages), Network(links, {"bus": 4}), static_bytes=tuple(range(p)))
     if mode == "private":
         links = tuple(tuple(Link(latency, bandwidth) for _ in range(p)) for _ in range(p))
         ports: dict[str, float] = {}
@@ -60,7 +70,7 @@ def result_dict(result) -> dict:
 def all_results() -> list[dict]:
     out = []
     for seed, (name, p, m, v) in enumerate(CASES):
-        for mode in ("private", "ports", "bus"):
+        for mode in MODES:
             for force in (False, True):
                 w = workload(name, p, m, v, seed, mode)
                 out.append({"case": [name, p, m, v, seed, mode, force],

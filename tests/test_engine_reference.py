@@ -5,27 +5,27 @@ any change to a single float here is a change in behaviour, not noise.
 """
 import json
 import math
+import sys
 
-from make_sim_reference import CASES, PATH, result_dict, workload  # noqa: E402  (tests/ is on sys.path)
+from make_sim_reference import CASES, MODES, PATH, result_dict, workload  # noqa: E402  (tests/ is on sys.path)
 
 from simulator import simulate
 
 
-def _same(a, b) -> bool:
-    """Exact equality that treats inf/None like json stores them."""
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
-
-
 def test_engine_matches_stored_reference():
     stored = json.loads(PATH.read_text())
-    assert len(stored) == len(CASES) * 3 * 2
+    assert len(stored) == len(CASES) * len(MODES) * 2
     for entry in stored:
         name, p, m, v, seed, mode, force = entry["case"]
         got = json.loads(json.dumps(result_dict(simulate(workload(name, p, m, v, seed, mode), force_event_loop=force))))
         for key, want in entry["result"].items():
-            assert _same(got[key], want), f"{entry['case']}: {key} differs"
+            if key == "bubble_fraction" and sys.version_info >= (3, 12):
+                # sum() of floats is compensated from Python 3.12 on, and the engine sums busy
+                # times with it; the reference was stored with 3.11's left-to-right sum().
+                assert math.isclose(got[key], want, rel_tol=1e-12, abs_tol=1e-15), f"{entry['case']}: {key}"
+                continue
+            # Compared as JSON text: floats to the last bit, and an int stays an int.
+            assert json.dumps(got[key]) == json.dumps(want), f"{entry['case']}: {key} differs"
 
 
 def test_columns_path_matches_general_path():
@@ -34,9 +34,40 @@ def test_columns_path_matches_general_path():
 
     for seed, (name, p, m, v) in enumerate([("1f1b", 8, 32, 1), ("interleaved", 4, 16, 2), ("zb-v", 4, 12, 2),
                                            ("zb-h2", 6, 18, 1), ("gpipe", 5, 10, 1)]):
-        for mode in ("private", "ports", "bus"):
+        for mode in MODES:
             w = workload(name, p, m, v, 100 + seed, mode)
             for force in (False, True):
                 fast = json.loads(json.dumps(result_dict(simulate(w, force_event_loop=force))))
                 slow = json.loads(json.dumps(result_dict(_simulate_general(w, force_event_loop=force))))
-                assert fast == slow, (name, mode, force)
+                assert json.dumps(fast) == json.dumps(slow), (name, mode, force)
+
+
+def test_memory_columns_match_memory_replay_on_any_order():
+    """The column replay against memory_curves / peak_live_microbatches on ops whose times are not
+    in device order (which the engine never produces), so the sorting branch is exercised too."""
+    import random
+
+    import numpy as np
+
+    from simulator import OpRecord, Timeline
+    from simulator.memory import memory_curves, memory_curves_columns, peak_live_microbatches
+
+    rng = random.Random(7)
+    w = workload("zb-v", 3, 6, 2, 5, "ports")
+    schedule = w.schedule
+    code = {"F": 0, "B": 1, "I": 2, "W": 3}
+    for trial in range(20):
+        ops, bounds = [], [0]
+        for d, acts in enumerate(schedule.device_actions):
+            for a in acts:
+                s = float(rng.randint(0, 6)) if trial % 2 else rng.uniform(0, 6)
+                ops.append(OpRecord(d, a, s, s + rng.choice([0.0, 1.0, rng.uniform(0, 2)])))
+            bounds.append(len(ops))
+        timeline = Timeline(schedule.num_devices, ops)
+        static = [rng.uniform(0, 9) for _ in range(schedule.num_devices)]
+        curves, live = memory_curves_columns(
+            np.array([o.device for o in ops]), np.array([o.action.stage for o in ops]),
+            np.array([code[o.action.kind] for o in ops]), np.array([o.start for o in ops]),
+            np.array([o.end for o in ops]), bounds, w.stages, static)
+        assert json.dumps(curves) == json.dumps(memory_curves(timeline, w.stages, static))
+        assert live == peak_live_microbatches(timeline)
