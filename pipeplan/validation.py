@@ -35,6 +35,7 @@ from simulator.timeline import Timeline, bubble_fraction, busy_time, iteration_t
 from .api import simulate
 from .errors import SpecError
 from .fileio import load_mapping, write_json_atomic
+from .lowering import resolve
 from .plan import Plan
 
 REPORT_KIND = "pipeplan.validation"
@@ -79,6 +80,9 @@ class ValidateOptions:
             raise SpecError("--timeout: must be > 0 seconds")
         if not 0 < self.scale <= 1:
             raise SpecError(f"--scale: must be in (0, 1] (got {self.scale})")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise SpecError(f"--threads: must be a positive integer (got {self.threads!r}); leave it out for cores / ranks")
 
     @property
     def wait_timeout(self) -> float:
@@ -309,6 +313,9 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
     plan = Plan.load(plan_path)
     if plan.pp < 1:
         raise SpecError("plan.pp: must be at least 1")
+    # Model, cluster and schedule as the ranks will load them: a missing spec file or a plan that does
+    # not match its model is a one-line error here, before any process starts.
+    resolve(plan.model, plan.cluster, plan, Path(plan_path).resolve().parent)
     with tempfile.TemporaryDirectory(prefix="pipeplan-validate-") as tmp:
         run_dir = Path(tmp)
         target = out or str(run_dir / "report.json")

@@ -203,3 +203,22 @@ def test_single_layer_timings_price_another_cut():
     # this profile measured no links.
     expected = t_f[0] + 8 * (t_f[1] + t_b[1]) + t_b[0] + 2 * 50e-6
     assert result.iteration_time == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("option,value", [("--threads", "0"), ("--threads", "-3")])
+def test_bad_thread_count_is_refused_before_any_rank_starts(option, value):
+    out = _pipeplan("validate", str(PLANS / "tiny-1f1b-p2.json"), option, value, "--timeout", "20")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "--threads" in out.stderr and "failed" not in out.stderr
+
+
+def test_plan_whose_cluster_file_is_missing_is_refused_before_any_rank_starts(tmp_path):
+    plan = json.loads((PLANS / "tiny-1f1b-p2.json").read_text())
+    plan["cluster"] = "no-such-cluster.json"
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    out = _pipeplan("validate", str(path), "--timeout", "20")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "cluster" in out.stderr and "no-such-cluster.json" in out.stderr and "failed" not in out.stderr
