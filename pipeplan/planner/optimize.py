@@ -69,8 +69,11 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         positive_int("seq_len", seq_len)
     if not 0 <= headroom < 1:
         raise SpecError(f"headroom: must be in [0, 1) (got {headroom}); 0.05 keeps 5 % of each GPU free")
-    if time_limit <= 0:
+    if not time_limit > 0:  # NaN too: it would make every solve give up at once
         raise SpecError(f"time_limit: must be > 0 seconds (got {time_limit})")
+    if pp is None and dp > cl.num_gpus:
+        raise SpecError(f"dp: {dp} replicas need at least {dp} GPUs but {cl.name} has {cl.num_gpus} with "
+                        f"{cl.nodes} node(s); raise --nodes or lower --dp")
     pp = pp if pp is not None else cl.num_gpus // dp
     positive_int("pp", pp)
     if pp * dp > cl.num_gpus:
@@ -82,6 +85,12 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     if pp > L:
         raise SpecError(f"pp: {pp} pipeline devices need at least {pp} layers; {spec.name} has {L}; lower --pp")
     batch = global_batch // dp
+    if microbatch_sizes is not None:
+        for b in microbatch_sizes:
+            positive_int("microbatch_sizes", b)
+        if not any(batch % b == 0 for b in microbatch_sizes):
+            raise SpecError(f"microbatch_sizes: none of {list(microbatch_sizes)} divides the per-replica batch of "
+                            f"{batch} (global batch / dp); choose sizes that divide it")
     prof = load_profile(profile)
     if prof is not None:
         seq_len, microbatch_sizes = _profile_shapes(prof, spec, seq_len, microbatch_sizes)
