@@ -152,3 +152,14 @@ def test_compact_layer_text():
     from pipeplan.cli.optimize import compact_layers
 
     assert compact_layers((9, 8, 8, 8, 8, 6, 7, 7)) == "9 8x4 6 7 7"
+
+
+def test_parallel_workers_prune_and_rescore_exactly_as_one_process():
+    """Worker processes may solve a candidate ahead of time, but the search keeps only what one process
+    would: with rescore=1, tiny at pp=2 solves the candidate of lowest bound and prunes every other."""
+    kwargs = dict(global_batch=8, pp=2, time_limit=1, rescore=1)
+    one = pipeplan.optimize("tiny", "dgx-h100", **kwargs)
+    four = pipeplan.optimize("tiny", "dgx-h100", parallel=4, **kwargs)
+    fate = lambda r: [(c.candidate, c.status, c.predicted, c.simulated) for c in r.candidates]  # noqa: E731
+    assert fate(one) == fate(four)
+    assert one.plan == four.plan and one.iteration_time == four.iteration_time
