@@ -222,3 +222,22 @@ def test_plan_whose_cluster_file_is_missing_is_refused_before_any_rank_starts(tm
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "cluster" in out.stderr and "no-such-cluster.json" in out.stderr and "failed" not in out.stderr
+
+
+@pytest.mark.parametrize("field,value", [
+    ("links", [{"src": 0, "dst": 1, "latency": "abc", "bandwidth": 1e9}]),
+    ("links", [{"src": "a", "dst": 1, "latency": 1e-4, "bandwidth": 1e9}]),
+    ("microbatch_size", "x"),
+    ("microbatch_size", -4),
+    ("layers", [1, 2]),
+    ("stages", 5),
+])
+def test_profile_field_of_the_wrong_type_is_one_line_exit_2(tmp_path, field, value):
+    profile = json.loads((REPO / "validation/records/cpu-gloo-tiny-1f1b-p2.json").read_text())["profile"]
+    profile[field] = value
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    out = _pipeplan("simulate", str(PLANS / "tiny-1f1b-p2.json"), "--profile", str(path))
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert f"profile.{field}" in out.stderr
