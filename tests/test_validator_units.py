@@ -241,3 +241,18 @@ def test_profile_field_of_the_wrong_type_is_one_line_exit_2(tmp_path, field, val
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert f"profile.{field}" in out.stderr
+
+
+@pytest.mark.parametrize("damage", ["drop run", "measured 5", "drop errors"])
+def test_compare_on_a_damaged_report_is_one_line_exit_2(tmp_path, damage):
+    report = json.loads((REPO / "validation/records/cpu-gloo-tiny-1f1b-p2.json").read_text())
+    if damage == "measured 5":
+        report["measured"] = 5
+    else:
+        report.pop(damage.split()[1])
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    out = _pipeplan("compare", str(path))
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "report" in out.stderr
