@@ -262,6 +262,23 @@ def _wait_gone(pids: list[int], limit: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+# After the kill, how long to read what is left of the output: a rank that had not yet recorded its pid
+# (still importing torch, in a session of its own) may hold the pipe open after torchrun is gone.
+PIPE_GRACE_S = 10.0
+
+
+def _drain(proc: subprocess.Popen) -> str:
+    """The rest of a killed torchrun's output, waiting at most ``PIPE_GRACE_S`` on the pipe."""
+    try:
+        output, _ = proc.communicate(timeout=PIPE_GRACE_S)
+        return output or ""
+    except subprocess.TimeoutExpired as err:
+        partial = err.output or ""
+        proc.stdout.close()
+        proc.wait()
+        return partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+
+
 _EXIT_RE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
 
 
@@ -341,10 +358,10 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
                     pass
             time.sleep(1.0)
             _kill_all(proc, run_dir)
-            output, _ = proc.communicate()
+            output = _drain(proc)
         except BaseException:
             _kill_all(proc, run_dir)
-            proc.communicate()
+            _drain(proc)
             raise
         finally:
             pids = list(_rank_pids(run_dir).values())
