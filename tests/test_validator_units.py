@@ -256,3 +256,39 @@ def test_compare_on_a_damaged_report_is_one_line_exit_2(tmp_path, damage):
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "report" in out.stderr
+
+
+def test_launcher_gives_up_on_a_process_it_cannot_see_that_holds_its_output(tmp_path, monkeypatch):
+    """A rank still starting (no pid note yet, its own session) when the timeout fires keeps the output
+    pipe open after torchrun is killed; the launcher must not wait on that pipe without a limit."""
+    import os
+    import signal
+    import time
+
+    from pipeplan import validation
+
+    orphan = tmp_path / "orphan.pid"
+    fake = ["bash", "-c", f"setsid sleep 30 & echo $! > {orphan}; exec sleep 60"]
+    monkeypatch.setattr(validation, "validator_command", lambda *args: fake)
+    monkeypatch.setattr(validation, "PIPE_GRACE_S", 2.0, raising=False)
+    started = time.monotonic()
+    try:
+        with pytest.raises(validation.ValidationFailed, match="timed out"):
+            validation.run_validation(str(PLANS / "tiny-1f1b-p2.json"), validation.ValidateOptions(timeout=1.0))
+        assert time.monotonic() - started < 10
+    finally:
+        if orphan.exists():
+            try:
+                os.kill(int(orphan.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+def test_a_rank_arms_its_parent_death_signal_before_importing_torch():
+    """Importing torch takes seconds; a rank must ask to die with torchrun (and note its pid) first, or a
+    launcher that kills torchrun in that window leaves the rank behind."""
+    code = "import sys, validator.__main__; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
