@@ -57,6 +57,21 @@ class Plan:
     notes: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        for name in ("model", "cluster"):
+            if not isinstance(getattr(self, name), (str, dict)):
+                raise SpecError(f"plan.{name}: must be a preset name, a file path or a mapping "
+                                f"(got {getattr(self, name)!r})")
+        if not isinstance(self.schedule, str):
+            raise SpecError(f"plan.schedule: must be a schedule name (got {self.schedule!r}); choose one of "
+                            f"{', '.join(SCHEDULES)} or custom")
+        if self.schedule_csv is not None and not isinstance(self.schedule_csv, str):
+            raise SpecError(f"plan.schedule_csv: must be the path of a CSV file (got {self.schedule_csv!r})")
+        if not isinstance(self.distributed_optimizer, bool):
+            raise SpecError(f"plan.distributed_optimizer: must be true or false (got {self.distributed_optimizer!r})")
+        if not isinstance(self.notes, dict):
+            raise SpecError(f"plan.notes: must be a mapping (got {self.notes!r})")
+        if any(isinstance(g, bool) or not isinstance(g, int) for g in self.placement):
+            raise SpecError(f"plan.placement: must be a list of GPU indices (integers), got {list(self.placement)!r}")
         positive_int("plan.pp", self.pp)
         positive_int("plan.num_microbatches", self.num_microbatches)
         positive_int("plan.microbatch_size", self.microbatch_size)

@@ -25,7 +25,7 @@ from typing import Any
 
 from simulator.workload import Link, Network
 
-from .errors import SpecError, positive_number
+from .errors import SpecError, positive_int, positive_number
 from .fileio import load_mapping, write_json_atomic
 
 PROFILE_KIND = "pipeplan.profile"
@@ -188,26 +188,24 @@ class Profile:
             raise SpecError("profile: not a pipeplan profile (written by `pipeplan validate`)")
         if data.get("version") != PROFILE_VERSION:
             raise SpecError(f"profile.version: this pipeplan reads version {PROFILE_VERSION}, got {data.get('version')}")
+        for key in ("device", "backend", "model", "microbatch_size", "seq_len", "layers_per_stage", "stages"):
+            if key not in data:
+                raise SpecError(f"profile.{key}: required field is missing")
         try:
-            stages = tuple(StageProfile(**s) for s in data["stages"])
-            links = tuple(
-                LinkProfile(int(l["src"]), int(l["dst"]), float(l["latency"]),
-                            math.inf if l["bandwidth"] is None else float(l["bandwidth"]),
-                            float(l.get("send_overhead", 0.0)))
-                for l in data.get("links", [])
-            )
             return Profile(
                 device=str(data["device"]), backend=str(data["backend"]), model=str(data["model"]),
-                microbatch_size=int(data["microbatch_size"]), seq_len=int(data["seq_len"]),
-                layers_per_stage=tuple(int(n) for n in data["layers_per_stage"]), stages=stages, links=links,
+                microbatch_size=_count("microbatch_size", data["microbatch_size"]),
+                seq_len=_count("seq_len", data["seq_len"]),
+                layers_per_stage=tuple(_count("layers_per_stage", n) for n in _items("layers_per_stage", data["layers_per_stage"])),
+                stages=tuple(_stage("stages", s) for s in _items("stages", data["stages"])),
+                links=tuple(_link(l) for l in _items("links", data.get("links") or [])),
                 dtype=str(data.get("dtype", "float32")),
-                layers={k: StageProfile(**v) for k, v in data["layers"].items()} if data.get("layers") else None,
-                boundary_bytes=float(data.get("boundary_bytes", 0.0)),
+                layers={str(k): _stage("layers", v) for k, v in _mapping("layers", data["layers"]).items()}
+                if data.get("layers") else None,
+                boundary_bytes=positive_number("profile.boundary_bytes", data.get("boundary_bytes", 0.0), allow_zero=True),
             )
         except KeyError as err:
             raise SpecError(f"profile.{err.args[0]}: required field is missing") from None
-        except TypeError as err:
-            raise SpecError(f"profile: {err}") from None
 
     @staticmethod
     def load(path: str) -> "Profile":
@@ -215,6 +213,49 @@ class Profile:
 
     def save(self, path: str) -> None:
         write_json_atomic(path, self.to_dict())
+
+
+def _items(field: str, value: Any) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(f"profile.{field}: must be a list (got {value!r})")
+    return list(value)
+
+
+def _mapping(field: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise SpecError(f"profile.{field}: must be a mapping (got {value!r})")
+    return value
+
+
+def _count(field: str, value: Any) -> int:
+    """A whole number >= 1; JSON may hold it as 4 or 4.0."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return positive_int(f"profile.{field}", value)
+
+
+def _stage(field: str, value: Any) -> StageProfile:
+    try:
+        return StageProfile(**_mapping(field, value))
+    except TypeError as err:  # an unknown or missing key
+        raise SpecError(f"profile.{field}: {err}".replace("StageProfile.__init__() ", "")) from None
+
+
+def _link(value: Any) -> LinkProfile:
+    value = _mapping("links", value)
+    bandwidth = value["bandwidth"]
+    return LinkProfile(
+        _index("links.src", value["src"]), _index("links.dst", value["dst"]),
+        positive_number("profile.links.latency", value["latency"], allow_zero=True),
+        math.inf if bandwidth is None else positive_number("profile.links.bandwidth", bandwidth),
+        positive_number("profile.links.send_overhead", value.get("send_overhead", 0.0), allow_zero=True),
+    )
+
+
+def _index(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SpecError(f"profile.{field}: must be a device index >= 0 (got {value!r})")
+    return value
 
 
 def load_profile(profile: "Profile | str | dict | None") -> "Profile | None":

@@ -35,6 +35,7 @@ from simulator.timeline import Timeline, bubble_fraction, busy_time, iteration_t
 from .api import simulate
 from .errors import SpecError
 from .fileio import load_mapping, write_json_atomic
+from .lowering import resolve
 from .plan import Plan
 
 REPORT_KIND = "pipeplan.validation"
@@ -79,6 +80,9 @@ class ValidateOptions:
             raise SpecError("--timeout: must be > 0 seconds")
         if not 0 < self.scale <= 1:
             raise SpecError(f"--scale: must be in (0, 1] (got {self.scale})")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise SpecError(f"--threads: must be a positive integer (got {self.threads!r}); leave it out for cores / ranks")
 
     @property
     def wait_timeout(self) -> float:
@@ -258,6 +262,23 @@ def _wait_gone(pids: list[int], limit: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+# After the kill, how long to read what is left of the output: a rank that had not yet recorded its pid
+# (still importing torch, in a session of its own) may hold the pipe open after torchrun is gone.
+PIPE_GRACE_S = 10.0
+
+
+def _drain(proc: subprocess.Popen) -> str:
+    """The rest of a killed torchrun's output, waiting at most ``PIPE_GRACE_S`` on the pipe."""
+    try:
+        output, _ = proc.communicate(timeout=PIPE_GRACE_S)
+        return output or ""
+    except subprocess.TimeoutExpired as err:
+        partial = err.output or ""
+        proc.stdout.close()
+        proc.wait()
+        return partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+
+
 _EXIT_RE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
 
 
@@ -309,6 +330,9 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
     plan = Plan.load(plan_path)
     if plan.pp < 1:
         raise SpecError("plan.pp: must be at least 1")
+    # Model, cluster and schedule as the ranks will load them: a missing spec file or a plan that does
+    # not match its model is a one-line error here, before any process starts.
+    resolve(plan.model, plan.cluster, plan, Path(plan_path).resolve().parent)
     with tempfile.TemporaryDirectory(prefix="pipeplan-validate-") as tmp:
         run_dir = Path(tmp)
         target = out or str(run_dir / "report.json")
@@ -334,10 +358,10 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
                     pass
             time.sleep(1.0)
             _kill_all(proc, run_dir)
-            output, _ = proc.communicate()
+            output = _drain(proc)
         except BaseException:
             _kill_all(proc, run_dir)
-            proc.communicate()
+            _drain(proc)
             raise
         finally:
             pids = list(_rank_pids(run_dir).values())

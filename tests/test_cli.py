@@ -131,3 +131,18 @@ def test_outputs_get_ordinary_permissions(tmp_path):
         os.umask(old)
     assert out.returncode == 0
     assert target.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("field,value", [
+    ("model", 5), ("cluster", ["dgx-h100"]), ("schedule", ["1f1b"]), ("placement", [0, "a"]),
+    ("placement", [0, 0.5]), ("distributed_optimizer", "no"), ("schedule_csv", 5), ("notes", 5),
+])
+def test_plan_field_of_the_wrong_type_is_one_line_exit_2(tmp_path, field, value):
+    plan = {"model": "tiny", "cluster": "dgx-h100", "schedule": "1f1b", "pp": 2, "num_microbatches": 8,
+            "microbatch_size": 4, "layers_per_stage": [5, 5], field: value}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    out = pipeplan("simulate", str(path))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert f"plan.{field}" in out.stderr

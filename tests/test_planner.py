@@ -112,6 +112,10 @@ def test_cli_json_has_the_documented_keys(tmp_path):
     (["--model", "tiny", "--global-batch", "8", "--schedules", "1f2b"], "--schedules"),
     (["--model", "tiny", "--global-batch", "8", "--pp", "64"], "pp"),
     (["--model", "tiny", "--global-batch", "8", "--headroom", "1.5"], "headroom"),
+    (["--model", "tiny", "--global-batch", "8", "--pp", "2", "--time-limit", "nan"], "time_limit"),
+    (["--model", "tiny", "--global-batch", "8", "--pp", "2", "--microbatch-sizes", "3"], "microbatch_sizes"),
+    (["--model", "tiny", "--global-batch", "8", "--pp", "2", "--microbatch-sizes", "0"], "microbatch_sizes"),
+    (["--model", "tiny", "--global-batch", "8", "--dp", "16"], "dp"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, needle):
     run = pipeplan_cli("optimize", *args)
@@ -148,3 +152,14 @@ def test_compact_layer_text():
     from pipeplan.cli.optimize import compact_layers
 
     assert compact_layers((9, 8, 8, 8, 8, 6, 7, 7)) == "9 8x4 6 7 7"
+
+
+def test_parallel_workers_prune_and_rescore_exactly_as_one_process():
+    """Worker processes may solve a candidate ahead of time, but the search keeps only what one process
+    would: with rescore=1, tiny at pp=2 solves the candidate of lowest bound and prunes every other."""
+    kwargs = dict(global_batch=8, pp=2, time_limit=1, rescore=1)
+    one = pipeplan.optimize("tiny", "dgx-h100", **kwargs)
+    four = pipeplan.optimize("tiny", "dgx-h100", parallel=4, **kwargs)
+    fate = lambda r: [(c.candidate, c.status, c.predicted, c.simulated) for c in r.candidates]  # noqa: E731
+    assert fate(one) == fate(four)
+    assert one.plan == four.plan and one.iteration_time == four.iteration_time

@@ -203,3 +203,92 @@ def test_single_layer_timings_price_another_cut():
     # this profile measured no links.
     expected = t_f[0] + 8 * (t_f[1] + t_b[1]) + t_b[0] + 2 * 50e-6
     assert result.iteration_time == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("option,value", [("--threads", "0"), ("--threads", "-3")])
+def test_bad_thread_count_is_refused_before_any_rank_starts(option, value):
+    out = _pipeplan("validate", str(PLANS / "tiny-1f1b-p2.json"), option, value, "--timeout", "20")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "--threads" in out.stderr and "failed" not in out.stderr
+
+
+def test_plan_whose_cluster_file_is_missing_is_refused_before_any_rank_starts(tmp_path):
+    plan = json.loads((PLANS / "tiny-1f1b-p2.json").read_text())
+    plan["cluster"] = "no-such-cluster.json"
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    out = _pipeplan("validate", str(path), "--timeout", "20")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "cluster" in out.stderr and "no-such-cluster.json" in out.stderr and "failed" not in out.stderr
+
+
+@pytest.mark.parametrize("field,value", [
+    ("links", [{"src": 0, "dst": 1, "latency": "abc", "bandwidth": 1e9}]),
+    ("links", [{"src": "a", "dst": 1, "latency": 1e-4, "bandwidth": 1e9}]),
+    ("microbatch_size", "x"),
+    ("microbatch_size", -4),
+    ("layers", [1, 2]),
+    ("stages", 5),
+])
+def test_profile_field_of_the_wrong_type_is_one_line_exit_2(tmp_path, field, value):
+    profile = json.loads((REPO / "validation/records/cpu-gloo-tiny-1f1b-p2.json").read_text())["profile"]
+    profile[field] = value
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    out = _pipeplan("simulate", str(PLANS / "tiny-1f1b-p2.json"), "--profile", str(path))
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert f"profile.{field}" in out.stderr
+
+
+@pytest.mark.parametrize("damage", ["drop run", "measured 5", "drop errors"])
+def test_compare_on_a_damaged_report_is_one_line_exit_2(tmp_path, damage):
+    report = json.loads((REPO / "validation/records/cpu-gloo-tiny-1f1b-p2.json").read_text())
+    if damage == "measured 5":
+        report["measured"] = 5
+    else:
+        report.pop(damage.split()[1])
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    out = _pipeplan("compare", str(path))
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "report" in out.stderr
+
+
+def test_launcher_gives_up_on_a_process_it_cannot_see_that_holds_its_output(tmp_path, monkeypatch):
+    """A rank still starting (no pid note yet, its own session) when the timeout fires keeps the output
+    pipe open after torchrun is killed; the launcher must not wait on that pipe without a limit."""
+    import os
+    import signal
+    import time
+
+    from pipeplan import validation
+
+    orphan = tmp_path / "orphan.pid"
+    fake = ["bash", "-c", f"setsid sleep 30 & echo $! > {orphan}; exec sleep 60"]
+    monkeypatch.setattr(validation, "validator_command", lambda *args: fake)
+    monkeypatch.setattr(validation, "PIPE_GRACE_S", 2.0, raising=False)
+    started = time.monotonic()
+    try:
+        with pytest.raises(validation.ValidationFailed, match="timed out"):
+            validation.run_validation(str(PLANS / "tiny-1f1b-p2.json"), validation.ValidateOptions(timeout=1.0))
+        assert time.monotonic() - started < 10
+    finally:
+        if orphan.exists():
+            try:
+                os.kill(int(orphan.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+def test_a_rank_arms_its_parent_death_signal_before_importing_torch():
+    """Importing torch takes seconds; a rank must ask to die with torchrun (and note its pid) first, or a
+    launcher that kills torchrun in that window leaves the rank behind."""
+    code = "import sys, validator.__main__; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -20,7 +20,8 @@ import time
 import traceback
 from pathlib import Path
 
-from .runtime import PeerFailure
+# Nothing here imports torch at module level: a rank arms PR_SET_PDEATHSIG and records its pid before
+# the seconds torch takes to import, so a launcher that kills torchrun meanwhile leaves nothing behind.
 
 
 _PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "timed out")
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as err:  # every failure becomes one line and a non-zero exit
         if isinstance(err, SystemExit) and not err.code:
             raise
+        runtime = sys.modules.get(f"{__package__}.runtime")  # not imported if torch itself failed to import
+        PeerFailure = runtime.PeerFailure if runtime is not None else ()
         peer = err.peer if isinstance(err, PeerFailure) else None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         # A backend error about a lost connection is the other side's failure, wherever it surfaced.

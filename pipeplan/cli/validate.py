@@ -140,18 +140,23 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from ..errors import SpecError
     from ..validation import load_report
 
     report = load_report(args.report)
     if args.gantt:
         from ..charts.render import figure_format
-        from ..errors import SpecError
 
         figure_format(args.gantt)
         if "timeline" not in report["predicted"]:
             raise SpecError("--gantt: this report keeps no predicted timeline (a validation/records file); "
                             "run pipeplan validate --gantt to draw one")
-    print(format_report(report))
+    try:
+        text = format_report(report)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise SpecError(f"report: {args.report!r} is damaged ({type(err).__name__}: {err}); "
+                        "re-create it with `pipeplan validate --out`") from None
+    print(text)
     if args.gantt:
         _gantt(report, args.gantt)
         print(f"wrote {args.gantt}")

@@ -69,8 +69,11 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         positive_int("seq_len", seq_len)
     if not 0 <= headroom < 1:
         raise SpecError(f"headroom: must be in [0, 1) (got {headroom}); 0.05 keeps 5 % of each GPU free")
-    if time_limit <= 0:
+    if not time_limit > 0:  # NaN too: it would make every solve give up at once
         raise SpecError(f"time_limit: must be > 0 seconds (got {time_limit})")
+    if pp is None and dp > cl.num_gpus:
+        raise SpecError(f"dp: {dp} replicas need at least {dp} GPUs but {cl.name} has {cl.num_gpus} with "
+                        f"{cl.nodes} node(s); raise --nodes or lower --dp")
     pp = pp if pp is not None else cl.num_gpus // dp
     positive_int("pp", pp)
     if pp * dp > cl.num_gpus:
@@ -82,6 +85,12 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     if pp > L:
         raise SpecError(f"pp: {pp} pipeline devices need at least {pp} layers; {spec.name} has {L}; lower --pp")
     batch = global_batch // dp
+    if microbatch_sizes is not None:
+        for b in microbatch_sizes:
+            positive_int("microbatch_sizes", b)
+        if not any(batch % b == 0 for b in microbatch_sizes):
+            raise SpecError(f"microbatch_sizes: none of {list(microbatch_sizes)} divides the per-replica batch of "
+                            f"{batch} (global batch / dp); choose sizes that divide it")
     prof = load_profile(profile)
     if prof is not None:
         seq_len, microbatch_sizes = _profile_shapes(prof, spec, seq_len, microbatch_sizes)
@@ -120,15 +129,20 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     parallel = max(1, min(parallel or 1, MAX_PARALLEL))
     pool = ProcessPoolExecutor(parallel) if parallel > 1 else None
     try:
-        # Batches of ``parallel`` candidates in bound order; pruning looks only at earlier batches and each
-        # solve is deterministic, so the answer does not depend on how many processes ran it.
+        def pruned(bound: int) -> bool:
+            best_found = sorted(t for t, _, _ in solved)
+            return len(best_found) >= rescore and bound >= best_found[rescore - 1]
+
+        # Batches of ``parallel`` candidates in bound order. Workers solve a batch ahead of time, then the
+        # results are taken in order and one that a single process would have pruned (by a result earlier
+        # in the same batch) is dropped; each solve is deterministic, so the search and the answer do not
+        # depend on how many processes ran it.
         for first in range(0, len(problems), parallel):
             if progress:
                 progress(first, total, problems[first][2].label)
-            best_found = sorted(t for t, _, _ in solved)
             jobs = []
             for bound, _, candidate, problem in problems[first:first + parallel]:
-                if len(best_found) >= rescore and bound >= best_found[rescore - 1]:
+                if pruned(bound):
                     records[candidate] = CandidateRecord(candidate, bound)
                     continue
                 hint = megatron_uniform(spec, problem.num_stages)
@@ -137,6 +151,11 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
                 args = (problem, time_limit, 1, hint, hint_recompute)
                 jobs.append((bound, candidate, problem, pool.submit(solve, *args) if pool else solve(*args)))
             for bound, candidate, problem, job in jobs:
+                if pruned(bound):
+                    if pool:
+                        job.cancel()
+                    records[candidate] = CandidateRecord(candidate, bound)
+                    continue
                 solution = job.result() if pool else job
                 predicted = problem.seconds(solution.objective) if solution.found else None
                 records[candidate] = CandidateRecord(candidate, bound, solution.status, predicted, solution.gap,
@@ -145,7 +164,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
                     solved.append((predicted, candidate, solution))
     finally:
         if pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)  # on an error or Ctrl-C, queued solves do not run
     if progress:
         progress(total - 1, total, "simulating the best proposals")
 

@@ -16,7 +16,8 @@ fill = (p−1)/p · Σ_k φ_k with one stage per device (Σ_k t_k + (m−1)·max
 per-stage time the schedule cannot hide, chosen so that uniform stages give the closed forms
 (shared REFERENCE): GPipe/1F1B/interleaved φ = F + B (bubble (p−1)(F+B)/v), ZB-H1 φ = F + I − W
 (bubble (p−1)(F+I−W)), ZB-H2 and ZB-V φ = F (only the fill). Recomputation adds F to I. ``comm``
-is the warm-up's forward and backward boundary transfers, 2·Σ hops / v.
+is the warm-up's forward and backward boundary transfers, Σ (forward + backward hop) / v on the links the simulator uses
+(the profile's where it measured them).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass, replace
 
 from simulator.ir import Schedule
 from simulator.memory import live_count_profiles
+from simulator.workload import Network
 
 from ..cluster import ClusterSpec
 from ..lowering import bytes_per_param, measured_stage_cost, stage_cost
@@ -165,10 +167,11 @@ def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, se
                     send_backward_bytes=profile.boundary_bytes) for c, m in zip(costs, measured)]
 
 
-def hop_seconds(cluster: ClusterSpec, gpus: list[int], src: int, dst: int, nbytes: float) -> float:
+def hop_seconds(network: Network, src: int, dst: int, nbytes: float) -> float:
+    """One boundary transfer alone on the link from pipeline device ``src`` to ``dst``."""
     if src == dst:
         return 0.0
-    link = cluster.link_between(gpus[src], gpus[dst])
+    link = network.link(src, dst)
     return link.latency + nbytes / link.bandwidth
 
 
@@ -194,7 +197,13 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
     params = [model.layer_cost(i, 1, seq_len).params for i in range(model.num_pipeline_layers)]
     boundary = plain[0].send_forward_bytes  # every layer but the head sends b·s·h bf16 values
     stage_to_device = schedule.stage_to_device
-    hops = sum(hop_seconds(cluster, gpus, stage_to_device[k], stage_to_device[k + 1], boundary)
+    # The links the simulator will use: the cluster's, or the profile's where it measured them (they
+    # may differ by direction, so the backward hop is priced on its own link).
+    network = cluster.network(gpus)
+    if profile is not None:
+        network = profile.network(network)
+    hops = sum(hop_seconds(network, stage_to_device[k], stage_to_device[k + 1], boundary)
+               + hop_seconds(network, stage_to_device[k + 1], stage_to_device[k], boundary)
                for k in range(len(stage_to_device) - 1))
     return PartitionProblem(
         pp=schedule.num_devices,
@@ -215,7 +224,7 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         profiles=tuple(live_count_profiles(schedule)),
         capacity=int(math.floor(capacity_bytes / memory_unit)),
         fill_weights=FILL_WEIGHTS[candidate.schedule],
-        comm=t(2 * hops / candidate.chunks),
+        comm=t(hops / candidate.chunks),
         allow_recompute=allow_recompute,
         time_unit=time_unit,
         memory_unit=memory_unit,
