@@ -25,9 +25,7 @@ def load_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
         raise SpecError(f"{what}: cannot read {str(p)!r}: {err.strerror}") from None
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _yaml_load(text)
         else:
             data = json.loads(text)
     except Exception as err:  # the parser's own message says where
@@ -36,6 +34,21 @@ def load_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"{what}: {str(p)!r} must hold a mapping (JSON object), not {type(data).__name__}")
     return data
+
+
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load``, but 989e12 and 1.0e9 are numbers as in JSON and YAML 1.2 (PyYAML follows
+    YAML 1.1, where an exponent needs a dot and a sign, so they would be text)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:

@@ -55,6 +55,11 @@ class ModelSpec:
     learned_positions: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise SpecError(f"model.name: must be text (got {self.name!r})")
+        for f in ("gated_mlp", "dropout", "learned_positions"):
+            if not isinstance(getattr(self, f), bool):  # "false" would be truthy
+                raise SpecError(f"model.{f}: must be true or false (got {getattr(self, f)!r})")
         for f in ("num_layers", "hidden", "heads", "ffn_hidden", "vocab", "seq_len"):
             positive_int(f"model.{f}", getattr(self, f))
         if self.kv_heads is not None:

@@ -146,3 +146,20 @@ def test_plan_field_of_the_wrong_type_is_one_line_exit_2(tmp_path, field, value)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert f"plan.{field}" in out.stderr
+
+
+def test_yaml_specs_read_exponent_numbers_as_numbers(tmp_path):
+    """PyYAML follows YAML 1.1, where 989e12 and 1.0e9 are text (an exponent needs a dot and a sign);
+    spec files are written the way the JSON presets are, so they must read as floats."""
+    from pipeplan.cluster import load_cluster
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: c\ngpu: {name: g, peak_flops: 989e12, memory_bytes: 80.0e9, op_overhead_s: 2E-5}\n"
+                    "gpus_per_node: 8\nintra: {bandwidth: 450e9, latency: 3e-6}\n"
+                    "inter: {bandwidth: 5.0e+10, latency: .5e-5}\nnics_per_node: 8\n")
+    cluster = load_cluster(str(path))
+    assert (cluster.gpu.peak_flops, cluster.gpu.memory_bytes, cluster.gpu.op_overhead_s) == (989e12, 80e9, 2e-5)
+    assert (cluster.intra.bandwidth, cluster.intra.latency, cluster.inter.bandwidth, cluster.inter.latency) == (
+        450e9, 3e-6, 5e10, 5e-6)
+    out = pipeplan("simulate", "--model", "tiny", "--cluster", str(path), "--json")
+    assert out.returncode == 0, out.stderr

@@ -163,3 +163,17 @@ def test_parallel_workers_prune_and_rescore_exactly_as_one_process():
     fate = lambda r: [(c.candidate, c.status, c.predicted, c.simulated) for c in r.candidates]  # noqa: E731
     assert fate(one) == fate(four)
     assert one.plan == four.plan and one.iteration_time == four.iteration_time
+
+
+def test_a_plan_written_with_a_spec_file_runs_from_any_folder(tmp_path):
+    """--cluster validation/cpu.json is relative to where optimize ran; the plan file must still find it
+    when simulated from elsewhere (plans look their relative spec paths up beside themselves)."""
+    out = tmp_path / "plans" / "plan.json"
+    out.parent.mkdir()
+    run = pipeplan_cli("optimize", "--model", "tiny", "--cluster", "validation/cpu.json", "--pp", "2",
+                       "--global-batch", "8", "--schedules", "1f1b", "--time-limit", "1", "--out", str(out), "--json")
+    assert run.returncode == 0, run.stderr
+    expected = json.loads(run.stdout)["iteration_time"]
+    sim = pipeplan_cli("simulate", str(out), "--json", cwd=tmp_path)
+    assert sim.returncode == 0, sim.stderr
+    assert json.loads(sim.stdout)["iteration_time"] == pytest.approx(expected, rel=1e-12)

@@ -102,3 +102,15 @@ def test_simulated_preset_plan_fits_and_reports_throughput():
     # Tokens per second is the batch's tokens over the iteration time.
     assert result.tokens_per_second == pytest.approx(16 * 8192 / result.iteration_time)
     assert 0.0 < result.mfu < 0.6
+
+
+@pytest.mark.parametrize("field,value", [("gated_mlp", "false"), ("dropout", "no"), ("learned_positions", 1),
+                                         ("name", [1])])
+def test_model_field_of_the_wrong_type_is_refused(field, value):
+    from pipeplan.errors import SpecError
+    from pipeplan.model import ModelSpec
+
+    data = {"name": "m", "num_layers": 4, "hidden": 64, "heads": 4, "ffn_hidden": 256, "vocab": 512, "seq_len": 64,
+            field: value}
+    with pytest.raises(SpecError, match=f"model.{field}"):
+        ModelSpec.from_dict(data)

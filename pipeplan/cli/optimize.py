@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         from ..fileio import write_atomic
 
-        write_atomic(args.out, result.plan.to_json())
+        write_atomic(args.out, _portable(result.plan, args.out).to_json())
         written.append(args.out)
     if args.gantt:
         from ..charts.gantt import gantt
@@ -84,6 +84,17 @@ def run(args: argparse.Namespace) -> int:
         for path in written:
             print(f"wrote {path}")
     return 0
+
+
+def _portable(plan, out: str):
+    """``plan`` with its spec files named relative to the plan file's folder, where plans look them up."""
+    import os
+    from pathlib import Path
+
+    folder = Path(out).resolve().parent
+    changes = {k: os.path.relpath(v, folder) for k, v in (("model", plan.model), ("cluster", plan.cluster))
+               if isinstance(v, str) and os.path.isabs(v)}
+    return plan.with_(**changes)
 
 
 def _with_progress(optimize, kwargs):

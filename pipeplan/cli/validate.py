@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--iterations", type=int, default=10, help="timed iterations (default 10)")
     v.add_argument("--warmup", type=int, default=3, help="untimed iterations before them (default 3)")
     v.add_argument("--timeout", type=float, default=300.0,
-                   help="seconds for the whole run; any single wait gives up after a third of it (default 300)")
+                   help="seconds for the whole run; any single wait gives up after a third of it, 2 to 60 s (default 300)")
     v.add_argument("--scale", type=float, default=1.0,
                    help="multiply hidden size, FFN, vocabulary, sequence and micro-batch by this (0, 1], "
                    "keeping layers, cuts and schedule, so a big preset fits a small machine (default 1)")

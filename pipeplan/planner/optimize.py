@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 from ..api import simulate
@@ -34,9 +35,12 @@ POLISHED = 2  # proposals the simulator polishes; the runner-up schedule often o
 
 
 def _spec_ref(given, spec):
-    """What the plan file should name: the user's string (preset or path), a preset's name, or the spec inline."""
+    """What the plan file should name: the user's preset name or spec file (made absolute), a preset's name, or the spec inline."""
     if isinstance(given, str):
-        return given
+        # A spec file is named by its absolute path: a relative one would be looked up beside the plan
+        # file (then in the folder the plan is used from), not where optimize ran.
+        presets = MODEL_PRESETS if isinstance(spec, ModelSpec) else CLUSTER_PRESETS
+        return given if given in presets else str(Path(given).resolve())
     if isinstance(spec, ModelSpec):
         return spec.name if MODEL_PRESETS.get(spec.name) == spec else spec.to_dict()
     preset = CLUSTER_PRESETS.get(spec.name)
