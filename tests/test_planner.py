@@ -177,3 +177,19 @@ def test_a_plan_written_with_a_spec_file_runs_from_any_folder(tmp_path):
     sim = pipeplan_cli("simulate", str(out), "--json", cwd=tmp_path)
     assert sim.returncode == 0, sim.stderr
     assert json.loads(sim.stdout)["iteration_time"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_baselines_obey_the_same_headroom_as_the_chosen_plan(tmp_path):
+    # A cluster whose memory the uniform split (no recompute) fits with 2 % to spare, under a 10 % headroom:
+    # the uniform baseline must fall back to recomputation rather than break the rule the chosen plan keeps.
+    cluster = json.loads((Path(__file__).resolve().parents[1] / "validation" / "cpu.json").read_text())
+    plain = Plan(model="tiny", cluster=cluster, schedule="1f1b", pp=2, num_microbatches=8, microbatch_size=1,
+                 layers_per_stage=megatron_uniform(pipeplan.load_model("tiny"), 2))
+    peak = max(pipeplan.simulate(plan=plain).peak_memory)
+    cluster["gpu"]["memory_bytes"] = peak / 0.98
+    result = pipeplan.optimize("tiny", cluster, global_batch=8, pp=2, schedules=["1f1b"], microbatch_sizes=[1],
+                               headroom=0.10, time_limit=1.0)
+    uniform = result.baseline(UNIFORM)
+    assert uniform.plan.recompute == ("full", "full")
+    for scored in (result.chosen, *result.baselines):
+        assert max(scored.result.peak_memory) <= 0.90 * cluster["gpu"]["memory_bytes"]

@@ -201,7 +201,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         if best is None or polished.iteration_time < best[0].iteration_time:
             best = (polished, candidate, solution, predicted, proposal)
     scored, candidate, solution, predicted, proposal = best
-    baselines = _baselines(spec, candidate, pp, s, make_plan, judge)
+    baselines = _baselines(spec, candidate, pp, s, make_plan, judge, headroom)
     chosen, source = scored, "cp-sat"
     for b in baselines:  # a baseline wins only within the same memory limit, headroom included
         if fits_within(b, headroom) and b.iteration_time < chosen.iteration_time:
@@ -236,14 +236,16 @@ def _with_simulated(record: CandidateRecord, simulated: float) -> CandidateRecor
     return replace(record, simulated=simulated)
 
 
-def _baselines(spec: ModelSpec, candidate: Candidate, pp: int, seq_len: int, make_plan, judge) -> list[Scored]:
+def _baselines(spec: ModelSpec, candidate: Candidate, pp: int, seq_len: int, make_plan, judge,
+               headroom: float) -> list[Scored]:
     """Uniform and parameter-balanced splits (recomputing everywhere when they do not fit otherwise),
-    and for small models the best of every split by simulation."""
+    and for small models the best of every split by simulation. "Fit" is the chosen plan's rule,
+    headroom included, so a speed-up is never measured against a baseline that breaks it."""
     S = candidate.chunks * pp
     out = []
     for name, layers in ((UNIFORM, megatron_uniform(spec, S)), (PARAMETERS, deepspeed_parameters(spec, S, seq_len))):
         scored = judge(name, make_plan(candidate, layers, (False,) * S))
-        if not scored.result.fits:
+        if not fits_within(scored, headroom):
             scored = judge(name, make_plan(candidate, layers, (True,) * S))
         out.append(scored)
     splits = all_splits(spec.num_pipeline_layers, S)
@@ -252,7 +254,7 @@ def _baselines(spec: ModelSpec, candidate: Candidate, pp: int, seq_len: int, mak
         for recompute in ((False,) * S, (True,) * S):
             for layers in splits:
                 scored = judge(BRUTE_FORCE, make_plan(candidate, layers, recompute))
-                if scored.result.fits and (best is None or scored.iteration_time < best.iteration_time):
+                if fits_within(scored, headroom) and (best is None or scored.iteration_time < best.iteration_time):
                     best = scored
             if best is not None:
                 break
