@@ -203,3 +203,12 @@ def test_single_layer_timings_price_another_cut():
     # this profile measured no links.
     expected = t_f[0] + 8 * (t_f[1] + t_b[1]) + t_b[0] + 2 * 50e-6
     assert result.iteration_time == pytest.approx(expected, rel=1e-9)
+
+
+def test_each_local_rank_gets_its_own_cores():
+    pytest.importorskip("torch")
+    from validator.run import own_cores
+
+    assert own_cores([3, 1, 0, 2], 0, 2) == [0, 1] and own_cores([3, 1, 0, 2], 1, 2) == [2, 3]
+    assert own_cores([0, 1, 2], 1, 2) == [1]  # a core left over stays unused by the ranks
+    assert own_cores([0, 1], 1, 3) is None  # fewer cores than ranks: no pinning
