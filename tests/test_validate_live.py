@@ -51,7 +51,7 @@ def _idle(report):
     return report["run"]["iterations_tried"] == report["run"]["iterations"]
 
 
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "zb-h1"])
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-v"])
 def test_calibrated_prediction_matches_a_real_run(schedule, cli_run):
     reports = []
     if schedule == "zb-h1":
