@@ -292,3 +292,12 @@ def test_a_rank_arms_its_parent_death_signal_before_importing_torch():
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_each_local_rank_gets_its_own_cores():
+    pytest.importorskip("torch")
+    from validator.run import own_cores
+
+    assert own_cores([3, 1, 0, 2], 0, 2) == [0, 1] and own_cores([3, 1, 0, 2], 1, 2) == [2, 3]
+    assert own_cores([0, 1, 2], 1, 2) == [1]  # a core left over stays unused by the ranks
+    assert own_cores([0, 1], 1, 3) is None  # fewer cores than ranks: no pinning

@@ -9,8 +9,11 @@
   ``_one_way_times``), at one element (latency) and at the real boundary-tensor size; bandwidth is
   the size difference over the time difference.
 
-Calibration runs in rounds, one before every iteration of the real run, and the cost is the median
-over all rounds after warm-up. On a shared machine the load changes over seconds; interleaving makes
+Calibration runs in rounds, one before every iteration of the real run. An op's cost is the mean
+over all rounds after warm-up: an iteration is a sum of many ops, so its typical time is the sum of
+their means, and op times are skewed to the right (the median missed 1.5-4.5 % of iteration time on
+the CPU VM). A link's cost stays the median of its few samples, whose mean one late delivery would
+swing. On a shared machine the load changes over seconds; interleaving makes
 calibration and run sample the same conditions, instead of calibrating in a quiet (or busy) moment
 and running in another.
 """
@@ -134,8 +137,9 @@ def replay_round(executor, runners: dict[int, StageRunner], clock) -> dict[int, 
 
 def stage_timings(samples: list[dict[int, dict[str, list[float]]]],
                   fallback: dict[int, dict[str, list[float]]] | None = None) -> dict[int, StageTiming]:
-    """Medians over all rounds' samples; a kind the rounds never ran (I and W under 1F1B, B under
-    Zero Bubble) takes its median from ``fallback``, so a profile always prices all four."""
+    """Means over all rounds' samples (see the module docstring); a kind the rounds never ran (I and W
+    under 1F1B, B under Zero Bubble) takes its mean from ``fallback``, so a profile always prices all
+    four."""
     merged: dict[int, dict[str, list[float]]] = {}
     for round_samples in samples:
         for stage, kinds in round_samples.items():
@@ -145,7 +149,7 @@ def stage_timings(samples: list[dict[int, dict[str, list[float]]]],
         for kind, values in kinds.items():
             if not merged.setdefault(stage, {}).get(kind):
                 merged[stage][kind] = list(values)
-    return {s: StageTiming(*(statistics.median(merged[s][k]) for k in "FBIW")) for s in merged}
+    return {s: StageTiming(*(statistics.fmean(merged[s][k]) for k in "FBIW")) for s in merged}
 
 
 def _burst(seconds: float) -> None:
