@@ -334,7 +334,7 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
     flows = _Flows(port_capacity)
     rates, remaining, updated, by_port = flows.rate, flows.remaining, flows.updated, flows.by_port
     capacity_of = port_capacity.get
-    flow_version: dict[int, int] = {}
+    flow_version: dict[int, int] = {}  # per active flow, the seq of its one live heap entry
     flow_consumer: dict[int, tuple[int, float]] = {}
     heappush, heappop = heapq.heappush, heapq.heappop
     isinf, inf, nan = math.isinf, math.inf, math.nan
@@ -356,16 +356,16 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
     def reschedule(fids: list[int], now: float) -> None:
         nonlocal seq
         for f in flows.rebalance(fids, now):
-            version = flow_version[f] = flow_version[f] + 1
             rate = rates[f]
             finish = now + (remaining[f] / rate if rate > 0 else inf)
             seq += 1
-            heappush(heap, (finish, seq, 1, f * 4096 + version % 4096))
+            flow_version[f] = seq
+            heappush(heap, (finish, seq, 1, f))
 
     for d in range(p):
         try_start(d)
     while heap:
-        t, _, kind, ident = heappop(heap)
+        t, pushed, kind, ident = heappop(heap)
         if kind == 0:
             end[ident] = t
             d = op_device[ident]
@@ -394,9 +394,9 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
                             for port in ports:
                                 rate = min(rate, capacity_of(port, inf))
                             rates[fid] = rate
-                            flow_version[fid] = 1
                             seq += 1
-                            heappush(heap, (t + (r / rate if rate > 0 else inf), seq, 1, fid * 4096 + 1))
+                            flow_version[fid] = seq
+                            heappush(heap, (t + (r / rate if rate > 0 else inf), seq, 1, fid))
                         continue
                     transfers.append([src, dst, ident, consumer, t, t + latency, nbytes])
                     arrive = t + latency
@@ -411,10 +411,9 @@ def _event_loop(c: _Compiled, p: int, port_capacity: dict[str, float]) -> tuple[
                     try_start(op_device[consumer])
             try_start(d)
         else:
-            fid, version = divmod(ident, 4096)
-            current = flow_version.get(fid)
-            if current is None or current % 4096 != version:
-                continue  # a stale finish time: the flow's rate changed since
+            fid = ident
+            if flow_version.get(fid) != pushed:
+                continue  # a stale finish time: the flow's rate changed since (only the latest push counts)
             consumer, latency = flow_consumer.pop(fid)
             del flow_version[fid]
             arrive = transfers[fid][5] = t + latency
