@@ -710,6 +710,23 @@ def _flat_compiled(f: _Flat) -> _Compiled:
                      producer.tolist(), length.tolist(), port.tolist())
 
 
+def _simulated_meta(schedule) -> dict:
+    """What a simulated timeline says about itself (both engine paths)."""
+    return {
+        "schedule": schedule.name,
+        "devices": schedule.num_devices,
+        "microbatches": schedule.num_microbatches,
+        "chunks": schedule.chunks,
+        "source": "simulated",
+    }
+
+
+def _static_and_capacity(workload: Workload) -> tuple[list[float], list[float]]:
+    """Per device static bytes and capacity; a workload that gives none has 0 and unbounded."""
+    p = workload.schedule.num_devices
+    return list(workload.static_bytes) or [0.0] * p, list(workload.capacity_bytes) or [math.inf] * p
+
+
 @contextmanager
 def _no_gc():
     """Pause the cyclic garbage collector.
@@ -775,20 +792,8 @@ def _simulate(workload: Workload, check: bool = True, force_event_loop: bool = F
         transfer_records = _flat_transfer_records(flat, end_arr)
     device_list = flat.device.tolist()
     ops = list(map(tuple.__new__, repeat(OpRecord), zip(device_list, actions, start, end)))
-    timeline = Timeline(
-        p,
-        ops,
-        transfer_records,
-        {
-            "schedule": schedule.name,
-            "devices": p,
-            "microbatches": schedule.num_microbatches,
-            "chunks": schedule.chunks,
-            "source": "simulated",
-        },
-    )
-    static = list(workload.static_bytes) or [0.0] * p
-    capacity = list(workload.capacity_bytes) or [math.inf] * p
+    timeline = Timeline(p, ops, transfer_records, _simulated_meta(schedule))
+    static, capacity = _static_and_capacity(workload)
     curves, live = memory_curves_columns(flat.device, flat.stage, flat.kind, start_arr, end_arr, flat.bounds,
                                          workload.stages, static)
     peaks = peak_memory(curves)
@@ -832,20 +837,8 @@ def _simulate_general(workload: Workload, force_event_loop: bool = False) -> Sim
     else:
         transfer_records = _transfer_records_uncontended(compiled, end)
     ops = [OpRecord(op_device[i], actions[i], start[i], end[i]) for i in range(len(actions))]
-    timeline = Timeline(
-        p,
-        ops,
-        transfer_records,
-        {
-            "schedule": schedule.name,
-            "devices": p,
-            "microbatches": schedule.num_microbatches,
-            "chunks": schedule.chunks,
-            "source": "simulated",
-        },
-    )
-    static = list(workload.static_bytes) or [0.0] * p
-    capacity = list(workload.capacity_bytes) or [math.inf] * p
+    timeline = Timeline(p, ops, transfer_records, _simulated_meta(schedule))
+    static, capacity = _static_and_capacity(workload)
     curves = memory_curves(timeline, workload.stages, static)
     peaks = peak_memory(curves)
     # The same definitions as timeline.busy_time / iteration_time, read off the flat arrays once.
