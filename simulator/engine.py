@@ -710,6 +710,24 @@ def _flat_compiled(f: _Flat) -> _Compiled:
                      producer.tolist(), length.tolist(), port.tolist())
 
 
+def _result(timeline: Timeline, busy: list[float], total: float, curves, peaks: list[float],
+            capacity: list[float], live: list[int]) -> SimResult:
+    """The figures both engine paths derive the same way from busy time, span and memory."""
+    p = timeline.num_devices
+    return SimResult(
+        timeline=timeline,
+        iteration_time=total,
+        bubble_fraction=1.0 - sum(busy) / (p * total) if total > 0 else 0.0,
+        device_bubble_fraction=[1.0 - b / total if total > 0 else 0.0 for b in busy],
+        busy_time=busy,
+        memory=curves,
+        peak_memory=peaks,
+        capacity=capacity,
+        out_of_memory=[peak > cap for peak, cap in zip(peaks, capacity)],
+        peak_activations=live,
+    )
+
+
 def _simulated_meta(schedule) -> dict:
     """What a simulated timeline says about itself (both engine paths)."""
     return {
@@ -804,18 +822,7 @@ def _simulate(workload: Workload, check: bool = True, force_event_loop: bool = F
     busy = [float(np.cumsum(spans[bounds[d]:bounds[d + 1]])[-1]) if bounds[d + 1] > bounds[d] else 0.0
             for d in range(p)]
     total = float(end_arr.max() - start_arr.min())
-    return SimResult(
-        timeline=timeline,
-        iteration_time=total,
-        bubble_fraction=1.0 - sum(busy) / (p * total) if total > 0 else 0.0,
-        device_bubble_fraction=[1.0 - b / total if total > 0 else 0.0 for b in busy],
-        busy_time=busy,
-        memory=curves,
-        peak_memory=peaks,
-        capacity=capacity,
-        out_of_memory=[peak > cap for peak, cap in zip(peaks, capacity)],
-        peak_activations=live,
-    )
+    return _result(timeline, busy, total, curves, peaks, capacity, live)
 
 
 def _simulate_general(workload: Workload, force_event_loop: bool = False) -> SimResult:
@@ -846,15 +853,4 @@ def _simulate_general(workload: Workload, force_event_loop: bool = False) -> Sim
     for i, d in enumerate(op_device):
         busy[d] += end[i] - start[i]
     total = (max(end) - min(start)) if end else 0.0
-    return SimResult(
-        timeline=timeline,
-        iteration_time=total,
-        bubble_fraction=1.0 - sum(busy) / (p * total) if total > 0 else 0.0,
-        device_bubble_fraction=[1.0 - b / total if total > 0 else 0.0 for b in busy],
-        busy_time=busy,
-        memory=curves,
-        peak_memory=peaks,
-        capacity=capacity,
-        out_of_memory=[peak > cap for peak, cap in zip(peaks, capacity)],
-        peak_activations=peak_live_microbatches(timeline),
-    )
+    return _result(timeline, busy, total, curves, peaks, capacity, peak_live_microbatches(timeline))
