@@ -47,6 +47,13 @@ class Link:
     bandwidth: float = math.inf
     ports: tuple[str, ...] = ()
 
+    def rate(self, port_capacity: dict[str, float]) -> float:
+        """Bytes per second of a transfer alone on this link: its own cap and every port's capacity."""
+        rate = self.bandwidth
+        for port in self.ports:
+            rate = min(rate, port_capacity.get(port, math.inf))
+        return rate
+
 
 @dataclass(frozen=True)
 class Network:
@@ -57,6 +64,20 @@ class Network:
 
     def link(self, src: int, dst: int) -> Link:
         return self.links[src][dst]
+
+    def transfer_seconds(self, src: int, dst: int, nbytes: float) -> float:
+        """A transfer of ``nbytes`` alone on the link ``src -> dst``: latency + nbytes / rate.
+
+        The one definition of an uncontended transfer's time (engine, lowering and planner use it).
+        No bytes, or an unbounded rate, costs the latency alone; a device sending to itself costs 0.
+        """
+        if src == dst:
+            return 0.0
+        link = self.links[src][dst]
+        rate = link.rate(self.port_capacity)
+        if nbytes <= 0 or math.isinf(rate):
+            return link.latency
+        return link.latency + nbytes / rate
 
 
 @dataclass(frozen=True)
