@@ -8,27 +8,37 @@ from __future__ import annotations
 from collections import Counter
 
 from .deps import schedule_dependencies
-from .ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Action, Schedule, ScheduleError
+from .ir import Action, Schedule, ScheduleError
+from .kinds import BACKWARD_INPUT, BACKWARD_WEIGHT, COMM, FORWARD, FULL_BACKWARD, KINDS, RESHARD, UNSHARD
 
 
 def check_complete(schedule: Schedule) -> None:
-    """Every (stage, micro-batch) has one F and either one B or one I and one W, on its own device.
+    """Every (stage, micro-batch) has one F and either one B or one I and one W, on its own device;
+    a stage has each communication kind at most once, and RESHARD only after an UNSHARD.
 
     Set algebra first (fast on schedules of 10^5 ops); the per-pair search that names the culprit
     runs only when the sets say something is wrong.
     """
     num_stages, num_mb = schedule.num_stages, schedule.num_microbatches
     owner_of = schedule.stage_to_device
-    pairs: dict[str, set[tuple[int, int]]] = {k: set() for k in (FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT)}
+    pairs: dict[str, set[tuple[int, int]]] = {k: set() for k in KINDS}
     total = 0
-    for device, actions in enumerate(schedule.device_actions):
+    for device in range(schedule.num_devices):
+        actions = schedule.simulated_actions(device)
         for action in actions:
             stage, kind, mb = action
+            if kind not in KINDS:
+                raise ScheduleError(f"device {device}: action {action} has unknown kind {kind!r}; "
+                                    f"kinds are {', '.join(KINDS)}")
             if not 0 <= stage < num_stages:
                 raise ScheduleError(
                     f"device {device}: action {action} names stage {stage}, but stages are 0..{num_stages - 1}"
                 )
-            if not 0 <= mb < num_mb:
+            if KINDS[kind].stream == COMM:
+                if (stage, mb) in pairs[kind]:
+                    raise ScheduleError(f"device {device}: action {action} appears twice; a stage gathers, "
+                                        "reshards and reduces its parameters at most once per iteration")
+            elif not (isinstance(mb, int) and 0 <= mb < num_mb):
                 raise ScheduleError(
                     f"device {device}: action {action} names micro-batch {mb}, but micro-batches are 0..{num_mb - 1}"
                 )
@@ -38,8 +48,14 @@ def check_complete(schedule: Schedule) -> None:
                 )
             pairs[kind].add((stage, mb))
         total += len(actions)
+    orphans = sorted(pairs[RESHARD] - pairs[UNSHARD])
+    if orphans:
+        stage = orphans[0][0]
+        raise ScheduleError(f"device {owner_of[stage]}: action {Action(stage, RESHARD, None)} frees parameters "
+                            f"that no {Action(stage, UNSHARD, None)} gathered")
     f, b, i, w = (pairs[k] for k in (FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT))
     expected = num_stages * num_mb
+    total -= sum(len(pairs[k]) for k in KINDS if KINDS[k].stream == COMM)
     if len(f) + len(b) + len(i) + len(w) == total and len(f) == expected and len(b) + len(i) == expected \
             and not (b & i) and i == w:
         return
@@ -47,7 +63,7 @@ def check_complete(schedule: Schedule) -> None:
 
 
 def _name_incompleteness(schedule: Schedule) -> None:
-    counts: Counter[Action] = Counter(a for acts in schedule.device_actions for a in acts)
+    counts: Counter[Action] = Counter(a for d in range(schedule.num_devices) for a in schedule.simulated_actions(d))
     duplicated = [a for a, n in counts.items() if n > 1]
     if duplicated:
         a = duplicated[0]
@@ -80,13 +96,19 @@ def _name_incompleteness(schedule: Schedule) -> None:
 def check_order_and_deadlock(schedule: Schedule) -> None:
     """Run the action lists with unit-free dependency tracking; raise on a wait cycle.
 
-    A device blocks on its next action until every dependency has run. If all devices block,
-    the schedule deadlocks; an op that waits for a later op on its own device is reported as
-    an ordering error, since that device can never reach it.
+    Each device runs two streams (compute and communication, ``kinds``), each its own actions
+    in list order. A stream blocks on its next action until every dependency has run. If all
+    streams block, the schedule deadlocks; an op that waits for a later op of its own stream is
+    reported as an ordering error, since that stream can never reach it.
     """
     deps = schedule_dependencies(schedule)
-    position = {a: (d, i) for d, acts in enumerate(schedule.device_actions) for i, a in enumerate(acts)}
-    for device, actions in enumerate(schedule.device_actions):
+    lanes: list[tuple[int, list[Action]]] = []
+    for device in range(schedule.num_devices):
+        actions = schedule.simulated_actions(device)
+        for stream in dict.fromkeys(KINDS[a.kind].stream for a in actions):
+            lanes.append((device, [a for a in actions if KINDS[a.kind].stream == stream]))
+    position = {a: (k, i) for k, (_, acts) in enumerate(lanes) for i, a in enumerate(acts)}
+    for k, (device, actions) in enumerate(lanes):
         for index, action in enumerate(actions):
             for dep in deps[action]:
                 where = position.get(dep.producer)
@@ -94,33 +116,34 @@ def check_order_and_deadlock(schedule: Schedule) -> None:
                     raise ScheduleError(
                         f"device {device}: action {action} depends on {dep.producer}, which no device runs"
                     )
-                if where[0] == device and where[1] > index:
+                if where[0] == k and where[1] > index:
                     raise ScheduleError(
                         f"device {device}: action {action} (position {index}) runs before "
                         f"{dep.producer} (position {where[1]}) that it depends on"
                     )
 
     done: set[Action] = set()
-    pointer = [0] * schedule.num_devices
+    pointer = [0] * len(lanes)
     waiting_on: dict[Action, list[int]] = {}
-    ready = list(range(schedule.num_devices))
+    ready = list(range(len(lanes)))
     while ready:
-        device = ready.pop()
-        actions = schedule.device_actions[device]
-        while pointer[device] < len(actions):
-            action = actions[pointer[device]]
+        k = ready.pop()
+        actions = lanes[k][1]
+        while pointer[k] < len(actions):
+            action = actions[pointer[k]]
             missing = next((d.producer for d in deps[action] if d.producer not in done), None)
             if missing is not None:
-                waiting_on.setdefault(missing, []).append(device)
+                waiting_on.setdefault(missing, []).append(k)
                 break
             done.add(action)
-            pointer[device] += 1
+            pointer[k] += 1
             ready.extend(waiting_on.pop(action, ()))
-    stuck = [d for d in range(schedule.num_devices) if pointer[d] < len(schedule.device_actions[d])]
+    stuck = [k for k in range(len(lanes)) if pointer[k] < len(lanes[k][1])]
     if stuck:
         parts = []
-        for device in stuck:
-            action = schedule.device_actions[device][pointer[device]]
+        for k in stuck:
+            device, actions = lanes[k]
+            action = actions[pointer[k]]
             missing = next(d.producer for d in deps[action] if d.producer not in done)
             parts.append(f"device {device} waits at {action} for {missing}")
         raise ScheduleError("deadlock: " + "; ".join(parts))

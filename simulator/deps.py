@@ -1,26 +1,74 @@
-"""The dependency rules of pipeline training, written once.
+"""The dependency rules of pipeline training, written once as a table (``RULES``).
 
-The checker, the engine and the validator all ask these functions what an action waits for.
+The checker, the engine and the validator all ask this module what an action waits for.
 
 * ``F(s, m)`` needs ``F(s-1, m)``: the activations of the previous stage.
 * ``B(s, m)`` and ``I(s, m)`` need ``F(s, m)`` (their own stored activations) and the input
   gradient of stage ``s+1`` for micro-batch ``m``, produced by ``B(s+1, m)`` or ``I(s+1, m)``.
   The last stage computes the loss itself, so it needs only its forward.
 * ``W(s, m)`` needs ``I(s, m)``: the output gradient that I computed and kept.
+* ``F``, ``B`` and ``I`` of stage ``s`` need ``UNSHARD(s)`` when the schedule gathers the
+  stage's parameters (W needs activations and gradients only).
+* ``REDUCE_GRAD(s)`` needs every weight-gradient producer of stage ``s`` (``B`` or ``W``).
+* ``RESHARD(s)`` needs every compute op of stage ``s``.
+
+``producers_of`` answers per action (checker, validator); the engine's numpy columns come from
+the same table through ``binding_rules`` (one binding producer per rule, see there).
 """
 from __future__ import annotations
 
 from typing import Iterable, NamedTuple
 
-from .ir import (
+from .ir import Action, Schedule, ScheduleError
+from .kinds import (
     BACKWARD_INPUT,
     BACKWARD_WEIGHT,
     FORWARD,
     FULL_BACKWARD,
-    Action,
-    Schedule,
-    ScheduleError,
+    KINDS,
+    REDUCE_GRAD,
+    RESHARD,
+    UNSHARD,
 )
+
+SAME, EVERY, STAGE = "same", "every", "stage"
+
+
+class Rule(NamedTuple):
+    """The consumer at stage s waits for the scheduled actions of ``kinds`` at stage s + ``stage_offset``.
+
+    ``microbatch``: SAME (the consumer's own micro-batch), EVERY (all micro-batches) or STAGE
+    (a per-stage action without micro-batch). ``direction`` names the boundary tensor that moves
+    when producer and consumer sit on different devices: "fwd" (activations of the producer's
+    stage), "bwd" (its input gradient) or "local" (nothing: same stage, same device).
+    A rule whose producer stage is out of range does not apply (the first stage has no forward
+    producer, the last no gradient producer). A ``required`` rule that applies must find at
+    least one scheduled producer; an optional one applies only when the schedule has one.
+    All kinds of one rule run on one stream, so their latest-scheduled one binds.
+    """
+
+    kinds: tuple[str, ...]
+    stage_offset: int
+    microbatch: str
+    direction: str
+    required: bool = True
+
+
+_NEEDS_PARAMETERS = Rule((UNSHARD,), 0, STAGE, "local", required=False)
+
+RULES: dict[str, tuple[Rule, ...]] = {
+    FORWARD: (Rule((FORWARD,), -1, SAME, "fwd"), _NEEDS_PARAMETERS),
+    FULL_BACKWARD: (Rule((FORWARD,), 0, SAME, "local"), Rule((FULL_BACKWARD, BACKWARD_INPUT), +1, SAME, "bwd"),
+                    _NEEDS_PARAMETERS),
+    BACKWARD_INPUT: (Rule((FORWARD,), 0, SAME, "local"), Rule((FULL_BACKWARD, BACKWARD_INPUT), +1, SAME, "bwd"),
+                     _NEEDS_PARAMETERS),
+    BACKWARD_WEIGHT: (Rule((BACKWARD_INPUT,), 0, SAME, "local"),),
+    UNSHARD: (),
+    RESHARD: (Rule((FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT), 0, EVERY, "local"),),
+    REDUCE_GRAD: (Rule((FULL_BACKWARD, BACKWARD_WEIGHT), 0, EVERY, "local"),),
+}
+assert set(RULES) == set(KINDS), "every kind in kinds.KIND_TABLE needs its dependency rules"
+assert all(len({KINDS[k].stream for k in rule.kinds}) == 1 for rules in RULES.values() for rule in rules)
 
 # Which kinds hand a tensor to the neighbouring stage: the forward sends activations to s+1,
 # the input-gradient producers (B or I) send gradients to s-1.
@@ -29,57 +77,62 @@ SENDS_BACKWARD = frozenset({FULL_BACKWARD, BACKWARD_INPUT})
 
 
 class Dependency(NamedTuple):
-    """``consumer`` waits for ``producer``; ``direction`` says which boundary tensor moves.
-
-    direction is "fwd" (activations of stage producer.stage), "bwd" (input gradient of
-    stage producer.stage) or "local" (same stage, nothing crosses a device boundary).
-    """
+    """``consumer`` waits for ``producer``; ``direction`` says which boundary tensor moves (see ``Rule``)."""
 
     producer: Action
     direction: str
 
 
-def backward_kind_map(actions: Iterable[Action]) -> dict[tuple[int, int], str]:
-    """(stage, microbatch) -> the kind that produces its input gradient (B or I)."""
-    kinds: dict[tuple[int, int], str] = {}
-    for action in actions:
-        if action.kind in SENDS_BACKWARD:
-            kinds[(action.stage, action.microbatch)] = action.kind
-    return kinds
+class ActionIndex:
+    """Which actions a schedule (or any action collection) has, for answering rule lookups."""
+
+    def __init__(self, actions: Iterable[Action], num_stages: int, num_microbatches: int):
+        self.present = set(actions)
+        self.num_stages = num_stages
+        self.num_microbatches = num_microbatches
+
+    @staticmethod
+    def of(schedule: Schedule) -> "ActionIndex":
+        actions = (a for d in range(schedule.num_devices) for a in schedule.simulated_actions(d))
+        return ActionIndex(actions, schedule.num_stages, schedule.num_microbatches)
 
 
-def producer_keys(
-    stage: int, kind: str, mb: int, num_stages: int, grad_kind: dict[tuple[int, int], str]
-) -> list[tuple[tuple[int, str, int], str]]:
-    """The rules themselves, on plain tuples: [((stage, kind, microbatch), direction), ...].
+def applies(rule: Rule, stage: int, num_stages: int) -> bool:
+    return 0 <= stage + rule.stage_offset < num_stages
 
-    Plain tuples hash and compare like ``Action``s, so the engine looks them up in an
-    Action-keyed table without building objects in its set-up loop.
+
+def rule_candidates(rule: Rule, stage: int, microbatch: int | None, num_microbatches: int) -> list[Action]:
+    """Every action the rule names for a consumer at (stage, microbatch), scheduled or not."""
+    s = stage + rule.stage_offset
+    if rule.microbatch == STAGE:
+        return [Action(s, kind, None) for kind in rule.kinds]
+    if rule.microbatch == SAME:
+        return [Action(s, kind, microbatch) for kind in rule.kinds]
+    return [Action(s, kind, mb) for mb in range(num_microbatches) for kind in rule.kinds]
+
+
+def producers_of(action: Action, index: ActionIndex) -> list[Dependency]:
+    """The actions ``action`` must wait for (see the module docstring), in rule order.
+
+    A required rule with no scheduled producer yields its first candidate, so the checker can
+    name what is missing.
     """
-    if kind == FORWARD:
-        return [((stage - 1, FORWARD, mb), "fwd")] if stage > 0 else []
-    if kind in SENDS_BACKWARD:
-        if stage < num_stages - 1:
-            upstream_kind = grad_kind.get((stage + 1, mb), FULL_BACKWARD)
-            return [((stage, FORWARD, mb), "local"), ((stage + 1, upstream_kind, mb), "bwd")]
-        return [((stage, FORWARD, mb), "local")]
-    if kind == BACKWARD_WEIGHT:
-        return [((stage, BACKWARD_INPUT, mb), "local")]
-    raise ScheduleError(f"unknown action kind {kind!r} in {stage}{kind}{mb}")
-
-
-def dependencies_of(
-    action: Action, num_stages: int, grad_kind: dict[tuple[int, int], str]
-) -> list[Dependency]:
-    """The actions ``action`` must wait for (see the module docstring for the rules)."""
-    return [
-        Dependency(Action(*key), direction)
-        for key, direction in producer_keys(action.stage, action.kind, action.microbatch, num_stages, grad_kind)
-    ]
+    rules = RULES.get(action.kind)
+    if rules is None:
+        raise ScheduleError(f"unknown action kind {action.kind!r} in {action}")
+    deps: list[Dependency] = []
+    for rule in rules:
+        if not applies(rule, action.stage, index.num_stages):
+            continue
+        candidates = rule_candidates(rule, action.stage, action.microbatch, index.num_microbatches)
+        found = [c for c in candidates if c in index.present]
+        if not found and rule.required:
+            found = candidates[:1]
+        deps.extend(Dependency(c, rule.direction) for c in found)
+    return deps
 
 
 def schedule_dependencies(schedule: Schedule) -> dict[Action, list[Dependency]]:
-    """Every action of ``schedule`` mapped to its dependencies."""
-    all_actions = [a for acts in schedule.device_actions for a in acts]
-    grad_kind = backward_kind_map(all_actions)
-    return {a: dependencies_of(a, schedule.num_stages, grad_kind) for a in all_actions}
+    """Every simulated action of ``schedule`` mapped to its dependencies."""
+    index = ActionIndex.of(schedule)
+    return {a: producers_of(a, index) for d in range(schedule.num_devices) for a in schedule.simulated_actions(d)}

@@ -1,8 +1,10 @@
 """The schedule IR shared by the simulator, the planner and the validator.
 
 An action is ``(stage, kind, microbatch)``; its text form is exactly
-torch.distributed.pipelining's ``_Action`` repr: ``2F0``, ``1I3``, ``0W1``, ``3B2``.
+torch.distributed.pipelining's ``_Action`` repr: ``2F0``, ``1I3``, ``0W1``, ``3B2``, and for the
+per-stage communication kinds, which have no micro-batch, ``2REDUCE_GRAD``, ``0UNSHARD``.
 A schedule is, per device, the ordered list of its actions plus the stage -> device map.
+What each kind does is in ``kinds.py``.
 """
 from __future__ import annotations
 
@@ -12,13 +14,25 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence
 
-FORWARD = "F"
-FULL_BACKWARD = "B"
-BACKWARD_INPUT = "I"
-BACKWARD_WEIGHT = "W"
-KINDS = (FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT)
+from .kinds import (  # noqa: F401  (the kind names are part of the IR's vocabulary)
+    BACKWARD_INPUT,
+    BACKWARD_WEIGHT,
+    COMPUTE_KINDS,
+    FORWARD,
+    FULL_BACKWARD,
+    KIND_TEXTS,
+    KINDS,
+    P2P_KINDS,
+    REDUCE_GRAD,
+    RESHARD,
+    UNSHARD,
+)
 
-_ACTION_RE = re.compile(r"^\s*(\d+)([FBIW])(\d+)\s*$")
+# torch's action regex, anchored; longer names first so ``2F0`` and ``2SEND_F0`` both parse.
+_ACTION_RE = re.compile(
+    r"^\s*(\d+)(" + "|".join(sorted(KIND_TEXTS, key=len, reverse=True)) + r")(\d*)\s*$"
+)
+_PER_MICROBATCH = frozenset(COMPUTE_KINDS) | frozenset(P2P_KINDS)
 
 
 class ScheduleError(ValueError):
@@ -26,8 +40,9 @@ class ScheduleError(ValueError):
 
 
 class Action(NamedTuple):
-    """One compute op of one micro-batch on one stage.
+    """One op of one stage: a compute op of one micro-batch, or a per-stage communication op.
 
+    ``microbatch`` is None for the per-stage kinds (UNSHARD, RESHARD, REDUCE_GRAD).
     A NamedTuple rather than a dataclass: schedules hold hundreds of thousands of them
     and they are dictionary keys in the checker and the engine.
     """
@@ -37,17 +52,21 @@ class Action(NamedTuple):
     microbatch: int
 
     def __str__(self) -> str:
+        if self.microbatch is None:
+            return f"{self.stage}{self.kind}"
         return f"{self.stage}{self.kind}{self.microbatch}"
 
     @staticmethod
     def parse(text: str) -> "Action":
-        """Parse torch's text form (``2F0``); raise ScheduleError naming the bad text."""
+        """Parse torch's text form (``2F0``, ``1REDUCE_GRAD``); raise ScheduleError naming the bad text."""
         match = _ACTION_RE.match(text)
-        if not match:
+        kind = match.group(2) if match else None
+        if not match or (kind in _PER_MICROBATCH) != bool(match.group(3)):
             raise ScheduleError(
-                f"action {text!r} is not of the form <stage><F|B|I|W><microbatch>, e.g. 2F0 or 1I3"
+                f"action {text!r} is not of the form <stage><F|B|I|W><microbatch>, e.g. 2F0 or 1I3, "
+                f"or <stage><UNSHARD|RESHARD|REDUCE_GRAD>"
             )
-        return Action(int(match.group(1)), match.group(2), int(match.group(3)))
+        return Action(int(match.group(1)), kind, int(match.group(3)) if match.group(3) else None)
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,13 @@ class Schedule:
         """True when any action is an I/W pair rather than a full B."""
         return any(a.kind == BACKWARD_WEIGHT for acts in self.device_actions for a in acts)
 
+    def simulated_actions(self, device: int) -> tuple[Action, ...]:
+        """Device ``device``'s actions without torch's SEND/RECV ones (transfers follow from the rules)."""
+        actions = self.device_actions[device]
+        if any(a.kind in P2P_KINDS for a in actions):
+            return tuple(a for a in actions if a.kind not in P2P_KINDS)
+        return actions
+
     def to_rows(self) -> list[list[str]]:
         return [[str(a) for a in acts] for acts in self.device_actions]
 
@@ -112,8 +138,10 @@ def to_csv(schedule: Schedule) -> str:
 
 
 def from_csv(text: str, name: str = "custom") -> Schedule:
-    """Parse torch's compute-only CSV (empty cells are idle steps and are skipped).
+    """Parse torch's CSV, compute-only or compute_comms (empty cells are idle steps and are skipped).
 
+    Communication actions (``0UNSHARD``, ``1REDUCE_GRAD``, ``2SEND_F0``) are kept in order, so
+    ``to_csv`` writes the same cells back.
     The stage -> device map is inferred the way torch's ``_load_csv`` does: a stage belongs to
     the row whose actions name it; a stage named on two rows is an error.
     """
@@ -147,7 +175,8 @@ def from_csv(text: str, name: str = "custom") -> Schedule:
         raise ScheduleError(
             f"stage {missing[0]} has no actions on any device; stages must be numbered 0..{num_stages - 1}"
         )
-    num_microbatches = 1 + max(a.microbatch for acts in device_actions for a in acts)
+    num_microbatches = 1 + max((a.microbatch for acts in device_actions for a in acts if a.microbatch is not None),
+                               default=-1)
     stage_to_device = [owner[s] for s in range(num_stages)]
     chunks = max(stage_to_device.count(d) for d in range(len(device_actions)))
     return make_schedule(device_actions, stage_to_device, num_microbatches, name, chunks)

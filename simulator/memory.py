@@ -1,7 +1,9 @@
 """Memory over time, replayed from a timeline and the stage costs.
 
-F allocates its stage's activations when it starts; B frees them when it ends; with the split
-backward, I frees all but ``weight_grad_bytes`` and W frees the rest (see ``StageCost``).
+What each kind allocates or frees, and when, is ``kinds.KIND_TABLE``'s ``memory_delta`` at
+``memory_at``: F allocates its stage's activations when it starts; B frees them when it ends;
+with the split backward, I frees all but ``weight_grad_bytes`` and W frees the rest; UNSHARD
+holds the gathered parameters until RESHARD (see ``StageCost``).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD
+from .kinds import BACKWARD_INPUT, BACKWARD_WEIGHT, BY_CODE, FORWARD, FULL_BACKWARD, KINDS, START
 from .timeline import Timeline
 from .workload import StageCost
 
@@ -36,16 +38,12 @@ def memory_events(timeline: Timeline, stages: Sequence[StageCost]) -> list[list[
     for ops in _ops_in_run_order(timeline):
         evs = []
         for position, op in enumerate(ops):
-            cost = stages[op.action.stage]
-            kind = op.action.kind
-            if kind == FORWARD:
-                evs.append((op.start, 2 * position, cost.activation_bytes))
-            elif kind == FULL_BACKWARD:
-                evs.append((op.end, 2 * position + 1, -cost.activation_bytes))
-            elif kind == BACKWARD_INPUT:
-                evs.append((op.end, 2 * position + 1, -(cost.activation_bytes - cost.weight_grad_bytes)))
-            elif kind == BACKWARD_WEIGHT:
-                evs.append((op.end, 2 * position + 1, -cost.weight_grad_bytes))
+            rule = KINDS[op.action.kind]
+            delta = rule.memory_delta(stages[op.action.stage])
+            if rule.memory_at == START:
+                evs.append((op.start, 2 * position, delta))
+            else:
+                evs.append((op.end, 2 * position + 1, delta))
         evs.sort()
         events.append(evs)
     return [[(t, delta) for t, _, delta in evs] for evs in events]
@@ -77,11 +75,11 @@ def peak_live_microbatches(timeline: Timeline) -> list[int]:
     for ops in _ops_in_run_order(timeline):
         evs = []
         for position, op in enumerate(ops):
-            kind = op.action.kind
-            if kind == FORWARD:
-                evs.append((op.start, 2 * position, 1))
-            elif kind in (FULL_BACKWARD, BACKWARD_WEIGHT):
-                evs.append((op.end, 2 * position + 1, -1))
+            rule = KINDS[op.action.kind]
+            if rule.live_delta > 0:
+                evs.append((op.start, 2 * position, rule.live_delta))
+            elif rule.live_delta < 0:
+                evs.append((op.end, 2 * position + 1, rule.live_delta))
         level = peak = 0
         for _, _, delta in sorted(evs):
             level += delta
@@ -133,7 +131,7 @@ def _dominates(a: tuple, b: tuple) -> bool:
 
 
 # Column forms of memory_curves and peak_live_microbatches for the engine, which holds its ops as
-# numpy arrays (ids device-major, kinds coded F=0, B=1, I=2, W=3). Same events, same order, same
+# numpy arrays (ids device-major, kinds by their KindRule.code). Same events, same order, same
 # sums: np.lexsort is stable like list.sort, and np.cumsum adds left to right like the loops above.
 
 def _sorted_within_devices(device: np.ndarray, *keys: np.ndarray) -> bool:
@@ -171,13 +169,10 @@ def memory_curves_columns(
 ) -> tuple[list[tuple[list[float], list[float]]], list[int]]:
     """(memory_curves, peak_live_microbatches) of the ops given as columns; device d owns ids bounds[d]:bounds[d+1]."""
     key = 2 * _run_positions(device, start, end, bounds)
-    is_f = kind == 0
-    key += ~is_f
-    when = np.where(is_f, start, end)
-    per_stage = [
-        [c.activation_bytes, -c.activation_bytes, -(c.activation_bytes - c.weight_grad_bytes), -c.weight_grad_bytes]
-        for c in stages
-    ]
+    at_start = np.array([rule.memory_at == START for rule in BY_CODE])[kind]
+    key += ~at_start
+    when = np.where(at_start, start, end)
+    per_stage = [[rule.memory_delta(c) for rule in BY_CODE] for c in stages]
     change = np.array(per_stage, dtype=np.float64)[stage, kind]
     if _sorted_within_devices(device, when, key):
         order = np.arange(len(device))
@@ -190,9 +185,9 @@ def memory_curves_columns(
         type(x) is float for x in (static_bytes or ()))
     if not exact_types:
         values = [x for row in per_stage for x in row]
-        change_objects = list(map(values.__getitem__, (stage * 4 + kind)[order].tolist()))
+        change_objects = list(map(values.__getitem__, (stage * len(BY_CODE) + kind)[order].tolist()))
     # Live micro-batches: +1 at an F's start, -1 at a B's or W's end; an I changes nothing.
-    live = np.array([1, -1, 0, -1], dtype=np.int64)[kind][order]
+    live = np.array([rule.live_delta for rule in BY_CODE], dtype=np.int64)[kind][order]
     curves = []
     peaks = []
     for d in range(len(bounds) - 1):

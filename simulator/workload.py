@@ -18,7 +18,9 @@ class StageCost:
     Memory: F allocates ``activation_bytes`` when it starts. A full backward B frees all of it
     when it ends. With the split backward, I frees everything except ``weight_grad_bytes`` (the
     layer inputs and output gradients the weight gradient still needs) and W frees those.
-    ``backward`` is the full-backward time; it defaults to I + W.
+    UNSHARD holds ``gathered_bytes`` (the gathered parameters) until RESHARD (see ``kinds``).
+    ``backward`` is the full-backward time; it defaults to I + W. ``collectives`` price the
+    stage's communication actions, at most one per kind.
     """
 
     forward: float
@@ -29,10 +31,19 @@ class StageCost:
     send_backward_bytes: float = 0.0
     activation_bytes: float = 0.0
     weight_grad_bytes: float = 0.0
+    gathered_bytes: float = 0.0
+    collectives: tuple["Collective", ...] = ()
 
     @property
     def full_backward(self) -> float:
         return self.backward_input + self.backward_weight if self.backward is None else self.backward
+
+    def collective(self, kind: str) -> "Collective | None":
+        """The stage's collective for a communication kind (``kinds.REDUCE_GRAD`` ...), if it has one."""
+        for collective in self.collectives:
+            if collective.kind == kind:
+                return collective
+        return None
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,32 @@ class Link:
             rate = min(rate, port_capacity.get(port, math.inf))
         return rate
 
+    def seconds(self, nbytes: float, port_capacity: dict[str, float]) -> float:
+        """``nbytes`` alone on this link: latency + nbytes / rate (the latency alone without bytes or limit)."""
+        rate = self.rate(port_capacity)
+        if nbytes <= 0 or math.isinf(rate):
+            return self.latency
+        return self.latency + nbytes / rate
+
+
+@dataclass(frozen=True)
+class Collective:
+    """A stage's group operation (``kind`` REDUCE_GRAD or UNSHARD) as one member device sees it.
+
+    ``nbytes`` cross each member's ports (for a ring all-reduce of S bytes over n ranks,
+    2(n-1)/n·S); ``path.latency`` is the fixed part (2(n-1)·α for that ring), ``path.bandwidth``
+    the per-member rate limit and ``path.ports`` every port on the group's route, of every member.
+    Alone it takes ``path.seconds(nbytes)``; overlapping transfers share those ports max-min fairly.
+    The workload's builder prices it (the simulator knows no formula for any collective).
+    """
+
+    kind: str
+    nbytes: float
+    path: Link
+
+    def seconds(self, port_capacity: dict[str, float]) -> float:
+        return self.path.seconds(self.nbytes, port_capacity)
+
 
 @dataclass(frozen=True)
 class Network:
@@ -73,11 +110,7 @@ class Network:
         """
         if src == dst:
             return 0.0
-        link = self.links[src][dst]
-        rate = link.rate(self.port_capacity)
-        if nbytes <= 0 or math.isinf(rate):
-            return link.latency
-        return link.latency + nbytes / rate
+        return self.links[src][dst].seconds(nbytes, self.port_capacity)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from simulator import Action, Link, Network, StageCost, Workload, build_schedule, simulate, uniform_workload
-from simulator.engine import _Flows
+from simulator.flows import Flows
 
 
 def test_hand_counted_1f1b_p2_m2_with_comm():
@@ -68,7 +68,7 @@ def test_transfer_that_joins_late_shares_only_while_overlapping():
 def test_max_min_fair_rates_by_hand():
     # Ports: P cap 10, Q cap 4. Flow a uses P and Q, flow b uses P only, flow c uses Q only.
     # Q is the bottleneck: a and c get 2 each; b takes what P has left: 8.
-    flows = _Flows({"P": 10.0, "Q": 4.0})
+    flows = Flows({"P": 10.0, "Q": 4.0})
     flows.add(1, 100.0, math.inf, ("P", "Q"), 0.0)
     flows.add(2, 100.0, math.inf, ("P",), 0.0)
     flows.add(3, 100.0, math.inf, ("Q",), 0.0)

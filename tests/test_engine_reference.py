@@ -28,18 +28,27 @@ def test_engine_matches_stored_reference():
             assert json.dumps(got[key]) == json.dumps(want), f"{entry['case']}: {key} differs"
 
 
-def test_columns_path_matches_general_path():
-    """The numpy-column path against the per-op lists it replaced (kept for irregular workloads)."""
-    from simulator.engine import _simulate_general
+def test_engine_matches_the_plain_oracle():
+    """The engine against tests/engine_oracle.py, a slow re-implementation sharing only the rules."""
+    from engine_oracle import oracle_times
 
-    for seed, (name, p, m, v) in enumerate([("1f1b", 8, 32, 1), ("interleaved", 4, 16, 2), ("zb-v", 4, 12, 2),
-                                           ("zb-h2", 6, 18, 1), ("gpipe", 5, 10, 1)]):
+    for seed, (name, p, m, v) in enumerate([("1f1b", 4, 8, 1), ("interleaved", 3, 6, 2), ("zb-v", 3, 6, 2),
+                                           ("zb-h2", 4, 8, 1), ("gpipe", 3, 5, 1)]):
         for mode in MODES:
             w = workload(name, p, m, v, 100 + seed, mode)
+            times, transfers = oracle_times(w)
             for force in (False, True):
-                fast = json.loads(json.dumps(result_dict(simulate(w, force_event_loop=force))))
-                slow = json.loads(json.dumps(result_dict(_simulate_general(w, force_event_loop=force))))
-                assert json.dumps(fast) == json.dumps(slow), (name, mode, force)
+                result = simulate(w, force_event_loop=force)
+                for op in result.timeline.ops:
+                    start, end = times[op.action]
+                    assert math.isclose(op.start, start, rel_tol=1e-9, abs_tol=1e-9), (name, mode, op)
+                    assert math.isclose(op.end, end, rel_tol=1e-9, abs_tol=1e-9), (name, mode, op)
+                got = sorted((t.src, t.dst, str(t.action), str(t.consumer), t.start, t.end)
+                             for t in result.timeline.transfers)
+                assert len(got) == len(transfers), (name, mode, force)
+                for a, b in zip(got, transfers):
+                    assert a[:4] == b[:4] and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9)
+                                                  for x, y in zip(a[4:], b[4:])), (name, mode, a, b)
 
 
 def test_memory_columns_match_memory_replay_on_any_order():

@@ -1,0 +1,255 @@
+"""A workload flattened to numpy columns: op ids, lanes, durations, binding producers, edge costs.
+
+Op ids run device-major in each device's list order (torch's SEND/RECV actions dropped). Each
+device has two lanes, its compute stream and its communication stream (``kinds``); a lane runs
+its ops one after another in id order. Producers come from ``deps.RULES``: per consumer and
+rule, the binding producer is the latest-scheduled of the rule's candidates (they share one
+lane, so it ends last). A producer on the consumer's own lane has ended once the lane reaches the
+consumer, if it comes earlier (else the lane waits on itself: a deadlock); a producer on another
+lane is a *wait*: on another device it arrives after the edge's transfer, on the same device (the
+other stream) when it ends.
+
+Transfer costs are worked out once per distinct (src, dst, direction, producer stage) edge with
+``Network.transfer_seconds``, the one definition of a transfer alone on a link.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+
+from .deps import EVERY, RULES, SAME, STAGE
+from .ir import ScheduleError
+from .kinds import BY_CODE, COMM, KINDS, NUM_COMPUTE, P2P_KINDS
+from .workload import Workload
+
+NUM_KINDS = len(BY_CODE)
+MAX_RULES = max(len(rules) for rules in RULES.values())
+
+
+@dataclass
+class Compiled:
+    """Columns of one workload (see the module docstring); plain lists where the hot loops read them."""
+
+    actions: list
+    device: np.ndarray           # per op
+    stage: np.ndarray
+    code: np.ndarray             # kinds.KindRule.code
+    lane: np.ndarray             # 2 * device + (1 on the communication stream)
+    bounds: list[int]            # device d owns op ids bounds[d]:bounds[d + 1]
+    lane_ops: list[list[int]]    # per lane, its op ids in order
+    duration: list[float]
+    producers: np.ndarray        # (ops, MAX_RULES): binding producer per rule of the op's kind, -1 none
+    remote: np.ndarray           # the producer on another device (-1: none); at most one per op
+    edge: np.ndarray             # per op: index into the edge tables when remote >= 0
+    edge_delay: list[float]      # the transfer alone on its link
+    edge_spec: list[tuple]       # (src, dst, nbytes, latency, bandwidth, ports) for the event loop
+    waits: list[list[tuple[int, float]]] | None  # per op (producer, delay) on other lanes; None: only remote
+    collective: dict[int, tuple]  # comm op -> (nbytes, latency, bandwidth, ports) when it moves bytes
+    deadlock: bool               # a same-lane producer comes after its consumer
+    complete: bool               # the columns' share of check_complete passes
+
+    @property
+    def num_lanes(self) -> int:
+        return len(self.lane_ops)
+
+
+_CODE_OF = {name: rule.code for name, rule in KINDS.items()}
+
+
+def _kind_codes(kinds: tuple) -> np.ndarray:
+    try:
+        return np.fromiter(map(_CODE_OF.__getitem__, kinds), np.int64, len(kinds))
+    except (KeyError, TypeError):
+        raise ScheduleError("schedule: an action has an unknown kind; kinds are " + ", ".join(KINDS)) from None
+
+
+def _integers(values, what: str, n: int) -> np.ndarray:
+    try:
+        return np.fromiter(values, np.int64, n)
+    except (TypeError, ValueError, OverflowError):
+        raise ScheduleError(f"schedule: every action's {what} must be a whole number") from None
+
+
+def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray) -> tuple[list[float], dict[int, tuple]]:
+    """Per op its time: compute kinds from the stage cost, communication kinds from its collective."""
+    capacity = workload.network.port_capacity
+    rows = []
+    for cost in workload.stages:
+        row = [BY_CODE[c].duration(cost) for c in range(NUM_COMPUTE)]
+        for rule in BY_CODE[NUM_COMPUTE:]:
+            collective = cost.collective(rule.name)
+            row.append(collective.seconds(capacity) if collective is not None else 0.0)
+        rows.append(row)
+    try:
+        per_kind = np.array(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ScheduleError("stages: every op time must be a number of seconds") from None
+    duration = per_kind[stage, code]
+    bad = np.nonzero(~(duration >= 0))[0]
+    if len(bad):
+        o = int(bad[0])
+        raise ScheduleError(f"stages[{int(stage[o])}]: the time of {BY_CODE[int(code[o])].name} is "
+                            f"{duration[o]!r}; op times must be finite numbers >= 0")
+    collective: dict[int, tuple] = {}
+    for o in np.nonzero(code >= NUM_COMPUTE)[0].tolist():
+        c = workload.stages[int(stage[o])].collective(BY_CODE[int(code[o])].name)
+        if c is not None and c.nbytes > 0 and not math.isinf(c.path.rate(capacity)):
+            collective[o] = (c.nbytes, c.path.latency, c.path.bandwidth, c.path.ports)
+    return duration.tolist(), collective
+
+
+def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.ndarray, bool, bool]:
+    """(producers per rule, every required rule found, no action duplicated), from ``deps.RULES``."""
+    n = len(ids)
+    compute = code < NUM_COMPUTE
+    table = np.full((num_stages, NUM_COMPUTE, num_mb), -1, dtype=np.int64)
+    table[stage[compute], code[compute], mb[compute]] = ids[compute]
+    per_stage = np.full((num_stages, NUM_KINDS), -1, dtype=np.int64)
+    per_stage[stage[~compute], code[~compute]] = ids[~compute]
+    unique = bool(np.array_equal(table[stage[compute], code[compute], mb[compute]], ids[compute])) and bool(
+        np.array_equal(per_stage[stage[~compute], code[~compute]], ids[~compute]))
+    last_of = table.max(axis=2)  # per (stage, compute kind): its latest-scheduled op (ids grow along a lane)
+    producers = np.full((n, MAX_RULES), -1, dtype=np.int64)
+    found_all = True
+    for rule_kind in BY_CODE:
+        consumers = np.nonzero(code == rule_kind.code)[0]
+        if len(consumers) == 0:
+            continue
+        for j, rule in enumerate(RULES[rule_kind.name]):
+            target = stage[consumers] + rule.stage_offset
+            applies = (target >= 0) & (target < num_stages)
+            cons, target = consumers[applies], target[applies]
+            best = np.full(len(cons), -1, dtype=np.int64)
+            for kind in rule.kinds:
+                k = KINDS[kind].code
+                if rule.microbatch == SAME:
+                    best = np.maximum(best, table[target, k, mb[cons]])
+                elif rule.microbatch == EVERY:
+                    best = np.maximum(best, last_of[target, k])
+                elif rule.microbatch == STAGE:
+                    best = np.maximum(best, per_stage[target, k])
+            producers[cons, j] = best
+            if rule.required and bool(np.any(best < 0)):
+                found_all = False
+    return producers, found_all, unique
+
+
+def _edges(workload: Workload, device, stage, remote, direction_bwd, num_stages):
+    """Edge index per op with a remote producer, and each distinct edge's delay and spec."""
+    p = workload.schedule.num_devices
+    has = remote >= 0
+    src, dst = device[remote[has]], device[has]
+    prod_stage = stage[remote[has]]
+    key = ((src * p + dst) * 2 + direction_bwd[has]) * num_stages + prod_stage
+    uniq, inverse = np.unique(key, return_inverse=True)
+    network, costs = workload.network, workload.stages
+    delays: list[float] = []
+    specs: list[tuple] = []
+    for k in uniq.tolist():
+        rest, s = divmod(k, num_stages)
+        rest, bwd = divmod(rest, 2)
+        a, b = divmod(rest, p)
+        nbytes = costs[s].send_backward_bytes if bwd else costs[s].send_forward_bytes
+        link = network.link(a, b)
+        delays.append(network.transfer_seconds(a, b, nbytes))
+        if nbytes <= 0 or math.isinf(link.rate(network.port_capacity)):
+            specs.append((a, b, 0.0 if nbytes <= 0 else nbytes, link.latency, math.inf, ()))
+        else:
+            specs.append((a, b, nbytes, link.latency, link.bandwidth, link.ports))
+    edge = np.full(len(device), -1, dtype=np.int64)
+    edge[has] = inverse.reshape(-1)
+    return edge, delays, specs
+
+
+def compile_workload(workload: Workload) -> Compiled:
+    """The columns of ``workload``; raises ScheduleError for actions the columns cannot hold.
+
+    ``complete`` and ``deadlock`` only flag problems; ``simulate`` asks the checker to name them.
+    """
+    schedule = workload.schedule
+    p, num_stages = schedule.num_devices, schedule.num_stages
+    per_device = [schedule.simulated_actions(d) for d in range(p)]
+    actions = list(chain.from_iterable(per_device))
+    n = len(actions)
+    if n == 0 or num_stages == 0:
+        raise ScheduleError("schedule holds no actions: give every device its list, e.g. '0F0,0B0'")
+    stage_t, kind_t, mb_t = zip(*actions)
+    code = _kind_codes(kind_t)
+    stage = _integers(stage_t, "stage", n)
+    mb = _integers((-1 if k is None else k for k in mb_t) if None in mb_t else mb_t, "micro-batch", n)
+    counts = [len(acts) for acts in per_device]
+    bounds = [0]
+    for c in counts:
+        bounds.append(bounds[-1] + c)
+    device = np.repeat(np.arange(p, dtype=np.int64), counts)
+    compute = code < NUM_COMPUTE
+    shape_ok = (stage.min() >= 0 and stage.max() < num_stages
+                and bool(np.all(mb[compute] >= 0)) and bool(np.all(mb[~compute] == -1))
+                and np.array_equal(np.asarray(schedule.stage_to_device, dtype=np.int64)[stage], device))
+    if not shape_ok:
+        return _incomplete(actions, device, bounds)
+    num_mb = int(mb.max()) + 1 if bool(compute.any()) else 0
+    ids = np.arange(n, dtype=np.int64)
+    producers, found_all, unique = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids)
+    is_comm = np.array([r.stream == COMM for r in BY_CODE])[code]
+    lane = 2 * device + is_comm
+    present = np.zeros((num_stages, NUM_KINDS), dtype=np.int64)
+    np.add.at(present, (stage, code), 1)
+    complete = (
+        unique and found_all and num_mb == schedule.num_microbatches
+        and bool(np.all(present[:, 0] == schedule.num_microbatches))
+        and bool(np.all(present[:, 1] + present[:, 2] == schedule.num_microbatches))
+        and _backward_pairs_match(stage, code, mb, num_stages, max(num_mb, 1))
+        and bool(np.all(present[:, KINDS["RESHARD"].code] <= present[:, KINDS["UNSHARD"].code]))
+    )
+    duration, collective = _durations(workload, stage, code)
+
+    # Classify each binding producer: same lane (must come earlier), another device (remote,
+    # through an edge), or the same device's other stream (a wait with no transfer).
+    has = producers >= 0
+    safe = np.where(has, producers, 0)
+    same_lane = has & (lane[safe] == lane[:, None])
+    remote_mask = has & (device[safe] != device[:, None])
+    deadlock = bool(np.any(same_lane & (producers > ids[:, None])))
+    remote = np.where(remote_mask, producers, -1).max(axis=1)
+    direction_bwd = np.zeros(n, dtype=np.int64)
+    for rule_kind in BY_CODE:
+        for j, rule in enumerate(RULES[rule_kind.name]):
+            if rule.direction == "bwd":
+                direction_bwd[(code == rule_kind.code) & (remote == producers[:, j]) & (remote >= 0)] = 1
+    edge, edge_delay, edge_spec = _edges(workload, device, stage, remote, direction_bwd, num_stages)
+    cross_stream = has & ~same_lane & ~remote_mask
+    waits = None
+    if bool(cross_stream.any()):
+        delays = np.asarray(edge_delay + [0.0], dtype=np.float64)[edge]
+        waits = [[] for _ in range(n)]
+        for o, j in zip(*np.nonzero(has & ~same_lane)):
+            prod = int(producers[o, j])
+            waits[o].append((prod, float(delays[o]) if prod == remote[o] else 0.0))
+    order = np.argsort(lane, kind="stable")
+    cuts = np.searchsorted(lane[order], np.arange(2 * p + 1)).tolist()
+    flat = order.tolist()
+    lane_ops = [flat[cuts[k]:cuts[k + 1]] for k in range(2 * p)]
+    return Compiled(actions, device, stage, code, lane, bounds, lane_ops, duration, producers, remote, edge,
+                    edge_delay, edge_spec, waits, collective, deadlock, complete)
+
+
+def _backward_pairs_match(stage, code, mb, num_stages, num_mb) -> bool:
+    """A W exactly where there is an I, never both B and I for one (stage, micro-batch)."""
+    seen = np.zeros((num_stages, NUM_COMPUTE, num_mb), dtype=bool)
+    compute = code < NUM_COMPUTE
+    seen[stage[compute], code[compute], mb[compute]] = True
+    return bool(np.all(seen[:, 2] == seen[:, 3])) and not bool(np.any(seen[:, 1] & seen[:, 2]))
+
+
+def _incomplete(actions, device, bounds) -> Compiled:
+    """Columns that say only 'not well formed': the checker names the fault."""
+    empty = np.zeros(0, dtype=np.int64)
+    return Compiled(actions, device, empty, empty, empty, bounds, [], [], np.zeros((0, MAX_RULES), np.int64),
+                    empty, empty, [], [], None, {}, False, False)
+
+
+assert not set(P2P_KINDS) & set(KINDS), "SEND/RECV are dropped before compiling, never simulated"

@@ -1,0 +1,257 @@
+"""Max-min fair sharing of ports, and the event loop that runs when transfers contend.
+
+A flow is the bandwidth phase of a transfer (or of a collective): ``nbytes`` at a rate limited
+by its own cap and by each port it crosses, ports shared max-min fairly (progressive filling)
+among the flows that overlap on them. Latency is paid after the bytes leave, as propagation.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+
+from .compile import MAX_RULES, Compiled
+
+
+class Flows:
+    """Active flows and their max-min fair rates."""
+
+    def __init__(self, port_capacity: dict[str, float]):
+        self.capacity = port_capacity
+        self.by_port: dict[str, set[int]] = {}
+        self.ports: dict[int, tuple[str, ...]] = {}
+        self.cap: dict[int, float] = {}
+        self.remaining: dict[int, float] = {}
+        self.rate: dict[int, float] = {}
+        self.updated: dict[int, float] = {}
+
+    def component(self, seeds: list[int]) -> list[int]:
+        seen = set(seeds)
+        stack = list(seeds)
+        while stack:
+            f = stack.pop()
+            for port in self.ports[f]:
+                for other in self.by_port[port]:
+                    if other not in seen:
+                        seen.add(other)
+                        stack.append(other)
+        return sorted(seen)
+
+    def add(self, fid: int, nbytes: float, cap: float, ports: tuple[str, ...], now: float) -> None:
+        self.ports[fid] = ports
+        self.cap[fid] = cap
+        self.remaining[fid] = nbytes
+        self.rate[fid] = 0.0
+        self.updated[fid] = now
+        for port in ports:
+            self.by_port.setdefault(port, set()).add(fid)
+
+    def remove(self, fid: int) -> list[int]:
+        """Drop a finished flow; return the flows that shared a port with it."""
+        neighbours: set[int] = set()
+        for port in self.ports.pop(fid):
+            members = self.by_port[port]
+            members.discard(fid)
+            neighbours |= members
+        for table in (self.cap, self.remaining, self.rate, self.updated):
+            del table[fid]
+        return sorted(neighbours)
+
+    def rebalance(self, flows: list[int], now: float) -> list[int]:
+        """Advance ``flows`` to ``now`` and give them max-min fair rates (progressive filling)."""
+        for f in flows:
+            self.remaining[f] = max(0.0, self.remaining[f] - self.rate[f] * (now - self.updated[f]))
+            self.updated[f] = now
+        if len(flows) == 1:
+            f = flows[0]
+            rate = self.cap[f]
+            for port in self.ports[f]:
+                rate = min(rate, self.capacity.get(port, math.inf))
+            self.rate[f] = rate
+            return flows
+        # Progressive filling with the per-port count of unfrozen flows kept up to date instead of
+        # recounted: the same divisions, comparisons and subtractions as counting afresh, in the
+        # same port order, so the rates are the same floats.
+        ports, cap, by_port, capacity = self.ports, self.cap, self.by_port, self.capacity
+        unfrozen = set(flows)
+        left: dict[str, float] = {}
+        users: dict[str, int] = {}
+        for f in flows:
+            for port in ports[f]:
+                if port not in left:
+                    left[port] = capacity.get(port, math.inf)
+                    users[port] = len(by_port[port] & unfrozen)
+        while unfrozen:
+            level = min(cap[f] for f in unfrozen)
+            share: dict[str, float] = {}
+            for port, count in users.items():
+                if count:
+                    s = share[port] = left[port] / count
+                    if s < level:  # min(level, s)
+                        level = s
+            frozen = [f for f in unfrozen if cap[f] <= level or any(share[p] <= level for p in ports[f])]
+            for f in frozen:
+                self.rate[f] = level
+                unfrozen.discard(f)
+                for port in ports[f]:
+                    left[port] -= level
+                    users[port] -= 1
+        return flows
+
+def _producer_entries(c: Compiled) -> list[list[tuple[int, tuple | None]]]:
+    """Per op, its binding producers in rule order with the transfer spec of a remote one (None: local)."""
+    producers = c.producers.tolist()
+    remote, edge, specs = c.remote.tolist(), c.edge.tolist(), c.edge_spec
+    entries = []
+    for o, row in enumerate(producers):
+        entry = []
+        for prod in row[:MAX_RULES]:
+            if prod < 0:
+                continue
+            entry.append((prod, specs[edge[o]] if prod == remote[o] else None))
+        entries.append(entry)
+    return entries
+
+
+def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float], list[float], list[list]]:
+    """The general engine: flows overlapping on a port share it max-min fairly.
+
+    Each lane (a device's compute or communication stream) starts its next op when the op's
+    producers have all delivered. An op's end delivers to its consumers: a remote one through a
+    transfer (a flow, then the latency), a local one at once. A collective op is a flow over its
+    ports followed by its latency. Events pop in (time, sequence) order; the sequence number makes
+    ties first-come first-served. Delivering and starting are written out in the loop rather than
+    called, which is most of this function's speed; pushes go in this order: deliver, maybe start
+    the consumer's lane, then, after an op's consumers, start its own lane.
+    Returns (start, end, transfers as [src, dst, producer, consumer, start, end, nbytes]).
+    """
+    n = len(c.actions)
+    op_lane, lane_ops, duration = c.lane.tolist(), c.lane_ops, c.duration
+    entries = _producer_entries(c)
+    pending = [len(entry) for entry in entries]
+    consumers: list[list[tuple[int, tuple | None]]] = [[] for _ in range(n)]
+    for consumer, entry in enumerate(entries):
+        for prod, spec in entry:
+            consumers[prod].append((consumer, spec))
+    collective = c.collective
+    lanes = len(lane_ops)
+    ready_at = [0.0] * n
+    start = [math.nan] * n
+    end = [math.nan] * n
+    pointer = [0] * lanes
+    lane_free = [0.0] * lanes
+    running = [False] * lanes
+    lane_len = [len(ops) for ops in lane_ops]
+    transfers: list[list] = []  # [src, dst, producer, consumer, start, end, nbytes]
+    heap: list[tuple[float, int, int, int]] = []  # (time, seq, 0 = op end | 1 = flow end, id)
+    seq = 0
+    next_flow = 0
+    flows = Flows(port_capacity)
+    rates, remaining, updated, by_port = flows.rate, flows.remaining, flows.updated, flows.by_port
+    capacity_of = port_capacity.get
+    flow_version: dict[int, int] = {}  # per active flow, the seq of its one live heap entry
+    flow_owner: dict[int, tuple[int, float, int]] = {}  # flow -> (consumer or op, latency, transfer or -1)
+    heappush, heappop = heapq.heappush, heapq.heappop
+    isinf, inf, nan = math.isinf, math.inf, math.nan
+
+    def reschedule(fids: list[int], now: float) -> None:
+        nonlocal seq
+        for f in flows.rebalance(fids, now):
+            rate = rates[f]
+            finish = now + (remaining[f] / rate if rate > 0 else inf)
+            seq += 1
+            flow_version[f] = seq
+            heappush(heap, (finish, seq, 1, f))
+
+    def start_flow(nbytes: float, bandwidth: float, ports: tuple, t: float, owner: tuple) -> None:
+        """A new flow at ``t``; alone on its ports (the common case) it is priced without a rebalance."""
+        nonlocal seq, next_flow
+        fid = next_flow
+        next_flow += 1
+        flows.add(fid, nbytes, bandwidth, ports, t)
+        flow_owner[fid] = owner
+        for port in ports:
+            if len(by_port[port]) > 1:
+                flow_version[fid] = 0
+                reschedule(flows.component([fid]), t)
+                return
+        r = remaining[fid] = max(0.0, remaining[fid] - rates[fid] * (t - updated[fid]))
+        updated[fid] = t
+        rate = bandwidth
+        for port in ports:
+            rate = min(rate, capacity_of(port, inf))
+        rates[fid] = rate
+        seq += 1
+        flow_version[fid] = seq
+        heappush(heap, (t + (r / rate if rate > 0 else inf), seq, 1, fid))
+
+    def try_start(k: int) -> None:
+        nonlocal seq
+        ptr = pointer[k]
+        if running[k] or ptr >= lane_len[k]:
+            return
+        o = lane_ops[k][ptr]
+        if pending[o]:
+            return
+        t0 = lane_free[k] if lane_free[k] > ready_at[o] else ready_at[o]
+        start[o] = t0
+        running[k] = True
+        spec = collective.get(o) if collective else None
+        if spec is not None:
+            nbytes, latency, bandwidth, ports = spec
+            start_flow(nbytes, bandwidth, ports, t0, (o, latency, -1))
+            return
+        seq += 1
+        heappush(heap, (t0 + duration[o], seq, 0, o))
+
+    for k in range(lanes):
+        try_start(k)
+    while heap:
+        t, pushed, kind, ident = heappop(heap)
+        if kind == 0:
+            end[ident] = t
+            k = op_lane[ident]
+            running[k] = False
+            lane_free[k] = t
+            pointer[k] += 1
+            for consumer, spec in consumers[ident]:
+                if spec is not None:
+                    src, dst, nbytes, latency, bandwidth, ports = spec
+                    if not (nbytes <= 0 or (isinf(bandwidth) and not ports)):
+                        transfers.append([src, dst, ident, consumer, t, nan, nbytes])
+                        start_flow(nbytes, bandwidth, ports, t, (consumer, latency, len(transfers) - 1))
+                        continue
+                    transfers.append([src, dst, ident, consumer, t, t + latency, nbytes])
+                    arrive = t + latency
+                else:
+                    arrive = t
+                # deliver(consumer, arrive)
+                left = pending[consumer] - 1
+                pending[consumer] = left
+                if arrive > ready_at[consumer]:
+                    ready_at[consumer] = arrive
+                if not left:
+                    try_start(op_lane[consumer])
+            try_start(k)
+        else:
+            fid = ident
+            if flow_version.get(fid) != pushed:
+                continue  # a stale finish time: the flow's rate changed since (only the latest push counts)
+            target, latency, transfer = flow_owner.pop(fid)
+            del flow_version[fid]
+            neighbours = flows.remove(fid)
+            if transfer < 0:
+                # A collective's bytes are through: the op ends after its fixed latency.
+                seq += 1
+                heappush(heap, (t + latency, seq, 0, target))
+            else:
+                arrive = transfers[transfer][5] = t + latency
+                # deliver(target, arrive)
+                left = pending[target] - 1
+                pending[target] = left
+                if arrive > ready_at[target]:
+                    ready_at[target] = arrive
+                if not left:
+                    try_start(op_lane[target])
+            if neighbours:
+                reschedule(flows.component(neighbours), t)
+    return start, end, transfers

@@ -1,0 +1,191 @@
+"""The exact pass in dependency order, for workloads whose transfers never share a port at once.
+
+Without contention every op's start is max(its lane free, every wait arrived) with a fixed delay
+per edge, so one pass over the lanes in dependency order gives the exact times. ``contend``
+then checks the bandwidth phases (transfers and collectives) for overlap on any port; only when
+some overlap does the engine run the event loop (``flows.event_loop``).
+"""
+from __future__ import annotations
+
+from itertools import repeat
+
+import numpy as np
+
+from .compile import Compiled
+from .timeline import TransferRecord
+
+
+def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict[int, list[tuple[int, float]]]]:
+    """Per op its one wait (producer, delay), -2 where it has several (listed in the dict), -1 none."""
+    # A non-positive (or NaN) delay adds nothing; + 0.0 is exact on ends >= 0.
+    per_edge = np.array([d if d > 0 else 0.0 for d in c.edge_delay] + [0.0], dtype=np.float64)
+    delay_arr = per_edge[c.edge]  # edge -1 (no remote producer) picks the trailing 0.0
+    if c.waits is None:
+        return c.remote.tolist(), delay_arr.tolist(), delay_arr, {}
+    first = [-1] * len(c.actions)
+    delay = [0.0] * len(c.actions)
+    several: dict[int, list[tuple[int, float]]] = {}
+    for o, waits in enumerate(c.waits):
+        if len(waits) == 1:
+            first[o], delay[o] = waits[0][0], (waits[0][1] if waits[0][1] > 0 else 0.0)
+        elif waits:
+            first[o] = -2
+            several[o] = [(prod, dl if dl > 0 else 0.0) for prod, dl in waits]
+    return first, delay, np.asarray(delay, dtype=np.float64), several
+
+
+def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
+    """Start and end of every op, each transfer alone on its link; None on a wait cycle.
+
+    A lane runs until its next op waits for a producer not yet ended, and parks itself on that
+    producer. The loop keeps only ends; starts follow afterwards from the same comparisons in numpy.
+    """
+    if c.deadlock:
+        return None
+    n = len(c.actions)
+    end = [-1.0] * n
+    wait, delay, delay_arr, several = _wait_columns(c)
+    duration = c.duration
+    waiter = [-1] * n
+    more_waiters: dict[int, list[int]] = {}
+    lanes = c.lane_ops
+    pointer = [0] * len(lanes)
+    free = [0.0] * len(lanes)
+    stack = [k for k in range(len(lanes)) if lanes[k]]
+    while stack:
+        k = stack.pop()
+        ops = lanes[k]
+        t = free[k]
+        i = pointer[k]
+        stop = len(ops)
+        blocked = -1
+        while i < stop:
+            o = ops[i]
+            r = wait[o]
+            if r >= 0:
+                e = end[r]
+                if e < 0:
+                    blocked = r
+                    break
+                e += delay[o]
+                if e > t:
+                    t = e
+            elif r == -2:
+                ready = t
+                for r, dl in several[o]:
+                    e = end[r]
+                    if e < 0:
+                        blocked = r
+                        break
+                    e += dl
+                    if e > ready:
+                        ready = e
+                if blocked >= 0:
+                    break
+                t = ready
+            t += duration[o]
+            end[o] = t
+            i += 1
+            if waiter[o] >= 0:
+                stack.append(waiter[o])
+                stack.extend(more_waiters.pop(o, ()))
+        if blocked >= 0:
+            if waiter[blocked] < 0:
+                waiter[blocked] = k
+            else:
+                more_waiters.setdefault(blocked, []).append(k)
+        pointer[k] = i
+        free[k] = t
+    if any(pointer[k] < len(lanes[k]) for k in range(len(lanes))):
+        return None
+    return _starts(c, end, wait, delay_arr, several)
+
+
+def _starts(c: Compiled, end: list[float], wait: list[int], delay_arr: np.ndarray, several) -> tuple:
+    """Start = the lane's free time (previous op's end, 0.0 first), raised to the latest arrival."""
+    n = len(end)
+    end_arr = np.array(end, dtype=np.float64)
+    free_at = np.zeros(n, dtype=np.float64)
+    for ops in c.lane_ops:
+        if len(ops) > 1:
+            free_at[ops[1:]] = end_arr[ops[:-1]]
+    wait_arr = np.asarray(wait, dtype=np.int64)
+    has = wait_arr >= 0
+    arrival = end_arr[np.where(has, wait_arr, 0)] + delay_arr
+    start_arr = np.where(has & (arrival > free_at), arrival, free_at)
+    for o, waits in several.items():
+        t = free_at[o]
+        for prod, dl in waits:
+            e = end_arr[prod] + dl
+            if e > t:
+                t = e
+        start_arr[o] = t
+    return start_arr, end_arr
+
+
+def port_uses(c: Compiled, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bandwidth-phase start, its length, port id) per transfer or collective and port it crosses."""
+    port_ids: dict[str, int] = {}
+    t0: list[float] = []
+    length: list[float] = []
+    port: list[int] = []
+    consumers = np.nonzero(c.remote >= 0)[0]
+    edges = c.edge[consumers]
+    edge_ports = [[port_ids.setdefault(name, len(port_ids)) for name in spec[5]] for spec in c.edge_spec]
+    if any(edge_ports):
+        lengths = np.array([dl - spec[3] for dl, spec in zip(c.edge_delay, c.edge_spec)], dtype=np.float64)
+        counts = np.array([len(ports) for ports in edge_ports], dtype=np.int64)[edges]
+        flat_ports = np.array([x for ports in edge_ports for x in ports], dtype=np.int64)
+        offsets = np.concatenate(([0], np.cumsum([len(ports) for ports in edge_ports])))
+        rows = np.repeat(np.arange(len(edges)), counts)
+        within = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        port_arr = flat_ports[offsets[edges[rows]] + within]
+        t0_arr = end[c.remote[consumers][rows]]
+        length_arr = lengths[edges[rows]]
+    else:
+        port_arr = np.zeros(0, dtype=np.int64)
+        t0_arr = length_arr = np.zeros(0)
+    for o, (nbytes, latency, bandwidth, ports) in c.collective.items():
+        for name in ports:
+            t0.append(start[o])
+            length.append(c.duration[o] - latency)
+            port.append(port_ids.setdefault(name, len(port_ids)))
+    return (np.concatenate((t0_arr, t0)), np.concatenate((length_arr, length)),
+            np.concatenate((port_arr, np.asarray(port, dtype=np.int64))))
+
+
+def contend(c: Compiled, start: np.ndarray, end: np.ndarray) -> bool:
+    """True when two bandwidth phases overlap on some port.
+
+    Phases sort by (port, start); offsetting each port's times by port x span keeps ports apart,
+    so one running maximum of end times finds any phase that starts before an earlier one on its
+    port has ended.
+    """
+    t0, length, port = port_uses(c, start, end)
+    if len(port) < 2:
+        return False
+    t1 = t0 + length
+    span = float(t1.max() - t0.min()) + 1.0
+    offset = port.astype(float) * (2.0 * span) - float(t0.min())
+    t0, t1 = t0 + offset, t1 + offset
+    order = np.lexsort((t0, offset))
+    t0, t1 = t0[order], t1[order]
+    latest_end = np.maximum.accumulate(t1)
+    return bool(np.any(t0[1:] < latest_end[:-1]))
+
+
+def transfer_records(c: Compiled, end: np.ndarray) -> list[TransferRecord]:
+    """One record per remote edge in consumer order, each transfer alone on its link."""
+    consumers = np.nonzero(c.remote >= 0)[0]
+    producers = c.remote[consumers]
+    edges = c.edge[consumers]
+    t0 = end[producers]
+    t1 = t0 + np.asarray(c.edge_delay, dtype=np.float64)[edges]
+    # nbytes stays the spec's own Python object (an int stays an int), picked per edge.
+    nbytes = [spec[2] for spec in c.edge_spec]
+    get = c.actions.__getitem__
+    return list(map(
+        tuple.__new__, repeat(TransferRecord),
+        zip(c.device[producers].tolist(), c.device[consumers].tolist(), map(get, producers.tolist()),
+            map(get, consumers.tolist()), t0.tolist(), t1.tolist(), map(nbytes.__getitem__, edges.tolist())),
+    ))
