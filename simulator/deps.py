@@ -111,25 +111,31 @@ def rule_candidates(rule: Rule, stage: int, microbatch: int | None, num_microbat
     return [Action(s, kind, mb) for mb in range(num_microbatches) for kind in rule.kinds]
 
 
-def producers_of(action: Action, index: ActionIndex) -> list[Dependency]:
-    """The actions ``action`` must wait for (see the module docstring), in rule order.
+def producers_by_rule(action: Action, index: ActionIndex) -> list[list[Action]]:
+    """Per rule of ``action``'s kind (in ``RULES`` order), the scheduled actions it waits for.
 
-    A required rule with no scheduled producer yields its first candidate, so the checker can
-    name what is missing.
+    A rule that does not apply gives an empty list; a required rule with no scheduled producer
+    gives its first candidate, so the checker can name what is missing.
     """
     rules = RULES.get(action.kind)
     if rules is None:
         raise ScheduleError(f"unknown action kind {action.kind!r} in {action}")
-    deps: list[Dependency] = []
+    found_per_rule = []
     for rule in rules:
-        if not applies(rule, action.stage, index.num_stages):
-            continue
-        candidates = rule_candidates(rule, action.stage, action.microbatch, index.num_microbatches)
-        found = [c for c in candidates if c in index.present]
-        if not found and rule.required:
-            found = candidates[:1]
-        deps.extend(Dependency(c, rule.direction) for c in found)
-    return deps
+        found: list[Action] = []
+        if applies(rule, action.stage, index.num_stages):
+            candidates = rule_candidates(rule, action.stage, action.microbatch, index.num_microbatches)
+            found = [c for c in candidates if c in index.present]
+            if not found and rule.required:
+                found = candidates[:1]
+        found_per_rule.append(found)
+    return found_per_rule
+
+
+def producers_of(action: Action, index: ActionIndex) -> list[Dependency]:
+    """The actions ``action`` must wait for (see the module docstring), in rule order."""
+    return [Dependency(producer, rule.direction)
+            for rule, found in zip(RULES[action.kind], producers_by_rule(action, index)) for producer in found]
 
 
 def schedule_dependencies(schedule: Schedule) -> dict[Action, list[Dependency]]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .ir import Action
+from .kinds import is_compute
 
 
 class OpRecord(NamedTuple):
@@ -64,10 +65,11 @@ def iteration_time(timeline: Timeline) -> float:
 
 
 def busy_time(timeline: Timeline) -> list[float]:
-    """Per device, the summed duration of its compute ops."""
+    """Per device, the summed duration of its compute ops (communication ops overlap them)."""
     busy = [0.0] * timeline.num_devices
     for op in timeline.ops:
-        busy[op.device] += op.end - op.start
+        if is_compute(op.action.kind):
+            busy[op.device] += op.end - op.start
     return busy
 
 
