@@ -129,15 +129,15 @@ def oracle_times(workload) -> tuple[dict, list[tuple]]:
         if len(times) == len(device_of) and not running and not flows and not latency_phase:
             break
         _fair_rates(flows, network.port_capacity)
-        candidates = [t for t in running.values() if t > now] + [t for t, _ in latency_phase]
-        candidates += [now + f["left"] / f["rate"] for f in flows if f["rate"] > 0]
-        if not candidates:
+        finishes = [now + f["left"] / f["rate"] if f["rate"] > 0 else math.inf for f in flows]
+        candidates = [t for t in running.values() if t > now] + [t for t, _ in latency_phase] + finishes
+        if not candidates or min(candidates) == math.inf:
             raise RuntimeError("the oracle is stuck: a wait cycle")
-        step = min(candidates) - now
-        now += step
-        for f in list(flows):
-            f["left"] -= f["rate"] * step
-            if f["left"] <= 1e-12 * f["total"]:
+        then = min(candidates)
+        for f, finish_at in zip(list(flows), finishes):
+            f["left"] -= f["rate"] * (then - now)
+            if finish_at <= then:  # through (its finish rounds to this instant)
                 flows.remove(f)
-                latency_phase.append((now + f["latency"], f))
+                latency_phase.append((then + f["latency"], f))
+        now = then
     return times, sorted(transfers)
