@@ -6,6 +6,7 @@ from simulator import (
     SCHEDULES,
     Action,
     Schedule,
+    ScheduleEntry,
     ScheduleError,
     Timeline,
     bubble_fraction,
@@ -34,8 +35,9 @@ from .profile import Profile
 __version__ = "0.1.0"
 
 __all__ = [
-    "SCHEDULES", "Action", "Schedule", "ScheduleError", "Timeline", "bubble_fraction", "build_schedule",
-    "check_schedule", "from_csv", "to_csv", "gpipe", "one_f_one_b", "interleaved", "zb_h1", "zb_h2", "zb_v",
+    "SCHEDULES", "ScheduleEntry", "Action", "Schedule", "ScheduleError", "Timeline", "bubble_fraction",
+    "build_schedule", "check_schedule", "from_csv", "to_csv", "gpipe", "one_f_one_b", "interleaved", "zb_h1", "zb_h2",
+    "zb_v",
     "PlanResult", "simulate", "CLUSTER_PRESETS", "ClusterSpec", "GPUSpec", "LinkSpec", "load_cluster",
     "SpecError", "lower", "MODEL_PRESETS", "ModelSpec", "load_model", "Plan", "even_split", "Profile",
 ]

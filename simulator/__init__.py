@@ -4,11 +4,13 @@ Knows stages, devices, links, bytes and seconds; knows nothing of transformers.
 """
 from .checker import check_schedule
 from .ir import Action, Schedule, ScheduleError, from_csv, to_csv
-from .schedules import SCHEDULES, build_schedule, gpipe, interleaved, one_f_one_b, zb_h1, zb_h2, zb_v
+from .generators import gpipe, interleaved, one_f_one_b, zb_h1, zb_h2, zb_v
+from .schedules import SCHEDULES, BubbleForm, ScheduleEntry, SeriesStyle, build_schedule
 
 __all__ = [
     "Action", "Schedule", "ScheduleError", "from_csv", "to_csv", "check_schedule",
-    "SCHEDULES", "build_schedule", "gpipe", "one_f_one_b", "interleaved", "zb_h1", "zb_h2", "zb_v",
+    "SCHEDULES", "ScheduleEntry", "BubbleForm", "SeriesStyle", "build_schedule",
+    "gpipe", "one_f_one_b", "interleaved", "zb_h1", "zb_h2", "zb_v",
 ]
 from .engine import SimResult, simulate
 from .timeline import OpRecord, Timeline, TransferRecord, bubble_fraction, busy_time, iteration_time

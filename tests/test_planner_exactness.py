@@ -10,8 +10,8 @@ import random
 import pytest
 
 from pipeplan.planner.cpsat import INFEASIBLE, OPTIMAL, solve
-from pipeplan.planner.problem import FILL_WEIGHTS, PartitionProblem
-from simulator import build_schedule
+from pipeplan.planner.problem import PartitionProblem
+from simulator import SCHEDULES, build_schedule
 from simulator.engine import simulate
 from simulator.memory import live_count_profiles
 from simulator.workload import StageCost, Workload, uniform_network
@@ -84,7 +84,7 @@ def random_problem(seed):
         backward_weight=tuple(rng.randint(1, 40) for _ in range(L)),
         activation=tuple(act), held=tuple(rng.randint(0, a) for a in act),
         activation_rc=tuple(act_rc), held_rc=tuple(act_rc), static=tuple(static),
-        profiles=tuple(profiles), capacity=capacity, fill_weights=FILL_WEIGHTS[name],
+        profiles=tuple(profiles), capacity=capacity, fill_weights=SCHEDULES[name].fill_weights,
         comm=rng.randint(0, 20), allow_recompute=rng.random() < 0.8,
     )
 

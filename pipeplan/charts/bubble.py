@@ -1,42 +1,36 @@
 """Bubble fraction against the number of micro-batches: simulated points over the closed forms."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Sequence
 
 from simulator.engine import simulate
 from simulator.ir import ScheduleError
-from simulator.schedules import build_schedule
+from simulator.schedules import SCHEDULES, ScheduleEntry, build_schedule
 from simulator.workload import uniform_workload
 
 from .render import figure_format, pyplot, save_figure
-from .style import KIND_COLORS
 
 
-def closed_forms(p: int, v: int = 2) -> dict[str, tuple[str, Callable[[int], float]]]:
-    """Bubble fractions with F = B = W = 1 per device's worth of work (shared REFERENCE.md).
+def figure_chunks(entry: ScheduleEntry, v: int) -> int:
+    """The chart's chunk count ``v`` for chunked schedules, 1 for the others."""
+    return v if entry.default_chunks > 1 else 1
 
-    Chunked schedules split a device's work over v chunks, so their stages take 1/v each.
-    GPipe/1F1B (p-1)/(m+p-1); interleaved (p-1)/(v·m+p-1); ZB-H1 bubble time (p-1)(F+B-W);
-    ZB-H2 and ZB-V reach the fill bound: the last device starts after (p-1) forwards.
+
+def closed_forms(p: int, v: int = 2) -> dict[str, tuple[str, Callable[[float], float]]]:
+    """Each schedule's closed-form bubble fraction against m (its registry entry's ``bubble``).
+
+    F = B = W = 1 per device's worth of work, so chunked schedules' stages take 1/v each.
+    Schedules without a closed form are left out.
     """
     return {
-        "gpipe": ("(p-1)/(m+p-1)", lambda m: (p - 1) / (m + p - 1)),
-        "1f1b": ("(p-1)/(m+p-1)", lambda m: (p - 1) / (m + p - 1)),
-        "interleaved": ("(p-1)/(vm+p-1)", lambda m: (p - 1) / (v * m + p - 1)),
-        "zb-h1": ("(p-1)(F+B-W) / total", lambda m: (p - 1) / (3 * m + p - 1)),
-        "zb-h2": ("fill (p-1)F / total", lambda m: (p - 1) / (3 * m + p - 1)),
-        "zb-v": ("fill (p-1)F/v / total", lambda m: (p - 1) / 2 / (3 * m + (p - 1) / 2)),
+        name: (entry.bubble.formula, partial(entry.bubble.fraction, p, v=figure_chunks(entry, v)))
+        for name, entry in SCHEDULES.items() if entry.bubble is not None
     }
 
 
-SERIES_STYLE = {
-    "gpipe": ("#7f7f7f", "o"), "1f1b": (KIND_COLORS["B"], "s"), "interleaved": ("#8c564b", "D"),
-    "zb-h1": (KIND_COLORS["I"], "^"), "zb-h2": (KIND_COLORS["W"], "v"), "zb-v": (KIND_COLORS["F"], "P"),
-}
-
-
 def simulated_bubbles(name: str, p: int, ms: Sequence[int], v: int) -> list[tuple[int, float]]:
-    chunks = v if name in ("interleaved", "zb-v") else 1
+    chunks = figure_chunks(SCHEDULES[name], v)
     points = []
     for m in ms:
         try:
@@ -53,18 +47,21 @@ def bubble_vs_microbatches(path: str, p: int = 4, ms: Sequence[int] = (1, 2, 4, 
     figure_format(path)
     plt = pyplot()
     forms = closed_forms(p, v)
-    names = list(schedules or forms)
+    names = list(schedules or SCHEDULES)
     fig, ax = plt.subplots(figsize=(8, 5))
     grid = [m / 4 for m in range(4, 4 * max(ms) + 1)]
     for name in names:
-        color, marker = SERIES_STYLE[name]
-        label, formula = forms[name]
-        ax.plot(grid, [formula(m) for m in grid], color=color, linewidth=1, alpha=0.7,
-                linestyle=":" if name in ("gpipe", "zb-h2") else "-")
+        style = SCHEDULES[name].style
+        label = name
+        if name in forms:
+            formula_text, formula = forms[name]
+            ax.plot(grid, [formula(m) for m in grid], color=style.color, linewidth=1, alpha=0.7,
+                    linestyle=":" if style.coincides else "-")
+            label = f"{name} (line: {formula_text})"
         points = simulated_bubbles(name, p, ms, v)
-        ax.plot([m for m, _ in points], [b for _, b in points], linestyle="none", marker=marker, color=color,
-                markersize=6 if name not in ("gpipe", "zb-h2") else 9, markerfacecolor="none" if name in ("gpipe", "zb-h2") else color,
-                label=f"{name} (line: {label})")
+        ax.plot([m for m, _ in points], [b for _, b in points], linestyle="none", marker=style.marker,
+                color=style.color, markersize=9 if style.coincides else 6,
+                markerfacecolor="none" if style.coincides else style.color, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("micro-batches m")
     ax.set_ylabel("bubble fraction")

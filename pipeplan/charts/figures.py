@@ -27,6 +27,12 @@ def uniform_result(name: str, p: int = P, m: int = M):
     return result
 
 
+def count_in_words(n: int) -> str:
+    """Small counts as a title writes them ("six schedules"), larger ones as digits."""
+    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
+    return words[n] if n < len(words) else str(n)
+
+
 def schedules_figure(path: Path) -> None:
     results = [uniform_result(name) for name in SCHEDULES]
     xmax = max(r.iteration_time for r in results)
@@ -37,7 +43,8 @@ def schedules_figure(path: Path) -> None:
         draw_gantt(ax, result.timeline, xmax=xmax, legend=k == 0, legend_from=timelines)
         if k < len(results) - 1:
             ax.set_xlabel("")
-    fig.suptitle(f"The six schedules at p={P}, m={M}, same work per device (F = B = W = 1; chunks split it)",
+    fig.suptitle(f"The {count_in_words(len(results))} schedules at p={P}, m={M}, same work per device "
+                 "(F = B = W = 1; chunks split it)",
                  x=0.01, ha="left", fontsize=11)
     fig.tight_layout()
     save_figure(fig, str(path))

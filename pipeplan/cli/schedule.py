@@ -14,17 +14,19 @@ from .output import fmt_pct, print_json, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    full_backward = [name for name, entry in SCHEDULES.items() if not entry.split_backward]
+    chunked = [f"{name}: {entry.chunk_rule}" for name, entry in SCHEDULES.items() if entry.default_chunks > 1]
     p = sub.add_parser(
         "schedule",
         help="simulate a named schedule with uniform synthetic stage costs",
         description="Simulate a schedule where every stage takes the same time. B is the input-gradient "
-        "time and W the weight-gradient time; a full backward (gpipe, 1f1b, interleaved) takes B + W. "
+        f"time and W the weight-gradient time; a full backward ({', '.join(full_backward)}) takes B + W. "
         "Times are per stage, i.e. per chunk where a device holds several.",
     )
     p.add_argument("name", choices=list(SCHEDULES), metavar="NAME", help=f"one of {', '.join(SCHEDULES)}")
     p.add_argument("--devices", "-p", type=int, required=True, help="pipeline devices p")
     p.add_argument("--microbatches", "-m", type=int, required=True, help="micro-batches m")
-    p.add_argument("--chunks", "-v", type=int, default=None, help="chunks per device (interleaved: 2+, zb-v: 2)")
+    p.add_argument("--chunks", "-v", type=int, default=None, help=f"chunks per device ({', '.join(chunked)})")
     p.add_argument("--f", type=float, default=1.0, help="forward time per stage (default 1)")
     p.add_argument("--b", type=float, default=1.0, help="input-gradient time per stage (default 1)")
     p.add_argument("--w", type=float, default=1.0, help="weight-gradient time per stage (default 1)")

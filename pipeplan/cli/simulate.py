@@ -45,7 +45,7 @@ def plan_from_args(args: argparse.Namespace) -> tuple[Plan, Path]:
         if args.schedule not in SCHEDULES:
             raise SpecError(f"schedule: unknown {args.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         pp = args.pp or cluster.num_gpus
-        chunks = args.chunks or SCHEDULES[args.schedule][1]
+        chunks = args.chunks or SCHEDULES[args.schedule].default_chunks
         m = args.microbatches or pp * 4
         stages = pp * chunks
         plan = Plan(

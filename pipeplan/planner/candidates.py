@@ -3,17 +3,12 @@ from __future__ import annotations
 
 import math
 
-from simulator.ir import Schedule, ScheduleError
-from simulator.schedules import SCHEDULES
+from simulator.ir import Schedule
+from simulator.schedules import SCHEDULES, lookup
 
 from ..errors import SpecError
 from ..lowering import generated_schedule
 from .problem import Candidate, PartitionProblem
-
-# (schedule, chunks per device) pairs the planner tries; interleaved at v = 2 and v = 4.
-SCHEDULE_VARIANTS: tuple[tuple[str, int], ...] = (
-    ("1f1b", 1), ("zb-h1", 1), ("zb-h2", 1), ("zb-v", 2), ("interleaved", 2), ("interleaved", 4), ("gpipe", 1),
-)
 
 
 def divisors(n: int) -> list[int]:
@@ -21,38 +16,38 @@ def divisors(n: int) -> list[int]:
 
 
 def schedule_variants(names: list[str] | None) -> list[tuple[str, int]]:
-    """The variants of the named schedules (all when None); unknown names are a one-line error."""
-    if not names:
-        return list(SCHEDULE_VARIANTS)
-    chosen = []
-    for name in names:
-        key = name.lower().replace("_", "-")
-        if key not in SCHEDULES:
+    """(schedule, chunks per device) pairs the planner tries for the named schedules (all when None).
+
+    Each schedule contributes its registry entry's ``planner_chunks``; unknown names are a one-line error.
+    """
+    entries = []
+    for name in names or list(SCHEDULES):
+        entry = lookup(name)
+        if entry is None:
             raise SpecError(f"--schedules: unknown {name!r}; choose from {', '.join(SCHEDULES)}")
-        chosen += [v for v in SCHEDULE_VARIANTS if v[0] == key and v not in chosen]
-    return chosen
+        if entry not in entries:
+            entries.append(entry)
+    return [(entry.name, v) for entry in entries for v in entry.planner_chunks]
 
 
 def enumerate_candidates(num_layers: int, pp: int, batch: int, variants: list[tuple[str, int]],
                          microbatch_sizes: list[int] | None = None) -> list[tuple[Candidate, Schedule]]:
     """Every (schedule, v, b) whose generator accepts (p, m = batch/b, v) and whose p·v stages fit the layers.
 
-    b runs over the divisors of the per-replica batch; a generator's own rules (e.g. interleaved's
-    m divisible by its number of rounds) decide the rest, so the planner never proposes a schedule
-    the simulator or the validator cannot build.
+    b runs over the divisors of the per-replica batch; the schedule's registry rule, the same check
+    its generator runs (e.g. interleaved's m divisible by its number of rounds), decides the rest,
+    so the planner never proposes a schedule the simulator or the validator cannot build.
     """
     sizes = [b for b in divisors(batch) if microbatch_sizes is None or b in microbatch_sizes]
     found = []
     for name, v in variants:
         if pp * v > num_layers:
             continue
+        entry = SCHEDULES[name]
         for b in sizes:
             m = batch // b
-            try:
-                schedule = generated_schedule(name, pp, m, v)
-            except ScheduleError:
-                continue
-            found.append((Candidate(name, v, b, m), schedule))
+            if entry.accepts(pp, m, v):
+                found.append((Candidate(name, v, b, m), generated_schedule(name, pp, m, v)))
     return found
 
 

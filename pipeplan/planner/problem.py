@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 from simulator.ir import Schedule
 from simulator.memory import live_count_profiles
+from simulator.schedules import SCHEDULES
 from simulator.workload import Network
 
 from ..cluster import ClusterSpec
@@ -38,16 +39,6 @@ from ..profile import Profile
 # rounding error near 1e-6 relative while CP-SAT's coefficients stay small.
 TIME_RESOLUTION = 1 << 20
 MEMORY_RESOLUTION = 1 << 22
-
-# φ = a·F + b·I + c·W per schedule (see the module docstring).
-FILL_WEIGHTS = {
-    "gpipe": (1, 1, 1),
-    "1f1b": (1, 1, 1),
-    "interleaved": (1, 1, 1),
-    "zb-h1": (1, 1, -1),
-    "zb-h2": (1, 0, 0),
-    "zb-v": (1, 0, 0),
-}
 
 
 @dataclass(frozen=True)
@@ -223,7 +214,7 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         static=tuple(mem(p * per_param) for p in params),
         profiles=tuple(live_count_profiles(schedule)),
         capacity=int(math.floor(capacity_bytes / memory_unit)),
-        fill_weights=FILL_WEIGHTS[candidate.schedule],
+        fill_weights=SCHEDULES[candidate.schedule].fill_weights,
         comm=t(hops / candidate.chunks),
         allow_recompute=allow_recompute,
         time_unit=time_unit,

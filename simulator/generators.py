@@ -1,0 +1,263 @@
+"""Schedule generators: pure functions ``(num_devices, num_microbatches[, chunks]) -> Schedule``.
+
+Each docstring names the paper or code its order comes from. Each generator starts with its
+rule (``one_stage_rule``, ``interleaved_rule``, ``zb_v_rule``): the one check of which
+(p, m, v) it accepts, raising ScheduleError with the values that work. The registry
+(``simulator.schedules``) points at the same rule, so the planner enumerates exactly what
+the generators build.
+"""
+from __future__ import annotations
+
+from .checker import check_schedule
+from .ir import (
+    BACKWARD_INPUT,
+    BACKWARD_WEIGHT,
+    FORWARD,
+    FULL_BACKWARD,
+    Action,
+    Schedule,
+    ScheduleError,
+    make_schedule,
+)
+
+
+def _require_positive(p: int, m: int) -> None:
+    if p < 1:
+        raise ScheduleError(f"devices must be at least 1 (got {p})")
+    if m < 1:
+        raise ScheduleError(f"microbatches must be at least 1 (got {m})")
+
+
+def one_stage_rule(name: str, p: int, m: int, v: int) -> None:
+    """Accept p, m >= 1 and v = 1: the schedule ``name`` holds one stage per device."""
+    _require_positive(p, m)
+    if v != 1:
+        raise ScheduleError(f"chunks: {name} holds one stage per device; use --chunks 1 (got {v})")
+
+
+def interleaved_rule(p: int, m: int, v: int) -> None:
+    """Accept p, m >= 1, v >= 2, and m divisible by the number of rounds max(1, m // p).
+
+    Micro-batches advance in rounds of equal groups (see ``interleaved``), so m must split evenly.
+    """
+    _require_positive(p, m)
+    if v < 2:
+        raise ScheduleError(f"chunks: interleaved needs at least 2 chunks per device (got {v}); use 1f1b for 1")
+    if m % max(1, m // p):
+        good = [k for k in range(1, 4 * p + 1) if k % max(1, k // p) == 0]
+        raise ScheduleError(
+            f"microbatches: interleaved needs m divisible by its number of rounds max(1, m // p); "
+            f"with p={p} these work: {', '.join(map(str, good))}, ... (any multiple of p)"
+        )
+
+
+def zb_v_rule(p: int, m: int, v: int) -> None:
+    """Accept p, m >= 1 and v = 2: the V shape gives every device exactly two chunks."""
+    _require_positive(p, m)
+    if v != 2:
+        raise ScheduleError(f"chunks: zb-v holds exactly 2 chunks per device; use --chunks 2 (got {v})")
+
+
+def gpipe(p: int, m: int, v: int = 1) -> Schedule:
+    """GPipe (Huang et al. 2018): all forwards, then all backwards, one stage per device.
+
+    Bubble (p-1)/(m+p-1); device 0 keeps all m micro-batches' activations alive.
+    """
+    one_stage_rule("gpipe", p, m, v)
+    device_actions = [
+        [Action(d, FORWARD, k) for k in range(m)] + [Action(d, FULL_BACKWARD, k) for k in range(m)]
+        for d in range(p)
+    ]
+    return make_schedule(device_actions, range(p), m, "gpipe")
+
+
+def one_f_one_b(p: int, m: int, v: int = 1) -> Schedule:
+    """1F1B / PipeDream-Flush as in Megatron's ``forward_backward_pipelining_without_interleaving``.
+
+    Device r runs ``min(p - r - 1, m)`` warm-up forwards, then alternates one forward and one
+    backward, then drains the remaining backwards. Bubble (p-1)/(m+p-1) like GPipe, but device r
+    holds at most ``min(p - r, m)`` micro-batches of activations.
+    """
+    one_stage_rule("1f1b", p, m, v)
+    device_actions = []
+    for r in range(p):
+        warmup = min(p - r - 1, m)
+        acts = [Action(r, FORWARD, k) for k in range(warmup)]
+        for k in range(m - warmup):
+            acts.append(Action(r, FORWARD, warmup + k))
+            acts.append(Action(r, FULL_BACKWARD, k))
+        acts.extend(Action(r, FULL_BACKWARD, k) for k in range(m - warmup, m))
+        device_actions.append(acts)
+    return make_schedule(device_actions, range(p), m, "1f1b")
+
+
+def interleaved(p: int, m: int, v: int = 2) -> Schedule:
+    """Interleaved 1F1B (Narayanan et al., SC'21; Megatron ``get_pp_rank_microbatches``).
+
+    Stage s lives on device s mod p (v chunks per device). Micro-batches advance in groups of
+    g (= p when m is a multiple of p): the forward order visits chunk 0 for a group, then chunk 1,
+    and so on; the backward order visits chunks in reverse. Device r warms up with
+    ``(p - r - 1)·2 + (v - 1)·g`` forwards, capped at m·v. Bubble (p-1)/(v·m + p-1).
+    """
+    interleaved_rule(p, m, v)
+    # Micro-batches per round: Megatron uses p (m % p == 0); torch generalises to m // max(1, m // p).
+    g = m // max(1, m // p)
+    total = m * v
+
+    def forward_action(r: int, k: int) -> Action:
+        chunk = (k // g) % v
+        return Action(chunk * p + r, FORWARD, (k // (g * v)) * g + k % g)
+
+    def backward_action(r: int, k: int) -> Action:
+        chunk = v - 1 - (k // g) % v
+        return Action(chunk * p + r, FULL_BACKWARD, (k // (g * v)) * g + k % g)
+
+    device_actions = []
+    for r in range(p):
+        warmup = min((p - r - 1) * 2 + (v - 1) * g, total)
+        acts = [forward_action(r, k) for k in range(warmup)]
+        for k in range(total - warmup):
+            acts.append(forward_action(r, warmup + k))
+            acts.append(backward_action(r, k))
+        acts.extend(backward_action(r, k) for k in range(total - warmup, total))
+        device_actions.append(acts)
+    schedule = make_schedule(device_actions, [s % p for s in range(p * v)], m, "interleaved", v)
+    check_schedule(schedule)
+    return schedule
+
+
+def _split_backward_one_stage(name: str, p: int, m: int, warmup: list[int], held_weights: list[int]) -> Schedule:
+    """One stage per device, backward split into I and W (Zero Bubble, Qi et al., ICLR'24).
+
+    Device r runs ``warmup[r]`` forwards, then repeats (I, the W's it may no longer defer, F),
+    keeping at most ``held_weights[r]`` weight-gradient passes pending, so W fills the gaps
+    that in 1F1B are bubbles; pending W's run at the end.
+    """
+    device_actions = []
+    for r in range(p):
+        acts = [Action(r, FORWARD, k) for k in range(warmup[r])]
+        next_f, next_i, next_w = warmup[r], 0, 0
+        while next_i < m:
+            acts.append(Action(r, BACKWARD_INPUT, next_i))
+            next_i += 1
+            while next_i - next_w > held_weights[r]:
+                acts.append(Action(r, BACKWARD_WEIGHT, next_w))
+                next_w += 1
+            if next_f < m:
+                acts.append(Action(r, FORWARD, next_f))
+                next_f += 1
+        acts.extend(Action(r, BACKWARD_WEIGHT, k) for k in range(next_w, m))
+        device_actions.append(acts)
+    return make_schedule(device_actions, range(p), m, name)
+
+
+def zb_h1(p: int, m: int, v: int = 1) -> Schedule:
+    """ZB-H1 (Zero Bubble, Qi et al., ICLR'24): 1F1B's warm-up and memory, W deferred to fill the drain.
+
+    Device r defers up to r weight passes. Bubble time (p-1)(t_F + t_B - t_W) against 1F1B's
+    (p-1)(t_F + t_B + t_W); peak in-flight activations as 1F1B (p on the busiest device).
+    """
+    one_stage_rule("zb-h1", p, m, v)
+    return _split_backward_one_stage(
+        "zb-h1", p, m, [min(p - r, m) for r in range(p)], list(range(p))
+    )
+
+
+def zb_h2(p: int, m: int, v: int = 1) -> Schedule:
+    """ZB-H2 (Zero Bubble, Qi et al., ICLR'24): extra warm-up forwards fill the start, W's reordered at the tail.
+
+    Device r warms up with ``2(p-1-r)+1`` forwards (so the first input gradient arrives just as the
+    warm-up ends) and holds up to ``r + 1`` weight passes, which turns the layout into a
+    parallelogram. Bubble (p-1)(t_F + t_B - 2t_W) -> only the fill (p-1)·t_F when all equal;
+    about twice 1F1B's activation memory.
+    """
+    one_stage_rule("zb-h2", p, m, v)
+    return _split_backward_one_stage(
+        "zb-h2", p, m, [min(2 * (p - 1 - r) + 1, m) for r in range(p)], [r + 1 for r in range(p)]
+    )
+
+
+def _greedy_unit_time(name: str, p: int, m: int, stage_to_device: list[int], cap: list[int], chunks: int) -> Schedule:
+    """List-schedule split-backward ops with unit durations and zero communication.
+
+    Each idle device picks, in priority order: a ready I (oldest micro-batch, later stage first),
+    a ready F while its live activations (F started, W not yet run) stay under ``cap[d]``,
+    then its oldest pending W. The result depends only on (p, m, stage_to_device, cap), so it
+    is a pure function, and the order it fixes is what the engine later times for real costs.
+    """
+    num_stages = len(stage_to_device)
+    stages_on = [[s for s in range(num_stages) if stage_to_device[s] == d] for d in range(p)]
+    done_at: dict[Action, int] = {}
+    next_mb = {(s, kind): 0 for s in range(num_stages) for kind in (FORWARD, BACKWARD_INPUT, BACKWARD_WEIGHT)}
+    live = [0] * p
+    busy_until = [0] * p
+    device_actions: list[list[Action]] = [[] for _ in range(p)]
+    remaining = 3 * num_stages * m
+    t = 0
+
+    def finished(action: Action) -> bool:
+        end = done_at.get(action)
+        return end is not None and end <= t
+
+    while remaining:
+        progressed = False
+        for d in range(p):
+            if busy_until[d] > t:
+                continue
+            choice = None
+            ready_i = []
+            for s in stages_on[d]:
+                k = next_mb[(s, BACKWARD_INPUT)]
+                if k < m and finished(Action(s, FORWARD, k)) and (
+                    s == num_stages - 1 or finished(Action(s + 1, BACKWARD_INPUT, k))
+                ):
+                    ready_i.append((k, -s))
+            if ready_i:
+                k, neg_s = min(ready_i)
+                choice = Action(-neg_s, BACKWARD_INPUT, k)
+            if choice is None and live[d] < cap[d]:
+                ready_f = []
+                for s in stages_on[d]:
+                    k = next_mb[(s, FORWARD)]
+                    if k < m and (s == 0 or finished(Action(s - 1, FORWARD, k))):
+                        ready_f.append((k, -s))
+                if ready_f:
+                    k, neg_s = min(ready_f)
+                    choice = Action(-neg_s, FORWARD, k)
+            if choice is None:
+                ready_w = []
+                for s in stages_on[d]:
+                    k = next_mb[(s, BACKWARD_WEIGHT)]
+                    if k < m and finished(Action(s, BACKWARD_INPUT, k)):
+                        ready_w.append((k, -s))
+                if ready_w:
+                    k, neg_s = min(ready_w)
+                    choice = Action(-neg_s, BACKWARD_WEIGHT, k)
+            if choice is None:
+                continue
+            next_mb[(choice.stage, choice.kind)] += 1
+            if choice.kind == FORWARD:
+                live[d] += 1
+            elif choice.kind == BACKWARD_WEIGHT:
+                live[d] -= 1
+            done_at[choice] = t + 1
+            busy_until[d] = t + 1
+            device_actions[d].append(choice)
+            remaining -= 1
+            progressed = True
+        if not progressed and all(b <= t for b in busy_until):
+            raise ScheduleError(f"{name}: no device can proceed at step {t} for p={p}, m={m}")
+        t += 1
+    return make_schedule(device_actions, stage_to_device, m, name, chunks)
+
+
+def zb_v(p: int, m: int, v: int = 2) -> Schedule:
+    """ZB-V (Qi et al., 2024): two chunks per device in a V, device d holds stages d and 2p-1-d.
+
+    The loss is computed on device 0, so the first input gradient starts where the first
+    forward did. Order from a unit-time list schedule (I first, then F under a cap of 2p chunk
+    activations = 1F1B's memory, then W). Bubble -> only the fill when t_F = t_B = t_W.
+    """
+    zb_v_rule(p, m, v)
+    stage_to_device = list(range(p)) + list(reversed(range(p)))
+    return _greedy_unit_time("zb-v", p, m, stage_to_device, [2 * p] * p, 2)
