@@ -114,7 +114,8 @@ class Topology:
 
     def __init__(self, cluster: "ClusterSpec"):
         self.cluster = cluster
-        self.graph = build_graph(cluster)
+        self.graph = nx.freeze(build_graph(cluster))  # shared through the cache, so nobody may edit it
+        # Between nodes, traffic leaves through NICs and crosses switches only (never another node's GPUs).
         self.fabric = self.graph.subgraph(n for n, kind in self.graph.nodes(data="kind") if kind in ("nic", "switch"))
         self._links: dict[tuple[int, int], Link] = {}
 
@@ -129,7 +130,8 @@ class Topology:
             if not (0 <= gpu < cluster.num_gpus):
                 raise SpecError(f"plan.placement: GPU {gpu} is not in {cluster.name} with "
                                 f"{cluster.nodes} node(s) of {cluster.gpus_per_node}")
-        (node_a, local_a), (node_b, local_b) = divmod(gpu_a, cluster.gpus_per_node), divmod(gpu_b, cluster.gpus_per_node)
+        node_a, local_a = divmod(gpu_a, cluster.gpus_per_node)
+        node_b, local_b = divmod(gpu_b, cluster.gpus_per_node)
         if node_a == node_b:
             return [gpu_node(gpu_a), nvswitch_node(node_a), gpu_node(gpu_b)]
         nic_a, nic_b = nic_node(node_a, nic_of(cluster, local_a)), nic_node(node_b, nic_of(cluster, local_b))
@@ -140,7 +142,10 @@ class Topology:
         return list(zip(path, path[1:]))
 
     def link(self, gpu_a: int, gpu_b: int) -> Link:
-        """The simulator link of the route from ``gpu_a`` to ``gpu_b``: latency, narrowest edge, finite-capacity edges as ports."""
+        """The simulator link of the route from ``gpu_a`` to ``gpu_b``.
+
+        Its latency is the route's, its bandwidth the narrowest edge's, its ports the edges of finite capacity.
+        """
         key = (gpu_a, gpu_b)
         if key not in self._links:
             edges = [(u, v, self.graph.edges[u, v]) for u, v in self.route_edges(gpu_a, gpu_b)]
