@@ -22,10 +22,9 @@ from simulator import (
     zb_v,
 )
 
-from .api import PlanResult, simulate
+from .api import PlanResult, lower, simulate
 from .cluster import CLUSTER_PRESETS, ClusterSpec, GPUSpec, LinkSpec, load_cluster
 from .errors import SpecError
-from .lowering import lower
 from .model import MODEL_PRESETS, ModelSpec, load_model
 from .plan import Plan, even_split
 from .planner.optimize import optimize

@@ -1,4 +1,4 @@
-"""The Python API: simulate a plan on a model and a cluster."""
+"""The Python API: lower and simulate a plan on a model and a cluster."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,10 +8,12 @@ from simulator.engine import SimResult, simulate as simulate_workload
 from simulator.workload import Workload
 
 from .cluster import ClusterSpec
-from .lowering import Resolved, lower
+from .lowering import Resolved, build_workload
 from .metrics import mfu, tokens_per_second
 from .model import ModelSpec
 from .plan import Plan
+from .profile import Profile, load_profile
+from .specs import resolve
 
 
 @dataclass
@@ -66,6 +68,17 @@ class PlanResult:
             layers_per_stage=list(self.plan.layers_per_stage),
         )
         return data
+
+
+def lower(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan: Plan,
+          base_dir: str | Path = ".", profile: Profile | str | dict | None = None) -> tuple[Workload, Resolved]:
+    """Load what ``plan`` names (spec files beside ``base_dir`` first) and lower it to a simulator workload.
+
+    With a ``profile`` (object, mapping or file, see ``pipeplan.profile``) op times, boundary bytes
+    and the measured links replace the analytic cost model.
+    """
+    resolved = resolve(model, cluster, plan, base_dir)
+    return build_workload(resolved, load_profile(profile)), resolved
 
 
 def simulate(model: ModelSpec | str | dict | None = None, cluster: ClusterSpec | str | dict | None = None,

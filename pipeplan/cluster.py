@@ -57,7 +57,10 @@ class LinkSpec:
 @dataclass(frozen=True)
 class ClusterSpec:
     """``nodes`` x ``gpus_per_node`` GPUs; ``intra`` joins GPUs of a node (one port per GPU each way),
-    ``inter`` joins nodes through ``nics_per_node`` NICs (GPU i of a node uses NIC i·nics/gpus)."""
+    ``inter`` joins nodes through ``nics_per_node`` NICs (GPU i of a node uses NIC i·nics/gpus).
+
+    ``pipeplan.topology`` turns it into a graph; links between GPUs are routes through it.
+    """
 
     name: str
     gpu: GPUSpec
@@ -80,27 +83,16 @@ class ClusterSpec:
         return replace(self, nodes=positive_int("nodes", nodes))
 
     def link_between(self, gpu_a: int, gpu_b: int) -> Link:
-        """The simulator link from GPU ``gpu_a`` to GPU ``gpu_b`` with the ports it crosses."""
-        node_a, local_a = divmod(gpu_a, self.gpus_per_node)
-        node_b, local_b = divmod(gpu_b, self.gpus_per_node)
-        if node_a == node_b:
-            return Link(
-                self.intra.latency, self.intra.bandwidth, (f"gpu{gpu_a}:{self.intra.name}:out", f"gpu{gpu_b}:{self.intra.name}:in")
-            )
-        nic_a = local_a * self.nics_per_node // self.gpus_per_node
-        nic_b = local_b * self.nics_per_node // self.gpus_per_node
-        return Link(
-            self.inter.latency,
-            self.inter.bandwidth,
-            (f"node{node_a}:nic{nic_a}:out", f"node{node_b}:nic{nic_b}:in"),
-        )
+        """The simulator link from GPU ``gpu_a`` to GPU ``gpu_b``: its route through ``pipeplan.topology``."""
+        from .topology import topology  # networkx loads on first use, not with ``import pipeplan``
+
+        return topology(self).link(gpu_a, gpu_b)
 
     def network(self, gpus: list[int]) -> Network:
         """Links and port capacities among the given GPUs (pipeline device i runs on ``gpus[i]``)."""
-        links = tuple(tuple(self.link_between(a, b) for b in gpus) for a in gpus)
-        # A port carries exactly its link kind's bandwidth, so each link's own cap is the port's.
-        capacity = {port: link.bandwidth for row in links for link in row for port in link.ports}
-        return Network(links, capacity)
+        from .topology import topology
+
+        return topology(self).network(gpus)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,14 +28,19 @@ def even_split(num_layers: int, num_stages: int) -> tuple[int, ...]:
     return tuple(base + (1 if s < extra else 0) for s in range(num_stages))
 
 
+def default_placement(pp: int, dp: int) -> list[int]:
+    """The GPU of each pipeline device when a plan names none: device d on GPU d·dp, the layout
+    Megatron's rank order (pipeline outermost) gives one data-parallel replica."""
+    return [d * dp for d in range(pp)]
+
+
 @dataclass(frozen=True)
 class Plan:
     """Everything needed to simulate or run one pipeline configuration.
 
     ``layers_per_stage[s]`` counts pipeline layers (embedding, blocks, head) in stage s; stages are
     numbered along the model, and stage s runs on the device the schedule maps it to. ``placement[d]``
-    is the GPU index (node-major) that pipeline device d runs on; by default device d takes GPU
-    d·dp, the layout Megatron's rank order (pipeline outermost) gives one data-parallel replica.
+    is the GPU index (node-major) that pipeline device d runs on; by default ``default_placement``.
     """
 
     model: str | dict
@@ -121,7 +126,7 @@ class Plan:
         return bool(self.recompute) and self.recompute[stage] == "full"
 
     def gpus(self) -> list[int]:
-        return list(self.placement) if self.placement else [d * self.dp for d in range(self.pp)]
+        return list(self.placement) if self.placement else default_placement(self.pp, self.dp)
 
     def with_(self, **changes: Any) -> "Plan":
         return replace(self, **changes)

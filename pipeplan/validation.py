@@ -35,7 +35,7 @@ from simulator.timeline import Timeline, bubble_fraction, busy_time, iteration_t
 from .api import simulate
 from .errors import SpecError
 from .fileio import load_mapping, write_json_atomic
-from .lowering import resolve
+from .specs import resolve
 from .plan import Plan
 
 REPORT_KIND = "pipeplan.validation"

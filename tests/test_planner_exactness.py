@@ -144,7 +144,7 @@ def test_problem_costs_agree_with_the_lowering_and_memory_bounds_the_simulator()
     """The integer data the solver sees, summed over a split, is the lowering's stage cost (to rounding),
     and its memory rule never under-counts what the simulator replays."""
     import pipeplan
-    from pipeplan.lowering import lower
+    from pipeplan import lower
     from pipeplan.planner.problem import Candidate, build_problem
 
     model, cluster = pipeplan.load_model("llama3-8b"), pipeplan.load_cluster("dgx-h100")

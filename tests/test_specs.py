@@ -4,7 +4,8 @@ import json
 import pytest
 
 from pipeplan import MODEL_PRESETS, Plan, SpecError, even_split, load_cluster, load_model, simulate
-from pipeplan.lowering import bytes_per_param, lower
+from pipeplan import lower
+from pipeplan.costs import bytes_per_param
 
 
 @pytest.mark.parametrize("name,published", [

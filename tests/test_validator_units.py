@@ -8,7 +8,7 @@ import pytest
 
 from pipeplan import simulate
 from pipeplan.errors import SpecError
-from pipeplan.lowering import lower
+from pipeplan import lower
 from pipeplan.model import MODEL_PRESETS
 from pipeplan.plan import Plan
 from pipeplan.profile import LinkProfile, Profile, StageProfile

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from pipeplan.errors import SpecError
-from pipeplan.lowering import resolve
+from pipeplan.specs import resolve
 from pipeplan.plan import Plan
 from pipeplan.profile import LinkProfile, Profile, StageProfile
 from pipeplan.scaling import scale_plan

@@ -9,6 +9,7 @@ from simulator.schedules import build_schedule
 
 from ..cluster import ClusterSpec
 from ..model import ModelSpec
+from ..plan import default_placement
 from .baselines import megatron_uniform
 from .cpsat import solve
 from .problem import Candidate, build_problem
@@ -21,7 +22,7 @@ def _lean_problem(model: ModelSpec, cluster: ClusterSpec, pp: int, dp: int, batc
     candidate = Candidate("1f1b", 1, 1, batch)
     schedule = build_schedule("1f1b", pp, batch, 1)
     big = cluster.with_nodes(max(cluster.nodes, -(-pp * dp // cluster.gpus_per_node)))
-    return build_problem(model, big, candidate, schedule, seq_len, [d * dp for d in range(pp)], dp,
+    return build_problem(model, big, candidate, schedule, seq_len, default_placement(pp, dp), dp,
                          distributed_optimizer, headroom)
 
 

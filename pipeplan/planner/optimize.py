@@ -20,7 +20,7 @@ from ..api import simulate
 from ..cluster import CLUSTER_PRESETS, ClusterSpec, load_cluster
 from ..errors import SpecError, positive_int
 from ..model import MODEL_PRESETS, ModelSpec, load_model
-from ..plan import Plan
+from ..plan import Plan, default_placement
 from ..profile import Profile, load_profile
 from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, all_splits, deepspeed_parameters, megatron_uniform
 from .candidates import enumerate_candidates, lower_bound, schedule_variants
@@ -99,7 +99,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     if prof is not None:
         seq_len, microbatch_sizes = _profile_shapes(prof, spec, seq_len, microbatch_sizes)
     s = seq_len or spec.seq_len
-    gpus = [d * dp for d in range(pp)]
+    gpus = default_placement(pp, dp)
     variants = schedule_variants(schedules)
     found = enumerate_candidates(L, pp, batch, variants, microbatch_sizes)
     if not found:

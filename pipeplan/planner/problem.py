@@ -1,11 +1,11 @@
 """One candidate's partition problem in integers: per-layer costs and memory, the schedule's memory profiles.
 
 A candidate fixes the schedule, chunks v, micro-batch size b and count m; what is left is where to
-cut the layers into p·v stages and which stages recompute. Costs come from ``lowering.stage_cost``
-applied to one layer at a time, so the planner and the simulator add up the same numbers (stage
-costs are sums of per-layer costs plus a per-layer overhead). Times are integers in ``time_unit``
-seconds (rounded), bytes integers in ``memory_unit`` bytes (rounded up, capacity rounded down), so
-a plan that fits here fits in the simulator.
+cut the layers into p·v stages and which stages recompute. Costs are ``pipeplan.costs`` priced one
+layer at a time, the layers lowering sums per stage, so the planner and the simulator add up the
+same numbers (stage costs are sums of per-layer costs plus a per-layer overhead). Times are
+integers in ``time_unit`` seconds (rounded), bytes integers in ``memory_unit`` bytes (rounded up,
+capacity rounded down), so a plan that fits here fits in the simulator.
 
 Analytic iteration time (the objective), with S = p·v stages and device d holding stages D(d):
 
@@ -13,11 +13,12 @@ Analytic iteration time (the objective), with S = p·v stages and device d holdi
 
 fill = (p−1)/p · Σ_k φ_k with one stage per device (Σ_k t_k + (m−1)·max_k t_k for 1F1B), and
 (p−1) · max_k φ_k with chunks, where a lopsided chunk stretches every hop of the warm-up. φ is the
-per-stage time the schedule cannot hide, chosen so that uniform stages give the closed forms
-(shared REFERENCE): GPipe/1F1B/interleaved φ = F + B (bubble (p−1)(F+B)/v), ZB-H1 φ = F + I − W
-(bubble (p−1)(F+I−W)), ZB-H2 and ZB-V φ = F (only the fill). Recomputation adds F to I. ``comm``
-is the warm-up's forward and backward boundary transfers, Σ (forward + backward hop) / v on the links the simulator uses
-(the profile's where it measured them).
+per-stage time the schedule cannot hide, φ = a·F + b·I + c·W with the weights of the schedule's
+registry entry (``simulator.schedules``), chosen so that uniform stages give the closed forms.
+Recomputation adds F to I. ``comm``
+is the warm-up's forward and backward boundary transfers, Σ (forward + backward hop) / v, each hop
+``Network.transfer_seconds`` on the network the simulator uses (the profile's links where it
+measured them).
 """
 from __future__ import annotations
 
@@ -27,12 +28,10 @@ from dataclasses import dataclass, replace
 from simulator.ir import Schedule
 from simulator.memory import live_count_profiles
 from simulator.schedules import SCHEDULES
-from simulator.workload import Network
 
 from ..cluster import ClusterSpec
-from ..lowering import bytes_per_param, measured_stage_cost, stage_cost
+from ..costs import layer_work, measured_stage_cost, price, static_bytes
 from ..model import ModelSpec
-from ..plan import Plan
 from ..profile import Profile
 
 # Integer resolution: the largest total is mapped to about this many units, which keeps the
@@ -141,29 +140,19 @@ class PartitionProblem:
 
 def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, seq_len: int, recompute: bool,
                 profile: Profile | None = None):
-    """Per-layer StageCost, each layer as its own one-layer stage (what ``lower`` sums per stage).
+    """Per-layer StageCost: ``costs.price`` of each layer's ``layer_work`` (what ``lower`` sums per stage).
 
     With a ``profile`` the op times are its single-layer measurements (as ``lower`` prices a stage
     from a profile: the sum of its layers), memory stays the model's.
     """
-    n = model.num_pipeline_layers
-    plan = Plan(model=model.name, cluster=cluster.name, schedule="1f1b", pp=1, num_microbatches=1,
-                microbatch_size=microbatch_size, layers_per_stage=(1,) * n,
-                recompute=("full" if recompute else "none",) * n)
-    costs = [stage_cost(model, cluster, plan, i, seq_len) for i in range(n)]
+    tokens = microbatch_size * seq_len
+    costs = [price(layer_work(model, i, microbatch_size, seq_len, recompute), cluster.gpu, tokens)
+             for i in range(model.num_pipeline_layers)]
     if profile is None:
         return costs
     measured = profile.stage_profiles([[kind] for kind in model.layer_kinds])
     return [replace(measured_stage_cost(c, m, recompute), send_forward_bytes=profile.boundary_bytes,
                     send_backward_bytes=profile.boundary_bytes) for c, m in zip(costs, measured)]
-
-
-def hop_seconds(network: Network, src: int, dst: int, nbytes: float) -> float:
-    """One boundary transfer alone on the link from pipeline device ``src`` to ``dst``."""
-    if src == dst:
-        return 0.0
-    link = network.link(src, dst)
-    return link.latency + nbytes / link.bandwidth
 
 
 def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, schedule: Schedule, seq_len: int,
@@ -184,8 +173,7 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
     def mem(x: float) -> int:
         return int(math.ceil(x / memory_unit - 1e-9))
 
-    per_param = bytes_per_param(dp, distributed_optimizer)
-    params = [model.layer_cost(i, 1, seq_len).params for i in range(model.num_pipeline_layers)]
+    params = [layer_work(model, i, b, seq_len, False).params for i in range(model.num_pipeline_layers)]
     boundary = plain[0].send_forward_bytes  # every layer but the head sends b·s·h bf16 values
     stage_to_device = schedule.stage_to_device
     # The links the simulator will use: the cluster's, or the profile's where it measured them (they
@@ -193,8 +181,8 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
     network = cluster.network(gpus)
     if profile is not None:
         network = profile.network(network)
-    hops = sum(hop_seconds(network, stage_to_device[k], stage_to_device[k + 1], boundary)
-               + hop_seconds(network, stage_to_device[k + 1], stage_to_device[k], boundary)
+    hops = sum(network.transfer_seconds(stage_to_device[k], stage_to_device[k + 1], boundary)
+               + network.transfer_seconds(stage_to_device[k + 1], stage_to_device[k], boundary)
                for k in range(len(stage_to_device) - 1))
     return PartitionProblem(
         pp=schedule.num_devices,
@@ -211,7 +199,7 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         # so the per-layer stored bytes are the exact value or an upper bound.
         activation_rc=tuple(mem(c.activation_bytes) for c in rc),
         held_rc=tuple(mem(c.activation_bytes) for c in rc),
-        static=tuple(mem(p * per_param) for p in params),
+        static=tuple(mem(static_bytes(p, dp, distributed_optimizer)) for p in params),
         profiles=tuple(live_count_profiles(schedule)),
         capacity=int(math.floor(capacity_bytes / memory_unit)),
         fill_weights=SCHEDULES[candidate.schedule].fill_weights,

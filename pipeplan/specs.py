@@ -1,0 +1,47 @@
+"""Loading what a plan names: model and cluster specs (files beside the plan first) and its schedule.
+
+The only file I/O on the way from a plan to a workload; ``pipeplan.lowering`` takes what this
+returns.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from simulator.checker import check_schedule
+from simulator.ir import Schedule, from_csv
+
+from .cluster import ClusterSpec, load_cluster
+from .errors import SpecError
+from .lowering import Resolved, generated_schedule
+from .model import ModelSpec, load_model
+from .plan import Plan
+
+
+def beside(spec: object, base_dir: str | Path) -> object:
+    """A relative spec file name as the file next to the plan (``base_dir``) when there is one there."""
+    if isinstance(spec, str) and not Path(spec).is_absolute() and (Path(base_dir) / spec).is_file():
+        return str(Path(base_dir) / spec)
+    return spec
+
+
+def plan_schedule(plan: Plan, base_dir: str | Path = ".") -> Schedule:
+    """The plan's schedule: generated from its name, or read from its custom CSV (relative to ``base_dir``)."""
+    if plan.schedule == "custom":
+        path = Path(base_dir) / plan.schedule_csv if not Path(plan.schedule_csv).is_absolute() else Path(plan.schedule_csv)
+        if not path.is_file():
+            raise SpecError(f"plan.schedule_csv: file {str(path)!r} does not exist")
+        schedule = from_csv(path.read_text(), name="custom")
+        check_schedule(schedule)
+        return schedule
+    return generated_schedule(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks)
+
+
+def resolve(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan: Plan,
+            base_dir: str | Path = ".") -> Resolved:
+    """Load the specs a plan names and check that model, cluster, plan and schedule agree.
+
+    Spec files named by a relative path are looked up next to the plan file (``base_dir``) first.
+    """
+    model = load_model(beside(model, base_dir))
+    cluster = load_cluster(beside(cluster, base_dir), plan.nodes)
+    return Resolved(model, cluster, plan, plan_schedule(plan, base_dir))
