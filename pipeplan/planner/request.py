@@ -165,7 +165,8 @@ def _profile_shapes(prof: Profile, spec: ModelSpec, seq_len: int | None,
 
 
 def _spec_ref(given, spec):
-    """What the plan file should name: the user's preset name or spec file (made absolute), a preset's name, or the spec inline."""
+    """What the plan file names: the user's preset name or spec file (made absolute), a preset's name,
+    or the spec inline."""
     if isinstance(given, str):
         # A spec file is named by its absolute path: a relative one would be looked up beside the plan
         # file (then in the folder the plan is used from), not where optimize ran.

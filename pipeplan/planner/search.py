@@ -120,8 +120,8 @@ def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
                                  list(request.variants), request.microbatch_sizes)
     if not found:
         names = ", ".join(n for n, _ in request.variants)
-        raise SpecError(f"schedules: no schedule of {names} runs with pp = {request.pp} and a "
-                        f"per-replica batch of {request.replica_batch}; try other --schedules or a larger --global-batch")
+        raise SpecError(f"schedules: no schedule of {names} runs with pp = {request.pp} and a per-replica batch "
+                        f"of {request.replica_batch}; try other --schedules or a larger --global-batch")
     out = []
     for candidate, schedule in found:
         problem = build_problem(request.model, request.cluster, candidate, schedule, request.sequence_length,
@@ -134,7 +134,7 @@ def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
 
 def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: Progress | None = None) -> Solved:
     """CP-SAT per candidate in bound order, skipping those whose bound is no better than the
-    ``rescore``-th best prediction so far (they could not be re-scored).
+    ``rescore``-th best prediction so far (they could not enter the ``rescore`` best).
 
     With ``jobs`` > 1, workers solve a batch of ``jobs`` candidates ahead of time; the results are taken
     in bound order and one that a single process would have pruned (by a result earlier in the same
@@ -148,14 +148,14 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
         best = sorted(p.predicted for p in proposals)
         return len(best) >= request.rescore and bound >= best[request.rescore - 1]
 
-    step = request.jobs
-    pool = ProcessPoolExecutor(step) if step > 1 else None
+    width = request.jobs
+    pool = ProcessPoolExecutor(width) if width > 1 else None
     try:
-        for first in range(0, len(bounded), step):
-            if progress:
+        for first in range(0, len(bounded), width):
+            if progress:  # the last of len(bounded) + 1 steps is the simulations after this one
                 progress(first, len(bounded) + 1, bounded[first].candidate.label)
             started = []
-            for item in bounded[first:first + step]:
+            for item in bounded[first:first + width]:
                 if pruned(item.bound):
                     records[item.candidate] = CandidateRecord(item.candidate, item.bound)
                 else:
@@ -195,18 +195,12 @@ def _start_solve(request: OptimizeRequest, problem: PartitionProblem, pool: Proc
 
 
 def rescore(request: OptimizeRequest, proposals: tuple[Proposal, ...]) -> Rescored:
-    """Simulate the ``rescore`` best predictions and the best of every schedule variant. Raises SpecError
-    saying what would fit when none fits (headroom included)."""
-    ranked = sorted(proposals, key=lambda p: (p.predicted, p.candidate.label))
-    chosen, seen_variants = [], set()
-    for i, proposal in enumerate(ranked):
-        variant = (proposal.candidate.schedule, proposal.candidate.chunks)
-        if i < request.rescore or variant not in seen_variants:
-            chosen.append(proposal)
-        seen_variants.add(variant)
-    simulated = tuple(Simulated(p, judge(request, "cp-sat", request.plan_for(p.candidate, p.solution.layers_per_stage,
-                                                                               p.solution.recompute)))
-                      for p in chosen)
+    """Simulate the shortlist (``shortlist``). Raises SpecError saying what would fit when none of it
+    fits (headroom included)."""
+    simulated = tuple(
+        Simulated(p, judge(request, "cp-sat", request.plan_for(p.candidate, p.solution.layers_per_stage,
+                                                               p.solution.recompute)))
+        for p in shortlist(proposals, request.rescore))
     fitting = [s for s in simulated if fits_within(s.scored, request.headroom)]
     if not fitting:
         raise SpecError(explain_infeasible(request.model, request.cluster, request.pp, request.dp,
@@ -214,6 +208,20 @@ def rescore(request: OptimizeRequest, proposals: tuple[Proposal, ...]) -> Rescor
                                            request.distributed_optimizer, request.gpus))
     fitting.sort(key=lambda s: (s.scored.iteration_time, s.candidate.label))
     return Rescored(simulated, tuple(fitting))
+
+
+def shortlist(proposals: tuple[Proposal, ...], rescore: int) -> list[Proposal]:
+    """The ``rescore`` best predictions and the best of every schedule variant, best first. Each
+    variant's best gets a simulation because the analytic fill term is exact only for uniform stages
+    and is approximated differently per schedule, so it may misrank variants."""
+    ranked = sorted(proposals, key=lambda p: (p.predicted, p.candidate.label))
+    chosen, seen_variants = [], set()
+    for i, proposal in enumerate(ranked):
+        variant = (proposal.candidate.schedule, proposal.candidate.chunks)
+        if i < rescore or variant not in seen_variants:
+            chosen.append(proposal)
+        seen_variants.add(variant)
+    return chosen
 
 
 def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
@@ -242,26 +250,32 @@ def score_baselines(request: OptimizeRequest, candidate: Candidate) -> list[Scor
     """
     S = candidate.chunks * request.pp
     none, full = (False,) * S, (True,) * S
-    out = []
+    out = []  # uniform, parameters, then the brute force when there is one
     for name, layers in ((UNIFORM, megatron_uniform(request.model, S)),
                          (PARAMETERS, deepspeed_parameters(request.model, S, request.sequence_length))):
         scored = judge(request, name, request.plan_for(candidate, layers, none))
         if not fits_within(scored, request.headroom):
             scored = judge(request, name, request.plan_for(candidate, layers, full))
         out.append(scored)
-    splits = all_splits(request.model.num_pipeline_layers, S)
-    if splits:
+    best = _brute_force(request, candidate)
+    return out if best is None else out + [best]
+
+
+def _brute_force(request: OptimizeRequest, candidate: Candidate) -> Scored | None:
+    """The fastest split that fits, every split simulated, without recomputation if any fits so; None
+    when the model has too many splits to try (``all_splits``)."""
+    S = candidate.chunks * request.pp
+    splits = all_splits(request.model.num_pipeline_layers, S) or []
+    for recompute in ((False,) * S, (True,) * S):
         best = None
-        for recompute in (none, full):  # recomputation only when no split fits without it
-            for layers in splits:
-                scored = judge(request, BRUTE_FORCE, request.plan_for(candidate, layers, recompute))
-                if fits_within(scored, request.headroom) and (best is None or scored.iteration_time < best.iteration_time):
-                    best = scored
-            if best is not None:
-                break
+        for layers in splits:
+            scored = judge(request, BRUTE_FORCE, request.plan_for(candidate, layers, recompute))
+            faster = best is None or scored.iteration_time < best.iteration_time
+            if faster and fits_within(scored, request.headroom):
+                best = scored
         if best is not None:
-            out.append(best)
-    return out
+            return best
+    return None
 
 
 def assemble(request: OptimizeRequest, solved: Solved, rescored: Rescored, best: Polished,
