@@ -2,7 +2,7 @@
 
 ``OptimizeRequest.create`` turns user input (preset names, spec files, dicts or objects) into a checked,
 frozen request; every argument error is raised there, as a one-line ``SpecError`` naming the argument.
-The search steps (``search.py``) read only the request.
+The search steps (``search.py``) take their settings from the request alone.
 """
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ from ..profile import Profile, load_profile
 from .candidates import schedule_variants
 from .problem import Candidate
 
-MAX_JOBS = 8  # worker processes for CP-SAT solves; more rarely helps, as the candidates are few
+MAX_JOBS = 8  # worker processes at most; a larger ``jobs`` is clamped, not refused
 
 
 @dataclass(frozen=True)
 class OptimizeRequest:
     """A checked planner request; build one with ``create``.
 
-    Layout: ``pp`` pipeline devices per replica and ``dp`` replicas, fixed. Open choices: ``variants``
-    are the (schedule, chunks per device) pairs the search may pick, ``microbatch_sizes`` the allowed b
-    (None: every divisor of the per-replica batch); cut points and recomputation per stage are always
-    searched. ``seq_len`` is what the plan records (None: the model's; a profile fixes both it and b to
+    Layout: ``pp`` pipeline devices per replica and ``dp`` replicas, fixed. Open choices are tuples of
+    allowed values, so a one-value tuple pins a dimension: ``variants`` the (schedule, chunks per
+    device) pairs, ``microbatch_sizes`` the micro-batch sizes b (None: every divisor of the per-replica
+    batch). Cut points and recomputation per stage are always searched. ``seq_len`` is what the plan records (None: the model's; a profile fixes both it and b to
     the values it was measured at). ``model_ref``, ``cluster_ref`` and ``plan_nodes`` are how the
     written plan names its model, cluster and node count.
     """
