@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json or not sys.stderr.isatty():
         result = search(request)
     else:
-        result = _with_progress(search, request)
+        result = _with_progress(request)
     written = []
     if args.out:
         from ..fileio import write_atomic
@@ -99,9 +99,12 @@ def _portable(plan, out: str):
     return plan.with_(**changes)
 
 
-def _with_progress(search, request):
+def _with_progress(request):
+    """``search(request)`` with a progress bar on stderr, gone once it ends."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..planner.search import search
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:
