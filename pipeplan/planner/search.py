@@ -4,12 +4,15 @@
    with its partition problem and a lower bound on its iteration time, in bound order;
 2. ``solve_and_prune``: CP-SAT finds each candidate's best split and recomputation under the analytic
    objective; a candidate whose bound cannot beat the ``rescore``-th best found is skipped;
-3. ``rescore``: the simulator judges the best ``rescore`` proposals and the best of every schedule
-   variant; those that fit (headroom included) go on;
+3. ``rescore``: the simulator judges the ``shortlist`` (the best ``rescore`` proposals and the best of
+   every schedule variant); those that fit (headroom included) go on;
 4. ``polish``: the fastest ``POLISHED`` of them move single cuts while that simulates faster (``refine``);
 5. ``score_baselines``: the baselines under the winner's schedule, b and m, through the same simulator;
 6. ``assemble``: whichever of the polished plan and the baselines simulates fastest and fits, with the
    search record, so the answer is never slower than a baseline.
+
+Each step is a function of the request and the earlier steps' results (small frozen records below);
+a new stage is one more such function, called from ``search``.
 """
 from __future__ import annotations
 
