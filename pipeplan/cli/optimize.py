@@ -58,16 +58,18 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
-    from ..planner.optimize import optimize
+    from ..planner.request import OptimizeRequest
+    from ..planner.search import search
 
-    kwargs = dict(model=args.model, cluster=args.cluster, global_batch=args.global_batch, pp=args.pp, dp=args.dp,
-                  nodes=args.nodes, seq_len=args.seq_len, schedules=args.schedules,
-                  microbatch_sizes=args.microbatch_sizes, time_limit=args.time_limit, headroom=args.headroom,
-                  distributed_optimizer=args.distributed_optimizer, parallel=args.jobs, profile=args.profile)
+    request = OptimizeRequest.create(
+        model=args.model, cluster=args.cluster, global_batch=args.global_batch, pp=args.pp, dp=args.dp,
+        nodes=args.nodes, seq_len=args.seq_len, schedules=args.schedules, microbatch_sizes=args.microbatch_sizes,
+        time_limit=args.time_limit, headroom=args.headroom, distributed_optimizer=args.distributed_optimizer,
+        jobs=args.jobs, profile=args.profile)
     if args.json or not sys.stderr.isatty():
-        result = optimize(**kwargs)
+        result = search(request)
     else:
-        result = _with_progress(optimize, kwargs)
+        result = _with_progress(request)
     written = []
     if args.out:
         from ..fileio import write_atomic
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_dict())
     else:
-        print_report(result, args.profile)
+        print_report(result, request.profile)
         for path in written:
             print(f"wrote {path}")
     return 0
@@ -99,9 +101,12 @@ def _portable(plan, out: str):
     return plan.with_(**changes)
 
 
-def _with_progress(optimize, kwargs):
+def _with_progress(request):
+    """``search(request)`` with a progress bar on stderr, gone once it ends."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..planner.search import search
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:
@@ -110,7 +115,7 @@ def _with_progress(optimize, kwargs):
         def update(done: int, total: int, label: str) -> None:
             bar.update(task, completed=done, total=total, description=f"candidate {label}")
 
-        return optimize(**kwargs, progress=update)
+        return search(request, progress=update)
 
 
 def compact_layers(layers) -> str:
@@ -135,13 +140,10 @@ def _recompute_text(plan) -> str:
     return f"{len(full)} of {len(flags)} stages" if len(full) > 8 else "stages " + ",".join(full)
 
 
-def print_report(result, profile_path: str | None = None) -> None:
+def print_report(result, profile=None) -> None:
+    """The chosen plan, its devices and the baselines; ``profile`` is the measured Profile it was priced with."""
     from rich.console import Console
     from rich.table import Table
-
-    from ..profile import load_profile
-
-    args_profile = load_profile(profile_path)
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
     plan, sim = result.plan, result.result
@@ -151,7 +153,7 @@ def print_report(result, profile_path: str | None = None) -> None:
     console.print(
         f"[bold]{model.name}[/] on {cluster.nodes} x {cluster.name}: pp={plan.pp} dp={plan.dp} "
         f"global batch {plan.microbatch_size * plan.num_microbatches * plan.dp}, seq {sim.resolved.seq_len}"
-        + (f"; costs measured on {args_profile.device} ({args_profile.backend})" if args_profile else "")
+        + (f"; costs measured on {profile.device} ({profile.backend})" if profile else "")
     )
     console.print(
         f"chosen: [bold]{plan.schedule}[/] v={plan.chunks} b={plan.microbatch_size} m={plan.num_microbatches}, "

@@ -1,8 +1,13 @@
 """The planner: CP-SAT proposes cut points and recomputation per candidate, the simulator judges.
 
-problem.py  one candidate's integer data (costs, memory, the schedule's memory profiles)
-cpsat.py    the CP-SAT model of one candidate
+request.py     OptimizeRequest: the checked arguments of one search (layout fixed, open choices listed)
+search.py      the search as steps over a request: bounded_candidates, solve_and_prune, rescore,
+               polish, score_baselines, assemble
+optimize.py    optimize(): the keyword API, a request then its search; result.py what it returns
 candidates.py  the discrete choices (schedule, chunks, micro-batch size) and their lower bounds
+problem.py     one candidate's integer data (costs, memory, the schedule's memory profiles)
+cpsat.py       the CP-SAT model of one candidate
+refine.py      the simulator's polish of a proposal (single-cut moves)
 baselines.py   Megatron uniform, DeepSpeed ``parameters``, brute force for small models
-optimize.py    the outer loop; result.py what it returns
+infeasible.py  what would fit when nothing does
 """
