@@ -265,16 +265,16 @@ def test_launcher_gives_up_on_a_process_it_cannot_see_that_holds_its_output(tmp_
     import signal
     import time
 
-    from pipeplan import validation
+    from pipeplan.validation import ValidateOptions, ValidationFailed, launch
 
     orphan = tmp_path / "orphan.pid"
     fake = ["bash", "-c", f"setsid sleep 30 & echo $! > {orphan}; exec sleep 60"]
-    monkeypatch.setattr(validation, "validator_command", lambda *args: fake)
-    monkeypatch.setattr(validation, "PIPE_GRACE_S", 2.0, raising=False)
+    monkeypatch.setattr(launch, "validator_command", lambda *args: fake)
+    monkeypatch.setattr(launch, "PIPE_GRACE_S", 2.0)
     started = time.monotonic()
     try:
-        with pytest.raises(validation.ValidationFailed, match="timed out"):
-            validation.run_validation(str(PLANS / "tiny-1f1b-p2.json"), validation.ValidateOptions(timeout=1.0))
+        with pytest.raises(ValidationFailed, match="timed out"):
+            launch.run_validation(str(PLANS / "tiny-1f1b-p2.json"), ValidateOptions(timeout=1.0))
         assert time.monotonic() - started < 10
     finally:
         if orphan.exists():
