@@ -5,7 +5,8 @@ per stage the seconds of F, B, I and W for one micro-batch and the bytes it send
 pair the link's latency and bandwidth, and the device and backend they were measured on.
 ``pipeplan simulate --profile FILE`` (and ``lower(..., profile=...)``) use them instead of
 FLOPs / peak and datasheet links; memory still comes from the model, since calibration times ops
-and does not measure allocations.
+and does not measure allocations. The validator's calibration produces ``StageProfile`` and
+``LinkProfile`` directly (``validator.calibrate``).
 
 A profile is tied to the shapes it was measured at (model, micro-batch size, sequence length) and
 to the stage cut; a plan that differs is refused with the field named, so a what-if never silently
