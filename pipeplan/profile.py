@@ -5,7 +5,8 @@ per stage the seconds of F, B, I and W for one micro-batch and the bytes it send
 pair the link's latency and bandwidth, and the device and backend they were measured on.
 ``pipeplan simulate --profile FILE`` (and ``lower(..., profile=...)``) use them instead of
 FLOPs / peak and datasheet links; memory still comes from the model, since calibration times ops
-and does not measure allocations.
+and does not measure allocations. The validator's calibration produces ``StageProfile`` and
+``LinkProfile`` directly (``validator.calibrate``).
 
 A profile is tied to the shapes it was measured at (model, micro-batch size, sequence length) and
 to the stage cut; a plan that differs is refused with the field named, so a what-if never silently
@@ -13,7 +14,7 @@ mixes measured and unmeasured stages. Links it did not measure keep the cluster'
 
 Recomputation: a stage's times are those of the ops that ran, and ``StageProfile.recompute`` says
 whether that stage recomputed (its B and I then hold one forward more). Single-layer timings
-(``layers``) are always measured without it. Pricing (``lowering.measured_stage_cost``) adds the
+(``layers``) are always measured without it. Pricing (``costs.measured_stage_cost``) adds the
 measured forward to B and I when the plan recomputes a stage measured without, and takes it off in
 the opposite case, so one profile prices every recompute choice of its shapes.
 """

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from pipeplan.validation import ValidateOptions, ValidationFailed, _alive, run_validation  # noqa: E402
+from pipeplan.validation import ValidateOptions, ValidationFailed, process_alive, run_validation  # noqa: E402
 from validator.runtime import FAULT_ENV  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,4 +107,4 @@ def test_a_failing_rank_ends_the_run_cleanly(mode, monkeypatch, tmp_path):
     assert expected in message
     assert elapsed < timeout, f"took {elapsed:.1f} s"
     assert not out.exists()
-    assert len(failure.value.pids) == 3 and not any(_alive(pid) for pid in failure.value.pids)
+    assert len(failure.value.pids) == 3 and not any(process_alive(pid) for pid in failure.value.pids)

@@ -265,16 +265,16 @@ def test_launcher_gives_up_on_a_process_it_cannot_see_that_holds_its_output(tmp_
     import signal
     import time
 
-    from pipeplan import validation
+    from pipeplan.validation import ValidateOptions, ValidationFailed, launch
 
     orphan = tmp_path / "orphan.pid"
     fake = ["bash", "-c", f"setsid sleep 30 & echo $! > {orphan}; exec sleep 60"]
-    monkeypatch.setattr(validation, "validator_command", lambda *args: fake)
-    monkeypatch.setattr(validation, "PIPE_GRACE_S", 2.0, raising=False)
+    monkeypatch.setattr(launch, "validator_command", lambda *args: fake)
+    monkeypatch.setattr(launch, "PIPE_GRACE_S", 2.0)
     started = time.monotonic()
     try:
-        with pytest.raises(validation.ValidationFailed, match="timed out"):
-            validation.run_validation(str(PLANS / "tiny-1f1b-p2.json"), validation.ValidateOptions(timeout=1.0))
+        with pytest.raises(ValidationFailed, match="timed out"):
+            launch.run_validation(str(PLANS / "tiny-1f1b-p2.json"), ValidateOptions(timeout=1.0))
         assert time.monotonic() - started < 10
     finally:
         if orphan.exists():
@@ -301,3 +301,67 @@ def test_each_local_rank_gets_its_own_cores():
     assert own_cores([3, 1, 0, 2], 0, 2) == [0, 1] and own_cores([3, 1, 0, 2], 1, 2) == [2, 3]
     assert own_cores([0, 1, 2], 1, 2) == [1]  # a core left over stays unused by the ranks
     assert own_cores([0, 1], 1, 3) is None  # fewer cores than ranks: no pinning
+
+
+def test_options_reach_the_ranks_through_their_argv():
+    from dataclasses import replace
+
+    from pipeplan.validation import ValidateOptions
+
+    options = ValidateOptions(iterations=4, warmup=0, timeout=45.0, scale=0.5, calibration_reps=2, threads=3)
+    back = ValidateOptions.from_argv(options.to_argv())
+    # A rank keeps no whole-run budget: the launcher's one-wait limit arrives as its --timeout.
+    assert back.wait_timeout == options.wait_timeout == 15.0
+    assert back == replace(options, timeout=back.timeout, wait=15.0)
+    assert ValidateOptions.from_argv(back.to_argv()) == back
+    assert ValidateOptions.from_argv([]) == ValidateOptions()
+
+
+@pytest.mark.parametrize("role,timeout,wait", [("launcher", 90.0, 30.0), ("rank", 300.0, 90.0)])
+def test_timeout_is_the_whole_run_for_the_launcher_and_one_wait_for_a_rank(role, timeout, wait):
+    import argparse
+
+    from pipeplan.validation import ValidateOptions
+
+    parser = argparse.ArgumentParser()
+    ValidateOptions.add_arguments(parser, role)
+    options = ValidateOptions.from_args(parser.parse_args(["--timeout", "90"]))
+    assert (options.timeout, options.wait_timeout) == (timeout, wait)
+
+
+def test_the_launcher_asks_rank_0_for_measurements_in_its_run_folder(tmp_path):
+    from pipeplan.validation import ValidateOptions, validator_command
+
+    options = ValidateOptions(iterations=2, threads=1)
+    cmd = validator_command("plan.json", 2, 29500, options, str(tmp_path))
+    rank_argv = cmd[cmd.index("validator") + 1:]
+    assert rank_argv[0] == "plan.json" and rank_argv[1:1 + len(options.to_argv())] == options.to_argv()
+    assert rank_argv[rank_argv.index("--measurements") + 1] == str(tmp_path / "measurements.json")
+    assert "--out" not in rank_argv  # the report is built by the launcher, not by a rank
+
+
+def test_a_record_reads_back_as_measurements_and_rebuilds_its_report(tmp_path):
+    from pipeplan.validation import Measurements, build_report
+
+    path = REPO / "validation/records/cpu-gloo-tiny-1f1b-p2.json"
+    record = json.loads(path.read_text())
+    measurements = Measurements.from_dict(record)
+    data = json.loads(json.dumps(measurements.to_dict()))
+    for key in ("plan", "run", "profile", "measured_iterations", "losses"):
+        assert data[key] == record[key], key
+    measurements.save(tmp_path / "m.json")
+    assert Measurements.load(tmp_path / "m.json") == Measurements.from_dict(data)
+    with pytest.raises(SpecError, match="measurements"):
+        Measurements.load(path)  # a report is not a measurement file
+    moved = Measurements.from_dict({**data, "run": {**data["run"], "base_dir": str(REPO / "validation" / "plans")}})
+    report = json.loads(json.dumps(build_report(moved)))
+    assert set(report) == set(record) - {"tolerance"}
+    assert report["measured"] == record["measured"]
+    assert set(report["errors"]) == {"predicted", "apriori"} and "timeline" in report["predicted"]
+
+
+def test_a_bad_rank_option_is_a_usage_error_before_any_torch_import():
+    out = subprocess.run([sys.executable, "-m", "validator", "plan.json", "--iterations", "0"], capture_output=True,
+                         text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert out.returncode == 2 and "--iterations: must be at least 1" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from pipeplan.validation import ValidateOptions, run_validation, write_report  # noqa: E402
+from pipeplan.validation.options import LAUNCHER  # noqa: E402
 
 TARGET_BUBBLE_POINTS = 3.0
 TARGET_TIME_PCT = 10.0
@@ -48,17 +49,13 @@ def slim(report: dict) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("plans", nargs="*", help="plan files (default: validation/plans/*.json)")
-    p.add_argument("--backend", default="gloo")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
+    ValidateOptions.add_arguments(p, LAUNCHER)
     p.add_argument("--attempts", type=int, default=5, help="runs to try for an undisturbed one (default 5)")
     p.add_argument("--tag", default=None, help="record name prefix (default: <device>-<backend>)")
     args = p.parse_args()
     plans = [Path(x) for x in args.plans] or sorted((HERE / "plans").glob("*.json"))
     tag = args.tag or f"{args.device}-{args.backend}"
-    options = ValidateOptions(backend=args.backend, device=args.device, iterations=args.iterations,
-                              warmup=args.warmup, timeout=300)
+    options = ValidateOptions.from_args(args)
     for plan in plans:
         for attempt in range(args.attempts):
             report = run_validation(str(plan), options)

@@ -1,6 +1,13 @@
 """Real execution of a pipeplan plan with torch.distributed: one rank per pipeline device runs its
-action list from the shared schedule IR, times every op, calibrates, and reports to rank 0.
+action list from the shared schedule IR, times every op, calibrates, and sends its measurements to
+rank 0, which assembles them (timelines and a profile, ``pipeplan.validation.Measurements``).
 
 Start it with torchrun (``python -m torch.distributed.run ... -m validator PLAN.json``) or through
 ``pipeplan validate``. Importing this package does not import torch; its modules do.
+
+* ``__main__`` — one rank's entry: options, failure notes for the launcher, rank 0's outputs;
+* ``run``      — set-up (plan, cores, device, process group) and the measured iterations;
+* ``calibrate``, ``timing`` — op and link costs, clocks, other processes' load;
+* ``runtime``, ``compute``, ``modules`` — transfers, the action-list executor, the stages' ops;
+* ``gather``   — rank 0: the ranks' payloads as one ``Measurements``.
 """

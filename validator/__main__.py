@@ -2,10 +2,12 @@
 
     python -m torch.distributed.run --nproc-per-node 2 -m validator PLAN.json --out report.json
 
-(``pipeplan validate`` builds that command, picks a free port and watches it.) Every rank builds its
-stages, calibrates them and its links, runs the schedule ``--warmup`` + ``--iterations`` times, and
-sends its timings to rank 0, which writes the report. If anything fails the rank prints
-``rank k failed: <reason>``, leaves a note in ``--run-dir`` for the launcher, and exits non-zero.
+(``pipeplan validate`` builds that command with ``--measurements``, picks a free port and watches
+it.) Every rank builds its stages, calibrates them and its links, runs the schedule ``--warmup`` +
+``--iterations`` times, and sends its timings to rank 0. Once that distributed part is over, rank 0
+saves the measurements (``--measurements``) and, with ``--out``, builds the report from them and
+writes it. If anything fails the rank prints ``rank k failed: <reason>``, leaves a note in
+``--run-dir`` for the launcher, and exits non-zero.
 """
 from __future__ import annotations
 
@@ -20,28 +22,31 @@ import time
 import traceback
 from pathlib import Path
 
-# Nothing here imports torch at module level: a rank arms PR_SET_PDEATHSIG and records its pid before
-# the seconds torch takes to import, so a launcher that kills torchrun meanwhile leaves nothing behind.
+# Nothing here imports torch (or pipeplan) at module level: a rank arms PR_SET_PDEATHSIG, then reads its
+# options and records its pid, before the seconds torch takes to import, so a launcher that kills
+# torchrun meanwhile leaves nothing behind.
 
 
 _PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "timed out")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, "ValidateOptions"]:
+    """The plan, the output flags and the run's options (``ValidateOptions``, rank form)."""
+    from pipeplan.errors import SpecError
+    from pipeplan.validation.options import RANK, ValidateOptions
+
     p = argparse.ArgumentParser(prog="python -m validator", description=__doc__.split("\n\n")[0])
     p.add_argument("plan", help="plan JSON")
-    p.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--iterations", type=int, default=10, help="timed iterations (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds any single wait may take (default 60)")
-    p.add_argument("--scale", type=float, default=1.0, help="shrink widths, sequence and micro-batch (0, 1]")
-    p.add_argument("--calibration-reps", type=int, default=1,
-                   help="link timings per size before every iteration, x2 (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: cores / local ranks)")
-    p.add_argument("--out", help="report JSON written by rank 0")
+    ValidateOptions.add_arguments(p, RANK)
+    p.add_argument("--out", help="report JSON, built and written by rank 0 after the run")
+    p.add_argument("--measurements", help="the run's measurements as JSON, written by rank 0 (pipeplan validate "
+                   "builds the report from them)")
     p.add_argument("--run-dir", help="folder for the launcher: pid, done and failure notes per rank")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        return args, ValidateOptions.from_args(args)
+    except SpecError as err:
+        p.error(str(err))
 
 
 def _die_with_parent() -> None:
@@ -63,17 +68,25 @@ def _note(run_dir: str | None, name: str, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
+    # First, before anything slow is imported: die with torchrun (see the note at the top).
     _die_with_parent()
     # The launcher sends SIGUSR1 before killing a run that outlived its timeout: every thread's
     # Python stack then goes to stderr, so a hang names where it hung.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    rank = int(os.environ.get("RANK", "0"))
+    args, options = parse_args(argv)
     _note(args.run_dir, f"rank{rank}.pid", {"rank": rank, "pid": os.getpid()})
     try:
         from .run import run_rank
 
-        run_rank(args, rank)
+        measurements = run_rank(args.plan, options, rank)
+        if measurements is not None:  # rank 0, the distributed part over
+            if args.measurements:
+                measurements.save(args.measurements)
+            if args.out:
+                from pipeplan.validation.report import build_report, write_report
+
+                write_report(build_report(measurements), args.out)
     except BaseException as err:  # every failure becomes one line and a non-zero exit
         if isinstance(err, SystemExit) and not err.code:
             raise

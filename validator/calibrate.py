@@ -21,42 +21,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from pipeplan.profile import LinkProfile, StageProfile
 from simulator.ir import BACKWARD_INPUT, FORWARD, FULL_BACKWARD, Schedule
 
 from .compute import StageRunner
 from .runtime import Channel, _wait, talking_to
-
-
-@dataclass(frozen=True)
-class StageTiming:
-    forward: float
-    backward: float
-    backward_input: float
-    backward_weight: float
-
-    def to_dict(self) -> dict[str, float]:
-        return {"forward": self.forward, "backward": self.backward, "backward_input": self.backward_input,
-                "backward_weight": self.backward_weight}
-
-
-@dataclass(frozen=True)
-class LinkTiming:
-    src: int
-    dst: int
-    latency: float
-    bandwidth: float
-    nbytes: float  # the boundary tensor size the big message used
-    send_overhead: float  # seconds the send call itself takes (the sending op pays it)
-
-    def to_dict(self) -> dict[str, float]:
-        return {"src": self.src, "dst": self.dst, "latency": self.latency, "bandwidth": self.bandwidth,
-                "nbytes": self.nbytes, "send_overhead": self.send_overhead}
 
 
 def _timed(clock, fn) -> tuple[object, object, object]:
@@ -136,7 +110,7 @@ def replay_round(executor, runners: dict[int, StageRunner], clock) -> dict[int, 
 
 
 def stage_timings(samples: list[dict[int, dict[str, list[float]]]],
-                  fallback: dict[int, dict[str, list[float]]] | None = None) -> dict[int, StageTiming]:
+                  fallback: dict[int, dict[str, list[float]]] | None = None) -> dict[int, StageProfile]:
     """Means over all rounds' samples (see the module docstring); a kind the rounds never ran (I and W
     under 1F1B, B under Zero Bubble) takes its mean from ``fallback``, so a profile always prices all
     four."""
@@ -149,7 +123,7 @@ def stage_timings(samples: list[dict[int, dict[str, list[float]]]],
         for kind, values in kinds.items():
             if not merged.setdefault(stage, {}).get(kind):
                 merged[stage][kind] = list(values)
-    return {s: StageTiming(*(statistics.fmean(merged[s][k]) for k in "FBIW")) for s in merged}
+    return {s: StageProfile(*(statistics.fmean(merged[s][k]) for k in "FBIW")) for s in merged}
 
 
 def _burst(seconds: float) -> None:
@@ -238,7 +212,7 @@ def link_round(all_channels: list[tuple[int, int]], channels: dict[tuple[int, in
 
 
 def link_timings(samples: list[dict[tuple[int, int], tuple[list, list, list]]], numel: int,
-                 elem_bytes: int) -> list[LinkTiming]:
+                 elem_bytes: int) -> list[LinkProfile]:
     """One-way latency (median at one element) and bandwidth (size over the extra median time)."""
     merged: dict[tuple[int, int], tuple[list, list, list]] = {}
     for round_samples in samples:
@@ -253,8 +227,8 @@ def link_timings(samples: list[dict[tuple[int, int], tuple[list, list, list]]], 
         one_way = max(latency, statistics.median(big))
         nbytes = numel * elem_bytes
         slope = (one_way - latency) / (nbytes - elem_bytes) if nbytes > elem_bytes else 0.0
-        links.append(LinkTiming(src, dst, latency, 1.0 / slope if slope > 0 else float("inf"), float(nbytes),
-                                statistics.median(issue)))
+        links.append(LinkProfile(src, dst, latency, 1.0 / slope if slope > 0 else float("inf"),
+                                 statistics.median(issue)))
     return links
 
 
@@ -268,7 +242,7 @@ def barrier(timeout: float) -> None:
 
 
 def layer_timings(model, plan, schedule: Schedule, rank: int, batch: int, seq: int, device: torch.device,
-                  dtype: torch.dtype, clock, reps: int) -> dict[str, StageTiming]:
+                  dtype: torch.dtype, clock, reps: int) -> dict[str, StageProfile]:
     """F, B, I, W of one layer of each kind this rank holds (embedding, block, head), timed alone.
 
     With these a profile prices any other cut of the same model and shapes (see pipeplan.profile).

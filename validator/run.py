@@ -1,10 +1,8 @@
-"""One rank's whole run: set up, calibrate, execute the schedule, gather to rank 0, report."""
+"""One rank's whole run: set up, calibrate, execute the schedule, gather the measurements to rank 0."""
 from __future__ import annotations
 
 import os
-import platform
 import socket
-import statistics
 import time
 import zlib
 from datetime import timedelta
@@ -16,35 +14,20 @@ import torch.distributed as dist
 from pipeplan.errors import SpecError
 from pipeplan.specs import resolve
 from pipeplan.plan import Plan
-from pipeplan.profile import LinkProfile, Profile, StageProfile
 from pipeplan.scaling import scale_plan
-from simulator.timeline import OpRecord, Timeline, TransferRecord
+from pipeplan.validation.measurements import Measurements
+from pipeplan.validation.options import ValidateOptions
 
 from .calibrate import (barrier, in_flight, layer_timings, link_round, link_timings, replay_round, stage_round,
                         stage_timings)
 from .compute import StageRunner
+from .gather import RankContext, assemble
 from .runtime import Fault, RankExecutor, make_channels, plan_transfers, talking_to
 from .timing import clock_offsets, foreign_cores, host_busy_seconds, make_clock, own_cpu_seconds
 
 SEED = 1234
 # An iteration counts as undisturbed when other processes kept at most this many cores busy.
 QUIET_CORES = 0.3
-# A receive that returned this long after the receiver's previous op ended was waited for.
-WAITED_S = 50e-6
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu} ({os.cpu_count()} cores)"
 
 
 def own_cores(cpus: list[int], local_rank: int, local_world: int) -> list[int] | None:
@@ -83,11 +66,12 @@ def load_scaled_plan(path: str, scale: float) -> tuple[Plan, Path]:
     return plan, base
 
 
-def run_rank(args, rank: int) -> None:
+def run_rank(plan_path: str, options: ValidateOptions, rank: int) -> Measurements | None:
+    """Run this rank's part of ``plan_path``; rank 0 returns the run's measurements, the others None."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    plan, base = load_scaled_plan(args.plan, args.scale)
+    plan, base = load_scaled_plan(plan_path, options.scale)
     resolved = resolve(plan.model, plan.cluster, plan, base)
     schedule, model = resolved.schedule, resolved.model
     if world != plan.pp:
@@ -97,12 +81,12 @@ def run_rank(args, rank: int) -> None:
         )
     # Before any thread starts (torch's, gloo's), so they all inherit the rank's cores.
     pin_to_own_cores(local_rank, local_world)
-    threads = args.threads or max(1, (os.cpu_count() or 1) // local_world)
+    threads = options.threads or max(1, (os.cpu_count() or 1) // local_world)
     torch.set_num_threads(threads)
-    if args.device == "cuda":
+    if options.device == "cuda":
         if not torch.cuda.is_available():
             raise SpecError("--device cuda: torch sees no CUDA device here")
-        if args.backend == "nccl" and local_world > torch.cuda.device_count():
+        if options.backend == "nccl" and local_world > torch.cuda.device_count():
             raise SpecError(
                 f"--backend nccl: {local_world} ranks on this node but {torch.cuda.device_count()} GPU(s); NCCL "
                 "refuses two ranks on one GPU, use --backend gloo (it stages boundary tensors through host memory)"
@@ -111,28 +95,31 @@ def run_rank(args, rank: int) -> None:
         torch.cuda.set_device(device)
         dtype = torch.bfloat16
     else:
-        if args.backend == "nccl":
+        if options.backend == "nccl":
             raise SpecError("--backend nccl needs --device cuda")
         device = torch.device("cpu")
         dtype = torch.float32
-    timeout = args.timeout
+    timeout = options.wait_timeout
     # Binding NCCL to the rank's GPU up front lets barriers and collectives know their device.
-    bound = {"device_id": device} if args.backend == "nccl" else {}
-    dist.init_process_group(args.backend, timeout=timedelta(seconds=timeout), **bound)
-    _run(args, rank, world, plan, base, schedule, model, device, dtype, threads, timeout)
+    bound = {"device_id": device} if options.backend == "nccl" else {}
+    dist.init_process_group(options.backend, timeout=timedelta(seconds=timeout), **bound)
+    context = RankContext(plan_path, plan, base, schedule, model, device, dtype, threads, options)
+    return _measure(context, rank, world, timeout)
 
 
-def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads, timeout) -> None:
+def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Measurements | None:
+    plan, schedule, model, device, dtype = context.plan, context.schedule, context.model, context.device, context.dtype
+    options = context.options
     batch, seq = plan.microbatch_size, plan.seq_len or model.seq_len
     shape = (batch, seq, model.hidden)
-    channels = make_channels(schedule, rank, shape, dtype, device, args.backend, timeout)
+    channels = make_channels(schedule, rank, shape, dtype, device, options.backend, timeout)
     runners = {
         s: StageRunner(model, s, plan.stage_layers(s), batch, seq, plan.num_microbatches, device, dtype, SEED,
                        recompute=plan.recompute_of(s))
         for s in schedule.stages_of(rank)
     }
     clock = make_clock(device)
-    scalar_device = device if args.backend == "nccl" else torch.device("cpu")
+    scalar_device = device if options.backend == "nccl" else torch.device("cpu")
     with talking_to(None, "aligning clocks"):
         offsets = clock_offsets(rank, world, scalar_device, timeout)
 
@@ -148,12 +135,12 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
     # Keep going until ``iterations`` timed iterations ran on an otherwise idle machine, or three
     # times that many were tried: on a shared host another job's burst would otherwise be measured
     # as if it were the schedule's cost.
-    while run < args.warmup + 3 * args.iterations:
+    while run < options.warmup + 3 * options.iterations:
         wall0, busy0, own0 = time.perf_counter(), host_busy_seconds(), own_cpu_seconds()
         barrier(timeout)
         stages_now = replay_round(executor, runners, clock)
         barrier(timeout)
-        links_now = link_round(all_channels, channels, rank, numel, device, reps=2 * args.calibration_reps,
+        links_now = link_round(all_channels, channels, rank, numel, device, reps=2 * options.calibration_reps,
                                timeout=timeout, offsets=offsets)
         barrier(timeout)
         marks, arrivals = executor.run_iteration()
@@ -165,24 +152,24 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
         rows = [t.cpu().tolist() for t in gathered_load]
         foreign = foreign_cores([r[:3] for r in rows], max(r[3] for r in rows))
         run += 1
-        if run <= args.warmup:
+        if run <= options.warmup:
             continue
         shift = offsets[rank]
         ops = [[str(op.action), times[2 * k] - shift, times[2 * k + 1] - shift] for k, op in enumerate(marks)]
         base_k = 2 * len(marks)
         seen = [[str(a.producer), str(a.consumer), a.src, times[base_k + k] - shift] for k, a in enumerate(arrivals)]
         kept.append((foreign, stages_now, links_now, {"ops": ops, "arrivals": seen, "foreign_cores": foreign}))
-        if sum(1 for k in kept if k[0] <= QUIET_CORES) >= args.iterations:
+        if sum(1 for k in kept if k[0] <= QUIET_CORES) >= options.iterations:
             break
     quiet = [k for k in kept if k[0] <= QUIET_CORES]
     # All ranks take the same decision: the load figures were all-gathered.
-    chosen = quiet[: args.iterations] if len(quiet) >= args.iterations else sorted(kept, key=lambda k: k[0])[: args.iterations]
+    chosen = quiet[: options.iterations] if len(quiet) >= options.iterations else sorted(kept, key=lambda k: k[0])[: options.iterations]
     chosen_ids = {id(k) for k in chosen}
     chosen = [k for k in kept if id(k) in chosen_ids]  # back in run order
     stage_rounds = [k[1] for k in chosen]
     link_rounds = [k[2] for k in chosen]
     iterations = [k[3] for k in chosen]
-    disturbed = len(quiet) < args.iterations
+    disturbed = len(quiet) < options.iterations
     barrier(timeout)
     isolated = stage_round(runners, clock, reps=3, depth=depth)
     stage_costs = stage_timings(stage_rounds, fallback=isolated)
@@ -194,9 +181,9 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
 
     payload = {
         "rank": rank,
-        "stages": {s: t.to_dict() for s, t in stage_costs.items()},
-        "links": [link.to_dict() for link in links],
-        "layers": {kind: t.to_dict() for kind, t in layer_costs.items()},
+        "stages": stage_costs,
+        "links": links,
+        "layers": layer_costs,
         "iterations": iterations,
         "losses": losses,
         "tried": len(kept),
@@ -206,94 +193,5 @@ def _run(args, rank, world, plan, base, schedule, model, device, dtype, threads,
     with talking_to(None if rank == 0 else 0, "gathering timings to rank 0"):
         dist.gather_object(payload, gathered, dst=0)
     if rank != 0:
-        return
-    run = assemble(args, plan, base, schedule, model, gathered, device, dtype, threads, elem_bytes * numel, offsets)
-    from pipeplan.validation import build_report, write_report
-
-    report = build_report(run)
-    if args.out:
-        write_report(report, args.out)
-
-
-def assemble(args, plan, base, schedule, model, gathered, device, dtype, threads, boundary_bytes, offsets) -> dict:
-    """Rank 0: the per-rank payloads as measured timelines (simulator format) plus the profile."""
-    stages = {}
-    for payload in gathered:
-        stages.update({int(s): t for s, t in payload["stages"].items()})
-    num_stages = schedule.num_stages
-    layers: dict[str, list[dict]] = {}
-    for payload in gathered:
-        for kind, t in payload["layers"].items():
-            layers.setdefault(kind, []).append(t)
-    # A kind timed on several ranks (blocks, usually) takes the median of their medians.
-    layer_profiles = {
-        kind: StageProfile(**{f: statistics.median(t[f] for t in ts) for f in ts[0]}) for kind, ts in layers.items()
-    }
-    profile = Profile(
-        device=device_name(device), backend=args.backend, model=model.name, microbatch_size=plan.microbatch_size,
-        seq_len=plan.seq_len or model.seq_len, layers_per_stage=tuple(plan.layers_per_stage),
-        stages=tuple(
-            StageProfile(**stages[s], send_forward_bytes=boundary_bytes if s < num_stages - 1 else 0.0,
-                         send_backward_bytes=boundary_bytes if s > 0 else 0.0, recompute=plan.recompute_of(s))
-            for s in range(num_stages)
-        ),
-        links=tuple(LinkProfile(l["src"], l["dst"], l["latency"], l["bandwidth"], l["send_overhead"])
-                    for payload in gathered for l in payload["links"]),
-        dtype=str(dtype).replace("torch.", ""),
-        layers=layer_profiles,
-        boundary_bytes=float(boundary_bytes),
-    )
-    timelines = []
-    for it in range(len(gathered[0]["iterations"])):
-        ops, ends = [], {}
-        for payload in gathered:
-            for action, start, end in payload["iterations"][it]["ops"]:
-                ops.append((payload["rank"], action, start, end))
-                ends[action] = end
-        origin = min(o[2] for o in ops)
-        records = [OpRecord(d, _action(a), s - origin, e - origin) for d, a, s, e in ops]
-        transfers = []
-        for payload in gathered:
-            own_ends = sorted(end for _, _, end in payload["iterations"][it]["ops"])
-            for producer, consumer, src, seen in payload["iterations"][it]["arrivals"]:
-                # The receiver sees a tensor only when it asks for it. Its arrival time is known only
-                # if the receiver was already waiting (it asked well before the tensor came); a tensor
-                # that was there before the receiver finished its previous op has no known arrival
-                # time and gets no transfer record rather than an invented one.
-                before = [e for e in own_ends if e <= seen]
-                if before and seen - before[-1] < WAITED_S:
-                    continue
-                start = ends[producer] - origin
-                transfers.append(TransferRecord(src, payload["rank"], _action(producer), _action(consumer),
-                                                start, max(start, seen - origin), float(boundary_bytes)))
-        records.sort(key=lambda r: (r.device, r.start))
-        meta = {"schedule": schedule.name, "devices": schedule.num_devices, "microbatches": schedule.num_microbatches,
-                "chunks": schedule.chunks, "source": "measured", "iteration": it,
-                "foreign_cores": gathered[0]["iterations"][it]["foreign_cores"]}
-        timelines.append(Timeline(schedule.num_devices, records, transfers, meta).to_dict())
-    return {
-        "plan": plan.to_dict(),
-        "plan_file": str(Path(args.plan).resolve()),
-        "base_dir": str(base),
-        "scale": args.scale,
-        "backend": args.backend,
-        "device": profile.device,
-        "dtype": profile.dtype,
-        "threads_per_rank": threads,
-        "world_size": len(gathered),
-        "iterations": len(timelines),
-        "iterations_tried": gathered[0]["tried"],
-        "disturbed": gathered[0]["disturbed"],
-        "warmup": args.warmup,
-        "calibration_reps": args.calibration_reps,
-        "clock_offsets": offsets,
-        "profile": profile.to_dict(),
-        "measured_iterations": timelines,
-        "losses": [payload["losses"] for payload in gathered if payload["losses"]],
-    }
-
-
-def _action(text: str):
-    from simulator.ir import Action
-
-    return Action.parse(text)
+        return None
+    return assemble(context, gathered, elem_bytes * numel, offsets)

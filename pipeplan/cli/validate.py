@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..validation.options import LAUNCHER, ValidateOptions
 from .output import fmt_pct, fmt_time, table
 
 
@@ -17,18 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Needs torch (pip install 'pipeplan[validate]').",
     )
     v.add_argument("plan", metavar="PLAN.json")
-    v.add_argument("--backend", choices=["gloo", "nccl"], default="gloo", help="torch.distributed backend (default gloo)")
-    v.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the stages compute (default cpu)")
-    v.add_argument("--iterations", type=int, default=10, help="timed iterations (default 10)")
-    v.add_argument("--warmup", type=int, default=3, help="untimed iterations before them (default 3)")
-    v.add_argument("--timeout", type=float, default=300.0,
-                   help="seconds for the whole run; any single wait gives up after a third of it, 2 to 60 s (default 300)")
-    v.add_argument("--scale", type=float, default=1.0,
-                   help="multiply hidden size, FFN, vocabulary, sequence and micro-batch by this (0, 1], "
-                   "keeping layers, cuts and schedule, so a big preset fits a small machine (default 1)")
-    v.add_argument("--calibration-reps", type=int, default=1,
-                   help="link timings per size before each iteration, x2 (default 1)")
-    v.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: cores / ranks)")
+    ValidateOptions.add_arguments(v, LAUNCHER)
     v.add_argument("--out", metavar="FILE", help="report JSON (written atomically, only on success)")
     v.add_argument("--profile-out", metavar="FILE", help="also save the calibration as a profile for --profile")
     v.add_argument("--gantt", metavar="FILE", help="side-by-side Gantt: predicted | measured (.png, .svg, .pdf)")
@@ -98,12 +88,9 @@ def run_validate(args: argparse.Namespace) -> int:
     from ..charts.render import figure_format
     from ..errors import SpecError
     from ..plan import Plan
-    from ..validation import ValidateOptions, ValidationFailed, run_validation
+    from ..validation import ValidationFailed, run_validation
 
-    options = ValidateOptions(
-        backend=args.backend, device=args.device, iterations=args.iterations, warmup=args.warmup,
-        timeout=args.timeout, scale=args.scale, calibration_reps=args.calibration_reps, threads=args.threads,
-    )
+    options = ValidateOptions.from_args(args)
     if args.gantt:
         figure_format(args.gantt)
     for flag in ("out", "profile_out", "gantt"):

@@ -1,0 +1,20 @@
+"""``pipeplan validate``: run a plan for real and compare the measurement with the predictions.
+
+* ``options``      — ``ValidateOptions``: the flags of ``pipeplan validate`` and ``python -m validator``;
+* ``launch``       — ``run_validation``: start torchrun (``python -m validator``), watch it, end it;
+* ``measurements`` — ``Measurements``: what the ranks measured (timelines and a profile);
+* ``report``       — ``build_report``: the measured, calibrated and a-priori numbers and their errors.
+
+Nothing here imports torch; the ranks do (package ``validator``).
+"""
+from .launch import ValidationFailed, process_alive, run_validation, validator_command
+from .measurements import Measurements
+from .options import ValidateOptions
+from .report import (REPORT_KIND, REPORT_VERSION, build_report, errors, load_report, measured_section, predictions,
+                     repredict, write_report)
+
+__all__ = [
+    "ValidateOptions", "ValidationFailed", "run_validation", "validator_command", "process_alive", "Measurements",
+    "REPORT_KIND", "REPORT_VERSION", "build_report", "errors", "load_report", "measured_section", "predictions",
+    "repredict", "write_report",
+]

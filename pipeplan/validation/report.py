@@ -1,0 +1,119 @@
+"""The validation report, built from a run's measurements in the process that asks for it.
+
+Three numbers for each of bubble fraction, iteration time and per-device busy time:
+
+* measured  — the median over the run's timed iterations;
+* predicted — the simulator fed the run's own calibration (per-stage op times, link timings):
+  what pipeplan claims once it knows the machine;
+* apriori   — the simulator with the analytic cost model and the cluster spec, no measurement.
+
+Errors: bubble in percentage points (predicted - measured), iteration time in per cent of measured.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from simulator.timeline import Timeline, bubble_fraction, busy_time, iteration_time
+
+from ..api import simulate
+from ..errors import SpecError
+from ..fileio import load_mapping, write_json_atomic
+from ..plan import Plan
+from ..profile import Profile
+from .measurements import Measurements
+
+REPORT_KIND = "pipeplan.validation"
+REPORT_VERSION = 1
+
+
+def _section(timeline: Timeline, **extra: Any) -> dict[str, Any]:
+    total = iteration_time(timeline)
+    busy = busy_time(timeline)
+    return {
+        "bubble_fraction": bubble_fraction(timeline),
+        "iteration_time": total,
+        "busy_time": busy,
+        "device_bubble_fraction": [1 - b / total if total > 0 else 0.0 for b in busy],
+        **extra,
+        "timeline": timeline.to_dict(),
+    }
+
+
+def measured_section(timelines: Sequence[Timeline]) -> dict[str, Any]:
+    """Medians over the timed iterations; the timeline shown is the iteration closest to the median time."""
+    times = [iteration_time(t) for t in timelines]
+    bubbles = [bubble_fraction(t) for t in timelines]
+    median_time = statistics.median(times)
+    shown = min(range(len(timelines)), key=lambda k: abs(times[k] - median_time))
+    section = _section(timelines[shown], shown_iteration=shown)
+    p = timelines[0].num_devices
+    section.update(
+        bubble_fraction=statistics.median(bubbles),
+        iteration_time=median_time,
+        busy_time=[statistics.median(busy_time(t)[d] for t in timelines) for d in range(p)],
+        iterations=[{"iteration_time": t, "bubble_fraction": b, "foreign_cores": tl.meta.get("foreign_cores")}
+                    for t, b, tl in zip(times, bubbles, timelines)],
+    )
+    section["device_bubble_fraction"] = [1 - b / median_time for b in section["busy_time"]]
+    return section
+
+
+def errors(prediction: dict[str, Any], measured: dict[str, Any]) -> dict[str, float]:
+    return {
+        "bubble_points": 100 * (prediction["bubble_fraction"] - measured["bubble_fraction"]),
+        "iteration_time_pct": 100 * (prediction["iteration_time"] - measured["iteration_time"]) / measured["iteration_time"],
+    }
+
+
+def predictions(plan: Plan, base_dir: str | Path, profile: Profile | dict[str, Any]) -> tuple[dict, dict]:
+    """(calibrated, a-priori) prediction sections for ``plan``, with the current simulator."""
+    calibrated = simulate(plan=plan, base_dir=base_dir, profile=profile)
+    apriori = simulate(plan=plan, base_dir=base_dir)
+    for result, label in ((calibrated, "predicted (calibrated)"), (apriori, "a priori")):
+        result.timeline.meta["source"] = label
+    return _section(calibrated.timeline), _section(apriori.timeline)
+
+
+def build_report(measurements: Measurements) -> dict[str, Any]:
+    """The report of a finished run: measured, both predictions and their errors, and the measurements."""
+    measured = measured_section(measurements.iterations)
+    predicted, apriori = predictions(measurements.plan, measurements.base_dir, measurements.profile)
+    raw = measurements.to_dict()
+    return {
+        "kind": REPORT_KIND,
+        "version": REPORT_VERSION,
+        "plan": raw["plan"],
+        "run": raw["run"],
+        "measured": measured,
+        "predicted": predicted,
+        "apriori": apriori,
+        "errors": {"predicted": errors(predicted, measured), "apriori": errors(apriori, measured)},
+        "profile": raw["profile"],
+        "measured_iterations": raw["measured_iterations"],
+        "losses": raw["losses"],
+    }
+
+
+def repredict(report: dict[str, Any], base_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
+    """Errors of today's simulator against a stored run (its calibration and measurement).
+
+    ``base_dir``: where the plan's relative cluster/model files are (default: the run's plan folder).
+    """
+    run = Measurements.from_dict(report)
+    measured = measured_section(run.iterations)
+    predicted, apriori = predictions(run.plan, base_dir or run.base_dir, run.profile)
+    return {"predicted": errors(predicted, measured), "apriori": errors(apriori, measured)}
+
+
+def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
+    write_json_atomic(path, report)
+
+
+def load_report(path: str) -> dict[str, Any]:
+    data = load_mapping(path, "report")
+    if data.get("kind") != REPORT_KIND or not all(k in data for k in ("measured", "predicted", "apriori")):
+        raise SpecError(f"report: {path!r} is not a validation report (written by `pipeplan validate --out`)")
+    return data

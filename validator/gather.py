@@ -1,0 +1,141 @@
+"""Rank 0: the ranks' payloads as one ``Measurements`` (measured timelines and a calibration profile).
+
+Each rank sends rank 0 a payload (``validator.run``): its stages' and single layers' op costs
+(``StageProfile``), the links it sends on (``LinkProfile``), and per kept iteration its ops' start and
+end and the arrivals it saw, on rank 0's clock. Nothing here simulates; the report is built from the
+result elsewhere (``pipeplan.validation.report``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeplan.model import ModelSpec
+from pipeplan.plan import Plan
+from pipeplan.profile import Profile, StageProfile
+from pipeplan.validation.measurements import Measurements
+from pipeplan.validation.options import ValidateOptions
+from simulator.ir import Action, Schedule
+from simulator.timeline import OpRecord, Timeline, TransferRecord
+
+# A receive that returned this long after the receiver's previous op ended was waited for.
+WAITED_S = 50e-6
+OP_COSTS = ("forward", "backward", "backward_input", "backward_weight")
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """What every rank set up before measuring: the plan as run (scaled) and where it runs."""
+
+    plan_path: str
+    plan: Plan
+    base: Path
+    schedule: Schedule
+    model: ModelSpec
+    device: torch.device
+    dtype: torch.dtype
+    threads: int
+    options: ValidateOptions
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu} ({os.cpu_count()} cores)"
+
+
+def _profile(context: RankContext, gathered: list[dict], boundary_bytes: float) -> Profile:
+    plan, schedule, model = context.plan, context.schedule, context.model
+    stages: dict[int, StageProfile] = {}
+    layers: dict[str, list[StageProfile]] = {}
+    for payload in gathered:
+        stages.update(payload["stages"])
+        for kind, cost in payload["layers"].items():
+            layers.setdefault(kind, []).append(cost)
+    # A kind timed on several ranks (blocks, usually) takes the median of the ranks' means.
+    layer_profiles = {
+        kind: StageProfile(**{f: statistics.median(getattr(c, f) for c in costs) for f in OP_COSTS})
+        for kind, costs in layers.items()
+    }
+    last = schedule.num_stages - 1
+    return Profile(
+        device=device_name(context.device), backend=context.options.backend, model=model.name,
+        microbatch_size=plan.microbatch_size, seq_len=plan.seq_len or model.seq_len,
+        layers_per_stage=tuple(plan.layers_per_stage),
+        stages=tuple(
+            dataclasses.replace(stages[s], send_forward_bytes=boundary_bytes if s < last else 0.0,
+                                send_backward_bytes=boundary_bytes if s > 0 else 0.0, recompute=plan.recompute_of(s))
+            for s in range(schedule.num_stages)
+        ),
+        links=tuple(link for payload in gathered for link in payload["links"]),
+        dtype=str(context.dtype).replace("torch.", ""),
+        layers=layer_profiles,
+        boundary_bytes=float(boundary_bytes),
+    )
+
+
+def _timeline(schedule: Schedule, gathered: list[dict], it: int, boundary_bytes: float) -> Timeline:
+    """Iteration ``it`` of every rank as one timeline, times from its first op."""
+    ops, ends = [], {}
+    for payload in gathered:
+        for action, start, end in payload["iterations"][it]["ops"]:
+            ops.append((payload["rank"], action, start, end))
+            ends[action] = end
+    origin = min(o[2] for o in ops)
+    records = [OpRecord(d, Action.parse(a), s - origin, e - origin) for d, a, s, e in ops]
+    transfers = []
+    for payload in gathered:
+        own_ends = sorted(end for _, _, end in payload["iterations"][it]["ops"])
+        for producer, consumer, src, seen in payload["iterations"][it]["arrivals"]:
+            # The receiver sees a tensor only when it asks for it. Its arrival time is known only
+            # if the receiver was already waiting (it asked well before the tensor came); a tensor
+            # that was there before the receiver finished its previous op has no known arrival
+            # time and gets no transfer record rather than an invented one.
+            before = [e for e in own_ends if e <= seen]
+            if before and seen - before[-1] < WAITED_S:
+                continue
+            start = ends[producer] - origin
+            transfers.append(TransferRecord(src, payload["rank"], Action.parse(producer), Action.parse(consumer),
+                                            start, max(start, seen - origin), float(boundary_bytes)))
+    records.sort(key=lambda r: (r.device, r.start))
+    meta = {"schedule": schedule.name, "devices": schedule.num_devices, "microbatches": schedule.num_microbatches,
+            "chunks": schedule.chunks, "source": "measured", "iteration": it,
+            "foreign_cores": gathered[0]["iterations"][it]["foreign_cores"]}
+    return Timeline(schedule.num_devices, records, transfers, meta)
+
+
+def assemble(context: RankContext, gathered: list[dict], boundary_bytes: float, offsets: list[float]) -> Measurements:
+    """Rank 0: the per-rank payloads (in rank order) as the run's measurements."""
+    options = context.options
+    return Measurements(
+        plan=context.plan,
+        profile=_profile(context, gathered, boundary_bytes),
+        iterations=tuple(_timeline(context.schedule, gathered, it, boundary_bytes)
+                         for it in range(len(gathered[0]["iterations"]))),
+        losses=tuple(tuple(payload["losses"]) for payload in gathered if payload["losses"]),
+        plan_file=str(Path(context.plan_path).resolve()),
+        base_dir=str(context.base),
+        scale=options.scale,
+        backend=options.backend,
+        threads_per_rank=context.threads,
+        world_size=len(gathered),
+        iterations_tried=gathered[0]["tried"],
+        disturbed=gathered[0]["disturbed"],
+        warmup=options.warmup,
+        calibration_reps=options.calibration_reps,
+        clock_offsets=tuple(offsets),
+    )
