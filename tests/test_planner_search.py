@@ -5,7 +5,6 @@ import pytest
 
 import pipeplan
 from pipeplan import SpecError
-from pipeplan.planner.candidates import SCHEDULE_VARIANTS
 from pipeplan.planner.problem import Candidate
 from pipeplan.planner.request import MAX_JOBS, OptimizeRequest
 from pipeplan.planner.search import (assemble, bounded_candidates, polish, rescore, score_baselines, search,
@@ -27,7 +26,7 @@ def test_request_resolves_defaults():
     assert request.pp == 4  # all 8 GPUs / dp
     assert request.replica_batch == 8
     assert request.sequence_length == request.model.seq_len and request.seq_len is None
-    assert request.variants == SCHEDULE_VARIANTS and request.microbatch_sizes is None
+    assert sorted(request.variants) == sorted([("1f1b", 1), ("zb-h1", 1), ("zb-h2", 1), ("zb-v", 2), ("interleaved", 2), ("interleaved", 4), ("gpipe", 1)]) and request.microbatch_sizes is None
     assert request.gpus == [0, 2, 4, 6]
     assert (request.model_ref, request.cluster_ref, request.plan_nodes) == ("tiny", "dgx-h100", None)
     assert request.jobs == 1
