@@ -139,3 +139,19 @@ def test_compute_comms_csv_round_trips_and_simulates_like_compute_only():
     with_p2p, without = simulate(_workload(schedule)), simulate(_workload(plain))
     assert _times(with_p2p) == _times(without)
     assert len(with_p2p.timeline.transfers) == 4
+
+
+def test_charts_put_communication_ops_on_their_own_lane(tmp_path):
+    from pipeplan.charts.gantt import gantt
+    from pipeplan.charts.trace import perfetto_trace
+
+    first = ([Action(0, "UNSHARD", None)], [Action(1, "UNSHARD", None)])
+    last = ([Action(0, "REDUCE_GRAD", None)], [Action(1, "REDUCE_GRAD", None)])
+    result = simulate(_workload(_schedule(first, last), collective_ports=("nic0", "nic1")))
+    events = [e for e in perfetto_trace(result.timeline)["traceEvents"] if e["ph"] == "X" and "cat" in e]
+    compute_threads = {e["tid"] for e in events if e["cat"] in ("F", "B")}
+    comm_threads = {e["tid"] for e in events if e["cat"] in ("UNSHARD", "REDUCE_GRAD")}
+    assert len([e for e in events if e["cat"] in ("UNSHARD", "REDUCE_GRAD")]) == 4
+    assert compute_threads.isdisjoint(comm_threads)
+    gantt(result.timeline, str(tmp_path / "comm.png"))
+    assert (tmp_path / "comm.png").stat().st_size > 1000

@@ -1,5 +1,8 @@
 """Gantt charts of a timeline: one row per device, a box per op coloured by kind, idle time white.
 
+Compute ops fill the top of a device's row; transfers and communication ops (the device's
+communication stream: gathers, gradient reductions) share a thin band below it.
+
 Boxes are drawn as one PolyCollection (not one artist per op), so tens of thousands of ops render
 in seconds; micro-batch numbers appear inside boxes only where they fit.
 """
@@ -9,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from simulator.kinds import KINDS, is_compute
 from simulator.timeline import Timeline, bubble_fraction, iteration_time
 
 from .render import figure_format, pyplot, save_figure
@@ -73,10 +77,16 @@ def draw_gantt(ax, timeline: Timeline, *, title: str | None = None, show_transfe
     origin = min((o.start for o in timeline.ops), default=0.0)
     scale, xlabel = time_scale(span, timeline.meta.get("time_unit"))
     transfers = show_transfers and has_visible_transfers(timeline)
-    top, bottom = (0.06, 0.70) if transfers else (0.08, 0.92)
+    comm_ops = [o for o in timeline.ops if not is_compute(o.action.kind)]
+    # Bands of a device's row: compute on top, then transfers, then the communication stream.
+    top, bottom = (0.06, 0.70) if transfers or comm_ops else (0.08, 0.92)
+    lane_top, lane_bottom = 0.76, 0.92
+    comm_top, comm_bottom = lane_top, lane_bottom
+    if transfers and comm_ops:
+        bottom, lane_top, lane_bottom, comm_top = 0.58, 0.62, 0.74, 0.78
 
     chunks = chunk_index(timeline)
-    ops = timeline.ops
+    ops = [o for o in timeline.ops if is_compute(o.action.kind)] if comm_ops else timeline.ops
     starts = np.fromiter(((o.start - origin) * scale for o in ops), float, len(ops))
     ends = np.fromiter(((o.end - origin) * scale for o in ops), float, len(ops))
     rows = np.fromiter((o.device for o in ops), float, len(ops))
@@ -96,7 +106,6 @@ def draw_gantt(ax, timeline: Timeline, *, title: str | None = None, show_transfe
         t_start = np.fromiter(((t.start - origin) * scale for t in timeline.transfers), float)
         t_end = np.fromiter(((t.end - origin) * scale for t in timeline.transfers), float)
         t_rows = np.fromiter((t.src for t in timeline.transfers), float)
-        lane_top, lane_bottom = 0.76, 0.92
         t_verts = np.stack(
             [np.stack([t_start, t_rows + lane_top], 1), np.stack([t_start, t_rows + lane_bottom], 1),
              np.stack([t_end, t_rows + lane_bottom], 1), np.stack([t_end, t_rows + lane_top], 1)], 1)
@@ -104,6 +113,12 @@ def draw_gantt(ax, timeline: Timeline, *, title: str | None = None, show_transfe
         lanes = PolyCollection(t_verts, facecolors=t_colors, edgecolors="none", alpha=0.8)
         lanes.set_rasterized(len(t_verts) > RASTERIZE_ABOVE)
         ax.add_collection(lanes)
+    if comm_ops:
+        c_verts = [[((o.start - origin) * scale, o.device + comm_top), ((o.start - origin) * scale, o.device + comm_bottom),
+                    ((o.end - origin) * scale, o.device + comm_bottom), ((o.end - origin) * scale, o.device + comm_top)]
+                   for o in comm_ops]
+        ax.add_collection(PolyCollection(c_verts, facecolors=[KIND_COLORS[o.action.kind] for o in comm_ops],
+                                         edgecolors="white", linewidths=0.4))
 
     if window is not None:
         ax.set_xlim((window[0] - origin) * scale, (window[1] - origin) * scale)
@@ -128,7 +143,7 @@ def draw_gantt(ax, timeline: Timeline, *, title: str | None = None, show_transfe
     if legend:
         every = [timeline, *legend_from]
         present = {o.action.kind for t in every for o in t.ops}
-        kinds = [k for k in ("F", "B", "I", "W") if k in present]
+        kinds = [k for k in KINDS if k in present]
         handles = [Patch(color=KIND_COLORS[k], label=KIND_LABELS[k]) for k in kinds]
         if any(max((c for _, c in chunk_index(t).values()), default=1) > 1 for t in every):
             handles.append(Patch(color=shade("F", 1, 2), label="lighter: later chunk"))

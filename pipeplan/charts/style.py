@@ -6,8 +6,13 @@ KIND_COLORS = {
     "B": "#c8443a",  # full backward: red
     "I": "#e8893a",  # input gradient: orange
     "W": "#4a9d5b",  # weight gradient: green
+    "UNSHARD": "#8c6bb1",  # communication stream: purples and teal
+    "RESHARD": "#e9c46a",
+    "REDUCE_GRAD": "#2a9d8f",
 }
-KIND_LABELS = {"F": "F forward", "B": "B full backward", "I": "I input gradient", "W": "W weight gradient"}
+KIND_LABELS = {"F": "F forward", "B": "B full backward", "I": "I input gradient", "W": "W weight gradient",
+               "UNSHARD": "gather parameters", "RESHARD": "free gathered parameters",
+               "REDUCE_GRAD": "reduce gradients"}
 TRANSFER_COLORS = {"fwd": "#7f7f7f", "bwd": "#b07aa1"}
 CAPACITY_COLOR = "#222222"
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from simulator.kinds import is_compute
 from simulator.timeline import Timeline
 
 from ..fileio import write_atomic
 
 COMPUTE_TID, COMM_TID = 0, 1
+COLLECTIVE_TID = 1000  # the device's communication stream (gathers, reductions), apart from the transfer lanes
 FLOW_END_INSIDE_US = 1e-3  # a flow end binds to the slice enclosing it: put it just inside the consumer
 
 
@@ -44,6 +46,9 @@ def perfetto_trace(timeline: Timeline, time_to_us: float = 1e6) -> dict[str, Any
         events.append({"ph": "M", "name": "process_sort_index", "pid": d, "args": {"sort_index": d}})
         events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": COMPUTE_TID, "args": {"name": "compute"}})
         events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": COMM_TID, "args": {"name": "communication"}})
+        if any(o.device == d and not is_compute(o.action.kind) for o in timeline.ops):
+            events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": COLLECTIVE_TID,
+                           "args": {"name": "collectives"}})
     lanes = _comm_lanes(timeline)
     for d in range(timeline.num_devices):
         for extra in sorted({lane for lane, t in zip(lanes, timeline.transfers) if t.src == d} - {COMM_TID}):
@@ -53,7 +58,8 @@ def perfetto_trace(timeline: Timeline, time_to_us: float = 1e6) -> dict[str, Any
     for op in timeline.ops:
         start_of[op.action] = (op.device, op.start, op.end)
         events.append({
-            "ph": "X", "name": str(op.action), "cat": op.action.kind, "pid": op.device, "tid": COMPUTE_TID,
+            "ph": "X", "name": str(op.action), "cat": op.action.kind, "pid": op.device,
+            "tid": COMPUTE_TID if is_compute(op.action.kind) else COLLECTIVE_TID,
             "ts": op.start * time_to_us, "dur": (op.end - op.start) * time_to_us,
             "args": {"stage": op.action.stage, "microbatch": op.action.microbatch, "kind": op.action.kind},
         })
