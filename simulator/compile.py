@@ -1,8 +1,10 @@
 """A workload flattened to numpy columns: op ids, lanes, durations, binding producers, edge costs.
 
-Op ids run device-major in each device's list order (torch's SEND/RECV actions dropped). Each
-device has two lanes, its compute stream and its communication stream (``kinds``); a lane runs
-its ops one after another in id order. Producers come from ``deps.RULES``: per consumer and
+Each device has two lanes, its compute stream and its communication stream (``kinds``), each
+running its actions in list order. Op ids run lane-major: device 0's compute lane, then its
+communication lane, then device 1's, and so on, so a lane is a contiguous range of ids and a
+device too (torch's SEND/RECV actions dropped); without communication actions this is simply the
+device-major list order. Producers come from ``deps.RULES``: per consumer and
 rule, the binding producer is the latest-scheduled of the rule's candidates (they share one
 lane, so it ends last). A producer on the consumer's own lane has ended once the lane reaches the
 consumer, if it comes earlier (else the lane waits on itself: a deadlock); a producer on another
@@ -22,7 +24,7 @@ import numpy as np
 
 from .deps import EVERY, RULES, SAME, STAGE
 from .ir import ScheduleError
-from .kinds import BY_CODE, COMM, KINDS, NUM_COMPUTE, P2P_KINDS
+from .kinds import BY_CODE, COMM, COMM_KINDS, COMPUTE_KINDS, KINDS, NUM_COMPUTE, P2P_KINDS
 from .workload import Workload
 
 NUM_KINDS = len(BY_CODE)
@@ -39,7 +41,7 @@ class Compiled:
     code: np.ndarray             # kinds.KindRule.code
     lane: np.ndarray             # 2 * device + (1 on the communication stream)
     bounds: list[int]            # device d owns op ids bounds[d]:bounds[d + 1]
-    lane_ops: list[list[int]]    # per lane, its op ids in order
+    lane_bounds: list[int]       # lane k owns op ids lane_bounds[k]:lane_bounds[k + 1]
     duration: list[float]
     producers: np.ndarray        # (ops, MAX_RULES): binding producer per rule of the op's kind, -1 none
     remote: np.ndarray           # the producer on another device (-1: none); at most one per op
@@ -53,7 +55,7 @@ class Compiled:
 
     @property
     def num_lanes(self) -> int:
-        return len(self.lane_ops)
+        return len(self.lane_bounds) - 1
 
 
 _CODE_OF = {name: rule.code for name, rule in KINDS.items()}
@@ -106,12 +108,16 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.nda
     n = len(ids)
     compute = code < NUM_COMPUTE
     table = np.full((num_stages, NUM_COMPUTE, num_mb), -1, dtype=np.int64)
-    table[stage[compute], code[compute], mb[compute]] = ids[compute]
     per_stage = np.full((num_stages, NUM_KINDS), -1, dtype=np.int64)
-    per_stage[stage[~compute], code[~compute]] = ids[~compute]
-    unique = bool(np.array_equal(table[stage[compute], code[compute], mb[compute]], ids[compute])) and bool(
-        np.array_equal(per_stage[stage[~compute], code[~compute]], ids[~compute]))
-    last_of = table.max(axis=2)  # per (stage, compute kind): its latest-scheduled op (ids grow along a lane)
+    if bool(compute.all()):  # the common case: no masks to apply
+        table[stage, code, mb] = ids
+        unique = bool(np.array_equal(table[stage, code, mb], ids))
+    else:
+        table[stage[compute], code[compute], mb[compute]] = ids[compute]
+        per_stage[stage[~compute], code[~compute]] = ids[~compute]
+        unique = bool(np.array_equal(table[stage[compute], code[compute], mb[compute]], ids[compute])) and bool(
+            np.array_equal(per_stage[stage[~compute], code[~compute]], ids[~compute]))
+    last_of = None  # per (stage, compute kind): its latest-scheduled op (ids grow along a lane); when needed
     producers = np.full((n, MAX_RULES), -1, dtype=np.int64)
     found_all = True
     for rule_kind in BY_CODE:
@@ -128,6 +134,7 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.nda
                 if rule.microbatch == SAME:
                     best = np.maximum(best, table[target, k, mb[cons]])
                 elif rule.microbatch == EVERY:
+                    last_of = table.max(axis=2) if last_of is None else last_of
                     best = np.maximum(best, last_of[target, k])
                 elif rule.microbatch == STAGE:
                     best = np.maximum(best, per_stage[target, k])
@@ -171,7 +178,10 @@ def compile_workload(workload: Workload) -> Compiled:
     """
     schedule = workload.schedule
     p, num_stages = schedule.num_devices, schedule.num_stages
-    per_device = [schedule.simulated_actions(d) for d in range(p)]
+    if schedule.kinds_present.issubset(COMPUTE_KINDS):
+        per_device = schedule.device_actions
+    else:
+        per_device = [_lane_major(schedule.simulated_actions(d)) for d in range(p)]
     actions = list(chain.from_iterable(per_device))
     n = len(actions)
     if n == 0 or num_stages == 0:
@@ -196,8 +206,7 @@ def compile_workload(workload: Workload) -> Compiled:
     producers, found_all, unique = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids)
     is_comm = np.array([r.stream == COMM for r in BY_CODE])[code]
     lane = 2 * device + is_comm
-    present = np.zeros((num_stages, NUM_KINDS), dtype=np.int64)
-    np.add.at(present, (stage, code), 1)
+    present = np.bincount(stage * NUM_KINDS + code, minlength=num_stages * NUM_KINDS).reshape(num_stages, NUM_KINDS)
     complete = (
         unique and found_all and num_mb == schedule.num_microbatches
         and bool(np.all(present[:, 0] == schedule.num_microbatches))
@@ -208,33 +217,45 @@ def compile_workload(workload: Workload) -> Compiled:
     duration, collective = _durations(workload, stage, code)
 
     # Classify each binding producer: same lane (must come earlier), another device (remote,
-    # through an edge), or the same device's other stream (a wait with no transfer).
-    has = producers >= 0
-    safe = np.where(has, producers, 0)
-    same_lane = has & (lane[safe] == lane[:, None])
-    remote_mask = has & (device[safe] != device[:, None])
-    deadlock = bool(np.any(same_lane & (producers > ids[:, None])))
-    remote = np.where(remote_mask, producers, -1).max(axis=1)
+    # through an edge; at most one per op), or the same device's other stream (a wait, no transfer).
+    remote = np.full(n, -1, dtype=np.int64)
     direction_bwd = np.zeros(n, dtype=np.int64)
-    for rule_kind in BY_CODE:
-        for j, rule in enumerate(RULES[rule_kind.name]):
-            if rule.direction == "bwd":
-                direction_bwd[(code == rule_kind.code) & (remote == producers[:, j]) & (remote >= 0)] = 1
+    deadlock = False
+    cross_stream = []
+    for j in range(MAX_RULES):
+        column = producers[:, j]
+        has = column >= 0
+        if not bool(has.any()):
+            continue
+        safe = np.where(has, column, 0)
+        same_lane = has & (lane[safe] == lane)
+        deadlock = deadlock or bool(np.any(same_lane & (column > ids)))
+        remote_here = has & (device[safe] != device)
+        remote = np.where(remote_here, column, remote)
+        bwd_kinds = [r.code for r in BY_CODE if len(RULES[r.name]) > j and RULES[r.name][j].direction == "bwd"]
+        if bwd_kinds:
+            direction_bwd[remote_here & np.isin(code, bwd_kinds)] = 1
+        cross_stream.append(has & ~same_lane & ~remote_here)
     edge, edge_delay, edge_spec = _edges(workload, device, stage, remote, direction_bwd, num_stages)
-    cross_stream = has & ~same_lane & ~remote_mask
     waits = None
-    if bool(cross_stream.any()):
+    if any(bool(mask.any()) for mask in cross_stream):
         delays = np.asarray(edge_delay + [0.0], dtype=np.float64)[edge]
         waits = [[] for _ in range(n)]
-        for o, j in zip(*np.nonzero(has & ~same_lane)):
+        for o, j in zip(*np.nonzero(producers >= 0)):
             prod = int(producers[o, j])
-            waits[o].append((prod, float(delays[o]) if prod == remote[o] else 0.0))
-    order = np.argsort(lane, kind="stable")
-    cuts = np.searchsorted(lane[order], np.arange(2 * p + 1)).tolist()
-    flat = order.tolist()
-    lane_ops = [flat[cuts[k]:cuts[k + 1]] for k in range(2 * p)]
-    return Compiled(actions, device, stage, code, lane, bounds, lane_ops, duration, producers, remote, edge,
+            if prod == remote[o]:
+                waits[o].append((prod, float(delays[o])))
+            elif lane[prod] != lane[o]:
+                waits[o].append((prod, 0.0))
+    lane_bounds = np.searchsorted(lane, np.arange(2 * p + 1)).tolist()
+    return Compiled(actions, device, stage, code, lane, bounds, lane_bounds, duration, producers, remote, edge,
                     edge_delay, edge_spec, waits, collective, deadlock, complete)
+
+
+def _lane_major(actions: tuple) -> list:
+    """A device's compute actions, then its communication actions, each in list order."""
+    comm = frozenset(COMM_KINDS)
+    return [a for a in actions if a.kind not in comm] + [a for a in actions if a.kind in comm]
 
 
 def _backward_pairs_match(stage, code, mb, num_stages, num_mb) -> bool:
@@ -248,7 +269,7 @@ def _backward_pairs_match(stage, code, mb, num_stages, num_mb) -> bool:
 def _incomplete(actions, device, bounds) -> Compiled:
     """Columns that say only 'not well formed': the checker names the fault."""
     empty = np.zeros(0, dtype=np.int64)
-    return Compiled(actions, device, empty, empty, empty, bounds, [], [], np.zeros((0, MAX_RULES), np.int64),
+    return Compiled(actions, device, empty, empty, empty, bounds, [0], [], np.zeros((0, MAX_RULES), np.int64),
                     empty, empty, [], [], None, {}, False, False)
 
 

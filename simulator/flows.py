@@ -125,7 +125,7 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
     Returns (start, end, transfers as [src, dst, producer, consumer, start, end, nbytes]).
     """
     n = len(c.actions)
-    op_lane, lane_ops, duration = c.lane.tolist(), c.lane_ops, c.duration
+    op_lane, duration = c.lane.tolist(), c.duration
     entries = _producer_entries(c)
     pending = [len(entry) for entry in entries]
     consumers: list[list[tuple[int, tuple | None]]] = [[] for _ in range(n)]
@@ -133,14 +133,14 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
         for prod, spec in entry:
             consumers[prod].append((consumer, spec))
     collective = c.collective
-    lanes = len(lane_ops)
+    lanes = c.num_lanes
     ready_at = [0.0] * n
     start = [math.nan] * n
     end = [math.nan] * n
-    pointer = [0] * lanes
+    pointer = c.lane_bounds[:lanes]  # lane k's next op id
+    stop_at = c.lane_bounds[1:]
     lane_free = [0.0] * lanes
     running = [False] * lanes
-    lane_len = [len(ops) for ops in lane_ops]
     transfers: list[list] = []  # [src, dst, producer, consumer, start, end, nbytes]
     heap: list[tuple[float, int, int, int]] = []  # (time, seq, 0 = op end | 1 = flow end, id)
     seq = 0
@@ -186,10 +186,9 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
 
     def try_start(k: int) -> None:
         nonlocal seq
-        ptr = pointer[k]
-        if running[k] or ptr >= lane_len[k]:
+        o = pointer[k]
+        if running[k] or o >= stop_at[k]:
             return
-        o = lane_ops[k][ptr]
         if pending[o]:
             return
         t0 = lane_free[k] if lane_free[k] > ready_at[o] else ready_at[o]

@@ -12,6 +12,9 @@ import csv
 import io
 import re
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import chain
+from operator import itemgetter
 from typing import Iterable, NamedTuple, Sequence
 
 from .kinds import (  # noqa: F401  (the kind names are part of the IR's vocabulary)
@@ -101,12 +104,17 @@ class Schedule:
         """True when any action is an I/W pair rather than a full B."""
         return any(a.kind == BACKWARD_WEIGHT for acts in self.device_actions for a in acts)
 
+    @cached_property
+    def kinds_present(self) -> frozenset[str]:
+        """Every action kind the schedule uses (computed once; schedules are immutable)."""
+        return frozenset(map(itemgetter(1), chain.from_iterable(self.device_actions)))
+
     def simulated_actions(self, device: int) -> tuple[Action, ...]:
         """Device ``device``'s actions without torch's SEND/RECV ones (transfers follow from the rules)."""
         actions = self.device_actions[device]
-        if any(a.kind in P2P_KINDS for a in actions):
-            return tuple(a for a in actions if a.kind not in P2P_KINDS)
-        return actions
+        if self.kinds_present.isdisjoint(P2P_KINDS):
+            return actions
+        return tuple(a for a in actions if a.kind not in P2P_KINDS)
 
     def to_rows(self) -> list[list[str]]:
         return [[str(a) for a in acts] for acts in self.device_actions]

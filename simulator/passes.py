@@ -37,8 +37,11 @@ def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict
 def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
     """Start and end of every op, each transfer alone on its link; None on a wait cycle.
 
-    A lane runs until its next op waits for a producer not yet ended, and parks itself on that
-    producer. The loop keeps only ends; starts follow afterwards from the same comparisons in numpy.
+    Lane k holds the op ids lane_bounds[k]..lane_bounds[k+1]-1 in order, so its pointer is an op
+    id. A lane runs until its next op waits for a producer not yet ended, and parks itself on that
+    producer (a producer has at most one waiting lane, except an op both a remote stage and its own
+    device's communication stream wait for). The loop keeps only ends; starts follow afterwards
+    from the same comparisons in numpy.
     """
     if c.deadlock:
         return None
@@ -48,24 +51,20 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
     duration = c.duration
     waiter = [-1] * n
     more_waiters: dict[int, list[int]] = {}
-    lanes = c.lane_ops
-    pointer = [0] * len(lanes)
-    free = [0.0] * len(lanes)
-    stack = [k for k in range(len(lanes)) if lanes[k]]
+    lanes = c.num_lanes
+    pointer = c.lane_bounds[:lanes]
+    stop_at = c.lane_bounds[1:]
+    free = [0.0] * lanes
+    stack = [k for k in range(lanes) if stop_at[k] > pointer[k]]
     while stack:
         k = stack.pop()
-        ops = lanes[k]
         t = free[k]
-        i = pointer[k]
-        stop = len(ops)
-        blocked = -1
-        while i < stop:
-            o = ops[i]
+        stop = stop_at[k]
+        for o in range(pointer[k], stop):
             r = wait[o]
             if r >= 0:
                 e = end[r]
                 if e < 0:
-                    blocked = r
                     break
                 e += delay[o]
                 if e > t:
@@ -75,28 +74,33 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
                 for r, dl in several[o]:
                     e = end[r]
                     if e < 0:
-                        blocked = r
                         break
                     e += dl
                     if e > ready:
                         ready = e
-                if blocked >= 0:
+                else:
+                    r = -2
+                if r != -2:
                     break
                 t = ready
             t += duration[o]
             end[o] = t
-            i += 1
             if waiter[o] >= 0:
                 stack.append(waiter[o])
-                stack.extend(more_waiters.pop(o, ()))
-        if blocked >= 0:
-            if waiter[blocked] < 0:
-                waiter[blocked] = k
-            else:
-                more_waiters.setdefault(blocked, []).append(k)
-        pointer[k] = i
+                if more_waiters:
+                    stack.extend(more_waiters.pop(o, ()))
+        else:
+            pointer[k] = stop
+            free[k] = t
+            continue
+        # The lane waits at op o for producer r.
+        if waiter[r] < 0:
+            waiter[r] = k
+        else:
+            more_waiters.setdefault(r, []).append(k)
+        pointer[k] = o
         free[k] = t
-    if any(pointer[k] < len(lanes[k]) for k in range(len(lanes))):
+    if pointer != stop_at:
         return None
     return _starts(c, end, wait, delay_arr, several)
 
@@ -105,10 +109,10 @@ def _starts(c: Compiled, end: list[float], wait: list[int], delay_arr: np.ndarra
     """Start = the lane's free time (previous op's end, 0.0 first), raised to the latest arrival."""
     n = len(end)
     end_arr = np.array(end, dtype=np.float64)
-    free_at = np.zeros(n, dtype=np.float64)
-    for ops in c.lane_ops:
-        if len(ops) > 1:
-            free_at[ops[1:]] = end_arr[ops[:-1]]
+    free_at = np.empty(n, dtype=np.float64)
+    free_at[1:] = end_arr[:-1]
+    firsts = np.asarray(c.lane_bounds[:-1], dtype=np.int64)[np.diff(c.lane_bounds) > 0]
+    free_at[firsts] = 0.0
     wait_arr = np.asarray(wait, dtype=np.int64)
     has = wait_arr >= 0
     arrival = end_arr[np.where(has, wait_arr, 0)] + delay_arr
