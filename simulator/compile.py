@@ -75,14 +75,16 @@ def _integers(values, what: str, n: int) -> np.ndarray:
         raise ScheduleError(f"schedule: every action's {what} must be a whole number") from None
 
 
-def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray) -> tuple[list[float], dict[int, tuple]]:
+def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray,
+               has_comm: bool) -> tuple[list[float], dict[int, tuple]]:
     """Per op its time: compute kinds from the stage cost, communication kinds from its collective."""
     capacity = workload.network.port_capacity
     rows = []
+    compute_rules = BY_CODE[:NUM_COMPUTE]
     for cost in workload.stages:
-        row = [BY_CODE[c].duration(cost) for c in range(NUM_COMPUTE)]
+        row = [rule.duration(cost) for rule in compute_rules]
         for rule in BY_CODE[NUM_COMPUTE:]:
-            collective = cost.collective(rule.name)
+            collective = cost.collective(rule.name) if has_comm else None
             row.append(collective.seconds(capacity) if collective is not None else 0.0)
         rows.append(row)
     try:
@@ -96,7 +98,7 @@ def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray) -> tuple
         raise ScheduleError(f"stages[{int(stage[o])}]: the time of {BY_CODE[int(code[o])].name} is "
                             f"{duration[o]!r}; op times must be finite numbers >= 0")
     collective: dict[int, tuple] = {}
-    for o in np.nonzero(code >= NUM_COMPUTE)[0].tolist():
+    for o in (np.nonzero(code >= NUM_COMPUTE)[0].tolist() if has_comm else ()):
         c = workload.stages[int(stage[o])].collective(BY_CODE[int(code[o])].name)
         if c is not None and c.nbytes > 0 and not math.isinf(c.path.rate(capacity)):
             collective[o] = (c.nbytes, c.path.latency, c.path.bandwidth, c.path.ports)
@@ -104,7 +106,12 @@ def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray) -> tuple
 
 
 def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.ndarray, bool, bool]:
-    """(producers per rule, every required rule found, no action duplicated), from ``deps.RULES``."""
+    """(producers per rule, every required rule found, the action set is complete), from ``deps.RULES``.
+
+    Complete: no action twice, every (stage, micro-batch) with an F, exactly one of B and I, a W
+    exactly where there is an I (``checker.check_complete``'s set algebra), and a RESHARD only
+    with an UNSHARD.
+    """
     n = len(ids)
     compute = code < NUM_COMPUTE
     table = np.full((num_stages, NUM_COMPUTE, num_mb), -1, dtype=np.int64)
@@ -117,6 +124,7 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.nda
         per_stage[stage[~compute], code[~compute]] = ids[~compute]
         unique = bool(np.array_equal(table[stage[compute], code[compute], mb[compute]], ids[compute])) and bool(
             np.array_equal(per_stage[stage[~compute], code[~compute]], ids[~compute]))
+    codes_present = set(np.nonzero(np.bincount(code, minlength=NUM_KINDS))[0].tolist())
     last_of = None  # per (stage, compute kind): its latest-scheduled op (ids grow along a lane); when needed
     producers = np.full((n, MAX_RULES), -1, dtype=np.int64)
     found_all = True
@@ -131,6 +139,8 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.nda
             best = np.full(len(cons), -1, dtype=np.int64)
             for kind in rule.kinds:
                 k = KINDS[kind].code
+                if k not in codes_present:
+                    continue
                 if rule.microbatch == SAME:
                     best = np.maximum(best, table[target, k, mb[cons]])
                 elif rule.microbatch == EVERY:
@@ -141,7 +151,14 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.nda
             producers[cons, j] = best
             if rule.required and bool(np.any(best < 0)):
                 found_all = False
-    return producers, found_all, unique
+    present = table >= 0
+    complete = (
+        unique and found_all and bool(present[:, 0, :].all())
+        and bool((present[:, 1, :] != present[:, 2, :]).all())
+        and bool((present[:, 2, :] == present[:, 3, :]).all())
+        and bool(np.all((per_stage[:, KINDS["RESHARD"].code] < 0) | (per_stage[:, KINDS["UNSHARD"].code] >= 0)))
+    )
+    return producers, complete
 
 
 def _edges(workload: Workload, device, stage, remote, direction_bwd, num_stages):
@@ -195,26 +212,19 @@ def compile_workload(workload: Workload) -> Compiled:
     for c in counts:
         bounds.append(bounds[-1] + c)
     device = np.repeat(np.arange(p, dtype=np.int64), counts)
+    has_comm = not schedule.kinds_present.issubset(COMPUTE_KINDS)
     compute = code < NUM_COMPUTE
-    shape_ok = (stage.min() >= 0 and stage.max() < num_stages
-                and bool(np.all(mb[compute] >= 0)) and bool(np.all(mb[~compute] == -1))
+    mb_ok = (bool(np.all(mb[compute] >= 0)) and bool(np.all(mb[~compute] == -1))) if has_comm else mb.min() >= 0
+    shape_ok = (stage.min() >= 0 and stage.max() < num_stages and mb_ok
                 and np.array_equal(np.asarray(schedule.stage_to_device, dtype=np.int64)[stage], device))
     if not shape_ok:
         return _incomplete(actions, device, bounds)
     num_mb = int(mb.max()) + 1 if bool(compute.any()) else 0
     ids = np.arange(n, dtype=np.int64)
-    producers, found_all, unique = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids)
-    is_comm = np.array([r.stream == COMM for r in BY_CODE])[code]
-    lane = 2 * device + is_comm
-    present = np.bincount(stage * NUM_KINDS + code, minlength=num_stages * NUM_KINDS).reshape(num_stages, NUM_KINDS)
-    complete = (
-        unique and found_all and num_mb == schedule.num_microbatches
-        and bool(np.all(present[:, 0] == schedule.num_microbatches))
-        and bool(np.all(present[:, 1] + present[:, 2] == schedule.num_microbatches))
-        and _backward_pairs_match(stage, code, mb, num_stages, max(num_mb, 1))
-        and bool(np.all(present[:, KINDS["RESHARD"].code] <= present[:, KINDS["UNSHARD"].code]))
-    )
-    duration, collective = _durations(workload, stage, code)
+    producers, complete = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids)
+    complete = complete and num_mb == schedule.num_microbatches
+    lane = 2 * device + np.array([r.stream == COMM for r in BY_CODE])[code] if has_comm else 2 * device
+    duration, collective = _durations(workload, stage, code, has_comm)
 
     # Classify each binding producer: same lane (must come earlier), another device (remote,
     # through an edge; at most one per op), or the same device's other stream (a wait, no transfer).
@@ -234,7 +244,9 @@ def compile_workload(workload: Workload) -> Compiled:
         remote = np.where(remote_here, column, remote)
         bwd_kinds = [r.code for r in BY_CODE if len(RULES[r.name]) > j and RULES[r.name][j].direction == "bwd"]
         if bwd_kinds:
-            direction_bwd[remote_here & np.isin(code, bwd_kinds)] = 1
+            is_bwd = np.zeros(NUM_KINDS, dtype=bool)
+            is_bwd[bwd_kinds] = True
+            direction_bwd[remote_here & is_bwd[code]] = 1
         cross_stream.append(has & ~same_lane & ~remote_here)
     edge, edge_delay, edge_spec = _edges(workload, device, stage, remote, direction_bwd, num_stages)
     waits = None
@@ -256,14 +268,6 @@ def _lane_major(actions: tuple) -> list:
     """A device's compute actions, then its communication actions, each in list order."""
     comm = frozenset(COMM_KINDS)
     return [a for a in actions if a.kind not in comm] + [a for a in actions if a.kind in comm]
-
-
-def _backward_pairs_match(stage, code, mb, num_stages, num_mb) -> bool:
-    """A W exactly where there is an I, never both B and I for one (stage, micro-batch)."""
-    seen = np.zeros((num_stages, NUM_COMPUTE, num_mb), dtype=bool)
-    compute = code < NUM_COMPUTE
-    seen[stage[compute], code[compute], mb[compute]] = True
-    return bool(np.all(seen[:, 2] == seen[:, 3])) and not bool(np.any(seen[:, 1] & seen[:, 2]))
 
 
 def _incomplete(actions, device, bounds) -> Compiled:
