@@ -155,10 +155,5 @@ def busy_per_device(code: np.ndarray, start: np.ndarray, end: np.ndarray, bounds
 
 def simulated_meta(schedule) -> dict:
     """What a simulated timeline says about itself."""
-    return {
-        "schedule": schedule.name,
-        "devices": schedule.num_devices,
-        "microbatches": schedule.num_microbatches,
-        "chunks": schedule.chunks,
-        "source": "simulated",
-    }
+    return dict(schedule=schedule.name, devices=schedule.num_devices, microbatches=schedule.num_microbatches,
+                chunks=schedule.chunks, source="simulated")

@@ -119,9 +119,8 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
     producers have all delivered. An op's end delivers to its consumers: a remote one through a
     transfer (a flow, then the latency), a local one at once. A collective op is a flow over its
     ports followed by its latency. Events pop in (time, sequence) order; the sequence number makes
-    ties first-come first-served. Delivering and starting are written out in the loop rather than
-    called, which is most of this function's speed; pushes go in this order: deliver, maybe start
-    the consumer's lane, then, after an op's consumers, start its own lane.
+    ties first-come first-served. Pushes go in this order: deliver, maybe start the consumer's
+    lane, then, after an op's consumers, start its own lane.
     Returns (start, end, transfers as [src, dst, producer, consumer, start, end, nbytes]).
     """
     n = len(c.actions)
@@ -202,6 +201,15 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
         seq += 1
         heappush(heap, (t0 + duration[o], seq, 0, o))
 
+    def deliver(consumer: int, arrive: float) -> None:
+        """One input of ``consumer`` is there at ``arrive``; its lane may start it once all are."""
+        left = pending[consumer] - 1
+        pending[consumer] = left
+        if arrive > ready_at[consumer]:
+            ready_at[consumer] = arrive
+        if not left:
+            try_start(op_lane[consumer])
+
     for k in range(lanes):
         try_start(k)
     while heap:
@@ -223,13 +231,7 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
                     arrive = t + latency
                 else:
                     arrive = t
-                # deliver(consumer, arrive)
-                left = pending[consumer] - 1
-                pending[consumer] = left
-                if arrive > ready_at[consumer]:
-                    ready_at[consumer] = arrive
-                if not left:
-                    try_start(op_lane[consumer])
+                deliver(consumer, arrive)
             try_start(k)
         else:
             fid = ident
@@ -243,14 +245,8 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
                 seq += 1
                 heappush(heap, (t + latency, seq, 0, target))
             else:
-                arrive = transfers[transfer][5] = t + latency
-                # deliver(target, arrive)
-                left = pending[target] - 1
-                pending[target] = left
-                if arrive > ready_at[target]:
-                    ready_at[target] = arrive
-                if not left:
-                    try_start(op_lane[target])
+                transfers[transfer][5] = t + latency
+                deliver(target, t + latency)
             if neighbours:
                 reschedule(flows.component(neighbours), t)
     return start, end, transfers

@@ -3,18 +3,12 @@ import json
 
 import pytest
 
-from pipeplan import Plan, SpecError, even_split, load_cluster, load_model, lower
+from pipeplan import SpecError, even_split, load_cluster, load_model, lower
 from pipeplan.costs import layer_work, price, stage_work, static_bytes
 from pipeplan.lowering import Resolved, build_workload, generated_schedule
 from pipeplan.plan import default_placement
 from pipeplan.specs import resolve
-
-
-def _plan(**changes):
-    base = dict(model="llama3-8b", cluster="dgx-h100", schedule="1f1b", pp=8, num_microbatches=16,
-                microbatch_size=1, layers_per_stage=even_split(34, 8))
-    base.update(changes)
-    return Plan(**base)
+from plans import llama_plan  # tests/ is on sys.path
 
 
 def test_one_llama3_8b_block_on_an_h100_by_hand():
@@ -50,32 +44,32 @@ def test_a_stage_is_the_sum_of_its_layers():
 
 
 def test_static_memory_is_18_bytes_per_parameter_over_the_devices():
-    workload, r = lower("llama3-8b", "dgx-h100", _plan())
+    workload, r = lower("llama3-8b", "dgx-h100", llama_plan())
     assert sum(workload.static_bytes) == pytest.approx(18 * r.model.total_params(), rel=1e-12)
     embedding = 128256 * 4096
     assert static_bytes(embedding, 4, True) == embedding * (6 + 12 / 4)
 
 
 def test_lowering_needs_no_files():
-    plan = _plan()
+    plan = llama_plan()
     model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100")
     resolved = Resolved(model, cluster, plan, generated_schedule("1f1b", 8, 16, 1))
     loaded, _ = lower(plan.model, plan.cluster, plan)
     assert build_workload(resolved) == loaded
 
 
-def test_resolved_checks_the_schedule_against_the_plan():
+def test_resolved_checks_the_schedule_against_thellama_plan():
     model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100")
     with pytest.raises(SpecError, match=r"plan\.num_microbatches: the schedule has 8, the plan says 16"):
-        Resolved(model, cluster, _plan(), generated_schedule("1f1b", 8, 8, 1))
+        Resolved(model, cluster, llama_plan(), generated_schedule("1f1b", 8, 8, 1))
 
 
-def test_spec_files_are_found_beside_the_plan(tmp_path):
+def test_spec_files_are_found_beside_thellama_plan(tmp_path):
     (tmp_path / "box.json").write_text(json.dumps(load_cluster("dgx-h100").to_dict()))
-    r = resolve("llama3-8b", "box.json", _plan(cluster="box.json"), tmp_path)
+    r = resolve("llama3-8b", "box.json", llama_plan(cluster="box.json"), tmp_path)
     assert r.cluster == load_cluster("dgx-h100")
 
 
 def test_default_placement_is_one_replica_in_megatron_rank_order():
     assert default_placement(4, 2) == [0, 2, 4, 6]
-    assert _plan(pp=4, dp=2, layers_per_stage=even_split(34, 4)).gpus() == [0, 2, 4, 6]
+    assert llama_plan(pp=4, dp=2, layers_per_stage=even_split(34, 4)).gpus() == [0, 2, 4, 6]

@@ -6,6 +6,7 @@ import pytest
 from pipeplan import MODEL_PRESETS, Plan, SpecError, even_split, load_cluster, load_model, simulate
 from pipeplan import lower
 from pipeplan.costs import bytes_per_param
+from plans import llama_plan  # tests/ is on sys.path
 
 
 @pytest.mark.parametrize("name,published", [
@@ -40,15 +41,8 @@ def test_megatron_bytes_per_parameter():
     assert bytes_per_param(4, True) == 6 + 12 / 4
 
 
-def _plan(**changes):
-    base = dict(model="llama3-8b", cluster="dgx-h100", schedule="1f1b", pp=8, num_microbatches=16,
-                microbatch_size=1, layers_per_stage=even_split(34, 8))
-    base.update(changes)
-    return Plan(**base)
-
-
 def test_plan_json_round_trip():
-    plan = _plan(recompute=("full",) + ("none",) * 7, seq_len=4096)
+    plan = llama_plan(recompute=("full",) + ("none",) * 7, seq_len=4096)
     back = Plan.from_dict(json.loads(plan.to_json()))
     assert back.to_dict() == plan.to_dict()
     assert (back.layers_per_stage, back.recompute, back.gpus()) == (plan.layers_per_stage, plan.recompute, plan.gpus())
@@ -64,21 +58,21 @@ def test_plan_json_round_trip():
 ])
 def test_bad_plan_fields_are_named(changes, field):
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
-        _plan(**changes)
+        llama_plan(**changes)
 
 
 def test_plan_layer_count_must_match_model():
     with pytest.raises(SpecError, match=r"plan\.layers_per_stage: sums to 33 but llama3-8b has 34"):
-        lower("llama3-8b", "dgx-h100", _plan(layers_per_stage=(4,) * 7 + (5,)))
+        lower("llama3-8b", "dgx-h100", llama_plan(layers_per_stage=(4,) * 7 + (5,)))
 
 
 def test_placement_must_fit_the_cluster():
     with pytest.raises(SpecError, match="raise --nodes"):
-        simulate(plan=_plan(pp=16, layers_per_stage=even_split(34, 16), num_microbatches=16))
+        simulate(plan=llama_plan(pp=16, layers_per_stage=even_split(34, 16), num_microbatches=16))
 
 
 def test_two_node_pipeline_crosses_infiniband_once():
-    plan = _plan(pp=16, layers_per_stage=even_split(34, 16), nodes=2)
+    plan = llama_plan(pp=16, layers_per_stage=even_split(34, 16), nodes=2)
     workload, _ = lower(plan.model, plan.cluster, plan)
     ib = [(a, b) for a in range(16) for b in range(16) if workload.network.link(a, b).bandwidth == 50e9]
     assert (7, 8) in ib and (8, 7) in ib and (6, 7) not in ib
@@ -98,7 +92,7 @@ def test_model_and_cluster_files(tmp_path):
 
 
 def test_simulated_preset_plan_fits_and_reports_throughput():
-    result = simulate(plan=_plan())
+    result = simulate(plan=llama_plan())
     assert result.fits
     # Tokens per second is the batch's tokens over the iteration time.
     assert result.tokens_per_second == pytest.approx(16 * 8192 / result.iteration_time)
