@@ -9,7 +9,9 @@ from __future__ import annotations
 import heapq
 import math
 
-from .compile import MAX_RULES, Compiled
+import numpy as np
+
+from .compile import Compiled
 
 
 class Flows:
@@ -97,19 +99,19 @@ class Flows:
                     users[port] -= 1
         return flows
 
-def _producer_entries(c: Compiled) -> list[list[tuple[int, tuple | None]]]:
-    """Per op, its binding producers in rule order with the transfer spec of a remote one (None: local)."""
-    producers = c.producers.tolist()
-    remote, edge, specs = c.remote.tolist(), c.edge.tolist(), c.edge_spec
-    entries = []
-    for o, row in enumerate(producers):
-        entry = []
-        for prod in row[:MAX_RULES]:
-            if prod < 0:
-                continue
-            entry.append((prod, specs[edge[o]] if prod == remote[o] else None))
-        entries.append(entry)
-    return entries
+def consumer_lists(c: Compiled) -> tuple[list[int], list[list[tuple[int, tuple | None]]]]:
+    """Per op, how many producers it waits for, and its consumers in (consumer id, rule) order, each
+    with the transfer spec when the consumer is on another device (None: local)."""
+    n = len(c.actions)
+    rows, cols = np.nonzero(c.producers >= 0)  # row-major: consumer order, then rule order
+    producers = c.producers[rows, cols]
+    spec_index = np.where(producers == c.remote[rows], c.edge[rows], -1)
+    pending = np.bincount(rows, minlength=n).tolist()
+    consumers: list[list[tuple[int, tuple | None]]] = [[] for _ in range(n)]
+    specs = c.edge_spec + [None]  # index -1 picks None
+    for prod, consumer, spec in zip(producers.tolist(), rows.tolist(), spec_index.tolist()):
+        consumers[prod].append((consumer, specs[spec]))
+    return pending, consumers
 
 
 def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float], list[float], list[list]]:
@@ -125,12 +127,7 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
     """
     n = len(c.actions)
     op_lane, duration = c.lane.tolist(), c.duration
-    entries = _producer_entries(c)
-    pending = [len(entry) for entry in entries]
-    consumers: list[list[tuple[int, tuple | None]]] = [[] for _ in range(n)]
-    for consumer, entry in enumerate(entries):
-        for prod, spec in entry:
-            consumers[prod].append((consumer, spec))
+    pending, consumers = consumer_lists(c)
     collective = c.collective
     lanes = c.num_lanes
     ready_at = [0.0] * n
@@ -193,9 +190,8 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
         t0 = lane_free[k] if lane_free[k] > ready_at[o] else ready_at[o]
         start[o] = t0
         running[k] = True
-        spec = collective.get(o) if collective else None
-        if spec is not None:
-            nbytes, latency, bandwidth, ports = spec
+        if collective and o in collective:
+            nbytes, latency, bandwidth, ports = collective[o]
             start_flow(nbytes, bandwidth, ports, t0, (o, latency, -1))
             return
         seq += 1
@@ -231,7 +227,13 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
                     arrive = t + latency
                 else:
                     arrive = t
-                deliver(consumer, arrive)
+                # deliver(consumer, arrive) written out: this runs once per op and consumer
+                left = pending[consumer] - 1
+                pending[consumer] = left
+                if arrive > ready_at[consumer]:
+                    ready_at[consumer] = arrive
+                if not left:
+                    try_start(op_lane[consumer])
             try_start(k)
         else:
             fid = ident

@@ -49,15 +49,13 @@ class Bounded:
 
 @dataclass(frozen=True)
 class Proposal:
-    """CP-SAT's best split of one candidate and its analytic iteration time (seconds)."""
+    """CP-SAT's best split of one candidate (its problem kept for polishing) and its analytic
+    iteration time (seconds)."""
 
-    bounded: Bounded
+    candidate: Candidate
+    problem: PartitionProblem
     solution: Solution
     predicted: float
-
-    @property
-    def candidate(self) -> Candidate:
-        return self.bounded.candidate
 
 
 @dataclass(frozen=True)
@@ -173,7 +171,7 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
                 records[item.candidate] = CandidateRecord(item.candidate, item.bound, solution.status, predicted,
                                                           solution.gap, solution.wall_time)
                 if solution.found:
-                    proposals.append(Proposal(item, solution, predicted))
+                    proposals.append(Proposal(item.candidate, item.problem, solution, predicted))
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)  # on an error or Ctrl-C, queued solves do not run
@@ -233,7 +231,7 @@ def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
     best = None
     for start in rescored.fitting[:POLISHED]:
         polished = refine(start.scored, partial(judge, request), request.headroom,
-                          partial(_within_planner_memory, start.proposal.bounded.problem))
+                          partial(_within_planner_memory, start.proposal.problem))
         if best is None or polished.iteration_time < best.scored.iteration_time:
             best = Polished(start, polished)
     return best
