@@ -155,3 +155,23 @@ def test_charts_put_communication_ops_on_their_own_lane(tmp_path):
     assert compute_threads.isdisjoint(comm_threads)
     gantt(result.timeline, str(tmp_path / "comm.png"))
     assert (tmp_path / "comm.png").stat().st_size > 1000
+
+
+def test_validate_refuses_communication_actions_in_one_line(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from simulator import build_schedule
+
+    root = Path(__file__).resolve().parents[1]
+    rows = to_csv(build_schedule("1f1b", 2, 8)).splitlines()
+    (tmp_path / "sched.csv").write_text(rows[0] + ",0REDUCE_GRAD\n" + rows[1] + "\n")
+    plan = json.loads((root / "validation/plans/tiny-1f1b-p2.json").read_text())
+    plan.update(schedule="custom", schedule_csv="sched.csv", cluster=str(root / "validation/cpu.json"))
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    out = subprocess.run([sys.executable, "-m", "pipeplan", "validate", str(tmp_path / "plan.json")],
+                         capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "REDUCE_GRAD" in out.stderr and "validator runs F, B, I and W" in out.stderr

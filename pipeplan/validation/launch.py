@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simulator.kinds import COMPUTE_KINDS
+
 from ..errors import SpecError
-from ..specs import resolve
 from ..plan import Plan
+from ..specs import resolve
 from .measurements import Measurements
 from .options import ValidateOptions
 from .report import build_report, load_report, write_report
@@ -184,7 +186,11 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
         raise SpecError("plan.pp: must be at least 1")
     # Model, cluster and schedule as the ranks will load them: a missing spec file or a plan that does
     # not match its model is a one-line error here, before any process starts.
-    resolve(plan.model, plan.cluster, plan, Path(plan_path).resolve().parent)
+    schedule = resolve(plan.model, plan.cluster, plan, Path(plan_path).resolve().parent).schedule
+    not_run = sorted(schedule.kinds_present - set(COMPUTE_KINDS))
+    if not_run:
+        raise SpecError(f"plan.schedule_csv: the validator runs F, B, I and W actions only; remove the "
+                        f"{', '.join(not_run)} actions to validate the pipeline (the simulator prices them)")
     if out:
         folder = Path(out).parent if str(Path(out).parent) else Path(".")
         if not folder.is_dir():
