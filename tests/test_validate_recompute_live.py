@@ -67,4 +67,19 @@ def test_recomputation_costs_time_and_the_calibrated_prediction_holds(runs):
         pytest.skip(f"other processes kept this machine busy in every attempt: {summary}")
     assert any(_within(r) for r in idle), f"calibrated errors (errors, iterations tried): {summary}"
     # Stage 0 runs its forward twice per micro-batch: some 15 % more iteration time on this model.
-    assert min(r["measured"]["iteration_time"] for r in idle) > plain["measured"]["iteration_time"]
+    # The VM's speed drifts by more than that from one minute to the next (a CI run measured the
+    # plain plan at 140 ms against its usual 73 ms), so each recomputing run is compared with a plain
+    # run measured just before it, the pair retried like the runs above.
+    pairs = [(plain, recomputed)]
+
+    def slower(pair):
+        without, with_recompute = pair
+        return _idle(without) and _idle(with_recompute) and (
+            with_recompute["measured"]["iteration_time"] > without["measured"]["iteration_time"])
+
+    while not any(map(slower, pairs)) and len(pairs) < ATTEMPTS:
+        pairs.append((run_validation(str(PLANS / "tiny-1f1b-p2.json"), OPTIONS),
+                      run_validation(str(PLANS / "tiny-1f1b-recompute-p2.json"), OPTIONS)))
+    times = [(a["measured"]["iteration_time"], b["measured"]["iteration_time"], _idle(a) and _idle(b))
+             for a, b in pairs]
+    assert any(map(slower, pairs)), f"(plain, recompute, both undisturbed) seconds: {times}"
