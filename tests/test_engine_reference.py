@@ -64,7 +64,9 @@ def test_memory_columns_match_memory_replay_on_any_order():
     rng = random.Random(7)
     w = workload("zb-v", 3, 6, 2, 5, "ports")
     schedule = w.schedule
-    code = {"F": 0, "B": 1, "I": 2, "W": 3}
+    from simulator.kinds import KINDS
+
+    code = {name: rule.code for name, rule in KINDS.items()}
     for trial in range(20):
         ops, bounds = [], [0]
         for d, acts in enumerate(schedule.device_actions):
