@@ -55,6 +55,7 @@ class Resolved:
                 f"plan.placement: GPUs {gpus} do not fit {cluster.name} with {cluster.nodes} node(s) of "
                 f"{cluster.gpus_per_node}; raise --nodes or lower pp/dp"
             )
+        plan.layout.check_fits(cluster.num_gpus, cluster.gpus_per_node, f"plan ({cluster.name}, {cluster.nodes} node(s))")
 
     @property
     def seq_len(self) -> int:

@@ -12,8 +12,11 @@ from simulator.schedules import SCHEDULES
 
 from .errors import SpecError, positive_int
 from .fileio import load_mapping
+from .parallel import Layout, default_placement
 
-PLAN_FORMAT_VERSION = 1
+# Version 2 added tensor parallelism (tp, sequence_parallel); a version-1 plan is the same plan at
+# tp = 1 without sequence parallelism, and loads as that.
+PLAN_FORMAT_VERSION = 2
 RECOMPUTE_CHOICES = ("none", "full")
 
 
@@ -28,19 +31,17 @@ def even_split(num_layers: int, num_stages: int) -> tuple[int, ...]:
     return tuple(base + (1 if s < extra else 0) for s in range(num_stages))
 
 
-def default_placement(pp: int, dp: int) -> list[int]:
-    """The GPU of each pipeline device when a plan names none: device d on GPU d·dp, the layout
-    Megatron's rank order (pipeline outermost) gives one data-parallel replica."""
-    return [d * dp for d in range(pp)]
-
-
 @dataclass(frozen=True)
 class Plan:
-    """Everything needed to simulate or run one pipeline configuration.
+    """Everything needed to simulate or run one 3D-parallel configuration.
 
-    ``layers_per_stage[s]`` counts pipeline layers (embedding, blocks, head) in stage s; stages are
-    numbered along the model, and stage s runs on the device the schedule maps it to. ``placement[d]``
-    is the GPU index (node-major) that pipeline device d runs on; by default ``default_placement``.
+    ``tp`` x ``pp`` x ``dp`` GPUs in Megatron's rank order (``parallel.Layout``). The simulator times
+    one pipeline replica (data rank 0, tensor rank 0); the others run the same schedule at the same
+    time. ``layers_per_stage[s]`` counts pipeline layers (embedding, blocks, head) in stage s; stages
+    are numbered along the model, and stage s runs on the device the schedule maps it to.
+    ``placement[d]`` is the GPU index (node-major) that pipeline device d of that replica runs on;
+    by default ``default_placement``. ``sequence_parallel`` splits the non-tensor-parallel regions
+    of a block over the tensor group as well (Korthikanti et al. 2022).
     """
 
     model: str | dict
@@ -55,6 +56,8 @@ class Plan:
     seq_len: int | None = None
     nodes: int | None = None
     dp: int = 1
+    tp: int = 1
+    sequence_parallel: bool = False
     distributed_optimizer: bool = False
     placement: tuple[int, ...] = ()
     schedule_csv: str | None = None
@@ -71,8 +74,9 @@ class Plan:
                             f"{', '.join(SCHEDULES)} or custom")
         if self.schedule_csv is not None and not isinstance(self.schedule_csv, str):
             raise SpecError(f"plan.schedule_csv: must be the path of a CSV file (got {self.schedule_csv!r})")
-        if not isinstance(self.distributed_optimizer, bool):
-            raise SpecError(f"plan.distributed_optimizer: must be true or false (got {self.distributed_optimizer!r})")
+        for flag in ("distributed_optimizer", "sequence_parallel"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SpecError(f"plan.{flag}: must be true or false (got {getattr(self, flag)!r})")
         if not isinstance(self.notes, dict):
             raise SpecError(f"plan.notes: must be a mapping (got {self.notes!r})")
         if any(isinstance(g, bool) or not isinstance(g, int) for g in self.placement):
@@ -82,6 +86,9 @@ class Plan:
         positive_int("plan.microbatch_size", self.microbatch_size)
         positive_int("plan.chunks", self.chunks)
         positive_int("plan.dp", self.dp)
+        positive_int("plan.tp", self.tp)
+        if self.sequence_parallel and self.tp == 1:
+            raise SpecError("plan.sequence_parallel: needs tensor parallelism (tp > 1); set tp or drop it")
         if self.seq_len is not None:
             positive_int("plan.seq_len", self.seq_len)
         if self.format_version != PLAN_FORMAT_VERSION:
@@ -125,8 +132,16 @@ class Plan:
     def recompute_of(self, stage: int) -> bool:
         return bool(self.recompute) and self.recompute[stage] == "full"
 
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.tp, self.pp, self.dp)
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
     def gpus(self) -> list[int]:
-        return list(self.placement) if self.placement else default_placement(self.pp, self.dp)
+        return list(self.placement) if self.placement else default_placement(self.pp, self.dp, self.tp)
 
     def with_(self, **changes: Any) -> "Plan":
         return replace(self, **changes)
@@ -146,6 +161,8 @@ class Plan:
     def from_dict(data: dict[str, Any]) -> "Plan":
         data = dict(data)
         data.pop("cut_points", None)  # derived; layers_per_stage is the source of truth
+        if data.get("format_version") == 1:
+            data["format_version"] = PLAN_FORMAT_VERSION  # the same plan at tp = 1 (see PLAN_FORMAT_VERSION)
         known = set(Plan.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
