@@ -128,6 +128,12 @@ class ClusterSpec:
 
         return topology(self).network(gpus)
 
+    def capacity(self, port: str) -> float:
+        """The capacity (bytes/s, one way) of a port of the cluster's graph, e.g. ``"node0.nic3->leaf0"``."""
+        from .topology import topology
+
+        return topology(self).capacity(port)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
