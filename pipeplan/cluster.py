@@ -1,11 +1,15 @@
-"""Cluster specs: GPUs, how many per node, the links inside a node and between nodes.
+"""Cluster specs: GPUs, how many per node, the links inside a node and between nodes, the fabric.
 
 Figures are vendor datasheet numbers (see shared REFERENCE); calibrate with ``pipeplan validate``
 where you can. Bandwidths are bytes per second in one direction.
+
+A cluster file or mapping may start from a preset and override some fields:
+``{"base": "dgx-h100", "nics_per_node": 1, "inter": {"bandwidth": 25e9}}`` (nested sections merge);
+``load_cluster(..., overrides=...)`` does the same for a preset name or a file.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, replace
 from typing import Any
 
 from simulator.workload import Link, Network
@@ -28,9 +32,13 @@ class GPUSpec:
     max_fraction: float = 0.6
     half_tokens: float = 256.0
     op_overhead_s: float = 20e-6  # launch and synchronisation cost per layer pass
+    # HBM bytes per second (read + write share it); prices memory-bound ops such as the optimizer
+    # step. The default is the A100's 2.0 TB/s (datasheet); set the GPU's own figure.
+    hbm_bandwidth: float = 2.0e12
 
     def __post_init__(self) -> None:
         positive_number("cluster.gpu.peak_flops", self.peak_flops)
+        positive_number("cluster.gpu.hbm_bandwidth", self.hbm_bandwidth)
         positive_number("cluster.gpu.memory_bytes", self.memory_bytes)
         positive_number("cluster.gpu.half_tokens", self.half_tokens, allow_zero=True)
         positive_number("cluster.gpu.op_overhead_s", self.op_overhead_s, allow_zero=True)
@@ -60,6 +68,13 @@ class ClusterSpec:
     ``inter`` joins nodes through ``nics_per_node`` NICs (GPU i of a node uses NIC i·nics/gpus).
 
     ``pipeplan.topology`` turns it into a graph; links between GPUs are routes through it.
+
+    The fabric: by default one non-blocking switch joins every NIC. ``nodes_per_leaf`` > 0 makes it
+    a leaf/spine fabric, each leaf holding the NICs of that many nodes, every leaf joined to one
+    spine whose uplink carries (NIC bandwidth x NICs under the leaf) / ``oversubscription`` each way
+    (1 = non-blocking, 2 = "2:1"). ``rail_optimized`` puts NIC i of every node on leaf i (a "rail",
+    as in NVIDIA's DGX SuperPOD reference architecture), per group of ``nodes_per_leaf`` nodes
+    (all nodes when 0); traffic between rails then crosses the spine.
     """
 
     name: str
@@ -69,11 +84,30 @@ class ClusterSpec:
     inter: LinkSpec
     nics_per_node: int
     nodes: int = 1
+    nodes_per_leaf: int = 0
+    oversubscription: float = 1.0
+    rail_optimized: bool = False
 
     def __post_init__(self) -> None:
         positive_int("cluster.gpus_per_node", self.gpus_per_node)
         positive_int("cluster.nics_per_node", self.nics_per_node)
         positive_int("cluster.nodes", self.nodes)
+        if isinstance(self.nodes_per_leaf, bool) or not isinstance(self.nodes_per_leaf, int) or self.nodes_per_leaf < 0:
+            raise SpecError(f"cluster.nodes_per_leaf: must be an integer >= 0, 0 = one switch for all nodes "
+                            f"(got {self.nodes_per_leaf!r})")
+        if not isinstance(self.rail_optimized, bool):
+            raise SpecError(f"cluster.rail_optimized: must be true or false (got {self.rail_optimized!r})")
+        if positive_number("cluster.oversubscription", self.oversubscription) < 1:
+            raise SpecError(f"cluster.oversubscription: must be >= 1 (downlink:uplink, 1 = non-blocking; "
+                            f"got {self.oversubscription!r})")
+        if self.oversubscription != 1 and not self.leaf_spine:
+            raise SpecError("cluster.oversubscription: a single switch has no uplinks to oversubscribe; "
+                            "set nodes_per_leaf or rail_optimized")
+
+    @property
+    def leaf_spine(self) -> bool:
+        """True when the fabric has leaves and a spine (else one non-blocking switch)."""
+        return self.nodes_per_leaf > 0 or self.rail_optimized
 
     @property
     def num_gpus(self) -> int:
@@ -94,26 +128,70 @@ class ClusterSpec:
 
         return topology(self).network(gpus)
 
+    def capacity(self, port: str) -> float:
+        """The capacity (bytes/s, one way) of a port of the cluster's graph, e.g. ``"node0.nic3->leaf0"``."""
+        from .topology import topology
+
+        return topology(self).capacity(port)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "ClusterSpec":
-        try:
-            gpu = GPUSpec(**data["gpu"])
-            intra = LinkSpec(**{"name": "intra", **data["intra"]})
-            inter = LinkSpec(**{"name": "inter", **data["inter"]})
-            rest = {k: v for k, v in data.items() if k not in ("gpu", "intra", "inter")}
-            return ClusterSpec(gpu=gpu, intra=intra, inter=inter, **rest)
-        except KeyError as err:
-            raise SpecError(f"cluster.{err.args[0]}: required field is missing") from None
-        except TypeError as err:
-            raise SpecError(f"cluster: {err}; see `pipeplan clusters` for the fields a cluster has") from None
+        """A cluster from its mapping; ``base`` names a preset whose fields the others override."""
+        if not isinstance(data, dict):
+            raise SpecError(f"cluster: must be a mapping of fields (got {type(data).__name__})")
+        if "base" in data:
+            base = data["base"]
+            if base not in CLUSTER_PRESETS:
+                raise SpecError(f"cluster.base: unknown preset {base!r}; choose one of {', '.join(CLUSTER_PRESETS)}")
+            data = merge_fields(CLUSTER_PRESETS[base].to_dict(), {k: v for k, v in data.items() if k != "base"})
+        _check_fields("cluster", data, ClusterSpec)
+        for section, cls in (("gpu", GPUSpec), ("intra", LinkSpec), ("inter", LinkSpec)):
+            if section not in data:
+                raise SpecError(f"cluster.{section}: required field is missing")
+            if not isinstance(data[section], dict):
+                raise SpecError(f"cluster.{section}: must be a mapping of fields")
+            _check_fields(f"cluster.{section}", data[section], cls, skip=("name",) if cls is LinkSpec else ())
+        gpu = GPUSpec(**data["gpu"])
+        intra = LinkSpec(**{"name": "intra", **data["intra"]})
+        inter = LinkSpec(**{"name": "inter", **data["inter"]})
+        rest = {k: v for k, v in data.items() if k not in ("gpu", "intra", "inter")}
+        return ClusterSpec(gpu=gpu, intra=intra, inter=inter, **rest)
 
 
-H100 = GPUSpec("H100-SXM", 989e12, 80e9)
-A100 = GPUSpec("A100-SXM-80GB", 312e12, 80e9)
-L40S = GPUSpec("L40S", 362e12, 48e9)
+def _check_fields(where: str, data: dict, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One-line errors for an unknown or missing field of ``cls`` in ``data``."""
+    fields = cls.__dataclass_fields__
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SpecError(f"{where}.{unknown[0]}: unknown field; known fields are {', '.join(fields)}")
+    missing = [name for name, f in fields.items() if name not in data and name not in skip
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise SpecError(f"{where}.{missing[0]}: required field is missing")
+
+
+def merge_fields(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` laid over it; nested mappings (gpu, intra, inter) merge field by field."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = merge_fields(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+# HBM: H100 SXM 3.35 TB/s, A100 SXM 80 GB 2.0 TB/s (NVIDIA datasheets, shared REFERENCE); the L40S
+# has GDDR6 at 864 GB/s (NVIDIA L40S datasheet).
+H100 = GPUSpec("H100-SXM", 989e12, 80e9, hbm_bandwidth=3.35e12)
+A100 = GPUSpec("A100-SXM-80GB", 312e12, 80e9, hbm_bandwidth=2.0e12)
+L40S = GPUSpec("L40S", 362e12, 48e9, hbm_bandwidth=864e9)
+
+# dgx-h100: NVLink 4 450 GB/s each way per GPU, 8 ConnectX-7 NDR 400 Gb/s = 50 GB/s NICs (one per GPU).
+# dgx-a100: NVLink 3 300 GB/s each way, 8 HDR 200 Gb/s = 25 GB/s NICs (DGX A100 user guide).
+# pcie-l40s: 8 L40S on PCIe Gen4 x16 (64 GB/s bidirectional in the datasheet = 32 GB/s each way; 25 GB/s
+# is what a Gen4 x16 copy reaches) behind one PCIe switch, one 100 GbE NIC (12.5 GB/s) per node.
 
 CLUSTER_PRESETS: dict[str, ClusterSpec] = {
     "dgx-h100": ClusterSpec(
@@ -128,8 +206,13 @@ CLUSTER_PRESETS: dict[str, ClusterSpec] = {
 }
 
 
-def load_cluster(name_or_path: str | dict | ClusterSpec, nodes: int | None = None) -> ClusterSpec:
-    """A preset name, a JSON/YAML file, or a mapping; ``nodes`` overrides the node count."""
+def load_cluster(name_or_path: str | dict | ClusterSpec, nodes: int | None = None,
+                 overrides: dict[str, Any] | None = None) -> ClusterSpec:
+    """A preset name, a JSON/YAML file, or a mapping; ``overrides`` replace fields (nested sections
+    merge, see ``merge_fields``), ``nodes`` the node count."""
+    if overrides:
+        base = load_cluster(name_or_path)
+        return load_cluster(merge_fields(base.to_dict(), overrides), nodes)
     if isinstance(name_or_path, ClusterSpec):
         cluster = name_or_path
     elif isinstance(name_or_path, dict):

@@ -15,6 +15,7 @@ from simulator.workload import Workload
 
 from .cluster import ClusterSpec
 from .costs import Work, measured_stage_cost, price, stage_work, static_bytes
+from .dataparallel import DataParallelOptions, add_data_parallel
 from .errors import SpecError
 from .model import ModelSpec
 from .plan import Plan
@@ -84,11 +85,14 @@ def static_per_device(r: Resolved, works: list[Work]) -> tuple[float, ...]:
     return tuple(static)
 
 
-def build_workload(r: Resolved, profile: Profile | None = None) -> Workload:
+def build_workload(r: Resolved, profile: Profile | None = None,
+                   dp_options: DataParallelOptions = DataParallelOptions()) -> Workload:
     """The simulator workload of ``r``: stage costs, static memory, capacity, network, schedule.
 
     With a ``profile`` (see ``pipeplan.profile``) op times, boundary bytes and the measured links
-    replace the analytic cost model.
+    replace the analytic cost model. With dp > 1 the schedule is a copy with each stage's gradient
+    reduction, optimizer step (and parameter all-gather) added, priced over its data-parallel group
+    (``pipeplan.dataparallel``); at dp = 1 nothing changes.
     """
     plan, s = r.plan, r.seq_len
     works = stage_works(r)
@@ -100,8 +104,13 @@ def build_workload(r: Resolved, profile: Profile | None = None) -> Workload:
         stages = tuple(measured_stage_cost(c, m, plan.recompute_of(k))
                        for k, (c, m) in enumerate(zip(stages, profile.stage_profiles(kinds))))
         network = profile.network(network)
+    schedule = r.schedule
+    if plan.dp > 1:
+        # Parameters per GPU: a stage's parameters split over its tensor group (shared REFERENCE).
+        params = [w.params / plan.tp for w in works]
+        schedule, stages, network = add_data_parallel(r, params, stages, network, dp_options)
     return Workload(
-        schedule=r.schedule,
+        schedule=schedule,
         stages=stages,
         network=network,
         static_bytes=static_per_device(r, works),

@@ -9,8 +9,11 @@ connection, built once per ``ClusterSpec``. Nodes are stable strings:
   GPU of the node has one port to it each way, of the ``intra`` link kind;
 * ``node{n}.nic{i}``: NIC i of node n. Local GPU j reaches NIC j·nics_per_node // gpus_per_node
   (several GPUs share one NIC when there are fewer NICs than GPUs);
-* ``leaf0``: the scale-out fabric, one non-blocking switch that every NIC has a port to, of the
-  ``inter`` link kind.
+* ``leaf0``: the scale-out fabric, by default one non-blocking switch that every NIC has a port to,
+  of the ``inter`` link kind. With ``nodes_per_leaf`` or ``rail_optimized`` (``ClusterSpec``) the
+  NICs plug into leaves ``leaf{g}`` (the nodes g·nodes_per_leaf ...) or ``leaf{g}.rail{i}`` (NIC i
+  of those nodes), and every leaf has one uplink to ``spine0`` of capacity (NIC bandwidth x NICs
+  under the leaf) / oversubscription.
 
 Edge attributes: ``capacity`` (bytes per second, one way; ``math.inf`` where the element never
 limits a transfer: a GPU's PCIe path to its NIC, a switch's backplane) and ``latency`` (seconds;
@@ -25,9 +28,9 @@ Its simulator ``Link`` has the route's latency, its narrowest edge as bandwidth,
 edges of finite capacity, each with its edge's capacity; transfers whose routes share an edge share
 that edge's capacity in the engine (max-min fair).
 
-Growing the fabric (oversubscription, rail-optimised leaves, a spine tier) is a change to
-``_add_fabric`` only: a leaf→spine edge with capacity (NIC capacity x NICs under the leaf) / ratio
-appears in the ports of every route crossing it, and nothing else changes. A collective across
+Growing the fabric (more tiers, several spines) is a change to ``_add_fabric`` only: a leaf→spine
+edge with capacity (NIC capacity x NICs under the leaf) / ratio appears in the ports of every route
+crossing it, and nothing else changes. A collective across
 nodes is read from the same graph: split it into its point-to-point steps (a ring's step k sends
 GPU r -> GPU r+1 for every rank r) and take each step's ``link``; the steps' transfers that
 cross the same edge then share it, which is where an oversubscribed tier slows a collective down.
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
     from .cluster import ClusterSpec
 
 FABRIC = "leaf0"
+SPINE = "spine0"
 
 
 def gpu_node(gpu: int) -> str:
@@ -92,12 +96,33 @@ def _add_node(graph: nx.DiGraph, cluster: "ClusterSpec", node: int) -> None:
         _connect(graph, gpu_node(gpu), nic_node(node, nic_of(cluster, local)), math.inf, 0.0)
 
 
+def leaf_of(cluster: "ClusterSpec", node: int, nic: int) -> str:
+    """The leaf switch NIC ``nic`` of node ``node`` plugs into (``leaf0`` in the single-switch fabric)."""
+    if not cluster.leaf_spine:
+        return FABRIC
+    group = node // cluster.nodes_per_leaf if cluster.nodes_per_leaf else 0
+    return f"leaf{group}.rail{nic}" if cluster.rail_optimized else f"leaf{group}"
+
+
 def _add_fabric(graph: nx.DiGraph, cluster: "ClusterSpec") -> None:
-    """The scale-out network: every NIC's port to one non-blocking switch."""
-    graph.add_node(FABRIC, kind="switch", tier="leaf")
+    """The scale-out network: every NIC's port to its leaf; with leaves, each leaf's uplink to the spine.
+
+    A leaf's uplink (one aggregated edge each way) carries the sum of its downlinks' capacity divided
+    by ``oversubscription``; its latency is 0 because the ``inter`` latency already stands for a whole
+    message across the fabric (a switch hop adds well under a microsecond).
+    """
+    downlinks: dict[str, int] = {}
     for node in range(cluster.nodes):
         for nic in range(cluster.nics_per_node):
-            _connect(graph, nic_node(node, nic), FABRIC, cluster.inter.bandwidth, cluster.inter.latency)
+            leaf = leaf_of(cluster, node, nic)
+            if leaf not in graph:
+                graph.add_node(leaf, kind="switch", tier="leaf")
+            downlinks[leaf] = downlinks.get(leaf, 0) + 1
+            _connect(graph, nic_node(node, nic), leaf, cluster.inter.bandwidth, cluster.inter.latency)
+    if cluster.leaf_spine:
+        graph.add_node(SPINE, kind="switch", tier="spine")
+        for leaf, count in downlinks.items():
+            _connect(graph, leaf, SPINE, count * cluster.inter.bandwidth / cluster.oversubscription, 0.0)
 
 
 def build_graph(cluster: "ClusterSpec") -> nx.DiGraph:

@@ -9,7 +9,7 @@ from collections import Counter
 
 from .deps import schedule_dependencies
 from .ir import Action, Schedule, ScheduleError
-from .kinds import BACKWARD_INPUT, BACKWARD_WEIGHT, COMM, FORWARD, FULL_BACKWARD, KINDS, RESHARD, UNSHARD
+from .kinds import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, KINDS, RESHARD, UNSHARD
 
 
 def check_complete(schedule: Schedule) -> None:
@@ -34,10 +34,10 @@ def check_complete(schedule: Schedule) -> None:
                 raise ScheduleError(
                     f"device {device}: action {action} names stage {stage}, but stages are 0..{num_stages - 1}"
                 )
-            if KINDS[kind].stream == COMM:
+            if not KINDS[kind].per_microbatch:
                 if (stage, mb) in pairs[kind]:
                     raise ScheduleError(f"device {device}: action {action} appears twice; a stage gathers, "
-                                        "reshards and reduces its parameters at most once per iteration")
+                                        "reshards, reduces and steps its parameters at most once per iteration")
             elif not (isinstance(mb, int) and 0 <= mb < num_mb):
                 raise ScheduleError(
                     f"device {device}: action {action} names micro-batch {mb}, but micro-batches are 0..{num_mb - 1}"
@@ -55,7 +55,7 @@ def check_complete(schedule: Schedule) -> None:
                             f"that no {Action(stage, UNSHARD, None)} gathered")
     f, b, i, w = (pairs[k] for k in (FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT))
     expected = num_stages * num_mb
-    total -= sum(len(pairs[k]) for k in KINDS if KINDS[k].stream == COMM)
+    total -= sum(len(pairs[k]) for k in KINDS if not KINDS[k].per_microbatch)
     if len(f) + len(b) + len(i) + len(w) == total and len(f) == expected and len(b) + len(i) == expected \
             and not (b & i) and i == w:
         return

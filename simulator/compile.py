@@ -50,6 +50,7 @@ class Compiled:
     edge_spec: list[tuple]       # (src, dst, nbytes, latency, bandwidth, ports) for the event loop
     waits: list[list[tuple[int, float]]] | None  # per op (producer, delay) on other lanes; None: only remote
     collective: dict[int, tuple]  # comm op -> (nbytes, latency, bandwidth, ports) when it moves bytes
+    compute_stream: np.ndarray   # per op: True on the compute stream (busy time)
     deadlock: bool               # a same-lane producer comes after its consumer
     complete: bool               # the columns' share of check_complete passes
 
@@ -59,6 +60,7 @@ class Compiled:
 
 
 _CODE_OF = {name: rule.code for name, rule in KINDS.items()}
+_ON_COMPUTE_STREAM = np.array([r.stream != COMM for r in BY_CODE])
 
 
 def _kind_codes(kinds: tuple) -> np.ndarray:
@@ -84,6 +86,9 @@ def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray,
     for cost in workload.stages:
         row = [rule.duration(cost) for rule in compute_rules]
         for rule in BY_CODE[NUM_COMPUTE:]:
+            if rule.duration is not None:  # a per-stage compute kind (OPTIMIZER) times itself
+                row.append(rule.duration(cost) if has_comm else 0.0)
+                continue
             collective = cost.collective(rule.name) if has_comm else None
             row.append(collective.seconds(capacity) if collective is not None else 0.0)
         rows.append(row)
@@ -99,7 +104,8 @@ def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray,
                             f"{duration[o]!r}; op times must be finite numbers >= 0")
     collective: dict[int, tuple] = {}
     for o in (np.nonzero(code >= NUM_COMPUTE)[0].tolist() if has_comm else ()):
-        c = workload.stages[int(stage[o])].collective(BY_CODE[int(code[o])].name)
+        rule = BY_CODE[int(code[o])]
+        c = workload.stages[int(stage[o])].collective(rule.name) if rule.duration is None else None
         if c is not None and c.nbytes > 0 and not math.isinf(c.path.rate(capacity)):
             collective[o] = (c.nbytes, c.path.latency, c.path.bandwidth, c.path.ports)
     return duration.tolist(), collective
@@ -223,7 +229,7 @@ def compile_workload(workload: Workload) -> Compiled:
     ids = np.arange(n, dtype=np.int64)
     producers, complete = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids)
     complete = complete and num_mb == schedule.num_microbatches
-    lane = 2 * device + np.array([r.stream == COMM for r in BY_CODE])[code] if has_comm else 2 * device
+    lane = 2 * device + ~_ON_COMPUTE_STREAM[code] if has_comm else 2 * device
     duration, collective = _durations(workload, stage, code, has_comm)
 
     # Classify each binding producer: same lane (must come earlier), another device (remote,
@@ -260,8 +266,9 @@ def compile_workload(workload: Workload) -> Compiled:
             elif lane[prod] != lane[o]:
                 waits[o].append((prod, 0.0))
     lane_bounds = np.searchsorted(lane, np.arange(2 * p + 1)).tolist()
+    compute_stream = _ON_COMPUTE_STREAM[code]
     return Compiled(actions, device, stage, code, lane, bounds, lane_bounds, duration, producers, remote, edge,
-                    edge_delay, edge_spec, waits, collective, deadlock, complete)
+                    edge_delay, edge_spec, waits, collective, compute_stream, deadlock, complete)
 
 
 def _lane_major(actions: tuple) -> list:
@@ -274,7 +281,7 @@ def _incomplete(actions, device, bounds) -> Compiled:
     """Columns that say only 'not well formed': the checker names the fault."""
     empty = np.zeros(0, dtype=np.int64)
     return Compiled(actions, device, empty, empty, empty, bounds, [0], [], np.zeros((0, MAX_RULES), np.int64),
-                    empty, empty, [], [], None, {}, False, False)
+                    empty, empty, [], [], None, {}, np.zeros(0, dtype=bool), False, False)
 
 
 assert not set(P2P_KINDS) & set(KINDS), "SEND/RECV are dropped before compiling, never simulated"

@@ -11,6 +11,9 @@ The checker, the engine and the validator all ask this module what an action wai
   stage's parameters (W needs activations and gradients only).
 * ``REDUCE_GRAD(s)`` needs every weight-gradient producer of stage ``s`` (``B`` or ``W``).
 * ``RESHARD(s)`` needs every compute op of stage ``s``.
+* ``OPTIMIZER(s)`` needs every weight-gradient producer of stage ``s`` and, when scheduled, its
+  ``REDUCE_GRAD(s)`` (the step updates with reduced gradients).
+* ``GATHER_PARAMS(s)`` needs ``OPTIMIZER(s)`` (it gathers the updated shards).
 
 ``producers_of`` answers per action (checker, validator); the engine's numpy columns come from
 the same table through ``binding_rules`` (one binding producer per rule, see there).
@@ -25,7 +28,9 @@ from .kinds import (
     BACKWARD_WEIGHT,
     FORWARD,
     FULL_BACKWARD,
+    GATHER_PARAMS,
     KINDS,
+    OPTIMIZER,
     REDUCE_GRAD,
     RESHARD,
     UNSHARD,
@@ -66,6 +71,9 @@ RULES: dict[str, tuple[Rule, ...]] = {
     UNSHARD: (),
     RESHARD: (Rule((FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT), 0, EVERY, "local"),),
     REDUCE_GRAD: (Rule((FULL_BACKWARD, BACKWARD_WEIGHT), 0, EVERY, "local"),),
+    OPTIMIZER: (Rule((FULL_BACKWARD, BACKWARD_WEIGHT), 0, EVERY, "local"),
+                Rule((REDUCE_GRAD,), 0, STAGE, "local", required=False)),
+    GATHER_PARAMS: (Rule((OPTIMIZER,), 0, STAGE, "local"),),
 }
 assert set(RULES) == set(KINDS), "every kind in kinds.KIND_TABLE needs its dependency rules"
 assert all(len({KINDS[k].stream for k in rule.kinds}) == 1 for rules in RULES.values() for rule in rules)

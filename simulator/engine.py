@@ -28,7 +28,6 @@ import numpy as np
 from .checker import check_complete, check_order_and_deadlock
 from .compile import compile_workload
 from .flows import event_loop
-from .kinds import NUM_COMPUTE
 from .memory import memory_curves_columns, peak_memory
 from .passes import contend, transfer_records, uncontended_times
 from .timeline import OpRecord, Timeline, TransferRecord
@@ -126,7 +125,7 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
     curves, live = memory_curves_columns(compiled.device, compiled.stage, compiled.code, start_arr, end_arr,
                                          compiled.bounds, workload.stages, static)
     peaks = peak_memory(curves)
-    busy = busy_per_device(compiled.code, start_arr, end_arr, compiled.bounds)
+    busy = busy_per_device(compiled.compute_stream, start_arr, end_arr, compiled.bounds)
     total = float(end_arr.max() - start_arr.min())
     return SimResult(
         timeline=timeline,
@@ -142,13 +141,13 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
     )
 
 
-def busy_per_device(code: np.ndarray, start: np.ndarray, end: np.ndarray, bounds: list[int]) -> list[float]:
-    """Per device, its compute ops' durations summed left to right in list order.
+def busy_per_device(compute_stream: np.ndarray, start: np.ndarray, end: np.ndarray, bounds: list[int]) -> list[float]:
+    """Per device, its compute-stream ops' durations (F, B, I, W, OPTIMIZER) summed left to right in list order.
 
     np.cumsum adds sequentially, as ``timeline.busy_time`` does (np.sum would pair terms
     differently); communication ops overlap compute and are not busy time.
     """
-    spans = np.where(code < NUM_COMPUTE, end - start, 0.0)
+    spans = np.where(compute_stream, end - start, 0.0)
     return [float(np.cumsum(spans[bounds[d]:bounds[d + 1]])[-1]) if bounds[d + 1] > bounds[d] else 0.0
             for d in range(len(bounds) - 1)]
 

@@ -28,6 +28,7 @@ from .kinds import (  # noqa: F401  (the kind names are part of the IR's vocabul
     P2P_KINDS,
     REDUCE_GRAD,
     RESHARD,
+    STAGE_KINDS,
     UNSHARD,
 )
 
@@ -45,7 +46,7 @@ class ScheduleError(ValueError):
 class Action(NamedTuple):
     """One op of one stage: a compute op of one micro-batch, or a per-stage communication op.
 
-    ``microbatch`` is None for the per-stage kinds (UNSHARD, RESHARD, REDUCE_GRAD).
+    ``microbatch`` is None for the per-stage kinds (UNSHARD, RESHARD, REDUCE_GRAD, GATHER_PARAMS, OPTIMIZER).
     A NamedTuple rather than a dataclass: schedules hold hundreds of thousands of them
     and they are dictionary keys in the checker and the engine.
     """
@@ -67,7 +68,7 @@ class Action(NamedTuple):
         if not match or (kind in _PER_MICROBATCH) != bool(match.group(3)):
             raise ScheduleError(
                 f"action {text!r} is not of the form <stage><F|B|I|W><microbatch>, e.g. 2F0 or 1I3, "
-                f"or <stage><UNSHARD|RESHARD|REDUCE_GRAD>"
+                f"or <stage><{'|'.join(STAGE_KINDS)}>"
             )
         return Action(int(match.group(1)), kind, int(match.group(3)) if match.group(3) else None)
 

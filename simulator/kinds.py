@@ -15,8 +15,20 @@ overlaps compute; their text has no micro-batch, as in torch.distributed.pipelin
 * ``RESHARD`` frees the gathered parameters when it ends; it moves no bytes.
 * ``REDUCE_GRAD`` reduces the stage's weight gradients over its data-parallel group (all-reduce,
   or reduce-scatter with a distributed optimizer).
+* ``GATHER_PARAMS`` all-gathers the stage's updated parameter shards over its data-parallel group
+  after its optimizer step (Megatron's distributed optimizer, ``--overlap-param-gather`` off); the
+  gathered weights land in the bf16 buffer that is already static memory, so it holds nothing.
+  torch.distributed.pipelining has no action for this (its ``UNSHARD`` gathers before use and gates
+  the stage's compute, which a gather after the step cannot), hence a name of our own.
 
-A communication kind's time and the ports it occupies come from the stage's ``Collective`` of
+One per-stage kind runs on the compute stream:
+
+* ``OPTIMIZER`` the stage's optimizer step: a memory-bound pass over its parameters, gradients and
+  optimizer state, timed by ``StageCost.optimizer``; it waits for the stage's reduced gradients.
+  torch has no action for it either (the step is outside the pipeline schedule there).
+
+Per-micro-batch kinds are exactly F, B, I, W (codes 0..3, ``COMPUTE_KINDS``); every other kind is
+per stage, without micro-batch. A communication kind's time and the ports it occupies come from the stage's ``Collective`` of
 that kind (``StageCost.collectives``); a stage without one runs it in no time.
 torch's ``SEND_F``/``RECV_F``/``SEND_B``/``RECV_B`` parse (``KIND_TEXTS``) but are not
 simulated as actions: the engine derives every point-to-point transfer from the dependency rules.
@@ -34,6 +46,8 @@ BACKWARD_WEIGHT = "W"
 UNSHARD = "UNSHARD"
 RESHARD = "RESHARD"
 REDUCE_GRAD = "REDUCE_GRAD"
+GATHER_PARAMS = "GATHER_PARAMS"
+OPTIMIZER = "OPTIMIZER"
 SEND_F, RECV_F, SEND_B, RECV_B = "SEND_F", "RECV_F", "SEND_B", "RECV_B"
 
 COMPUTE = "compute"
@@ -78,12 +92,19 @@ KIND_TABLE: tuple[KindRule, ...] = (
     KindRule(UNSHARD, 4, COMM, False, START, lambda c: c.gathered_bytes),
     KindRule(RESHARD, 5, COMM, False, END, lambda c: -c.gathered_bytes),
     KindRule(REDUCE_GRAD, 6, COMM, False, END, _nothing),
+    KindRule(GATHER_PARAMS, 7, COMM, False, END, _nothing),
+    KindRule(OPTIMIZER, 8, COMPUTE, False, END, _nothing, 0, lambda c: c.optimizer),
 )
 KINDS: dict[str, KindRule] = {rule.name: rule for rule in KIND_TABLE}
 BY_CODE: tuple[KindRule, ...] = tuple(sorted(KIND_TABLE, key=lambda r: r.code))
-COMPUTE_KINDS: tuple[str, ...] = tuple(r.name for r in BY_CODE if r.stream == COMPUTE)
+# The per-micro-batch compute ops (F, B, I, W), codes 0..NUM_COMPUTE-1: the engine's columns, the
+# validator and the IR's parser treat these as "compute"; OPTIMIZER is a per-stage kind on the compute stream.
+COMPUTE_KINDS: tuple[str, ...] = tuple(r.name for r in BY_CODE if r.per_microbatch)
+STAGE_KINDS: tuple[str, ...] = tuple(r.name for r in BY_CODE if not r.per_microbatch)
 COMM_KINDS: tuple[str, ...] = tuple(r.name for r in BY_CODE if r.stream == COMM)
 NUM_COMPUTE = len(COMPUTE_KINDS)
+assert all(r.code < NUM_COMPUTE for r in BY_CODE if r.per_microbatch), "per-micro-batch kinds come first"
+assert all(r.stream == COMPUTE for r in BY_CODE if r.per_microbatch)
 
 # torch's point-to-point actions: parsed and written back, not simulated (see the module docstring).
 P2P_KINDS: tuple[str, ...] = (SEND_F, RECV_F, SEND_B, RECV_B)
@@ -91,6 +112,6 @@ KIND_TEXTS: tuple[str, ...] = tuple(KINDS) + P2P_KINDS
 
 
 def is_compute(kind: str) -> bool:
-    """True for F, B, I, W: the ops that keep a device busy (the bubble is their idle time)."""
+    """True for the compute-stream kinds (F, B, I, W, OPTIMIZER): the ops that keep a device busy."""
     rule = KINDS.get(kind)
     return rule is not None and rule.stream == COMPUTE

@@ -20,7 +20,8 @@ class StageCost:
     layer inputs and output gradients the weight gradient still needs) and W frees those.
     UNSHARD holds ``gathered_bytes`` (the gathered parameters) until RESHARD (see ``kinds``).
     ``backward`` is the full-backward time; it defaults to I + W. ``collectives`` price the
-    stage's communication actions, at most one per kind.
+    stage's communication actions, at most one per kind. ``optimizer`` is the time of the stage's
+    optimizer step (the per-stage ``OPTIMIZER`` action, once per iteration, not per micro-batch).
     """
 
     forward: float
@@ -33,6 +34,7 @@ class StageCost:
     weight_grad_bytes: float = 0.0
     gathered_bytes: float = 0.0
     collectives: tuple["Collective", ...] = ()
+    optimizer: float = 0.0
 
     @property
     def full_backward(self) -> float:

@@ -1,0 +1,129 @@
+"""Data parallelism in the simulator: gradient reduction, optimizer step and parameter all-gather.
+
+With dp > 1 lowering adds, per stage on its device (Megatron-LM's DDP and distributed optimizer,
+Narayanan et al. SC'21; Megatron-LM ``distributed/param_and_grad_buffer.py``):
+
+* ``REDUCE_GRAD(s)`` on the communication stream, after the stage's last backward: an all-reduce of
+  its gradients over its data-parallel group (``Layout.data_group``), or a reduce-scatter with the
+  distributed optimizer. Gradients are reduced in fp32 (``GRAD_BYTES``): Megatron accumulates and
+  reduces the ``main_grad`` buffer in fp32 for bf16 training (``accumulate_allreduce_grads_in_fp32``),
+  the 4 gradient bytes of the 18 per parameter in shared REFERENCE. One bucket per stage-chunk, as
+  Megatron's per-model-chunk buffers with ``--overlap-grad-reduce``: a chunk's reduction starts when
+  its last backward ends and overlaps the device's remaining backwards (Megatron's smaller buckets
+  inside a chunk start earlier still; not modelled). ``overlap_grad_reduce=False`` starts every
+  reduction after the device's last backward.
+* ``OPTIMIZER(s)`` on the compute stream after the reduction: Adam on the stage's (shard of)
+  parameters, memory-bound, priced as the bytes it reads and writes over the GPU's HBM bandwidth
+  (``OPTIMIZER_BYTES`` per parameter).
+* ``GATHER_PARAMS(s)`` with the distributed optimizer: the all-gather of the updated bf16 parameters
+  (``PARAM_BYTES``) over the same group after the step (``--overlap-param-gather`` off).
+
+Collectives are priced by ``collectives.group_collective`` over the group's ring; the rings of the
+other tensor ranks of the same pipeline rank run at the same time on the same ports and are
+counted with ``collectives.port_sharing`` (the simulated replica is tensor rank 0, data rank 0).
+The iteration ends when the last device finishes its last step or gather. At dp = 1 nothing is added
+(nor an optimizer step, so dp = 1 results stay what they were).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from simulator.ir import Action, Schedule, make_schedule
+from simulator.kinds import BACKWARD_WEIGHT, FULL_BACKWARD, GATHER_PARAMS, OPTIMIZER, REDUCE_GRAD
+from simulator.workload import Network, StageCost
+
+from .collectives import ALL_GATHER, ALL_REDUCE, REDUCE_SCATTER, RING, TREE, group_collective, port_sharing
+from .errors import SpecError
+
+GRAD_BYTES = 4  # fp32 main_grad, reduced in fp32 (Megatron, bf16 training)
+PARAM_BYTES = 2  # bf16 model weights, what the distributed optimizer all-gathers
+# Adam step per parameter: reads the fp32 gradient (4) and fp32 master weight, m and v (12), writes
+# master, m and v (12) and the bf16 model weight (2).
+OPTIMIZER_BYTES = 4 + 12 + 12 + 2
+
+
+@dataclass(frozen=True)
+class DataParallelOptions:
+    """``overlap_grad_reduce``: each stage-chunk reduces when its own last backward ends (Megatron's
+    ``--overlap-grad-reduce``); False: all after the device's last backward. ``algorithm``: ring or tree
+    (all-reduce only)."""
+
+    overlap_grad_reduce: bool = True
+    algorithm: str = RING
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.overlap_grad_reduce, bool):
+            raise SpecError(f"overlap_grad_reduce: must be true or false (got {self.overlap_grad_reduce!r})")
+        if self.algorithm not in (RING, TREE):
+            raise SpecError(f"algorithm: unknown {self.algorithm!r}; choose ring or tree")
+
+
+def reduction_order(schedule: Schedule, device: int, overlap: bool) -> list[int]:
+    """The device's stages in the order their gradients are reduced.
+
+    With overlap, by when each stage's last backward comes in the device's list; without, the
+    stage whose backward comes last goes first, so every reduction queued behind it on the
+    communication stream starts after the device's last backward.
+    """
+    last: dict[int, int] = {}
+    for i, action in enumerate(schedule.simulated_actions(device)):
+        if action.kind in (FULL_BACKWARD, BACKWARD_WEIGHT):
+            last[action.stage] = i
+    order = sorted(last, key=last.__getitem__)
+    return order if overlap else order[-1:] + order[:-1]
+
+
+def with_dp_actions(schedule: Schedule, distributed_optimizer: bool, overlap: bool = True) -> Schedule:
+    """A copy of ``schedule`` with each stage's REDUCE_GRAD, OPTIMIZER (and GATHER_PARAMS) appended.
+
+    The generated schedule stays as it is (generators are pure and cached); kinds the schedule
+    already lists for a stage (a custom CSV's REDUCE_GRAD) are not added twice.
+    """
+    kinds = [REDUCE_GRAD, OPTIMIZER] + ([GATHER_PARAMS] if distributed_optimizer else [])
+    rows = []
+    for device in range(schedule.num_devices):
+        acts = list(schedule.device_actions[device])
+        present = {(a.stage, a.kind) for a in acts if a.microbatch is None}
+        order = reduction_order(schedule, device, overlap)
+        for kind in kinds:
+            acts += [Action(s, kind, None) for s in order if (s, kind) not in present]
+        rows.append(acts)
+    return make_schedule(rows, schedule.stage_to_device, schedule.num_microbatches, schedule.name, schedule.chunks)
+
+
+def optimizer_seconds(params: float, dp: int, distributed_optimizer: bool, hbm_bandwidth: float) -> float:
+    """The Adam step over ``params`` parameters (a 1/dp shard with the distributed optimizer) from HBM."""
+    return params / (dp if distributed_optimizer else 1) * OPTIMIZER_BYTES / hbm_bandwidth
+
+
+def add_data_parallel(r, params: list[float], stages: tuple[StageCost, ...], network: Network,
+                      options: DataParallelOptions = DataParallelOptions()
+                      ) -> tuple[Schedule, tuple[StageCost, ...], Network]:
+    """``r`` (a ``lowering.Resolved`` with dp > 1) with its data-parallel actions, their stage costs and ports.
+
+    ``params[k]`` is stage k's parameter count on one GPU. Ports the collectives cross join the
+    network's capacity table (a port the pipeline links already have keeps its capacity there).
+    """
+    plan, cluster, layout = r.plan, r.cluster, r.plan.layout
+    distributed = plan.distributed_optimizer
+    if options.algorithm == TREE and distributed:
+        raise SpecError("algorithm: NCCL's tree runs all-reduce only; the distributed optimizer reduce-scatters")
+    grad_kind = REDUCE_SCATTER if distributed else ALL_REDUCE
+    sharing = {d: port_sharing(cluster, [layout.data_group(d, t) for t in range(layout.tp)]) for d in range(plan.pp)}
+    capacity: dict[str, float] = {}
+    new_stages = []
+    for k, cost in enumerate(stages):
+        device = r.schedule.stage_to_device[k]
+        group, shared = layout.data_group(device), sharing[device]
+        collectives = [group_collective(cluster, group, grad_kind, params[k] * GRAD_BYTES, shared,
+                                        algorithm=options.algorithm)]
+        if distributed:
+            collectives.append(group_collective(cluster, group, ALL_GATHER, params[k] * PARAM_BYTES, shared))
+        for c in collectives:
+            capacity.update({port: cluster.capacity(port) for port in c.path.ports})
+        kept = tuple(c for c in cost.collectives if c.kind not in (REDUCE_GRAD, GATHER_PARAMS))
+        step = optimizer_seconds(params[k], plan.dp, distributed, cluster.gpu.hbm_bandwidth)
+        new_stages.append(replace(cost, collectives=kept + tuple(collectives), optimizer=step))
+    schedule = with_dp_actions(r.schedule, distributed, options.overlap_grad_reduce)
+    merged = Network(network.links, {**capacity, **network.port_capacity})
+    return schedule, tuple(new_stages), merged
