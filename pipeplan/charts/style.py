@@ -9,10 +9,13 @@ KIND_COLORS = {
     "UNSHARD": "#8c6bb1",  # communication stream: purples and teal
     "RESHARD": "#e9c46a",
     "REDUCE_GRAD": "#2a9d8f",
+    "GATHER_PARAMS": "#6d597a",
+    "OPTIMIZER": "#264653",  # the optimizer step runs on the compute stream
 }
 KIND_LABELS = {"F": "F forward", "B": "B full backward", "I": "I input gradient", "W": "W weight gradient",
                "UNSHARD": "gather parameters", "RESHARD": "free gathered parameters",
-               "REDUCE_GRAD": "reduce gradients"}
+               "REDUCE_GRAD": "reduce gradients", "GATHER_PARAMS": "gather parameters after the step",
+               "OPTIMIZER": "optimizer step"}
 TRANSFER_COLORS = {"fwd": "#7f7f7f", "bwd": "#b07aa1"}
 CAPACITY_COLOR = "#222222"
 
