@@ -71,7 +71,8 @@ def generated_schedule(name: str, p: int, m: int, v: int) -> Schedule:
 def stage_works(r: Resolved) -> list[Work]:
     """Every stage's work for one micro-batch, in stage order (the sums of its layers' ``layer_work``)."""
     plan = r.plan
-    return [stage_work(r.model, plan.stage_layers(k), plan.microbatch_size, r.seq_len, plan.recompute_of(k))
+    return [stage_work(r.model, plan.stage_layers(k), plan.microbatch_size, r.seq_len, plan.recompute_mode(k),
+                       plan.tp, plan.sequence_parallel)
             for k in range(plan.num_stages)]
 
 
@@ -92,7 +93,7 @@ def build_workload(r: Resolved, profile: Profile | None = None) -> Workload:
     """
     plan, s = r.plan, r.seq_len
     works = stage_works(r)
-    stages = tuple(price(w, r.cluster.gpu, plan.microbatch_size * s) for w in works)
+    stages = tuple(price(w, r.cluster.gpu, r.cluster.intra) for w in works)  # TP groups stay on a node's NVLink
     network = r.cluster.network(plan.gpus())
     if profile is not None:
         profile.check_plan(r.model.name, plan.layers_per_stage, plan.microbatch_size, s)
