@@ -9,6 +9,7 @@ A cluster file or mapping may start from a preset and override some fields:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, asdict, dataclass, replace
 from typing import Any
 
@@ -20,33 +21,59 @@ from .fileio import load_mapping
 
 @dataclass(frozen=True)
 class GPUSpec:
-    """``achieved_fraction(tokens)``: the share of peak a micro-batch of that many tokens reaches.
+    """A GPU type: dense peak, memory, and how fast its GEMMs and memory-bound kernels really run.
 
-    Modelled as ``max_fraction · tokens / (tokens + half_tokens)``: small micro-batches leave the
-    tensor cores under-used; ``half_tokens`` is where half of ``max_fraction`` is reached.
+    ``gemm_seconds(m, n, k)`` is one (m x k) @ (k x n) GEMM, a function of its shape only
+    (tile and wave quantization over the SMs, then the roofline), after the NVIDIA Deep Learning
+    Performance Guide, "Matrix Multiplication Background" (docs.nvidia.com/deeplearning/performance/
+    dl-performance-matrix-multiplication): the output is cut into ``tile_m`` x ``tile_n`` tiles, one per
+    SM at a time, so a GEMM runs in ceil(tiles / sms) waves, each as long as one full tile's
+    2·tile_m·tile_n·k FLOPs at the SM's share of ``max_fraction`` x peak; a GEMM that moves more
+    bytes (2·(mk + kn + mn), 16-bit) than that time allows at ``hbm_bandwidth`` is memory-bound.
+
+    Constants: ``max_fraction`` 0.83 is the per-SM ceiling behind the one GEMM measured on an H100
+    here (bf16 8192^3 ≈ 798 of 989 TFLOP/s = 0.807, shared REFERENCE), divided by that shape's wave
+    efficiency on 132 SMs (2048 tiles in 16 waves = 0.970); it is assumed the same share for other
+    tensor-core GPUs; 256 x 128 is the largest cuBLAS/CUTLASS tile that guide names for Ampere and Hopper;
+    SM counts and HBM bandwidths are the vendor datasheets (A100 SXM 108 SMs, 2.0 TB/s; H100 SXM
+    132 SMs, 3.35 TB/s; L40S 142 SMs, 0.864 TB/s). ``hbm_bandwidth`` also prices the memory-bound
+    kernels (norms, softmax, dropout, activations) in ``pipeplan.costs``.
     """
 
     name: str
     peak_flops: float
     memory_bytes: float
-    max_fraction: float = 0.6
-    half_tokens: float = 256.0
-    op_overhead_s: float = 20e-6  # launch and synchronisation cost per layer pass
-    # HBM bytes per second (read + write share it); prices memory-bound ops such as the optimizer
-    # step. The default is the A100's 2.0 TB/s (datasheet); set the GPU's own figure.
+    max_fraction: float = 0.83
+    sms: int = 108
+    tile_m: int = 256
+    tile_n: int = 128
     hbm_bandwidth: float = 2.0e12
+    op_overhead_s: float = 20e-6  # launch and synchronisation cost per layer pass
 
     def __post_init__(self) -> None:
         positive_number("cluster.gpu.peak_flops", self.peak_flops)
-        positive_number("cluster.gpu.hbm_bandwidth", self.hbm_bandwidth)
         positive_number("cluster.gpu.memory_bytes", self.memory_bytes)
-        positive_number("cluster.gpu.half_tokens", self.half_tokens, allow_zero=True)
+        positive_number("cluster.gpu.hbm_bandwidth", self.hbm_bandwidth)
         positive_number("cluster.gpu.op_overhead_s", self.op_overhead_s, allow_zero=True)
+        for f in ("sms", "tile_m", "tile_n"):
+            positive_int(f"cluster.gpu.{f}", getattr(self, f))
         if not 0 < self.max_fraction <= 1:
             raise SpecError(f"cluster.gpu.max_fraction: must be in (0, 1] (got {self.max_fraction})")
 
-    def achieved_fraction(self, tokens: float) -> float:
-        return self.max_fraction * tokens / (tokens + self.half_tokens)
+    def gemm_seconds(self, m: float, n: float, k: float, batch: int = 1) -> float:
+        """``batch`` (m x k) @ (k x n) 16-bit GEMMs in one kernel alone on this GPU (see the class docstring)."""
+        if m <= 0 or n <= 0 or k <= 0:
+            return 0.0
+        # A GEMM smaller than a tile runs one smaller tile (cuBLAS picks smaller tiles for it).
+        tile_m, tile_n = min(self.tile_m, m), min(self.tile_n, n)
+        waves = math.ceil(batch * math.ceil(m / tile_m) * math.ceil(n / tile_n) / self.sms)
+        compute = waves * 2.0 * tile_m * tile_n * k * self.sms / (self.peak_flops * self.max_fraction)
+        memory = 2.0 * batch * (m * k + k * n + m * n) / self.hbm_bandwidth
+        return max(compute, memory)
+
+    def gemm_efficiency(self, m: float, n: float, k: float, batch: int = 1) -> float:
+        """The share of peak a GEMM of that shape reaches: 2mnk·batch / (peak x ``gemm_seconds``)."""
+        return 2.0 * m * n * k * batch / (self.peak_flops * self.gemm_seconds(m, n, k, batch))
 
 
 @dataclass(frozen=True)
@@ -184,9 +211,9 @@ def merge_fields(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
 
 # HBM: H100 SXM 3.35 TB/s, A100 SXM 80 GB 2.0 TB/s (NVIDIA datasheets, shared REFERENCE); the L40S
 # has GDDR6 at 864 GB/s (NVIDIA L40S datasheet).
-H100 = GPUSpec("H100-SXM", 989e12, 80e9, hbm_bandwidth=3.35e12)
-A100 = GPUSpec("A100-SXM-80GB", 312e12, 80e9, hbm_bandwidth=2.0e12)
-L40S = GPUSpec("L40S", 362e12, 48e9, hbm_bandwidth=864e9)
+H100 = GPUSpec("H100-SXM", 989e12, 80e9, sms=132, hbm_bandwidth=3.35e12)
+A100 = GPUSpec("A100-SXM-80GB", 312e12, 80e9, sms=108, hbm_bandwidth=2.0e12)
+L40S = GPUSpec("L40S", 362e12, 48e9, sms=142, hbm_bandwidth=864e9)
 
 # dgx-h100: NVLink 4 450 GB/s each way per GPU, 8 ConnectX-7 NDR 400 Gb/s = 50 GB/s NICs (one per GPU).
 # dgx-a100: NVLink 3 300 GB/s each way, 8 HDR 200 Gb/s = 25 GB/s NICs (DGX A100 user guide).

@@ -1,33 +1,51 @@
 """The cost model lowering and the planner share: what a layer costs on a GPU, and how layers add up.
 
-``layer_work(model, i, b, s, recompute)`` is layer i for one micro-batch of b sequences of s
-tokens: FLOPs by op, bytes by lifetime, parameters, and the tensors it receives and sends (see
-``ModelSpec`` for the per-layer formulas). Works of consecutive layers add (``+``) into a stage's.
-``price(work, gpu, tokens)`` turns a work into the simulator's ``StageCost``:
+``layer_work(model, i, b, s, recompute, tp, sequence_parallel)`` is layer i for one micro-batch of
+b sequences of s tokens on one tensor-parallel rank: FLOPs by op, the GEMM shapes and memory-bound
+bytes behind them, bytes by lifetime, parameters, the tensor-parallel collectives, and the tensors
+it receives and sends (see ``ModelSpec`` for the per-layer formulas). Works of consecutive layers
+add (``+``) into a stage's. ``price(work, gpu, tp_link)`` turns a work into the simulator's
+``StageCost``:
 
-    time of an op = its FLOPs / (peak x achieved fraction at b·s tokens) + a per-layer overhead
+    time of an op = Σ its GEMMs' ``gpu.gemm_seconds(m, n, k)``  (efficiency by GEMM shape)
+                  + its memory-bound bytes / HBM bandwidth
+                  + its tensor-parallel collectives, ring_seconds over t ranks on ``tp_link``
+                  + a per-layer overhead
 
-Full recomputation stores only each layer's input and runs the forward again before the input
-gradient (I, or B when the backward is not split); after I a stage keeps what W still needs, at
-most what F stored. The planner prices each layer on its own (``price(layer_work(...))``),
-lowering prices each stage's sum, so the two agree up to rounding.
+The collectives sit on the op's critical path (Megatron runs them synchronously between the
+GEMMs, Shoeybi et al. 2019), so their time adds to F and to I. F's GEMMs are (m, n, k); I runs
+each weight GEMM's dX, (m, k, n), and both backward GEMMs of the attention core, (m, k, n) and
+(k, n, m); W runs each weight GEMM's dW, (k, n, m).
 
-Static memory (weights, gradients, optimizer state) is ``static_bytes(params, dp, distributed)``.
+Recomputation (Korthikanti et al. 2022): ``"full"`` stores only each layer's input and runs the
+whole forward (collectives included) again before the input gradient (I, or B when the backward
+is not split); ``"selective"`` drops the stored attention scores and re-runs the attention core
+(QK^T, softmax, dropout, AV) before I; with FlashAttention there is nothing to drop and nothing
+extra to run. After I a stage keeps what W still needs, at most what F stored. The planner prices
+each layer on its own (``price(layer_work(...))``), lowering prices each stage's sum, so the two
+agree up to rounding.
+
+Static memory (weights, gradients, optimizer state) is ``static_bytes(params, dp, distributed)``;
+``params`` are one tensor-parallel rank's (stage parameters / t, the replicated norms whole).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from functools import reduce
 from operator import add
 
 from simulator.workload import StageCost
 
-from .cluster import GPUSpec
-from .model import ModelSpec
+from .cluster import GPUSpec, LinkSpec
+from .collectives import ring_seconds
+from .errors import SpecError
+from .model import Gemm, ModelSpec, TPCollective
 from .profile import StageProfile
 
 BYTES_PER_PARAM_WEIGHTS_GRADS = 2 + 4  # bf16 weights + fp32 gradients (Megatron mixed precision)
 BYTES_PER_PARAM_OPTIMIZER = 12  # fp32 master weights, Adam m and v
+RECOMPUTE_MODES = ("none", "selective", "full")
 
 
 def bytes_per_param(dp: int, distributed_optimizer: bool) -> float:
@@ -40,18 +58,31 @@ def static_bytes(params: float, dp: int, distributed_optimizer: bool) -> float:
     return params * bytes_per_param(dp, distributed_optimizer)
 
 
+def _merge(a: tuple, b: tuple) -> tuple:
+    """Two multisets of (item, count) pairs as one, sorted, so that equal stages give equal works."""
+    counts = Counter(dict(a))
+    counts.update(dict(b))
+    return tuple(sorted(counts.items()))
+
+
+def _counted(items: tuple) -> tuple:
+    return tuple(sorted(Counter(items).items()))
+
+
 @dataclass(frozen=True)
 class Work:
-    """One micro-batch through one layer or a run of consecutive layers, before it meets a GPU.
+    """One micro-batch through one layer or a run of consecutive layers on one tensor rank, before it meets a GPU.
 
-    ``activation_bytes`` are what F stores (the layer inputs only, with recomputation);
-    ``weight_grad_bytes`` what W needs after I, summed over the layers. ``received_bytes`` is the
-    tensor the first layer gets from the layer before it (0 for the embedding), ``sent_bytes`` the
-    one the last layer passes on; their gradients travel back the same size.
+    ``activation_bytes`` are what F stores (per ``recompute``); ``weight_grad_bytes`` what W needs
+    after I, summed over the layers. ``received_bytes`` is the tensor the first layer gets from the
+    layer before it (0 for the embedding), ``sent_bytes`` the one the last layer passes on; their
+    gradients travel back the same size. ``gemms``, ``attention_gemms``, ``tp_forward`` and
+    ``tp_backward`` are multisets, ((item, count), ...); the other sums are plain numbers.
+    ``rerun_*`` is what recomputation runs again before I (the forward, or the attention core).
     """
 
     layers: int
-    recompute: bool
+    recompute: str
     forward_flops: float
     input_grad_flops: float
     weight_grad_flops: float
@@ -60,61 +91,117 @@ class Work:
     params: float
     received_bytes: float
     sent_bytes: float
+    tp: int = 1
+    gemms: tuple[tuple[Gemm, int], ...] = ()
+    attention_gemms: tuple[tuple[Gemm, int], ...] = ()
+    forward_memory_bytes: float = 0.0
+    input_grad_memory_bytes: float = 0.0
+    weight_grad_memory_bytes: float = 0.0
+    score_memory_bytes: float = 0.0
+    tp_forward: tuple[tuple[TPCollective, int], ...] = ()
+    tp_backward: tuple[tuple[TPCollective, int], ...] = ()
 
     def __add__(self, later: "Work") -> "Work":
         """This run of layers followed by ``later`` (the layers right after it)."""
         if later.recompute != self.recompute:
-            raise ValueError("a stage either recomputes all of its layers or none")
-        return Work(
-            layers=self.layers + later.layers,
-            recompute=self.recompute,
-            forward_flops=self.forward_flops + later.forward_flops,
-            input_grad_flops=self.input_grad_flops + later.input_grad_flops,
-            weight_grad_flops=self.weight_grad_flops + later.weight_grad_flops,
-            activation_bytes=self.activation_bytes + later.activation_bytes,
-            weight_grad_bytes=self.weight_grad_bytes + later.weight_grad_bytes,
-            params=self.params + later.params,
-            received_bytes=self.received_bytes,
-            sent_bytes=later.sent_bytes,
-        )
+            raise ValueError("a stage recomputes all of its layers the same way")
+        if later.tp != self.tp:
+            raise ValueError("a stage runs on one tensor-parallel group")
+        summed = {f: getattr(self, f) + getattr(later, f) for f in _SUMMED}
+        merged = {f: _merge(getattr(self, f), getattr(later, f)) for f in _MERGED}
+        return replace(self, **summed, **merged, sent_bytes=later.sent_bytes)
 
 
-def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int, recompute: bool) -> Work:
-    """Layer ``index`` of ``model`` for one micro-batch of ``microbatch_size`` sequences of ``seq_len``."""
-    c = model.layer_cost(index, microbatch_size, seq_len)
-    received = model.layer_cost(index - 1, microbatch_size, seq_len).boundary_bytes if index > 0 else 0.0
+_SUMMED = ("layers", "forward_flops", "input_grad_flops", "weight_grad_flops", "activation_bytes",
+           "weight_grad_bytes", "params", "forward_memory_bytes", "input_grad_memory_bytes",
+           "weight_grad_memory_bytes", "score_memory_bytes")
+_MERGED = ("gemms", "attention_gemms", "tp_forward", "tp_backward")
+
+
+def recompute_mode(recompute: bool | str) -> str:
+    """``True``/``False`` (full or none, as the planner asks) or one of ``RECOMPUTE_MODES``."""
+    if isinstance(recompute, bool):
+        return "full" if recompute else "none"
+    if recompute not in RECOMPUTE_MODES:
+        raise SpecError(f"plan.recompute: {recompute!r} is not one of {', '.join(RECOMPUTE_MODES)}")
+    return recompute
+
+
+def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int, recompute: bool | str,
+               tp: int = 1, sequence_parallel: bool = False) -> Work:
+    """Layer ``index`` of ``model`` for one micro-batch of ``microbatch_size`` sequences of ``seq_len``,
+    on one of ``tp`` tensor-parallel ranks."""
+    mode = recompute_mode(recompute)
+    c = model.layer_cost(index, microbatch_size, seq_len, tp, sequence_parallel)
+    received = (model.layer_cost(index - 1, microbatch_size, seq_len, tp, sequence_parallel).boundary_bytes
+                if index > 0 else 0.0)
+    stored = {"none": c.activation_bytes, "selective": c.selective_bytes, "full": c.recompute_bytes}[mode]
     return Work(
         layers=1,
-        recompute=recompute,
+        recompute=mode,
         forward_flops=c.forward_flops,
         input_grad_flops=c.input_grad_flops,
         weight_grad_flops=c.weight_grad_flops,
-        activation_bytes=c.recompute_bytes if recompute else c.activation_bytes,
+        activation_bytes=stored,
         weight_grad_bytes=c.weight_grad_bytes,
         params=c.params,
         received_bytes=received,
         sent_bytes=c.boundary_bytes,
+        tp=tp,
+        gemms=_counted(c.gemms),
+        attention_gemms=_counted(c.attention_gemms),
+        forward_memory_bytes=c.forward_memory_bytes,
+        input_grad_memory_bytes=c.input_grad_memory_bytes,
+        weight_grad_memory_bytes=c.weight_grad_memory_bytes,
+        score_memory_bytes=c.score_memory_bytes,
+        tp_forward=_counted(c.tp_forward),
+        tp_backward=_counted(c.tp_backward),
     )
 
 
-def stage_work(model: ModelSpec, layers: range, microbatch_size: int, seq_len: int, recompute: bool) -> Work:
+def stage_work(model: ModelSpec, layers: range, microbatch_size: int, seq_len: int, recompute: bool | str,
+               tp: int = 1, sequence_parallel: bool = False) -> Work:
     """The sum of ``layer_work`` over a stage's layers."""
-    return reduce(add, (layer_work(model, i, microbatch_size, seq_len, recompute) for i in layers))
+    return reduce(add, (layer_work(model, i, microbatch_size, seq_len, recompute, tp, sequence_parallel)
+                        for i in layers))
 
 
-def price(work: Work, gpu: GPUSpec, tokens: int) -> StageCost:
-    """Seconds and bytes of ``work`` on ``gpu`` for a micro-batch of ``tokens`` tokens.
+def tp_seconds(collectives: tuple[tuple[TPCollective, int], ...], tp: int, link: LinkSpec | None) -> float:
+    """The tensor-parallel collectives, one after another, each a ring over ``tp`` ranks on ``link``
+    (the node's NVLink: a TP group stays inside a node)."""
+    if tp == 1 or not collectives:
+        return 0.0
+    if link is None:
+        raise SpecError("cluster.intra: pricing tensor parallelism needs the intra-node link")
+    return sum(count * ring_seconds(kind, tp, nbytes, link.bandwidth, link.latency)
+               for (kind, nbytes), count in collectives)
 
-    FLOPs are summed before dividing by the rate, so a stage's time is one rounding away from its
-    FLOPs and the per-layer overhead counts layers exactly.
+
+def _gemm_seconds(gpu: GPUSpec, gemms, shape) -> float:
+    return sum(count * gpu.gemm_seconds(*shape(m, n, k), batch) for (m, n, k, batch), count in gemms)
+
+
+def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCost:
+    """Seconds and bytes of ``work`` on ``gpu``; ``tp_link`` carries the tensor-parallel collectives.
+
+    Times are summed before the per-layer overhead, which counts layers exactly.
     """
-    rate = gpu.peak_flops * gpu.achieved_fraction(tokens)
+    def fwd(m, n, k): return m, n, k
+    def dx(m, n, k): return m, k, n
+    def dw(m, n, k): return k, n, m
     overhead = gpu.op_overhead_s * work.layers
-    forward = work.forward_flops / rate + overhead
-    backward_input = work.input_grad_flops / rate + overhead
-    backward_weight = work.weight_grad_flops / rate + overhead
-    if work.recompute:
+    hbm = gpu.hbm_bandwidth
+    core = _gemm_seconds(gpu, work.attention_gemms, fwd)
+    forward = (_gemm_seconds(gpu, work.gemms, fwd) + core + work.forward_memory_bytes / hbm
+               + tp_seconds(work.tp_forward, work.tp, tp_link) + overhead)
+    backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _gemm_seconds(gpu, work.attention_gemms, dx)
+                      + _gemm_seconds(gpu, work.attention_gemms, dw) + work.input_grad_memory_bytes / hbm
+                      + tp_seconds(work.tp_backward, work.tp, tp_link) + overhead)
+    backward_weight = _gemm_seconds(gpu, work.gemms, dw) + work.weight_grad_memory_bytes / hbm + overhead
+    if work.recompute == "full":
         backward_input += forward
+    elif work.recompute == "selective" and work.score_memory_bytes > 0:
+        backward_input += core + work.score_memory_bytes / hbm  # FlashAttention stores no scores to drop
     return StageCost(
         forward=forward,
         backward_input=backward_input,

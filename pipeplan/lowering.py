@@ -72,7 +72,8 @@ def generated_schedule(name: str, p: int, m: int, v: int) -> Schedule:
 def stage_works(r: Resolved) -> list[Work]:
     """Every stage's work for one micro-batch, in stage order (the sums of its layers' ``layer_work``)."""
     plan = r.plan
-    return [stage_work(r.model, plan.stage_layers(k), plan.microbatch_size, r.seq_len, plan.recompute_of(k))
+    return [stage_work(r.model, plan.stage_layers(k), plan.microbatch_size, r.seq_len, plan.recompute_mode(k),
+                       plan.tp, plan.sequence_parallel)
             for k in range(plan.num_stages)]
 
 
@@ -96,7 +97,7 @@ def build_workload(r: Resolved, profile: Profile | None = None,
     """
     plan, s = r.plan, r.seq_len
     works = stage_works(r)
-    stages = tuple(price(w, r.cluster.gpu, plan.microbatch_size * s) for w in works)
+    stages = tuple(price(w, r.cluster.gpu, r.cluster.intra) for w in works)  # TP groups stay on a node's NVLink
     network = r.cluster.network(plan.gpus())
     if profile is not None:
         profile.check_plan(r.model.name, plan.layers_per_stage, plan.microbatch_size, s)
@@ -106,8 +107,8 @@ def build_workload(r: Resolved, profile: Profile | None = None,
         network = profile.network(network)
     schedule = r.schedule
     if plan.dp > 1:
-        # Parameters per GPU: a stage's parameters split over its tensor group (shared REFERENCE).
-        params = [w.params / plan.tp for w in works]
+        # Parameters per GPU: a work already counts one tensor rank's share (costs.layer_work).
+        params = [w.params for w in works]
         schedule, stages, network = add_data_parallel(r, params, stages, network, dp_options)
     return Workload(
         schedule=schedule,

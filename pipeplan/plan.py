@@ -17,7 +17,9 @@ from .parallel import Layout, default_placement
 # Version 2 added tensor parallelism (tp, sequence_parallel); a version-1 plan is the same plan at
 # tp = 1 without sequence parallelism, and loads as that.
 PLAN_FORMAT_VERSION = 2
-RECOMPUTE_CHOICES = ("none", "full")
+# Activation recomputation per stage (Korthikanti et al. 2022): none, selective (the attention core
+# only), or full (everything but the layer input); see ``pipeplan.costs``.
+RECOMPUTE_CHOICES = ("none", "selective", "full")
 
 
 def even_split(num_layers: int, num_stages: int) -> tuple[int, ...]:
@@ -130,7 +132,12 @@ class Plan:
         return range(start, start + self.layers_per_stage[stage])
 
     def recompute_of(self, stage: int) -> bool:
+        """Whether ``stage`` recomputes fully (what the validator runs)."""
         return bool(self.recompute) and self.recompute[stage] == "full"
+
+    def recompute_mode(self, stage: int) -> str:
+        """``stage``'s recomputation: one of ``RECOMPUTE_CHOICES``."""
+        return self.recompute[stage] if self.recompute else "none"
 
     @property
     def layout(self) -> Layout:

@@ -14,18 +14,31 @@ from plans import llama_plan  # tests/ is on sys.path
 def test_one_llama3_8b_block_on_an_h100_by_hand():
     model, gpu = load_model("llama3-8b"), load_cluster("dgx-h100").gpu
     b, s, h, kv, f = 1, 8192, 4096, 1024, 14336  # 8 KV heads of 128; SwiGLU MLP
-    params = 2 * h * h + 2 * h * kv + 3 * h * f  # Q, O; K, V; gate, up, down
-    forward_flops = 2 * b * s * params + 4 * b * s * s * h
-    rate = 989e12 * 0.6 * (b * s) / (b * s + 256)  # peak x achieved fraction at b·s tokens
-    cost = price(layer_work(model, 1, b, s, recompute=False), gpu, b * s)
-    assert cost.forward == pytest.approx(forward_flops / rate + 20e-6, rel=1e-12)
+    n = b * s
+    # QKV, O, gate+up, down; then QK^T and AV over 32 heads of 128
+    gemms = [gpu.gemm_seconds(n, h + 2 * kv, h), gpu.gemm_seconds(n, h, h), gpu.gemm_seconds(n, 2 * f, h),
+             gpu.gemm_seconds(n, h, f), gpu.gemm_seconds(s, s, 128, 32), gpu.gemm_seconds(s, 128, s, 32)]
+    # two norms (read + write), two residual adds (read two, write one), SwiGLU (read two, write one), bf16
+    memory = n * (2 * 2 * 2 * h + 2 * 3 * 2 * h + 3 * 2 * f) / 3.35e12
+    cost = price(layer_work(model, 1, b, s, recompute=False), gpu)
+    assert cost.forward == pytest.approx(sum(gemms) + memory + 20e-6, rel=1e-12)
     assert cost.send_forward_bytes == cost.send_backward_bytes == 2 * b * s * h
+
+
+def test_gemm_time_by_hand_tiles_waves_and_the_roofline():
+    gpu = load_cluster("dgx-h100").gpu  # 132 SMs, 256 x 128 tiles, 0.83 of 989 TFLOP/s per SM share
+    # 8192^3: 32 x 64 = 2048 tiles in ceil(2048 / 132) = 16 waves of one 256 x 128 x 8192 tile per SM
+    wave = 2 * 256 * 128 * 8192 / (989e12 * 0.83 / 132)
+    assert gpu.gemm_seconds(8192, 8192, 8192) == pytest.approx(16 * wave, rel=1e-12)
+    assert gpu.gemm_efficiency(8192, 8192, 8192) == pytest.approx(0.83 * 2048 / (16 * 132), rel=1e-12)
+    # a skinny GEMM is memory-bound: 2 bytes x (mk + kn + mn) at 3.35 TB/s
+    assert gpu.gemm_seconds(8192, 8, 8192) == pytest.approx(2 * (8192 * 8192 + 8192 * 8 + 8192 * 8) / 3.35e12, rel=1e-12)
 
 
 def test_recomputation_stores_the_input_and_pays_the_forward_again():
     model, gpu = load_model("llama3-8b"), load_cluster("dgx-h100").gpu
-    plain = price(layer_work(model, 1, 2, 4096, recompute=False), gpu, 2 * 4096)
-    rc = price(layer_work(model, 1, 2, 4096, recompute=True), gpu, 2 * 4096)
+    plain = price(layer_work(model, 1, 2, 4096, recompute=False), gpu)
+    rc = price(layer_work(model, 1, 2, 4096, recompute=True), gpu)
     assert rc.activation_bytes == 2 * 2 * 4096 * 4096  # bf16 block input, b·s·h values
     assert rc.backward_input == pytest.approx(plain.backward_input + plain.forward, rel=1e-12)
     assert rc.forward == plain.forward
@@ -34,8 +47,8 @@ def test_recomputation_stores_the_input_and_pays_the_forward_again():
 def test_a_stage_is_the_sum_of_its_layers():
     model, gpu = load_model("llama3-8b"), load_cluster("dgx-h100").gpu
     layers = range(3, 8)
-    stage = price(stage_work(model, layers, 1, 8192, False), gpu, 8192)
-    each = [price(layer_work(model, i, 1, 8192, False), gpu, 8192) for i in layers]
+    stage = price(stage_work(model, layers, 1, 8192, False), gpu)
+    each = [price(layer_work(model, i, 1, 8192, False), gpu) for i in layers]
     assert stage.forward == pytest.approx(sum(c.forward for c in each), rel=1e-12)
     assert stage.backward_weight == pytest.approx(sum(c.backward_weight for c in each), rel=1e-12)
     assert stage.activation_bytes == sum(c.activation_bytes for c in each)

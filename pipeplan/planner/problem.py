@@ -145,8 +145,7 @@ def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, se
     With a ``profile`` the op times are its single-layer measurements (as ``lower`` prices a stage
     from a profile: the sum of its layers), memory stays the model's.
     """
-    tokens = microbatch_size * seq_len
-    costs = [price(layer_work(model, i, microbatch_size, seq_len, recompute), cluster.gpu, tokens)
+    costs = [price(layer_work(model, i, microbatch_size, seq_len, recompute), cluster.gpu, cluster.intra)
              for i in range(model.num_pipeline_layers)]
     if profile is None:
         return costs

@@ -191,6 +191,8 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
     if not_run:
         raise SpecError(f"plan.schedule_csv: the validator runs F, B, I and W actions only; remove the "
                         f"{', '.join(not_run)} actions to validate the pipeline (the simulator prices them)")
+    if "selective" in plan.recompute:
+        raise SpecError("plan.recompute: the validator runs none or full recomputation, not selective (the simulator prices it)")
     if out:
         folder = Path(out).parent if str(Path(out).parent) else Path(".")
         if not folder.is_dir():
