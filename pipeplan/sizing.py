@@ -93,6 +93,8 @@ def make_plan(model: str | dict | ModelSpec, cluster: str | dict | ClusterSpec =
     if schedule not in SCHEDULES:
         raise SpecError(f"schedule: unknown {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     sizing = derive_sizing(base.gpus_per_node, base.nodes, tp=tp, pp=pp, dp=dp, gpus=gpus, nodes=nodes)
+    if sequence_parallel and sizing.tp == 1:
+        raise SpecError("--sequence-parallel: splits work over a tensor-parallel group; it needs --tp > 1")
     chunks = chunks or SCHEDULES[schedule].default_chunks
     stages = sizing.pp * chunks
     return Plan(
