@@ -104,3 +104,37 @@ def test_gathered_parameters_are_buffers():
     assert sim.peak_memory == [143.0]
     # 36 static bytes = 2 parameters of 18 bytes: 4 weights, 8 gradients, 24 optimizer.
     assert parts == MemoryParts(weights=4.0, grads=8.0, optimizer=24.0, activations=7.0, buffers=100.0)
+
+
+def _dp_timeline():
+    ops = [_op(0, "0F0", 0, 2), _op(0, "0B0", 3, 6), _op(0, "0UNSHARD", 0, 1), _op(0, "0REDUCE_GRAD", 6, 8),
+           _op(1, "1F0", 2, 3), _op(1, "1B0", 3, 4), _op(1, "1REDUCE_GRAD", 4, 5)]
+    transfers = [TransferRecord(0, 1, Action.parse("0F0"), Action.parse("1F0"), 2, 2.5, 8.0)]
+    return Timeline(2, ops, transfers, {"schedule": "hand"})
+
+
+def test_trace_puts_data_parallel_ops_on_a_dp_lane():
+    from pipeplan.charts.trace import perfetto_trace
+
+    events = perfetto_trace(_dp_timeline())["traceEvents"]
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    dp_lanes = {key for key, name in names.items() if name == "DP communication"}
+    assert {pid for pid, _ in dp_lanes} == {0, 1}
+    for e in events:
+        if e.get("ph") == "X" and e["cat"] in ("UNSHARD", "REDUCE_GRAD"):
+            assert (e["pid"], e["tid"]) in dp_lanes
+        elif e.get("ph") == "X" and e["cat"] in ("F", "B"):
+            assert names[(e["pid"], e["tid"])] == "compute"
+
+
+def test_gantt_draws_the_dp_lane_with_named_kinds(tmp_path):
+    from pipeplan.charts.gantt import draw_gantt
+    from pipeplan.charts.render import pyplot
+
+    fig, ax = pyplot().subplots()
+    draw_gantt(ax, _dp_timeline())
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "DP: reduce gradients" in labels and "DP: gather parameters" in labels
+    # compute boxes, the transfer lane, the communication-stream band: three collections
+    assert len(ax.collections) == 3
+    assert len(ax.collections[2].get_paths()) == 3  # UNSHARD and two REDUCE_GRADs
