@@ -50,7 +50,9 @@ from simulator.workload import Workload
 from .costs import BYTES_PER_PARAM_WEIGHTS_GRADS, bytes_per_param
 
 # Which category each communication-stream kind belongs to; a new kind gets a line here.
-COMM_CATEGORY = {UNSHARD: "dp", RESHARD: "dp", REDUCE_GRAD: "dp"}
+# GATHER_PARAMS (the distributed optimizer's all-gather after the step) is named as text because its
+# kind is being added to simulator.kinds in parallel; a name that never occurs costs nothing.
+COMM_CATEGORY = {UNSHARD: "dp", RESHARD: "dp", REDUCE_GRAD: "dp", "GATHER_PARAMS": "dp"}
 CATEGORIES = ("pp", "dp", "other")
 TP_NOTE = "inside compute ops: tensor-parallel collectives are part of each op's time, not timed separately"
 BYTES_WEIGHTS = 2  # bf16 weights; the rest of BYTES_PER_PARAM_WEIGHTS_GRADS is the fp32 gradient
