@@ -23,13 +23,16 @@ from simulator import (
 )
 
 from .api import PlanResult, lower, simulate
+from .breakdown import CommTime, CommunicationBreakdown, MemoryParts, communication_breakdown, memory_breakdown
 from .cluster import CLUSTER_PRESETS, ClusterSpec, GPUSpec, LinkSpec, load_cluster
 from .errors import SpecError
+from .metrics import IterationFlops, megatron_flops
 from .model import MODEL_PRESETS, ModelSpec, load_model
 from .plan import Plan, even_split
 from .planner.optimize import optimize
 from .planner.result import OptimizeResult
 from .profile import Profile
+from .sizing import Sizing, derive_sizing, make_plan
 
 __version__ = "0.1.0"
 
@@ -41,3 +44,5 @@ __all__ = [
     "SpecError", "lower", "MODEL_PRESETS", "ModelSpec", "load_model", "Plan", "even_split", "Profile",
 ]
 __all__ += ["optimize", "OptimizeResult"]
+__all__ += ["CommTime", "CommunicationBreakdown", "MemoryParts", "communication_breakdown", "memory_breakdown",
+            "IterationFlops", "megatron_flops", "Sizing", "derive_sizing", "make_plan"]

@@ -2,23 +2,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from simulator.engine import SimResult, simulate as simulate_workload
 from simulator.workload import Workload
 
+from .breakdown import CommunicationBreakdown, MemoryParts, communication_breakdown, memory_breakdown
 from .cluster import ClusterSpec
 from .lowering import Resolved, build_workload
-from .metrics import mfu, tokens_per_second
+from .metrics import IterationFlops, flops_per_gpu, iteration_flops, tokens_per_second
 from .model import ModelSpec
 from .plan import Plan
 from .profile import Profile, load_profile
 from .specs import resolve
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlanResult:
-    """A simulated plan: the engine's result plus the figures that need the model and cluster."""
+    """A simulated plan: the engine's result plus the figures that need the model and cluster.
+
+    Throughput (``pipeplan.metrics``): ``tokens_per_second``, ``model_flops`` and ``hardware_flops``
+    per iteration, ``model_tflops_per_gpu``, ``hardware_tflops_per_gpu``, ``mfu``, over ``num_gpus`` =
+    tp x pp x dp. Breakdowns (``pipeplan.breakdown``): ``communication`` (PP, DP, TP time per device,
+    exposed and overlapped) and ``memory_breakdown`` (each device's peak split into weights, grads,
+    optimizer, activations and buffers).
+    """
 
     sim: SimResult
     workload: Workload
@@ -53,19 +62,61 @@ class PlanResult:
         return tokens_per_second(self.resolved, self.iteration_time)
 
     @property
+    def num_gpus(self) -> int:
+        return self.plan.num_gpus
+
+    @cached_property
+    def flops(self) -> IterationFlops:
+        return iteration_flops(self.resolved)
+
+    @property
+    def model_flops(self) -> float:
+        """Model FLOPs of one iteration, all replicas (no recomputation)."""
+        return self.flops.model
+
+    @property
+    def hardware_flops(self) -> float:
+        """Model FLOPs plus recomputed forwards (Megatron eq. 3's count)."""
+        return self.flops.hardware
+
+    @property
+    def model_tflops_per_gpu(self) -> float:
+        return flops_per_gpu(self.model_flops, self.iteration_time, self.num_gpus) / 1e12
+
+    @property
+    def hardware_tflops_per_gpu(self) -> float:
+        return flops_per_gpu(self.hardware_flops, self.iteration_time, self.num_gpus) / 1e12
+
+    @property
     def mfu(self) -> float:
-        return mfu(self.resolved, self.iteration_time)
+        """Model FLOPs / (iteration time x tp·pp·dp GPUs x peak)."""
+        return self.model_tflops_per_gpu * 1e12 / self.resolved.cluster.gpu.peak_flops
+
+    @cached_property
+    def communication(self) -> CommunicationBreakdown:
+        return communication_breakdown(self.timeline)
+
+    @cached_property
+    def memory_breakdown(self) -> tuple[MemoryParts, ...]:
+        return memory_breakdown(self.timeline, self.workload, self.plan.dp, self.plan.distributed_optimizer)
 
     def summary(self) -> dict:
+        plan = self.plan
         data = self.sim.summary()
         data.update(
             model=self.resolved.model.name,
             cluster=self.resolved.cluster.name,
-            schedule=self.plan.schedule,
+            schedule=plan.schedule,
             tokens_per_second=self.tokens_per_second,
             mfu=self.mfu,
             fits=self.fits,
-            layers_per_stage=list(self.plan.layers_per_stage),
+            layers_per_stage=list(plan.layers_per_stage),
+            tp=plan.tp, pp=plan.pp, dp=plan.dp, num_gpus=self.num_gpus, nodes=self.resolved.cluster.nodes,
+            sequence_parallel=plan.sequence_parallel, distributed_optimizer=plan.distributed_optimizer,
+            model_flops=self.model_flops, hardware_flops=self.hardware_flops,
+            model_tflops_per_gpu=self.model_tflops_per_gpu, hardware_tflops_per_gpu=self.hardware_tflops_per_gpu,
+            communication=self.communication.to_dict(),
+            memory_breakdown=[parts.to_dict() for parts in self.memory_breakdown],
         )
         return data
 
@@ -82,13 +133,24 @@ def lower(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan
 
 
 def simulate(model: ModelSpec | str | dict | None = None, cluster: ClusterSpec | str | dict | None = None,
-             plan: Plan | None = None, base_dir: str | Path = ".", profile=None) -> PlanResult:
+             plan: Plan | None = None, base_dir: str | Path = ".", profile=None, **layout) -> PlanResult:
     """Simulate ``plan``. Model and cluster default to the ones the plan names (preset, file or inline).
 
+    Without a plan, ``model`` (and ``cluster``, default dgx-h100) with the keywords of
+    ``pipeplan.make_plan`` describe one: ``tp``, ``pp``, ``dp``, ``gpus``, ``nodes``, ``schedule``,
+    ``microbatches``, ``sequence_parallel``, ``distributed_optimizer`` ..., the missing sizes derived
+    (``pipeplan.sizing``); e.g. ``simulate("llama3-8b", tp=2, dp=2, gpus=16)``.
     ``profile``: a measured Profile (object, dict or file path) to use instead of analytic costs.
     """
     if plan is None:
-        raise TypeError("simulate() needs a plan")
+        if model is None:
+            raise TypeError("simulate() needs a plan, or a model and layout keywords (see pipeplan.make_plan)")
+        from .sizing import make_plan
+
+        plan = make_plan(model, cluster if cluster is not None else "dgx-h100", **layout)
+        model, cluster = None, None
+    elif layout:
+        raise TypeError(f"simulate(): {', '.join(sorted(layout))} describe a plan; give them or a plan, not both")
     workload, resolved = lower(model if model is not None else plan.model,
                                cluster if cluster is not None else plan.cluster, plan, base_dir, profile=profile)
     return PlanResult(simulate_workload(workload), workload, resolved)

@@ -1,7 +1,9 @@
 """Gantt charts of a timeline: one row per device, a box per op coloured by kind, idle time white.
 
-Compute ops fill the top of a device's row; transfers and communication ops (the device's
-communication stream: gathers, gradient reductions) share a thin band below it.
+Compute ops fill the top of a device's row; below it a thin lane of pipeline transfers and a
+band for the device's communication stream, split into one lane per category present (DP:
+gathers and gradient reductions, ``pipeplan.breakdown.COMM_CATEGORY``; the legend names each
+kind "DP: ..."). Tensor-parallel collectives are inside the compute ops, so they have no lane.
 
 Boxes are drawn as one PolyCollection (not one artist per op), so tens of thousands of ops render
 in seconds; micro-batch numbers appear inside boxes only where they fit.
@@ -15,6 +17,7 @@ import numpy as np
 from simulator.kinds import KINDS, is_compute
 from simulator.timeline import Timeline, bubble_fraction, iteration_time
 
+from ..breakdown import CATEGORIES, COMM_CATEGORY
 from .render import figure_format, pyplot, save_figure
 from .style import KIND_COLORS, KIND_LABELS, TRANSFER_COLORS, shade, time_scale
 
@@ -114,9 +117,14 @@ def draw_gantt(ax, timeline: Timeline, *, title: str | None = None, show_transfe
         lanes.set_rasterized(len(t_verts) > RASTERIZE_ABOVE)
         ax.add_collection(lanes)
     if comm_ops:
-        c_verts = [[((o.start - origin) * scale, o.device + comm_top), ((o.start - origin) * scale, o.device + comm_bottom),
-                    ((o.end - origin) * scale, o.device + comm_bottom), ((o.end - origin) * scale, o.device + comm_top)]
-                   for o in comm_ops]
+        # One sub-lane per communication category present, so DP (and later TP) ops never hide each other.
+        present = sorted({COMM_CATEGORY.get(o.action.kind, "other") for o in comm_ops}, key=CATEGORIES.index)
+        height = (comm_bottom - comm_top) / len(present)
+        c_verts = []
+        for o in comm_ops:
+            y0 = o.device + comm_top + height * present.index(COMM_CATEGORY.get(o.action.kind, "other"))
+            x0, x1 = (o.start - origin) * scale, (o.end - origin) * scale
+            c_verts.append([(x0, y0), (x0, y0 + height), (x1, y0 + height), (x1, y0)])
         ax.add_collection(PolyCollection(c_verts, facecolors=[KIND_COLORS[o.action.kind] for o in comm_ops],
                                          edgecolors="white", linewidths=0.4))
 

@@ -13,9 +13,11 @@ KIND_COLORS = {
     "OPTIMIZER": "#264653",  # the optimizer step runs on the compute stream
 }
 KIND_LABELS = {"F": "F forward", "B": "B full backward", "I": "I input gradient", "W": "W weight gradient",
-               "UNSHARD": "gather parameters", "RESHARD": "free gathered parameters",
-               "REDUCE_GRAD": "reduce gradients", "GATHER_PARAMS": "gather parameters after the step",
+               "UNSHARD": "DP: gather parameters", "RESHARD": "DP: free gathered parameters",
+               "REDUCE_GRAD": "DP: reduce gradients", "GATHER_PARAMS": "DP: gather parameters after the step",
                "OPTIMIZER": "optimizer step"}
+# Communication lanes (Gantt bands, trace threads), one per category of ``pipeplan.breakdown.COMM_CATEGORY``.
+LANE_NAMES = {"dp": "DP communication", "tp": "TP communication", "other": "communication (other)"}
 TRANSFER_COLORS = {"fwd": "#7f7f7f", "bwd": "#b07aa1"}
 CAPACITY_COLOR = "#222222"
 

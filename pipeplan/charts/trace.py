@@ -1,6 +1,9 @@
 """Chrome / Perfetto trace JSON from a timeline (opens in ui.perfetto.dev and chrome://tracing).
 
-One process per device with a compute thread (tid 0) and a communication thread (tid 1); an ``X``
+One process per device with a compute thread (tid 0) and a communication thread (tid 1) for the
+pipeline transfers, plus a thread per category of communication-stream op present ("DP
+communication": gathers and gradient reductions, ``pipeplan.breakdown.COMM_CATEGORY``; tid 1000,
+1001, ...); tensor-parallel collectives are inside the compute ops and have no events. An ``X``
 event per op and per transfer, times in microseconds; a flow (``s`` on the sending transfer, ``f``
 on the op that consumes it) for every cross-device transfer. Slices on one thread must nest, so
 sends that overlap in time (a forward and a backward send in flight together) go on extra
@@ -14,10 +17,17 @@ from typing import Any
 from simulator.kinds import is_compute
 from simulator.timeline import Timeline
 
+from ..breakdown import CATEGORIES, COMM_CATEGORY
 from ..fileio import write_atomic
+from .style import LANE_NAMES
 
 COMPUTE_TID, COMM_TID = 0, 1
 COLLECTIVE_TID = 1000  # the device's communication stream (gathers, reductions), apart from the transfer lanes
+
+
+def _lane_tid(kind: str) -> int:
+    """The thread of a communication-stream op: one per category (DP, TP, other)."""
+    return COLLECTIVE_TID + CATEGORIES.index(COMM_CATEGORY.get(kind, "other"))
 FLOW_END_INSIDE_US = 1e-3  # a flow end binds to the slice enclosing it: put it just inside the consumer
 
 
@@ -46,9 +56,11 @@ def perfetto_trace(timeline: Timeline, time_to_us: float = 1e6) -> dict[str, Any
         events.append({"ph": "M", "name": "process_sort_index", "pid": d, "args": {"sort_index": d}})
         events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": COMPUTE_TID, "args": {"name": "compute"}})
         events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": COMM_TID, "args": {"name": "communication"}})
-        if any(o.device == d and not is_compute(o.action.kind) for o in timeline.ops):
-            events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": COLLECTIVE_TID,
-                           "args": {"name": "collectives"}})
+        lanes_here = sorted({COMM_CATEGORY.get(o.action.kind, "other") for o in timeline.ops
+                             if o.device == d and not is_compute(o.action.kind)}, key=CATEGORIES.index)
+        for category in lanes_here:
+            events.append({"ph": "M", "name": "thread_name", "pid": d, "tid": COLLECTIVE_TID + CATEGORIES.index(category),
+                           "args": {"name": LANE_NAMES[category]}})
     lanes = _comm_lanes(timeline)
     for d in range(timeline.num_devices):
         for extra in sorted({lane for lane, t in zip(lanes, timeline.transfers) if t.src == d} - {COMM_TID}):
@@ -59,7 +71,7 @@ def perfetto_trace(timeline: Timeline, time_to_us: float = 1e6) -> dict[str, Any
         start_of[op.action] = (op.device, op.start, op.end)
         events.append({
             "ph": "X", "name": str(op.action), "cat": op.action.kind, "pid": op.device,
-            "tid": COMPUTE_TID if is_compute(op.action.kind) else COLLECTIVE_TID,
+            "tid": COMPUTE_TID if is_compute(op.action.kind) else _lane_tid(op.action.kind),
             "ts": op.start * time_to_us, "dur": (op.end - op.start) * time_to_us,
             "args": {"stage": op.action.stage, "microbatch": op.action.microbatch, "kind": op.action.kind},
         })

@@ -10,8 +10,13 @@ from ..api import PlanResult, simulate
 from ..errors import SpecError
 from ..model import load_model
 from ..plan import Plan, even_split
+from ..sizing import make_plan
 from .chart_outputs import add_output_arguments, check_output_arguments, write_outputs
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json, table
+
+
+# Flags that describe a 3D layout; with a plan file they would be silently ignored, so they are refused.
+LAYOUT_FLAGS = ("--tp", "--dp", "--gpus", "--sequence-parallel", "--distributed-optimizer")
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,8 +24,17 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model preset or JSON/YAML file (without a plan file)")
     p.add_argument("--cluster", default="dgx-h100", help="cluster preset or file (default dgx-h100)")
     p.add_argument("--nodes", type=int, default=None, help="number of nodes of the cluster")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="GPUs the plan uses, exactly (= tp x pp x dp; nodes follow; a missing pp or dp is derived)")
     p.add_argument("--schedule", default="1f1b", help="schedule name (default 1f1b)")
-    p.add_argument("--pp", type=int, default=None, help="pipeline devices (default: all GPUs of the cluster)")
+    p.add_argument("--pp", type=int, default=None,
+                   help="pipeline devices (default: the GPUs of --gpus or of the cluster / (tp x dp))")
+    p.add_argument("--tp", type=int, default=None, help="tensor-parallel size, dividing a node's GPUs (default 1)")
+    p.add_argument("--dp", type=int, default=None,
+                   help="data-parallel replicas (default: --gpus / (tp x pp) when --gpus is given, else 1)")
+    p.add_argument("--sequence-parallel", action="store_true",
+                   help="sequence parallelism inside each tensor group (needs --tp > 1)")
+    p.add_argument("--distributed-optimizer", action="store_true", help="shard optimizer state over dp")
     p.add_argument("--chunks", type=int, default=None, help="chunks per device")
     p.add_argument("--microbatches", "-m", type=int, default=None, help="micro-batches per iteration")
     p.add_argument("--microbatch-size", "-b", type=int, default=1, help="sequences per micro-batch (default 1)")
@@ -31,28 +45,21 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
 def plan_from_args(args: argparse.Namespace) -> tuple[Plan, Path]:
     """The plan a command should use: the file, or one built from flags; and the folder paths resolve from."""
     if args.plan:
+        given = [flag for flag in LAYOUT_FLAGS if getattr(args, flag.strip("-").replace("-", "_"), None)]
+        if given:
+            raise SpecError(f"{given[0]}: a plan file fixes its layout; drop {given[0]} or describe the plan "
+                            "by flags (--model ...) instead of PLAN.json")
         path = Path(args.plan)
         plan = Plan.load(args.plan)
         base = path.parent
     else:
         if not args.model:
             raise SpecError("plan: give a PLAN.json or --model NAME (with --cluster, --schedule, --pp, -m)")
-        from ..cluster import load_cluster
-        from simulator.schedules import SCHEDULES
-
-        model = load_model(args.model)
-        cluster = load_cluster(args.cluster, args.nodes)
-        if args.schedule not in SCHEDULES:
-            raise SpecError(f"schedule: unknown {args.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        pp = args.pp or cluster.num_gpus
-        chunks = args.chunks or SCHEDULES[args.schedule].default_chunks
-        m = args.microbatches or pp * 4
-        stages = pp * chunks
-        plan = Plan(
-            model=args.model, cluster=args.cluster, nodes=args.nodes, schedule=args.schedule, pp=pp, chunks=chunks,
-            num_microbatches=m, microbatch_size=args.microbatch_size, seq_len=args.seq_len,
-            layers_per_stage=even_split(model.num_pipeline_layers, stages), recompute=(args.recompute,) * stages,
-        )
+        plan = make_plan(
+            args.model, args.cluster, args.schedule, tp=args.tp, pp=args.pp, dp=args.dp, gpus=args.gpus,
+            nodes=args.nodes, chunks=args.chunks, microbatches=args.microbatches,
+            microbatch_size=args.microbatch_size, seq_len=args.seq_len, recompute=args.recompute,
+            sequence_parallel=args.sequence_parallel, distributed_optimizer=args.distributed_optimizer)
         base = Path(".")
     if getattr(args, "schedule_csv", None):
         csv_path = Path(args.schedule_csv)
@@ -99,6 +106,7 @@ def print_result(result: PlanResult) -> None:
         f"iteration {fmt_time(result.iteration_time)}  bubble {fmt_pct(result.bubble_fraction)}  "
         f"{result.tokens_per_second:,.0f} tokens/s  MFU {fmt_pct(result.mfu)}"
     )
+    print_parallel_lines(result)
     schedule = result.resolved.schedule
     rows = []
     for d in range(plan.pp):
@@ -110,6 +118,39 @@ def print_result(result: PlanResult) -> None:
             "OUT OF MEMORY" if sim.out_of_memory[d] else "ok",
         ])
     print(table(["device", "stages", "layers", "busy", "bubble", "peak memory / capacity", "fits"], rows))
+    print_breakdown_table(result)
+
+
+def _comm_text(t) -> str:
+    # Zero time means no such communication in the timeline (e.g. dp = 1, or none scheduled yet).
+    return f"{fmt_time(t.total)} ({fmt_time(t.exposed)} exposed)" if t.total > 0 else "none"
+
+
+def print_parallel_lines(result: PlanResult) -> None:
+    """The 3D layout, FLOPs and communication summary lines (after the iteration line)."""
+    plan, cluster = result.plan, result.resolved.cluster
+    flags = [name for name, on in (("sequence parallel", plan.sequence_parallel),
+                                   ("distributed optimizer", plan.distributed_optimizer)) if on]
+    print(f"layout tp={plan.tp} pp={plan.pp} dp={plan.dp}: {result.num_gpus} GPUs of {cluster.nodes} node(s) x "
+          f"{cluster.gpus_per_node}" + (f"; {', '.join(flags)}" if flags else ""))
+    print(f"per GPU: model {result.model_tflops_per_gpu:,.1f} TFLOP/s, hardware {result.hardware_tflops_per_gpu:,.1f} "
+          f"TFLOP/s (with recomputation); per iteration {result.model_flops / 1e15:,.3f} / "
+          f"{result.hardware_flops / 1e15:,.3f} PFLOP")
+    comm = result.communication
+    pp, dp = comm.mean("pp"), comm.mean("dp")
+    print(f"communication per device (mean): PP {_comm_text(pp)}  DP {_comm_text(dp)}  "
+          "TP inside compute ops (not timed apart)")
+
+
+def print_breakdown_table(result: PlanResult) -> None:
+    """Per device: PP and DP communication (exposed) and the parts of the peak memory."""
+    comm = result.communication
+    rows = []
+    for d, parts in enumerate(result.memory_breakdown):
+        rows.append([d, _comm_text(comm.pp[d]), _comm_text(comm.dp[d]), fmt_bytes(parts.weights),
+                     fmt_bytes(parts.grads), fmt_bytes(parts.optimizer), fmt_bytes(parts.activations),
+                     fmt_bytes(parts.buffers)])
+    print(table(["device", "PP comm", "DP comm", "weights", "grads", "optimizer", "activations", "buffers"], rows))
 
 
 def run(args: argparse.Namespace) -> int:
