@@ -14,9 +14,12 @@ softmax. Plans: dp = GPUs / (tp·pp), m = B / (dp·b); the interleaved schedule 
 virtual stages, else 1F1B; Megatron's even split (l / (pp·v) blocks a stage, the embedding on the first
 stage and the LM head on the last).
 
-Not priced yet: data-parallel gradient all-reduce (being added to the simulator), the optimizer
-step, and Megatron's scatter/gather of pipeline messages over the 8 NICs of a node (the simulated
-tensor rank sends its whole boundary tensor through its own NIC).
+Priced: the data-parallel gradient all-reduce (fp32 gradients, a ring over the stage's data group on
+the NICs, per stage-chunk after its last backward) and the optimizer step (bytes / HBM bandwidth).
+Not modelled: Megatron's scatter/gather of pipeline messages over the 8 NICs of a node (the simulated
+tensor rank sends its whole boundary tensor through its own NIC), and Megatron 2021's blocking
+point-to-point communication (the simulator lets compute run on while a send is in flight), which
+is the likely reason the pipelined rows come out optimistic.
 
 Run: python benchmarks/published_runs.py
 """
@@ -33,7 +36,8 @@ from pipeplan.model import ModelSpec  # noqa: E402
 from pipeplan.plan import Plan  # noqa: E402
 
 VOCAB, SEQ = 51200, 2048
-CAVEAT = "data-parallel gradient all-reduce NOT priced yet (the simulator gains it separately): predictions are optimistic"
+CAVEAT = ("pipeline sends overlap compute here but blocked it in Megatron 2021, so pipelined rows "
+          "(p > 1) come out optimistic")
 
 
 @dataclass(frozen=True)
