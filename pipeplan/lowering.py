@@ -116,4 +116,5 @@ def build_workload(r: Resolved, profile: Profile | None = None,
         network=network,
         static_bytes=static_per_device(r, works),
         capacity_bytes=tuple(r.cluster.gpu.memory_bytes for _ in range(plan.pp)),
+        blocking_sends=plan.blocking_p2p,
     )

@@ -43,7 +43,10 @@ class Plan:
     are numbered along the model, and stage s runs on the device the schedule maps it to.
     ``placement[d]`` is the GPU index (node-major) that pipeline device d of that replica runs on;
     by default ``default_placement``. ``sequence_parallel`` splits the non-tensor-parallel regions
-    of a block over the tensor group as well (Korthikanti et al. 2022).
+    of a block over the tensor group as well (Korthikanti et al. 2022). ``blocking_p2p``: each
+    pipeline send holds the sending device until it is delivered, as Megatron-LM's point-to-point
+    exchanges do without ``--overlap-p2p-communication`` (batch_isend_irecv, then wait); by default
+    sends overlap compute, as in torch.distributed.pipelining.
     """
 
     model: str | dict
@@ -61,6 +64,7 @@ class Plan:
     tp: int = 1
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
+    blocking_p2p: bool = False
     placement: tuple[int, ...] = ()
     schedule_csv: str | None = None
     format_version: int = PLAN_FORMAT_VERSION
@@ -76,7 +80,7 @@ class Plan:
                             f"{', '.join(SCHEDULES)} or custom")
         if self.schedule_csv is not None and not isinstance(self.schedule_csv, str):
             raise SpecError(f"plan.schedule_csv: must be the path of a CSV file (got {self.schedule_csv!r})")
-        for flag in ("distributed_optimizer", "sequence_parallel"):
+        for flag in ("distributed_optimizer", "sequence_parallel", "blocking_p2p"):
             if not isinstance(getattr(self, flag), bool):
                 raise SpecError(f"plan.{flag}: must be true or false (got {getattr(self, flag)!r})")
         if not isinstance(self.notes, dict):

@@ -51,6 +51,7 @@ class Compiled:
     waits: list[list[tuple[int, float]]] | None  # per op (producer, delay) on other lanes; None: only remote
     collective: dict[int, tuple]  # comm op -> (nbytes, latency, bandwidth, ports) when it moves bytes
     compute_stream: np.ndarray   # per op: True on the compute stream (busy time)
+    hold: list[float] | None     # blocking sends: per op, how long its sends keep its lane after it ends
     deadlock: bool               # a same-lane producer comes after its consumer
     complete: bool               # the columns' share of check_complete passes
 
@@ -267,8 +268,19 @@ def compile_workload(workload: Workload) -> Compiled:
                 waits[o].append((prod, 0.0))
     lane_bounds = np.searchsorted(lane, np.arange(2 * p + 1)).tolist()
     compute_stream = _ON_COMPUTE_STREAM[code]
+    hold = _send_hold(remote, edge, edge_delay, n) if workload.blocking_sends else None
     return Compiled(actions, device, stage, code, lane, bounds, lane_bounds, duration, producers, remote, edge,
-                    edge_delay, edge_spec, waits, collective, compute_stream, deadlock, complete)
+                    edge_delay, edge_spec, waits, collective, compute_stream, hold, deadlock, complete)
+
+
+def _send_hold(remote: np.ndarray, edge: np.ndarray, edge_delay: list[float], n: int) -> list[float]:
+    """Per op, its slowest send alone on its link: how long a blocking send keeps the sender's lane."""
+    hold = np.zeros(n, dtype=np.float64)
+    has = remote >= 0
+    if bool(has.any()):
+        delays = np.array([d if d > 0 else 0.0 for d in edge_delay], dtype=np.float64)
+        np.maximum.at(hold, remote[has], delays[edge[has]])
+    return hold.tolist()
 
 
 def _lane_major(actions: tuple) -> list:
@@ -281,7 +293,7 @@ def _incomplete(actions, device, bounds) -> Compiled:
     """Columns that say only 'not well formed': the checker names the fault."""
     empty = np.zeros(0, dtype=np.int64)
     return Compiled(actions, device, empty, empty, empty, bounds, [0], [], np.zeros((0, MAX_RULES), np.int64),
-                    empty, empty, [], [], None, {}, np.zeros(0, dtype=bool), False, False)
+                    empty, empty, [], [], None, {}, np.zeros(0, dtype=bool), None, False, False)
 
 
 assert not set(P2P_KINDS) & set(KINDS), "SEND/RECV are dropped before compiling, never simulated"

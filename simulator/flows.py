@@ -122,7 +122,9 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
     transfer (a flow, then the latency), a local one at once. A collective op is a flow over its
     ports followed by its latency. Events pop in (time, sequence) order; the sequence number makes
     ties first-come first-served. Pushes go in this order: deliver, maybe start the consumer's
-    lane, then, after an op's consumers, start its own lane.
+    lane, then, after an op's consumers, start its own lane. With blocking sends
+    (``Compiled.hold``) an op that sends keeps its lane until every send is delivered (a release
+    event per send).
     Returns (start, end, transfers as [src, dst, producer, consumer, start, end, nbytes]).
     """
     n = len(c.actions)
@@ -138,7 +140,10 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
     lane_free = [0.0] * lanes
     running = [False] * lanes
     transfers: list[list] = []  # [src, dst, producer, consumer, start, end, nbytes]
-    heap: list[tuple[float, int, int, int]] = []  # (time, seq, 0 = op end | 1 = flow end, id)
+    heap: list[tuple[float, int, int, int]] = []  # (time, seq, 0 op end | 1 flow end | 2 lane release, id)
+    blocking = c.hold is not None
+    sends = [sum(spec is not None for _, spec in cons) for cons in consumers] if blocking else None
+    holding = [0] * lanes  # blocking sends still in flight that keep lane k
     seq = 0
     next_flow = 0
     flows = Flows(port_capacity)
@@ -213,8 +218,11 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
         if kind == 0:
             end[ident] = t
             k = op_lane[ident]
-            running[k] = False
-            lane_free[k] = t
+            if blocking and sends[ident]:
+                holding[k] = sends[ident]  # released as the sends are delivered
+            else:
+                running[k] = False
+                lane_free[k] = t
             pointer[k] += 1
             for consumer, spec in consumers[ident]:
                 if spec is not None:
@@ -225,6 +233,9 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
                         continue
                     transfers.append([src, dst, ident, consumer, t, t + latency, nbytes])
                     arrive = t + latency
+                    if blocking:
+                        seq += 1
+                        heappush(heap, (arrive, seq, 2, k))
                 else:
                     arrive = t
                 # deliver(consumer, arrive) written out: this runs once per op and consumer
@@ -235,7 +246,7 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
                 if not left:
                     try_start(op_lane[consumer])
             try_start(k)
-        else:
+        elif kind == 1:
             fid = ident
             if flow_version.get(fid) != pushed:
                 continue  # a stale finish time: the flow's rate changed since (only the latest push counts)
@@ -249,6 +260,15 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
             else:
                 transfers[transfer][5] = t + latency
                 deliver(target, t + latency)
+                if blocking:
+                    seq += 1
+                    heappush(heap, (t + latency, seq, 2, op_lane[transfers[transfer][2]]))
             if neighbours:
                 reschedule(flows.component(neighbours), t)
+        else:
+            holding[ident] -= 1
+            if not holding[ident]:
+                running[ident] = False
+                lane_free[ident] = t
+                try_start(ident)
     return start, end, transfers

@@ -49,6 +49,8 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
     end = [-1.0] * n
     wait, delay, delay_arr, several = _wait_columns(c)
     duration = c.duration
+    hold = c.hold
+    blocking = hold is not None
     waiter = [-1] * n
     more_waiters: dict[int, list[int]] = {}
     lanes = c.num_lanes
@@ -85,6 +87,8 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
                 t = ready
             t += duration[o]
             end[o] = t
+            if blocking:
+                t += hold[o]  # the lane waits until this op's sends are delivered
             if waiter[o] >= 0:
                 stack.append(waiter[o])
                 if more_waiters:
@@ -110,7 +114,7 @@ def _starts(c: Compiled, end: list[float], wait: list[int], delay_arr: np.ndarra
     n = len(end)
     end_arr = np.array(end, dtype=np.float64)
     free_at = np.empty(n, dtype=np.float64)
-    free_at[1:] = end_arr[:-1]
+    free_at[1:] = end_arr[:-1] if c.hold is None else end_arr[:-1] + np.asarray(c.hold[:-1], dtype=np.float64)
     firsts = np.asarray(c.lane_bounds[:-1], dtype=np.int64)[np.diff(c.lane_bounds) > 0]
     free_at[firsts] = 0.0
     wait_arr = np.asarray(wait, dtype=np.int64)

@@ -122,6 +122,9 @@ class Workload:
     network: Network
     static_bytes: tuple[float, ...] = ()
     capacity_bytes: tuple[float, ...] = ()
+    # True: a device's stream that issues a send waits until it is delivered before its next op
+    # (blocking point-to-point exchanges); False: sends overlap whatever the device does next.
+    blocking_sends: bool = False
 
     def __post_init__(self) -> None:
         p = self.schedule.num_devices

@@ -1,5 +1,7 @@
 """A plain, slow re-implementation of the engine's semantics, written for reading, as a test oracle.
 
+With ``Workload.blocking_sends`` an op that sends keeps its stream until every send is delivered.
+
 Time advances from event to event. At each instant: every stream whose next action has all its
 inputs starts it; the flows in progress get max-min fair rates from scratch (progressive filling);
 the clock moves to the earliest op end, flow completion or arrival. It shares only the dependency
@@ -40,6 +42,8 @@ def oracle_times(workload) -> tuple[dict, list[tuple]]:
     for d in range(schedule.num_devices):
         for stream in ("compute", "comm"):
             lanes.append([a for a in schedule.simulated_actions(d) if KINDS[a.kind].stream == stream])
+    lane_of = {a: k for k, lane in enumerate(lanes) for a in lane}
+    held: dict = {}  # blocking sends: the sends of an op still in flight
     pointer = [0] * len(lanes)
     lane_free = [0.0] * len(lanes)
     running: dict = {}        # action -> end time (math.nan while a collective's bytes move)
@@ -61,6 +65,12 @@ def oracle_times(workload) -> tuple[dict, list[tuple]]:
         if item["what"] == "transfer":
             arrived[item["key"]] = t
             transfers.append((*item["record"], t))
+            producer = item["key"][0]
+            if producer in held:
+                held[producer] -= 1
+                if not held[producer]:
+                    del held[producer]
+                    lane_free[lane_of[producer]] = t
         else:
             times[item["key"]] = (times[item["key"]][0], t)
             running[item["key"]] = t
@@ -110,6 +120,10 @@ def oracle_times(workload) -> tuple[dict, list[tuple]]:
                     lane_free[k] = now + duration(a)
 
     def deliver(a) -> None:
+        remote = [c for c in consumers[a] if device_of[c] != device_of[a]]
+        if workload.blocking_sends and remote:
+            held[a] = len(remote)  # the lane waits for every send to be delivered
+            lane_free[lane_of[a]] = math.inf
         for consumer in consumers[a]:
             src, dst = device_of[a], device_of[consumer]
             if src == dst:

@@ -175,3 +175,19 @@ def test_validate_refuses_communication_actions_in_one_line(tmp_path):
                          capture_output=True, text=True, cwd=root, timeout=120)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "REDUCE_GRAD" in out.stderr and "validator runs F, B, I and W" in out.stderr
+
+
+def test_blocking_sends_keep_the_sender_until_delivery():
+    # Without communication actions, 1F1B p=2 m=2 with blocking sends, by hand (sends of 0 bytes
+    # take the 0 latency; gradients take 2 bytes / 2 B/s = 1):
+    #   dev0: F0 [0,1] F1 [1,2] B0 [5,7] B1 [9,11]   (B0's and B1's sends go to no one: stage 0)
+    #   dev1: F0 [1,2] B0 [2,4] (send [4,5] holds dev1) F1 [5,6] B1 [6,8] (send [8,9])
+    from dataclasses import replace
+
+    w = replace(_workload(_schedule()), blocking_sends=True)
+    for force in (False, True):
+        times = _times(simulate(w, force_event_loop=force))
+        assert times["1F1"] == (5.0, 6.0) and times["1B1"] == (6.0, 8.0)
+        assert times["0B0"] == (5.0, 7.0) and times["0B1"] == (9.0, 11.0)
+    oracle, _ = oracle_times(w)
+    assert {str(a): t for a, t in oracle.items()} == _times(simulate(w))

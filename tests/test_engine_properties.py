@@ -118,7 +118,7 @@ def with_communication(draw):
         for cost in base.stages)
     schedule = make_schedule(rows, schedule.stage_to_device, schedule.num_microbatches, schedule.name,
                              schedule.chunks)
-    return Workload(schedule, stages, base.network, base.static_bytes)
+    return Workload(schedule, stages, base.network, base.static_bytes, blocking_sends=draw(st.booleans()))
 
 
 @settings(max_examples=60, deadline=None)
