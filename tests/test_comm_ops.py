@@ -191,3 +191,18 @@ def test_blocking_sends_keep_the_sender_until_delivery():
         assert times["0B0"] == (5.0, 7.0) and times["0B1"] == (9.0, 11.0)
     oracle, _ = oracle_times(w)
     assert {str(a): t for a, t in oracle.items()} == _times(simulate(w))
+
+
+def test_validate_refuses_tensor_and_data_parallel_plans_in_one_line(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    plan = json.loads((root / "validation/plans/tiny-1f1b-p2.json").read_text())
+    plan.update(cluster=str(root / "validation/cpu.json"), dp=2)
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    out = subprocess.run([sys.executable, "-m", "pipeplan", "validate", str(tmp_path / "plan.json")],
+                         capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "dp = 2" in out.stderr

@@ -186,6 +186,10 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
         raise SpecError("plan.pp: must be at least 1")
     # Model, cluster and schedule as the ranks will load them: a missing spec file or a plan that does
     # not match its model is a one-line error here, before any process starts.
+    if plan.tp > 1 or plan.dp > 1 or plan.blocking_p2p:
+        raise SpecError(f"plan: the validator runs one pipeline replica with overlapping sends (tp = 1, dp = 1, "
+                        f"blocking_p2p false); this plan has tp = {plan.tp}, dp = {plan.dp}, blocking_p2p = "
+                        f"{str(plan.blocking_p2p).lower()}")
     schedule = resolve(plan.model, plan.cluster, plan, Path(plan_path).resolve().parent).schedule
     not_run = sorted(schedule.kinds_present - set(COMPUTE_KINDS))
     if not_run:
