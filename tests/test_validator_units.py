@@ -350,7 +350,8 @@ def test_a_record_reads_back_as_measurements_and_rebuilds_its_report(tmp_path):
     for key in ("run", "profile", "measured_iterations", "losses"):
         assert data[key] == record[key], key
     # The record's plan is format version 1; it reads back as the same plan in version 2 (tp = 1).
-    assert data["plan"] == {**record["plan"], "format_version": 2, "tp": 1, "sequence_parallel": False}
+    assert data["plan"] == {**record["plan"], "format_version": 2, "tp": 1, "sequence_parallel": False,
+                            "blocking_p2p": False}
     measurements.save(tmp_path / "m.json")
     assert Measurements.load(tmp_path / "m.json") == Measurements.from_dict(data)
     with pytest.raises(SpecError, match="measurements"):
