@@ -8,8 +8,9 @@
   data-parallel parameter gathers and gradient reductions, see ``simulator.kinds``). A
   communication kind this module does not know lands in ``other``.
 * ``tp``: the tensor-parallel collectives are inside the compute ops (they sit on the critical
-  path of every block, Shoeybi et al. 2019), so the timeline has no interval for them; their time
-  is not reported separately (``CommunicationBreakdown.tp`` is None, ``tp_note`` says why).
+  path of every block, Shoeybi et al. 2019), so the timeline has no interval for them; with
+  tp > 1 their time is summed from the cost model per op (``tensor_parallel_times``), all of it
+  exposed. At tp = 1 ``CommunicationBreakdown.tp`` is None and ``tp_note`` says why.
 
 For a device d and a category, let U be the union of the category's intervals on d and C the
 union of d's compute-op intervals (F, B, I, W). Then
@@ -52,7 +53,7 @@ from .costs import BYTES_PER_PARAM_WEIGHTS_GRADS, bytes_per_param
 # Which category each communication-stream kind belongs to; a new kind gets a line here.
 COMM_CATEGORY = {UNSHARD: "dp", RESHARD: "dp", REDUCE_GRAD: "dp", GATHER_PARAMS: "dp"}
 CATEGORIES = ("pp", "dp", "other")
-TP_NOTE = "inside compute ops: tensor-parallel collectives are part of each op's time, not timed separately"
+TP_NOTE = "no tensor parallelism (tp = 1); with tp > 1 the collectives inside each op are summed"
 BYTES_WEIGHTS = 2  # bf16 weights; the rest of BYTES_PER_PARAM_WEIGHTS_GRADS is the fp32 gradient
 
 
@@ -121,12 +122,26 @@ class CommunicationBreakdown:
     def to_dict(self) -> dict:
         data = {name: [t.to_dict() for t in self.category(name)] for name in CATEGORIES}
         data["tp"] = None if self.tp is None else [t.to_dict() for t in self.tp]
-        data["tp_note"] = self.tp_note if self.tp is None else ""
+        data["tp_note"] = self.tp_note if self.tp is None else "inside the compute ops, all exposed"
         return data
 
 
-def communication_breakdown(timeline: Timeline) -> CommunicationBreakdown:
-    """Communication time per category and device of ``timeline``, exposed and overlapped."""
+def tensor_parallel_times(timeline: Timeline, seconds_in_op: dict[tuple[int, str], float]) -> tuple[CommTime, ...]:
+    """Per device, the tensor-parallel collectives inside its ops: ``seconds_in_op[(stage, kind)]`` per op.
+
+    They run on the compute stream, on each op's critical path (Megatron's TP all-reduces are
+    synchronous), so all of that time is exposed.
+    """
+    totals = [0.0] * timeline.num_devices
+    for op in timeline.ops:
+        totals[op.device] += seconds_in_op.get((op.action.stage, op.action.kind), 0.0)
+    return tuple(CommTime(t, t, 0.0) for t in totals)
+
+
+def communication_breakdown(timeline: Timeline,
+                            tp_seconds_in_op: dict[tuple[int, str], float] | None = None) -> CommunicationBreakdown:
+    """Communication time per category and device of ``timeline``, exposed and overlapped; the
+    tensor-parallel part when ``tp_seconds_in_op`` gives it (see ``tensor_parallel_times``)."""
     p = timeline.num_devices
     compute: list[list[tuple[float, float]]] = [[] for _ in range(p)]
     comm = {name: [[] for _ in range(p)] for name in CATEGORIES}
@@ -148,6 +163,8 @@ def communication_breakdown(timeline: Timeline) -> CommunicationBreakdown:
             total, hidden = length(u), overlap(u, busy[d])
             times.append(CommTime(total, total - hidden, hidden))
         result[name] = tuple(times)
+    if tp_seconds_in_op is not None:
+        result["tp"] = tensor_parallel_times(timeline, tp_seconds_in_op)
     return CommunicationBreakdown(**result)
 
 

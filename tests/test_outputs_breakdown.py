@@ -69,7 +69,7 @@ def test_exposed_and_overlapped_on_a_hand_made_timeline():
     # DP: dev0's reduction [6,10] overlaps B0 [5,8] for 2 s; dev1's [5,6] runs while it is idle.
     assert comm.dp == (CommTime(4.0, 2.0, 2.0), CommTime(1.0, 1.0, 0.0))
     assert comm.other == (CommTime(0.0, 0.0, 0.0),) * 2
-    assert comm.tp is None and "inside compute ops" in comm.tp_note
+    assert comm.tp is None and "tp = 1" in comm.tp_note
     assert comm.mean("dp") == CommTime(2.5, 1.5, 1.0)
 
 
@@ -138,3 +138,18 @@ def test_gantt_draws_the_dp_lane_with_named_kinds(tmp_path):
     # compute boxes, the transfer lane, the communication-stream band: three collections
     assert len(ax.collections) == 3
     assert len(ax.collections[2].get_paths()) == 3  # UNSHARD and two REDUCE_GRADs
+
+
+def test_tensor_parallel_time_by_hand_on_a_middle_stage():
+    # llama3-8b, tp 2, pp 4 (even split 9 9 8 8: device 1 holds 9 blocks), m = 4, no SP: per block and
+    # micro-batch 2 all-reduces of s·b·h bf16 values in F and 2 in B, each a ring over 2 ranks on
+    # NVLink (450 GB/s, 3 us): 2·(1/2)·X/B + 2·α.
+    import pipeplan
+    from pipeplan.collectives import ALL_REDUCE, ring_seconds
+
+    result = pipeplan.simulate("llama3-8b", "dgx-h100", tp=2, pp=4, microbatches=4)
+    one = ring_seconds(ALL_REDUCE, 2, 8192 * 4096 * 2, 450e9, 3e-6)
+    tp = result.communication.tp[1]
+    assert tp.total == pytest.approx(4 * 9 * 4 * one, rel=1e-9)
+    assert tp.exposed == tp.total and tp.overlapped == 0.0
+    assert pipeplan.simulate("llama3-8b", "dgx-h100", pp=4, microbatches=4).communication.tp is None

@@ -67,7 +67,7 @@ def test_text_output_keeps_its_lines_and_adds_the_3d_ones():
     assert lines[2] == ("layout tp=2 pp=2 dp=2: 8 GPUs of 1 node(s) x 8; sequence parallel, "
                         "distributed optimizer")
     assert lines[3].startswith("per GPU: model ") and "hardware" in lines[3]
-    assert lines[4].startswith("communication per device (mean): PP ") and "TP inside compute ops" in lines[4]
+    assert lines[4].startswith("communication per device (mean): PP ") and " exposed) inside the ops" in lines[4]
     assert lines[5].split() == ["device", "stages", "layers", "busy", "bubble", "peak", "memory", "/", "capacity",
                                 "fits"]
     assert lines[9].split() == ["device", "PP", "comm", "DP", "comm", "weights", "grads", "optimizer",

@@ -138,8 +138,8 @@ def print_parallel_lines(result: PlanResult) -> None:
           f"{result.hardware_flops / 1e15:,.3f} PFLOP")
     comm = result.communication
     pp, dp = comm.mean("pp"), comm.mean("dp")
-    print(f"communication per device (mean): PP {_comm_text(pp)}  DP {_comm_text(dp)}  "
-          "TP inside compute ops (not timed apart)")
+    tp = _comm_text(comm.mean("tp")) + " inside the ops" if comm.tp is not None else "none"
+    print(f"communication per device (mean): PP {_comm_text(pp)}  DP {_comm_text(dp)}  TP {tp}")
 
 
 def print_breakdown_table(result: PlanResult) -> None:
