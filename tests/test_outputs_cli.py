@@ -101,3 +101,19 @@ def test_api_takes_the_same_layout_keywords():
         pipeplan.simulate("tiny", gpus=8, nodes=2)
     with pytest.raises(TypeError, match="tp"):
         pipeplan.simulate(plan=result.plan, tp=2)
+
+
+def test_selective_recomputation_from_the_command_line(tmp_path):
+    # Standard attention stores the s²-sized scores; selective recomputation drops them and re-runs
+    # the attention core, so it is slower than none and lighter (Korthikanti et al. 2022).
+    model = {"name": "gpt-std", "num_layers": 4, "hidden": 1024, "heads": 16, "ffn_hidden": 4096, "vocab": 32000,
+             "seq_len": 2048, "attention": "standard"}
+    (tmp_path / "gpt-std.json").write_text(json.dumps(model))
+    runs = {}
+    for mode in ("none", "selective"):
+        out = pipeplan_cli("simulate", "--model", str(tmp_path / "gpt-std.json"), "--pp", "2", "-m", "4",
+                           "--recompute", mode, "--json")
+        assert out.returncode == 0, out.stderr
+        runs[mode] = json.loads(out.stdout)
+    assert runs["selective"]["iteration_time"] > runs["none"]["iteration_time"]
+    assert max(runs["selective"]["peak_memory"]) < max(runs["none"]["peak_memory"])

@@ -9,7 +9,7 @@ from simulator.ir import from_csv
 from ..api import PlanResult, simulate
 from ..errors import SpecError
 from ..model import load_model
-from ..plan import Plan, even_split
+from ..plan import RECOMPUTE_CHOICES, Plan, even_split
 from ..sizing import make_plan
 from .chart_outputs import add_output_arguments, check_output_arguments, write_outputs
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json, table
@@ -39,7 +39,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--microbatches", "-m", type=int, default=None, help="micro-batches per iteration")
     p.add_argument("--microbatch-size", "-b", type=int, default=1, help="sequences per micro-batch (default 1)")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: the model's)")
-    p.add_argument("--recompute", choices=["none", "full"], default="none", help="recomputation on every stage")
+    p.add_argument("--recompute", choices=list(RECOMPUTE_CHOICES), default="none",
+                   help="recomputation on every stage (selective: the attention core only)")
 
 
 def plan_from_args(args: argparse.Namespace) -> tuple[Plan, Path]:
