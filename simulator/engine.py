@@ -11,8 +11,8 @@ One algorithm in four steps, each in its own module:
 
 1. ``compile.compile_workload``: the workload as numpy columns, producers from ``deps.RULES``;
 2. ``passes.uncontended_times``: the exact pass in dependency order, every transfer alone;
-3. ``passes.contend``: do any two bandwidth phases overlap on a port? Only then
-   ``flows.event_loop`` re-times everything with max-min sharing;
+3. ``passes.first_contention``: do any two bandwidth phases overlap on a port? Only then
+   ``flows.event_loop`` re-times with max-min sharing, from that first instant on;
 4. here: records, memory replay (``memory``) and the figures of the result.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .checker import check_complete, check_order_and_deadlock
 from .compile import compile_workload
 from .flows import event_loop
 from .memory import memory_curves_columns, peak_memory
-from .passes import contend, transfer_records, uncontended_times
+from .passes import first_contention, transfer_records, uncontended_times
 from .timeline import OpRecord, Timeline, TransferRecord
 from .workload import Workload
 
@@ -105,8 +105,10 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
         raise AssertionError("the pass and the checker disagree on a deadlock")
     start_arr, end_arr = times
     actions = compiled.actions
-    if force_event_loop or contend(compiled, start_arr, end_arr):
-        start, end, rows = event_loop(compiled, workload.network.port_capacity)
+    cut = None if force_event_loop else first_contention(compiled, start_arr, end_arr)
+    if force_event_loop or cut is not None:
+        prefix = None if force_event_loop else (start_arr.tolist(), end_arr.tolist(), cut)
+        start, end, rows = event_loop(compiled, workload.network.port_capacity, prefix)
         records = []
         if rows:
             src, dst, prod, cons, t0, t1, nb = zip(*rows)

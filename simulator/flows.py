@@ -114,7 +114,8 @@ def consumer_lists(c: Compiled) -> tuple[list[int], list[list[tuple[int, tuple |
     return pending, consumers
 
 
-def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float], list[float], list[list]]:
+def event_loop(c: Compiled, port_capacity: dict[str, float],
+               prefix: tuple[list[float], list[float], float] | None = None) -> tuple[list[float], list[float], list[list]]:
     """The general engine: flows overlapping on a port share it max-min fairly.
 
     Each lane (a device's compute or communication stream) starts its next op when the op's
@@ -125,6 +126,10 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
     lane, then, after an op's consumers, start its own lane. With blocking sends
     (``Compiled.hold``) an op that sends keeps its lane until every send is delivered (a release
     event per send).
+    ``prefix`` = (start, end, T) from the exact pass, T the first instant two bandwidth phases
+    overlap (``passes.first_contention``): every op, transfer and release before T is taken from
+    it as final, what is in flight at T is re-created with its own start time, and the loop runs on
+    from there; the times are those of the loop from 0, up to rounding.
     Returns (start, end, transfers as [src, dst, producer, consumer, start, end, nbytes]).
     """
     n = len(c.actions)
@@ -211,6 +216,60 @@ def event_loop(c: Compiled, port_capacity: dict[str, float]) -> tuple[list[float
         if not left:
             try_start(op_lane[consumer])
 
+    if prefix is not None:
+        pass_start, pass_end, cut = prefix
+        for k in range(lanes):
+            o = lo = pointer[k]
+            while o < stop_at[k] and pass_start[o] < cut:
+                start[o] = pass_start[o]
+                o += 1
+            pointer[k] = o
+            for started in range(lo, o):
+                t = pass_end[started]
+                if collective and started in collective:
+                    if t >= cut:  # its bytes (or its latency) are still in flight at the cut
+                        nbytes, latency, bandwidth, ports = collective[started]
+                        start_flow(nbytes, bandwidth, ports, start[started], (started, latency, -1))
+                        running[k], pointer[k] = True, started  # the loop advances past it at its end
+                        continue
+                elif t >= cut:
+                    seq += 1
+                    heappush(heap, (t, seq, 0, started))
+                    running[k], pointer[k] = True, started
+                    continue
+                end[started] = t
+                lane_free[k] = t
+                in_flight = 0
+                for consumer, spec in consumers[started]:
+                    arrive = t
+                    if spec is not None:
+                        src, dst, nbytes, latency, bandwidth, ports = spec
+                        if not (nbytes <= 0 or (isinf(bandwidth) and not ports)):
+                            rate = bandwidth
+                            for port in ports:
+                                rate = min(rate, capacity_of(port, inf))
+                            if t + nbytes / rate >= cut:
+                                transfers.append([src, dst, started, consumer, t, nan, nbytes])
+                                start_flow(nbytes, bandwidth, ports, t, (consumer, latency, len(transfers) - 1))
+                                in_flight += 1
+                                continue
+                            arrive = (t + nbytes / rate) + latency
+                        else:
+                            arrive = t + latency
+                        transfers.append([src, dst, started, consumer, t, arrive, nbytes])
+                        if blocking:
+                            if arrive >= cut:
+                                seq += 1
+                                heappush(heap, (arrive, seq, 2, k))
+                                in_flight += 1
+                            elif arrive > lane_free[k]:
+                                lane_free[k] = arrive
+                    pending[consumer] -= 1
+                    if arrive > ready_at[consumer]:
+                        ready_at[consumer] = arrive
+                if blocking and started == o - 1 and in_flight:
+                    holding[k] = in_flight
+                    running[k] = True
     for k in range(lanes):
         try_start(k)
     while heap:

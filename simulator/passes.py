@@ -3,7 +3,8 @@
 Without contention every op's start is max(its lane free, every wait arrived) with a fixed delay
 per edge, so one pass over the lanes in dependency order gives the exact times. ``contend``
 then checks the bandwidth phases (transfers and collectives) for overlap on any port; only when
-some overlap does the engine run the event loop (``flows.event_loop``).
+some overlap does the engine run the event loop (``flows.event_loop``), and only from the first
+instant they do, on the state the pass reached by then.
 """
 from __future__ import annotations
 
@@ -162,24 +163,27 @@ def port_uses(c: Compiled, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarr
             np.concatenate((port_arr, np.asarray(port, dtype=np.int64))))
 
 
-def contend(c: Compiled, start: np.ndarray, end: np.ndarray) -> bool:
-    """True when two bandwidth phases overlap on some port.
+def first_contention(c: Compiled, start: np.ndarray, end: np.ndarray) -> float | None:
+    """The earliest instant two bandwidth phases overlap on a port (None: they never do).
 
     Phases sort by (port, start); offsetting each port's times by port x span keeps ports apart,
-    so one running maximum of end times finds any phase that starts before an earlier one on its
-    port has ended.
+    so one running maximum of end times finds every phase that starts before an earlier one on its
+    port has ended. Before the returned instant every transfer and collective had its ports to
+    itself, so the exact pass's times hold up to it.
     """
     t0, length, port = port_uses(c, start, end)
     if len(port) < 2:
-        return False
+        return None
     t1 = t0 + length
     span = float(t1.max() - t0.min()) + 1.0
     offset = port.astype(float) * (2.0 * span) - float(t0.min())
-    t0, t1 = t0 + offset, t1 + offset
-    order = np.lexsort((t0, offset))
-    t0, t1 = t0[order], t1[order]
-    latest_end = np.maximum.accumulate(t1)
-    return bool(np.any(t0[1:] < latest_end[:-1]))
+    order = np.lexsort((t0 + offset, offset))
+    shifted_start, shifted_end = (t0 + offset)[order], (t1 + offset)[order]
+    latest_end = np.maximum.accumulate(shifted_end)
+    overlapping = shifted_start[1:] < latest_end[:-1]
+    if not bool(overlapping.any()):
+        return None
+    return float(t0[order][1:][overlapping].min())
 
 
 def transfer_records(c: Compiled, end: np.ndarray) -> list[TransferRecord]:
