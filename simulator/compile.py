@@ -48,7 +48,8 @@ class Compiled:
     edge: np.ndarray             # per op: index into the edge tables when remote >= 0
     edge_delay: list[float]      # the transfer alone on its link
     edge_spec: list[tuple]       # (src, dst, nbytes, latency, bandwidth, ports) for the event loop
-    waits: list[list[tuple[int, float]]] | None  # per op (producer, delay) on other lanes; None: only remote
+    waits: dict[int, list[tuple[int, float]]] | None  # ops waiting on their own device's other stream:
+                                 # every (producer, delay) on another lane; other ops wait on ``remote`` only
     collective: dict[int, tuple]  # comm op -> (nbytes, latency, bandwidth, ports) when it moves bytes
     compute_stream: np.ndarray   # per op: True on the compute stream (busy time)
     hold: list[float] | None     # blocking sends: per op, how long its sends keep its lane after it ends
@@ -257,15 +258,20 @@ def compile_workload(workload: Workload) -> Compiled:
         cross_stream.append(has & ~same_lane & ~remote_here)
     edge, edge_delay, edge_spec = _edges(workload, device, stage, remote, direction_bwd, num_stages)
     waits = None
-    if any(bool(mask.any()) for mask in cross_stream):
+    crossing = np.zeros(n, dtype=bool)
+    for mask in cross_stream:
+        crossing |= mask
+    if bool(crossing.any()):
         delays = np.asarray(edge_delay + [0.0], dtype=np.float64)[edge]
-        waits = [[] for _ in range(n)]
-        for o, j in zip(*np.nonzero(producers >= 0)):
-            prod = int(producers[o, j])
-            if prod == remote[o]:
-                waits[o].append((prod, float(delays[o])))
-            elif lane[prod] != lane[o]:
-                waits[o].append((prod, 0.0))
+        waits = {}
+        for o in np.nonzero(crossing)[0].tolist():
+            row = []
+            for prod in producers[o].tolist():
+                if prod >= 0 and prod == remote[o]:
+                    row.append((prod, float(delays[o])))
+                elif prod >= 0 and lane[prod] != lane[o]:
+                    row.append((prod, 0.0))
+            waits[o] = row
     lane_bounds = np.searchsorted(lane, np.arange(2 * p + 1)).tolist()
     compute_stream = _ON_COMPUTE_STREAM[code]
     hold = _send_hold(remote, edge, edge_delay, n) if workload.blocking_sends else None

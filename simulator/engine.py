@@ -107,14 +107,13 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
     actions = compiled.actions
     cut = None if force_event_loop else first_contention(compiled, start_arr, end_arr)
     if force_event_loop or cut is not None:
-        prefix = None if force_event_loop else (start_arr.tolist(), end_arr.tolist(), cut)
-        start, end, rows = event_loop(compiled, workload.network.port_capacity, prefix)
-        records = []
+        prefix = None if force_event_loop else (start_arr, end_arr, cut)
+        start, end, rows, records = event_loop(compiled, workload.network.port_capacity, prefix)
         if rows:
             src, dst, prod, cons, t0, t1, nb = zip(*rows)
             get = actions.__getitem__
-            records = list(map(tuple.__new__, repeat(TransferRecord),
-                               zip(src, dst, map(get, prod), map(get, cons), t0, t1, nb)))
+            records = records + list(map(tuple.__new__, repeat(TransferRecord),
+                                         zip(src, dst, map(get, prod), map(get, cons), t0, t1, nb)))
         start_arr, end_arr = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
     else:
         start, end = start_arr.tolist(), end_arr.tolist()

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .compile import Compiled
+from .resume import resume_state
 
 
 class Flows:
@@ -99,14 +100,20 @@ class Flows:
                     users[port] -= 1
         return flows
 
-def consumer_lists(c: Compiled) -> tuple[list[int], list[list[tuple[int, tuple | None]]]]:
+
+def consumer_lists(c: Compiled, done: np.ndarray | None = None
+                   ) -> tuple[list[int], list[list[tuple[int, tuple | None]]]]:
     """Per op, how many producers it waits for, and its consumers in (consumer id, rule) order, each
-    with the transfer spec when the consumer is on another device (None: local)."""
+    with the transfer spec when the consumer is on another device (None: local). Ops ``done``
+    before the loop starts keep an empty consumer list: they deliver nothing any more."""
     n = len(c.actions)
     rows, cols = np.nonzero(c.producers >= 0)  # row-major: consumer order, then rule order
     producers = c.producers[rows, cols]
-    spec_index = np.where(producers == c.remote[rows], c.edge[rows], -1)
     pending = np.bincount(rows, minlength=n).tolist()
+    if done is not None:
+        open_rows = ~done[producers]
+        rows, producers = rows[open_rows], producers[open_rows]
+    spec_index = np.where(producers == c.remote[rows], c.edge[rows], -1)
     consumers: list[list[tuple[int, tuple | None]]] = [[] for _ in range(n)]
     specs = c.edge_spec + [None]  # index -1 picks None
     for prod, consumer, spec in zip(producers.tolist(), rows.tolist(), spec_index.tolist()):
@@ -114,8 +121,8 @@ def consumer_lists(c: Compiled) -> tuple[list[int], list[list[tuple[int, tuple |
     return pending, consumers
 
 
-def event_loop(c: Compiled, port_capacity: dict[str, float],
-               prefix: tuple[list[float], list[float], float] | None = None) -> tuple[list[float], list[float], list[list]]:
+def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.ndarray, np.ndarray, float] | None = None
+               ) -> tuple[list[float], list[float], list[list], list]:
     """The general engine: flows overlapping on a port share it max-min fairly.
 
     Each lane (a device's compute or communication stream) starts its next op when the op's
@@ -130,11 +137,14 @@ def event_loop(c: Compiled, port_capacity: dict[str, float],
     overlap (``passes.first_contention``): every op, transfer and release before T is taken from
     it as final, what is in flight at T is re-created with its own start time, and the loop runs on
     from there; the times are those of the loop from 0, up to rounding.
-    Returns (start, end, transfers as [src, dst, producer, consumer, start, end, nbytes]).
+    Returns (start, end, transfers as [src, dst, producer, consumer, start, end, nbytes], and the
+    TransferRecords of the transfers delivered before the cut).
     """
     n = len(c.actions)
     op_lane, duration = c.lane.tolist(), c.duration
-    pending, consumers = consumer_lists(c)
+    done = None if prefix is None else prefix[1] < prefix[2]  # ended before the cut (resume_state)
+    done_records: list = []
+    pending, consumers = consumer_lists(c, done)
     collective = c.collective
     lanes = c.num_lanes
     ready_at = [0.0] * n
@@ -217,59 +227,28 @@ def event_loop(c: Compiled, port_capacity: dict[str, float],
             try_start(op_lane[consumer])
 
     if prefix is not None:
-        pass_start, pass_end, cut = prefix
-        for k in range(lanes):
-            o = lo = pointer[k]
-            while o < stop_at[k] and pass_start[o] < cut:
-                start[o] = pass_start[o]
-                o += 1
-            pointer[k] = o
-            for started in range(lo, o):
-                t = pass_end[started]
-                if collective and started in collective:
-                    if t >= cut:  # its bytes (or its latency) are still in flight at the cut
-                        nbytes, latency, bandwidth, ports = collective[started]
-                        start_flow(nbytes, bandwidth, ports, start[started], (started, latency, -1))
-                        running[k], pointer[k] = True, started  # the loop advances past it at its end
-                        continue
-                elif t >= cut:
-                    seq += 1
-                    heappush(heap, (t, seq, 0, started))
-                    running[k], pointer[k] = True, started
-                    continue
-                end[started] = t
-                lane_free[k] = t
-                in_flight = 0
-                for consumer, spec in consumers[started]:
-                    arrive = t
-                    if spec is not None:
-                        src, dst, nbytes, latency, bandwidth, ports = spec
-                        if not (nbytes <= 0 or (isinf(bandwidth) and not ports)):
-                            rate = bandwidth
-                            for port in ports:
-                                rate = min(rate, capacity_of(port, inf))
-                            if t + nbytes / rate >= cut:
-                                transfers.append([src, dst, started, consumer, t, nan, nbytes])
-                                start_flow(nbytes, bandwidth, ports, t, (consumer, latency, len(transfers) - 1))
-                                in_flight += 1
-                                continue
-                            arrive = (t + nbytes / rate) + latency
-                        else:
-                            arrive = t + latency
-                        transfers.append([src, dst, started, consumer, t, arrive, nbytes])
-                        if blocking:
-                            if arrive >= cut:
-                                seq += 1
-                                heappush(heap, (arrive, seq, 2, k))
-                                in_flight += 1
-                            elif arrive > lane_free[k]:
-                                lane_free[k] = arrive
-                    pending[consumer] -= 1
-                    if arrive > ready_at[consumer]:
-                        ready_at[consumer] = arrive
-                if blocking and started == o - 1 and in_flight:
-                    holding[k] = in_flight
-                    running[k] = True
+        state = resume_state(c, *prefix)
+        start[:], end[:], pointer[:], running[:] = state.start, state.end, state.pointer, state.running
+        lane_free[:], holding[:] = state.lane_free, state.holding
+        transfers.extend(state.transfers)
+        done_records = state.done_records
+        for o, (count, latest) in state.delivered.items():
+            pending[o] -= count
+            if latest > ready_at[o]:
+                ready_at[o] = latest
+        for t, o in state.op_ends:
+            seq += 1
+            heappush(heap, (t, seq, 0, o))
+        # Flows in flight at the cut had their ports to themselves: re-created from their own start.
+        for o in state.collective_flows:
+            nbytes, latency, bandwidth, ports = collective[o]
+            start_flow(nbytes, bandwidth, ports, start[o], (o, latency, -1))
+        for i, e in state.transfer_flows:
+            _, _, nbytes, latency, bandwidth, ports = c.edge_spec[e]
+            start_flow(nbytes, bandwidth, ports, transfers[i][4], (transfers[i][3], latency, i))
+        for t, k in state.releases:
+            seq += 1
+            heappush(heap, (t, seq, 2, k))
     for k in range(lanes):
         try_start(k)
     while heap:
@@ -330,4 +309,4 @@ def event_loop(c: Compiled, port_capacity: dict[str, float],
                 running[ident] = False
                 lane_free[ident] = t
                 try_start(ident)
-    return start, end, transfers
+    return start, end, transfers, done_records

@@ -21,17 +21,18 @@ def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict
     # A non-positive (or NaN) delay adds nothing; + 0.0 is exact on ends >= 0.
     per_edge = np.array([d if d > 0 else 0.0 for d in c.edge_delay] + [0.0], dtype=np.float64)
     delay_arr = per_edge[c.edge]  # edge -1 (no remote producer) picks the trailing 0.0
-    if c.waits is None:
-        return c.remote.tolist(), delay_arr.tolist(), delay_arr, {}
-    first = [-1] * len(c.actions)
-    delay = [0.0] * len(c.actions)
+    first, delay = c.remote.tolist(), delay_arr.tolist()
+    if not c.waits:
+        return first, delay, delay_arr, {}
     several: dict[int, list[tuple[int, float]]] = {}
-    for o, waits in enumerate(c.waits):
+    for o, waits in c.waits.items():
         if len(waits) == 1:
             first[o], delay[o] = waits[0][0], (waits[0][1] if waits[0][1] > 0 else 0.0)
-        elif waits:
-            first[o] = -2
-            several[o] = [(prod, dl if dl > 0 else 0.0) for prod, dl in waits]
+        else:
+            first[o] = -2 if waits else -1
+            delay[o] = 0.0
+            if waits:
+                several[o] = [(prod, dl if dl > 0 else 0.0) for prod, dl in waits]
     return first, delay, np.asarray(delay, dtype=np.float64), several
 
 
