@@ -1,11 +1,9 @@
 """Planner speed on llama3-405b (126 blocks + embedding + head = 128 pipeline layers) at pp = 16.
 
 405B does not fit 80 GB GPUs as a pure pipeline: weights, gradients and Adam state alone are
-405e9 x 18 B / 16 = 456 GB per stage. Real runs add tensor parallelism inside a node, so the
-cluster here (benchmarks/clusters/h100-tp8-groups.json) treats each pipeline device as one
-TP = 8 group of H100s: 8x the FLOPs and memory (640 GB), one DGX node per device, the
-eight NICs as one 400 GB/s link; TP's own all-reduces are not modelled. The memory limit still
-binds: the first stages must recompute.
+405e9 x 18 B / 16 = 456 GB per stage. As real runs do, each pipeline device is a tensor-parallel
+group of 8 H100s with sequence parallelism, on 16 real dgx-h100 nodes (costs and memory of one
+tensor rank, its all-reduces on NVLink). The memory limit still binds: stages must recompute.
 
 Prints (1) the CP-SAT cut-point model for 1F1B, b = 1, m = 64: status and solve time (target
 OPTIMAL < 5 s), and (2) the whole ``optimize`` over every schedule, b and v (target < 30 s on a
@@ -25,15 +23,16 @@ from pipeplan.planner.cpsat import solve  # noqa: E402
 from pipeplan.planner.problem import Candidate, build_problem  # noqa: E402
 from simulator import build_schedule  # noqa: E402
 
-CLUSTER = str(ROOT / "benchmarks" / "clusters" / "h100-tp8-groups.json")
+CLUSTER = "dgx-h100"
+NODES, TP = 16, 8
 
 
 def cut_point_model(schedule: str = "1f1b", v: int = 1) -> None:
     model = pipeplan.load_model("llama3-405b")
-    cluster = pipeplan.load_cluster(CLUSTER)
+    cluster = pipeplan.load_cluster(CLUSTER, NODES)
     started = time.perf_counter()
     problem = build_problem(model, cluster, Candidate(schedule, v, 1, 64), build_schedule(schedule, 16, 64, v),
-                            model.seq_len, list(range(16)), headroom=0.05)
+                            model.seq_len, [d * TP for d in range(16)], headroom=0.05, tp=TP, sequence_parallel=True)
     built = time.perf_counter() - started
     solution = solve(problem, time_limit=30)
     recomputed = sum(solution.recompute)
@@ -45,7 +44,8 @@ def cut_point_model(schedule: str = "1f1b", v: int = 1) -> None:
 
 def whole_optimize() -> None:
     started = time.perf_counter()
-    result = pipeplan.optimize("llama3-405b", CLUSTER, global_batch=64, pp=16, time_limit=0.5)
+    result = pipeplan.optimize("llama3-405b", CLUSTER, global_batch=64, pp=16, nodes=NODES, tp=TP,
+                               sequence_parallel=True, time_limit=0.5)
     wall = time.perf_counter() - started
     plan = result.plan
     print(f"whole optimize: {wall:.1f} s; chose {plan.schedule} v={plan.chunks} b={plan.microbatch_size} "

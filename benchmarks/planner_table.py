@@ -16,7 +16,6 @@ sys.path.insert(0, str(ROOT))
 import pipeplan  # noqa: E402
 from pipeplan.planner.baselines import PARAMETERS, UNIFORM  # noqa: E402
 
-TP8 = str(ROOT / "benchmarks" / "clusters" / "h100-tp8-groups.json")
 
 CASES = [
     # label, optimize() arguments
@@ -26,8 +25,10 @@ CASES = [
      dict(model="llama3-8b", cluster="dgx-h100", pp=8, global_batch=64)),
     ("llama3-70b, 4 x DGX H100, pp=16 dp=2, dist. optimizer, batch 64 (memory-bound)",
      dict(model="llama3-70b", cluster="dgx-h100", nodes=4, pp=16, dp=2, distributed_optimizer=True, global_batch=64)),
-    ("gpt3-175b, 8 TP=8 groups of H100, pp=8, batch 64, seq 2048",
-     dict(model="gpt3-175b", cluster=TP8, nodes=8, pp=8, global_batch=64)),
+    ("llama3-70b, 4 x DGX H100, tp=8 (SP) pp=4, batch 32",
+     dict(model="llama3-70b", cluster="dgx-h100", nodes=4, tp=8, sequence_parallel=True, pp=4, global_batch=32)),
+    ("gpt3-175b, 8 x DGX H100, tp=8 pp=8, batch 64, seq 2048",
+     dict(model="gpt3-175b", cluster="dgx-h100", nodes=8, tp=8, pp=8, global_batch=64)),
 ]
 
 

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model preset or JSON/YAML file")
     p.add_argument("--cluster", default="dgx-h100", help="cluster preset or JSON/YAML file (default dgx-h100)")
     p.add_argument("--nodes", type=int, default=None, help="number of nodes of the cluster")
-    p.add_argument("--pp", type=int, default=None, help="pipeline devices (default: all GPUs / dp)")
+    p.add_argument("--pp", type=int, default=None, help="pipeline devices (default: all GPUs / (tp x dp))")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree, inside a node (default 1)")
+    p.add_argument("--sequence-parallel", action="store_true", help="sequence parallelism (needs --tp > 1)")
     p.add_argument("--dp", type=int, default=1, help="data-parallel replicas (default 1)")
     p.add_argument("--global-batch", type=int, required=True, help="sequences per iteration, all replicas")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: the model's)")
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, cluster=args.cluster, global_batch=args.global_batch, pp=args.pp, dp=args.dp,
         nodes=args.nodes, seq_len=args.seq_len, schedules=args.schedules, microbatch_sizes=args.microbatch_sizes,
         time_limit=args.time_limit, headroom=args.headroom, distributed_optimizer=args.distributed_optimizer,
-        jobs=args.jobs, profile=args.profile)
+        jobs=args.jobs, profile=args.profile, tp=args.tp, sequence_parallel=args.sequence_parallel)
     if args.json or not sys.stderr.isatty():
         result = search(request)
     else:
@@ -151,7 +153,8 @@ def print_report(result, profile=None) -> None:
     sol = result.solution
     gap = "" if sol.gap is None else f", gap {fmt_pct(sol.gap)}"
     console.print(
-        f"[bold]{model.name}[/] on {cluster.nodes} x {cluster.name}: pp={plan.pp} dp={plan.dp} "
+        f"[bold]{model.name}[/] on {cluster.nodes} x {cluster.name}: "
+        + (f"tp={plan.tp} " if plan.tp > 1 else "") + f"pp={plan.pp} dp={plan.dp} "
         f"global batch {plan.microbatch_size * plan.num_microbatches * plan.dp}, seq {sim.resolved.seq_len}"
         + (f"; costs measured on {profile.device} ({profile.backend})" if profile else "")
     )

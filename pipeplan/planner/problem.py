@@ -139,13 +139,15 @@ class PartitionProblem:
 
 
 def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, seq_len: int, recompute: bool,
-                profile: Profile | None = None):
-    """Per-layer StageCost: ``costs.price`` of each layer's ``layer_work`` (what ``lower`` sums per stage).
+                profile: Profile | None = None, tp: int = 1, sequence_parallel: bool = False):
+    """Per-layer StageCost of one tensor rank: ``costs.price`` of each layer's ``layer_work`` (what
+    ``lower`` sums per stage).
 
     With a ``profile`` the op times are its single-layer measurements (as ``lower`` prices a stage
     from a profile: the sum of its layers), memory stays the model's.
     """
-    costs = [price(layer_work(model, i, microbatch_size, seq_len, recompute), cluster.gpu, cluster.intra)
+    costs = [price(layer_work(model, i, microbatch_size, seq_len, recompute, tp, sequence_parallel), cluster.gpu,
+                   cluster.intra)
              for i in range(model.num_pipeline_layers)]
     if profile is None:
         return costs
@@ -156,11 +158,15 @@ def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, se
 
 def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, schedule: Schedule, seq_len: int,
                   gpus: list[int], dp: int = 1, distributed_optimizer: bool = False, headroom: float = 0.0,
-                  allow_recompute: bool = True, profile: Profile | None = None) -> PartitionProblem:
-    """The integer partition problem of ``candidate`` (``schedule`` is its generated action lists)."""
+                  allow_recompute: bool = True, profile: Profile | None = None, tp: int = 1,
+                  sequence_parallel: bool = False) -> PartitionProblem:
+    """The integer partition problem of ``candidate`` (``schedule`` is its generated action lists) on
+    one tensor rank of ``tp``."""
     b = candidate.microbatch_size
-    plain = layer_costs(model, cluster, b, seq_len, recompute=False, profile=profile)
-    rc = layer_costs(model, cluster, b, seq_len, recompute=True, profile=profile)
+    plain = layer_costs(model, cluster, b, seq_len, recompute=False, profile=profile, tp=tp,
+                        sequence_parallel=sequence_parallel)
+    rc = layer_costs(model, cluster, b, seq_len, recompute=True, profile=profile, tp=tp,
+                     sequence_parallel=sequence_parallel)
     total = sum(c.forward + c.backward_input + c.backward_weight for c in rc)
     time_unit = total / TIME_RESOLUTION
     capacity_bytes = cluster.gpu.memory_bytes * (1.0 - headroom)
@@ -172,7 +178,8 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
     def mem(x: float) -> int:
         return int(math.ceil(x / memory_unit - 1e-9))
 
-    params = [layer_work(model, i, b, seq_len, False).params for i in range(model.num_pipeline_layers)]
+    params = [layer_work(model, i, b, seq_len, False, tp, sequence_parallel).params
+              for i in range(model.num_pipeline_layers)]
     boundary = plain[0].send_forward_bytes  # every layer but the head sends b·s·h bf16 values
     stage_to_device = schedule.stage_to_device
     # The links the simulator will use: the cluster's, or the profile's where it measured them (they

@@ -24,7 +24,8 @@ MAX_JOBS = 8  # worker processes at most; a larger ``jobs`` is clamped, not refu
 class OptimizeRequest:
     """A checked planner request; build one with ``create``.
 
-    Layout: ``pp`` pipeline devices per replica and ``dp`` replicas, fixed. Open choices are tuples of
+    Layout: ``tp`` tensor ranks per pipeline device (with ``sequence_parallel`` or not), ``pp``
+    pipeline devices per replica and ``dp`` replicas, fixed (Megatron's rank order). Open choices are tuples of
     allowed values, so a one-value tuple pins a dimension: ``variants`` the (schedule, chunks per
     device) pairs, ``microbatch_sizes`` the micro-batch sizes b (None: every divisor of the per-replica
     batch). Cut points and recomputation per stage are always searched. ``seq_len`` is what the plan records (None: the model's; a profile fixes both it and b to
@@ -46,6 +47,8 @@ class OptimizeRequest:
     time_limit: float = 5.0  # CP-SAT budget per candidate, deterministic seconds
     headroom: float = 0.05  # share of each GPU's memory kept free, by the chosen plan and the baselines alike
     distributed_optimizer: bool = False
+    tp: int = 1
+    sequence_parallel: bool = False
     rescore: int = 3  # proposals the simulator re-scores (besides the best of every variant); the prune keeps them
     jobs: int = 1  # candidates solved at once in worker processes
     profile: Profile | None = None
@@ -56,7 +59,8 @@ class OptimizeRequest:
                schedules: list[str] | None = None, microbatch_sizes: list[int] | None = None,
                time_limit: float = 5.0, headroom: float = 0.05, distributed_optimizer: bool = False,
                rescore: int = 3, jobs: int | None = None,
-               profile: Profile | str | dict | None = None) -> OptimizeRequest:
+               profile: Profile | str | dict | None = None, tp: int = 1,
+               sequence_parallel: bool = False) -> OptimizeRequest:
         """Load the specs and check every argument, in the order the errors are reported.
 
         ``pp`` defaults to all GPUs / dp; ``jobs`` is clamped to [1, MAX_JOBS]. Raises SpecError (one line).
@@ -65,7 +69,7 @@ class OptimizeRequest:
         cl = load_cluster(cluster, nodes)
         _check_numbers(dp=dp, global_batch=global_batch, seq_len=seq_len, headroom=headroom, time_limit=time_limit,
                        rescore=rescore)
-        pp = _check_layout(spec, cl, global_batch, pp, dp)
+        pp = _check_layout(spec, cl, global_batch, pp, dp, tp, sequence_parallel)
         if microbatch_sizes is not None:
             _check_microbatch_sizes(microbatch_sizes, global_batch // dp)
         prof = load_profile(profile)
@@ -80,7 +84,7 @@ class OptimizeRequest:
                    plan_nodes=plan_nodes, seq_len=seq_len,
                    microbatch_sizes=None if microbatch_sizes is None else tuple(microbatch_sizes),
                    time_limit=time_limit, headroom=headroom, distributed_optimizer=distributed_optimizer,
-                   rescore=rescore, jobs=max(1, min(jobs or 1, MAX_JOBS)), profile=prof)
+                   tp=tp, sequence_parallel=sequence_parallel, rescore=rescore, jobs=max(1, min(jobs or 1, MAX_JOBS)), profile=prof)
 
     @property
     def replica_batch(self) -> int:
@@ -95,7 +99,7 @@ class OptimizeRequest:
     @property
     def gpus(self) -> list[int]:
         """Cluster rank of each pipeline device of replica 0; its boundary transfers use these links."""
-        return default_placement(self.pp, self.dp)
+        return default_placement(self.pp, self.dp, self.tp)
 
     def plan_for(self, candidate: Candidate, layers: tuple[int, ...], recompute: tuple[bool, ...]) -> Plan:
         """The plan file for ``candidate`` cut into ``layers`` per stage, ``recompute`` per stage."""
@@ -103,7 +107,8 @@ class OptimizeRequest:
                     schedule=candidate.schedule, pp=self.pp, chunks=candidate.chunks,
                     num_microbatches=candidate.num_microbatches, microbatch_size=candidate.microbatch_size,
                     layers_per_stage=tuple(layers), recompute=tuple("full" if r else "none" for r in recompute),
-                    seq_len=self.seq_len, dp=self.dp, distributed_optimizer=self.distributed_optimizer)
+                    seq_len=self.seq_len, dp=self.dp, tp=self.tp, sequence_parallel=self.sequence_parallel,
+                    distributed_optimizer=self.distributed_optimizer)
 
 
 def _check_numbers(dp: int, global_batch: int, seq_len: int | None, headroom: float, time_limit: float,
@@ -119,15 +124,27 @@ def _check_numbers(dp: int, global_batch: int, seq_len: int | None, headroom: fl
     positive_int("rescore", rescore)
 
 
-def _check_layout(spec: ModelSpec, cl: ClusterSpec, global_batch: int, pp: int | None, dp: int) -> int:
-    """``pp`` (all GPUs / dp when None), once pp x dp fits the cluster, dp divides the batch and pp the layers."""
-    if pp is None and dp > cl.num_gpus:
-        raise SpecError(f"dp: {dp} replicas need at least {dp} GPUs but {cl.name} has {cl.num_gpus} with "
-                        f"{cl.nodes} node(s); raise --nodes or lower --dp")
-    pp = pp if pp is not None else cl.num_gpus // dp
+def _check_layout(spec: ModelSpec, cl: ClusterSpec, global_batch: int, pp: int | None, dp: int, tp: int = 1,
+                  sequence_parallel: bool = False) -> int:
+    """``pp`` (all GPUs / (tp·dp) when None), once tp x pp x dp fits the cluster with tensor groups inside a
+    node, dp divides the batch and pp the layers."""
+    positive_int("tp", tp)
+    if cl.gpus_per_node % tp:
+        raise SpecError(f"tp: a tensor-parallel group must stay inside one node of {cl.gpus_per_node} GPUs; "
+                        f"use a tp that divides {cl.gpus_per_node} (got {tp})")
+    if sequence_parallel and tp == 1:
+        raise SpecError("sequence_parallel: needs tensor parallelism (tp > 1); set --tp or drop it")
+    spec.check_tp(tp)
+    groups = cl.num_gpus // tp  # tensor groups: what pipeline devices and replicas are made of
+    if pp is None and dp > groups:
+        each = f" (tp = {tp} each)" if tp > 1 else ""
+        raise SpecError(f"dp: {dp} replicas need at least {dp * tp} GPUs{each} but {cl.name} has "
+                        f"{cl.num_gpus} with {cl.nodes} node(s); raise --nodes or lower --dp")
+    pp = pp if pp is not None else groups // dp
     positive_int("pp", pp)
-    if pp * dp > cl.num_gpus:
-        raise SpecError(f"pp: pp x dp = {pp * dp} GPUs but {cl.name} has {cl.num_gpus} with {cl.nodes} node(s); "
+    if pp * dp > groups:
+        what = "pp x dp" if tp == 1 else "tp x pp x dp"
+        raise SpecError(f"pp: {what} = {pp * dp * tp} GPUs but {cl.name} has {cl.num_gpus} with {cl.nodes} node(s); "
                         f"raise --nodes or lower --pp/--dp")
     if global_batch % dp:
         raise SpecError(f"global_batch: {global_batch} is not divisible by dp = {dp}")

@@ -127,7 +127,8 @@ def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
     for candidate, schedule in found:
         problem = build_problem(request.model, request.cluster, candidate, schedule, request.sequence_length,
                                 request.gpus, request.dp, request.distributed_optimizer, request.headroom,
-                                profile=request.profile)
+                                profile=request.profile, tp=request.tp,
+                                sequence_parallel=request.sequence_parallel)
         out.append(Bounded(candidate, problem, problem.seconds(lower_bound(problem))))
     out.sort(key=lambda c: (c.bound, c.candidate.label))
     return out
@@ -206,7 +207,8 @@ def rescore(request: OptimizeRequest, proposals: tuple[Proposal, ...]) -> Rescor
     if not fitting:
         raise SpecError(explain_infeasible(request.model, request.cluster, request.pp, request.dp,
                                            request.replica_batch, request.sequence_length, request.headroom,
-                                           request.distributed_optimizer, request.gpus))
+                                           request.distributed_optimizer, request.gpus, request.tp,
+                                           request.sequence_parallel))
     fitting.sort(key=lambda s: (s.scored.iteration_time, s.candidate.label))
     return Rescored(simulated, tuple(fitting))
 
