@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 
 import numpy as np
@@ -59,6 +60,28 @@ class Compiled:
     @property
     def num_lanes(self) -> int:
         return len(self.lane_bounds) - 1
+
+    @cached_property
+    def edge_wait(self) -> np.ndarray:
+        """Per edge, what a consumer waits for it, then a trailing 0.0 (``edge`` -1: no remote producer).
+
+        A non-positive (or NaN) delay adds nothing; + 0.0 is exact on ends >= 0.
+        """
+        return np.array([d if d > 0 else 0.0 for d in self.edge_delay] + [0.0], dtype=np.float64)
+
+    @cached_property
+    def edge_phase(self) -> np.ndarray:
+        """Per edge, its bandwidth phase alone: the transfer's time less its latency."""
+        return np.array([d - spec[3] for d, spec in zip(self.edge_delay, self.edge_spec)], dtype=np.float64)
+
+    @cached_property
+    def edge_flow(self) -> np.ndarray:
+        """Per edge, whether its transfer is a flow (moves bytes at a finite rate) or latency alone.
+
+        ``_edges`` writes a latency-only edge with no ports and an unbounded rate, so that is the test
+        the event loop makes too.
+        """
+        return np.array([bool(spec[5]) or not math.isinf(spec[4]) for spec in self.edge_spec], dtype=bool)
 
 
 _CODE_OF = {name: rule.code for name, rule in KINDS.items()}
@@ -113,12 +136,12 @@ def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray,
     return duration.tolist(), collective
 
 
-def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.ndarray, bool, bool]:
-    """(producers per rule, every required rule found, the action set is complete), from ``deps.RULES``.
+def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.ndarray, bool]:
+    """(producers per rule, whether the action set is complete), from ``deps.RULES``.
 
-    Complete: no action twice, every (stage, micro-batch) with an F, exactly one of B and I, a W
-    exactly where there is an I (``checker.check_complete``'s set algebra), and a RESHARD only
-    with an UNSHARD.
+    Complete: no action twice, every required rule finds its producer, every (stage, micro-batch)
+    with an F, exactly one of B and I, a W exactly where there is an I (``checker.check_complete``'s
+    set algebra), and a RESHARD only with an UNSHARD.
     """
     n = len(ids)
     compute = code < NUM_COMPUTE
@@ -274,18 +297,19 @@ def compile_workload(workload: Workload) -> Compiled:
             waits[o] = row
     lane_bounds = np.searchsorted(lane, np.arange(2 * p + 1)).tolist()
     compute_stream = _ON_COMPUTE_STREAM[code]
-    hold = _send_hold(remote, edge, edge_delay, n) if workload.blocking_sends else None
-    return Compiled(actions, device, stage, code, lane, bounds, lane_bounds, duration, producers, remote, edge,
-                    edge_delay, edge_spec, waits, collective, compute_stream, hold, deadlock, complete)
+    compiled = Compiled(actions, device, stage, code, lane, bounds, lane_bounds, duration, producers, remote, edge,
+                        edge_delay, edge_spec, waits, collective, compute_stream, None, deadlock, complete)
+    if workload.blocking_sends:
+        compiled.hold = _send_hold(compiled)
+    return compiled
 
 
-def _send_hold(remote: np.ndarray, edge: np.ndarray, edge_delay: list[float], n: int) -> list[float]:
+def _send_hold(c: Compiled) -> list[float]:
     """Per op, its slowest send alone on its link: how long a blocking send keeps the sender's lane."""
-    hold = np.zeros(n, dtype=np.float64)
-    has = remote >= 0
+    hold = np.zeros(len(c.actions), dtype=np.float64)
+    has = c.remote >= 0
     if bool(has.any()):
-        delays = np.array([d if d > 0 else 0.0 for d in edge_delay], dtype=np.float64)
-        np.maximum.at(hold, remote[has], delays[edge[has]])
+        np.maximum.at(hold, c.remote[has], c.edge_wait[c.edge[has]])
     return hold.tolist()
 
 

@@ -142,9 +142,9 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     """
     n = len(c.actions)
     op_lane, duration = c.lane.tolist(), c.duration
-    done = None if prefix is None else prefix[1] < prefix[2]  # ended before the cut (resume_state)
-    done_records: list = []
-    pending, consumers = consumer_lists(c, done)
+    state = None if prefix is None else resume_state(c, *prefix)
+    done_records: list = [] if state is None else state.done_records
+    pending, consumers = consumer_lists(c, None if state is None else state.ended)
     collective = c.collective
     lanes = c.num_lanes
     ready_at = [0.0] * n
@@ -226,12 +226,10 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
         if not left:
             try_start(op_lane[consumer])
 
-    if prefix is not None:
-        state = resume_state(c, *prefix)
+    if state is not None:
         start[:], end[:], pointer[:], running[:] = state.start, state.end, state.pointer, state.running
         lane_free[:], holding[:] = state.lane_free, state.holding
         transfers.extend(state.transfers)
-        done_records = state.done_records
         for o, (count, latest) in state.delivered.items():
             pending[o] -= count
             if latest > ready_at[o]:

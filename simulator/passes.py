@@ -1,8 +1,8 @@
 """The exact pass in dependency order, for workloads whose transfers never share a port at once.
 
 Without contention every op's start is max(its lane free, every wait arrived) with a fixed delay
-per edge, so one pass over the lanes in dependency order gives the exact times. ``contend``
-then checks the bandwidth phases (transfers and collectives) for overlap on any port; only when
+per edge, so one pass over the lanes in dependency order gives the exact times.
+``first_contention`` then checks the bandwidth phases (transfers and collectives) for overlap on any port; only when
 some overlap does the engine run the event loop (``flows.event_loop``), and only from the first
 instant they do, on the state the pass reached by then.
 """
@@ -18,9 +18,7 @@ from .timeline import TransferRecord
 
 def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict[int, list[tuple[int, float]]]]:
     """Per op its one wait (producer, delay), -2 where it has several (listed in the dict), -1 none."""
-    # A non-positive (or NaN) delay adds nothing; + 0.0 is exact on ends >= 0.
-    per_edge = np.array([d if d > 0 else 0.0 for d in c.edge_delay] + [0.0], dtype=np.float64)
-    delay_arr = per_edge[c.edge]  # edge -1 (no remote producer) picks the trailing 0.0
+    delay_arr = c.edge_wait[c.edge]  # edge -1 (no remote producer) picks the trailing 0.0
     first, delay = c.remote.tolist(), delay_arr.tolist()
     if not c.waits:
         return first, delay, delay_arr, {}
@@ -143,7 +141,7 @@ def port_uses(c: Compiled, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarr
     edges = c.edge[consumers]
     edge_ports = [[port_ids.setdefault(name, len(port_ids)) for name in spec[5]] for spec in c.edge_spec]
     if any(edge_ports):
-        lengths = np.array([dl - spec[3] for dl, spec in zip(c.edge_delay, c.edge_spec)], dtype=np.float64)
+        lengths = c.edge_phase
         counts = np.array([len(ports) for ports in edge_ports], dtype=np.int64)[edges]
         flat_ports = np.array([x for ports in edge_ports for x in ports], dtype=np.int64)
         offsets = np.concatenate(([0], np.cumsum([len(ports) for ports in edge_ports])))
@@ -187,9 +185,11 @@ def first_contention(c: Compiled, start: np.ndarray, end: np.ndarray) -> float |
     return float(t0[order][1:][overlapping].min())
 
 
-def transfer_records(c: Compiled, end: np.ndarray) -> list[TransferRecord]:
-    """One record per remote edge in consumer order, each transfer alone on its link."""
-    consumers = np.nonzero(c.remote >= 0)[0]
+def transfer_records(c: Compiled, end: np.ndarray, consumers: np.ndarray | None = None) -> list[TransferRecord]:
+    """One record per remote edge in consumer order (of ``consumers`` only, when given), each
+    transfer alone on its link."""
+    if consumers is None:
+        consumers = np.nonzero(c.remote >= 0)[0]
     producers = c.remote[consumers]
     edges = c.edge[consumers]
     t0 = end[producers]

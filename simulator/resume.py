@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import repeat
 
 import numpy as np
 
 from .compile import Compiled
-from .timeline import TransferRecord
+from .passes import transfer_records
 
 
 @dataclass
 class Resume:
     """The loop's lists at the cut, plus what it must re-create there (in time order)."""
 
+    ended: np.ndarray                         # per op: it ended before the cut (delivers nothing any more)
     start: list[float]
     end: list[float]
     pointer: list[int]
@@ -36,11 +36,6 @@ class Resume:
     collective_flows: list[int]               # collective ops whose bytes or latency are in flight
     transfer_flows: list[tuple[int, int]]     # (index into transfers, edge) of flows in flight
     releases: list[tuple[float, int]]         # (arrival, lane) of blocking sends without a flow
-
-
-def _is_flow(spec: tuple) -> bool:
-    nbytes, bandwidth, ports = spec[2], spec[4], spec[5]
-    return not (nbytes <= 0 or (math.isinf(bandwidth) and not ports))
 
 
 def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) -> Resume:
@@ -58,25 +53,16 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
     keep = ended[producers]
     consumers, producers = consumers[keep], producers[keep]
     edges = c.edge[consumers]
-    delay = np.asarray(c.edge_delay, dtype=np.float64)
-    latency = np.array([spec[3] for spec in c.edge_spec], dtype=np.float64)
-    flow = np.array([_is_flow(spec) for spec in c.edge_spec], dtype=bool)
     t0 = end[producers]
-    arrival = t0 + delay[edges]
-    in_flight = flow[edges] & (t0 + (delay[edges] - latency[edges]) >= cut)
+    arrival = t0 + np.asarray(c.edge_delay, dtype=np.float64)[edges]
+    in_flight = c.edge_flow[edges] & (t0 + c.edge_phase[edges] >= cut)
     specs = c.edge_spec
     flying = np.nonzero(in_flight)[0]
     transfers = [[specs[e][0], specs[e][1], p, q, a, math.nan, specs[e][2]]
                  for p, q, e, a in zip(producers[flying].tolist(), consumers[flying].tolist(),
                                        edges[flying].tolist(), t0[flying].tolist())]
     transfer_flows = list(enumerate(edges[flying].tolist()))
-    landed = ~in_flight
-    nbytes = [spec[2] for spec in specs]  # the spec's own Python object (an int stays an int)
-    get = c.actions.__getitem__
-    done_records = list(map(tuple.__new__, repeat(TransferRecord), zip(
-        c.device[producers[landed]].tolist(), c.device[consumers[landed]].tolist(),
-        map(get, producers[landed].tolist()), map(get, consumers[landed].tolist()),
-        t0[landed].tolist(), arrival[landed].tolist(), map(nbytes.__getitem__, edges[landed].tolist()))))
+    done_records = transfer_records(c, end, consumers[~in_flight])
     arrived_at = dict(zip(consumers[~in_flight].tolist(), arrival[~in_flight].tolist()))
 
     # Inputs delivered to the ops that have not started: local producers that ended, transfers done.
@@ -127,6 +113,6 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
         running[k] = holding[k] > 0
     op_ends.sort()
     releases.sort()
-    return Resume(start_list, end_list, pointer, running, lane_free, holding, delivered, done_records, transfers, op_ends,
+    return Resume(ended, start_list, end_list, pointer, running, lane_free, holding, delivered, done_records, transfers, op_ends,
                   collective_flows, transfer_flows, releases)
 
