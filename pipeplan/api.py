@@ -6,12 +6,10 @@ from functools import cached_property
 from pathlib import Path
 
 from simulator.engine import SimResult, simulate as simulate_workload
-from simulator.kinds import BACKWARD_INPUT, FORWARD, FULL_BACKWARD
 from simulator.workload import Workload
 
 from .breakdown import CommunicationBreakdown, MemoryParts, communication_breakdown, memory_breakdown
 from .cluster import ClusterSpec
-from .costs import tp_seconds
 from .lowering import Resolved, build_workload, stage_works
 from .metrics import IterationFlops, flops_per_gpu, iteration_flops, tokens_per_second
 from .model import ModelSpec
@@ -96,18 +94,10 @@ class PlanResult:
 
     @cached_property
     def communication(self) -> CommunicationBreakdown:
-        plan = self.resolved.plan
-        if plan.tp == 1:
+        if self.plan.tp == 1:
             return communication_breakdown(self.timeline)
-        link = self.resolved.cluster.intra  # tensor groups stay on a node's NVLink
-        per_op: dict[tuple[int, str], float] = {}
-        for k, work in enumerate(stage_works(self.resolved)):
-            forward, backward = tp_seconds(work.tp_forward, plan.tp, link), tp_seconds(work.tp_backward, plan.tp, link)
-            # A fully recomputing stage runs its forward, and its collectives, again before I (or B).
-            again = forward if plan.recompute_mode(k) == "full" else 0.0
-            per_op.update({(k, FORWARD): forward, (k, BACKWARD_INPUT): backward + again,
-                           (k, FULL_BACKWARD): backward + again})
-        return communication_breakdown(self.timeline, per_op)
+        # Tensor groups stay on a node's NVLink, the link lowering priced their collectives on.
+        return communication_breakdown(self.timeline, (stage_works(self.resolved), self.resolved.cluster.intra))
 
     @cached_property
     def memory_breakdown(self) -> tuple[MemoryParts, ...]:

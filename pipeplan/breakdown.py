@@ -43,12 +43,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
-from simulator.kinds import GATHER_PARAMS, REDUCE_GRAD, RESHARD, UNSHARD, is_compute
+from simulator.kinds import (BACKWARD_INPUT, FORWARD, FULL_BACKWARD, GATHER_PARAMS, REDUCE_GRAD, RESHARD, UNSHARD,
+                             is_compute)
 from simulator.memory import memory_events
 from simulator.timeline import Timeline
 from simulator.workload import Workload
 
-from .costs import BYTES_PER_PARAM_WEIGHTS_GRADS, bytes_per_param
+from .cluster import LinkSpec
+from .costs import BYTES_PER_PARAM_WEIGHTS_GRADS, Work, bytes_per_param, tp_seconds_in_ops
 
 # Which category each communication-stream kind belongs to; a new kind gets a line here.
 COMM_CATEGORY = {UNSHARD: "dp", RESHARD: "dp", REDUCE_GRAD: "dp", GATHER_PARAMS: "dp"}
@@ -126,22 +128,27 @@ class CommunicationBreakdown:
         return data
 
 
-def tensor_parallel_times(timeline: Timeline, seconds_in_op: dict[tuple[int, str], float]) -> tuple[CommTime, ...]:
-    """Per device, the tensor-parallel collectives inside its ops: ``seconds_in_op[(stage, kind)]`` per op.
+def tensor_parallel_times(timeline: Timeline, works: Sequence[Work], tp_link: LinkSpec) -> tuple[CommTime, ...]:
+    """Per device, the tensor-parallel collectives inside its ops (``costs.tp_seconds_in_ops`` of its
+    stages' ``works``).
 
     They run on the compute stream, on each op's critical path (Megatron's TP all-reduces are
     synchronous), so all of that time is exposed.
     """
+    in_op: dict[tuple[int, str], float] = {}
+    for stage, work in enumerate(works):
+        forward, backward = tp_seconds_in_ops(work, tp_link)
+        in_op.update({(stage, FORWARD): forward, (stage, BACKWARD_INPUT): backward, (stage, FULL_BACKWARD): backward})
     totals = [0.0] * timeline.num_devices
     for op in timeline.ops:
-        totals[op.device] += seconds_in_op.get((op.action.stage, op.action.kind), 0.0)
+        totals[op.device] += in_op.get((op.action.stage, op.action.kind), 0.0)
     return tuple(CommTime(t, t, 0.0) for t in totals)
 
 
-def communication_breakdown(timeline: Timeline,
-                            tp_seconds_in_op: dict[tuple[int, str], float] | None = None) -> CommunicationBreakdown:
+def communication_breakdown(timeline: Timeline, tensor_parallel: tuple[Sequence[Work], LinkSpec] | None = None
+                            ) -> CommunicationBreakdown:
     """Communication time per category and device of ``timeline``, exposed and overlapped; the
-    tensor-parallel part when ``tp_seconds_in_op`` gives it (see ``tensor_parallel_times``)."""
+    tensor-parallel part when ``tensor_parallel`` = (the stages' works, the TP link) is given."""
     p = timeline.num_devices
     compute: list[list[tuple[float, float]]] = [[] for _ in range(p)]
     comm = {name: [[] for _ in range(p)] for name in CATEGORIES}
@@ -163,8 +170,8 @@ def communication_breakdown(timeline: Timeline,
             total, hidden = length(u), overlap(u, busy[d])
             times.append(CommTime(total, total - hidden, hidden))
         result[name] = tuple(times)
-    if tp_seconds_in_op is not None:
-        result["tp"] = tensor_parallel_times(timeline, tp_seconds_in_op)
+    if tensor_parallel is not None:
+        result["tp"] = tensor_parallel_times(timeline, *tensor_parallel)
     return CommunicationBreakdown(**result)
 
 

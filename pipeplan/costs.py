@@ -181,6 +181,20 @@ def _gemm_seconds(gpu: GPUSpec, gemms, shape) -> float:
     return sum(count * gpu.gemm_seconds(*shape(m, n, k), batch) for (m, n, k, batch), count in gemms)
 
 
+def _tp_seconds_of(work: Work, tp_link: LinkSpec | None) -> tuple[float, float]:
+    """The tensor-parallel collectives of ``work``'s forward and of its backward."""
+    return tp_seconds(work.tp_forward, work.tp, tp_link), tp_seconds(work.tp_backward, work.tp, tp_link)
+
+
+def tp_seconds_in_ops(work: Work, tp_link: LinkSpec | None) -> tuple[float, float]:
+    """(in F, in I or B): the tensor-parallel collective time inside each op ``price`` makes of ``work``.
+
+    A fully recomputing stage runs its forward, and so its forward's collectives, again before I.
+    """
+    forward, backward = _tp_seconds_of(work, tp_link)
+    return forward, backward + (forward if work.recompute == "full" else 0.0)
+
+
 def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCost:
     """Seconds and bytes of ``work`` on ``gpu``; ``tp_link`` carries the tensor-parallel collectives.
 
@@ -192,11 +206,12 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
     overhead = gpu.op_overhead_s * work.layers
     hbm = gpu.hbm_bandwidth
     core = _gemm_seconds(gpu, work.attention_gemms, fwd)
+    tp_forward, tp_backward = _tp_seconds_of(work, tp_link)
     forward = (_gemm_seconds(gpu, work.gemms, fwd) + core + work.forward_memory_bytes / hbm
-               + tp_seconds(work.tp_forward, work.tp, tp_link) + overhead)
+               + tp_forward + overhead)
     backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _gemm_seconds(gpu, work.attention_gemms, dx)
                       + _gemm_seconds(gpu, work.attention_gemms, dw) + work.input_grad_memory_bytes / hbm
-                      + tp_seconds(work.tp_backward, work.tp, tp_link) + overhead)
+                      + tp_backward + overhead)
     backward_weight = _gemm_seconds(gpu, work.gemms, dw) + work.weight_grad_memory_bytes / hbm + overhead
     if work.recompute == "full":
         backward_input += forward
