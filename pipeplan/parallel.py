@@ -46,9 +46,21 @@ class Layout:
         if self.num_gpus > num_gpus:
             raise SpecError(f"{where}: tp x pp x dp = {self.tp} x {self.pp} x {self.dp} = {self.num_gpus} GPUs but "
                             f"the cluster has {num_gpus}; raise --nodes or lower tp, pp or dp")
-        if gpus_per_node % self.tp:
-            raise SpecError(f"tp: a tensor-parallel group must stay inside one node of {gpus_per_node} GPUs; "
-                            f"use a tp that divides {gpus_per_node} (got {self.tp})")
+        check_tensor_group(self.tp, gpus_per_node)
+
+
+def check_tensor_group(tp: int, gpus_per_node: int, field: str = "tp") -> None:
+    """A one-line error unless a tensor-parallel group of ``tp`` fits a node's NVLink domain evenly."""
+    if gpus_per_node % tp:
+        raise SpecError(f"{field}: a tensor-parallel group must stay inside one node of {gpus_per_node} GPUs; "
+                        f"use a tp that divides {gpus_per_node} (got {tp})")
+
+
+def check_sequence_parallel(sequence_parallel: bool, tp: int, field: str = "sequence_parallel",
+                            tp_field: str = "tp") -> None:
+    """Sequence parallelism splits work over a tensor group: a one-line error without one."""
+    if sequence_parallel and tp == 1:
+        raise SpecError(f"{field}: needs tensor parallelism ({tp_field} > 1); set {tp_field} or drop it")
 
 
 def default_placement(pp: int, dp: int, tp: int = 1) -> list[int]:

@@ -12,7 +12,7 @@ from simulator.schedules import SCHEDULES
 
 from .errors import SpecError, positive_int
 from .fileio import load_mapping
-from .parallel import Layout, default_placement
+from .parallel import Layout, check_sequence_parallel, default_placement
 
 # Version 2 added tensor parallelism (tp, sequence_parallel); a version-1 plan is the same plan at
 # tp = 1 without sequence parallelism, and loads as that.
@@ -93,8 +93,7 @@ class Plan:
         positive_int("plan.chunks", self.chunks)
         positive_int("plan.dp", self.dp)
         positive_int("plan.tp", self.tp)
-        if self.sequence_parallel and self.tp == 1:
-            raise SpecError("plan.sequence_parallel: needs tensor parallelism (tp > 1); set tp or drop it")
+        check_sequence_parallel(self.sequence_parallel, self.tp, "plan.sequence_parallel")
         if self.seq_len is not None:
             positive_int("plan.seq_len", self.seq_len)
         if self.format_version != PLAN_FORMAT_VERSION:

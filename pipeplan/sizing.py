@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .cluster import ClusterSpec, load_cluster
 from .errors import SpecError, positive_int
 from .model import ModelSpec, load_model
+from .parallel import check_sequence_parallel, check_tensor_group
 from .plan import Plan, even_split
 
 
@@ -43,9 +44,7 @@ def derive_sizing(gpus_per_node: int, cluster_nodes: int, *, tp: int | None = No
         if value is not None:
             positive_int(f"--{name}", value)
     tp = tp or 1
-    if gpus_per_node % tp:
-        raise SpecError(f"--tp: a tensor-parallel group stays inside one node of {gpus_per_node} GPUs; "
-                        f"use a tp that divides {gpus_per_node} (got {tp})")
+    check_tensor_group(tp, gpus_per_node, "--tp")
     if gpus is not None:
         needed = -(-gpus // gpus_per_node)
         if nodes is not None and nodes != needed:
@@ -93,8 +92,7 @@ def make_plan(model: str | dict | ModelSpec, cluster: str | dict | ClusterSpec =
     if schedule not in SCHEDULES:
         raise SpecError(f"schedule: unknown {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     sizing = derive_sizing(base.gpus_per_node, base.nodes, tp=tp, pp=pp, dp=dp, gpus=gpus, nodes=nodes)
-    if sequence_parallel and sizing.tp == 1:
-        raise SpecError("--sequence-parallel: splits work over a tensor-parallel group; it needs --tp > 1")
+    check_sequence_parallel(sequence_parallel, sizing.tp, "--sequence-parallel", "--tp")
     chunks = chunks or SCHEDULES[schedule].default_chunks
     stages = sizing.pp * chunks
     return Plan(

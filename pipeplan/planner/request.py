@@ -12,6 +12,7 @@ from pathlib import Path
 from ..cluster import CLUSTER_PRESETS, ClusterSpec, load_cluster
 from ..errors import SpecError, positive_int
 from ..model import MODEL_PRESETS, ModelSpec, load_model
+from ..parallel import check_sequence_parallel, check_tensor_group
 from ..plan import Plan, default_placement
 from ..profile import Profile, load_profile
 from .candidates import schedule_variants
@@ -129,11 +130,8 @@ def _check_layout(spec: ModelSpec, cl: ClusterSpec, global_batch: int, pp: int |
     """``pp`` (all GPUs / (tp·dp) when None), once tp x pp x dp fits the cluster with tensor groups inside a
     node, dp divides the batch and pp the layers."""
     positive_int("tp", tp)
-    if cl.gpus_per_node % tp:
-        raise SpecError(f"tp: a tensor-parallel group must stay inside one node of {cl.gpus_per_node} GPUs; "
-                        f"use a tp that divides {cl.gpus_per_node} (got {tp})")
-    if sequence_parallel and tp == 1:
-        raise SpecError("sequence_parallel: needs tensor parallelism (tp > 1); set --tp or drop it")
+    check_tensor_group(tp, cl.gpus_per_node)
+    check_sequence_parallel(sequence_parallel, tp, tp_field="--tp")
     spec.check_tp(tp)
     groups = cl.num_gpus // tp  # tensor groups: what pipeline devices and replicas are made of
     if pp is None and dp > groups:
