@@ -50,13 +50,12 @@ from simulator.timeline import Timeline
 from simulator.workload import Workload
 
 from .cluster import LinkSpec
-from .costs import BYTES_PER_PARAM_WEIGHTS_GRADS, Work, bytes_per_param, tp_seconds_in_ops
+from .costs import Work, bytes_per_param, static_parts, tp_seconds_in_ops
 
 # Which category each communication-stream kind belongs to; a new kind gets a line here.
 COMM_CATEGORY = {UNSHARD: "dp", RESHARD: "dp", REDUCE_GRAD: "dp", GATHER_PARAMS: "dp"}
 CATEGORIES = ("pp", "dp", "other")
 TP_NOTE = "no tensor parallelism (tp = 1); with tp > 1 the collectives inside each op are summed"
-BYTES_WEIGHTS = 2  # bf16 weights; the rest of BYTES_PER_PARAM_WEIGHTS_GRADS is the fp32 gradient
 
 
 def union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -196,10 +195,8 @@ class MemoryParts:
 
 def split_static(static: float, dp: int, distributed_optimizer: bool) -> tuple[float, float, float]:
     """(weights, grads, optimizer) bytes of ``static`` bytes of weights, gradients and optimizer state."""
-    params = static / bytes_per_param(dp, distributed_optimizer)
-    weights = BYTES_WEIGHTS * params
-    grads = (BYTES_PER_PARAM_WEIGHTS_GRADS - BYTES_WEIGHTS) * params
-    return weights, grads, static - weights - grads
+    weights, grads, _ = static_parts(static / bytes_per_param(dp, distributed_optimizer), dp, distributed_optimizer)
+    return weights, grads, static - weights - grads  # the parts add up to the replayed static bytes exactly
 
 
 def _levels(timeline: Timeline, workload: Workload, start: Sequence[float]) -> list[list[float]]:

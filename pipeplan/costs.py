@@ -43,8 +43,13 @@ from .errors import SpecError
 from .model import Gemm, ModelSpec, TPCollective
 from .profile import StageProfile
 
-BYTES_PER_PARAM_WEIGHTS_GRADS = 2 + 4  # bf16 weights + fp32 gradients (Megatron mixed precision)
-BYTES_PER_PARAM_OPTIMIZER = 12  # fp32 master weights, Adam m and v
+# Per parameter, Megatron mixed precision (shared REFERENCE): bf16 weights, fp32 gradients (main_grad),
+# and Adam's fp32 master weights, m and v.
+WEIGHT_BYTES = 2
+GRAD_BYTES = 4
+OPTIMIZER_STATE_BYTES = 12
+BYTES_PER_PARAM_WEIGHTS_GRADS = WEIGHT_BYTES + GRAD_BYTES
+BYTES_PER_PARAM_OPTIMIZER = OPTIMIZER_STATE_BYTES
 RECOMPUTE_MODES = ("none", "selective", "full")
 
 
@@ -56,6 +61,12 @@ def bytes_per_param(dp: int, distributed_optimizer: bool) -> float:
 def static_bytes(params: float, dp: int, distributed_optimizer: bool) -> float:
     """Weights, gradients and optimizer state of ``params`` parameters on one GPU."""
     return params * bytes_per_param(dp, distributed_optimizer)
+
+
+def static_parts(params: float, dp: int, distributed_optimizer: bool) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer state) bytes of ``params`` parameters on one GPU."""
+    return params * WEIGHT_BYTES, params * GRAD_BYTES, params * OPTIMIZER_STATE_BYTES / (
+        dp if distributed_optimizer else 1)
 
 
 def _merge(a: tuple, b: tuple) -> tuple:

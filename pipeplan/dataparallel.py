@@ -33,13 +33,13 @@ from simulator.kinds import BACKWARD_WEIGHT, FULL_BACKWARD, GATHER_PARAMS, OPTIM
 from simulator.workload import Network, StageCost
 
 from .collectives import ALL_GATHER, ALL_REDUCE, REDUCE_SCATTER, RING, TREE, group_collective, port_sharing
+from .costs import GRAD_BYTES, OPTIMIZER_STATE_BYTES, WEIGHT_BYTES
 from .errors import SpecError
 
-GRAD_BYTES = 4  # fp32 main_grad, reduced in fp32 (Megatron, bf16 training)
-PARAM_BYTES = 2  # bf16 model weights, what the distributed optimizer all-gathers
+PARAM_BYTES = WEIGHT_BYTES  # bf16 model weights, what the distributed optimizer all-gathers
 # Adam step per parameter: reads the fp32 gradient (4) and fp32 master weight, m and v (12), writes
 # master, m and v (12) and the bf16 model weight (2).
-OPTIMIZER_BYTES = 4 + 12 + 12 + 2
+OPTIMIZER_BYTES = GRAD_BYTES + 2 * OPTIMIZER_STATE_BYTES + WEIGHT_BYTES
 
 
 @dataclass(frozen=True)
