@@ -27,14 +27,17 @@ The iteration ends when the last device finishes its last step or gather. At dp 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from simulator.ir import Action, Schedule, make_schedule
 from simulator.kinds import BACKWARD_WEIGHT, FULL_BACKWARD, GATHER_PARAMS, OPTIMIZER, REDUCE_GRAD
-from simulator.workload import Network, StageCost
+from simulator.workload import Collective, Network, StageCost
 
+from .cluster import ClusterSpec
 from .collectives import ALL_GATHER, ALL_REDUCE, REDUCE_SCATTER, RING, TREE, group_collective, port_sharing
 from .costs import GRAD_BYTES, OPTIMIZER_STATE_BYTES, WEIGHT_BYTES
 from .errors import SpecError
+from .parallel import Layout
 
 PARAM_BYTES = WEIGHT_BYTES  # bf16 model weights, what the distributed optimizer all-gathers
 # Adam step per parameter: reads the fp32 gradient (4) and fp32 master weight, m and v (12), writes
@@ -96,6 +99,24 @@ def optimizer_seconds(params: float, dp: int, distributed_optimizer: bool, hbm_b
     return params / (dp if distributed_optimizer else 1) * OPTIMIZER_BYTES / hbm_bandwidth
 
 
+@lru_cache(maxsize=4096)
+def stage_collectives(cluster: ClusterSpec, layout: Layout, device: int, params: float, distributed: bool,
+                      algorithm: str) -> tuple[tuple[Collective, ...], tuple[tuple[str, float], ...]]:
+    """A stage's data-parallel collectives (its gradient reduction, then the parameter gather with the
+    distributed optimizer) over pipeline rank ``device``'s data group, and the capacity of every port
+    they cross. Cached: a planner search simulates hundreds of splits whose stages repeat these
+    (cluster, layout, device, parameters) keys, and on a 2048-replica ring pricing one walks thousands
+    of ports."""
+    group = layout.data_group(device)
+    shared = port_sharing(cluster, [layout.data_group(device, t) for t in range(layout.tp)])
+    grad_kind = REDUCE_SCATTER if distributed else ALL_REDUCE
+    out = [group_collective(cluster, group, grad_kind, params * GRAD_BYTES, shared, algorithm=algorithm)]
+    if distributed:
+        out.append(group_collective(cluster, group, ALL_GATHER, params * PARAM_BYTES, shared))
+    ports = {port: cluster.capacity(port) for c in out for port in c.path.ports}
+    return tuple(out), tuple(ports.items())
+
+
 def add_data_parallel(r, params: list[float], stages: tuple[StageCost, ...], network: Network,
                       options: DataParallelOptions = DataParallelOptions()
                       ) -> tuple[Schedule, tuple[StageCost, ...], Network]:
@@ -108,22 +129,15 @@ def add_data_parallel(r, params: list[float], stages: tuple[StageCost, ...], net
     distributed = plan.distributed_optimizer
     if options.algorithm == TREE and distributed:
         raise SpecError("algorithm: NCCL's tree runs all-reduce only; the distributed optimizer reduce-scatters")
-    grad_kind = REDUCE_SCATTER if distributed else ALL_REDUCE
-    sharing = {d: port_sharing(cluster, [layout.data_group(d, t) for t in range(layout.tp)]) for d in range(plan.pp)}
     capacity: dict[str, float] = {}
     new_stages = []
     for k, cost in enumerate(stages):
         device = r.schedule.stage_to_device[k]
-        group, shared = layout.data_group(device), sharing[device]
-        collectives = [group_collective(cluster, group, grad_kind, params[k] * GRAD_BYTES, shared,
-                                        algorithm=options.algorithm)]
-        if distributed:
-            collectives.append(group_collective(cluster, group, ALL_GATHER, params[k] * PARAM_BYTES, shared))
-        for c in collectives:
-            capacity.update({port: cluster.capacity(port) for port in c.path.ports})
+        collectives, ports = stage_collectives(cluster, layout, device, params[k], distributed, options.algorithm)
+        capacity.update(ports)
         kept = tuple(c for c in cost.collectives if c.kind not in (REDUCE_GRAD, GATHER_PARAMS))
         step = optimizer_seconds(params[k], plan.dp, distributed, cluster.gpu.hbm_bandwidth)
-        new_stages.append(replace(cost, collectives=kept + tuple(collectives), optimizer=step))
+        new_stages.append(replace(cost, collectives=kept + collectives, optimizer=step))
     schedule = with_dp_actions(r.schedule, distributed, options.overlap_grad_reduce)
     merged = Network(network.links, {**capacity, **network.port_capacity})
     return schedule, tuple(new_stages), merged

@@ -28,9 +28,9 @@ Its simulator ``Link`` has the route's latency, its narrowest edge as bandwidth,
 edges of finite capacity, each with its edge's capacity; transfers whose routes share an edge share
 that edge's capacity in the engine (max-min fair).
 
-Growing the fabric (more tiers, several spines) is a change to ``_add_fabric`` only: a leaf→spine
-edge with capacity (NIC capacity x NICs under the leaf) / ratio appears in the ports of every route
-crossing it, and nothing else changes. A collective across
+Growing the fabric (more tiers, several spines) is a change to ``_add_fabric`` and to ``fabric_path``
+(which reads routes off the tree): a leaf→spine edge with capacity (NIC capacity x NICs under the
+leaf) / ratio appears in the ports of every route crossing it, and nothing else changes. A collective across
 nodes is read from the same graph: split it into its point-to-point steps (a ring's step k sends
 GPU r -> GPU r+1 for every rank r) and take each step's ``link``; the steps' transfers that
 cross the same edge then share it, which is where an oversubscribed tier slows a collective down.
@@ -134,14 +134,26 @@ def build_graph(cluster: "ClusterSpec") -> nx.DiGraph:
     return graph
 
 
+def fabric_path(cluster: "ClusterSpec", node_a: int, nic_a: int, node_b: int, nic_b: int) -> list[str]:
+    """The fewest-hop path through the fabric (NICs and switches only) from one node's NIC to another's.
+
+    The fabric ``_add_fabric`` builds is a tree (NICs under leaves, leaves under one spine), so that
+    path is unique: up to the common switch and down again. Reading it off the tree, instead of a
+    breadth-first search over a graph of every GPU, keeps routing constant-time on 16,384-GPU clusters.
+    """
+    src, dst = nic_node(node_a, nic_a), nic_node(node_b, nic_b)
+    leaf_a, leaf_b = leaf_of(cluster, node_a, nic_a), leaf_of(cluster, node_b, nic_b)
+    if leaf_a == leaf_b:
+        return [src, leaf_a, dst]
+    return [src, leaf_a, SPINE, leaf_b, dst]
+
+
 class Topology:
     """A cluster's graph with its GPU-to-GPU routes and simulator links (computed once per pair)."""
 
     def __init__(self, cluster: "ClusterSpec"):
         self.cluster = cluster
         self.graph = nx.freeze(build_graph(cluster))  # shared through the cache, so nobody may edit it
-        # Between nodes, traffic leaves through NICs and crosses switches only (never another node's GPUs).
-        self.fabric = self.graph.subgraph(n for n, kind in self.graph.nodes(data="kind") if kind in ("nic", "switch"))
         self._links: dict[tuple[int, int], Link] = {}
 
     def route(self, gpu_a: int, gpu_b: int) -> list[str]:
@@ -159,8 +171,8 @@ class Topology:
         node_b, local_b = divmod(gpu_b, cluster.gpus_per_node)
         if node_a == node_b:
             return [gpu_node(gpu_a), nvswitch_node(node_a), gpu_node(gpu_b)]
-        nic_a, nic_b = nic_node(node_a, nic_of(cluster, local_a)), nic_node(node_b, nic_of(cluster, local_b))
-        return [gpu_node(gpu_a), *nx.shortest_path(self.fabric, nic_a, nic_b), gpu_node(gpu_b)]
+        nic_a, nic_b = nic_of(cluster, local_a), nic_of(cluster, local_b)
+        return [gpu_node(gpu_a), *fabric_path(cluster, node_a, nic_a, node_b, nic_b), gpu_node(gpu_b)]
 
     def route_edges(self, gpu_a: int, gpu_b: int) -> list[tuple[str, str]]:
         path = self.route(gpu_a, gpu_b)

@@ -97,3 +97,28 @@ def test_a_gpu_outside_the_cluster_is_named():
 def test_the_graph_is_built_once_per_cluster():
     assert topology(load_cluster("dgx-h100", 2)) is topology(load_cluster("dgx-h100", 2))
     assert topology(load_cluster("dgx-h100", 2)) is not topology(load_cluster("dgx-h100", 3))
+
+
+@pytest.mark.parametrize("spec", [
+    {"base": "dgx-h100"},
+    {"base": "dgx-h100", "nodes_per_leaf": 2, "oversubscription": 2.0},
+    {"base": "dgx-h100", "nodes_per_leaf": 2, "rail_optimized": True},
+    {"base": "dgx-h100", "rail_optimized": True},
+    {"base": "pcie-l40s", "nodes_per_leaf": 3},
+])
+def test_routes_read_off_the_tree_are_the_graphs_shortest_paths(spec):
+    """Breadth-first search over the fabric (NICs and switches only) is the oracle for every GPU pair."""
+    import networkx as nx
+
+    cluster = load_cluster(spec, 5)
+    topo = topology(cluster)
+    fabric = topo.graph.subgraph(n for n, kind in topo.graph.nodes(data="kind") if kind in ("nic", "switch"))
+    per_node = cluster.gpus_per_node
+    for a in range(0, cluster.num_gpus, 3):
+        for b in range(1, cluster.num_gpus, 5):
+            route = topo.route(a, b)
+            if a // per_node == b // per_node:
+                continue
+            src, dst = route[1], route[-2]
+            assert route[1:-1] == nx.shortest_path(fabric, src, dst)
+            assert len(nx.all_shortest_paths(fabric, src, dst).__next__()) == len(route) - 2
