@@ -6,6 +6,7 @@ from functools import cached_property
 from pathlib import Path
 
 from simulator.engine import SimResult, simulate as simulate_workload
+from simulator.iterations import IterationsResult, simulate_iterations
 from simulator.workload import Workload
 
 from .breakdown import CommunicationBreakdown, MemoryParts, communication_breakdown, memory_breakdown
@@ -32,6 +33,17 @@ class PlanResult:
     sim: SimResult
     workload: Workload
     resolved: Resolved
+    # K iterations back to back (``simulate(..., iterations=K)``); None for one isolated iteration.
+    steady: IterationsResult | None = None
+
+    @property
+    def steady_iteration_time(self) -> float:
+        """One iteration's time in steady state, T_K − T_{K−1} (the isolated iteration's without ``iterations``)."""
+        return self.steady.steady_iteration_time if self.steady is not None else self.iteration_time
+
+    @property
+    def steady_bubble_fraction(self) -> float:
+        return self.steady.steady_bubble_fraction if self.steady is not None else self.bubble_fraction
 
     @property
     def plan(self) -> Plan:
@@ -121,6 +133,8 @@ class PlanResult:
             communication=self.communication.to_dict(),
             memory_breakdown=[parts.to_dict() for parts in self.memory_breakdown],
         )
+        if self.steady is not None:
+            data["steady_state"] = self.steady.summary()
         return data
 
 
@@ -136,7 +150,8 @@ def lower(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan
 
 
 def simulate(model: ModelSpec | str | dict | None = None, cluster: ClusterSpec | str | dict | None = None,
-             plan: Plan | None = None, base_dir: str | Path = ".", profile=None, **layout) -> PlanResult:
+             plan: Plan | None = None, base_dir: str | Path = ".", profile=None, iterations: int = 1,
+             synchronise: bool = False, **layout) -> PlanResult:
     """Simulate ``plan``. Model and cluster default to the ones the plan names (preset, file or inline).
 
     Without a plan, ``model`` (and ``cluster``, default dgx-h100) with the keywords of
@@ -144,6 +159,9 @@ def simulate(model: ModelSpec | str | dict | None = None, cluster: ClusterSpec |
     ``microbatches``, ``sequence_parallel``, ``distributed_optimizer`` ..., the missing sizes derived
     (``pipeplan.sizing``); e.g. ``simulate("llama3-8b", tp=2, dp=2, gpus=16)``.
     ``profile``: a measured Profile (object, dict or file path) to use instead of analytic costs.
+    ``iterations`` K > 1 also simulates K iterations back to back (``result.steady``, and
+    ``steady_iteration_time`` = T_K − T_{K−1}), with a synchronising optimizer step between them
+    when ``synchronise`` (see ``simulator.iterations``); every other figure is one isolated iteration's.
     """
     if plan is None:
         if model is None:
@@ -156,4 +174,10 @@ def simulate(model: ModelSpec | str | dict | None = None, cluster: ClusterSpec |
         raise TypeError(f"simulate(): {', '.join(sorted(layout))} describe a plan; give them or a plan, not both")
     workload, resolved = lower(model if model is not None else plan.model,
                                cluster if cluster is not None else plan.cluster, plan, base_dir, profile=profile)
-    return PlanResult(simulate_workload(workload), workload, resolved)
+    if iterations < 1:
+        raise ValueError(f"iterations: give at least 1 (got {iterations})")
+    if iterations == 1 and not synchronise:
+        return PlanResult(simulate_workload(workload), workload, resolved)
+    steady = simulate_iterations(workload, iterations, synchronise)
+    sim = steady.result if synchronise else simulate_workload(workload)
+    return PlanResult(sim, workload, resolved, steady)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 
 import numpy as np
@@ -48,6 +48,21 @@ class SimResult:
     capacity: list[float]
     out_of_memory: list[bool]
     peak_activations: list[int]
+    # Per device, its first compute op's start to its last one's end (``device_spans``).
+    device_span: list[float] = field(default_factory=list)
+
+    @property
+    def span_bubble_fraction(self) -> float:
+        """Idle share of the longest device span: 1 - sum(busy) / (devices x longest span).
+
+        Zero Bubble's bubble rate (Qi et al., ICLR'24, Table 5: cost = the longest device's span):
+        back-to-back iterations overlap one device's fill with the previous iteration's tail, so
+        when every device repeats the same span in steady state this is the steady-state bubble;
+        ``bubble_fraction`` is the bubble of one isolated iteration (its makespan).
+        """
+        longest = max(self.device_span, default=0.0)
+        p = len(self.busy_time)
+        return 1.0 - sum(self.busy_time) / (p * longest) if longest > 0 else 0.0
 
     def summary(self) -> dict:
         return {
@@ -59,6 +74,8 @@ class SimResult:
             "capacity": [c if math.isfinite(c) else None for c in self.capacity],
             "out_of_memory": self.out_of_memory,
             "peak_activations": self.peak_activations,
+            "device_span": self.device_span,
+            "span_bubble_fraction": self.span_bubble_fraction,
             "num_ops": len(self.timeline.ops),
             "num_transfers": len(self.timeline.transfers),
         }
@@ -139,6 +156,7 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
         capacity=capacity,
         out_of_memory=[peak > cap for peak, cap in zip(peaks, capacity)],
         peak_activations=live,
+        device_span=device_spans(compiled.compute_stream, start_arr, end_arr, compiled.bounds),
     )
 
 
@@ -151,6 +169,18 @@ def busy_per_device(compute_stream: np.ndarray, start: np.ndarray, end: np.ndarr
     spans = np.where(compute_stream, end - start, 0.0)
     return [float(np.cumsum(spans[bounds[d]:bounds[d + 1]])[-1]) if bounds[d + 1] > bounds[d] else 0.0
             for d in range(len(bounds) - 1)]
+
+
+def device_spans(compute_stream: np.ndarray, start: np.ndarray, end: np.ndarray, bounds: list[int]) -> list[float]:
+    """Per device, from its first compute-stream op's start to its last one's end (0 without any)."""
+    spans = []
+    for d in range(len(bounds) - 1):
+        mine = compute_stream[bounds[d]:bounds[d + 1]]
+        if not mine.any():
+            spans.append(0.0)
+            continue
+        spans.append(float(end[bounds[d]:bounds[d + 1]][mine].max() - start[bounds[d]:bounds[d + 1]][mine].min()))
+    return spans
 
 
 def simulated_meta(schedule) -> dict:

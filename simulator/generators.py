@@ -164,16 +164,19 @@ def zb_h1(p: int, m: int, v: int = 1) -> Schedule:
 
 
 def zb_h2(p: int, m: int, v: int = 1) -> Schedule:
-    """ZB-H2 (Zero Bubble, Qi et al., ICLR'24): extra warm-up forwards fill the start, W's reordered at the tail.
+    """ZB-H2, the hand-crafted zero-bubble schedule of Zero Bubble (Qi et al., ICLR'24, Figure 3).
 
-    Device r warms up with ``2(p-1-r)+1`` forwards (so the first input gradient arrives just as the
-    warm-up ends) and holds up to ``r + 1`` weight passes, which turns the layout into a
-    parallelogram. Bubble (p-1)(t_F + t_B - 2t_W) -> only the fill (p-1)·t_F when all equal;
-    about twice 1F1B's activation memory.
+    Device r warms up with ``2(p-1-r)+1`` forwards, so that with F = B = W its first input
+    gradient arrives just as the warm-up ends, and defers up to ``2r`` weight passes, which it runs
+    at the tail: every device keeps 2p-1 micro-batches in flight (the paper's (2p-1)·M_B) and
+    with F = B = W the layout is the paper's parallelogram, device r busy without a gap from r·F to
+    r·F + 3m·F. Uniform stages, transfers of c: the longest device span (the paper's "cost", device 0)
+    is m(F+B+W) + (p-1)·max(F+B-2W+2c, B-F+2c, 0) (the paper's Table 2 bubble (p-1)(F+B-2W) when
+    F+B-2W >= B-F); one isolated iteration also pays the warm-up's fill, (p-1)·max(F, F+B-2W) at c = 0.
     """
     one_stage_rule("zb-h2", p, m, v)
     return _split_backward_one_stage(
-        "zb-h2", p, m, [min(2 * (p - 1 - r) + 1, m) for r in range(p)], [r + 1 for r in range(p)]
+        "zb-h2", p, m, [min(2 * (p - 1 - r) + 1, m) for r in range(p)], [2 * r for r in range(p)]
     )
 
 

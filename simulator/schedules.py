@@ -108,7 +108,8 @@ def _one_stage_bubble(p: float, m: float, v: int) -> float:
 
 
 def _split_one_stage_bubble(p: float, m: float, v: int) -> float:
-    # ZB-H1's (p−1)(F+B−W) and ZB-H2's fill (p−1)·F are both p−1 against 3m of work per device.
+    # ZB-H1's (p−1)(F+B−W) and ZB-H2's fill (p−1)·max(F, F+B−2W) are both p−1 against 3m of work
+    # per device when F = B = W = 1.
     return (p - 1) / (3 * m + p - 1)
 
 
@@ -145,6 +146,10 @@ _ENTRIES: tuple[ScheduleEntry, ...] = (
     ),
     ScheduleEntry(
         name="zb-h2", display_name="ZB-H2", generator=zb_h2, rule=partial(one_stage_rule, "zb-h2"),
+        # One iteration of the paper's parallelogram ends (p−1)·max(F, F+B−2W) after the work
+        # (uniform stages, no transfers; its longest device span, the paper's steady state, is
+        # (p−1)·max(F+B−2W, B−F, 0) longer than the work). The planner's linear fill takes the F
+        # term: exact when B <= 2W (I ≈ W in transformers) and never above the simulated time.
         default_chunks=1, chunk_rule="1", split_backward=True, fill_weights=(1, 0, 0), planner_chunks=(1,),
         torch_name=None, bubble=BubbleForm("fill (p-1)F / total", _split_one_stage_bubble),
         style=SeriesStyle("#4a9d5b", "v", coincides=True),

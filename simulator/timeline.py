@@ -87,3 +87,14 @@ def bubble_fraction(timeline: Timeline) -> float:
     if total <= 0:
         return 0.0
     return 1.0 - sum(busy_time(timeline)) / (timeline.num_devices * total)
+
+
+def device_spans(timeline: Timeline) -> list[float]:
+    """Per device, from its first compute op's start to its last compute op's end (0 without any)."""
+    first = [float("inf")] * timeline.num_devices
+    last = [float("-inf")] * timeline.num_devices
+    for op in timeline.ops:
+        if is_compute(op.action.kind):
+            first[op.device] = min(first[op.device], op.start)
+            last[op.device] = max(last[op.device], op.end)
+    return [b - a if b >= a else 0.0 for a, b in zip(first, last)]

@@ -23,6 +23,31 @@ def test_schedule_1f1b_json_prints_three_nineteenths():
     assert data["peak_activations"] == [4, 3, 2, 1]
 
 
+def test_schedule_iterations_report_the_steady_state():
+    # ZB-H2 at F = B = W = 1, p = 4, m = 16: one iteration 3m + p - 1 = 51, its longest device span 3m = 48;
+    # back to back without a synchronising step each further iteration takes 48, with one 51.
+    data = json.loads(pipeplan("schedule", "zb-h2", "-p", "4", "-m", "16", "--iterations", "3", "--json").stdout)
+    assert data["iteration_time"] == 51 and data["device_span"] == [48] * 4 and data["span_bubble_fraction"] == 0
+    assert data["steady_state"]["iteration_ends"] == [51, 99, 147]
+    assert data["steady_state"]["steady_iteration_time"] == 48
+    out = pipeplan("schedule", "zb-h2", "-p", "4", "-m", "16", "--iterations", "3", "--synchronise")
+    assert out.returncode == 0, out.stderr
+    assert "steady state 51 per iteration, bubble 5.88 %" in out.stdout
+    bad = pipeplan("schedule", "zb-h2", "-p", "4", "-m", "16", "--synchronise")
+    assert bad.returncode != 0 and "--iterations 2 or more" in bad.stderr
+
+
+def test_simulate_iterations_from_python_and_the_command_line():
+    import pipeplan as api
+
+    result = api.simulate("tiny", "dgx-h100", schedule="zb-h2", pp=2, microbatches=8, iterations=3)
+    assert result.steady.iterations == 3 and result.steady_iteration_time <= result.iteration_time
+    assert result.steady.ends[0] == pytest.approx(result.iteration_time)
+    out = pipeplan("simulate", "--model", "tiny", "--schedule", "zb-h2", "--pp", "2", "-m", "8", "--iterations", "2",
+                   "--json")
+    assert json.loads(out.stdout)["steady_state"]["iterations"] == 2
+
+
 def test_schedule_gpipe_one_microbatch_is_three_quarters_idle():
     data = json.loads(pipeplan("schedule", "gpipe", "--devices", "4", "--microbatches", "1", "--json").stdout)
     assert data["bubble_fraction"] == 0.75

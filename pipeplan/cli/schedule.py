@@ -5,11 +5,13 @@ import argparse
 
 from simulator.engine import simulate
 from simulator.ir import to_csv
+from simulator.iterations import simulate_iterations
 from simulator.schedules import SCHEDULES, build_schedule
 from simulator.workload import uniform_workload
 
 from ..fileio import write_atomic
 from .chart_outputs import add_output_arguments, check_output_arguments, write_outputs
+from .iterations import add_iterations_arguments, check_iterations_arguments, iterations_line
 from .output import fmt_pct, print_json, table
 
 
@@ -33,37 +35,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--comm", type=float, default=0.0, help="fixed transfer time between devices (default 0)")
     p.add_argument("--csv", metavar="FILE", help="write the schedule as torch's compute-only CSV")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_iterations_arguments(p)
     add_output_arguments(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_output_arguments(args)
+    check_iterations_arguments(args)
     schedule = build_schedule(args.name, args.devices, args.microbatches, args.chunks)
-    result = simulate(uniform_workload(schedule, args.f, args.b, args.w, args.comm))
-    result.timeline.meta["time_unit"] = "unit"
+    workload = uniform_workload(schedule, args.f, args.b, args.w, args.comm)
+    result = simulate(workload)
+    steady = simulate_iterations(workload, args.iterations, args.synchronise) if args.iterations > 1 else None
+    # Charts show every iteration simulated: K back to back, or the one a synchronised run repeats.
+    drawn = steady.result if steady is not None else result
+    drawn.timeline.meta["time_unit"] = "unit"
     if args.csv:
         write_atomic(args.csv, to_csv(schedule))
-    written = write_outputs(args, result)
+    written = write_outputs(args, drawn)
     if args.json:
-        print_json(
-            {
-                "schedule": schedule.name,
-                "devices": schedule.num_devices,
-                "microbatches": schedule.num_microbatches,
-                "chunks": schedule.chunks,
-                "bubble_fraction": result.bubble_fraction,
-                "iteration_time": result.iteration_time,
-                "peak_activations": result.peak_activations,
-                "device_bubble_fraction": result.device_bubble_fraction,
-                "busy_time": result.busy_time,
-            }
-        )
+        data = {
+            "schedule": schedule.name,
+            "devices": schedule.num_devices,
+            "microbatches": schedule.num_microbatches,
+            "chunks": schedule.chunks,
+            "bubble_fraction": result.bubble_fraction,
+            "iteration_time": result.iteration_time,
+            "span_bubble_fraction": result.span_bubble_fraction,
+            "device_span": result.device_span,
+            "peak_activations": result.peak_activations,
+            "device_bubble_fraction": result.device_bubble_fraction,
+            "busy_time": result.busy_time,
+        }
+        if steady is not None:
+            data["steady_state"] = steady.summary()
+        print_json(data)
         return 0
     print(
         f"{schedule.name}: p={schedule.num_devices} m={schedule.num_microbatches} v={schedule.chunks}  "
         f"bubble {fmt_pct(result.bubble_fraction)}  iteration time {result.iteration_time:g}"
     )
+    print(f"longest device span {max(result.device_span):g}, bubble over it {fmt_pct(result.span_bubble_fraction)} "
+          "(Zero Bubble's bubble rate)")
+    if steady is not None:
+        print(iterations_line(steady, lambda t: f"{t:g}"))
     rows = [
         [d, " ".join(map(str, schedule.stages_of(d))), f"{result.busy_time[d]:g}",
          fmt_pct(result.device_bubble_fraction[d]), result.peak_activations[d]]

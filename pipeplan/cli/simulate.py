@@ -12,6 +12,7 @@ from ..model import load_model
 from ..plan import RECOMPUTE_CHOICES, Plan, even_split
 from ..sizing import make_plan
 from .chart_outputs import add_output_arguments, check_output_arguments, write_outputs
+from .iterations import add_iterations_arguments, check_iterations_arguments, iterations_line
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json, table
 
 
@@ -92,6 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", metavar="FILE",
                    help="measured op and link costs (from pipeplan validate) instead of the analytic model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_iterations_arguments(p)
     add_output_arguments(p)
     p.set_defaults(handler=run)
 
@@ -107,6 +109,8 @@ def print_result(result: PlanResult) -> None:
         f"iteration {fmt_time(result.iteration_time)}  bubble {fmt_pct(result.bubble_fraction)}  "
         f"{result.tokens_per_second:,.0f} tokens/s  MFU {fmt_pct(result.mfu)}"
     )
+    if result.steady is not None:
+        print(iterations_line(result.steady, fmt_time))
     print_parallel_lines(result)
     schedule = result.resolved.schedule
     rows = []
@@ -156,8 +160,10 @@ def print_breakdown_table(result: PlanResult) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_arguments(args)
+    check_iterations_arguments(args)
     plan, base = plan_from_args(args)
-    result = simulate(plan=plan, base_dir=base, profile=args.profile)
+    result = simulate(plan=plan, base_dir=base, profile=args.profile, iterations=args.iterations,
+                      synchronise=args.synchronise)
     result.timeline.meta["label"] = f"{result.resolved.model.name} {plan.schedule}"
     written = write_outputs(args, result.sim)
     if args.json:
