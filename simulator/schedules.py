@@ -194,7 +194,7 @@ _ENTRIES += (
         # DualPipe README: (PP/2-1)(F&B+B-3W) with F&B = F+B (no overlap gain) is (p-1)(F+2I-W) per stage.
         bubble=BubbleForm("(p-1)(F&B+B-3W) / total", lambda p, m, v: (p - 1) / (3 * m + p - 1)),
         style=SeriesStyle("#bcbd22", "*"),
-        default_note="its overlapped F&B pairs are not in the planner's memory counts or the validator; "
+        default_note="the validator cannot run its overlapped F&B pairs; "
                      + _OUT_OF_DEFAULT,
     ),
     ScheduleEntry(

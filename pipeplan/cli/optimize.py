@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES
+from simulator.schedules import DEFAULT_SCHEDULES
 
 from ..errors import SpecError
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json
