@@ -25,7 +25,7 @@ import numpy as np
 
 from .deps import EVERY, RULES, SAME, STAGE
 from .ir import ScheduleError
-from .kinds import BY_CODE, COMM, COMM_KINDS, COMPUTE_KINDS, KINDS, NUM_COMPUTE, P2P_KINDS
+from .kinds import BY_CODE, COMM, COMM_KINDS, COMPOSITES, COMPUTE_KINDS, KINDS, NUM_COMPUTE, P2P_KINDS
 from .workload import Workload
 
 NUM_KINDS = len(BY_CODE)
@@ -134,6 +134,20 @@ def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray,
         if c is not None and c.nbytes > 0 and not math.isinf(c.path.rate(capacity)):
             collective[o] = (c.nbytes, c.path.latency, c.path.bandwidth, c.path.ports)
     return duration.tolist(), collective
+
+
+def _time_overlaps(workload: Workload, actions: list, duration: list[float]) -> None:
+    """Each overlapped pair's first part takes the pair's time (``kinds.COMPOSITE_TABLE``), its other parts none."""
+    where = {a: o for o, a in enumerate(actions)}
+    for pair in workload.schedule.overlaps():
+        first, last = pair.parts[0], pair.parts[-1]
+        seconds = COMPOSITES[pair.kind].duration(workload.stages[first.stage], workload.stages[last.stage])
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            raise ScheduleError(f"stages[{first.stage}]: the time of {pair} is {seconds!r}; op times must be "
+                                "finite numbers >= 0")
+        for part in pair.parts:
+            if part in where:
+                duration[where[part]] = seconds if part == first else 0.0
 
 
 def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.ndarray, bool]:
@@ -256,6 +270,8 @@ def compile_workload(workload: Workload) -> Compiled:
     complete = complete and num_mb == schedule.num_microbatches
     lane = 2 * device + ~_ON_COMPUTE_STREAM[code] if has_comm else 2 * device
     duration, collective = _durations(workload, stage, code, has_comm)
+    if schedule.overlaps():
+        _time_overlaps(workload, actions, duration)
 
     # Classify each binding producer: same lane (must come earlier), another device (remote,
     # through an edge; at most one per op), or the same device's other stream (a wait, no transfer).

@@ -15,6 +15,10 @@ The checker, the engine and the validator all ask this module what an action wai
   ``REDUCE_GRAD(s)`` (the step updates with reduced gradients).
 * ``GATHER_PARAMS(s)`` needs ``OPTIMIZER(s)`` (it gathers the updated shards).
 
+* ``OVERLAP_F_B`` (a composite of an F and a B on one device, ``kinds.COMPOSITE_TABLE``) waits for
+  what its F and its B wait for: ``schedule_dependencies`` gives its first part (which runs the
+  pair) its other part's producers too.
+
 ``producers_of`` answers per action (checker, validator); the engine's numpy columns come from
 the same table through ``binding_rules`` (one binding producer per rule, see there).
 """
@@ -147,6 +151,12 @@ def producers_of(action: Action, index: ActionIndex) -> list[Dependency]:
 
 
 def schedule_dependencies(schedule: Schedule) -> dict[Action, list[Dependency]]:
-    """Every simulated action of ``schedule`` mapped to its dependencies."""
+    """Every simulated action of ``schedule`` mapped to its dependencies; an overlapped pair's first
+    part also waits for its other part's producers (the pair starts when all its inputs are there)."""
     index = ActionIndex.of(schedule)
-    return {a: producers_of(a, index) for d in range(schedule.num_devices) for a in schedule.simulated_actions(d)}
+    deps = {a: producers_of(a, index) for d in range(schedule.num_devices) for a in schedule.simulated_actions(d)}
+    for pair in schedule.overlaps():
+        first, *rest = pair.parts
+        for part in rest:
+            deps[first] = deps[first] + [dep for dep in deps[part] if dep.producer not in pair.parts]
+    return deps

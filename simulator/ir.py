@@ -20,11 +20,13 @@ from typing import Iterable, NamedTuple, Sequence
 from .kinds import (  # noqa: F401  (the kind names are part of the IR's vocabulary)
     BACKWARD_INPUT,
     BACKWARD_WEIGHT,
+    COMPOSITE_KINDS,
     COMPUTE_KINDS,
     FORWARD,
     FULL_BACKWARD,
     KIND_TEXTS,
     KINDS,
+    OVERLAP_F_B,
     P2P_KINDS,
     REDUCE_GRAD,
     RESHARD,
@@ -37,6 +39,7 @@ _ACTION_RE = re.compile(
     r"^\s*(\d+)(" + "|".join(sorted(KIND_TEXTS, key=len, reverse=True)) + r")(\d*)\s*$"
 )
 _PER_MICROBATCH = frozenset(COMPUTE_KINDS) | frozenset(P2P_KINDS)
+_COMPOSITE_RE = re.compile(r"^\s*\(([^()]*)\)\s*(" + "|".join(COMPOSITE_KINDS) + r")\s*$")
 
 
 class ScheduleError(ValueError):
@@ -61,8 +64,15 @@ class Action(NamedTuple):
         return f"{self.stage}{self.kind}{self.microbatch}"
 
     @staticmethod
-    def parse(text: str) -> "Action":
-        """Parse torch's text form (``2F0``, ``1REDUCE_GRAD``); raise ScheduleError naming the bad text."""
+    def parse(text: str) -> "Action | Overlap":
+        """Parse torch's text form (``2F0``, ``1REDUCE_GRAD``, ``(0F3;7B1)OVERLAP_F_B``); raise ScheduleError naming the bad text."""
+        composite = _COMPOSITE_RE.match(text)
+        if composite:
+            parts = tuple(Action.parse(part) for part in composite.group(1).split(";"))
+            if [a.kind for a in parts] != [FORWARD, FULL_BACKWARD]:
+                raise ScheduleError(f"action {text!r}: an {OVERLAP_F_B} pairs one forward and one full backward, "
+                                    "e.g. (0F3;7B1)OVERLAP_F_B")
+            return Overlap(parts[0].stage, OVERLAP_F_B, None, parts)
         match = _ACTION_RE.match(text)
         kind = match.group(2) if match else None
         if not match or (kind in _PER_MICROBATCH) != bool(match.group(3)):
@@ -71,6 +81,27 @@ class Action(NamedTuple):
                 f"or <stage><{'|'.join(STAGE_KINDS)}>"
             )
         return Action(int(match.group(1)), kind, int(match.group(3)) if match.group(3) else None)
+
+
+class Overlap(NamedTuple):
+    """An overlapped forward and full backward of two micro-batches on one device (``kinds.OVERLAP_F_B``).
+
+    ``parts`` are the forward and the backward action; ``stage`` is the forward's (the device that
+    holds it holds both), ``microbatch`` None. Text as torch writes it: ``(0F3;7B1)OVERLAP_F_B``.
+    """
+
+    stage: int
+    kind: str
+    microbatch: None
+    parts: tuple[Action, Action]
+
+    def __str__(self) -> str:
+        return f"({';'.join(map(str, self.parts))}){self.kind}"
+
+
+def overlap(forward: Action, backward: Action) -> Overlap:
+    """The overlapped pair of ``forward`` (an F) and ``backward`` (a B)."""
+    return Overlap(forward.stage, OVERLAP_F_B, None, (forward, backward))
 
 
 @dataclass(frozen=True)
@@ -111,11 +142,24 @@ class Schedule:
         return frozenset(map(itemgetter(1), chain.from_iterable(self.device_actions)))
 
     def simulated_actions(self, device: int) -> tuple[Action, ...]:
-        """Device ``device``'s actions without torch's SEND/RECV ones (transfers follow from the rules)."""
+        """Device ``device``'s actions without torch's SEND/RECV ones (transfers follow from the rules),
+        each overlapped pair as its parts in order (see ``kinds.OVERLAP_F_B``)."""
         actions = self.device_actions[device]
-        if self.kinds_present.isdisjoint(P2P_KINDS):
+        if self.kinds_present.isdisjoint(P2P_KINDS) and self.kinds_present.isdisjoint(COMPOSITE_KINDS):
             return actions
-        return tuple(a for a in actions if a.kind not in P2P_KINDS)
+        out: list[Action] = []
+        for a in actions:
+            if a.kind in COMPOSITE_KINDS:
+                out.extend(a.parts)
+            elif a.kind not in P2P_KINDS:
+                out.append(a)
+        return tuple(out)
+
+    def overlaps(self) -> list[Overlap]:
+        """Every overlapped pair of the schedule, device by device in list order."""
+        if self.kinds_present.isdisjoint(COMPOSITE_KINDS):
+            return []
+        return [a for acts in self.device_actions for a in acts if a.kind in COMPOSITE_KINDS]
 
     def to_rows(self) -> list[list[str]]:
         return [[str(a) for a in acts] for acts in self.device_actions]
@@ -168,12 +212,13 @@ def from_csv(text: str, name: str = "custom") -> Schedule:
                 action = Action.parse(cell)
             except ScheduleError as err:
                 raise ScheduleError(f"row {device + 1}, column {column + 1}: {err}") from None
-            previous = owner.setdefault(action.stage, device)
-            if previous != device:
-                raise ScheduleError(
-                    f"action {action} on device {device}: stage {action.stage} already runs on "
-                    f"device {previous}; a stage must live on exactly one device (row)"
-                )
+            for part in getattr(action, "parts", (action,)):
+                previous = owner.setdefault(part.stage, device)
+                if previous != device:
+                    raise ScheduleError(
+                        f"action {action} on device {device}: stage {part.stage} already runs on "
+                        f"device {previous}; a stage must live on exactly one device (row)"
+                    )
             actions.append(action)
         device_actions.append(actions)
     if not owner:
@@ -184,8 +229,8 @@ def from_csv(text: str, name: str = "custom") -> Schedule:
         raise ScheduleError(
             f"stage {missing[0]} has no actions on any device; stages must be numbered 0..{num_stages - 1}"
         )
-    num_microbatches = 1 + max((a.microbatch for acts in device_actions for a in acts if a.microbatch is not None),
-                               default=-1)
+    num_microbatches = 1 + max((p.microbatch for acts in device_actions for a in acts
+                                for p in getattr(a, "parts", (a,)) if p.microbatch is not None), default=-1)
     stage_to_device = [owner[s] for s in range(num_stages)]
     chunks = max(stage_to_device.count(d) for d in range(len(device_actions)))
     return make_schedule(device_actions, stage_to_device, num_microbatches, name, chunks)

@@ -30,6 +30,19 @@ One per-stage kind runs on the compute stream:
 Per-micro-batch kinds are exactly F, B, I, W (codes 0..3, ``COMPUTE_KINDS``); every other kind is
 per stage, without micro-batch. A communication kind's time and the ports it occupies come from the stage's ``Collective`` of
 that kind (``StageCost.collectives``); a stage without one runs it in no time.
+One composite kind pairs two compute ops on one device (``COMPOSITE_TABLE``):
+
+* ``OVERLAP_F_B`` an overlapped forward and full backward of two micro-batches (DualPipe, DeepSeek-V3;
+  torch writes it ``(0F3;7B1)OVERLAP_F_B``). The IR keeps it as one ``ir.Overlap``;
+  ``Schedule.simulated_actions`` hands the engine its two parts, its F then its B, and the engine
+  gives the F part the pair's whole time (``overlap_seconds``: the forward stage's
+  ``StageCost.overlap`` when set, else F + B of the two) and the B part none. So the pair allocates
+  the forward's activations at its start and sends them, frees the backward's and sends its input
+  gradient at its end. Its dependencies are both parts' (``deps.schedule_dependencies``): the
+  checker treats the pair as one op that starts when both inputs are there; the engine lets the B
+  part's input arrive as late as the F part's end (exact whenever it is there at the start, as in
+  DualPipeV's order with uniform stages, which the tests check).
+
 torch's ``SEND_F``/``RECV_F``/``SEND_B``/``RECV_B`` parse (``KIND_TEXTS``) but are not
 simulated as actions: the engine derives every point-to-point transfer from the dependency rules.
 The memory replay (``memory.py``), the checker and the engine read this table and nothing else.
@@ -49,6 +62,7 @@ REDUCE_GRAD = "REDUCE_GRAD"
 GATHER_PARAMS = "GATHER_PARAMS"
 OPTIMIZER = "OPTIMIZER"
 SEND_F, RECV_F, SEND_B, RECV_B = "SEND_F", "RECV_F", "SEND_B", "RECV_B"
+OVERLAP_F_B = "OVERLAP_F_B"
 
 COMPUTE = "compute"
 COMM = "comm"
@@ -109,6 +123,33 @@ assert all(r.stream == COMPUTE for r in BY_CODE if r.per_microbatch)
 # torch's point-to-point actions: parsed and written back, not simulated (see the module docstring).
 P2P_KINDS: tuple[str, ...] = (SEND_F, RECV_F, SEND_B, RECV_B)
 KIND_TEXTS: tuple[str, ...] = tuple(KINDS) + P2P_KINDS
+
+
+@dataclass(frozen=True)
+class CompositeRule:
+    """A kind made of ``parts`` (one action of each kind, in this order, on one device), timed as one op.
+
+    ``duration(first_part_cost, last_part_cost)`` is the pair's time; the engine gives it to the
+    first part and zero to the others (see the module docstring).
+    """
+
+    name: str
+    parts: tuple[str, ...]
+    duration: Callable
+
+
+def overlap_seconds(forward_cost, backward_cost) -> float:
+    """An overlapped F&B's time: the forward stage's own ``overlap`` input, else F + B of the two stages."""
+    if forward_cost.overlap is not None:
+        return forward_cost.overlap
+    return forward_cost.forward + backward_cost.full_backward
+
+
+COMPOSITE_TABLE: tuple[CompositeRule, ...] = (
+    CompositeRule(OVERLAP_F_B, (FORWARD, FULL_BACKWARD), overlap_seconds),
+)
+COMPOSITES: dict[str, CompositeRule] = {rule.name: rule for rule in COMPOSITE_TABLE}
+COMPOSITE_KINDS: tuple[str, ...] = tuple(COMPOSITES)
 
 
 def is_compute(kind: str) -> bool:

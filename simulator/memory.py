@@ -107,7 +107,7 @@ def live_count_profiles(schedule) -> list[tuple[tuple[tuple[int, int], ...], ...
         full = [0] * len(stages)
         held = [0] * len(stages)
         seen: set[tuple] = set()
-        for action in schedule.device_actions[device]:
+        for action in schedule.simulated_actions(device):  # an overlapped pair as its F then its B
             i = slot[action.stage]
             if action.kind == FORWARD:
                 full[i] += 1

@@ -6,8 +6,8 @@ bubble, its analytic fill weights, the chunk counts the planner tries, and how i
 drawn. The simulator builds from it, the CLI and plan files take their names and default chunks
 from it, the planner its variants and fill weights, the charts their closed forms and styles.
 
-Adding a schedule: write its generator (starting with its rule) in ``generators`` and add one entry
-to ``_ENTRIES`` below.
+Adding a schedule: write its generator (starting with its rule) in ``generators`` or a module of
+its own and add one entry to ``_ENTRIES`` below.
 """
 from __future__ import annotations
 
@@ -27,7 +27,10 @@ from .generators import (
     zb_v,
     zb_v_rule,
 )
+from .dualpipe import dualpipe_v, dualpipe_v_rule
 from .ir import Schedule, ScheduleError
+from .torch_orders import interleaved_zb, interleaved_zb_rule, looped_bfs, looped_bfs_rule
+from .vshape_memory import v_half, v_min, v_shape_rule
 
 ScheduleGenerator = Callable[[int, int, int], Schedule]
 """``(devices p, micro-batches m, chunks per device v) -> Schedule``."""
@@ -71,7 +74,10 @@ class ScheduleEntry:
     (p−1)·φ with F = I = W = 1/v per stage (the planner's analytic fill, see
     ``pipeplan.planner.problem``). ``planner_chunks`` are the chunk counts the planner tries.
     ``torch_name`` is the name torch's ``get_schedule_class`` knows it by (class
-    ``Schedule<torch_name>``), None where torch has no such schedule.
+    ``Schedule<torch_name>``), None where torch has no such schedule. ``fill_weights`` None: no
+    analytic fill, so the planner cannot price it. ``default_note`` None: the schedule is in the
+    planner's default set and the overview figures; otherwise it says why it is not (the planner
+    still plans it when named, if it has fill weights).
     """
 
     name: str
@@ -81,11 +87,12 @@ class ScheduleEntry:
     default_chunks: int
     chunk_rule: str  # the chunks per device it accepts, as help texts write it
     split_backward: bool  # backward split into input-gradient I and weight-gradient W
-    fill_weights: tuple[int, int, int]
+    fill_weights: tuple[int, int, int] | None
     planner_chunks: tuple[int, ...]
     torch_name: str | None
     bubble: BubbleForm | None
     style: SeriesStyle
+    default_note: str | None = None
 
     def check(self, p: int, m: int, v: int) -> None:
         """Raise ScheduleError (why, and what works) unless the generator accepts (p, m, v)."""
@@ -165,8 +172,56 @@ _ENTRIES: tuple[ScheduleEntry, ...] = (
     ),
 )
 
+# torch's looped schedules, DualPipeV and the controllable-memory V schedules (torch_orders,
+# dualpipe, vshape_memory), kept out of the planner's default set: adding candidates there would
+# change the plans and search times the planner's tests and the README's tables hold.
+_OUT_OF_DEFAULT = "kept out of the planner's default set and the overview figures (their answers stay as documented)"
+_ENTRIES += (
+    ScheduleEntry(
+        name="looped-bfs", display_name="Looped BFS", generator=looped_bfs, rule=looped_bfs_rule,
+        default_chunks=2, chunk_rule="1+", split_backward=False, fill_weights=(1, 1, 1), planner_chunks=(2, 4),
+        torch_name="LoopedBFS",
+        # Every forward of a chunk, then the next chunk's: device 0 keeps v·m chunk activations.
+        bubble=BubbleForm("(p-1)/(vm+p-1)", lambda p, m, v: (p - 1) / (v * m + p - 1)),
+        style=SeriesStyle("#9467bd", "X"), default_note=_OUT_OF_DEFAULT,
+    ),
+    ScheduleEntry(
+        name="interleaved-zb", display_name="Interleaved ZB", generator=interleaved_zb, rule=interleaved_zb_rule,
+        default_chunks=2, chunk_rule="1+", split_backward=True, fill_weights=(1, 0, 0), planner_chunks=(2, 4),
+        torch_name="InterleavedZeroBubble",
+        bubble=BubbleForm("fill (p-1)F/v / total", _fill_only_bubble),
+        style=SeriesStyle("#17becf", "h"), default_note=_OUT_OF_DEFAULT,
+    ),
+    ScheduleEntry(
+        name="dualpipe-v", display_name="DualPipeV", generator=dualpipe_v, rule=dualpipe_v_rule,
+        default_chunks=2, chunk_rule="2", split_backward=True, fill_weights=(1, 2, -1), planner_chunks=(2,),
+        torch_name="DualPipeV",
+        # DualPipe README: (PP/2-1)(F&B+B-3W) with F&B = F+B (no overlap gain) is (p-1)(F+2I-W) per stage.
+        bubble=BubbleForm("(p-1)(F&B+B-3W) / total", lambda p, m, v: (p - 1) / (3 * m + p - 1)),
+        style=SeriesStyle("#bcbd22", "*"),
+        default_note="the validator cannot run its overlapped F&B pairs; "
+                     + _OUT_OF_DEFAULT,
+    ),
+    ScheduleEntry(
+        name="v-half", display_name="V-Half", generator=v_half, rule=partial(v_shape_rule, "v-half"),
+        default_chunks=2, chunk_rule="2", split_backward=True, fill_weights=None, planner_chunks=(2,),
+        torch_name=None, bubble=None, style=SeriesStyle("#1f9e89", "<"),
+        default_note="no closed-form fill (the paper gives about p/2m at F = B = W); " + _OUT_OF_DEFAULT,
+    ),
+    ScheduleEntry(
+        name="v-min", display_name="V-Min", generator=v_min, rule=partial(v_shape_rule, "v-min"),
+        default_chunks=2, chunk_rule="2", split_backward=True, fill_weights=None, planner_chunks=(2,),
+        torch_name=None, bubble=None, style=SeriesStyle("#6b4c9a", ">"),
+        default_note="no closed-form fill (the paper gives about 2p/3m at F = B = W); " + _OUT_OF_DEFAULT,
+    ),
+)
+
 SCHEDULES: Mapping[str, ScheduleEntry] = MappingProxyType({entry.name: entry for entry in _ENTRIES})
 """Schedule name -> its entry, in the order help texts and charts list them (read-only)."""
+
+
+DEFAULT_SCHEDULES: tuple[str, ...] = tuple(e.name for e in _ENTRIES if e.default_note is None)
+"""The schedules the planner tries and the overview figures draw when none are named."""
 
 
 def lookup(name: str) -> ScheduleEntry | None:

@@ -35,6 +35,9 @@ class StageCost:
     gathered_bytes: float = 0.0
     collectives: tuple["Collective", ...] = ()
     optimizer: float = 0.0
+    # An overlapped F&B (``kinds.OVERLAP_F_B``) whose forward part is this stage's takes this long;
+    # None: this stage's F plus the paired stage's B, i.e. no gain from overlapping.
+    overlap: float | None = None
 
     @property
     def full_backward(self) -> float:
@@ -153,16 +156,19 @@ def uniform_workload(
     backward_input: float = 1.0,
     backward_weight: float = 1.0,
     comm: float = 0.0,
+    overlap: float | None = None,
 ) -> Workload:
     """Identical stages, unit activations, a fixed transfer time: the textbook setting.
 
     Each stage allocates 1 "byte" of activations per micro-batch, so memory curves count
     micro-batch activations alive (one per stage-chunk held).
     """
-    for name, value in (("f", forward), ("b", backward_input), ("w", backward_weight), ("comm", comm)):
+    checked = [("f", forward), ("b", backward_input), ("w", backward_weight), ("comm", comm)]
+    for name, value in checked + ([("overlap", overlap)] if overlap is not None else []):
         if not (value >= 0 and math.isfinite(value)):
             raise ScheduleError(f"{name}: times must be finite and >= 0 (got {value})")
-    cost = StageCost(forward, backward_input, backward_weight, activation_bytes=1.0, weight_grad_bytes=0.5)
+    cost = StageCost(forward, backward_input, backward_weight, activation_bytes=1.0, weight_grad_bytes=0.5,
+                     overlap=overlap)
     return Workload(
         schedule=schedule,
         stages=tuple(cost for _ in range(schedule.num_stages)),

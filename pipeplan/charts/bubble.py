@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 from simulator.engine import simulate
 from simulator.ir import ScheduleError
-from simulator.schedules import SCHEDULES, ScheduleEntry, build_schedule
+from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES, ScheduleEntry, build_schedule
 from simulator.workload import uniform_workload
 
 from .render import figure_format, pyplot, save_figure
@@ -47,7 +47,7 @@ def bubble_vs_microbatches(path: str, p: int = 4, ms: Sequence[int] = (1, 2, 4, 
     figure_format(path)
     plt = pyplot()
     forms = closed_forms(p, v)
-    names = list(schedules or SCHEDULES)
+    names = list(schedules or DEFAULT_SCHEDULES)
     fig, ax = plt.subplots(figsize=(8, 5))
     grid = [m / 4 for m in range(4, 4 * max(ms) + 1)]
     for name in names:

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from simulator.engine import simulate as simulate_workload
-from simulator.schedules import SCHEDULES, build_schedule
+from simulator.schedules import DEFAULT_SCHEDULES, build_schedule
 from simulator.workload import uniform_workload
 
 from ..api import simulate
@@ -34,7 +34,7 @@ def count_in_words(n: int) -> str:
 
 
 def schedules_figure(path: Path) -> None:
-    results = [uniform_result(name) for name in SCHEDULES]
+    results = [uniform_result(name) for name in DEFAULT_SCHEDULES]
     xmax = max(r.iteration_time for r in results)
     plt = pyplot()
     fig, axes = plt.subplots(len(results), 1, figsize=(13, 2.1 * len(results)), sharex=True)

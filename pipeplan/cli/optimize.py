@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simulator.schedules import SCHEDULES
+from simulator.schedules import DEFAULT_SCHEDULES
 
 from ..errors import SpecError
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--global-batch", type=int, required=True, help="sequences per iteration, all replicas")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: the model's)")
     p.add_argument("--schedules", nargs="+", metavar="NAME", default=None,
-                   help=f"schedules to consider (default: {' '.join(SCHEDULES)})")
+                   help=f"schedules to consider (default: {' '.join(DEFAULT_SCHEDULES)})")
     p.add_argument("--microbatch-sizes", nargs="+", type=int, metavar="B", default=None,
                    help="micro-batch sizes to consider (default: every divisor of the per-replica batch)")
     p.add_argument("--time-limit", type=float, default=5.0, help="CP-SAT budget per candidate, seconds (default 5)")

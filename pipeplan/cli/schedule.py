@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--b", type=float, default=1.0, help="input-gradient time per stage (default 1)")
     p.add_argument("--w", type=float, default=1.0, help="weight-gradient time per stage (default 1)")
     p.add_argument("--comm", type=float, default=0.0, help="fixed transfer time between devices (default 0)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="time of an overlapped F&B pair (dualpipe-v; default F + B of the pair: no overlap gain)")
     p.add_argument("--csv", metavar="FILE", help="write the schedule as torch's compute-only CSV")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_iterations_arguments(p)
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_arguments(args)
     check_iterations_arguments(args)
     schedule = build_schedule(args.name, args.devices, args.microbatches, args.chunks)
-    workload = uniform_workload(schedule, args.f, args.b, args.w, args.comm)
+    workload = uniform_workload(schedule, args.f, args.b, args.w, args.comm, args.overlap)
     result = simulate(workload)
     steady = simulate_iterations(workload, args.iterations, args.synchronise) if args.iterations > 1 else None
     # Charts show every iteration simulated: K back to back, or the one a synchronised run repeats.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from simulator.ir import Schedule
-from simulator.schedules import SCHEDULES, lookup
+from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES, lookup
 
 from ..errors import SpecError
 from ..lowering import generated_schedule
@@ -16,15 +16,18 @@ def divisors(n: int) -> list[int]:
 
 
 def schedule_variants(names: list[str] | None) -> list[tuple[str, int]]:
-    """(schedule, chunks per device) pairs the planner tries for the named schedules (all when None).
+    """(schedule, chunks per device) pairs the planner tries for the named schedules (the registry's
+    default set when None).
 
     Each schedule contributes its registry entry's ``planner_chunks``; unknown names are a one-line error.
     """
     entries = []
-    for name in names or list(SCHEDULES):
+    for name in names or list(DEFAULT_SCHEDULES):
         entry = lookup(name)
         if entry is None:
             raise SpecError(f"--schedules: unknown {name!r}; choose from {', '.join(SCHEDULES)}")
+        if entry.fill_weights is None:
+            raise SpecError(f"--schedules: the planner cannot price {entry.name}: {entry.default_note}")
         if entry not in entries:
             entries.append(entry)
     return [(entry.name, v) for entry in entries for v in entry.planner_chunks]
