@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from simulator.ir import Schedule
-from simulator.schedules import build_schedule
+from simulator.schedules import build_schedule, lookup
+from simulator.stage_times import StageTimes
 from simulator.workload import Workload
 
 from .cluster import ClusterSpec
@@ -64,9 +65,34 @@ class Resolved:
 
 
 @lru_cache(maxsize=64)
-def generated_schedule(name: str, p: int, m: int, v: int) -> Schedule:
-    """Generators are pure and schedules immutable, so the planner's many plans per candidate share one."""
-    return build_schedule(name, p, m, v)
+def generated_schedule(name: str, p: int, m: int, v: int, costs: StageTimes | None = None) -> Schedule:
+    """Generators are pure and schedules immutable, so the planner's many plans per candidate share one.
+
+    ``costs`` order a cost-aware schedule (zb-v, zb-1p, zb-2p; see ``plan_costs``); the others ignore them.
+    """
+    entry = lookup(name)
+    return build_schedule(name, p, m, v, costs if entry is not None and entry.cost_aware else None)
+
+
+def plan_costs(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> StageTimes:
+    """The stage times a cost-aware schedule of ``plan`` is ordered by: the analytic cost model's F, I, W
+    per stage (tensor-parallel collectives and recomputation included, as ``build_workload`` prices them),
+    each hop's boundary transfer alone on its link, and W's share of the activations.
+
+    From the plan, model and cluster only (never a measured profile), so a plan file regenerates the
+    same order wherever it is loaded.
+    """
+    seq_len = plan.seq_len or model.seq_len
+    stages = [price(stage_work(model, plan.stage_layers(k), plan.microbatch_size, seq_len, plan.recompute_mode(k),
+                               plan.tp, plan.sequence_parallel), cluster.gpu, cluster.intra)
+              for k in range(plan.num_stages)]
+    device_of = generated_schedule(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks).stage_to_device
+    network = cluster.network(plan.gpus())
+    comm = tuple(network.transfer_seconds(device_of[k], device_of[k + 1], stages[k].send_forward_bytes)
+                 for k in range(plan.num_stages - 1))
+    held = max((c.weight_grad_bytes / c.activation_bytes for c in stages if c.activation_bytes > 0), default=0.5)
+    return StageTimes(tuple(c.forward for c in stages), tuple(c.backward_input for c in stages),
+                      tuple(c.backward_weight for c in stages), comm, min(1.0, held))
 
 
 def stage_works(r: Resolved) -> list[Work]:

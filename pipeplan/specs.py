@@ -12,7 +12,9 @@ from simulator.ir import Schedule, from_csv
 
 from .cluster import ClusterSpec, load_cluster
 from .errors import SpecError
-from .lowering import Resolved, generated_schedule
+from simulator.schedules import lookup
+
+from .lowering import Resolved, generated_schedule, plan_costs
 from .model import ModelSpec, load_model
 from .plan import Plan
 
@@ -24,8 +26,13 @@ def beside(spec: object, base_dir: str | Path) -> object:
     return spec
 
 
-def plan_schedule(plan: Plan, base_dir: str | Path = ".") -> Schedule:
-    """The plan's schedule: generated from its name, or read from its custom CSV (relative to ``base_dir``)."""
+def plan_schedule(plan: Plan, base_dir: str | Path = ".", model: ModelSpec | None = None,
+                  cluster: ClusterSpec | None = None) -> Schedule:
+    """The plan's schedule: generated from its name, or read from its custom CSV (relative to ``base_dir``).
+
+    A cost-aware schedule (zb-v, zb-1p, zb-2p) is ordered by the plan's stage costs on ``model`` and
+    ``cluster`` (``lowering.plan_costs``); without them, by unit times.
+    """
     if plan.schedule == "custom":
         path = Path(base_dir) / plan.schedule_csv if not Path(plan.schedule_csv).is_absolute() else Path(plan.schedule_csv)
         if not path.is_file():
@@ -33,7 +40,11 @@ def plan_schedule(plan: Plan, base_dir: str | Path = ".") -> Schedule:
         schedule = from_csv(path.read_text(), name="custom")
         check_schedule(schedule)
         return schedule
-    return generated_schedule(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks)
+    entry = lookup(plan.schedule)
+    costs = None
+    if entry is not None and entry.cost_aware and model is not None and cluster is not None:
+        costs = plan_costs(model, cluster, plan)
+    return generated_schedule(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks, costs)
 
 
 def resolve(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan: Plan,
@@ -44,4 +55,4 @@ def resolve(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, pl
     """
     model = load_model(beside(model, base_dir))
     cluster = load_cluster(beside(cluster, base_dir), plan.nodes)
-    return Resolved(model, cluster, plan, plan_schedule(plan, base_dir))
+    return Resolved(model, cluster, plan, plan_schedule(plan, base_dir, model, cluster))

@@ -1,7 +1,8 @@
 """Schedule generators: pure functions ``(num_devices, num_microbatches[, chunks]) -> Schedule``.
 
 Each docstring names the paper or code its order comes from. Each generator starts with its
-rule (``one_stage_rule``, ``interleaved_rule``, ``zb_v_rule``): the one check of which
+rule (``one_stage_rule``, ``interleaved_rule``, ``zb_v_rule``; the cost-aware ZB-V, ZB-1p and ZB-2p
+live in ``vshape`` and ``zb_auto``): the one check of which
 (p, m, v) it accepts, raising ScheduleError with the values that work. The registry
 (``simulator.schedules``) points at the same rule, so the planner enumerates exactly what
 the generators build.
@@ -178,89 +179,3 @@ def zb_h2(p: int, m: int, v: int = 1) -> Schedule:
     return _split_backward_one_stage(
         "zb-h2", p, m, [min(2 * (p - 1 - r) + 1, m) for r in range(p)], [2 * r for r in range(p)]
     )
-
-
-def _greedy_unit_time(name: str, p: int, m: int, stage_to_device: list[int], cap: list[int], chunks: int) -> Schedule:
-    """List-schedule split-backward ops with unit durations and zero communication.
-
-    Each idle device picks, in priority order: a ready I (oldest micro-batch, later stage first),
-    a ready F while its live activations (F started, W not yet run) stay under ``cap[d]``,
-    then its oldest pending W. The result depends only on (p, m, stage_to_device, cap), so it
-    is a pure function, and the order it fixes is what the engine later times for real costs.
-    """
-    num_stages = len(stage_to_device)
-    stages_on = [[s for s in range(num_stages) if stage_to_device[s] == d] for d in range(p)]
-    done_at: dict[Action, int] = {}
-    next_mb = {(s, kind): 0 for s in range(num_stages) for kind in (FORWARD, BACKWARD_INPUT, BACKWARD_WEIGHT)}
-    live = [0] * p
-    busy_until = [0] * p
-    device_actions: list[list[Action]] = [[] for _ in range(p)]
-    remaining = 3 * num_stages * m
-    t = 0
-
-    def finished(action: Action) -> bool:
-        end = done_at.get(action)
-        return end is not None and end <= t
-
-    while remaining:
-        progressed = False
-        for d in range(p):
-            if busy_until[d] > t:
-                continue
-            choice = None
-            ready_i = []
-            for s in stages_on[d]:
-                k = next_mb[(s, BACKWARD_INPUT)]
-                if k < m and finished(Action(s, FORWARD, k)) and (
-                    s == num_stages - 1 or finished(Action(s + 1, BACKWARD_INPUT, k))
-                ):
-                    ready_i.append((k, -s))
-            if ready_i:
-                k, neg_s = min(ready_i)
-                choice = Action(-neg_s, BACKWARD_INPUT, k)
-            if choice is None and live[d] < cap[d]:
-                ready_f = []
-                for s in stages_on[d]:
-                    k = next_mb[(s, FORWARD)]
-                    if k < m and (s == 0 or finished(Action(s - 1, FORWARD, k))):
-                        ready_f.append((k, -s))
-                if ready_f:
-                    k, neg_s = min(ready_f)
-                    choice = Action(-neg_s, FORWARD, k)
-            if choice is None:
-                ready_w = []
-                for s in stages_on[d]:
-                    k = next_mb[(s, BACKWARD_WEIGHT)]
-                    if k < m and finished(Action(s, BACKWARD_INPUT, k)):
-                        ready_w.append((k, -s))
-                if ready_w:
-                    k, neg_s = min(ready_w)
-                    choice = Action(-neg_s, BACKWARD_WEIGHT, k)
-            if choice is None:
-                continue
-            next_mb[(choice.stage, choice.kind)] += 1
-            if choice.kind == FORWARD:
-                live[d] += 1
-            elif choice.kind == BACKWARD_WEIGHT:
-                live[d] -= 1
-            done_at[choice] = t + 1
-            busy_until[d] = t + 1
-            device_actions[d].append(choice)
-            remaining -= 1
-            progressed = True
-        if not progressed and all(b <= t for b in busy_until):
-            raise ScheduleError(f"{name}: no device can proceed at step {t} for p={p}, m={m}")
-        t += 1
-    return make_schedule(device_actions, stage_to_device, m, name, chunks)
-
-
-def zb_v(p: int, m: int, v: int = 2) -> Schedule:
-    """ZB-V (Qi et al., 2024): two chunks per device in a V, device d holds stages d and 2p-1-d.
-
-    The loss is computed on device 0, so the first input gradient starts where the first
-    forward did. Order from a unit-time list schedule (I first, then F under a cap of 2p chunk
-    activations = 1F1B's memory, then W). Bubble -> only the fill when t_F = t_B = t_W.
-    """
-    zb_v_rule(p, m, v)
-    stage_to_device = list(range(p)) + list(reversed(range(p)))
-    return _greedy_unit_time("zb-v", p, m, stage_to_device, [2 * p] * p, 2)

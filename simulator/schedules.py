@@ -24,16 +24,19 @@ from .generators import (
     one_stage_rule,
     zb_h1,
     zb_h2,
-    zb_v,
     zb_v_rule,
 )
 from .dualpipe import dualpipe_v, dualpipe_v_rule
 from .ir import Schedule, ScheduleError
 from .torch_orders import interleaved_zb, interleaved_zb_rule, looped_bfs, looped_bfs_rule
 from .vshape_memory import v_half, v_min, v_shape_rule
+from .stage_times import StageTimes
+from .vshape import zb_v
+from .zb_auto import zb_1p, zb_2p
 
-ScheduleGenerator = Callable[[int, int, int], Schedule]
-"""``(devices p, micro-batches m, chunks per device v) -> Schedule``."""
+ScheduleGenerator = Callable[..., Schedule]
+"""``(devices p, micro-batches m, chunks per device v) -> Schedule``; a ``cost_aware`` entry's generator
+also takes ``costs``, a ``StageTimes`` (None: unit times), and orders its ops by them."""
 
 AcceptRule = Callable[[int, int, int], None]
 """``(p, m, v) -> None``; raises ScheduleError saying why and which values work when it rejects."""
@@ -93,6 +96,7 @@ class ScheduleEntry:
     bubble: BubbleForm | None
     style: SeriesStyle
     default_note: str | None = None
+    cost_aware: bool = False  # the order depends on the stage costs: build(..., costs=StageTimes)
 
     def check(self, p: int, m: int, v: int) -> None:
         """Raise ScheduleError (why, and what works) unless the generator accepts (p, m, v)."""
@@ -105,9 +109,15 @@ class ScheduleEntry:
             return False
         return True
 
-    def build(self, p: int, m: int, v: int | None = None) -> Schedule:
-        """The schedule for p devices and m micro-batches; ``v`` defaults to ``default_chunks``."""
-        return self.generator(p, m, self.default_chunks if v is None else v)
+    def build(self, p: int, m: int, v: int | None = None, costs: StageTimes | None = None) -> Schedule:
+        """The schedule for p devices and m micro-batches; ``v`` defaults to ``default_chunks``.
+
+        ``costs`` (per-stage F, I, W and hop times) order a ``cost_aware`` schedule; the others ignore them.
+        """
+        v = self.default_chunks if v is None else v
+        if self.cost_aware:
+            return self.generator(p, m, v, costs=costs)
+        return self.generator(p, m, v)
 
 
 def _one_stage_bubble(p: float, m: float, v: int) -> float:
@@ -125,6 +135,8 @@ def _fill_only_bubble(p: float, m: float, v: int) -> float:
     return (p - 1) / v / (3 * m + (p - 1) / v)
 
 
+_AUTO_NOTE = ("ordered anew for every split the planner simulates (0.1-1 s per order at p = 8-16), which its "
+              "default search cannot afford yet; planned when named with --schedules")
 _ENTRIES: tuple[ScheduleEntry, ...] = (
     ScheduleEntry(
         name="gpipe", display_name="GPipe", generator=gpipe, rule=partial(one_stage_rule, "gpipe"),
@@ -161,14 +173,27 @@ _ENTRIES: tuple[ScheduleEntry, ...] = (
         torch_name=None, bubble=BubbleForm("fill (p-1)F / total", _split_one_stage_bubble),
         style=SeriesStyle("#4a9d5b", "v", coincides=True),
     ),
+    # Built from the stage costs (``costs=StageTimes``; unit times without): the Zero Bubble paper's
+    # automatic schedules (zb_auto) and its V schedule (vshape).
     ScheduleEntry(
         name="zb-v", display_name="ZB-V", generator=zb_v, rule=zb_v_rule,
         default_chunks=2, chunk_rule="2", split_backward=True, fill_weights=(1, 0, 0), planner_chunks=(2,),
         torch_name="ZBVZeroBubble",
-        # The fill bound: the unit-time greedy order reaches it for p = 2, 3, 4 and 8; for other p
-        # (up to 12) it ends one or two chunk ops later.
+        # The fill bound; the span of every device is its work alone at unit times (the paper's zero bubble).
         bubble=BubbleForm("fill (p-1)F/v / total", _fill_only_bubble, exact=False),
-        style=SeriesStyle("#3b6fb6", "P"),
+        style=SeriesStyle("#3b6fb6", "P"), cost_aware=True,
+    ),
+    ScheduleEntry(
+        name="zb-1p", display_name="ZB-1p", generator=zb_1p, rule=partial(one_stage_rule, "zb-1p"),
+        default_chunks=1, chunk_rule="1", split_backward=True, fill_weights=(1, 1, -1), planner_chunks=(1,),
+        torch_name=None, bubble=BubbleForm("(p-1)(F+B-W) / total", _split_one_stage_bubble, exact=False),
+        style=SeriesStyle("#b07aa1", "<"), cost_aware=True, default_note=_AUTO_NOTE,
+    ),
+    ScheduleEntry(
+        name="zb-2p", display_name="ZB-2p", generator=zb_2p, rule=partial(one_stage_rule, "zb-2p"),
+        default_chunks=1, chunk_rule="1", split_backward=True, fill_weights=(1, 0, 0), planner_chunks=(1,),
+        torch_name=None, bubble=BubbleForm("fill (p-1)F / total", _split_one_stage_bubble, exact=False),
+        style=SeriesStyle("#ff7f0e", ">"), cost_aware=True, default_note=_AUTO_NOTE,
     ),
 )
 
@@ -229,9 +254,10 @@ def lookup(name: str) -> ScheduleEntry | None:
     return SCHEDULES.get(name.lower().replace("_", "-"))
 
 
-def build_schedule(name: str, p: int, m: int, v: int | None = None) -> Schedule:
-    """Generate the named schedule; ``v`` defaults to the schedule's own chunk count."""
+def build_schedule(name: str, p: int, m: int, v: int | None = None, costs: StageTimes | None = None) -> Schedule:
+    """Generate the named schedule; ``v`` defaults to the schedule's own chunk count, ``costs`` order a
+    cost-aware one (see ``ScheduleEntry.build``)."""
     entry = lookup(name)
     if entry is None:
         raise ScheduleError(f"schedule: unknown name {name!r}; choose one of {', '.join(SCHEDULES)}")
-    return entry.build(p, m, v)
+    return entry.build(p, m, v, costs)

@@ -26,7 +26,8 @@ def test_request_resolves_defaults():
     assert request.pp == 4  # all 8 GPUs / dp
     assert request.replica_batch == 8
     assert request.sequence_length == request.model.seq_len and request.seq_len is None
-    assert sorted(request.variants) == sorted([("1f1b", 1), ("zb-h1", 1), ("zb-h2", 1), ("zb-v", 2), ("interleaved", 2), ("interleaved", 4), ("gpipe", 1)]) and request.microbatch_sizes is None
+    assert sorted(request.variants) == sorted([("1f1b", 1), ("zb-h1", 1), ("zb-h2", 1), ("zb-v", 2), ("interleaved", 2),
+                                               ("interleaved", 4), ("gpipe", 1)]) and request.microbatch_sizes is None
     assert request.gpus == [0, 2, 4, 6]
     assert (request.model_ref, request.cluster_ref, request.plan_nodes) == ("tiny", "dgx-h100", None)
     assert request.jobs == 1

@@ -120,6 +120,7 @@ def test_planner_variants_are_the_entries_planner_chunks():
 
 
 def test_the_default_set_is_the_six_documented_schedules_and_the_rest_say_why_not():
+    # zb-1p and zb-2p are ordered per simulated split, too slow for the default search (their note says so).
     from simulator.schedules import DEFAULT_SCHEDULES
     assert DEFAULT_SCHEDULES == ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v")
     for entry in ENTRIES:

@@ -7,6 +7,7 @@ from simulator.engine import simulate
 from simulator.ir import to_csv
 from simulator.iterations import simulate_iterations
 from simulator.schedules import SCHEDULES, build_schedule
+from simulator.stage_times import StageTimes
 from simulator.workload import uniform_workload
 
 from ..fileio import write_atomic
@@ -23,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="simulate a named schedule with uniform synthetic stage costs",
         description="Simulate a schedule where every stage takes the same time. B is the input-gradient "
         f"time and W the weight-gradient time; a full backward ({', '.join(full_backward)}) takes B + W. "
-        "Times are per stage, i.e. per chunk where a device holds several.",
+        "Times are per stage, i.e. per chunk where a device holds several. "
+        f"{', '.join(n for n, e in SCHEDULES.items() if e.cost_aware)} order their ops by these times.",
     )
     p.add_argument("name", choices=list(SCHEDULES), metavar="NAME", help=f"one of {', '.join(SCHEDULES)}")
     p.add_argument("--devices", "-p", type=int, required=True, help="pipeline devices p")
@@ -45,7 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_output_arguments(args)
     check_iterations_arguments(args)
-    schedule = build_schedule(args.name, args.devices, args.microbatches, args.chunks)
+    entry = SCHEDULES[args.name]
+    costs = None
+    if entry.cost_aware:
+        stages = args.devices * (entry.default_chunks if args.chunks is None else args.chunks)
+        costs = StageTimes.uniform(stages, args.f, args.b, args.w, args.comm) if stages > 0 else None
+    schedule = build_schedule(args.name, args.devices, args.microbatches, args.chunks, costs)
     workload = uniform_workload(schedule, args.f, args.b, args.w, args.comm, args.overlap)
     result = simulate(workload)
     steady = simulate_iterations(workload, args.iterations, args.synchronise) if args.iterations > 1 else None
