@@ -29,6 +29,7 @@ class Solution:
     objective: int | None = None
     bound: float | None = None
     wall_time: float = 0.0
+    modes: tuple[str, ...] = ()  # per stage none/selective/full where selective is offered, else empty
 
     @property
     def found(self) -> bool:

@@ -21,6 +21,7 @@ class CandidateRecord:
     gap: float | None = None
     solve_time: float = 0.0
     simulated: float | None = None
+    simulated_bound: float | None = None  # valid for the simulated time of every split (``bounds``)
 
     def to_dict(self) -> dict:
         return {
@@ -28,6 +29,7 @@ class CandidateRecord:
             "microbatch_size": self.candidate.microbatch_size, "num_microbatches": self.candidate.num_microbatches,
             "lower_bound": self.lower_bound, "status": self.status, "predicted_iteration_time": self.predicted,
             "gap": self.gap, "solve_time": self.solve_time, "simulated_iteration_time": self.simulated,
+            "simulated_lower_bound": self.simulated_bound,
         }
 
 
