@@ -24,6 +24,7 @@ from typing import Callable
 
 from ..api import simulate
 from ..errors import SpecError
+from ..lowering import generated_schedule
 from ..plan import Plan
 from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, deepspeed_parameters, megatron_uniform
 from .bounds import candidate_bound
@@ -112,10 +113,10 @@ def search(request: OptimizeRequest, progress: Progress | None = None) -> Optimi
         progress(total - 1, total, "simulating the best proposals")
     rescored = rescore(request, solved.proposals)
     best = exhaustive(request, bounded, polish(request, rescored))
-    baselines = score_baselines(request, best.scored.plan, _problem_of(bounded, best.scored.plan))
+    baselines = score_baselines(request, _candidate_of(best.scored.plan), _problem_of(bounded, best.scored.plan))
     if progress:
         progress(total, total, "done")
-    return assemble(request, solved, rescored, best, baselines, time.perf_counter() - started)
+    return assemble(request, solved, rescored, best, baselines, time.perf_counter() - started, bounded)
 
 
 def judge(request: OptimizeRequest, name: str, plan: Plan) -> Scored:
@@ -288,20 +289,30 @@ def exhaustive(request: OptimizeRequest, bounded: list[Bounded], best: Polished)
     return Polished(best.start, found.best, "exhaustive")
 
 
+def _candidate_of(plan: Plan) -> Candidate:
+    return Candidate(plan.schedule, plan.chunks, plan.microbatch_size, plan.num_microbatches)
+
+
 def _problem_of(bounded: list[Bounded], plan: Plan) -> PartitionProblem:
-    return next(b.problem for b in bounded if (b.candidate.schedule, b.candidate.chunks, b.candidate.microbatch_size)
-                == (plan.schedule, plan.chunks, plan.microbatch_size))
+    return next(b.problem for b in bounded if b.candidate == _candidate_of(plan))
 
 
-def score_baselines(request: OptimizeRequest, plan: Plan, problem: PartitionProblem) -> list[Scored]:
-    """The uniform and parameter-balanced splits under ``plan``'s schedule, b and m (recomputing
-    everywhere when they do not fit otherwise), and for small models the best of every split and
-    recomputation choice (``_brute_force``), as the simulator replays them.
+def score_baselines(request: OptimizeRequest, candidate: Candidate,
+                    problem: PartitionProblem | None = None) -> list[Scored]:
+    """The uniform and parameter-balanced splits of ``candidate`` (recomputing everywhere when they
+    do not fit otherwise), and for small models the best of every split and recomputation choice
+    (``_brute_force`` on ``problem``, built here when not given), as the simulator replays them.
 
     "Fit" is the chosen plan's rule, headroom included, so a speed-up is never measured against a
     baseline that breaks it.
     """
-    candidate = Candidate(plan.schedule, plan.chunks, plan.microbatch_size, plan.num_microbatches)
+    if problem is None:
+        problem = build_problem(request.model, request.cluster, candidate,
+                                generated_schedule(candidate.schedule, request.pp, candidate.num_microbatches,
+                                                   candidate.chunks),
+                                request.sequence_length, request.gpus, request.dp, request.distributed_optimizer,
+                                request.headroom, profile=request.profile, tp=request.tp,
+                                sequence_parallel=request.sequence_parallel)
     S = candidate.chunks * request.pp
     none, full = (False,) * S, (True,) * S
     out = []  # uniform, parameters, then the brute force when there is one
@@ -327,9 +338,10 @@ def _brute_force(request: OptimizeRequest, candidate: Candidate, problem: Partit
 
 
 def assemble(request: OptimizeRequest, solved: Solved, rescored: Rescored, best: Polished,
-             baselines: list[Scored], search_time: float) -> OptimizeResult:
+             baselines: list[Scored], search_time: float, bounded: list[Bounded] = ()) -> OptimizeResult:
     """The answer: the polished (or exhaustive) plan, unless a baseline that fits (headroom included)
-    simulates faster; and the record of every candidate, with the simulated time of those solved."""
+    simulates faster; the record of every candidate, with the simulated time of those solved; and the
+    chosen plan's analytic time (from its candidate's problem in ``bounded``), beside the simulated one."""
     chosen, source = best.scored, best.source
     for b in baselines:
         if fits_within(b, request.headroom) and b.iteration_time < chosen.iteration_time:
@@ -338,5 +350,9 @@ def assemble(request: OptimizeRequest, solved: Solved, rescored: Rescored, best:
     records = tuple(replace(r, simulated=simulated[r.candidate]) if r.candidate in simulated else r
                     for r in solved.records)
     proposal = best.start.proposal
+    plan = chosen.plan
+    problem = next((b.problem for b in bounded if b.candidate == _candidate_of(plan)), None)
+    objective = None if problem is None else problem.objective(plan.layers_per_stage, plan.recompute)
     return OptimizeResult(chosen, source, proposal.candidate, proposal.solution, proposal.predicted,
-                          tuple(baselines), records, search_time, request.headroom, best.start.scored)
+                          tuple(baselines), records, search_time, request.headroom, best.start.scored,
+                          None if objective is None else problem.seconds(objective))
