@@ -1,14 +1,17 @@
 """The planner's search, as named steps over one ``OptimizeRequest``; ``search`` runs them in order.
 
 1. ``bounded_candidates``: every (schedule, v, b) the generators accept, m = per-replica batch / b, each
-   with its partition problem and a lower bound on its iteration time, in bound order;
+   with its partition problem, its analytic bound and a bound valid for the simulated time (``bounds``);
 2. ``solve_and_prune``: CP-SAT finds each candidate's best split and recomputation under the analytic
-   objective; a candidate whose bound cannot beat the ``rescore``-th best found is skipped;
-3. ``rescore``: the simulator judges the ``shortlist`` (the best ``rescore`` proposals and the best of
-   every schedule variant); those that fit (headroom included) go on;
-4. ``polish``: the fastest ``POLISHED`` of them move single cuts while that simulates faster (``refine``);
-5. ``score_baselines``: the baselines under the winner's schedule, b and m, through the same simulator;
-6. ``assemble``: whichever of the polished plan and the baselines simulates fastest and fits, with the
+   objective and the simulator judges it at once; a candidate is skipped when its simulated-time bound
+   cannot beat the fastest simulation, or its analytic bound the ``rescore``-th best prediction once
+   ``FAMILY_FEW`` of its schedule variant were judged;
+3. ``rescore``: the proposals' simulations; those that fit (headroom included) go on;
+4. ``polish``: the fastest ``POLISHED`` of them move cuts and recomputation together (``refine``);
+5. ``exhaustive``: for small models, every split x recomputation of every candidate the valid bounds
+   leave, simulated (``exhaustive``);
+6. ``score_baselines``: the baselines under the winner's schedule, b and m, through the same simulator;
+7. ``assemble``: whichever of the polished plan and the baselines simulates fastest and fits, with the
    search record, so the answer is never slower than a baseline.
 
 Each step is a function of the request and the earlier steps' results (small frozen records below);
