@@ -7,7 +7,7 @@ import pipeplan
 from pipeplan import SpecError
 from pipeplan.planner.problem import Candidate
 from pipeplan.planner.request import MAX_JOBS, OptimizeRequest
-from pipeplan.planner.search import (assemble, bounded_candidates, polish, rescore, score_baselines, search,
+from pipeplan.planner.search import (assemble, bounded_candidates, exhaustive, polish, rescore, score_baselines, search,
                                      solve_and_prune)
 
 TINY = dict(global_batch=8, pp=2, schedules=["1f1b", "zb-h1"], time_limit=1.0)
@@ -91,10 +91,12 @@ def test_the_steps_compose_to_optimize():
     rescored = rescore(request, solved.proposals)
     times = [s.scored.iteration_time for s in rescored.fitting]
     assert times == sorted(times) and all(any(f is s for s in rescored.simulated) for f in rescored.fitting)
-    best = polish(request, rescored)
+    best = exhaustive(request, bounded, polish(request, rescored))
     assert best.scored.iteration_time <= best.start.scored.iteration_time
-    baselines = score_baselines(request, best.start.candidate)
-    by_hand = assemble(request, solved, rescored, best, baselines, search_time=0.0)
+    plan = best.scored.plan
+    baselines = score_baselines(request, Candidate(plan.schedule, plan.chunks, plan.microbatch_size,
+                                                   plan.num_microbatches))
+    by_hand = assemble(request, solved, rescored, best, baselines, search_time=0.0, bounded=bounded)
     assert without_timing(by_hand.to_dict()) == without_timing(pipeplan.optimize("tiny", "dgx-h100", **TINY).to_dict())
     assert without_timing(search(request).to_dict()) == without_timing(by_hand.to_dict())
 
@@ -102,7 +104,19 @@ def test_the_steps_compose_to_optimize():
 def test_pruned_candidates_could_not_beat_the_rescored_best():
     request = OptimizeRequest.create("tiny", "dgx-h100", global_batch=8, pp=2, time_limit=1.0, rescore=1)
     solved = solve_and_prune(request, bounded_candidates(request))
+    # "PRUNED": the bound valid for the simulator is no better than the fastest fitting simulation;
+    # "PRUNED (analytic)": the analytic bound is no better than the best prediction (rescore=1), only
+    # once two candidates of its schedule variant were solved and simulated.
+    fastest = min(p.scored.iteration_time for p in solved.proposals)
     best = min(p.predicted for p in solved.proposals)
-    pruned = [r for r in solved.records if r.status == "PRUNED"]
-    assert pruned and all(r.lower_bound >= best for r in pruned)
+    pruned = [r for r in solved.records if r.status.startswith("PRUNED")]
+    assert pruned
+    for r in pruned:
+        if r.status == "PRUNED":
+            assert r.simulated_bound >= fastest
+        else:
+            assert r.status == "PRUNED (analytic)" and r.lower_bound >= best
+            family = [s for s in solved.records if (s.candidate.schedule, s.candidate.chunks)
+                      == (r.candidate.schedule, r.candidate.chunks) and s.predicted is not None]
+            assert len(family) >= 2
     assert len(solved.proposals) == len([r for r in solved.records if r.predicted is not None])

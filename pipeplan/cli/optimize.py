@@ -164,7 +164,10 @@ def print_report(result, profile=None) -> None:
         f"{sol.wall_time:.2f} s; search {result.search_time:.1f} s)"
     )
     console.print(
-        f"iteration [bold]{fmt_time(sim.iteration_time)}[/] (analytic {fmt_time(result.predicted_iteration_time)})  "
+        f"iteration [bold]{fmt_time(sim.iteration_time)}[/] (analytic {fmt_time(result.predicted_iteration_time)}"
+        + ("" if result.analytic_gap is None else
+           f"; this plan {fmt_time(result.chosen_analytic)}, simulated {result.analytic_gap * 100:+.2f} % off it")
+        + ")  "
         f"bubble {fmt_pct(sim.bubble_fraction)}  {sim.tokens_per_second:,.0f} tokens/s  MFU {fmt_pct(sim.mfu)}"
     )
     schedule = sim.resolved.schedule

@@ -8,6 +8,13 @@ forward and the smaller stored bytes enter through enforced equalities. The slow
 (exact, see ``simulator.memory.live_count_profiles``). The objective is
 ``PartitionProblem.objective``. Deterministic: fixed seed and worker count, and a deterministic
 time budget where one is given.
+
+Selective recomputation is not a CP-SAT choice: the model picks none or full per stage. Where
+selective saves memory (standard attention; ``PartitionProblem.modes``) it sits between the two in
+both time and bytes, and the simulator-driven steps try it: the polish tries every fitting
+none/selective/full pattern of the devices a cut move touches (``refine``) and small models are
+searched exhaustively over all three (``exhaustive``). For large standard-attention models this is a
+local search around CP-SAT's none/full answer, not a proof.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ class Solution:
     objective: int | None = None
     bound: float | None = None
     wall_time: float = 0.0
+    modes: tuple[str, ...] = ()  # per stage none/selective/full where selective is offered, else empty
 
     @property
     def found(self) -> bool:

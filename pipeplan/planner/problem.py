@@ -15,7 +15,9 @@ fill = (p−1)/p · Σ_k φ_k with one stage per device (Σ_k t_k + (m−1)·max
 (p−1) · max_k φ_k with chunks, where a lopsided chunk stretches every hop of the warm-up. φ is the
 per-stage time the schedule cannot hide, φ = a·F + b·I + c·W with the weights of the schedule's
 registry entry (``simulator.schedules``), chosen so that uniform stages give the closed forms.
-Recomputation adds F to I. ``comm``
+Full recomputation adds F to I; selective recomputation adds the re-run attention core
+(``backward_input_sel``) and stores ``activation_sel``; it is offered only where it stores less than
+none (attention="standard"), as with FlashAttention it equals none. ``comm``
 is the warm-up's forward and backward boundary transfers, Σ (forward + backward hop) / v, each hop
 ``Network.transfer_seconds`` on the network the simulator uses (the profile's links where it
 measured them).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 from simulator.ir import Schedule
 from simulator.memory import live_count_profiles
@@ -38,6 +41,14 @@ from ..profile import Profile
 # rounding error near 1e-6 relative while CP-SAT's coefficients stay small.
 TIME_RESOLUTION = 1 << 20
 MEMORY_RESOLUTION = 1 << 22
+NONE, SELECTIVE, FULL = "none", "selective", "full"
+
+
+def mode_of(flag: bool | str) -> str:
+    """A stage's recomputation as a ``plan.RECOMPUTE_CHOICES`` string (True/False: full/none)."""
+    if isinstance(flag, str):
+        return flag
+    return FULL if flag else NONE
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,10 @@ class PartitionProblem:
     recomputation and ``activation_rc[i]`` / ``held_rc[i]`` with it; ``static[i]`` weights,
     gradients and optimizer state. ``profiles[d]`` are device d's count vectors
     ((full, held) per stage it holds, see ``live_count_profiles``), ``capacity`` the per-device
-    limit. Recomputing stage k adds ``forward`` of its layers to its I.
+    limit. Recomputing stage k fully adds ``forward`` of its layers to its I. ``backward_input_sel``,
+    ``activation_sel`` and ``held_sel`` are I and the stored bytes under selective recomputation
+    (empty: selective is not offered, it would store what none stores). ``first_stage[d]`` is the
+    stage of device d's first action and ``last_action[d]`` (stage, kind) its last; ``bounds`` reads them.
     """
 
     pp: int
@@ -86,6 +100,19 @@ class PartitionProblem:
     allow_recompute: bool = True
     time_unit: float = 1.0
     memory_unit: float = 1.0
+    backward_input_sel: tuple[int, ...] = ()
+    activation_sel: tuple[int, ...] = ()
+    held_sel: tuple[int, ...] = ()
+    first_stage: tuple[int, ...] = ()
+    last_action: tuple[tuple[int, str], ...] = ()
+    split_backward: bool = True
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The recomputation choices worth trying per stage (selective only where it saves memory)."""
+        if not self.allow_recompute:
+            return (NONE,)
+        return (NONE, SELECTIVE, FULL) if self.backward_input_sel else (NONE, FULL)
 
     @property
     def num_layers(self) -> int:
@@ -98,33 +125,53 @@ class PartitionProblem:
     def stages_of(self, device: int) -> list[int]:
         return [k for k, d in enumerate(self.stage_to_device) if d == device]
 
-    def objective(self, layers_per_stage: tuple[int, ...], recompute: tuple[bool, ...]) -> int | None:
+    def stage_values(self, layers_per_stage: Sequence[int], recompute: Sequence[bool | str]) -> list[tuple]:
+        """Per stage (F, I, W, stored, held) in problem units; I includes what recomputation re-runs."""
+        out, start = [], 0
+        for n, flag in zip(layers_per_stage, recompute):
+            layers = range(start, start + n)
+            start += n
+            mode = mode_of(flag)
+            f = sum(self.forward[i] for i in layers)
+            w = sum(self.backward_weight[i] for i in layers)
+            if mode == SELECTIVE and self.backward_input_sel:
+                i_, act, held = self.backward_input_sel, self.activation_sel, self.held_sel
+            elif mode == FULL:
+                i_, act, held = self.backward_input, self.activation_rc, self.held_rc
+            else:
+                i_, act, held = self.backward_input, self.activation, self.held
+            extra = f if mode == FULL else 0
+            out.append((f, sum(i_[i] for i in layers) + extra, w, sum(act[i] for i in layers),
+                        sum(held[i] for i in layers)))
+        return out
+
+    def device_levels(self, layers_per_stage: Sequence[int], recompute: Sequence[bool | str]) -> list[int]:
+        """Per device, its peak memory level in memory units (static + the worst count vector)."""
+        values = self.stage_values(layers_per_stage, recompute)
+        starts = [0]
+        for n in layers_per_stage:
+            starts.append(starts[-1] + n)
+        levels = []
+        for d in range(self.pp):
+            stages = self.stages_of(d)
+            static = sum(self.static[i] for k in stages for i in range(starts[k], starts[k + 1]))
+            levels.append(static + max(sum(nf * values[k][3] + nh * values[k][4] for k, (nf, nh) in zip(stages, vec))
+                                       for vec in self.profiles[d]))
+        return levels
+
+    def objective(self, layers_per_stage: tuple[int, ...], recompute: Sequence[bool | str]) -> int | None:
         """The scaled objective p·v·T/time_unit of one partition, or None if some device overflows.
 
         The direct evaluation of what ``cpsat.solve`` minimises: tests compare the two, and the
-        planner uses it to score baselines in the same units.
+        planner uses it to score baselines in the same units. ``recompute`` per stage: a flag
+        (full or none) or a mode.
         """
-        bounds, start = [], 0
-        for n in layers_per_stage:
-            bounds.append(range(start, start + n))
-            start += n
+        if any(level > self.capacity for level in self.device_levels(layers_per_stage, recompute)):
+            return None
         a, b, c = self.fill_weights
-        work, fills, act, held = [], [], [], []
-        for k, layers in enumerate(bounds):
-            f = sum(self.forward[i] for i in layers)
-            i_ = sum(self.backward_input[i] for i in layers) + (f if recompute[k] else 0)
-            w = sum(self.backward_weight[i] for i in layers)
-            work.append(f + i_ + w)
-            fills.append(a * f + b * i_ + c * w)
-            act.append(sum((self.activation_rc if recompute[k] else self.activation)[i] for i in layers))
-            held.append(sum((self.held_rc if recompute[k] else self.held)[i] for i in layers))
-        for d in range(self.pp):
-            stages = self.stages_of(d)
-            static = sum(self.static[i] for k in stages for i in bounds[k])
-            for vector in self.profiles[d]:
-                level = static + sum(n_full * act[k] + n_held * held[k] for k, (n_full, n_held) in zip(stages, vector))
-                if level > self.capacity:
-                    return None
+        values = self.stage_values(layers_per_stage, recompute)
+        work = [f + i_ + w for f, i_, w, _, _ in values]
+        fills = [a * f + b * i_ + c * w for f, i_, w, _, _ in values]
         slowest = max(sum(work[k] for k in self.stages_of(d)) for d in range(self.pp))
         fill_term = (self.pp - 1) * (self.scale * max(fills) if self.chunks > 1 else sum(fills))
         return self.scale * self.num_microbatches * slowest + fill_term + self.scale * self.comm
@@ -138,7 +185,7 @@ class PartitionProblem:
         return objective / self.scale * self.time_unit
 
 
-def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, seq_len: int, recompute: bool,
+def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, seq_len: int, recompute: bool | str,
                 profile: Profile | None = None, tp: int = 1, sequence_parallel: bool = False):
     """Per-layer StageCost of one tensor rank: ``costs.price`` of each layer's ``layer_work`` (what
     ``lower`` sums per stage).
@@ -161,7 +208,10 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
                   allow_recompute: bool = True, profile: Profile | None = None, tp: int = 1,
                   sequence_parallel: bool = False) -> PartitionProblem:
     """The integer partition problem of ``candidate`` (``schedule`` is its generated action lists) on
-    one tensor rank of ``tp``."""
+    one tensor rank of ``tp``.
+
+    Selective recomputation is offered when some layer stores less with it than without (standard
+    attention's scores) and no profile prices the ops (a profile times layers without it)."""
     b = candidate.microbatch_size
     plain = layer_costs(model, cluster, b, seq_len, recompute=False, profile=profile, tp=tp,
                         sequence_parallel=sequence_parallel)
@@ -177,6 +227,13 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
 
     def mem(x: float) -> int:
         return int(math.ceil(x / memory_unit - 1e-9))
+
+    sel = None
+    if profile is None:
+        sel = layer_costs(model, cluster, b, seq_len, recompute="selective", tp=tp,
+                          sequence_parallel=sequence_parallel)
+        if not any(s.activation_bytes < p.activation_bytes for s, p in zip(sel, plain)):
+            sel = None  # FlashAttention: selective stores and runs what none does, so it is dominated
 
     params = [layer_work(model, i, b, seq_len, False, tp, sequence_parallel).params
               for i in range(model.num_pipeline_layers)]
@@ -213,4 +270,10 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         allow_recompute=allow_recompute,
         time_unit=time_unit,
         memory_unit=memory_unit,
+        backward_input_sel=() if sel is None else tuple(t(c.backward_input) for c in sel),
+        activation_sel=() if sel is None else tuple(mem(c.activation_bytes) for c in sel),
+        held_sel=() if sel is None else tuple(mem(c.weight_grad_bytes) for c in sel),
+        first_stage=tuple(actions[0].stage for actions in schedule.device_actions),
+        last_action=tuple((actions[-1].stage, actions[-1].kind) for actions in schedule.device_actions),
+        split_backward=any(a.kind == "I" for actions in schedule.device_actions for a in actions),
     )

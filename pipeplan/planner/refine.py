@@ -1,20 +1,33 @@
-"""Polish a proposal with the simulator: move single cut points by one layer while that simulates faster.
+"""Polish a proposal with the simulator: move cut points and change recomputation together, while that simulates faster.
 
 The analytic objective cannot tell apart the many splits with the same slowest device (for 1F1B,
 Σ t_k + (m−1)·max t_k is the same for all of them), while the simulator can: lighter first and last
-stages shorten the warm-up and the drain. A first-improvement hill climb over "move cut k by ±1"
-(recomputation flags stay with their stage, and dropping one is tried too) keeps every step within
-the memory limit as the simulator replays it, and stops after ``max_evals`` simulations, so it is
-deterministic and cheap.
+stages shorten the warm-up and the drain. Moving a layer changes the memory of the two devices
+that hold the stages on either side of the cut, so a recomputation choice that was needed (or
+useless) before may not be after. A neighbour of a plan is therefore
+
+* one cut moved by one layer, with every fitting recomputation pattern of the devices that hold
+  the two stages it touches (the other devices keep theirs), or
+* the same split with another fitting recomputation pattern on one device,
+
+"fitting" as the planner's memory rule (``exhaustive.surely_over``) allows, each pattern over the
+modes the problem offers (none, full, and selective where it saves memory). Neighbours are tried in
+order of ``bounds.plan_bound`` (valid for the simulated time, so one that cannot beat the current
+plan costs no simulation); the first that simulates faster and fits is taken (first improvement),
+and the climb stops after ``max_evals`` simulations, so it is deterministic and cheap.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 from ..plan import Plan
+from .bounds import plan_bound
+from .exhaustive import surely_over
+from .problem import PartitionProblem
 from .result import Scored
 
-MAX_EVALS = 40
+MAX_EVALS = 60
 
 
 def fits_within(scored: Scored, headroom: float) -> bool:
@@ -23,39 +36,70 @@ def fits_within(scored: Scored, headroom: float) -> bool:
     return all(peak <= cap * (1 - headroom) for peak, cap in zip(sim.peak_memory, sim.capacity))
 
 
-def neighbours(plan: Plan) -> list[Plan]:
-    """Splits one cut away (a layer moves to the neighbouring stage), then one recomputation fewer."""
+def _device_patterns(problem: PartitionProblem, layers: tuple[int, ...], device: int) -> list[dict[int, str]]:
+    stages = problem.stages_of(device)
     out = []
-    layers = list(plan.layers_per_stage)
-    for k in range(len(layers) - 1):
-        for delta in (1, -1):  # +1: stage k takes the first layer of stage k+1
-            moved = layers.copy()
-            moved[k] += delta
-            moved[k + 1] -= delta
-            if min(moved) >= 1:
-                out.append(plan.with_(layers_per_stage=tuple(moved)))
-    for k, flag in enumerate(plan.recompute):
-        if flag == "full":
-            out.append(plan.with_(recompute=plan.recompute[:k] + ("none",) + plan.recompute[k + 1:]))
+    for combo in itertools.product(problem.modes, repeat=len(stages)):
+        modes = dict(zip(stages, combo))
+        if not surely_over(problem, device, layers, modes):
+            out.append(modes)
     return out
 
 
-def refine(start: Scored, judge: Callable[[str, Plan], Scored], headroom: float,
-           may_fit: Callable[[Plan], bool] = lambda plan: True, max_evals: int = MAX_EVALS) -> Scored:
-    """``may_fit`` screens neighbours before they cost a simulation: the planner's own memory rule,
-    which rounds bytes up, so a neighbour it rejects is over the limit or within rounding of it."""
+def _with(recompute: tuple[str, ...], devices_modes: tuple[dict[int, str], ...]) -> tuple[str, ...]:
+    out = list(recompute)
+    for modes in devices_modes:
+        for k, mode in modes.items():
+            out[k] = mode
+    return tuple(out)
+
+
+def neighbours(plan: Plan, problem: PartitionProblem) -> list[Plan]:
+    """Every cut moved by one layer with the fitting recomputation patterns of the devices it touches,
+    then every other fitting pattern of one device on the same split (module docstring)."""
+    layers = tuple(plan.layers_per_stage)
+    recompute = tuple(plan.recompute) or ("none",) * len(layers)
+    out, seen = [], {(layers, recompute)}
+
+    def add(split: tuple[int, ...], modes: tuple[str, ...]) -> None:
+        if (split, modes) not in seen:
+            seen.add((split, modes))
+            out.append(plan.with_(layers_per_stage=split, recompute=modes))
+
+    for k in range(len(layers) - 1):
+        for delta in (1, -1):  # +1: stage k takes the first layer of stage k+1
+            moved = list(layers)
+            moved[k] += delta
+            moved[k + 1] -= delta
+            if min(moved) < 1:
+                continue
+            split = tuple(moved)
+            devices = sorted({problem.stage_to_device[k], problem.stage_to_device[k + 1]})
+            for choice in itertools.product(*(_device_patterns(problem, split, d) for d in devices)):
+                add(split, _with(recompute, choice))
+    for d in range(problem.pp):
+        for modes in _device_patterns(problem, layers, d):
+            add(layers, _with(recompute, (modes,)))
+    return out
+
+
+def refine(start: Scored, judge: Callable[[str, Plan], Scored], headroom: float, problem: PartitionProblem,
+           max_evals: int = MAX_EVALS) -> Scored:
+    """Hill-climb from ``start`` over ``neighbours`` (module docstring); at most ``max_evals`` simulations."""
     best, evals = start, 0
-    seen = {(start.plan.layers_per_stage, start.plan.recompute)}
+    tried = {(start.plan.layers_per_stage, start.plan.recompute)}
     improved = True
     while improved and evals < max_evals:
         improved = False
-        for plan in neighbours(best.plan):
+        ranked = sorted(((plan_bound(problem, p.layers_per_stage, p.recompute), i, p)
+                         for i, p in enumerate(neighbours(best.plan, problem))), key=lambda x: (x[0], x[1]))
+        for bound, _, plan in ranked:
+            if bound >= best.iteration_time or evals >= max_evals:
+                break
             key = (plan.layers_per_stage, plan.recompute)
-            if key in seen or evals >= max_evals:
+            if key in tried:
                 continue
-            seen.add(key)
-            if not may_fit(plan):
-                continue
+            tried.add(key)
             evals += 1
             scored = judge(start.name, plan)
             if fits_within(scored, headroom) and scored.iteration_time < best.iteration_time * (1 - 1e-9):

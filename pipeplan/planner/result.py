@@ -21,6 +21,7 @@ class CandidateRecord:
     gap: float | None = None
     solve_time: float = 0.0
     simulated: float | None = None
+    simulated_bound: float | None = None  # valid for the simulated time of every split (``bounds``)
 
     def to_dict(self) -> dict:
         return {
@@ -28,6 +29,7 @@ class CandidateRecord:
             "microbatch_size": self.candidate.microbatch_size, "num_microbatches": self.candidate.num_microbatches,
             "lower_bound": self.lower_bound, "status": self.status, "predicted_iteration_time": self.predicted,
             "gap": self.gap, "solve_time": self.solve_time, "simulated_iteration_time": self.simulated,
+            "simulated_lower_bound": self.simulated_bound,
         }
 
 
@@ -76,6 +78,15 @@ class OptimizeResult:
     search_time: float = 0.0
     headroom: float = 0.0
     proposal: Scored | None = None  # CP-SAT's split as proposed, before the simulator's polish
+    chosen_analytic: float | None = None  # the analytic objective (seconds) of the chosen plan itself
+
+    @property
+    def analytic_gap(self) -> float | None:
+        """(simulated − analytic) / simulated for the chosen plan: how far the model CP-SAT solved
+        (its status and gap are about that model) is from the simulator's number."""
+        if self.chosen_analytic is None or not self.iteration_time:
+            return None
+        return (self.iteration_time - self.chosen_analytic) / self.iteration_time
 
     @property
     def plan(self) -> Plan:
@@ -113,7 +124,9 @@ class OptimizeResult:
             "capacity": r.sim.capacity,
             "headroom": self.headroom,
             "fits": r.fits,
-            "solver_status": self.solution.status,
+            "solver_status": self.solution.status,  # of the analytic model
+            "chosen_analytic_iteration_time": self.chosen_analytic,
+            "analytic_gap": self.analytic_gap,
             "solver_gap": self.solution.gap,
             "solver_time": self.solution.wall_time,
             "search_time": self.search_time,

@@ -1,14 +1,17 @@
 """The planner's search, as named steps over one ``OptimizeRequest``; ``search`` runs them in order.
 
 1. ``bounded_candidates``: every (schedule, v, b) the generators accept, m = per-replica batch / b, each
-   with its partition problem and a lower bound on its iteration time, in bound order;
+   with its partition problem, its analytic bound and a bound valid for the simulated time (``bounds``);
 2. ``solve_and_prune``: CP-SAT finds each candidate's best split and recomputation under the analytic
-   objective; a candidate whose bound cannot beat the ``rescore``-th best found is skipped;
-3. ``rescore``: the simulator judges the ``shortlist`` (the best ``rescore`` proposals and the best of
-   every schedule variant); those that fit (headroom included) go on;
-4. ``polish``: the fastest ``POLISHED`` of them move single cuts while that simulates faster (``refine``);
-5. ``score_baselines``: the baselines under the winner's schedule, b and m, through the same simulator;
-6. ``assemble``: whichever of the polished plan and the baselines simulates fastest and fits, with the
+   objective and the simulator judges it at once; a candidate is skipped when its simulated-time bound
+   cannot beat the fastest simulation, or its analytic bound the ``rescore``-th best prediction once
+   ``FAMILY_FEW`` of its schedule variant were judged;
+3. ``rescore``: the proposals' simulations; those that fit (headroom included) go on;
+4. ``polish``: the fastest ``POLISHED`` of them move cuts and recomputation together (``refine``);
+5. ``exhaustive``: for small models, every split x recomputation of every candidate the valid bounds
+   leave, simulated (``exhaustive``);
+6. ``score_baselines``: the baselines under the winner's schedule, b and m, through the same simulator;
+7. ``assemble``: whichever of the polished plan and the baselines simulates fastest and fits, with the
    search record, so the answer is never slower than a baseline.
 
 Each step is a function of the request and the earlier steps' results (small frozen records below);
@@ -24,10 +27,13 @@ from typing import Callable
 
 from ..api import simulate
 from ..errors import SpecError
+from ..lowering import generated_schedule
 from ..plan import Plan
-from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, all_splits, deepspeed_parameters, megatron_uniform
+from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, deepspeed_parameters, megatron_uniform
+from .bounds import candidate_bound
 from .candidates import enumerate_candidates, lower_bound
 from .cpsat import Solution, solve
+from .exhaustive import MAX_PLANS, exhaust, space_size
 from .infeasible import explain_infeasible
 from .problem import Candidate, PartitionProblem, build_problem
 from .refine import fits_within, refine
@@ -36,15 +42,18 @@ from .result import CandidateRecord, OptimizeResult, Scored
 
 Progress = Callable[[int, int, str], None]  # (steps done, steps in all, what runs now)
 POLISHED = 2  # proposals the simulator polishes; the runner-up schedule often overtakes after polish
+FAMILY_FEW = 2  # candidates per schedule variant solved and simulated before its analytic bound may prune one
 
 
 @dataclass(frozen=True)
 class Bounded:
-    """A candidate, its partition problem and the bound (seconds) no split of it beats."""
+    """A candidate, its partition problem, the analytic bound (seconds) no split of it beats in the
+    objective, and ``simulated_bound``, one no split and recomputation beats in the simulator."""
 
     candidate: Candidate
     problem: PartitionProblem
     bound: float
+    simulated_bound: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class Proposal:
     problem: PartitionProblem
     solution: Solution
     predicted: float
+    scored: Scored | None = None  # its simulation, taken as it is solved
 
 
 @dataclass(frozen=True)
@@ -88,10 +98,12 @@ class Rescored:
 
 @dataclass(frozen=True)
 class Polished:
-    """The winner of the polish: ``scored`` after it, ``start`` the simulated proposal it began from."""
+    """The winner of the polish: ``scored`` after it, ``start`` the simulated proposal it began from;
+    ``source`` "cp-sat", or "exhaustive" when the exhaustive search (small models) found faster."""
 
     start: Simulated
     scored: Scored
+    source: str = "cp-sat"
 
 
 def search(request: OptimizeRequest, progress: Progress | None = None) -> OptimizeResult:
@@ -103,11 +115,11 @@ def search(request: OptimizeRequest, progress: Progress | None = None) -> Optimi
     if progress:
         progress(total - 1, total, "simulating the best proposals")
     rescored = rescore(request, solved.proposals)
-    best = polish(request, rescored)
-    baselines = score_baselines(request, best.start.candidate)
+    best = exhaustive(request, bounded, polish(request, rescored))
+    baselines = score_baselines(request, _candidate_of(best.scored.plan), _problem_of(bounded, best.scored.plan))
     if progress:
         progress(total, total, "done")
-    return assemble(request, solved, rescored, best, baselines, time.perf_counter() - started)
+    return assemble(request, solved, rescored, best, baselines, time.perf_counter() - started, bounded)
 
 
 def judge(request: OptimizeRequest, name: str, plan: Plan) -> Scored:
@@ -116,7 +128,7 @@ def judge(request: OptimizeRequest, name: str, plan: Plan) -> Scored:
 
 
 def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
-    """Every candidate with its problem and lower bound, in order of bound (then label, for determinism)."""
+    """Every candidate with its problem and bounds, in order of analytic bound (then label, for determinism)."""
     found = enumerate_candidates(request.model.num_pipeline_layers, request.pp, request.replica_batch,
                                  list(request.variants), request.microbatch_sizes)
     if not found:
@@ -129,14 +141,20 @@ def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
                                 request.gpus, request.dp, request.distributed_optimizer, request.headroom,
                                 profile=request.profile, tp=request.tp,
                                 sequence_parallel=request.sequence_parallel)
-        out.append(Bounded(candidate, problem, problem.seconds(lower_bound(problem))))
+        out.append(Bounded(candidate, problem, problem.seconds(lower_bound(problem)), candidate_bound(problem)))
     out.sort(key=lambda c: (c.bound, c.candidate.label))
     return out
 
 
 def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: Progress | None = None) -> Solved:
-    """CP-SAT per candidate in bound order, skipping those whose bound is no better than the
-    ``rescore``-th best prediction so far (they could not enter the ``rescore`` best).
+    """CP-SAT per candidate in analytic-bound order, each proposal simulated as it comes.
+
+    A candidate is skipped when (a) its ``simulated_bound``, valid for the simulator (``bounds``),
+    is no better than the fastest fitting simulation so far: nothing in it can win; or (b) its
+    analytic bound is no better than the ``rescore``-th best prediction so far and its schedule
+    variant already had ``FAMILY_FEW`` candidates solved and simulated: the analytic bound is a
+    heuristic for the simulator (its fill term is approximate), so every family's best few are
+    judged by the simulator before the heuristic discards any of its candidates.
 
     With ``jobs`` > 1, workers solve a batch of ``jobs`` candidates ahead of time; the results are taken
     in bound order and one that a single process would have pruned (by a result earlier in the same
@@ -145,10 +163,18 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
     """
     records: dict[Candidate, CandidateRecord] = {}
     proposals: list[Proposal] = []
+    solved_per_family: dict[tuple[str, int], int] = {}
+    fastest = [float("inf")]
 
-    def pruned(bound: float) -> bool:
+    def pruned(item: Bounded) -> str | None:
+        if item.simulated_bound >= fastest[0]:
+            return "PRUNED"
         best = sorted(p.predicted for p in proposals)
-        return len(best) >= request.rescore and bound >= best[request.rescore - 1]
+        family = (item.candidate.schedule, item.candidate.chunks)
+        if (len(best) >= request.rescore and item.bound >= best[request.rescore - 1]
+                and solved_per_family.get(family, 0) >= FAMILY_FEW):
+            return "PRUNED (analytic)"
+        return None
 
     width = request.jobs
     pool = ProcessPoolExecutor(width) if width > 1 else None
@@ -158,25 +184,41 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
                 progress(first, len(bounded) + 1, bounded[first].candidate.label)
             started = []
             for item in bounded[first:first + width]:
-                if pruned(item.bound):
-                    records[item.candidate] = CandidateRecord(item.candidate, item.bound)
+                why = pruned(item)
+                if why:
+                    records[item.candidate] = CandidateRecord(item.candidate, item.bound, why,
+                                                              simulated_bound=item.simulated_bound)
                 else:
                     started.append((item, _start_solve(request, item.problem, pool)))
             for item, job in started:
-                if pruned(item.bound):
+                why = pruned(item)
+                if why:
                     job.cancel()
-                    records[item.candidate] = CandidateRecord(item.candidate, item.bound)
+                    records[item.candidate] = CandidateRecord(item.candidate, item.bound, why,
+                                                              simulated_bound=item.simulated_bound)
                     continue
                 solution = job.result()
+                family = (item.candidate.schedule, item.candidate.chunks)
+                solved_per_family[family] = solved_per_family.get(family, 0) + 1
                 predicted = item.problem.seconds(solution.objective) if solution.found else None
-                records[item.candidate] = CandidateRecord(item.candidate, item.bound, solution.status, predicted,
-                                                          solution.gap, solution.wall_time)
+                scored = None
                 if solution.found:
-                    proposals.append(Proposal(item.candidate, item.problem, solution, predicted))
+                    scored = judge(request, "cp-sat", _plan_of(request, item.candidate, solution))
+                    if fits_within(scored, request.headroom):
+                        fastest[0] = min(fastest[0], scored.iteration_time)
+                    proposals.append(Proposal(item.candidate, item.problem, solution, predicted, scored))
+                records[item.candidate] = CandidateRecord(item.candidate, item.bound, solution.status, predicted,
+                                                          solution.gap, solution.wall_time,
+                                                          simulated_bound=item.simulated_bound)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)  # on an error or Ctrl-C, queued solves do not run
     return Solved(tuple(records[item.candidate] for item in bounded), tuple(proposals))
+
+
+def _plan_of(request: OptimizeRequest, candidate: Candidate, solution: Solution) -> Plan:
+    plan = request.plan_for(candidate, solution.layers_per_stage, solution.recompute)
+    return plan.with_(recompute=solution.modes) if solution.modes else plan
 
 
 def _start_solve(request: OptimizeRequest, problem: PartitionProblem, pool: ProcessPoolExecutor | None) -> Future:
@@ -197,12 +239,11 @@ def _start_solve(request: OptimizeRequest, problem: PartitionProblem, pool: Proc
 
 
 def rescore(request: OptimizeRequest, proposals: tuple[Proposal, ...]) -> Rescored:
-    """Simulate the shortlist (``shortlist``). Raises SpecError saying what would fit when none of it
-    fits (headroom included)."""
-    simulated = tuple(
-        Simulated(p, judge(request, "cp-sat", request.plan_for(p.candidate, p.solution.layers_per_stage,
-                                                               p.solution.recompute)))
-        for p in shortlist(proposals, request.rescore))
+    """Every proposal's simulation (taken as it was solved); raises SpecError saying what would fit
+    when none of them fits (headroom included)."""
+    simulated = tuple(Simulated(p, p.scored if p.scored is not None else
+                                judge(request, "cp-sat", _plan_of(request, p.candidate, p.solution)))
+                      for p in shortlist(proposals, len(proposals)))
     fitting = [s for s in simulated if fits_within(s.scored, request.headroom)]
     if not fitting:
         raise SpecError(explain_infeasible(request.model, request.cluster, request.pp, request.dp,
@@ -228,29 +269,53 @@ def shortlist(proposals: tuple[Proposal, ...], rescore: int) -> list[Proposal]:
 
 
 def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
-    """Polish the ``POLISHED`` fastest fitting proposals with the simulator; the fastest result wins
-    (the earlier on a tie)."""
+    """Polish the ``POLISHED`` fastest fitting proposals with the simulator (cut moves and
+    recomputation changes together, ``refine``); the fastest result wins (the earlier on a tie)."""
     best = None
     for start in rescored.fitting[:POLISHED]:
-        polished = refine(start.scored, partial(judge, request), request.headroom,
-                          partial(_within_planner_memory, start.proposal.problem))
+        polished = refine(start.scored, partial(judge, request), request.headroom, start.proposal.problem)
         if best is None or polished.iteration_time < best.scored.iteration_time:
             best = Polished(start, polished)
     return best
 
 
-def _within_planner_memory(problem: PartitionProblem, plan: Plan) -> bool:
-    """The planner's own (rounded-up) memory rule: a cheap screen before a neighbour costs a simulation."""
-    return problem.objective(plan.layers_per_stage, tuple(r == "full" for r in plan.recompute)) is not None
+def exhaustive(request: OptimizeRequest, bounded: list[Bounded], best: Polished) -> Polished:
+    """For small models (``exhaustive.space_size`` ≤ ``MAX_PLANS``): every candidate's every split and
+    recomputation that might beat the polished plan, simulated (``exhaustive.exhaust``); the faster wins."""
+    if space_size([b.problem for b in bounded]) > MAX_PLANS:
+        return best
+    found = exhaust([(b.candidate, b.problem) for b in bounded], request.plan_for,
+                    lambda plan: judge(request, "exhaustive", plan),
+                    lambda scored: fits_within(scored, request.headroom), best.scored)
+    if found.best is None or found.best.iteration_time >= best.scored.iteration_time:
+        return best
+    return Polished(best.start, found.best, "exhaustive")
 
 
-def score_baselines(request: OptimizeRequest, candidate: Candidate) -> list[Scored]:
-    """The uniform and parameter-balanced splits of ``candidate`` (recomputing everywhere when they do
-    not fit otherwise), and for small models the best of every split, as the simulator replays them.
+def _candidate_of(plan: Plan) -> Candidate:
+    return Candidate(plan.schedule, plan.chunks, plan.microbatch_size, plan.num_microbatches)
+
+
+def _problem_of(bounded: list[Bounded], plan: Plan) -> PartitionProblem:
+    return next(b.problem for b in bounded if b.candidate == _candidate_of(plan))
+
+
+def score_baselines(request: OptimizeRequest, candidate: Candidate,
+                    problem: PartitionProblem | None = None) -> list[Scored]:
+    """The uniform and parameter-balanced splits of ``candidate`` (recomputing everywhere when they
+    do not fit otherwise), and for small models the best of every split and recomputation choice
+    (``_brute_force`` on ``problem``, built here when not given), as the simulator replays them.
 
     "Fit" is the chosen plan's rule, headroom included, so a speed-up is never measured against a
     baseline that breaks it.
     """
+    if problem is None:
+        problem = build_problem(request.model, request.cluster, candidate,
+                                generated_schedule(candidate.schedule, request.pp, candidate.num_microbatches,
+                                                   candidate.chunks),
+                                request.sequence_length, request.gpus, request.dp, request.distributed_optimizer,
+                                request.headroom, profile=request.profile, tp=request.tp,
+                                sequence_parallel=request.sequence_parallel)
     S = candidate.chunks * request.pp
     none, full = (False,) * S, (True,) * S
     out = []  # uniform, parameters, then the brute force when there is one
@@ -260,32 +325,27 @@ def score_baselines(request: OptimizeRequest, candidate: Candidate) -> list[Scor
         if not fits_within(scored, request.headroom):
             scored = judge(request, name, request.plan_for(candidate, layers, full))
         out.append(scored)
-    best = _brute_force(request, candidate)
+    best = _brute_force(request, candidate, problem)
     return out if best is None else out + [best]
 
 
-def _brute_force(request: OptimizeRequest, candidate: Candidate) -> Scored | None:
-    """The fastest split that fits, every split simulated, without recomputation if any fits so; None
-    when the model has too many splits to try (``all_splits``)."""
-    S = candidate.chunks * request.pp
-    splits = all_splits(request.model.num_pipeline_layers, S) or []
-    for recompute in ((False,) * S, (True,) * S):
-        best = None
-        for layers in splits:
-            scored = judge(request, BRUTE_FORCE, request.plan_for(candidate, layers, recompute))
-            faster = best is None or scored.iteration_time < best.iteration_time
-            if faster and fits_within(scored, request.headroom):
-                best = scored
-        if best is not None:
-            return best
-    return None
+def _brute_force(request: OptimizeRequest, candidate: Candidate, problem: PartitionProblem) -> Scored | None:
+    """The fastest plan of ``candidate`` over every split x every per-stage recomputation choice, each
+    simulated unless surely over memory or bounded above the best so far (``exhaustive.exhaust``);
+    None when the space is too large or nothing fits."""
+    if space_size([problem]) > MAX_PLANS:
+        return None
+    found = exhaust([(candidate, problem)], request.plan_for, lambda plan: judge(request, BRUTE_FORCE, plan),
+                    lambda scored: fits_within(scored, request.headroom), None)
+    return found.best if found.complete else None
 
 
 def assemble(request: OptimizeRequest, solved: Solved, rescored: Rescored, best: Polished,
-             baselines: list[Scored], search_time: float) -> OptimizeResult:
-    """The answer: the polished plan, unless a baseline that fits (headroom included) simulates faster;
-    and the record of every candidate, with the simulated time of those re-scored."""
-    chosen, source = best.scored, "cp-sat"
+             baselines: list[Scored], search_time: float, bounded: list[Bounded] = ()) -> OptimizeResult:
+    """The answer: the polished (or exhaustive) plan, unless a baseline that fits (headroom included)
+    simulates faster; the record of every candidate, with the simulated time of those solved; and the
+    chosen plan's analytic time (from its candidate's problem in ``bounded``), beside the simulated one."""
+    chosen, source = best.scored, best.source
     for b in baselines:
         if fits_within(b, request.headroom) and b.iteration_time < chosen.iteration_time:
             chosen, source = b, b.name
@@ -293,5 +353,9 @@ def assemble(request: OptimizeRequest, solved: Solved, rescored: Rescored, best:
     records = tuple(replace(r, simulated=simulated[r.candidate]) if r.candidate in simulated else r
                     for r in solved.records)
     proposal = best.start.proposal
+    plan = chosen.plan
+    problem = next((b.problem for b in bounded if b.candidate == _candidate_of(plan)), None)
+    objective = None if problem is None else problem.objective(plan.layers_per_stage, plan.recompute)
     return OptimizeResult(chosen, source, proposal.candidate, proposal.solution, proposal.predicted,
-                          tuple(baselines), records, search_time, request.headroom, best.start.scored)
+                          tuple(baselines), records, search_time, request.headroom, best.start.scored,
+                          None if objective is None else problem.seconds(objective))

@@ -1,0 +1,114 @@
+"""Lower bounds on the *simulated* iteration time, so that pruning by them never loses the simulator's optimum.
+
+The argument (``simulator.engine``): every device runs its compute ops one at a time in its list
+order, each lasting its stage's cost (the sum of the stage's per-layer costs, as ``lowering``
+prices it), and an op starts only after its dependencies have ended (transfers take ≥ 0 s).
+The iteration time is the last end minus the first start, and the first op (F of stage 0, which
+waits for nothing) starts at 0. So for every device d
+
+    T ≥ head_d + busy_d + tail_d
+
+where busy_d is the sum of d's op durations (m micro-batches of its stages' F + I + W, recomputation
+included), head_d the dependency chain before d's first op (F of every stage before it, for one
+micro-batch) and tail_d the chain that must still run after d's last op (for a B or I of stage k:
+the backward of every stage below k; for a W: nothing). Also T ≥ the chain of one micro-batch
+through every forward and backward. Data-parallel reductions and optimizer steps only add ops, so
+the bound holds with them too.
+
+The problem's integers are rounded per layer to the nearest unit, so each summed term may be
+0.5 unit short of the float cost: the bounds subtract 0.5 unit per term summed (and a 1e-9
+relative margin for float addition). Assumption, not proven here: a measured profile prices every
+cut but the measured one as sums of single layers and B as I + W; there the bound is a heuristic.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .problem import FULL, PartitionProblem, mode_of
+
+MARGIN = 1.0 - 1e-9
+
+
+def _backward_after(problem: PartitionProblem, kind: str) -> bool:
+    """Whether a last op of this kind leaves a backward chain to run below it."""
+    return kind in ("B", "I")
+
+
+def plan_bound(problem: PartitionProblem, layers_per_stage: Sequence[int], recompute: Sequence[bool | str]) -> float:
+    """Seconds no simulation of this split and recomputation can beat (see the module docstring)."""
+    values = problem.stage_values(layers_per_stage, recompute)
+    m = problem.num_microbatches
+    full = [mode_of(r) == FULL for r in recompute]
+    # Per stage: one micro-batch's F, its backward as the chain sees it (B = I + W, or I), and term counts.
+    fwd = [v[0] for v in values]
+    back = [v[1] + (v[2] if not problem.split_backward else 0) for v in values]
+    n = list(layers_per_stage)
+    back_terms = [n[k] * (2 if full[k] else 1) + (0 if problem.split_backward else n[k]) for k in range(len(n))]
+    best = (sum(fwd) + sum(back)) - 0.5 * (sum(n) + sum(back_terms))  # one micro-batch's chain
+    for d in range(problem.pp):
+        stages = problem.stages_of(d)
+        busy = m * sum(values[k][0] + values[k][1] + values[k][2] for k in stages)
+        terms = m * sum(n[k] * (3 + (1 if full[k] else 0)) for k in stages)
+        if problem.first_stage:
+            first = problem.first_stage[d]
+            busy += sum(fwd[:first])
+            terms += sum(n[:first])
+            last, kind = problem.last_action[d]
+            if _backward_after(problem, kind):
+                busy += sum(back[:last])
+                terms += sum(back_terms[:last])
+            elif kind == "F":
+                busy += sum(fwd[last + 1:]) + sum(back)
+                terms += sum(n[last + 1:]) + sum(back_terms)
+        best = max(best, busy - 0.5 * terms)
+    return max(0.0, best) * problem.time_unit * MARGIN
+
+
+def candidate_bound(problem: PartitionProblem) -> float:
+    """Seconds no split and recomputation of this candidate can beat in simulation.
+
+    Recomputation only lengthens I, so every term is taken without it. The chain of one micro-batch
+    and the average device's busy time hold for any schedule; with one stage per device (v = 1) the
+    minimum over all splits of max_d (head_d + busy_d + tail_d) is found exactly by a minimax
+    dynamic programme over the cut points.
+    """
+    L, S, m = problem.num_layers, problem.num_stages, problem.num_microbatches
+    F = np.concatenate(([0], np.cumsum(problem.forward, dtype=np.int64)))
+    I_ = np.concatenate(([0], np.cumsum(problem.backward_input, dtype=np.int64)))
+    W = np.concatenate(([0], np.cumsum(problem.backward_weight, dtype=np.int64)))
+    B = I_ if problem.split_backward else I_ + W
+    terms_per_layer = 2 if problem.split_backward else 3
+    chain = F[L] + B[L] - 0.5 * terms_per_layer * L
+    busy = m * (F[L] + I_[L] + W[L]) / problem.pp - 0.5 * 3 * m * L
+    best = max(chain, busy)
+    if problem.chunks == 1 and problem.first_stage and S <= L:
+        best = max(best, _single_chunk_minimax(problem, F, I_, W, B))
+    return max(0.0, float(best)) * problem.time_unit * MARGIN
+
+
+def _single_chunk_minimax(problem: PartitionProblem, F, I_, W, B) -> float:
+    """min over cuts of max_d (head_d + busy_d + tail_d) when device d holds stage d alone.
+
+    ``reach[j]`` after stage k: the least max over stages 0..k of a split whose stage k ends at layer j.
+    Each device's value is counted with a slack of 0.5 unit per term, as ``plan_bound`` does.
+    """
+    L, S, m = problem.num_layers, problem.num_stages, problem.num_microbatches
+    idx = np.arange(L + 1)
+    i, j = idx[:, None], idx[None, :]
+    work = (F[j] - F[i]) + (I_[j] - I_[i]) + (W[j] - W[i])
+    valid = j > i
+    reach = np.full(L + 1, np.inf)
+    reach[0] = -np.inf
+    for k in range(S):
+        d = problem.stage_to_device[k]
+        value = m * work - 0.5 * 3 * m * (j - i)
+        if problem.first_stage[d] == k:
+            value = value + F[i] - 0.5 * i
+        last, kind = problem.last_action[d]
+        if last == k and kind in ("B", "I"):
+            value = value + B[i] - 0.5 * (1 if problem.split_backward else 2) * i
+        value = np.where(valid, np.maximum(value, reach[:, None]), np.inf)
+        reach = value.min(axis=0)
+    return float(reach[L])

@@ -1,0 +1,134 @@
+"""Exhaustive search for small models: every split x every per-stage recomputation choice, judged by the simulator.
+
+Branch and bound over candidates (schedule, v, b, m) in order of ``bounds.candidate_bound``; inside
+one, every contiguous split and, per device, every pattern of recomputation modes over its stages
+(``PartitionProblem.modes``: none, full, and selective where it saves memory). A plan is skipped
+without a simulation only when
+
+* some device is surely over the memory limit (its rounded-up level minus one unit per rounded
+  term still exceeds the limit: rounding cannot make it fit), or
+* ``bounds.plan_bound`` (valid for the simulated time) is no better than the best simulated so far.
+
+Everything else is simulated, so when the search ``complete``s, its answer is the simulator's
+optimum over the candidates it was given. It is used only when the space is small
+(``space_size`` ≤ ``MAX_PLANS``) and stops after ``MAX_SIMULATIONS`` simulations.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+from ..plan import Plan
+from .bounds import candidate_bound, plan_bound
+from .problem import Candidate, PartitionProblem, mode_of
+from .result import Scored
+
+MAX_PLANS = 60_000  # splits x recomputation patterns over all candidates; larger spaces are not enumerated
+MAX_SIMULATIONS = 4_000
+Judge = Callable[[Plan], Scored]
+
+
+@dataclass(frozen=True)
+class Exhaustive:
+    """The fastest fitting plan found (None: none beat the incumbent), the simulations spent, and
+    whether every plan was simulated or excluded by a valid argument."""
+
+    best: Scored | None
+    simulations: int
+    complete: bool
+
+
+def splits(num_layers: int, num_stages: int) -> Iterator[tuple[int, ...]]:
+    """Every contiguous split into ``num_stages`` non-empty stages, in lexicographic order of the cuts."""
+    for cuts in itertools.combinations(range(1, num_layers), num_stages - 1):
+        bounds = (0, *cuts, num_layers)
+        yield tuple(bounds[i + 1] - bounds[i] for i in range(num_stages))
+
+
+def space_size(problems: Sequence[PartitionProblem]) -> int:
+    """How many (split, recomputation) plans the problems hold together."""
+    return sum(math.comb(p.num_layers - 1, p.num_stages - 1) * len(p.modes) ** p.num_stages
+               for p in problems if p.num_stages <= p.num_layers)
+
+
+def surely_over(problem: PartitionProblem, device: int, layers: Sequence[int], modes: dict[int, str]) -> bool:
+    """Device ``device`` exceeds the limit whatever the rounding: each integer term may be up to one
+    unit above its byte count (``build_problem`` rounds up), so one unit per term is taken off."""
+    starts = [0]
+    for n in layers:
+        starts.append(starts[-1] + n)
+    stages = problem.stages_of(device)
+    ranges = {k: range(starts[k], starts[k + 1]) for k in stages}
+    static = sum(problem.static[i] for k in stages for i in ranges[k])
+    static_terms = sum(len(ranges[k]) for k in stages)
+    per_stage = {}
+    for k in stages:
+        mode = modes[k]
+        act, held = {"none": (problem.activation, problem.held), "full": (problem.activation_rc, problem.held_rc),
+                     "selective": (problem.activation_sel, problem.held_sel)}[mode]
+        per_stage[k] = (sum(act[i] for i in ranges[k]), sum(held[i] for i in ranges[k]), len(ranges[k]))
+    for vector in problem.profiles[device]:
+        level, terms = static, static_terms
+        for k, (nf, nh) in zip(stages, vector):
+            a, h, n = per_stage[k]
+            level += nf * a + nh * h
+            terms += (nf + nh) * n
+        if level - terms > problem.capacity + 1:
+            return True
+    return False
+
+
+def _patterns(problem: PartitionProblem, layers: Sequence[int]) -> list[list[dict[int, str]]] | None:
+    """Per device, the recomputation patterns of its stages that may fit (None: a device fits none)."""
+    out = []
+    for d in range(problem.pp):
+        stages = problem.stages_of(d)
+        fitting = []
+        for combo in itertools.product(problem.modes, repeat=len(stages)):
+            modes = dict(zip(stages, combo))
+            if not surely_over(problem, d, layers, modes):
+                fitting.append(modes)
+        if not fitting:
+            return None
+        out.append(fitting)
+    return out
+
+
+def plans_of(problem: PartitionProblem, layers: Sequence[int]) -> Iterator[tuple[str, ...]]:
+    """Every recomputation tuple of ``layers`` whose devices may all fit."""
+    per_device = _patterns(problem, layers)
+    if per_device is None:
+        return
+    for choice in itertools.product(*per_device):
+        merged: dict[int, str] = {}
+        for modes in choice:
+            merged.update(modes)
+        yield tuple(merged[k] for k in range(problem.num_stages))
+
+
+def exhaust(items: Sequence[tuple[Candidate, PartitionProblem]], plan_for: Callable[[Candidate, tuple, tuple], Plan],
+            judge: Judge, fits: Callable[[Scored], bool], incumbent: Scored | None,
+            max_simulations: int = MAX_SIMULATIONS) -> Exhaustive:
+    """Branch and bound (module docstring) below ``incumbent``'s simulated time; deterministic: candidates
+    in order of bound then label, splits and patterns in a fixed order, ties keep the earlier plan."""
+    best_time = math.inf if incumbent is None else incumbent.iteration_time
+    best, sims = None, 0
+    ordered = sorted(((candidate_bound(p), c.label, c, p) for c, p in items if p.num_stages <= p.num_layers),
+                     key=lambda x: (x[0], x[1]))
+    for bound, _, candidate, problem in ordered:
+        if bound >= best_time:
+            break
+        for layers in splits(problem.num_layers, problem.num_stages):
+            for modes in plans_of(problem, layers):
+                if plan_bound(problem, layers, modes) >= best_time:
+                    continue
+                if sims >= max_simulations:
+                    return Exhaustive(best, sims, False)
+                sims += 1
+                plan = plan_for(candidate, layers, tuple(mode_of(m) == "full" for m in modes)).with_(recompute=modes)
+                scored = judge(plan)
+                if fits(scored) and scored.iteration_time < best_time:
+                    best, best_time = scored, scored.iteration_time
+    return Exhaustive(best, sims, True)
