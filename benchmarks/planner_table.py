@@ -48,7 +48,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for label, kwargs in CASES:
         started = time.perf_counter()
-        r = pipeplan.optimize(time_limit=1.0, **kwargs)
+        r = pipeplan.optimize(solver_time_limit=1.0, **kwargs)
         wall = time.perf_counter() - started
         plan = r.plan
         v = f" v={plan.chunks}" if plan.chunks > 1 else ""

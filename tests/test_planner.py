@@ -28,7 +28,7 @@ def assert_fits_with_headroom(result, headroom):
 
 @pytest.fixture(scope="module")
 def llama8b_1f1b():
-    return pipeplan.optimize("llama3-8b", "dgx-h100", global_batch=64, pp=8, schedules=["1f1b"], time_limit=5)
+    return pipeplan.optimize("llama3-8b", "dgx-h100", global_batch=64, pp=8, schedules=["1f1b"], solver_time_limit=5)
 
 
 def test_llama3_8b_beats_the_uniform_split_by_five_percent(llama8b_1f1b):
@@ -60,7 +60,7 @@ def test_memory_bound_plans_recompute_and_still_fit():
     small = CLUSTER_PRESETS["dgx-h100"].to_dict()
     small["gpu"]["memory_bytes"] = 40e9
     result = pipeplan.optimize("llama3-8b", small, global_batch=32, pp=8, schedules=["1f1b", "zb-h2"],
-                               microbatch_sizes=[1], time_limit=3)
+                               microbatch_sizes=[1], solver_time_limit=3)
     assert_fits_with_headroom(result, 0.05)
     assert "full" in result.plan.recompute
     for b in result.baselines:
@@ -70,8 +70,8 @@ def test_memory_bound_plans_recompute_and_still_fit():
 
 
 def test_small_model_matches_or_beats_the_brute_force_optimum_and_is_deterministic():
-    first = pipeplan.optimize("tiny", "dgx-h100", global_batch=8, pp=4, schedules=["1f1b", "zb-h1"], time_limit=2)
-    second = pipeplan.optimize("tiny", "dgx-h100", global_batch=8, pp=4, schedules=["1f1b", "zb-h1"], time_limit=2)
+    first = pipeplan.optimize("tiny", "dgx-h100", global_batch=8, pp=4, schedules=["1f1b", "zb-h1"], solver_time_limit=2)
+    second = pipeplan.optimize("tiny", "dgx-h100", global_batch=8, pp=4, schedules=["1f1b", "zb-h1"], solver_time_limit=2)
     assert first.plan == second.plan
     brute = first.baseline(BRUTE_FORCE)
     assert brute is not None
@@ -87,13 +87,13 @@ def test_baseline_splits_by_hand():
 
 def test_infeasible_says_what_would_fit():
     with pytest.raises(SpecError, match=r"needs .* GB per GPU.*--pp \d+"):
-        pipeplan.optimize("llama3-70b", "dgx-h100", global_batch=16, pp=8, schedules=["1f1b"], time_limit=1)
+        pipeplan.optimize("llama3-70b", "dgx-h100", global_batch=16, pp=8, schedules=["1f1b"], solver_time_limit=1)
 
 
 def test_cli_json_has_the_documented_keys(tmp_path):
     out = tmp_path / "plan.json"
     run = pipeplan_cli("optimize", "--model", "llama3-8b", "--cluster", "dgx-h100", "--pp", "8", "--global-batch", "64",
-                       "--schedules", "1f1b", "--time-limit", "2", "--out", str(out), "--json")
+                       "--schedules", "1f1b", "--solver-time-limit", "2", "--out", str(out), "--json")
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)
     for key in ("plan", "iteration_time", "bubble_fraction", "solver_status", "baselines", "speedup_vs_uniform"):
@@ -128,14 +128,14 @@ def test_cli_infeasible_exits_2_with_one_line(tmp_path):
     small["gpu"]["memory_bytes"] = 2e6
     path = tmp_path / "small.json"
     path.write_text(json.dumps(small))
-    run = pipeplan_cli("optimize", "--model", "tiny", "--cluster", str(path), "--pp", "4", "--global-batch", "4",
-                       "--schedules", "1f1b", "--time-limit", "1")
+    run = pipeplan_cli("optimize", "--model", "tiny", "--cluster", str(path), "--pp", "4", "--gpus", "4", "--global-batch", "4",
+                       "--schedules", "1f1b", "--solver-time-limit", "1")
     assert run.returncode == 2
     assert len(run.stderr.strip().splitlines()) == 1 and "no plan fits" in run.stderr
 
 
 def test_parallel_workers_give_the_same_plan():
-    kwargs = dict(global_batch=8, pp=4, schedules=["1f1b", "zb-h1"], time_limit=2)
+    kwargs = dict(global_batch=8, pp=4, schedules=["1f1b", "zb-h1"], solver_time_limit=2)
     one = pipeplan.optimize("tiny", "dgx-h100", **kwargs)
     two = pipeplan.optimize("tiny", "dgx-h100", parallel=2, **kwargs)
     assert one.plan == two.plan and one.iteration_time == two.iteration_time
@@ -143,7 +143,7 @@ def test_parallel_workers_give_the_same_plan():
 
 def test_a_cluster_object_keeps_its_node_count_in_the_plan_file():
     cluster = pipeplan.load_cluster("dgx-h100", 2)
-    result = pipeplan.optimize("tiny", cluster, global_batch=4, pp=4, dp=4, schedules=["1f1b"], time_limit=1)
+    result = pipeplan.optimize("tiny", cluster, global_batch=4, pp=4, dp=4, schedules=["1f1b"], solver_time_limit=1)
     again = pipeplan.simulate(plan=Plan.from_dict(json.loads(result.plan.to_json())))
     assert again.iteration_time == pytest.approx(result.iteration_time, rel=1e-12)
 
@@ -157,7 +157,7 @@ def test_compact_layer_text():
 def test_parallel_workers_prune_and_rescore_exactly_as_one_process():
     """Worker processes may solve a candidate ahead of time, but the search keeps only what one process
     would: with rescore=1, tiny at pp=2 solves the candidate of lowest bound and prunes every other."""
-    kwargs = dict(global_batch=8, pp=2, time_limit=1, rescore=1)
+    kwargs = dict(global_batch=8, pp=2, solver_time_limit=1, rescore=1)
     one = pipeplan.optimize("tiny", "dgx-h100", **kwargs)
     four = pipeplan.optimize("tiny", "dgx-h100", parallel=4, **kwargs)
     fate = lambda r: [(c.candidate, c.status, c.predicted, c.simulated) for c in r.candidates]  # noqa: E731
@@ -171,7 +171,7 @@ def test_a_plan_written_with_a_spec_file_runs_from_any_folder(tmp_path):
     out = tmp_path / "plans" / "plan.json"
     out.parent.mkdir()
     run = pipeplan_cli("optimize", "--model", "tiny", "--cluster", "validation/cpu.json", "--pp", "2",
-                       "--global-batch", "8", "--schedules", "1f1b", "--time-limit", "1", "--out", str(out), "--json")
+                       "--global-batch", "8", "--schedules", "1f1b", "--solver-time-limit", "1", "--out", str(out), "--json")
     assert run.returncode == 0, run.stderr
     expected = json.loads(run.stdout)["iteration_time"]
     sim = pipeplan_cli("simulate", str(out), "--json", cwd=tmp_path)
@@ -188,7 +188,7 @@ def test_baselines_obey_the_same_headroom_as_the_chosen_plan(tmp_path):
     peak = max(pipeplan.simulate(plan=plain).peak_memory)
     cluster["gpu"]["memory_bytes"] = peak / 0.98
     result = pipeplan.optimize("tiny", cluster, global_batch=8, pp=2, schedules=["1f1b"], microbatch_sizes=[1],
-                               headroom=0.10, time_limit=1.0)
+                               headroom=0.10, solver_time_limit=1.0)
     uniform = result.baseline(UNIFORM)
     assert uniform.plan.recompute == ("full", "full")
     for scored in (result.chosen, *result.baselines):

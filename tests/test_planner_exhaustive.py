@@ -101,7 +101,8 @@ def test_optimize_equals_the_exhaustive_simulated_optimum():
         assert expected is not None, f"seed {seed}: nothing fits (the memory draw should prevent it)"
         if plain is None or plain > expected * (1 + 1e-9):
             needed_recompute += 1
-        result = pipeplan.optimize(model, cluster, global_batch=batch, pp=pp, headroom=HEADROOM, time_limit=0.5)
+        result = pipeplan.optimize(model, cluster, global_batch=batch, pp=pp, gpus=pp, headroom=HEADROOM,
+                                   solver_time_limit=0.5)
         sources[result.source] = sources.get(result.source, 0) + 1
         assert fits(result.result, cluster)
         if result.iteration_time > expected * 1.001:

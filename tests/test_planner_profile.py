@@ -35,33 +35,33 @@ def head_heavy_profile(model="tiny"):
 
 
 def test_profile_moves_the_cut_to_the_hand_computed_balance():
-    result = pipeplan.optimize("tiny", "dgx-h100", global_batch=8, pp=2, schedules=["1f1b"],
-                               profile=head_heavy_profile(), time_limit=1.0)
+    result = pipeplan.optimize("tiny", "dgx-h100", global_batch=8, pp=2, gpus=2, schedules=["1f1b"],
+                               profile=head_heavy_profile(), solver_time_limit=1.0)
     assert result.plan.layers_per_stage == (7, 3)
     # Both stages take 15 ms per micro-batch: 1F1B's (m + p - 1) x 15 ms with m = 8, p = 2, plus the
     # NVLink latency of the hops on the critical path (the profile measured no links: a few microseconds each).
     assert 9 * 15 * MS < result.iteration_time < 9 * 15 * MS + 100e-6
     # The analytic model (no profile) does not see the expensive head and cuts elsewhere.
-    analytic = pipeplan.optimize("tiny", "dgx-h100", global_batch=8, pp=2, schedules=["1f1b"], seq_len=64,
-                                 time_limit=1.0)
+    analytic = pipeplan.optimize("tiny", "dgx-h100", global_batch=8, pp=2, gpus=2, schedules=["1f1b"], seq_len=64,
+                                 solver_time_limit=1.0)
     assert analytic.plan.layers_per_stage != (7, 3)
 
 
 def test_profile_of_another_model_is_refused():
     with pytest.raises(SpecError, match="profile.model"):
-        pipeplan.optimize("gpt2-xl", "dgx-h100", global_batch=8, pp=2, profile=head_heavy_profile())
+        pipeplan.optimize("gpt2-xl", "dgx-h100", global_batch=8, pp=2, gpus=2, profile=head_heavy_profile())
 
 
 def test_cli_optimize_with_profile(tmp_path):
     prof = tmp_path / "prof.json"
     prof.write_text(json.dumps(head_heavy_profile()))
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "pipeplan", "optimize", "--model", "tiny", "--pp", "2",
-                          "--global-batch", "8", "--schedules", "1f1b", "--time-limit", "1", "--profile", str(prof),
+    out = subprocess.run([sys.executable, "-m", "pipeplan", "optimize", "--model", "tiny", "--pp", "2", "--gpus", "2",
+                          "--global-batch", "8", "--schedules", "1f1b", "--solver-time-limit", "1", "--profile", str(prof),
                           "--json"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["plan"]["layers_per_stage"] == [7, 3]
-    bad = subprocess.run([sys.executable, "-m", "pipeplan", "optimize", "--model", "tiny", "--pp", "2",
+    bad = subprocess.run([sys.executable, "-m", "pipeplan", "optimize", "--model", "tiny", "--pp", "2", "--gpus", "2",
                           "--global-batch", "8", "--seq-len", "128", "--profile", str(prof)],
                          capture_output=True, text=True, cwd=tmp_path, env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

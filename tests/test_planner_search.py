@@ -97,7 +97,10 @@ def test_the_steps_compose_to_optimize():
     baselines = score_baselines(request, Candidate(plan.schedule, plan.chunks, plan.microbatch_size,
                                                    plan.num_microbatches))
     by_hand = assemble(request, solved, rescored, best, baselines, search_time=0.0, bounded=bounded)
-    assert without_timing(by_hand.to_dict()) == without_timing(pipeplan.optimize("tiny", "dgx-h100", **TINY).to_dict())
+    # optimize() on the same layout (2 of the cluster's GPUs, so tp = dp = 1) and CP-SAT budget.
+    direct = pipeplan.optimize("tiny", "dgx-h100", global_batch=8, pp=2, gpus=2, schedules=["1f1b", "zb-h1"],
+                               solver_time_limit=1.0)
+    assert without_timing(by_hand.to_dict()) == without_timing(direct.to_dict())
     assert without_timing(search(request).to_dict()) == without_timing(by_hand.to_dict())
 
 

@@ -1,13 +1,16 @@
-"""``pipeplan optimize``: search cut points, micro-batching, schedule, chunks and recomputation."""
+"""``pipeplan optimize``: search the layout (tp, pp, dp), schedule, chunks, micro-batching, cuts and recomputation."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from simulator.schedules import DEFAULT_SCHEDULES
+from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES
 
 from ..errors import SpecError
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json
+
+
+OTHERS = [name for name in SCHEDULES if name not in DEFAULT_SCHEDULES]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,21 +23,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="model preset or JSON/YAML file")
     p.add_argument("--cluster", default="dgx-h100", help="cluster preset or JSON/YAML file (default dgx-h100)")
-    p.add_argument("--nodes", type=int, default=None, help="number of nodes of the cluster")
-    p.add_argument("--pp", type=int, default=None, help="pipeline devices (default: all GPUs / (tp x dp))")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree, inside a node (default 1)")
-    p.add_argument("--sequence-parallel", action="store_true", help="sequence parallelism (needs --tp > 1)")
-    p.add_argument("--dp", type=int, default=1, help="data-parallel replicas (default 1)")
+    p.add_argument("--nodes", type=int, default=None, help="number of nodes of the cluster (the plan uses all their GPUs)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs the plan uses, exactly (default: every GPU of the nodes)")
+    p.add_argument("--tp", type=int, default=None, help="pin the tensor-parallel degree, inside a node (default: searched)")
+    p.add_argument("--pp", type=int, default=None, help="pin the pipeline devices per replica (default: searched)")
+    p.add_argument("--dp", type=int, default=None, help="pin the data-parallel replicas (default: searched)")
+    p.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
+                   help="pin sequence parallelism on or off (default: on wherever tp > 1)")
+    p.add_argument("--distributed-optimizer", action=argparse.BooleanOptionalAction, default=None,
+                   help="pin the distributed optimizer on or off (default: on wherever dp > 1)")
     p.add_argument("--global-batch", type=int, required=True, help="sequences per iteration, all replicas")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: the model's)")
     p.add_argument("--schedules", nargs="+", metavar="NAME", default=None,
-                   help=f"schedules to consider (default: {' '.join(DEFAULT_SCHEDULES)})")
+                   help=f"schedules to consider (default: {' '.join(DEFAULT_SCHEDULES)}; also {' '.join(OTHERS)})")
     p.add_argument("--microbatch-sizes", nargs="+", type=int, metavar="B", default=None,
                    help="micro-batch sizes to consider (default: every divisor of the per-replica batch)")
-    p.add_argument("--time-limit", type=float, default=5.0, help="CP-SAT budget per candidate, seconds (default 5)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="wall-clock budget of the whole search, seconds; past it the best plan found is returned "
+                        "(default: none)")
+    p.add_argument("--solver-time-limit", type=float, default=5.0,
+                   help="CP-SAT budget per candidate, deterministic seconds (default 5)")
+    p.add_argument("--layouts", type=int, default=3,
+                   help="layouts (tp, pp, dp) searched in full, the best the screen ranks (default 3)")
+    p.add_argument("--compare-config", metavar="K=V,...", default=None,
+                   help="a configuration to compare against, e.g. tp=8,pp=8,dp=24,b=2,v=2 (also schedule=, rc=)")
     p.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
     p.add_argument("--jobs", type=int, default=1, help="candidates solved at once in worker processes (default 1)")
-    p.add_argument("--distributed-optimizer", action="store_true", help="shard optimizer state over dp")
     p.add_argument("--profile", metavar="FILE", default=None,
                    help="measured costs (a profile or report from `pipeplan validate`) instead of the analytic model")
     p.add_argument("--out", metavar="PLAN.json", help="write the chosen plan (for simulate / validate)")
@@ -60,18 +74,22 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
-    from ..planner.request import OptimizeRequest
-    from ..planner.search import search
+    from functools import partial
 
-    request = OptimizeRequest.create(
-        model=args.model, cluster=args.cluster, global_batch=args.global_batch, pp=args.pp, dp=args.dp,
+    from ..planner.optimize import optimize
+    from ..profile import load_profile
+
+    profile = load_profile(args.profile) if args.profile else None
+    search = partial(
+        optimize, args.model, args.cluster, args.global_batch, pp=args.pp, dp=args.dp, tp=args.tp, gpus=args.gpus,
         nodes=args.nodes, seq_len=args.seq_len, schedules=args.schedules, microbatch_sizes=args.microbatch_sizes,
-        time_limit=args.time_limit, headroom=args.headroom, distributed_optimizer=args.distributed_optimizer,
-        jobs=args.jobs, profile=args.profile, tp=args.tp, sequence_parallel=args.sequence_parallel)
+        time_limit=args.time_limit, solver_time_limit=args.solver_time_limit, headroom=args.headroom,
+        distributed_optimizer=args.distributed_optimizer, sequence_parallel=args.sequence_parallel,
+        parallel=args.jobs, profile=profile, layouts=args.layouts, compare_config=args.compare_config)
     if args.json or not sys.stderr.isatty():
-        result = search(request)
+        result = search()
     else:
-        result = _with_progress(request)
+        result = _with_progress(search)
     written = []
     if args.out:
         from ..fileio import write_atomic
@@ -86,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_dict())
     else:
-        print_report(result, request.profile)
+        print_report(result, profile)
         for path in written:
             print(f"wrote {path}")
     return 0
@@ -103,21 +121,19 @@ def _portable(plan, out: str):
     return plan.with_(**changes)
 
 
-def _with_progress(request):
-    """``search(request)`` with a progress bar on stderr, gone once it ends."""
+def _with_progress(search):
+    """``search(progress=...)`` with a progress bar on stderr, gone once it ends."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..planner.search import search
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("searching", total=None)
 
         def update(done: int, total: int, label: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"candidate {label}")
+            bar.update(task, completed=done, total=total, description=label)
 
-        return search(request, progress=update)
+        return search(progress=update)
 
 
 def compact_layers(layers) -> str:
@@ -155,6 +171,9 @@ def print_report(result, profile=None) -> None:
     console.print(
         f"[bold]{model.name}[/] on {cluster.nodes} x {cluster.name}: "
         + (f"tp={plan.tp} " if plan.tp > 1 else "") + f"pp={plan.pp} dp={plan.dp} "
+        + ("sequence-parallel " if plan.sequence_parallel else "")
+        + ("distributed-optimizer " if plan.distributed_optimizer else "")
+        + 
         f"global batch {plan.microbatch_size * plan.num_microbatches * plan.dp}, seq {sim.resolved.seq_len}"
         + (f"; costs measured on {profile.device} ({profile.backend})" if profile else "")
     )
@@ -192,4 +211,32 @@ def print_report(result, profile=None) -> None:
         table.add_row(b.name, compact_layers(b.plan.layers_per_stage), _recompute_text(b.plan),
                       fmt_time(r.iteration_time), fmt_pct(r.bubble_fraction), fmt_pct(r.mfu),
                       "yes" if r.fits else "OUT OF MEMORY", f"{r.iteration_time / sim.iteration_time:.2f}x")
+    console.print(table)
+    if result.layouts:
+        print_layouts(console, result)
+    if result.timed_out:
+        console.print("[bold]time limit reached[/]: the plan above is the best found in the time given "
+                      "(raise --time-limit to search further)")
+
+
+LAYOUT_ROWS = 12  # the layouts table shows the fastest few; --json has every layout
+
+
+def print_layouts(console, result) -> None:
+    """The layouts the whole search considered, fastest simulated first, with their fate."""
+    from rich.table import Table
+
+    def best(r):
+        times = [t for t in (r.simulated, r.screened if r.screen_fits else None) if t is not None]
+        return min(times) if times else float("inf")
+
+    rows = sorted(result.layouts, key=lambda r: (best(r), r.time_floor))
+    table = Table(title=f"layouts ({len(rows)}; {sum(r.status == 'SEARCHED' for r in rows)} searched in full)",
+                  title_justify="left")
+    for h in ("layout", "floor", "screen", "searched", "status"):
+        table.add_column(h, justify="left" if h in ("layout", "status") else "right")
+    for r in rows[:LAYOUT_ROWS]:
+        screen = "-" if r.screened is None else fmt_time(r.screened) + ("" if r.screen_fits else " OOM")
+        table.add_row(r.layout.label, fmt_time(r.time_floor), screen,
+                      "-" if r.simulated is None else fmt_time(r.simulated), r.status)
     console.print(table)

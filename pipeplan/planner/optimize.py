@@ -1,38 +1,90 @@
-"""``optimize``: the planner's keyword API; it builds an ``OptimizeRequest`` and runs ``search`` on it."""
+"""``optimize``: the planner's keyword API. It lists the layouts the pins allow and searches them
+(``layout_search``), or, when the pins leave one layout, runs ``search`` on it directly."""
 from __future__ import annotations
 
-from ..cluster import ClusterSpec
-from ..model import ModelSpec
+import time
+from dataclasses import replace
+
+from ..cluster import ClusterSpec, load_cluster
+from ..errors import SpecError, positive_int
+from ..model import ModelSpec, load_model
 from ..profile import Profile
+from .layout_search import TOP_LAYOUTS, GivenConfig, layout_request, search_layouts
+from .layouts import LayoutPins, enumerate_layouts
 from .request import OptimizeRequest
 from .result import OptimizeResult
 from .search import Progress, search
 
 
 def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,
-             pp: int | None = None, dp: int = 1, nodes: int | None = None, seq_len: int | None = None,
+             pp: int | None = None, dp: int | None = None, nodes: int | None = None, seq_len: int | None = None,
              schedules: list[str] | None = None, microbatch_sizes: list[int] | None = None,
-             time_limit: float = 5.0, headroom: float = 0.05, distributed_optimizer: bool = False,
+             time_limit: float | None = None, headroom: float = 0.05, distributed_optimizer: bool | None = None,
              rescore: int = 3, parallel: int | None = None, progress: Progress | None = None,
-             profile: Profile | str | dict | None = None, tp: int = 1,
-             sequence_parallel: bool = False) -> OptimizeResult:
-    """Find the fastest plan that fits: cut points, recomputation per stage, schedule, b, m and v.
+             profile: Profile | str | dict | None = None, tp: int | None = None,
+             sequence_parallel: bool | None = None, gpus: int | None = None,
+             compare_config: str | GivenConfig | None = None, layouts: int = TOP_LAYOUTS,
+             solver_time_limit: float = 5.0, blocking_p2p: bool = False) -> OptimizeResult:
+    """Find the fastest plan that fits: layout (tp, pp, dp), schedule, chunks v, micro-batch size b and
+    count m, cut points and recomputation per stage.
 
-    ``time_limit`` is each candidate's CP-SAT budget (deterministic seconds); ``headroom`` the share
-    of GPU memory kept free; ``parallel`` > 1 solves that many candidates at once in worker processes
-    (at most 8; worth it on an idle machine with that many cores). Raises SpecError (one line) for a
-    bad argument, and when nothing fits, saying how much memory per GPU or how many pipeline devices
-    would be needed.
-
-    ``profile``: measured op times and links (``pipeplan validate`` writes one) instead of the analytic
-    cost model, for the planner's objective and the simulator that judges. A profile is measured at one
-    micro-batch size and sequence length, so those are fixed to its values; memory stays the model's.
-    ``tp`` (with ``sequence_parallel``) pins the tensor-parallel degree: costs and memory are one tensor
-    rank's, and pp defaults to all GPUs / (tp·dp).
+    The plan uses ``gpus`` GPUs (default: every GPU of the cluster's ``nodes``); tp, pp, dp,
+    ``sequence_parallel`` and ``distributed_optimizer`` left None are searched (the two switches are on
+    wherever they apply: never slower in the cost model, see ``layouts``), given ones are pinned.
+    ``layouts``: how many layouts the screen ranks first are searched in full (others only when their
+    time floor could still win... and never beyond that count). ``time_limit``: the whole search's
+    wall-clock budget in seconds (None: none); past it the best plan found so far is returned and the
+    result says so (``timed_out``). ``solver_time_limit``: CP-SAT's budget per candidate (deterministic
+    seconds). ``compare_config`` ("tp=8,pp=8,dp=24,b=2,v=2"): a configuration simulated as a baseline;
+    the answer is never slower than it. ``parallel`` > 1 solves that many candidates at once in worker
+    processes. ``profile``: measured op times and links (``pipeplan validate`` writes one) instead of
+    the analytic cost model; it fixes b and the sequence length to the values it was measured at, and
+    tp and dp to 1 unless pinned (it measured one tensor rank of one replica).
+    Raises SpecError (one line) for a bad argument, and when nothing fits, saying what would.
     """
-    request = OptimizeRequest.create(
-        model, cluster, global_batch, pp=pp, dp=dp, nodes=nodes, seq_len=seq_len, schedules=schedules,
-        microbatch_sizes=microbatch_sizes, time_limit=time_limit, headroom=headroom,
-        distributed_optimizer=distributed_optimizer, rescore=rescore, jobs=parallel, profile=profile, tp=tp,
-        sequence_parallel=sequence_parallel)
-    return search(request, progress)
+    started = time.perf_counter()
+    if time_limit is not None and not time_limit > 0:
+        raise SpecError(f"time_limit: must be > 0 seconds (got {time_limit})")
+    positive_int("layouts", layouts)
+    spec, cl, count, grown = _gpus_and_cluster(model, cluster, nodes, gpus)
+    if profile is not None:  # a profile holds one tensor rank's measured costs at tp = 1, one replica
+        tp, dp = (1 if tp is None else tp), (1 if dp is None else dp)
+    pins = LayoutPins(count, tp, pp, dp, sequence_parallel, distributed_optimizer)
+    compare = GivenConfig.parse(compare_config) if isinstance(compare_config, str) else compare_config
+    if sequence_parallel and tp is None and cl.gpus_per_node == 1:
+        raise SpecError("sequence_parallel: needs tensor parallelism, and a node here has one GPU")
+    positive_int("global_batch", global_batch)
+    found = enumerate_layouts(spec, cl, global_batch, pins)
+    first = found[0]
+    base = OptimizeRequest.create(
+        model, cluster, global_batch, pp=first.pp, dp=first.dp,
+        nodes=nodes if nodes is not None else (cl.nodes if grown else None),
+        seq_len=seq_len, schedules=schedules, microbatch_sizes=microbatch_sizes, time_limit=solver_time_limit,
+        headroom=headroom, distributed_optimizer=first.distributed_optimizer, rescore=rescore, jobs=parallel,
+        profile=profile, tp=first.tp, sequence_parallel=first.sequence_parallel, blocking_p2p=blocking_p2p)
+    if len(found) == 1 and compare is None:
+        deadline = None if time_limit is None else started + time_limit
+        result = search(replace(layout_request(base, first), deadline=deadline), progress)
+        timed_out = deadline is not None and time.perf_counter() > deadline
+        return replace(result, timed_out=timed_out, search_time=time.perf_counter() - started)
+    return search_layouts(base, pins, float("inf") if time_limit is None else time_limit - (time.perf_counter() - started),
+                          layouts, compare, progress)
+
+
+def _gpus_and_cluster(model, cluster, nodes: int | None, gpus: int | None) -> tuple[ModelSpec, ClusterSpec, int, bool]:
+    """The model, the cluster with enough nodes, how many GPUs the plan uses (``gpus``, else all) and
+    whether the cluster grew beyond its own node count to hold them."""
+    spec = load_model(model)
+    if gpus is not None:
+        positive_int("gpus", gpus)
+    if nodes is not None:
+        positive_int("nodes", nodes)
+    base = load_cluster(cluster, nodes)
+    if gpus is None:
+        return spec, base, base.num_gpus, False
+    needed = -(-gpus // base.gpus_per_node)
+    if nodes is not None and needed > nodes:
+        raise SpecError(f"gpus: {gpus} GPUs need {needed} node(s) of {base.gpus_per_node} but --nodes is {nodes}; "
+                        "raise --nodes or lower --gpus")
+    grown = nodes is None and needed > base.nodes
+    return spec, base.with_nodes(needed) if grown else base, gpus, grown

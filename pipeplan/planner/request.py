@@ -6,6 +6,7 @@ The search steps (``search.py``) take their settings from the request alone.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,8 @@ class OptimizeRequest:
     rescore: int = 3  # proposals the simulator re-scores (besides the best of every variant); the prune keeps them
     jobs: int = 1  # candidates solved at once in worker processes
     profile: Profile | None = None
+    blocking_p2p: bool = False  # the plan's point-to-point exchanges block (Megatron 2021), as the plans say
+    deadline: float | None = None  # time.perf_counter() after which the search starts no optional work
 
     @classmethod
     def create(cls, model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,
@@ -61,7 +64,8 @@ class OptimizeRequest:
                time_limit: float = 5.0, headroom: float = 0.05, distributed_optimizer: bool = False,
                rescore: int = 3, jobs: int | None = None,
                profile: Profile | str | dict | None = None, tp: int = 1,
-               sequence_parallel: bool = False) -> OptimizeRequest:
+               sequence_parallel: bool = False, blocking_p2p: bool = False,
+               deadline: float | None = None) -> OptimizeRequest:
         """Load the specs and check every argument, in the order the errors are reported.
 
         ``pp`` defaults to all GPUs / dp; ``jobs`` is clamped to [1, MAX_JOBS]. Raises SpecError (one line).
@@ -85,7 +89,8 @@ class OptimizeRequest:
                    plan_nodes=plan_nodes, seq_len=seq_len,
                    microbatch_sizes=None if microbatch_sizes is None else tuple(microbatch_sizes),
                    time_limit=time_limit, headroom=headroom, distributed_optimizer=distributed_optimizer,
-                   tp=tp, sequence_parallel=sequence_parallel, rescore=rescore, jobs=max(1, min(jobs or 1, MAX_JOBS)), profile=prof)
+                   tp=tp, sequence_parallel=sequence_parallel, rescore=rescore, jobs=max(1, min(jobs or 1, MAX_JOBS)), profile=prof,
+                   blocking_p2p=blocking_p2p, deadline=deadline)
 
     @property
     def replica_batch(self) -> int:
@@ -102,6 +107,11 @@ class OptimizeRequest:
         """Cluster rank of each pipeline device of replica 0; its boundary transfers use these links."""
         return default_placement(self.pp, self.dp, self.tp)
 
+    @property
+    def out_of_time(self) -> bool:
+        """Past the deadline: the search finishes what it must for an answer and starts nothing else."""
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
     def plan_for(self, candidate: Candidate, layers: tuple[int, ...], recompute: tuple[bool, ...]) -> Plan:
         """The plan file for ``candidate`` cut into ``layers`` per stage, ``recompute`` per stage."""
         return Plan(model=self.model_ref, cluster=self.cluster_ref, nodes=self.plan_nodes,
@@ -109,7 +119,7 @@ class OptimizeRequest:
                     num_microbatches=candidate.num_microbatches, microbatch_size=candidate.microbatch_size,
                     layers_per_stage=tuple(layers), recompute=tuple("full" if r else "none" for r in recompute),
                     seq_len=self.seq_len, dp=self.dp, tp=self.tp, sequence_parallel=self.sequence_parallel,
-                    distributed_optimizer=self.distributed_optimizer)
+                    distributed_optimizer=self.distributed_optimizer, blocking_p2p=self.blocking_p2p)
 
 
 def _check_numbers(dp: int, global_batch: int, seq_len: int | None, headroom: float, time_limit: float,

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..api import PlanResult
 from ..plan import Plan
 from .baselines import UNIFORM
 from .cpsat import Solution
 from .problem import Candidate
+
+if TYPE_CHECKING:
+    from .layouts import Layout
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,30 @@ class CandidateRecord:
             "gap": self.gap, "solve_time": self.solve_time, "simulated_iteration_time": self.simulated,
             "simulated_lower_bound": self.simulated_bound,
         }
+
+
+@dataclass(frozen=True)
+class LayoutRecord:
+    """One layout's fate in a whole-configuration search (``layout_search``): its floors (seconds, bytes),
+    what its screen plan simulated to, and whether it was searched, pruned by its floor, left at its
+    screen (ranked below the layouts searched), out of memory by its floor, or stopped by the time limit."""
+
+    layout: "Layout"
+    time_floor: float
+    status: str
+    memory_floor: float = 0.0
+    screened: float | None = None
+    screen_fits: bool = False
+    simulated: float | None = None
+    search_time: float = 0.0
+
+    def to_dict(self) -> dict:
+        lay = self.layout
+        return {"tp": lay.tp, "pp": lay.pp, "dp": lay.dp, "sequence_parallel": lay.sequence_parallel,
+                "distributed_optimizer": lay.distributed_optimizer, "status": self.status,
+                "time_floor": self.time_floor, "memory_floor": self.memory_floor,
+                "screened_iteration_time": self.screened, "screen_fits": self.screen_fits,
+                "simulated_iteration_time": self.simulated, "search_time": self.search_time}
 
 
 @dataclass(frozen=True)
@@ -79,6 +107,8 @@ class OptimizeResult:
     headroom: float = 0.0
     proposal: Scored | None = None  # CP-SAT's split as proposed, before the simulator's polish
     chosen_analytic: float | None = None  # the analytic objective (seconds) of the chosen plan itself
+    layouts: tuple[LayoutRecord, ...] = ()  # a whole-configuration search's layouts (empty: layout fixed)
+    timed_out: bool = False  # the whole search's time limit ran out (the answer is the best found by then)
 
     @property
     def analytic_gap(self) -> float | None:
@@ -133,4 +163,6 @@ class OptimizeResult:
             "speedup_vs_uniform": self.speedup_vs_uniform,
             "baselines": {b.name: b.to_dict(self.iteration_time) for b in self.baselines},
             "candidates": [c.to_dict() for c in self.candidates],
+            "layouts": [r.to_dict() for r in self.layouts],
+            "timed_out": self.timed_out,
         }

@@ -169,6 +169,8 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
     def pruned(item: Bounded) -> str | None:
         if item.simulated_bound >= fastest[0]:
             return "PRUNED"
+        if request.out_of_time and fastest[0] < float("inf"):
+            return "TIME LIMIT"  # a fitting plan is in hand; the whole search's wall-clock budget is spent
         best = sorted(p.predicted for p in proposals)
         family = (item.candidate.schedule, item.candidate.chunks)
         if (len(best) >= request.rescore and item.bound >= best[request.rescore - 1]
@@ -181,7 +183,7 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
     try:
         for first in range(0, len(bounded), width):
             if progress:  # the last of len(bounded) + 1 steps is the simulations after this one
-                progress(first, len(bounded) + 1, bounded[first].candidate.label)
+                progress(first, len(bounded) + 1, f"candidate {bounded[first].candidate.label}")
             started = []
             for item in bounded[first:first + width]:
                 why = pruned(item)
@@ -230,7 +232,10 @@ def _start_solve(request: OptimizeRequest, problem: PartitionProblem, pool: Proc
     hint = megatron_uniform(request.model, problem.num_stages)
     hint_recompute = next((rc for rc in ((False,) * len(hint), (True,) * len(hint))
                            if problem.objective(hint, rc) is not None), None)
-    args = (problem, request.time_limit, 1, hint, hint_recompute)
+    limit = request.time_limit
+    if request.deadline is not None:  # never far past the whole search's budget; a hint is a first answer
+        limit = min(limit, max(0.1, request.deadline - time.perf_counter()))
+    args = (problem, limit, 1, hint, hint_recompute)
     if pool:
         return pool.submit(solve, *args)
     done: Future = Future()
@@ -273,6 +278,11 @@ def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
     recomputation changes together, ``refine``); the fastest result wins (the earlier on a tie)."""
     best = None
     for start in rescored.fitting[:POLISHED]:
+        if request.out_of_time and best is not None:
+            break
+        if request.out_of_time:
+            best = Polished(start, start.scored)
+            break
         polished = refine(start.scored, partial(judge, request), request.headroom, start.proposal.problem)
         if best is None or polished.iteration_time < best.scored.iteration_time:
             best = Polished(start, polished)
@@ -282,7 +292,7 @@ def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
 def exhaustive(request: OptimizeRequest, bounded: list[Bounded], best: Polished) -> Polished:
     """For small models (``exhaustive.space_size`` ≤ ``MAX_PLANS``): every candidate's every split and
     recomputation that might beat the polished plan, simulated (``exhaustive.exhaust``); the faster wins."""
-    if space_size([b.problem for b in bounded]) > MAX_PLANS:
+    if request.out_of_time or space_size([b.problem for b in bounded]) > MAX_PLANS:
         return best
     found = exhaust([(b.candidate, b.problem) for b in bounded], request.plan_for,
                     lambda plan: judge(request, "exhaustive", plan),
@@ -333,7 +343,7 @@ def _brute_force(request: OptimizeRequest, candidate: Candidate, problem: Partit
     """The fastest plan of ``candidate`` over every split x every per-stage recomputation choice, each
     simulated unless surely over memory or bounded above the best so far (``exhaustive.exhaust``);
     None when the space is too large or nothing fits."""
-    if space_size([problem]) > MAX_PLANS:
+    if request.out_of_time or space_size([problem]) > MAX_PLANS:
         return None
     found = exhaust([(candidate, problem)], request.plan_for, lambda plan: judge(request, BRUTE_FORCE, plan),
                     lambda scored: fits_within(scored, request.headroom), None)

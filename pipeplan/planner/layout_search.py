@@ -1,0 +1,266 @@
+"""The whole-configuration search: which layout (tp, pp, dp), then everything ``search`` chooses inside it.
+
+``search_layouts`` runs these steps over the layouts ``enumerate_layouts`` allows:
+
+1. *floors*: a layout whose static memory floor is above the usable memory is dropped (no split fits);
+   the others get their ``time_floor``, a lower bound on any of their simulated plans;
+2. *screen*: every remaining layout is simulated once with a quick plan (``screen_plan``: the uniform
+   split, 1F1B or the first allowed schedule, the smallest micro-batch, the least recomputation that
+   fits), so each has a simulated time before any is discarded;
+3. *full search*: in order of the screen's time (layouts whose screen did not fit after them, by floor),
+   ``search`` runs on a layout unless its floor is not below the best simulated plan so far (a valid
+   skip) or ``top`` layouts have already been searched to a plan (the heuristic stop: the screen's
+   order is the judge of which layouts deserve a search; the record says which were skipped so);
+4. *answer*: the fastest simulated plan among everything simulated (screens, searches and the given
+   configuration, ``--compare-config``), with the record of every layout.
+
+``time_limit`` bounds the whole search in wall-clock seconds: past it, no new layout is searched and
+the running search stops its optional work (``OptimizeRequest.deadline``). Screening always finishes
+while no plan fits yet, so a time-out never turns into "no plan fits". Without a time-out the answer
+depends on the inputs only (every step is deterministic).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from ..errors import SpecError
+from ..plan import Plan
+from .baselines import megatron_uniform
+from .cpsat import Solution
+from .layouts import Layout, LayoutPins, enumerate_layouts, memory_floor, time_floor
+from .problem import Candidate
+from .refine import fits_within
+from .request import OptimizeRequest
+from .result import LayoutRecord, OptimizeResult, Scored
+from .search import Progress, judge, search
+
+TOP_LAYOUTS = 3  # layouts searched in full (those the screen ranks first), besides the valid skips
+SCREEN_ORDER = ("none", "selective", "full")
+
+
+@dataclass(frozen=True)
+class GivenConfig:
+    """A configuration to compare against (``--compare-config tp=8,pp=8,dp=24,b=2,v=2``): Megatron's
+    uniform split under interleaved (v > 1) or 1F1B, the least recomputation that fits unless ``rc`` is given."""
+
+    tp: int
+    pp: int
+    dp: int
+    b: int
+    v: int = 1
+    schedule: str | None = None
+    rc: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "GivenConfig":
+        fields = {}
+        for part in text.split(","):
+            key, _, value = part.partition("=")
+            key = key.strip()
+            if key not in ("tp", "pp", "dp", "b", "v", "schedule", "rc") or not value.strip():
+                raise SpecError(f"--compare-config: {part!r} is not KEY=VALUE with KEY one of tp, pp, dp, b, v, "
+                                "schedule, rc (e.g. tp=8,pp=8,dp=24,b=2,v=2)")
+            fields[key] = value.strip()
+        missing = [k for k in ("tp", "pp", "dp", "b") if k not in fields]
+        if missing:
+            raise SpecError(f"--compare-config: give {', '.join(missing)} (e.g. tp=8,pp=8,dp=24,b=2,v=2)")
+        try:
+            ints = {k: int(v) for k, v in fields.items() if k in ("tp", "pp", "dp", "b", "v")}
+        except ValueError:
+            raise SpecError(f"--compare-config: tp, pp, dp, b and v are whole numbers (got {text!r})") from None
+        if any(v < 1 for v in ints.values()):
+            raise SpecError(f"--compare-config: tp, pp, dp, b and v must be ≥ 1 (got {text!r})")
+        if fields.get("rc", "none") not in SCREEN_ORDER:
+            raise SpecError(f"--compare-config: rc={fields['rc']} is not one of {', '.join(SCREEN_ORDER)}")
+        return cls(**ints, schedule=fields.get("schedule"), rc=fields.get("rc"))
+
+
+def layout_request(base: OptimizeRequest, layout: Layout) -> OptimizeRequest:
+    """``base`` with its layout replaced (every other choice and check as the user gave them)."""
+    return replace(base, tp=layout.tp, pp=layout.pp, dp=layout.dp, sequence_parallel=layout.sequence_parallel,
+                   distributed_optimizer=layout.distributed_optimizer)
+
+
+def _least_recompute(request: OptimizeRequest, name: str, schedule: str, v: int, b: int,
+                     modes: tuple[str, ...] = SCREEN_ORDER) -> Scored | None:
+    """The uniform split under ``schedule`` at micro-batch b with the first recomputation in ``modes`` that
+    fits (headroom included); the last one tried when none fits; None when the schedule rejects (p, m, v)."""
+    from simulator.schedules import SCHEDULES
+
+    batch = request.replica_batch
+    if batch % b or request.pp * v > request.model.num_pipeline_layers:
+        return None
+    m = batch // b
+    if not SCHEDULES[schedule].accepts(request.pp, m, v):
+        return None
+    layers = megatron_uniform(request.model, request.pp * v)
+    scored = None
+    for mode in modes:
+        plan = Plan(model=request.model_ref, cluster=request.cluster_ref, nodes=request.plan_nodes, schedule=schedule,
+                    pp=request.pp, chunks=v, num_microbatches=m, microbatch_size=b, layers_per_stage=layers,
+                    recompute=(mode,) * len(layers), seq_len=request.seq_len, dp=request.dp, tp=request.tp,
+                    sequence_parallel=request.sequence_parallel, distributed_optimizer=request.distributed_optimizer,
+                    blocking_p2p=request.blocking_p2p)
+        scored = judge(request, name, plan)
+        if fits_within(scored, request.headroom):
+            return scored
+    return scored
+
+
+def screen_plan(request: OptimizeRequest) -> Scored | None:
+    """A quick simulated plan of the request's layout (see the module docstring, step 2)."""
+    names = [n for n, _ in request.variants]
+    schedule, v = ("1f1b", 1) if "1f1b" in names else request.variants[0]
+    sizes = request.microbatch_sizes or tuple(b for b in range(1, request.replica_batch + 1)
+                                              if request.replica_batch % b == 0)
+    for b in sizes:
+        scored = _least_recompute(request, "screen", schedule, v, b)
+        if scored is not None:
+            return scored
+    return None
+
+
+def given_config(base: OptimizeRequest, pins: LayoutPins, config: GivenConfig) -> Scored:
+    """The given configuration simulated on the request's model, cluster and batch (one-line errors);
+    sequence parallelism and the distributed optimizer as the search would set them (the pins, else on)."""
+    sp = config.tp > 1 and pins.sequence_parallel is not False
+    do = config.dp > 1 and pins.distributed_optimizer is not False
+    layout = Layout(config.tp, config.pp, config.dp, sp, do)
+    request = layout_request(base, layout)
+    schedule = config.schedule or ("interleaved" if config.v > 1 else "1f1b")
+    modes = (config.rc,) if config.rc else SCREEN_ORDER
+    scored = _least_recompute(request, "given config", schedule, config.v, config.b, modes)
+    if scored is None:
+        raise SpecError(f"--compare-config: {schedule} v={config.v} b={config.b} does not run with pp={config.pp} "
+                        f"and {base.global_batch // config.dp} sequences per replica")
+    return scored
+
+
+def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, top: int = TOP_LAYOUTS,
+                   compare: GivenConfig | None = None, progress: Progress | None = None) -> OptimizeResult:
+    """Steps 1-4 of the module docstring. ``base`` carries everything but the layout."""
+    started = time.perf_counter()
+    deadline = started + time_limit
+    if compare is not None and compare.tp * compare.pp * compare.dp != pins.gpus:
+        raise SpecError(f"--compare-config: tp x pp x dp = {compare.tp * compare.pp * compare.dp} but the search "
+                        f"uses {pins.gpus} GPUs")
+    layouts = enumerate_layouts(base.model, base.cluster, base.global_batch, pins)
+    usable = base.cluster.gpu.memory_bytes * (1 - base.headroom)
+    seq = base.sequence_length
+    records: dict[Layout, LayoutRecord] = {}
+    open_layouts = []
+    for layout in layouts:
+        floor_bytes = memory_floor(base.model, layout, seq)
+        floor = time_floor(base.model, base.cluster, layout, base.global_batch, seq, base.microbatch_sizes)
+        if floor_bytes > usable:
+            records[layout] = LayoutRecord(layout, floor, "MEMORY FLOOR", memory_floor=floor_bytes)
+        else:
+            records[layout] = LayoutRecord(layout, floor, "SCREENED", memory_floor=floor_bytes)
+            open_layouts.append(layout)
+    if not open_layouts:
+        least = min(records.values(), key=lambda r: r.memory_floor)
+        raise SpecError(f"no layout of {pins.gpus} GPUs fits {base.model.name}: weights, gradients and optimizer state "
+                        f"alone need {least.memory_floor / 1e9:.1f} GB on a GPU at best ({least.layout.label}) of "
+                        f"{usable / 1e9:.1f} GB usable; " + what_would_fit(base, pins))
+    open_layouts.sort(key=lambda lay: (records[lay].time_floor, lay.tp, lay.pp))
+    simulated: list[Scored] = []
+    screens: dict[Layout, Scored] = {}
+    for i, layout in enumerate(open_layouts):
+        if progress:
+            progress(i, len(open_layouts) + top, f"screening {layout.label}")
+        if time.perf_counter() > deadline and any(fits_within(s, base.headroom) for s in simulated):
+            records[layout] = replace(records[layout], status="TIME LIMIT")
+            continue
+        scored = screen_plan(layout_request(base, layout))
+        if scored is not None:
+            screens[layout] = scored
+            simulated.append(scored)
+            records[layout] = replace(records[layout], screened=scored.iteration_time,
+                                      screen_fits=fits_within(scored, base.headroom))
+    order = sorted((lay for lay in open_layouts if records[lay].status == "SCREENED"),
+                   key=lambda lay: (not records[lay].screen_fits, records[lay].screened
+                                    if records[lay].screen_fits else records[lay].time_floor, lay.tp, lay.pp))
+    results: list[OptimizeResult] = []
+    timed_out = False
+    for layout in order:
+        best = min((s.iteration_time for s in simulated if fits_within(s, base.headroom)), default=float("inf"))
+        record = records[layout]
+        if record.time_floor >= best:
+            records[layout] = replace(record, status="PRUNED")
+            continue
+        if len(results) >= top:
+            continue  # stays SCREENED: the screen ranked it below the layouts searched
+        if time.perf_counter() > deadline and results:
+            timed_out = True
+            records[layout] = replace(record, status="TIME LIMIT")
+            continue
+        if progress:
+            progress(len(open_layouts) + len(results), len(open_layouts) + top, f"searching {layout.label}")
+        began = time.perf_counter()
+        try:
+            result = search(replace(layout_request(base, layout), deadline=deadline))
+        except SpecError:
+            records[layout] = replace(record, status="NO FIT", search_time=time.perf_counter() - began)
+            continue
+        results.append(result)
+        simulated.append(result.chosen)
+        records[layout] = replace(record, status="SEARCHED", simulated=result.iteration_time,
+                                  search_time=time.perf_counter() - began)
+    timed_out = timed_out or time.perf_counter() > deadline
+    given = given_config(base, pins, compare) if compare is not None else None
+    return _answer(base, results, screens, given, records, layouts, timed_out, time.perf_counter() - started)
+
+
+def what_would_fit(base: OptimizeRequest, pins: LayoutPins) -> str:
+    """The advice for a pinned search that cannot fit: the unpinned layout with the lowest time floor whose
+    memory floor fits, or more GPUs when none does."""
+    free = LayoutPins(pins.gpus)
+    usable = base.cluster.gpu.memory_bytes * (1 - base.headroom)
+    if free != pins:
+        seq = base.sequence_length
+        fitting = [lay for lay in enumerate_layouts(base.model, base.cluster, base.global_batch, free)
+                   if memory_floor(base.model, lay, seq) <= usable]
+        if fitting:
+            best = min(fitting, key=lambda lay: time_floor(base.model, base.cluster, lay, base.global_batch, seq))
+            return f"unpin the layout: {best.label} could fit (drop --tp/--pp/--dp or pin those)"
+    return "use more GPUs or GPUs with more memory"
+
+
+def _answer(base: OptimizeRequest, results: list[OptimizeResult], screens: dict[Layout, Scored],
+            given: Scored | None, records: dict[Layout, LayoutRecord], layouts: list[Layout], timed_out: bool,
+            elapsed: float) -> OptimizeResult:
+    """The fastest fitting simulated plan, as an ``OptimizeResult`` of the search that found it (or of the
+    fastest search, when a screen or the given configuration beat every search)."""
+    fitting = [r for r in results if fits_within(r.chosen, base.headroom)]
+    if not fitting:
+        fitting_screens = sorted((s for s in screens.values() if fits_within(s, base.headroom)),
+                                 key=lambda s: s.iteration_time)
+        if not fitting_screens:
+            raise SpecError(f"no layout of {base.model.name} on these GPUs fits (every screen and search ran out "
+                            f"of memory, headroom {base.headroom:.0%}); use more GPUs or GPUs with more memory")
+        # Every search came back empty-handed (CP-SAT's rounded-up memory rejected what the simulator
+        # fits): the fastest screen is the answer, recorded as such.
+        best = _screen_result(base, fitting_screens[0])
+    else:
+        best = min(fitting, key=lambda r: (r.iteration_time, r.plan.tp, r.plan.pp))
+    extras = [s for s in screens.values() if fits_within(s, base.headroom)]
+    for other in extras:
+        if other.iteration_time < best.iteration_time:
+            best = replace(best, chosen=other, source="screen")
+    baselines = best.baselines
+    if given is not None:
+        baselines = baselines + (given,)
+        if fits_within(given, base.headroom) and given.iteration_time < best.iteration_time:
+            best = replace(best, chosen=given, source="given config")
+    return replace(best, baselines=baselines, layouts=tuple(records[lay] for lay in layouts),
+                   timed_out=timed_out, search_time=elapsed)
+
+
+def _screen_result(base: OptimizeRequest, screen: Scored) -> OptimizeResult:
+    """An answer made of a screen plan alone (no CP-SAT solution behind it)."""
+    plan = screen.plan
+    candidate = Candidate(plan.schedule, plan.chunks, plan.microbatch_size, plan.num_microbatches)
+    solution = Solution(status="NOT SOLVED", layers_per_stage=plan.layers_per_stage,
+                        recompute=tuple(r == "full" for r in plan.recompute))
+    return OptimizeResult(screen, "screen", candidate, solution, screen.iteration_time, (), (), 0.0, base.headroom)
