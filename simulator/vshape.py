@@ -85,9 +85,15 @@ def v_heuristic(p: int, m: int, times: StageTimes, fill_i: bool, fill_f: bool,
         t = f_end[s - 1][nf[d][c]]
         return t if t < 0 else t + f_hop[s]
 
+    def can_forward(d: int, c: int) -> bool:
+        """d's next F of chunk c exists and has its input (the up chunk's also its own down F)."""
+        return nf[d][c] < m and f_input(d, c) >= 0 and (c == DOWN or nf[d][UP] < nf[d][DOWN])
+
     def i_input(d: int, c: int) -> float:
-        s = stage[d][c]
-        t = f_end[s][ni[d][c]] if s == S - 1 else i_end[s + 1][ni[d][c]]
+        s, k = stage[d][c], ni[d][c]
+        if k >= nf[d][c]:
+            return -1.0
+        t = f_end[s][k] if s == S - 1 else i_end[s + 1][k]
         return t if t < 0 else t + i_hop[s]
 
     def advance(d: int, start: float, end: float) -> None:
@@ -155,16 +161,22 @@ def v_heuristic(p: int, m: int, times: StageTimes, fill_i: bool, fill_f: bool,
     chunk, stuck = DOWN, 0
     for d in range(1, p):
         while (sum(nf[d]) < sum(nf[d - 1]) or nf[d][UP] <= nf[d - 1][UP] < m) and stuck < 2:
-            placed = [e for e in range(p - 1, d - 1, -1) if nf[e][chunk] < m]
-            for e in placed:
-                put(e, FORWARD, chunk)
+            placed = 0
+            for e in range(p - 1, d - 1, -1):
+                if can_forward(e, chunk) and mem[e] + 1.0 <= cap:
+                    put(e, FORWARD, chunk)
+                    placed += 1
             stuck = 0 if placed else stuck + 1
             chunk = 1 - chunk
 
-    # 2. steady rounds: one I, then one F, per device
-    for _ in range(2 * m):
+    # 2. steady rounds: one I, then one F, per device (2m of them; on uneven stages, where an op's input
+    # may not be there yet, it waits for a later round, and rounds go on until every F and I is placed)
+    rounds = 0
+    while rounds < 2 * m or any(ni[d][DOWN] < m for d in range(p)):
+        rounds += 1
         if worst[1] >= span_limit and worst[0] >= idle_limit:
             return None
+        placed = 0
         down_devices, up_devices = [], []
         for d in range(p):
             if ni[d][DOWN] < ni[d][UP] and (d == p - 1 or i_input(d, DOWN) >= 0 or ni[d][UP] >= m):
@@ -172,13 +184,19 @@ def v_heuristic(p: int, m: int, times: StageTimes, fill_i: bool, fill_f: bool,
             else:
                 up_devices.append(d)
         for d in reversed(down_devices):
+            if i_input(d, DOWN) < 0:
+                continue
             if d < p - 1:
                 fill(d, i_input(d, DOWN), True)
             put(d, BACKWARD_INPUT, DOWN)
+            placed += 1
         for d in up_devices:
+            if ni[d][UP] >= nf[d][UP] or i_input(d, UP) < 0:
+                continue
             if d > 0:
                 fill(d, i_input(d, UP), fill_i)
             put(d, BACKWARD_INPUT, UP)
+            placed += 1
         for d in range(p):
             if nf[d][UP] >= m:
                 continue
@@ -190,6 +208,8 @@ def v_heuristic(p: int, m: int, times: StageTimes, fill_i: bool, fill_f: bool,
                 c = DOWN
             else:
                 continue
+            if not can_forward(d, c):
+                continue
             while mem[d] + 1.0 > cap:
                 if not pending[d]:
                     raise ScheduleError(f"zb-v heuristic: device {d} cannot fit {S} chunk activations")
@@ -197,6 +217,9 @@ def v_heuristic(p: int, m: int, times: StageTimes, fill_i: bool, fill_f: bool,
             if stage[d][c] not in (0, p):
                 fill(d, f_input(d, c), fill_f)
             put(d, FORWARD, c)
+            placed += 1
+        if not placed and rounds >= 2 * m:
+            raise ScheduleError("zb-v heuristic: no op can run (uneven stages)")
     # 3. the remaining W's
     for d in range(p):
         while pending[d]:
@@ -211,7 +234,21 @@ def best_v_order(p: int, m: int, times: StageTimes) -> list[list[Action]]:
 
     A repeated run stops early once it can neither beat the best order so far nor lower its chain's
     worst idle time (then the chain would stop there anyway): the same order as running it through.
+    When no run fits (very uneven stages), the order is built from the stages' mean times, as the
+    paper's runtime always does.
     """
+    best = _best_run(p, m, times)
+    if best is None:
+        S = 2 * p
+        mean = StageTimes.uniform(S, sum(times.forward) / S, sum(times.backward_input) / S,
+                                  sum(times.backward_weight) / S, sum(times.comm) / max(1, S - 1), times.held_fraction)
+        best = _best_run(p, m, mean)
+    if best is None:
+        raise ScheduleError(f"zb-v: no order fits 2p = {2 * p} chunk activations")
+    return [[Action(*a) for a in acts] for acts in best]
+
+
+def _best_run(p: int, m: int, times: StageTimes) -> list[list[tuple]] | None:
     best, best_span = None, math.inf
     for fill_i in (True, False):
         for fill_f in (True, False):
@@ -230,9 +267,7 @@ def best_v_order(p: int, m: int, times: StageTimes) -> list[list[Action]]:
                 if allowance is not None and max(idle) >= max(allowance) - _EPS:
                     break
                 allowance = idle
-    if best is None:
-        raise ScheduleError(f"zb-v: no order fits 2p = {2 * p} chunk activations")
-    return [[Action(*a) for a in acts] for acts in best]
+    return best
 
 
 def zb_v(p: int, m: int, v: int = 2, costs: StageTimes | None = None) -> Schedule:

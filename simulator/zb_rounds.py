@@ -160,6 +160,9 @@ def round_order(m: int, times: StageTimes, cap: float, switches: RoundSwitches,
     for j in range(1, S):
         while 0 < extra[j] >= extra[j - 1] and nf[j] + extra[j] < m:
             extra[j] -= 1
+        # never more F's than the stage before (the paper's rule leaves a stage that could warm up with
+        # all m alone, which on uneven stages can pass the one before it; equal costs never get here)
+        extra[j] = max(0, min(extra[j], nf[j - 1] + extra[j - 1] - nf[j]))
     for j in range(S):
         for _ in range(extra[j]):
             put(j, FORWARD)
