@@ -47,13 +47,17 @@ def v_stage_to_device(p: int) -> list[int]:
 
 
 def v_heuristic(p: int, m: int, times: StageTimes, fill_i: bool, fill_f: bool,
-                allowance: Sequence[float] | None = None, stop_at: tuple[float, float] | None = None
-                ) -> tuple[list[list[tuple]], list[float], list[float]] | None:
+                allowance: Sequence[float] | None = None, stop_at: tuple[float, float] | None = None,
+                mattered: set | None = None, decisions: list | None = None) -> tuple[list[list[tuple]], list[float], list[float]] | None:
     """One run of the V heuristic (see the module): per device its ops as (stage, kind, micro-batch),
     its idle time after its first op, and its span. ``allowance[d]``: the previous run's idle times
     (the repeat step). ``stop_at`` = (span, idle): give up, returning None, once the longest span
     reaches the first and the largest idle time the second (the run can then neither win nor go on).
+    ``mattered`` collects "fill_i" / "fill_f" when that switch's other setting would have changed a
+    decision; ``decisions`` every short-gap decision as (device, gap, idle, worst idle, ran a W).
     Raises ScheduleError when memory cannot hold the order."""
+    mattered = set() if mattered is None else mattered
+    decisions = [] if decisions is None else decisions
     S = 2 * p
     F, I, W, held, comm = times.forward, times.backward_input, times.backward_weight, times.held_fraction, times.comm
     cap = float(S) + _EPS
@@ -141,12 +145,21 @@ def v_heuristic(p: int, m: int, times: StageTimes, fill_i: bool, fill_f: bool,
         advance(d, start, end)
         acts[d].append((s, kind, k))
 
-    def fill(d: int, arrival: float, when_short: bool) -> None:
+    def fill(d: int, arrival: float, switch: str | None) -> None:
+        """W's into the wait for an input arriving at ``arrival``; ``switch`` decides the short gap."""
         queue = pending[d]
         while queue and free[d] + W[queue[0][0]] <= arrival + _EPS:
             put_w(d)
-        if queue and when_short and arrival - free[d] > max(worst[0], allowed[d]) - idle[d] + _EPS:
-            put_w(d)
+        if not queue:
+            return
+        gap = arrival - free[d]
+        short = gap > max(worst[0], allowed[d]) - idle[d] + _EPS
+        decisions.append((d, gap, idle[d], worst[0], short))
+        if short:
+            if switch is not None:
+                mattered.add(switch)
+            if switch is None or (fill_i if switch == "fill_i" else fill_f):
+                put_w(d)
 
     # 1. warm-up
     for d in range(p):
@@ -187,14 +200,14 @@ def v_heuristic(p: int, m: int, times: StageTimes, fill_i: bool, fill_f: bool,
             if i_input(d, DOWN) < 0:
                 continue
             if d < p - 1:
-                fill(d, i_input(d, DOWN), True)
+                fill(d, i_input(d, DOWN), None)
             put(d, BACKWARD_INPUT, DOWN)
             placed += 1
         for d in up_devices:
             if ni[d][UP] >= nf[d][UP] or i_input(d, UP) < 0:
                 continue
             if d > 0:
-                fill(d, i_input(d, UP), fill_i)
+                fill(d, i_input(d, UP), "fill_i")
             put(d, BACKWARD_INPUT, UP)
             placed += 1
         for d in range(p):
@@ -215,7 +228,7 @@ def v_heuristic(p: int, m: int, times: StageTimes, fill_i: bool, fill_f: bool,
                     raise ScheduleError(f"zb-v heuristic: device {d} cannot fit {S} chunk activations")
                 put_w(d)
             if stage[d][c] not in (0, p):
-                fill(d, f_input(d, c), fill_f)
+                fill(d, f_input(d, c), "fill_f")
             put(d, FORWARD, c)
             placed += 1
         if not placed and rounds >= 2 * m:
@@ -234,8 +247,9 @@ def best_v_order(p: int, m: int, times: StageTimes) -> list[list[Action]]:
 
     A repeated run stops early once it can neither beat the best order so far nor lower its chain's
     worst idle time (then the chain would stop there anyway): the same order as running it through.
-    When no run fits (very uneven stages), the order is built from the stages' mean times, as the
-    paper's runtime always does.
+    A setting is skipped when it differs from one already run only in switches no decision of that
+    chain turned on (the same order again). When no run fits (very uneven stages), the order is
+    built from the stages' mean times, as the paper's runtime always does.
     """
     best = _best_run(p, m, times)
     if best is None:
@@ -249,14 +263,20 @@ def best_v_order(p: int, m: int, times: StageTimes) -> list[list[Action]]:
 
 
 def _best_run(p: int, m: int, times: StageTimes) -> list[list[tuple]] | None:
-    best, best_span = None, math.inf
+    best, best_span, done = None, math.inf, []
     for fill_i in (True, False):
         for fill_f in (True, False):
+            if any((fill_i == i or "fill_i" not in used) and (fill_f == f or "fill_f" not in used)
+                   for i, f, used in done):
+                continue  # the same chain as one already run, decision for decision
+            mattered: set = set()
+            done.append((fill_i, fill_f, mattered))
             allowance = None
             while True:
                 stop_at = None if allowance is None else (best_span - _EPS, max(allowance) - _EPS)
+                decisions: list = []
                 try:
-                    run = v_heuristic(p, m, times, fill_i, fill_f, allowance, stop_at)
+                    run = v_heuristic(p, m, times, fill_i, fill_f, allowance, stop_at, mattered, decisions)
                 except ScheduleError:
                     break
                 if run is None:
@@ -266,6 +286,9 @@ def _best_run(p: int, m: int, times: StageTimes) -> list[list[tuple]] | None:
                     best, best_span = acts, max(spans)
                 if allowance is not None and max(idle) >= max(allowance) - _EPS:
                     break
+                allowed = [max(idle) - a for a in idle]
+                if all((gap > max(worst, allowed[d]) - own + _EPS) == short for d, gap, own, worst, short in decisions):
+                    break  # the repeat would decide everything alike: the same order, and the chain ends
                 allowance = idle
     return best
 

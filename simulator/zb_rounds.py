@@ -57,11 +57,14 @@ class RoundOrder:
 
 
 def round_order(m: int, times: StageTimes, cap: float, switches: RoundSwitches,
-                stop_at: float = math.inf) -> RoundOrder | None:
+                stop_at: float = math.inf, mattered: set | None = None) -> RoundOrder | None:
     """One run of the heuristic on ``times.num_stages`` devices (see the module); raises ScheduleError
     when the memory limit ``cap`` (in forward activations) cannot hold the order it builds. Returns
     None as soon as some device's busy time plus its idle time so far reaches ``stop_at`` (its span
-    can then only be longer)."""
+    can then only be longer). ``mattered`` collects the switches ("warmup", "prioritise", "greedy")
+    whose other setting would have changed a decision so far: with the others flipped the run is the same.
+    """
+    mattered = set() if mattered is None else mattered
     S = times.num_stages
     F, B, W, held = times.forward, times.backward_input, times.backward_weight, times.held_fraction
     comm = times.comm
@@ -122,8 +125,12 @@ def round_order(m: int, times: StageTimes, cap: float, switches: RoundSwitches,
         while nw[j] < nb[j] and free[j] + W[j] <= arrival + _EPS:
             put(j, BACKWARD_WEIGHT)
         if nw[j] < nb[j] and free[j] < arrival - _EPS:
-            if switches.greedy_fill or arrival - free[j] > worst[0] - idle[j] + _EPS:
+            if arrival - free[j] > worst[0] - idle[j] + _EPS:
                 put(j, BACKWARD_WEIGHT)
+            else:
+                mattered.add("greedy")
+                if switches.greedy_fill:
+                    put(j, BACKWARD_WEIGHT)
 
     def skip_forward(j: int) -> bool:
         """Rule 3: stage j, two or more F's ahead of stage j + 1, leaves its F out of this round."""
@@ -139,30 +146,37 @@ def round_order(m: int, times: StageTimes, cap: float, switches: RoundSwitches,
             return False
         return due - free[j] <= worst[0] - idle[j] + _EPS
 
+    def warmup_counts(overrun: bool) -> list[int]:
+        """Rule 1: the F's each stage adds before micro-batch 0's B reaches it."""
+        extra = [0] * S
+        arrival = f_end[S - 1][0] + B[S - 1]  # when B0 ends on the last stage
+        for j in range(S - 2, -1, -1):
+            level, clock, n = mem[j], free[j], 0
+            while nf[j] + n < m and level + 1.0 <= cap + _EPS:
+                if overrun:
+                    if clock >= arrival + comm[j] - _EPS:
+                        break
+                elif clock + F[j] > arrival + comm[j] + _EPS:
+                    break
+                level += 1.0
+                clock += F[j]
+                n += 1
+            extra[j] = n
+            arrival = max(clock, arrival + comm[j]) + B[j]
+        for j in range(1, S):
+            while 0 < extra[j] >= extra[j - 1] and nf[j] + extra[j] < m:
+                extra[j] -= 1
+            # never more F's than the stage before (the paper's rule leaves a stage that could warm up
+            # with all m alone, which on uneven stages can pass the one before it; equal costs never do)
+            extra[j] = max(0, min(extra[j], nf[j - 1] + extra[j - 1] - nf[j]))
+        return extra
+
     # 1. warm-up
     for j in range(S):
         put(j, FORWARD)
-    extra = [0] * S
-    arrival = f_end[S - 1][0] + B[S - 1]  # when B0 ends on the last stage
-    for j in range(S - 2, -1, -1):
-        level, clock, n = mem[j], free[j], 0
-        while nf[j] + n < m and level + 1.0 <= cap + _EPS:
-            if switches.warmup_overrun:
-                if clock >= arrival + comm[j] - _EPS:
-                    break
-            elif clock + F[j] > arrival + comm[j] + _EPS:
-                break
-            level += 1.0
-            clock += F[j]
-            n += 1
-        extra[j] = n
-        arrival = max(clock, arrival + comm[j]) + B[j]
-    for j in range(1, S):
-        while 0 < extra[j] >= extra[j - 1] and nf[j] + extra[j] < m:
-            extra[j] -= 1
-        # never more F's than the stage before (the paper's rule leaves a stage that could warm up with
-        # all m alone, which on uneven stages can pass the one before it; equal costs never get here)
-        extra[j] = max(0, min(extra[j], nf[j - 1] + extra[j - 1] - nf[j]))
+    extra = warmup_counts(switches.warmup_overrun)
+    if extra != warmup_counts(not switches.warmup_overrun):
+        mattered.add("warmup")
     for j in range(S):
         for _ in range(extra[j]):
             put(j, FORWARD)
@@ -174,10 +188,10 @@ def round_order(m: int, times: StageTimes, cap: float, switches: RoundSwitches,
         if any(busy[j] + idle[j] >= stop_at for j in range(S)):
             return None
         want = [nf[j] < m for j in range(S)]
-        if switches.prioritise_b:
-            for j in range(S - 1):
-                if want[j] and nf[j] >= nf[j + 1] + 2:
-                    want[j] = not skip_forward(j)
+        for j in range(S - 1):
+            if want[j] and nf[j] >= nf[j + 1] + 2 and skip_forward(j):
+                mattered.add("prioritise")
+                want[j] = not switches.prioritise_b
         for j in range(S - 2, -1, -1):
             want[j] = want[j] and want[j + 1]
         for j in range(S):
@@ -200,14 +214,29 @@ def round_order(m: int, times: StageTimes, cap: float, switches: RoundSwitches,
     return RoundOrder(tuple(tuple(a) for a in acts), tuple(free[j] - first[j] for j in range(S)))
 
 
+def _same_run(a: RoundSwitches, b: RoundSwitches, mattered: set) -> bool:
+    """Whether ``a`` differs from ``b`` only in switches that did not matter in ``b``'s run."""
+    differ = {name for name, x, y in (("warmup", a.warmup_overrun, b.warmup_overrun),
+                                      ("prioritise", a.prioritise_b, b.prioritise_b),
+                                      ("greedy", a.greedy_fill, b.greedy_fill)) if x != y}
+    return not differ & mattered
+
+
 def best_round_order(m: int, times: StageTimes, cap: float) -> RoundOrder:
     """The paper's grid search: the shortest longest device span over the eight ``RoundSwitches``
-    (the first on ties; a run stops early once it cannot beat the best so far). Actions become
+    (the first on ties; a run stops early once it cannot beat the best so far, and a setting is
+    skipped when it differs from one already run only in switches no decision there turned on: it
+    would make the same order). Actions become
     ``Action``s here, once. Raises ScheduleError when no run fits ``cap``."""
-    best, failure = None, None
+    best, failure, done = None, None, []
     for switches in ALL_SWITCHES:
+        if any(_same_run(switches, other, mattered) for other, mattered in done):
+            continue  # it would repeat a run already made, decision for decision
+        mattered: set = set()
+        done.append((switches, mattered))
         try:
-            order = round_order(m, times, cap, switches, math.inf if best is None else best.longest_span - _EPS)
+            order = round_order(m, times, cap, switches, math.inf if best is None else best.longest_span - _EPS,
+                                mattered)
         except ScheduleError as err:
             failure = err
             continue
