@@ -13,19 +13,23 @@ is free and its input has arrived a hop later, as the engine runs it) under ZB-V
    (2d + 2 activations kept free for the F's still to come through it) and time before the up
    chunk's first F returns from device d + 1, devices 0..d run one more F down; then d runs F up.
    Each later device then catches up with the one before it, F down and F up in turn;
-2. 2m steady rounds: every device runs one I (the up chunk's when its count is behind the down
-   chunk's and its input is there or the down chunk is through with F's, else the down chunk's;
-   I up devices from p - 1 back, then I down devices from 0 on), then one F (the up chunk's when its
-   input is there, else the down chunk's). Before each op a device runs its pending W's while they
-   end before the op's input arrives; when the gap left is shorter than a W it runs one more if
-   idling there would raise its idle time above the pipeline's largest (``fill_i`` / ``fill_f``:
-   before I down and before F; always before I up); W's also run when memory is full;
+2. 2m steady rounds: every device runs one I (the down chunk's when its count is behind the up
+   chunk's and its input is there, or on device p - 1, or when the up chunk's I's are done; else the
+   up chunk's; the down I's from device p - 1 back, then the up I's from device 0 on), then one F
+   (the down chunk's when the up chunk has caught up with it, else the up chunk's when its input is
+   there, else the down chunk's). Before each op a device runs its pending W's while they end before
+   the op's input arrives; when the gap left is shorter than a W it runs one more if idling there
+   would raise its idle time above the pipeline's largest (before a down I always; before an up I
+   only when ``fill_i``, before an F only when ``fill_f``); W's also run when memory is full. On
+   uneven stages an op whose input is not there yet waits for a later round, and rounds go on until
+   every op is placed;
 3. each device ends with its remaining W's.
 
 As the paper's scheduler does, a run is repeated with each device allowed the idle time the previous
 run's worst device had over its own, while that lowers the worst idle time, and the four
 ``fill_i`` x ``fill_f`` settings are tried: the order whose longest device span (first op to last)
-is shortest is kept. Pure and deterministic.
+is shortest is kept. On the paper's profiled times it gives exactly the bubble rates of the paper's
+own V scheduler (tests/test_zero_bubble_paper.py). Pure and deterministic.
 """
 from __future__ import annotations
 
