@@ -135,7 +135,7 @@ def _fill_only_bubble(p: float, m: float, v: int) -> float:
     return (p - 1) / v / (3 * m + (p - 1) / v)
 
 
-_AUTO_NOTE = ("ordered anew for every split the planner simulates (about 15-30 ms per order at p = 16, m = 64); "
+_AUTO_NOTE = ("ordered anew for every split the planner simulates (about 15-40 ms per order at p = 16, m = 64); "
               "kept out of the default search so its tables stay comparable; planned when named with --schedules")
 _ENTRIES: tuple[ScheduleEntry, ...] = (
     ScheduleEntry(
