@@ -80,6 +80,59 @@ def preset_figure(path: Path) -> None:
     save_figure(fig, str(path))
 
 
+# Zero Bubble's 6.2B model at p = 8, m = 24: its measured T_F, T_B, T_W and T_comm (Table 9), in seconds.
+ZB_TIMES = (29.718e-3, 29.444e-3, 19.927e-3, 0.527e-3)
+ZB_COMPARED = ("1f1b", "zb-h1", "zb-h2", "zb-1p", "zb-2p", "zb-v", "interleaved", "dualpipe-v")
+
+
+def zero_bubble_result(name: str, p: int = 8, m: int = 24, times: tuple = ZB_TIMES):
+    """``name`` on equal stages with the given (F, B, W, comm): a chunked schedule's stages take 1/v
+    of each time; the cost-aware ones are ordered from these times."""
+    from simulator.schedules import SCHEDULES
+    from simulator.stage_times import StageTimes
+
+    f, b, w, comm = times
+    entry = SCHEDULES[name]
+    v = entry.default_chunks
+    costs = StageTimes.uniform(p * v, f / v, b / v, w / v, comm) if entry.cost_aware else None
+    schedule = build_schedule(name, p, m, v, costs)
+    result = simulate_workload(uniform_workload(schedule, f / v, b / v, w / v, comm))
+    result.timeline.meta["label"] = entry.display_name
+    return result
+
+
+def zero_bubble_figure(path: Path) -> None:
+    """The zero-bubble family next to 1F1B, interleaved and DualPipeV on the paper's 6.2B costs: the
+    bubble over the longest device span (the paper's bubble rate) as bars, then every schedule's Gantt
+    rows on one time axis."""
+    results = [zero_bubble_result(name) for name in ZB_COMPARED]
+    xmax = max(r.iteration_time for r in results)
+    plt = pyplot()
+    fig, axes = plt.subplots(len(results) + 1, 1, figsize=(13, 2.5 * len(results) + 2.6),
+                             gridspec_kw={"height_ratios": [1.4] + [1.0] * len(results)})
+    rates = [100 * r.span_bubble_fraction for r in results]
+    labels = [r.timeline.meta["label"] for r in results]
+    bars = axes[0].barh(range(len(results)), rates, color="#4e79a7")
+    axes[0].bar_label(bars, labels=[f"{x:.2f} %" for x in rates], padding=3, fontsize=8)
+    axes[0].set_yticks(range(len(results)), labels, fontsize=8)
+    axes[0].invert_yaxis()
+    axes[0].set_xlim(0, max(rates) * 1.15)
+    axes[0].set_xlabel("bubble over the longest device span, % (Zero Bubble's bubble rate)")
+    axes[0].set_title("Zero Bubble's 6.2B model, p = 8, m = 24: T_F 29.7, T_B 29.4, T_W 19.9, T_comm 0.53 ms "
+                      "(Table 9); chunked schedules split each time in v", loc="left", fontsize=10)
+    timelines = [r.timeline for r in results]
+    for k, (ax, result) in enumerate(zip(axes[1:], results)):
+        title = (f"{describe(result.timeline)}; "
+                 f"longest device span {1e3 * max(result.device_span):.0f} ms, "
+                 f"bubble over it {100 * result.span_bubble_fraction:.2f} %")
+        draw_gantt(ax, result.timeline, xmax=xmax, legend=k == 0, legend_from=timelines, title=title,
+                   show_transfers=False)
+        if k < len(results) - 1:
+            ax.set_xlabel("")
+    fig.tight_layout()
+    save_figure(fig, str(path))
+
+
 REPO = Path(__file__).resolve().parents[2]
 VALIDATION_RECORD = REPO / "validation" / "records" / "cpu-gloo-tiny-zb-h1-p2.json"
 
@@ -121,6 +174,7 @@ FIGURES = {
     "llama3-8b_dgx-h100.png": preset_figure,
     "planner_llama3-8b_uniform_vs_optimized.png": planner_figure,
     "validation_zb-h1_cpu.png": validation_figure,
+    "zero_bubble_6.2b_p8_m24.png": zero_bubble_figure,
 }
 
 
