@@ -1,7 +1,8 @@
 """What the engine simulates: per-stage costs, per-device memory, the network, the schedule.
 
 Plain data in seconds and bytes. ``pipeplan.lower`` builds one from a model, a cluster and a plan;
-``uniform_workload`` builds the synthetic kind the ``pipeplan schedule`` command uses.
+``uniform_workload`` builds the synthetic kind the ``pipeplan schedule`` command uses, ``times_workload``
+the same from per-stage times (``StageTimes``).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from .ir import Schedule, ScheduleError
+from .stage_times import StageTimes
 
 
 @dataclass(frozen=True)
@@ -176,3 +178,33 @@ def uniform_workload(
         static_bytes=tuple(0.0 for _ in range(schedule.num_devices)),
         capacity_bytes=tuple(math.inf for _ in range(schedule.num_devices)),
     )
+
+
+def times_workload(schedule: Schedule, times: StageTimes) -> Workload:
+    """The workload a cost-aware order is built for: per-stage F, I, W from ``times``, a fixed transfer time per hop.
+
+    As ``uniform_workload``: one unit of activations per stage and micro-batch, W holding
+    ``times.held_fraction`` of it, no bytes on the wire, so a transfer of hop s (stage s <-> s + 1) takes
+    ``times.comm[s]`` between different devices (``Link`` latency) and nothing on one device.
+    Links are per device pair, so two hops between the same devices must have the same time.
+    """
+    if times.num_stages != schedule.num_stages:
+        raise ScheduleError(f"costs: the schedule has {schedule.num_stages} stages but the costs give {times.num_stages}")
+    p = schedule.num_devices
+    latency = [[0.0] * p for _ in range(p)]
+    owner: dict[tuple[int, int], int] = {}
+    for s, comm in enumerate(times.comm):
+        a, b = schedule.stage_to_device[s], schedule.stage_to_device[s + 1]
+        if a == b:
+            continue
+        pair = (min(a, b), max(a, b))
+        first = owner.setdefault(pair, s)
+        if times.comm[first] != comm:
+            raise ScheduleError(f"costs: hops {first} and {s} both join devices {pair[0]} and {pair[1]} but take "
+                                f"{times.comm[first]:g} and {comm:g}; one link per device pair has one time")
+        latency[a][b] = latency[b][a] = comm
+    stages = tuple(StageCost(f, i, w, activation_bytes=1.0, weight_grad_bytes=times.held_fraction)
+                   for f, i, w in zip(times.forward, times.backward_input, times.backward_weight))
+    links = tuple(tuple(Link(latency[a][b]) for b in range(p)) for a in range(p))
+    return Workload(schedule=schedule, stages=stages, network=Network(links),
+                    static_bytes=tuple(0.0 for _ in range(p)), capacity_bytes=tuple(math.inf for _ in range(p)))

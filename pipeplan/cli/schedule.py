@@ -14,6 +14,8 @@ from ..fileio import write_atomic
 from .chart_outputs import add_output_arguments, check_output_arguments, write_outputs
 from .iterations import add_iterations_arguments, check_iterations_arguments, iterations_line
 from .output import fmt_pct, print_json, table
+from .schedule_search import SEARCH, add_search_arguments, check_search_arguments, run_search, search_lines, \
+    search_summary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Times are per stage, i.e. per chunk where a device holds several. "
         f"{', '.join(n for n, e in SCHEDULES.items() if e.cost_aware)} order their ops by these times.",
     )
-    p.add_argument("name", choices=list(SCHEDULES), metavar="NAME", help=f"one of {', '.join(SCHEDULES)}")
+    p.add_argument("name", choices=list(SCHEDULES) + [SEARCH], metavar="NAME",
+                   help=f"one of {', '.join(SCHEDULES)}; or {SEARCH}: the order CP-SAT finds (options below)")
     p.add_argument("--devices", "-p", type=int, required=True, help="pipeline devices p")
     p.add_argument("--microbatches", "-m", type=int, required=True, help="micro-batches m")
     p.add_argument("--chunks", "-v", type=int, default=None, help=f"chunks per device ({', '.join(chunked)})")
@@ -41,19 +44,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_iterations_arguments(p)
     add_output_arguments(p)
+    add_search_arguments(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_output_arguments(args)
     check_iterations_arguments(args)
-    entry = SCHEDULES[args.name]
-    costs = None
-    if entry.cost_aware:
-        stages = args.devices * (entry.default_chunks if args.chunks is None else args.chunks)
-        costs = StageTimes.uniform(stages, args.f, args.b, args.w, args.comm) if stages > 0 else None
-    schedule = build_schedule(args.name, args.devices, args.microbatches, args.chunks, costs)
-    workload = uniform_workload(schedule, args.f, args.b, args.w, args.comm, args.overlap)
+    check_search_arguments(args)
+    found = None
+    if args.name == SEARCH:
+        schedule, workload, found = run_search(args)
+    else:
+        entry = SCHEDULES[args.name]
+        costs = None
+        if entry.cost_aware:
+            stages = args.devices * (entry.default_chunks if args.chunks is None else args.chunks)
+            costs = StageTimes.uniform(stages, args.f, args.b, args.w, args.comm) if stages > 0 else None
+        schedule = build_schedule(args.name, args.devices, args.microbatches, args.chunks, costs)
+        workload = uniform_workload(schedule, args.f, args.b, args.w, args.comm, args.overlap)
     result = simulate(workload)
     steady = simulate_iterations(workload, args.iterations, args.synchronise) if args.iterations > 1 else None
     # Charts show every iteration simulated: K back to back, or the one a synchronised run repeats.
@@ -78,12 +87,16 @@ def run(args: argparse.Namespace) -> int:
         }
         if steady is not None:
             data["steady_state"] = steady.summary()
+        if found is not None:
+            data["search"] = search_summary(found)
         print_json(data)
         return 0
     print(
         f"{schedule.name}: p={schedule.num_devices} m={schedule.num_microbatches} v={schedule.chunks}  "
         f"bubble {fmt_pct(result.bubble_fraction)}  iteration time {result.iteration_time:g}"
     )
+    for line in search_lines(found) if found is not None else []:
+        print(line)
     print(f"longest device span {max(result.device_span):g}, bubble over it {fmt_pct(result.span_bubble_fraction)} "
           "(Zero Bubble's bubble rate)")
     if steady is not None:
