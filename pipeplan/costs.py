@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, replace
-from functools import reduce
+from functools import lru_cache, reduce
 from operator import add
 
 from simulator.workload import StageCost
@@ -138,6 +138,7 @@ def recompute_mode(recompute: bool | str) -> str:
     return recompute
 
 
+@lru_cache(maxsize=1 << 16)  # pure in frozen inputs; planner searches price the same layers thousands of times
 def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int, recompute: bool | str,
                tp: int = 1, sequence_parallel: bool = False) -> Work:
     """Layer ``index`` of ``model`` for one micro-batch of ``microbatch_size`` sequences of ``seq_len``,

@@ -128,11 +128,16 @@ def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray,
         raise ScheduleError(f"stages[{int(stage[o])}]: the time of {BY_CODE[int(code[o])].name} is "
                             f"{duration[o]!r}; op times must be finite numbers >= 0")
     collective: dict[int, tuple] = {}
+    per_stage: dict[tuple[int, int], tuple | None] = {}  # a collective crosses hundreds of ports: rate it once
     for o in (np.nonzero(code >= NUM_COMPUTE)[0].tolist() if has_comm else ()):
-        rule = BY_CODE[int(code[o])]
-        c = workload.stages[int(stage[o])].collective(rule.name) if rule.duration is None else None
-        if c is not None and c.nbytes > 0 and not math.isinf(c.path.rate(capacity)):
-            collective[o] = (c.nbytes, c.path.latency, c.path.bandwidth, c.path.ports)
+        key = (int(stage[o]), int(code[o]))
+        if key not in per_stage:
+            rule = BY_CODE[key[1]]
+            c = workload.stages[key[0]].collective(rule.name) if rule.duration is None else None
+            timed = c is not None and c.nbytes > 0 and not math.isinf(c.path.rate(capacity))
+            per_stage[key] = (c.nbytes, c.path.latency, c.path.bandwidth, c.path.ports) if timed else None
+        if per_stage[key] is not None:
+            collective[o] = per_stage[key]
     return duration.tolist(), collective
 
 

@@ -4,9 +4,9 @@
 
 1. *floors*: a layout whose static memory floor is above the usable memory is dropped (no split fits);
    the others get their ``time_floor``, a lower bound on any of their simulated plans;
-2. *screen*: every remaining layout is simulated once with a quick plan (``screen_plan``: the uniform
-   split, 1F1B or the first allowed schedule, the smallest micro-batch, the least recomputation that
-   fits), so each has a simulated time before any is discarded;
+2. *screen*: every remaining layout is simulated with a quick plan (``screen_plan``: the uniform split
+   under 1F1B and under ZB-V, the smallest micro-batch, the least recomputation that fits), so each has
+   a simulated time before any is discarded;
 3. *full search*: in order of the screen's time (layouts whose screen did not fit after them, by floor),
    ``search`` runs on a layout unless its floor is not below the best simulated plan so far (a valid
    skip) or ``top`` layouts have already been searched to a plan (the heuristic stop: the screen's
@@ -108,17 +108,28 @@ def _least_recompute(request: OptimizeRequest, name: str, schedule: str, v: int,
     return scored
 
 
+SCREEN_SCHEDULES = (("1f1b", 1), ("zb-v", 2))  # one plain and one bubble-free family, where allowed
+
+
 def screen_plan(request: OptimizeRequest) -> Scored | None:
-    """A quick simulated plan of the request's layout (see the module docstring, step 2)."""
-    names = [n for n, _ in request.variants]
-    schedule, v = ("1f1b", 1) if "1f1b" in names else request.variants[0]
+    """A quick simulated plan of the request's layout (see the module docstring, step 2): the faster of
+    1F1B and ZB-V (those of them the request allows, else its first schedule) at the smallest micro-batch
+    size either runs with, uniform split, least recomputation that fits."""
+    allowed = [variant for variant in SCREEN_SCHEDULES if variant in request.variants] or [request.variants[0]]
     sizes = request.microbatch_sizes or tuple(b for b in range(1, request.replica_batch + 1)
                                               if request.replica_batch % b == 0)
-    for b in sizes:
-        scored = _least_recompute(request, "screen", schedule, v, b)
-        if scored is not None:
-            return scored
-    return None
+    modes = SCREEN_ORDER if request.model.attention == "standard" else ("none", "full")  # selective saves nothing
+    best = None
+    for schedule, v in allowed:
+        scored = next((s for s in (_least_recompute(request, "screen", schedule, v, b, modes) for b in sizes)
+                       if s is not None), None)
+        if scored is not None and (best is None or _screen_key(scored, request) < _screen_key(best, request)):
+            best = scored
+    return best
+
+
+def _screen_key(scored: Scored, request: OptimizeRequest) -> tuple[bool, float]:
+    return not fits_within(scored, request.headroom), scored.iteration_time
 
 
 def given_config(base: OptimizeRequest, pins: LayoutPins, config: GivenConfig) -> Scored:

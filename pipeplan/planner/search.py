@@ -36,12 +36,16 @@ from .cpsat import Solution, solve
 from .exhaustive import MAX_PLANS, exhaust, space_size
 from .infeasible import explain_infeasible
 from .problem import Candidate, PartitionProblem, build_problem
-from .refine import fits_within, refine
+from .refine import MAX_EVALS, fits_within, refine
 from .request import OptimizeRequest
 from .result import CandidateRecord, OptimizeResult, Scored
 
 Progress = Callable[[int, int, str], None]  # (steps done, steps in all, what runs now)
 POLISHED = 2  # proposals the simulator polishes; the runner-up schedule often overtakes after polish
+# Simulated actions one polish may spend (its simulations x the plan's actions), so that the polish of
+# a 128-stage, 24,000-action plan costs what the polish of a small one does; 60 simulations at most.
+POLISH_ACTIONS = 500_000
+MIN_POLISH_EVALS = 8
 FAMILY_FEW = 2  # candidates per schedule variant solved and simulated before its analytic bound may prune one
 
 
@@ -283,7 +287,10 @@ def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
         if request.out_of_time:
             best = Polished(start, start.scored)
             break
-        polished = refine(start.scored, partial(judge, request), request.headroom, start.proposal.problem)
+        actions = start.scored.result.resolved.schedule.num_actions()
+        evals = max(MIN_POLISH_EVALS, min(MAX_EVALS, POLISH_ACTIONS // max(1, actions)))
+        polished = refine(start.scored, partial(judge, request), request.headroom, start.proposal.problem,
+                          max_evals=evals)
         if best is None or polished.iteration_time < best.scored.iteration_time:
             best = Polished(start, polished)
     return best
