@@ -6,8 +6,11 @@ group of 8 H100s with sequence parallelism, on 16 real dgx-h100 nodes (costs and
 tensor rank, its all-reduces on NVLink). The memory limit still binds: stages must recompute.
 
 Prints (1) the CP-SAT cut-point model for 1F1B, b = 1, m = 64: status and solve time (target
-OPTIMAL < 5 s), and (2) the whole ``optimize`` over every schedule, b and v (target < 30 s on a
-2-core machine). Run: python benchmarks/bench_planner.py
+OPTIMAL < 5 s), (2) ``optimize`` at that pinned layout over every schedule, b and v (target < 30 s on a
+2-core machine), and (3) the whole-configuration search, nothing pinned, default settings: llama3-405b on
+2048 DGX H100 nodes (16,384 GPUs), global batch 2048 sequences of 8192 tokens (target < 60 s), and
+llama3-70b on 8 nodes, global batch 512 (target < 20 s). Run: python benchmarks/bench_planner.py [whole]
+"""
 """
 from __future__ import annotations
 
@@ -57,6 +60,23 @@ def whole_optimize() -> None:
           f"CP-SAT time {sum(c.solve_time for c in solved):.1f} s")
 
 
+def whole_configuration(model: str, nodes: int, batch: int) -> None:
+    started = time.perf_counter()
+    result = pipeplan.optimize(model, CLUSTER, global_batch=batch, nodes=nodes)
+    wall = time.perf_counter() - started
+    plan = result.plan
+    counts = {}
+    for record in result.layouts:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    print(f"{model} on {nodes} nodes ({nodes * 8} GPUs), batch {batch}: whole search {wall:.1f} s; chose tp={plan.tp} "
+          f"pp={plan.pp} dp={plan.dp} {plan.schedule} v={plan.chunks} b={plan.microbatch_size} "
+          f"m={plan.num_microbatches}, simulated {result.iteration_time:.2f} s, MFU {result.result.mfu:.1%}")
+    print(f"  layouts: {len(result.layouts)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})")
+
+
 if __name__ == "__main__":
-    cut_point_model()
-    whole_optimize()
+    if sys.argv[1:] != ["whole"]:
+        cut_point_model()
+        whole_optimize()
+    whole_configuration("llama3-70b", 8, 512)
+    whole_configuration("llama3-405b", 2048, 2048)
