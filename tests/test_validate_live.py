@@ -1,6 +1,7 @@
 """Real 2-rank gloo runs on the CPU: the calibrated prediction must match the measurement, and a
 failing rank must end the run cleanly. Each run starts torchrun and two ranks (a few seconds)."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,13 +19,66 @@ PLANS = REPO / "validation" / "plans"
 OPTIONS = ValidateOptions(iterations=8, warmup=2, timeout=90)
 # The issue's targets for the calibrated prediction: 3 points of bubble, 10 % of iteration time. The
 # recorded quiet runs came out within 1.5 points and 4.7 % (README "Validating"). The claim is about
-# an otherwise idle machine: the validator counts other processes' CPU time per iteration, and an
-# attempt during which any iteration was disturbed does not count. The VM also slows down now and then
-# with nothing to see from inside, so up to ATTEMPTS runs are made and one idle run within the targets
-# passes; with no idle run at all the test is skipped and says why.
+# an undisturbed machine, and the validator judges each iteration (``validator.quiet``): other
+# processes' CPU time, how long each rank's compute thread waited for its core (nanosecond
+# scheduler counters, in the run and in its calibration), steal time, and each rank's op times
+# against the run's median. An attempt counts when it found ``iterations`` undisturbed ones.
+#
+# Why the waits: CI failed with zb-h1 at -4.8/-4.4/-3.9 points and interleaved at -3.7/-3.2/-5.5
+# with every iteration counted as undisturbed by the CPU-time test alone, which allowed other
+# processes 0.3 cores over a ~200 ms window counted in 10 ms ticks (60 ms of someone else's CPU per
+# iteration). A delay that lands on one rank makes the other wait for it; the calibration, whose ops
+# wait for nothing, cannot show that, so under load the measured bubble grows (-4 to -15 points on
+# this VM, iteration time within a few %) - the CI signature. Up to ATTEMPTS runs are made while the
+# machine is quiet; when it is demonstrably busy (every attempt disturbed, or other processes
+# already using QUIET_CORES before a retry) the test is skipped with the detectors' figures.
 BUBBLE_POINTS = 3.0
 TIME_PCT = 10.0
 ATTEMPTS = 3
+QUIET_CORES = 0.3
+
+
+def busy_cores(seconds: float = 0.5) -> float:
+    """Cores this host kept busy over the next ``seconds`` (all processes; this one only sleeps)."""
+    def sample():
+        with open("/proc/stat") as handle:
+            f = [int(x) for x in handle.readline().split()[1:9]]
+        return f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
+    try:
+        before = sample()
+        time.sleep(seconds)
+        return (sample() - before) / os.sysconf("SC_CLK_TCK") / seconds
+    except (OSError, ValueError):
+        return 0.0
+
+
+def idle(report):
+    """The run found enough undisturbed iterations (``validator.quiet``)."""
+    return not report["run"]["disturbed"]
+
+
+def within(report):
+    err = report["errors"]["predicted"]
+    return abs(err["bubble_points"]) <= BUBBLE_POINTS and abs(err["iteration_time_pct"]) <= TIME_PCT
+
+
+def attempts(plan, reports=()):
+    """``reports`` plus runs of ``plan`` until one is undisturbed and within the targets, ATTEMPTS in
+    all; no retry once the machine is seen busy. Returns (reports, why the retries stopped or "")."""
+    reports = list(reports)
+    stopped = ""
+    while not any(idle(r) and within(r) for r in reports) and len(reports) < ATTEMPTS:
+        if reports and not idle(reports[-1]):
+            load = busy_cores()
+            if load > QUIET_CORES:
+                stopped = f"other processes used {load:.2f} cores before a retry"
+                break
+        reports.append(run_validation(str(plan), OPTIONS))
+    return reports, stopped
+
+
+def summary(reports):
+    return [(r["errors"]["predicted"], r["run"]["iterations_tried"], r["run"].get("left_out", "")) for r in reports]
 
 
 def _cli(*args):
@@ -42,15 +96,6 @@ def cli_run(tmp_path_factory):
     return out, folder
 
 
-def _within(report):
-    err = report["errors"]["predicted"]
-    return abs(err["bubble_points"]) <= BUBBLE_POINTS and abs(err["iteration_time_pct"]) <= TIME_PCT
-
-
-def _idle(report):
-    return report["run"]["iterations_tried"] == report["run"]["iterations"]
-
-
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-v"])
 def test_calibrated_prediction_matches_a_real_run(schedule, cli_run):
     reports = []
@@ -58,13 +103,13 @@ def test_calibrated_prediction_matches_a_real_run(schedule, cli_run):
         out, folder = cli_run
         assert out.returncode == 0, out.stderr
         reports.append(json.loads((folder / "report.json").read_text()))
-    while not any(_idle(r) and _within(r) for r in reports) and len(reports) < ATTEMPTS:
-        reports.append(run_validation(str(PLANS / f"tiny-{schedule}-p2.json"), OPTIONS))
-    summary = [(r["errors"]["predicted"], r["run"]["iterations_tried"]) for r in reports]
-    idle = [r for r in reports if _idle(r)]
-    if not idle:
-        pytest.skip(f"{schedule}: other processes kept this machine busy in every attempt: {summary}")
-    assert any(_within(r) for r in idle), f"{schedule}: calibrated errors (errors, iterations tried): {summary}"
+    reports, stopped = attempts(PLANS / f"tiny-{schedule}-p2.json", reports)
+    quiet = [r for r in reports if idle(r)]
+    if not quiet:
+        pytest.skip(f"{schedule}: this machine was disturbed in every attempt{'; ' + stopped if stopped else ''}: "
+                    f"(errors, iterations tried, why left out) {summary(reports)}")
+    assert any(within(r) for r in quiet), (
+        f"{schedule}: calibrated errors (errors, iterations tried, why left out): {summary(reports)}")
 
 
 def test_validate_prints_the_table_and_writes_report_gantt_and_profile(cli_run):

@@ -368,3 +368,32 @@ def test_a_bad_rank_option_is_a_usage_error_before_any_torch_import():
                          text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert out.returncode == 2 and "--iterations: must be at least 1" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _round(foreign=0.0, steal=0.0, run_wait=(0.0005, 0.0005), run_ops=(0.070, 0.072), calib_wait=(0.0, 0.0),
+           calib_ops=(0.068, 0.070)):
+    from validator.quiet import Round
+
+    return Round(foreign, steal, tuple(run_wait), (0.08, 0.08), tuple(run_ops), tuple(calib_wait), (0.08, 0.08),
+                 tuple(calib_ops))
+
+
+def test_an_iteration_is_disturbed_by_cores_taken_waits_steal_or_a_speed_change():
+    from validator.quiet import judge, summary
+
+    rounds = [_round() for _ in range(4)] + [
+        _round(foreign=0.5),                      # the coarse CPU-time counter
+        _round(foreign=0.1, run_wait=(0.004, 0)),  # under 0.3 cores, yet rank 0 waited 4 ms of 80 for its core
+        _round(calib_wait=(0, 0.003)),            # the same in the calibration replay before the run
+        _round(steal=0.01),                       # the hypervisor took a tick
+        _round(run_ops=(0.070, 0.080)),           # rank 1's ops 11 % slower than the run's median: hidden
+    ]
+    reasons = judge(rounds)
+    assert reasons[:4] == [None] * 4
+    assert [r.split(":")[0] for r in reasons[4:]] == ["cores", "waited", "waited", "speed", "speed"]
+    assert "rank 0 waited 4.0 ms" in reasons[5] and "rank 1" in reasons[6] and "calibration" in reasons[6]
+    assert "rank 1's ops took +11.1 %" in reasons[8]
+    assert summary(reasons).startswith("5 of 9 iterations disturbed: 2 x ")
+    assert summary([None, None]) == ""
+    # The speed test needs a median of undisturbed rounds to compare with.
+    assert judge([_round(run_ops=(0.07, 0.07)), _round(run_ops=(0.09, 0.07))]) == [None, None]

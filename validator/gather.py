@@ -114,7 +114,7 @@ def _timeline(schedule: Schedule, gathered: list[dict], it: int, boundary_bytes:
     records.sort(key=lambda r: (r.device, r.start))
     meta = {"schedule": schedule.name, "devices": schedule.num_devices, "microbatches": schedule.num_microbatches,
             "chunks": schedule.chunks, "source": "measured", "iteration": it,
-            "foreign_cores": gathered[0]["iterations"][it]["foreign_cores"]}
+            **{k: v for k, v in gathered[0]["iterations"][it].items() if k not in ("ops", "arrivals")}}
     return Timeline(schedule.num_devices, records, transfers, meta)
 
 
@@ -135,6 +135,7 @@ def assemble(context: RankContext, gathered: list[dict], boundary_bytes: float, 
         world_size=len(gathered),
         iterations_tried=gathered[0]["tried"],
         disturbed=gathered[0]["disturbed"],
+        left_out=gathered[0]["left_out"],
         warmup=options.warmup,
         calibration_reps=options.calibration_reps,
         clock_offsets=tuple(offsets),

@@ -23,11 +23,11 @@ from .calibrate import (barrier, in_flight, layer_timings, link_round, link_timi
 from .compute import StageRunner
 from .gather import RankContext, assemble
 from .runtime import Fault, RankExecutor, make_channels, plan_transfers, talking_to
-from .timing import clock_offsets, foreign_cores, host_busy_seconds, make_clock, own_cpu_seconds
+from .quiet import FIELDS, Round, judge, summary
+from .timing import (clock_offsets, foreign_cores, host_busy_seconds, make_clock, own_cpu_seconds, run_delay_seconds,
+                     steal_seconds)
 
 SEED = 1234
-# An iteration counts as undisturbed when other processes kept at most this many cores busy.
-QUIET_CORES = 0.3
 
 
 def own_cores(cpus: list[int], local_rank: int, local_world: int) -> list[int] | None:
@@ -127,26 +127,38 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
     numel = batch * seq * model.hidden
     all_channels = sorted(plan_transfers(schedule))
     executor = RankExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
-    kept: list[tuple[float, dict, dict, dict]] = []  # (foreign cores, stage round, link round, iteration)
+    kept: list[tuple[dict, dict, dict]] = []  # (stage round, link round, iteration)
+    rounds: list[Round] = []
     host_key = float(zlib.crc32(socket.gethostname().encode()))
     depth = {s: in_flight(schedule, s) for s in runners}
     stage_round(runners, clock, reps=2, depth=depth)  # first-touch allocations and lazy initialisation
     run = 0
-    # Keep going until ``iterations`` timed iterations ran on an otherwise idle machine, or three
-    # times that many were tried: on a shared host another job's burst would otherwise be measured
-    # as if it were the schedule's cost.
+    reasons: list[str | None] = []
+    # Keep going until ``iterations`` timed iterations ran on an undisturbed machine (see
+    # ``validator.quiet``), or three times that many were tried: on a shared host another job's burst
+    # would otherwise be measured as if it were the schedule's cost.
     while run < options.warmup + 3 * options.iterations:
-        wall0, busy0, own0 = time.perf_counter(), host_busy_seconds(), own_cpu_seconds()
+        wall0, busy0, own0, steal0 = time.perf_counter(), host_busy_seconds(), own_cpu_seconds(), steal_seconds()
         barrier(timeout)
+        c0, cw0 = time.perf_counter(), run_delay_seconds()
         stages_now = replay_round(executor, runners, clock)
+        c1, cw1 = time.perf_counter(), run_delay_seconds()
         barrier(timeout)
         links_now = link_round(all_channels, channels, rank, numel, device, reps=2 * options.calibration_reps,
                                timeout=timeout, offsets=offsets)
         barrier(timeout)
+        r0, rw0 = time.perf_counter(), run_delay_seconds()
         marks, arrivals = executor.run_iteration()
+        r1, rw1 = time.perf_counter(), run_delay_seconds()
         times = clock.resolve([m for op in marks for m in (op.start, op.end)] + [a.mark for a in arrivals])
-        window = [host_key, host_busy_seconds() - busy0, own_cpu_seconds() - own0, time.perf_counter() - wall0]
-        gathered_load = [torch.zeros(4, dtype=torch.float64, device=scalar_device) for _ in range(world)]
+        run_ops = sum(times[2 * k + 1] - times[2 * k] for k in range(len(marks)))
+        calib_ops = sum(sum(v) for kinds in stages_now.values() for v in kinds.values())
+        figures = {"host": host_key, "busy": host_busy_seconds() - busy0, "own": own_cpu_seconds() - own0,
+                   "wall": time.perf_counter() - wall0, "steal": steal_seconds() - steal0,
+                   "run_wall": r1 - r0, "run_wait": rw1 - rw0, "run_ops": run_ops,
+                   "calib_wall": c1 - c0, "calib_wait": cw1 - cw0, "calib_ops": calib_ops}
+        window = [figures[name] for name in FIELDS]
+        gathered_load = [torch.zeros(len(FIELDS), dtype=torch.float64, device=scalar_device) for _ in range(world)]
         with talking_to(None, "exchanging load figures"):
             dist.all_gather(gathered_load, torch.tensor(window, dtype=torch.float64, device=scalar_device))
         rows = [t.cpu().tolist() for t in gathered_load]
@@ -158,18 +170,24 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
         ops = [[str(op.action), times[2 * k] - shift, times[2 * k + 1] - shift] for k, op in enumerate(marks)]
         base_k = 2 * len(marks)
         seen = [[str(a.producer), str(a.consumer), a.src, times[base_k + k] - shift] for k, a in enumerate(arrivals)]
-        kept.append((foreign, stages_now, links_now, {"ops": ops, "arrivals": seen, "foreign_cores": foreign}))
-        if sum(1 for k in kept if k[0] <= QUIET_CORES) >= options.iterations:
+        rounds.append(Round.from_rows(rows, foreign))
+        kept.append((stages_now, links_now, {"ops": ops, "arrivals": seen, **rounds[-1].to_dict()}))
+        # All ranks take the same decisions: the figures were all-gathered.
+        reasons = judge(rounds)
+        if reasons.count(None) >= options.iterations:
             break
-    quiet = [k for k in kept if k[0] <= QUIET_CORES]
-    # All ranks take the same decision: the load figures were all-gathered.
-    chosen = quiet[: options.iterations] if len(quiet) >= options.iterations else sorted(kept, key=lambda k: k[0])[: options.iterations]
-    chosen_ids = {id(k) for k in chosen}
-    chosen = [k for k in kept if id(k) in chosen_ids]  # back in run order
-    stage_rounds = [k[1] for k in chosen]
-    link_rounds = [k[2] for k in chosen]
-    iterations = [k[3] for k in chosen]
+    quiet = [k for k, why in zip(kept, reasons) if why is None]
     disturbed = len(quiet) < options.iterations
+    if disturbed:  # the least disturbed by the coarse counter, back in run order
+        order = sorted(range(len(kept)), key=lambda i: (reasons[i] is not None, rounds[i].foreign_cores))
+        chosen = [kept[i] for i in sorted(order[: options.iterations])]
+    else:
+        chosen = quiet[: options.iterations]
+    for k, why in zip(kept, reasons):
+        k[2]["disturbance"] = why
+    stage_rounds = [k[0] for k in chosen]
+    link_rounds = [k[1] for k in chosen]
+    iterations = [k[2] for k in chosen]
     barrier(timeout)
     isolated = stage_round(runners, clock, reps=3, depth=depth)
     stage_costs = stage_timings(stage_rounds, fallback=isolated)
@@ -188,6 +206,7 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
         "losses": losses,
         "tried": len(kept),
         "disturbed": disturbed,
+        "left_out": summary(reasons),
     }
     gathered = [None] * world if rank == 0 else None
     with talking_to(None if rank == 0 else 0, "gathering timings to rank 0"):

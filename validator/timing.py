@@ -123,6 +123,30 @@ def host_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
 
 
+def run_delay_seconds() -> float:
+    """Seconds the calling thread has spent runnable but waiting for a core (its ``schedstat``,
+    nanosecond resolution); 0 where the kernel does not say.
+
+    Only the calling thread (the rank's compute thread): the backend's I/O threads also wait behind
+    it on the rank's own core, which is how the schedule runs everywhere and not a disturbance.
+    """
+    try:
+        with open("/proc/thread-self/schedstat") as handle:
+            return int(handle.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave this VM's cores to others since boot (all cores); 0 if unknown."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()[1:]
+    except OSError:
+        return 0.0
+    return int((fields + ["0"] * 8)[7]) / _CLOCK_TICKS
+
+
 def own_cpu_seconds() -> float:
     """CPU seconds of this process, all threads (compute, gloo, autograd)."""
     return time.process_time()

@@ -67,9 +67,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"warning: other processes kept this machine busy during the run (fewer than {run['iterations']} of "
             f"{run['iterations_tried']} iterations ran undisturbed); the measurement includes their interference"
         )
+        if run.get("left_out"):
+            lines.append(f"  {run['left_out']}")
     elif run.get("iterations_tried", run["iterations"]) > run["iterations"]:
         lines.append(f"note: {run['iterations_tried'] - run['iterations']} iteration(s) disturbed by other processes "
-                     "were left out (calibration rounds beside them too)")
+                     "were left out (calibration rounds beside them too)"
+                     + (f": {run['left_out']}" if run.get("left_out") else ""))
     return "\n".join(lines)
 
 

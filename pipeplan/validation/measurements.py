@@ -23,7 +23,10 @@ MEASUREMENTS_VERSION = 1
 
 # The report's "run" section, in its order; ``device``, ``dtype`` and ``iterations`` are derived.
 RUN_KEYS = ("plan_file", "base_dir", "scale", "backend", "device", "dtype", "threads_per_rank", "world_size",
-            "iterations", "iterations_tried", "disturbed", "warmup", "calibration_reps", "clock_offsets")
+            "iterations", "iterations_tried", "disturbed", "left_out", "warmup", "calibration_reps",
+            "clock_offsets")
+# Written only when they differ from these defaults (records made before they existed lack them).
+OPTIONAL_RUN_KEYS = {"left_out": ""}
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,8 @@ class Measurements:
     ``plan``: the plan as it ran (scaled by ``scale``). ``iterations``: the measured timelines of the
     kept iterations, in run order (simulator format, times from each iteration's first op).
     ``iterations_tried``: how many timed iterations ran; ``disturbed``: fewer than ``len(iterations)``
-    of them were undisturbed by other processes, so some kept ones were not. ``losses``: per rank that
+    of them were undisturbed, so some kept ones were not; ``left_out``: why iterations were found
+    disturbed (``validator.quiet``; empty when none was). ``losses``: per rank that
     computes the loss, every micro-batch's loss in run order (warm-up included).
     ``clock_offsets``: per rank, how far its clock ran ahead of rank 0's (seconds).
     """
@@ -50,6 +54,7 @@ class Measurements:
     world_size: int
     iterations_tried: int
     disturbed: bool
+    left_out: str
     warmup: int
     calibration_reps: int
     clock_offsets: tuple[float, ...]
@@ -57,7 +62,8 @@ class Measurements:
     def run_section(self) -> dict[str, Any]:
         """The report's ``run`` section: how the run was made."""
         derived = {"device": self.profile.device, "dtype": self.profile.dtype, "iterations": len(self.iterations)}
-        return {k: derived[k] if k in derived else _plain(getattr(self, k)) for k in RUN_KEYS}
+        return {k: derived[k] if k in derived else _plain(getattr(self, k)) for k in RUN_KEYS
+                if k not in OPTIONAL_RUN_KEYS or getattr(self, k) != OPTIONAL_RUN_KEYS[k]}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,7 +85,7 @@ class Measurements:
         run = data["run"]
         if not isinstance(run, dict):
             raise SpecError(f"measurements.run: must be a mapping (got {run!r})")
-        missing = [k for k in RUN_KEYS if k not in run]
+        missing = [k for k in RUN_KEYS if k not in run and k not in OPTIONAL_RUN_KEYS]
         if missing:
             raise SpecError(f"measurements.run.{missing[0]}: required field is missing")
         iterations = tuple(Timeline.from_dict(t) for t in data["measured_iterations"])
@@ -91,7 +97,8 @@ class Measurements:
             plan_file=str(run["plan_file"]), base_dir=str(run["base_dir"]), scale=float(run["scale"]),
             backend=str(run["backend"]), threads_per_rank=int(run["threads_per_rank"]),
             world_size=int(run["world_size"]), iterations_tried=int(run["iterations_tried"]),
-            disturbed=bool(run["disturbed"]), warmup=int(run["warmup"]),
+            disturbed=bool(run["disturbed"]), left_out=str(run.get("left_out", OPTIONAL_RUN_KEYS["left_out"])),
+            warmup=int(run["warmup"]),
             calibration_reps=int(run["calibration_reps"]),
             clock_offsets=tuple(float(x) for x in run["clock_offsets"]),
         )
