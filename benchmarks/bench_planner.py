@@ -11,7 +11,6 @@ OPTIMAL < 5 s), (2) ``optimize`` at that pinned layout over every schedule, b an
 2048 DGX H100 nodes (16,384 GPUs), global batch 2048 sequences of 8192 tokens (target < 60 s), and
 llama3-70b on 8 nodes, global batch 512 (target < 20 s). Run: python benchmarks/bench_planner.py [whole]
 """
-"""
 from __future__ import annotations
 
 import sys
