@@ -41,8 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-limit", type=float, default=None,
                    help="wall-clock budget of the whole search, seconds; past it the best plan found is returned "
                         "(default: none)")
-    p.add_argument("--solver-time-limit", type=float, default=5.0,
-                   help="CP-SAT budget per candidate, deterministic seconds (default 5)")
+    p.add_argument("--solver-time-limit", type=float, default=None,
+                   help="CP-SAT budget per candidate, deterministic seconds (default 5 for a pinned layout, "
+                        "1 when several layouts are searched)")
     p.add_argument("--layouts", type=int, default=3,
                    help="layouts (tp, pp, dp) searched in full, the best the screen ranks (default 3)")
     p.add_argument("--compare-config", metavar="K=V,...", default=None,

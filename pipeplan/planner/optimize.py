@@ -15,6 +15,9 @@ from .request import OptimizeRequest
 from .result import OptimizeResult
 from .search import Progress, search
 
+SOLVER_LIMIT = 5.0  # CP-SAT seconds per candidate (deterministic) when the layout is fixed
+WHOLE_SOLVER_LIMIT = 1.0  # ... and when several layouts are searched
+
 
 def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,
              pp: int | None = None, dp: int | None = None, nodes: int | None = None, seq_len: int | None = None,
@@ -24,7 +27,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
              profile: Profile | str | dict | None = None, tp: int | None = None,
              sequence_parallel: bool | None = None, gpus: int | None = None,
              compare_config: str | GivenConfig | None = None, layouts: int = TOP_LAYOUTS,
-             solver_time_limit: float = 5.0, blocking_p2p: bool = False) -> OptimizeResult:
+             solver_time_limit: float | None = None, blocking_p2p: bool = False) -> OptimizeResult:
     """Find the fastest plan that fits: layout (tp, pp, dp), schedule, chunks v, micro-batch size b and
     count m, cut points and recomputation per stage.
 
@@ -35,7 +38,8 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     time floor could still win... and never beyond that count). ``time_limit``: the whole search's
     wall-clock budget in seconds (None: none); past it the best plan found so far is returned and the
     result says so (``timed_out``). ``solver_time_limit``: CP-SAT's budget per candidate (deterministic
-    seconds). ``compare_config`` ("tp=8,pp=8,dp=24,b=2,v=2"): a configuration simulated as a baseline;
+    seconds; default 5 for one layout, 1 when several are searched: there the simulator's screen and polish
+    matter more than CP-SAT's last percent, and a chunked candidate that stays FEASIBLE spends it all). ``compare_config`` ("tp=8,pp=8,dp=24,b=2,v=2"): a configuration simulated as a baseline;
     the answer is never slower than it. ``parallel`` > 1 solves that many candidates at once in worker
     processes. ``profile``: measured op times and links (``pipeplan validate`` writes one) instead of
     the analytic cost model; it fixes b and the sequence length to the values it was measured at, and
@@ -56,6 +60,8 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     positive_int("global_batch", global_batch)
     found = enumerate_layouts(spec, cl, global_batch, pins)
     first = found[0]
+    if solver_time_limit is None:
+        solver_time_limit = SOLVER_LIMIT if len(found) == 1 and compare is None else WHOLE_SOLVER_LIMIT
     base = OptimizeRequest.create(
         model, cluster, global_batch, pp=first.pp, dp=first.dp,
         nodes=nodes if nodes is not None else (cl.nodes if grown else None),
