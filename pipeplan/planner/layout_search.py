@@ -6,7 +6,8 @@
    the others get their ``time_floor``, a lower bound on any of their simulated plans;
 2. *screen*: every remaining layout is simulated with a quick plan (``screen_plan``: the uniform split
    under 1F1B and under ZB-V, the smallest micro-batch, the least recomputation that fits), so each has
-   a simulated time before any is discarded;
+   a simulated time before any is discarded; in order of ``screen_estimate`` (the
+   floor with a 1F1B fill), so that a time limit stops the screen after the likeliest ones;
 3. *full search*: in order of the screen's time (layouts whose screen did not fit after them, by floor),
    ``search`` runs on a layout unless its floor is not below the best simulated plan so far (a valid
    skip) or ``top`` layouts have already been searched to a plan (the heuristic stop: the screen's
@@ -108,6 +109,18 @@ def _least_recompute(request: OptimizeRequest, name: str, schedule: str, v: int,
     return scored
 
 
+def screen_estimate(floor: float, layout: Layout, base: OptimizeRequest) -> float:
+    """The order layouts are screened in (step 2): the time floor stretched by the screen plan's own 1F1B fill,
+    (m + pp - 1) / m at its smallest micro-batch. Not a bound (the floor is the one pruning uses) but a rank:
+    without the fill, the floor ranks a deep pipeline with few micro-batches per replica (a 50 % bubble at
+    pp = 128, m = 256) above the shallower layouts, and a time limit could stop the screen before it reaches
+    the layouts that are fastest."""
+    batch = base.global_batch // layout.dp
+    b = min((b for b in base.microbatch_sizes or (1,) if batch % b == 0), default=1)
+    m = batch // b
+    return floor * (m + layout.pp - 1) / m
+
+
 SCREEN_SCHEDULES = (("1f1b", 1), ("zb-v", 2))  # one plain and one bubble-free family, where allowed
 
 
@@ -174,7 +187,7 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
         raise SpecError(f"no layout of {pins.gpus} GPUs fits {base.model.name}: weights, gradients and optimizer state "
                         f"alone need {least.memory_floor / 1e9:.1f} GB on a GPU at best ({least.layout.label}) of "
                         f"{usable / 1e9:.1f} GB usable; " + what_would_fit(base, pins))
-    open_layouts.sort(key=lambda lay: (records[lay].time_floor, lay.tp, lay.pp))
+    open_layouts.sort(key=lambda lay: (screen_estimate(records[lay].time_floor, lay, base), lay.tp, lay.pp))
     simulated: list[Scored] = []
     screens: dict[Layout, Scored] = {}
     for i, layout in enumerate(open_layouts):
