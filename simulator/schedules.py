@@ -12,7 +12,7 @@ its own and add one entry to ``_ENTRIES`` below.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from types import MappingProxyType
 from typing import Callable, Mapping
 
@@ -115,9 +115,17 @@ class ScheduleEntry:
         ``costs`` (per-stage F, I, W and hop times) order a ``cost_aware`` schedule; the others ignore them.
         """
         v = self.default_chunks if v is None else v
-        if self.cost_aware:
-            return self.generator(p, m, v, costs=costs)
-        return self.generator(p, m, v)
+        return _built(self, p, m, v, costs if self.cost_aware else None)
+
+
+@lru_cache(maxsize=64)
+def _built(entry: ScheduleEntry, p: int, m: int, v: int, costs: StageTimes | None) -> Schedule:
+    """A generator's schedule, built once per arguments: generators are pure and a Schedule is frozen,
+    and a planner search asks for the same (p, m, v) (and, for a cost-aware one, the same costs) again
+    and again; each build also runs the checker."""
+    if entry.cost_aware:
+        return entry.generator(p, m, v, costs=costs)
+    return entry.generator(p, m, v)
 
 
 def _one_stage_bubble(p: float, m: float, v: int) -> float:

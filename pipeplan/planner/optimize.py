@@ -16,7 +16,7 @@ from .result import OptimizeResult
 from .search import Progress, search
 
 SOLVER_LIMIT = 5.0  # CP-SAT seconds per candidate (deterministic) when the layout is fixed
-WHOLE_SOLVER_LIMIT = 1.0  # ... and when several layouts are searched
+WHOLE_SOLVER_LIMIT = 0.5  # ... and when several layouts are searched
 
 
 def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,
@@ -38,7 +38,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     time floor could still win... and never beyond that count). ``time_limit``: the whole search's
     wall-clock budget in seconds (None: none); past it the best plan found so far is returned and the
     result says so (``timed_out``). ``solver_time_limit``: CP-SAT's budget per candidate (deterministic
-    seconds; default 5 for one layout, 1 when several are searched: there the simulator's screen and polish
+    seconds; default 5 for one layout, 0.5 when several are searched: there the simulator's screen and polish
     matter more than CP-SAT's last percent, and a chunked candidate that stays FEASIBLE spends it all). ``compare_config`` ("tp=8,pp=8,dp=24,b=2,v=2"): a configuration simulated as a baseline;
     the answer is never slower than it. ``parallel`` > 1 solves that many candidates at once in worker
     processes. ``profile``: measured op times and links (``pipeplan validate`` writes one) instead of
