@@ -36,7 +36,7 @@ def cut_point_model(schedule: str = "1f1b", v: int = 1) -> None:
     problem = build_problem(model, cluster, Candidate(schedule, v, 1, 64), build_schedule(schedule, 16, 64, v),
                             model.seq_len, [d * TP for d in range(16)], headroom=0.05, tp=TP, sequence_parallel=True)
     built = time.perf_counter() - started
-    solution = solve(problem, solver_time_limit=30)
+    solution = solve(problem, time_limit=30)
     recomputed = sum(solution.recompute)
     print(f"cut-point model {schedule} v={v} b=1 m=64, {problem.num_layers} layers -> {problem.num_stages} stages: "
           f"{solution.status} in {solution.wall_time:.2f} s (build {built:.2f} s), gap {solution.gap:.2%}, "

@@ -44,10 +44,16 @@ def interleaved_rule(p: int, m: int, v: int) -> None:
     _require_positive(p, m)
     if v < 2:
         raise ScheduleError(f"chunks: interleaved needs at least 2 chunks per device (got {v}); use 1f1b for 1")
+    check_rounds("interleaved", p, m)
+
+
+def check_rounds(name: str, p: int, m: int) -> None:
+    """Micro-batches advance in rounds of max(1, m // p) (Megatron's and torch's looped schedules): m must
+    split into them evenly; the error lists the m that do."""
     if m % max(1, m // p):
         good = [k for k in range(1, 4 * p + 1) if k % max(1, k // p) == 0]
         raise ScheduleError(
-            f"microbatches: interleaved needs m divisible by its number of rounds max(1, m // p); "
+            f"microbatches: {name} needs m divisible by its number of rounds max(1, m // p), as torch does; "
             f"with p={p} these work: {', '.join(map(str, good))}, ... (any multiple of p)"
         )
 

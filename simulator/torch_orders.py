@@ -18,6 +18,7 @@ torch's idle (``None``) steps: those only pad a unit-time dry run, the order is 
 from __future__ import annotations
 
 from .checker import check_schedule
+from .generators import check_rounds
 from .ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Action, Schedule, ScheduleError, make_schedule
 
 
@@ -40,12 +41,7 @@ def interleaved_zb_rule(p: int, m: int, v: int) -> None:
     _require_positive("interleaved-zb", p, m)
     if v < 1:
         raise ScheduleError(f"chunks: interleaved-zb needs at least 1 chunk per device (got {v})")
-    if m % max(1, m // p):
-        good = [k for k in range(1, 4 * p + 1) if k % max(1, k // p) == 0]
-        raise ScheduleError(
-            f"microbatches: interleaved-zb needs m divisible by its number of rounds max(1, m // p), as torch "
-            f"does; with p={p} these work: {', '.join(map(str, good))}, ... (any multiple of p)"
-        )
+    check_rounds("interleaved-zb", p, m)
 
 
 def looped_bfs(p: int, m: int, v: int = 2) -> Schedule:

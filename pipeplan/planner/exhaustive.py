@@ -80,16 +80,18 @@ def surely_over(problem: PartitionProblem, device: int, layers: Sequence[int], m
     return False
 
 
+def device_patterns(problem: PartitionProblem, layers: Sequence[int], device: int) -> list[dict[int, str]]:
+    """The recomputation patterns (stage -> mode) of ``device``'s stages that may fit under ``layers``."""
+    stages = problem.stages_of(device)
+    patterns = (dict(zip(stages, combo)) for combo in itertools.product(problem.modes, repeat=len(stages)))
+    return [modes for modes in patterns if not surely_over(problem, device, layers, modes)]
+
+
 def _patterns(problem: PartitionProblem, layers: Sequence[int]) -> list[list[dict[int, str]]] | None:
     """Per device, the recomputation patterns of its stages that may fit (None: a device fits none)."""
     out = []
     for d in range(problem.pp):
-        stages = problem.stages_of(d)
-        fitting = []
-        for combo in itertools.product(problem.modes, repeat=len(stages)):
-            modes = dict(zip(stages, combo))
-            if not surely_over(problem, d, layers, modes):
-                fitting.append(modes)
+        fitting = device_patterns(problem, layers, d)
         if not fitting:
             return None
         out.append(fitting)

@@ -23,7 +23,7 @@ from typing import Callable
 
 from ..plan import Plan
 from .bounds import plan_bound
-from .exhaustive import surely_over
+from .exhaustive import device_patterns
 from .problem import PartitionProblem
 from .result import Scored
 
@@ -34,16 +34,6 @@ def fits_within(scored: Scored, headroom: float) -> bool:
     """The simulator's peak memory stays under capacity x (1 - headroom) on every device."""
     sim = scored.result.sim
     return all(peak <= cap * (1 - headroom) for peak, cap in zip(sim.peak_memory, sim.capacity))
-
-
-def _device_patterns(problem: PartitionProblem, layers: tuple[int, ...], device: int) -> list[dict[int, str]]:
-    stages = problem.stages_of(device)
-    out = []
-    for combo in itertools.product(problem.modes, repeat=len(stages)):
-        modes = dict(zip(stages, combo))
-        if not surely_over(problem, device, layers, modes):
-            out.append(modes)
-    return out
 
 
 def _with(recompute: tuple[str, ...], devices_modes: tuple[dict[int, str], ...]) -> tuple[str, ...]:
@@ -75,10 +65,10 @@ def neighbours(plan: Plan, problem: PartitionProblem) -> list[Plan]:
                 continue
             split = tuple(moved)
             devices = sorted({problem.stage_to_device[k], problem.stage_to_device[k + 1]})
-            for choice in itertools.product(*(_device_patterns(problem, split, d) for d in devices)):
+            for choice in itertools.product(*(device_patterns(problem, split, d) for d in devices)):
                 add(split, _with(recompute, choice))
     for d in range(problem.pp):
-        for modes in _device_patterns(problem, layers, d):
+        for modes in device_patterns(problem, layers, d):
             add(layers, _with(recompute, (modes,)))
     return out
 
