@@ -99,20 +99,28 @@ def optimizer_seconds(params: float, dp: int, distributed_optimizer: bool, hbm_b
     return params / (dp if distributed_optimizer else 1) * OPTIMIZER_BYTES / hbm_bandwidth
 
 
-@lru_cache(maxsize=4096)
 def stage_collectives(cluster: ClusterSpec, layout: Layout, device: int, params: float, distributed: bool,
                       algorithm: str) -> tuple[tuple[Collective, ...], tuple[tuple[str, float], ...]]:
     """A stage's data-parallel collectives (its gradient reduction, then the parameter gather with the
     distributed optimizer) over pipeline rank ``device``'s data group, and the capacity of every port
-    they cross. Cached: a planner search simulates hundreds of splits whose stages repeat these
-    (cluster, layout, device, parameters) keys, and on a 2048-replica ring pricing one walks thousands
-    of ports."""
+    they cross: the group's rings priced once per unit of bytes (``_unit_collectives``, cached) and
+    scaled, since a ring's bytes are linear in the bytes reduced and nothing else depends on them."""
+    units, ports = _unit_collectives(cluster, layout, device, distributed, algorithm)
+    sizes = (GRAD_BYTES, PARAM_BYTES)
+    return tuple(replace(unit, nbytes=unit.nbytes * params * size) for unit, size in zip(units, sizes)), ports
+
+
+@lru_cache(maxsize=1024)
+def _unit_collectives(cluster: ClusterSpec, layout: Layout, device: int, distributed: bool,
+                      algorithm: str) -> tuple[tuple[Collective, ...], tuple[tuple[str, float], ...]]:
+    """``stage_collectives`` for one byte per parameter: pricing a 2048-replica ring walks thousands of
+    ports, and a planner search simulates hundreds of splits over the same groups."""
     group = layout.data_group(device)
     shared = port_sharing(cluster, [layout.data_group(device, t) for t in range(layout.tp)])
     grad_kind = REDUCE_SCATTER if distributed else ALL_REDUCE
-    out = [group_collective(cluster, group, grad_kind, params * GRAD_BYTES, shared, algorithm=algorithm)]
+    out = [group_collective(cluster, group, grad_kind, 1.0, shared, algorithm=algorithm)]
     if distributed:
-        out.append(group_collective(cluster, group, ALL_GATHER, params * PARAM_BYTES, shared))
+        out.append(group_collective(cluster, group, ALL_GATHER, 1.0, shared))
     ports = {port: cluster.capacity(port) for c in out for port in c.path.ports}
     return tuple(out), tuple(ports.items())
 

@@ -37,6 +37,7 @@ from .result import LayoutRecord, OptimizeResult, Scored
 from .search import Progress, judge, search
 
 TOP_LAYOUTS = 3  # layouts searched in full (those the screen ranks first), besides the valid skips
+LAYOUT_POLISHED = 1  # proposals polished per layout searched (a pinned layout's search polishes two)
 SCREEN_ORDER = ("none", "selective", "full")
 
 
@@ -223,7 +224,7 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
             progress(len(open_layouts) + len(results), len(open_layouts) + top, f"searching {layout.label}")
         began = time.perf_counter()
         try:
-            result = search(replace(layout_request(base, layout), deadline=deadline))
+            result = search(replace(layout_request(base, layout), deadline=deadline, polished=LAYOUT_POLISHED))
         except SpecError:
             records[layout] = replace(record, status="NO FIT", search_time=time.perf_counter() - began)
             continue

@@ -56,6 +56,9 @@ class OptimizeRequest:
     profile: Profile | None = None
     blocking_p2p: bool = False  # the plan's point-to-point exchanges block (Megatron 2021), as the plans say
     deadline: float | None = None  # time.perf_counter() after which the search starts no optional work
+    # Proposals the simulator polishes: the runner-up schedule often overtakes after polish. A layout
+    # search polishes one per layout (it compares layouts, each with its own best proposal).
+    polished: int = 2
 
     @classmethod
     def create(cls, model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,

@@ -7,7 +7,7 @@
    cannot beat the fastest simulation, or its analytic bound the ``rescore``-th best prediction once
    ``FAMILY_FEW`` of its schedule variant were judged;
 3. ``rescore``: the proposals' simulations; those that fit (headroom included) go on;
-4. ``polish``: the fastest ``POLISHED`` of them move cuts and recomputation together (``refine``);
+4. ``polish``: the fastest ``request.polished`` of them move cuts and recomputation together (``refine``);
 5. ``exhaustive``: for small models, every split x recomputation of every candidate the valid bounds
    leave, simulated (``exhaustive``);
 6. ``score_baselines``: the baselines under the winner's schedule, b and m, through the same simulator;
@@ -41,7 +41,6 @@ from .request import OptimizeRequest
 from .result import CandidateRecord, OptimizeResult, Scored
 
 Progress = Callable[[int, int, str], None]  # (steps done, steps in all, what runs now)
-POLISHED = 2  # proposals the simulator polishes; the runner-up schedule often overtakes after polish
 # Simulated actions one polish may spend (its simulations x the plan's actions), so that the polish of
 # a 128-stage, 24,000-action plan costs what the polish of a small one does; 60 simulations at most.
 POLISH_ACTIONS = 500_000
@@ -278,10 +277,10 @@ def shortlist(proposals: tuple[Proposal, ...], rescore: int) -> list[Proposal]:
 
 
 def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
-    """Polish the ``POLISHED`` fastest fitting proposals with the simulator (cut moves and
+    """Polish the ``request.polished`` fastest fitting proposals with the simulator (cut moves and
     recomputation changes together, ``refine``); the fastest result wins (the earlier on a tie)."""
     best = None
-    for start in rescored.fitting[:POLISHED]:
+    for start in rescored.fitting[:request.polished]:
         if request.out_of_time and best is not None:
             break
         if request.out_of_time:
