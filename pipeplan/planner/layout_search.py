@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, replace
 
 from ..errors import SpecError
-from ..plan import Plan
 from .baselines import megatron_uniform
 from .cpsat import Solution
 from .layouts import Layout, LayoutPins, enumerate_layouts, memory_floor, time_floor
@@ -97,14 +96,10 @@ def _least_recompute(request: OptimizeRequest, name: str, schedule: str, v: int,
     if not SCHEDULES[schedule].accepts(request.pp, m, v):
         return None
     layers = megatron_uniform(request.model, request.pp * v)
+    plan = request.plan_for(Candidate(schedule, v, b, m), layers, (False,) * len(layers))
     scored = None
     for mode in modes:
-        plan = Plan(model=request.model_ref, cluster=request.cluster_ref, nodes=request.plan_nodes, schedule=schedule,
-                    pp=request.pp, chunks=v, num_microbatches=m, microbatch_size=b, layers_per_stage=layers,
-                    recompute=(mode,) * len(layers), seq_len=request.seq_len, dp=request.dp, tp=request.tp,
-                    sequence_parallel=request.sequence_parallel, distributed_optimizer=request.distributed_optimizer,
-                    blocking_p2p=request.blocking_p2p)
-        scored = judge(request, name, plan)
+        scored = judge(request, name, plan.with_(recompute=(mode,) * len(layers)))
         if fits_within(scored, request.headroom):
             return scored
     return scored

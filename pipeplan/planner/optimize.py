@@ -9,7 +9,7 @@ from ..cluster import ClusterSpec, load_cluster
 from ..errors import SpecError, positive_int
 from ..model import ModelSpec, load_model
 from ..profile import Profile
-from .layout_search import TOP_LAYOUTS, GivenConfig, layout_request, search_layouts
+from .layout_search import TOP_LAYOUTS, GivenConfig, search_layouts
 from .layouts import LayoutPins, enumerate_layouts
 from .request import OptimizeRequest
 from .result import OptimizeResult
@@ -34,12 +34,13 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     The plan uses ``gpus`` GPUs (default: every GPU of the cluster's ``nodes``); tp, pp, dp,
     ``sequence_parallel`` and ``distributed_optimizer`` left None are searched (the two switches are on
     wherever they apply: never slower in the cost model, see ``layouts``), given ones are pinned.
-    ``layouts``: how many layouts the screen ranks first are searched in full (others only when their
-    time floor could still win... and never beyond that count). ``time_limit``: the whole search's
+    ``layouts``: how many layouts, in the screen's order, are searched in full (a layout whose time floor
+    cannot beat the best simulated plan is skipped without counting). ``time_limit``: the whole search's
     wall-clock budget in seconds (None: none); past it the best plan found so far is returned and the
     result says so (``timed_out``). ``solver_time_limit``: CP-SAT's budget per candidate (deterministic
-    seconds; default 5 for one layout, 0.5 when several are searched: there the simulator's screen and polish
-    matter more than CP-SAT's last percent, and a chunked candidate that stays FEASIBLE spends it all). ``compare_config`` ("tp=8,pp=8,dp=24,b=2,v=2"): a configuration simulated as a baseline;
+    seconds; default 5 for one layout, 0.5 when several are searched: there the simulator's screen and
+    polish matter more than CP-SAT's last percent, and a chunked candidate that stays FEASIBLE spends it
+    all). ``compare_config`` ("tp=8,pp=8,dp=24,b=2,v=2"): a configuration simulated as a baseline;
     the answer is never slower than it. ``parallel`` > 1 solves that many candidates at once in worker
     processes. ``profile``: measured op times and links (``pipeplan validate`` writes one) instead of
     the analytic cost model; it fixes b and the sequence length to the values it was measured at, and
@@ -55,8 +56,6 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         tp, dp = (1 if tp is None else tp), (1 if dp is None else dp)
     pins = LayoutPins(count, tp, pp, dp, sequence_parallel, distributed_optimizer)
     compare = GivenConfig.parse(compare_config) if isinstance(compare_config, str) else compare_config
-    if sequence_parallel and tp is None and cl.gpus_per_node == 1:
-        raise SpecError("sequence_parallel: needs tensor parallelism, and a node here has one GPU")
     positive_int("global_batch", global_batch)
     found = enumerate_layouts(spec, cl, global_batch, pins)
     first = found[0]
@@ -70,7 +69,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         profile=profile, tp=first.tp, sequence_parallel=first.sequence_parallel, blocking_p2p=blocking_p2p)
     if len(found) == 1 and compare is None:
         deadline = None if time_limit is None else started + time_limit
-        result = search(replace(layout_request(base, first), deadline=deadline), progress)
+        result = search(replace(base, deadline=deadline), progress)  # base already has the one layout
         timed_out = deadline is not None and time.perf_counter() > deadline
         return replace(result, timed_out=timed_out, search_time=time.perf_counter() - started)
     return search_layouts(base, pins, float("inf") if time_limit is None else time_limit - (time.perf_counter() - started),
