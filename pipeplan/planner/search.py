@@ -281,10 +281,8 @@ def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
     recomputation changes together, ``refine``); the fastest result wins (the earlier on a tie)."""
     best = None
     for start in rescored.fitting[:request.polished]:
-        if request.out_of_time and best is not None:
-            break
-        if request.out_of_time:
-            best = Polished(start, start.scored)
+        if request.out_of_time:  # past the whole search's deadline: the fastest proposal as it is
+            best = best or Polished(start, start.scored)
             break
         actions = start.scored.result.resolved.schedule.num_actions()
         evals = max(MIN_POLISH_EVALS, min(MAX_EVALS, POLISH_ACTIONS // max(1, actions)))
