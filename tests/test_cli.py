@@ -188,3 +188,19 @@ def test_yaml_specs_read_exponent_numbers_as_numbers(tmp_path):
         450e9, 3e-6, 5e10, 5e-6)
     out = pipeplan("simulate", "--model", "tiny", "--cluster", str(path), "--json")
     assert out.returncode == 0, out.stderr
+
+
+def test_version_is_the_packages_version():
+    # The version the packaging metadata holds (pyproject reads it from pipeplan.__version__); an installed
+    # distribution answers through importlib.metadata, a bare checkout through the source.
+    import re
+
+    from importlib import metadata
+
+    out = pipeplan("--version")
+    assert out.returncode == 0, out.stderr
+    try:
+        expected = metadata.version("pipeplan")
+    except metadata.PackageNotFoundError:
+        expected = re.search(r'__version__ = "([^"]+)"', (REPO / "pipeplan" / "__init__.py").read_text()).group(1)
+    assert out.stdout.strip() == f"pipeplan {expected}"

@@ -21,11 +21,24 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _version() -> str:
+    """The installed distribution's version, or the source tree's when run from a checkout."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pipeplan")
+    except metadata.PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="pipeplan",
         description="Plan, simulate and validate pipeline-parallel training schedules.",
     )
+    parser.add_argument("--version", action="version", version=f"pipeplan {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     sub.required = True
     for name in COMMAND_MODULES:
