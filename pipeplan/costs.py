@@ -207,6 +207,7 @@ def tp_seconds_in_ops(work: Work, tp_link: LinkSpec | None) -> tuple[float, floa
     return forward, backward + (forward if work.recompute == "full" else 0.0)
 
 
+@lru_cache(maxsize=1 << 16)  # pure in frozen inputs; a search prices the same block thousands of times
 def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCost:
     """Seconds and bytes of ``work`` on ``gpu``; ``tp_link`` carries the tensor-parallel collectives.
 

@@ -8,6 +8,11 @@ class SpecError(ValueError):
     """A model, cluster, plan or option is invalid; the message names the field and the fix."""
 
 
+class OutOfTime(SpecError):
+    """A search's time ran out before it found any plan that fits (which is not the same as "nothing
+    fits"); the message says which limit to raise."""
+
+
 USER_ERRORS = (SpecError, ScheduleError)
 
 

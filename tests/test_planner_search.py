@@ -88,7 +88,7 @@ def test_the_steps_compose_to_optimize():
     assert [b.bound for b in bounded] == sorted(b.bound for b in bounded)
     solved = solve_and_prune(request, bounded)
     assert [r.candidate for r in solved.records] == [b.candidate for b in bounded]
-    rescored = rescore(request, solved.proposals)
+    rescored = rescore(request, solved)
     times = [s.scored.iteration_time for s in rescored.fitting]
     assert times == sorted(times) and all(any(f is s for s in rescored.simulated) for f in rescored.fitting)
     best = exhaustive(request, bounded, polish(request, rescored))

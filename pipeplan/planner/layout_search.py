@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from ..errors import SpecError
+from ..errors import OutOfTime, SpecError
 from .baselines import megatron_uniform
 from .cpsat import Solution
 from .layouts import Layout, LayoutPins, enumerate_layouts, memory_floor, time_floor
@@ -220,6 +220,10 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
         began = time.perf_counter()
         try:
             result = search(replace(layout_request(base, layout), deadline=deadline, polished=LAYOUT_POLISHED))
+        except OutOfTime:
+            timed_out = True
+            records[layout] = replace(record, status="TIME LIMIT", search_time=time.perf_counter() - began)
+            continue
         except SpecError:
             records[layout] = replace(record, status="NO FIT", search_time=time.perf_counter() - began)
             continue
@@ -256,6 +260,10 @@ def _answer(base: OptimizeRequest, results: list[OptimizeResult], screens: dict[
     if not fitting:
         fitting_screens = sorted((s for s in screens.values() if fits_within(s, base.headroom)),
                                  key=lambda s: s.iteration_time)
+        if not fitting_screens and timed_out:
+            raise OutOfTime(f"no plan that fits was found in the time given: "
+                            f"{sum(r.status == 'TIME LIMIT' for r in records.values())} layouts were not searched "
+                            f"(or not to the end) for want of time; raise --time-limit or --solver-time-limit")
         if not fitting_screens:
             raise SpecError(f"no layout of {base.model.name} on these GPUs fits (every screen and search ran out "
                             f"of memory, headroom {base.headroom:.0%}); use more GPUs or GPUs with more memory")

@@ -26,13 +26,13 @@ from functools import partial
 from typing import Callable
 
 from ..api import simulate
-from ..errors import SpecError
+from ..errors import OutOfTime, SpecError
 from ..lowering import generated_schedule
 from ..plan import Plan
 from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, deepspeed_parameters, megatron_uniform
 from .bounds import candidate_bound
 from .candidates import enumerate_candidates, lower_bound
-from .cpsat import Solution, solve
+from .cpsat import UNKNOWN, Solution, solve
 from .exhaustive import MAX_PLANS, exhaust, space_size
 from .infeasible import explain_infeasible
 from .problem import Candidate, PartitionProblem, build_problem
@@ -117,7 +117,7 @@ def search(request: OptimizeRequest, progress: Progress | None = None) -> Optimi
     solved = solve_and_prune(request, bounded, progress)
     if progress:
         progress(total - 1, total, "simulating the best proposals")
-    rescored = rescore(request, solved.proposals)
+    rescored = rescore(request, solved)
     best = exhaustive(request, bounded, polish(request, rescored))
     baselines = score_baselines(request, _candidate_of(best.scored.plan), _problem_of(bounded, best.scored.plan))
     if progress:
@@ -246,18 +246,25 @@ def _start_solve(request: OptimizeRequest, problem: PartitionProblem, pool: Proc
     return done
 
 
-def rescore(request: OptimizeRequest, proposals: tuple[Proposal, ...]) -> Rescored:
-    """Every proposal's simulation (taken as it was solved); raises SpecError saying what would fit
-    when none of them fits (headroom included)."""
+def rescore(request: OptimizeRequest, solved: Solved) -> Rescored:
+    """Every proposal's simulation (taken as it was solved). When none of them fits (headroom included)
+    raises ``OutOfTime`` if some candidate went unsolved for want of time (CP-SAT's budget or the whole
+    search's), else SpecError saying what would fit."""
     simulated = tuple(Simulated(p, p.scored if p.scored is not None else
                                 judge(request, "cp-sat", _plan_of(request, p.candidate, p.solution)))
-                      for p in shortlist(proposals, len(proposals)))
+                      for p in shortlist(solved.proposals, len(solved.proposals)))
     fitting = [s for s in simulated if fits_within(s.scored, request.headroom)]
     if not fitting:
+        unsolved = [r for r in solved.records if r.status in (UNKNOWN, "TIME LIMIT")]
+        if unsolved:
+            raise OutOfTime(f"no plan that fits was found in the time given: {len(unsolved)} of "
+                            f"{len(solved.records)} candidates ran out of time before CP-SAT found or ruled out a "
+                            f"split (CP-SAT had {request.time_limit:g} s each); raise --solver-time-limit or "
+                            "--time-limit")
         raise SpecError(explain_infeasible(request.model, request.cluster, request.pp, request.dp,
                                            request.replica_batch, request.sequence_length, request.headroom,
                                            request.distributed_optimizer, request.gpus, request.tp,
-                                           request.sequence_parallel))
+                                           request.sequence_parallel, request.deadline))
     fitting.sort(key=lambda s: (s.scored.iteration_time, s.candidate.label))
     return Rescored(simulated, tuple(fitting))
 

@@ -1,0 +1,63 @@
+"""A search that runs out of time says so; it never reports "no plan fits" for want of time."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import pipeplan
+from pipeplan.errors import OutOfTime
+from pipeplan.planner.baselines import megatron_uniform
+from pipeplan.planner.infeasible import explain_infeasible, fits_at
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_uniform_split_fits_so_nothing_may_claim_otherwise():
+    # The witness the tests below lean on: llama3-8b on 8 H100s, 1F1B, b = 1, Megatron's uniform split,
+    # simulated: it fits with room to spare, so "no plan fits" would be false.
+    plan = pipeplan.Plan(model="llama3-8b", cluster="dgx-h100", schedule="1f1b", pp=8, num_microbatches=64,
+                         microbatch_size=1, layers_per_stage=megatron_uniform(pipeplan.load_model("llama3-8b"), 8))
+    result = pipeplan.simulate("llama3-8b", "dgx-h100", plan)
+    assert result.fits and max(result.peak_memory) < 0.95 * 80e9  # 61.7 GB on the first device
+
+
+def test_solves_without_time_are_reported_as_out_of_time_not_as_no_fit():
+    # 1e-9 s per CP-SAT solve: no candidate gets a solution. Before, this said "no plan fits llama3-8b ...
+    # the leanest split needs 32.3 GB per GPU, i.e. GPUs of at least 34.0 GB" on 80 GB GPUs.
+    with pytest.raises(OutOfTime) as err:
+        pipeplan.optimize("llama3-8b", "dgx-h100", global_batch=64, pp=8, schedules=["1f1b"], microbatch_sizes=[1],
+                          solver_time_limit=1e-9)
+    message = str(err.value)
+    assert "no plan fits" not in message and "in the time given" in message and "--solver-time-limit" in message
+    assert "1 of 1 candidates" in message  # 1F1B, b = 1, m = 64: one candidate
+
+
+def test_a_whole_search_out_of_time_answers_with_the_first_fitting_screen_and_says_so():
+    result = pipeplan.optimize("llama3-8b", "dgx-h100", global_batch=64, gpus=8, tp=1, schedules=["1f1b"],
+                               microbatch_sizes=[1], solver_time_limit=1e-9, time_limit=0.01)
+    assert result.timed_out and result.source == "screen" and result.chosen.result.fits
+    assert {r.status for r in result.layouts} == {"TIME LIMIT"}  # no layout was searched in full
+    assert "NO FIT" not in {r.status for r in result.layouts}
+
+
+def test_the_cli_says_out_of_time_in_one_line_with_exit_2():
+    out = subprocess.run([sys.executable, "-m", "pipeplan", "optimize", "--model", "llama3-8b", "--pp", "8",
+                          "--global-batch", "64", "--schedules", "1f1b", "--microbatch-sizes", "1",
+                          "--solver-time-limit", "1e-9"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "no plan that fits was found in the time given" in out.stderr
+
+
+def test_what_would_fit_stops_at_the_deadline_and_says_it_does_not_know():
+    # llama3-70b does not fit on 8 x 80 GB at 1F1B (a 16-bit weight + 16-byte Adam state alone is
+    # 70.6e9 x 18 / 8 = 159 GB per GPU); with the deadline already past, no solve starts and the advice
+    # says the time ran out instead of guessing a pipeline depth.
+    model, cluster = pipeplan.load_model("llama3-70b"), pipeplan.load_cluster("dgx-h100")
+    began = time.perf_counter()
+    assert fits_at(model, cluster, 16, 1, 16, 8192, False, 0.05, deadline=began - 1) is None
+    text = explain_infeasible(model, cluster, 8, 1, 16, 8192, 0.05, False, list(range(8)), deadline=began - 1)
+    assert time.perf_counter() - began < 1.0
+    assert text.startswith("no plan fits llama3-70b on pp = 8 GPUs") and "time limit ran out" in text
+    assert "--pp" not in text
