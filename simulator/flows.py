@@ -237,13 +237,17 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
         for t, o in state.op_ends:
             seq += 1
             heappush(heap, (t, seq, 0, o))
-        # Flows in flight at the cut had their ports to themselves: re-created from their own start.
-        for o in state.collective_flows:
-            nbytes, latency, bandwidth, ports = collective[o]
-            start_flow(nbytes, bandwidth, ports, start[o], (o, latency, -1))
-        for i, e in state.transfer_flows:
-            _, _, nbytes, latency, bandwidth, ports = c.edge_spec[e]
-            start_flow(nbytes, bandwidth, ports, transfers[i][4], (transfers[i][3], latency, i))
+        # Flows in flight at the cut had their ports to themselves: re-created from their own start,
+        # earliest first (a flow added later advances the ones already there to its start).
+        recreate = [(start[o], 0, o, -1) for o in state.collective_flows]
+        recreate += [(transfers[i][4], 1, e, i) for i, e in state.transfer_flows]
+        for t, is_transfer, ident, i in sorted(recreate):
+            if is_transfer:
+                _, _, nbytes, latency, bandwidth, ports = c.edge_spec[ident]
+                start_flow(nbytes, bandwidth, ports, t, (transfers[i][3], latency, i))
+            else:
+                nbytes, latency, bandwidth, ports = collective[ident]
+                start_flow(nbytes, bandwidth, ports, t, (ident, latency, -1))
         for t, k in state.releases:
             seq += 1
             heappush(heap, (t, seq, 2, k))

@@ -33,7 +33,7 @@ class Resume:
     done_records: list                        # TransferRecords of transfers delivered before the cut
     transfers: list[list]                     # in flight: [src, dst, producer, consumer, t0, nan, nbytes]
     op_ends: list[tuple[float, int]]          # (end, op) of ops running at the cut
-    collective_flows: list[int]               # collective ops whose bytes or latency are in flight
+    collective_flows: list[int]               # collective ops whose bytes are in flight
     transfer_flows: list[tuple[int, int]]     # (index into transfers, edge) of flows in flight
     releases: list[tuple[float, int]]         # (arrival, lane) of blocking sends without a flow
 
@@ -97,7 +97,9 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
         last = pointer[k] - 1
         if not ended[last]:
             running[k], pointer[k] = True, last  # the loop advances past it when it ends
-            if last in c.collective:
+            # A collective is a flow, then its latency: only one whose bytes are still moving at the
+            # cut is a flow to re-create; past its bytes it simply ends when the exact pass says.
+            if last in c.collective and float(end[last]) - c.collective[last][1] >= cut:
                 collective_flows.append(last)
             else:
                 op_ends.append((float(end[last]), last))
