@@ -51,12 +51,12 @@ def _flag(cfg: Config, key: str, default: bool) -> bool:
 
 
 def _dropout(cfg: Config, defaults: dict[str, float]) -> bool:
-    """Whether training drops anything out: any of the family's dropout probabilities above 0."""
-    for key, default in defaults.items():
-        value = _get(cfg, key, default)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+    """Whether training drops anything out: any of the family's dropout probabilities (null: 0) above 0."""
+    probabilities = {key: _get(cfg, key, default) or 0 for key, default in defaults.items()}
+    for key, value in probabilities.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise SpecError(f"model.{key}: must be a probability in [0, 1) (got {value!r})")
-    return any((_get(cfg, key, default) or 0) > 0 for key, default in defaults.items())
+    return any(value > 0 for value in probabilities.values())
 
 
 def _heads(cfg: Config, hidden: int, kv_default: int | None, head_dim_default: int | None) -> dict[str, Any]:

@@ -179,6 +179,7 @@ def test_other_mixtures_of_experts_are_refused(cfg):
     ({"num_key_value_heads": 3}, r"^model\.num_key_value_heads: 3 must divide num_attention_heads \(32\)"),
     ({"num_hidden_layers": "32"}, r"^model\.num_hidden_layers: must be a positive integer"),
     ({"tie_word_embeddings": "false"}, r"^model\.tie_word_embeddings: must be true or false"),
+    ({"attention_dropout": 2}, r"^model\.attention_dropout: must be a probability in \[0, 1\)"),
 ])
 def test_bad_configs_name_the_field(change, message):
     cfg = config("llama-3-8b")
