@@ -173,9 +173,16 @@ def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int,
 
 def stage_work(model: ModelSpec, layers: range, microbatch_size: int, seq_len: int, recompute: bool | str,
                tp: int = 1, sequence_parallel: bool = False) -> Work:
-    """The sum of ``layer_work`` over a stage's layers."""
-    return reduce(add, (layer_work(model, i, microbatch_size, seq_len, recompute, tp, sequence_parallel)
+    """The sum of ``layer_work`` over a stage's layers.
+
+    A stage holding both the embedding and a tied LM head holds their one matrix once (each layer
+    alone counts it, as two stages hold two copies).
+    """
+    work = reduce(add, (layer_work(model, i, microbatch_size, seq_len, recompute, tp, sequence_parallel)
                         for i in layers))
+    if model.tied_params and layers[0] == 0 and layers[-1] == model.num_pipeline_layers - 1:
+        work = replace(work, params=work.params - model.tied_params / tp)
+    return work
 
 
 def tp_seconds(collectives: tuple[tuple[TPCollective, int], ...], tp: int, link: LinkSpec | None) -> float:

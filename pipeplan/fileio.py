@@ -15,7 +15,9 @@ def load_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """Load a JSON or YAML file holding one mapping; errors name the file and the problem."""
     p = Path(path)
     if not p.is_file():
-        fix = "a preset name or a path to a JSON/YAML file" if what in ("model", "cluster") else "the path of an existing file"
+        fixes = {"model": "a preset name, a path to a JSON/YAML file or a Hugging Face model folder",
+                 "cluster": "a preset name or a path to a JSON/YAML file"}
+        fix = fixes.get(what, "the path of an existing file")
         raise SpecError(f"{what}: file {str(p)!r} does not exist; give {fix}")
     try:
         text = p.read_text()

@@ -20,9 +20,12 @@ from .plan import Plan
 
 
 def beside(spec: object, base_dir: str | Path) -> object:
-    """A relative spec file name as the file next to the plan (``base_dir``) when there is one there."""
-    if isinstance(spec, str) and not Path(spec).is_absolute() and (Path(base_dir) / spec).is_file():
-        return str(Path(base_dir) / spec)
+    """A relative spec file (or Hugging Face model folder) name as the one next to the plan
+    (``base_dir``) when there is one there."""
+    if isinstance(spec, str) and not Path(spec).is_absolute():
+        there = Path(base_dir) / spec
+        if there.is_file() or (there / "config.json").is_file():
+            return str(there)
     return spec
 
 

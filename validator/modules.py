@@ -83,16 +83,17 @@ def _norm(model: ModelSpec) -> nn.Module:
 class Block(nn.Module):
     """Pre-norm transformer block: causal self-attention (grouped-query when kv_heads < heads) + MLP.
 
-    Dropout is left out: it changes no matmul shape and would make runs non-deterministic.
+    Dropout is left out: it changes no matmul shape and would make runs non-deterministic. So are the
+    biases, extra norms and norm kind a Hugging Face model's spec may give: they add no matmul.
     """
 
     def __init__(self, model: ModelSpec, store: WeightGradStore) -> None:
         super().__init__()
-        h, kv = model.hidden, model.kv_dim
-        self.heads, self.kv_heads, self.head_dim = model.heads, model.kv_heads or model.heads, h // model.heads
+        h, q, kv = model.hidden, model.q_dim, model.kv_dim
+        self.heads, self.kv_heads, self.head_dim = model.heads, model.kv_heads or model.heads, model.head_size
         self.norm1, self.norm2 = _norm(model), _norm(model)
-        self.q, self.k, self.v = SplitLinear(h, h, store), SplitLinear(h, kv, store), SplitLinear(h, kv, store)
-        self.o = SplitLinear(h, h, store)
+        self.q, self.k, self.v = SplitLinear(h, q, store), SplitLinear(h, kv, store), SplitLinear(h, kv, store)
+        self.o = SplitLinear(q, h, store)
         self.gated = model.gated_mlp
         self.up = SplitLinear(h, model.ffn_hidden, store)
         self.gate = SplitLinear(h, model.ffn_hidden, store) if model.gated_mlp else None
@@ -105,7 +106,7 @@ class Block(nn.Module):
         k = self.k(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
-        x = x + self.o(attn.transpose(1, 2).reshape(b, s, h))
+        x = x + self.o(attn.transpose(1, 2).reshape(b, s, self.heads * self.head_dim))
         y = self.norm2(x)
         inner = F.silu(self.gate(y)) * self.up(y) if self.gate is not None else F.gelu(self.up(y))
         return x + self.down(inner)
@@ -115,7 +116,8 @@ class Embedding(nn.Module):
     def __init__(self, model: ModelSpec) -> None:
         super().__init__()
         self.tokens = nn.Embedding(model.vocab, model.hidden)
-        self.positions = nn.Embedding(model.seq_len, model.hidden) if model.learned_positions else None
+        rows = model.position_rows or model.seq_len
+        self.positions = nn.Embedding(rows, model.hidden) if model.learned_positions else None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.tokens(tokens)

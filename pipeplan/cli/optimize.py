@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and count with OR-Tools CP-SAT; the discrete-event simulator re-scores the best proposals and the "
         "baselines (Megatron uniform split, DeepSpeed parameter split) under the same schedule, b and m.",
     )
-    p.add_argument("--model", required=True, help="model preset or JSON/YAML file")
+    p.add_argument("--model", required=True, help="model preset, JSON/YAML file, or Hugging Face config.json (or its folder)")
     p.add_argument("--cluster", default="dgx-h100", help="cluster preset or JSON/YAML file (default dgx-h100)")
     p.add_argument("--nodes", type=int, default=None, help="number of nodes of the cluster (the plan uses all their GPUs)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs the plan uses, exactly (default: every GPU of the nodes)")

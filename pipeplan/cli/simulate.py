@@ -22,7 +22,7 @@ LAYOUT_FLAGS = ("--tp", "--dp", "--gpus", "--sequence-parallel", "--distributed-
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     """Flags that describe a plan when no plan file is given (also used by other commands)."""
-    p.add_argument("--model", help="model preset or JSON/YAML file (without a plan file)")
+    p.add_argument("--model", help="model preset, JSON/YAML file, or Hugging Face config.json or its folder (without a plan file)")
     p.add_argument("--cluster", default="dgx-h100", help="cluster preset or file (default dgx-h100)")
     p.add_argument("--nodes", type=int, default=None, help="number of nodes of the cluster")
     p.add_argument("--gpus", type=int, default=None,
