@@ -25,15 +25,18 @@ from ..model import ModelSpec
 from ..plan import Plan
 from ..scaling import scale_plan
 from ..specs import resolve
-from .footprint import FLOAT32_BYTES, RANK_BASE_BYTES, rank_bytes
+from .footprint import RANK_BASE_BYTES, rank_bytes
 from .options import ValidateOptions
 
-BF16_BYTES = 2
 CUDA_PROBE_TIMEOUT_S = 120.0
 # Asked in a separate interpreter: importing torch here would cost the launcher seconds and memory.
 _CUDA_PROBE = ("import json, torch; ok = torch.cuda.is_available(); n = torch.cuda.device_count() if ok else 0; "
                "print(json.dumps([list(torch.cuda.mem_get_info(i)) for i in range(n)] if ok else None))")
 GB = 1e9
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / GB:.1f} GB" if nbytes >= 0.1 * GB else f"{nbytes / 1e6:.0f} MB"
 
 
 @dataclass(frozen=True)
@@ -137,15 +140,12 @@ def available_host_bytes() -> float | None:
 
 
 def _need(checked: Checked, options: ValidateOptions, gpus: int) -> tuple[float, list[float]]:
-    """(host bytes, bytes per GPU) the run needs; with no GPU the ranks' tensors are in host memory."""
-    element = BF16_BYTES if options.device == "cuda" else FLOAT32_BYTES
-    per_rank = rank_bytes(checked.model, checked.plan, checked.schedule, element)
-    host = RANK_BASE_BYTES * len(per_rank)
-    if not gpus:
-        return host + sum(per_rank), []
+    """(host bytes, bytes per GPU) the run needs."""
+    ranks = rank_bytes(checked.model, checked.plan, checked.schedule, on_gpu=options.device == "cuda")
+    host = sum(RANK_BASE_BYTES + r.host for r in ranks)
     per_gpu = [0.0] * gpus
-    for rank, need in enumerate(per_rank):  # validator.run: rank r computes on GPU r % count
-        per_gpu[rank % gpus] += need
+    for rank, need in enumerate(ranks if gpus else ()):  # validator.run: rank r computes on GPU r % count
+        per_gpu[rank % gpus] += need.device
     return host, per_gpu
 
 
@@ -170,15 +170,15 @@ def check_memory(plan_path: str, checked: Checked, options: ValidateOptions, hos
         return
     host, per_gpu = _need(checked, options, len(gpu_free))
     if host_free is not None and host > host_free:
-        where = (f"{checked.plan.pp} ranks need about {host / GB:.1f} GB of host memory "
-                 f"and {host_free / GB:.1f} GB is available")
+        where = (f"{checked.plan.pp} ranks need about {_size(host)} of host memory "
+                 f"and {_size(host_free)} is available")
     else:
         gpu = max(range(len(per_gpu)), key=lambda g: per_gpu[g] - gpu_free[g])
-        where = f"GPU {gpu} needs about {per_gpu[gpu] / GB:.1f} GB and has {gpu_free[gpu] / GB:.1f} GB free"
+        where = f"GPU {gpu} needs about {_size(per_gpu[gpu])} and has {_size(gpu_free[gpu])} free"
     smaller = _fitting_scale(plan_path, options, fits)
     fix = f"run it with --scale {smaller:g}" if smaller else "free memory or run a plan with fewer devices"
     raise SpecError(f"plan: too big for this machine at --scale {options.scale:g}: {where} (estimate: weights, "
-                    f"gradients and the schedule's live activations, plus {RANK_BASE_BYTES / GB:.1f} GB per rank); {fix}")
+                    f"gradients, the schedule's live activations and {_size(RANK_BASE_BYTES)} per rank); {fix}")
 
 
 def preflight(plan_path: str, options: ValidateOptions, out: str | None) -> Checked:
