@@ -240,3 +240,21 @@ def test_a_rank_whose_torchrun_is_not_the_launchers_child_exits_before_anything(
         assert (tmp_path / "rank0.pid").is_file() and "rank 0 failed" in out.stderr
     else:
         assert out.stderr == "" and list(tmp_path.iterdir()) == []  # not even its pid note
+
+
+# torchrun 2.13's own words, captured from runs on this machine.
+TORCHRUN_PORT_TAKEN = ("torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
+                       "address. port: 50811, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")
+TORCHRUN_SIGTERM = ("    raise SignalException(f\"Process {os.getpid()} got signal: {sigval}\", sigval=sigval)\n"
+                    "torch.distributed.elastic.multiprocessing.api.SignalException: Process 32250 got signal: 15")
+
+
+def test_torchrun_reports_are_read_as_a_taken_port_or_a_stopped_agent(tmp_path):
+    from pipeplan.validation.failure import failure_reason, master_port_taken
+
+    assert master_port_taken(TORCHRUN_PORT_TAKEN, 1, ranks_started=False)
+    assert not master_port_taken(TORCHRUN_PORT_TAKEN, 1, ranks_started=True)  # then a rank's own failure
+    assert not master_port_taken(TORCHRUN_SIGTERM, 1, ranks_started=False)
+    assert failure_reason(tmp_path, TORCHRUN_SIGTERM, 1, agent_pid=32250) == (
+        "the torchrun agent (pid 32250) was stopped by SIGTERM and stopped its ranks (no rank reported an error)")
+    assert failure_reason(tmp_path, "", -9, agent_pid=7).startswith("the torchrun agent (pid 7) was killed by SIGKILL")

@@ -1,7 +1,7 @@
 """Reading a failed run: which process failed first and why, in one line; a master port already taken.
 
-The sources, most specific first: the torchrun agent itself killed by a signal (nobody was left to
-report a rank); a rank's own error note (it raised); a rank killed by a signal the launcher did not
+The sources, most specific first: the torchrun agent itself ended by a signal from outside (killed:
+nobody was left to report a rank; SIGTERM and the like: it stopped the ranks itself); a rank's own error note (it raised); a rank killed by a signal the launcher did not
 send (torchrun's summary of exit codes; torchrun stops the others with SIGTERM); the peer another
 rank was left waiting for; the launcher's own timeout; and last torchrun's exit code and output tail.
 """
@@ -16,6 +16,8 @@ _EXIT_RE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exitcode
 # torchrun's TCPStore server failing to bind its --master-port: "... port: 29500, useIpv6: false,
 # code: -98, name: EADDRINUSE, message: address already in use" (torch 2.13).
 _PORT_TAKEN_RE = re.compile(r"EADDRINUSE|address already in use", re.IGNORECASE)
+# torchrun turns SIGTERM, SIGINT, SIGHUP and SIGQUIT into this exception, stops its ranks and exits 1.
+_AGENT_SIGNALLED_RE = re.compile(r"SignalException: Process (\d+) got signal: (\d+)")
 
 
 def signal_name(signum: int) -> str:
@@ -48,11 +50,16 @@ def failure_reason(run_dir: Path, output: str, returncode: int | None, timed_out
     ``returncode`` is torchrun's; negative when a signal ended it. The launcher kills torchrun only
     after a timeout (``timed_out``) or a signal of its own, so a signal death otherwise came from
     outside, and the ranks then died with the agent (their parent-death signal), not of their own.
+    A signal torchrun handles (SIGTERM, SIGINT, SIGHUP) it reports in its output before it exits.
     """
+    pid = f" (pid {agent_pid})" if agent_pid is not None else ""
     if timed_out is None and returncode is not None and returncode < 0:
-        pid = f" (pid {agent_pid})" if agent_pid is not None else ""
         return (f"the torchrun agent{pid} was killed by {signal_name(-returncode)}; its ranks were ended "
                 "with it (no rank reported an error)")
+    stopped = _AGENT_SIGNALLED_RE.search(output)
+    if timed_out is None and stopped and (agent_pid is None or int(stopped.group(1)) == agent_pid):
+        return (f"the torchrun agent{pid} was stopped by {signal_name(int(stopped.group(2)))} and stopped "
+                "its ranks (no rank reported an error)")
     notes = _notes(run_dir)
     own = [n for n in notes if n.get("kind") == "own"]
     if own:
