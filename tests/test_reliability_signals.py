@@ -64,6 +64,22 @@ def torch_loaded(pid: int) -> bool:
         return False
 
 
+def started_by(launcher: int) -> list[int]:
+    """Running processes whose environment names ``launcher`` as theirs (torchrun and the ranks inherit
+    PIPEPLAN_LAUNCHER_PID): found however late they started, whoever their parent is now."""
+    mark = f"PIPEPLAN_LAUNCHER_PID={launcher}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as handle:
+                    if mark in handle.read().split(b"\0") and running(int(entry)):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 class Run:
     """``pipeplan validate`` of the tiny plan, long enough (200 iterations) to be running when signalled."""
 
@@ -78,8 +94,9 @@ class Run:
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=False)
 
-    def wait_for_ranks(self, torch_imported: bool) -> tuple[int, dict[int, int]]:
-        """(torchrun's pid, rank -> pid) once both ranks run under torchrun (and have torch loaded)."""
+    def wait_for(self, stage: str) -> tuple[int, dict[int, int]]:
+        """(torchrun's pid, rank -> pid) once the run reached ``stage``: "agent" (torchrun started),
+        "ranks" (both ranks left their pid notes, before importing torch) or "torch" (both loaded it)."""
         deadline = time.monotonic() + STARTS_WITHIN_S
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.proc.communicate()
@@ -90,54 +107,56 @@ class Run:
                     ranks[int(note.name[4:-4])] = json.loads(note.read_text())["pid"]
                 except (OSError, KeyError, ValueError):
                     pass
-            if len(agents) == 1 and len(ranks) == 2 and set(ranks.values()) <= set(tree(agents[0])):
-                if not torch_imported or all(torch_loaded(p) for p in ranks.values()):
-                    return agents[0], ranks
-            time.sleep(0.05)
+            if len(agents) == 1 and (stage == "agent" or (
+                    len(ranks) == 2 and set(ranks.values()) <= set(tree(agents[0]))
+                    and (stage == "ranks" or all(torch_loaded(p) for p in ranks.values())))):
+                return agents[0], ranks
+            time.sleep(0.01)
         self.proc.kill()
-        raise AssertionError(f"the ranks did not start within {STARTS_WITHIN_S:g} s: {self.proc.communicate()}")
+        raise AssertionError(f"the run did not reach {stage!r} within {STARTS_WITHIN_S:g} s: {self.proc.communicate()}")
 
-    def ended(self) -> tuple[int, str, float]:
-        """(exit code, stderr, seconds) of the launcher, which must end within ENDS_WITHIN_S."""
-        start = time.monotonic()
+    def ended(self) -> tuple[int, str]:
+        """(exit code, stderr) of the launcher, which must end within ENDS_WITHIN_S."""
         try:
             _, err = self.proc.communicate(timeout=ENDS_WITHIN_S)
         except subprocess.TimeoutExpired:
             for pid in tree(self.proc.pid):
                 os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"pipeplan validate still ran {ENDS_WITHIN_S:g} s after the signal")
-        return self.proc.returncode, err, time.monotonic() - start
+        return self.proc.returncode, err
 
 
-def assert_nothing_left(run: Run, pids: list[int], err: str) -> None:
-    assert len(pids) >= 4, pids  # launcher, torchrun, two ranks
+def assert_nothing_left(run: Run, pids: list[int], err: str, ranks_seen: bool = True) -> None:
+    assert len(pids) >= (4 if ranks_seen else 2), pids  # launcher, torchrun (and two ranks)
     assert not [p for p in pids if running(p)], f"still running: {[p for p in pids if running(p)]}"
+    assert started_by(run.proc.pid) == []
     assert not run.report.exists()
     assert list(run.temp.iterdir()) == []
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("signum,torch_imported", [
-    (signal.SIGTERM, True), (signal.SIGHUP, True),
-    (signal.SIGINT, False),  # as the ranks start: some may not have armed their parent-death signal yet
+@pytest.mark.parametrize("signum,stage", [
+    (signal.SIGTERM, "torch"), (signal.SIGHUP, "torch"),
+    (signal.SIGINT, "ranks"),  # as the ranks start, before they import torch
+    (signal.SIGTERM, "agent"),  # while torchrun starts: ranks may be forked after the launcher looked
 ])
-def test_a_stop_signal_to_the_launcher_ends_every_process_it_started(tmp_path, signum, torch_imported):
+def test_a_stop_signal_to_the_launcher_ends_every_process_it_started(tmp_path, signum, stage):
     run = Run(tmp_path)
-    run.wait_for_ranks(torch_imported)
+    run.wait_for(stage)
     pids = tree(run.proc.pid)
     run.proc.send_signal(signum)
-    code, err, _ = run.ended()
+    code, err = run.ended()
     assert code == 128 + signum, err
     assert err.startswith(f"pipeplan validate: stopped by {signal.Signals(signum).name}"), err
-    assert_nothing_left(run, pids, err)
+    assert_nothing_left(run, pids, err, ranks_seen=stage != "agent")
 
 
 def test_sigkill_of_one_rank_names_that_rank(tmp_path):
     run = Run(tmp_path)
-    _, ranks = run.wait_for_ranks(torch_imported=True)
+    _, ranks = run.wait_for("torch")
     pids = tree(run.proc.pid)
     os.kill(ranks[1], signal.SIGKILL)
-    code, err, _ = run.ended()
+    code, err = run.ended()
     assert code == 1, err
     assert err.strip() == "pipeplan validate: rank 1 failed: killed by SIGKILL"
     assert_nothing_left(run, pids, err)
@@ -145,10 +164,10 @@ def test_sigkill_of_one_rank_names_that_rank(tmp_path):
 
 def test_sigkill_of_the_torchrun_agent_names_the_agent(tmp_path):
     run = Run(tmp_path)
-    agent, _ = run.wait_for_ranks(torch_imported=True)
+    agent, _ = run.wait_for("torch")
     pids = tree(run.proc.pid)
     os.kill(agent, signal.SIGKILL)
-    code, err, _ = run.ended()
+    code, err = run.ended()
     assert code == 1, err
     assert err.startswith(f"pipeplan validate: the torchrun agent (pid {agent}) was killed by SIGKILL"), err
     assert "rank" not in err.split(";")[0]
@@ -159,14 +178,14 @@ def test_sigkill_of_the_launcher_takes_torchrun_and_the_ranks_with_it(tmp_path):
     """No clean-up runs after a SIGKILL: the parent-death signals end torchrun and the ranks; the run folder
     (which also holds torch's temp folders) is all that stays."""
     run = Run(tmp_path)
-    run.wait_for_ranks(torch_imported=True)
+    run.wait_for("torch")
     pids = tree(run.proc.pid)
     run.proc.kill()
     run.proc.communicate()
     deadline = time.monotonic() + ENDS_WITHIN_S
     while any(running(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [p for p in pids if running(p)]
+    assert not [p for p in pids if running(p)] and started_by(run.proc.pid) == []
     assert not run.report.exists()
     assert [p.name[:len("pipeplan-validate-")] for p in run.temp.iterdir()] == ["pipeplan-validate-"]
 
