@@ -60,7 +60,7 @@ class RankBytes:
 
 def _costs(model: ModelSpec, plan: Plan, layers: range) -> list[LayerCost]:
     seq = plan.seq_len or model.seq_len
-    kinds = model.layer_kinds
+    kinds = model.layer_kinds  # a new list per access: read once
     by_kind: dict[str, LayerCost] = {}
     for index in layers:  # layer costs depend on the kind only: one per kind
         if kinds[index] not in by_kind:
@@ -81,10 +81,11 @@ def stage_bytes(model: ModelSpec, plan: Plan, stage: int, element_bytes: int) ->
 
 def _one_layer_per_kind(model: ModelSpec, plan: Plan, stages: list[int]) -> float:
     """Parameters of the single layers ``layer_timings`` builds: the first of each kind the rank holds."""
+    kinds = model.layer_kinds  # a new list per access: read once
     first: dict[str, int] = {}
     for stage in stages:
         for index in plan.stage_layers(stage):
-            first.setdefault(model.layer_kinds[index], index)
+            first.setdefault(kinds[index], index)
     return sum(model.layer_cost(i, plan.microbatch_size, plan.seq_len or model.seq_len).params for i in first.values())
 
 
