@@ -49,13 +49,34 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, "ValidateOpt
         p.error(str(err))
 
 
+# The launcher's pid (``pipeplan.validation.processes.LAUNCHER_PID_ENV``; not imported from there:
+# importing pipeplan takes most of a second, and this runs before anything slow).
+LAUNCHER_PID_ENV = "PIPEPLAN_LAUNCHER_PID"
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this rank when torchrun goes away, so a killed launcher leaves no orphans."""
+    """Ask Linux to SIGKILL this rank when torchrun goes away, so a killed launcher leaves no orphans.
+
+    Started by ``pipeplan validate`` (``PIPEPLAN_LAUNCHER_PID`` set), the rank then checks that its
+    parent is still the launcher's torchrun: if torchrun died before the request was made, the rank
+    has been handed to another parent, would never be signalled, and exits at once.
+    """
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+    if launcher.isdigit() and _parent_of(os.getppid()) != int(launcher):
+        os._exit(1)
 
 
 def _note(run_dir: str | None, name: str, data: dict) -> None:

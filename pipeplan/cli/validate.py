@@ -91,7 +91,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from ..charts.render import figure_format
     from ..errors import SpecError
     from ..plan import Plan
-    from ..validation import ValidationFailed, run_validation
+    from ..validation import Stopped, ValidationFailed, run_validation
 
     options = ValidateOptions.from_args(args)
     if args.gantt:
@@ -110,6 +110,9 @@ def run_validate(args: argparse.Namespace) -> int:
     except ValidationFailed as err:
         print(f"pipeplan validate: {err}", file=sys.stderr)
         return 1
+    except Stopped as stop:  # every process of the run is gone and its run folder removed
+        print(f"pipeplan validate: {stop}; no process it started is left, no report written", file=sys.stderr)
+        return stop.exit_code
     if args.profile_out:
         from ..profile import Profile
 

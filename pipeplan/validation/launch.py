@@ -1,49 +1,59 @@
 """Run a plan for real: start torchrun with one rank per pipeline device, watch it, build the report.
 
-The launcher starts torchrun in its own session with a free port and a run folder where each rank
-leaves its pid and, on failure, a note naming the reason and the peer it was waiting for; rank 0
-leaves the run's measurements there. On any failure or when ``timeout`` passes it kills torchrun's
-process group and every rank it knows of, then names the rank that failed first. On success it
-builds the report from the measurements in this process. Nothing here imports torch.
+The launcher checks everything it can first (``preflight``), then starts torchrun in its own session
+with a free master port, a run folder (also the run's TMPDIR, so torch's own temp folders go there)
+where each rank leaves its pid and, on failure, a note naming the reason and the peer it was waiting
+for; rank 0 leaves the run's measurements there. A port another process took before torchrun bound
+it is retried on a new one (``PORT_TRIES``). On any failure, when ``timeout`` passes or when the
+launcher receives SIGTERM, SIGHUP or SIGINT (``stopping``) it kills torchrun's process group and
+every rank (``processes``), waits until they are gone and removes the run folder; a signal then
+leaves as ``Stopped``, a failure as ``ValidationFailed`` naming the process that failed first. On
+success it builds the report from the measurements in this process. Nothing here imports torch.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from simulator.kinds import COMPUTE_KINDS
-
-from ..errors import SpecError
-from ..plan import Plan
-from ..specs import resolve
+from ..fileio import jsonable
+from .failure import failure_reason, master_port_taken
 from .measurements import Measurements
 from .options import ValidateOptions
-from .report import build_report, load_report, write_report
+from .preflight import preflight
+from .processes import LAUNCHER_PID_ENV, arm_parent_death, drain, end_run, process_alive, rank_pids, wait_gone
+from .report import build_report, write_report
+from .stopping import SignalGuard, stop_on_signals
 
 MEASUREMENTS_FILE = "measurements.json"
+# torchrun fails at once when its master port was taken after free_port() let it go; a new port is
+# tried this many times in all.
+PORT_TRIES = 3
+# After a kill, how long to read what is left of torchrun's output: a process that escaped the kill
+# may hold the pipe open. A stop signal gets the shorter wait: the user asked to end now.
+PIPE_GRACE_S = 10.0
+STOP_GRACE_S = 2.0
 
 
 class ValidationFailed(RuntimeError):
-    """The real run did not complete; the message says which rank failed and why.
+    """The real run did not complete; the message says which process failed first and why.
 
-    ``pids``: the launcher's and the ranks' process ids, all gone by the time this is raised.
+    ``pids``: the torchrun agent's and the ranks' process ids, all gone by the time this is raised.
     """
 
     def __init__(self, message: str, pids: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.pids = pids
-
-
-# -------------------------------------------------------------------------------------------- launcher
 
 
 def free_port() -> int:
@@ -68,179 +78,119 @@ def _code_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (a zombie, exited but not yet reaped, does not)."""
+def _environment(run_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_code_root(), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["TMPDIR"] = str(run_dir)  # torchrun's and torch's temp folders go with the run folder
+    env[LAUNCHER_PID_ENV] = str(os.getpid())
+    return env
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One torchrun run to its end: its output, exit code, pid, the ranks' pids, and the timeout if it hit it."""
+
+    output: str
+    returncode: int | None
+    agent_pid: int
+    rank_pids: tuple[int, ...]
+    timed_out: float | None
+
+
+def _run_torchrun(cmd: list[str], env: dict[str, str], run_dir: Path, timeout: float, budget: float,
+                  guard: SignalGuard) -> Attempt:
+    """Start torchrun and wait for it, ``timeout`` seconds at most (``budget``: the whole run's, for the
+    message); whatever ends the wait, no process of the run is left when this returns or raises."""
+    proc = None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited; it only waits for its parent to reap it
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _rank_pids(run_dir: Path) -> dict[int, int]:
-    pids = {}
-    for path in run_dir.glob("rank*.pid"):
+        with guard.deferred():  # a signal during the start is raised once ``proc`` can be killed
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    text=True, env=env, start_new_session=True,
+                                    preexec_fn=partial(arm_parent_death, os.getpid()))
+        timed_out = None
         try:
-            note = json.loads(path.read_text())
-            pids[int(note["rank"])] = int(note["pid"])
-        except (OSError, ValueError, KeyError):
-            continue
-    return pids
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = budget
+            for pid in rank_pids(run_dir).values():  # ask for Python stacks first (see validator)
+                try:
+                    os.kill(pid, signal.SIGUSR1)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(1.0)
+            end_run(proc, run_dir)
+            output = drain(proc, PIPE_GRACE_S)
+    except BaseException:
+        if proc is not None:
+            with guard.deferred():  # clean-up is not cut short by a second signal
+                killed = end_run(proc, run_dir)
+                drain(proc, STOP_GRACE_S)
+                wait_gone(killed + list(rank_pids(run_dir).values()))
+        raise
+    pids = list(rank_pids(run_dir).values())
+    if any(process_alive(p) for p in pids):  # torchrun stops its ranks on the way out; make sure
+        end_run(proc, run_dir)
+    wait_gone(pids)
+    return Attempt(output, proc.returncode, proc.pid, tuple(pids), timed_out)
 
 
-def _kill_all(proc: subprocess.Popen, run_dir: Path) -> None:
-    """SIGKILL torchrun's process group and every rank that recorded its pid (ranks run in sessions of
-    their own, so the group kill alone would miss them)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for pid in _rank_pids(run_dir).values():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _wait_gone(pids: list[int], limit: float = 5.0) -> None:
-    deadline = time.monotonic() + limit
-    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-# After the kill, how long to read what is left of the output: a rank that had not yet recorded its pid
-# (still importing torch, in a session of its own) may hold the pipe open after torchrun is gone.
-PIPE_GRACE_S = 10.0
-
-
-def _drain(proc: subprocess.Popen) -> str:
-    """The rest of a killed torchrun's output, waiting at most ``PIPE_GRACE_S`` on the pipe."""
-    try:
-        output, _ = proc.communicate(timeout=PIPE_GRACE_S)
-        return output or ""
-    except subprocess.TimeoutExpired as err:
-        partial = err.output or ""
-        proc.stdout.close()
-        proc.wait()
-        return partial.decode(errors="replace") if isinstance(partial, bytes) else partial
-
-
-_EXIT_RE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
-
-
-def failure_reason(run_dir: Path, output: str, returncode: int | None, timed_out: float | None = None) -> str:
-    """One line naming the rank that failed first and why.
-
-    A rank's own error (it raised) comes first; then a rank killed by a signal the launcher did not
-    send (torchrun stops the others with SIGTERM); then the peer another rank was left waiting for.
-    """
-    notes = []
-    for path in run_dir.glob("rank*.failed"):
-        try:
-            notes.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    notes.sort(key=lambda n: n.get("time", 0))
-    own = [n for n in notes if n.get("kind") == "own"]
-    if own:
-        return f"rank {own[0]['rank']} failed: {own[0]['reason']}"
-    exits = {int(r): int(c) for r, c in _EXIT_RE.findall(output)}
-    for rank, code in sorted(exits.items()):
-        if code < 0 and -code != signal.SIGTERM:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            return f"rank {rank} failed: killed by {name}"
-    waiting = [n for n in notes if n.get("kind") == "peer"]
-    if waiting:
-        n = waiting[0]
-        if n.get("peer") is not None:
-            return f"rank {n['peer']} failed: stopped responding (rank {n['rank']}: {n['reason']})"
-        return f"rank {n['rank']} failed: {n['reason']}"
-    if timed_out is not None:
-        return f"timed out after {timed_out:g} s and stopped every rank (no rank reported an error)"
-    failed = [r for r, c in sorted(exits.items()) if c != 0]
-    tail = " | ".join(line.strip() for line in output.strip().splitlines()[-3:])
-    if failed:
-        return f"rank {failed[0]} failed: exit code {exits[failed[0]]} ({tail})"
-    return f"the validator exited with code {returncode}: {tail}"
+def _remove(folder: Path) -> None:
+    for _ in range(3):  # a process killed a moment ago may still have been writing into it
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.2)
 
 
 def run_validation(plan_path: str, options: ValidateOptions, out: str | None = None) -> dict[str, Any]:
     """Run ``plan_path`` for real on this machine (one rank per pipeline device) and return the report,
     also written to ``out`` when given.
 
-    Raises ``ValidationFailed`` with "rank k failed: <reason>" if a rank fails, and after
-    ``options.timeout`` seconds at the latest; no rank outlives this call. The report (two
-    simulations) is built after the ranks are gone, outside that budget.
+    Refuses with ``SpecError`` before starting anything what cannot run (``preflight``). Raises
+    ``ValidationFailed`` with "rank k failed: <reason>" (or naming the torchrun agent) if the run
+    fails, and after ``options.timeout`` seconds at the latest; ``Stopped`` on SIGTERM, SIGHUP or
+    SIGINT. No process of the run outlives this call, and its run folder is removed; the report is
+    written only after a complete run. The report (two simulations) is built after the ranks are
+    gone, outside the time budget.
     """
-    plan = Plan.load(plan_path)
-    if plan.pp < 1:
-        raise SpecError("plan.pp: must be at least 1")
-    # Model, cluster and schedule as the ranks will load them: a missing spec file or a plan that does
-    # not match its model is a one-line error here, before any process starts.
-    if plan.tp > 1 or plan.dp > 1 or plan.blocking_p2p:
-        raise SpecError(f"plan: the validator runs one pipeline replica with overlapping sends (tp = 1, dp = 1, "
-                        f"blocking_p2p false); this plan has tp = {plan.tp}, dp = {plan.dp}, blocking_p2p = "
-                        f"{str(plan.blocking_p2p).lower()}")
-    schedule = resolve(plan.model, plan.cluster, plan, Path(plan_path).resolve().parent).schedule
-    not_run = sorted(schedule.kinds_present - set(COMPUTE_KINDS))
-    if not_run:
-        raise SpecError(f"plan.schedule_csv: the validator runs F, B, I and W actions only; remove the "
-                        f"{', '.join(not_run)} actions to validate the pipeline (the simulator prices them)")
-    if "selective" in plan.recompute:
-        raise SpecError("plan.recompute: the validator runs none or full recomputation, not selective (the simulator prices it)")
-    if out:
-        folder = Path(out).parent if str(Path(out).parent) else Path(".")
-        if not folder.is_dir():
-            raise SpecError(f"--out: folder {str(folder)!r} does not exist")
-    with tempfile.TemporaryDirectory(prefix="pipeplan-validate-") as tmp:
-        run_dir = Path(tmp)
-        cmd = validator_command(plan_path, plan.pp, free_port(), options, str(run_dir))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([_code_root(), *filter(None, [env.get("PYTHONPATH")])])
-        env.setdefault("OMP_NUM_THREADS", "1")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)
-        timed_out = None
+    with stop_on_signals() as guard:
+        checked = preflight(plan_path, options, out)  # a signal here also ends the CUDA probe it may run
+        run_dir = None
         try:
-            output, _ = proc.communicate(timeout=options.timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = options.timeout
-            for pid in _rank_pids(run_dir).values():  # ask for Python stacks first (see validator)
-                try:
-                    os.kill(pid, signal.SIGUSR1)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            time.sleep(1.0)
-            _kill_all(proc, run_dir)
-            output = _drain(proc)
-        except BaseException:
-            _kill_all(proc, run_dir)
-            _drain(proc)
-            raise
+            with guard.deferred():  # a signal during the creation is raised once the folder can be removed
+                run_dir = Path(tempfile.mkdtemp(prefix="pipeplan-validate-"))
+            env = _environment(run_dir)
+            deadline = time.monotonic() + options.timeout
+            taken: list[int] = []
+            while True:
+                port = free_port()
+                attempt = _run_torchrun(validator_command(plan_path, checked.plan.pp, port, options, str(run_dir)),
+                                        env, run_dir, max(0.1, deadline - time.monotonic()), options.timeout, guard)
+                if not master_port_taken(attempt.output, attempt.returncode, bool(attempt.rank_pids)):
+                    break
+                taken.append(port)
+                if len(taken) == PORT_TRIES:
+                    raise ValidationFailed(
+                        f"torchrun could not bind its master port: ports {', '.join(map(str, taken))} were each taken "
+                        f"by another process before it started ({PORT_TRIES} tries); free some ports and run again",
+                        (attempt.agent_pid,))
+            measurements = run_dir / MEASUREMENTS_FILE
+            if attempt.timed_out is None and attempt.returncode == 0 and measurements.is_file():
+                report = build_report(Measurements.load(measurements))
+            else:
+                log = os.environ.get("PIPEPLAN_VALIDATE_LOG")
+                if log:  # the ranks' whole output, for post-mortems
+                    Path(log).write_text(attempt.output)
+                raise ValidationFailed(failure_reason(run_dir, attempt.output, attempt.returncode,
+                                                      attempt.timed_out, attempt.agent_pid),
+                                       (attempt.agent_pid, *attempt.rank_pids))
         finally:
-            pids = list(_rank_pids(run_dir).values())
-        # torchrun stops its ranks on the way out; make sure, whatever happened.
-        for pid in pids:
-            if process_alive(pid):
-                _kill_all(proc, run_dir)
-                break
-        _wait_gone(pids)
-        measurements = run_dir / MEASUREMENTS_FILE
-        if timed_out is None and proc.returncode == 0 and measurements.is_file():
-            # Written and read back as JSON, so the caller gets what --out holds.
-            target = out or str(run_dir / "report.json")
-            write_report(build_report(Measurements.load(measurements)), target)
-            return load_report(target)
-        log = os.environ.get("PIPEPLAN_VALIDATE_LOG")
-        if log:  # the ranks' whole output, for post-mortems
-            Path(log).write_text(output)
-        raise ValidationFailed(failure_reason(run_dir, output, proc.returncode, timed_out), (proc.pid, *pids))
+            if run_dir is not None:
+                with guard.deferred():
+                    _remove(run_dir)
+        # The run is over and its folder gone; a signal up to here leaves no report.
+        if out:
+            write_report(report, out)
+        # As JSON, so the caller gets what --out holds.
+        return json.loads(json.dumps(jsonable(report)))

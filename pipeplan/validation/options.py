@@ -12,6 +12,7 @@ run's budget (it watches the run and kills it), for a rank the limit of one wait
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, fields
 
 from ..errors import SpecError
@@ -19,6 +20,9 @@ from ..errors import SpecError
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda")
 LAUNCHER, RANK = "launcher", "rank"
+# The longest --timeout accepted, a week: beyond it a run is stuck, not slow, and the clock waits
+# of the launcher and the ranks (millisecond counts in C) stay far from overflowing.
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,10 @@ class ValidateOptions:
         if self.warmup < 0:
             raise SpecError("--warmup: must be >= 0")
         for value in (self.timeout, self.wait):
-            if value is not None and not value > 0:
-                raise SpecError("--timeout: must be > 0 seconds")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S):
+                raise SpecError(f"--timeout: must be a number of seconds in (0, {MAX_TIMEOUT_S:.0f}] (a week); "
+                                f"got {value!r}")
         if not 0 < self.scale <= 1:
             raise SpecError(f"--scale: must be in (0, 1] (got {self.scale})")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
