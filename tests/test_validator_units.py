@@ -261,6 +261,7 @@ def test_compare_on_a_damaged_report_is_one_line_exit_2(tmp_path, damage):
 def test_launcher_gives_up_on_a_process_it_cannot_see_that_holds_its_output(tmp_path, monkeypatch):
     """A rank still starting (no pid note yet, its own session) when the timeout fires keeps the output
     pipe open after torchrun is killed; the launcher must not wait on that pipe without a limit."""
+    pytest.importorskip("torch")  # the launcher refuses to start anything without it
     import os
     import signal
     import time

@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import os
 import subprocess
@@ -185,6 +187,8 @@ def preflight(plan_path: str, options: ValidateOptions, out: str | None) -> Chec
     """Every check that can refuse the run, in the order a user fixes them; nothing is started."""
     checked = check_plan(plan_path, options.scale)
     check_out(out)
+    if importlib.util.find_spec("torch") is None:  # after the plan's own faults: those need fixing either way
+        raise SpecError("validate: needs torch; install it with pip install 'pipeplan[validate]'")
     gpu_free = cuda_free_bytes() if options.device == "cuda" else []
     if options.backend == "nccl" and checked.plan.pp > len(gpu_free):
         raise SpecError(f"--backend nccl: {checked.plan.pp} ranks on this node but "
