@@ -6,9 +6,10 @@ parameter gathers), ``_add_reduce_grad`` (each stage's ``REDUCE_GRAD`` right aft
 the data-parallel reduction, and the gradient scaling) and ``_add_send_recv`` (a ``SEND_F``/``SEND_B``
 after every op whose output crosses to another device, the matching ``RECV`` appended to the
 receiver's list when the sender issues it, ranks visited in order until every compute op has been
-placed). ``with_torch_comms`` applies the last two, as the same rules, so a plan's
-``compute_comms`` CSV is what torch's runtime would run without FSDP (pipeplan plans keep whole
-parameters on each device: Megatron's DDP or distributed optimizer, no parameter gathers before use).
+placed). ``with_torch_comms`` applies the last two, as the same rules: pipeplan plans gather no
+parameters before use (Megatron's DDP or distributed optimizer), so the FSDP pass is left out; its
+UNSHARD/RESHARD actions would each take a turn in ``_add_send_recv``'s round-robin, so torch's own
+lowering of the same CSV places some receives elsewhere (no less valid).
 """
 from __future__ import annotations
 

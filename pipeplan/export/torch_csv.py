@@ -2,10 +2,10 @@
 
 ``compute_only`` (what ``_PipelineScheduleRuntime._load_csv`` lowers itself, what torchtitan and
 ``pipeplan simulate --schedule-csv`` read) holds the compute ops alone: F, B, I, W and DualPipeV's
-overlapped pairs. ``compute_comms`` is that order lowered as torch lowers it (``simulator.torch_comms``):
-each stage's ``REDUCE_GRAD`` after its last backward, and a send after every op whose output crosses
-to another rank with the receive in the receiver's row (torch's runtime loads it with
-``format="compute_comms"`` and runs it as written).
+overlapped pairs. ``compute_comms`` is that order through torch's lowering passes ``_add_reduce_grad``
+and ``_add_send_recv`` (``simulator.torch_comms``): each stage's ``REDUCE_GRAD`` after its last
+backward, and a send after every op whose output crosses to another rank with the receive in the
+receiver's row (torch's runtime loads it with ``format="compute_comms"`` and runs it as written).
 """
 from __future__ import annotations
 
