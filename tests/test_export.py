@@ -3,7 +3,6 @@ shell's parsing and exit codes; ``optimize --target megatron`` keeps to what Meg
 through the frameworks' own parsers are in ``test_export_interop.py``."""
 import itertools
 import json
-import random
 import subprocess
 import sys
 from dataclasses import replace
@@ -89,7 +88,8 @@ def test_megatron_arguments_for_an_interleaved_plan_as_bash_reads_them():
         "--micro-batch-size", "4", "--global-batch-size", "32", "--overlap-p2p-communication"]
     # m = 6 at p = 4: one round of 6 micro-batches (6 // max(1, 6 // 4)), Megatron's group size 6.
     six = tiny_plan("interleaved", pp=4, layers=(2, 1, 1, 1, 1, 1, 1, 2), chunks=2, m=6)
-    assert flag(shell_words(exported(six, "megatron").text), "--microbatch-group-size-per-virtual-pipeline-stage") == "6"
+    words = shell_words(exported(six, "megatron").text)
+    assert flag(words, "--microbatch-group-size-per-virtual-pipeline-stage") == "6"
     # 3D: tp 2 with sequence parallelism, dp 2 with the distributed optimizer; global batch 1 x 16 x 2.
     three_d = Plan(model="llama3-8b", cluster="dgx-h100", schedule="1f1b", pp=2, tp=2, dp=2, sequence_parallel=True,
                    distributed_optimizer=True, num_microbatches=16, microbatch_size=1, layers_per_stage=(17, 17))
@@ -120,8 +120,8 @@ def test_megatron_recomputation_one_setting_or_refused_or_a_superset():
 
 
 def test_megatron_refuses_in_one_line_what_it_cannot_run(tmp_path):
-    cases = {"zb-h1": dict(), "zb-v": dict(layers=(3, 2, 2, 3), chunks=2), "dualpipe-v": dict(layers=(3, 2, 2, 3), chunks=2),
-             "gpipe": dict()}
+    two = dict(layers=(3, 2, 2, 3), chunks=2)
+    cases = {"zb-h1": dict(), "zb-v": two, "dualpipe-v": two, "gpipe": dict()}
     for schedule, fields in cases.items():
         path = tmp_path / f"{schedule}.json"
         path.write_text(tiny_plan(schedule, **fields).to_json())
@@ -249,8 +249,8 @@ def test_optimize_target_megatron_recomputes_every_stage_alike_and_exports():
 
 def test_optimize_export_writes_megatron_arguments(tmp_path):
     out = pipeplan("optimize", "--model", "tiny", "--cluster", CPU, "--pp", "2", "--global-batch", "16",
-                   "--out", str(tmp_path / "plan.json"), "--export", "megatron", "--export-out", str(tmp_path / "m.args"),
-                   "--json")
+                   "--out", str(tmp_path / "plan.json"), "--export", "megatron",
+                   "--export-out", str(tmp_path / "m.args"), "--json")
     assert out.returncode == 0, out.stderr
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["schedule"] in ("1f1b", "interleaved") and len(set(plan["recompute"])) == 1

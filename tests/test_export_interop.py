@@ -43,9 +43,9 @@ def blocks_of(plan: Plan, model, stage: int) -> list[int]:
 
 def megatron_config(words: list[str], model):
     """Megatron-Core's ``TransformerConfig`` built from exported flags: a flag names the field it sets as
-    Megatron-LM spells it (``--x-y`` for ``x_y``, or the field's ``argparse_meta`` names; ``--overlap-p2p-communication``
-    sets ``overlap_p2p_comm``, Megatron-LM's ``dest``). Training flags (batch, sequence, optimizer) are returned
-    apart. The model's shape is given here, as a user gives it."""
+    Megatron-LM spells it (``--x-y`` for ``x_y``, or the field's ``argparse_meta`` names;
+    ``--overlap-p2p-communication`` sets ``overlap_p2p_comm``, Megatron-LM's ``dest``). Training flags (batch,
+    sequence, optimizer) are returned apart. The model's shape is given here, as a user gives it."""
     import torch
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -146,7 +146,6 @@ def test_pipeplans_interleaved_order_is_megatron_cores():
 
 
 def titan_config(words: list[str], config: str):
-    import torch  # noqa: F401  (torchtitan's config module expects it loaded)
     from torchtitan.config import ConfigManager
 
     return ConfigManager().parse_args(["--module", "llama3", "--config", config, *words])

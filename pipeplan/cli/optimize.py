@@ -85,7 +85,8 @@ def _check_outputs(args: argparse.Namespace) -> str | None:
     if args.out and Path(args.out).suffix.lower() != ".json":
         raise SpecError(f"--out: {args.out!r} needs a .json extension")
     if bool(args.export) != bool(args.export_out):
-        raise SpecError("--export-out: give it with --export TARGET (and --export with it): the file the export goes to")
+        raise SpecError("--export-out: give it with --export TARGET (and --export with it): the file the export "
+                        "goes to")
     if not args.export:
         return None
     inputs = [Path(p) for p in (args.model, args.cluster, args.profile) if p and Path(p).is_file()]

@@ -1,7 +1,8 @@
 """Plans exported to where people train: one module per target, one registry (``EXPORTERS``).
 
 megatron.py    Megatron-LM arguments: parallel sizes, ``--pipeline-model-parallel-layout``, batch, recomputation
-torchtitan.py  torchtitan ``--parallelism.*`` / ``--training.*`` options, and the schedule CSV when torch lacks the order
+torchtitan.py  torchtitan ``--parallelism.*`` / ``--training.*`` options, and a schedule CSV where torch
+               has no class for the plan's order
 torch_csv.py   torch.distributed.pipelining's schedule CSV, compute-only or with its communication (compute_comms)
 common.py      what they share: options, the answer, stage contents and placement, shell quoting
 

@@ -25,6 +25,9 @@ from .common import LOOP, Export, ExportOptions, decoder_layers, placement, shel
 
 SCHEDULES = ("1f1b", "interleaved")  # what Megatron-LM runs: its 1F1B and its interleaved 1F1B
 RUN_MIN = 3  # equal consecutive stages written as one (X|)*n
+# Every layer recomputed, each keeping its input: pipeplan's full recomputation on every stage.
+FULL_EVERYWHERE = (("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
+                   ("--recompute-num-layers", "1"))
 
 
 def refusal(schedule: str, pp: int, m: int, v: int) -> str | None:
@@ -77,8 +80,7 @@ def recompute_arguments(modes: list[str], blocks: list[int], superset: bool) -> 
     if kinds in ([], ["none"]):
         return [], []
     if kinds == ["full"]:
-        return [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
-                ("--recompute-num-layers", "1")], []
+        return list(FULL_EVERYWHERE), []
     if kinds == ["selective"]:
         return [("--recompute-granularity", "selective")], []
     listed = ", ".join(f"{mode} x{modes.count(mode)}" for mode in ("none", "selective", "full") if mode in modes)
@@ -88,15 +90,16 @@ def recompute_arguments(modes: list[str], blocks: list[int], superset: bool) -> 
                         "pass --recompute-superset to recompute at least as much everywhere")
     more = [k for k, (mode, n) in enumerate(zip(modes, blocks)) if n > 0 and mode == "none"]
     if "full" not in kinds:
-        return ([("--recompute-granularity", "selective")],
-                [f"recompute superset: stages {_stages(more)} recompute selectively, the plan recomputes nothing there"])
+        note = f"recompute superset: stages {_stages(more)} recompute selectively, the plan recomputes nothing there"
+        return [("--recompute-granularity", "selective")], [note]
     n = max(blocks[k] for k, mode in enumerate(modes) if mode != "none")
     partial = [k for k, (mode, count) in enumerate(zip(modes, blocks)) if count > 0 and mode != "full"]
     if n >= max(blocks):
-        flags = [("--recompute-granularity", "full"), ("--recompute-method", "uniform"), ("--recompute-num-layers", "1")]
+        flags = list(FULL_EVERYWHERE)
         note = f"recompute superset: every stage recomputes fully; the plan does not on stages {_stages(partial)}"
     else:
-        flags = [("--recompute-granularity", "full"), ("--recompute-method", "block"), ("--recompute-num-layers", str(n))]
+        flags = [("--recompute-granularity", "full"), ("--recompute-method", "block"),
+                 ("--recompute-num-layers", str(n))]
         note = (f"recompute superset: the first {n} layers of every stage recompute fully; the plan recomputes less "
                 f"on stages {_stages(partial)}")
     return flags, [note]

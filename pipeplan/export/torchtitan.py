@@ -1,4 +1,5 @@
-"""A plan as torchtitan options (``--parallelism.*``, ``--training.*``), and its schedule CSV when torch has no class for its order.
+"""A plan as torchtitan options (``--parallelism.*``, ``--training.*``), and its schedule CSV where torch has
+no schedule class for its order.
 
 Names as torchtitan 0.3's ``ParallelismConfig`` and ``TrainingConfig`` have them. Stages are given
 exactly as ``module_fqns_per_model_part``, one part per stage in model order, with the module names of
@@ -79,8 +80,8 @@ def export_torchtitan(resolved: Resolved, options: ExportOptions) -> Export:
         name = None if plan.schedule == "custom" else torch_schedule_name(plan.schedule, plan.pp, m, plan.chunks)
         if name is None:
             if not options.schedule_csv:
-                raise SpecError(f"--schedule-csv: torch has no schedule class for {plan.schedule}'s order at pp={plan.pp} "
-                                f"m={m} v={plan.chunks}; name the file to write the plan's order to "
+                raise SpecError(f"--schedule-csv: torch has no schedule class for {plan.schedule}'s order at "
+                                f"pp={plan.pp} m={m} v={plan.chunks}; name the file to write the plan's order to "
                                 f"(torchtitan reads it as pipeline_parallel_schedule_csv)")
             csv_text = to_csv(compute_only(schedule))
             name = CSV_SCHEDULE_NAMES[where]

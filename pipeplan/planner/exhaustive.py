@@ -49,7 +49,8 @@ def splits(num_layers: int, num_stages: int) -> Iterator[tuple[int, ...]]:
 
 def space_size(problems: Sequence[PartitionProblem]) -> int:
     """How many (split, recomputation) plans the problems hold together."""
-    return sum(math.comb(p.num_layers - 1, p.num_stages - 1) * len(p.modes) ** (1 if p.uniform_recompute else p.num_stages)
+    return sum(math.comb(p.num_layers - 1, p.num_stages - 1)
+               * len(p.modes) ** (1 if p.uniform_recompute else p.num_stages)
                for p in problems if p.num_stages <= p.num_layers)
 
 
