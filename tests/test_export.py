@@ -15,7 +15,6 @@ from pipeplan.errors import SpecError
 from pipeplan.export import ExportOptions, export_plan
 from pipeplan.planner.cpsat import OPTIMAL, solve
 from pipeplan.planner.exhaustive import plans_of, splits
-from pipeplan.specs import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = str(REPO / "validation" / "cpu.json")
@@ -34,7 +33,7 @@ def tiny_plan(schedule="1f1b", pp=2, layers=(5, 5), chunks=1, m=8, b=4, **fields
 
 
 def exported(plan: Plan, target: str, **options):
-    return export_plan(resolve(plan.model, plan.cluster, plan), target, ExportOptions(**options))
+    return export_plan(plan, target, ExportOptions(**options))
 
 
 def shell_words(text: str) -> list[str]:

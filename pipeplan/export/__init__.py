@@ -17,6 +17,7 @@ from typing import Callable, Mapping
 
 from ..errors import SpecError
 from ..lowering import Resolved
+from ..plan import Plan
 from . import megatron
 from .common import CSV_FORMATS, Export, ExportOptions
 from .torch_csv import export_torch_csv
@@ -57,9 +58,15 @@ def export_target(name: str, field: str = "--to") -> ExportTarget:
     return target
 
 
-def export_plan(resolved: Resolved, target: str, options: ExportOptions = ExportOptions()) -> Export:
-    """``resolved``'s plan exported to ``target``; SpecError (one line) when the target cannot express it."""
-    return export_target(target).export(resolved, options)
+def export_plan(plan: Resolved | Plan, target: str, options: ExportOptions = ExportOptions()) -> Export:
+    """``plan`` (a ``Plan``, whose model and cluster are loaded here, or a ``Resolved`` one) exported to
+    ``target``; SpecError (one line) when the target cannot run or express it."""
+    exporter = export_target(target)
+    if isinstance(plan, Plan):
+        from ..specs import resolve
+
+        plan = resolve(plan.model, plan.cluster, plan)
+    return exporter.export(plan, options)
 
 
 __all__ = ["CSV_FORMATS", "EXPORTERS", "Export", "ExportOptions", "ExportTarget", "export_plan", "export_target"]
