@@ -26,6 +26,7 @@ from .api import PlanResult, lower, simulate
 from .breakdown import CommTime, CommunicationBreakdown, MemoryParts, communication_breakdown, memory_breakdown
 from .cluster import CLUSTER_PRESETS, ClusterSpec, GPUSpec, LinkSpec, load_cluster
 from .errors import SpecError
+from .export import EXPORTERS, ExportOptions, export_plan
 from .metrics import IterationFlops, megatron_flops
 from .model import MODEL_PRESETS, ModelSpec, load_model
 from .plan import Plan, even_split
@@ -43,6 +44,6 @@ __all__ = [
     "PlanResult", "simulate", "CLUSTER_PRESETS", "ClusterSpec", "GPUSpec", "LinkSpec", "load_cluster",
     "SpecError", "lower", "MODEL_PRESETS", "ModelSpec", "load_model", "Plan", "even_split", "Profile",
 ]
-__all__ += ["optimize", "OptimizeResult"]
+__all__ += ["optimize", "OptimizeResult", "EXPORTERS", "ExportOptions", "export_plan"]
 __all__ += ["CommTime", "CommunicationBreakdown", "MemoryParts", "communication_breakdown", "memory_breakdown",
             "IterationFlops", "megatron_flops", "Sizing", "derive_sizing", "make_plan"]

@@ -7,6 +7,7 @@ import sys
 from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES
 
 from ..errors import SpecError
+from ..export import EXPORTERS
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json
 
 
@@ -52,14 +53,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=1, help="candidates solved at once in worker processes (default 1)")
     p.add_argument("--profile", metavar="FILE", default=None,
                    help="measured costs (a profile or report from `pipeplan validate`) instead of the analytic model")
+    p.add_argument("--target", choices=list(EXPORTERS), default=None,
+                   help="search only what this framework runs (megatron: 1f1b and interleaved, one recomputation "
+                        "mode for every stage)")
+    p.add_argument("--export", choices=list(EXPORTERS), default=None, metavar="TARGET",
+                   help=f"also export the chosen plan to TARGET ({', '.join(EXPORTERS)}; see `pipeplan export`); "
+                        "searches only what TARGET runs, as --target does")
+    p.add_argument("--export-out", metavar="FILE", default=None,
+                   help="where --export writes (a torchtitan schedule CSV, when needed, goes beside it as "
+                        "<name>.schedule.csv)")
     p.add_argument("--out", metavar="PLAN.json", help="write the chosen plan (for simulate / validate)")
     p.add_argument("--gantt", metavar="FILE", help="Gantt chart of the chosen plan (.png, .svg or .pdf)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
+def _check_outputs(args: argparse.Namespace) -> str | None:
+    """Reject bad output paths before the search; return where a torchtitan export's schedule CSV would go."""
     from pathlib import Path
+
+    from .export import check_export_outputs
 
     if args.gantt:
         from ..charts.render import figure_format
@@ -71,10 +84,30 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise SpecError(f"--{flag}: folder of {path!r} does not exist")
     if args.out and Path(args.out).suffix.lower() != ".json":
         raise SpecError(f"--out: {args.out!r} needs a .json extension")
+    if bool(args.export) != bool(args.export_out):
+        raise SpecError("--export-out: give it with --export TARGET (and --export with it): the file the export "
+                        "goes to")
+    if not args.export:
+        return None
+    inputs = [Path(p) for p in (args.model, args.cluster, args.profile) if p and Path(p).is_file()]
+    others = [Path(p) for p in (args.out, args.gantt) if p]
+    for path in others:
+        if Path(args.export_out).resolve() == path.resolve():
+            raise SpecError(f"--export-out: {args.export_out!r} is also another output; name another file")
+    return check_export_outputs(args.export, args.export_out, None, inputs)
+
+
+def search_target(args: argparse.Namespace) -> str | None:
+    """The export target whose limits the search keeps to: whichever of --target and --export limits it
+    (only Megatron does), else --target."""
+    limiting = [t for t in (args.target, args.export)
+                if t and (EXPORTERS[t].schedules is not None or EXPORTERS[t].uniform_recompute)]
+    return limiting[0] if limiting else args.target
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_outputs(args)
+    csv_path = _check_outputs(args)
+    target = search_target(args)
     from functools import partial
 
     from ..planner.optimize import optimize
@@ -86,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         nodes=args.nodes, seq_len=args.seq_len, schedules=args.schedules, microbatch_sizes=args.microbatch_sizes,
         time_limit=args.time_limit, solver_time_limit=args.solver_time_limit, headroom=args.headroom,
         distributed_optimizer=args.distributed_optimizer, sequence_parallel=args.sequence_parallel,
-        parallel=args.jobs, profile=profile, layouts=args.layouts, compare_config=args.compare_config)
+        parallel=args.jobs, profile=profile, layouts=args.layouts, compare_config=args.compare_config, target=target)
     if args.json or not sys.stderr.isatty():
         result = search()
     else:
@@ -102,10 +135,18 @@ def run(args: argparse.Namespace) -> int:
 
         gantt(result.result.timeline, args.gantt, title=f"{result.result.resolved.model.name}: optimized plan")
         written.append(args.gantt)
+    if args.export:
+        from ..export import ExportOptions, export_plan
+        from .export import write_export
+
+        export = export_plan(result.result.resolved, args.export, ExportOptions(schedule_csv=csv_path))
     if args.json:
         print_json(result.to_dict())
     else:
         print_report(result, profile)
+    if args.export:
+        written += write_export(export, args.export_out, csv_path)
+    if not args.json:
         for path in written:
             print(f"wrote {path}")
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from simulator.ir import Schedule
 from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES, lookup
@@ -34,12 +35,15 @@ def schedule_variants(names: list[str] | None) -> list[tuple[str, int]]:
 
 
 def enumerate_candidates(num_layers: int, pp: int, batch: int, variants: list[tuple[str, int]],
-                         microbatch_sizes: list[int] | None = None) -> list[tuple[Candidate, Schedule]]:
+                         microbatch_sizes: list[int] | None = None,
+                         runs: Callable[[str, int, int], bool] | None = None) -> list[tuple[Candidate, Schedule]]:
     """Every (schedule, v, b) whose generator accepts (p, m = batch/b, v) and whose p·v stages fit the layers.
 
     b runs over the divisors of the per-replica batch; the schedule's registry rule, the same check
     its generator runs (e.g. interleaved's m divisible by its number of rounds), decides the rest,
     so the planner never proposes a schedule the simulator or the validator cannot build.
+    ``runs(schedule, m, v)``, when given, must accept it too (an export target's limits,
+    ``OptimizeRequest.runs``).
     """
     sizes = [b for b in divisors(batch) if microbatch_sizes is None or b in microbatch_sizes]
     found = []
@@ -49,7 +53,7 @@ def enumerate_candidates(num_layers: int, pp: int, batch: int, variants: list[tu
         entry = SCHEDULES[name]
         for b in sizes:
             m = batch // b
-            if entry.accepts(pp, m, v):
+            if entry.accepts(pp, m, v) and (runs is None or runs(name, m, v)):
                 found.append((Candidate(name, v, b, m), generated_schedule(name, pp, m, v)))
     return found
 

@@ -126,6 +126,10 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
         act.append(ak)
         held.append(hk)
 
+    if problem.uniform_recompute:
+        for r in recompute[1:]:
+            model.Add(r == recompute[0])
+
     total_work = prefix["forward"][-1] * 2 + prefix["backward_input"][-1] + prefix["backward_weight"][-1]
     device_work = []
     levels = []

@@ -49,7 +49,8 @@ def splits(num_layers: int, num_stages: int) -> Iterator[tuple[int, ...]]:
 
 def space_size(problems: Sequence[PartitionProblem]) -> int:
     """How many (split, recomputation) plans the problems hold together."""
-    return sum(math.comb(p.num_layers - 1, p.num_stages - 1) * len(p.modes) ** p.num_stages
+    return sum(math.comb(p.num_layers - 1, p.num_stages - 1)
+               * len(p.modes) ** (1 if p.uniform_recompute else p.num_stages)
                for p in problems if p.num_stages <= p.num_layers)
 
 
@@ -98,8 +99,20 @@ def _patterns(problem: PartitionProblem, layers: Sequence[int]) -> list[list[dic
     return out
 
 
+def uniform_plans(problem: PartitionProblem, layers: Sequence[int]) -> list[tuple[str, ...]]:
+    """One mode on every stage, for each mode under which every device of ``layers`` may fit."""
+    S = problem.num_stages
+    return [(mode,) * S for mode in problem.modes
+            if not any(surely_over(problem, d, layers, dict.fromkeys(problem.stages_of(d), mode))
+                       for d in range(problem.pp))]
+
+
 def plans_of(problem: PartitionProblem, layers: Sequence[int]) -> Iterator[tuple[str, ...]]:
-    """Every recomputation tuple of ``layers`` whose devices may all fit."""
+    """Every recomputation tuple of ``layers`` whose devices may all fit (one mode for all stages when the
+    problem asks for ``uniform_recompute``)."""
+    if problem.uniform_recompute:
+        yield from uniform_plans(problem, layers)
+        return
     per_device = _patterns(problem, layers)
     if per_device is None:
         return

@@ -86,14 +86,13 @@ def layout_request(base: OptimizeRequest, layout: Layout) -> OptimizeRequest:
 def _least_recompute(request: OptimizeRequest, name: str, schedule: str, v: int, b: int,
                      modes: tuple[str, ...] = SCREEN_ORDER) -> Scored | None:
     """The uniform split under ``schedule`` at micro-batch b with the first recomputation in ``modes`` that
-    fits (headroom included); the last one tried when none fits; None when the schedule rejects (p, m, v)."""
-    from simulator.schedules import SCHEDULES
-
+    fits (headroom included); the last one tried when none fits; None when the schedule (or the request's
+    target) rejects (p, m, v)."""
     batch = request.replica_batch
     if batch % b or request.pp * v > request.model.num_pipeline_layers:
         return None
     m = batch // b
-    if not SCHEDULES[schedule].accepts(request.pp, m, v):
+    if not request.runs(schedule, m, v):
         return None
     layers = megatron_uniform(request.model, request.pp * v)
     plan = request.plan_for(Candidate(schedule, v, b, m), layers, (False,) * len(layers))

@@ -27,7 +27,8 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
              profile: Profile | str | dict | None = None, tp: int | None = None,
              sequence_parallel: bool | None = None, gpus: int | None = None,
              compare_config: str | GivenConfig | None = None, layouts: int = TOP_LAYOUTS,
-             solver_time_limit: float | None = None, blocking_p2p: bool = False) -> OptimizeResult:
+             solver_time_limit: float | None = None, blocking_p2p: bool = False,
+             target: str | None = None) -> OptimizeResult:
     """Find the fastest plan that fits: layout (tp, pp, dp), schedule, chunks v, micro-batch size b and
     count m, cut points and recomputation per stage.
 
@@ -44,7 +45,9 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     the answer is never slower than it. ``parallel`` > 1 solves that many candidates at once in worker
     processes. ``profile``: measured op times and links (``pipeplan validate`` writes one) instead of
     the analytic cost model; it fixes b and the sequence length to the values it was measured at, and
-    tp and dp to 1 unless pinned (it measured one tensor rank of one replica).
+    tp and dp to 1 unless pinned (it measured one tensor rank of one replica). ``target`` (an export
+    target, ``pipeplan.export.EXPORTERS``): search only what it runs; "megatron" keeps to 1F1B and
+    interleaved and one recomputation mode for every stage, so the plan exports as Megatron-LM arguments.
     Raises SpecError (one line) for a bad argument, and when nothing fits, saying what would.
     """
     started = time.perf_counter()
@@ -56,6 +59,8 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         tp, dp = (1 if tp is None else tp), (1 if dp is None else dp)
     pins = LayoutPins(count, tp, pp, dp, sequence_parallel, distributed_optimizer)
     compare = GivenConfig.parse(compare_config) if isinstance(compare_config, str) else compare_config
+    if compare is not None and target is not None:
+        _check_compare_target(compare, target)
     positive_int("global_batch", global_batch)
     found = enumerate_layouts(spec, cl, global_batch, pins)
     first = found[0]
@@ -66,7 +71,8 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         nodes=nodes if nodes is not None else (cl.nodes if grown else None),
         seq_len=seq_len, schedules=schedules, microbatch_sizes=microbatch_sizes, time_limit=solver_time_limit,
         headroom=headroom, distributed_optimizer=first.distributed_optimizer, rescore=rescore, jobs=parallel,
-        profile=profile, tp=first.tp, sequence_parallel=first.sequence_parallel, blocking_p2p=blocking_p2p)
+        profile=profile, tp=first.tp, sequence_parallel=first.sequence_parallel, blocking_p2p=blocking_p2p,
+        target=target)
     if len(found) == 1 and compare is None:
         deadline = None if time_limit is None else started + time_limit
         result = search(replace(base, deadline=deadline), progress)  # base already has the one layout
@@ -74,6 +80,17 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         return replace(result, timed_out=timed_out, search_time=time.perf_counter() - started)
     return search_layouts(base, pins, float("inf") if time_limit is None else time_limit - (time.perf_counter() - started),
                           layouts, compare, progress)
+
+
+def _check_compare_target(compare: GivenConfig, target: str) -> None:
+    """A configuration to compare against is a possible answer, so it must run on the target as well."""
+    from ..export import export_target
+
+    runs = export_target(target, "target").schedules
+    schedule = compare.schedule or ("interleaved" if compare.v > 1 else "1f1b")
+    if runs is not None and schedule not in runs:
+        raise SpecError(f"--compare-config: schedule={schedule} does not run on --target {target} "
+                        f"({' and '.join(runs)} do)")
 
 
 def _gpus_and_cluster(model, cluster, nodes: int | None, gpus: int | None) -> tuple[ModelSpec, ClusterSpec, int, bool]:

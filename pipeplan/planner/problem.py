@@ -79,6 +79,8 @@ class PartitionProblem:
     ``activation_sel`` and ``held_sel`` are I and the stored bytes under selective recomputation
     (empty: selective is not offered, it would store what none stores). ``first_stage[d]`` is the
     stage of device d's first action and ``last_action[d]`` (stage, kind) its last; ``bounds`` reads them.
+    ``uniform_recompute``: every stage takes the same recomputation mode (a framework with one setting for
+    all stages, e.g. Megatron-LM); CP-SAT, the polish and the exhaustive search keep to it.
     """
 
     pp: int
@@ -106,6 +108,7 @@ class PartitionProblem:
     first_stage: tuple[int, ...] = ()
     last_action: tuple[tuple[int, str], ...] = ()
     split_backward: bool = True
+    uniform_recompute: bool = False
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -206,7 +209,7 @@ def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, se
 def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, schedule: Schedule, seq_len: int,
                   gpus: list[int], dp: int = 1, distributed_optimizer: bool = False, headroom: float = 0.0,
                   allow_recompute: bool = True, profile: Profile | None = None, tp: int = 1,
-                  sequence_parallel: bool = False) -> PartitionProblem:
+                  sequence_parallel: bool = False, uniform_recompute: bool = False) -> PartitionProblem:
     """The integer partition problem of ``candidate`` (``schedule`` is its generated action lists) on
     one tensor rank of ``tp``.
 
@@ -276,4 +279,5 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         first_stage=tuple(actions[0].stage for actions in schedule.device_actions),
         last_action=tuple((actions[-1].stage, actions[-1].kind) for actions in schedule.device_actions),
         split_backward=any(a.kind == "I" for actions in schedule.device_actions for a in actions),
+        uniform_recompute=uniform_recompute,
     )

@@ -23,7 +23,7 @@ from typing import Callable
 
 from ..plan import Plan
 from .bounds import plan_bound
-from .exhaustive import device_patterns
+from .exhaustive import device_patterns, uniform_plans
 from .problem import PartitionProblem
 from .result import Scored
 
@@ -46,7 +46,8 @@ def _with(recompute: tuple[str, ...], devices_modes: tuple[dict[int, str], ...])
 
 def neighbours(plan: Plan, problem: PartitionProblem) -> list[Plan]:
     """Every cut moved by one layer with the fitting recomputation patterns of the devices it touches,
-    then every other fitting pattern of one device on the same split (module docstring)."""
+    then every other fitting pattern of one device on the same split (module docstring); with
+    ``uniform_recompute``, the fitting patterns are one mode on every stage."""
     layers = tuple(plan.layers_per_stage)
     recompute = tuple(plan.recompute) or ("none",) * len(layers)
     out, seen = [], {(layers, recompute)}
@@ -56,20 +57,32 @@ def neighbours(plan: Plan, problem: PartitionProblem) -> list[Plan]:
             seen.add((split, modes))
             out.append(plan.with_(layers_per_stage=split, recompute=modes))
 
+    if problem.uniform_recompute:
+        for split in [layers] + [split for _, split in _moves(layers)]:
+            for modes in uniform_plans(problem, split):
+                add(split, modes)
+        return out
+
+    for k, split in _moves(layers):
+        devices = sorted({problem.stage_to_device[k], problem.stage_to_device[k + 1]})
+        for choice in itertools.product(*(device_patterns(problem, split, d) for d in devices)):
+            add(split, _with(recompute, choice))
+    for d in range(problem.pp):
+        for modes in device_patterns(problem, layers, d):
+            add(layers, _with(recompute, (modes,)))
+    return out
+
+
+def _moves(layers: tuple[int, ...]) -> list[tuple[int, tuple[int, ...]]]:
+    """(k, split) for every cut k moved by one layer, every stage keeping at least one."""
+    out = []
     for k in range(len(layers) - 1):
         for delta in (1, -1):  # +1: stage k takes the first layer of stage k+1
             moved = list(layers)
             moved[k] += delta
             moved[k + 1] -= delta
-            if min(moved) < 1:
-                continue
-            split = tuple(moved)
-            devices = sorted({problem.stage_to_device[k], problem.stage_to_device[k + 1]})
-            for choice in itertools.product(*(device_patterns(problem, split, d) for d in devices)):
-                add(split, _with(recompute, choice))
-    for d in range(problem.pp):
-        for modes in device_patterns(problem, layers, d):
-            add(layers, _with(recompute, (modes,)))
+            if min(moved) >= 1:
+                out.append((k, tuple(moved)))
     return out
 
 

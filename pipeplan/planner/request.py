@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cluster import CLUSTER_PRESETS, ClusterSpec, load_cluster
+from simulator.schedules import SCHEDULES, lookup
+
 from ..errors import SpecError, positive_int
+from ..export import export_target
 from ..model import MODEL_PRESETS, ModelSpec, load_model
 from ..parallel import check_sequence_parallel, check_tensor_group
 from ..plan import Plan, default_placement
@@ -59,6 +62,7 @@ class OptimizeRequest:
     # Proposals the simulator polishes: the runner-up schedule often overtakes after polish. A layout
     # search polishes one per layout (it compares layouts, each with its own best proposal).
     polished: int = 2
+    target: str | None = None
 
     @classmethod
     def create(cls, model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,
@@ -68,11 +72,12 @@ class OptimizeRequest:
                rescore: int = 3, jobs: int | None = None,
                profile: Profile | str | dict | None = None, tp: int = 1,
                sequence_parallel: bool = False, blocking_p2p: bool = False,
-               deadline: float | None = None) -> OptimizeRequest:
+               deadline: float | None = None, target: str | None = None) -> OptimizeRequest:
         """Load the specs and check every argument, in the order the errors are reported.
 
         ``pp`` defaults to all GPUs / dp; ``jobs`` is clamped to [1, MAX_JOBS]. Raises SpecError (one line).
         """
+        schedules = target_schedules(target, schedules)
         spec = load_model(model)
         cl = load_cluster(cluster, nodes)
         _check_numbers(dp=dp, global_batch=global_batch, seq_len=seq_len, headroom=headroom, time_limit=time_limit,
@@ -93,7 +98,19 @@ class OptimizeRequest:
                    microbatch_sizes=None if microbatch_sizes is None else tuple(microbatch_sizes),
                    time_limit=time_limit, headroom=headroom, distributed_optimizer=distributed_optimizer,
                    tp=tp, sequence_parallel=sequence_parallel, rescore=rescore, jobs=max(1, min(jobs or 1, MAX_JOBS)), profile=prof,
-                   blocking_p2p=blocking_p2p, deadline=deadline)
+                   blocking_p2p=blocking_p2p, deadline=deadline, target=target)
+
+    @property
+    def uniform_recompute(self) -> bool:
+        """Every stage recomputes the same way: the target takes one setting for all (Megatron)."""
+        return self.target is not None and export_target(self.target, "target").uniform_recompute
+
+    def runs(self, schedule: str, m: int, v: int) -> bool:
+        """Whether ``schedule`` with m micro-batches and v chunks runs here: its generator accepts it at the
+        request's pp, and so does the target."""
+        if not SCHEDULES[schedule].accepts(self.pp, m, v):
+            return False
+        return self.target is None or export_target(self.target, "target").runs(schedule, self.pp, m, v)
 
     @property
     def replica_batch(self) -> int:
@@ -123,6 +140,24 @@ class OptimizeRequest:
                     layers_per_stage=tuple(layers), recompute=tuple("full" if r else "none" for r in recompute),
                     seq_len=self.seq_len, dp=self.dp, tp=self.tp, sequence_parallel=self.sequence_parallel,
                     distributed_optimizer=self.distributed_optimizer, blocking_p2p=self.blocking_p2p)
+
+
+def target_schedules(target: str | None, schedules: list[str] | None) -> list[str] | None:
+    """The schedules to search for an export ``target``: its own when none are named; named ones it does not
+    run are a one-line error."""
+    if target is None:
+        return schedules
+    runs = export_target(target, "target").schedules
+    if runs is None:
+        return schedules
+    if schedules is None:
+        return list(runs)
+    for name in schedules:
+        entry = lookup(name)
+        if entry is None or entry.name not in runs:
+            raise SpecError(f"--schedules: --target {target} runs {' and '.join(runs)}, not {name}; drop it or "
+                            "the target")
+    return schedules
 
 
 def _check_numbers(dp: int, global_batch: int, seq_len: int | None, headroom: float, time_limit: float,

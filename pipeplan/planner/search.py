@@ -133,7 +133,7 @@ def judge(request: OptimizeRequest, name: str, plan: Plan) -> Scored:
 def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
     """Every candidate with its problem and bounds, in order of analytic bound (then label, for determinism)."""
     found = enumerate_candidates(request.model.num_pipeline_layers, request.pp, request.replica_batch,
-                                 list(request.variants), request.microbatch_sizes)
+                                 list(request.variants), request.microbatch_sizes, request.runs)
     if not found:
         names = ", ".join(n for n, _ in request.variants)
         raise SpecError(f"schedules: no schedule of {names} runs with pp = {request.pp} and a per-replica batch "
@@ -143,7 +143,8 @@ def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
         problem = build_problem(request.model, request.cluster, candidate, schedule, request.sequence_length,
                                 request.gpus, request.dp, request.distributed_optimizer, request.headroom,
                                 profile=request.profile, tp=request.tp,
-                                sequence_parallel=request.sequence_parallel)
+                                sequence_parallel=request.sequence_parallel,
+                                uniform_recompute=request.uniform_recompute)
         out.append(Bounded(candidate, problem, problem.seconds(lower_bound(problem)), candidate_bound(problem)))
     out.sort(key=lambda c: (c.bound, c.candidate.label))
     return out
@@ -336,7 +337,8 @@ def score_baselines(request: OptimizeRequest, candidate: Candidate,
                                                    candidate.chunks),
                                 request.sequence_length, request.gpus, request.dp, request.distributed_optimizer,
                                 request.headroom, profile=request.profile, tp=request.tp,
-                                sequence_parallel=request.sequence_parallel)
+                                sequence_parallel=request.sequence_parallel,
+                                uniform_recompute=request.uniform_recompute)
     S = candidate.chunks * request.pp
     none, full = (False,) * S, (True,) * S
     out = []  # uniform, parameters, then the brute force when there is one
