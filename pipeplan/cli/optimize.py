@@ -59,18 +59,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
+    """The outputs' extensions, and where they go (``paths.check_paths``), before the search starts."""
     from pathlib import Path
+
+    from .paths import check_paths, spec_reads
 
     if args.gantt:
         from ..charts.render import figure_format
 
-        figure_format(args.gantt)
-    for flag in ("out", "gantt"):
-        path = getattr(args, flag)
-        if path and not Path(path).resolve().parent.is_dir():
-            raise SpecError(f"--{flag}: folder of {path!r} does not exist")
+        figure_format(args.gantt, "--gantt")
     if args.out and Path(args.out).suffix.lower() != ".json":
         raise SpecError(f"--out: {args.out!r} needs a .json extension")
+    check_paths(reads=[*spec_reads("--model", args.model), *spec_reads("--cluster", args.cluster),
+                       ("--profile", args.profile)],
+                writes=[("--out", args.out), ("--gantt", args.gantt)])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         from ..fileio import write_atomic
 
-        write_atomic(args.out, _portable(result.plan, args.out).to_json())
+        write_atomic(args.out, _portable(result.plan, args.out).to_json(), "--out")
         written.append(args.out)
     if args.gantt:
         from ..charts.gantt import gantt
