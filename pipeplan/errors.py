@@ -32,3 +32,10 @@ def positive_number(field: str, value: object, allow_zero: bool = False) -> floa
         bound = ">= 0" if allow_zero else "> 0"
         raise SpecError(f"{field}: must be a finite number {bound} (got {value!r})")
     return float(value)
+
+
+def name_text(field: str, value: object) -> str:
+    """A name shown in tables and titles: non-empty text."""
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(f"{field}: must be a non-empty text (got {value!r})")
+    return value
