@@ -35,7 +35,8 @@ def positive_number(field: str, value: object, allow_zero: bool = False) -> floa
 
 
 def name_text(field: str, value: object) -> str:
-    """A name shown in tables and titles: non-empty text."""
-    if not isinstance(value, str) or not value.strip():
-        raise SpecError(f"{field}: must be a non-empty text (got {value!r})")
+    """A name shown in tables and titles: non-empty text of printable characters (no newline, no control
+    character that would break a table row)."""
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise SpecError(f"{field}: must be a non-empty text of printable characters (got {value!r})")
     return value

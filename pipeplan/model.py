@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .collectives import ALL_GATHER, ALL_REDUCE, REDUCE_SCATTER
-from .errors import SpecError, positive_int
+from .errors import SpecError, name_text, positive_int
 from .fileio import load_mapping
 
 BYTES_BF16 = 2
@@ -94,8 +94,7 @@ class ModelSpec:
     attention: str = "flash"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise SpecError(f"model.name: must be text (got {self.name!r})")
+        name_text("model.name", self.name)
         for f in ("gated_mlp", "dropout", "learned_positions"):
             if not isinstance(getattr(self, f), bool):  # "false" would be truthy
                 raise SpecError(f"model.{f}: must be true or false (got {getattr(self, f)!r})")

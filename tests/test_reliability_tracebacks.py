@@ -124,6 +124,10 @@ CASES = {
                                   ["cluster.gpu.max_fraction"]),
     "cluster-base-list": ("c.json", json.dumps({"base": ["dgx-h100"]}).encode(), CLUSTER_FILE, ["cluster.base"]),
     "cluster-link-name-number": ("c.json", cluster_with(["intra", "name"], 5), CLUSTER_FILE, ["cluster.intra.name"]),
+    "model-key-carriage-return": ("m.json", json.dumps({"\r\nname": 1}).encode(), ["simulate", "--model", "{in}"],
+                                  ["model.\\r\\nname: unknown field"]),  # found by the property test
+    "cluster-name-lone-surrogate": ("c.json", cluster_with(["name"], "\ud800"), CLUSTER_FILE,
+                                    ["cluster.name", "printable"]),
     # inputs that are not files the parser can take
     "plan-is-a-folder": ("in.json", None, ["simulate", "{in}"], ["plan", "is a folder"]),
     "gantt-input-is-a-folder": ("in.json", None, GANTT, ["input", "is a folder"]),
