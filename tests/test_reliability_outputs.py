@@ -247,3 +247,19 @@ def test_an_existing_output_is_replaced_whole_and_keeps_its_permissions(tmp_path
     assert target.read_text() == "0F0,0F1,0B0,0B1\n1F0,1B0,1F1,1B1\n"
     assert os.path.islink(alias) and stat.S_IMODE(target.stat().st_mode) == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["alias.csv", "s.csv", *(p.name for p in files.values())])
+
+
+def test_a_failed_write_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch, capsys):
+    # A full disk shows at the rename at the latest; in-process, so os.replace can fail as it would.
+    import errno
+
+    from pipeplan.cli import main
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    assert main(["schedule", "1f1b", "-p", "2", "-m", "2", "--csv", str(tmp_path / "s.csv")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"pipeplan schedule: error: --csv: cannot write {str(tmp_path / 's.csv')!r}: No space left on device"]
+    assert list(tmp_path.iterdir()) == []
