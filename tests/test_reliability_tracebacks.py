@@ -1,6 +1,7 @@
 """Bad input is one line naming the field, exit 2, never a traceback: binary and huge-cell CSVs, damaged
 saved timelines given to ``gantt`` and reports given to ``compare`` (device out of range, NaN times, zero
-devices, wrong types), spec fields of the wrong type, inputs that are folders or nested past the parser.
+devices, wrong types), spec fields of the wrong type, inputs that are folders or nested past the parser,
+outputs into a folder, into /proc, or ``figures --out FILE``.
 
 Each case runs the command line as a subprocess in the test's temp folder, which holds afterwards exactly
 what it held before (no chart drawn from a damaged file, no input touched).
@@ -128,6 +129,12 @@ CASES = {
                                   ["model.\\r\\nname: unknown field"]),  # found by the property test
     "cluster-name-lone-surrogate": ("c.json", cluster_with(["name"], "\ud800"), CLUSTER_FILE,
                                     ["cluster.name", "printable"]),
+    # outputs that cannot be written (every writing flag: test_reliability_outputs.py)
+    "output-a-folder": ("out.csv", None, ["schedule", "1f1b", "-p", "2", "-m", "2", "--csv", "{in}"],
+                        ["--csv", "is a folder"]),
+    "output-in-proc": ("unused", b"", ["schedule", "1f1b", "-p", "2", "-m", "2", "--csv", "/proc/pipeplan-test.csv"],
+                       ["--csv", "inside /proc"]),
+    "figures-out-a-file": ("in.json", b"{}", ["figures", "--out", "{in}"], ["--out", "not a folder"]),
     # inputs that are not files the parser can take
     "plan-is-a-folder": ("in.json", None, ["simulate", "{in}"], ["plan", "is a folder"]),
     "gantt-input-is-a-folder": ("in.json", None, GANTT, ["input", "is a folder"]),
