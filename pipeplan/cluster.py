@@ -15,7 +15,7 @@ from typing import Any
 
 from simulator.workload import Link, Network
 
-from .errors import SpecError, positive_int, positive_number
+from .errors import SpecError, name_text, positive_int, positive_number
 from .fileio import load_mapping
 
 
@@ -51,13 +51,14 @@ class GPUSpec:
     op_overhead_s: float = 20e-6  # launch and synchronisation cost per layer pass
 
     def __post_init__(self) -> None:
+        name_text("cluster.gpu.name", self.name)
         positive_number("cluster.gpu.peak_flops", self.peak_flops)
         positive_number("cluster.gpu.memory_bytes", self.memory_bytes)
         positive_number("cluster.gpu.hbm_bandwidth", self.hbm_bandwidth)
         positive_number("cluster.gpu.op_overhead_s", self.op_overhead_s, allow_zero=True)
         for f in ("sms", "tile_m", "tile_n"):
             positive_int(f"cluster.gpu.{f}", getattr(self, f))
-        if not 0 < self.max_fraction <= 1:
+        if not 0 < positive_number("cluster.gpu.max_fraction", self.max_fraction) <= 1:
             raise SpecError(f"cluster.gpu.max_fraction: must be in (0, 1] (got {self.max_fraction})")
 
     def gemm_seconds(self, m: float, n: float, k: float, batch: int = 1) -> float:
@@ -85,6 +86,7 @@ class LinkSpec:
     latency: float
 
     def __post_init__(self) -> None:
+        name_text("cluster.link.name", self.name)
         positive_number(f"cluster.{self.name}.bandwidth", self.bandwidth)
         positive_number(f"cluster.{self.name}.latency", self.latency, allow_zero=True)
 
@@ -116,6 +118,7 @@ class ClusterSpec:
     rail_optimized: bool = False
 
     def __post_init__(self) -> None:
+        name_text("cluster.name", self.name)
         positive_int("cluster.gpus_per_node", self.gpus_per_node)
         positive_int("cluster.nics_per_node", self.nics_per_node)
         positive_int("cluster.nodes", self.nodes)
@@ -171,7 +174,7 @@ class ClusterSpec:
             raise SpecError(f"cluster: must be a mapping of fields (got {type(data).__name__})")
         if "base" in data:
             base = data["base"]
-            if base not in CLUSTER_PRESETS:
+            if not isinstance(base, str) or base not in CLUSTER_PRESETS:
                 raise SpecError(f"cluster.base: unknown preset {base!r}; choose one of {', '.join(CLUSTER_PRESETS)}")
             data = merge_fields(CLUSTER_PRESETS[base].to_dict(), {k: v for k, v in data.items() if k != "base"})
         _check_fields("cluster", data, ClusterSpec)
@@ -181,6 +184,8 @@ class ClusterSpec:
             if not isinstance(data[section], dict):
                 raise SpecError(f"cluster.{section}: must be a mapping of fields")
             _check_fields(f"cluster.{section}", data[section], cls, skip=("name",) if cls is LinkSpec else ())
+            if cls is LinkSpec and "name" in data[section]:
+                name_text(f"cluster.{section}.name", data[section]["name"])
         gpu = GPUSpec(**data["gpu"])
         intra = LinkSpec(**{"name": "intra", **data["intra"]})
         inter = LinkSpec(**{"name": "inter", **data["inter"]})

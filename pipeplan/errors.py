@@ -37,3 +37,11 @@ def positive_number(field: str, value: object, allow_zero: bool = False) -> floa
         bound = ">= 0" if allow_zero else "> 0"
         raise SpecError(f"{field}: must be a finite number {bound} (got {value!r})")
     return float(value)
+
+
+def name_text(field: str, value: object) -> str:
+    """A name shown in tables and titles: non-empty text of printable characters (no newline, no control
+    character that would break a table row)."""
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise SpecError(f"{field}: must be a non-empty text of printable characters (got {value!r})")
+    return value

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .collectives import ALL_GATHER, ALL_REDUCE, REDUCE_SCATTER
-from .errors import SpecError, positive_int
+from .errors import SpecError, name_text, positive_int
 from .fileio import load_mapping
 
 BYTES_BF16 = 2
@@ -116,8 +116,7 @@ class ModelSpec:
     embed_dim: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise SpecError(f"model.name: must be text (got {self.name!r})")
+        name_text("model.name", self.name)
         for f in ("gated_mlp", "dropout", "learned_positions", "tied_embeddings", "qkv_bias", "out_bias",
                   "mlp_bias", "qk_norm", "final_norm"):
             if not isinstance(getattr(self, f), bool):  # "false" would be truthy

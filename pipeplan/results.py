@@ -6,14 +6,13 @@ through the same function.
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 from simulator.engine import SimResult
 from simulator.timeline import Timeline
 
+from .documents import checked_timeline
 from .errors import SpecError
 from .fileio import load_mapping, write_json_atomic
 
@@ -44,20 +43,13 @@ def save_simulation(result: SimResult, path: str, extra: dict[str, Any] | None =
 def load_timelines(path: str) -> list[tuple[str, Timeline]]:
     """The timelines a saved document holds: one for a simulation, (predicted, measured) for a report."""
     data = load_mapping(path, "input")
-    try:
-        if data.get("kind") == DOCUMENT_KIND:
-            return [("simulated", Timeline.from_dict(data["timeline"]))]
-        if "measured" in data and "predicted" in data:
-            found = []
-            for key in ("predicted", "measured"):
-                section = data[key]
-                if isinstance(section, dict) and "timeline" in section:
-                    found.append((key, Timeline.from_dict(section["timeline"])))
-            if len(found) == 2:
-                return found
-    except (KeyError, TypeError, ValueError, IndexError) as err:
-        raise SpecError(f"input: {path!r} has a damaged timeline ({type(err).__name__}: {err}); "
-                        "re-save it with pipeplan simulate --timeline") from None
+    if data.get("kind") == DOCUMENT_KIND:
+        return [("simulated", checked_timeline(data.get("timeline"), "input.timeline"))]
+    if "measured" in data and "predicted" in data:
+        found = [(key, checked_timeline(data[key]["timeline"], f"input.{key}.timeline"))
+                 for key in ("predicted", "measured") if isinstance(data[key], dict) and "timeline" in data[key]]
+        if len(found) == 2:
+            return found
     raise SpecError(
         f"input: {path!r} is neither a plan, a saved simulation (pipeplan simulate --timeline) nor a "
         "validation report with measured and predicted timelines"
@@ -65,10 +57,5 @@ def load_timelines(path: str) -> list[tuple[str, Timeline]]:
 
 
 def is_plan_document(path: str) -> bool:
-    if not Path(path).is_file():
-        raise SpecError(f"input: file {path!r} does not exist")
-    try:
-        data = json.loads(Path(path).read_text())
-    except ValueError:
-        return False
-    return isinstance(data, dict) and "layers_per_stage" in data
+    """True for a plan file (it has ``layers_per_stage``); a missing, binary or unparsable file is a one-line error."""
+    return "layers_per_stage" in load_mapping(path, "input")

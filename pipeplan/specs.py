@@ -5,13 +5,15 @@ returns.
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from simulator.checker import check_schedule
-from simulator.ir import Schedule, from_csv
+from simulator.ir import Schedule, ScheduleError, from_csv
 
 from .cluster import ClusterSpec, load_cluster
 from .errors import SpecError
+from .fileio import read_text
 from simulator.schedules import lookup
 
 from .lowering import Resolved, generated_schedule, plan_costs
@@ -29,6 +31,25 @@ def beside(spec: object, base_dir: str | Path) -> object:
     return spec
 
 
+def read_schedule_csv(path: str | Path, field: str) -> Schedule:
+    """A schedule in torch's CSV format from the file ``path`` (given by ``field``), checked (complete, each
+    stream's order, no deadlock); a missing, binary, unparsable or unrunnable file is a one-line error
+    naming ``field``."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise SpecError(f"{field}: {str(path)!r} {what}; give a schedule CSV file")
+    text = read_text(path, field, "a schedule CSV (one row of actions per device, e.g. 0F0,0B0)")
+    try:
+        schedule = from_csv(text, name="custom")
+        check_schedule(schedule)
+        return schedule
+    except csv.Error as err:  # a NUL byte, a cell past the csv module's field size limit
+        raise SpecError(f"{field}: cannot parse {str(path)!r} as CSV: {err}") from None
+    except ScheduleError as err:
+        raise SpecError(f"{field}: {str(path)!r}: {err}") from None
+
+
 def plan_schedule(plan: Plan, base_dir: str | Path = ".", model: ModelSpec | None = None,
                   cluster: ClusterSpec | None = None) -> Schedule:
     """The plan's schedule: generated from its name, or read from its custom CSV (relative to ``base_dir``).
@@ -38,11 +59,7 @@ def plan_schedule(plan: Plan, base_dir: str | Path = ".", model: ModelSpec | Non
     """
     if plan.schedule == "custom":
         path = Path(base_dir) / plan.schedule_csv if not Path(plan.schedule_csv).is_absolute() else Path(plan.schedule_csv)
-        if not path.is_file():
-            raise SpecError(f"plan.schedule_csv: file {str(path)!r} does not exist")
-        schedule = from_csv(path.read_text(), name="custom")
-        check_schedule(schedule)
-        return schedule
+        return read_schedule_csv(path, "plan.schedule_csv")
     entry = lookup(plan.schedule)
     costs = None
     if entry is not None and entry.cost_aware and model is not None and cluster is not None:

@@ -9,6 +9,8 @@ from simulator.schedules import DEFAULT_SCHEDULES, build_schedule
 from simulator.workload import uniform_workload
 
 from ..api import simulate
+from ..errors import SpecError
+from ..fileio import check_output_folder, output_target
 from ..plan import Plan
 from .bubble import bubble_vs_microbatches
 from .gantt import describe, draw_gantt, gantt_panels, side_by_side
@@ -178,9 +180,23 @@ FIGURES = {
 }
 
 
+def check_figures_folder(folder: str | Path, field: str = "--out") -> None:
+    """Refuse, before anything is drawn, a folder the figures may not go into (``fileio.check_output_folder``)
+    or a figure name there that may not be written (a folder of that name, say: ``fileio.output_target``)."""
+    check_output_folder(folder, field)
+    if Path(folder).is_dir():
+        for name in FIGURES:
+            output_target(Path(folder) / name, f"{field} ({name})")
+
+
 def regenerate(folder: str | Path = "figures") -> list[Path]:
+    """Draw every figure of ``FIGURES`` into ``folder`` (created if missing); the paths written."""
+    check_figures_folder(folder)
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SpecError(f"--out: cannot create the folder {str(out)!r}: {err.strerror}") from None
     written = []
     for name, draw in FIGURES.items():
         draw(out / name)

@@ -10,10 +10,10 @@ from ..fileio import write_atomic
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 
-def figure_format(path: str) -> str:
+def figure_format(path: str, field: str = "output") -> str:
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise SpecError(f"output: {path!r} needs a .png, .svg or .pdf extension")
+        raise SpecError(f"{field}: {path!r} needs a .png, .svg or .pdf extension")
     return fmt
 
 

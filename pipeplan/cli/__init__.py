@@ -14,11 +14,17 @@ from ..errors import USER_ERRORS
 COMMAND_MODULES = ["schedule", "simulate", "optimize", "export", "validate", "charts", "presets"]
 
 
+def one_line(message: str) -> str:
+    """``message`` with every character that is not printable escaped: errors quote what the user gave
+    (a field name, a flag's value), and a newline or carriage return in it must not start a second line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
 def _version() -> str:
@@ -47,12 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # A name the terminal's encoding cannot show is printed escaped, never a UnicodeEncodeError.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except USER_ERRORS as err:
-        print(f"pipeplan {args.command}: error: {err}", file=sys.stderr)
+        print(f"pipeplan {args.command}: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `pipeplan ... --json | head`
         sys.stderr.close()

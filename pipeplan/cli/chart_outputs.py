@@ -17,21 +17,24 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_output_arguments(args: argparse.Namespace) -> None:
-    """Reject bad output paths before any work, so a typo never costs a simulation or a half output."""
+    """Reject an output's wrong extension before any work, so a typo never costs a simulation or a half
+    output; where it may be written is ``paths.check_paths``'s job, with ``chart_writes``."""
     from ..charts.render import figure_format
 
     for flag in ("gantt", "memory_plot"):
         path = getattr(args, flag, None)
         if path:
-            figure_format(path)
+            figure_format(path, f"--{flag.replace('_', '-')}")
     for flag in ("trace", "timeline"):
         path = getattr(args, flag, None)
         if path and Path(path).suffix.lower() != ".json":
             raise SpecError(f"--{flag}: {path!r} needs a .json extension")
-    for flag in ("gantt", "memory_plot", "trace", "timeline"):
-        path = getattr(args, flag, None)
-        if path and not Path(path).resolve().parent.is_dir():
-            raise SpecError(f"--{flag.replace('_', '-')}: folder of {path!r} does not exist")
+
+
+def chart_writes(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The (flag, path) of each chart and trace output, for ``paths.check_paths``."""
+    return [(f"--{flag.replace('_', '-')}", getattr(args, flag, None))
+            for flag in ("gantt", "memory_plot", "trace", "timeline")]
 
 
 def write_outputs(args: argparse.Namespace, result: SimResult, title: str | None = None) -> list[str]:

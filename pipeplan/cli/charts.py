@@ -25,16 +25,21 @@ def run_gantt(args: argparse.Namespace) -> int:
     from ..charts.gantt import gantt, side_by_side
     from ..charts.render import figure_format
     from ..results import is_plan_document, load_timelines
+    from .paths import check_paths, plan_reads
 
-    figure_format(args.output)
+    figure_format(args.output, "--output")
     show = not args.no_transfers
+    writes = [("--output", args.output)]
     if is_plan_document(args.input):
         from ..api import simulate
         from ..plan import Plan
 
-        result = simulate(plan=Plan.load(args.input), base_dir=Path(args.input).parent)
+        plan, base = Plan.load(args.input), Path(args.input).parent
+        check_paths([("INPUT", args.input), *plan_reads(plan, base)], writes)
+        result = simulate(plan=plan, base_dir=base)
         gantt(result.timeline, args.output, show_transfers=show)
     else:
+        check_paths([("INPUT", args.input)], writes)
         timelines = load_timelines(args.input)
         if len(timelines) == 2:
             (left_label, left), (right_label, right) = timelines

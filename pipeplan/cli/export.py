@@ -35,48 +35,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def input_files(plan_path: str, plan) -> list[Path]:
-    """The files an export reads: the plan, and the model, cluster and schedule CSV files it names."""
-    from ..specs import beside
+def check_export_outputs(to: str, out: str | None, schedule_csv: str | None, reads, other_writes=(),
+                         out_flag: str = "--out") -> str | None:
+    """Check the export's output files against ``reads`` and ``other_writes`` before any work
+    (``paths.check_paths``); return the schedule CSV path to use (torchtitan)."""
+    from .paths import check_paths
 
-    base = Path(plan_path).parent
-    named = [beside(ref, base) for ref in (plan.model, plan.cluster, plan.schedule_csv) if isinstance(ref, str)]
-    return [Path(plan_path)] + [Path(p) for p in named if Path(p).is_file()]
-
-
-def check_output_file(flag: str, path: str, inputs: list[Path] = ()) -> None:
-    """A file may be written at ``path``: its folder exists and it is not a folder, a special file
-    (device, pipe) or one of ``inputs``. Raises SpecError naming ``flag``."""
-    target = Path(path)
-    if target.is_dir():
-        raise SpecError(f"{flag}: {path!r} is a folder; name a file")
-    if target.exists() and not target.is_file():
-        raise SpecError(f"{flag}: {path!r} is not a regular file (a device or pipe); name a file")
-    if not target.resolve().parent.is_dir():
-        raise SpecError(f"{flag}: folder of {path!r} does not exist")
-    for given in inputs:
-        if target.exists() and given.exists() and target.resolve() == given.resolve():
-            raise SpecError(f"{flag}: {path!r} is an input ({given}); name another file")
+    csv_path = None
+    if to == "torchtitan":
+        csv_path = schedule_csv or (default_schedule_csv(out) if out else None)
+    check_paths(reads, [*other_writes, (out_flag, out), ("--schedule-csv", csv_path)])
+    return csv_path
 
 
 def default_schedule_csv(out: str) -> str:
     """Where a torchtitan export keeps its schedule CSV beside the options file ``out``: <name>.schedule.csv."""
     target = Path(out)
     return str(target.with_name(target.stem + ".schedule.csv"))
-
-
-def check_export_outputs(to: str, out: str | None, schedule_csv: str | None, inputs: list[Path]) -> str | None:
-    """Check the export's output files before any work; return the schedule CSV path to use (torchtitan)."""
-    if out:
-        check_output_file("--out", out, inputs)
-    if to != "torchtitan":
-        return None
-    csv_path = schedule_csv or (default_schedule_csv(out) if out else None)
-    if csv_path:
-        check_output_file("--schedule-csv", csv_path, inputs)
-        if out and Path(csv_path).resolve() == Path(out).resolve():
-            raise SpecError(f"--schedule-csv: {csv_path!r} is also the options file; name another file")
-    return csv_path
 
 
 def write_export(export, out: str | None, csv_path: str | None) -> list[str]:
@@ -111,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
         if value and args.to != target:
             raise SpecError(f"{flag}: only for --to {target}; drop it")
     plan = Plan.load(args.plan)
-    csv_path = check_export_outputs(args.to, args.out, args.schedule_csv, input_files(args.plan, plan))
+    from .paths import plan_reads
+
+    csv_path = check_export_outputs(args.to, args.out, args.schedule_csv,
+                                    [("PLAN.json", args.plan), *plan_reads(plan, Path(args.plan).parent)])
     options = ExportOptions(recompute_superset=args.recompute_superset, csv_format=args.csv_format or "compute_only",
                             schedule_csv=csv_path)
     resolved = resolve(plan.model, plan.cluster, plan, Path(args.plan).parent)

@@ -69,32 +69,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_outputs(args: argparse.Namespace) -> str | None:
-    """Reject bad output paths before the search; return where a torchtitan export's schedule CSV would go."""
+    """The outputs' extensions, and where they go (``paths.check_paths``), before the search starts; return
+    where a torchtitan export's schedule CSV would go."""
     from pathlib import Path
 
     from .export import check_export_outputs
+    from .paths import check_paths, spec_reads
 
     if args.gantt:
         from ..charts.render import figure_format
 
-        figure_format(args.gantt)
-    for flag in ("out", "gantt"):
-        path = getattr(args, flag)
-        if path and not Path(path).resolve().parent.is_dir():
-            raise SpecError(f"--{flag}: folder of {path!r} does not exist")
+        figure_format(args.gantt, "--gantt")
     if args.out and Path(args.out).suffix.lower() != ".json":
         raise SpecError(f"--out: {args.out!r} needs a .json extension")
     if bool(args.export) != bool(args.export_out):
         raise SpecError("--export-out: give it with --export TARGET (and --export with it): the file the export "
                         "goes to")
+    reads = [*spec_reads("--model", args.model), *spec_reads("--cluster", args.cluster), ("--profile", args.profile)]
+    writes = [("--out", args.out), ("--gantt", args.gantt)]
     if not args.export:
+        check_paths(reads, writes)
         return None
-    inputs = [Path(p) for p in (args.model, args.cluster, args.profile) if p and Path(p).is_file()]
-    others = [Path(p) for p in (args.out, args.gantt) if p]
-    for path in others:
-        if Path(args.export_out).resolve() == path.resolve():
-            raise SpecError(f"--export-out: {args.export_out!r} is also another output; name another file")
-    return check_export_outputs(args.export, args.export_out, None, inputs)
+    return check_export_outputs(args.export, args.export_out, None, reads, writes, out_flag="--export-out")
 
 
 def search_target(args: argparse.Namespace) -> str | None:
@@ -128,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         from ..fileio import write_atomic
 
-        write_atomic(args.out, _portable(result.plan, args.out).to_json())
+        write_atomic(args.out, _portable(result.plan, args.out).to_json(), "--out")
         written.append(args.out)
     if args.gantt:
         from ..charts.gantt import gantt

@@ -11,9 +11,10 @@ from simulator.stage_times import StageTimes
 from simulator.workload import uniform_workload
 
 from ..fileio import write_atomic
-from .chart_outputs import add_output_arguments, check_output_arguments, write_outputs
+from .chart_outputs import add_output_arguments, chart_writes, check_output_arguments, write_outputs
 from .iterations import add_iterations_arguments, check_iterations_arguments, iterations_line
 from .output import fmt_pct, print_json, table
+from .paths import check_paths
 from .schedule_search import SEARCH, add_search_arguments, check_search_arguments, run_search, search_lines, \
     search_summary
 
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_arguments(args)
     check_iterations_arguments(args)
     check_search_arguments(args)
+    check_paths(reads=[], writes=[("--csv", args.csv), *chart_writes(args)])
     found = None
     if args.name == SEARCH:
         schedule, workload, found = run_search(args)
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     drawn = steady.result if steady is not None else result
     drawn.timeline.meta["time_unit"] = "unit"
     if args.csv:
-        write_atomic(args.csv, to_csv(schedule))
+        write_atomic(args.csv, to_csv(schedule), "--csv")
     written = write_outputs(args, drawn)
     if args.json:
         data = {

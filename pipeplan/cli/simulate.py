@@ -4,16 +4,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from simulator.ir import from_csv
-
 from ..api import PlanResult, simulate
 from ..errors import SpecError
 from ..model import load_model
 from ..plan import RECOMPUTE_CHOICES, Plan, even_split
 from ..sizing import make_plan
-from .chart_outputs import add_output_arguments, check_output_arguments, write_outputs
+from .chart_outputs import add_output_arguments, chart_writes, check_output_arguments, write_outputs
 from .iterations import add_iterations_arguments, check_iterations_arguments, iterations_line
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json, table
+from .paths import check_paths, plan_reads, spec_reads
 
 
 # Flags that describe a 3D layout; with a plan file they would be silently ignored, so they are refused.
@@ -64,10 +63,10 @@ def plan_from_args(args: argparse.Namespace) -> tuple[Plan, Path]:
             sequence_parallel=args.sequence_parallel, distributed_optimizer=args.distributed_optimizer)
         base = Path(".")
     if getattr(args, "schedule_csv", None):
+        from ..specs import read_schedule_csv
+
         csv_path = Path(args.schedule_csv)
-        if not csv_path.is_file():
-            raise SpecError(f"--schedule-csv: file {str(csv_path)!r} does not exist")
-        custom = from_csv(csv_path.read_text())
+        custom = read_schedule_csv(csv_path, "--schedule-csv")
         model = load_model(plan.model)
         layers = plan.layers_per_stage
         if len(layers) != custom.num_stages:
@@ -78,6 +77,15 @@ def plan_from_args(args: argparse.Namespace) -> tuple[Plan, Path]:
             num_microbatches=custom.num_microbatches, layers_per_stage=layers, recompute=recompute,
         )
     return plan, base
+
+
+def plan_from_args_reads(args: argparse.Namespace, plan: Plan, base: Path) -> list[tuple[str, str | None]]:
+    """The files ``plan_from_args`` read for ``plan``, named by the flag that gave each."""
+    flags = [("PLAN.json", args.plan), ("--schedule-csv", getattr(args, "schedule_csv", None)),
+             ("--profile", getattr(args, "profile", None))]
+    if args.plan:
+        return flags + plan_reads(plan, base)
+    return flags + spec_reads("--model", args.model) + spec_reads("--cluster", args.cluster)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -162,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_arguments(args)
     check_iterations_arguments(args)
     plan, base = plan_from_args(args)
+    check_paths(reads=plan_from_args_reads(args, plan, base), writes=chart_writes(args))
     result = simulate(plan=plan, base_dir=base, profile=args.profile, iterations=args.iterations,
                       synchronise=args.synchronise)
     result.timeline.meta["label"] = f"{result.resolved.model.name} {plan.schedule}"

@@ -92,6 +92,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from ..errors import SpecError
     from ..plan import Plan
     from ..validation import Stopped, ValidationFailed, run_validation
+    from .paths import check_paths, plan_reads
 
     options = ValidateOptions.from_args(args)
     if args.gantt:
@@ -100,7 +101,10 @@ def run_validate(args: argparse.Namespace) -> int:
         path = getattr(args, flag)
         if path and not Path(path).resolve().parent.is_dir():
             raise SpecError(f"--{flag.replace('_', '-')}: folder of {path!r} does not exist")
-    Plan.load(args.plan)  # a bad plan is a one-line error before any process starts
+    plan = Plan.load(args.plan)  # a bad plan is a one-line error before any process starts
+    check_paths([("PLAN.json", args.plan), *plan_reads(plan, Path(args.plan).parent)],
+                [("--out", args.out), ("--profile-out", args.profile_out), ("--gantt", args.gantt)],
+                read_back=("--out",))
     try:
         report = run_validation(args.plan, options, args.out)
     except ValidationFailed as err:
@@ -131,7 +135,9 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from ..errors import SpecError
     from ..validation import load_report
+    from .paths import check_paths
 
+    check_paths([("REPORT.json", args.report)], [("--gantt", args.gantt)])
     report = load_report(args.report)
     if args.gantt:
         from ..charts.render import figure_format

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from simulator.timeline import Timeline, bubble_fraction, busy_time, iteration_time
 
 from ..api import simulate
+from ..documents import check_report
 from ..errors import SpecError
 from ..fileio import load_mapping, write_json_atomic
 from ..plan import Plan
@@ -114,7 +115,9 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def load_report(path: str) -> dict[str, Any]:
+    """A validation report from ``path``, every field ``pipeplan compare`` reads checked (``check_report``)."""
     data = load_mapping(path, "report")
     if data.get("kind") != REPORT_KIND or not all(k in data for k in ("measured", "predicted", "apriori")):
         raise SpecError(f"report: {path!r} is not a validation report (written by `pipeplan validate --out`)")
+    check_report(data)
     return data

@@ -1,0 +1,62 @@
+"""What every run of the command line keeps, for the reliability tests: exit 0, or exit 2 with one line on
+stderr that starts ``pipeplan COMMAND: error: FIELD``; never a traceback; and the folder it ran in holds
+what it held before (every input byte for byte, no new file, no file turned into another kind)."""
+import json
+import os
+import stat
+from pathlib import Path
+
+from test_cli import REPO, pipeplan as run_cli  # noqa: F401  (tests/ is on sys.path)
+
+TINY_PLAN = {"model": "model.json", "cluster": "cluster.json", "schedule": "1f1b", "pp": 2, "num_microbatches": 4,
+             "microbatch_size": 1, "layers_per_stage": [5, 5]}
+RECORD = REPO / "validation" / "records" / "cpu-gloo-tiny-1f1b-p2.json"
+
+
+def snapshot(folder) -> dict:
+    """Every entry under ``folder``: a regular file's bytes, a symlink's target, a folder's or special file's
+    file type (os.lstat: links are not followed)."""
+    entries = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                entries[os.path.relpath(path, folder)] = ("symlink", os.readlink(path))
+            elif stat.S_ISREG(mode):
+                entries[os.path.relpath(path, folder)] = Path(path).read_bytes()
+            else:
+                entries[os.path.relpath(path, folder)] = ("type", stat.S_IFMT(mode))
+    return entries
+
+
+def assert_one_line_error(out, command: str, *needles: str) -> str:
+    """Exit 2, one line on stderr, no traceback, the line names each of ``needles``; returns the line."""
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"pipeplan {command}: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def write_inputs(folder: Path) -> dict[str, Path]:
+    """The inputs the commands read, in ``folder``: a plan naming a model and a cluster file beside it, the
+    model and cluster, a saved simulation, and a validation report that keeps both timelines."""
+    from pipeplan.model import MODEL_PRESETS
+    from pipeplan.results import save_simulation
+    from simulator.engine import simulate
+    from simulator.schedules import build_schedule
+    from simulator.workload import uniform_workload
+
+    files = {name: folder / name for name in ("plan.json", "model.json", "cluster.json", "timeline.json", "report.json")}
+    files["plan.json"].write_text(json.dumps(TINY_PLAN))
+    files["model.json"].write_text(json.dumps(MODEL_PRESETS["tiny"].to_dict()))
+    files["cluster.json"].write_bytes((REPO / "validation" / "cpu.json").read_bytes())
+    save_simulation(simulate(uniform_workload(build_schedule("1f1b", 2, 2), 1.0, 1.0, 1.0)), str(files["timeline.json"]))
+    report = json.loads(RECORD.read_text())
+    report["predicted"]["timeline"] = report["measured"]["timeline"]
+    files["report.json"].write_text(json.dumps(report))
+    return files
