@@ -7,9 +7,11 @@ anything in /dev) and a FIFO are written through and stay what they are.
 """
 import json
 import os
+import shutil
 import socket
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -263,3 +265,10 @@ def test_a_failed_write_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatc
     err = capsys.readouterr().err.splitlines()
     assert err == [f"pipeplan schedule: error: --csv: cannot write {str(tmp_path / 's.csv')!r}: No space left on device"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_onto_the_config_json_of_a_hugging_face_model_folder_is_refused(tmp_path):
+    folder = tmp_path / "gpt2"
+    shutil.copytree(Path(__file__).parent / "data" / "hf" / "gpt2", folder)
+    refused(tmp_path, ["simulate", "--model", str(folder), "--pp", "2", "-m", "4", "--timeline",
+                       str(folder / "config.json")], "--timeline", "input --model")

@@ -63,6 +63,8 @@ def spec_reads(flag: str, spec: object, base_dir: str | Path = ".") -> list[Entr
     if not isinstance(spec, str):
         return []
     found = {str(beside(spec, base_dir)), spec}
+    # A Hugging Face model folder is read through the config.json inside it.
+    found |= {os.path.join(path, "config.json") for path in found if os.path.isdir(path)}
     return [(flag, path) for path in sorted(found) if os.path.isfile(path)]
 
 
