@@ -13,10 +13,13 @@ from .errors import SpecError
 
 def load_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """Load a JSON or YAML file holding one mapping; errors name the file and the problem."""
+    from .limits import check_input_file
+
     p = Path(path)
     if not p.is_file():
         fix = "a preset name or a path to a JSON/YAML file" if what in ("model", "cluster") else "the path of an existing file"
         raise SpecError(f"{what}: file {str(p)!r} does not exist; give {fix}")
+    check_input_file(p, what)
     try:
         text = p.read_text()
     except UnicodeDecodeError:
