@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from simulator.checker import check_schedule
-from simulator.ir import Schedule, from_csv
+from simulator.ir import Schedule, ScheduleTooLarge, from_csv
+from simulator.schedules import lookup
 
 from .cluster import ClusterSpec, load_cluster
 from .errors import SpecError
-from simulator.schedules import lookup
-
+from .limits import check, check_csv_schedule, check_input_file, check_model, check_plan_size, limit
 from .lowering import Resolved, generated_schedule, plan_costs
 from .model import ModelSpec, load_model
 from .plan import Plan
@@ -35,9 +35,7 @@ def plan_schedule(plan: Plan, base_dir: str | Path = ".", model: ModelSpec | Non
     """
     if plan.schedule == "custom":
         path = Path(base_dir) / plan.schedule_csv if not Path(plan.schedule_csv).is_absolute() else Path(plan.schedule_csv)
-        if not path.is_file():
-            raise SpecError(f"plan.schedule_csv: file {str(path)!r} does not exist")
-        schedule = from_csv(path.read_text(), name="custom")
+        schedule = read_schedule_csv(path, "plan.schedule_csv")
         check_schedule(schedule)
         return schedule
     entry = lookup(plan.schedule)
@@ -47,12 +45,38 @@ def plan_schedule(plan: Plan, base_dir: str | Path = ".", model: ModelSpec | Non
     return generated_schedule(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks, costs)
 
 
+def read_schedule_csv(path: str | Path, field: str) -> Schedule:
+    """A custom schedule from torch's CSV at ``path``, sized against the limits (``pipeplan.limits``)
+    while it is read and before anything is built from it; errors name ``field``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{field}: file {str(path)!r} does not exist")
+    check_input_file(path, field)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise SpecError(f"{field}: {str(path)!r} is not a text file; give torch's schedule CSV") from None
+    except OSError as err:
+        raise SpecError(f"{field}: cannot read {str(path)!r}: {err.strerror}") from None
+    try:
+        schedule = from_csv(text, name="custom", max_actions=limit("ops"))
+    except ScheduleTooLarge as err:
+        check("ops", err.actions, f"{field}: {str(path)!r}, read as far as its first action past the limit,",
+              "give a smaller schedule")
+        raise  # unreachable: check raises for any count past the limit
+    check_csv_schedule(schedule.num_devices, schedule.num_stages, schedule.num_microbatches, schedule.num_actions())
+    return schedule
+
+
 def resolve(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan: Plan,
             base_dir: str | Path = ".") -> Resolved:
     """Load the specs a plan names and check that model, cluster, plan and schedule agree.
 
     Spec files named by a relative path are looked up next to the plan file (``base_dir``) first.
+    Sizes are checked against the limits before the schedule is built.
     """
     model = load_model(beside(model, base_dir))
+    check_model(model)
+    check_plan_size(plan)
     cluster = load_cluster(beside(cluster, base_dir), plan.nodes)
     return Resolved(model, cluster, plan, plan_schedule(plan, base_dir, model, cluster))
