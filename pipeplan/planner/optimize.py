@@ -7,9 +7,11 @@ from dataclasses import replace
 
 from ..cluster import ClusterSpec, load_cluster
 from ..errors import SpecError, positive_int
+from ..limits import check_model, check_planner_size, in_range
 from ..model import ModelSpec, load_model
 from ..profile import Profile
 from .layout_search import TOP_LAYOUTS, GivenConfig, search_layouts
+from .candidates import schedule_variants
 from .layouts import LayoutPins, enumerate_layouts
 from .request import OptimizeRequest
 from .result import OptimizeResult
@@ -57,6 +59,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     pins = LayoutPins(count, tp, pp, dp, sequence_parallel, distributed_optimizer)
     compare = GivenConfig.parse(compare_config) if isinstance(compare_config, str) else compare_config
     positive_int("global_batch", global_batch)
+    _check_size(spec, global_batch, count, dp, pp, microbatch_sizes, schedules)
     found = enumerate_layouts(spec, cl, global_batch, pins)
     first = found[0]
     if solver_time_limit is None:
@@ -74,6 +77,17 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
         return replace(result, timed_out=timed_out, search_time=time.perf_counter() - started)
     return search_layouts(base, pins, float("inf") if time_limit is None else time_limit - (time.perf_counter() - started),
                           layouts, compare, progress)
+
+
+def _check_size(spec: ModelSpec, global_batch: int, gpus: int, dp: int | None, pp: int | None,
+                microbatch_sizes: list[int] | None, schedules: list[str] | None) -> None:
+    """Refuse a search too large to run (``pipeplan.limits``), before the layouts are listed."""
+    in_range("global_batch", global_batch, "global_batch")
+    for b in microbatch_sizes or ():
+        positive_int("microbatch_sizes", b)
+    check_model(spec)
+    chunks = max(v for _, v in schedule_variants(schedules))
+    check_planner_size(spec, global_batch, gpus, dp, pp, microbatch_sizes, chunks)
 
 
 def _gpus_and_cluster(model, cluster, nodes: int | None, gpus: int | None) -> tuple[ModelSpec, ClusterSpec, int, bool]:
