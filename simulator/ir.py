@@ -127,8 +127,17 @@ class Schedule:
     def num_stages(self) -> int:
         return len(self.stage_to_device)
 
+    @cached_property
+    def _stages_by_device(self) -> dict[int, tuple[int, ...]]:
+        """Each device's stages in order, built once: per-device lookups must not rescan every stage
+        (a loop over p devices would be p^2 = 268 M steps at p = 16,384)."""
+        found: dict[int, list[int]] = {}
+        for s, d in enumerate(self.stage_to_device):
+            found.setdefault(d, []).append(s)
+        return {d: tuple(stages) for d, stages in found.items()}
+
     def stages_of(self, device: int) -> list[int]:
-        return [s for s, d in enumerate(self.stage_to_device) if d == device]
+        return list(self._stages_by_device.get(device, ()))
 
     def num_actions(self) -> int:
         return sum(len(a) for a in self.device_actions)
