@@ -99,12 +99,12 @@ def op_kinds(schedule_name: str) -> int:
 
 
 def check_schedule_size(name: str, devices: int, microbatches: int, chunks: int, iterations: int = 1,
-                        what: str = "schedule") -> None:
+                        what: str = "schedule", fix: str = "lower -p, -m or --iterations") -> None:
     """Refuse a schedule (with ``iterations`` back to back) too large to simulate."""
     ops = schedule_ops(devices, microbatches, chunks, op_kinds(name), iterations)
     reps = f" x {iterations} iterations" if iterations > 1 else ""
-    check("ops", ops, f"{what}: {name} at p={devices:,}, m={microbatches:,}, v={chunks}{reps}",
-          "lower -p, -m or --iterations", f" (about {_gigabytes(ops)} to simulate)")
+    check("ops", ops, f"{what}: {name} at p={devices:,}, m={microbatches:,}, v={chunks}{reps}", fix,
+          f" (about {_gigabytes(ops)} to simulate)")
 
 
 def check_search_size(devices: int, microbatches: int, chunks: int, split_backward: bool) -> None:
@@ -137,7 +137,8 @@ def check_plan_size(plan, iterations: int = 1) -> None:
     check("layers", plan.num_stages - 2, f"plan.layers_per_stage: {plan.num_stages:,} stages (minus the embedding "
           "and head)", "give one entry per stage")
     if plan.schedule != "custom":
-        check_schedule_size(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks, iterations, what="plan")
+        check_schedule_size(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks, iterations, what="plan",
+                            fix="lower pp or the micro-batches (-m), or --iterations")
     elif iterations > 1:
         ops = schedule_ops(1, plan.num_microbatches, plan.num_stages, 2, iterations)
         check("ops", ops, f"plan: its custom schedule's {plan.num_stages:,} stages x {plan.num_microbatches:,} "
@@ -216,6 +217,7 @@ RANGES: dict[str, Range] = {
     "bandwidth": Range(1e3, 1e16, "B/s"),
     "flops": Range(1e6, 1e20, "FLOP/s"),
     "memory_bytes": Range(1e3, 1e18, "B"),
+    "bytes": Range(1e-3, 1e18, "B", zero=True),  # measured bytes (a profile's boundary tensors)
     "fraction": Range(1e-3, 1.0, ""),
     "oversubscription": Range(1.0, 1e6, ""),
     "per_node": Range(1, 4096, ""),  # GPUs or NICs per node

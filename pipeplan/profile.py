@@ -28,6 +28,7 @@ from simulator.workload import Link, Network, PairLinks
 
 from .errors import SpecError, positive_int, positive_number
 from .fileio import load_mapping, write_json_atomic
+from .limits import in_range
 
 PROFILE_KIND = "pipeplan.profile"
 PROFILE_VERSION = 1
@@ -53,6 +54,7 @@ class StageProfile:
         for name in ("forward", "backward", "backward_input", "backward_weight", "send_forward_bytes",
                      "send_backward_bytes"):
             positive_number(f"profile.stages.{name}", getattr(self, name), allow_zero=True)
+            in_range(f"profile.stages.{name}", getattr(self, name), "bytes" if name.endswith("bytes") else "time")
         if not isinstance(self.recompute, bool):
             raise SpecError(f"profile.stages.recompute: must be true or false (got {self.recompute!r})")
 
@@ -73,8 +75,11 @@ class LinkProfile:
 
     def __post_init__(self) -> None:
         positive_number("profile.links.latency", self.latency, allow_zero=True)
+        in_range("profile.links.latency", self.latency, "latency")
         if not (self.bandwidth > 0):
             raise SpecError(f"profile.links.bandwidth: must be > 0 (got {self.bandwidth!r})")
+        if self.bandwidth != math.inf:  # unmeasured: no limit
+            in_range("profile.links.bandwidth", self.bandwidth, "bandwidth")
 
 
 @dataclass(frozen=True)

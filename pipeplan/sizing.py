@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from .cluster import ClusterSpec, load_cluster
 from .errors import SpecError, positive_int
-from .limits import check_model
+from .limits import check, check_cluster_size, check_model
 from .model import ModelSpec, load_model
 from .parallel import check_sequence_parallel, check_tensor_group
 from .plan import Plan, even_split
@@ -91,6 +91,10 @@ def make_plan(model: str | dict | ModelSpec, cluster: str | dict | ClusterSpec =
     spec = load_model(model)
     check_model(spec)
     base = load_cluster(cluster)
+    if nodes is not None:
+        check_cluster_size(positive_int("--nodes", nodes), base.gpus_per_node, "--nodes")
+    if gpus is not None:
+        check("gpus", positive_int("--gpus", gpus), "--gpus", "lower --gpus")
     if schedule not in SCHEDULES:
         raise SpecError(f"schedule: unknown {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     sizing = derive_sizing(base.gpus_per_node, base.nodes, tp=tp, pp=pp, dp=dp, gpus=gpus, nodes=nodes)
