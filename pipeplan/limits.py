@@ -102,7 +102,7 @@ def check_schedule_size(name: str, devices: int, microbatches: int, chunks: int,
                         what: str = "schedule", fix: str = "lower -p, -m or --iterations") -> None:
     """Refuse a schedule (with ``iterations`` back to back) too large to simulate."""
     ops = schedule_ops(devices, microbatches, chunks, op_kinds(name), iterations)
-    reps = f" x {iterations} iterations" if iterations > 1 else ""
+    reps = f" x {iterations:,} iterations" if iterations > 1 else ""
     check("ops", ops, f"{what}: {name} at p={devices:,}, m={microbatches:,}, v={chunks}{reps}", fix,
           f" (about {_gigabytes(ops)} to simulate)")
 

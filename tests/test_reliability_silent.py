@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pipeplan.cli import main
@@ -255,20 +255,84 @@ cell = st.one_of(
     st.builds(lambda s, k, m: f"{s}{k}{m}", st.integers(0, 10**12), st.sampled_from("FBIWX"), st.integers(0, 10**12)),
     st.sampled_from(["", " ", "0REDUCE_GRAD", "(0F0;1B0)OVERLAP_F_B", "F", "0F", "1e3F0", '"0F0', "\x00"]),
 )
-csv_text = st.lists(st.lists(cell, max_size=6).map(",".join), max_size=5).map(
-    lambda rows: "\n".join(rows)) | st.text(max_size=40)
+
+
+@st.composite
+def csv_text(draw):
+    """A generated schedule's CSV, then maybe damaged: blank lines, an empty row, one cell replaced, or noise."""
+    from simulator import build_schedule, to_csv
+
+    name = draw(st.sampled_from(["gpipe", "1f1b", "zb-h1"]))
+    rows = to_csv(build_schedule(name, draw(st.integers(1, 3)), draw(st.integers(1, 4)))).splitlines()
+    damage = draw(st.sampled_from(["none", "trailing", "empty row", "cell", "noise"]))
+    if damage == "trailing":
+        rows += [""] * draw(st.integers(1, 3))
+    elif damage == "empty row":
+        rows.insert(draw(st.integers(0, len(rows))), "")
+    elif damage == "cell":
+        r = draw(st.integers(0, len(rows) - 1))
+        cells = rows[r].split(",")
+        cells[draw(st.integers(0, len(cells) - 1))] = draw(cell)
+        rows[r] = ",".join(cells)
+    elif damage == "noise":
+        return draw(st.text(max_size=40))
+    return "\n".join(rows) + "\n"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=csv_text)
+@given(text=csv_text())
 def test_random_csvs_give_a_result_or_one_line(tmp_path, capsys, text):
     path = tmp_path / "s.csv"
     path.write_text(text)
     code = main(["simulate", "--model", "tiny", "--schedule-csv", str(path), "--json"])
     out, err = capsys.readouterr()
+    event(f"exit {code}")
     assert code in (0, 2)
     if code == 0:
         data = strict_json(out)
         assert err == "" and data["pp"] >= 1 and math.isfinite(data["iteration_time"])
+    else:
+        assert out == "" and len(err.splitlines()) == 1 and err.startswith("pipeplan simulate: error: ")
+
+
+# --- property: random plans and clusters with extreme numbers give a finite result or one line -------
+
+EXTREME = [0, -1, 10**20, 1e20, 2.5, 1e308, -1e308, 1e-300, float("nan"), float("inf"), "4", None, True]
+SOUND = {"pp": [1, 2, 4], "num_microbatches": [1, 2, 5, 8], "chunks": [1, 2], "microbatch_size": [1, 2],
+         "seq_len": [None, 16, 64], "peak_flops": [1e6, 989e12, 1e20], "memory_bytes": [1e3, 80e9, 1e18],
+         "bandwidth": [1e3, 50e9, 1e16], "latency": [0.0, 1e-12, 5e-6, 100.0]}
+CLUSTER_SECTION = {"peak_flops": "gpu", "memory_bytes": "gpu", "bandwidth": "inter", "latency": "intra"}
+
+
+@st.composite
+def plan_and_cluster(draw):
+    """Sound values in every field (the ranges' ends included), then none, one or two fields made extreme."""
+    values = {field: draw(st.sampled_from(choices)) for field, choices in SOUND.items()}
+    for field in draw(st.one_of(st.just([]), st.lists(st.sampled_from(list(SOUND)), min_size=1, max_size=2))):
+        values[field] = draw(st.sampled_from(EXTREME))
+    return values
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=plan_and_cluster())
+def test_random_plans_and_clusters_give_a_finite_result_or_one_line(tmp_path, capsys, values):
+    cluster = {"base": "dgx-h100", "gpu": {}, "inter": {}, "intra": {}}
+    for field, section in CLUSTER_SECTION.items():
+        cluster[section][field] = values[field]
+    (tmp_path / "c.json").write_text(json.dumps(cluster))
+    pp, chunks = values["pp"], values["chunks"]
+    stages = pp * chunks if all(type(x) is int and 0 < x < 10 for x in (pp, chunks)) else 2
+    layers = [10 // stages + (1 if k < 10 % stages else 0) for k in range(stages)] if stages <= 10 else [5, 5]
+    plan = {"model": "tiny", "cluster": "c.json", "schedule": "interleaved" if chunks != 1 else "1f1b",
+            "layers_per_stage": layers, **{f: values[f] for f in ("pp", "num_microbatches", "chunks",
+                                                                    "microbatch_size", "seq_len")}}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    code = main(["simulate", str(tmp_path / "plan.json"), "--json"])
+    out, err = capsys.readouterr()
+    event(f"exit {code}")
+    assert code in (0, 2)
+    if code == 0:
+        data = strict_json(out)
+        assert math.isfinite(data["iteration_time"]) and data["iteration_time"] > 0
     else:
         assert out == "" and len(err.splitlines()) == 1 and err.startswith("pipeplan simulate: error: ")
