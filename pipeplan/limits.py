@@ -159,21 +159,40 @@ def check_model(model) -> None:
             in_range(f"model.{field}", value, field)
 
 
-def check_planner_size(model, global_batch: int, gpus: int, dp: int | None, pp: int | None,
-                       microbatch_sizes, max_chunks: int = 4) -> None:
+def check_planner_size(model, global_batch: int, gpus: int, gpus_per_node: int, microbatch_sizes,
+                       max_chunks: int = 4, tp: int | None = None, pp: int | None = None, dp: int | None = None) -> None:
     """Refuse a planner search whose largest candidate would be too large to simulate.
 
-    The largest: the smallest micro-batch size b (1 unless sizes are given), on the fewest replicas
-    (``dp`` or 1), so m = global batch / (dp x b) micro-batches, over as many stages as the model
-    has pipeline layers (or pp x chunks when pp is pinned), F, I and W each.
+    Over the layouts tp x pp x dp = ``gpus`` the pins allow (tp dividing a node, pp at most the model's
+    pipeline layers, dp dividing the global batch), the largest simulation is the one with the fewest
+    replicas and the smallest micro-batch size b (1 unless sizes are given): m = global batch /
+    (dp x b) micro-batches over pp x chunks stages (at most one per layer), F, I and W each.
     """
     b = min(microbatch_sizes) if microbatch_sizes else 1
-    m = max(1, global_batch // ((dp or 1) * b))
-    stages = min(model.num_pipeline_layers, (pp or gpus) * max_chunks)
-    ops = schedule_ops(1, m, stages, kinds=3)
-    check("ops", ops, f"optimize: global batch {global_batch:,}, as m = {m:,} micro-batches of b = {b} over up to "
-          f"{stages:,} stages,", "give larger --microbatch-sizes or a smaller --global-batch",
-          f" (about {_gigabytes(ops)} to simulate)")
+    layers = model.num_pipeline_layers
+    worst = None
+    for t in ([tp] if tp is not None else _divisors(gpus_per_node)):
+        if gpus % t:
+            continue
+        for p in ([pp] if pp is not None else _divisors(gpus // t)):
+            d = gpus // (t * p) if dp is None else dp
+            if t * p * d != gpus or p > layers or global_batch % d:
+                continue
+            m = max(1, global_batch // (d * b))
+            ops = schedule_ops(1, m, min(layers, p * max_chunks), kinds=3)
+            if worst is None or ops > worst[0]:
+                worst = (ops, t, p, d, m)
+    if worst is None:
+        return  # no layout fits the pins: the planner says so itself, before any work
+    ops, t, p, d, m = worst
+    check("ops", ops, f"optimize: global batch {global_batch:,} on tp={t} pp={p} dp={d} is m = {m:,} micro-batches "
+          f"of b = {b} over up to {min(layers, p * max_chunks):,} stages, which", "give larger --microbatch-sizes, "
+          "a smaller --global-batch or a larger --dp", f" (about {_gigabytes(ops)} to simulate)")
+
+
+def _divisors(n: int) -> list[int]:
+    small = [k for k in range(1, math.isqrt(n) + 1) if n % k == 0]
+    return small + [n // k for k in reversed(small) if k * k != n]
 
 
 def check_input_file(path, what: str) -> None:

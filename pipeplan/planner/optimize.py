@@ -59,7 +59,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     pins = LayoutPins(count, tp, pp, dp, sequence_parallel, distributed_optimizer)
     compare = GivenConfig.parse(compare_config) if isinstance(compare_config, str) else compare_config
     positive_int("global_batch", global_batch)
-    _check_size(spec, global_batch, count, dp, pp, microbatch_sizes, schedules)
+    _check_size(spec, cl, global_batch, count, tp, pp, dp, microbatch_sizes, schedules)
     found = enumerate_layouts(spec, cl, global_batch, pins)
     first = found[0]
     if solver_time_limit is None:
@@ -79,15 +79,18 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
                           layouts, compare, progress)
 
 
-def _check_size(spec: ModelSpec, global_batch: int, gpus: int, dp: int | None, pp: int | None,
-                microbatch_sizes: list[int] | None, schedules: list[str] | None) -> None:
+def _check_size(spec: ModelSpec, cluster: ClusterSpec, global_batch: int, gpus: int, tp: int | None, pp: int | None,
+                dp: int | None, microbatch_sizes: list[int] | None, schedules: list[str] | None) -> None:
     """Refuse a search too large to run (``pipeplan.limits``), before the layouts are listed."""
     in_range("global_batch", global_batch, "global_batch")
+    for name, value in (("tp", tp), ("pp", pp), ("dp", dp)):
+        if value is not None:
+            positive_int(name, value)
     for b in microbatch_sizes or ():
         positive_int("microbatch_sizes", b)
     check_model(spec)
     chunks = max(v for _, v in schedule_variants(schedules))
-    check_planner_size(spec, global_batch, gpus, dp, pp, microbatch_sizes, chunks)
+    check_planner_size(spec, global_batch, gpus, cluster.gpus_per_node, microbatch_sizes, chunks, tp, pp, dp)
 
 
 def _gpus_and_cluster(model, cluster, nodes: int | None, gpus: int | None) -> tuple[ModelSpec, ClusterSpec, int, bool]:

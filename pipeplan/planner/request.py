@@ -83,7 +83,8 @@ class OptimizeRequest:
         if microbatch_sizes is not None:
             _check_microbatch_sizes(microbatch_sizes, global_batch // dp)
         variants = tuple(schedule_variants(schedules))
-        check_planner_size(spec, global_batch, cl.num_gpus, dp, pp, microbatch_sizes, max(v for _, v in variants))
+        check_planner_size(spec, global_batch, tp * pp * dp, cl.gpus_per_node, microbatch_sizes,
+                           max(v for _, v in variants), tp, pp, dp)
         prof = load_profile(profile)
         if prof is not None:
             seq_len, microbatch_sizes = _profile_shapes(prof, spec, seq_len, microbatch_sizes)
