@@ -225,7 +225,9 @@ class Range:
     zero: bool = False
 
     def text(self) -> str:
-        return (f"{'0 or ' if self.zero else ''}{self.low:g} .. {self.high:g}" + (f" {self.unit}" if self.unit else ""))
+        ends = (f"{self.low:,} .. {self.high:,}" if isinstance(self.low, int) and isinstance(self.high, int)
+                else f"{self.low:g} .. {self.high:g}")
+        return f"{'0 or ' if self.zero else ''}{ends}" + (f" {self.unit}" if self.unit else "")
 
 
 RANGES: dict[str, Range] = {
