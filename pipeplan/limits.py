@@ -50,6 +50,11 @@ LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
     Limit("layers", 50_000, "PIPEPLAN_MAX_LAYERS", "layers", "transformer blocks of a model (num_layers)"),
     Limit("input_bytes", 64 * 2**20, "PIPEPLAN_MAX_INPUT_BYTES", "bytes",
           "size of an input file (schedule CSV, plan, model, cluster, profile)"),
+    # Charts, traces and saved timelines cost more per op than the simulation: at 524,288 ops a trace
+    # took 33 s and 2.0 GB (a 306 MB file), a timeline 18 s and 1.5 GB (120 MB), a Gantt chart 10 s and
+    # 0.4 GB. At the default a saved timeline stays under the input limit, so it can be drawn again.
+    Limit("output_ops", 250_000, "PIPEPLAN_MAX_OUTPUT_OPS", "ops",
+          "ops drawn or written by --gantt, --memory-plot, --trace and --timeline"),
 )}
 
 
@@ -126,6 +131,13 @@ def check_csv_schedule(num_devices: int, num_stages: int, num_microbatches: int,
           " (numbered from 0, each stage runs F and B of every micro-batch)")
 
 
+def plan_ops(plan, iterations: int = 1) -> int:
+    """Compute ops of a plan's schedule run ``iterations`` times (a custom one: F and B per stage and micro-batch)."""
+    if plan.schedule == "custom":
+        return schedule_ops(1, plan.num_microbatches, plan.num_stages, 2, iterations)
+    return schedule_ops(plan.pp, plan.num_microbatches, plan.chunks, op_kinds(plan.schedule), iterations)
+
+
 def check_plan_size(plan, iterations: int = 1) -> None:
     """Refuse a plan (a ``pipeplan.plan.Plan``) too large to simulate, before its schedule is built.
 
@@ -140,9 +152,14 @@ def check_plan_size(plan, iterations: int = 1) -> None:
         check_schedule_size(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks, iterations, what="plan",
                             fix="lower pp or the micro-batches (-m), or --iterations")
     elif iterations > 1:
-        ops = schedule_ops(1, plan.num_microbatches, plan.num_stages, 2, iterations)
-        check("ops", ops, f"plan: its custom schedule's {plan.num_stages:,} stages x {plan.num_microbatches:,} "
-              f"micro-batches x {iterations} iterations", "lower --iterations")
+        check("ops", plan_ops(plan, iterations), f"plan: its custom schedule's {plan.num_stages:,} stages x "
+              f"{plan.num_microbatches:,} micro-batches x {iterations:,} iterations", "lower --iterations")
+
+
+def check_output_size(ops: int, flags: list[str]) -> None:
+    """Refuse charts, traces and timelines of more than the output limit's ops (``flags``: those asked for)."""
+    if flags:
+        check("output_ops", ops, f"{flags[0]}: the simulation to draw or write", f"drop {' and '.join(flags)}")
 
 
 def check_cluster_size(nodes: int, gpus_per_node: int, what: str = "cluster") -> None:

@@ -16,6 +16,7 @@ from simulator.timeline import Timeline
 
 from .errors import SpecError
 from .fileio import load_mapping, write_json_atomic
+from .limits import check_input_file
 
 DOCUMENT_KIND = "pipeplan.simulation"
 DOCUMENT_VERSION = 1
@@ -67,6 +68,7 @@ def load_timelines(path: str) -> list[tuple[str, Timeline]]:
 def is_plan_document(path: str) -> bool:
     if not Path(path).is_file():
         raise SpecError(f"input: file {path!r} does not exist")
+    check_input_file(path, "input")
     try:
         data = json.loads(Path(path).read_text())
     except ValueError:

@@ -73,6 +73,15 @@ def test_a_bad_limit_value_names_the_variable(tmp_path, value):
             "PIPEPLAN_MAX_OPS", repr(value))
 
 
+def test_charts_and_traces_have_their_own_limit(tmp_path):
+    # 1F1B at p=64, m=4096: 524,288 ops simulate under the ops limit, but drawing them is refused first
+    refused(run("schedule", "1f1b", "-p", "64", "-m", "4096", "--trace", "t.json", "--gantt", "g.png", cwd=tmp_path),
+            "--gantt:", "524,288 ops", "drop --gantt and --trace", "PIPEPLAN_MAX_OUTPUT_OPS")
+    # tiny at pp=2: 2 x 100,000 x F and B = 400,000 ops
+    refused(run("simulate", "--model", "tiny", "--pp", "2", "-m", "100000", "--timeline", "t.json", cwd=tmp_path),
+            "--timeline:", "400,000 ops")
+
+
 def test_schedule_search_has_its_own_smaller_limit(tmp_path):
     # CP-SAT holds one interval per op: 64 x 512 x 3 (F, I, W) = 98,304
     refused(run("schedule", "search", "-p", "64", "-m", "512", cwd=tmp_path), "98,304 ops", "PIPEPLAN_MAX_SEARCH_OPS")

@@ -61,3 +61,9 @@ def write_outputs(args: argparse.Namespace, result: SimResult, title: str | None
         save_simulation(result, args.timeline)
         written.append(args.timeline)
     return written
+
+
+def output_flags(args: argparse.Namespace) -> list[str]:
+    """The chart and trace flags given, as written (their work is sized by ``limits.check_output_size``)."""
+    return [f"--{name.replace('_', '-')}" for name in ("gantt", "memory_plot", "trace", "timeline")
+            if getattr(args, name, None)]

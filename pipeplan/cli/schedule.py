@@ -11,9 +11,9 @@ from simulator.stage_times import StageTimes
 from simulator.workload import uniform_workload
 
 from ..fileio import write_atomic
-from ..limits import check_schedule_size, check_search_size
+from ..limits import check_output_size, check_schedule_size, check_search_size, op_kinds, schedule_ops
 from .argtypes import count, duration
-from .chart_outputs import add_output_arguments, check_output_arguments, write_outputs
+from .chart_outputs import add_output_arguments, check_output_arguments, output_flags, write_outputs
 from .iterations import add_iterations_arguments, check_iterations_arguments, iterations_line
 from .output import fmt_pct, print_json, table
 from .schedule_search import SEARCH, add_search_arguments, check_search_arguments, run_search, search_lines, \
@@ -59,6 +59,8 @@ def check_sizes(args: argparse.Namespace) -> None:
     else:
         name, chunks = args.name, SCHEDULES[args.name].default_chunks if args.chunks is None else args.chunks
     check_schedule_size(name, args.devices, args.microbatches, chunks, args.iterations)
+    ops = schedule_ops(args.devices, args.microbatches, chunks, op_kinds(name), args.iterations)
+    check_output_size(ops, output_flags(args))
 
 
 def run(args: argparse.Namespace) -> int:

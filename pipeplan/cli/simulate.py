@@ -7,13 +7,13 @@ from pathlib import Path
 
 from ..api import PlanResult, simulate
 from ..errors import SpecError
-from ..limits import check_model, check_plan_size
+from ..limits import check_model, check_output_size, check_plan_size, plan_ops
 from ..model import load_model
 from ..plan import RECOMPUTE_CHOICES, Plan, even_split
 from ..sizing import make_plan
 from ..specs import read_schedule_csv
 from .argtypes import bounded_count, count
-from .chart_outputs import add_output_arguments, check_output_arguments, write_outputs
+from .chart_outputs import add_output_arguments, check_output_arguments, output_flags, write_outputs
 from .iterations import add_iterations_arguments, check_iterations_arguments, iterations_line
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json, table
 
@@ -200,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
     check_iterations_arguments(args)
     plan, base = plan_from_args(args)
     check_plan_size(plan, args.iterations)
+    check_output_size(plan_ops(plan, args.iterations), output_flags(args))
     result = simulate(plan=plan, base_dir=base, profile=args.profile, iterations=args.iterations,
                       synchronise=args.synchronise)
     result.timeline.meta["label"] = f"{result.resolved.model.name} {plan.schedule}"
