@@ -177,7 +177,8 @@ def check_model(model) -> None:
 
 
 def check_planner_size(model, global_batch: int, gpus: int, gpus_per_node: int, microbatch_sizes,
-                       max_chunks: int = 4, tp: int | None = None, pp: int | None = None, dp: int | None = None) -> None:
+                       max_chunks: int = 4, tp: int | None = None, pp: int | None = None,
+                       dp: int | None = None) -> None:
     """Refuse a planner search whose largest candidate would be too large to simulate.
 
     Over the layouts tp x pp x dp = ``gpus`` the pins allow (tp dividing a node, pp at most the model's

@@ -226,7 +226,8 @@ class Topology:
             if len(nodes) > 1:
                 nic = nic_of(cluster, local)
                 leaf = leaf_of(cluster, node, nic)
-                ports.update(dict.fromkeys((port_name(nic_node(node, nic), leaf), port_name(leaf, nic_node(node, nic)))))
+                card = nic_node(node, nic)
+                ports.update(dict.fromkeys((port_name(card, leaf), port_name(leaf, card))))
                 leaves[leaf] = None
         if cluster.leaf_spine and len(leaves) > 1:
             for leaf in leaves:

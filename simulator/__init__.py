@@ -22,5 +22,6 @@ from .workload import (Collective, Link, LinkTable, Network, PairLinks, StageCos
 
 __all__ += [
     "SimResult", "simulate", "OpRecord", "Timeline", "TransferRecord", "bubble_fraction", "busy_time",
-    "iteration_time", "Collective", "Link", "LinkTable", "PairLinks", "UniformLinks", "Network", "StageCost", "Workload", "times_workload", "uniform_network", "uniform_workload",
+    "iteration_time", "Collective", "Link", "LinkTable", "PairLinks", "UniformLinks", "Network", "StageCost",
+    "Workload", "times_workload", "uniform_network", "uniform_workload",
 ]
