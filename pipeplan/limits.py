@@ -36,23 +36,23 @@ class Limit:
 
 
 LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
-    # ~0.85 KB of memory and ~10 us per compute op with its transfer (1f1b p=512 m=1024, 1,048,576
-    # ops: 0.89 GB, 10.5 s), so the default keeps one simulation under about 2 GB and half a minute.
+    # ~0.8 KB of memory and 3-8 us per compute op with its transfer (1f1b p=512 m=1953, 1,999,872 ops:
+    # 1.6 GB, 6.5 s on an idle core), so the default keeps one simulation under about 2 GB.
     Limit("ops", 2_000_000, "PIPEPLAN_MAX_OPS", "ops",
           "ops in one simulation: devices x chunks x micro-batches x op kinds (F, B or F, I, W) x iterations; "
           "for the planner, its largest candidate"),
-    # CP-SAT's model grows faster than the simulator's: p=16 m=256 (12,288 ops) took 29 s and 0.2 GB.
+    # CP-SAT's model grows faster than the simulator's: p=16 m=256 (12,288 ops) took 21-29 s, 0.2-0.5 GB.
     Limit("search_ops", 20_000, "PIPEPLAN_MAX_SEARCH_OPS", "ops",
           "ops of `pipeplan schedule search` (CP-SAT holds one interval per op)"),
-    # The cluster graph: 16,384 GPUs take 1.0 s and 45 MB (its routes are computed per pair used).
+    # The cluster graph: 16,384 GPUs take about 1 s and 45 MB (routes are computed per pair used).
     Limit("gpus", 131_072, "PIPEPLAN_MAX_GPUS", "GPUs", "GPUs of a cluster (nodes x gpus_per_node)"),
-    # Linear in the layers since each lookup is O(1): 20,000 blocks simulate in 3-6 s.
+    # Linear in the layers since each lookup is O(1): 20,000 blocks simulate in 1.5 s.
     Limit("layers", 50_000, "PIPEPLAN_MAX_LAYERS", "layers", "transformer blocks of a model (num_layers)"),
     Limit("input_bytes", 64 * 2**20, "PIPEPLAN_MAX_INPUT_BYTES", "bytes",
           "size of an input file (schedule CSV, plan, model, cluster, profile)"),
     # Charts, traces and saved timelines cost more per op than the simulation: at 524,288 ops a trace
-    # took 33 s and 2.0 GB (a 306 MB file), a timeline 18 s and 1.5 GB (120 MB), a Gantt chart 10 s and
-    # 0.4 GB. At the default a saved timeline stays under the input limit, so it can be drawn again.
+    # took 23 s and 2.0 GB (a 306 MB file), a timeline 13 s and 1.5 GB (120 MB), a Gantt chart 8.5 s and
+    # 0.8 GB. At the default a saved timeline stays under the input limit, so it can be drawn again.
     Limit("output_ops", 250_000, "PIPEPLAN_MAX_OUTPUT_OPS", "ops",
           "ops drawn or written by --gantt, --memory-plot, --trace and --timeline"),
 )}
@@ -222,8 +222,9 @@ def check_input_file(path, what: str) -> None:
     check("input_bytes", size, f"{what}: {str(path)!r}", "give a smaller file")
 
 
-# Memory per compute op with its transfer, measured (see LIMITS["ops"]); only to say how big a refused job is.
-BYTES_PER_OP = 850
+# Memory per compute op with its transfer, measured (1,622 MB at 1,999,872 ops, see LIMITS["ops"]); only to
+# say how big a refused job is.
+BYTES_PER_OP = 810
 
 
 def _gigabytes(ops: int) -> str:
