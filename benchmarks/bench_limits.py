@@ -10,8 +10,11 @@ and wall time, so one case's memory never counts against another's:
 * ``layers``: ``pipeplan simulate`` of a 20,000-block model, pp = 8, m = 8 (10.8 s when every
   layer lookup rebuilt the list of layer kinds);
 * ``at-limit``: ``pipeplan schedule 1f1b -p 512 -m 1953``, the largest m at p = 512 under the
-  default ops limit (1,999,872 ops);
-* ``refused``: ``pipeplan schedule 1f1b -p 512 -m 16384`` (16,777,216 ops), refused up front.
+  default ops limit (1,999,872 ops); ``simulate-at-limit``: ``pipeplan simulate --model tiny --pp 8
+  -m 125000`` (2,000,000 ops, through lowering and the breakdowns);
+* ``refused``: ``pipeplan schedule 1f1b -p 512 -m 16384`` (16,777,216 ops), refused up front;
+* ``plain``, ``trace``, ``timeline``, ``gantt``: ``schedule 1f1b -p 64 -m 4096`` (524,288 ops) without
+  outputs and with each output, the output limit raised for them (what its default is set from).
 
     python benchmarks/bench_limits.py            # every case
     python benchmarks/bench_limits.py layers     # one
@@ -72,12 +75,27 @@ def case_at_limit() -> str:
     return f"exit {_cli('schedule', '1f1b', '-p', '512', '-m', '1953')}"
 
 
+def case_simulate_at_limit() -> str:
+    return f"exit {_cli('simulate', '--model', 'tiny', '--pp', '8', '-m', '125000')}"
+
+
 def case_refused() -> str:
     return f"exit {_cli('schedule', '1f1b', '-p', '512', '-m', '16384')}"
 
 
+def _with_output(flag: str | None, suffix: str) -> str:
+    os.environ["PIPEPLAN_MAX_OUTPUT_OPS"] = "600000"
+    with tempfile.TemporaryDirectory() as folder:
+        extra = [flag, str(Path(folder) / f"out{suffix}")] if flag else []
+        code = _cli("schedule", "1f1b", "-p", "64", "-m", "4096", *extra)
+        size = sum(p.stat().st_size for p in Path(folder).iterdir())
+    return f"exit {code}" + (f", {size / 1e6:.1f} MB written" if flag else "")
+
+
 CASES = {"topology": case_topology, "uniform": case_uniform, "layers": case_layers, "at-limit": case_at_limit,
-         "refused": case_refused}
+         "simulate-at-limit": case_simulate_at_limit, "refused": case_refused,
+         "plain": lambda: _with_output(None, ""), "trace": lambda: _with_output("--trace", ".json"),
+         "timeline": lambda: _with_output("--timeline", ".json"), "gantt": lambda: _with_output("--gantt", ".png")}
 
 
 def run_case(name: str) -> None:
@@ -97,7 +115,7 @@ def main(names: list[str]) -> None:
             print(f"{name}: failed\n{out.stderr}")
             continue
         row = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{row['case']:9s} {row['seconds']:7.2f} s  peak RSS {row['peak_rss_mb']:6,d} MB  {row['note']}")
+        print(f"{row['case']:17s} {row['seconds']:7.2f} s  peak RSS {row['peak_rss_mb']:6,d} MB  {row['note']}")
 
 
 if __name__ == "__main__":
