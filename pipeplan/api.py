@@ -11,6 +11,7 @@ from simulator.workload import Workload
 
 from .breakdown import CommunicationBreakdown, MemoryParts, communication_breakdown, memory_breakdown
 from .cluster import ClusterSpec
+from .limits import check_plan_size
 from .lowering import Resolved, build_workload, stage_works
 from .metrics import IterationFlops, flops_per_gpu, iteration_flops, tokens_per_second
 from .model import ModelSpec
@@ -172,6 +173,8 @@ def simulate(model: ModelSpec | str | dict | None = None, cluster: ClusterSpec |
         model, cluster = None, None
     elif layout:
         raise TypeError(f"simulate(): {', '.join(sorted(layout))} describe a plan; give them or a plan, not both")
+    if isinstance(iterations, int) and iterations > 1:
+        check_plan_size(plan, iterations)  # one iteration is sized where the plan is resolved
     workload, resolved = lower(model if model is not None else plan.model,
                                cluster if cluster is not None else plan.cluster, plan, base_dir, profile=profile)
     if iterations < 1:

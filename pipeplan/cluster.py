@@ -17,6 +17,7 @@ from simulator.workload import Link, Network
 
 from .errors import SpecError, name_text, positive_int, positive_number
 from .fileio import load_mapping
+from .limits import check_cluster_values
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class ClusterSpec:
         if self.oversubscription != 1 and not self.leaf_spine:
             raise SpecError("cluster.oversubscription: a single switch has no uplinks to oversubscribe; "
                             "set nodes_per_leaf or rail_optimized")
+        check_cluster_values(self)  # ranges no result overflows in, and the GPU limit of the graph
 
     @property
     def leaf_spine(self) -> bool:

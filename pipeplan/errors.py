@@ -29,6 +29,8 @@ def positive_int(field: str, value: object) -> int:
 
 def positive_number(field: str, value: object, allow_zero: bool = False) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and isinstance(value, int) and abs(value) > 2**1023:
+        ok = False  # float() of it would raise OverflowError
     if ok:
         value = float(value)
         ok = value >= 0 if allow_zero else value > 0

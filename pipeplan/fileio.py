@@ -33,6 +33,8 @@ WRITE_THROUGH = ("character device", "FIFO")
 
 def load_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """Load a JSON or YAML file holding one mapping; errors name the file and the problem."""
+    from .limits import check_input_file
+
     p = Path(path)
     if not p.is_file():
         if p.is_dir():
@@ -43,6 +45,7 @@ def load_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
                  "cluster": "a preset name or a path to a JSON/YAML file"}
         fix = fixes.get(what, "the path of an existing file")
         raise SpecError(f"{what}: file {str(p)!r} does not exist; give {fix}")
+    check_input_file(p, what)
     text = read_text(p, what, "a JSON or YAML file")
     try:
         if p.suffix.lower() in (".yaml", ".yml"):

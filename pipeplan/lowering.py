@@ -127,7 +127,7 @@ def build_workload(r: Resolved, profile: Profile | None = None,
     network = r.cluster.network(plan.gpus())
     if profile is not None:
         profile.check_plan(r.model.name, plan.layers_per_stage, plan.microbatch_size, s)
-        kinds = [[r.model.layer_kinds[i] for i in plan.stage_layers(k)] for k in range(plan.num_stages)]
+        kinds = [[r.model.layer_kind(i) for i in plan.stage_layers(k)] for k in range(plan.num_stages)]
         stages = tuple(measured_stage_cost(c, m, plan.recompute_of(k))
                        for k, (c, m) in enumerate(zip(stages, profile.stage_profiles(kinds))))
         network = profile.network(network)

@@ -168,8 +168,19 @@ class ModelSpec:
 
     @property
     def layer_kinds(self) -> list[str]:
-        """Layer i of the pipeline: the embedding, the blocks, then the final norm + LM head."""
+        """Layer i of the pipeline: the embedding, the blocks, then the final norm + LM head.
+
+        A new list of num_layers + 2 on every call: look one layer up with ``layer_kind``.
+        """
         return [EMBEDDING] + [BLOCK] * self.num_layers + [HEAD]
+
+    def layer_kind(self, index: int) -> str:
+        """The kind of pipeline layer ``index`` (as ``layer_kinds[index]``, negative indices too), in O(1)."""
+        n = self.num_layers + 2
+        if not -n <= index < n:
+            raise IndexError(f"layer {index} is not among {self.name}'s {n} pipeline layers")
+        index %= n
+        return EMBEDDING if index == 0 else HEAD if index == n - 1 else BLOCK
 
     @property
     def num_pipeline_layers(self) -> int:
@@ -192,7 +203,7 @@ class ModelSpec:
         """Layer ``index`` for ``microbatch`` sequences of ``seq_len`` on one of ``tp`` tensor-parallel ranks."""
         s = seq_len or self.seq_len
         self.check_tp(tp)
-        kind = self.layer_kinds[index]
+        kind = self.layer_kind(index)
         if kind == EMBEDDING:
             return self._embedding_cost(microbatch, s, tp, sequence_parallel)
         if kind == HEAD:

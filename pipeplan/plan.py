@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from simulator.schedules import SCHEDULES
 
 from .errors import SpecError, positive_int
 from .fileio import load_mapping
+from .limits import check_plan_size, in_range
 from .parallel import Layout, check_sequence_parallel, default_placement
 
 # Version 2 added tensor parallelism (tp, sequence_parallel); a version-1 plan is the same plan at
@@ -96,6 +98,8 @@ class Plan:
         check_sequence_parallel(self.sequence_parallel, self.tp, "plan.sequence_parallel")
         if self.seq_len is not None:
             positive_int("plan.seq_len", self.seq_len)
+            in_range("plan.seq_len", self.seq_len, "seq_len")
+        in_range("plan.microbatch_size", self.microbatch_size, "microbatch_size")
         if self.format_version != PLAN_FORMAT_VERSION:
             raise SpecError(
                 f"plan.format_version: this pipeplan reads version {PLAN_FORMAT_VERSION}, the file says "
@@ -130,8 +134,14 @@ class Plan:
             cuts.append(total)
         return tuple(cuts)
 
+    @cached_property
+    def _stage_starts(self) -> tuple[int, ...]:
+        """Index of the first layer of every stage (computed once: plans are frozen)."""
+        return (0,) + self.cut_points
+
     def stage_layers(self, stage: int) -> range:
-        start = sum(self.layers_per_stage[:stage])
+        """The layers of ``stage``, in O(1) per call (a plan may have as many stages as layers)."""
+        start = self._stage_starts[stage]
         return range(start, start + self.layers_per_stage[stage])
 
     def recompute_of(self, stage: int) -> bool:
@@ -191,4 +201,7 @@ class Plan:
 
     @staticmethod
     def load(path: str) -> "Plan":
-        return Plan.from_dict(load_mapping(path, "plan"))
+        """The plan in a JSON/YAML file, refused in one line when it is too large to simulate (``limits``)."""
+        plan = Plan.from_dict(load_mapping(path, "plan"))
+        check_plan_size(plan)
+        return plan

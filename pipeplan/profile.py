@@ -24,10 +24,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from simulator.workload import Link, Network
+from simulator.workload import Link, Network, PairLinks
 
 from .errors import SpecError, positive_int, positive_number
 from .fileio import load_mapping, write_json_atomic
+from .limits import in_range
 
 PROFILE_KIND = "pipeplan.profile"
 PROFILE_VERSION = 1
@@ -53,6 +54,7 @@ class StageProfile:
         for name in ("forward", "backward", "backward_input", "backward_weight", "send_forward_bytes",
                      "send_backward_bytes"):
             positive_number(f"profile.stages.{name}", getattr(self, name), allow_zero=True)
+            in_range(f"profile.stages.{name}", getattr(self, name), "bytes" if name.endswith("bytes") else "time")
         if not isinstance(self.recompute, bool):
             raise SpecError(f"profile.stages.recompute: must be true or false (got {self.recompute!r})")
 
@@ -73,8 +75,11 @@ class LinkProfile:
 
     def __post_init__(self) -> None:
         positive_number("profile.links.latency", self.latency, allow_zero=True)
+        in_range("profile.links.latency", self.latency, "latency")
         if not (self.bandwidth > 0):
             raise SpecError(f"profile.links.bandwidth: must be > 0 (got {self.bandwidth!r})")
+        if self.bandwidth != math.inf:  # unmeasured: no limit
+            in_range("profile.links.bandwidth", self.bandwidth, "bandwidth")
 
 
 @dataclass(frozen=True)
@@ -142,23 +147,32 @@ class Profile:
         return tuple(out)
 
     def network(self, base: Network) -> Network:
-        """``base`` with the measured links replaced (their ports kept, port capacity the measured rate)."""
-        links = [list(row) for row in base.links]
+        """``base`` with the measured links replaced (their ports kept, port capacity the measured rate).
+
+        A port shared with an unmeasured link keeps the lower of the two rates; finding those links
+        reads every device pair once, so the p^2 pairs are sized against the ops limit first.
+        """
+        from .limits import check
+
+        p = base.num_devices
+        check("ops", p * p, f"profile: comparing the measured links with every device pair of {p:,} pipeline "
+              "devices", "lower pp")
+        measured: dict[tuple[int, int], Link] = {}
         capacity = dict(base.port_capacity)
-        p = len(links)
         for m in self.links:
             if not (0 <= m.src < p and 0 <= m.dst < p):
                 raise SpecError(f"profile.links: device pair {m.src}->{m.dst} is outside a {p}-device plan")
-            ports = links[m.src][m.dst].ports
-            links[m.src][m.dst] = Link(m.latency, m.bandwidth, ports)
+            ports = (measured.get((m.src, m.dst)) or base.link(m.src, m.dst)).ports
+            measured[m.src, m.dst] = Link(m.latency, m.bandwidth, ports)
             for port in ports:
                 capacity[port] = m.bandwidth
-        # A port shared with an unmeasured link keeps the lower of the two rates.
-        for row in links:
-            for link in row:
+        network = Network(PairLinks(p, measured, base), capacity)
+        for src in range(p):
+            for dst in range(p):
+                link = network.link(src, dst)
                 for port in link.ports:
                     capacity[port] = min(capacity.get(port, math.inf), link.bandwidth)
-        return Network(tuple(tuple(row) for row in links), capacity)
+        return network
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -57,5 +57,6 @@ def load_timelines(path: str) -> list[tuple[str, Timeline]]:
 
 
 def is_plan_document(path: str) -> bool:
-    """True for a plan file (it has ``layers_per_stage``); a missing, binary or unparsable file is a one-line error."""
+    """True for a plan file (it has ``layers_per_stage``); a missing, too large, binary or unparsable file
+    is a one-line error (``load_mapping`` checks the size first)."""
     return "layers_per_stage" in load_mapping(path, "input")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .cluster import ClusterSpec, load_cluster
 from .errors import SpecError, positive_int
+from .limits import check, check_cluster_size, check_model
 from .model import ModelSpec, load_model
 from .parallel import check_sequence_parallel, check_tensor_group
 from .plan import Plan, even_split
@@ -88,19 +89,28 @@ def make_plan(model: str | dict | ModelSpec, cluster: str | dict | ClusterSpec =
     from simulator.schedules import SCHEDULES
 
     spec = load_model(model)
+    check_model(spec)
     base = load_cluster(cluster)
+    if nodes is not None:
+        check_cluster_size(positive_int("--nodes", nodes), base.gpus_per_node, "--nodes")
+    if gpus is not None:
+        check("gpus", positive_int("--gpus", gpus), "--gpus", "lower --gpus")
     if schedule not in SCHEDULES:
         raise SpecError(f"schedule: unknown {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     sizing = derive_sizing(base.gpus_per_node, base.nodes, tp=tp, pp=pp, dp=dp, gpus=gpus, nodes=nodes)
     check_sequence_parallel(sequence_parallel, sizing.tp, "--sequence-parallel", "--tp")
-    chunks = chunks or SCHEDULES[schedule].default_chunks
+    for name, value in (("chunks", chunks), ("microbatches", microbatches)):
+        if value is not None:
+            positive_int(f"--{name}", value)  # 0 is refused, not taken as the default
+    chunks = SCHEDULES[schedule].default_chunks if chunks is None else chunks
     stages = sizing.pp * chunks
     return Plan(
         model=model.to_dict() if isinstance(model, ModelSpec) else model,
         cluster=cluster.to_dict() if isinstance(cluster, ClusterSpec) else cluster,
         nodes=sizing.nodes if (nodes is not None or gpus is not None) else None,
         schedule=schedule, pp=sizing.pp, tp=sizing.tp, dp=sizing.dp, chunks=chunks,
-        num_microbatches=microbatches or sizing.pp * 4, microbatch_size=microbatch_size, seq_len=seq_len,
+        num_microbatches=sizing.pp * 4 if microbatches is None else microbatches,
+        microbatch_size=microbatch_size, seq_len=seq_len,
         layers_per_stage=even_split(spec.num_pipeline_layers, stages), recompute=(recompute,) * stages,
         sequence_parallel=sequence_parallel, distributed_optimizer=distributed_optimizer,
         blocking_p2p=blocking_p2p,

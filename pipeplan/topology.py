@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
-from simulator.workload import Link, Network
+from simulator.workload import Link, LinkTable, Network
 
 from .errors import SpecError
 
@@ -149,7 +149,7 @@ def fabric_path(cluster: "ClusterSpec", node_a: int, nic_a: int, node_b: int, ni
 
 
 class Topology:
-    """A cluster's graph with its GPU-to-GPU routes and simulator links (computed once per pair)."""
+    """A cluster's graph with its GPU-to-GPU routes and simulator links (computed once per pair asked for)."""
 
     def __init__(self, cluster: "ClusterSpec"):
         self.cluster = cluster
@@ -198,10 +198,57 @@ class Topology:
         return self.graph.edges[u, v]["capacity"]
 
     def network(self, gpus: list[int]) -> Network:
-        """Links and port capacities among the given GPUs (pipeline device i runs on ``gpus[i]``)."""
-        links = tuple(tuple(self.link(a, b) for b in gpus) for a in gpus)
-        capacity = {port: self.capacity(port) for row in links for link in row for port in link.ports}
-        return Network(links, capacity)
+        """Links and port capacities among the given GPUs (pipeline device i runs on ``gpus[i]``).
+
+        Each pair's link is routed when the engine asks for it (``RouteLinks``); the capacity table
+        holds every port any of those routes crosses (``ports_among``), in O(len(gpus)).
+        """
+        for gpu in gpus:
+            self.route(gpu, gpu)  # a GPU outside the cluster is a one-line error now, not mid-simulation
+        capacity = {port: self.capacity(port) for port in self.ports_among(gpus)}
+        return Network(RouteLinks(self, tuple(gpus)), capacity)
+
+    def ports_among(self, gpus: list[int]) -> list[str]:
+        """Every port (edge of finite capacity) on a route between two of ``gpus``, each GPU to itself included.
+
+        From the routes' shape (see ``route``): a GPU's own NVSwitch ports (its route to itself); its
+        NIC's ports to and from its leaf when another GPU sits on another node; a leaf's uplink ports
+        when one of the GPUs is under it, another is not, and they span two nodes or more.
+        """
+        cluster = self.cluster
+        ports: dict[str, None] = {}
+        nodes = {gpu // cluster.gpus_per_node for gpu in gpus}
+        leaves: dict[str, None] = {}
+        for gpu in gpus:
+            node, local = divmod(gpu, cluster.gpus_per_node)
+            switch = nvswitch_node(node)
+            ports.update(dict.fromkeys((port_name(gpu_node(gpu), switch), port_name(switch, gpu_node(gpu)))))
+            if len(nodes) > 1:
+                nic = nic_of(cluster, local)
+                leaf = leaf_of(cluster, node, nic)
+                card = nic_node(node, nic)
+                ports.update(dict.fromkeys((port_name(card, leaf), port_name(leaf, card))))
+                leaves[leaf] = None
+        if cluster.leaf_spine and len(leaves) > 1:
+            for leaf in leaves:
+                ports.update(dict.fromkeys((port_name(leaf, SPINE), port_name(SPINE, leaf))))
+        return [port for port in ports if math.isfinite(self.capacity(port))]
+
+
+class RouteLinks(LinkTable):
+    """Pipeline device i on GPU ``gpus[i]``: a pair's link is its GPUs' route (``Topology.link``, cached per pair)."""
+
+    __slots__ = ("topology", "gpus")
+
+    def __init__(self, topology: Topology, gpus: tuple[int, ...]):
+        super().__init__(len(gpus))
+        self.topology, self.gpus = topology, gpus
+
+    def link(self, src: int, dst: int) -> Link:
+        return self.topology.link(self.gpus[src], self.gpus[dst])
+
+    def key(self) -> tuple:
+        return (self.topology.cluster, self.gpus)
 
 
 @lru_cache(maxsize=32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
@@ -126,8 +127,17 @@ class Schedule:
     def num_stages(self) -> int:
         return len(self.stage_to_device)
 
+    @cached_property
+    def _stages_by_device(self) -> dict[int, tuple[int, ...]]:
+        """Each device's stages in order, built once: per-device lookups must not rescan every stage
+        (a loop over p devices would be p^2 = 268 M steps at p = 16,384)."""
+        found: dict[int, list[int]] = {}
+        for s, d in enumerate(self.stage_to_device):
+            found.setdefault(d, []).append(s)
+        return {d: tuple(stages) for d, stages in found.items()}
+
     def stages_of(self, device: int) -> list[int]:
-        return [s for s, d in enumerate(self.stage_to_device) if d == device]
+        return list(self._stages_by_device.get(device, ()))
 
     def num_actions(self) -> int:
         return sum(len(a) for a in self.device_actions)
@@ -190,47 +200,72 @@ def to_csv(schedule: Schedule) -> str:
     return buffer.getvalue()
 
 
-def from_csv(text: str, name: str = "custom") -> Schedule:
+class ScheduleTooLarge(ScheduleError):
+    """A CSV holds more actions than its reader allows (``from_csv``'s ``max_actions``)."""
+
+    def __init__(self, actions: int, limit: int):
+        super().__init__(f"schedule CSV: more than {limit:,} actions")
+        self.actions, self.limit = actions, limit
+
+
+def from_csv(text: str, name: str = "custom", max_actions: int | None = None) -> Schedule:
     """Parse torch's CSV, compute-only or compute_comms (empty cells are idle steps and are skipped).
 
-    Communication actions (``0UNSHARD``, ``1REDUCE_GRAD``, ``2SEND_F0``) are kept in order, so
-    ``to_csv`` writes the same cells back.
+    One row per device. Rows without any action at the end (blank lines a file ends with) are not
+    devices; one between devices is refused, since a device that runs nothing is most likely a
+    stray line. Communication actions (``0UNSHARD``, ``1REDUCE_GRAD``, ``2SEND_F0``) are kept in
+    order, so ``to_csv`` writes the same cells back.
     The stage -> device map is inferred the way torch's ``_load_csv`` does: a stage belongs to
     the row whose actions name it; a stage named on two rows is an error.
+    ``max_actions``: stop reading past that many actions (``ScheduleTooLarge``), so a caller's
+    size limit bounds the work and memory of parsing too. Work is linear in the cells, whatever
+    stage and micro-batch numbers they name.
     """
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows:
-        raise ScheduleError("schedule CSV is empty: write one row per device, e.g. '0F0,0B0'")
     device_actions: list[list[Action]] = []
     owner: dict[int, int] = {}
-    for device, row in enumerate(rows):
-        actions = []
-        for column, cell in enumerate(row):
-            if not cell.strip():
-                continue
-            try:
-                action = Action.parse(cell)
-            except ScheduleError as err:
-                raise ScheduleError(f"row {device + 1}, column {column + 1}: {err}") from None
-            for part in getattr(action, "parts", (action,)):
-                previous = owner.setdefault(part.stage, device)
-                if previous != device:
-                    raise ScheduleError(
-                        f"action {action} on device {device}: stage {part.stage} already runs on "
-                        f"device {previous}; a stage must live on exactly one device (row)"
-                    )
-            actions.append(action)
-        device_actions.append(actions)
+    count = 0
+    try:
+        rows = csv.reader(io.StringIO(text))
+        for device, row in enumerate(rows):
+            actions = []
+            for column, cell in enumerate(row):
+                if not cell.strip():
+                    continue
+                try:
+                    action = Action.parse(cell)
+                except ScheduleError as err:
+                    raise ScheduleError(f"row {device + 1}, column {column + 1}: {err}") from None
+                for part in getattr(action, "parts", (action,)):
+                    previous = owner.setdefault(part.stage, device)
+                    if previous != device:
+                        raise ScheduleError(
+                            f"action {action} on device {device}: stage {part.stage} already runs on "
+                            f"device {previous}; a stage must live on exactly one device (row)"
+                        )
+                actions.append(action)
+                count += 1
+                if max_actions is not None and count > max_actions:
+                    raise ScheduleTooLarge(count, max_actions)
+            device_actions.append(actions)
+    except csv.Error as err:
+        raise ScheduleError(f"schedule CSV: cannot read it as CSV ({err}); write one row per device, "
+                            "e.g. '0F0,0B0'") from None
+    while device_actions and not device_actions[-1]:
+        device_actions.pop()
     if not owner:
         raise ScheduleError("schedule CSV holds no actions: write one row per device, e.g. '0F0,0B0'")
+    idle = next((d for d, acts in enumerate(device_actions) if not acts), None)
+    if idle is not None:
+        raise ScheduleError(f"schedule CSV: row {idle + 1} holds no action, but rows after it do; every row is a "
+                            "device, so delete the empty row or give that device its actions")
     num_stages = max(owner) + 1
-    missing = [s for s in range(num_stages) if s not in owner]
-    if missing:
+    if len(owner) != num_stages:
+        missing = next(s for s, t in enumerate(sorted(owner)) if s != t)
         raise ScheduleError(
-            f"stage {missing[0]} has no actions on any device; stages must be numbered 0..{num_stages - 1}"
+            f"stage {missing} has no actions on any device; stages must be numbered 0..{num_stages - 1}"
         )
     num_microbatches = 1 + max((p.microbatch for acts in device_actions for a in acts
                                 for p in getattr(a, "parts", (a,)) if p.microbatch is not None), default=-1)
     stage_to_device = [owner[s] for s in range(num_stages)]
-    chunks = max(stage_to_device.count(d) for d in range(len(device_actions)))
+    chunks = max(Counter(stage_to_device).values())
     return make_schedule(device_actions, stage_to_device, num_microbatches, name, chunks)

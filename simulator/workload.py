@@ -99,14 +99,112 @@ class Collective:
         return self.path.seconds(self.nbytes, port_capacity)
 
 
+class LinkTable:
+    """``table[src][dst]``, the link from device ``src`` to ``dst``, made on demand by ``link(src, dst)``.
+
+    A table of p x p links grows with p^2 (16,384 devices: 268 M entries, 2.1 GB for references to
+    one shared link), while the engine only reads the pairs that exchange data, so subclasses say
+    how a pair's link is found and nothing per pair is stored. Rows index like a tuple's.
+    """
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def link(self, src: int, dst: int) -> Link:
+        raise NotImplementedError
+
+    def key(self) -> tuple:
+        """What defines the table: two tables of one class with equal keys hold the same links."""
+        return (self.size,)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.key() == self.key()
+
+    __hash__ = None  # type: ignore[assignment]  (a table may hold a dict; Networks are not hashed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, src: int) -> "_LinkRow":
+        if not -self.size <= src < self.size:
+            raise IndexError(f"device {src} is not among {self.size}")
+        return _LinkRow(self, src % self.size)
+
+    def __iter__(self):
+        return (_LinkRow(self, src) for src in range(self.size))
+
+
+class _LinkRow:
+    """One source device's row of a ``LinkTable``."""
+
+    __slots__ = ("table", "src")
+
+    def __init__(self, table: LinkTable, src: int):
+        self.table, self.src = table, src
+
+    def __len__(self) -> int:
+        return self.table.size
+
+    def __getitem__(self, dst: int) -> Link:
+        size = self.table.size
+        if not -size <= dst < size:
+            raise IndexError(f"device {dst} is not among {size}")
+        return self.table.link(self.src, dst % size)
+
+    def __iter__(self):
+        return (self.table.link(self.src, dst) for dst in range(self.table.size))
+
+
+class UniformLinks(LinkTable):
+    """The same link between every device pair."""
+
+    __slots__ = ("shared",)
+
+    def __init__(self, size: int, shared: Link):
+        super().__init__(size)
+        self.shared = shared
+
+    def link(self, src: int, dst: int) -> Link:
+        return self.shared
+
+    def key(self) -> tuple:
+        return (self.size, self.shared)
+
+
+class PairLinks(LinkTable):
+    """``pairs[(src, dst)]`` where given, else ``base``'s link (a ``Network``'s, or one ``Link`` for every pair)."""
+
+    __slots__ = ("pairs", "base")
+
+    def __init__(self, size: int, pairs: dict[tuple[int, int], Link], base: "Network | Link"):
+        super().__init__(size)
+        self.pairs, self.base = pairs, base
+
+    def link(self, src: int, dst: int) -> Link:
+        found = self.pairs.get((src, dst))
+        if found is not None:
+            return found
+        return self.base if isinstance(self.base, Link) else self.base.link(src, dst)
+
+    def key(self) -> tuple:
+        return (self.size, self.pairs, self.base)
+
+
 @dataclass(frozen=True)
 class Network:
-    """``links[src][dst]`` for every ordered device pair; ``port_capacity`` in bytes per second."""
+    """``links[src][dst]`` for every ordered device pair; ``port_capacity`` in bytes per second.
 
-    links: tuple[tuple[Link, ...], ...]
+    ``links`` is a tuple of tuples, or a ``LinkTable`` that makes each pair's link when asked.
+    """
+
+    links: "tuple[tuple[Link, ...], ...] | LinkTable"
     port_capacity: dict[str, float] = field(default_factory=dict)
 
     def link(self, src: int, dst: int) -> Link:
+        if isinstance(self.links, LinkTable):
+            return self.links.link(src, dst)
         return self.links[src][dst]
 
     def transfer_seconds(self, src: int, dst: int, nbytes: float) -> float:
@@ -117,7 +215,17 @@ class Network:
         """
         if src == dst:
             return 0.0
-        return self.links[src][dst].seconds(nbytes, self.port_capacity)
+        return self.link(src, dst).seconds(nbytes, self.port_capacity)
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.links)
+
+    def square(self, p: int) -> bool:
+        """Whether the table has a link for every ordered pair of ``p`` devices."""
+        if isinstance(self.links, LinkTable):
+            return self.links.size == p
+        return len(self.links) == p and all(len(row) == p for row in self.links)
 
 
 @dataclass(frozen=True)
@@ -138,7 +246,7 @@ class Workload:
                 f"stages: the workload has {len(self.stages)} stage costs but the schedule has "
                 f"{self.schedule.num_stages} stages"
             )
-        if len(self.network.links) != p or any(len(row) != p for row in self.network.links):
+        if not self.network.square(p):
             raise ScheduleError(f"network: links must be a {p}x{p} table, one per device pair")
         if self.static_bytes and len(self.static_bytes) != p:
             raise ScheduleError(f"static_bytes: need one value per device ({p})")
@@ -148,8 +256,7 @@ class Workload:
 
 def uniform_network(num_devices: int, latency: float = 0.0, bandwidth: float = math.inf) -> Network:
     """Every device pair joined by the same private link (no shared ports)."""
-    link = Link(latency, bandwidth)
-    return Network(tuple(tuple(link for _ in range(num_devices)) for _ in range(num_devices)))
+    return Network(UniformLinks(num_devices, Link(latency, bandwidth)))
 
 
 def uniform_workload(
@@ -191,7 +298,7 @@ def times_workload(schedule: Schedule, times: StageTimes) -> Workload:
     if times.num_stages != schedule.num_stages:
         raise ScheduleError(f"costs: the schedule has {schedule.num_stages} stages but the costs give {times.num_stages}")
     p = schedule.num_devices
-    latency = [[0.0] * p for _ in range(p)]
+    hops: dict[tuple[int, int], Link] = {}
     owner: dict[tuple[int, int], int] = {}
     for s, comm in enumerate(times.comm):
         a, b = schedule.stage_to_device[s], schedule.stage_to_device[s + 1]
@@ -202,9 +309,9 @@ def times_workload(schedule: Schedule, times: StageTimes) -> Workload:
         if times.comm[first] != comm:
             raise ScheduleError(f"costs: hops {first} and {s} both join devices {pair[0]} and {pair[1]} but take "
                                 f"{times.comm[first]:g} and {comm:g}; one link per device pair has one time")
-        latency[a][b] = latency[b][a] = comm
+        hops[a, b] = hops[b, a] = Link(comm)
     stages = tuple(StageCost(f, i, w, activation_bytes=1.0, weight_grad_bytes=times.held_fraction)
                    for f, i, w in zip(times.forward, times.backward_input, times.backward_weight))
-    links = tuple(tuple(Link(latency[a][b]) for b in range(p)) for a in range(p))
-    return Workload(schedule=schedule, stages=stages, network=Network(links),
+    # Pairs no hop joins exchange nothing; their link is free, as a same-device hop is.
+    return Workload(schedule=schedule, stages=stages, network=Network(PairLinks(p, hops, Link(0.0))),
                     static_bytes=tuple(0.0 for _ in range(p)), capacity_bytes=tuple(math.inf for _ in range(p)))

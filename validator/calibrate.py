@@ -252,7 +252,7 @@ def layer_timings(model, plan, schedule: Schedule, rank: int, batch: int, seq: i
     first_of_kind: dict[str, int] = {}
     for stage in schedule.stages_of(rank):
         for layer in plan.stage_layers(stage):
-            first_of_kind.setdefault(model.layer_kinds[layer], layer)
+            first_of_kind.setdefault(model.layer_kind(layer), layer)
     timings = {}
     for kind, layer in first_of_kind.items():
         runner = StageRunner(model, 1000 + layer, range(layer, layer + 1), batch, seq, plan.num_microbatches,

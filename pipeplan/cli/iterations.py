@@ -7,11 +7,12 @@ from typing import Callable
 from simulator.iterations import IterationsResult
 
 from ..errors import SpecError
+from .argtypes import count
 from .output import fmt_pct
 
 
 def add_iterations_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--iterations", type=int, default=1, metavar="K",
+    p.add_argument("--iterations", type=count, default=1, metavar="K",
                    help="also simulate K iterations back to back and report the steady-state time per "
                    "iteration, T_K - T_(K-1) (default 1: one isolated iteration only)")
     p.add_argument("--synchronise", action="store_true",

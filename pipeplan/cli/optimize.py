@@ -8,6 +8,7 @@ from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES
 
 from ..errors import SpecError
 from ..export import EXPORTERS
+from .argtypes import bounded_count, count, share
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json
 
 
@@ -24,20 +25,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="model preset, JSON/YAML file, or Hugging Face config.json (or its folder)")
     p.add_argument("--cluster", default="dgx-h100", help="cluster preset or JSON/YAML file (default dgx-h100)")
-    p.add_argument("--nodes", type=int, default=None, help="number of nodes of the cluster (the plan uses all their GPUs)")
-    p.add_argument("--gpus", type=int, default=None, help="GPUs the plan uses, exactly (default: every GPU of the nodes)")
-    p.add_argument("--tp", type=int, default=None, help="pin the tensor-parallel degree, inside a node (default: searched)")
-    p.add_argument("--pp", type=int, default=None, help="pin the pipeline devices per replica (default: searched)")
-    p.add_argument("--dp", type=int, default=None, help="pin the data-parallel replicas (default: searched)")
+    p.add_argument("--nodes", type=count, default=None, help="number of nodes of the cluster (the plan uses all their GPUs)")
+    p.add_argument("--gpus", type=count, default=None, help="GPUs the plan uses, exactly (default: every GPU of the nodes)")
+    p.add_argument("--tp", type=count, default=None, help="pin the tensor-parallel degree, inside a node (default: searched)")
+    p.add_argument("--pp", type=count, default=None, help="pin the pipeline devices per replica (default: searched)")
+    p.add_argument("--dp", type=count, default=None, help="pin the data-parallel replicas (default: searched)")
     p.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
                    help="pin sequence parallelism on or off (default: on wherever tp > 1)")
     p.add_argument("--distributed-optimizer", action=argparse.BooleanOptionalAction, default=None,
                    help="pin the distributed optimizer on or off (default: on wherever dp > 1)")
-    p.add_argument("--global-batch", type=int, required=True, help="sequences per iteration, all replicas")
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: the model's)")
+    p.add_argument("--global-batch", type=bounded_count("global_batch"), required=True, help="sequences per iteration, all replicas")
+    p.add_argument("--seq-len", type=bounded_count("seq_len"), default=None, help="sequence length (default: the model's)")
     p.add_argument("--schedules", nargs="+", metavar="NAME", default=None,
                    help=f"schedules to consider (default: {' '.join(DEFAULT_SCHEDULES)}; also {' '.join(OTHERS)})")
-    p.add_argument("--microbatch-sizes", nargs="+", type=int, metavar="B", default=None,
+    p.add_argument("--microbatch-sizes", nargs="+", type=bounded_count("microbatch_size"), metavar="B", default=None,
                    help="micro-batch sizes to consider (default: every divisor of the per-replica batch)")
     p.add_argument("--time-limit", type=float, default=None,
                    help="wall-clock budget of the whole search, seconds; past it the best plan found is returned "
@@ -45,12 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--solver-time-limit", type=float, default=None,
                    help="CP-SAT budget per candidate, deterministic seconds (default 5 for a pinned layout, "
                         "0.5 when several layouts are searched)")
-    p.add_argument("--layouts", type=int, default=3,
+    p.add_argument("--layouts", type=count, default=3,
                    help="layouts (tp, pp, dp) searched in full, the best the screen ranks (default 3)")
     p.add_argument("--compare-config", metavar="K=V,...", default=None,
                    help="a configuration to compare against, e.g. tp=8,pp=8,dp=24,b=2,v=2 (also schedule=, rc=)")
-    p.add_argument("--headroom", type=float, default=0.05, help="share of GPU memory kept free (default 0.05)")
-    p.add_argument("--jobs", type=int, default=1, help="candidates solved at once in worker processes (default 1)")
+    p.add_argument("--headroom", type=share, default=0.05, help="share of GPU memory kept free (default 0.05)")
+    p.add_argument("--jobs", type=count, default=1, help="candidates solved at once in worker processes (default 1)")
     p.add_argument("--profile", metavar="FILE", default=None,
                    help="measured costs (a profile or report from `pipeplan validate`) instead of the analytic model")
     p.add_argument("--target", choices=list(EXPORTERS), default=None,

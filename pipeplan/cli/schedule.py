@@ -11,6 +11,8 @@ from simulator.stage_times import StageTimes
 from simulator.workload import uniform_workload
 
 from ..fileio import write_atomic
+from ..limits import check_output_size, check_schedule_size, check_search_size, op_kinds, schedule_ops
+from .argtypes import count, duration
 from .chart_outputs import add_output_arguments, chart_writes, check_output_arguments, write_outputs
 from .iterations import add_iterations_arguments, check_iterations_arguments, iterations_line
 from .output import fmt_pct, print_json, table
@@ -32,14 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name", choices=list(SCHEDULES) + [SEARCH], metavar="NAME",
                    help=f"one of {', '.join(SCHEDULES)}; or {SEARCH}: the order CP-SAT finds (options below)")
-    p.add_argument("--devices", "-p", type=int, required=True, help="pipeline devices p")
-    p.add_argument("--microbatches", "-m", type=int, required=True, help="micro-batches m")
-    p.add_argument("--chunks", "-v", type=int, default=None, help=f"chunks per device ({', '.join(chunked)})")
-    p.add_argument("--f", type=float, default=1.0, help="forward time per stage (default 1)")
-    p.add_argument("--b", type=float, default=1.0, help="input-gradient time per stage (default 1)")
-    p.add_argument("--w", type=float, default=1.0, help="weight-gradient time per stage (default 1)")
-    p.add_argument("--comm", type=float, default=0.0, help="fixed transfer time between devices (default 0)")
-    p.add_argument("--overlap", type=float, default=None,
+    p.add_argument("--devices", "-p", type=count, required=True, help="pipeline devices p")
+    p.add_argument("--microbatches", "-m", type=count, required=True, help="micro-batches m")
+    p.add_argument("--chunks", "-v", type=count, default=None, help=f"chunks per device ({', '.join(chunked)})")
+    p.add_argument("--f", type=duration, default=1.0, help="forward time per stage (default 1)")
+    p.add_argument("--b", type=duration, default=1.0, help="input-gradient time per stage (default 1)")
+    p.add_argument("--w", type=duration, default=1.0, help="weight-gradient time per stage (default 1)")
+    p.add_argument("--comm", type=duration, default=0.0, help="fixed transfer time between devices (default 0)")
+    p.add_argument("--overlap", type=duration, default=None,
                    help="time of an overlapped F&B pair (dualpipe-v; default F + B of the pair: no overlap gain)")
     p.add_argument("--csv", metavar="FILE", help="write the schedule as torch's compute-only CSV")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -49,11 +51,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def check_sizes(args: argparse.Namespace) -> None:
+    """Refuse a schedule too large to build and simulate (``pipeplan.limits``), before building it."""
+    if args.name == SEARCH:
+        chunks = 1 if args.chunks is None else args.chunks
+        check_search_size(args.devices, args.microbatches, chunks, not args.full_backward)
+        name = "search"
+    else:
+        name, chunks = args.name, SCHEDULES[args.name].default_chunks if args.chunks is None else args.chunks
+    check_schedule_size(name, args.devices, args.microbatches, chunks, args.iterations)
+    ops = schedule_ops(args.devices, args.microbatches, chunks, op_kinds(name), args.iterations)
+    check_output_size(ops, [flag for flag, path in chart_writes(args) if path])
+
+
 def run(args: argparse.Namespace) -> int:
     check_output_arguments(args)
     check_iterations_arguments(args)
     check_search_arguments(args)
     check_paths(reads=[], writes=[("--csv", args.csv), *chart_writes(args)])
+    check_sizes(args)
     found = None
     if args.name == SEARCH:
         schedule, workload, found = run_search(args)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SpecError
+from .argtypes import count
 
 SEARCH = "search"
 _PLACEMENTS = ("linear", "v", "looped")  # schedule_search.PLACEMENTS, without importing the solver for --help
@@ -19,7 +20,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         "choose every device's op order with CP-SAT to minimise one iteration's time under an activation "
         "limit; the simulator judges, and the built-in schedules of the same placement that fit are the "
         "warm start and the floor")
-    group.add_argument("--memory-limit", type=int, default=None, metavar="K",
+    group.add_argument("--memory-limit", type=count, default=None, metavar="K",
                        help="stage activations alive per device, counted as the simulator's peak activations "
                        "(F start to W end; default p x chunks, 1F1B's bytes)")
     group.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS",
@@ -29,7 +30,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                        "2p-1-d), looped (stage s on device s mod p); default linear, v for 2 chunks, else looped")
     group.add_argument("--full-backward", action="store_true",
                        help="order F and B (B + W as one op) instead of F, B and W")
-    group.add_argument("--workers", type=int, default=1, help="CP-SAT workers (default 1: deterministic)")
+    group.add_argument("--workers", type=count, default=1, help="CP-SAT workers (default 1: deterministic)")
 
 
 def check_search_arguments(args: argparse.Namespace) -> None:

@@ -2,72 +2,93 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..api import PlanResult, simulate
 from ..errors import SpecError
+from ..limits import check_model, check_output_size, check_plan_size, plan_ops
 from ..model import load_model
 from ..plan import RECOMPUTE_CHOICES, Plan, even_split
 from ..sizing import make_plan
+from ..specs import read_schedule_csv
+from .argtypes import bounded_count, count
 from .chart_outputs import add_output_arguments, chart_writes, check_output_arguments, write_outputs
 from .iterations import add_iterations_arguments, check_iterations_arguments, iterations_line
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json, table
 from .paths import check_paths, plan_reads, spec_reads
 
 
-# Flags that describe a 3D layout; with a plan file they would be silently ignored, so they are refused.
-LAYOUT_FLAGS = ("--tp", "--dp", "--gpus", "--sequence-parallel", "--distributed-optimizer")
+# Defaults of the flags that describe a plan; None in the parser, so a flag given can be told from one left out.
+PLAN_DEFAULTS = {"cluster": "dgx-h100", "schedule": "1f1b", "microbatch_size": 1, "recompute": "none"}
+# Exit code of ``simulate --fail-on-oom`` when a device runs out of memory (1 is a failure, 2 bad input).
+EXIT_OUT_OF_MEMORY = 3
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     """Flags that describe a plan when no plan file is given (also used by other commands)."""
     p.add_argument("--model", help="model preset, JSON/YAML file, or Hugging Face config.json or its folder (without a plan file)")
-    p.add_argument("--cluster", default="dgx-h100", help="cluster preset or file (default dgx-h100)")
-    p.add_argument("--nodes", type=int, default=None, help="number of nodes of the cluster")
-    p.add_argument("--gpus", type=int, default=None,
+    p.add_argument("--cluster", default=None, help="cluster preset or file (default dgx-h100)")
+    p.add_argument("--nodes", type=count, default=None, help="number of nodes of the cluster")
+    p.add_argument("--gpus", type=count, default=None,
                    help="GPUs the plan uses, exactly (= tp x pp x dp; nodes follow; a missing pp or dp is derived)")
-    p.add_argument("--schedule", default="1f1b", help="schedule name (default 1f1b)")
-    p.add_argument("--pp", type=int, default=None,
+    p.add_argument("--schedule", default=None, help="schedule name (default 1f1b)")
+    p.add_argument("--pp", type=count, default=None,
                    help="pipeline devices (default: the GPUs of --gpus or of the cluster / (tp x dp))")
-    p.add_argument("--tp", type=int, default=None, help="tensor-parallel size, dividing a node's GPUs (default 1)")
-    p.add_argument("--dp", type=int, default=None,
+    p.add_argument("--tp", type=count, default=None, help="tensor-parallel size, dividing a node's GPUs (default 1)")
+    p.add_argument("--dp", type=count, default=None,
                    help="data-parallel replicas (default: --gpus / (tp x pp) when --gpus is given, else 1)")
     p.add_argument("--sequence-parallel", action="store_true",
                    help="sequence parallelism inside each tensor group (needs --tp > 1)")
     p.add_argument("--distributed-optimizer", action="store_true", help="shard optimizer state over dp")
-    p.add_argument("--chunks", type=int, default=None, help="chunks per device")
-    p.add_argument("--microbatches", "-m", type=int, default=None, help="micro-batches per iteration")
-    p.add_argument("--microbatch-size", "-b", type=int, default=1, help="sequences per micro-batch (default 1)")
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: the model's)")
-    p.add_argument("--recompute", choices=list(RECOMPUTE_CHOICES), default="none",
-                   help="recomputation on every stage (selective: the attention core only)")
+    p.add_argument("--chunks", type=count, default=None, help="chunks per device (default: the schedule's)")
+    p.add_argument("--microbatches", "-m", type=count, default=None,
+                   help="micro-batches per iteration (default 4 x pp)")
+    p.add_argument("--microbatch-size", "-b", type=bounded_count("microbatch_size"), default=None,
+                   help="sequences per micro-batch (default 1)")
+    p.add_argument("--seq-len", type=bounded_count("seq_len"), default=None,
+                   help="sequence length (default: the model's)")
+    p.add_argument("--recompute", choices=list(RECOMPUTE_CHOICES), default=None,
+                   help="recomputation on every stage (selective: the attention core only; default none)")
+
+
+# The flags ``add_plan_arguments`` adds, as written; with a plan file each would be ignored, so each is refused.
+PLAN_FLAGS = ("--model", "--cluster", "--nodes", "--gpus", "--schedule", "--pp", "--tp", "--dp", "--sequence-parallel",
+              "--distributed-optimizer", "--chunks", "--microbatches", "--microbatch-size", "--seq-len", "--recompute")
+
+
+def _given(args: argparse.Namespace, flag: str) -> bool:
+    value = getattr(args, flag.strip("-").replace("-", "_"), None)
+    return value is not None and value is not False
 
 
 def plan_from_args(args: argparse.Namespace) -> tuple[Plan, Path]:
     """The plan a command should use: the file, or one built from flags; and the folder paths resolve from."""
     if args.plan:
-        given = [flag for flag in LAYOUT_FLAGS if getattr(args, flag.strip("-").replace("-", "_"), None)]
+        given = [flag for flag in PLAN_FLAGS if _given(args, flag)]
         if given:
-            raise SpecError(f"{given[0]}: a plan file fixes its layout; drop {given[0]} or describe the plan "
-                            "by flags (--model ...) instead of PLAN.json")
+            raise SpecError(f"{given[0]}: a plan file fixes its model, cluster and layout; give either a plan file "
+                            f"or flags: drop {given[0]}, or describe the plan by flags (--model ...) without "
+                            "PLAN.json")
         path = Path(args.plan)
         plan = Plan.load(args.plan)
         base = path.parent
     else:
         if not args.model:
             raise SpecError("plan: give a PLAN.json or --model NAME (with --cluster, --schedule, --pp, -m)")
+        values = {name: default if getattr(args, name) is None else getattr(args, name)
+                  for name, default in PLAN_DEFAULTS.items()}
         plan = make_plan(
-            args.model, args.cluster, args.schedule, tp=args.tp, pp=args.pp, dp=args.dp, gpus=args.gpus,
+            args.model, values["cluster"], values["schedule"], tp=args.tp, pp=args.pp, dp=args.dp, gpus=args.gpus,
             nodes=args.nodes, chunks=args.chunks, microbatches=args.microbatches,
-            microbatch_size=args.microbatch_size, seq_len=args.seq_len, recompute=args.recompute,
+            microbatch_size=values["microbatch_size"], seq_len=args.seq_len, recompute=values["recompute"],
             sequence_parallel=args.sequence_parallel, distributed_optimizer=args.distributed_optimizer)
         base = Path(".")
     if getattr(args, "schedule_csv", None):
-        from ..specs import read_schedule_csv
-
         csv_path = Path(args.schedule_csv)
         custom = read_schedule_csv(csv_path, "--schedule-csv")
         model = load_model(plan.model)
+        check_model(model)
         layers = plan.layers_per_stage
         if len(layers) != custom.num_stages:
             layers = even_split(model.num_pipeline_layers, custom.num_stages)
@@ -101,14 +122,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", metavar="FILE",
                    help="measured op and link costs (from pipeplan validate) instead of the analytic model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--fail-on-oom", action="store_true",
+                   help=f"exit with code {EXIT_OUT_OF_MEMORY} when a device runs out of memory (the report still "
+                   "prints, its first line saying which devices and by how much)")
     add_iterations_arguments(p)
     add_output_arguments(p)
     p.set_defaults(handler=run)
 
 
+def out_of_memory_line(result: PlanResult, shown: int = 8) -> str | None:
+    """One line naming the devices whose peak memory exceeds their capacity and by how much; None when all fit."""
+    sim = result.sim
+    over = [d for d, oom in enumerate(sim.out_of_memory) if oom]
+    if not over:
+        return None
+    parts = [f"device {d} by {fmt_bytes(sim.peak_memory[d] - sim.capacity[d])} ({fmt_bytes(sim.peak_memory[d])} of "
+             f"{fmt_bytes(sim.capacity[d])})" for d in over[:shown]]
+    more = f", and {len(over) - shown} more" if len(over) > shown else ""
+    return f"OUT OF MEMORY on {len(over)} of {len(sim.out_of_memory)} devices: {', '.join(parts)}{more}"
+
+
 def print_result(result: PlanResult) -> None:
     plan = result.plan
     sim = result.sim
+    oom = out_of_memory_line(result)
+    if oom:
+        print(oom)
     print(
         f"{result.resolved.model.name} on {result.resolved.cluster.name}: {plan.schedule} p={plan.pp} "
         f"v={plan.chunks} m={plan.num_microbatches} b={plan.microbatch_size} seq={result.resolved.seq_len}"
@@ -171,14 +210,19 @@ def run(args: argparse.Namespace) -> int:
     check_iterations_arguments(args)
     plan, base = plan_from_args(args)
     check_paths(reads=plan_from_args_reads(args, plan, base), writes=chart_writes(args))
+    check_plan_size(plan, args.iterations)
+    check_output_size(plan_ops(plan, args.iterations), [flag for flag, path in chart_writes(args) if path])
     result = simulate(plan=plan, base_dir=base, profile=args.profile, iterations=args.iterations,
                       synchronise=args.synchronise)
     result.timeline.meta["label"] = f"{result.resolved.model.name} {plan.schedule}"
     written = write_outputs(args, result.sim)
+    oom = out_of_memory_line(result)
     if args.json:
         print_json({**result.summary(), "plan": plan.to_dict()})
     else:
         print_result(result)
         for path in written:
             print(f"wrote {path}")
-    return 0
+    if oom and (args.json or args.fail_on_oom):  # JSON's first line is "{": say it where a reader sees it
+        print(f"pipeplan simulate: {oom}", file=sys.stderr)
+    return EXIT_OUT_OF_MEMORY if oom and args.fail_on_oom else 0

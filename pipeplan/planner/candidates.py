@@ -13,7 +13,9 @@ from .problem import Candidate, PartitionProblem
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of ``n`` in increasing order, in O(sqrt n) (a global batch may be large)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 def schedule_variants(names: list[str] | None) -> list[tuple[str, int]]:

@@ -7,9 +7,11 @@ from dataclasses import replace
 
 from ..cluster import ClusterSpec, load_cluster
 from ..errors import SpecError, positive_int
+from ..limits import check_model, check_planner_size, in_range
 from ..model import ModelSpec, load_model
 from ..profile import Profile
 from .layout_search import TOP_LAYOUTS, GivenConfig, search_layouts
+from .candidates import schedule_variants
 from .layouts import LayoutPins, enumerate_layouts
 from .request import OptimizeRequest
 from .result import OptimizeResult
@@ -62,6 +64,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     if compare is not None and target is not None:
         _check_compare_target(compare, target)
     positive_int("global_batch", global_batch)
+    _check_size(spec, cl, global_batch, count, tp, pp, dp, microbatch_sizes, schedules)
     found = enumerate_layouts(spec, cl, global_batch, pins)
     first = found[0]
     if solver_time_limit is None:
@@ -91,6 +94,20 @@ def _check_compare_target(compare: GivenConfig, target: str) -> None:
     if runs is not None and schedule not in runs:
         raise SpecError(f"--compare-config: schedule={schedule} does not run on --target {target} "
                         f"({' and '.join(runs)} do)")
+
+
+def _check_size(spec: ModelSpec, cluster: ClusterSpec, global_batch: int, gpus: int, tp: int | None, pp: int | None,
+                dp: int | None, microbatch_sizes: list[int] | None, schedules: list[str] | None) -> None:
+    """Refuse a search too large to run (``pipeplan.limits``), before the layouts are listed."""
+    in_range("global_batch", global_batch, "global_batch")
+    for name, value in (("tp", tp), ("pp", pp), ("dp", dp)):
+        if value is not None:
+            positive_int(name, value)
+    for b in microbatch_sizes or ():
+        positive_int("microbatch_sizes", b)
+    check_model(spec)
+    chunks = max(v for _, v in schedule_variants(schedules))
+    check_planner_size(spec, global_batch, gpus, cluster.gpus_per_node, microbatch_sizes, chunks, tp, pp, dp)
 
 
 def _gpus_and_cluster(model, cluster, nodes: int | None, gpus: int | None) -> tuple[ModelSpec, ClusterSpec, int, bool]:

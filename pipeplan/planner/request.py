@@ -10,11 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cluster import CLUSTER_PRESETS, ClusterSpec, load_cluster
 from simulator.schedules import SCHEDULES, lookup
 
+from ..cluster import CLUSTER_PRESETS, ClusterSpec, load_cluster
 from ..errors import SpecError, positive_int
 from ..export import export_target
+from ..limits import check_model, check_planner_size, in_range
 from ..model import MODEL_PRESETS, ModelSpec, load_model
 from ..parallel import check_sequence_parallel, check_tensor_group
 from ..plan import Plan, default_placement
@@ -79,12 +80,16 @@ class OptimizeRequest:
         """
         schedules = target_schedules(target, schedules)
         spec = load_model(model)
+        check_model(spec)
         cl = load_cluster(cluster, nodes)
         _check_numbers(dp=dp, global_batch=global_batch, seq_len=seq_len, headroom=headroom, time_limit=time_limit,
                        rescore=rescore)
         pp = _check_layout(spec, cl, global_batch, pp, dp, tp, sequence_parallel)
         if microbatch_sizes is not None:
             _check_microbatch_sizes(microbatch_sizes, global_batch // dp)
+        variants = tuple(schedule_variants(schedules))
+        check_planner_size(spec, global_batch, tp * pp * dp, cl.gpus_per_node, microbatch_sizes,
+                           max(v for _, v in variants), tp, pp, dp)
         prof = load_profile(profile)
         if prof is not None:
             seq_len, microbatch_sizes = _profile_shapes(prof, spec, seq_len, microbatch_sizes)
@@ -93,7 +98,7 @@ class OptimizeRequest:
         plan_nodes = nodes if nodes is not None else (
             cl.nodes if not isinstance(cluster, str) and isinstance(cluster_ref, str) else None)
         return cls(model=spec, cluster=cl, global_batch=global_batch, pp=pp, dp=dp,
-                   variants=tuple(schedule_variants(schedules)), model_ref=model_ref, cluster_ref=cluster_ref,
+                   variants=variants, model_ref=model_ref, cluster_ref=cluster_ref,
                    plan_nodes=plan_nodes, seq_len=seq_len,
                    microbatch_sizes=None if microbatch_sizes is None else tuple(microbatch_sizes),
                    time_limit=time_limit, headroom=headroom, distributed_optimizer=distributed_optimizer,
@@ -164,8 +169,10 @@ def _check_numbers(dp: int, global_batch: int, seq_len: int | None, headroom: fl
                    rescore: int) -> None:
     positive_int("dp", dp)
     positive_int("global_batch", global_batch)
+    in_range("global_batch", global_batch, "global_batch")
     if seq_len is not None:
         positive_int("seq_len", seq_len)
+        in_range("seq_len", seq_len, "seq_len")
     if not 0 <= headroom < 1:
         raise SpecError(f"headroom: must be in [0, 1) (got {headroom}); 0.05 keeps 5 % of each GPU free")
     if not time_limit > 0:  # NaN too: it would make every solve give up at once
@@ -203,6 +210,7 @@ def _check_layout(spec: ModelSpec, cl: ClusterSpec, global_batch: int, pp: int |
 def _check_microbatch_sizes(sizes: list[int], batch: int) -> None:
     for b in sizes:
         positive_int("microbatch_sizes", b)
+        in_range("microbatch_sizes", b, "microbatch_size")
     if not any(batch % b == 0 for b in sizes):
         raise SpecError(f"microbatch_sizes: none of {list(sizes)} divides the per-replica batch of "
                         f"{batch} (global batch / dp); choose sizes that divide it")
