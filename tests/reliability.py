@@ -4,6 +4,8 @@ what it held before (every input byte for byte, no new file, no file turned into
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from test_cli import REPO, pipeplan as run_cli  # noqa: F401  (tests/ is on sys.path)
@@ -39,6 +41,27 @@ def assert_one_line_error(out, command: str, *needles: str) -> str:
     assert lines[0].startswith(f"pipeplan {command}: error: "), lines[0]
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def run_in(cwd, *args, env=None):
+    """``pipeplan ARGS`` as a subprocess in ``cwd`` (60 s at most, so work that should have been refused fails
+    instead of hanging); asserts the folder's files are unchanged byte for byte after it, nothing new."""
+    before = {p.name: p.read_bytes() for p in Path(cwd).iterdir()}
+    out = subprocess.run([sys.executable, "-m", "pipeplan", *args], capture_output=True, text=True, cwd=cwd,
+                         timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **(env or {})})
+    assert {p.name: p.read_bytes() for p in Path(cwd).iterdir()} == before
+    return out
+
+
+def refused_in_one_line(out, *words) -> str:
+    """Exit 2, one line on stderr starting with the command, holding ``words``, nothing on stdout."""
+    assert out.returncode == 2, (out.stdout[-500:], out.stderr[-2000:])
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pipeplan "), out.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
     return lines[0]
 
 

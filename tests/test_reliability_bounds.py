@@ -21,27 +21,11 @@ from pipeplan.topology import topology
 from simulator import build_schedule, uniform_network
 from simulator.workload import Network, PairLinks
 
-REPO = Path(__file__).resolve().parents[1]
+from reliability import REPO, refused_in_one_line as refused, run_in  # tests/ is on sys.path
 
 
 def run(*args, cwd, env=None):
-    """``pipeplan ARGS`` in ``cwd``; asserts that the folder's files are unchanged byte for byte after it."""
-    before = {p.name: p.read_bytes() for p in Path(cwd).iterdir()}
-    out = subprocess.run([sys.executable, "-m", "pipeplan", *args], capture_output=True, text=True, cwd=cwd,
-                         timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **(env or {})})
-    assert {p.name: p.read_bytes() for p in Path(cwd).iterdir()} == before
-    return out
-
-
-def refused(out, *words):
-    """Exit 2, one line on stderr starting with the command, holding ``words``, nothing on stdout."""
-    assert out.returncode == 2, (out.stdout[-500:], out.stderr[-2000:])
-    assert "Traceback" not in out.stderr and out.stdout == ""
-    lines = out.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pipeplan "), out.stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
+    return run_in(cwd, *args, env=env)
 
 
 def test_schedule_with_a_huge_device_count_is_refused_with_its_op_count(tmp_path):

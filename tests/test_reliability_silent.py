@@ -18,24 +18,11 @@ from hypothesis import strategies as st
 from pipeplan.cli import main
 from pipeplan.cli.simulate import EXIT_OUT_OF_MEMORY, PLAN_FLAGS
 
-REPO = Path(__file__).resolve().parents[1]
+from reliability import REPO, refused_in_one_line as refused, run_in  # tests/ is on sys.path
 
 
-def run(*args, cwd):
-    before = {p.name: p.read_bytes() for p in Path(cwd).iterdir()}
-    out = subprocess.run([sys.executable, "-m", "pipeplan", *args], capture_output=True, text=True, cwd=cwd,
-                         timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-    assert {p.name: p.read_bytes() for p in Path(cwd).iterdir()} == before  # inputs unchanged, nothing new
-    return out
-
-
-def refused(out, *words):
-    assert out.returncode == 2, (out.stdout[-500:], out.stderr[-2000:])
-    assert "Traceback" not in out.stderr and out.stdout == ""
-    lines = out.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pipeplan "), out.stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+def run(*args, cwd, env=None):
+    return run_in(cwd, *args, env=env)
 
 
 def strict_json(text: str):
