@@ -210,7 +210,8 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
             continue
         if len(results) >= top:
             continue  # stays SCREENED: the screen ranked it below the layouts searched
-        if time.perf_counter() > deadline and results:
+        # Past the deadline with a fitting plan in hand (a search's, or a screen's), no search starts.
+        if time.perf_counter() > deadline and (results or any(fits_within(s, base.headroom) for s in screens.values())):
             timed_out = True
             records[layout] = replace(record, status="TIME LIMIT")
             continue
