@@ -15,6 +15,9 @@ from simulator.timeline import Timeline
 from .errors import SpecError
 
 RESAVE = "re-save the file with pipeplan"
+# The largest time a saved timeline holds, in either sign: the ops limit (2e6) times the longest synthetic
+# op (1e9) is 2e15; past 1e18 a chart's axis arithmetic overflows (1e308 draws nothing but warnings).
+MAX_TIME = 1e18
 
 
 def shown(value: Any) -> str:
@@ -72,8 +75,15 @@ def _action(field: str, value: Any) -> None:
         raise SpecError(f"{field}: {err}") from None
 
 
+def _time(field: str, value: Any) -> float:
+    number = finite_number(field, value)
+    if abs(number) > MAX_TIME:
+        raise SpecError(f"{field}: must be within -{MAX_TIME:g} .. {MAX_TIME:g} (got {shown(value)}); {RESAVE}")
+    return number
+
+
 def _interval(field: str, start: Any, end: Any) -> None:
-    if finite_number(f"{field} start", start) > finite_number(f"{field} end", end):
+    if _time(f"{field} start", start) > _time(f"{field} end", end):
         raise SpecError(f"{field}: ends ({end!r}) before it starts ({start!r}); {RESAVE}")
 
 
@@ -86,11 +96,16 @@ def _rows(field: str, value: Any, layout: tuple[str, ...]) -> list:
 
 def checked_timeline(data: Any, field: str) -> Timeline:
     """A timeline from its saved form (``Timeline.to_dict``), every field checked first: at least one
-    device, device indices below ``num_devices``, actions in torch's text form, finite times with
-    start <= end, finite byte counts >= 0."""
+    device and at most the GPU limit (``limits``), at least one op, device indices below ``num_devices``,
+    actions in torch's text form, times within ``MAX_TIME`` with start <= end, finite byte counts >= 0."""
+    from .limits import check
+
     data = mapping(field, data)
     count = whole_number(f"{field}.num_devices", data.get("num_devices"))
+    check("gpus", count, f"{field}.num_devices")
     mapping(f"{field}.meta", data.get("meta", {}))
+    if data.get("ops") == []:
+        raise SpecError(f"{field}.ops: holds no op, so there is nothing to draw or compare; {RESAVE}")
     for k, (device, action, start, end) in enumerate(_rows(f"{field}.ops", data.get("ops"),
                                                             ("device", "action", "start", "end"))):
         where = f"{field}.ops[{k}]"

@@ -147,7 +147,9 @@ def output_target(path: str | os.PathLike, field: str = "output") -> OutputTarge
         raise SpecError(f"{field}: folder {shown!r} of {given!r} does not exist; create it or choose another path")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise SpecError(f"{field}: folder {shown!r} of {given!r} is not writable; choose another path")
-    if st is not None and not os.access(real, os.W_OK):
+    # No write bit at all is read-only even for root, whom os.access always lets write: chmod a-w is how a
+    # user guards a file, and the rename would replace it (and its mode) all the same.
+    if st is not None and (not os.access(real, os.W_OK) or not st.st_mode & 0o222):
         raise SpecError(f"{field}: {given!r} is read-only; choose another path or make it writable")
     return OutputTarget(field, given, real, kind, None if st is None else (st.st_dev, st.st_ino))
 

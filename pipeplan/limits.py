@@ -271,7 +271,13 @@ RANGES: dict[str, Range] = {
     "seq_len": Range(1, 2**24, "tokens"),
     "microbatch_size": Range(1, 2**20, "sequences"),
     "global_batch": Range(1, 2**40, "sequences"),
+    # Processes or threads one command starts (optimize --jobs, schedule search --workers, validate
+    # --threads): past this the machine, not the job, is what runs out (a fork bomb, int overflows in C).
+    "workers": Range(1, 256, "processes or threads"),
 }
+# The longest time budget a flag takes (a week): past it a run is stuck, not slow, and the solvers' and
+# the launcher's clocks (millisecond counts in C) stay far from overflowing.
+MAX_SECONDS = 7 * 24 * 3600.0
 
 
 def in_range(field: str, value: float, kind: str) -> float:

@@ -157,6 +157,15 @@ def test_a_socket_is_never_an_output(tmp_path, files):
         server.close()
 
 
+def test_a_file_without_write_bits_is_refused_even_for_root(tmp_path, files):
+    # os.access lets root write anything, so root's run renamed a new file over a chmod a-w one
+    guarded = tmp_path / "guarded.csv"
+    guarded.write_bytes(b"keep me\n")
+    guarded.chmod(0o444)
+    refused(tmp_path, command("schedule", files, "--csv", guarded), "--csv", "is read-only")
+    assert guarded.read_bytes() == b"keep me\n" and stat.S_IMODE(guarded.stat().st_mode) == 0o444
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere, so nothing is read-only to it")
 def test_a_read_only_folder_is_refused(tmp_path, files):
     locked = tmp_path / "locked"

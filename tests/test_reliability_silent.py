@@ -142,6 +142,55 @@ def test_synthetic_times_outside_their_range_are_refused(tmp_path, flag, value):
     refused(run("schedule", name, "-p", "4", "-m", "8", flag, value, cwd=tmp_path), f"argument {flag}", "1e-09 .. 1e+09")
 
 
+@pytest.mark.parametrize("argv", [
+    ["schedule", "search", "-p", "2", "-m", "2", "--time-limit", "inf"],
+    ["schedule", "search", "-p", "2", "-m", "2", "--time-limit", "1e308"],
+    ["optimize", "--model", "tiny", "--global-batch", "4", "--time-limit", "inf"],
+    ["optimize", "--model", "tiny", "--global-batch", "4", "--solver-time-limit", "inf"],
+    ["optimize", "--model", "tiny", "--global-batch", "4", "--time-limit", "604801"],
+], ids=["search-inf", "search-1e308", "optimize-inf", "solver-inf", "optimize-week-and-a-second"])
+def test_a_time_limit_past_a_week_or_infinite_is_refused(tmp_path, argv):
+    flag = argv[-2]
+    refused(run(*argv, cwd=tmp_path), f"argument {flag}", "(0, 604800]")
+
+
+def test_the_planner_api_refuses_an_infinite_time_limit():
+    from pipeplan.errors import SpecError
+    from pipeplan.planner.optimize import optimize
+
+    with pytest.raises(SpecError, match=r"time_limit: must be in \(0, 604800\]"):
+        optimize("tiny", "dgx-h100", global_batch=4, time_limit=float("inf"))
+
+
+def _timeline_file(tmp_path, edit) -> Path:
+    from test_reliability_tracebacks import damaged_timeline  # tests/ is on sys.path
+
+    path = tmp_path / "t.json"
+    path.write_bytes(damaged_timeline(edit))
+    return path
+
+
+@pytest.mark.parametrize("value", [1e308, -1e19])
+def test_a_saved_time_past_1e18_is_refused_not_drawn(tmp_path, value):
+    # 1e308 passed the finite check and drew a chart with matplotlib's overflow warnings, exit 0
+    path = _timeline_file(tmp_path, lambda t: t["ops"][3].__setitem__(3 if value > 0 else 2, value))
+    refused(run("gantt", path.name, "-o", "g.png", cwd=tmp_path), "input.timeline.ops[3]", "-1e+18 .. 1e+18")
+
+
+def test_a_saved_time_of_1e18_still_draws(tmp_path):
+    path = _timeline_file(tmp_path, lambda t: t["ops"][3].__setitem__(3, 1e18))
+    before = path.read_bytes()
+    out = subprocess.run([sys.executable, "-m", "pipeplan", "gantt", path.name, "-o", "g.png"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.read_bytes() == before
+
+
+def test_a_saved_timeline_without_ops_is_refused(tmp_path):
+    path = _timeline_file(tmp_path, lambda t: t.update(ops=[], transfers=[]))
+    refused(run("gantt", path.name, "-o", "g.png", cwd=tmp_path), "input.timeline.ops", "holds no op")
+
+
 def test_synthetic_times_at_the_ends_of_their_range_give_finite_results(tmp_path):
     # F at the top, I at the bottom, W zero, the hop at the top: every figure finite, the iteration
     # no shorter than the m forwards device 0 runs back to back (8 x 1e9)

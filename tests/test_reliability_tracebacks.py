@@ -87,6 +87,8 @@ CASES = {
                                    ["input.timeline.ops[0]", "before it starts"]),
     "timeline-zero-devices": ("in.json", damaged_timeline(lambda t: t.update(num_devices=0)), GANTT,
                               ["input.timeline.num_devices", ">= 1"]),
+    "timeline-a-trillion-devices": ("in.json", damaged_timeline(lambda t: t.update(num_devices=10 ** 12)), GANTT,
+                                    ["input.timeline.num_devices", "1,000,000,000,000 GPUs", "131,072"]),
     "timeline-devices-true": ("in.json", damaged_timeline(lambda t: t.update(num_devices=True)), GANTT,
                               ["input.timeline.num_devices"]),
     "timeline-action-number": ("in.json", damaged_timeline(set_op(0, 1, 5)), GANTT, ["input.timeline.ops[0] action"]),
@@ -118,6 +120,9 @@ CASES = {
     "report-timeline-zero-devices": ("in.json", damaged_report(
         lambda r: r["measured"].update(timeline=dict(r["measured"]["timeline"], num_devices=0))), COMPARE_GANTT,
         ["report.measured.timeline.num_devices"]),
+    # CP-SAT workers past the C int a solver takes (an OverflowError traceback before)
+    "search-workers-huge": ("unused", b"", ["schedule", "search", "-p", "2", "-m", "2", "--workers", "9" * 30],
+                            ["argument --workers", "at most 256"]),
     # spec fields of the wrong type
     "cluster-name-list": ("c.json", cluster_with(["name"], [1]), CLUSTER_FILE, ["cluster.name"]),
     "cluster-gpu-name-mapping": ("c.json", cluster_with(["gpu", "name"], {"a": 1}), CLUSTER_FILE, ["cluster.gpu.name"]),

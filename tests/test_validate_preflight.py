@@ -41,6 +41,24 @@ def test_a_timeout_that_is_not_a_finite_positive_number_of_seconds_is_refused(tm
     assert "--timeout: must be a number of seconds in (0, 604800]" in err
 
 
+@pytest.mark.parametrize("flag, value, words", [
+    ("--calibration-reps", "9" * 30, "at most 1,000 (got 999,999,999,999,999,999,999,999,999,999)"),
+    ("--calibration-reps", "1001", "at most 1,000 (got 1,001)"),
+    ("--iterations", "100001", "at most 100,000"),
+    ("--warmup", "1000000000", "at most 100,000"),
+    ("--threads", "257", "at most 256 per rank"),
+])
+def test_a_count_no_run_can_finish_is_refused_before_torchrun_starts(tmp_path, flag, value, words):
+    # --calibration-reps 10^30 used to start torchrun and both ranks, which ran until the watchdog
+    err = validate(tmp_path, flag, value)
+    assert f"{flag}: must be {words}" in err
+
+
+def test_the_largest_counts_are_accepted():
+    options = ValidateOptions(iterations=100_000, warmup=100_000, calibration_reps=1_000, threads=256)
+    assert (options.iterations, options.calibration_reps, options.threads) == (100_000, 1_000, 256)
+
+
 def test_the_longest_timeout_is_accepted():
     assert ValidateOptions(timeout=604800.0).timeout == 604800.0
 

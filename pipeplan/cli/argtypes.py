@@ -12,7 +12,7 @@ import argparse
 import math
 from typing import Callable
 
-from ..limits import RANGES
+from ..limits import MAX_SECONDS, RANGES
 
 
 def _whole(text: str) -> int:
@@ -56,6 +56,19 @@ def duration(text: str) -> float:
     if not (value == 0 or (math.isfinite(value) and r.low <= value <= r.high)):
         raise argparse.ArgumentTypeError(f"must be {r.text()} (got {text!r}): outside that, sums of op times "
                                          "overflow or lose every digit")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A time budget in seconds: finite, > 0 and at most ``limits.MAX_SECONDS`` (a week). "inf" is not
+    "no limit" (leave the flag out for that) and "nan" would make every solve give up at once."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds (got {text!r})") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, {MAX_SECONDS:.0f}] (a week) "
+                                         f"(got {text!r})")
     return value
 
 

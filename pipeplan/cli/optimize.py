@@ -8,7 +8,7 @@ from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES
 
 from ..errors import SpecError
 from ..export import EXPORTERS
-from .argtypes import bounded_count, count, share
+from .argtypes import bounded_count, count, seconds, share
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json
 
 
@@ -40,10 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"schedules to consider (default: {' '.join(DEFAULT_SCHEDULES)}; also {' '.join(OTHERS)})")
     p.add_argument("--microbatch-sizes", nargs="+", type=bounded_count("microbatch_size"), metavar="B", default=None,
                    help="micro-batch sizes to consider (default: every divisor of the per-replica batch)")
-    p.add_argument("--time-limit", type=float, default=None,
+    p.add_argument("--time-limit", type=seconds, default=None,
                    help="wall-clock budget of the whole search, seconds; past it the best plan found is returned "
                         "(default: none)")
-    p.add_argument("--solver-time-limit", type=float, default=None,
+    p.add_argument("--solver-time-limit", type=seconds, default=None,
                    help="CP-SAT budget per candidate, deterministic seconds (default 5 for a pinned layout, "
                         "0.5 when several layouts are searched)")
     p.add_argument("--layouts", type=count, default=3,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import SpecError
-from .argtypes import count
+from .argtypes import bounded_count, count, seconds
 
 SEARCH = "search"
 _PLACEMENTS = ("linear", "v", "looped")  # schedule_search.PLACEMENTS, without importing the solver for --help
@@ -23,14 +23,14 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-limit", type=count, default=None, metavar="K",
                        help="stage activations alive per device, counted as the simulator's peak activations "
                        "(F start to W end; default p x chunks, 1F1B's bytes)")
-    group.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS",
+    group.add_argument("--time-limit", type=seconds, default=10.0, metavar="SECONDS",
                        help="CP-SAT's budget in deterministic seconds (default 10; one worker, fixed seed)")
     group.add_argument("--placement", choices=_PLACEMENTS, default=None,
                        help="stages on devices: linear (1 chunk), v (2 chunks, ZB-V's: device d holds d and "
                        "2p-1-d), looped (stage s on device s mod p); default linear, v for 2 chunks, else looped")
     group.add_argument("--full-backward", action="store_true",
                        help="order F and B (B + W as one op) instead of F, B and W")
-    group.add_argument("--workers", type=count, default=1, help="CP-SAT workers (default 1: deterministic)")
+    group.add_argument("--workers", type=bounded_count("workers"), default=1, help="CP-SAT workers (default 1: deterministic)")
 
 
 def check_search_arguments(args: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from ..cluster import ClusterSpec, load_cluster
 from ..errors import SpecError, positive_int
-from ..limits import check_model, check_planner_size, in_range
+from ..limits import MAX_SECONDS, check_model, check_planner_size, in_range
 from ..model import ModelSpec, load_model
 from ..profile import Profile
 from .layout_search import TOP_LAYOUTS, GivenConfig, search_layouts
@@ -53,8 +53,8 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     Raises SpecError (one line) for a bad argument, and when nothing fits, saying what would.
     """
     started = time.perf_counter()
-    if time_limit is not None and not time_limit > 0:
-        raise SpecError(f"time_limit: must be > 0 seconds (got {time_limit})")
+    if time_limit is not None and not 0 < time_limit <= MAX_SECONDS:  # inf is "no limit": leave it None
+        raise SpecError(f"time_limit: must be in (0, {MAX_SECONDS:.0f}] seconds (a week) (got {time_limit})")
     positive_int("layouts", layouts)
     spec, cl, count, grown = _gpus_and_cluster(model, cluster, nodes, gpus)
     if profile is not None:  # a profile holds one tensor rank's measured costs at tp = 1, one replica

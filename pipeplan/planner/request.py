@@ -15,7 +15,7 @@ from simulator.schedules import SCHEDULES, lookup
 from ..cluster import CLUSTER_PRESETS, ClusterSpec, load_cluster
 from ..errors import SpecError, positive_int
 from ..export import export_target
-from ..limits import check_model, check_planner_size, in_range
+from ..limits import MAX_SECONDS, check_model, check_planner_size, in_range
 from ..model import MODEL_PRESETS, ModelSpec, load_model
 from ..parallel import check_sequence_parallel, check_tensor_group
 from ..plan import Plan, default_placement
@@ -175,8 +175,8 @@ def _check_numbers(dp: int, global_batch: int, seq_len: int | None, headroom: fl
         in_range("seq_len", seq_len, "seq_len")
     if not 0 <= headroom < 1:
         raise SpecError(f"headroom: must be in [0, 1) (got {headroom}); 0.05 keeps 5 % of each GPU free")
-    if not time_limit > 0:  # NaN too: it would make every solve give up at once
-        raise SpecError(f"time_limit: must be > 0 seconds (got {time_limit})")
+    if not 0 < time_limit <= MAX_SECONDS:  # NaN too: it would make every solve give up at once
+        raise SpecError(f"time_limit: must be in (0, {MAX_SECONDS:.0f}] seconds (a week) (got {time_limit})")
     positive_int("rescore", rescore)
 
 

@@ -16,6 +16,13 @@ import math
 from dataclasses import dataclass, fields
 
 from ..errors import SpecError
+from ..limits import RANGES
+
+
+def shown_count(value: int) -> str:
+    """A count as an error quotes it: a number of hundreds of digits cut to its first ones."""
+    text = f"{value:,}"
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(str(value))} digits)"
 
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda")
@@ -23,6 +30,10 @@ LAUNCHER, RANK = "launcher", "rank"
 # The longest --timeout accepted, a week: beyond it a run is stuck, not slow, and the clock waits
 # of the launcher and the ranks (millisecond counts in C) stay far from overflowing.
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
+# The most of each count a run takes, checked before anything starts: a run past them cannot end inside
+# any --timeout (a CPU iteration of the tiny plan takes ~10 ms, so 100,000 of them are already 17 min),
+# and a huge count would only start torchrun to be killed by the watchdog. Threads: limits.RANGES["workers"].
+MAX_COUNTS = {"iterations": 100_000, "warmup": 100_000, "calibration_reps": 1_000}
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,11 @@ class ValidateOptions:
                 raise SpecError(f"--{name.replace('_', '-')}: must be at least 1")
         if self.warmup < 0:
             raise SpecError("--warmup: must be >= 0")
+        for name, most in MAX_COUNTS.items():
+            value = getattr(self, name)
+            if value > most:
+                raise SpecError(f"--{name.replace('_', '-')}: must be at most {most:,} (got {shown_count(value)}); "
+                                "a longer run cannot end inside --timeout")
         for value in (self.timeout, self.wait):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S):
@@ -65,6 +81,9 @@ class ValidateOptions:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise SpecError(f"--threads: must be a positive integer (got {self.threads!r}); leave it out for cores / ranks")
+        if self.threads is not None and self.threads > RANGES["workers"].high:
+            raise SpecError(f"--threads: must be at most {RANGES['workers'].high:,} per rank (got "
+                            f"{shown_count(self.threads)}); leave it out for cores / ranks")
 
     @property
     def wait_timeout(self) -> float:
