@@ -112,7 +112,7 @@ def test_cli_json_has_the_documented_keys(tmp_path):
     (["--model", "tiny", "--global-batch", "8", "--schedules", "1f2b"], "--schedules"),
     (["--model", "tiny", "--global-batch", "8", "--pp", "64"], "pp"),
     (["--model", "tiny", "--global-batch", "8", "--headroom", "1.5"], "headroom"),
-    (["--model", "tiny", "--global-batch", "8", "--pp", "2", "--time-limit", "nan"], "time_limit"),
+    (["--model", "tiny", "--global-batch", "8", "--pp", "2", "--time-limit", "nan"], "--time-limit"),  # as the flag is parsed
     (["--model", "tiny", "--global-batch", "8", "--pp", "2", "--microbatch-sizes", "3"], "microbatch_sizes"),
     (["--model", "tiny", "--global-batch", "8", "--pp", "2", "--microbatch-sizes", "0"], "--microbatch-sizes"),  # refused as the flag is parsed
     (["--model", "tiny", "--global-batch", "8", "--dp", "16"], "dp"),
