@@ -126,7 +126,12 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
     elem_bytes = torch.empty((), dtype=dtype).element_size()
     numel = batch * seq * model.hidden
     all_channels = sorted(plan_transfers(schedule))
-    executor = RankExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
+    if options.runtime == "torch":
+        from .torch_runtime import TorchExecutor
+
+        executor = TorchExecutor(schedule, rank, runners, clock, Fault.from_env())
+    else:
+        executor = RankExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
     kept: list[tuple[dict, dict, dict]] = []  # (stage round, link round, iteration)
     rounds: list[Round] = []
     host_key = float(zlib.crc32(socket.gethostname().encode()))

@@ -28,6 +28,7 @@ from ..specs import resolve
 from .measurements import Measurements
 from .options import ValidateOptions
 from .report import build_report, load_report, write_report
+from .torch_support import torch_runtime_refusal
 
 MEASUREMENTS_FILE = "measurements.json"
 
@@ -191,6 +192,10 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
                         f"blocking_p2p false); this plan has tp = {plan.tp}, dp = {plan.dp}, blocking_p2p = "
                         f"{str(plan.blocking_p2p).lower()}")
     schedule = resolve(plan.model, plan.cluster, plan, Path(plan_path).resolve().parent).schedule
+    if options.runtime == "torch":
+        refusal = torch_runtime_refusal(schedule, any(map(plan.recompute_of, range(schedule.num_stages))))
+        if refusal:
+            raise SpecError(refusal)
     not_run = sorted(schedule.kinds_present - set(COMPUTE_KINDS))
     if not_run:
         raise SpecError(f"plan.schedule_csv: the validator runs F, B, I and W actions only; remove the "
