@@ -100,6 +100,8 @@ def run_rank(plan_path: str, options: ValidateOptions, rank: int) -> Measurement
         device = torch.device("cpu")
         dtype = torch.float32
     timeout = options.wait_timeout
+    if options.runtime == "torch":  # its import (torch._dynamo with it) takes seconds: before the ranks meet
+        from . import torch_runtime  # noqa: F401
     # Binding NCCL to the rank's GPU up front lets barriers and collectives know their device.
     bound = {"device_id": device} if options.backend == "nccl" else {}
     dist.init_process_group(options.backend, timeout=timedelta(seconds=timeout), **bound)
@@ -129,7 +131,7 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
     if options.runtime == "torch":
         from .torch_runtime import TorchExecutor
 
-        executor = TorchExecutor(schedule, rank, runners, clock, Fault.from_env())
+        executor = TorchExecutor(schedule, rank, runners, clock, timeout, Fault.from_env())
     else:
         executor = RankExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
     kept: list[tuple[dict, dict, dict]] = []  # (stage round, link round, iteration)

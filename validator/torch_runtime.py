@@ -22,9 +22,9 @@ The stages are the very modules pipeplan's runtime runs (``StageRunner.module``,
   backward in W (and defers stage 0's entire backward to W); with it I and W do the same work in
   both runtimes and a comparison of the two isolates the runtime.
 
-Timing (see ``ActionTimer``): torch runs every action inside ``record_function("PP:<action>")``;
+Timing (see ``StepHooks``): torch runs every action inside ``record_function("PP:<action>")``;
 during the timed step that name is bound to a timer, which gives each action's span on the rank's
-clock. A compute op starts when its stage method starts (after torch waited for its input, so the
+clock (and torch's waits get a time limit). A compute op starts when its stage method starts (after torch waited for its input, so the
 wait is not part of the op) and ends with its span, or with the span of its SEND when that follows
 (issuing the send is CPU work of the op, as in pipeplan's runtime). Receives, REDUCE_GRAD and
 (UN)SHARD (no-ops without FSDP) fall between ops.
@@ -54,7 +54,7 @@ from simulator.ir import BACKWARD_INPUT, BACKWARD_WEIGHT, COMPUTE_KINDS, FORWARD
 
 from .compute import StageRunner
 from .modules import WeightGradStore, apply_weight_grads, microbatch_tokens
-from .runtime import ArrivalMark, Fault, OpMark
+from .runtime import ArrivalMark, Fault, OpMark, _wait
 
 PROFILER_PREFIX = "PP:"  # torch's ``_get_profiler_function_name``: "PP:<action>"
 # The SEND that hands an op's output over, per compute kind (torch's ``_add_send_recv`` puts it right after).
@@ -76,30 +76,44 @@ def deferred_weight_grads(store: WeightGradStore) -> Callable[[], Callable[[], N
     return build
 
 
-class ActionTimer:
-    """Stands in for ``record_function`` inside torch's schedule runtime: records every action's
-    (name, start mark, end mark) on ``clock``. ``installed()`` binds it for the duration of a step."""
+class StepHooks:
+    """What the validator binds in torch's schedule module while it runs a step (``installed()``):
 
-    def __init__(self, clock) -> None:
-        self.clock = clock
+    * ``record_function``: torch runs every action inside ``record_function("PP:<action>")`` (a
+      profiler label); bound to this object it records each action's (name, start, end) on ``clock``;
+    * ``_wait_batch_p2p``: torch's wait for an action's receives (and, at the end of the step, for its
+      sends) waits without a limit; bound to ``wait`` it gives up after ``timeout`` seconds with a
+      ``PeerFailure`` naming the rank the action waited for (``peer_of``), as pipeplan's runtime does.
+    """
+
+    def __init__(self, clock, timeout: float, peer_of: Callable[[str | None], tuple[int | None, str]]) -> None:
+        self.clock, self.timeout, self.peer_of = clock, timeout, peer_of
         self.spans: list[tuple[str, object, object]] = []
+        self.current: str | None = None
 
     @contextmanager
     def __call__(self, name: str):
         start = self.clock.mark()
+        self.current = name
         try:
             yield
         finally:
+            self.current = None
             self.spans.append((name, start, self.clock.mark()))
+
+    def wait(self, works: list) -> None:
+        peer, what = self.peer_of(self.current)
+        for work in works:
+            _wait(work, self.timeout, peer, what)
 
     @contextmanager
     def installed(self):
-        original = torch_schedules.record_function
-        torch_schedules.record_function = self
+        originals = torch_schedules.record_function, torch_schedules._wait_batch_p2p
+        torch_schedules.record_function, torch_schedules._wait_batch_p2p = self, self.wait
         try:
             yield
         finally:
-            torch_schedules.record_function = original
+            torch_schedules.record_function, torch_schedules._wait_batch_p2p = originals
 
 
 def ops_from_spans(spans: list[tuple[str, object, object]], starts: dict[Action, object]) -> list[OpMark]:
@@ -135,7 +149,7 @@ class TorchExecutor:
     """Runs one rank's stages with ``_PipelineScheduleRuntime``; same interface as ``RankExecutor``
     (``run_iteration`` returns the ops' and arrivals' marks, ``replay`` the calibration's ops)."""
 
-    def __init__(self, schedule: Schedule, rank: int, runners: dict[int, StageRunner], clock,
+    def __init__(self, schedule: Schedule, rank: int, runners: dict[int, StageRunner], clock, timeout: float,
                  fault: Fault | None = None, group=None) -> None:
         refusal = torch_runtime_refusal(schedule, recompute=any(r.recompute for r in runners.values()))
         if refusal:
@@ -145,7 +159,8 @@ class TorchExecutor:
         self.ops_run = 0
         self.replaying = False
         self.starts: dict[Action, object] = {}
-        self.timer = ActionTimer(clock)
+        self.timeout = timeout
+        self.timer = StepHooks(clock, timeout, self._waited_for)
         any_runner = next(iter(runners.values()))
         device = any_runner.device
         self.stages: dict[int, PipelineStage] = {}
@@ -176,6 +191,8 @@ class TorchExecutor:
                 if d.direction != "local" and device_of[d.producer.stage] != rank]
             for a in schedule.device_actions[rank]
         }
+        self.receivers = sorted({device_of[c.stage] for c, ds in deps.items() for d in ds
+                                 if device_of[d.producer.stage] == rank != device_of[c.stage]})
 
     # ------------------------------------------------------------------------------------ set-up
 
@@ -234,6 +251,17 @@ class TorchExecutor:
         stage.forward_one_chunk, stage.backward_one_chunk = timed_forward, timed_backward
         stage.backward_weight_one_chunk = timed_weight
 
+    def _waited_for(self, span: str | None) -> tuple[int | None, str]:
+        """(rank, what) a wait inside torch's action ``span`` waits for; outside any action torch
+        waits for its sends at the end of the step."""
+        action = Action.parse(span[len(PROFILER_PREFIX):]) if span else None
+        if action is not None and self.remote_inputs.get(action):
+            producer, src = self.remote_inputs[action][0]
+            what = "activations" if action.kind == FORWARD else "input gradient"
+            return src, f"the {what} of {producer} for {action} from rank {src}"
+        peer = self.receivers[0] if len(self.receivers) == 1 else None
+        return peer, f"rank {peer if peer is not None else 'k'} to take this rank's sends"
+
     def _started(self, action: Action) -> None:
         if not self.replaying:
             if self.fault is not None and self.ops_run == self.fault.op:
@@ -281,14 +309,13 @@ class TorchExecutor:
                 with self.timer(f"{PROFILER_PREFIX}{action}"):
                     self._replay_action(action, sends, losses)
             for action in receives:
-                stage = self.stages[action.stage_index]
-                ops = (stage.get_fwd_recv_ops(action.microbatch_index)
-                       if action.computation_type == _ComputationType.RECV_F
-                       else stage.get_bwd_recv_ops(action.microbatch_index))
+                stage, forward = self.stages[action.stage_index], action.computation_type == _ComputationType.RECV_F
+                mb = action.microbatch_index
+                ops = stage.get_fwd_recv_ops(mb) if forward else stage.get_bwd_recv_ops(mb)
+                src = self.schedule.stage_to_device[action.stage_index + (-1 if forward else 1)]
                 for work in _batch_p2p(ops):
-                    work.wait()
-            for work in sends:
-                work.wait()
+                    _wait(work, self.timeout, src, f"calibration traffic from rank {src}")
+            self.timer.wait(sends)
         finally:
             self.replaying = False
         for stage in self.stages.values():
