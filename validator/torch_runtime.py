@@ -10,7 +10,7 @@ rank (ZB-V's turn) takes its input by a local hand-off. Nothing of pipeplan's ow
 (``validator.runtime``) runs here.
 
 The stages are the very modules pipeplan's runtime runs (``StageRunner.module``, built by
-``validator.modules``), with static shapes (no metadata inference) and two adapters:
+``validator.modules``), with static shapes (no metadata inference) and three adapters:
 
 * the last ``StageModule`` computes its loss itself from ``targets`` (passed as a keyword to every
   stage of that rank; the others ignore it), so torch's ``loss_fn`` is the module's output, and
@@ -20,14 +20,17 @@ The stages are the very modules pipeplan's runtime runs (``StageRunner.module``,
   does, and the builder hands the deferred weight-gradient matmuls to torch as the W runner. Without
   it torch splits the backward by autograd-graph surgery, which re-runs each ``SplitLinear``'s whole
   backward in W (and defers stage 0's entire backward to W); with it I and W do the same work in
-  both runtimes and a comparison of the two isolates the runtime.
+  both runtimes and a comparison of the two isolates the runtime;
+* a recomputing stage (``plan.recompute`` "full") runs under torch's activation checkpointing
+  (``Recomputed``), which keeps the forward's inputs only and re-runs it inside B or I.
 
-Timing (see ``StepHooks``): torch runs every action inside ``record_function("PP:<action>")``;
-during the timed step that name is bound to a timer, which gives each action's span on the rank's
-clock (and torch's waits get a time limit). A compute op starts when its stage method starts (after torch waited for its input, so the
-wait is not part of the op) and ends with its span, or with the span of its SEND when that follows
-(issuing the send is CPU work of the op, as in pipeplan's runtime). Receives, REDUCE_GRAD and
-(UN)SHARD (no-ops without FSDP) fall between ops.
+Both runtimes compute the same losses, micro-batch by micro-batch (tests/test_validate_torch_runtime.py).
+torch's runtime also runs DualPipeV's overlapped pairs, ``(F;B)OVERLAP_F_B``: one action whose
+parts run one after the other (nothing overlaps them without a custom function for the action),
+which the simulator prices as F + B of the two stages when no overlap cost is given.
+
+Timing (``validator.torch_timing``): each action's span from torch's ``record_function`` label, a
+compute op from its stage method's start (after torch's wait for its input) to the end of its SEND.
 
 Calibration (``replay``): the same stage calls as torch's runtime makes for each action of the
 lowered list, in that order, with the real sends, but no receive waited for: each F reads the
@@ -38,27 +41,22 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import contextmanager
 from functools import partial
 from typing import Callable
 
 import torch
-import torch.distributed.pipelining.schedules as torch_schedules
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import _batch_p2p, _ComputationType, _PipelineScheduleRuntime
+from torch.utils.checkpoint import checkpoint
 
-from pipeplan.errors import SpecError
-from pipeplan.validation.torch_support import torch_runtime_refusal
 from simulator.deps import schedule_dependencies
-from simulator.ir import BACKWARD_INPUT, BACKWARD_WEIGHT, COMPUTE_KINDS, FORWARD, FULL_BACKWARD, Action, Schedule, to_csv
+from simulator.ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Action, Schedule, to_csv
 
 from .compute import StageRunner
 from .modules import WeightGradStore, apply_weight_grads, microbatch_tokens
-from .runtime import ArrivalMark, Fault, OpMark, _wait
+from .runtime import ArrivalMark, Fault, _wait
+from .torch_timing import PROFILER_PREFIX, StepHooks, ops_from_spans
 
-PROFILER_PREFIX = "PP:"  # torch's ``_get_profiler_function_name``: "PP:<action>"
-# The SEND that hands an op's output over, per compute kind (torch's ``_add_send_recv`` puts it right after).
-SEND_OF = {FORWARD: "SEND_F", FULL_BACKWARD: "SEND_B", BACKWARD_INPUT: "SEND_B"}
 _RECEIVES = (_ComputationType.RECV_F, _ComputationType.RECV_B)
 
 
@@ -76,63 +74,17 @@ def deferred_weight_grads(store: WeightGradStore) -> Callable[[], Callable[[], N
     return build
 
 
-class StepHooks:
-    """What the validator binds in torch's schedule module while it runs a step (``installed()``):
+class Recomputed(torch.nn.Module):
+    """A recomputing stage's module as torch runs one (activation checkpointing, non-reentrant): the
+    forward keeps only its inputs, the backward runs the forward again first; pipeplan's runtime does
+    the same by hand (``StageRunner``)."""
 
-    * ``record_function``: torch runs every action inside ``record_function("PP:<action>")`` (a
-      profiler label); bound to this object it records each action's (name, start, end) on ``clock``;
-    * ``_wait_batch_p2p``: torch's wait for an action's receives (and, at the end of the step, for its
-      sends) waits without a limit; bound to ``wait`` it gives up after ``timeout`` seconds with a
-      ``PeerFailure`` naming the rank the action waited for (``peer_of``), as pipeplan's runtime does.
-    """
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
 
-    def __init__(self, clock, timeout: float, peer_of: Callable[[str | None], tuple[int | None, str]]) -> None:
-        self.clock, self.timeout, self.peer_of = clock, timeout, peer_of
-        self.spans: list[tuple[str, object, object]] = []
-        self.current: str | None = None
-
-    @contextmanager
-    def __call__(self, name: str):
-        start = self.clock.mark()
-        self.current = name
-        try:
-            yield
-        finally:
-            self.current = None
-            self.spans.append((name, start, self.clock.mark()))
-
-    def wait(self, works: list) -> None:
-        peer, what = self.peer_of(self.current)
-        for work in works:
-            _wait(work, self.timeout, peer, what)
-
-    @contextmanager
-    def installed(self):
-        originals = torch_schedules.record_function, torch_schedules._wait_batch_p2p
-        torch_schedules.record_function, torch_schedules._wait_batch_p2p = self, self.wait
-        try:
-            yield
-        finally:
-            torch_schedules.record_function, torch_schedules._wait_batch_p2p = originals
-
-
-def ops_from_spans(spans: list[tuple[str, object, object]], starts: dict[Action, object]) -> list[OpMark]:
-    """The compute ops of one step, from torch's action spans and the compute methods' start marks.
-
-    An op runs from its stage method's start to the end of its own span, or to the end of the next
-    span when that is the op's SEND (torch issues it right after the op).
-    """
-    marks = []
-    for k, (name, _, end) in enumerate(spans):
-        action = Action.parse(name[len(PROFILER_PREFIX):])
-        if action.kind not in COMPUTE_KINDS:
-            continue
-        if k + 1 < len(spans) and action.kind in SEND_OF:
-            following = spans[k + 1][0][len(PROFILER_PREFIX):]
-            if following == f"{action.stage}{SEND_OF[action.kind]}{action.microbatch}":
-                end = spans[k + 1][2]
-        marks.append(OpMark(action, starts[action], end))
-    return marks
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        return checkpoint(self.module, x, targets, use_reentrant=False)
 
 
 def _static_shapes(runner: StageRunner, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,9 +103,6 @@ class TorchExecutor:
 
     def __init__(self, schedule: Schedule, rank: int, runners: dict[int, StageRunner], clock, timeout: float,
                  fault: Fault | None = None, group=None) -> None:
-        refusal = torch_runtime_refusal(schedule, recompute=any(r.recompute for r in runners.values()))
-        if refusal:
-            raise SpecError(refusal)
         self.schedule, self.rank, self.runners, self.clock = schedule, rank, runners, clock
         self.fault = fault if fault is not None and fault.rank == rank else None
         self.ops_run = 0
@@ -166,7 +115,8 @@ class TorchExecutor:
         self.stages: dict[int, PipelineStage] = {}
         for s in sorted(runners):
             example_in, example_out = _static_shapes(runners[s], device)
-            stage = PipelineStage(runners[s].module, s, schedule.num_stages, device, input_args=example_in,
+            module = Recomputed(runners[s].module) if runners[s].recompute else runners[s].module
+            stage = PipelineStage(module, s, schedule.num_stages, device, input_args=example_in,
                                   output_args=example_out, group=group,
                                   dw_builder=deferred_weight_grads(runners[s].module.store))
             self._instrument(stage, runners[s].module.store)
@@ -189,7 +139,7 @@ class TorchExecutor:
         self.remote_inputs = {
             a: [(d.producer, device_of[d.producer.stage]) for d in deps[a]
                 if d.direction != "local" and device_of[d.producer.stage] != rank]
-            for a in schedule.device_actions[rank]
+            for a in schedule.simulated_actions(rank)
         }
         self.receivers = sorted({device_of[c.stage] for c, ds in deps.items() for d in ds
                                  if device_of[d.producer.stage] == rank != device_of[c.stage]})
@@ -255,10 +205,11 @@ class TorchExecutor:
         """(rank, what) a wait inside torch's action ``span`` waits for; outside any action torch
         waits for its sends at the end of the step."""
         action = Action.parse(span[len(PROFILER_PREFIX):]) if span else None
-        if action is not None and self.remote_inputs.get(action):
-            producer, src = self.remote_inputs[action][0]
-            what = "activations" if action.kind == FORWARD else "input gradient"
-            return src, f"the {what} of {producer} for {action} from rank {src}"
+        for part in getattr(action, "parts", (action,)):
+            if self.remote_inputs.get(part):
+                producer, src = self.remote_inputs[part][0]
+                what = "activations" if part.kind == FORWARD else "input gradient"
+                return src, f"the {what} of {producer} for {part} from rank {src}"
         peer = self.receivers[0] if len(self.receivers) == 1 else None
         return peer, f"rank {peer if peer is not None else 'k'} to take this rank's sends"
 
@@ -320,11 +271,15 @@ class TorchExecutor:
             self.replaying = False
         for stage in self.stages.values():
             stage.clear_runtime_states()
-        return ops_from_spans(self.timer.spans, self.starts)
+        return ops_from_spans(self.timer.spans, self.starts, split_pairs=True)
 
     def _replay_action(self, action, sends: list, losses: dict) -> None:
         """What ``_PipelineScheduleRuntime._step_microbatches`` does for ``action``, less the waits."""
         kind, mb = action.computation_type, action.microbatch_index
+        if kind == _ComputationType.OVERLAP_F_B:  # torch's runtime runs the parts one after the other
+            for part in action.sub_actions:
+                self._replay_action(part, sends, losses)
+            return
         stage = self.stages[action.stage_index]
         if kind == _ComputationType.SEND_F:
             sends.extend(_batch_p2p(stage.get_fwd_send_ops(mb)))

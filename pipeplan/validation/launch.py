@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulator.kinds import COMPUTE_KINDS
+from simulator.kinds import COMPOSITE_KINDS, COMPUTE_KINDS
 
 from ..errors import SpecError
 from ..plan import Plan
@@ -28,7 +28,6 @@ from ..specs import resolve
 from .measurements import Measurements
 from .options import ValidateOptions
 from .report import build_report, load_report, write_report
-from .torch_support import torch_runtime_refusal
 
 MEASUREMENTS_FILE = "measurements.json"
 
@@ -192,14 +191,13 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
                         f"blocking_p2p false); this plan has tp = {plan.tp}, dp = {plan.dp}, blocking_p2p = "
                         f"{str(plan.blocking_p2p).lower()}")
     schedule = resolve(plan.model, plan.cluster, plan, Path(plan_path).resolve().parent).schedule
-    if options.runtime == "torch":
-        refusal = torch_runtime_refusal(schedule, any(map(plan.recompute_of, range(schedule.num_stages))))
-        if refusal:
-            raise SpecError(refusal)
-    not_run = sorted(schedule.kinds_present - set(COMPUTE_KINDS))
+    # torch's runtime runs an overlapped pair's two parts one after the other (validator.torch_runtime).
+    runs = set(COMPUTE_KINDS) | (set(COMPOSITE_KINDS) if options.runtime == "torch" else set())
+    not_run = sorted(schedule.kinds_present - runs)
     if not_run:
+        torch_runs = " or validate with --runtime torch" if set(not_run) <= set(COMPOSITE_KINDS) else ""
         raise SpecError(f"plan.schedule_csv: the validator runs F, B, I and W actions only; remove the "
-                        f"{', '.join(not_run)} actions to validate the pipeline (the simulator prices them)")
+                        f"{', '.join(not_run)} actions to validate the pipeline (the simulator prices them){torch_runs}")
     if "selective" in plan.recompute:
         raise SpecError("plan.recompute: the validator runs none or full recomputation, not selective (the simulator prices it)")
     if out:
