@@ -54,7 +54,7 @@ from simulator.ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD
 
 from .compute import StageRunner
 from .modules import WeightGradStore, apply_weight_grads, microbatch_tokens
-from .runtime import ArrivalMark, Fault, _wait
+from .runtime import ArrivalMark, Fault, OpMark, _wait
 from .torch_timing import PROFILER_PREFIX, StepHooks, ops_from_spans
 
 _RECEIVES = (_ComputationType.RECV_F, _ComputationType.RECV_B)
@@ -102,7 +102,7 @@ class TorchExecutor:
     (``run_iteration`` returns the ops' and arrivals' marks, ``replay`` the calibration's ops)."""
 
     def __init__(self, schedule: Schedule, rank: int, runners: dict[int, StageRunner], clock, timeout: float,
-                 fault: Fault | None = None, group=None) -> None:
+                 fault: Fault | None = None) -> None:
         self.schedule, self.rank, self.runners, self.clock = schedule, rank, runners, clock
         self.fault = fault if fault is not None and fault.rank == rank else None
         self.ops_run = 0
@@ -117,8 +117,7 @@ class TorchExecutor:
             example_in, example_out = _static_shapes(runners[s], device)
             module = Recomputed(runners[s].module) if runners[s].recompute else runners[s].module
             stage = PipelineStage(module, s, schedule.num_stages, device, input_args=example_in,
-                                  output_args=example_out, group=group,
-                                  dw_builder=deferred_weight_grads(runners[s].module.store))
+                                  output_args=example_out, dw_builder=deferred_weight_grads(runners[s].module.store))
             self._instrument(stage, runners[s].module.store)
             self.stages[s] = stage
         self.runtime = _PipelineScheduleRuntime(list(self.stages.values()), schedule.num_microbatches,
