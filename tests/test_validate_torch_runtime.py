@@ -151,12 +151,7 @@ def _cli(*args, cwd=REPO):
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
 
 
-def _dualpipe_plan(tmp_path):
-    plan = json.loads((PLANS / "tiny-zb-v-p2.json").read_text())
-    plan.update(schedule="dualpipe-v", cluster=str(REPO / "validation" / "cpu.json"))
-    path = tmp_path / "tiny-dualpipe-v-p2.json"
-    path.write_text(json.dumps(plan))
-    return path
+DUALPIPE_V = PLANS / "torch" / "tiny-dualpipe-v-p2.json"  # only torch's runtime runs it
 
 
 @pytest.mark.parametrize("case", ["cuda-gloo", "pipeplan-dualpipe-v"])
@@ -165,7 +160,7 @@ def test_cli_refuses_in_one_line_what_a_runtime_cannot_run(case, tmp_path):
         args = [str(PLANS / "tiny-1f1b-p2.json"), "--runtime", "torch", "--device", "cuda"]
         expected = "--runtime torch: torch's runtime sends the stages' CUDA tensors"
     else:
-        args = [str(_dualpipe_plan(tmp_path))]
+        args = [str(DUALPIPE_V)]
         expected = "plan.schedule_csv: the validator runs F, B, I and W actions only; remove the OVERLAP_F_B"
     out = _cli("validate", *args, "--out", str(tmp_path / "report.json"))
     assert out.returncode == 2, out
@@ -231,12 +226,11 @@ def test_a_hung_rank_ends_a_torch_run_cleanly(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("plan,like", [("dualpipe-v", "zb-v"), ("1f1b-recompute", "1f1b")])
-def test_torch_runtime_runs_what_pipeplans_cannot_or_does_by_hand_with_the_same_losses(plan, like, torch_reports,
-                                                                                       tmp_path):
+def test_torch_runtime_runs_what_pipeplans_cannot_or_does_by_hand_with_the_same_losses(plan, like, torch_reports):
     """DualPipeV (overlapped pairs, which pipeplan's runtime refuses) trains like ZB-V on the same
     cuts and placement, and a plan whose stage 0 recomputes (torch's activation checkpointing) like
     the plan without: same losses, micro-batch by micro-batch."""
-    path = _dualpipe_plan(tmp_path) if plan == "dualpipe-v" else PLANS / f"tiny-{plan}-p2.json"
+    path = DUALPIPE_V if plan == "dualpipe-v" else PLANS / f"tiny-{plan}-p2.json"
     report = run_validation(str(path), dataclasses.replace(TORCH, iterations=2, warmup=1))
     reference = (torch_reports.get(like) or [run_validation(str(PLANS / f"tiny-{like}-p2.json"), TORCH)])[0]
     (losses,), (expected,) = report["losses"], reference["losses"]
