@@ -33,9 +33,10 @@ Timing (``validator.torch_timing``): each action's span from torch's ``record_fu
 compute op from its stage method's start (after torch's wait for its input) to the end of its SEND.
 
 Calibration (``replay``): the same stage calls as torch's runtime makes for each action of the
-lowered list, in that order, with the real sends, but no receive waited for: each F reads the
-receive buffer the last iteration left and each backward the last gradient, and the receives are
-drained at the end, so every op is timed alone in the schedule's order and cache state.
+lowered list, in that order, with the real sends and receives, but no receive waited for: each F
+reads the receive buffer the last iteration left and each backward the last gradient (the replay's
+receives land in scratch tensors and are waited for at the end), so every op is timed alone in the
+schedule's order and cache state, with the traffic the run has around it.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from functools import partial
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import _batch_p2p, _ComputationType, _PipelineScheduleRuntime
 from torch.utils.checkpoint import checkpoint
@@ -108,6 +110,7 @@ class TorchExecutor:
         self.ops_run = 0
         self.replaying = False
         self.starts: dict[Action, object] = {}
+        self.scratch: dict[tuple, torch.Tensor] = {}  # calibration's receive buffers
         self.timeout = timeout
         self.timer = StepHooks(clock, timeout, self._waited_for)
         any_runner = next(iter(runners.values()))
@@ -245,7 +248,7 @@ class TorchExecutor:
 
     def replay(self) -> list[OpMark]:
         """Calibration: torch's stage calls for every action of the lowered list, in order, with the
-        real sends and no receive waited for (the receives are drained at the end)."""
+        real sends and receives, none waited for until the end."""
         self._begin()
         self.replaying = True
         sends, receives, losses = [], [], {}
@@ -253,24 +256,34 @@ class TorchExecutor:
             for stage in self.stages.values():
                 stage.clear_runtime_states()
             for action in self.runtime.pipeline_order_with_comms[self.rank]:
-                if action.computation_type in _RECEIVES:
-                    receives.append(action)
-                    continue
                 with self.timer(f"{PROFILER_PREFIX}{action}"):
-                    self._replay_action(action, sends, losses)
-            for action in receives:
-                stage, forward = self.stages[action.stage_index], action.computation_type == _ComputationType.RECV_F
-                mb = action.microbatch_index
-                ops = stage.get_fwd_recv_ops(mb) if forward else stage.get_bwd_recv_ops(mb)
-                src = self.schedule.stage_to_device[action.stage_index + (-1 if forward else 1)]
-                for work in _batch_p2p(ops):
-                    _wait(work, self.timeout, src, f"calibration traffic from rank {src}")
+                    if action.computation_type in _RECEIVES:
+                        receives += self._post_scratch_receive(action)
+                    else:
+                        self._replay_action(action, sends, losses)
+            for work, src in receives:
+                _wait(work, self.timeout, src, f"calibration traffic from rank {src}")
             self.timer.wait(sends)
         finally:
             self.replaying = False
         for stage in self.stages.values():
             stage.clear_runtime_states()
         return ops_from_spans(self.timer.spans, self.starts, split_pairs=True)
+
+    def _post_scratch_receive(self, action) -> list[tuple[object, int]]:
+        """Post ``action``'s receive where torch's runtime posts it, into a scratch tensor: the data
+        arrives while the replay computes, as in the run, without writing a buffer an op is reading."""
+        stage, mb = self.stages[action.stage_index], action.microbatch_index
+        forward = action.computation_type == _ComputationType.RECV_F
+        src = self.schedule.stage_to_device[action.stage_index + (-1 if forward else 1)]
+        posted = []
+        for k, op in enumerate(stage.get_fwd_recv_ops(mb) if forward else stage.get_bwd_recv_ops(mb)):
+            key = (action.stage_index, forward, mb, k)
+            if key not in self.scratch:
+                self.scratch[key] = torch.empty_like(op.tensor, requires_grad=False)
+            posted += [(work, src) for work in _batch_p2p([dist.P2POp(dist.irecv, self.scratch[key], op.peer,
+                                                                      op.group)])]
+        return posted
 
     def _replay_action(self, action, sends: list, losses: dict) -> None:
         """What ``_PipelineScheduleRuntime._step_microbatches`` does for ``action``, less the waits."""
