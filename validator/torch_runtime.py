@@ -226,25 +226,36 @@ class TorchExecutor:
 
     def _begin(self) -> None:
         self.clock.begin_iteration()
-        self.timer.spans.clear()
+        self.timer.clear()
         self.starts.clear()
 
     def run_iteration(self) -> tuple[list[OpMark], list[ArrivalMark]]:
-        """One ``step`` of torch's runtime, then the SGD update; the ops' marks and, for each op with
-        an input from another rank, the moment torch's wait for it returned (the op's start)."""
+        """One ``step`` of torch's runtime, then the SGD update; the ops' marks and the arrivals the
+        ranks waited for (``_arrivals``)."""
         self._begin()
         losses: list[torch.Tensor] = []
         with self.timer.installed():
             self.runtime.step(*self.args, target=self.target, losses=losses, return_outputs=False, **self.kwargs)
         marks = ops_from_spans(self.timer.spans, self.starts)
-        arrivals = [ArrivalMark(producer, op.action, src, op.start)
-                    for op in marks for producer, src in self.remote_inputs[op.action]]
+        arrivals = self._arrivals()
         last = self.schedule.num_stages - 1
         if last in self.runners:
             self.runners[last].losses.extend(loss.detach() for loss in losses)
         for runner in self.runners.values():
             runner.step()
         return marks, arrivals
+
+    def _arrivals(self) -> list[ArrivalMark]:
+        """For each op whose input came from another rank and was waited for, when the wait returned:
+        torch waits for an action's receives inside the action, before its compute method starts."""
+        arrivals = []
+        for name, waits in self.timer.arrivals.items():
+            action = Action.parse(name[len(PROFILER_PREFIX):])
+            remote = [(producer, part, src) for part in getattr(action, "parts", (action,))
+                      for producer, src in self.remote_inputs.get(part, ())]
+            arrivals += [ArrivalMark(producer, part, src, mark)
+                         for (producer, part, src), (mark, waited) in zip(remote, waits) if waited]
+        return arrivals
 
     def replay(self) -> list[OpMark]:
         """Calibration: torch's stage calls for every action of the lowered list, in order, with the

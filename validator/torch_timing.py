@@ -9,6 +9,7 @@ into the ops' (start, end), the same way pipeplan's runtime times its own.
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Callable
 
@@ -16,6 +17,7 @@ import torch.distributed.pipelining.schedules as torch_schedules
 
 from simulator.ir import BACKWARD_INPUT, COMPUTE_KINDS, FORWARD, FULL_BACKWARD, Action
 
+from .gather import WAITED_S
 from .runtime import OpMark, _wait
 
 PROFILER_PREFIX = "PP:"  # torch's ``_get_profiler_function_name``: "PP:<action>"
@@ -30,13 +32,20 @@ class StepHooks:
       profiler label); bound to this object it records each action's (name, start, end) on ``clock``;
     * ``_wait_batch_p2p``: torch's wait for an action's receives (and, at the end of the step, for its
       sends) waits without a limit; bound to ``wait`` it gives up after ``timeout`` seconds with a
-      ``PeerFailure`` naming the rank the action waited for (``peer_of``), as pipeplan's runtime does.
+      ``PeerFailure`` naming the rank the action waited for (``peer_of``), as pipeplan's runtime does,
+      and notes in ``arrivals`` when a wait inside an action returned, if it waited at all.
     """
 
     def __init__(self, clock, timeout: float, peer_of: Callable[[str | None], tuple[int | None, str]]) -> None:
         self.clock, self.timeout, self.peer_of = clock, timeout, peer_of
         self.spans: list[tuple[str, object, object]] = []
         self.current: str | None = None
+        # per action span, in order: (the wait's end on ``clock``, whether it waited for data)
+        self.arrivals: dict[str, list[tuple[object, bool]]] = {}
+
+    def clear(self) -> None:
+        self.spans.clear()
+        self.arrivals.clear()
 
     @contextmanager
     def __call__(self, name: str):
@@ -50,8 +59,12 @@ class StepHooks:
 
     def wait(self, works: list) -> None:
         peer, what = self.peer_of(self.current)
+        before = time.perf_counter()
         for work in works:
             _wait(work, self.timeout, peer, what)
+        if self.current is not None:
+            waited = time.perf_counter() - before >= WAITED_S
+            self.arrivals.setdefault(self.current, []).append((self.clock.mark(), waited))
 
     @contextmanager
     def installed(self):
