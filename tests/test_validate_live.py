@@ -62,9 +62,10 @@ def within(report):
     return abs(err["bubble_points"]) <= BUBBLE_POINTS and abs(err["iteration_time_pct"]) <= TIME_PCT
 
 
-def attempts(plan, reports=()):
-    """``reports`` plus runs of ``plan`` until one is undisturbed and within the targets, ATTEMPTS in
-    all; no retry once the machine is seen busy. Returns (reports, why the retries stopped or "")."""
+def attempts(plan, reports=(), options=OPTIONS):
+    """``reports`` plus runs of ``plan`` (with ``options``) until one is undisturbed and within the
+    targets, ATTEMPTS in all; no retry once the machine is seen busy. Returns (reports, why the
+    retries stopped or "")."""
     reports = list(reports)
     stopped = ""
     while not any(idle(r) and within(r) for r in reports) and len(reports) < ATTEMPTS:
@@ -73,7 +74,7 @@ def attempts(plan, reports=()):
             if load > QUIET_CORES:
                 stopped = f"other processes used {load:.2f} cores before a retry"
                 break
-        reports.append(run_validation(str(plan), OPTIONS))
+        reports.append(run_validation(str(plan), options))
     return reports, stopped
 
 

@@ -139,4 +139,5 @@ def assemble(context: RankContext, gathered: list[dict], boundary_bytes: float, 
         warmup=options.warmup,
         calibration_reps=options.calibration_reps,
         clock_offsets=tuple(offsets),
+        runtime=options.runtime,
     )

@@ -39,13 +39,15 @@ def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
 class _SplitLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, store):  # type: ignore[override]
-        ctx.save_for_backward(x, weight)
-        ctx.store = store
+        # The weight (a Parameter) is kept as itself, not saved: under activation checkpointing saved
+        # tensors come back as detached copies, and a deferred gradient must land in the Parameter's .grad.
+        ctx.save_for_backward(x)
+        ctx.weight, ctx.store = weight, store
         return x @ weight.t()
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, weight = ctx.saved_tensors
+        (x,), weight = ctx.saved_tensors, ctx.weight
         grad_x = grad_out @ weight
         if ctx.store.defer:
             ctx.store.collecting.append((weight, x, grad_out))

@@ -10,9 +10,12 @@ says which:
   counts it in 10 ms ticks and it covers calibration, link timing and the run together.
 * **waits for a core** (``waited``): how long the rank's compute thread was runnable but not
   running, during the run iteration and during its calibration replay (``/proc/thread-self/schedstat``,
-  nanoseconds), more than ``QUIET_WAIT`` of that phase's wall time on any rank. This is the direct
-  measure of the disturbance: each rank has a core of its own, so its compute thread waits only
-  when something else holds that core (its own gloo threads hold it for microseconds at a time). A background load far below ``QUIET_CORES`` (10 ms every 100 ms,
+  nanoseconds), beyond the CPU time the rank's own other threads (gloo's) took in that phase, more
+  than ``QUIET_WAIT`` of that phase's wall time on any rank. This is the direct measure of the
+  disturbance: each rank has a core of its own, so its compute thread waits only when something
+  else holds that core, and what its own threads ran there is the rank's communication, in the
+  calibration as in the run (on a quiet VM the compute thread's waits matched its gloo threads' CPU
+  time within a few per cent, for both runtimes; torch's runtime keeps them 2-4 times busier). A background load far below ``QUIET_CORES`` (10 ms every 100 ms,
   about 0.1 core) passes the first test, yet each burst delays one rank by a few ms at a random
   moment of the schedule; the other rank then waits for it, which the calibration, whose ops
   wait for nothing, cannot show: the measured bubble comes out larger than predicted (1-15 points
@@ -34,10 +37,9 @@ from dataclasses import dataclass
 
 # Other processes' CPU over a whole round, in cores (tick-counted, hence loose).
 QUIET_CORES = 0.3
-# A rank's compute thread may wait this share of a phase's wall time for a core. Its own gloo
-# threads waking on its core take an estimated 1-2 % (tens of us per transfer, 16-32 transfers in
-# an 80 ms iteration; the lowest waits seen on this VM were 1-1.5 ms per phase); any load from
-# another process seen here cost 15-230 ms per phase.
+# A rank's compute thread may wait this share of a phase's wall time for a core beyond what its own
+# other threads ran (gloo's, 1-2 % of a phase with pipeplan's runtime, 3-10 % with torch's); any
+# load from another process seen here cost 15-230 ms per phase.
 QUIET_WAIT = 0.03
 # A rank's summed op time may differ this much from the run's median (run and calibration apart).
 QUIET_SPEED = 0.05
@@ -46,7 +48,7 @@ SPEED_QUORUM = 3
 
 # One rank's figures for one round, in the order all-gathered between ranks.
 FIELDS = ("host", "busy", "own", "wall", "steal", "run_wall", "run_wait", "run_ops", "calib_wall",
-          "calib_wait", "calib_ops")
+          "calib_wait", "calib_ops", "run_others", "calib_others")
 
 
 @dataclass(frozen=True)
@@ -61,18 +63,22 @@ class Round:
     calib_wait: tuple[float, ...]
     calib_wall: tuple[float, ...]
     calib_ops: tuple[float, ...]
+    # per rank: CPU seconds its other threads (gloo's) ran during the run / the calibration replay
+    run_others: tuple[float, ...] = ()
+    calib_others: tuple[float, ...] = ()
 
     @staticmethod
     def from_rows(rows: list[list[float]], foreign_cores: float) -> "Round":
         """``rows``: per rank, the ``FIELDS`` values."""
         col = {name: tuple(r[k] for r in rows) for k, name in enumerate(FIELDS)}
         return Round(foreign_cores, max(col["steal"]), col["run_wait"], col["run_wall"], col["run_ops"],
-                     col["calib_wait"], col["calib_wall"], col["calib_ops"])
+                     col["calib_wait"], col["calib_wall"], col["calib_ops"], col["run_others"], col["calib_others"])
 
     def to_dict(self) -> dict:
         return {"foreign_cores": self.foreign_cores, "steal": self.steal, "run_wait": list(self.run_wait),
                 "calib_wait": list(self.calib_wait), "run_ops": list(self.run_ops),
-                "calib_ops": list(self.calib_ops)}
+                "calib_ops": list(self.calib_ops), "run_others": list(self.run_others),
+                "calib_others": list(self.calib_others)}
 
 
 def _direct(r: Round) -> str | None:
@@ -81,10 +87,13 @@ def _direct(r: Round) -> str | None:
         return f"cores: other processes used {r.foreign_cores:.2f} cores"
     if r.steal > 0:
         return f"speed: the hypervisor stole {1e3 * r.steal:.0f} ms"
-    for phase, waits, walls in (("run", r.run_wait, r.run_wall), ("calibration", r.calib_wait, r.calib_wall)):
+    for phase, waits, walls, others in (("run", r.run_wait, r.run_wall, r.run_others),
+                                        ("calibration", r.calib_wait, r.calib_wall, r.calib_others)):
         for rank, (wait, wall) in enumerate(zip(waits, walls)):
-            if wall > 0 and wait > QUIET_WAIT * wall:
-                return f"waited: rank {rank} waited {1e3 * wait:.1f} ms for a core in a {1e3 * wall:.0f} ms {phase}"
+            own = others[rank] if others else 0.0
+            if wall > 0 and wait - own > QUIET_WAIT * wall:
+                return (f"waited: rank {rank} waited {1e3 * wait:.1f} ms for a core in a {1e3 * wall:.0f} ms {phase}"
+                        + (f", its own threads ran {1e3 * own:.1f} ms" if own else ""))
     return None
 
 

@@ -24,8 +24,8 @@ from .compute import StageRunner
 from .gather import RankContext, assemble
 from .runtime import Fault, RankExecutor, make_channels, plan_transfers, talking_to
 from .quiet import FIELDS, Round, judge, summary
-from .timing import (clock_offsets, foreign_cores, host_busy_seconds, make_clock, own_cpu_seconds, run_delay_seconds,
-                     steal_seconds)
+from .timing import (clock_offsets, foreign_cores, host_busy_seconds, make_clock, other_threads_cpu_seconds,
+                     own_cpu_seconds, run_delay_seconds, steal_seconds)
 
 SEED = 1234
 
@@ -100,6 +100,8 @@ def run_rank(plan_path: str, options: ValidateOptions, rank: int) -> Measurement
         device = torch.device("cpu")
         dtype = torch.float32
     timeout = options.wait_timeout
+    if options.runtime == "torch":  # its import (torch._dynamo with it) takes seconds: before the ranks meet
+        from . import torch_runtime  # noqa: F401
     # Binding NCCL to the rank's GPU up front lets barriers and collectives know their device.
     bound = {"device_id": device} if options.backend == "nccl" else {}
     dist.init_process_group(options.backend, timeout=timedelta(seconds=timeout), **bound)
@@ -126,7 +128,12 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
     elem_bytes = torch.empty((), dtype=dtype).element_size()
     numel = batch * seq * model.hidden
     all_channels = sorted(plan_transfers(schedule))
-    executor = RankExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
+    if options.runtime == "torch":
+        from .torch_runtime import TorchExecutor
+
+        executor = TorchExecutor(schedule, rank, runners, clock, timeout, Fault.from_env())
+    else:
+        executor = RankExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
     kept: list[tuple[dict, dict, dict]] = []  # (stage round, link round, iteration)
     rounds: list[Round] = []
     host_key = float(zlib.crc32(socket.gethostname().encode()))
@@ -140,23 +147,24 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
     while run < options.warmup + 3 * options.iterations:
         wall0, busy0, own0, steal0 = time.perf_counter(), host_busy_seconds(), own_cpu_seconds(), steal_seconds()
         barrier(timeout)
-        c0, cw0 = time.perf_counter(), run_delay_seconds()
+        c0, cw0, co0 = time.perf_counter(), run_delay_seconds(), other_threads_cpu_seconds()
         stages_now = replay_round(executor, runners, clock)
-        c1, cw1 = time.perf_counter(), run_delay_seconds()
+        c1, cw1, co1 = time.perf_counter(), run_delay_seconds(), other_threads_cpu_seconds()
         barrier(timeout)
         links_now = link_round(all_channels, channels, rank, numel, device, reps=2 * options.calibration_reps,
                                timeout=timeout, offsets=offsets)
         barrier(timeout)
-        r0, rw0 = time.perf_counter(), run_delay_seconds()
+        r0, rw0, ro0 = time.perf_counter(), run_delay_seconds(), other_threads_cpu_seconds()
         marks, arrivals = executor.run_iteration()
-        r1, rw1 = time.perf_counter(), run_delay_seconds()
+        r1, rw1, ro1 = time.perf_counter(), run_delay_seconds(), other_threads_cpu_seconds()
         times = clock.resolve([m for op in marks for m in (op.start, op.end)] + [a.mark for a in arrivals])
         run_ops = sum(times[2 * k + 1] - times[2 * k] for k in range(len(marks)))
         calib_ops = sum(sum(v) for kinds in stages_now.values() for v in kinds.values())
         figures = {"host": host_key, "busy": host_busy_seconds() - busy0, "own": own_cpu_seconds() - own0,
                    "wall": time.perf_counter() - wall0, "steal": steal_seconds() - steal0,
                    "run_wall": r1 - r0, "run_wait": rw1 - rw0, "run_ops": run_ops,
-                   "calib_wall": c1 - c0, "calib_wait": cw1 - cw0, "calib_ops": calib_ops}
+                   "calib_wall": c1 - c0, "calib_wait": cw1 - cw0, "calib_ops": calib_ops,
+                   "run_others": ro1 - ro0, "calib_others": co1 - co0}
         window = [figures[name] for name in FIELDS]
         gathered_load = [torch.zeros(len(FIELDS), dtype=torch.float64, device=scalar_device) for _ in range(world)]
         with talking_to(None, "exchanging load figures"):

@@ -61,7 +61,8 @@ class Transfer:
 
 def plan_transfers(schedule: Schedule) -> dict[tuple[int, int], list[Transfer]]:
     """Per channel (src, dst), its transfers in the order the sender produces them."""
-    position = {a: (d, i) for d, acts in enumerate(schedule.device_actions) for i, a in enumerate(acts)}
+    # Simulated actions: an overlapped pair (torch's runtime runs DualPipeV's) counts as its two parts.
+    position = {a: (d, i) for d in range(schedule.num_devices) for i, a in enumerate(schedule.simulated_actions(d))}
     found: dict[tuple[int, int], list[tuple[int, Action, Action, str]]] = {}
     for consumer, deps in schedule_dependencies(schedule).items():
         dst = position[consumer][0]

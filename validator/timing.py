@@ -147,6 +147,11 @@ def steal_seconds() -> float:
     return int((fields + ["0"] * 8)[7]) / _CLOCK_TICKS
 
 
+def other_threads_cpu_seconds() -> float:
+    """CPU seconds of this process's threads other than the calling one (gloo's, on a rank)."""
+    return time.process_time() - time.thread_time()
+
+
 def own_cpu_seconds() -> float:
     """CPU seconds of this process, all threads (compute, gloo, autograd)."""
     return time.process_time()

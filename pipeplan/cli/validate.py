@@ -50,7 +50,8 @@ def format_report(report: dict[str, Any]) -> str:
     recomputed = f" recompute [{', '.join(recompute)}]" if any(r != "none" for r in recompute) else ""
     lines = [
         f"{model} {plan['schedule']} p={plan['pp']} m={plan['num_microbatches']} b={plan['microbatch_size']} "
-        f"layers {plan['layers_per_stage']}{recomputed}: {run['world_size']} ranks, {run['backend']} on {run['device']}, "
+        f"layers {plan['layers_per_stage']}{recomputed}: {run['world_size']} ranks"
+        f"{' on torch.distributed.pipelining' if run.get('runtime') == 'torch' else ''}, {run['backend']} on {run['device']}, "
         f"{run['dtype']}, {run['threads_per_rank']} thread(s)/rank, median of {run['iterations']} iterations "
         f"after {run['warmup']} warm-up",
         table(

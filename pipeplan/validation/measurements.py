@@ -22,11 +22,11 @@ MEASUREMENTS_KIND = "pipeplan.measurements"
 MEASUREMENTS_VERSION = 1
 
 # The report's "run" section, in its order; ``device``, ``dtype`` and ``iterations`` are derived.
-RUN_KEYS = ("plan_file", "base_dir", "scale", "backend", "device", "dtype", "threads_per_rank", "world_size",
-            "iterations", "iterations_tried", "disturbed", "left_out", "warmup", "calibration_reps",
+RUN_KEYS = ("plan_file", "base_dir", "runtime", "scale", "backend", "device", "dtype", "threads_per_rank",
+            "world_size", "iterations", "iterations_tried", "disturbed", "left_out", "warmup", "calibration_reps",
             "clock_offsets")
 # Written only when they differ from these defaults (records made before they existed lack them).
-OPTIONAL_RUN_KEYS = {"left_out": ""}
+OPTIONAL_RUN_KEYS = {"left_out": "", "runtime": "pipeplan"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class Measurements:
     of them were undisturbed, so some kept ones were not; ``left_out``: why iterations were found
     disturbed (``validator.quiet``; empty when none was). ``losses``: per rank that
     computes the loss, every micro-batch's loss in run order (warm-up included).
-    ``clock_offsets``: per rank, how far its clock ran ahead of rank 0's (seconds).
+    ``clock_offsets``: per rank, how far its clock ran ahead of rank 0's (seconds). ``runtime``: who
+    executed the schedule (``ValidateOptions.runtime``: "pipeplan" or "torch").
     """
 
     plan: Plan
@@ -58,6 +59,7 @@ class Measurements:
     warmup: int
     calibration_reps: int
     clock_offsets: tuple[float, ...]
+    runtime: str = "pipeplan"
 
     def run_section(self) -> dict[str, Any]:
         """The report's ``run`` section: how the run was made."""
@@ -101,6 +103,7 @@ class Measurements:
             warmup=int(run["warmup"]),
             calibration_reps=int(run["calibration_reps"]),
             clock_offsets=tuple(float(x) for x in run["clock_offsets"]),
+            runtime=str(run.get("runtime", OPTIONAL_RUN_KEYS["runtime"])),
         )
 
     def save(self, path: str | os.PathLike) -> None:

@@ -26,6 +26,9 @@ def shown_count(value: int) -> str:
 
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda")
+# Who executes the schedule: pipeplan's own executor (validator.runtime) or torch.distributed.pipelining's
+# schedule runtime (validator.torch_runtime).
+RUNTIMES = ("pipeplan", "torch")
 LAUNCHER, RANK = "launcher", "rank"
 # The longest --timeout accepted, a week: beyond it a run is stuck, not slow, and the clock waits
 # of the launcher and the ranks (millisecond counts in C) stay far from overflowing.
@@ -53,6 +56,7 @@ class ValidateOptions:
     calibration_reps: int = 1
     threads: int | None = None
     wait: float | None = None
+    runtime: str = "pipeplan"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -61,6 +65,11 @@ class ValidateOptions:
             raise SpecError(f"--device: choose cpu or cuda (got {self.device!r})")
         if self.backend == "nccl" and self.device != "cuda":
             raise SpecError("--backend nccl: NCCL moves GPU tensors only; add --device cuda or use gloo")
+        if self.runtime not in RUNTIMES:
+            raise SpecError(f"--runtime: choose pipeplan or torch (got {self.runtime!r})")
+        if self.runtime == "torch" and self.device == "cuda" and self.backend == "gloo":
+            raise SpecError("--runtime torch: torch's runtime sends the stages' CUDA tensors as they are and gloo "
+                            "moves CPU tensors only; use --backend nccl (one GPU per rank) or --runtime pipeplan")
         for name in ("iterations", "calibration_reps"):
             if getattr(self, name) < 1:
                 raise SpecError(f"--{name.replace('_', '-')}: must be at least 1")
@@ -119,6 +128,9 @@ class ValidateOptions:
                             help="link timings per size before each iteration, x2 (default 1)")
         parser.add_argument("--threads", type=int, default=d["threads"],
                             help="torch threads per rank (default: cores / ranks)")
+        parser.add_argument("--runtime", choices=RUNTIMES, default=d["runtime"],
+                            help="who executes the schedule: pipeplan's own executor or torch.distributed.pipelining's "
+                            "schedule runtime (default pipeplan)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ValidateOptions":
@@ -129,7 +141,8 @@ class ValidateOptions:
         """The rank's flags for these options (``--timeout`` is one wait's limit there)."""
         argv = ["--backend", self.backend, "--device", self.device, "--iterations", str(self.iterations),
                 "--warmup", str(self.warmup), "--timeout", repr(float(self.wait_timeout)),
-                "--scale", repr(float(self.scale)), "--calibration-reps", str(self.calibration_reps)]
+                "--scale", repr(float(self.scale)), "--calibration-reps", str(self.calibration_reps),
+                "--runtime", self.runtime]
         if self.threads is not None:
             argv += ["--threads", str(self.threads)]
         return argv

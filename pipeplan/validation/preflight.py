@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simulator.ir import Schedule
-from simulator.kinds import COMPUTE_KINDS
+from simulator.kinds import COMPOSITE_KINDS, COMPUTE_KINDS
 
 from ..errors import SpecError
 from ..model import ModelSpec
@@ -50,7 +50,7 @@ class Checked:
     schedule: Schedule
 
 
-def check_plan(plan_path: str, scale: float) -> Checked:
+def check_plan(plan_path: str, scale: float, runtime: str = "pipeplan") -> Checked:
     """The plan at ``plan_path`` as the ranks will load it, or a ``SpecError`` saying why it cannot run."""
     plan = Plan.load(plan_path)
     if plan.pp < 1:
@@ -61,10 +61,14 @@ def check_plan(plan_path: str, scale: float) -> Checked:
                         f"{str(plan.blocking_p2p).lower()}")
     base = Path(plan_path).resolve().parent
     resolved = resolve(plan.model, plan.cluster, plan, base)
-    not_run = sorted(resolved.schedule.kinds_present - set(COMPUTE_KINDS))
+    # torch's runtime runs an overlapped pair's two parts one after the other (validator.torch_runtime).
+    runs = set(COMPUTE_KINDS) | (set(COMPOSITE_KINDS) if runtime == "torch" else set())
+    not_run = sorted(resolved.schedule.kinds_present - runs)
     if not_run:
+        torch_runs = " or validate with --runtime torch" if set(not_run) <= set(COMPOSITE_KINDS) else ""
         raise SpecError(f"plan.schedule_csv: the validator runs F, B, I and W actions only; remove the "
-                        f"{', '.join(not_run)} actions to validate the pipeline (the simulator prices them)")
+                        f"{', '.join(not_run)} actions to validate the pipeline (the simulator prices them)"
+                        f"{torch_runs}")
     if "selective" in plan.recompute:
         raise SpecError("plan.recompute: the validator runs none or full recomputation, not selective (the simulator prices it)")
     if scale == 1:
@@ -185,7 +189,7 @@ def check_memory(plan_path: str, checked: Checked, options: ValidateOptions, hos
 
 def preflight(plan_path: str, options: ValidateOptions, out: str | None) -> Checked:
     """Every check that can refuse the run, in the order a user fixes them; nothing is started."""
-    checked = check_plan(plan_path, options.scale)
+    checked = check_plan(plan_path, options.scale, options.runtime)
     check_out(out)
     if importlib.util.find_spec("torch") is None:  # after the plan's own faults: those need fixing either way
         raise SpecError("validate: needs torch; install it with pip install 'pipeplan[validate]'")

@@ -56,7 +56,8 @@ def measured_section(timelines: Sequence[Timeline]) -> dict[str, Any]:
         iteration_time=median_time,
         busy_time=[statistics.median(busy_time(t)[d] for t in timelines) for d in range(p)],
         iterations=[{"iteration_time": t, "bubble_fraction": b, "foreign_cores": tl.meta.get("foreign_cores"),
-                     **{k: tl.meta[k] for k in ("run_wait", "calib_wait", "disturbance") if k in tl.meta}}
+                     **{k: tl.meta[k] for k in ("run_wait", "calib_wait", "run_others", "calib_others", "disturbance")
+                        if k in tl.meta}}
                     for t, b, tl in zip(times, bubbles, timelines)],
     )
     section["device_bubble_fraction"] = [1 - b / median_time for b in section["busy_time"]]
