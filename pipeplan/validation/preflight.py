@@ -159,7 +159,7 @@ def _fitting_scale(plan_path: str, options: ValidateOptions, fits) -> float | No
     """The largest of --scale 1/2, 1/4, ... 1/64 below ``options.scale`` whose estimate ``fits``."""
     scale = options.scale / 2
     while scale >= 1 / 64:
-        if fits(check_plan(plan_path, scale)):
+        if fits(check_plan(plan_path, scale, options.runtime)):
             return scale
         scale /= 2
     return None
