@@ -9,6 +9,7 @@ pipelining package) and hold the calibrated prediction to the same targets, with
 import csv
 import dataclasses
 import io
+import os
 import json
 import subprocess
 import sys
@@ -262,3 +263,40 @@ def test_waits_behind_the_ranks_own_threads_are_not_a_disturbance():
     reasons = judge([round_((0.006, 0.001), (0.0055, 0.001)), round_((0.006, 0.001), (0.001, 0.001))])
     assert reasons[0] is None  # 6 ms waited, 5.5 of them behind its own threads: 0.5 ms of 80
     assert reasons[1] == "waited: rank 0 waited 6.0 ms for a core in a 80 ms run, its own threads ran 1.0 ms"
+
+
+def test_gloo_threads_get_a_short_slice_and_the_compute_thread_keeps_its_own():
+    """The kernel reports back the slice set on a thread named like gloo's, and the calling thread's
+    is unchanged (validator.comm_threads; Linux 6.12+ on x86_64)."""
+    import ctypes
+    import threading
+
+    from validator.comm_threads import _SchedAttr, shorten_comm_slices
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def slice_of(tid):
+        attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr))
+        assert libc.syscall(315, tid, ctypes.byref(attr), attr.size, 0) == 0
+        return attr.sched_runtime
+
+    ready, stop, tids = threading.Event(), threading.Event(), []
+
+    def gloo_like():
+        libc.prctl(15, b"gloo_tcp_loop")  # PR_SET_NAME
+        tids.append(threading.get_native_id())
+        ready.set()
+        stop.wait()
+
+    worker = threading.Thread(target=gloo_like)
+    worker.start()
+    ready.wait()
+    try:
+        main_before = slice_of(threading.get_native_id())
+        if shorten_comm_slices(123_000) == 0:
+            pytest.skip(f"this kernel ({os.uname().release}) or platform has no per-thread slice for ordinary threads")
+        assert slice_of(tids[0]) == 123_000
+        assert slice_of(threading.get_native_id()) == main_before != 123_000
+    finally:
+        stop.set()
+        worker.join()

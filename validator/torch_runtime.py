@@ -54,6 +54,7 @@ from torch.utils.checkpoint import checkpoint
 from simulator.deps import schedule_dependencies
 from simulator.ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Action, Schedule, to_csv
 
+from .comm_threads import shorten_comm_slices
 from .compute import StageRunner
 from .modules import WeightGradStore, apply_weight_grads, microbatch_tokens
 from .runtime import ArrivalMark, Fault, OpMark, _wait
@@ -136,6 +137,8 @@ class TorchExecutor:
         self.runtime._initialize_stages(self.arg_mbs[0], self.kwarg_mbs[0],
                                         self.target_mbs[0] if self.target_mbs else None)
         self._fill_receive_buffers()
+        # Every process group exists by now, and with it every gloo thread (validator.comm_threads).
+        self.comm_threads = shorten_comm_slices()
         deps = schedule_dependencies(schedule)
         device_of = schedule.stage_to_device
         self.remote_inputs = {
