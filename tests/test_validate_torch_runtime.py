@@ -9,8 +9,8 @@ pipelining package) and hold the calibrated prediction to the same targets, with
 import csv
 import dataclasses
 import io
-import os
 import json
+import os
 import subprocess
 import sys
 import time

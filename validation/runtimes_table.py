@@ -50,6 +50,8 @@ def main() -> int:
     p.add_argument("--attempts", type=int, default=3, help="runs per runtime to find an undisturbed one (default 3)")
     p.add_argument("--out-dir", help="also write each report there as <plan>-<runtime>.json")
     args = p.parse_args()
+    if args.runtime != "pipeplan":
+        p.error("--runtime: this script runs both runtimes on every plan; leave it out")
     if args.out_dir and not Path(args.out_dir).is_dir():
         p.error(f"--out-dir: {args.out_dir!r} is not a folder")
     plans = [Path(x) for x in args.plans] or [HERE / "plans" / f"{name}.json" for name in DEFAULT_PLANS]
