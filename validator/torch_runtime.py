@@ -30,7 +30,8 @@ parts run one after the other (nothing overlaps them without a custom function f
 which the simulator prices as F + B of the two stages when no overlap cost is given.
 
 Timing (``validator.torch_timing``): each action's span from torch's ``record_function`` label, a
-compute op from its stage method's start (after torch's wait for its input) to the end of its SEND.
+compute op from its stage method's start (after torch's wait for its input) to the start of the next
+compute action (its SEND and the receives torch posts before the next op included).
 
 Calibration (``replay``): the same stage calls as torch's runtime makes for each action of the
 lowered list, in that order, with the real sends and receives, but no receive waited for: each F

@@ -15,14 +15,12 @@ from typing import Callable
 
 import torch.distributed.pipelining.schedules as torch_schedules
 
-from simulator.ir import BACKWARD_INPUT, COMPUTE_KINDS, FORWARD, FULL_BACKWARD, Action
+from simulator.ir import COMPUTE_KINDS, Action
 
 from .gather import WAITED_S
 from .runtime import OpMark, _wait
 
 PROFILER_PREFIX = "PP:"  # torch's ``_get_profiler_function_name``: "PP:<action>"
-# The SEND that hands an op's output over, per compute kind (torch's ``_add_send_recv`` puts it right after).
-SEND_OF = {FORWARD: "SEND_F", FULL_BACKWARD: "SEND_B", BACKWARD_INPUT: "SEND_B"}
 
 
 class StepHooks:
@@ -80,23 +78,28 @@ def ops_from_spans(spans: list[tuple[str, object, object]], starts: dict[Action,
                    split_pairs: bool = False) -> list[OpMark]:
     """The compute ops of one step, from torch's action spans and the compute methods' start marks.
 
-    An op runs from its stage method's start to the end of its own span, or to the end of the SENDs
-    that follow it (torch issues an op's SEND right after the op). An overlapped pair (DualPipeV's
+    An op runs from its stage method's start to the start of the next compute action, that is,
+    through the actions torch runs right after it: the SEND of its output (issued right after the op)
+    and the receives, REDUCE_GRAD and (UN)SHARD that its lowering puts before the next op. Those are
+    CPU work the device does before it can start anything else (posting a receive took 60-160 us,
+    issuing a send 150-200 us, on this VM), as pipeplan's runtime counts a send in the op that issues
+    it; the wait for the next op's input is not in it. An overlapped pair (DualPipeV's
     ``(F;B)OVERLAP_F_B``, one span: torch's runtime runs its parts one after the other) is recorded
     as the simulator records it, the F part over the pair's whole time and the B part in none; with
     ``split_pairs`` (calibration, which prices each part) the F part ends where the B part starts.
     """
+    parsed = [Action.parse(name[len(PROFILER_PREFIX):]) for name, _, _ in spans]
+    compute = [all(part.kind in COMPUTE_KINDS for part in getattr(a, "parts", (a,))) for a in parsed]
     marks = []
-    for k, (name, _, end) in enumerate(spans):
-        action = Action.parse(name[len(PROFILER_PREFIX):])
-        parts = getattr(action, "parts", (action,))
-        if any(part.kind not in COMPUTE_KINDS for part in parts):
+    for k, action in enumerate(parsed):
+        if not compute[k]:
             continue
-        sends = {f"{a.stage}{SEND_OF[a.kind]}{a.microbatch}" for a in parts if a.kind in SEND_OF}
-        for following, _, following_end in spans[k + 1:]:
-            if following[len(PROFILER_PREFIX):] not in sends:
+        end = spans[k][2]
+        for j in range(k + 1, len(spans)):
+            if compute[j]:
                 break
-            end = following_end
+            end = spans[j][2]
+        parts = getattr(action, "parts", (action,))
         if len(parts) == 1:
             marks.append(OpMark(action, starts[action], end))
         else:
