@@ -118,6 +118,23 @@ def test_megatron_recomputation_one_setting_or_refused_or_a_superset():
     assert "--recompute-method" in shell_words(exported(alone, "megatron").text)
 
 
+def test_torchtitan_recomputation_one_policy_last_or_refused_or_a_superset():
+    layers = (2, 3, 3, 2)  # blocks per stage: 1, 3, 3, 1
+    for mode in ("none", "selective", "full"):  # always written: torchtitan's llama3 configs default to selective
+        text = exported(tiny_plan(pp=4, layers=layers, recompute=(mode,) * 4), "torchtitan").text
+        assert shell_words(text)[-1] == f"activation_checkpoint:{mode}"
+    assert shell_words(exported(tiny_plan(pp=4, layers=layers), "torchtitan").text)[-1] == "activation_checkpoint:none"
+    mixed = tiny_plan(pp=4, layers=layers, recompute=("selective", "none", "full", "none"))
+    with pytest.raises(SpecError, match="one activation-checkpoint policy.*none x2, selective x1, full x1"):
+        exported(mixed, "torchtitan")
+    superset = exported(mixed, "torchtitan", recompute_superset=True)
+    assert shell_words(superset.text)[-1] == "activation_checkpoint:full"
+    assert any("stages 0,1,3" in note for note in superset.notes)
+    # A stage holding the embedding alone has no block to checkpoint: its mode does not matter.
+    alone = tiny_plan(pp=2, layers=(1, 9), recompute=("none", "full"))
+    assert shell_words(exported(alone, "torchtitan").text)[-1] == "activation_checkpoint:full"
+
+
 def test_megatron_refuses_in_one_line_what_it_cannot_run(tmp_path):
     two = dict(layers=(3, 2, 2, 3), chunks=2)
     cases = {"zb-h1": dict(), "zb-v": two, "dualpipe-v": two, "gpipe": dict()}
@@ -147,7 +164,7 @@ def test_torchtitan_options_are_the_hand_count():
         "--parallelism.pipeline_parallel_microbatch_size", "4",
         "--parallelism.data_parallel_shard_degree", "1", "--parallelism.data_parallel_replicate_degree", "1",
         "--training.local_batch_size", "32", "--training.global_batch_size", "32", "--training.seq_len", "64",
-        "--training.disable_cuda_graphs"]
+        "--training.disable_cuda_graphs", "activation_checkpoint:none"]
 
 
 def test_torchtitan_writes_the_csv_of_an_order_torch_has_no_class_for(tmp_path):

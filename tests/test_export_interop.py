@@ -162,6 +162,9 @@ def test_torchtitan_loads_the_exported_options_to_the_plans_degrees_and_stages(t
     cases.append((Plan(model="llama3-8b", cluster="dgx-h100", schedule="1f1b", pp=2, tp=2, dp=2, sequence_parallel=True,
                        distributed_optimizer=True, num_microbatches=16, microbatch_size=1,
                        layers_per_stage=(17, 17)), "llama3_8b"))
+    for mode in ("full", "none"):  # llama3_8b's own default is selective; the exported policy must win
+        cases.append((Plan(model="llama3-8b", cluster="dgx-h100", schedule="1f1b", pp=2, num_microbatches=8,
+                           microbatch_size=1, layers_per_stage=(17, 17), recompute=(mode, mode)), "llama3_8b"))
     for k, (plan, config_name) in enumerate(cases):
         r = resolved(plan)
         csv_path = str(tmp_path / f"{k}.csv")
@@ -173,6 +176,9 @@ def test_torchtitan_loads_the_exported_options_to_the_plans_degrees_and_stages(t
         assert training.local_batch_size // par.pipeline_parallel_microbatch_size == plan.num_microbatches
         assert training.global_batch_size == training.local_batch_size * plan.dp
         assert plan.tp == 1 or par.enable_sequence_parallel == plan.sequence_parallel
+        policy = {"none", *plan.recompute} - {"none"} or {"none"}
+        assert type(cfg.activation_checkpoint).__qualname__ == {"full": "FullAC.Config", "selective": "SelectiveAC.Config",
+                                                                  "none": "NoneType"}[policy.pop()]
         parts = par.module_fqns_per_model_part
         layers = len(cfg.model_spec.model.layers)
         assert [n for part in parts for n in part] == (["tok_embeddings"] + [f"layers.{i}" for i in range(layers)]

@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv-format", choices=list(CSV_FORMATS), default=None,
                    help="torch-csv: compute_only (default) or compute_comms (with REDUCE_GRAD, sends and receives)")
     p.add_argument("--recompute-superset", action="store_true",
-                   help="megatron: export a per-stage recomputation list that differs by stage as the nearest "
-                        "setting that recomputes at least as much (default: refuse it)")
+                   help="megatron, torchtitan: export a per-stage recomputation list that differs by stage as the "
+                        "nearest setting that recomputes at least as much (default: refuse it)")
     p.set_defaults(handler=run)
 
 
@@ -82,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
     for flag, value, target in (("--schedule-csv", args.schedule_csv, "torchtitan"),
                                 ("--csv-format", args.csv_format, "torch-csv"),
-                                ("--recompute-superset", args.recompute_superset, "megatron")):
-        if value and args.to != target:
-            raise SpecError(f"{flag}: only for --to {target}; drop it")
+                                ("--recompute-superset", args.recompute_superset, ("megatron", "torchtitan"))):
+        targets = (target,) if isinstance(target, str) else target
+        if value and args.to not in targets:
+            raise SpecError(f"{flag}: only for --to {' or '.join(targets)}; drop it")
     plan = Plan.load(args.plan)
     from .paths import plan_reads
 

@@ -96,7 +96,7 @@ def _check_outputs(args: argparse.Namespace) -> str | None:
 
 def search_target(args: argparse.Namespace) -> str | None:
     """The export target whose limits the search keeps to: whichever of --target and --export limits it
-    (only Megatron does), else --target."""
+    (Megatron and torchtitan do), else --target."""
     limiting = [t for t in (args.target, args.export)
                 if t and (EXPORTERS[t].schedules is not None or EXPORTERS[t].uniform_recompute)]
     return limiting[0] if limiting else args.target

@@ -44,7 +44,8 @@ class ExportTarget:
 EXPORTERS: Mapping[str, ExportTarget] = MappingProxyType({t.name: t for t in (
     ExportTarget("megatron", "Megatron-LM arguments (1F1B and interleaved plans, one recomputation setting)",
                  megatron.export_megatron, megatron.SCHEDULES, megatron.refusal, uniform_recompute=True),
-    ExportTarget("torchtitan", "torchtitan --parallelism.* / --training.* options (+ schedule CSV)", export_torchtitan),
+    ExportTarget("torchtitan", "torchtitan --parallelism.* / --training.* options (+ schedule CSV), one "
+                 "recomputation policy", export_torchtitan, uniform_recompute=True),
     ExportTarget("torch-csv", "torch.distributed.pipelining schedule CSV (compute_only or compute_comms)",
                  export_torch_csv),
 )})

@@ -16,7 +16,7 @@ CSV_FORMATS = ("compute_only", "compute_comms")  # torch's ``_load_csv(..., form
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """``recompute_superset``: Megatron takes one recomputation setting for every stage; with this, a
+    """``recompute_superset``: Megatron and torchtitan take one recomputation setting for every stage; with this, a
     per-stage list that differs by stage is exported as the nearest setting that recomputes at least what
     the plan does (else it is refused). ``csv_format``: torch's CSV format (``CSV_FORMATS``).
     ``schedule_csv``: the path torchtitan's options name for the schedule CSV, needed when torch has no

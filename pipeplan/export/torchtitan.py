@@ -14,6 +14,15 @@ FSDP (``data_parallel_shard_degree``), which also shards parameters and gradient
 The schedule: torch's class by name where it runs pipeplan's very order (``TORCH_ORDERS``), else the
 plan's order as a compute-only CSV (``pipeline_parallel_schedule_csv``, run by torch's
 ``_PipelineScheduleRuntime``) with a name that only selects the placement.
+
+Recomputation: torchtitan applies one ``activation_checkpoint`` policy to every decoder block of every
+model part (the subcommand ``activation_checkpoint:none|full|selective``, written last because words
+after a subcommand are its own). It is always written, since torchtitan's llama3 configs default to
+selective. ``full`` is pipeplan's full recomputation (each block keeps its input); torchtitan's
+``selective`` is per-op (it saves the outputs of matmuls, attention and communication, and recomputes
+every second matmul and the element-wise ops), which recomputes more than pipeplan's selective
+(Korthikanti's attention core only), a note says so. A per-stage list that differs by stage is refused
+unless ``recompute_superset``, then written as the policy that recomputes at least what the plan does.
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ from simulator.schedules import lookup
 
 from ..errors import SpecError
 from ..lowering import Resolved
-from .common import LOOP, V_SHAPE, Export, ExportOptions, placement, shell_arguments, stage_contents
+from .common import LOOP, V_SHAPE, Export, ExportOptions, decoder_layers, placement, shell_arguments, stage_contents
 from .torch_csv import compute_only
 
 # pipeplan schedules whose generator builds the order of torch's class of the same registry torch_name, and
@@ -62,6 +71,33 @@ def module_names(contents: list[str]) -> list[str]:
                 names += ["norm", "lm_head"]
         parts.append(",".join(names))
     return parts
+
+
+# pipeplan's recomputation modes, least to most recomputed, as torchtitan's activation-checkpoint subcommands.
+AC_POLICY = {"none": "none", "selective": "selective", "full": "full"}
+SELECTIVE_NOTE = ("torchtitan's selective checkpointing is per-op: it saves matmul, attention and communication "
+                  "outputs and recomputes every second matmul and the element-wise ops, more than pipeplan's "
+                  "selective (the attention core only); the plan's memory is an upper bound there")
+
+
+def recompute_policy(modes: list[str], blocks: list[int], superset: bool) -> tuple[str, list[str]]:
+    """torchtitan's one activation-checkpoint policy for per-stage ``modes`` (stages with ``blocks`` decoder
+    layers; a stage without any, the embedding or head alone, checkpoints nothing), and notes. A list that
+    differs by stage is refused unless ``superset``: then the most recomputing mode of the plan everywhere."""
+    used = sorted({mode for mode, n in zip(modes, blocks) if n > 0}, key=list(AC_POLICY).index) or ["none"]
+    notes = []
+    if len(used) > 1:
+        listed = ", ".join(f"{mode} x{modes.count(mode)}" for mode in AC_POLICY if mode in modes)
+        if not superset:
+            raise SpecError(f"plan.recompute: torchtitan applies one activation-checkpoint policy to every layer, "
+                            f"the plan differs by stage ({listed}); re-plan with `pipeplan optimize --target "
+                            "torchtitan`, or pass --recompute-superset to recompute at least as much everywhere")
+        less = [str(k) for k, (mode, n) in enumerate(zip(modes, blocks)) if n > 0 and mode != used[-1]]
+        notes.append(f"recompute superset: every stage checkpoints {used[-1]}; the plan recomputes less on "
+                     f"stages {','.join(less)}")
+    if used[-1] == "selective":
+        notes.append(SELECTIVE_NOTE)
+    return AC_POLICY[used[-1]], notes
 
 
 def export_torchtitan(resolved: Resolved, options: ExportOptions) -> Export:
@@ -106,7 +142,9 @@ def export_torchtitan(resolved: Resolved, options: ExportOptions) -> Export:
     if plan.dp > 1 and plan.distributed_optimizer:
         notes.append("the distributed optimizer maps to FSDP (data_parallel_shard_degree), which also shards "
                      "parameters and gradients")
-    if any(plan.recompute_mode(k) != "none" for k in range(plan.num_stages)):
-        notes.append("recomputation is not written: torchtitan's --activation_checkpoint policy (full, selective) "
-                     "applies to every layer; choose it by hand")
+    policy, recompute_notes = recompute_policy([plan.recompute_mode(k) for k in range(plan.num_stages)],
+                                               decoder_layers(stage_contents(resolved.model, plan)),
+                                               options.recompute_superset)
+    args.append((f"activation_checkpoint:{policy}",))  # a subcommand: last, its words would follow it
+    notes += recompute_notes
     return Export("torchtitan", shell_arguments(args), csv_text, tuple(notes))
