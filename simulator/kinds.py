@@ -48,7 +48,8 @@ DeepSpeed's ``InferenceSchedule``) no backward reads what a forward stored, so `
 forward-only rule (``FORWARD_ONLY_F``, picked by ``rules_for``): it allocates its stage's
 ``activation_bytes`` and ``kept_bytes`` when it starts, and releases the activations when the
 next stage has its input (``DELIVERED``: its last outgoing transfer has arrived; its end when it
-sends nothing); ``kept_bytes`` (state later passes of its micro-batch stream read) stay to the end.
+sends nothing); ``kept_bytes`` (state later passes of its micro-batch stream read) stay until a
+pass frees them with its ``freed_kept_bytes``, at its own delivery.
 
 torch's ``SEND_F``/``RECV_F``/``SEND_B``/``RECV_B`` parse (``KIND_TEXTS``) but are not
 simulated as actions: the engine derives every point-to-point transfer from the dependency rules.
@@ -144,7 +145,8 @@ assert all(r.stream == COMPUTE for r in BY_CODE if r.per_microbatch)
 
 # F of a forward-only schedule: the activations live from its start until the next stage has them.
 FORWARD_ONLY_F = KindRule(FORWARD, 0, COMPUTE, True, START, lambda c: c.activation_bytes + c.kept_bytes, +1,
-                          lambda c: c.forward, Release(DELIVERED, lambda c: -c.activation_bytes, -1))
+                          lambda c: c.forward,
+                          Release(DELIVERED, lambda c: -(c.activation_bytes + c.freed_kept_bytes), -1))
 _FORWARD_ONLY_BY_CODE: tuple[KindRule, ...] = tuple(FORWARD_ONLY_F if r.name == FORWARD else r for r in BY_CODE)
 
 

@@ -22,7 +22,8 @@ class StageCost:
     layer inputs and output gradients the weight gradient still needs) and W frees those.
     UNSHARD holds ``gathered_bytes`` (the gathered parameters) until RESHARD (see ``kinds``).
     In a forward-only schedule F frees its ``activation_bytes`` once the next stage has its input and
-    keeps ``kept_bytes`` to the end of the run (state the later passes of its stream read).
+    keeps ``kept_bytes`` (state the later passes of its stream read); ``freed_kept_bytes`` are kept
+    bytes of its stream it frees at that moment too (the state of a stream whose work is done).
     ``backward`` is the full-backward time; it defaults to I + W. ``collectives`` price the
     stage's communication actions, at most one per kind. ``optimizer`` is the time of the stage's
     optimizer step (the per-stage ``OPTIMIZER`` action, once per iteration, not per micro-batch).
@@ -43,6 +44,7 @@ class StageCost:
     # None: this stage's F plus the paired stage's B, i.e. no gain from overlapping.
     overlap: float | None = None
     kept_bytes: float = 0.0
+    freed_kept_bytes: float = 0.0
 
     @property
     def full_backward(self) -> float:
