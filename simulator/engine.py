@@ -198,5 +198,8 @@ def device_spans(compute_stream: np.ndarray, start: np.ndarray, end: np.ndarray,
 
 def simulated_meta(schedule) -> dict:
     """What a simulated timeline says about itself."""
-    return dict(schedule=schedule.name, devices=schedule.num_devices, microbatches=schedule.num_microbatches,
+    meta = dict(schedule=schedule.name, devices=schedule.num_devices, microbatches=schedule.num_microbatches,
                 chunks=schedule.chunks, source="simulated")
+    if schedule.forward_only:
+        meta.update(forward_only=True, recurrence=schedule.recurrence)
+    return meta
