@@ -145,6 +145,9 @@ def test_cli_serves_a_plan_and_a_forward_only_csv(tmp_path):
     plan_file.write_text(json.dumps(data["plan"]))
     again = run_cli("simulate", str(plan_file), "--json")
     assert json.loads(again.stdout)["makespan"] == data["makespan"]
+    drawn = run_cli("gantt", str(plan_file), "-o", str(tmp_path / "serve.png"))
+    assert drawn.returncode == 0, drawn.stderr
+    assert (tmp_path / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     csv = tmp_path / "forward.csv"
     csv.write_text("0F0,0F1,0F2\n1F0,1F1,1F2\n")
     done = run_cli("simulate", "--model", "tiny", "--schedule-csv", str(csv))
