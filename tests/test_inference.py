@@ -169,3 +169,16 @@ def test_cli_refuses_bad_serving_input_in_one_line(args, message):
     done = run_cli("simulate", "--model", "tiny", "--pp", "2", *args)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_event_loop_times_a_serving_run_as_the_exact_pass_does():
+    # Two nodes' worth of ports (NVLink, a NIC hop) under a recurrent schedule with per-pass costs and releases.
+    from simulator import simulate
+    result = simulate_serving(model="tiny", pp=4, nodes=2, gpus=16, dp=4, microbatch_size=3,
+                              serving=ServingSpec((RequestClass(24, 4), RequestClass(8, 2)), requests=30))
+    again = simulate(result.workload, force_event_loop=True)
+    assert [str(op.action) for op in again.timeline.ops] == [str(op.action) for op in result.sim.timeline.ops]
+    assert [t for op in again.timeline.ops for t in (op.start, op.end)] == pytest.approx(
+        [t for op in result.sim.timeline.ops for t in (op.start, op.end)])
+    assert again.peak_memory == pytest.approx(result.sim.peak_memory)
+    assert result.output_tokens == 4 * (15 * 4 + 15 * 2)  # dp = 4 replicas, each serving the 1:1 mix
