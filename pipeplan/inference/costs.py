@@ -132,11 +132,16 @@ def layer_pass(model: ModelSpec, kind: str, gpu: GPUSpec, link: LinkSpec | None,
     return LayerPass(seconds + gpu.op_overhead_s, output, working, cache)
 
 
+def stage_blocks(model: ModelSpec, layers: range) -> int:
+    """Transformer blocks among a stage's consecutive ``layers`` (the embedding is layer 0, the head the last)."""
+    return len(layers) - int(layers[0] == 0) - int(layers[-1] == model.num_pipeline_layers - 1)
+
+
 def stage_pass_cost(model: ModelSpec, gpu: GPUSpec, link: LinkSpec | None, tp: int, layers: range,
                     shape: PassShape) -> StageCost:
     """A stage of ``layers`` for one pass: F's time, what it sends on, its activations and the cache it keeps."""
     kinds = [model.layer_kind(i) for i in (layers[0], layers[-1])]
-    blocks = sum(1 for i in layers if model.layer_kind(i) == BLOCK)
+    blocks = stage_blocks(model, layers)
     parts = {kind: layer_pass(model, kind, gpu, link, tp, shape) for kind in set(kinds) | ({BLOCK} if blocks else set())}
     counts = {EMBEDDING: int(kinds[0] == EMBEDDING), BLOCK: blocks, HEAD: int(kinds[-1] == HEAD)}
     seconds = sum(counts[k] * parts[k].seconds for k in parts)

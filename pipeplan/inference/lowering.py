@@ -15,9 +15,9 @@ from simulator.workload import StageCost, Workload
 
 from ..cluster import ClusterSpec
 from ..errors import SpecError
-from ..model import BLOCK, ModelSpec
+from ..model import ModelSpec
 from ..plan import Plan
-from .costs import kv_bytes_per_token_per_layer, stage_pass_cost, weight_bytes
+from .costs import kv_bytes_per_token_per_layer, stage_blocks, stage_pass_cost, weight_bytes
 from .passes import ServingPasses
 from .requests import ServingSpec
 
@@ -81,15 +81,11 @@ def check_one_pass(name: str, passes: ServingPasses) -> None:
                         "--schedule continuous-decode")
 
 
-def blocks_of(model: ModelSpec, layers: range) -> int:
-    return sum(1 for i in layers if model.layer_kind(i) == BLOCK)
-
-
 def build_serving_workload(r: ServingResolved) -> Workload:
     """The forward-only workload of ``r`` (see the module docstring)."""
     plan, model, cluster = r.plan, r.model, r.cluster
     layers = [plan.stage_layers(k) for k in range(plan.num_stages)]
-    kv_per_token = [blocks_of(model, lay) * kv_bytes_per_token_per_layer(model, plan.tp) for lay in layers]
+    kv_per_token = [stage_blocks(model, lay) * kv_bytes_per_token_per_layer(model, plan.tp) for lay in layers]
     written = {}  # tokens each batch writes to its cache
     for p in r.passes.passes:
         written[p.batch] = written.get(p.batch, 0) + p.shape.num_tokens
