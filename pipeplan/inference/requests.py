@@ -100,7 +100,7 @@ def parse_mix(text: str, field: str = "--mix") -> tuple[RequestClass, ...]:
         try:
             classes.append(RequestClass(*numbers))
         except SpecError as err:
-            raise SpecError(f"{field}: {part.strip()!r}: {str(err).split(': ', 1)[-1]}") from None
+            raise SpecError(f"{field}: {part.strip()!r}: {str(err).replace('serving.mix.', '').replace('serving.mix: ', '')}") from None
     return tuple(classes)
 
 
