@@ -26,6 +26,10 @@ from .api import PlanResult, lower, simulate
 from .breakdown import CommTime, CommunicationBreakdown, MemoryParts, communication_breakdown, memory_breakdown
 from .cluster import CLUSTER_PRESETS, ClusterSpec, GPUSpec, LinkSpec, load_cluster
 from .errors import SpecError
+from .inference.api import resolve_serving, simulate_serving
+from .inference.costs import kv_bytes_per_token
+from .inference.metrics import ServingResult
+from .inference.requests import RequestClass, ServingSpec
 from .export import EXPORTERS, ExportOptions, export_plan
 from .metrics import IterationFlops, megatron_flops
 from .model import MODEL_PRESETS, ModelSpec, load_model
@@ -47,3 +51,4 @@ __all__ = [
 __all__ += ["optimize", "OptimizeResult", "EXPORTERS", "ExportOptions", "export_plan"]
 __all__ += ["CommTime", "CommunicationBreakdown", "MemoryParts", "communication_breakdown", "memory_breakdown",
             "IterationFlops", "megatron_flops", "Sizing", "derive_sizing", "make_plan"]
+__all__ += ["simulate_serving", "resolve_serving", "ServingResult", "ServingSpec", "RequestClass", "kv_bytes_per_token"]

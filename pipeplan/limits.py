@@ -96,10 +96,13 @@ def schedule_ops(devices: int, microbatches: int, chunks: int = 1, kinds: int = 
 
 
 def op_kinds(schedule_name: str) -> int:
-    """Ops per stage and micro-batch of a registry schedule: 3 with the split backward (F, I, W), else 2."""
+    """Ops per stage and micro-batch of a registry schedule: 3 with the split backward (F, I, W), 1 forward-only
+    (F), else 2."""
     from simulator.schedules import lookup
 
     entry = lookup(schedule_name)
+    if entry is not None and entry.forward_only:
+        return 1
     return 3 if entry is None or entry.split_backward else 2
 
 

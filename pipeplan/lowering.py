@@ -34,6 +34,9 @@ class Resolved:
 
     def __post_init__(self) -> None:
         model, cluster, plan, schedule = self.model, self.cluster, self.plan, self.schedule
+        if schedule.forward_only:
+            raise SpecError(f"plan.schedule: {plan.schedule} is forward-only (no backward to train with); simulate it "
+                            "as serving: pipeplan simulate --inference, or pipeplan.simulate_serving")
         if schedule.num_devices != plan.pp:
             raise SpecError(f"plan.pp: the schedule runs on {schedule.num_devices} devices but pp is {plan.pp}")
         if schedule.num_stages != plan.num_stages:

@@ -13,6 +13,7 @@ from simulator.schedules import SCHEDULES
 
 from .errors import SpecError, positive_int
 from .fileio import load_mapping
+from .inference.requests import ServingSpec
 from .limits import check_plan_size, in_range
 from .parallel import Layout, check_sequence_parallel, default_placement
 
@@ -49,6 +50,9 @@ class Plan:
     pipeline send holds the sending device until it is delivered, as Megatron-LM's point-to-point
     exchanges do without ``--overlap-p2p-communication`` (batch_isend_irecv, then wait); by default
     sends overlap compute, as in torch.distributed.pipelining.
+    ``serving``: the request mix of a serving (inference) plan, whose schedule is forward-only
+    (``pipeplan.inference``); there ``microbatch_size`` is the requests per micro-batch and
+    ``num_microbatches`` the micro-batches in flight. None: a training plan.
     """
 
     model: str | dict
@@ -69,6 +73,7 @@ class Plan:
     blocking_p2p: bool = False
     placement: tuple[int, ...] = ()
     schedule_csv: str | None = None
+    serving: ServingSpec | None = None
     format_version: int = PLAN_FORMAT_VERSION
     notes: dict = field(default_factory=dict, compare=False)
 
@@ -120,7 +125,24 @@ class Plan:
             raise SpecError(f"plan.recompute: {bad[0]!r} is not one of {', '.join(RECOMPUTE_CHOICES)}")
         if self.placement and len(self.placement) != self.pp:
             raise SpecError(f"plan.placement: give one GPU index per pipeline device ({self.pp})")
+        if self.serving is not None:
+            self._check_serving()
 
+    def _check_serving(self) -> None:
+        """A serving plan runs a forward-only schedule: nothing of training's backward applies."""
+        if not isinstance(self.serving, ServingSpec):
+            raise SpecError(f"plan.serving: must be a request mix (got {self.serving!r})")
+        entry = SCHEDULES.get(self.schedule)
+        if entry is not None and not entry.forward_only:
+            forward_only = ", ".join(n for n, e in SCHEDULES.items() if e.forward_only)
+            raise SpecError(f"plan.schedule: {self.schedule} trains (it has a backward); a serving plan runs "
+                            f"{forward_only} or a custom CSV of F actions")
+        for flag in ("sequence_parallel", "distributed_optimizer"):
+            if getattr(self, flag):
+                raise SpecError(f"plan.{flag}: a serving plan has no {flag.replace('_', ' ')}; set it false")
+        if any(r != "none" for r in self.recompute):
+            raise SpecError("plan.recompute: a serving plan keeps nothing for a backward, so nothing to recompute; "
+                            "use none")
     @property
     def num_stages(self) -> int:
         return len(self.layers_per_stage)
@@ -172,6 +194,8 @@ class Plan:
         data["recompute"] = list(self.recompute) or ["none"] * self.num_stages
         data["placement"] = self.gpus()
         data["cut_points"] = list(self.cut_points)
+        if self.serving is None:
+            del data["serving"]  # training plans read as they did before serving plans existed
         return data
 
     def to_json(self) -> str:
@@ -190,6 +214,8 @@ class Plan:
         for required in ("model", "cluster", "schedule", "pp", "num_microbatches", "microbatch_size", "layers_per_stage"):
             if required not in data:
                 raise SpecError(f"plan.{required}: required field is missing")
+        if data.get("serving") is not None:
+            data["serving"] = ServingSpec.from_dict(data["serving"])
         for key in ("layers_per_stage", "recompute", "placement"):
             if key in data:
                 if not isinstance(data[key], (list, tuple)):

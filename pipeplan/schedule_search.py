@@ -178,12 +178,12 @@ class _Baselines:
 
 def builtin_baselines(p: int, m: int, v: int, stages: list[int], costs: StageTimes, memory_limit: int,
                       split_backward: bool) -> _Baselines:
-    """Every registry schedule that accepts (p, m, v), holds its stages where ``stages`` says and fits
-    ``memory_limit``, simulated with ``costs`` (cost-aware ones ordered by them)."""
+    """Every training schedule of the registry that accepts (p, m, v), holds its stages where ``stages`` says
+    and fits ``memory_limit``, simulated with ``costs`` (cost-aware ones ordered by them)."""
     out = _Baselines({}, {}, {})
     for name, entry in SCHEDULES.items():
-        if not entry.accepts(p, m, v):
-            continue
+        if entry.forward_only or not entry.accepts(p, m, v):
+            continue  # a forward-only schedule has no backward: not an order of the search's ops
         schedule = entry.build(p, m, v, costs if entry.cost_aware else None)
         if list(schedule.stage_to_device) != stages:
             out.excluded[name] = "another placement"

@@ -12,13 +12,56 @@ from .ir import Action, Schedule, ScheduleError
 from .kinds import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, KINDS, RESHARD, UNSHARD
 
 
+def check_forward_only(schedule: Schedule) -> None:
+    """A forward-only schedule runs F actions alone, each (stage, micro-batch) once; every micro-batch
+    that enters the first stage passes every stage. Without recurrence every micro-batch 0..m-1 runs;
+    with R streams each stream runs at least its first pass, and a later pass only after its previous
+    one (the dependency rules check that part, naming the missing pass)."""
+    if schedule.recurrence and not schedule.forward_only:
+        raise ScheduleError(f"recurrence {schedule.recurrence}: only a forward-only schedule cycles micro-batches "
+                            "through the pipeline again")
+    if isinstance(schedule.recurrence, bool) or not isinstance(schedule.recurrence, int) or schedule.recurrence < 0:
+        raise ScheduleError(f"recurrence: must be a whole number >= 0 (got {schedule.recurrence!r})")
+    num_stages, num_mb = schedule.num_stages, schedule.num_microbatches
+    seen: dict[int, set[int]] = {s: set() for s in range(num_stages)}
+    for device in range(schedule.num_devices):
+        for action in schedule.simulated_actions(device):
+            stage, kind, mb = action
+            if kind != FORWARD:
+                raise ScheduleError(f"device {device}: action {action} in a forward-only schedule; it runs F actions "
+                                    "only (drop the backward and communication actions, or train with a full schedule)")
+            if not 0 <= stage < num_stages:
+                raise ScheduleError(
+                    f"device {device}: action {action} names stage {stage}, but stages are 0..{num_stages - 1}")
+            if not (isinstance(mb, int) and 0 <= mb < num_mb):
+                raise ScheduleError(
+                    f"device {device}: action {action} names micro-batch {mb}, but micro-batches are 0..{num_mb - 1}")
+            if schedule.stage_to_device[stage] != device:
+                raise ScheduleError(f"device {device}: action {action} belongs to stage {stage}, which lives on device "
+                                    f"{schedule.stage_to_device[stage]}")
+            if mb in seen[stage]:
+                raise ScheduleError(f"device {device}: action {action} appears twice; each op runs exactly once")
+            seen[stage].add(mb)
+    required = range(schedule.recurrence) if schedule.recurrence else range(num_mb)
+    entered = seen[0] | set(required)
+    for stage in range(num_stages):
+        missing = min(entered - seen[stage], default=None)
+        if missing is not None:
+            raise ScheduleError(f"device {schedule.stage_to_device[stage]}: missing forward "
+                                f"{Action(stage, FORWARD, missing)}")
+
+
 def check_complete(schedule: Schedule) -> None:
     """Every (stage, micro-batch) has one F and either one B or one I and one W, on its own device;
     a stage has each communication kind at most once, and RESHARD only after an UNSHARD.
+    A forward-only schedule is complete as ``check_forward_only`` says.
 
     Set algebra first (fast on schedules of 10^5 ops); the per-pair search that names the culprit
     runs only when the sets say something is wrong.
     """
+    if schedule.forward_only or schedule.recurrence:
+        check_forward_only(schedule)
+        return
     num_stages, num_mb = schedule.num_stages, schedule.num_microbatches
     owner_of = schedule.stage_to_device
     pairs: dict[str, set[tuple[int, int]]] = {k: set() for k in KINDS}

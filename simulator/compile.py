@@ -11,8 +11,9 @@ consumer, if it comes earlier (else the lane waits on itself: a deadlock); a pro
 lane is a *wait*: on another device it arrives after the edge's transfer, on the same device (the
 other stream) when it ends.
 
-Transfer costs are worked out once per distinct (src, dst, direction, producer stage) edge with
-``Network.transfer_seconds``, the one definition of a transfer alone on a link.
+Transfer costs are worked out once per distinct (src, dst, direction, producer cost) edge with
+``Network.transfer_seconds``, the one definition of a transfer alone on a link. An op's cost is
+its row of ``Workload.cost_table`` (``cost``): its stage's, or its micro-batch's pass class's.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from itertools import chain
 
 import numpy as np
 
-from .deps import EVERY, RULES, SAME, STAGE
+from .deps import EVERY, PREVIOUS_PASS, RULES, SAME, STAGE
 from .ir import ScheduleError
 from .kinds import BY_CODE, COMM, COMM_KINDS, COMPOSITES, COMPUTE_KINDS, KINDS, NUM_COMPUTE, P2P_KINDS
 from .workload import Workload
@@ -39,6 +40,7 @@ class Compiled:
     actions: list
     device: np.ndarray           # per op
     stage: np.ndarray
+    cost: np.ndarray             # per op: its row of Workload.cost_table
     code: np.ndarray             # kinds.KindRule.code
     lane: np.ndarray             # 2 * device + (1 on the communication stream)
     bounds: list[int]            # device d owns op ids bounds[d]:bounds[d + 1]
@@ -102,13 +104,13 @@ def _integers(values, what: str, n: int) -> np.ndarray:
         raise ScheduleError(f"schedule: every action's {what} must be a whole number") from None
 
 
-def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray,
+def _durations(workload: Workload, stage: np.ndarray, cost_index: np.ndarray, code: np.ndarray,
                has_comm: bool) -> tuple[list[float], dict[int, tuple]]:
-    """Per op its time: compute kinds from the stage cost, communication kinds from its collective."""
+    """Per op its time: compute kinds from its stage cost (``cost_index``), communication kinds from its collective."""
     capacity = workload.network.port_capacity
     rows = []
     compute_rules = BY_CODE[:NUM_COMPUTE]
-    for cost in workload.stages:
+    for cost in workload.cost_table():
         row = [rule.duration(cost) for rule in compute_rules]
         for rule in BY_CODE[NUM_COMPUTE:]:
             if rule.duration is not None:  # a per-stage compute kind (OPTIMIZER) times itself
@@ -121,7 +123,7 @@ def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray,
         per_kind = np.array(rows, dtype=np.float64)
     except (TypeError, ValueError):
         raise ScheduleError("stages: every op time must be a number of seconds") from None
-    duration = per_kind[stage, code]
+    duration = per_kind[cost_index, code]
     bad = np.nonzero(~(duration >= 0))[0]
     if len(bad):
         o = int(bad[0])
@@ -155,12 +157,15 @@ def _time_overlaps(workload: Workload, actions: list, duration: list[float]) -> 
                 duration[where[part]] = seconds if part == first else 0.0
 
 
-def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.ndarray, bool]:
+def _binding_producers(stage, code, mb, num_stages, num_mb, ids, forward_only: bool = False,
+                       recurrence: int = 0) -> tuple[np.ndarray, bool]:
     """(producers per rule, whether the action set is complete), from ``deps.RULES``.
 
     Complete: no action twice, every required rule finds its producer, every (stage, micro-batch)
     with an F, exactly one of B and I, a W exactly where there is an I (``checker.check_complete``'s
-    set algebra), and a RESHARD only with an UNSHARD.
+    set algebra), and a RESHARD only with an UNSHARD. Forward-only (``checker.check_forward_only``):
+    F alone, every stage running the same micro-batches, all of 0..m-1 (or of 0..R-1, the streams'
+    first passes, when recurrent).
     """
     n = len(ids)
     compute = code < NUM_COMPUTE
@@ -184,7 +189,11 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.nda
             continue
         for j, rule in enumerate(RULES[rule_kind.name]):
             target = stage[consumers] + rule.stage_offset
-            applies = (target >= 0) & (target < num_stages)
+            if rule.microbatch == PREVIOUS_PASS:
+                applies = (target < 0) & (mb[consumers] >= recurrence) if recurrence else np.zeros(len(target), bool)
+                target = target + num_stages
+            else:
+                applies = (target >= 0) & (target < num_stages)
             cons, target = consumers[applies], target[applies]
             best = np.full(len(cons), -1, dtype=np.int64)
             for kind in rule.kinds:
@@ -198,10 +207,19 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.nda
                     best = np.maximum(best, last_of[target, k])
                 elif rule.microbatch == STAGE:
                     best = np.maximum(best, per_stage[target, k])
+                elif rule.microbatch == PREVIOUS_PASS:
+                    best = np.maximum(best, table[target, k, mb[cons] - recurrence])
             producers[cons, j] = best
             if rule.required and bool(np.any(best < 0)):
                 found_all = False
     present = table >= 0
+    if forward_only or recurrence:
+        forwards = present[:, 0, :]
+        entered = forwards[0].copy()
+        entered[:recurrence or num_mb] = True
+        complete = (unique and found_all and forward_only and codes_present == {KINDS["F"].code}
+                    and bool((forwards == entered).all()))
+        return producers, complete
     complete = (
         unique and found_all and bool(present[:, 0, :].all())
         and bool((present[:, 1, :] != present[:, 2, :]).all())
@@ -211,19 +229,21 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.nda
     return producers, complete
 
 
-def _edges(workload: Workload, device, stage, remote, direction_bwd, num_stages):
+def _edges(workload: Workload, device, cost, remote, direction_bwd):
     """Edge index per op with a remote producer, and each distinct edge's delay and spec."""
     p = workload.schedule.num_devices
+    costs = workload.cost_table()
+    num_costs = len(costs)
     has = remote >= 0
     src, dst = device[remote[has]], device[has]
-    prod_stage = stage[remote[has]]
-    key = ((src * p + dst) * 2 + direction_bwd[has]) * num_stages + prod_stage
+    prod_cost = cost[remote[has]]
+    key = ((src * p + dst) * 2 + direction_bwd[has]) * num_costs + prod_cost
     uniq, inverse = np.unique(key, return_inverse=True)
-    network, costs = workload.network, workload.stages
+    network = workload.network
     delays: list[float] = []
     specs: list[tuple] = []
     for k in uniq.tolist():
-        rest, s = divmod(k, num_stages)
+        rest, s = divmod(k, num_costs)
         rest, bwd = divmod(rest, 2)
         a, b = divmod(rest, p)
         nbytes = costs[s].send_backward_bytes if bwd else costs[s].send_forward_bytes
@@ -271,10 +291,17 @@ def compile_workload(workload: Workload) -> Compiled:
         return _incomplete(actions, device, bounds)
     num_mb = int(mb.max()) + 1 if bool(compute.any()) else 0
     ids = np.arange(n, dtype=np.int64)
-    producers, complete = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids)
+    if schedule.recurrence and not 0 < schedule.recurrence <= num_mb:
+        return _incomplete(actions, device, bounds)  # the checker names the streams that never start
+    producers, complete = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids,
+                                             schedule.forward_only, schedule.recurrence)
     complete = complete and num_mb == schedule.num_microbatches
     lane = 2 * device + ~_ON_COMPUTE_STREAM[code] if has_comm else 2 * device
-    duration, collective = _durations(workload, stage, code, has_comm)
+    cost = stage
+    if workload.pass_class:  # one class per micro-batch (Workload checks the count)
+        cls = np.asarray(workload.pass_class, dtype=np.int64)
+        cost = np.where(compute, num_stages * (1 + cls[np.where(compute, mb, 0)]) + stage, stage)
+    duration, collective = _durations(workload, stage, cost, code, has_comm)
     if schedule.overlaps():
         _time_overlaps(workload, actions, duration)
 
@@ -300,7 +327,7 @@ def compile_workload(workload: Workload) -> Compiled:
             is_bwd[bwd_kinds] = True
             direction_bwd[remote_here & is_bwd[code]] = 1
         cross_stream.append(has & ~same_lane & ~remote_here)
-    edge, edge_delay, edge_spec = _edges(workload, device, stage, remote, direction_bwd, num_stages)
+    edge, edge_delay, edge_spec = _edges(workload, device, cost, remote, direction_bwd)
     waits = None
     crossing = np.zeros(n, dtype=bool)
     for mask in cross_stream:
@@ -318,7 +345,7 @@ def compile_workload(workload: Workload) -> Compiled:
             waits[o] = row
     lane_bounds = np.searchsorted(lane, np.arange(2 * p + 1)).tolist()
     compute_stream = _ON_COMPUTE_STREAM[code]
-    compiled = Compiled(actions, device, stage, code, lane, bounds, lane_bounds, duration, producers, remote, edge,
+    compiled = Compiled(actions, device, stage, cost, code, lane, bounds, lane_bounds, duration, producers, remote, edge,
                         edge_delay, edge_spec, waits, collective, compute_stream, None, deadlock, complete)
     if workload.blocking_sends:
         compiled.hold = _send_hold(compiled)
@@ -343,7 +370,7 @@ def _lane_major(actions: tuple) -> list:
 def _incomplete(actions, device, bounds) -> Compiled:
     """Columns that say only 'not well formed': the checker names the fault."""
     empty = np.zeros(0, dtype=np.int64)
-    return Compiled(actions, device, empty, empty, empty, bounds, [0], [], np.zeros((0, MAX_RULES), np.int64),
+    return Compiled(actions, device, empty, empty, empty, empty, bounds, [0], [], np.zeros((0, MAX_RULES), np.int64),
                     empty, empty, [], [], None, {}, np.zeros(0, dtype=bool), None, False, False)
 
 

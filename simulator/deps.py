@@ -2,7 +2,10 @@
 
 The checker, the engine and the validator all ask this module what an action waits for.
 
-* ``F(s, m)`` needs ``F(s-1, m)``: the activations of the previous stage.
+* ``F(s, m)`` needs ``F(s-1, m)``: the activations of the previous stage. In a recurrent schedule
+  (``Schedule.recurrence`` R > 0) ``F(0, m)`` with m >= R also needs ``F(S-1, m-R)``: pass m of a
+  stream re-enters the first stage with what the last stage made of the stream's previous pass
+  (e.g. the token a decode step sampled), a "fwd" transfer of the last stage's ``send_forward_bytes``.
 * ``B(s, m)`` and ``I(s, m)`` need ``F(s, m)`` (their own stored activations) and the input
   gradient of stage ``s+1`` for micro-batch ``m``, produced by ``B(s+1, m)`` or ``I(s+1, m)``.
   The last stage computes the loss itself, so it needs only its forward.
@@ -40,14 +43,16 @@ from .kinds import (
     UNSHARD,
 )
 
-SAME, EVERY, STAGE = "same", "every", "stage"
+SAME, EVERY, STAGE, PREVIOUS_PASS = "same", "every", "stage", "previous_pass"
 
 
 class Rule(NamedTuple):
     """The consumer at stage s waits for the scheduled actions of ``kinds`` at stage s + ``stage_offset``.
 
-    ``microbatch``: SAME (the consumer's own micro-batch), EVERY (all micro-batches) or STAGE
-    (a per-stage action without micro-batch). ``direction`` names the boundary tensor that moves
+    ``microbatch``: SAME (the consumer's own micro-batch), EVERY (all micro-batches), STAGE
+    (a per-stage action without micro-batch) or PREVIOUS_PASS (micro-batch m − R of a recurrent
+    schedule; the rule applies only where s + ``stage_offset`` falls below the first stage and
+    wraps to the last, and m >= R). ``direction`` names the boundary tensor that moves
     when producer and consumer sit on different devices: "fwd" (activations of the producer's
     stage), "bwd" (its input gradient) or "local" (nothing: same stage, same device).
     A rule whose producer stage is out of range does not apply (the first stage has no forward
@@ -66,7 +71,7 @@ class Rule(NamedTuple):
 _NEEDS_PARAMETERS = Rule((UNSHARD,), 0, STAGE, "local", required=False)
 
 RULES: dict[str, tuple[Rule, ...]] = {
-    FORWARD: (Rule((FORWARD,), -1, SAME, "fwd"), _NEEDS_PARAMETERS),
+    FORWARD: (Rule((FORWARD,), -1, SAME, "fwd"), _NEEDS_PARAMETERS, Rule((FORWARD,), -1, PREVIOUS_PASS, "fwd")),
     FULL_BACKWARD: (Rule((FORWARD,), 0, SAME, "local"), Rule((FULL_BACKWARD, BACKWARD_INPUT), +1, SAME, "bwd"),
                     _NEEDS_PARAMETERS),
     BACKWARD_INPUT: (Rule((FORWARD,), 0, SAME, "local"), Rule((FULL_BACKWARD, BACKWARD_INPUT), +1, SAME, "bwd"),
@@ -98,24 +103,30 @@ class Dependency(NamedTuple):
 class ActionIndex:
     """Which actions a schedule (or any action collection) has, for answering rule lookups."""
 
-    def __init__(self, actions: Iterable[Action], num_stages: int, num_microbatches: int):
+    def __init__(self, actions: Iterable[Action], num_stages: int, num_microbatches: int, recurrence: int = 0):
         self.present = set(actions)
         self.num_stages = num_stages
         self.num_microbatches = num_microbatches
+        self.recurrence = recurrence
 
     @staticmethod
     def of(schedule: Schedule) -> "ActionIndex":
         actions = (a for d in range(schedule.num_devices) for a in schedule.simulated_actions(d))
-        return ActionIndex(actions, schedule.num_stages, schedule.num_microbatches)
+        return ActionIndex(actions, schedule.num_stages, schedule.num_microbatches, schedule.recurrence)
 
 
-def applies(rule: Rule, stage: int, num_stages: int) -> bool:
+def applies(rule: Rule, stage: int, num_stages: int, microbatch: int | None = None, recurrence: int = 0) -> bool:
+    if rule.microbatch == PREVIOUS_PASS:
+        return recurrence > 0 and stage + rule.stage_offset < 0 and microbatch is not None and microbatch >= recurrence
     return 0 <= stage + rule.stage_offset < num_stages
 
 
-def rule_candidates(rule: Rule, stage: int, microbatch: int | None, num_microbatches: int) -> list[Action]:
+def rule_candidates(rule: Rule, stage: int, microbatch: int | None, num_microbatches: int,
+                    recurrence: int = 0, num_stages: int = 0) -> list[Action]:
     """Every action the rule names for a consumer at (stage, microbatch), scheduled or not."""
     s = stage + rule.stage_offset
+    if rule.microbatch == PREVIOUS_PASS:
+        return [Action(s + num_stages, kind, microbatch - recurrence) for kind in rule.kinds]
     if rule.microbatch == STAGE:
         return [Action(s, kind, None) for kind in rule.kinds]
     if rule.microbatch == SAME:
@@ -135,8 +146,9 @@ def producers_by_rule(action: Action, index: ActionIndex) -> list[list[Action]]:
     found_per_rule = []
     for rule in rules:
         found: list[Action] = []
-        if applies(rule, action.stage, index.num_stages):
-            candidates = rule_candidates(rule, action.stage, action.microbatch, index.num_microbatches)
+        if applies(rule, action.stage, index.num_stages, action.microbatch, index.recurrence):
+            candidates = rule_candidates(rule, action.stage, action.microbatch, index.num_microbatches,
+                                         index.recurrence, index.num_stages)
             found = [c for c in candidates if c in index.present]
             if not found and rule.required:
                 found = candidates[:1]

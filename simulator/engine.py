@@ -28,6 +28,7 @@ import numpy as np
 from .checker import check_complete, check_order_and_deadlock
 from .compile import compile_workload
 from .flows import event_loop
+from .kinds import rules_for
 from .memory import memory_curves_columns, peak_memory
 from .passes import first_contention, transfer_records, uncontended_times
 from .timeline import OpRecord, Timeline, TransferRecord
@@ -140,8 +141,10 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
     timeline = Timeline(p, ops, records, simulated_meta(schedule))
     static = list(workload.static_bytes) or [0.0] * p
     capacity = list(workload.capacity_bytes) or [math.inf] * p
-    curves, live = memory_curves_columns(compiled.device, compiled.stage, compiled.code, start_arr, end_arr,
-                                         compiled.bounds, workload.stages, static)
+    rules = rules_for(schedule.forward_only)
+    delivered = _delivery_times(compiled, end_arr, records) if any(r.release for r in rules) else None
+    curves, live = memory_curves_columns(compiled.device, compiled.cost, compiled.code, start_arr, end_arr,
+                                         compiled.bounds, workload.cost_table(), static, rules, delivered)
     peaks = peak_memory(curves)
     busy = busy_per_device(compiled.compute_stream, start_arr, end_arr, compiled.bounds)
     total = float(end_arr.max() - start_arr.min())
@@ -158,6 +161,16 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
         peak_activations=live,
         device_span=device_spans(compiled.compute_stream, start_arr, end_arr, compiled.bounds),
     )
+
+
+def _delivery_times(compiled, end: np.ndarray, records: list) -> np.ndarray:
+    """Per op, when its last outgoing transfer arrives; its end when it sends nothing (``kinds.DELIVERED``)."""
+    delivered = end.copy()
+    if records:
+        where = {a: o for o, a in enumerate(compiled.actions)}
+        producers = np.fromiter((where[r.action] for r in records), np.int64, len(records))
+        np.maximum.at(delivered, producers, np.fromiter((r.end for r in records), np.float64, len(records)))
+    return delivered
 
 
 def busy_per_device(compute_stream: np.ndarray, start: np.ndarray, end: np.ndarray, bounds: list[int]) -> list[float]:
@@ -185,5 +198,8 @@ def device_spans(compute_stream: np.ndarray, start: np.ndarray, end: np.ndarray,
 
 def simulated_meta(schedule) -> dict:
     """What a simulated timeline says about itself."""
-    return dict(schedule=schedule.name, devices=schedule.num_devices, microbatches=schedule.num_microbatches,
+    meta = dict(schedule=schedule.name, devices=schedule.num_devices, microbatches=schedule.num_microbatches,
                 chunks=schedule.chunks, source="simulated")
+    if schedule.forward_only:
+        meta.update(forward_only=True, recurrence=schedule.recurrence)
+    return meta

@@ -5,6 +5,13 @@ torch.distributed.pipelining's ``_Action`` repr: ``2F0``, ``1I3``, ``0W1``, ``3B
 per-stage communication kinds, which have no micro-batch, ``2REDUCE_GRAD``, ``0UNSHARD``.
 A schedule is, per device, the ordered list of its actions plus the stage -> device map.
 What each kind does is in ``kinds.py``.
+
+A *forward-only* schedule (``Schedule.forward_only``) runs F actions only: no backward, as
+torch's ``PipelineSchedule.eval()`` and DeepSpeed's ``InferenceSchedule``; a CSV of F actions alone
+loads as one. A *recurrent* one (``Schedule.recurrence`` R > 0) cycles R micro-batch streams through
+the pipeline: micro-batch m is pass ``m // R`` of stream ``m % R``, and the first stage of pass t+1
+waits for the last stage of pass t of the same stream (``deps``). A stream may stop before the
+others, so the micro-batch ids of a recurrent schedule may have holes past the first pass.
 """
 from __future__ import annotations
 
@@ -110,7 +117,9 @@ class Schedule:
     """Per-device ordered action lists plus the stage -> device map.
 
     ``device_actions[d]`` is the order device ``d`` runs its ops in; ``stage_to_device[s]``
-    is the device that holds stage ``s``. ``name`` is informational only.
+    is the device that holds stage ``s``. ``name`` is informational only. ``forward_only`` and
+    ``recurrence`` are described in the module docstring (0: no micro-batch re-enters the pipeline).
+    ``num_microbatches`` is one more than the highest micro-batch id.
     """
 
     device_actions: tuple[tuple[Action, ...], ...]
@@ -118,6 +127,8 @@ class Schedule:
     num_microbatches: int
     name: str = "custom"
     chunks: int = 1
+    forward_only: bool = False
+    recurrence: int = 0
 
     @property
     def num_devices(self) -> int:
@@ -138,6 +149,14 @@ class Schedule:
 
     def stages_of(self, device: int) -> list[int]:
         return list(self._stages_by_device.get(device, ()))
+
+    def stream_of(self, microbatch: int) -> int:
+        """The stream a micro-batch belongs to (itself when the schedule is not recurrent)."""
+        return microbatch % self.recurrence if self.recurrence else microbatch
+
+    def pass_of(self, microbatch: int) -> int:
+        """The pass of its stream a micro-batch is (0 when the schedule is not recurrent)."""
+        return microbatch // self.recurrence if self.recurrence else 0
 
     def num_actions(self) -> int:
         return sum(len(a) for a in self.device_actions)
@@ -181,6 +200,8 @@ def make_schedule(
     num_microbatches: int,
     name: str,
     chunks: int = 1,
+    forward_only: bool = False,
+    recurrence: int = 0,
 ) -> Schedule:
     return Schedule(
         device_actions=tuple(tuple(acts) for acts in device_actions),
@@ -188,6 +209,8 @@ def make_schedule(
         num_microbatches=num_microbatches,
         name=name,
         chunks=chunks,
+        forward_only=forward_only,
+        recurrence=recurrence,
     )
 
 
@@ -208,7 +231,11 @@ class ScheduleTooLarge(ScheduleError):
         self.actions, self.limit = actions, limit
 
 
-def from_csv(text: str, name: str = "custom", max_actions: int | None = None) -> Schedule:
+# The kinds a forward-only CSV may hold: F and torch's point-to-point actions of forwards.
+FORWARD_ONLY_TEXTS = frozenset({FORWARD, "SEND_F", "RECV_F"})
+
+
+def from_csv(text: str, name: str = "custom", max_actions: int | None = None, recurrence: int = 0) -> Schedule:
     """Parse torch's CSV, compute-only or compute_comms (empty cells are idle steps and are skipped).
 
     One row per device. Rows without any action at the end (blank lines a file ends with) are not
@@ -220,6 +247,8 @@ def from_csv(text: str, name: str = "custom", max_actions: int | None = None) ->
     ``max_actions``: stop reading past that many actions (``ScheduleTooLarge``), so a caller's
     size limit bounds the work and memory of parsing too. Work is linear in the cells, whatever
     stage and micro-batch numbers they name.
+    A CSV without any backward (F actions only, with or without SEND_F/RECV_F) is forward-only;
+    ``recurrence`` R > 0 reads it as R recurrent streams (see the module docstring).
     """
     device_actions: list[list[Action]] = []
     owner: dict[int, int] = {}
@@ -268,4 +297,8 @@ def from_csv(text: str, name: str = "custom", max_actions: int | None = None) ->
                                 for p in getattr(a, "parts", (a,)) if p.microbatch is not None), default=-1)
     stage_to_device = [owner[s] for s in range(num_stages)]
     chunks = max(Counter(stage_to_device).values())
-    return make_schedule(device_actions, stage_to_device, num_microbatches, name, chunks)
+    forward_only = all(a.kind in FORWARD_ONLY_TEXTS for acts in device_actions for a in acts)
+    if recurrence and not forward_only:
+        raise ScheduleError(f"schedule CSV: recurrence {recurrence} cycles forward passes; the CSV has backward or "
+                            "communication actions, so give it F actions only")
+    return make_schedule(device_actions, stage_to_device, num_microbatches, name, chunks, forward_only, recurrence)

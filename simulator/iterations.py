@@ -35,7 +35,8 @@ def repeat_schedule(schedule: Schedule, iterations: int) -> Schedule:
 
     Iteration k's actions are the schedule's with micro-batch ids offset by k·m; every device runs
     its iterations one after another. Only per-micro-batch actions (F, B, I, W) repeat: the IR holds a
-    per-stage action (REDUCE_GRAD, OPTIMIZER, ...) once per stage, so such schedules are refused.
+    per-stage action (REDUCE_GRAD, OPTIMIZER, ...) once per stage, so such schedules are refused, and so
+    are recurrent ones (their micro-batch ids are passes of streams; run more passes instead).
     """
     if iterations < 1:
         raise ScheduleError(f"iterations must be at least 1 (got {iterations})")
@@ -46,12 +47,16 @@ def repeat_schedule(schedule: Schedule, iterations: int) -> Schedule:
             f"{', '.join(per_stage)}, which the schedule IR holds once per stage (e.g. a data-parallel "
             f"plan's gradient reduction and optimizer step); simulate it with a synchronising step instead"
         )
+    if schedule.recurrence:
+        raise ScheduleError("iterations: a recurrent schedule's micro-batches are passes of its streams, which do "
+                            "not repeat as iterations; give its streams more passes instead")
     m = schedule.num_microbatches
     device_actions = [
         [Action(a.stage, a.kind, a.microbatch + k * m) for k in range(iterations) for a in acts]
         for acts in schedule.device_actions
     ]
-    return make_schedule(device_actions, schedule.stage_to_device, m * iterations, schedule.name, schedule.chunks)
+    return make_schedule(device_actions, schedule.stage_to_device, m * iterations, schedule.name, schedule.chunks,
+                         schedule.forward_only)
 
 
 @dataclass

@@ -43,6 +43,14 @@ One composite kind pairs two compute ops on one device (``COMPOSITE_TABLE``):
   part's input arrive as late as the F part's end (exact whenever it is there at the start, as in
   DualPipeV's order with uniform stages, which the tests check).
 
+In a forward-only schedule (``Schedule.forward_only``: inference, torch's ``PipelineSchedule.eval()``,
+DeepSpeed's ``InferenceSchedule``) no backward reads what a forward stored, so ``F`` follows its
+forward-only rule (``FORWARD_ONLY_F``, picked by ``rules_for``): it allocates its stage's
+``activation_bytes`` and ``kept_bytes`` when it starts, and releases the activations when the
+next stage has its input (``DELIVERED``: its last outgoing transfer has arrived; its end when it
+sends nothing); ``kept_bytes`` (state later passes of its micro-batch stream read) stay until a
+pass frees them with its ``freed_kept_bytes``, at its own delivery.
+
 torch's ``SEND_F``/``RECV_F``/``SEND_B``/``RECV_B`` parse (``KIND_TEXTS``) but are not
 simulated as actions: the engine derives every point-to-point transfer from the dependency rules.
 The memory replay (``memory.py``), the checker and the engine read this table and nothing else.
@@ -67,6 +75,18 @@ OVERLAP_F_B = "OVERLAP_F_B"
 COMPUTE = "compute"
 COMM = "comm"
 START, END = "start", "end"
+# When an op's outgoing transfers have all arrived (its end when it sends nothing): its output is no longer needed.
+DELIVERED = "delivered"
+
+
+@dataclass(frozen=True)
+class Release:
+    """A second memory event of a kind, at ``at`` (``DELIVERED``): ``memory_delta(stage_cost)`` bytes and
+    ``live_delta`` micro-batch activations."""
+
+    at: str
+    memory_delta: Callable
+    live_delta: int
 
 
 @dataclass(frozen=True)
@@ -79,6 +99,8 @@ class KindRule:
     stage-chunk (F +1 at its start, B and W -1 at their end).
     ``duration(stage_cost)`` is its time for compute kinds; communication kinds are priced from
     the stage's collective and the network (``Collective.seconds``).
+    ``release``: a second memory event, when the kind lets go of what it allocated without a later
+    kind doing it (a forward-only F, see the module docstring); None: no such event.
     """
 
     name: str
@@ -89,6 +111,7 @@ class KindRule:
     memory_delta: Callable
     live_delta: int = 0
     duration: Callable | None = None
+    release: Release | None = None
 
 
 def _nothing(cost) -> float:
@@ -119,6 +142,18 @@ COMM_KINDS: tuple[str, ...] = tuple(r.name for r in BY_CODE if r.stream == COMM)
 NUM_COMPUTE = len(COMPUTE_KINDS)
 assert all(r.code < NUM_COMPUTE for r in BY_CODE if r.per_microbatch), "per-micro-batch kinds come first"
 assert all(r.stream == COMPUTE for r in BY_CODE if r.per_microbatch)
+
+# F of a forward-only schedule: the activations live from its start until the next stage has them.
+FORWARD_ONLY_F = KindRule(FORWARD, 0, COMPUTE, True, START, lambda c: c.activation_bytes + c.kept_bytes, +1,
+                          lambda c: c.forward,
+                          Release(DELIVERED, lambda c: -(c.activation_bytes + c.freed_kept_bytes), -1))
+_FORWARD_ONLY_BY_CODE: tuple[KindRule, ...] = tuple(FORWARD_ONLY_F if r.name == FORWARD else r for r in BY_CODE)
+
+
+def rules_for(forward_only: bool) -> tuple[KindRule, ...]:
+    """The kind rules by code for a schedule that is forward-only or not (see the module docstring)."""
+    return _FORWARD_ONLY_BY_CODE if forward_only else BY_CODE
+
 
 # torch's point-to-point actions: parsed and written back, not simulated (see the module docstring).
 P2P_KINDS: tuple[str, ...] = (SEND_F, RECV_F, SEND_B, RECV_B)

@@ -12,9 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .kinds import BACKWARD_INPUT, BACKWARD_WEIGHT, BY_CODE, FORWARD, FULL_BACKWARD, KINDS, START
+from .kinds import BACKWARD_INPUT, BACKWARD_WEIGHT, BY_CODE, FORWARD, FULL_BACKWARD, KINDS, START, KindRule, rules_for
 from .timeline import Timeline
-from .workload import StageCost
+from .workload import StageCost, Workload
 
 
 def _ops_in_run_order(timeline: Timeline) -> list[list]:
@@ -27,30 +27,51 @@ def _ops_in_run_order(timeline: Timeline) -> list[list]:
     return per_device
 
 
-def memory_events(timeline: Timeline, stages: Sequence[StageCost]) -> list[list[tuple[float, float]]]:
+def delivery_times(timeline: Timeline) -> dict:
+    """Per op that sends, when its last outgoing transfer arrives (``kinds.DELIVERED``)."""
+    delivered: dict = {}
+    for t in timeline.transfers:
+        if t.end > delivered.get((t.src, t.action), float("-inf")):
+            delivered[t.src, t.action] = t.end
+    return delivered
+
+
+def memory_events(timeline: Timeline, costs: "Sequence[StageCost] | Workload") -> list[list[tuple[float, float]]]:
     """Per device, (time, change in bytes) in causal order.
 
+    ``costs``: the stage costs, or the workload (its pass classes and its schedule's forward-only rules).
     Events sort by time, then by the op's position on its device (its start before its end),
     so a free at the end of one op comes before the allocation of the next op starting at
-    the same instant, and never before the allocation it releases.
+    the same instant, and never before the allocation it releases; a release at delivery
+    (``kinds.Release``) sorts as its op's end.
     """
+    if isinstance(costs, Workload):
+        rules, cost_of = rules_for(costs.schedule.forward_only), costs.cost_of
+    else:
+        rules, cost_of = BY_CODE, (lambda stage, microbatch: costs[stage])
+    by_name = {rule.name: rule for rule in rules}
+    delivered = delivery_times(timeline) if any(rule.release for rule in rules) else {}
     events: list[list[tuple[float, int, float]]] = []
     for ops in _ops_in_run_order(timeline):
         evs = []
         for position, op in enumerate(ops):
-            rule = KINDS[op.action.kind]
-            delta = rule.memory_delta(stages[op.action.stage])
+            rule = by_name[op.action.kind]
+            cost = cost_of(op.action.stage, op.action.microbatch)
+            delta = rule.memory_delta(cost)
             if rule.memory_at == START:
                 evs.append((op.start, 2 * position, delta))
             else:
                 evs.append((op.end, 2 * position + 1, delta))
+            if rule.release is not None:
+                when = max(op.end, delivered.get((op.device, op.action), op.end))
+                evs.append((when, 2 * position + 1, rule.release.memory_delta(cost)))
         evs.sort()
         events.append(evs)
     return [[(t, delta) for t, _, delta in evs] for evs in events]
 
 
 def memory_curves(
-    timeline: Timeline, stages: Sequence[StageCost], static_bytes: Sequence[float]
+    timeline: Timeline, stages: "Sequence[StageCost] | Workload", static_bytes: Sequence[float]
 ) -> list[tuple[list[float], list[float]]]:
     """Per device, step-curve points (times, bytes in use) starting from the static bytes."""
     curves = []
@@ -69,17 +90,23 @@ def peak_memory(curves: Sequence[tuple[list[float], list[float]]]) -> list[float
     return [max(levels) for _, levels in curves]
 
 
-def peak_live_microbatches(timeline: Timeline) -> list[int]:
-    """Per device, the most micro-batch activations alive at once (F start to B or W end), per stage-chunk."""
+def peak_live_microbatches(timeline: Timeline, forward_only: bool = False) -> list[int]:
+    """Per device, the most micro-batch activations alive at once (F start to B or W end; in a
+    forward-only schedule to the F's delivery), per stage-chunk."""
+    by_name = {rule.name: rule for rule in rules_for(forward_only)}
+    delivered = delivery_times(timeline) if forward_only else {}
     peaks = []
     for ops in _ops_in_run_order(timeline):
         evs = []
         for position, op in enumerate(ops):
-            rule = KINDS[op.action.kind]
+            rule = by_name[op.action.kind]
             if rule.live_delta > 0:
                 evs.append((op.start, 2 * position, rule.live_delta))
             elif rule.live_delta < 0:
                 evs.append((op.end, 2 * position + 1, rule.live_delta))
+            if rule.release is not None and rule.release.live_delta:
+                when = max(op.end, delivered.get((op.device, op.action), op.end))
+                evs.append((when, 2 * position + 1, rule.release.live_delta))
         level = peak = 0
         for _, _, delta in sorted(evs):
             level += delta
@@ -164,20 +191,43 @@ def _run_positions(device: np.ndarray, start: np.ndarray, end: np.ndarray, bound
 
 
 def memory_curves_columns(
-    device: np.ndarray, stage: np.ndarray, kind: np.ndarray, start: np.ndarray, end: np.ndarray,
-    bounds: Sequence[int], stages: Sequence[StageCost], static_bytes: Sequence[float],
+    device: np.ndarray, cost: np.ndarray, kind: np.ndarray, start: np.ndarray, end: np.ndarray,
+    bounds: Sequence[int], costs: Sequence[StageCost], static_bytes: Sequence[float],
+    rules: Sequence[KindRule] = BY_CODE, delivered: np.ndarray | None = None,
 ) -> tuple[list[tuple[list[float], list[float]]], list[int]]:
-    """(memory_curves, peak_live_microbatches) of the ops given as columns; device d owns ids bounds[d]:bounds[d+1]."""
+    """(memory_curves, peak_live_microbatches) of the ops given as columns; device d owns ids bounds[d]:bounds[d+1].
+
+    ``cost[o]`` is op o's row of ``costs`` (``Workload.cost_table``), ``rules`` the kind rules by code
+    (``kinds.rules_for``); a rule's ``release`` happens at ``delivered[o]`` (needed when any rule has one),
+    ordered as the op's end.
+    """
     key = 2 * _run_positions(device, start, end, bounds)
-    at_start = np.array([rule.memory_at == START for rule in BY_CODE])[kind]
+    at_start = np.array([rule.memory_at == START for rule in rules])[kind]
     key += ~at_start
     when = np.where(at_start, start, end)
-    per_stage = [[rule.memory_delta(c) for rule in BY_CODE] for c in stages]
-    change = np.array(per_stage, dtype=np.float64)[stage, kind]
-    if _sorted_within_devices(device, when, key):
-        order = np.arange(len(device))
+    per_stage = [[rule.memory_delta(c) for rule in rules] for c in costs]
+    width = len(rules)
+    value_index = cost * width + kind
+    live_of = np.array([rule.live_delta for rule in rules], dtype=np.int64)
+    live = live_of[kind]
+    releasing = np.array([rule.release is not None for rule in rules])[kind]
+    event_device, event_bounds = device, bounds
+    if bool(releasing.any()):
+        # The release events: their deltas follow the main ones in the value list, keyed as the op's end.
+        per_stage = per_stage + [[rule.release.memory_delta(c) if rule.release else 0 for rule in rules] for c in costs]
+        released = np.nonzero(releasing)[0]
+        release_live = np.array([rule.release.live_delta if rule.release else 0 for rule in rules], dtype=np.int64)
+        event_device = np.concatenate((device, device[released]))
+        when = np.concatenate((when, delivered[released]))
+        key = np.concatenate((key, key[released] | 1))
+        value_index = np.concatenate((value_index, len(costs) * width + value_index[released]))
+        live = np.concatenate((live, release_live[kind[released]]))
+        event_bounds = np.searchsorted(np.sort(event_device), np.arange(len(bounds))).tolist()
+    change = np.array(per_stage, dtype=np.float64).reshape(-1)[value_index]
+    if event_device is device and _sorted_within_devices(device, when, key):  # releases come after every device's ops
+        order = np.arange(len(event_device))
     else:
-        order = np.lexsort((key, when, device))
+        order = np.lexsort((key, when, event_device))
         when, change = when[order], change[order]
     # Integer byte counts stay integers in memory_curves (int + int); keep that, adding the
     # Python values one by one, when any count or static size is not a float.
@@ -185,13 +235,13 @@ def memory_curves_columns(
         type(x) is float for x in (static_bytes or ()))
     if not exact_types:
         values = [x for row in per_stage for x in row]
-        change_objects = list(map(values.__getitem__, (stage * len(BY_CODE) + kind)[order].tolist()))
-    # Live micro-batches: +1 at an F's start, -1 at a B's or W's end; an I changes nothing.
-    live = np.array([rule.live_delta for rule in BY_CODE], dtype=np.int64)[kind][order]
+        change_objects = list(map(values.__getitem__, value_index[order].tolist()))
+    # Live micro-batches: +1 at an F's start, -1 at a B's or W's end (a forward-only F's delivery); I: none.
+    live = live[order]
     curves = []
     peaks = []
     for d in range(len(bounds) - 1):
-        lo, hi = bounds[d], bounds[d + 1]
+        lo, hi = event_bounds[d], event_bounds[d + 1]
         level = static_bytes[d] if static_bytes else 0.0
         if exact_types:
             levels = np.cumsum(np.concatenate(([level], change[lo:hi]))).tolist()

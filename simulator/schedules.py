@@ -27,6 +27,7 @@ from .generators import (
     zb_v_rule,
 )
 from .dualpipe import dualpipe_v, dualpipe_v_rule
+from .forward_only import continuous_decode, forward_only_rule, inference
 from .ir import Schedule, ScheduleError
 from .torch_orders import interleaved_zb, interleaved_zb_rule, looped_bfs, looped_bfs_rule
 from .vshape_memory import v_half, v_min, v_shape_rule
@@ -36,7 +37,8 @@ from .zb_auto import zb_1p, zb_2p
 
 ScheduleGenerator = Callable[..., Schedule]
 """``(devices p, micro-batches m, chunks per device v) -> Schedule``; a ``cost_aware`` entry's generator
-also takes ``costs``, a ``StageTimes`` (None: unit times), and orders its ops by them."""
+also takes ``costs``, a ``StageTimes`` (None: unit times), and orders its ops by them; a ``recurrent``
+one takes ``passes`` (per stream, or one count for all) and makes m streams of that many passes."""
 
 AcceptRule = Callable[[int, int, int], None]
 """``(p, m, v) -> None``; raises ScheduleError saying why and which values work when it rejects."""
@@ -97,6 +99,8 @@ class ScheduleEntry:
     style: SeriesStyle
     default_note: str | None = None
     cost_aware: bool = False  # the order depends on the stage costs: build(..., costs=StageTimes)
+    forward_only: bool = False  # no backward: its schedules are forward-only (inference)
+    recurrent: bool = False  # its m micro-batches are streams of passes: build(..., passes=...)
 
     def check(self, p: int, m: int, v: int) -> None:
         """Raise ScheduleError (why, and what works) unless the generator accepts (p, m, v)."""
@@ -109,22 +113,31 @@ class ScheduleEntry:
             return False
         return True
 
-    def build(self, p: int, m: int, v: int | None = None, costs: StageTimes | None = None) -> Schedule:
+    def build(self, p: int, m: int, v: int | None = None, costs: StageTimes | None = None,
+              passes: int | tuple[int, ...] = 1) -> Schedule:
         """The schedule for p devices and m micro-batches; ``v`` defaults to ``default_chunks``.
 
         ``costs`` (per-stage F, I, W and hop times) order a ``cost_aware`` schedule; the others ignore them.
+        ``passes``: a ``recurrent`` schedule's passes per stream (one count, or one per stream); the others
+        run one pass per micro-batch.
         """
         v = self.default_chunks if v is None else v
-        return _built(self, p, m, v, costs if self.cost_aware else None)
+        if passes != 1 and not self.recurrent:
+            raise ScheduleError(f"passes: {self.name} runs each micro-batch once; a schedule of several passes per "
+                                f"micro-batch is {', '.join(n for n, e in SCHEDULES.items() if e.recurrent)}")
+        return _built(self, p, m, v, costs if self.cost_aware else None, passes)
 
 
 @lru_cache(maxsize=64)
-def _built(entry: ScheduleEntry, p: int, m: int, v: int, costs: StageTimes | None) -> Schedule:
+def _built(entry: ScheduleEntry, p: int, m: int, v: int, costs: StageTimes | None,
+           passes: int | tuple[int, ...] = 1) -> Schedule:
     """A generator's schedule, built once per arguments: generators are pure and a Schedule is frozen,
     and a planner search asks for the same (p, m, v) (and, for a cost-aware one, the same costs) again
     and again; each build also runs the checker."""
     if entry.cost_aware:
         return entry.generator(p, m, v, costs=costs)
+    if entry.recurrent:
+        return entry.generator(p, m, v, passes=passes)
     return entry.generator(p, m, v)
 
 
@@ -249,6 +262,26 @@ _ENTRIES += (
     ),
 )
 
+# Forward-only schedules (``forward_only``): serving, not training; the training planner has no fill for them.
+_SERVING_NOTE = "forward-only (inference): simulated with `pipeplan simulate --inference`; the training planner does not plan it"
+_ENTRIES += (
+    ScheduleEntry(
+        name="inference", display_name="Inference (fill-drain)", generator=inference,
+        rule=partial(forward_only_rule, "inference"), default_chunks=1, chunk_rule="1", split_backward=False,
+        fill_weights=None, planner_chunks=(1,), torch_name=None,
+        bubble=BubbleForm("(p-1)/(m+p-1)", _one_stage_bubble), style=SeriesStyle("#2ca02c", "d"),
+        default_note=_SERVING_NOTE, forward_only=True,
+    ),
+    ScheduleEntry(
+        name="continuous-decode", display_name="Continuous decode", generator=continuous_decode,
+        rule=partial(forward_only_rule, "continuous-decode"), default_chunks=1, chunk_rule="1",
+        split_backward=False, fill_weights=None, planner_chunks=(1,), torch_name=None,
+        # One pass per stream is the fill-drain; the steady state of many passes is bubble-free at m >= p.
+        bubble=BubbleForm("(p-1)/(m+p-1), one pass", _one_stage_bubble), style=SeriesStyle("#d62728", "p"),
+        default_note=_SERVING_NOTE, forward_only=True, recurrent=True,
+    ),
+)
+
 SCHEDULES: Mapping[str, ScheduleEntry] = MappingProxyType({entry.name: entry for entry in _ENTRIES})
 """Schedule name -> its entry, in the order help texts and charts list them (read-only)."""
 
@@ -262,10 +295,11 @@ def lookup(name: str) -> ScheduleEntry | None:
     return SCHEDULES.get(name.lower().replace("_", "-"))
 
 
-def build_schedule(name: str, p: int, m: int, v: int | None = None, costs: StageTimes | None = None) -> Schedule:
+def build_schedule(name: str, p: int, m: int, v: int | None = None, costs: StageTimes | None = None,
+                   passes: int | tuple[int, ...] = 1) -> Schedule:
     """Generate the named schedule; ``v`` defaults to the schedule's own chunk count, ``costs`` order a
-    cost-aware one (see ``ScheduleEntry.build``)."""
+    cost-aware one, ``passes`` set a recurrent one's passes per stream (see ``ScheduleEntry.build``)."""
     entry = lookup(name)
     if entry is None:
         raise ScheduleError(f"schedule: unknown name {name!r}; choose one of {', '.join(SCHEDULES)}")
-    return entry.build(p, m, v, costs)
+    return entry.build(p, m, v, costs, passes)

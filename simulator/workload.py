@@ -21,6 +21,9 @@ class StageCost:
     when it ends. With the split backward, I frees everything except ``weight_grad_bytes`` (the
     layer inputs and output gradients the weight gradient still needs) and W frees those.
     UNSHARD holds ``gathered_bytes`` (the gathered parameters) until RESHARD (see ``kinds``).
+    In a forward-only schedule F frees its ``activation_bytes`` once the next stage has its input and
+    keeps ``kept_bytes`` (state the later passes of its stream read); ``freed_kept_bytes`` are kept
+    bytes of its stream it frees at that moment too (the state of a stream whose work is done).
     ``backward`` is the full-backward time; it defaults to I + W. ``collectives`` price the
     stage's communication actions, at most one per kind. ``optimizer`` is the time of the stage's
     optimizer step (the per-stage ``OPTIMIZER`` action, once per iteration, not per micro-batch).
@@ -40,6 +43,8 @@ class StageCost:
     # An overlapped F&B (``kinds.OVERLAP_F_B``) whose forward part is this stage's takes this long;
     # None: this stage's F plus the paired stage's B, i.e. no gain from overlapping.
     overlap: float | None = None
+    kept_bytes: float = 0.0
+    freed_kept_bytes: float = 0.0
 
     @property
     def full_backward(self) -> float:
@@ -238,6 +243,11 @@ class Workload:
     # True: a device's stream that issues a send waits until it is delivered before its next op
     # (blocking point-to-point exchanges); False: sends overlap whatever the device does next.
     blocking_sends: bool = False
+    # Micro-batches that cost differently (passes of different lengths): the per-micro-batch ops of
+    # micro-batch m at stage s cost ``pass_stages[pass_class[m]][s]``. Empty: ``stages`` price every op;
+    # per-stage kinds (collectives, the optimizer step) always take ``stages``.
+    pass_class: tuple[int, ...] = ()
+    pass_stages: tuple[tuple[StageCost, ...], ...] = ()
 
     def __post_init__(self) -> None:
         p = self.schedule.num_devices
@@ -252,6 +262,30 @@ class Workload:
             raise ScheduleError(f"static_bytes: need one value per device ({p})")
         if self.capacity_bytes and len(self.capacity_bytes) != p:
             raise ScheduleError(f"capacity_bytes: need one value per device ({p})")
+        if self.pass_class or self.pass_stages:
+            m, classes = self.schedule.num_microbatches, len(self.pass_stages)
+            if len(self.pass_class) != m:
+                raise ScheduleError(f"pass_class: need one cost class per micro-batch ({m}), got {len(self.pass_class)}")
+            if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < classes for c in self.pass_class):
+                raise ScheduleError(f"pass_class: every class must be an index into pass_stages (0..{classes - 1})")
+            if any(len(costs) != len(self.stages) for costs in self.pass_stages):
+                raise ScheduleError(f"pass_stages: every class needs one stage cost per stage ({len(self.stages)})")
+
+    def cost_table(self) -> tuple[StageCost, ...]:
+        """Every stage cost in one list: ``stages``, then each pass class's stages in order; see ``cost_index``."""
+        return self.stages + tuple(c for costs in self.pass_stages for c in costs)
+
+    def cost_index(self, stage: int, microbatch: int | None) -> int:
+        """Where the cost of ``stage``'s op of ``microbatch`` (None: a per-stage op) sits in ``cost_table``."""
+        if microbatch is None or not self.pass_class:
+            return stage
+        return len(self.stages) * (1 + self.pass_class[microbatch]) + stage
+
+    def cost_of(self, stage: int, microbatch: int | None) -> StageCost:
+        """The stage cost that prices ``stage``'s op of ``microbatch`` (None: a per-stage op)."""
+        if microbatch is None or not self.pass_class:
+            return self.stages[stage]
+        return self.pass_stages[self.pass_class[microbatch]][stage]
 
 
 def uniform_network(num_devices: int, latency: float = 0.0, bandwidth: float = math.inf) -> Network:

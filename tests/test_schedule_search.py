@@ -103,10 +103,10 @@ CASES = [(seed, *shape) for seed, shape in enumerate(SHAPES)] + [
 
 
 def _builtin_times(p, m, v, stages, costs, limit, split):
-    """Every registry schedule of the same placement and op kinds that fits the limit, simulated."""
+    """Every training schedule of the registry of the same placement and op kinds that fits the limit, simulated."""
     times = {}
     for name, entry in SCHEDULES.items():
-        if not entry.accepts(p, m, v):
+        if entry.forward_only or not entry.accepts(p, m, v):
             continue
         schedule = entry.build(p, m, v, costs if entry.cost_aware else None)
         if list(schedule.stage_to_device) != stages or schedule.overlaps() or (not split and entry.split_backward):

@@ -16,6 +16,7 @@ from .bubble import bubble_vs_microbatches
 from .gantt import describe, draw_gantt, gantt_panels, side_by_side
 from .memory import memory_panels
 from .render import pyplot, save_figure
+from .serving import serving_figure
 
 P, M = 4, 8
 
@@ -177,6 +178,7 @@ FIGURES = {
     "planner_llama3-8b_uniform_vs_optimized.png": planner_figure,
     "validation_zb-h1_cpu.png": validation_figure,
     "zero_bubble_6.2b_p8_m24.png": zero_bubble_figure,
+    "inference_llama3-70b_dgx-h100.png": serving_figure,
 }
 
 

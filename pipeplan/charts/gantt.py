@@ -6,11 +6,14 @@ gathers and gradient reductions, ``pipeplan.breakdown.COMM_CATEGORY``; the legen
 kind "DP: ..."). Tensor-parallel collectives are inside the compute ops, so they have no lane.
 
 Boxes are drawn as one PolyCollection (not one artist per op), so tens of thousands of ops render
-in seconds; micro-batch numbers appear inside boxes only where they fit.
+in seconds; micro-batch numbers appear inside boxes only where they fit. In a recurrent (decode)
+timeline (``meta["recurrence"]`` = R streams) a box shows its stream, micro-batch mod R, so a
+stream's passes are seen cycling; ``passes`` (micro-batch -> a ``style.PASS_COLORS`` name, e.g.
+prefill or decode) colours each pass by what it is.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -19,7 +22,7 @@ from simulator.timeline import Timeline, bubble_fraction, iteration_time
 
 from ..breakdown import CATEGORIES, COMM_CATEGORY
 from .render import figure_format, pyplot, save_figure
-from .style import KIND_COLORS, KIND_LABELS, TRANSFER_COLORS, shade, time_scale
+from .style import KIND_COLORS, KIND_LABELS, PASS_COLORS, TRANSFER_COLORS, hex_to_rgb, shade, time_scale
 
 MAX_LABELS = 4000
 
@@ -52,7 +55,9 @@ def describe(timeline: Timeline) -> str:
         total_text = f"{total * scale:.3g} {'s' if scale == 1 else 'ms' if scale == 1e3 else 'us'}"
     parts = [str(meta.get("label") or meta.get("schedule", "schedule"))]
     parts.append(f"p={timeline.num_devices}")
-    if "microbatches" in meta:
+    if meta.get("recurrence"):
+        parts.append(f"m={meta['recurrence']} streams")
+    elif "microbatches" in meta:
         parts.append(f"m={meta['microbatches']}")
     if meta.get("chunks", 1) != 1:
         parts.append(f"v={meta['chunks']}")
@@ -67,10 +72,11 @@ def has_visible_transfers(timeline: Timeline) -> bool:
 
 def draw_gantt(ax, timeline: Timeline, *, title: str | None = None, show_transfers: bool = True,
                xmax: float | None = None, legend: bool = True, legend_from: Sequence[Timeline] = (),
-               window: tuple[float, float] | None = None) -> None:
+               window: tuple[float, float] | None = None, passes: Mapping[int, str] | None = None) -> None:
     """Draw ``timeline`` into ``ax`` (device 0 on top); the legend covers ``legend_from`` too.
 
     ``window`` (start, end) in timeline time zooms in, e.g. to see transfers between long ops.
+    ``passes`` colours forward ops by the kind of pass their micro-batch is (see the module docstring).
     """
     from matplotlib.collections import PolyCollection
     from matplotlib.patches import Patch
@@ -94,6 +100,9 @@ def draw_gantt(ax, timeline: Timeline, *, title: str | None = None, show_transfe
     ends = np.fromiter(((o.end - origin) * scale for o in ops), float, len(ops))
     rows = np.fromiter((o.device for o in ops), float, len(ops))
     colors = [shade(o.action.kind, *chunks[o.action.stage]) for o in ops]
+    if passes:
+        colors = [hex_to_rgb(PASS_COLORS[passes[o.action.microbatch]]) if o.action.microbatch in passes else c
+                  for o, c in zip(ops, colors)]
     verts = np.stack(
         [np.stack([starts, rows + top], 1), np.stack([starts, rows + bottom], 1),
          np.stack([ends, rows + bottom], 1), np.stack([ends, rows + top], 1)], 1)
@@ -146,23 +155,28 @@ def draw_gantt(ax, timeline: Timeline, *, title: str | None = None, show_transfe
         ax.spines[spine].set_visible(False)
     ax.set_title(title if title is not None else describe(timeline), fontsize=10, loc="left")
 
-    _label_boxes(ax, ops, starts, ends, rows, top, bottom, width)
+    _label_boxes(ax, ops, starts, ends, rows, top, bottom, width, colors, timeline.meta.get("recurrence"))
 
     if legend:
         every = [timeline, *legend_from]
         present = {o.action.kind for t in every for o in t.ops}
-        kinds = [k for k in KINDS if k in present]
-        handles = [Patch(color=KIND_COLORS[k], label=KIND_LABELS[k]) for k in kinds]
+        kinds = [k for k in KINDS if k in present and not (passes and k == "F")]
+        handles = [Patch(color=PASS_COLORS[name], label=name) for name in PASS_COLORS
+                   if passes and name in set(passes.values())]
+        handles += [Patch(color=KIND_COLORS[k], label=KIND_LABELS[k]) for k in kinds]
         if any(max((c for _, c in chunk_index(t).values()), default=1) > 1 for t in every):
             handles.append(Patch(color=shade("F", 1, 2), label="lighter: later chunk"))
         if show_transfers and any(has_visible_transfers(t) for t in every):
-            handles.append(Patch(color=TRANSFER_COLORS["fwd"], label="send activations"))
-            handles.append(Patch(color=TRANSFER_COLORS["bwd"], label="send gradients"))
+            sent = {t.action.kind == "F" for tl in every for t in tl.transfers}
+            if True in sent:
+                handles.append(Patch(color=TRANSFER_COLORS["fwd"], label="send activations"))
+            if False in sent:
+                handles.append(Patch(color=TRANSFER_COLORS["bwd"], label="send gradients"))
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
 
 
-def _label_boxes(ax, ops, starts, ends, rows, top, bottom, width_data) -> None:
-    """Write the micro-batch number inside boxes wide enough to hold it."""
+def _label_boxes(ax, ops, starts, ends, rows, top, bottom, width_data, colors, streams: int | None = None) -> None:
+    """Write the micro-batch number (its stream's, with ``streams``) inside boxes wide enough to hold it."""
     if width_data <= 0:
         return
     lo, hi = ax.get_xlim()
@@ -176,12 +190,12 @@ def _label_boxes(ax, ops, starts, ends, rows, top, bottom, width_data) -> None:
     fontsize = min(8.0, 0.45 * row_px * (bottom - top))
     if fontsize < 4:
         return
-    chunks = chunk_index(Timeline(0, list(ops)))
+    color_of = {id(op): c for op, c in zip(ops, colors)}
     for op, x0, x1, y in visible:
-        text = str(op.action.microbatch)
+        text = str(op.action.microbatch % streams if streams else op.action.microbatch)
         x0, x1 = max(x0, lo), min(x1, hi)
         if (x1 - x0) * px_per_unit >= 0.75 * fontsize * len(text) + 2:
-            r, g, b = shade(op.action.kind, *chunks[op.action.stage])
+            r, g, b = color_of[id(op)]
             light = 0.299 * r + 0.587 * g + 0.114 * b > 0.6
             ax.text((x0 + x1) / 2, y + (top + bottom) / 2, text, ha="center", va="center",
                     fontsize=fontsize, color="#222222" if light else "white")
@@ -191,12 +205,13 @@ def _figure_height(p: int, panels: int = 1) -> float:
     return min(18.0, panels * (0.9 + 0.32 * min(p, 40)))
 
 
-def gantt(timeline: Timeline, path: str, *, show_transfers: bool = True, title: str | None = None) -> None:
-    """One timeline to PNG/SVG/PDF (format from the extension)."""
+def gantt(timeline: Timeline, path: str, *, show_transfers: bool = True, title: str | None = None,
+          passes: Mapping[int, str] | None = None) -> None:
+    """One timeline to PNG/SVG/PDF (format from the extension); ``passes`` as in ``draw_gantt``."""
     figure_format(path)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(13, _figure_height(timeline.num_devices)))
-    draw_gantt(ax, timeline, title=title, show_transfers=show_transfers)
+    draw_gantt(ax, timeline, title=title, show_transfers=show_transfers, passes=passes)
     save_figure(fig, path)
 
 

@@ -19,17 +19,19 @@ KIND_LABELS = {"F": "F forward", "B": "B full backward", "I": "I input gradient"
 # Communication lanes (Gantt bands, trace threads), one per category of ``pipeplan.breakdown.COMM_CATEGORY``.
 LANE_NAMES = {"dp": "DP communication", "tp": "TP communication", "other": "communication (other)"}
 TRANSFER_COLORS = {"fwd": "#7f7f7f", "bwd": "#b07aa1"}
+# Forward passes of a serving run, by what they are (``pipeplan.inference.passes``).
+PASS_COLORS = {"prefill": "#e8893a", "decode": "#3b6fb6"}
 CAPACITY_COLOR = "#222222"
 
 
-def _hex_to_rgb(color: str) -> tuple[float, float, float]:
+def hex_to_rgb(color: str) -> tuple[float, float, float]:
     color = color.lstrip("#")
     return tuple(int(color[i:i + 2], 16) / 255 for i in (0, 2, 4))  # type: ignore[return-value]
 
 
 def shade(kind: str, chunk: int, chunks: int) -> tuple[float, float, float]:
     """The kind's colour, mixed towards white for later chunks so chunk 0 is darkest."""
-    r, g, b = _hex_to_rgb(KIND_COLORS[kind])
+    r, g, b = hex_to_rgb(KIND_COLORS[kind])
     if chunks <= 1:
         return r, g, b
     mix = 0.55 * chunk / (chunks - 1)

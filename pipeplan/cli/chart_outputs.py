@@ -37,14 +37,16 @@ def chart_writes(args: argparse.Namespace) -> list[tuple[str, str | None]]:
             for flag in ("gantt", "memory_plot", "trace", "timeline")]
 
 
-def write_outputs(args: argparse.Namespace, result: SimResult, title: str | None = None) -> list[str]:
-    """Write every requested output; return the paths written."""
+def write_outputs(args: argparse.Namespace, result: SimResult, title: str | None = None,
+                  passes: dict[int, str] | None = None) -> list[str]:
+    """Write every requested output; return the paths written. ``passes`` colours a serving run's Gantt boxes
+    by pass (``charts.gantt.draw_gantt``)."""
     written = []
     unit = result.timeline.meta.get("time_unit")
     if args.gantt:
         from ..charts.gantt import gantt
 
-        gantt(result.timeline, args.gantt, title=title)
+        gantt(result.timeline, args.gantt, title=title, passes=passes)
         written.append(args.gantt)
     if args.memory_plot:
         from ..charts.gantt import describe

@@ -36,8 +36,20 @@ def run_gantt(args: argparse.Namespace) -> int:
 
         plan, base = Plan.load(args.input), Path(args.input).parent
         check_paths([("INPUT", args.input), *plan_reads(plan, base)], writes)
-        result = simulate(plan=plan, base_dir=base)
-        gantt(result.timeline, args.output, show_transfers=show)
+        if plan.serving is not None:  # a serving plan: its passes coloured prefill or decode
+            from simulator.engine import simulate as simulate_workload
+
+            from ..inference.api import check_serving_outputs, resolve_serving
+            from ..inference.lowering import build_serving_workload
+
+            resolved = resolve_serving(plan, base)
+            check_serving_outputs(resolved, ["--output"])
+            sim = simulate_workload(build_serving_workload(resolved))
+            passes = {p.microbatch: "prefill" if p.step == 0 else "decode" for p in resolved.passes.passes}
+            gantt(sim.timeline, args.output, show_transfers=show, passes=passes)
+        else:
+            result = simulate(plan=plan, base_dir=base)
+            gantt(result.timeline, args.output, show_transfers=show)
     else:
         check_paths([("INPUT", args.input)], writes)
         timelines = load_timelines(args.input)

@@ -10,6 +10,7 @@ from simulator.schedules import SCHEDULES, build_schedule
 from simulator.stage_times import StageTimes
 from simulator.workload import uniform_workload
 
+from ..errors import SpecError
 from ..fileio import write_atomic
 from ..limits import check_output_size, check_schedule_size, check_search_size, op_kinds, schedule_ops
 from .argtypes import count, duration
@@ -41,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--b", type=duration, default=1.0, help="input-gradient time per stage (default 1)")
     p.add_argument("--w", type=duration, default=1.0, help="weight-gradient time per stage (default 1)")
     p.add_argument("--comm", type=duration, default=0.0, help="fixed transfer time between devices (default 0)")
+    p.add_argument("--passes", type=count, default=1, metavar="T",
+                   help=f"passes of each micro-batch stream, e.g. a prefill and T-1 decode steps "
+                   f"({', '.join(n for n, e in SCHEDULES.items() if e.recurrent)}; default 1)")
     p.add_argument("--overlap", type=duration, default=None,
                    help="time of an overlapped F&B pair (dualpipe-v; default F + B of the pair: no overlap gain)")
     p.add_argument("--csv", metavar="FILE", help="write the schedule as torch's compute-only CSV")
@@ -59,8 +63,11 @@ def check_sizes(args: argparse.Namespace) -> None:
         name = "search"
     else:
         name, chunks = args.name, SCHEDULES[args.name].default_chunks if args.chunks is None else args.chunks
-    check_schedule_size(name, args.devices, args.microbatches, chunks, args.iterations)
-    ops = schedule_ops(args.devices, args.microbatches, chunks, op_kinds(name), args.iterations)
+    if args.passes != 1 and not (name in SCHEDULES and SCHEDULES[name].recurrent):
+        raise SpecError(f"--passes: {name} runs each micro-batch once; --passes is for "
+                        f"{', '.join(n for n, e in SCHEDULES.items() if e.recurrent)}")
+    check_schedule_size(name, args.devices, args.microbatches * args.passes, chunks, args.iterations)
+    ops = schedule_ops(args.devices, args.microbatches * args.passes, chunks, op_kinds(name), args.iterations)
     check_output_size(ops, [flag for flag, path in chart_writes(args) if path])
 
 
@@ -79,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if entry.cost_aware:
             stages = args.devices * (entry.default_chunks if args.chunks is None else args.chunks)
             costs = StageTimes.uniform(stages, args.f, args.b, args.w, args.comm) if stages > 0 else None
-        schedule = build_schedule(args.name, args.devices, args.microbatches, args.chunks, costs)
+        schedule = build_schedule(args.name, args.devices, args.microbatches, args.chunks, costs, args.passes)
         workload = uniform_workload(schedule, args.f, args.b, args.w, args.comm, args.overlap)
     result = simulate(workload)
     steady = simulate_iterations(workload, args.iterations, args.synchronise) if args.iterations > 1 else None
@@ -95,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
             "devices": schedule.num_devices,
             "microbatches": schedule.num_microbatches,
             "chunks": schedule.chunks,
+            "forward_only": schedule.forward_only,
+            "streams": schedule.recurrence or None,
+            "passes": args.passes,
             "bubble_fraction": result.bubble_fraction,
             "iteration_time": result.iteration_time,
             "span_bubble_fraction": result.span_bubble_fraction,
@@ -109,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
             data["search"] = search_summary(found)
         print_json(data)
         return 0
+    streams = (f"m={schedule.recurrence} streams x {args.passes} passes" if schedule.recurrence
+               else f"m={schedule.num_microbatches}")
     print(
-        f"{schedule.name}: p={schedule.num_devices} m={schedule.num_microbatches} v={schedule.chunks}  "
+        f"{schedule.name}: p={schedule.num_devices} {streams} v={schedule.chunks}  "
         f"bubble {fmt_pct(result.bubble_fraction)}  iteration time {result.iteration_time:g}"
     )
     for line in search_lines(found) if found is not None else []:

@@ -17,6 +17,8 @@ from .chart_outputs import add_output_arguments, chart_writes, check_output_argu
 from .iterations import add_iterations_arguments, check_iterations_arguments, iterations_line
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json, table
 from .paths import check_paths, plan_reads, spec_reads
+from .serving import add_serving_arguments, check_serving_arguments, is_serving_plan, run_serving, serving_plan_from_args, serving_spec, \
+    wants_serving
 
 
 # Defaults of the flags that describe a plan; None in the parser, so a flag given can be told from one left out.
@@ -96,6 +98,7 @@ def plan_from_args(args: argparse.Namespace) -> tuple[Plan, Path]:
         plan = plan.with_(
             schedule="custom", schedule_csv=str(csv_path.resolve()), pp=custom.num_devices, chunks=custom.chunks,
             num_microbatches=custom.num_microbatches, layers_per_stage=layers, recompute=recompute,
+            notes={**plan.notes, "forward_only": custom.forward_only},
         )
     return plan, base
 
@@ -114,7 +117,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "simulate",
         help="simulate a plan on its model and cluster",
         description="Simulate PLAN.json (it names its model and cluster), or a plan given by flags with an "
-        "even layer split. --schedule-csv runs a custom schedule in torch's compute-only CSV format.",
+        "even layer split. --schedule-csv runs a custom schedule in torch's compute-only CSV format. "
+        "--inference (or a forward-only schedule, or a plan with a request mix) simulates serving instead: "
+        "prefill and decode passes, KV cache, latency and throughput per request.",
     )
     p.add_argument("plan", nargs="?", metavar="PLAN.json", help="plan file written by pipeplan optimize")
     add_plan_arguments(p)
@@ -127,6 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "prints, its first line saying which devices and by how much)")
     add_iterations_arguments(p)
     add_output_arguments(p)
+    add_serving_arguments(p)
     p.set_defaults(handler=run)
 
 
@@ -208,7 +214,14 @@ def print_breakdown_table(result: PlanResult) -> None:
 def run(args: argparse.Namespace) -> int:
     check_output_arguments(args)
     check_iterations_arguments(args)
+    if wants_serving(args):
+        check_serving_arguments(args)
+        plan, base = serving_plan_from_args(args, plan_from_args)
+        return run_serving(args, plan, base, plan_from_args_reads(args, plan, base), EXIT_OUT_OF_MEMORY)
     plan, base = plan_from_args(args)
+    if is_serving_plan(plan) or plan.notes.get("forward_only"):
+        plan = plan.with_(serving=serving_spec(args, plan))
+        return run_serving(args, plan, base, plan_from_args_reads(args, plan, base), EXIT_OUT_OF_MEMORY)
     check_paths(reads=plan_from_args_reads(args, plan, base), writes=chart_writes(args))
     check_plan_size(plan, args.iterations)
     check_output_size(plan_ops(plan, args.iterations), [flag for flag, path in chart_writes(args) if path])
