@@ -1,0 +1,199 @@
+"""How uncertain each class of op time is: the input of every band, and where it comes from.
+
+Op classes: ``gemm`` (matrix multiplications), ``memory`` (memory-bound kernels and the optimizer
+step), ``overhead`` (per-layer launch and synchronisation), ``link`` (transfers between devices,
+collectives, the tensor-parallel collectives inside an op) and ``compute`` (a whole op timed by a
+calibration, which cannot tell its GEMMs from the rest). Per class, three relative 1-sigmas
+(``ClassSpread``), one per level of the sampling model (``pipeplan.bands.sampling``):
+
+* ``common``: one factor per sample shared by every op of the class and, through one draw, by every
+  class (a slow machine, or a cost model off by a constant, slows every op at once);
+* ``systematic``: one factor per sample and op type (a layer kind's F, I or W; a measured stage's
+  op; a link), the same for every micro-batch: how far one priced op type may sit from its truth;
+* ``independent``: each op instance on its own (run-to-run noise of one op).
+
+Where a spread comes from, in order:
+
+1. a calibrated prediction (a measured profile): the profile's ``spread`` (``CalibrationSpread``,
+   written by the validator from its calibration rounds): compute ``common`` = the rounds' speed
+   spread combined with ``CALIBRATED_MODEL`` (the calibrated model's own error), ``independent`` =
+   the op timings' spread, ``systematic`` = its standard error over ``samples``; links alike.
+   A profile without one (recorded before it existed) gets ``DEFAULT_CALIBRATED``.
+2. an a-priori prediction from a cluster spec with a ``probe`` section (``pipeplan probe`` writes it):
+   per class ``probe.<class>.spread`` (the repeats' relative 1-sigma: ``independent``) and
+   ``probe.<class>.residual`` (the fit's relative RMS residual over the shapes probed:
+   ``systematic``), ``probe.common`` (machine drift between probe and run; default
+   ``DEFAULT_PROBE_COMMON``); a class the probe leaves out keeps ``DEFAULT_APRIORI``'s.
+3. otherwise ``DEFAULT_APRIORI``: a nominal or datasheet cluster spec.
+
+The defaults' figures and their sources are next to them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from ..errors import SpecError
+from ..limits import in_range
+from .calibration import CalibrationSpread
+
+OP_CLASSES = ("gemm", "memory", "overhead", "link", "compute")
+PROBE_CLASSES = ("gemm", "memory", "overhead", "link")
+LEVELS = ("common", "systematic", "independent")
+
+
+@dataclass(frozen=True)
+class ClassSpread:
+    """Relative 1-sigmas of one op class at the three levels (see the module docstring)."""
+
+    common: float = 0.0
+    systematic: float = 0.0
+    independent: float = 0.0
+
+    def __post_init__(self) -> None:
+        for level in LEVELS:
+            in_range(f"spread.{level}", getattr(self, level), "spread")
+
+    @property
+    def zero(self) -> bool:
+        return not (self.common or self.systematic or self.independent)
+
+    def text(self) -> str:
+        parts = [f"{level} {100 * getattr(self, level):.3g} %" for level in LEVELS if getattr(self, level)]
+        return ", ".join(parts) or "none"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One ``ClassSpread`` per op class, and ``source``: where they come from, as a report says it."""
+
+    source: str
+    gemm: ClassSpread = ClassSpread()
+    memory: ClassSpread = ClassSpread()
+    overhead: ClassSpread = ClassSpread()
+    link: ClassSpread = ClassSpread()
+    compute: ClassSpread = ClassSpread()
+
+    def of(self, op_class: str) -> ClassSpread:
+        return getattr(self, op_class)
+
+    def only(self, op_class: str) -> "Spread":
+        """This spread with every other class's set to none (to ask what one class alone does)."""
+        return Spread(f"{op_class} only", **{op_class: self.of(op_class)})
+
+    @property
+    def zero(self) -> bool:
+        return all(self.of(c).zero for c in OP_CLASSES)
+
+    def classes(self) -> list[str]:
+        return [c for c in OP_CLASSES if not self.of(c).zero]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, **{c: vars(self.of(c)).copy() for c in OP_CLASSES if not self.of(c).zero}}
+
+
+NO_SPREAD = Spread("none")
+
+# The a-priori model with nominal or datasheet figures. common 0.30: the log-RMS of the a-priori
+# iteration-time errors over the 11 CPU plans with a measurement (issue 15's five never-recorded plans:
+# +21, +46, +29, +121, +25 %; the six of validation/records re-predicted today: +29, +27, +8, +10, +6,
+# -7 %). systematic 0.15: one op type's own error beyond that (the same records' a-priori bubble errors,
+# -7.4 to +0.8 points, need F, I, W and the first and last stages to be off by different factors).
+# independent 0.05: one op's run-to-run scatter on a quiet GPU or core. Links are less known: the spec's
+# latency and bandwidth are a datasheet's (cpu.json: 50 us against the 28 us calibrated on the same VM).
+_APRIORI_COMPUTE = ClassSpread(common=0.30, systematic=0.15, independent=0.05)
+DEFAULT_APRIORI = Spread(
+    "default a-priori spread (no probe in the cluster spec)",
+    gemm=_APRIORI_COMPUTE, memory=_APRIORI_COMPUTE, overhead=ClassSpread(0.30, 0.30, 0.10),
+    link=ClassSpread(0.30, 0.30, 0.10), compute=_APRIORI_COMPUTE,
+)
+# A probed spec's machine may run slower or faster on the day of the run: the same plan measured 74-88 ms
+# per iteration on different occasions on the 2-core VM (README, Validating), about +-5 % at one sigma.
+DEFAULT_PROBE_COMMON = 0.05
+# The calibrated model's own error, beyond the calibration's scatter: 3 %, the 1-sigma of its iteration
+# time errors on this VM's quiet runs (README, Validating: -6.4 to +2.6 % over 23 runs, mostly about -3 %:
+# the per-op dispatch costs it does not model).
+CALIBRATED_MODEL = 0.03
+# A profile recorded before profiles carried their spread: the scatter of the six records' own run op
+# times taken as rounds (``estimate_spread`` on their measured iterations: round speed 2.3-7.4 %, median
+# 4 %; one op 7-19 %, median 12 %; 80 timings per op type) and, for links, one-way gloo timings on this VM
+# (a late delivery in 20-40 by 1-5 ms on 30 us: 50 % at one sigma, 20 timings per link).
+DEFAULT_CALIBRATED = CalibrationSpread(rounds=10, common=0.04, independent=0.12, samples=80, link=0.5,
+                                       link_samples=20)
+
+
+def calibrated_spread(spread: CalibrationSpread | None) -> Spread:
+    """The spread of a prediction priced from a measured profile whose calibration scattered by ``spread``
+    (None: ``DEFAULT_CALIBRATED``). Parts the profile does not price (an optimizer step, a data-parallel
+    collective) keep the a-priori spread of their class."""
+    source = "calibration" if spread is not None else "default calibrated spread (the profile has none)"
+    s = spread or DEFAULT_CALIBRATED
+    common = math.hypot(s.common, CALIBRATED_MODEL)
+    return replace(
+        DEFAULT_APRIORI, source=f"{source}: {s.rounds} rounds, {s.samples} timings per op type",
+        compute=ClassSpread(common, s.independent / math.sqrt(s.samples), s.independent),
+        link=ClassSpread(common, s.link / math.sqrt(s.link_samples), s.link),
+    )
+
+
+def check_probe(probe: Any) -> None:
+    """Refuse a cluster spec's ``probe`` section whose spread fields are not relative 1-sigmas.
+
+    Only the fields a band reads are checked (``probe.common``, ``probe.<class>.spread`` and
+    ``.residual``); the probe's other fields (samples, fits) are the probe's own business.
+    """
+    if probe is None:
+        return
+    if not isinstance(probe, dict):
+        raise SpecError(f"cluster.probe: must be a mapping (got {type(probe).__name__})")
+    if "common" in probe:
+        in_range("cluster.probe.common", probe["common"], "spread")
+    for op_class in PROBE_CLASSES:
+        section = probe.get(op_class)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise SpecError(f"cluster.probe.{op_class}: must be a mapping (got {section!r})")
+        for key in ("spread", "residual"):
+            if key in section:
+                in_range(f"cluster.probe.{op_class}.{key}", section[key], "spread")
+
+
+def probe_spread(probe: dict[str, Any]) -> Spread:
+    """The a-priori spread of a probed cluster spec (see the module docstring, 2.)."""
+    check_probe(probe)
+    common = float(probe.get("common", DEFAULT_PROBE_COMMON))
+    classes = {}
+    for op_class in PROBE_CLASSES:
+        section = probe.get(op_class)
+        if isinstance(section, dict) and ("spread" in section or "residual" in section):
+            classes[op_class] = ClassSpread(common, float(section.get("residual", 0.0)),
+                                            float(section.get("spread", 0.0)))
+    probed = ", ".join(classes) or "no class"
+    return replace(DEFAULT_APRIORI, source=f"probe ({probed} probed)", **classes)
+
+
+def apriori_spread(cluster) -> Spread:
+    """The spread of an a-priori prediction on ``cluster`` (a ``ClusterSpec``): its probe's, else the default."""
+    probe = getattr(cluster, "probe", None)
+    return probe_spread(probe) if probe else DEFAULT_APRIORI
+
+
+def spread_for(cluster, profile=None) -> Spread:
+    """The spread of a prediction on ``cluster``, priced from ``profile`` (a ``Profile``) when given."""
+    if profile is not None:
+        return calibrated_spread(getattr(profile, "spread", None))
+    return apriori_spread(cluster)
+
+
+def scaled_spread(spread: Spread, factor: float) -> Spread:
+    """Every 1-sigma times ``factor`` (e.g. 0 for none); for tests and what-ifs."""
+    return Spread(spread.source, **{c: ClassSpread(*(min(2.0, getattr(spread.of(c), level) * factor)
+                                                      for level in LEVELS)) for c in OP_CLASSES})
+
+
+__all__ = ["OP_CLASSES", "ClassSpread", "Spread", "NO_SPREAD", "DEFAULT_APRIORI", "DEFAULT_CALIBRATED",
+           "CALIBRATED_MODEL", "DEFAULT_PROBE_COMMON", "calibrated_spread", "probe_spread", "apriori_spread",
+           "spread_for", "check_probe", "scaled_spread"]
+assert [f.name for f in fields(Spread)][1:] == list(OP_CLASSES)
