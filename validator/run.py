@@ -212,6 +212,10 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
         "layers": layer_costs,
         "iterations": iterations,
         "losses": losses,
+        # Every kept round's raw timings, for the calibration's spread (pipeplan.bands.calibration):
+        # per round {stage: {kind: [s, ...]}} and {(src, dst): [boundary-size one-way s, ...]}.
+        "stage_rounds": stage_rounds,
+        "link_rounds": [{key: lists[1] for key, lists in r.items()} for r in link_rounds],
         "tried": len(kept),
         "disturbed": disturbed,
         "left_out": summary(reasons),

@@ -4,14 +4,27 @@
 ``calibration``: the spread of a calibration's timings (the validator writes it into the profile);
 ``terms``: what each simulated op is made of, by class; ``sampling``: the Monte Carlo;
 ``band``: intervals, and whether two plans can be told apart.
-"""
-from .band import DEFAULT_SAMPLES, LEVEL, Band, Comparison, PlanBand, check_band_size, compare, plan_band
-from .calibration import CalibrationSpread, estimate_spread
-from .sampling import Samples, sample_plan
-from .spread import (DEFAULT_APRIORI, DEFAULT_CALIBRATED, NO_SPREAD, OP_CLASSES, ClassSpread, Spread, apriori_spread,
-                     calibrated_spread, probe_spread, spread_for)
 
-__all__ = ["Band", "PlanBand", "Comparison", "plan_band", "compare", "check_band_size", "DEFAULT_SAMPLES", "LEVEL",
-           "CalibrationSpread", "estimate_spread", "Samples", "sample_plan", "Spread", "ClassSpread", "OP_CLASSES",
-           "NO_SPREAD", "DEFAULT_APRIORI", "DEFAULT_CALIBRATED", "apriori_spread", "calibrated_spread",
-           "probe_spread", "spread_for"]
+Names load on first use: ``pipeplan.profile`` reads ``calibration`` while ``costs``, which ``terms``
+reads, is still loading ``profile``.
+"""
+from importlib import import_module
+
+_WHERE = {
+    "band": ("Band", "PlanBand", "Comparison", "plan_band", "compare", "check_band_size", "affordable_samples",
+             "DEFAULT_SAMPLES", "LEVEL"),
+    "calibration": ("CalibrationSpread", "estimate_spread"),
+    "sampling": ("Samples", "sample_plan"),
+    "spread": ("Spread", "ClassSpread", "OP_CLASSES", "NO_SPREAD", "DEFAULT_APRIORI", "DEFAULT_CALIBRATED",
+               "apriori_spread", "calibrated_spread", "probe_spread", "spread_for"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value

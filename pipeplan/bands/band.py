@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..limits import check, in_range, plan_ops
+from ..limits import RANGES, check, in_range, limit, plan_ops
 from .sampling import Samples, sample_plan
 from .spread import Spread, spread_for
 from .terms import op_terms
@@ -77,6 +77,13 @@ def check_band_size(plan, samples: int, runs: int = 1, what: str = "band") -> No
     check("band_ops", plan_ops(plan) * samples * runs,
           f"{what}: {samples:,} samples x {plan_ops(plan):,} ops" + (f" x {runs} runs" if runs > 1 else ""),
           "lower --band-samples")
+
+
+def affordable_samples(plan, runs: int = 1) -> int | None:
+    """``DEFAULT_SAMPLES``, or as many as the band-ops limit allows ``runs`` bands of ``plan``; None below
+    the fewest a 90 % interval needs (``RANGES["band_samples"]``)."""
+    samples = min(DEFAULT_SAMPLES, limit("band_ops") // (max(1, plan_ops(plan)) * runs))
+    return samples if samples >= RANGES["band_samples"].low else None
 
 
 def band_from_samples(result, drawn: Samples, spread: Spread, seed: int, level: float = LEVEL) -> PlanBand:

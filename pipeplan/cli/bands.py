@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..bands import DEFAULT_SAMPLES, PlanBand, check_band_size
+from ..bands import DEFAULT_SAMPLES, PlanBand, affordable_samples, check_band_size
 from ..limits import RANGES, limit, plan_ops
 from .argtypes import bounded_count
 from .output import fmt_pct, fmt_time
@@ -43,9 +43,9 @@ def band_samples(args: argparse.Namespace, plan, runs: int = 1) -> tuple[int | N
     if args.band_samples is not None:
         check_band_size(plan, args.band_samples, runs, "--band-samples")
         return args.band_samples, None
-    ops = max(1, plan_ops(plan)) * runs
-    samples = min(DEFAULT_SAMPLES, limit("band_ops") // ops)
-    if samples < MIN_SAMPLES:
+    samples = affordable_samples(plan, runs)
+    if samples is None:
+        ops = max(1, plan_ops(plan)) * runs
         return None, (f"band left out: {MIN_SAMPLES} samples x {ops:,} ops is over the band limit of "
                       f"{limit('band_ops'):,} (raise it with PIPEPLAN_MAX_BAND_OPS=N)")
     return samples, None
