@@ -57,8 +57,8 @@ LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
           "ops drawn or written by --gantt, --memory-plot, --trace and --timeline"),
     # A band re-times the plan once per sample (``pipeplan.bands``): 6 us per op and sample on this VM
     # (llama3-8b pp=8 m=32), 14 us where the drawn times make transfers share a port and the max-min
-    # event loop runs (m=256), so the default keeps a band, or optimize's ties, under about half a minute.
-    Limit("band_ops", 2_000_000, "PIPEPLAN_MAX_BAND_OPS", "op re-timings",
+    # event loop runs (m=256), so the default keeps a band, or optimize's ties, under about a minute.
+    Limit("band_ops", 4_000_000, "PIPEPLAN_MAX_BAND_OPS", "op re-timings",
           "ops x samples of an uncertainty band (x the plans and spreads compared in optimize's ties)"),
 )}
 

@@ -3,7 +3,8 @@
 ``spread``: how uncertain each op class is, and where that comes from (calibration, probe, default);
 ``calibration``: the spread of a calibration's timings (the validator writes it into the profile);
 ``terms``: what each simulated op is made of, by class; ``sampling``: the Monte Carlo;
-``band``: intervals, and whether two plans can be told apart.
+``band``: intervals, and whether two plans can be told apart; ``ties``: optimize's chosen plan against
+the others it found.
 
 Names load on first use: ``pipeplan.profile`` reads ``calibration`` while ``costs``, which ``terms``
 reads, is still loading ``profile``.
@@ -15,6 +16,7 @@ _WHERE = {
              "DEFAULT_SAMPLES", "LEVEL"),
     "calibration": ("CalibrationSpread", "estimate_spread"),
     "sampling": ("Samples", "sample_plan"),
+    "ties": ("OptimizeBands", "optimize_bands"),
     "spread": ("Spread", "ClassSpread", "OP_CLASSES", "NO_SPREAD", "DEFAULT_APRIORI", "DEFAULT_CALIBRATED",
                "apriori_spread", "calibrated_spread", "probe_spread", "spread_for"),
 }

@@ -136,31 +136,41 @@ def _ratio(chosen: Samples, other: Samples, point: float, level: float) -> Band:
 def compare(chosen, chosen_samples: Samples, name: str, other, spread: Spread, samples: int, seed: int,
             profile=None, level: float = LEVEL) -> Comparison:
     """``other`` (a ``PlanResult``) against ``chosen`` sampled as ``chosen_samples`` with ``spread``,
-    ``samples`` and ``seed`` (see the module docstring)."""
+    ``samples`` and ``seed`` (see the module docstring); a tie's reason is left to ``explain``."""
     drawn = sample_plan(other, spread, samples, seed, profile)
     ratio = _ratio(chosen_samples, drawn, other.iteration_time / chosen.iteration_time, level)
     band = band_from_samples(other, drawn, spread, seed, level)
-    tie = ratio.low <= 1.0 <= ratio.high or ratio.high < 1.0
-    if not tie:
-        return Comparison(name, band, ratio, False, f"slower in {level:.0%} of samples")
-    classes = sorted(set(present_classes(chosen, spread, profile)) | set(present_classes(other, spread, profile)),
-                     key=spread.classes().index)
+    if ratio.low > 1.0:
+        return Comparison(name, band, ratio, False, f"slower in at least {100 * (1 + level) / 2:.0f} % of the samples")
+    return Comparison(name, band, ratio, True, "within the spread")
+
+
+def explain(comparison: Comparison, chosen, other, spread: Spread, samples: int, seed: int, profile=None,
+            level: float = LEVEL) -> Comparison:
+    """``comparison`` (a tie) with its reason: the op class whose spread alone makes the ratio's interval
+    reach 1 (the one reaching lowest), else the class that widens it most alone. Samples both plans once
+    per class with a spread (``classes_to_explain``)."""
     alone = {}
-    for cls in classes:
+    for cls in classes_to_explain(chosen, other, spread, profile):
         only = spread.only(cls)
         alone[cls] = _ratio(sample_plan(chosen, only, samples, seed, profile),
-                            sample_plan(other, only, samples, seed, profile), ratio.point, level)
+                            sample_plan(other, only, samples, seed, profile), comparison.ratio.point, level)
     reaching = [c for c, r in alone.items() if r.low <= 1.0]
     if reaching:
         cls = min(reaching, key=lambda c: alone[c].low)
         why = f"the {cls} spread alone ({spread.of(cls).text()}) puts it at {_x(alone[cls])}"
     elif alone:
         cls = max(alone, key=lambda c: alone[c].high / alone[c].low)
-        why = (f"no class alone; the {cls} spread ({spread.of(cls).text()}) widens it most "
-               f"({_x(alone[cls])} alone)")
+        why = f"no class alone; the {cls} spread ({spread.of(cls).text()}) widens it most ({_x(alone[cls])} alone)"
     else:
         why = "no class has a spread"
-    return Comparison(name, band, ratio, True, why)
+    return Comparison(comparison.name, comparison.band, comparison.ratio, comparison.tie, why)
+
+
+def classes_to_explain(chosen, other, spread: Spread, profile=None) -> list[str]:
+    """The classes with a spread that either plan is made of, in ``OP_CLASSES`` order."""
+    found = set(present_classes(chosen, spread, profile)) | set(present_classes(other, spread, profile))
+    return [c for c in spread.classes() if c in found]
 
 
 def _x(band: Band) -> str:
