@@ -87,6 +87,7 @@ def sample_plan(result, spread: Spread, samples: int, seed: int = 0, profile=Non
         if not op_parts:
             continue
         total = np.zeros(samples)
+        weight = np.zeros(samples)  # the shares summed in the same order: total / weight is exactly 1 with no spread
         var = 0.0
         for cls, group, share in op_parts:
             s = spread.of(cls)
@@ -94,8 +95,9 @@ def sample_plan(result, spread: Spread, samples: int, seed: int = 0, profile=Non
             if key not in cache:
                 cache[key] = group_draws(seed, key, samples) if s.systematic else np.zeros(samples)
             total += share * np.exp(s.common * common + s.systematic * cache[key])
+            weight += share
             var += (share * s.independent) ** 2
-        factor[:, u] = total
+        factor[:, u] = total / weight
         independent[u] = np.sqrt(var)
 
     # Transfers: the consumer op o's incoming transfer, grouped by link (a measured one) or all together.

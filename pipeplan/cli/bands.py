@@ -10,7 +10,7 @@ import argparse
 
 from ..bands import DEFAULT_SAMPLES, PlanBand, affordable_samples, check_band_size
 from ..limits import RANGES, limit, plan_ops
-from .argtypes import bounded_count
+from .argtypes import count
 from .output import fmt_pct, fmt_time
 
 MIN_SAMPLES = int(RANGES["band_samples"].low)
@@ -27,8 +27,18 @@ def seed(text: str) -> int:
     return value
 
 
+def samples_count(text: str) -> int:
+    """A sample count within ``RANGES["band_samples"]``."""
+    r = RANGES["band_samples"]
+    value = count(text)
+    if not r.low <= value <= r.high:
+        raise argparse.ArgumentTypeError(f"must be {r.text()} (got {text!r}): a 90 % interval needs some samples "
+                                         "in each 5 % tail")
+    return value
+
+
 def add_band_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--band-samples", type=bounded_count("band_samples"), default=None, metavar="N",
+    p.add_argument("--band-samples", type=samples_count, default=None, metavar="N",
                    help=f"samples of the 90 %% band (op and link times drawn from their spread, the plan simulated "
                         f"again; default {DEFAULT_SAMPLES}, fewer for a plan too large for that)")
     p.add_argument("--band-seed", type=seed, default=0, metavar="S", help="seed of the band's draws (default 0)")
