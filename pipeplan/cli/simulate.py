@@ -160,8 +160,6 @@ def print_result(result: PlanResult, band=None, band_note: str | None = None) ->
         f"iteration {fmt_time(result.iteration_time)}  bubble {fmt_pct(result.bubble_fraction)}  "
         f"{result.tokens_per_second:,.0f} tokens/s  MFU {fmt_pct(result.mfu)}"
     )
-    if band is not None or band_note:
-        print(band_line(band, result.steady is not None) if band is not None else band_note)
     if result.steady is not None:
         print(iterations_line(result.steady, fmt_time))
     print_parallel_lines(result)
@@ -177,6 +175,8 @@ def print_result(result: PlanResult, band=None, band_note: str | None = None) ->
         ])
     print(table(["device", "stages", "layers", "busy", "bubble", "peak memory / capacity", "fits"], rows))
     print_breakdown_table(result)
+    if band is not None or band_note:  # last, so the lines above keep their places
+        print(band_line(band, result.steady is not None) if band is not None else band_note)
 
 
 def _comm_text(t) -> str:
