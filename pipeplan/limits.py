@@ -55,10 +55,11 @@ LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
     # 0.8 GB. At the default a saved timeline stays under the input limit, so it can be drawn again.
     Limit("output_ops", 250_000, "PIPEPLAN_MAX_OUTPUT_OPS", "ops",
           "ops drawn or written by --gantt, --memory-plot, --trace and --timeline"),
-    # A band re-times the plan once per sample (``pipeplan.bands``): 6 us per op and sample on this VM
-    # (llama3-8b pp=8 m=32), 14 us where the drawn times make transfers share a port and the max-min
-    # event loop runs (m=256), so the default keeps a band, or optimize's ties, under about a minute.
-    Limit("band_ops", 4_000_000, "PIPEPLAN_MAX_BAND_OPS", "op re-timings",
+    # A band re-times the plan once per sample (``pipeplan.bands``): 6 us per op and sample on this 2-core
+    # VM at a load of 2 (llama3-8b pp=8 m=32), 14 us where the drawn times make transfers share a port and
+    # the max-min event loop runs (m=256), 2-3x that at a load of 6 (``benchmarks/bench_bands.py``); the
+    # default keeps a band, or optimize's ties, to 12-28 s at a load of 2.
+    Limit("band_ops", 2_000_000, "PIPEPLAN_MAX_BAND_OPS", "op re-timings",
           "ops x samples of an uncertainty band (x the plans and spreads compared in optimize's ties)"),
 )}
 

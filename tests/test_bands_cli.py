@@ -54,7 +54,7 @@ def test_bad_band_flags_are_refused_in_one_line(args, words):
 
 def test_band_samples_the_limit_cannot_take_are_refused_before_the_simulation():
     err = cli("simulate", "--model", "llama3-8b", "--pp", "8", "-m", "4096", "--band-samples", "1000", code=2).stderr
-    assert "--band-samples: 1,000 samples x 65,536 ops is 65,536,000 op re-timings, over the limit of 4,000,000" in err
+    assert "--band-samples: 1,000 samples x 65,536 ops is 65,536,000 op re-timings, over the limit of 2,000,000" in err
     assert "PIPEPLAN_MAX_BAND_OPS=N" in err
 
 

@@ -97,8 +97,8 @@ NO_SPREAD = Spread("none")
 
 # The a-priori model with nominal or datasheet figures, from the six runs of validation/records (tiny
 # model, cpu.json) and issue 15's five plans. common 0.30: the log-RMS of the a-priori iteration-time
-# errors over those 11 plans (issue 15: +21, +46, +29, +121, +25 %; the records: +29, +27, +8, +10, +6,
-# -7 %). systematic 0.35: the log-sd of measured / a-priori time over the op types that carry the time
+# errors over those 11 plans (issue 15: +21, +46, +29, +121, +25 %; the records, re-predicted by today's
+# model (``pipeplan.validation.repredict``): +10, +8, -8, -6, -9, -19 %). systematic 0.35: the log-sd of measured / a-priori time over the op types that carry the time
 # (block and head F, I and W, the records' single-layer timings against costs.price): 0.33 to 0.42 in
 # each record. independent 0.10: one op's scatter around its mean on a busy CPU (the records' run op
 # times: 7 to 19 %, median 12 %). Links are known worse: cpu.json's 50 us latency against the 28 us
