@@ -81,7 +81,7 @@ def test_optimize_reports_its_ties_with_the_class_that_makes_them():
         assert c["tie"] == (c["ratio"]["low"] <= 1.0)
         if c["tie"]:
             assert c["reason"].startswith(("the gemm spread", "the memory spread", "the overhead spread",
-                                           "the link spread", "no class alone", "within the spread"))
+                                           "the link spread", "no class alone"))
         else:
             assert c["reason"] == "slower in at least 95 % of the samples"
 
@@ -106,3 +106,17 @@ def test_the_recorded_runs_fall_inside_their_bands():
         for (k, q) in inside:
             inside[(k, q)] += bands[k]["inside"][q]["median"]
     assert all(n >= 0.8 * len(RECORDS) for n in inside.values()), inside
+
+
+def test_optimize_compares_only_what_the_band_limit_allows_and_says_so(monkeypatch):
+    from pipeplan.bands.ties import optimize_bands
+    from pipeplan.limits import plan_ops
+    from pipeplan.planner.optimize import optimize
+
+    result = optimize("tiny", str(VALIDATION / "cpu.json"), 32, pp=2)
+    full = optimize_bands(result, samples=40)
+    assert len(full.comparisons) == 4 and full.note is None
+    monkeypatch.setenv("PIPEPLAN_MAX_BAND_OPS", str(40 * plan_ops(result.plan)))  # the chosen plan's band alone
+    alone = optimize_bands(result, samples=40)
+    assert alone.chosen.to_dict() == full.chosen.to_dict() and alone.comparisons == ()
+    assert alone.note.startswith("4 of the 4 closest plans not compared: over the band limit of ")

@@ -146,15 +146,19 @@ def compare(chosen, chosen_samples: Samples, name: str, other, spread: Spread, s
 
 
 def explain(comparison: Comparison, chosen, other, spread: Spread, samples: int, seed: int, profile=None,
-            level: float = LEVEL) -> Comparison:
+            level: float = LEVEL, chosen_alone: dict[str, Samples] | None = None) -> Comparison:
     """``comparison`` (a tie) with its reason: the op class whose spread alone makes the ratio's interval
     reach 1 (the one reaching lowest), else the class that widens it most alone. Samples both plans once
-    per class with a spread (``classes_to_explain``)."""
+    per class with a spread (``classes_to_explain``); ``chosen_alone`` keeps the chosen plan's per class
+    across calls."""
+    chosen_alone = {} if chosen_alone is None else chosen_alone
     alone = {}
     for cls in classes_to_explain(chosen, other, spread, profile):
         only = spread.only(cls)
-        alone[cls] = _ratio(sample_plan(chosen, only, samples, seed, profile),
-                            sample_plan(other, only, samples, seed, profile), comparison.ratio.point, level)
+        if cls not in chosen_alone:
+            chosen_alone[cls] = sample_plan(chosen, only, samples, seed, profile)
+        alone[cls] = _ratio(chosen_alone[cls], sample_plan(other, only, samples, seed, profile),
+                            comparison.ratio.point, level)
     reaching = [c for c, r in alone.items() if r.low <= 1.0]
     if reaching:
         cls = min(reaching, key=lambda c: alone[c].low)

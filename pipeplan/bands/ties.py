@@ -4,14 +4,14 @@ The others are the plans the search simulated that fit (``OptimizeResult.contend
 proposal, other layouts' answers) and the baselines that fit, each plan once, the ``shown`` fastest.
 Each is compared with the chosen plan by ``band.compare`` (paired sampling), and a tie is explained by
 ``band.explain`` (the op class whose spread makes it one). The work is budgeted against the band-ops
-limit: the chosen plan's band first, then each comparison, then each tie's explanation (both plans
-again per op class with a spread, with a quarter of the samples), as far as the limit allows; what is
-left out is said.
+limit: the chosen plan's band first, then each comparison with, should it be a tie, its explanation
+(both plans again per op class with a spread, an eighth of the samples, the chosen plan's kept for the
+next), as far as the limit allows; a comparison that does not fit is left out, saying so.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..limits import RANGES, limit, plan_ops
 from .band import Comparison, PlanBand, band_from_samples, classes_to_explain, compare, explain
@@ -53,9 +53,9 @@ def others(result) -> list:
 
 
 def explain_samples(samples: int) -> int:
-    """Samples per class when a tie is explained: a quarter of the band's (at least 20), since the reason
+    """Samples per class when a tie is explained: an eighth of the band's (at least 20), since the reason
     asks only which class's interval reaches 1, not where its ends are to the per cent."""
-    return max(int(RANGES["band_samples"].low), samples // 4)
+    return max(int(RANGES["band_samples"].low), samples // 8)
 
 
 def label(scored, chosen_plan) -> str:
@@ -80,37 +80,30 @@ def optimize_bands(result, samples: int, seed: int = 0, profile=None, spread: Sp
     drawn = sample_plan(chosen, spread, samples, seed, profile)
     band = band_from_samples(chosen, drawn, spread, seed)
     few = explain_samples(samples)
-    comparisons, skipped, unexplained = [], 0, 0
+    chosen_alone: dict = {}
+    comparisons, skipped = [], 0
     candidates = others(result)
     late = False
     for scored in candidates[:shown]:
+        # A comparison starts only with its explanation's worst case in the budget too, so a tie has its reason.
+        classes = classes_to_explain(chosen, scored.result, spread, profile)
         cost = samples * plan_ops(scored.plan)
-        if deadline is not None and time.perf_counter() > deadline:
-            late = True
-        if cost > budget or late:
+        reason_cost = few * (len(classes) * plan_ops(scored.plan)
+                             + sum(c not in chosen_alone for c in classes) * plan_ops(chosen.plan))
+        late = late or (deadline is not None and time.perf_counter() > deadline)
+        if cost + reason_cost > budget or late:
             skipped += 1
             continue
         budget -= cost
         found = compare(chosen, drawn, label(scored, chosen.plan), scored.result, spread, samples, seed, profile)
         if found.tie:
-            classes = len(classes_to_explain(chosen, scored.result, spread, profile))
-            cost = few * classes * (plan_ops(chosen.plan) + plan_ops(scored.plan))
-            late = late or (deadline is not None and time.perf_counter() > deadline)
-            if cost <= budget and not late:
-                budget -= cost
-                found = explain(found, chosen, scored.result, spread, few, seed, profile)
-            else:
-                unexplained += 1
-                found = replace(found, reason="within the spread (which class: over the band limit to tell)")
+            budget -= reason_cost
+            found = explain(found, chosen, scored.result, spread, few, seed, profile, chosen_alone=chosen_alone)
         comparisons.append(found)
-    notes = []
-    if skipped:
-        notes.append(f"{skipped} of the {min(shown, len(candidates))} closest plans not compared")
-    if unexplained:
-        notes.append(f"{unexplained} tie(s) without the class that makes them")
     note = None
-    if notes:
+    if skipped:
         why = (f"over the band limit of {limit('band_ops'):,} op re-timings (lower --band-samples or raise "
                "PIPEPLAN_MAX_BAND_OPS)")
-        note = f"{' and '.join(notes)}: " + ("past --time-limit, or " + why if late else why)
+        note = (f"{skipped} of the {min(shown, len(candidates))} closest plans not compared: "
+                + ("past --time-limit, or " + why if late else why))
     return OptimizeBands(band, tuple(comparisons), note)
