@@ -163,6 +163,23 @@ def test_every_ops_shares_sum_to_one():
         assert sum(share for _, _, share in parts) == pytest.approx(1.0)
 
 
+def test_a_probe_record_pools_its_quantities_into_classes():
+    # pipeplan probe's record: per quantity the call-to-call spread and the fit's residual per point.
+    record = {"disturbed": False, "quantities": {
+        "gemm": {"spread": 0.02, "fit_residuals": [0.10, -0.10, 0.05, -0.05, 6.8], "points": []},
+        "attention_forward": {"spread": 0.04, "fit_residuals": [0.20, -0.02]},
+        "link": {"spread": 0.3, "fit_residuals": [0.1, 0.2, -0.3]}}}
+    spread = probe_spread(record)
+    # gemm pools gemm and the attention core: RMS of 0.02 and 0.04; 1.4826 x median |0.1 0.1 0.05 0.05 6.8 0.2 0.02|
+    g, link = spread.gemm, spread.link
+    assert (g.common, g.systematic, g.independent) == (0.05, pytest.approx(1.4826 * 0.10), pytest.approx(math.sqrt(1e-3)))
+    assert (link.common, link.systematic, link.independent) == (0.05, pytest.approx(1.4826 * 0.2), pytest.approx(0.3))
+    assert spread.memory == spread.overhead  # not probed: the default a-priori spread
+    assert spread.source == "probe (gemm, link probed)"
+    with pytest.raises(SpecError, match=r"^cluster.probe.quantities.gemm.fit_residuals: must be a finite number"):
+        probe_spread({"quantities": {"gemm": {"spread": 0.1, "fit_residuals": [float("inf")]}}})
+
+
 def test_a_probe_section_sets_the_probed_classes_and_bad_ones_are_refused_naming_the_field():
     cluster = load_cluster({"base": "dgx-h100", "probe": {"common": 0.02, "gemm": {"spread": 0.03, "residual": 0.04},
                                                           "link": {"spread": 0.1}, "gemm_samples": [1, 2]}})

@@ -19,11 +19,15 @@ Where a spread comes from, in order:
    spread combined with ``CALIBRATED_MODEL`` (the calibrated model's own error), ``independent`` =
    the op timings' spread, ``systematic`` = its standard error over ``samples``; links alike.
    A profile without one (recorded before it existed) gets ``DEFAULT_CALIBRATED``.
-2. an a-priori prediction from a cluster spec with a ``probe`` section (``pipeplan probe`` writes it):
-   per class ``probe.<class>.spread`` (the repeats' relative 1-sigma: ``independent``) and
-   ``probe.<class>.residual`` (the fit's relative RMS residual over the shapes probed:
-   ``systematic``), ``probe.common`` (machine drift between probe and run; default
-   ``DEFAULT_PROBE_COMMON``); a class the probe leaves out keeps ``DEFAULT_APRIORI``'s.
+2. an a-priori prediction from a cluster spec with a ``probe`` section (``pipeplan probe`` writes it),
+   in either of two forms. The probe's record: ``probe.quantities.<name>`` with ``spread`` (one
+   kernel's relative 1-sigma from call to call) and ``fit_residuals`` (per point probed, measured /
+   fitted - 1); each class pools its quantities (``PROBE_QUANTITIES``): ``independent`` = the RMS of
+   their spreads, ``systematic`` = 1.4826 x the median absolute residual (a 1-sigma that a few
+   outlying small shapes do not set). Or, written by hand, per class
+   ``probe.<class>.spread`` and ``probe.<class>.residual`` (the same two figures). ``probe.common``
+   (machine drift between probe and run) defaults to ``DEFAULT_PROBE_COMMON``; a class the probe
+   leaves out keeps ``DEFAULT_APRIORI``'s.
 3. otherwise ``DEFAULT_APRIORI``: a nominal or datasheet cluster spec.
 
 The defaults' figures and their sources are next to them.
@@ -31,6 +35,7 @@ The defaults' figures and their sources are next to them.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -40,6 +45,11 @@ from .calibration import CalibrationSpread
 
 OP_CLASSES = ("gemm", "memory", "overhead", "link", "compute")
 PROBE_CLASSES = ("gemm", "memory", "overhead", "link")
+# The probe's quantities (``pipeplan probe``'s record) behind each class: the attention core is GEMMs
+# in the cost model's parts (``terms.layer_parts``), copies are memory-bound.
+PROBE_QUANTITIES = {"gemm": ("gemm", "attention_forward", "attention_backward"),
+                    "memory": ("elementwise_forward", "elementwise_backward", "copy"),
+                    "overhead": ("layer",), "link": ("link",)}
 LEVELS = ("common", "systematic", "independent")
 
 
@@ -138,18 +148,52 @@ def calibrated_spread(spread: CalibrationSpread | None) -> Spread:
     )
 
 
-def check_probe(probe: Any) -> None:
-    """Refuse a cluster spec's ``probe`` section whose spread fields are not relative 1-sigmas.
+def _probe_mapping(probe: Any) -> Any:
+    """The probe section as a mapping (a probe record object gives its ``to_dict()``)."""
+    return probe.to_dict() if hasattr(probe, "to_dict") else probe
 
-    Only the fields a band reads are checked (``probe.common``, ``probe.<class>.spread`` and
-    ``.residual``); the probe's other fields (samples, fits) are the probe's own business.
-    """
+
+def _rms(values: list[float]) -> float:
+    return math.sqrt(sum(v * v for v in values) / len(values)) if values else 0.0
+
+
+def _robust_sigma(residuals: list[float]) -> float:
+    """1.4826 x the median absolute residual: a normal's 1-sigma, unmoved by the few tiny shapes whose
+    residuals run to several hundred per cent (a probe's smallest GEMMs on a busy machine)."""
+    return 1.4826 * statistics.median(abs(r) for r in residuals) if residuals else 0.0
+
+
+def _finite(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"{field}: must be a finite number (got {value!r})")
+    return float(value)
+
+
+def check_probe(probe: Any) -> None:
+    """Refuse a cluster spec's ``probe`` section whose spread figures a band reads are not numbers in range:
+    ``probe.common``, ``probe.quantities.<name>.spread`` and ``.fit_residuals``, ``probe.<class>.spread`` and
+    ``.residual``. The probe's other fields (samples, points, notes) are the probe's own business."""
+    probe = _probe_mapping(probe)
     if probe is None:
         return
     if not isinstance(probe, dict):
         raise SpecError(f"cluster.probe: must be a mapping (got {type(probe).__name__})")
     if "common" in probe:
         in_range("cluster.probe.common", probe["common"], "spread")
+    quantities = probe.get("quantities", {})
+    if not isinstance(quantities, dict):
+        raise SpecError(f"cluster.probe.quantities: must be a mapping (got {type(quantities).__name__})")
+    for name, quantity in quantities.items():
+        where = f"cluster.probe.quantities.{name}"
+        if not isinstance(quantity, dict):
+            raise SpecError(f"{where}: must be a mapping (got {quantity!r})")
+        if "spread" in quantity:
+            in_range(f"{where}.spread", _finite(f"{where}.spread", quantity["spread"]), "spread")
+        residuals = quantity.get("fit_residuals", [])
+        if not isinstance(residuals, list):
+            raise SpecError(f"{where}.fit_residuals: must be a list of numbers")
+        for r in residuals:
+            _finite(f"{where}.fit_residuals", r)
     for op_class in PROBE_CLASSES:
         section = probe.get(op_class)
         if section is None:
@@ -161,18 +205,27 @@ def check_probe(probe: Any) -> None:
                 in_range(f"cluster.probe.{op_class}.{key}", section[key], "spread")
 
 
-def probe_spread(probe: dict[str, Any]) -> Spread:
+def probe_spread(probe: Any) -> Spread:
     """The a-priori spread of a probed cluster spec (see the module docstring, 2.)."""
     check_probe(probe)
+    probe = _probe_mapping(probe)
     common = float(probe.get("common", DEFAULT_PROBE_COMMON))
+    quantities = probe.get("quantities", {})
     classes = {}
     for op_class in PROBE_CLASSES:
+        found = [quantities[q] for q in PROBE_QUANTITIES[op_class] if q in quantities]
         section = probe.get(op_class)
-        if isinstance(section, dict) and ("spread" in section or "residual" in section):
-            classes[op_class] = ClassSpread(common, float(section.get("residual", 0.0)),
-                                            float(section.get("spread", 0.0)))
+        if found:
+            spread = _rms([float(q.get("spread", 0.0)) for q in found])
+            residual = _robust_sigma([float(r) for q in found for r in q.get("fit_residuals", [])])
+        elif isinstance(section, dict) and ("spread" in section or "residual" in section):
+            spread, residual = float(section.get("spread", 0.0)), float(section.get("residual", 0.0))
+        else:
+            continue
+        classes[op_class] = ClassSpread(common, min(residual, 2.0), min(spread, 2.0))
     probed = ", ".join(classes) or "no class"
-    return replace(DEFAULT_APRIORI, source=f"probe ({probed} probed)", **classes)
+    disturbed = "; the probe ran on a disturbed machine" if probe.get("disturbed") is True else ""
+    return replace(DEFAULT_APRIORI, source=f"probe ({probed} probed{disturbed})", **classes)
 
 
 def apriori_spread(cluster) -> Spread:
