@@ -163,31 +163,45 @@ def test_every_ops_shares_sum_to_one():
         assert sum(share for _, _, share in parts) == pytest.approx(1.0)
 
 
+def _point(samples, fitted):
+    return {"shape": [1.0], "samples": samples, "fitted": fitted}
+
+
+# pipeplan probe's record: per quantity its points (samples, fitted seconds) and, derived from them and
+# stored beside them, the call-to-call spread (the median over points of std / mean) and each point's fit
+# residual (median / fitted - 1). Samples 0.9, 1.0, 1.1: relative std 0.1 exactly.
+PROBE_RECORD = {"disturbed": False, "quantities": {
+    "gemm": {"spread": 0.1, "fit_residuals": [0.0, 0.25, -0.2],
+             "points": [_point([0.9, 1.0, 1.1], 1.0), _point([0.9, 1.0, 1.1], 0.8), _point([0.9, 1.0, 1.1], 1.25)]},
+    "attention_forward": {"spread": 0.1, "fit_residuals": [1.0], "points": [_point([1.8, 2.0, 2.2], 1.0)]},
+    "link": {"spread": 0.1, "fit_residuals": [-0.5], "points": [_point([0.9, 1.0, 1.1], 2.0)]}}}
+
+
 def test_a_probe_record_pools_its_quantities_into_classes():
-    # pipeplan probe's record: per quantity the call-to-call spread and the fit's residual per point.
-    record = {"disturbed": False, "quantities": {
-        "gemm": {"spread": 0.02, "fit_residuals": [0.10, -0.10, 0.05, -0.05, 6.8], "points": []},
-        "attention_forward": {"spread": 0.04, "fit_residuals": [0.20, -0.02]},
-        "link": {"spread": 0.3, "fit_residuals": [0.1, 0.2, -0.3]}}}
-    spread = probe_spread(record)
-    # gemm pools gemm and the attention core: RMS of 0.02 and 0.04; 1.4826 x median |0.1 0.1 0.05 0.05 6.8 0.2 0.02|
+    spread = probe_spread(PROBE_RECORD)
     g, link = spread.gemm, spread.link
-    assert (g.common, g.systematic, g.independent) == (0.05, pytest.approx(1.4826 * 0.10), pytest.approx(math.sqrt(1e-3)))
-    assert (link.common, link.systematic, link.independent) == (0.05, pytest.approx(1.4826 * 0.2), pytest.approx(0.3))
+    # gemm pools gemm and the attention core: spreads 0.1 and 0.1; residuals 0, 0.25, -0.2, 1.0: median |r| 0.225
+    assert (g.common, g.systematic, g.independent) == (0.05, pytest.approx(1.4826 * 0.225), pytest.approx(0.1))
+    assert (link.systematic, link.independent) == (pytest.approx(1.4826 * 0.5), pytest.approx(0.1))
     assert spread.memory == spread.overhead  # not probed: the default a-priori spread
     assert spread.source == "probe (gemm, link probed)"
-    with pytest.raises(SpecError, match=r"^cluster.probe.quantities.gemm.fit_residuals: must be a finite number"):
-        probe_spread({"quantities": {"gemm": {"spread": 0.1, "fit_residuals": [float("inf")]}}})
 
 
-def test_a_probe_section_sets_the_probed_classes_and_bad_ones_are_refused_naming_the_field():
-    cluster = load_cluster({"base": "dgx-h100", "probe": {"common": 0.02, "gemm": {"spread": 0.03, "residual": 0.04},
-                                                          "link": {"spread": 0.1}, "gemm_samples": [1, 2]}})
-    spread = probe_spread(cluster.probe)
-    assert spread.gemm == ClassSpread(0.02, 0.04, 0.03) and spread.link == ClassSpread(0.02, 0.0, 0.1)
+def test_a_cluster_spec_with_a_probe_record_bands_with_its_spread():
+    from pipeplan.bands import apriori_spread
+
+    cluster = load_cluster({"base": "dgx-h100", "probe": PROBE_RECORD})
+    assert apriori_spread(cluster) == probe_spread(PROBE_RECORD)
     assert cluster == load_cluster("dgx-h100")  # what the probe says is no part of the cluster's identity
+
+
+def test_a_probe_by_hand_sets_its_classes_and_bad_figures_are_refused_naming_the_field():
+    spread = probe_spread({"common": 0.02, "gemm": {"spread": 0.03, "residual": 0.04}, "link": {"spread": 0.1}})
+    assert spread.gemm == ClassSpread(0.02, 0.04, 0.03) and spread.link == ClassSpread(0.02, 0.0, 0.1)
     for probe, field in (({"gemm": {"spread": -0.1}}, "cluster.probe.gemm.spread"),
                          ({"common": float("nan")}, "cluster.probe.common"),
-                         ({"memory": 0.1}, "cluster.probe.memory"), ([0.1], "cluster.probe")):
+                         ({"memory": 0.1}, "cluster.probe.memory"), ([0.1], "cluster.probe"),
+                         ({"quantities": {"gemm": {"fit_residuals": [float("inf")]}}},
+                          "cluster.probe.quantities.gemm.fit_residuals")):
         with pytest.raises(SpecError, match=f"^{field}: "):
-            load_cluster({"base": "dgx-h100", "probe": probe})
+            probe_spread(probe)

@@ -63,12 +63,12 @@ def test_a_plan_too_large_for_the_default_band_says_the_band_is_left_out():
     assert "band left out: 20 samples x 48 ops is over the band limit of 100" in out
 
 
-def test_a_bad_probe_spread_in_a_cluster_file_is_refused_naming_it(tmp_path):
+def test_a_bad_probe_in_a_cluster_file_is_refused_in_one_line(tmp_path):
     cluster = json.loads((VALIDATION / "cpu.json").read_text())
-    cluster["probe"] = {"gemm": {"spread": 3}}
+    cluster["probe"] = [0.1]
     (tmp_path / "c.json").write_text(json.dumps(cluster))
     err = cli("simulate", "--model", "tiny", "--cluster", str(tmp_path / "c.json"), "--pp", "2", code=2).stderr
-    assert "cluster.probe.gemm.spread: must be 0 or 1e-06 .. 2 (got 3)" in err
+    assert "cluster.probe: must be a mapping (got list)" in err
 
 
 def test_optimize_reports_its_ties_with_the_class_that_makes_them():
