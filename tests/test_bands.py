@@ -191,7 +191,9 @@ def test_a_cluster_spec_with_a_probe_record_bands_with_its_spread():
     from pipeplan.bands import apriori_spread
 
     cluster = load_cluster({"base": "dgx-h100", "probe": PROBE_RECORD})
-    assert apriori_spread(cluster) == probe_spread(PROBE_RECORD)
+    got, want = apriori_spread(cluster), probe_spread(PROBE_RECORD)
+    for c in OP_CLASSES:  # a probe record may derive its figures from the points again, to the last bit
+        assert vars(got.of(c)) == pytest.approx(vars(want.of(c)), rel=1e-12), c
     assert cluster == load_cluster("dgx-h100")  # what the probe says is no part of the cluster's identity
 
 
