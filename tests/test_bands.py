@@ -8,6 +8,7 @@
 * paired sampling: a plan against itself is exactly 1.000x in every sample, and under a common factor
   alone two plans' ratio is their point ratio in every sample, though their own bands overlap widely.
 """
+import json
 import math
 from pathlib import Path
 
@@ -141,13 +142,24 @@ def test_a_calibrated_spread_adds_the_models_own_error_and_the_standard_error():
     assert s.link.systematic == pytest.approx(0.5 / 5)
 
 
+# Every cluster the repository prices with: the presets and every cluster file under validation/ (a
+# probed spec among them, whose measured kernel figures price() may read in ways of its own).
+CLUSTERS = ["dgx-h100", "pcie-l40s"] + sorted(
+    str(p) for p in (REPO / "validation").rglob("*.json")
+    if "plans" not in p.parts and "records" not in p.parts and "gpu" in json.loads(p.read_text())
+    or p.name == "cluster.json")
+
+
+@pytest.mark.parametrize("cluster_name", CLUSTERS, ids=lambda c: Path(c).name)
 @pytest.mark.parametrize("model, tp, sp, recompute", [
     ("tiny", 1, False, "none"), ("gpt2-xl", 1, False, "full"), ("llama3-8b", 2, True, "selective"),
     ("llama3-8b", 4, False, "full"),
 ])
-def test_layer_parts_add_up_to_the_cost_models_op_times(model, tp, sp, recompute):
+def test_layer_parts_add_up_to_the_cost_models_op_times(cluster_name, model, tp, sp, recompute):
     spec = load_model(model)
-    cluster = load_cluster("dgx-h100")
+    cluster = load_cluster(cluster_name)
+    if tp > cluster.gpus_per_node:
+        pytest.skip(f"{cluster.name} has {cluster.gpus_per_node} GPUs per node")
     for i in range(spec.num_pipeline_layers):
         work = layer_work(spec, i, 2, 1024, recompute, tp, sp)
         cost = price(work, cluster.gpu, cluster.intra)
