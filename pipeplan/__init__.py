@@ -23,6 +23,7 @@ from simulator import (
 )
 
 from .api import PlanResult, lower, simulate
+from .bands.band import Band, PlanBand, plan_band
 from .breakdown import CommTime, CommunicationBreakdown, MemoryParts, communication_breakdown, memory_breakdown
 from .cluster import CLUSTER_PRESETS, ClusterSpec, GPUSpec, LinkSpec, load_cluster
 from .errors import SpecError
@@ -47,3 +48,4 @@ __all__ = [
 __all__ += ["optimize", "OptimizeResult", "EXPORTERS", "ExportOptions", "export_plan"]
 __all__ += ["CommTime", "CommunicationBreakdown", "MemoryParts", "communication_breakdown", "memory_breakdown",
             "IterationFlops", "megatron_flops", "Sizing", "derive_sizing", "make_plan"]
+__all__ += ["plan_band", "PlanBand", "Band"]
