@@ -81,7 +81,7 @@ fi
 'nccl', torch.cuda.nccl.version() if torch.distributed.is_nccl_available() else None)"
     command -v nvidia-cuda-mps-control || echo "no nvidia-cuda-mps-control"
 } >"$RUN_DIR/environment.txt" 2>&1 || true
-NAME=$(timeout 30 nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
+NAME=$(timeout 30 nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 || true)
 TAG=${PIPEPLAN_GPU_TAG:-$(echo "${NAME:-gpu}" | tr '[:upper:] ' '[:lower:]-' | tr -cd 'a-z0-9-')}
 say "$GPUS GPU(s): ${NAME:-unknown}; records tagged $TAG; budget ${BUDGET_S} s"
 
