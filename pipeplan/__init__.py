@@ -23,6 +23,7 @@ from simulator import (
 )
 
 from .api import PlanResult, lower, simulate
+from .bands.band import Band, PlanBand, plan_band
 from .breakdown import CommTime, CommunicationBreakdown, MemoryParts, communication_breakdown, memory_breakdown
 from .cluster import CLUSTER_PRESETS, ClusterSpec, GPUSpec, LinkSpec, load_cluster
 from .errors import SpecError
@@ -52,3 +53,4 @@ __all__ += ["optimize", "OptimizeResult", "EXPORTERS", "ExportOptions", "export_
 __all__ += ["CommTime", "CommunicationBreakdown", "MemoryParts", "communication_breakdown", "memory_breakdown",
             "IterationFlops", "megatron_flops", "Sizing", "derive_sizing", "make_plan"]
 __all__ += ["simulate_serving", "resolve_serving", "ServingResult", "ServingSpec", "RequestClass", "kv_bytes_per_token"]
+__all__ += ["plan_band", "PlanBand", "Band"]

@@ -10,13 +10,14 @@ A cluster file or mapping may start from a preset and override some fields:
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from typing import Any
 
 from simulator.workload import Link, Network
 
 from .errors import SpecError, name_text, positive_int, positive_number
 from .fileio import load_mapping
+from .bands.spread import check_probe
 from .limits import check_cluster_values
 
 
@@ -117,9 +118,14 @@ class ClusterSpec:
     nodes_per_leaf: int = 0
     oversubscription: float = 1.0
     rail_optimized: bool = False
+    # What ``pipeplan probe`` measured, as it wrote it; bands read its spreads (``pipeplan.bands.spread``:
+    # ``probe.<gemm|memory|overhead|link>.spread`` and ``.residual``, ``probe.common``). Not part of the
+    # cluster's identity: two specs that differ only here price every plan alike.
+    probe: dict | None = field(default=None, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         name_text("cluster.name", self.name)
+        check_probe(self.probe)
         positive_int("cluster.gpus_per_node", self.gpus_per_node)
         positive_int("cluster.nics_per_node", self.nics_per_node)
         positive_int("cluster.nodes", self.nodes)

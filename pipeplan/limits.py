@@ -55,6 +55,12 @@ LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
     # 0.8 GB. At the default a saved timeline stays under the input limit, so it can be drawn again.
     Limit("output_ops", 250_000, "PIPEPLAN_MAX_OUTPUT_OPS", "ops",
           "ops drawn or written by --gantt, --memory-plot, --trace and --timeline"),
+    # A band re-times the plan once per sample (``pipeplan.bands``): 6 us per op and sample on this 2-core
+    # VM at a load of 2 (llama3-8b pp=8 m=32), 14 us where the drawn times make transfers share a port and
+    # the max-min event loop runs (m=256), 2-3x that at a load of 6 (``benchmarks/bench_bands.py``); the
+    # default keeps a band, or optimize's ties, to 12-28 s at a load of 2.
+    Limit("band_ops", 2_000_000, "PIPEPLAN_MAX_BAND_OPS", "op re-timings",
+          "ops x samples of an uncertainty band (x the plans and spreads compared in optimize's ties)"),
 )}
 
 
@@ -277,6 +283,11 @@ RANGES: dict[str, Range] = {
     # Processes or threads one command starts (optimize --jobs, schedule search --workers, validate
     # --threads): past this the machine, not the job, is what runs out (a fork bomb, int overflows in C).
     "workers": Range(1, 256, "processes or threads"),
+    # A relative 1-sigma of op or link times (``pipeplan.bands``): 2 is a factor of e^2 either way at one
+    # sigma as a common factor, far beyond any cost model worth a band.
+    "spread": Range(1e-6, 2.0, "", zero=True),
+    # Samples of a band: a 90 % interval needs some in each 5 % tail; past 100,000 the quantiles no longer move.
+    "band_samples": Range(20, 100_000, "samples"),
 }
 # The longest time budget a flag takes (a week): past it a run is stuck, not slow, and the solvers' and
 # the launcher's clocks (millisecond counts in C) stay far from overflowing.

@@ -2,7 +2,8 @@
 
 ``pipeplan validate`` writes one (the ``profile`` key of its report, or ``--profile-out FILE``):
 per stage the seconds of F, B, I and W for one micro-batch and the bytes it sends, per used device
-pair the link's latency and bandwidth, and the device and backend they were measured on.
+pair the link's latency and bandwidth, the device and backend they were measured on, and how much the
+calibration's timings scattered (``spread``, see ``pipeplan.bands.calibration``).
 ``pipeplan simulate --profile FILE`` (and ``lower(..., profile=...)``) use them instead of
 FLOPs / peak and datasheet links; memory still comes from the model, since calibration times ops
 and does not measure allocations. The validator's calibration produces ``StageProfile`` and
@@ -26,6 +27,7 @@ from typing import Any
 
 from simulator.workload import Link, Network, PairLinks
 
+from .bands.calibration import CalibrationSpread
 from .errors import SpecError, positive_int, positive_number
 from .fileio import load_mapping, write_json_atomic
 from .limits import in_range
@@ -96,6 +98,9 @@ class Profile:
     # One layer of each kind ("embedding", "block", "head") timed alone: lets a planner price other cuts.
     layers: dict[str, StageProfile] | None = None
     boundary_bytes: float = 0.0
+    # How much the calibration's timings scattered (pipeplan.bands.calibration); None in profiles
+    # recorded before the validator kept it.
+    spread: CalibrationSpread | None = None
 
     def __post_init__(self) -> None:
         if len(self.stages) != len(self.layers_per_stage):
@@ -188,6 +193,7 @@ class Profile:
             "stages": [vars(s).copy() for s in self.stages],
             "layers": {k: vars(v).copy() for k, v in self.layers.items()} if self.layers else None,
             "boundary_bytes": self.boundary_bytes,
+            **({"spread": self.spread.to_dict()} if self.spread is not None else {}),
             "links": [
                 {**vars(link), "bandwidth": link.bandwidth if math.isfinite(link.bandwidth) else None}
                 for link in self.links
@@ -218,6 +224,7 @@ class Profile:
                 layers={str(k): _stage("layers", v) for k, v in _mapping("layers", data["layers"]).items()}
                 if data.get("layers") else None,
                 boundary_bytes=positive_number("profile.boundary_bytes", data.get("boundary_bytes", 0.0), allow_zero=True),
+                spread=CalibrationSpread.from_dict(data["spread"]) if data.get("spread") is not None else None,
             )
         except KeyError as err:
             raise SpecError(f"profile.{err.args[0]}: required field is missing") from None

@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as err:  # every failure becomes one line and a non-zero exit
         if isinstance(err, SystemExit) and not err.code:
             raise
+        from pipeplan.errors import SpecError
+
+        refused = isinstance(err, SpecError)  # bad input (a flag, the plan, this host): exit 2, as the CLI's
         runtime = sys.modules.get(f"{__package__}.runtime")  # not imported if torch itself failed to import
         PeerFailure = runtime.PeerFailure if runtime is not None else ()
         peer = err.peer if isinstance(err, PeerFailure) else None
@@ -123,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             "rank": rank, "reason": reason, "peer": peer, "kind": "peer" if lost else "own",
             "time": time.time(), "traceback": traceback.format_exc(limit=8),
         })
-        print(f"rank {rank} failed: {reason}", file=sys.stderr, flush=True)
+        if refused:
+            print(f"python -m validator: error: {str(err).strip()}", file=sys.stderr, flush=True)
+        else:
+            print(f"rank {rank} failed: {reason}", file=sys.stderr, flush=True)
         # Skip interpreter teardown: destroying a process group whose peer is gone can block.
-        os._exit(1)
+        os._exit(2 if refused else 1)
     _note(args.run_dir, f"rank{rank}.done", {"rank": rank, "time": time.time()})
     sys.stdout.flush()
     sys.stderr.flush()

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from pipeplan.profile import LinkProfile, StageProfile
 from simulator.ir import BACKWARD_INPUT, FORWARD, FULL_BACKWARD, Schedule
 
+from . import devices
 from .compute import StageRunner
 from .runtime import Channel, _wait, talking_to
 
@@ -158,7 +159,7 @@ def _one_way_times(channel: Channel, back: Channel | None, rank: int, numel: int
             work = dist.irecv(buffer, a, group=channel.group)
             _wait(dist.isend(stamp, a, group=back_group), channel.timeout, a, f"link calibration with rank {a}")
             _wait(work, channel.timeout, a, f"link calibration from rank {a}")
-            arrived = buffer.to(device) if staged else buffer
+            arrived = devices.to_device(buffer, device) if staged else buffer
             _sync(device)
             stamp.fill_(time.perf_counter() - offsets[b])
             del arrived
@@ -167,7 +168,7 @@ def _one_way_times(channel: Channel, back: Channel | None, rank: int, numel: int
             _wait(dist.irecv(stamp, b, group=back_group), channel.timeout, b, f"link calibration with rank {b}")
             _sync(device)
             issued = time.perf_counter()
-            payload = tensor.cpu() if staged else tensor
+            payload = devices.to_host(tensor) if staged else tensor
             work = dist.isend(payload, b, group=channel.group)
             t0 = time.perf_counter()
             issues.append(t0 - issued)

@@ -1,8 +1,9 @@
 """Rank 0: the ranks' payloads as one ``Measurements`` (measured timelines and a calibration profile).
 
 Each rank sends rank 0 a payload (``validator.run``): its stages' and single layers' op costs
-(``StageProfile``), the links it sends on (``LinkProfile``), and per kept iteration its ops' start and
-end and the arrivals it saw, on rank 0's clock. Nothing here simulates; the report is built from the
+(``StageProfile``), the links it sends on (``LinkProfile``), the raw calibration timings of every kept
+round (whose scatter becomes the profile's ``spread``), and per kept iteration its ops' start and end
+and the arrivals it saw, on rank 0's clock. Nothing here simulates; the report is built from the
 result elsewhere (``pipeplan.validation.report``).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from pipeplan.bands.calibration import estimate_spread
 from pipeplan.model import ModelSpec
 from pipeplan.plan import Plan
 from pipeplan.profile import Profile, StageProfile
@@ -72,6 +74,11 @@ def _profile(context: RankContext, gathered: list[dict], boundary_bytes: float) 
         for kind, costs in layers.items()
     }
     last = schedule.num_stages - 1
+    rounds = range(min(len(payload.get("stage_rounds", ())) for payload in gathered))
+    spread = estimate_spread(
+        [{s: kinds for payload in gathered for s, kinds in payload["stage_rounds"][r].items()} for r in rounds],
+        [{key: values for payload in gathered for key, values in payload["link_rounds"][r].items()} for r in rounds],
+    ) if rounds else None
     return Profile(
         device=device_name(context.device), backend=context.options.backend, model=model.name,
         microbatch_size=plan.microbatch_size, seq_len=plan.seq_len or model.seq_len,
@@ -85,6 +92,7 @@ def _profile(context: RankContext, gathered: list[dict], boundary_bytes: float) 
         dtype=str(context.dtype).replace("torch.", ""),
         layers=layer_profiles,
         boundary_bytes=float(boundary_bytes),
+        spread=spread,
     )
 
 

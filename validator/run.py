@@ -21,6 +21,7 @@ from pipeplan.validation.options import ValidateOptions
 from .calibrate import (barrier, in_flight, layer_timings, link_round, link_timings, replay_round, stage_round,
                         stage_timings)
 from .compute import StageRunner
+from .devices import compute_device
 from .gather import RankContext, assemble
 from .runtime import Fault, RankExecutor, make_channels, plan_transfers, talking_to
 from .quiet import FIELDS, Round, judge, summary
@@ -83,22 +84,7 @@ def run_rank(plan_path: str, options: ValidateOptions, rank: int) -> Measurement
     pin_to_own_cores(local_rank, local_world)
     threads = options.threads or max(1, (os.cpu_count() or 1) // local_world)
     torch.set_num_threads(threads)
-    if options.device == "cuda":
-        if not torch.cuda.is_available():
-            raise SpecError("--device cuda: torch sees no CUDA device here")
-        if options.backend == "nccl" and local_world > torch.cuda.device_count():
-            raise SpecError(
-                f"--backend nccl: {local_world} ranks on this node but {torch.cuda.device_count()} GPU(s); NCCL "
-                "refuses two ranks on one GPU, use --backend gloo (it stages boundary tensors through host memory)"
-            )
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-        dtype = torch.bfloat16
-    else:
-        if options.backend == "nccl":
-            raise SpecError("--backend nccl needs --device cuda")
-        device = torch.device("cpu")
-        dtype = torch.float32
+    device, dtype = compute_device(options.device, options.backend, local_rank, local_world)
     timeout = options.wait_timeout
     if options.runtime == "torch":  # its import (torch._dynamo with it) takes seconds: before the ranks meet
         from . import torch_runtime  # noqa: F401
@@ -212,6 +198,10 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
         "layers": layer_costs,
         "iterations": iterations,
         "losses": losses,
+        # Every kept round's raw timings, for the calibration's spread (pipeplan.bands.calibration):
+        # per round {stage: {kind: [s, ...]}} and {(src, dst): [boundary-size one-way s, ...]}.
+        "stage_rounds": stage_rounds,
+        "link_rounds": [{key: lists[1] for key, lists in r.items()} for r in link_rounds],
         "tried": len(kept),
         "disturbed": disturbed,
         "left_out": summary(reasons),

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from simulator.deps import schedule_dependencies
 from simulator.ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Action, Schedule
 
+from . import devices
 from .compute import StageRunner
 
 FAULT_ENV = "PIPEPLAN_VALIDATOR_FAULT"
@@ -161,13 +162,13 @@ class Channel:
                 self._post(earlier)
         work, buffer = self.posted[t.tag]
         _wait(work, self.timeout, self.src, f"{t.describe()} from rank {self.src}")
-        return buffer.to(self.device, non_blocking=False) if self.staged else buffer
+        return devices.to_device(buffer, self.device) if self.staged else buffer
 
     # sending end
     def send(self, producer: Action, consumer: Action, tensor: torch.Tensor) -> None:
         t = self.by_consumer[(producer, consumer)]
         payload = tensor.detach()
-        payload = payload.cpu() if self.staged else payload.contiguous()
+        payload = devices.to_host(payload) if self.staged else payload.contiguous()
         with talking_to(self.dst, f"sending {t.describe()} to rank {self.dst}"):
             self.sends.append((dist.isend(payload, self.dst, group=self.group, tag=t.tag), payload, t))
 
@@ -180,7 +181,7 @@ class Channel:
 def make_channels(schedule: Schedule, rank: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
                   backend: str, timeout: float) -> dict[tuple[int, int], Channel]:
     """Create one group per channel on every rank (``new_group`` is collective), keep this rank's."""
-    staged = backend == "gloo" and device.type == "cuda"
+    staged = devices.stages_through_host(backend, device)
     mine = {}
     planned = plan_transfers(schedule)
     # Every pair gets a group each way, even one that carries no boundary tensor: link calibration

@@ -9,6 +9,7 @@ from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES
 from ..errors import SpecError
 from ..export import EXPORTERS
 from .argtypes import bounded_count, count, seconds, share
+from .bands import add_band_arguments, band_line
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json
 
 
@@ -66,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="PLAN.json", help="write the chosen plan (for simulate / validate)")
     p.add_argument("--gantt", metavar="FILE", help="Gantt chart of the chosen plan (.png, .svg or .pdf)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_band_arguments(p)
     p.set_defaults(handler=run)
 
 
@@ -103,6 +105,9 @@ def search_target(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
+    started = time.perf_counter()
     csv_path = _check_outputs(args)
     target = search_target(args)
     from functools import partial
@@ -137,16 +142,41 @@ def run(args: argparse.Namespace) -> int:
         from .export import write_export
 
         export = export_plan(result.result.resolved, args.export, ExportOptions(schedule_csv=csv_path))
+    bands, band_note = _bands(args, result, profile,
+                              None if args.time_limit is None else started + args.time_limit)
     if args.json:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "bands": None if bands is None else bands.to_dict(), "band_note": band_note})
     else:
-        print_report(result, profile)
+        print_report(result, profile, bands, band_note)
     if args.export:
         written += write_export(export, args.export_out, csv_path)
     if not args.json:
         for path in written:
             print(f"wrote {path}")
     return 0
+
+
+def _bands(args: argparse.Namespace, result, profile, deadline: float | None):
+    """(``OptimizeBands`` or None, a note or None). ``--band-samples`` is the most samples here: the plan
+    is known only after the search, so a count the limit does not allow for it shrinks, saying so. Past
+    ``deadline`` (--time-limit) the chosen plan still gets its band, but no comparison starts."""
+    from ..bands import affordable_samples
+    from ..bands.ties import optimize_bands
+    from ..limits import limit
+
+    if args.no_band:
+        return None, None
+    plan = result.plan
+    most = affordable_samples(plan) if args.band_samples is None else args.band_samples
+    allowed = affordable_samples(plan)
+    samples = None if most is None or allowed is None else min(most, max(allowed, 0))
+    if samples is None:
+        return None, (f"band left out: the chosen plan is too large for a band within the limit of "
+                      f"{limit('band_ops'):,} op re-timings (raise PIPEPLAN_MAX_BAND_OPS)")
+    note = (f"band: {samples} samples, not {most}: the limit of {limit('band_ops'):,} op re-timings allows no more "
+            "for this plan" if samples < most else None)
+    bands = optimize_bands(result, samples, args.band_seed, profile, deadline=deadline)
+    return bands, "; ".join(n for n in (note, bands.note) if n) or None
 
 
 def _portable(plan, out: str):
@@ -197,8 +227,9 @@ def _recompute_text(plan) -> str:
     return f"{len(full)} of {len(flags)} stages" if len(full) > 8 else "stages " + ",".join(full)
 
 
-def print_report(result, profile=None) -> None:
-    """The chosen plan, its devices and the baselines; ``profile`` is the measured Profile it was priced with."""
+def print_report(result, profile=None, bands=None, band_note: str | None = None) -> None:
+    """The chosen plan, its devices, the baselines and, with ``bands`` (``OptimizeBands``), the chosen
+    plan's band and the plans it ties with; ``profile`` is the measured Profile it was priced with."""
     from rich.console import Console
     from rich.table import Table
 
@@ -228,6 +259,8 @@ def print_report(result, profile=None) -> None:
         + ")  "
         f"bubble {fmt_pct(sim.bubble_fraction)}  {sim.tokens_per_second:,.0f} tokens/s  MFU {fmt_pct(sim.mfu)}"
     )
+    if bands is not None:
+        console.print(band_line(bands.chosen), markup=False)
     schedule = sim.resolved.schedule
     stages = Table(title="per device", title_justify="left")
     for h in ("device", "stages", "layers", "recompute", "peak memory / capacity"):
@@ -251,11 +284,32 @@ def print_report(result, profile=None) -> None:
                       fmt_time(r.iteration_time), fmt_pct(r.bubble_fraction), fmt_pct(r.mfu),
                       "yes" if r.fits else "OUT OF MEMORY", f"{r.iteration_time / sim.iteration_time:.2f}x")
     console.print(table)
+    if bands is not None and bands.comparisons:
+        print_comparisons(console, bands)
+    if band_note:
+        console.print(band_note, markup=False)
     if result.layouts:
         print_layouts(console, result)
     if result.timed_out:
         console.print("[bold]time limit reached[/]: the plan above is the best found in the time given "
                       "(raise --time-limit to search further)")
+
+
+def print_comparisons(console, bands) -> None:
+    """The closest other plans: their bands, the paired ratio of their time to the chosen one's, ties and why."""
+    from rich.table import Table
+
+    ties = len(bands.ties)
+    table = Table(title=f"the chosen plan against the closest others ({ties} tie{'s' if ties != 1 else ''}; ratio: "
+                        f"its time / the chosen plan's in the same {bands.chosen.samples} samples)",
+                  title_justify="left")
+    for h in ("plan", "iteration", "90 % band", "ratio (90 %)", "verdict"):
+        table.add_column(h, justify="left" if h in ("plan", "verdict") else "right")
+    for c in bands.comparisons:
+        t = c.band.iteration_time
+        table.add_row(c.name, fmt_time(t.point), f"{fmt_time(t.low)} .. {fmt_time(t.high)}",
+                      f"{c.ratio.low:.3f} .. {c.ratio.high:.3f}x", ("TIE: " if c.tie else "") + c.reason)
+    console.print(table)
 
 
 LAYOUT_ROWS = 12  # the layouts table shows the fastest few; --json has every layout

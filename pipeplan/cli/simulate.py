@@ -6,13 +6,16 @@ import sys
 from pathlib import Path
 
 from ..api import PlanResult, simulate
+from ..bands import plan_band
 from ..errors import SpecError
 from ..limits import check_model, check_output_size, check_plan_size, plan_ops
 from ..model import load_model
 from ..plan import RECOMPUTE_CHOICES, Plan, even_split
+from ..profile import load_profile
 from ..sizing import make_plan
 from ..specs import read_schedule_csv
 from .argtypes import bounded_count, count
+from .bands import add_band_arguments, band_line, band_samples
 from .chart_outputs import add_output_arguments, chart_writes, check_output_arguments, write_outputs
 from .iterations import add_iterations_arguments, check_iterations_arguments, iterations_line
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json, table
@@ -131,6 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"exit with code {EXIT_OUT_OF_MEMORY} when a device runs out of memory (the report still "
                    "prints, its first line saying which devices and by how much)")
     add_iterations_arguments(p)
+    add_band_arguments(p)
     add_output_arguments(p)
     add_serving_arguments(p)
     p.set_defaults(handler=run)
@@ -148,7 +152,7 @@ def out_of_memory_line(result: PlanResult, shown: int = 8) -> str | None:
     return f"OUT OF MEMORY on {len(over)} of {len(sim.out_of_memory)} devices: {', '.join(parts)}{more}"
 
 
-def print_result(result: PlanResult) -> None:
+def print_result(result: PlanResult, band=None, band_note: str | None = None) -> None:
     plan = result.plan
     sim = result.sim
     oom = out_of_memory_line(result)
@@ -177,6 +181,8 @@ def print_result(result: PlanResult) -> None:
         ])
     print(table(["device", "stages", "layers", "busy", "bubble", "peak memory / capacity", "fits"], rows))
     print_breakdown_table(result)
+    if band is not None or band_note:  # last, so the lines above keep their places
+        print(band_line(band, result.steady is not None) if band is not None else band_note)
 
 
 def _comm_text(t) -> str:
@@ -225,15 +231,19 @@ def run(args: argparse.Namespace) -> int:
     check_paths(reads=plan_from_args_reads(args, plan, base), writes=chart_writes(args))
     check_plan_size(plan, args.iterations)
     check_output_size(plan_ops(plan, args.iterations), [flag for flag, path in chart_writes(args) if path])
-    result = simulate(plan=plan, base_dir=base, profile=args.profile, iterations=args.iterations,
+    samples, band_note = band_samples(args, plan)
+    profile = load_profile(args.profile) if args.profile else None
+    result = simulate(plan=plan, base_dir=base, profile=profile, iterations=args.iterations,
                       synchronise=args.synchronise)
+    band = plan_band(result, samples=samples, seed=args.band_seed, profile=profile) if samples else None
     result.timeline.meta["label"] = f"{result.resolved.model.name} {plan.schedule}"
     written = write_outputs(args, result.sim)
     oom = out_of_memory_line(result)
     if args.json:
-        print_json({**result.summary(), "plan": plan.to_dict()})
+        extra = {"band": band.to_dict()} if band is not None else {"band": None, "band_note": band_note}
+        print_json({**result.summary(), "plan": plan.to_dict(), **extra})
     else:
-        print_result(result)
+        print_result(result, band, band_note)
         for path in written:
             print(f"wrote {path}")
     if oom and (args.json or args.fail_on_oom):  # JSON's first line is "{": say it where a reader sees it

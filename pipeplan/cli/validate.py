@@ -32,14 +32,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(handler=run_compare)
 
 
-def _row(label: str, section: dict[str, Any], error: dict[str, float] | None) -> list[str]:
+def _row(label: str, section: dict[str, Any], error: dict[str, float] | None,
+         band: dict[str, Any] | None = None) -> list[str]:
     busy = " / ".join(fmt_time(b) for b in section["busy_time"])
     if error is None:
-        return [label, fmt_pct(section["bubble_fraction"]), "", fmt_time(section["iteration_time"]), "", busy]
+        return [label, fmt_pct(section["bubble_fraction"]), "", "", fmt_time(section["iteration_time"]), "", "", busy]
     return [
         label, fmt_pct(section["bubble_fraction"]), f"{error['bubble_points']:+.2f} pt",
-        fmt_time(section["iteration_time"]), f"{error['iteration_time_pct']:+.1f} %", busy,
+        _band_text(band, "bubble_fraction", fmt_pct), fmt_time(section["iteration_time"]),
+        f"{error['iteration_time_pct']:+.1f} %", _band_text(band, "iteration_time", fmt_time), busy,
     ]
+
+
+def _band_text(band: dict[str, Any] | None, key: str, fmt) -> str:
+    """``low .. high`` and whether the measured median fell inside (``*``: it did not)."""
+    if not band or key not in band:
+        return ""
+    inside = band.get("inside", {}).get(key, {})
+    return f"{fmt(band[key]['low'])} .. {fmt(band[key]['high'])}" + ("" if inside.get("median", True) else " *")
+
+
+def band_lines(report: dict[str, Any]) -> list[str]:
+    """Where the measurement fell in each prediction's band, and what the bands rest on."""
+    bands = report.get("bands")
+    if not bands:
+        return []
+    if "note" in bands:
+        return [f"bands {bands['note']}"]
+    lines = []
+    for key, label in (("predicted", "calibrated"), ("apriori", "a-priori")):
+        band = bands[key]
+        said = []
+        for name, what in (("iteration_time", "iteration"), ("bubble_fraction", "bubble")):
+            inside = band["inside"][name]
+            said.append(f"{what} {'inside' if inside['median'] else 'OUTSIDE'} ({inside['iterations']} of "
+                        f"{inside['of']} iterations inside)")
+        lines.append(f"measured vs the {label} {100 * band['level']:.0f} % band: {', '.join(said)}; "
+                     f"{band['samples']} samples, {band['spread']['source']}")
+    return lines
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -55,13 +85,16 @@ def format_report(report: dict[str, Any]) -> str:
         f"{run['dtype']}, {run['threads_per_rank']} thread(s)/rank, median of {run['iterations']} iterations "
         f"after {run['warmup']} warm-up",
         table(
-            ["", "bubble", "error", "iteration", "error", "busy per device"],
+            ["", "bubble", "error", "90 % band", "iteration", "error", "90 % band", "busy per device"],
             [
                 _row("measured", report["measured"], None),
-                _row("predicted (calibrated)", report["predicted"], report["errors"]["predicted"]),
-                _row("a priori (cluster spec)", report["apriori"], report["errors"]["apriori"]),
+                _row("predicted (calibrated)", report["predicted"], report["errors"]["predicted"],
+                     (report.get("bands") or {}).get("predicted")),
+                _row("a priori (cluster spec)", report["apriori"], report["errors"]["apriori"],
+                     (report.get("bands") or {}).get("apriori")),
             ],
         ),
+        *band_lines(report),
     ]
     if run.get("disturbed"):
         lines.append(
@@ -124,7 +157,7 @@ def run_validate(args: argparse.Namespace) -> int:
         from .output import print_json
 
         print_json({k: {x: v for x, v in report[k].items() if x != "timeline"} for k in ("measured", "predicted", "apriori")}
-                   | {"errors": report["errors"], "run": report["run"]})
+                   | {"errors": report["errors"], "bands": report.get("bands"), "run": report["run"]})
     else:
         print(format_report(report))
         for path in (args.out, args.profile_out, args.gantt):

@@ -281,8 +281,9 @@ def _answer(base: OptimizeRequest, results: list[OptimizeResult], screens: dict[
         baselines = baselines + (given,)
         if fits_within(given, base.headroom) and given.iteration_time < best.iteration_time:
             best = replace(best, chosen=given, source="given config")
+    others = tuple(r.chosen for r in fitting if r is not best) + tuple(extras)
     return replace(best, baselines=baselines, layouts=tuple(records[lay] for lay in layouts),
-                   timed_out=timed_out, search_time=elapsed)
+                   timed_out=timed_out, search_time=elapsed, contenders=best.contenders + others)
 
 
 def _screen_result(base: OptimizeRequest, screen: Scored) -> OptimizeResult:

@@ -109,6 +109,9 @@ class OptimizeResult:
     chosen_analytic: float | None = None  # the analytic objective (seconds) of the chosen plan itself
     layouts: tuple[LayoutRecord, ...] = ()  # a whole-configuration search's layouts (empty: layout fixed)
     timed_out: bool = False  # the whole search's time limit ran out (the answer is the best found by then)
+    # Other plans the search simulated that fit: each candidate's proposal, other layouts' answers and
+    # screens (what a band compares the chosen plan with, ``pipeplan.bands.ties``).
+    contenders: tuple[Scored, ...] = ()
 
     @property
     def analytic_gap(self) -> float | None:

@@ -381,4 +381,5 @@ def assemble(request: OptimizeRequest, solved: Solved, rescored: Rescored, best:
     objective = None if problem is None else problem.objective(plan.layers_per_stage, plan.recompute)
     return OptimizeResult(chosen, source, proposal.candidate, proposal.solution, proposal.predicted,
                           tuple(baselines), records, search_time, request.headroom, best.start.scored,
-                          None if objective is None else problem.seconds(objective))
+                          None if objective is None else problem.seconds(objective),
+                          contenders=tuple(s.scored for s in rescored.fitting))

@@ -16,12 +16,12 @@ from .measurements import Measurements
 from .options import ValidateOptions
 from .processes import process_alive
 from .report import (REPORT_KIND, REPORT_VERSION, build_report, errors, load_report, measured_section, predictions,
-                     repredict, write_report)
+                     repredict, repredict_bands, write_report)
 from .stopping import Stopped
 
 __all__ = [
     "ValidateOptions", "ValidationFailed", "Stopped", "run_validation", "validator_command", "process_alive",
     "Measurements",
     "REPORT_KIND", "REPORT_VERSION", "build_report", "errors", "load_report", "measured_section", "predictions",
-    "repredict", "write_report",
+    "repredict", "repredict_bands", "write_report",
 ]

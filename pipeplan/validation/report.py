@@ -8,6 +8,11 @@ Three numbers for each of bubble fraction, iteration time and per-device busy ti
 * apriori   — the simulator with the analytic cost model and the cluster spec, no measurement.
 
 Errors: bubble in percentage points (predicted - measured), iteration time in per cent of measured.
+
+Bands (``bands``): for each prediction the 90 % interval of one iteration's time and bubble under the
+spread of what priced it (``pipeplan.bands``: the calibration's scatter for the calibrated one, the
+cluster spec's probe or the default a-priori spread for the other), and whether the measured median,
+and how many of the measured iterations, fell inside.
 """
 from __future__ import annotations
 
@@ -18,12 +23,13 @@ from typing import Any, Sequence
 
 from simulator.timeline import Timeline, bubble_fraction, busy_time, iteration_time
 
-from ..api import simulate
+from ..api import PlanResult, simulate
+from ..bands import LEVEL, affordable_samples, plan_band
 from ..documents import check_report
 from ..errors import SpecError
 from ..fileio import load_mapping, write_json_atomic
 from ..plan import Plan
-from ..profile import Profile
+from ..profile import Profile, load_profile
 from .measurements import Measurements
 
 REPORT_KIND = "pipeplan.validation"
@@ -71,19 +77,46 @@ def errors(prediction: dict[str, Any], measured: dict[str, Any]) -> dict[str, fl
     }
 
 
-def predictions(plan: Plan, base_dir: str | Path, profile: Profile | dict[str, Any]) -> tuple[dict, dict]:
-    """(calibrated, a-priori) prediction sections for ``plan``, with the current simulator."""
+def predict(plan: Plan, base_dir: str | Path, profile: Profile) -> tuple[PlanResult, PlanResult]:
+    """The (calibrated, a-priori) simulations of ``plan``, with the current simulator."""
     calibrated = simulate(plan=plan, base_dir=base_dir, profile=profile)
     apriori = simulate(plan=plan, base_dir=base_dir)
     for result, label in ((calibrated, "predicted (calibrated)"), (apriori, "a priori")):
         result.timeline.meta["source"] = label
+    return calibrated, apriori
+
+
+def predictions(plan: Plan, base_dir: str | Path, profile: Profile | dict[str, Any]) -> tuple[dict, dict]:
+    """(calibrated, a-priori) prediction sections for ``plan``, with the current simulator."""
+    calibrated, apriori = predict(plan, base_dir, load_profile(profile))
     return _section(calibrated.timeline), _section(apriori.timeline)
 
 
-def build_report(measurements: Measurements) -> dict[str, Any]:
-    """The report of a finished run: measured, both predictions and their errors, and the measurements."""
+def bands_section(calibrated: PlanResult, apriori: PlanResult, profile: Profile, measured: dict[str, Any],
+                  samples: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Per prediction its band (``pipeplan.bands.plan_band``) and where the measurement fell; ``samples``
+    None: ``DEFAULT_SAMPLES``, fewer for a plan too large for them, none (``{"note": why}``) past the limit."""
+    samples = samples if samples is not None else affordable_samples(calibrated.plan, runs=2)
+    if samples is None:
+        return {"note": f"left out: the plan is too large for {LEVEL:.0%} bands within PIPEPLAN_MAX_BAND_OPS"}
+    out = {}
+    for key, result, priced_by in (("predicted", calibrated, profile), ("apriori", apriori, None)):
+        band = plan_band(result, samples=samples, seed=seed, profile=priced_by)
+        runs = measured.get("iterations") or []
+        inside = {}
+        for name, bounds in (("iteration_time", band.iteration_time), ("bubble_fraction", band.bubble_fraction)):
+            inside[name] = {"median": bounds.contains(measured[name]),
+                            "iterations": sum(bounds.contains(run[name]) for run in runs), "of": len(runs)}
+        out[key] = {**band.to_dict(), "inside": inside}
+    return out
+
+
+def build_report(measurements: Measurements, band_samples: int | None = None, band_seed: int = 0) -> dict[str, Any]:
+    """The report of a finished run: measured, both predictions, their errors and bands, and the measurements."""
     measured = measured_section(measurements.iterations)
-    predicted, apriori = predictions(measurements.plan, measurements.base_dir, measurements.profile)
+    calibrated, apriori_result = predict(measurements.plan, measurements.base_dir, measurements.profile)
+    predicted, apriori = _section(calibrated.timeline), _section(apriori_result.timeline)
+    bands = bands_section(calibrated, apriori_result, measurements.profile, measured, band_samples, band_seed)
     raw = measurements.to_dict()
     return {
         "kind": REPORT_KIND,
@@ -94,6 +127,7 @@ def build_report(measurements: Measurements) -> dict[str, Any]:
         "predicted": predicted,
         "apriori": apriori,
         "errors": {"predicted": errors(predicted, measured), "apriori": errors(apriori, measured)},
+        "bands": bands,
         "profile": raw["profile"],
         "measured_iterations": raw["measured_iterations"],
         "losses": raw["losses"],
@@ -109,6 +143,14 @@ def repredict(report: dict[str, Any], base_dir: str | Path | None = None) -> dic
     measured = measured_section(run.iterations)
     predicted, apriori = predictions(run.plan, base_dir or run.base_dir, run.profile)
     return {"predicted": errors(predicted, measured), "apriori": errors(apriori, measured)}
+
+
+def repredict_bands(report: dict[str, Any], base_dir: str | Path | None = None, samples: int | None = None,
+                    seed: int = 0) -> dict[str, Any]:
+    """``bands_section`` of a stored run (its calibration and measurement) with today's simulator."""
+    run = Measurements.from_dict(report)
+    calibrated, apriori = predict(run.plan, base_dir or run.base_dir, run.profile)
+    return bands_section(calibrated, apriori, run.profile, measured_section(run.iterations), samples, seed)
 
 
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
