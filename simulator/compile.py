@@ -17,7 +17,7 @@ Transfer costs are worked out once per distinct (src, dst, direction, producer s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
 
@@ -50,12 +50,16 @@ class Compiled:
     edge_delay: list[float]      # the transfer alone on its link
     edge_spec: list[tuple]       # (src, dst, nbytes, latency, bandwidth, ports) for the event loop
     waits: dict[int, list[tuple[int, float]]] | None  # ops waiting on their own device's other stream:
-                                 # every (producer, delay) on another lane; other ops wait on ``remote`` only
-    collective: dict[int, tuple]  # comm op -> (nbytes, latency, bandwidth, ports) when it moves bytes
+                                 # every (producer, delay) on another lane; other ops wait on ``remote`` only;
+                                 # a bucket's delay on its compute-stream producer is minus its lead
+    collective: dict[int, tuple]  # comm op -> (nbytes, latency, bandwidth, ports, weights or None) when it
+                                 # moves bytes
     compute_stream: np.ndarray   # per op: True on the compute stream (busy time)
     hold: list[float] | None     # blocking sends: per op, how long its sends keep its lane after it ends
     deadlock: bool               # a same-lane producer comes after its consumer
     complete: bool               # the columns' share of check_complete passes
+    # compute op -> [(bucket op, lead)]: the bucket may start ``lead`` seconds before the op ends
+    early: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
 
     @property
     def num_lanes(self) -> int:
@@ -102,9 +106,10 @@ def _integers(values, what: str, n: int) -> np.ndarray:
         raise ScheduleError(f"schedule: every action's {what} must be a whole number") from None
 
 
-def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray,
-               has_comm: bool) -> tuple[list[float], dict[int, tuple]]:
-    """Per op its time: compute kinds from the stage cost, communication kinds from its collective."""
+def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray, has_comm: bool,
+               bucket_of: dict) -> tuple[list[float], dict[int, tuple]]:
+    """Per op its time: compute kinds from the stage cost, communication kinds from its collective
+    (a bucket's from its share of the bytes, ``bucket_of``: op -> (``Bucket``, its index))."""
     capacity = workload.network.port_capacity
     rows = []
     compute_rules = BY_CODE[:NUM_COMPUTE]
@@ -128,17 +133,26 @@ def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray,
         raise ScheduleError(f"stages[{int(stage[o])}]: the time of {BY_CODE[int(code[o])].name} is "
                             f"{duration[o]!r}; op times must be finite numbers >= 0")
     collective: dict[int, tuple] = {}
-    per_stage: dict[tuple[int, int], tuple | None] = {}  # a collective crosses hundreds of ports: rate it once
+    per_stage: dict[tuple, tuple | None] = {}  # a collective crosses hundreds of ports: rate it once
+    times = duration.tolist()
     for o in (np.nonzero(code >= NUM_COMPUTE)[0].tolist() if has_comm else ()):
-        key = (int(stage[o]), int(code[o]))
+        bucket = bucket_of.get(o)
+        key = (int(stage[o]), int(code[o]), None if bucket is None else bucket[1])
         if key not in per_stage:
             rule = BY_CODE[key[1]]
             c = workload.stages[key[0]].collective(rule.name) if rule.duration is None else None
-            timed = c is not None and c.nbytes > 0 and not math.isinf(c.path.rate(capacity))
-            per_stage[key] = (c.nbytes, c.path.latency, c.path.bandwidth, c.path.ports) if timed else None
+            timed = c is not None and c.nbytes > 0 and not math.isinf(c.rate(capacity))
+            per_stage[key] = None
+            if timed:
+                nbytes = c.nbytes if bucket is None else c.nbytes * bucket[0].share
+                per_stage[key] = (nbytes, c.path.latency, c.path.bandwidth, c.path.ports, c.weights or None)
+            if bucket is not None:
+                per_stage[key, "seconds"] = c.seconds(capacity, bucket[0].share)
+        if bucket is not None and (key, "seconds") in per_stage:
+            times[o] = per_stage[key, "seconds"]
         if per_stage[key] is not None:
             collective[o] = per_stage[key]
-    return duration.tolist(), collective
+    return times, collective
 
 
 def _time_overlaps(workload: Workload, actions: list, duration: list[float]) -> None:
@@ -155,12 +169,13 @@ def _time_overlaps(workload: Workload, actions: list, duration: list[float]) -> 
                 duration[where[part]] = seconds if part == first else 0.0
 
 
-def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.ndarray, bool]:
+def _binding_producers(stage, code, mb, num_stages, num_mb, ids, later_part=None) -> tuple[np.ndarray, bool]:
     """(producers per rule, whether the action set is complete), from ``deps.RULES``.
 
     Complete: no action twice, every required rule finds its producer, every (stage, micro-batch)
     with an F, exactly one of B and I, a W exactly where there is an I (``checker.check_complete``'s
-    set algebra), and a RESHARD only with an UNSHARD.
+    set algebra), and a RESHARD only with an UNSHARD. ``later_part`` marks the buckets after the
+    first of a bucketed action (one action, several ops): a consumer of the action binds its last.
     """
     n = len(ids)
     compute = code < NUM_COMPUTE
@@ -170,10 +185,13 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids) -> tuple[np.nda
         table[stage, code, mb] = ids
         unique = bool(np.array_equal(table[stage, code, mb], ids))
     else:
+        first = ~compute if later_part is None else ~compute & ~later_part
         table[stage[compute], code[compute], mb[compute]] = ids[compute]
-        per_stage[stage[~compute], code[~compute]] = ids[~compute]
+        per_stage[stage[first], code[first]] = ids[first]
         unique = bool(np.array_equal(table[stage[compute], code[compute], mb[compute]], ids[compute])) and bool(
-            np.array_equal(per_stage[stage[~compute], code[~compute]], ids[~compute]))
+            np.array_equal(per_stage[stage[first], code[first]], ids[first]))
+        if later_part is not None:
+            np.maximum.at(per_stage, (stage[later_part], code[later_part]), ids[later_part])
     codes_present = set(np.nonzero(np.bincount(code, minlength=NUM_KINDS))[0].tolist())
     last_of = None  # per (stage, compute kind): its latest-scheduled op (ids grow along a lane); when needed
     producers = np.full((n, MAX_RULES), -1, dtype=np.int64)
@@ -245,10 +263,12 @@ def compile_workload(workload: Workload) -> Compiled:
     """
     schedule = workload.schedule
     p, num_stages = schedule.num_devices, schedule.num_stages
+    bucket_of: dict[int, tuple] = {}
     if schedule.kinds_present.issubset(COMPUTE_KINDS):
         per_device = schedule.device_actions
     else:
         per_device = [_lane_major(schedule.simulated_actions(d)) for d in range(p)]
+        per_device, bucket_of = _bucket_parts(workload, per_device)
     actions = list(chain.from_iterable(per_device))
     n = len(actions)
     if n == 0 or num_stages == 0:
@@ -271,10 +291,14 @@ def compile_workload(workload: Workload) -> Compiled:
         return _incomplete(actions, device, bounds)
     num_mb = int(mb.max()) + 1 if bool(compute.any()) else 0
     ids = np.arange(n, dtype=np.int64)
-    producers, complete = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids)
+    later_part = None
+    if bucket_of:
+        later_part = np.zeros(n, dtype=bool)
+        later_part[[o for o, (_, i) in bucket_of.items() if i > 0]] = True
+    producers, complete = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids, later_part)
     complete = complete and num_mb == schedule.num_microbatches
     lane = 2 * device + ~_ON_COMPUTE_STREAM[code] if has_comm else 2 * device
-    duration, collective = _durations(workload, stage, code, has_comm)
+    duration, collective = _durations(workload, stage, code, has_comm, bucket_of)
     if schedule.overlaps():
         _time_overlaps(workload, actions, duration)
 
@@ -312,17 +336,66 @@ def compile_workload(workload: Workload) -> Compiled:
             row = []
             for prod in producers[o].tolist():
                 if prod >= 0 and prod == remote[o]:
-                    row.append((prod, float(delays[o])))
+                    d = float(delays[o])
+                    row.append((prod, d if d > 0 else 0.0))  # a non-positive (or NaN) delay adds nothing
                 elif prod >= 0 and lane[prod] != lane[o]:
                     row.append((prod, 0.0))
             waits[o] = row
+    early = _bucket_leads(bucket_of, waits, lane, compute_stream_of(code), duration)
     lane_bounds = np.searchsorted(lane, np.arange(2 * p + 1)).tolist()
     compute_stream = _ON_COMPUTE_STREAM[code]
     compiled = Compiled(actions, device, stage, code, lane, bounds, lane_bounds, duration, producers, remote, edge,
-                        edge_delay, edge_spec, waits, collective, compute_stream, None, deadlock, complete)
+                        edge_delay, edge_spec, waits, collective, compute_stream, None, deadlock, complete, early)
     if workload.blocking_sends:
         compiled.hold = _send_hold(compiled)
     return compiled
+
+
+def compute_stream_of(code: np.ndarray) -> np.ndarray:
+    return _ON_COMPUTE_STREAM[code]
+
+
+def _bucket_parts(workload: Workload, per_device: list) -> tuple[list, dict[int, tuple]]:
+    """Each action whose collective has buckets written once per bucket (``Collective.buckets``), and
+    per op id of those copies (``Bucket``, its index)."""
+    stages = workload.stages
+    bucketed = {(s, rule.name): c.buckets for s, cost in enumerate(stages) for rule in BY_CODE
+                if rule.stream == COMM and (c := cost.collective(rule.name)) is not None and c.buckets}
+    if not bucketed:
+        return per_device, {}
+    out, bucket_of, offset = [], {}, 0
+    for acts in per_device:
+        row = []
+        for a in acts:
+            buckets = bucketed.get((a.stage, a.kind)) if a.microbatch is None else None
+            if buckets is None:
+                row.append(a)
+                continue
+            for i, bucket in enumerate(buckets):
+                bucket_of[offset + len(row)] = (bucket, i)
+                row.append(a)
+        out.append(row)
+        offset += len(row)
+    return out, bucket_of
+
+
+def _bucket_leads(bucket_of: dict, waits: dict | None, lane: np.ndarray, on_compute: np.ndarray,
+                  duration: list[float]) -> dict[int, list[tuple[int, float]]]:
+    """A bucket ready ``ready`` of the way through its compute-stream producer may start
+    (1 - ready) x the producer's time before that producer ends: its wait's delay becomes minus
+    that lead, and the producer lists it as an early consumer (for the event loop)."""
+    early: dict[int, list[tuple[int, float]]] = {}
+    for o, (bucket, _) in bucket_of.items():
+        if bucket.ready >= 1 or not waits or o not in waits:
+            continue
+        row = waits[o]
+        for j, (prod, delay) in enumerate(row):
+            if on_compute[prod] and lane[prod] // 2 == lane[o] // 2 and delay == 0.0:
+                lead = (1.0 - bucket.ready) * duration[prod]
+                if lead > 0:
+                    row[j] = (prod, -lead)
+                    early.setdefault(prod, []).append((o, lead))
+    return early
 
 
 def _send_hold(c: Compiled) -> list[float]:

@@ -123,6 +123,9 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
     start_arr, end_arr = times
     actions = compiled.actions
     cut = None if force_event_loop else first_contention(compiled, start_arr, end_arr)
+    if cut is not None and compiled.early:
+        # The loop takes no op over half-run: a producer whose buckets start before it ends starts after the cut.
+        cut = min(cut, float(start_arr[list(compiled.early)].min()))
     if force_event_loop or cut is not None:
         prefix = None if force_event_loop else (start_arr, end_arr, cut)
         start, end, rows, records = event_loop(compiled, workload.network.port_capacity, prefix)

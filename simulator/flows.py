@@ -16,7 +16,11 @@ from .resume import resume_state
 
 
 class Flows:
-    """Active flows and their max-min fair rates."""
+    """Active flows and their max-min fair rates.
+
+    A flow loads each of its ports with its rate, or with rate x weight where it has weights
+    (``Collective.weights``: several rings side by side, each on its own ports).
+    """
 
     def __init__(self, port_capacity: dict[str, float]):
         self.capacity = port_capacity
@@ -26,6 +30,7 @@ class Flows:
         self.remaining: dict[int, float] = {}
         self.rate: dict[int, float] = {}
         self.updated: dict[int, float] = {}
+        self.weights: dict[int, tuple[float, ...]] = {}  # only the flows that have weights
 
     def component(self, seeds: list[int]) -> list[int]:
         seen = set(seeds)
@@ -39,7 +44,10 @@ class Flows:
                         stack.append(other)
         return sorted(seen)
 
-    def add(self, fid: int, nbytes: float, cap: float, ports: tuple[str, ...], now: float) -> None:
+    def add(self, fid: int, nbytes: float, cap: float, ports: tuple[str, ...], now: float,
+            weights: tuple[float, ...] | None = None) -> None:
+        if weights is not None:
+            self.weights[fid] = weights
         self.ports[fid] = ports
         self.cap[fid] = cap
         self.remaining[fid] = nbytes
@@ -57,6 +65,7 @@ class Flows:
             neighbours |= members
         for table in (self.cap, self.remaining, self.rate, self.updated):
             del table[fid]
+        self.weights.pop(fid, None)
         return sorted(neighbours)
 
     def rebalance(self, flows: list[int], now: float) -> list[int]:
@@ -64,6 +73,9 @@ class Flows:
         for f in flows:
             self.remaining[f] = max(0.0, self.remaining[f] - self.rate[f] * (now - self.updated[f]))
             self.updated[f] = now
+        weights = self.weights
+        if weights and any(f in weights for f in flows):
+            return self._weighted(flows)
         if len(flows) == 1:
             f = flows[0]
             rate = self.cap[f]
@@ -100,6 +112,42 @@ class Flows:
                     users[port] -= 1
         return flows
 
+    def weights_of(self, fid: int) -> tuple[float, ...]:
+        return self.weights.get(fid) or (1.0,) * len(self.ports[fid])
+
+    def _weighted(self, flows: list[int]) -> list[int]:
+        """Progressive filling where a flow at rate r loads port p with r x its weight there: every
+        unfrozen flow rises to the same level until a port's capacity left over the summed weights of
+        its unfrozen flows, or a flow's own cap, stops it."""
+        ports, cap, capacity = self.ports, self.cap, self.capacity
+        unfrozen = set(flows)
+        left: dict[str, float] = {}
+        load: dict[str, float] = {}   # summed weights of the port's unfrozen flows
+        users: dict[str, int] = {}    # how many there are (a float sum need not return to 0 exactly)
+        for f in flows:
+            for port, w in zip(ports[f], self.weights_of(f)):
+                if port not in left:
+                    left[port], load[port], users[port] = capacity.get(port, math.inf), 0.0, 0
+                load[port] += w
+                users[port] += 1
+        while unfrozen:
+            level = min(cap[f] for f in unfrozen)
+            share: dict[str, float] = {}
+            for port, count in users.items():
+                if count:
+                    s = share[port] = left[port] / load[port]
+                    if s < level:
+                        level = s
+            frozen = [f for f in unfrozen if cap[f] <= level or any(share[p] <= level for p in ports[f])]
+            for f in frozen:
+                self.rate[f] = level
+                unfrozen.discard(f)
+                for port, w in zip(ports[f], self.weights_of(f)):
+                    left[port] -= level * w
+                    load[port] -= w
+                    users[port] -= 1
+        return flows
+
 
 def consumer_lists(c: Compiled, done: np.ndarray | None = None
                    ) -> tuple[list[int], list[list[tuple[int, tuple | None]]]]:
@@ -118,6 +166,9 @@ def consumer_lists(c: Compiled, done: np.ndarray | None = None
     specs = c.edge_spec + [None]  # index -1 picks None
     for prod, consumer, spec in zip(producers.tolist(), rows.tolist(), spec_index.tolist()):
         consumers[prod].append((consumer, specs[spec]))
+    for prod, buckets in c.early.items():  # delivered before the producer ends, when it starts
+        early = {o for o, _ in buckets}
+        consumers[prod] = [(o, spec) for o, spec in consumers[prod] if o not in early]
     return pending, consumers
 
 
@@ -132,9 +183,10 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     ties first-come first-served. Pushes go in this order: deliver, maybe start the consumer's
     lane, then, after an op's consumers, start its own lane. With blocking sends
     (``Compiled.hold``) an op that sends keeps its lane until every send is delivered (a release
-    event per send).
+    event per send). A compute op with buckets among its consumers (``Compiled.early``) delivers to
+    each, when it starts, an event at its end less the bucket's lead.
     ``prefix`` = (start, end, T) from the exact pass, T the first instant two bandwidth phases
-    overlap (``passes.first_contention``): every op, transfer and release before T is taken from
+    overlap (``passes.first_contention``), or earlier, before any op with buckets starts: every op, transfer and release before T is taken from
     it as final, what is in flight at T is re-created with its own start time, and the loop runs on
     from there; the times are those of the loop from 0, up to rounding.
     Returns (start, end, transfers as [src, dst, producer, consumer, start, end, nbytes], and the
@@ -145,7 +197,7 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     state = None if prefix is None else resume_state(c, *prefix)
     done_records: list = [] if state is None else state.done_records
     pending, consumers = consumer_lists(c, None if state is None else state.ended)
-    collective = c.collective
+    collective, early = c.collective, c.early
     lanes = c.num_lanes
     ready_at = [0.0] * n
     start = [math.nan] * n
@@ -155,7 +207,8 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     lane_free = [0.0] * lanes
     running = [False] * lanes
     transfers: list[list] = []  # [src, dst, producer, consumer, start, end, nbytes]
-    heap: list[tuple[float, int, int, int]] = []  # (time, seq, 0 op end | 1 flow end | 2 lane release, id)
+    # (time, seq, 0 op end | 1 flow end | 2 lane release | 3 early delivery to a bucket, id)
+    heap: list[tuple[float, int, int, int]] = []
     blocking = c.hold is not None
     sends = [sum(spec is not None for _, spec in cons) for cons in consumers] if blocking else None
     holding = [0] * lanes  # blocking sends still in flight that keep lane k
@@ -178,12 +231,13 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
             flow_version[f] = seq
             heappush(heap, (finish, seq, 1, f))
 
-    def start_flow(nbytes: float, bandwidth: float, ports: tuple, t: float, owner: tuple) -> None:
+    def start_flow(nbytes: float, bandwidth: float, ports: tuple, t: float, owner: tuple,
+                   weights: tuple | None = None) -> None:
         """A new flow at ``t``; alone on its ports (the common case) it is priced without a rebalance."""
         nonlocal seq, next_flow
         fid = next_flow
         next_flow += 1
-        flows.add(fid, nbytes, bandwidth, ports, t)
+        flows.add(fid, nbytes, bandwidth, ports, t, weights)
         flow_owner[fid] = owner
         for port in ports:
             if len(by_port[port]) > 1:
@@ -193,8 +247,12 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
         r = remaining[fid] = max(0.0, remaining[fid] - rates[fid] * (t - updated[fid]))
         updated[fid] = t
         rate = bandwidth
-        for port in ports:
-            rate = min(rate, capacity_of(port, inf))
+        if weights is None:
+            for port in ports:
+                rate = min(rate, capacity_of(port, inf))
+        else:
+            for port, w in zip(ports, weights):
+                rate = min(rate, capacity_of(port, inf) / w)
         rates[fid] = rate
         seq += 1
         flow_version[fid] = seq
@@ -211,11 +269,16 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
         start[o] = t0
         running[k] = True
         if collective and o in collective:
-            nbytes, latency, bandwidth, ports = collective[o]
-            start_flow(nbytes, bandwidth, ports, t0, (o, latency, -1))
+            nbytes, latency, bandwidth, ports, weights = collective[o]
+            start_flow(nbytes, bandwidth, ports, t0, (o, latency, -1), weights)
             return
         seq += 1
-        heappush(heap, (t0 + duration[o], seq, 0, o))
+        t1 = t0 + duration[o]
+        heappush(heap, (t1, seq, 0, o))
+        if early and o in early:  # buckets this op fills may start before it ends
+            for consumer, lead in early[o]:
+                seq += 1
+                heappush(heap, (t1 - lead, seq, 3, consumer))
 
     def deliver(consumer: int, arrive: float) -> None:
         """One input of ``consumer`` is there at ``arrive``; its lane may start it once all are."""
@@ -246,8 +309,8 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
                 _, _, nbytes, latency, bandwidth, ports = c.edge_spec[ident]
                 start_flow(nbytes, bandwidth, ports, t, (transfers[i][3], latency, i))
             else:
-                nbytes, latency, bandwidth, ports = collective[ident]
-                start_flow(nbytes, bandwidth, ports, t, (ident, latency, -1))
+                nbytes, latency, bandwidth, ports, weights = collective[ident]
+                start_flow(nbytes, bandwidth, ports, t, (ident, latency, -1), weights)
         for t, k in state.releases:
             seq += 1
             heappush(heap, (t, seq, 2, k))
@@ -305,10 +368,12 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
                     heappush(heap, (t + latency, seq, 2, op_lane[transfers[transfer][2]]))
             if neighbours:
                 reschedule(flows.component(neighbours), t)
-        else:
+        elif kind == 2:
             holding[ident] -= 1
             if not holding[ident]:
                 running[ident] = False
                 lane_free[ident] = t
                 try_start(ident)
+        else:
+            deliver(ident, t)  # a bucket's gradients are complete before their producer ends
     return start, end, transfers, done_records
