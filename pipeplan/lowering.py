@@ -16,7 +16,7 @@ from simulator.workload import Workload
 
 from .cluster import ClusterSpec
 from .costs import Work, measured_stage_cost, price, stage_work, static_bytes
-from .dataparallel import DataParallelOptions, add_data_parallel
+from .dataparallel import DataParallelOptions, add_training_step
 from .errors import SpecError
 from .model import ModelSpec
 from .plan import Plan
@@ -117,9 +117,9 @@ def build_workload(r: Resolved, profile: Profile | None = None,
     """The simulator workload of ``r``: stage costs, static memory, capacity, network, schedule.
 
     With a ``profile`` (see ``pipeplan.profile``) op times, boundary bytes and the measured links
-    replace the analytic cost model. With dp > 1 the schedule is a copy with each stage's gradient
-    reduction, optimizer step (and parameter all-gather) added, priced over its data-parallel group
-    (``pipeplan.dataparallel``); at dp = 1 nothing changes.
+    replace the analytic cost model. The schedule is a copy with each stage's optimizer step added
+    and, with dp > 1, its gradient reduction (and parameter all-gather), priced over its
+    data-parallel group (``pipeplan.dataparallel``).
     """
     plan, s = r.plan, r.seq_len
     works = stage_works(r)
@@ -131,11 +131,9 @@ def build_workload(r: Resolved, profile: Profile | None = None,
         stages = tuple(measured_stage_cost(c, m, plan.recompute_of(k))
                        for k, (c, m) in enumerate(zip(stages, profile.stage_profiles(kinds))))
         network = profile.network(network)
-    schedule = r.schedule
-    if plan.dp > 1:
-        # Parameters per GPU: a work already counts one tensor rank's share (costs.layer_work).
-        params = [w.params for w in works]
-        schedule, stages, network = add_data_parallel(r, params, stages, network, dp_options)
+    # Parameters per GPU: a work already counts one tensor rank's share (costs.layer_work).
+    params = [w.params for w in works]
+    schedule, stages, network = add_training_step(r, params, stages, network, dp_options)
     return Workload(
         schedule=schedule,
         stages=stages,

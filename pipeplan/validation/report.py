@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from simulator.timeline import Timeline, bubble_fraction, busy_time, iteration_time
 
 from ..api import simulate
+from ..dataparallel import DataParallelOptions
 from ..documents import check_report
 from ..errors import SpecError
 from ..fileio import load_mapping, write_json_atomic
@@ -72,9 +73,14 @@ def errors(prediction: dict[str, Any], measured: dict[str, Any]) -> dict[str, fl
 
 
 def predictions(plan: Plan, base_dir: str | Path, profile: Profile | dict[str, Any]) -> tuple[dict, dict]:
-    """(calibrated, a-priori) prediction sections for ``plan``, with the current simulator."""
-    calibrated = simulate(plan=plan, base_dir=base_dir, profile=profile)
-    apriori = simulate(plan=plan, base_dir=base_dir)
+    """(calibrated, a-priori) prediction sections for ``plan``, with the current simulator.
+
+    The validator's measured iteration ends with its last backward (it runs its optimizer step
+    untimed, afterwards), so the predictions leave the optimizer step out too.
+    """
+    untimed_step = DataParallelOptions(optimizer_step=False)
+    calibrated = simulate(plan=plan, base_dir=base_dir, profile=profile, dp_options=untimed_step)
+    apriori = simulate(plan=plan, base_dir=base_dir, dp_options=untimed_step)
     for result, label in ((calibrated, "predicted (calibrated)"), (apriori, "a priori")):
         result.timeline.meta["source"] = label
     return _section(calibrated.timeline), _section(apriori.timeline)
