@@ -8,7 +8,6 @@ import pytest
 from pipeplan import SpecError, even_split, load_cluster, lower
 from pipeplan.collectives import ALL_REDUCE, group_collective, port_sharing
 from pipeplan.costs import stage_work
-from pipeplan.dataparallel import DataParallelOptions
 from pipeplan.lowering import build_workload
 from pipeplan.specs import resolve
 from plans import llama_plan  # tests/ is on sys.path
@@ -134,10 +133,10 @@ def test_optimizer_step_is_bytes_over_hbm_bandwidth_by_hand():
 
 
 def test_without_overlap_every_reduction_starts_after_the_devices_last_backward():
-    plan = llama_plan(schedule="interleaved", chunks=2, layers_per_stage=even_split(34, 16), dp=2, nodes=2)
-    r = resolve(plan.model, plan.cluster, plan)
     for overlap in (True, False):
-        result = simulate(build_workload(r, dp_options=DataParallelOptions(overlap_grad_reduce=overlap)))
+        plan = llama_plan(schedule="interleaved", chunks=2, layers_per_stage=even_split(34, 16), dp=2, nodes=2,
+                          overlap_grad_reduce=overlap)
+        result = simulate(build_workload(resolve(plan.model, plan.cluster, plan)))
         ops = [o for o in result.timeline.ops if o.device == 0]
         last_backward = max(o.end for o in ops if o.action.kind == "B")
         starts = [o.start for o in ops if o.action.kind == "REDUCE_GRAD"]
