@@ -19,7 +19,9 @@ class Flows:
     """Active flows and their max-min fair rates.
 
     A flow loads each of its ports with its rate, or with rate x weight where it has weights
-    (``Collective.weights``: several rings side by side, each on its own ports).
+    (``Collective.weights``: that many copies of the flow cross the port in lockstep, as the rings
+    of a collective's channels do). At equal rates that is max-min fairness among the copies, each
+    copy one flow.
     """
 
     def __init__(self, port_capacity: dict[str, float]):
