@@ -29,11 +29,12 @@ def nvlink_workload(name: str, p: int, m: int, v: int, message_bytes: float) -> 
 
 
 def dp_workload(p: int, m: int, dp: int, message_bytes: float, grad_bytes: float) -> Workload:
-    """``nvlink_workload`` with data parallelism: each device's REDUCE_GRAD and OPTIMIZER appended, the
-    all-reduce over its dp ranks priced as a ring whose ports include two shared NIC ports per 8 devices
-    (as 8 pipeline ranks of one node reducing through one NIC), so the collectives contend."""
+    """``nvlink_workload`` with data parallelism: each device's OPTIMIZER and REDUCE_GRAD appended (the
+    compute stream's action first, as ``pipeplan.dataparallel`` lists them), the all-reduce over its dp
+    ranks priced as a ring whose ports include two shared NIC ports per 8 devices (as 8 pipeline ranks of
+    one node reducing through one NIC), so the collectives contend."""
     base = nvlink_workload("1f1b", p, m, 1, message_bytes)
-    rows = [list(acts) + [Action(d, "REDUCE_GRAD", None), Action(d, "OPTIMIZER", None)]
+    rows = [list(acts) + [Action(d, "OPTIMIZER", None), Action(d, "REDUCE_GRAD", None)]
             for d, acts in enumerate(base.schedule.device_actions)]
     schedule = make_schedule(rows, base.schedule.stage_to_device, m, "1f1b+dp")
     ports = dict(base.network.port_capacity)

@@ -101,7 +101,9 @@ def with_step_actions(schedule: Schedule, dp: int, distributed_optimizer: bool, 
     The generated schedule stays as it is (generators are pure and cached); kinds the schedule
     already lists for a stage (a custom CSV's REDUCE_GRAD) are not added twice.
     """
-    kinds = ([REDUCE_GRAD] if dp > 1 else []) + ([OPTIMIZER] if step else [])
+    # Each stream runs its own actions in list order; the compute stream's (OPTIMIZER) are listed before the
+    # communication stream's, the order the engine's columns keep them in (``simulator.compile``).
+    kinds = ([OPTIMIZER] if step else []) + ([REDUCE_GRAD] if dp > 1 else [])
     kinds += [GATHER_PARAMS] if dp > 1 and distributed_optimizer and step else []
     rows = []
     for device in range(schedule.num_devices):

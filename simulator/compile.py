@@ -25,7 +25,7 @@ import numpy as np
 
 from .deps import EVERY, RULES, SAME, STAGE
 from .ir import ScheduleError
-from .kinds import BY_CODE, COMM, COMM_KINDS, COMPOSITES, COMPUTE_KINDS, KINDS, NUM_COMPUTE, P2P_KINDS
+from .kinds import BY_CODE, COMM, COMPOSITES, COMPUTE_KINDS, KINDS, NUM_COMPUTE, P2P_KINDS
 from .workload import Workload
 
 NUM_KINDS = len(BY_CODE)
@@ -104,6 +104,18 @@ def _integers(values, what: str, n: int) -> np.ndarray:
         return np.fromiter(values, np.int64, n)
     except (TypeError, ValueError, OverflowError):
         raise ScheduleError(f"schedule: every action's {what} must be a whole number") from None
+
+
+def _microbatches(mb_t: tuple, code: np.ndarray):
+    """The micro-batch column with -1 for None (the per-stage kinds'); those sit where the codes
+    say, so only they are looked at unless a None is left elsewhere (a malformed action)."""
+    if None not in mb_t:
+        return mb_t
+    mb = list(mb_t)
+    for o in np.nonzero(code >= NUM_COMPUTE)[0].tolist():
+        if mb[o] is None:
+            mb[o] = -1
+    return [-1 if k is None else k for k in mb] if None in mb else mb
 
 
 def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray, has_comm: bool,
@@ -229,6 +241,18 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids, later_part=None
     return producers, complete
 
 
+def _unique(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(key, return_inverse=True)`` of non-negative integers: by a presence table when the
+    keys are few enough for one (linear, no sort), else by numpy's sort."""
+    if len(key) == 0 or int(key.max()) > 8 * len(key) + 1024:
+        return np.unique(key, return_inverse=True)
+    present = np.zeros(int(key.max()) + 1, dtype=bool)
+    present[key] = True
+    uniq = np.nonzero(present)[0]
+    rank = np.cumsum(present) - 1
+    return uniq, rank[key]
+
+
 def _edges(workload: Workload, device, stage, remote, direction_bwd, num_stages):
     """Edge index per op with a remote producer, and each distinct edge's delay and spec."""
     p = workload.schedule.num_devices
@@ -236,7 +260,7 @@ def _edges(workload: Workload, device, stage, remote, direction_bwd, num_stages)
     src, dst = device[remote[has]], device[has]
     prod_stage = stage[remote[has]]
     key = ((src * p + dst) * 2 + direction_bwd[has]) * num_stages + prod_stage
-    uniq, inverse = np.unique(key, return_inverse=True)
+    uniq, inverse = _unique(key)
     network, costs = workload.network, workload.stages
     delays: list[float] = []
     specs: list[tuple] = []
@@ -263,26 +287,37 @@ def compile_workload(workload: Workload) -> Compiled:
     """
     schedule = workload.schedule
     p, num_stages = schedule.num_devices, schedule.num_stages
-    bucket_of: dict[int, tuple] = {}
-    if schedule.kinds_present.issubset(COMPUTE_KINDS):
-        per_device = schedule.device_actions
-    else:
-        per_device = [_lane_major(schedule.simulated_actions(d)) for d in range(p)]
-        per_device, bucket_of = _bucket_parts(workload, per_device)
+    has_comm = not schedule.kinds_present.issubset(COMPUTE_KINDS)
+    per_device = schedule.device_actions if not has_comm else [schedule.simulated_actions(d) for d in range(p)]
     actions = list(chain.from_iterable(per_device))
     n = len(actions)
     if n == 0 or num_stages == 0:
         raise ScheduleError("schedule holds no actions: give every device its list, e.g. '0F0,0B0'")
     stage_t, kind_t, mb_t = zip(*actions)
     code = _kind_codes(kind_t)
-    stage = _integers(stage_t, "stage", n)
-    mb = _integers((-1 if k is None else k for k in mb_t) if None in mb_t else mb_t, "micro-batch", n)
     counts = [len(acts) for acts in per_device]
+    bucket_of: dict[int, tuple] = {}
+    stage = _integers(stage_t, "stage", n)
+    mb = _integers(_microbatches(mb_t, code), "micro-batch", n)
+    if has_comm:
+        # Lane-major: each device's compute actions, then its communication actions, each in list order.
+        device = np.repeat(np.arange(p, dtype=np.int64), counts)
+        lane_key = 2 * device + ~_ON_COMPUTE_STREAM[code]
+        if bool(np.any(lane_key[1:] < lane_key[:-1])):  # some device lists a communication op before a compute op
+            order = np.argsort(lane_key, kind="stable")
+            actions = list(map(actions.__getitem__, order.tolist()))
+            code, stage, mb = code[order], stage[order], mb[order]
+        expanded = _bucket_parts(workload, actions, code)
+        if expanded is not None:
+            copies, bucket_of = expanded
+            actions = list(map(actions.__getitem__, copies.tolist()))
+            code, stage, mb = code[copies], stage[copies], mb[copies]
+            counts = np.bincount(device[copies], minlength=p).tolist()
+            n = len(actions)
     bounds = [0]
     for c in counts:
         bounds.append(bounds[-1] + c)
     device = np.repeat(np.arange(p, dtype=np.int64), counts)
-    has_comm = not schedule.kinds_present.issubset(COMPUTE_KINDS)
     compute = code < NUM_COMPUTE
     mb_ok = (bool(np.all(mb[compute] >= 0)) and bool(np.all(mb[~compute] == -1))) if has_comm else mb.min() >= 0
     shape_ok = (stage.min() >= 0 and stage.max() < num_stages and mb_ok
@@ -355,28 +390,28 @@ def compute_stream_of(code: np.ndarray) -> np.ndarray:
     return _ON_COMPUTE_STREAM[code]
 
 
-def _bucket_parts(workload: Workload, per_device: list) -> tuple[list, dict[int, tuple]]:
-    """Each action whose collective has buckets written once per bucket (``Collective.buckets``), and
-    per op id of those copies (``Bucket``, its index)."""
+def _bucket_parts(workload: Workload, actions: list, code: np.ndarray) -> tuple[np.ndarray, dict[int, tuple]] | None:
+    """Each action whose collective has buckets (``Collective.buckets``) written once per bucket: the
+    index of the action every op copies, and per op id of those copies (``Bucket``, its index); None
+    when no action is bucketed."""
     stages = workload.stages
     bucketed = {(s, rule.name): c.buckets for s, cost in enumerate(stages) for rule in BY_CODE
                 if rule.stream == COMM and (c := cost.collective(rule.name)) is not None and c.buckets}
     if not bucketed:
-        return per_device, {}
-    out, bucket_of, offset = [], {}, 0
-    for acts in per_device:
-        row = []
-        for a in acts:
-            buckets = bucketed.get((a.stage, a.kind)) if a.microbatch is None else None
-            if buckets is None:
-                row.append(a)
-                continue
-            for i, bucket in enumerate(buckets):
-                bucket_of[offset + len(row)] = (bucket, i)
-                row.append(a)
-        out.append(row)
-        offset += len(row)
-    return out, bucket_of
+        return None
+    repeats = np.ones(len(actions), dtype=np.int64)
+    found: dict[int, tuple] = {}
+    for o in np.nonzero(code >= NUM_COMPUTE)[0].tolist():
+        a = actions[o]
+        buckets = bucketed.get((a.stage, a.kind)) if a.microbatch is None else None
+        if buckets is not None:
+            repeats[o], found[o] = len(buckets), buckets
+    if not found:
+        return None
+    copies = np.repeat(np.arange(len(actions), dtype=np.int64), repeats)
+    first = np.cumsum(repeats) - repeats  # where each action's first copy lands
+    bucket_of = {int(first[o]) + i: (bucket, i) for o, buckets in found.items() for i, bucket in enumerate(buckets)}
+    return copies, bucket_of
 
 
 def _bucket_leads(bucket_of: dict, waits: dict | None, lane: np.ndarray, on_compute: np.ndarray,
@@ -405,12 +440,6 @@ def _send_hold(c: Compiled) -> list[float]:
     if bool(has.any()):
         np.maximum.at(hold, c.remote[has], c.edge_wait[c.edge[has]])
     return hold.tolist()
-
-
-def _lane_major(actions: tuple) -> list:
-    """A device's compute actions, then its communication actions, each in list order."""
-    comm = frozenset(COMM_KINDS)
-    return [a for a in actions if a.kind not in comm] + [a for a in actions if a.kind in comm]
 
 
 def _incomplete(actions, device, bounds) -> Compiled:

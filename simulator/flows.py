@@ -152,10 +152,11 @@ class Flows:
 
 
 def consumer_lists(c: Compiled, done: np.ndarray | None = None
-                   ) -> tuple[list[int], list[list[tuple[int, tuple | None]]]]:
-    """Per op, how many producers it waits for, and its consumers in (consumer id, rule) order, each
-    with the transfer spec when the consumer is on another device (None: local). Ops ``done``
-    before the loop starts keep an empty consumer list: they deliver nothing any more."""
+                   ) -> tuple[list[int], dict[int, list[tuple[int, tuple | None]]]]:
+    """Per op, how many producers it waits for, and per producer its consumers in (consumer id, rule)
+    order, each with the transfer spec when the consumer is on another device (None: local). Ops
+    ``done`` before the loop starts, and ops nothing consumes, are not in the mapping: they deliver
+    nothing (any more)."""
     n = len(c.actions)
     rows, cols = np.nonzero(c.producers >= 0)  # row-major: consumer order, then rule order
     producers = c.producers[rows, cols]
@@ -164,13 +165,17 @@ def consumer_lists(c: Compiled, done: np.ndarray | None = None
         open_rows = ~done[producers]
         rows, producers = rows[open_rows], producers[open_rows]
     spec_index = np.where(producers == c.remote[rows], c.edge[rows], -1)
-    consumers: list[list[tuple[int, tuple | None]]] = [[] for _ in range(n)]
+    consumers: dict[int, list[tuple[int, tuple | None]]] = {}
     specs = c.edge_spec + [None]  # index -1 picks None
     for prod, consumer, spec in zip(producers.tolist(), rows.tolist(), spec_index.tolist()):
-        consumers[prod].append((consumer, specs[spec]))
+        listed = consumers.get(prod)
+        if listed is None:
+            consumers[prod] = [(consumer, specs[spec])]
+        else:
+            listed.append((consumer, specs[spec]))
     for prod, buckets in c.early.items():  # delivered before the producer ends, when it starts
         early = {o for o, _ in buckets}
-        consumers[prod] = [(o, spec) for o, spec in consumers[prod] if o not in early]
+        consumers[prod] = [(o, spec) for o, spec in consumers.get(prod, ()) if o not in early]
     return pending, consumers
 
 
@@ -191,8 +196,8 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     overlap (``passes.first_contention``), or earlier, before any op with buckets starts: every op, transfer and release before T is taken from
     it as final, what is in flight at T is re-created with its own start time, and the loop runs on
     from there; the times are those of the loop from 0, up to rounding.
-    Returns (start, end, transfers as [src, dst, producer, consumer, start, end, nbytes], and the
-    TransferRecords of the transfers delivered before the cut).
+    Returns (start and end as arrays, transfers as [src, dst, producer, consumer, start, end, nbytes],
+    and the TransferRecords of the transfers delivered before the cut).
     """
     n = len(c.actions)
     op_lane, duration = c.lane.tolist(), c.duration
@@ -202,8 +207,9 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     collective, early = c.collective, c.early
     lanes = c.num_lanes
     ready_at = [0.0] * n
-    start = [math.nan] * n
-    end = [math.nan] * n
+    # From the cut, only the ops the loop runs get times: kept in dicts laid over the pass's arrays.
+    start: list | dict = [math.nan] * n if state is None else {}
+    end: list | dict = [math.nan] * n if state is None else {}
     pointer = c.lane_bounds[:lanes]  # lane k's next op id
     stop_at = c.lane_bounds[1:]
     lane_free = [0.0] * lanes
@@ -212,7 +218,8 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     # (time, seq, 0 op end | 1 flow end | 2 lane release | 3 early delivery to a bucket, id)
     heap: list[tuple[float, int, int, int]] = []
     blocking = c.hold is not None
-    sends = [sum(spec is not None for _, spec in cons) for cons in consumers] if blocking else None
+    sends = {o: sum(spec is not None for _, spec in cons) for o, cons in consumers.items()} if blocking else None
+    no_consumers: tuple = ()
     holding = [0] * lanes  # blocking sends still in flight that keep lane k
     seq = 0
     next_flow = 0
@@ -292,7 +299,7 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
             try_start(op_lane[consumer])
 
     if state is not None:
-        start[:], end[:], pointer[:], running[:] = state.start, state.end, state.pointer, state.running
+        pointer[:], running[:] = state.pointer, state.running
         lane_free[:], holding[:] = state.lane_free, state.holding
         transfers.extend(state.transfers)
         for o, (count, latest) in state.delivered.items():
@@ -304,7 +311,7 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
             heappush(heap, (t, seq, 0, o))
         # Flows in flight at the cut had their ports to themselves: re-created from their own start,
         # earliest first (a flow added later advances the ones already there to its start).
-        recreate = [(start[o], 0, o, -1) for o in state.collective_flows]
+        recreate = [(float(state.start[o]), 0, o, -1) for o in state.collective_flows]
         recreate += [(transfers[i][4], 1, e, i) for i, e in state.transfer_flows]
         for t, is_transfer, ident, i in sorted(recreate):
             if is_transfer:
@@ -323,13 +330,13 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
         if kind == 0:
             end[ident] = t
             k = op_lane[ident]
-            if blocking and sends[ident]:
+            if blocking and sends.get(ident):
                 holding[k] = sends[ident]  # released as the sends are delivered
             else:
                 running[k] = False
                 lane_free[k] = t
             pointer[k] += 1
-            for consumer, spec in consumers[ident]:
+            for consumer, spec in consumers.get(ident, no_consumers):
                 if spec is not None:
                     src, dst, nbytes, latency, bandwidth, ports = spec
                     if not (nbytes <= 0 or (isinf(bandwidth) and not ports)):
@@ -378,4 +385,11 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
                 try_start(ident)
         else:
             deliver(ident, t)  # a bucket's gradients are complete before their producer ends
-    return start, end, transfers, done_records
+    if state is None:
+        return np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64), transfers, done_records
+    start_arr, end_arr = state.start, state.end
+    if start:
+        start_arr[list(start)] = list(start.values())
+    if end:
+        end_arr[list(end)] = list(end.values())
+    return start_arr, end_arr, transfers, done_records

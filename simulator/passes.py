@@ -179,8 +179,11 @@ def first_contention(c: Compiled, start: np.ndarray, end: np.ndarray) -> float |
     t1 = t0 + length
     span = float(t1.max() - t0.min()) + 1.0
     offset = port.astype(float) * (2.0 * span) - float(t0.min())
-    order = np.lexsort((t0 + offset, offset))
-    shifted_start, shifted_end = (t0 + offset)[order], (t1 + offset)[order]
+    # Sorting by (offset, t0 + offset) is sorting by t0 + offset alone: a port's shifted times lie
+    # below the next port's (2 x span apart), and ties keep index order in both stable sorts.
+    shifted = t0 + offset
+    order = np.argsort(shifted, kind="stable")
+    shifted_start, shifted_end = shifted[order], (t1 + offset)[order]
     latest_end = np.maximum.accumulate(shifted_end)
     overlapping = shifted_start[1:] < latest_end[:-1]
     if not bool(overlapping.any()):
