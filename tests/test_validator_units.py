@@ -362,7 +362,7 @@ def test_a_record_reads_back_as_measurements_and_rebuilds_its_report(tmp_path):
         assert data[key] == record[key], key
     # The record's plan is format version 1; it reads back as the same plan in version 2 (tp = 1).
     assert data["plan"] == {**record["plan"], "format_version": 2, "tp": 1, "sequence_parallel": False,
-                            "blocking_p2p": False}
+                            "blocking_p2p": False, "scatter_gather_p2p": False, "overlap_grad_reduce": True}
     measurements.save(tmp_path / "m.json")
     assert Measurements.load(tmp_path / "m.json") == Measurements.from_dict(data)
     with pytest.raises(SpecError, match="measurements"):
