@@ -12,7 +12,8 @@ lane is a *wait*: on another device it arrives after the edge's transfer, on the
 other stream) when it ends.
 
 Transfer costs are worked out once per distinct (src, dst, direction, producer stage) edge with
-``Network.transfer_seconds``, the one definition of a transfer alone on a link.
+``Network.transfer_seconds``, the one definition of a transfer alone on a link. Op times come from
+``op_times``; a bucketed collective's action becomes one op per bucket (``bucketing``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ import numpy as np
 
 from .deps import EVERY, RULES, SAME, STAGE
 from .ir import ScheduleError
-from .kinds import BY_CODE, COMM, COMPOSITES, COMPUTE_KINDS, KINDS, NUM_COMPUTE, P2P_KINDS
+from .kinds import BY_CODE, COMM, COMPUTE_KINDS, KINDS, NUM_COMPUTE, P2P_KINDS
+from .bucketing import bucket_copies, bucket_leads
+from .op_times import op_durations, time_overlaps
 from .workload import Workload
 
 NUM_KINDS = len(BY_CODE)
@@ -59,7 +62,7 @@ class Compiled:
     deadlock: bool               # a same-lane producer comes after its consumer
     complete: bool               # the columns' share of check_complete passes
     # compute op -> [(bucket op, lead)]: the bucket may start ``lead`` seconds before the op ends
-    early: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    early: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # see simulator.bucketing
 
     @property
     def num_lanes(self) -> int:
@@ -116,69 +119,6 @@ def _microbatches(mb_t: tuple, code: np.ndarray):
         if mb[o] is None:
             mb[o] = -1
     return [-1 if k is None else k for k in mb] if None in mb else mb
-
-
-def _durations(workload: Workload, stage: np.ndarray, code: np.ndarray, has_comm: bool,
-               bucket_of: dict) -> tuple[list[float], dict[int, tuple]]:
-    """Per op its time: compute kinds from the stage cost, communication kinds from its collective
-    (a bucket's from its share of the bytes, ``bucket_of``: op -> (``Bucket``, its index))."""
-    capacity = workload.network.port_capacity
-    rows = []
-    compute_rules = BY_CODE[:NUM_COMPUTE]
-    for cost in workload.stages:
-        row = [rule.duration(cost) for rule in compute_rules]
-        for rule in BY_CODE[NUM_COMPUTE:]:
-            if rule.duration is not None:  # a per-stage compute kind (OPTIMIZER) times itself
-                row.append(rule.duration(cost) if has_comm else 0.0)
-                continue
-            collective = cost.collective(rule.name) if has_comm else None
-            row.append(collective.seconds(capacity) if collective is not None else 0.0)
-        rows.append(row)
-    try:
-        per_kind = np.array(rows, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ScheduleError("stages: every op time must be a number of seconds") from None
-    duration = per_kind[stage, code]
-    bad = np.nonzero(~(duration >= 0))[0]
-    if len(bad):
-        o = int(bad[0])
-        raise ScheduleError(f"stages[{int(stage[o])}]: the time of {BY_CODE[int(code[o])].name} is "
-                            f"{duration[o]!r}; op times must be finite numbers >= 0")
-    collective: dict[int, tuple] = {}
-    per_stage: dict[tuple, tuple | None] = {}  # a collective crosses hundreds of ports: rate it once
-    times = duration.tolist()
-    for o in (np.nonzero(code >= NUM_COMPUTE)[0].tolist() if has_comm else ()):
-        bucket = bucket_of.get(o)
-        key = (int(stage[o]), int(code[o]), None if bucket is None else bucket[1])
-        if key not in per_stage:
-            rule = BY_CODE[key[1]]
-            c = workload.stages[key[0]].collective(rule.name) if rule.duration is None else None
-            timed = c is not None and c.nbytes > 0 and not math.isinf(c.rate(capacity))
-            per_stage[key] = None
-            if timed:
-                nbytes = c.nbytes if bucket is None else c.nbytes * bucket[0].share
-                per_stage[key] = (nbytes, c.path.latency, c.path.bandwidth, c.path.ports, c.weights or None)
-            if bucket is not None:
-                per_stage[key, "seconds"] = c.seconds(capacity, bucket[0].share)
-        if bucket is not None and (key, "seconds") in per_stage:
-            times[o] = per_stage[key, "seconds"]
-        if per_stage[key] is not None:
-            collective[o] = per_stage[key]
-    return times, collective
-
-
-def _time_overlaps(workload: Workload, actions: list, duration: list[float]) -> None:
-    """Each overlapped pair's first part takes the pair's time (``kinds.COMPOSITE_TABLE``), its other parts none."""
-    where = {a: o for o, a in enumerate(actions)}
-    for pair in workload.schedule.overlaps():
-        first, last = pair.parts[0], pair.parts[-1]
-        seconds = COMPOSITES[pair.kind].duration(workload.stages[first.stage], workload.stages[last.stage])
-        if not (seconds >= 0 and math.isfinite(seconds)):
-            raise ScheduleError(f"stages[{first.stage}]: the time of {pair} is {seconds!r}; op times must be "
-                                "finite numbers >= 0")
-        for part in pair.parts:
-            if part in where:
-                duration[where[part]] = seconds if part == first else 0.0
 
 
 def _binding_producers(stage, code, mb, num_stages, num_mb, ids, later_part=None) -> tuple[np.ndarray, bool]:
@@ -307,7 +247,7 @@ def compile_workload(workload: Workload) -> Compiled:
             order = np.argsort(lane_key, kind="stable")
             actions = list(map(actions.__getitem__, order.tolist()))
             code, stage, mb = code[order], stage[order], mb[order]
-        expanded = _bucket_parts(workload, actions, code)
+        expanded = bucket_copies(workload, actions, code)
         if expanded is not None:
             copies, bucket_of = expanded
             actions = list(map(actions.__getitem__, copies.tolist()))
@@ -333,9 +273,9 @@ def compile_workload(workload: Workload) -> Compiled:
     producers, complete = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids, later_part)
     complete = complete and num_mb == schedule.num_microbatches
     lane = 2 * device + ~_ON_COMPUTE_STREAM[code] if has_comm else 2 * device
-    duration, collective = _durations(workload, stage, code, has_comm, bucket_of)
+    duration, collective = op_durations(workload, stage, code, has_comm, bucket_of)
     if schedule.overlaps():
-        _time_overlaps(workload, actions, duration)
+        time_overlaps(workload, actions, duration)
 
     # Classify each binding producer: same lane (must come earlier), another device (remote,
     # through an edge; at most one per op), or the same device's other stream (a wait, no transfer).
@@ -376,7 +316,7 @@ def compile_workload(workload: Workload) -> Compiled:
                 elif prod >= 0 and lane[prod] != lane[o]:
                     row.append((prod, 0.0))
             waits[o] = row
-    early = _bucket_leads(bucket_of, waits, lane, compute_stream_of(code), duration)
+    early = bucket_leads(bucket_of, waits, lane, _ON_COMPUTE_STREAM[code], duration)
     lane_bounds = np.searchsorted(lane, np.arange(2 * p + 1)).tolist()
     compute_stream = _ON_COMPUTE_STREAM[code]
     compiled = Compiled(actions, device, stage, code, lane, bounds, lane_bounds, duration, producers, remote, edge,
@@ -384,53 +324,6 @@ def compile_workload(workload: Workload) -> Compiled:
     if workload.blocking_sends:
         compiled.hold = _send_hold(compiled)
     return compiled
-
-
-def compute_stream_of(code: np.ndarray) -> np.ndarray:
-    return _ON_COMPUTE_STREAM[code]
-
-
-def _bucket_parts(workload: Workload, actions: list, code: np.ndarray) -> tuple[np.ndarray, dict[int, tuple]] | None:
-    """Each action whose collective has buckets (``Collective.buckets``) written once per bucket: the
-    index of the action every op copies, and per op id of those copies (``Bucket``, its index); None
-    when no action is bucketed."""
-    stages = workload.stages
-    bucketed = {(s, rule.name): c.buckets for s, cost in enumerate(stages) for rule in BY_CODE
-                if rule.stream == COMM and (c := cost.collective(rule.name)) is not None and c.buckets}
-    if not bucketed:
-        return None
-    repeats = np.ones(len(actions), dtype=np.int64)
-    found: dict[int, tuple] = {}
-    for o in np.nonzero(code >= NUM_COMPUTE)[0].tolist():
-        a = actions[o]
-        buckets = bucketed.get((a.stage, a.kind)) if a.microbatch is None else None
-        if buckets is not None:
-            repeats[o], found[o] = len(buckets), buckets
-    if not found:
-        return None
-    copies = np.repeat(np.arange(len(actions), dtype=np.int64), repeats)
-    first = np.cumsum(repeats) - repeats  # where each action's first copy lands
-    bucket_of = {int(first[o]) + i: (bucket, i) for o, buckets in found.items() for i, bucket in enumerate(buckets)}
-    return copies, bucket_of
-
-
-def _bucket_leads(bucket_of: dict, waits: dict | None, lane: np.ndarray, on_compute: np.ndarray,
-                  duration: list[float]) -> dict[int, list[tuple[int, float]]]:
-    """A bucket ready ``ready`` of the way through its compute-stream producer may start
-    (1 - ready) x the producer's time before that producer ends: its wait's delay becomes minus
-    that lead, and the producer lists it as an early consumer (for the event loop)."""
-    early: dict[int, list[tuple[int, float]]] = {}
-    for o, (bucket, _) in bucket_of.items():
-        if bucket.ready >= 1 or not waits or o not in waits:
-            continue
-        row = waits[o]
-        for j, (prod, delay) in enumerate(row):
-            if on_compute[prod] and lane[prod] // 2 == lane[o] // 2 and delay == 0.0:
-                lead = (1.0 - bucket.ready) * duration[prod]
-                if lead > 0:
-                    row[j] = (prod, -lead)
-                    early.setdefault(prod, []).append((o, lead))
-    return early
 
 
 def _send_hold(c: Compiled) -> list[float]:
