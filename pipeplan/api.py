@@ -167,7 +167,7 @@ def simulate(model: ModelSpec | str | dict | None = None, cluster: ClusterSpec |
     ``iterations`` K > 1 also simulates K iterations back to back (``result.steady``, and
     ``steady_iteration_time`` = T_K − T_{K−1}), with a synchronising optimizer step between them
     when ``synchronise`` (see ``simulator.iterations``); every other figure is one isolated iteration's.
-    ``dp_options``: gradient buckets, overlap and the optimizer step (``pipeplan.dataparallel``).
+    ``dp_options``: gradient buckets, the ring or tree algorithm and the optimizer step (``pipeplan.dataparallel``).
     """
     if plan is None:
         if model is None:
