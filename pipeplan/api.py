@@ -11,6 +11,7 @@ from simulator.workload import Workload
 
 from .breakdown import CommunicationBreakdown, MemoryParts, communication_breakdown, memory_breakdown
 from .cluster import ClusterSpec
+from .dataparallel import DataParallelOptions
 from .limits import check_plan_size
 from .lowering import Resolved, build_workload, stage_works
 from .metrics import IterationFlops, flops_per_gpu, iteration_flops, tokens_per_second
@@ -140,19 +141,22 @@ class PlanResult:
 
 
 def lower(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, plan: Plan,
-          base_dir: str | Path = ".", profile: Profile | str | dict | None = None) -> tuple[Workload, Resolved]:
+          base_dir: str | Path = ".", profile: Profile | str | dict | None = None,
+          dp_options: DataParallelOptions = DataParallelOptions()) -> tuple[Workload, Resolved]:
     """Load what ``plan`` names (spec files beside ``base_dir`` first) and lower it to a simulator workload.
 
     With a ``profile`` (object, mapping or file, see ``pipeplan.profile``) op times, boundary bytes
-    and the measured links replace the analytic cost model.
+    and the measured links replace the analytic cost model. ``dp_options`` say how gradients are
+    reduced and whether the optimizer step is simulated (``pipeplan.dataparallel``).
     """
     resolved = resolve(model, cluster, plan, base_dir)
-    return build_workload(resolved, load_profile(profile)), resolved
+    return build_workload(resolved, load_profile(profile), dp_options), resolved
 
 
 def simulate(model: ModelSpec | str | dict | None = None, cluster: ClusterSpec | str | dict | None = None,
              plan: Plan | None = None, base_dir: str | Path = ".", profile=None, iterations: int = 1,
-             synchronise: bool = False, **layout) -> PlanResult:
+             synchronise: bool = False, dp_options: DataParallelOptions = DataParallelOptions(),
+             **layout) -> PlanResult:
     """Simulate ``plan``. Model and cluster default to the ones the plan names (preset, file or inline).
 
     Without a plan, ``model`` (and ``cluster``, default dgx-h100) with the keywords of
@@ -163,6 +167,7 @@ def simulate(model: ModelSpec | str | dict | None = None, cluster: ClusterSpec |
     ``iterations`` K > 1 also simulates K iterations back to back (``result.steady``, and
     ``steady_iteration_time`` = T_K − T_{K−1}), with a synchronising optimizer step between them
     when ``synchronise`` (see ``simulator.iterations``); every other figure is one isolated iteration's.
+    ``dp_options``: gradient buckets, the ring or tree algorithm and the optimizer step (``pipeplan.dataparallel``).
     """
     if plan is None:
         if model is None:
@@ -176,7 +181,8 @@ def simulate(model: ModelSpec | str | dict | None = None, cluster: ClusterSpec |
     if isinstance(iterations, int) and iterations > 1:
         check_plan_size(plan, iterations)  # one iteration is sized where the plan is resolved
     workload, resolved = lower(model if model is not None else plan.model,
-                               cluster if cluster is not None else plan.cluster, plan, base_dir, profile=profile)
+                               cluster if cluster is not None else plan.cluster, plan, base_dir, profile=profile,
+                               dp_options=dp_options)
     if iterations < 1:
         raise ValueError(f"iterations: give at least 1 (got {iterations})")
     if iterations == 1 and not synchronise:

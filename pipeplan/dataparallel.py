@@ -1,28 +1,31 @@
-"""Data parallelism in the simulator: gradient reduction, optimizer step and parameter all-gather.
+"""The end of a training iteration in the simulator: gradient reduction, optimizer step, parameter all-gather.
 
-With dp > 1 lowering adds, per stage on its device (Megatron-LM's DDP and distributed optimizer,
-Narayanan et al. SC'21; Megatron-LM ``distributed/param_and_grad_buffer.py``):
+Every lowered plan trains, so lowering adds per stage on its device an ``OPTIMIZER`` step; with
+dp > 1 also the data-parallel collectives (Megatron-LM's DDP and distributed optimizer, Narayanan
+et al. SC'21; Megatron-LM ``distributed/param_and_grad_buffer.py``):
 
 * ``REDUCE_GRAD(s)`` on the communication stream, after the stage's last backward: an all-reduce of
   its gradients over its data-parallel group (``Layout.data_group``), or a reduce-scatter with the
   distributed optimizer. Gradients are reduced in fp32 (``GRAD_BYTES``): Megatron accumulates and
   reduces the ``main_grad`` buffer in fp32 for bf16 training (``accumulate_allreduce_grads_in_fp32``),
-  the 4 gradient bytes of the 18 per parameter in shared REFERENCE. One bucket per stage-chunk, as
-  Megatron's per-model-chunk buffers with ``--overlap-grad-reduce``: a chunk's reduction starts when
-  its last backward ends and overlaps the device's remaining backwards (Megatron's smaller buckets
-  inside a chunk start earlier still; not modelled). ``overlap_grad_reduce=False`` starts every
-  reduction after the device's last backward.
-* ``OPTIMIZER(s)`` on the compute stream after the reduction: Adam on the stage's (shard of)
-  parameters, memory-bound, priced as the bytes it reads and writes over the GPU's HBM bandwidth
-  (``OPTIMIZER_BYTES`` per parameter).
+  the 4 gradient bytes of the 18 per parameter in shared REFERENCE. With ``--overlap-grad-reduce``
+  each stage-chunk (Megatron's per-model-chunk buffers) reduces when its last backward ends and
+  overlaps the device's remaining backwards, and a bucketed stage's buckets start still earlier,
+  each as soon as the last backward has filled it (``pipeplan.buckets``: Megatron's default cuts
+  stage 0 only, into max(40 M, 1 M x dp) parameters). A plan with ``overlap_grad_reduce`` false
+  starts every reduction after the device's last backward, unbucketed (Megatron-LM before 2023:
+  ``allreduce_gradients`` after the whole forward-backward).
+* ``OPTIMIZER(s)`` on the compute stream after the stage's last backward (and its reduction, with
+  dp > 1): Adam on the stage's (shard of) parameters, memory-bound, priced as the bytes it reads and
+  writes over the GPU's HBM bandwidth (``OPTIMIZER_BYTES`` per parameter). At dp = 1 it is the only
+  action added.
 * ``GATHER_PARAMS(s)`` with the distributed optimizer: the all-gather of the updated bf16 parameters
   (``PARAM_BYTES``) over the same group after the step (``--overlap-param-gather`` off).
 
 Collectives are priced by ``collectives.group_collective`` over the group's ring; the rings of the
 other tensor ranks of the same pipeline rank run at the same time on the same ports and are
 counted with ``collectives.port_sharing`` (the simulated replica is tensor rank 0, data rank 0).
-The iteration ends when the last device finishes its last step or gather. At dp = 1 nothing is added
-(nor an optimizer step, so dp = 1 results stay what they were).
+The iteration ends when the last device finishes its last step or gather.
 """
 from __future__ import annotations
 
@@ -31,11 +34,12 @@ from functools import lru_cache
 
 from simulator.ir import Action, Schedule, make_schedule
 from simulator.kinds import BACKWARD_WEIGHT, FULL_BACKWARD, GATHER_PARAMS, OPTIMIZER, REDUCE_GRAD
-from simulator.workload import Collective, Network, StageCost
+from simulator.workload import Bucket, Collective, Network, StageCost
 
+from .buckets import EVERY, FIRST, bucketed, gradient_buckets, last_weight_kind, megatron_bucket_params
 from .cluster import ClusterSpec
 from .collectives import ALL_GATHER, ALL_REDUCE, REDUCE_SCATTER, RING, TREE, group_collective, port_sharing
-from .costs import GRAD_BYTES, OPTIMIZER_STATE_BYTES, WEIGHT_BYTES
+from .costs import GRAD_BYTES, OPTIMIZER_STATE_BYTES, WEIGHT_BYTES, layer_work, price
 from .errors import SpecError
 from .parallel import Layout
 
@@ -47,18 +51,31 @@ OPTIMIZER_BYTES = GRAD_BYTES + 2 * OPTIMIZER_STATE_BYTES + WEIGHT_BYTES
 
 @dataclass(frozen=True)
 class DataParallelOptions:
-    """``overlap_grad_reduce``: each stage-chunk reduces when its own last backward ends (Megatron's
-    ``--overlap-grad-reduce``); False: all after the device's last backward. ``algorithm``: ring or tree
-    (all-reduce only)."""
+    """How a plan's gradients are reduced and stepped, beyond the plan's own ``overlap_grad_reduce``.
 
-    overlap_grad_reduce: bool = True
+    ``bucket_params``: parameters per gradient bucket (``--ddp-bucket-size``); None:
+    Megatron's default max(40 M, 1 M x dp); 0: one bucket per stage-chunk. ``bucketed_stages``:
+    "first" (Megatron: stage 0 only) or "every" (PyTorch DDP). ``algorithm``: ring or tree (all-reduce
+    only). ``optimizer_step``: False leaves the OPTIMIZER actions out, to compare with a run that
+    times none (the validator's measured iteration ends with its last backward)."""
+
     algorithm: str = RING
+    optimizer_step: bool = True
+    bucket_params: int | None = None
+    bucketed_stages: str = FIRST
 
     def __post_init__(self) -> None:
-        if not isinstance(self.overlap_grad_reduce, bool):
-            raise SpecError(f"overlap_grad_reduce: must be true or false (got {self.overlap_grad_reduce!r})")
+        for flag in ("optimizer_step",):
+            if not isinstance(getattr(self, flag), bool):
+                raise SpecError(f"{flag}: must be true or false (got {getattr(self, flag)!r})")
         if self.algorithm not in (RING, TREE):
             raise SpecError(f"algorithm: unknown {self.algorithm!r}; choose ring or tree")
+        size = self.bucket_params
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise SpecError(f"bucket_params: a whole number of parameters >= 0, 0 for one bucket per stage "
+                            f"(got {size!r})")
+        if self.bucketed_stages not in (FIRST, EVERY):
+            raise SpecError(f"bucketed_stages: {self.bucketed_stages!r}; choose first (Megatron) or every (DDP)")
 
 
 def reduction_order(schedule: Schedule, device: int, overlap: bool) -> list[int]:
@@ -76,13 +93,18 @@ def reduction_order(schedule: Schedule, device: int, overlap: bool) -> list[int]
     return order if overlap else order[-1:] + order[:-1]
 
 
-def with_dp_actions(schedule: Schedule, distributed_optimizer: bool, overlap: bool = True) -> Schedule:
-    """A copy of ``schedule`` with each stage's REDUCE_GRAD, OPTIMIZER (and GATHER_PARAMS) appended.
+def with_step_actions(schedule: Schedule, dp: int, distributed_optimizer: bool, overlap: bool = True,
+                      step: bool = True) -> Schedule:
+    """A copy of ``schedule`` with each stage's OPTIMIZER appended (unless not ``step``), after its
+    REDUCE_GRAD when dp > 1 (and followed by its GATHER_PARAMS with the distributed optimizer).
 
     The generated schedule stays as it is (generators are pure and cached); kinds the schedule
     already lists for a stage (a custom CSV's REDUCE_GRAD) are not added twice.
     """
-    kinds = [REDUCE_GRAD, OPTIMIZER] + ([GATHER_PARAMS] if distributed_optimizer else [])
+    # Each stream runs its own actions in list order; the compute stream's (OPTIMIZER) are listed before the
+    # communication stream's, the order the engine's columns keep them in (``simulator.compile``).
+    kinds = ([OPTIMIZER] if step else []) + ([REDUCE_GRAD] if dp > 1 else [])
+    kinds += [GATHER_PARAMS] if dp > 1 and distributed_optimizer and step else []
     rows = []
     for device in range(schedule.num_devices):
         acts = list(schedule.device_actions[device])
@@ -125,27 +147,51 @@ def _unit_collectives(cluster: ClusterSpec, layout: Layout, device: int, distrib
     return tuple(out), tuple(ports.items())
 
 
-def add_data_parallel(r, params: list[float], stages: tuple[StageCost, ...], network: Network,
+def stage_buckets(r, stage: int, options: DataParallelOptions) -> tuple[Bucket, ...]:
+    """Stage ``stage``'s gradient buckets (``pipeplan.buckets``), () when it is one bucket: from each
+    layer's parameters on one GPU and its analytic time in the stage's last weight-gradient op."""
+    size = megatron_bucket_params(r.plan.dp) if options.bucket_params is None else options.bucket_params
+    if not size or not bucketed(stage, options.bucketed_stages):
+        return ()
+    schedule, plan, model = r.schedule, r.plan, r.model
+    kind = last_weight_kind(schedule.simulated_actions(schedule.stage_to_device[stage]), stage)
+    if kind is None:
+        return ()
+    works = [layer_work(model, i, plan.microbatch_size, r.seq_len, plan.recompute_mode(stage), plan.tp,
+                        plan.sequence_parallel) for i in plan.stage_layers(stage)]
+    costs = [price(w, r.cluster.gpu, r.cluster.intra) for w in works]
+    seconds = [c.backward_weight if kind == BACKWARD_WEIGHT else c.full_backward for c in costs]
+    return gradient_buckets([w.params for w in works], seconds, size)
+
+
+def add_training_step(r, params: list[float], stages: tuple[StageCost, ...], network: Network,
                       options: DataParallelOptions = DataParallelOptions()
                       ) -> tuple[Schedule, tuple[StageCost, ...], Network]:
-    """``r`` (a ``lowering.Resolved`` with dp > 1) with its data-parallel actions, their stage costs and ports.
+    """``r`` (a ``lowering.Resolved``) with its optimizer steps and, when dp > 1, its data-parallel
+    collectives: the schedule, the stage costs and the network's ports.
 
     ``params[k]`` is stage k's parameter count on one GPU. Ports the collectives cross join the
     network's capacity table (a port the pipeline links already have keeps its capacity there).
     """
     plan, cluster, layout = r.plan, r.cluster, r.plan.layout
     distributed = plan.distributed_optimizer
-    if options.algorithm == TREE and distributed:
+    if options.algorithm == TREE and distributed and plan.dp > 1:
         raise SpecError("algorithm: NCCL's tree runs all-reduce only; the distributed optimizer reduce-scatters")
     capacity: dict[str, float] = {}
     new_stages = []
     for k, cost in enumerate(stages):
+        step = optimizer_seconds(params[k], plan.dp, distributed, cluster.gpu.hbm_bandwidth)
+        if plan.dp == 1:
+            new_stages.append(replace(cost, optimizer=step))
+            continue
         device = r.schedule.stage_to_device[k]
         collectives, ports = stage_collectives(cluster, layout, device, params[k], distributed, options.algorithm)
+        buckets = stage_buckets(r, k, options) if plan.overlap_grad_reduce else ()
+        if buckets:
+            collectives = (replace(collectives[0], buckets=buckets),) + collectives[1:]
         capacity.update(ports)
         kept = tuple(c for c in cost.collectives if c.kind not in (REDUCE_GRAD, GATHER_PARAMS))
-        step = optimizer_seconds(params[k], plan.dp, distributed, cluster.gpu.hbm_bandwidth)
         new_stages.append(replace(cost, collectives=kept + collectives, optimizer=step))
-    schedule = with_dp_actions(r.schedule, distributed, options.overlap_grad_reduce)
+    schedule = with_step_actions(r.schedule, plan.dp, distributed, plan.overlap_grad_reduce, options.optimizer_step)
     merged = Network(network.links, {**capacity, **network.port_capacity})
     return schedule, tuple(new_stages), merged

@@ -12,13 +12,14 @@ from functools import lru_cache
 from simulator.ir import Schedule
 from simulator.schedules import build_schedule, lookup
 from simulator.stage_times import StageTimes
-from simulator.workload import Workload
+from simulator.workload import Network, StageCost, Workload
 
 from .cluster import ClusterSpec
 from .costs import Work, measured_stage_cost, price, stage_work, static_bytes
-from .dataparallel import DataParallelOptions, add_data_parallel
+from .dataparallel import DataParallelOptions, add_training_step
 from .errors import SpecError
 from .model import ModelSpec
+from .p2p import scatter_gather
 from .plan import Plan
 from .profile import Profile
 
@@ -90,12 +91,21 @@ def plan_costs(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> StageTimes
                                plan.tp, plan.sequence_parallel), cluster.gpu, cluster.intra)
               for k in range(plan.num_stages)]
     device_of = generated_schedule(plan.schedule, plan.pp, plan.num_microbatches, plan.chunks).stage_to_device
-    network = cluster.network(plan.gpus())
+    stages, network = pipeline_messages(plan, cluster, tuple(stages), cluster.network(plan.gpus()))
     comm = tuple(network.transfer_seconds(device_of[k], device_of[k + 1], stages[k].send_forward_bytes)
                  for k in range(plan.num_stages - 1))
     held = max((c.weight_grad_bytes / c.activation_bytes for c in stages if c.activation_bytes > 0), default=0.5)
     return StageTimes(tuple(c.forward for c in stages), tuple(c.backward_input for c in stages),
                       tuple(c.backward_weight for c in stages), comm, min(1.0, held))
+
+
+def pipeline_messages(plan: Plan, cluster: ClusterSpec, stages: tuple[StageCost, ...],
+                      network: Network) -> tuple[tuple[StageCost, ...], Network]:
+    """The stages' pipeline messages and the links they take: as given, or scattered over the tensor
+    ranks and gathered over NVLink with ``plan.scatter_gather_p2p`` (``pipeplan.p2p``)."""
+    if not plan.scatter_gather_p2p:
+        return stages, network
+    return scatter_gather(stages, network, plan.tp, cluster.intra)
 
 
 def stage_works(r: Resolved) -> list[Work]:
@@ -120,9 +130,9 @@ def build_workload(r: Resolved, profile: Profile | None = None,
     """The simulator workload of ``r``: stage costs, static memory, capacity, network, schedule.
 
     With a ``profile`` (see ``pipeplan.profile``) op times, boundary bytes and the measured links
-    replace the analytic cost model. With dp > 1 the schedule is a copy with each stage's gradient
-    reduction, optimizer step (and parameter all-gather) added, priced over its data-parallel group
-    (``pipeplan.dataparallel``); at dp = 1 nothing changes.
+    replace the analytic cost model. The schedule is a copy with each stage's optimizer step added
+    and, with dp > 1, its gradient reduction (and parameter all-gather), priced over its
+    data-parallel group (``pipeplan.dataparallel``).
     """
     plan, s = r.plan, r.seq_len
     works = stage_works(r)
@@ -134,11 +144,10 @@ def build_workload(r: Resolved, profile: Profile | None = None,
         stages = tuple(measured_stage_cost(c, m, plan.recompute_of(k))
                        for k, (c, m) in enumerate(zip(stages, profile.stage_profiles(kinds))))
         network = profile.network(network)
-    schedule = r.schedule
-    if plan.dp > 1:
-        # Parameters per GPU: a work already counts one tensor rank's share (costs.layer_work).
-        params = [w.params for w in works]
-        schedule, stages, network = add_data_parallel(r, params, stages, network, dp_options)
+    stages, network = pipeline_messages(plan, r.cluster, stages, network)
+    # Parameters per GPU: a work already counts one tensor rank's share (costs.layer_work).
+    params = [w.params for w in works]
+    schedule, stages, network = add_training_step(r, params, stages, network, dp_options)
     return Workload(
         schedule=schedule,
         stages=stages,

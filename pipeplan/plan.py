@@ -49,7 +49,12 @@ class Plan:
     of a block over the tensor group as well (Korthikanti et al. 2022). ``blocking_p2p``: each
     pipeline send holds the sending device until it is delivered, as Megatron-LM's point-to-point
     exchanges do without ``--overlap-p2p-communication`` (batch_isend_irecv, then wait); by default
-    sends overlap compute, as in torch.distributed.pipelining.
+    sends overlap compute, as in torch.distributed.pipelining. ``scatter_gather_p2p``: each tensor
+    rank sends 1/tp of a pipeline message and the receivers all-gather it over NVLink, as Megatron-LM
+    of 2021 did by default (``pipeplan.p2p``; tp > 1 without sequence parallelism).
+    ``overlap_grad_reduce`` (dp > 1): each stage-chunk's gradients are reduced as its last backward
+    ends, its buckets while that backward still runs (Megatron-LM's ``--overlap-grad-reduce``); false:
+    all after the device's last backward, one bucket per stage-chunk (``pipeplan.dataparallel``).
     ``serving``: the request mix of a serving (inference) plan, whose schedule is forward-only
     (``pipeplan.inference``); there ``microbatch_size`` is the requests per micro-batch and
     ``num_microbatches`` the micro-batches in flight. None: a training plan.
@@ -71,6 +76,8 @@ class Plan:
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
     blocking_p2p: bool = False
+    scatter_gather_p2p: bool = False
+    overlap_grad_reduce: bool = True
     placement: tuple[int, ...] = ()
     schedule_csv: str | None = None
     serving: ServingSpec | None = None
@@ -87,7 +94,8 @@ class Plan:
                             f"{', '.join(SCHEDULES)} or custom")
         if self.schedule_csv is not None and not isinstance(self.schedule_csv, str):
             raise SpecError(f"plan.schedule_csv: must be the path of a CSV file (got {self.schedule_csv!r})")
-        for flag in ("distributed_optimizer", "sequence_parallel", "blocking_p2p"):
+        for flag in ("distributed_optimizer", "sequence_parallel", "blocking_p2p", "scatter_gather_p2p",
+                     "overlap_grad_reduce"):
             if not isinstance(getattr(self, flag), bool):
                 raise SpecError(f"plan.{flag}: must be true or false (got {getattr(self, flag)!r})")
         if not isinstance(self.notes, dict):
@@ -101,6 +109,9 @@ class Plan:
         positive_int("plan.dp", self.dp)
         positive_int("plan.tp", self.tp)
         check_sequence_parallel(self.sequence_parallel, self.tp, "plan.sequence_parallel")
+        if self.scatter_gather_p2p and (self.tp == 1 or self.sequence_parallel):
+            raise SpecError("plan.scatter_gather_p2p: scatters a pipeline message over the tensor ranks, so it needs "
+                            "tp > 1 and no sequence parallelism (which splits the message already); set it to false")
         if self.seq_len is not None:
             positive_int("plan.seq_len", self.seq_len)
             in_range("plan.seq_len", self.seq_len, "seq_len")

@@ -80,7 +80,8 @@ def make_plan(model: str | dict | ModelSpec, cluster: str | dict | ClusterSpec =
               gpus: int | None = None, nodes: int | None = None, chunks: int | None = None,
               microbatches: int | None = None, microbatch_size: int = 1, seq_len: int | None = None,
               recompute: str = "none", sequence_parallel: bool = False,
-              distributed_optimizer: bool = False, blocking_p2p: bool = False) -> Plan:
+              distributed_optimizer: bool = False, blocking_p2p: bool = False,
+              scatter_gather_p2p: bool = False, overlap_grad_reduce: bool = True) -> Plan:
     """A plan with an even layer split, its layout derived by ``derive_sizing``.
 
     ``microbatches`` (per data-parallel replica) defaults to 4 x pp; ``chunks`` to the schedule's.
@@ -113,5 +114,5 @@ def make_plan(model: str | dict | ModelSpec, cluster: str | dict | ClusterSpec =
         microbatch_size=microbatch_size, seq_len=seq_len,
         layers_per_stage=even_split(spec.num_pipeline_layers, stages), recompute=(recompute,) * stages,
         sequence_parallel=sequence_parallel, distributed_optimizer=distributed_optimizer,
-        blocking_p2p=blocking_p2p,
+        blocking_p2p=blocking_p2p, scatter_gather_p2p=scatter_gather_p2p, overlap_grad_reduce=overlap_grad_reduce,
     )

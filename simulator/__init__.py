@@ -19,11 +19,11 @@ __all__ = [
 ]
 from .engine import SimResult, simulate
 from .timeline import OpRecord, Timeline, TransferRecord, bubble_fraction, busy_time, iteration_time
-from .workload import (Collective, Link, LinkTable, Network, PairLinks, StageCost, UniformLinks, Workload, times_workload,
+from .workload import (Bucket, Collective, Link, LinkTable, Network, PairLinks, StageCost, UniformLinks, Workload, times_workload,
                        uniform_network, uniform_workload)
 
 __all__ += [
     "SimResult", "simulate", "OpRecord", "Timeline", "TransferRecord", "bubble_fraction", "busy_time",
-    "iteration_time", "Collective", "Link", "LinkTable", "PairLinks", "UniformLinks", "Network", "StageCost",
+    "iteration_time", "Bucket", "Collective", "Link", "LinkTable", "PairLinks", "UniformLinks", "Network", "StageCost",
     "Workload", "times_workload", "uniform_network", "uniform_workload",
 ]

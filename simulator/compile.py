@@ -13,12 +13,13 @@ other stream) when it ends.
 
 Transfer costs are worked out once per distinct (src, dst, direction, producer cost) edge with
 ``Network.transfer_seconds``, the one definition of a transfer alone on a link. An op's cost is
-its row of ``Workload.cost_table`` (``cost``): its stage's, or its micro-batch's pass class's.
+its row of ``Workload.cost_table`` (``cost``): its stage's, or its micro-batch's pass class's. Op times
+come from ``op_times``; a bucketed collective's action becomes one op per bucket (``bucketing``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
 
@@ -26,7 +27,9 @@ import numpy as np
 
 from .deps import EVERY, PREVIOUS_PASS, RULES, SAME, STAGE
 from .ir import ScheduleError
-from .kinds import BY_CODE, COMM, COMM_KINDS, COMPOSITES, COMPUTE_KINDS, KINDS, NUM_COMPUTE, P2P_KINDS
+from .kinds import BY_CODE, COMM, COMPUTE_KINDS, KINDS, NUM_COMPUTE, P2P_KINDS
+from .bucketing import bucket_copies, bucket_leads
+from .op_times import op_durations, time_overlaps
 from .workload import Workload
 
 NUM_KINDS = len(BY_CODE)
@@ -52,12 +55,16 @@ class Compiled:
     edge_delay: list[float]      # the transfer alone on its link
     edge_spec: list[tuple]       # (src, dst, nbytes, latency, bandwidth, ports) for the event loop
     waits: dict[int, list[tuple[int, float]]] | None  # ops waiting on their own device's other stream:
-                                 # every (producer, delay) on another lane; other ops wait on ``remote`` only
-    collective: dict[int, tuple]  # comm op -> (nbytes, latency, bandwidth, ports) when it moves bytes
+                                 # every (producer, delay) on another lane; other ops wait on ``remote`` only;
+                                 # a bucket's delay on its compute-stream producer is minus its lead
+    collective: dict[int, tuple]  # comm op -> (nbytes, latency, bandwidth, ports, weights or None) when it
+                                 # moves bytes
     compute_stream: np.ndarray   # per op: True on the compute stream (busy time)
     hold: list[float] | None     # blocking sends: per op, how long its sends keep its lane after it ends
     deadlock: bool               # a same-lane producer comes after its consumer
     complete: bool               # the columns' share of check_complete passes
+    # compute op -> [(bucket op, lead)]: the bucket may start ``lead`` seconds before the op ends
+    early: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # see simulator.bucketing
 
     @property
     def num_lanes(self) -> int:
@@ -104,60 +111,19 @@ def _integers(values, what: str, n: int) -> np.ndarray:
         raise ScheduleError(f"schedule: every action's {what} must be a whole number") from None
 
 
-def _durations(workload: Workload, stage: np.ndarray, cost_index: np.ndarray, code: np.ndarray,
-               has_comm: bool) -> tuple[list[float], dict[int, tuple]]:
-    """Per op its time: compute kinds from its stage cost (``cost_index``), communication kinds from its collective."""
-    capacity = workload.network.port_capacity
-    rows = []
-    compute_rules = BY_CODE[:NUM_COMPUTE]
-    for cost in workload.cost_table():
-        row = [rule.duration(cost) for rule in compute_rules]
-        for rule in BY_CODE[NUM_COMPUTE:]:
-            if rule.duration is not None:  # a per-stage compute kind (OPTIMIZER) times itself
-                row.append(rule.duration(cost) if has_comm else 0.0)
-                continue
-            collective = cost.collective(rule.name) if has_comm else None
-            row.append(collective.seconds(capacity) if collective is not None else 0.0)
-        rows.append(row)
-    try:
-        per_kind = np.array(rows, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ScheduleError("stages: every op time must be a number of seconds") from None
-    duration = per_kind[cost_index, code]
-    bad = np.nonzero(~(duration >= 0))[0]
-    if len(bad):
-        o = int(bad[0])
-        raise ScheduleError(f"stages[{int(stage[o])}]: the time of {BY_CODE[int(code[o])].name} is "
-                            f"{duration[o]!r}; op times must be finite numbers >= 0")
-    collective: dict[int, tuple] = {}
-    per_stage: dict[tuple[int, int], tuple | None] = {}  # a collective crosses hundreds of ports: rate it once
-    for o in (np.nonzero(code >= NUM_COMPUTE)[0].tolist() if has_comm else ()):
-        key = (int(stage[o]), int(code[o]))
-        if key not in per_stage:
-            rule = BY_CODE[key[1]]
-            c = workload.stages[key[0]].collective(rule.name) if rule.duration is None else None
-            timed = c is not None and c.nbytes > 0 and not math.isinf(c.path.rate(capacity))
-            per_stage[key] = (c.nbytes, c.path.latency, c.path.bandwidth, c.path.ports) if timed else None
-        if per_stage[key] is not None:
-            collective[o] = per_stage[key]
-    return duration.tolist(), collective
+def _microbatches(mb_t: tuple, code: np.ndarray):
+    """The micro-batch column with -1 for None (the per-stage kinds'); those sit where the codes
+    say, so only they are looked at unless a None is left elsewhere (a malformed action)."""
+    if None not in mb_t:
+        return mb_t
+    mb = list(mb_t)
+    for o in np.nonzero(code >= NUM_COMPUTE)[0].tolist():
+        if mb[o] is None:
+            mb[o] = -1
+    return [-1 if k is None else k for k in mb] if None in mb else mb
 
 
-def _time_overlaps(workload: Workload, actions: list, duration: list[float]) -> None:
-    """Each overlapped pair's first part takes the pair's time (``kinds.COMPOSITE_TABLE``), its other parts none."""
-    where = {a: o for o, a in enumerate(actions)}
-    for pair in workload.schedule.overlaps():
-        first, last = pair.parts[0], pair.parts[-1]
-        seconds = COMPOSITES[pair.kind].duration(workload.stages[first.stage], workload.stages[last.stage])
-        if not (seconds >= 0 and math.isfinite(seconds)):
-            raise ScheduleError(f"stages[{first.stage}]: the time of {pair} is {seconds!r}; op times must be "
-                                "finite numbers >= 0")
-        for part in pair.parts:
-            if part in where:
-                duration[where[part]] = seconds if part == first else 0.0
-
-
-def _binding_producers(stage, code, mb, num_stages, num_mb, ids, forward_only: bool = False,
+def _binding_producers(stage, code, mb, num_stages, num_mb, ids, later_part=None, forward_only: bool = False,
                        recurrence: int = 0) -> tuple[np.ndarray, bool]:
     """(producers per rule, whether the action set is complete), from ``deps.RULES``.
 
@@ -165,7 +131,8 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids, forward_only: b
     with an F, exactly one of B and I, a W exactly where there is an I (``checker.check_complete``'s
     set algebra), and a RESHARD only with an UNSHARD. Forward-only (``checker.check_forward_only``):
     F alone, every stage running the same micro-batches, all of 0..m-1 (or of 0..R-1, the streams'
-    first passes, when recurrent).
+    first passes, when recurrent). ``later_part`` marks the buckets after the first of a bucketed
+    action (one action, several ops): a consumer of the action binds its last.
     """
     n = len(ids)
     compute = code < NUM_COMPUTE
@@ -175,10 +142,13 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids, forward_only: b
         table[stage, code, mb] = ids
         unique = bool(np.array_equal(table[stage, code, mb], ids))
     else:
+        first = ~compute if later_part is None else ~compute & ~later_part
         table[stage[compute], code[compute], mb[compute]] = ids[compute]
-        per_stage[stage[~compute], code[~compute]] = ids[~compute]
+        per_stage[stage[first], code[first]] = ids[first]
         unique = bool(np.array_equal(table[stage[compute], code[compute], mb[compute]], ids[compute])) and bool(
-            np.array_equal(per_stage[stage[~compute], code[~compute]], ids[~compute]))
+            np.array_equal(per_stage[stage[first], code[first]], ids[first]))
+        if later_part is not None:
+            np.maximum.at(per_stage, (stage[later_part], code[later_part]), ids[later_part])
     codes_present = set(np.nonzero(np.bincount(code, minlength=NUM_KINDS))[0].tolist())
     last_of = None  # per (stage, compute kind): its latest-scheduled op (ids grow along a lane); when needed
     producers = np.full((n, MAX_RULES), -1, dtype=np.int64)
@@ -229,6 +199,18 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids, forward_only: b
     return producers, complete
 
 
+def _unique(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(key, return_inverse=True)`` of non-negative integers: by a presence table when the
+    keys are few enough for one (linear, no sort), else by numpy's sort."""
+    if len(key) == 0 or int(key.max()) > 8 * len(key) + 1024:
+        return np.unique(key, return_inverse=True)
+    present = np.zeros(int(key.max()) + 1, dtype=bool)
+    present[key] = True
+    uniq = np.nonzero(present)[0]
+    rank = np.cumsum(present) - 1
+    return uniq, rank[key]
+
+
 def _edges(workload: Workload, device, cost, remote, direction_bwd):
     """Edge index per op with a remote producer, and each distinct edge's delay and spec."""
     p = workload.schedule.num_devices
@@ -238,7 +220,7 @@ def _edges(workload: Workload, device, cost, remote, direction_bwd):
     src, dst = device[remote[has]], device[has]
     prod_cost = cost[remote[has]]
     key = ((src * p + dst) * 2 + direction_bwd[has]) * num_costs + prod_cost
-    uniq, inverse = np.unique(key, return_inverse=True)
+    uniq, inverse = _unique(key)
     network = workload.network
     delays: list[float] = []
     specs: list[tuple] = []
@@ -265,24 +247,37 @@ def compile_workload(workload: Workload) -> Compiled:
     """
     schedule = workload.schedule
     p, num_stages = schedule.num_devices, schedule.num_stages
-    if schedule.kinds_present.issubset(COMPUTE_KINDS):
-        per_device = schedule.device_actions
-    else:
-        per_device = [_lane_major(schedule.simulated_actions(d)) for d in range(p)]
+    has_comm = not schedule.kinds_present.issubset(COMPUTE_KINDS)
+    per_device = schedule.device_actions if not has_comm else [schedule.simulated_actions(d) for d in range(p)]
     actions = list(chain.from_iterable(per_device))
     n = len(actions)
     if n == 0 or num_stages == 0:
         raise ScheduleError("schedule holds no actions: give every device its list, e.g. '0F0,0B0'")
     stage_t, kind_t, mb_t = zip(*actions)
     code = _kind_codes(kind_t)
-    stage = _integers(stage_t, "stage", n)
-    mb = _integers((-1 if k is None else k for k in mb_t) if None in mb_t else mb_t, "micro-batch", n)
     counts = [len(acts) for acts in per_device]
+    bucket_of: dict[int, tuple] = {}
+    stage = _integers(stage_t, "stage", n)
+    mb = _integers(_microbatches(mb_t, code), "micro-batch", n)
+    if has_comm:
+        # Lane-major: each device's compute actions, then its communication actions, each in list order.
+        device = np.repeat(np.arange(p, dtype=np.int64), counts)
+        lane_key = 2 * device + ~_ON_COMPUTE_STREAM[code]
+        if bool(np.any(lane_key[1:] < lane_key[:-1])):  # some device lists a communication op before a compute op
+            order = np.argsort(lane_key, kind="stable")
+            actions = list(map(actions.__getitem__, order.tolist()))
+            code, stage, mb = code[order], stage[order], mb[order]
+        expanded = bucket_copies(workload, actions, code)
+        if expanded is not None:
+            copies, bucket_of = expanded
+            actions = list(map(actions.__getitem__, copies.tolist()))
+            code, stage, mb = code[copies], stage[copies], mb[copies]
+            counts = np.bincount(device[copies], minlength=p).tolist()
+            n = len(actions)
     bounds = [0]
     for c in counts:
         bounds.append(bounds[-1] + c)
     device = np.repeat(np.arange(p, dtype=np.int64), counts)
-    has_comm = not schedule.kinds_present.issubset(COMPUTE_KINDS)
     compute = code < NUM_COMPUTE
     mb_ok = (bool(np.all(mb[compute] >= 0)) and bool(np.all(mb[~compute] == -1))) if has_comm else mb.min() >= 0
     shape_ok = (stage.min() >= 0 and stage.max() < num_stages and mb_ok
@@ -293,7 +288,11 @@ def compile_workload(workload: Workload) -> Compiled:
     ids = np.arange(n, dtype=np.int64)
     if schedule.recurrence and not 0 < schedule.recurrence <= num_mb:
         return _incomplete(actions, device, bounds)  # the checker names the streams that never start
-    producers, complete = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids,
+    later_part = None
+    if bucket_of:
+        later_part = np.zeros(n, dtype=bool)
+        later_part[[o for o, (_, i) in bucket_of.items() if i > 0]] = True
+    producers, complete = _binding_producers(stage, code, mb, num_stages, max(num_mb, 1), ids, later_part,
                                              schedule.forward_only, schedule.recurrence)
     complete = complete and num_mb == schedule.num_microbatches
     lane = 2 * device + ~_ON_COMPUTE_STREAM[code] if has_comm else 2 * device
@@ -301,9 +300,9 @@ def compile_workload(workload: Workload) -> Compiled:
     if workload.pass_class:  # one class per micro-batch (Workload checks the count)
         cls = np.asarray(workload.pass_class, dtype=np.int64)
         cost = np.where(compute, num_stages * (1 + cls[np.where(compute, mb, 0)]) + stage, stage)
-    duration, collective = _durations(workload, stage, cost, code, has_comm)
+    duration, collective = op_durations(workload, stage, cost, code, has_comm, bucket_of)
     if schedule.overlaps():
-        _time_overlaps(workload, actions, duration)
+        time_overlaps(workload, actions, duration)
 
     # Classify each binding producer: same lane (must come earlier), another device (remote,
     # through an edge; at most one per op), or the same device's other stream (a wait, no transfer).
@@ -339,14 +338,16 @@ def compile_workload(workload: Workload) -> Compiled:
             row = []
             for prod in producers[o].tolist():
                 if prod >= 0 and prod == remote[o]:
-                    row.append((prod, float(delays[o])))
+                    d = float(delays[o])
+                    row.append((prod, d if d > 0 else 0.0))  # a non-positive (or NaN) delay adds nothing
                 elif prod >= 0 and lane[prod] != lane[o]:
                     row.append((prod, 0.0))
             waits[o] = row
+    early = bucket_leads(bucket_of, waits, lane, _ON_COMPUTE_STREAM[code], duration)
     lane_bounds = np.searchsorted(lane, np.arange(2 * p + 1)).tolist()
     compute_stream = _ON_COMPUTE_STREAM[code]
     compiled = Compiled(actions, device, stage, cost, code, lane, bounds, lane_bounds, duration, producers, remote, edge,
-                        edge_delay, edge_spec, waits, collective, compute_stream, None, deadlock, complete)
+                        edge_delay, edge_spec, waits, collective, compute_stream, None, deadlock, complete, early)
     if workload.blocking_sends:
         compiled.hold = _send_hold(compiled)
     return compiled
@@ -359,12 +360,6 @@ def _send_hold(c: Compiled) -> list[float]:
     if bool(has.any()):
         np.maximum.at(hold, c.remote[has], c.edge_wait[c.edge[has]])
     return hold.tolist()
-
-
-def _lane_major(actions: tuple) -> list:
-    """A device's compute actions, then its communication actions, each in list order."""
-    comm = frozenset(COMM_KINDS)
-    return [a for a in actions if a.kind not in comm] + [a for a in actions if a.kind in comm]
 
 
 def _incomplete(actions, device, bounds) -> Compiled:

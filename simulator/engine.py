@@ -84,12 +84,16 @@ class SimResult:
 
 @contextmanager
 def paused_gc():
-    """Pause the cyclic garbage collector.
+    """Pause the cyclic garbage collector, and hand what survives to its oldest generation.
 
     A simulation allocates a few hundred thousand tuples (records, actions, producer lists) that
     all stay alive; each allocation burst triggers collections that rescan them, which cost as
     much as the simulation itself on large schedules. The engine makes no reference cycles, so
-    nothing is lost by collecting once afterwards (the collector runs as usual after we return).
+    nothing is lost by not collecting. Re-enabled as it was, the collector would scan them all at the
+    next allocation (a young collection of every object made meanwhile: a fifth of the simulation's
+    time at p = 64, m = 1024); ``gc.freeze()`` then ``gc.unfreeze()`` moves them to the oldest
+    generation instead, which a full collection scans when Python next runs one. Skipped while the
+    caller keeps objects frozen (``gc.get_freeze_count()``), whose freeze this must not undo.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -97,6 +101,9 @@ def paused_gc():
         yield
     finally:
         if was_enabled:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
@@ -123,19 +130,18 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
         raise AssertionError("the pass and the checker disagree on a deadlock")
     start_arr, end_arr = times
     actions = compiled.actions
-    cut = None if force_event_loop else first_contention(compiled, start_arr, end_arr)
+    cut = None if force_event_loop else event_loop_cut(compiled, start_arr, end_arr)
     if force_event_loop or cut is not None:
         prefix = None if force_event_loop else (start_arr, end_arr, cut)
-        start, end, rows, records = event_loop(compiled, workload.network.port_capacity, prefix)
+        start_arr, end_arr, rows, records = event_loop(compiled, workload.network.port_capacity, prefix)
         if rows:
             src, dst, prod, cons, t0, t1, nb = zip(*rows)
             get = actions.__getitem__
             records = records + list(map(tuple.__new__, repeat(TransferRecord),
                                          zip(src, dst, map(get, prod), map(get, cons), t0, t1, nb)))
-        start_arr, end_arr = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
     else:
-        start, end = start_arr.tolist(), end_arr.tolist()
         records = transfer_records(compiled, end_arr)
+    start, end = start_arr.tolist(), end_arr.tolist()
     p = schedule.num_devices
     ops = list(map(tuple.__new__, repeat(OpRecord), zip(compiled.device.tolist(), actions, start, end)))
     timeline = Timeline(p, ops, records, simulated_meta(schedule))
@@ -143,8 +149,10 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
     capacity = list(workload.capacity_bytes) or [math.inf] * p
     rules = rules_for(schedule.forward_only)
     delivered = _delivery_times(compiled, end_arr, records) if any(r.release for r in rules) else None
+    # A device's ops of each stream are in run order (lane-major ids): lane 2d + 1 starts at lane_bounds[2d + 1].
+    splits = compiled.lane_bounds[1:-1:2] if compiled.num_lanes == 2 * p else None
     curves, live = memory_curves_columns(compiled.device, compiled.cost, compiled.code, start_arr, end_arr,
-                                         compiled.bounds, workload.cost_table(), static, rules, delivered)
+                                         compiled.bounds, workload.cost_table(), static, rules, delivered, splits)
     peaks = peak_memory(curves)
     busy = busy_per_device(compiled.compute_stream, start_arr, end_arr, compiled.bounds)
     total = float(end_arr.max() - start_arr.min())
@@ -171,6 +179,16 @@ def _delivery_times(compiled, end: np.ndarray, records: list) -> np.ndarray:
         producers = np.fromiter((where[r.action] for r in records), np.int64, len(records))
         np.maximum.at(delivered, producers, np.fromiter((r.end for r in records), np.float64, len(records)))
     return delivered
+
+
+def event_loop_cut(compiled, start: np.ndarray, end: np.ndarray) -> float | None:
+    """Where the max-min event loop takes over from the exact pass: the first instant two bandwidth
+    phases share a port, or None. The loop takes no op over half-run, so a producer whose buckets
+    start before it ends (``Compiled.early``) moves the cut to its start."""
+    cut = first_contention(compiled, start, end)
+    if cut is not None and compiled.early:
+        cut = min(cut, float(start[list(compiled.early)].min()))
+    return cut
 
 
 def busy_per_device(compute_stream: np.ndarray, start: np.ndarray, end: np.ndarray, bounds: list[int]) -> list[float]:

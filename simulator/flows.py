@@ -16,7 +16,13 @@ from .resume import resume_state
 
 
 class Flows:
-    """Active flows and their max-min fair rates."""
+    """Active flows and their max-min fair rates.
+
+    A flow loads each of its ports with its rate, or with rate x weight where it has weights
+    (``Collective.weights``: that many copies of the flow cross the port in lockstep, as the rings
+    of a collective's channels do). At equal rates that is max-min fairness among the copies, each
+    copy one flow.
+    """
 
     def __init__(self, port_capacity: dict[str, float]):
         self.capacity = port_capacity
@@ -26,6 +32,7 @@ class Flows:
         self.remaining: dict[int, float] = {}
         self.rate: dict[int, float] = {}
         self.updated: dict[int, float] = {}
+        self.weights: dict[int, tuple[float, ...]] = {}  # only the flows that have weights
 
     def component(self, seeds: list[int]) -> list[int]:
         seen = set(seeds)
@@ -39,7 +46,10 @@ class Flows:
                         stack.append(other)
         return sorted(seen)
 
-    def add(self, fid: int, nbytes: float, cap: float, ports: tuple[str, ...], now: float) -> None:
+    def add(self, fid: int, nbytes: float, cap: float, ports: tuple[str, ...], now: float,
+            weights: tuple[float, ...] | None = None) -> None:
+        if weights is not None:
+            self.weights[fid] = weights
         self.ports[fid] = ports
         self.cap[fid] = cap
         self.remaining[fid] = nbytes
@@ -57,6 +67,7 @@ class Flows:
             neighbours |= members
         for table in (self.cap, self.remaining, self.rate, self.updated):
             del table[fid]
+        self.weights.pop(fid, None)
         return sorted(neighbours)
 
     def rebalance(self, flows: list[int], now: float) -> list[int]:
@@ -64,6 +75,9 @@ class Flows:
         for f in flows:
             self.remaining[f] = max(0.0, self.remaining[f] - self.rate[f] * (now - self.updated[f]))
             self.updated[f] = now
+        weights = self.weights
+        if weights and any(f in weights for f in flows):
+            return self._weighted(flows)
         if len(flows) == 1:
             f = flows[0]
             rate = self.cap[f]
@@ -100,12 +114,49 @@ class Flows:
                     users[port] -= 1
         return flows
 
+    def weights_of(self, fid: int) -> tuple[float, ...]:
+        return self.weights.get(fid) or (1.0,) * len(self.ports[fid])
+
+    def _weighted(self, flows: list[int]) -> list[int]:
+        """Progressive filling where a flow at rate r loads port p with r x its weight there: every
+        unfrozen flow rises to the same level until a port's capacity left over the summed weights of
+        its unfrozen flows, or a flow's own cap, stops it."""
+        ports, cap, capacity = self.ports, self.cap, self.capacity
+        unfrozen = set(flows)
+        left: dict[str, float] = {}
+        load: dict[str, float] = {}   # summed weights of the port's unfrozen flows
+        users: dict[str, int] = {}    # how many there are (a float sum need not return to 0 exactly)
+        for f in flows:
+            for port, w in zip(ports[f], self.weights_of(f)):
+                if port not in left:
+                    left[port], load[port], users[port] = capacity.get(port, math.inf), 0.0, 0
+                load[port] += w
+                users[port] += 1
+        while unfrozen:
+            level = min(cap[f] for f in unfrozen)
+            share: dict[str, float] = {}
+            for port, count in users.items():
+                if count:
+                    s = share[port] = left[port] / load[port]
+                    if s < level:
+                        level = s
+            frozen = [f for f in unfrozen if cap[f] <= level or any(share[p] <= level for p in ports[f])]
+            for f in frozen:
+                self.rate[f] = level
+                unfrozen.discard(f)
+                for port, w in zip(ports[f], self.weights_of(f)):
+                    left[port] -= level * w
+                    load[port] -= w
+                    users[port] -= 1
+        return flows
+
 
 def consumer_lists(c: Compiled, done: np.ndarray | None = None
-                   ) -> tuple[list[int], list[list[tuple[int, tuple | None]]]]:
-    """Per op, how many producers it waits for, and its consumers in (consumer id, rule) order, each
-    with the transfer spec when the consumer is on another device (None: local). Ops ``done``
-    before the loop starts keep an empty consumer list: they deliver nothing any more."""
+                   ) -> tuple[list[int], dict[int, list[tuple[int, tuple | None]]]]:
+    """Per op, how many producers it waits for, and per producer its consumers in (consumer id, rule)
+    order, each with the transfer spec when the consumer is on another device (None: local). Ops
+    ``done`` before the loop starts, and ops nothing consumes, are not in the mapping: they deliver
+    nothing (any more)."""
     n = len(c.actions)
     rows, cols = np.nonzero(c.producers >= 0)  # row-major: consumer order, then rule order
     producers = c.producers[rows, cols]
@@ -114,10 +165,17 @@ def consumer_lists(c: Compiled, done: np.ndarray | None = None
         open_rows = ~done[producers]
         rows, producers = rows[open_rows], producers[open_rows]
     spec_index = np.where(producers == c.remote[rows], c.edge[rows], -1)
-    consumers: list[list[tuple[int, tuple | None]]] = [[] for _ in range(n)]
+    consumers: dict[int, list[tuple[int, tuple | None]]] = {}
     specs = c.edge_spec + [None]  # index -1 picks None
     for prod, consumer, spec in zip(producers.tolist(), rows.tolist(), spec_index.tolist()):
-        consumers[prod].append((consumer, specs[spec]))
+        listed = consumers.get(prod)
+        if listed is None:
+            consumers[prod] = [(consumer, specs[spec])]
+        else:
+            listed.append((consumer, specs[spec]))
+    for prod, buckets in c.early.items():  # delivered before the producer ends, when it starts
+        early = {o for o, _ in buckets}
+        consumers[prod] = [(o, spec) for o, spec in consumers.get(prod, ()) if o not in early]
     return pending, consumers
 
 
@@ -132,32 +190,36 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     ties first-come first-served. Pushes go in this order: deliver, maybe start the consumer's
     lane, then, after an op's consumers, start its own lane. With blocking sends
     (``Compiled.hold``) an op that sends keeps its lane until every send is delivered (a release
-    event per send).
+    event per send). A compute op with buckets among its consumers (``Compiled.early``) delivers to
+    each, when it starts, an event at its end less the bucket's lead.
     ``prefix`` = (start, end, T) from the exact pass, T the first instant two bandwidth phases
-    overlap (``passes.first_contention``): every op, transfer and release before T is taken from
+    overlap (``passes.first_contention``), or earlier, before any op with buckets starts: every op, transfer and release before T is taken from
     it as final, what is in flight at T is re-created with its own start time, and the loop runs on
     from there; the times are those of the loop from 0, up to rounding.
-    Returns (start, end, transfers as [src, dst, producer, consumer, start, end, nbytes], and the
-    TransferRecords of the transfers delivered before the cut).
+    Returns (start and end as arrays, transfers as [src, dst, producer, consumer, start, end, nbytes],
+    and the TransferRecords of the transfers delivered before the cut).
     """
     n = len(c.actions)
     op_lane, duration = c.lane.tolist(), c.duration
     state = None if prefix is None else resume_state(c, *prefix)
     done_records: list = [] if state is None else state.done_records
     pending, consumers = consumer_lists(c, None if state is None else state.ended)
-    collective = c.collective
+    collective, early = c.collective, c.early
     lanes = c.num_lanes
     ready_at = [0.0] * n
-    start = [math.nan] * n
-    end = [math.nan] * n
+    # From the cut, only the ops the loop runs get times: kept in dicts laid over the pass's arrays.
+    start: list | dict = [math.nan] * n if state is None else {}
+    end: list | dict = [math.nan] * n if state is None else {}
     pointer = c.lane_bounds[:lanes]  # lane k's next op id
     stop_at = c.lane_bounds[1:]
     lane_free = [0.0] * lanes
     running = [False] * lanes
     transfers: list[list] = []  # [src, dst, producer, consumer, start, end, nbytes]
-    heap: list[tuple[float, int, int, int]] = []  # (time, seq, 0 op end | 1 flow end | 2 lane release, id)
+    # (time, seq, 0 op end | 1 flow end | 2 lane release | 3 early delivery to a bucket, id)
+    heap: list[tuple[float, int, int, int]] = []
     blocking = c.hold is not None
-    sends = [sum(spec is not None for _, spec in cons) for cons in consumers] if blocking else None
+    sends = {o: sum(spec is not None for _, spec in cons) for o, cons in consumers.items()} if blocking else None
+    no_consumers: tuple = ()
     holding = [0] * lanes  # blocking sends still in flight that keep lane k
     seq = 0
     next_flow = 0
@@ -178,12 +240,13 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
             flow_version[f] = seq
             heappush(heap, (finish, seq, 1, f))
 
-    def start_flow(nbytes: float, bandwidth: float, ports: tuple, t: float, owner: tuple) -> None:
+    def start_flow(nbytes: float, bandwidth: float, ports: tuple, t: float, owner: tuple,
+                   weights: tuple | None = None) -> None:
         """A new flow at ``t``; alone on its ports (the common case) it is priced without a rebalance."""
         nonlocal seq, next_flow
         fid = next_flow
         next_flow += 1
-        flows.add(fid, nbytes, bandwidth, ports, t)
+        flows.add(fid, nbytes, bandwidth, ports, t, weights)
         flow_owner[fid] = owner
         for port in ports:
             if len(by_port[port]) > 1:
@@ -193,8 +256,12 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
         r = remaining[fid] = max(0.0, remaining[fid] - rates[fid] * (t - updated[fid]))
         updated[fid] = t
         rate = bandwidth
-        for port in ports:
-            rate = min(rate, capacity_of(port, inf))
+        if weights is None:
+            for port in ports:
+                rate = min(rate, capacity_of(port, inf))
+        else:
+            for port, w in zip(ports, weights):
+                rate = min(rate, capacity_of(port, inf) / w)
         rates[fid] = rate
         seq += 1
         flow_version[fid] = seq
@@ -211,11 +278,16 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
         start[o] = t0
         running[k] = True
         if collective and o in collective:
-            nbytes, latency, bandwidth, ports = collective[o]
-            start_flow(nbytes, bandwidth, ports, t0, (o, latency, -1))
+            nbytes, latency, bandwidth, ports, weights = collective[o]
+            start_flow(nbytes, bandwidth, ports, t0, (o, latency, -1), weights)
             return
         seq += 1
-        heappush(heap, (t0 + duration[o], seq, 0, o))
+        t1 = t0 + duration[o]
+        heappush(heap, (t1, seq, 0, o))
+        if early and o in early:  # buckets this op fills may start before it ends
+            for consumer, lead in early[o]:
+                seq += 1
+                heappush(heap, (t1 - lead, seq, 3, consumer))
 
     def deliver(consumer: int, arrive: float) -> None:
         """One input of ``consumer`` is there at ``arrive``; its lane may start it once all are."""
@@ -227,7 +299,7 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
             try_start(op_lane[consumer])
 
     if state is not None:
-        start[:], end[:], pointer[:], running[:] = state.start, state.end, state.pointer, state.running
+        pointer[:], running[:] = state.pointer, state.running
         lane_free[:], holding[:] = state.lane_free, state.holding
         transfers.extend(state.transfers)
         for o, (count, latest) in state.delivered.items():
@@ -239,15 +311,15 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
             heappush(heap, (t, seq, 0, o))
         # Flows in flight at the cut had their ports to themselves: re-created from their own start,
         # earliest first (a flow added later advances the ones already there to its start).
-        recreate = [(start[o], 0, o, -1) for o in state.collective_flows]
+        recreate = [(float(state.start[o]), 0, o, -1) for o in state.collective_flows]
         recreate += [(transfers[i][4], 1, e, i) for i, e in state.transfer_flows]
         for t, is_transfer, ident, i in sorted(recreate):
             if is_transfer:
                 _, _, nbytes, latency, bandwidth, ports = c.edge_spec[ident]
                 start_flow(nbytes, bandwidth, ports, t, (transfers[i][3], latency, i))
             else:
-                nbytes, latency, bandwidth, ports = collective[ident]
-                start_flow(nbytes, bandwidth, ports, t, (ident, latency, -1))
+                nbytes, latency, bandwidth, ports, weights = collective[ident]
+                start_flow(nbytes, bandwidth, ports, t, (ident, latency, -1), weights)
         for t, k in state.releases:
             seq += 1
             heappush(heap, (t, seq, 2, k))
@@ -258,13 +330,13 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
         if kind == 0:
             end[ident] = t
             k = op_lane[ident]
-            if blocking and sends[ident]:
+            if blocking and sends.get(ident):
                 holding[k] = sends[ident]  # released as the sends are delivered
             else:
                 running[k] = False
                 lane_free[k] = t
             pointer[k] += 1
-            for consumer, spec in consumers[ident]:
+            for consumer, spec in consumers.get(ident, no_consumers):
                 if spec is not None:
                     src, dst, nbytes, latency, bandwidth, ports = spec
                     if not (nbytes <= 0 or (isinf(bandwidth) and not ports)):
@@ -305,10 +377,19 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
                     heappush(heap, (t + latency, seq, 2, op_lane[transfers[transfer][2]]))
             if neighbours:
                 reschedule(flows.component(neighbours), t)
-        else:
+        elif kind == 2:
             holding[ident] -= 1
             if not holding[ident]:
                 running[ident] = False
                 lane_free[ident] = t
                 try_start(ident)
-    return start, end, transfers, done_records
+        else:
+            deliver(ident, t)  # a bucket's gradients are complete before their producer ends
+    if state is None:
+        return np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64), transfers, done_records
+    start_arr, end_arr = state.start, state.end
+    if start:
+        start_arr[list(start)] = list(start.values())
+    if end:
+        end_arr[list(end)] = list(end.values())
+    return start_arr, end_arr, transfers, done_records

@@ -9,8 +9,8 @@ optimizer step stands between them:
   device 0 starts the next iteration's forwards while the last devices still drain the previous
   one. ``repeat_schedule`` writes K iterations as one schedule: copy k's micro-batches are numbered
   k·m .. k·m + m-1 and each device runs copy k's list after copy k-1's, so a stage's forwards of
-  iteration k+1 come after its own weight passes of iteration k (its local step, here free) and
-  nothing else waits. In steady state an iteration takes the schedule's longest device span (the
+  iteration k+1 come after its own weight passes of iteration k (its local step, here free: a
+  schedule's ``OPTIMIZER`` actions are left out) and nothing else waits. In steady state an iteration takes the schedule's longest device span (the
   paper's "cost") when the devices' spans interlock, longer when they do not.
 * **with synchronisation** (a global gradient-norm / inf-NaN all-reduce before the step, as in
   Megatron), iteration k+1 starts when every op of iteration k has ended. Nothing crosses that
@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from .engine import SimResult, simulate
 from .ir import Action, Schedule, ScheduleError, make_schedule
-from .kinds import COMPUTE_KINDS
+from .kinds import COMPUTE_KINDS, OPTIMIZER
 from .workload import Workload
 
 
@@ -35,12 +35,13 @@ def repeat_schedule(schedule: Schedule, iterations: int) -> Schedule:
 
     Iteration k's actions are the schedule's with micro-batch ids offset by k·m; every device runs
     its iterations one after another. Only per-micro-batch actions (F, B, I, W) repeat: the IR holds a
-    per-stage action (REDUCE_GRAD, OPTIMIZER, ...) once per stage, so such schedules are refused, and so
-    are recurrent ones (their micro-batch ids are passes of streams; run more passes instead).
+    per-stage action once per stage. The local optimizer steps (``OPTIMIZER``) are left out, free as
+    the module docstring says; a schedule with other per-stage actions (REDUCE_GRAD, ...) is refused, and
+    so is a recurrent one (its micro-batch ids are passes of streams; run more passes instead).
     """
     if iterations < 1:
         raise ScheduleError(f"iterations must be at least 1 (got {iterations})")
-    per_stage = sorted(schedule.kinds_present - set(COMPUTE_KINDS))
+    per_stage = sorted(schedule.kinds_present - set(COMPUTE_KINDS) - {OPTIMIZER})
     if per_stage:
         raise ScheduleError(
             f"iterations: only schedules of F, B, I and W repeat back to back; this one has "
@@ -52,7 +53,8 @@ def repeat_schedule(schedule: Schedule, iterations: int) -> Schedule:
                             "not repeat as iterations; give its streams more passes instead")
     m = schedule.num_microbatches
     device_actions = [
-        [Action(a.stage, a.kind, a.microbatch + k * m) for k in range(iterations) for a in acts]
+        [Action(a.stage, a.kind, a.microbatch + k * m) for k in range(iterations) for a in acts
+         if a.kind != OPTIMIZER]
         for acts in schedule.device_actions
     ]
     return make_schedule(device_actions, schedule.stage_to_device, m * iterations, schedule.name, schedule.chunks,

@@ -179,12 +179,53 @@ def _sorted_within_devices(device: np.ndarray, *keys: np.ndarray) -> bool:
     return bool(np.all(ahead | tied | ~same))
 
 
-def _run_positions(device: np.ndarray, start: np.ndarray, end: np.ndarray, bounds: Sequence[int]) -> np.ndarray:
+def _merged_order(device: np.ndarray, primary: np.ndarray, secondary: np.ndarray, bounds: Sequence[int],
+                  splits: Sequence[int] | None) -> np.ndarray:
+    """The stable lexsort by (device, primary, secondary) of ids, ties in id order.
+
+    With ``splits`` (device d's ids bounds[d]:splits[d] and splits[d]:bounds[d + 1] each a run already
+    in order, as the ops of a device's compute and communication streams are) the two runs are merged
+    by binary search instead: each op of the second run goes after every op of the first that is not
+    after it, so ties keep id order as the sort does. Without, or when a run is out of order, lexsort.
+    """
+    if splits is None or not (_sorted_within_devices(device, primary, secondary)
+                              or _runs_sorted(primary, secondary, bounds, splits)):
+        return np.lexsort((secondary, primary, device))
+    order = np.arange(len(device), dtype=np.int64)
+    for d in range(len(bounds) - 1):
+        a, b, c = bounds[d], splits[d], bounds[d + 1]
+        if a == b or b == c:
+            continue
+        p1, s1, p2, s2 = primary[a:b], secondary[a:b], primary[b:c], secondary[b:c]
+        lo, hi = np.searchsorted(p1, p2, "left"), np.searchsorted(p1, p2, "right")
+        at = hi.copy()  # how many ops of the first run come before each op of the second
+        for k in np.nonzero(hi > lo)[0].tolist():  # equal primaries: the secondaries decide, then the id
+            at[k] = lo[k] + np.searchsorted(s1[lo[k]:hi[k]], s2[k], "right")
+        merged = np.empty(c - a, dtype=np.int64)
+        merged[at + np.arange(c - b)] = np.arange(b, c)
+        first = np.ones(c - a, dtype=bool)
+        first[at + np.arange(c - b)] = False
+        merged[first] = np.arange(a, b)
+        order[a:c] = merged
+    return order
+
+
+def _runs_sorted(primary: np.ndarray, secondary: np.ndarray, bounds: Sequence[int], splits: Sequence[int]) -> bool:
+    """Whether each device's two runs (see ``_merged_order``) are each in (primary, secondary) order."""
+    run = np.zeros(len(primary), dtype=np.int64)
+    starts = np.asarray([x for pair in zip(bounds[:-1], splits) for x in pair], dtype=np.int64)
+    starts = starts[starts < len(primary)]
+    np.add.at(run, starts, 1)
+    return _sorted_within_devices(np.cumsum(run), primary, secondary)
+
+
+def _run_positions(device: np.ndarray, start: np.ndarray, end: np.ndarray, bounds: Sequence[int],
+                   splits: Sequence[int] | None = None) -> np.ndarray:
     """Each op's index in its device's run order (sorted by (start, end), ties in id order)."""
     base = np.asarray(bounds[:-1], dtype=np.int64)
     if _sorted_within_devices(device, start, end):
         return np.arange(len(device), dtype=np.int64) - base[device]
-    order = np.lexsort((end, start, device))
+    order = _merged_order(device, start, end, bounds, splits)
     position = np.empty(len(order), dtype=np.int64)
     position[order] = np.arange(len(order), dtype=np.int64) - base[device[order]]
     return position
@@ -193,15 +234,16 @@ def _run_positions(device: np.ndarray, start: np.ndarray, end: np.ndarray, bound
 def memory_curves_columns(
     device: np.ndarray, cost: np.ndarray, kind: np.ndarray, start: np.ndarray, end: np.ndarray,
     bounds: Sequence[int], costs: Sequence[StageCost], static_bytes: Sequence[float],
-    rules: Sequence[KindRule] = BY_CODE, delivered: np.ndarray | None = None,
+    rules: Sequence[KindRule] = BY_CODE, delivered: np.ndarray | None = None, splits: Sequence[int] | None = None,
 ) -> tuple[list[tuple[list[float], list[float]]], list[int]]:
     """(memory_curves, peak_live_microbatches) of the ops given as columns; device d owns ids bounds[d]:bounds[d+1].
 
     ``cost[o]`` is op o's row of ``costs`` (``Workload.cost_table``), ``rules`` the kind rules by code
     (``kinds.rules_for``); a rule's ``release`` happens at ``delivered[o]`` (needed when any rule has one),
-    ordered as the op's end.
+    ordered as the op's end. Given ``splits``, device d runs ids bounds[d]:splits[d] and
+    splits[d]:bounds[d+1] each in order (its streams), which the ordering uses.
     """
-    key = 2 * _run_positions(device, start, end, bounds)
+    key = 2 * _run_positions(device, start, end, bounds, splits)
     at_start = np.array([rule.memory_at == START for rule in rules])[kind]
     key += ~at_start
     when = np.where(at_start, start, end)
@@ -227,7 +269,9 @@ def memory_curves_columns(
     if event_device is device and _sorted_within_devices(device, when, key):  # releases come after every device's ops
         order = np.arange(len(event_device))
     else:
-        order = np.lexsort((key, when, event_device))
+        # Release events follow every device's ops in the columns, so only without them do the streams' runs hold.
+        order = (_merged_order(device, when, key, bounds, splits) if event_device is device
+                 else np.lexsort((key, when, event_device)))
         when, change = when[order], change[order]
     # Integer byte counts stay integers in memory_curves (int + int); keep that, adding the
     # Python values one by one, when any count or static size is not a float.

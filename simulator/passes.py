@@ -17,7 +17,10 @@ from .timeline import TransferRecord
 
 
 def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict[int, list[tuple[int, float]]]]:
-    """Per op its one wait (producer, delay), -2 where it has several (listed in the dict), -1 none."""
+    """Per op its one wait (producer, delay), -2 where it has several (listed in the dict), -1 none.
+
+    A delay is what the consumer waits after its producer ends: a transfer's time, 0, or minus a
+    bucket's lead (``Compiled.early``)."""
     delay_arr = c.edge_wait[c.edge]  # edge -1 (no remote producer) picks the trailing 0.0
     first, delay = c.remote.tolist(), delay_arr.tolist()
     if not c.waits:
@@ -25,12 +28,12 @@ def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict
     several: dict[int, list[tuple[int, float]]] = {}
     for o, waits in c.waits.items():
         if len(waits) == 1:
-            first[o], delay[o] = waits[0][0], (waits[0][1] if waits[0][1] > 0 else 0.0)
+            first[o], delay[o] = waits[0]
         else:
             first[o] = -2 if waits else -1
             delay[o] = 0.0
             if waits:
-                several[o] = [(prod, dl if dl > 0 else 0.0) for prod, dl in waits]
+                several[o] = waits
     return first, delay, np.asarray(delay, dtype=np.float64), several
 
 
@@ -153,7 +156,7 @@ def port_uses(c: Compiled, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarr
     else:
         port_arr = np.zeros(0, dtype=np.int64)
         t0_arr = length_arr = np.zeros(0)
-    for o, (nbytes, latency, bandwidth, ports) in c.collective.items():
+    for o, (nbytes, latency, bandwidth, ports, weights) in c.collective.items():
         for name in ports:
             t0.append(start[o])
             length.append(c.duration[o] - latency)
@@ -176,8 +179,11 @@ def first_contention(c: Compiled, start: np.ndarray, end: np.ndarray) -> float |
     t1 = t0 + length
     span = float(t1.max() - t0.min()) + 1.0
     offset = port.astype(float) * (2.0 * span) - float(t0.min())
-    order = np.lexsort((t0 + offset, offset))
-    shifted_start, shifted_end = (t0 + offset)[order], (t1 + offset)[order]
+    # Sorting by (offset, t0 + offset) is sorting by t0 + offset alone: a port's shifted times lie
+    # below the next port's (2 x span apart), and ties keep index order in both stable sorts.
+    shifted = t0 + offset
+    order = np.argsort(shifted, kind="stable")
+    shifted_start, shifted_end = shifted[order], (t1 + offset)[order]
     latest_end = np.maximum.accumulate(shifted_end)
     overlapping = shifted_start[1:] < latest_end[:-1]
     if not bool(overlapping.any()):

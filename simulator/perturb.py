@@ -19,9 +19,9 @@ from dataclasses import replace
 import numpy as np
 
 from .compile import Compiled, _send_hold
-from .engine import busy_per_device
+from .engine import busy_per_device, event_loop_cut
 from .flows import event_loop
-from .passes import first_contention, uncontended_times
+from .passes import uncontended_times
 
 
 def rescaled(c: Compiled, op_factor: np.ndarray, transfer_factor: np.ndarray) -> Compiled:
@@ -38,8 +38,8 @@ def rescaled(c: Compiled, op_factor: np.ndarray, transfer_factor: np.ndarray) ->
         if not bool(np.all(np.isfinite(factor) & (factor >= 0))):
             raise ValueError(f"{name}: factors must be finite and >= 0")
     duration = (np.asarray(c.duration, dtype=np.float64) * op_factor).tolist()
-    collective = {o: (nbytes * op_factor[o], latency * op_factor[o], bandwidth, ports)
-                  for o, (nbytes, latency, bandwidth, ports) in c.collective.items()}
+    collective = {o: (nbytes * op_factor[o], latency * op_factor[o], *rest)
+                  for o, (nbytes, latency, *rest) in c.collective.items()}
     consumers = np.nonzero(c.remote >= 0)[0]
     shared = c.edge[consumers]
     stretch = transfer_factor[consumers]
@@ -72,10 +72,9 @@ def makespan_and_busy(c: Compiled, port_capacity: dict[str, float]) -> tuple[flo
     if times is None:
         raise ValueError("the rescaled workload deadlocks; rescale one that simulates")
     start, end = times
-    cut = first_contention(c, start, end)
+    cut = event_loop_cut(c, start, end)
     if cut is not None:
-        s, e, _, _ = event_loop(c, port_capacity, (start, end, cut))
-        start, end = np.asarray(s, dtype=np.float64), np.asarray(e, dtype=np.float64)
+        start, end, _, _ = event_loop(c, port_capacity, (start, end, cut))
     total = float(end.max() - start.min())
     if not math.isfinite(total):
         raise ValueError("the rescaled workload did not finish every op")

@@ -23,8 +23,8 @@ class Resume:
     """The loop's lists at the cut, plus what it must re-create there (in time order)."""
 
     ended: np.ndarray                         # per op: it ended before the cut (delivers nothing any more)
-    start: list[float]
-    end: list[float]
+    start: np.ndarray                         # the pass's start where the op started before the cut, else nan
+    end: np.ndarray                           # the pass's end where the op ended before the cut, else nan
     pointer: list[int]
     running: list[bool]
     lane_free: list[float]
@@ -44,8 +44,8 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
     ended = started & (end < cut)
     lane_lo = np.asarray(c.lane_bounds[:-1], dtype=np.int64)
     pointer = (lane_lo + np.bincount(c.lane[started], minlength=lanes)).tolist()
-    start_list = np.where(started, start, np.nan).tolist()
-    end_list = np.where(ended, end, np.nan).tolist()
+    start_kept = np.where(started, start, np.nan)
+    end_kept = np.where(ended, end, np.nan)
 
     # Transfers whose producer ended before the cut: delivered, or a flow still moving bytes.
     consumers = np.nonzero(c.remote >= 0)[0]
@@ -63,7 +63,8 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
                                        edges[flying].tolist(), t0[flying].tolist())]
     transfer_flows = list(enumerate(edges[flying].tolist()))
     done_records = transfer_records(c, end, consumers[~in_flight])
-    arrived_at = dict(zip(consumers[~in_flight].tolist(), arrival[~in_flight].tolist()))
+    waiting = ~in_flight & ~started[consumers]  # delivered to an op that has not started: it still counts
+    arrived_at = dict(zip(consumers[waiting].tolist(), arrival[waiting].tolist()))
 
     # Inputs delivered to the ops that have not started: local producers that ended, transfers done.
     delivered: dict[int, tuple[int, float]] = {}
@@ -77,7 +78,7 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
                     continue
                 t = arrived_at[o]
             else:
-                t = end_list[prod]
+                t = float(end[prod])
             count += 1
             latest = t if t > latest else latest
         if count:
@@ -104,7 +105,7 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
             else:
                 op_ends.append((float(end[last]), last))
             continue
-        lane_free[k] = end_list[last]
+        lane_free[k] = float(end[last])
         for a in sends_in_flight.get(last, ()):
             if a >= cut:
                 holding[k] += 1
@@ -115,6 +116,6 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
         running[k] = holding[k] > 0
     op_ends.sort()
     releases.sort()
-    return Resume(ended, start_list, end_list, pointer, running, lane_free, holding, delivered, done_records, transfers, op_ends,
+    return Resume(ended, start_kept, end_kept, pointer, running, lane_free, holding, delivered, done_records, transfers, op_ends,
                   collective_flows, transfer_flows, releases)
 

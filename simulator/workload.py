@@ -86,22 +86,71 @@ class Link:
 
 
 @dataclass(frozen=True)
+class Bucket:
+    """One piece of a bucketed collective: ``share`` of its bytes, ready once its local producer is
+    ``ready`` of the way through (0: at the producer's start, 1: at its end)."""
+
+    share: float
+    ready: float = 1.0
+
+
+@dataclass(frozen=True)
 class Collective:
     """A stage's group operation (``kind`` REDUCE_GRAD or UNSHARD) as one member device sees it.
 
     ``nbytes`` cross each member's ports (for a ring all-reduce of S bytes over n ranks,
     2(n-1)/n·S); ``path.latency`` is the fixed part (2(n-1)·α for that ring), ``path.bandwidth``
     the per-member rate limit and ``path.ports`` every port on the group's route, of every member.
-    Alone it takes ``path.seconds(nbytes)``; overlapping transfers share those ports max-min fairly.
+    ``weights[i]``, when given, is the bytes port ``path.ports[i]`` carries per byte of ``nbytes``
+    (several rings side by side each put a share of the bytes on their own ports); empty: 1 on
+    every port. Alone it takes ``seconds``: latency + nbytes / the least of its cap and each port's
+    capacity / weight; overlapping transfers share those ports max-min fairly, each flow loading a
+    port with its rate x weight.
+
+    ``buckets``, when given, split it into pieces that run one after another on the communication
+    stream, each paying the whole latency: piece i moves ``buckets[i].share`` of the bytes and may start
+    once its local producer on the compute stream is ``buckets[i].ready`` of the way through (gradient
+    buckets reduced while the backward that fills them still runs); the shares add up to 1.
     The workload's builder prices it (the simulator knows no formula for any collective).
     """
 
     kind: str
     nbytes: float
     path: Link
+    weights: tuple[float, ...] = ()
+    buckets: tuple[Bucket, ...] = ()
 
-    def seconds(self, port_capacity: dict[str, float]) -> float:
-        return self.path.seconds(self.nbytes, port_capacity)
+    def __post_init__(self) -> None:
+        if self.weights and (len(self.weights) != len(self.path.ports)
+                             or not all(w > 0 and math.isfinite(w) for w in self.weights)):
+            raise ScheduleError(f"collective {self.kind}: give one finite weight > 0 per port "
+                                f"({len(self.path.ports)}), got {self.weights!r}")
+        if self.buckets:
+            if not all(b.share > 0 and 0 <= b.ready <= 1 for b in self.buckets):
+                raise ScheduleError(f"collective {self.kind}: a bucket's share must be > 0 and its ready "
+                                    f"fraction in [0, 1] (got {self.buckets!r})")
+            if abs(sum(b.share for b in self.buckets) - 1.0) > 1e-9:
+                raise ScheduleError(f"collective {self.kind}: bucket shares must add up to 1 "
+                                    f"(got {sum(b.share for b in self.buckets)!r})")
+
+    def rate(self, port_capacity: dict[str, float]) -> float:
+        """Bytes of ``nbytes`` per second alone: its cap and every port's capacity over its weight."""
+        if not self.weights:
+            return self.path.rate(port_capacity)
+        rate = self.path.bandwidth
+        for port, weight in zip(self.path.ports, self.weights):
+            rate = min(rate, port_capacity.get(port, math.inf) / weight)
+        return rate
+
+    def seconds(self, port_capacity: dict[str, float], share: float = 1.0) -> float:
+        """``share`` of its bytes alone: latency + share x nbytes / ``rate`` (the latency alone without bytes or limit)."""
+        if not self.weights:
+            return self.path.seconds(self.nbytes * share if share != 1.0 else self.nbytes, port_capacity)
+        rate = self.rate(port_capacity)
+        nbytes = self.nbytes * share
+        if nbytes <= 0 or math.isinf(rate):
+            return self.path.latency
+        return self.path.latency + nbytes / rate
 
 
 class LinkTable:

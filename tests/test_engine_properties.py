@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from simulator import (Action, Collective, Link, Network, ScheduleError, StageCost, Workload, build_schedule,
+from simulator import (Action, Bucket, Collective, Link, Network, ScheduleError, StageCost, Workload, build_schedule,
                        check_schedule, simulate)
 from simulator.compile import compile_workload
 from simulator.deps import ActionIndex, producers_by_rule, schedule_dependencies
@@ -110,13 +110,20 @@ def with_communication(draw):
                                           ("UNSHARD", "REDUCE_GRAD", "RESHARD")])):
             rows[device].insert(draw(st.integers(0, len(rows[device]))), Action(stage, kind, None))
     ports = sorted(base.network.port_capacity)
-    stages = tuple(
-        replace(cost, gathered_bytes=draw(st.floats(0, 50)), collectives=tuple(
-            Collective(kind, draw(st.floats(0, 1e6)),
-                       Link(draw(st.floats(0, 0.5)), draw(st.floats(1e5, 1e7)),
-                            tuple(draw(st.lists(st.sampled_from(ports), max_size=3, unique=True)))))
-            for kind in ("REDUCE_GRAD", "UNSHARD")))
-        for cost in base.stages)
+
+    def collective(kind):
+        path = Link(draw(st.floats(0, 0.5)), draw(st.floats(1e5, 1e7)),
+                    tuple(draw(st.lists(st.sampled_from(ports), max_size=3, unique=True))))
+        weights = tuple(draw(st.floats(0.1, 4.0)) for _ in path.ports) if draw(st.booleans()) else ()
+        buckets = ()
+        if kind == "REDUCE_GRAD" and draw(st.booleans()):  # gradient buckets filled during the last backward
+            readies = sorted(draw(st.lists(st.floats(0, 1), min_size=1, max_size=3)))
+            buckets = tuple(Bucket(1 / len(readies), r) for r in readies[:-1]) + (Bucket(1 / len(readies), 1.0),)
+        return Collective(kind, draw(st.floats(0, 1e6)), path, weights, buckets)
+
+    stages = tuple(replace(cost, gathered_bytes=draw(st.floats(0, 50)),
+                           collectives=tuple(collective(kind) for kind in ("REDUCE_GRAD", "UNSHARD")))
+                   for cost in base.stages)
     schedule = make_schedule(rows, schedule.stage_to_device, schedule.num_microbatches, schedule.name,
                              schedule.chunks)
     return Workload(schedule, stages, base.network, base.static_bytes, blocking_sends=draw(st.booleans()))
@@ -164,8 +171,11 @@ def _assert_matches_the_oracle(workload):
     times, _ = oracle_times(workload)
     for force in (False, True):
         result = simulate(workload, force_event_loop=force)
+        seen = defaultdict(int)  # a bucketed action's ops come in bucket order
         for op in result.timeline.ops:
-            start, end = times[op.action]
+            key = op.action if op.action in times else (op.action, seen[op.action])
+            seen[op.action] += 1
+            start, end = times[key]
             assert abs(op.start - start) <= 1e-9 * max(1.0, abs(start)), op
             assert abs(op.end - end) <= 1e-9 * max(1.0, abs(end)), op
         for d, (_, levels) in enumerate(result.memory):

@@ -115,3 +115,42 @@ def test_memory_columns_match_memory_replay_on_any_order():
             np.array([o.end for o in ops]), bounds, w.stages, static)
         assert json.dumps(curves) == json.dumps(memory_curves(timeline, w.stages, static))
         assert live == peak_live_microbatches(timeline)
+
+
+def test_memory_columns_merge_two_ordered_streams_as_the_replay_sorts_them():
+    """Each device's ops as two runs each in time order (its compute and communication streams, as the
+    engine lays them out): the merge by binary search orders them as memory_curves' sort does, ties
+    (integer times, zero-length ops) included."""
+    import random
+
+    import numpy as np
+
+    from simulator import OpRecord, Timeline
+    from simulator.kinds import KINDS
+    from simulator.memory import memory_curves, memory_curves_columns, peak_live_microbatches
+
+    rng = random.Random(11)
+    w = workload("zb-v", 3, 6, 2, 5, "ports")
+    code = {name: rule.code for name, rule in KINDS.items()}
+    for trial in range(30):
+        ops, bounds, splits = [], [0], []
+        for d, acts in enumerate(w.schedule.device_actions):
+            cut = rng.randint(0, len(acts))
+            for run in (acts[:cut], acts[cut:]):
+                t = 0.0
+                for a in run:
+                    t += float(rng.randint(0, 2)) if trial % 2 else rng.uniform(0, 1)
+                    length = rng.choice([0.0, 1.0]) if trial % 2 else rng.uniform(0, 2)
+                    ops.append(OpRecord(d, a, t, t + length))
+                    t += length
+                if run is acts[:cut]:
+                    splits.append(len(ops))
+            bounds.append(len(ops))
+        static = [rng.uniform(0, 9) for _ in range(w.schedule.num_devices)]
+        curves, live = memory_curves_columns(
+            np.array([o.device for o in ops]), np.array([o.action.stage for o in ops]),
+            np.array([code[o.action.kind] for o in ops]), np.array([o.start for o in ops]),
+            np.array([o.end for o in ops]), bounds, w.stages, static, splits=splits)
+        timeline = Timeline(w.schedule.num_devices, ops)
+        assert json.dumps(curves) == json.dumps(memory_curves(timeline, w.stages, static))
+        assert live == peak_live_microbatches(timeline)

@@ -76,8 +76,10 @@ def test_no_simulated_plan_beats_its_layouts_floors(name):
 
 @pytest.mark.parametrize("model, tp, pp, dp", [("llama3-70b", 8, 4, 2), ("llama3-8b", 2, 4, 1), ("gpt2-xl", 1, 4, 2)])
 def test_sequence_parallelism_and_the_distributed_optimizer_never_cost_time_or_memory(model, tp, pp, dp):
-    """Why the search turns them on when left open: the same plan with either switched on simulates no
-    slower and peaks no higher (the switches exist only where tp > 1 and dp > 1)."""
+    """Why the search turns them on when left open: the same plan with either switched on peaks no
+    higher, and simulates no slower, except that the distributed optimizer's parameter all-gather after
+    the step is exposed while the gradient reduction it replaces hides behind the backward (Megatron's
+    buckets, stage 0): it costs at most that gather (the switches exist only where tp > 1 and dp > 1)."""
     spec = pipeplan.load_model(model)
     results = {}
     for sp in ((False, True) if tp > 1 else (False,)):
@@ -86,11 +88,12 @@ def test_sequence_parallelism_and_the_distributed_optimizer_never_cost_time_or_m
                         layers_per_stage=even_split(spec.num_pipeline_layers, pp), recompute=("full",) * pp, tp=tp,
                         dp=dp, sequence_parallel=sp, distributed_optimizer=do)
             r = pipeplan.simulate(plan=plan)
-            results[sp, do] = (r.iteration_time, max(r.peak_memory))
-    for (sp, do), (time, peak) in results.items():
-        for (sp2, do2), (time2, peak2) in results.items():
+            gather = max((o.end - o.start for o in r.timeline.ops if o.action.kind == "GATHER_PARAMS"), default=0.0)
+            results[sp, do] = (r.iteration_time, max(r.peak_memory), gather)
+    for (sp, do), (time, peak, _) in results.items():
+        for (sp2, do2), (time2, peak2, gather2) in results.items():
             if sp2 >= sp and do2 >= do:  # more switched on
-                assert time2 <= time * (1 + 1e-12) and peak2 <= peak * (1 + 1e-12)
+                assert time2 <= (time + (gather2 if do2 > do else 0.0)) * (1 + 1e-12) and peak2 <= peak * (1 + 1e-12)
 
 
 def _without_timing(data):

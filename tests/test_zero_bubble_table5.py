@@ -92,9 +92,12 @@ def test_repeat_schedule_offsets_microbatches_and_keeps_device_order():
         assert [(a.stage, a.kind, a.microbatch - 4) for a in again[len(acts):]] == [tuple(a) for a in acts]
 
 
-def test_repeat_schedule_refuses_per_stage_actions():
+def test_repeat_schedule_leaves_local_steps_out_and_refuses_reductions():
     from simulator.ir import Action, ScheduleError, make_schedule
 
-    schedule = make_schedule([[Action(0, "F", 0), Action(0, "B", 0), Action(0, "OPTIMIZER", None)]], [0], 1, "one")
-    with pytest.raises(ScheduleError, match="OPTIMIZER"):
-        repeat_schedule(schedule, 2)
+    step = make_schedule([[Action(0, "F", 0), Action(0, "B", 0), Action(0, "OPTIMIZER", None)]], [0], 1, "one")
+    assert [str(a) for a in repeat_schedule(step, 2).device_actions[0]] == ["0F0", "0B0", "0F1", "0B1"]
+    reduce = make_schedule([[Action(0, "F", 0), Action(0, "B", 0), Action(0, "REDUCE_GRAD", None),
+                             Action(0, "OPTIMIZER", None)]], [0], 1, "one")
+    with pytest.raises(ScheduleError, match="REDUCE_GRAD"):
+        repeat_schedule(reduce, 2)

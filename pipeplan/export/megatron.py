@@ -15,7 +15,8 @@ interleaved 1F1B (``..._with_interleaving``: micro-batches in groups of
 interleaved uses groups of m // max(1, m // p), the same order). Recomputation is one setting for every
 stage (``--recompute-granularity full|selective``, ``--recompute-method uniform|block``,
 ``--recompute-num-layers N``): ``uniform`` with N = 1 keeps every layer's input, as pipeplan's full
-recomputation does; ``block`` recomputes the first N layers of every stage.
+recomputation does; ``block`` recomputes the first N layers of every stage. A plan that reduces
+gradients while the backward runs (``overlap_grad_reduce``, with dp > 1) gets ``--overlap-grad-reduce``.
 """
 from __future__ import annotations
 
@@ -145,6 +146,8 @@ def export_megatron(resolved: Resolved, options: ExportOptions) -> Export:
         args.append(("--sequence-parallel",))
     if plan.distributed_optimizer:
         args.append(("--use-distributed-optimizer",))
+    if plan.dp > 1 and plan.overlap_grad_reduce:
+        args.append(("--overlap-grad-reduce",))
     args += recompute
     notes = [f"launch on tp x pp x dp = {plan.tp} x {plan.pp} x {plan.dp} = {plan.num_gpus} GPUs; Megatron derives "
              f"dp = {plan.dp} from the world size"] + notes
@@ -154,5 +157,9 @@ def export_megatron(resolved: Resolved, options: ExportOptions) -> Export:
     elif plan.pp > 1 and not plan.blocking_p2p:
         notes.append("Megatron's 1F1B waits for each point-to-point exchange, the plan let sends overlap compute; "
                      "set \"blocking_p2p\": true in the plan for `pipeplan simulate` to predict Megatron's run")
+    if plan.scatter_gather_p2p:
+        notes.append("the plan scatters pipeline messages over the tensor ranks, as Megatron-LM of 2021 did by "
+                     "default (--no-scatter-gather-tensors-in-pipeline turned it off); current Megatron-LM has no "
+                     "such option")
     notes.append("model-shape flags (--hidden-size, --num-attention-heads, --ffn-hidden-size, ...) are not written")
     return Export("megatron", shell_arguments(args), notes=tuple(notes))

@@ -25,6 +25,7 @@ from simulator.timeline import Timeline, bubble_fraction, busy_time, iteration_t
 
 from ..api import PlanResult, simulate
 from ..bands import LEVEL, affordable_samples, plan_band
+from ..dataparallel import DataParallelOptions
 from ..documents import check_report
 from ..errors import SpecError
 from ..fileio import load_mapping, write_json_atomic
@@ -78,9 +79,14 @@ def errors(prediction: dict[str, Any], measured: dict[str, Any]) -> dict[str, fl
 
 
 def predict(plan: Plan, base_dir: str | Path, profile: Profile) -> tuple[PlanResult, PlanResult]:
-    """The (calibrated, a-priori) simulations of ``plan``, with the current simulator."""
-    calibrated = simulate(plan=plan, base_dir=base_dir, profile=profile)
-    apriori = simulate(plan=plan, base_dir=base_dir)
+    """The (calibrated, a-priori) simulations of ``plan``, with the current simulator.
+
+    The validator's measured iteration ends with its last backward (it runs its optimizer step
+    untimed, afterwards), so the predictions leave the optimizer step out too.
+    """
+    untimed_step = DataParallelOptions(optimizer_step=False)
+    calibrated = simulate(plan=plan, base_dir=base_dir, profile=profile, dp_options=untimed_step)
+    apriori = simulate(plan=plan, base_dir=base_dir, dp_options=untimed_step)
     for result, label in ((calibrated, "predicted (calibrated)"), (apriori, "a priori")):
         result.timeline.meta["source"] = label
     return calibrated, apriori
