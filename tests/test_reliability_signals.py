@@ -249,15 +249,16 @@ def test_a_child_whose_parent_died_before_it_armed_the_parent_death_signal_exits
 def test_a_rank_whose_torchrun_is_not_the_launchers_child_exits_before_anything(tmp_path, launcher, runs):
     """A rank's parent (torchrun) must be the launcher's child once the rank has armed its signal. Here the
     rank's parent is this test: given this test's parent as the launcher the rank goes on (and leaves its
-    pid note; it then fails, not started by torchrun), given this test it exits at once."""
+    pid note; it then refuses to run as one rank of a 2-device plan), given this test it exits at once."""
     pid = os.getppid() if runs else os.getpid()
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "PIPEPLAN_LAUNCHER_PID": str(pid)}
     out = subprocess.run([sys.executable, "-m", "validator", str(PLAN), "--run-dir", str(tmp_path)],
                          capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 1
-    if runs:
-        assert (tmp_path / "rank0.pid").is_file() and "rank 0 failed" in out.stderr
+    if runs:  # it refuses its input in one line, exit 2, as the CLI does: a lone rank is not a 2-device run
+        assert out.returncode == 2 and (tmp_path / "rank0.pid").is_file()
+        assert out.stderr.count("\n") == 1 and "torchrun started 1 ranks" in out.stderr
     else:
+        assert out.returncode == 1
         assert out.stderr == "" and list(tmp_path.iterdir()) == []  # not even its pid note
 
 
