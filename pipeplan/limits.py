@@ -55,6 +55,10 @@ LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
     # 0.8 GB. At the default a saved timeline stays under the input limit, so it can be drawn again.
     Limit("output_ops", 250_000, "PIPEPLAN_MAX_OUTPUT_OPS", "ops",
           "ops drawn or written by --gantt, --memory-plot, --trace and --timeline"),
+    # ``optimize --inference`` may simulate every candidate (its bounds usually spare most): the sum of their
+    # runs' ops bounds its time, at 3-8 us per op about a minute or two at the default.
+    Limit("serving_ops", 20_000_000, "PIPEPLAN_MAX_SERVING_OPS", "ops",
+          "ops of all the candidates of `optimize --inference` together (passes x stages of each run)"),
 )}
 
 
