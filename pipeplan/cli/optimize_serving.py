@@ -1,0 +1,271 @@
+"""``pipeplan optimize --inference``: the serving plan for B requests on the GPUs given (``inference.planner``).
+
+The request flags are ``simulate --inference``'s (``--prompt-len``, ``--output-len``, or ``--mix`` read
+by ``requests.parse_mix``); ``--batch`` is how many requests are served in all (split over the
+replicas), ``--microbatch-sizes`` restricts the requests per micro-batch. Every training-only flag given is refused, naming itself, before any work.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import SpecError
+from .argtypes import bounded_count, seconds
+from .output import fmt_bytes, fmt_time, print_json, table
+
+# Flags of the training search that mean nothing here (each refused by name when given).
+TRAINING_ONLY = ("--global-batch", "--seq-len", "--schedules", "--compare-config", "--jobs", "--profile", "--target",
+                 "--export", "--export-out", "--layouts", "--solver-time-limit", "--time-limit",
+                 "--sequence-parallel", "--distributed-optimizer")
+SERVING_ONLY = ("--batch", "--latency-slo", "--ttft-slo", "--tpot-slo", "--objective", "--prompt-len", "--output-len",
+                "--mix")
+RUNNER_UPS = 3  # layouts compared with the chosen one in the explanation
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("serving search (--inference)")
+    g.add_argument("--inference", action="store_true",
+                   help="choose a serving plan instead: tp, pp, dp, the cut, requests per micro-batch and micro-batches "
+                   "in flight for --batch requests of --prompt-len x --output-len tokens (continuous decode)")
+    g.add_argument("--prompt-len", type=bounded_count("seq_len"), default=None, help="prompt tokens per request")
+    g.add_argument("--output-len", type=bounded_count("seq_len"), default=None,
+                   help="tokens each request generates, the first (from the prefill) included")
+    g.add_argument("--mix", default=None, metavar="SxT[:W],...",
+                   help="a request mix instead: classes of S prompt and T output tokens, weight W (default 1), "
+                   "e.g. 512x128:3,2048x512")
+    g.add_argument("--batch", type=bounded_count("global_batch"), default=None,
+                   help="requests to serve, all replicas together (each replica serves batch / dp)")
+    g.add_argument("--latency-slo", type=seconds, default=None, metavar="SECONDS",
+                   help="p99 end-to-end latency target (with --objective throughput)")
+    g.add_argument("--ttft-slo", type=seconds, default=None, metavar="SECONDS", help="p99 time-to-first-token target")
+    g.add_argument("--tpot-slo", type=seconds, default=None, metavar="SECONDS", help="p99 time-per-output-token target")
+    g.add_argument("--objective", choices=("throughput", "latency"), default="throughput",
+                   help="maximise output tokens/s (default) or minimise p99 end-to-end latency")
+
+
+def _given(args: argparse.Namespace, flag: str) -> bool:
+    value = getattr(args, flag.strip("-").replace("-", "_"), None)
+    return value is not None and value is not False
+
+
+def wants_serving(args: argparse.Namespace) -> bool:
+    return args.inference or any(_given(args, flag) for flag in SERVING_ONLY if flag != "--objective") \
+        or args.objective != "throughput"
+
+
+def check_arguments(args: argparse.Namespace):
+    """The request mix and targets the flags give, refusing what a serving search cannot use (one line each)."""
+    from ..inference.planner import ServingTarget
+    from ..inference.requests import ServingSpec, parse_mix
+
+    for flag in TRAINING_ONLY:
+        if _given(args, flag):
+            raise SpecError(f"{flag}: not used by optimize --inference (it searches serving plans); drop {flag}")
+    if args.batch is None:
+        raise SpecError("--batch: give how many requests to serve, e.g. --batch 64")
+    if args.mix is not None:
+        if args.prompt_len is not None or args.output_len is not None:
+            raise SpecError("--mix: give either --mix or --prompt-len/--output-len, not both")
+        mix = parse_mix(args.mix)
+    elif args.prompt_len is None or args.output_len is None:
+        missing = "--prompt-len" if args.prompt_len is None else "--output-len"
+        raise SpecError(f"{missing}: give the prompt and output lengths, e.g. --prompt-len 1024 --output-len 256 "
+                        "(or a request mix, --mix 512x128:3,2048x256)")
+    else:
+        mix = ServingSpec.uniform(args.prompt_len, args.output_len).mix
+    target = ServingTarget(args.objective, args.latency_slo, args.ttft_slo, args.tpot_slo)
+    return ServingSpec(mix), target
+
+
+def _check_positions(model, serving) -> None:
+    for c in serving.mix:
+        if c.prompt_len + c.output_len > model.seq_len:
+            flags = "--mix" if len(serving.mix) > 1 else "--prompt-len + --output-len"
+            raise SpecError(f"{flags}: {c.prompt_len:,} + {c.output_len:,} = {c.prompt_len + c.output_len:,} tokens "
+                            f"exceed {model.name}'s {model.seq_len:,} positions (model.seq_len); shorten the prompt "
+                            "or the output")
+
+
+def question_from_args(args: argparse.Namespace):
+    from ..inference.planner import ServingQuestion
+    from ..planner.optimize import _gpus_and_cluster
+
+    serving, target = check_arguments(args)
+    model, cluster, gpus, grown = _gpus_and_cluster(args.model, args.cluster, args.nodes, args.gpus)
+    _check_positions(model, serving)
+    nodes = cluster.nodes if (args.nodes is not None or grown) else None
+    return ServingQuestion(args.model, args.cluster, model, cluster, nodes, gpus, serving, args.batch, target,
+                           args.headroom)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The handler ``optimize`` hands a serving search to."""
+    from ..inference.candidates import check_space, enumerate_candidates, layouts
+    from ..inference.planner import search
+    from .optimize import _check_outputs, _portable
+
+    q = question_from_args(args)
+    _check_outputs(args)
+    found = layouts(q.model_spec, q.gpus, q.cluster_spec.gpus_per_node, q.batch, args.tp, args.pp, args.dp)
+    sizes = tuple(args.microbatch_sizes) if args.microbatch_sizes else None
+    candidates, left_out = enumerate_candidates(q.model_spec, q.cluster_spec, q.serving, found, sizes)
+    check_space(candidates, left_out)
+    answer = _search(search, q, candidates, left_out, quiet=args.json or not sys.stderr.isatty())
+    chosen = answer.chosen
+    if chosen is None:
+        raise SpecError(nothing_fits(answer))
+    written = []
+    if args.out:
+        from ..fileio import write_atomic
+
+        write_atomic(args.out, _portable(chosen.plan, args.out).to_json(), "--out")
+        written.append(args.out)
+    if args.gantt:
+        from ..charts.gantt import gantt
+
+        passes = {p.microbatch: "prefill" if p.step == 0 else "decode" for p in chosen.result.resolved.passes.passes}
+        gantt(chosen.result.sim.timeline, args.gantt, title=f"{q.model_spec.name}: chosen serving plan", passes=passes)
+        written.append(args.gantt)
+    if args.json:
+        print_json(answer_dict(answer))
+    else:
+        print_answer(answer)
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
+def _search(search, q, candidates, left_out, quiet: bool):
+    if quiet:
+        return search(q, candidates, left_out)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("simulating serving candidates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=None)
+        return search(q, candidates, left_out, progress=lambda: bar.advance(task))
+
+
+def _others(answer) -> list:
+    return [lb.best.result for lb in answer.ranked[1:RUNNER_UPS + 1] if lb.best is not None]
+
+
+def nothing_fits(answer) -> str:
+    """Why no candidate was chosen, and what would change that."""
+    from ..inference.planner import BOUND_MEMORY, BOUND_SLO, OUT_OF_MEMORY, OVER_SLO
+
+    q, judged = answer.question, answer.judged
+    over = [j for j in judged if j.status == OVER_SLO]
+    if over or any(j.status == BOUND_SLO for j in judged):
+        if over:
+            closest = min(over, key=lambda j: _target_ratio(q.target, j.result))
+            return (f"--{_slo_flag(q.target)}: no plan meets the target; the closest, {closest.candidate.label}, has "
+                    f"{'; '.join(closest.missed)}: relax the target to that, or give more GPUs (--gpus, --nodes)")
+        bounded = [j for j in judged if j.status == BOUND_SLO]
+        return (f"--{_slo_flag(q.target)}: no plan can meet the target: even the bounds of the "
+                f"{len(bounded)} candidate(s) that fit miss it, e.g. {bounded[0].candidate.label}: "
+                f"{'; '.join(bounded[0].missed)}; relax the target or give more GPUs (--gpus, --nodes)")
+    memory = [j for j in judged if j.status in (BOUND_MEMORY, OUT_OF_MEMORY)]
+    leanest = min(memory, key=lambda j: max(j.result.peak_memory) if j.result else max(j.bounds.peak_memory))
+    need = max(leanest.result.peak_memory) if leanest.result else max(leanest.bounds.peak_memory)
+    usable = (1 - q.headroom) * q.cluster_spec.gpu.memory_bytes
+    weights = 2 * q.model_spec.total_params
+    return (f"memory: no plan fits {q.gpus} GPU(s) of {fmt_bytes(q.cluster_spec.gpu.memory_bytes)} "
+            f"({fmt_bytes(usable)} usable at --headroom {q.headroom:g}); the leanest, {leanest.candidate.label}, needs "
+            f"{fmt_bytes(need)} on a GPU{' (at least: its bound)' if leanest.result is None else ''}; "
+            f"the weights alone ({fmt_bytes(weights)}) need at least {-(-int(weights) // int(usable))} GPU(s): give more "
+            "with --gpus or --nodes, or serve fewer or shorter requests")
+
+
+def _slo_flag(target) -> str:
+    return "latency-slo" if target.latency_slo is not None else ("tpot-slo" if target.tpot_slo is not None and
+                                                                  target.ttft_slo is None else "ttft-slo/--tpot-slo")
+
+
+def _target_ratio(target, result) -> float:
+    from ..inference.planner import figures
+
+    _, latency, ttft, tpot = figures(result)
+    return max(v / s for v, s in ((latency, target.latency_slo), (ttft, target.ttft_slo), (tpot, target.tpot_slo))
+               if s is not None)
+
+
+def _memory_text(result) -> str:
+    d = max(range(len(result.memory)), key=lambda k: result.memory[k].total)
+    m = result.memory[d]
+    return (f"weights {fmt_bytes(m.weights)} + KV cache {fmt_bytes(m.kv_cache)} + activations "
+            f"{fmt_bytes(m.activations)} = {fmt_bytes(result.peak_memory[d])} of {fmt_bytes(result.sim.capacity[d])}")
+
+
+def _target_text(target) -> str:
+    parts = [f"p99 {name} <= {fmt_time(v)}" for name, v in (("latency", target.latency_slo), ("TTFT", target.ttft_slo),
+                                                             ("TPOT", target.tpot_slo)) if v is not None]
+    goal = "maximise output tokens/s" if target.objective == "throughput" else "minimise p99 end-to-end latency"
+    return goal + (f" with {', '.join(parts)}" if parts else "")
+
+
+def layout_rows(answer) -> list[list[str]]:
+    from ..inference.planner import BOUND_MEMORY, BOUND_SLO, BOUND_WORSE, OUT_OF_MEMORY, OVER_SLO
+
+    rows = []
+    for lb in answer.ranked:
+        counts = (f"{lb.count('simulated', OVER_SLO, OUT_OF_MEMORY)} sim, {lb.count(BOUND_WORSE)} bound, "
+                  f"{lb.count(BOUND_SLO, OVER_SLO)} target, {lb.count(BOUND_MEMORY, OUT_OF_MEMORY)} memory")
+        b = lb.best
+        if b is None:
+            rows.append([lb.layout.label, "-", "-", "-", "-", "-", "-", counts])
+            continue
+        r, c = b.result, b.candidate
+        rows.append([lb.layout.label, f"b={c.microbatch_size} k={c.in_flight} {c.split}", f"{r.tokens_per_second:,.0f}",
+                     fmt_time(r.ttft.p99), fmt_time(r.tpot.p99), fmt_time(r.latency.p99),
+                     fmt_bytes(max(r.peak_memory)), counts])
+    return rows
+
+
+def print_answer(answer) -> None:
+    from ..inference.explain import explain
+
+    q, chosen = answer.question, answer.chosen
+    r, c = chosen.result, chosen.candidate
+    mix = q.serving.mix_text()
+    print(f"{q.model_spec.name} on {q.gpus} GPU(s) of {q.cluster_spec.name}: serving {q.batch} request(s) of {mix} "
+          f"(prompt x output tokens), {_target_text(q.target)}")
+    print(f"chosen: {c.layout.label} ({c.layout.gpus} GPUs), {c.in_flight} micro-batch(es) of {c.microbatch_size} "
+          f"request(s) in flight per replica, layers {' '.join(map(str, c.layers_per_stage))} ({c.split} cut), "
+          f"continuous-decode")
+    print(f"throughput {r.tokens_per_second:,.0f} output tokens/s  TTFT p50 {fmt_time(r.ttft.p50)} p99 "
+          f"{fmt_time(r.ttft.p99)}  TPOT p50 {fmt_time(r.tpot.p50)} p99 {fmt_time(r.tpot.p99)}  latency p50 "
+          f"{fmt_time(r.latency.p50)} p99 {fmt_time(r.latency.p99)}")
+    print(f"memory (fullest GPU at its peak): {_memory_text(r)}")
+    print("why:")
+    for line in explain(r, _others(answer)):
+        print(f"  - {line}")
+    print(f"layouts ({len(answer.layouts)}; {len(answer.judged)} candidates, {answer.simulated} simulated; best plan "
+          "of each, best first):")
+    print(table(["layout", "plan", "tokens/s", "TTFT p99", "TPOT p99", "latency p99", "peak memory",
+                 "candidates"], layout_rows(answer)))
+    if answer.left_out:
+        print(f"left out (a run over the ops limit): {len(answer.left_out)} candidate(s), e.g. {answer.left_out[0]}")
+
+
+def answer_dict(answer) -> dict:
+    from ..inference.explain import explain
+
+    chosen = answer.chosen
+    return {
+        "chosen": {**chosen.result.summary(), "split": chosen.candidate.split, "plan": chosen.plan.to_dict()},
+        "explanation": explain(chosen.result, _others(answer)),
+        "target": vars(answer.question.target),
+        "candidates": len(answer.judged), "simulated": answer.simulated, "left_out": list(answer.left_out),
+        "layouts": [
+            {"layout": lb.layout.label, "tp": lb.layout.tp, "pp": lb.layout.pp, "dp": lb.layout.dp,
+             "best": None if lb.best is None else {
+                 "microbatch_size": lb.best.candidate.microbatch_size, "in_flight": lb.best.candidate.in_flight,
+                 "split": lb.best.candidate.split, "layers_per_stage": list(lb.best.candidate.layers_per_stage),
+                 "tokens_per_second": lb.best.result.tokens_per_second, "ttft": lb.best.result.ttft.to_dict(),
+                 "tpot": lb.best.result.tpot.to_dict(), "latency": lb.best.result.latency.to_dict(),
+                 "peak_memory": max(lb.best.result.peak_memory)},
+             "statuses": {s: lb.count(s) for s in sorted({j.status for j in lb.judged})}}
+            for lb in answer.ranked],
+    }
