@@ -163,14 +163,15 @@ def nothing_fits(answer) -> str:
             return (f"--{_slo_flag(q.target)}: no plan meets the target; the closest, {closest.candidate.label}, has "
                     f"{'; '.join(closest.missed)}: relax the target to that, or give more GPUs (--gpus, --nodes)")
         bounded = [j for j in judged if j.status == BOUND_SLO]
-        return (f"--{_slo_flag(q.target)}: no plan can meet the target: even the bounds of the "
-                f"{len(bounded)} candidate(s) that fit miss it, e.g. {bounded[0].candidate.label}: "
-                f"{'; '.join(bounded[0].missed)}; relax the target or give more GPUs (--gpus, --nodes)")
+        closest = min(bounded, key=lambda j: _target_ratio(q.target, j.bounds))
+        return (f"--{_slo_flag(q.target)}: no plan can meet the target: the bounds of all {len(bounded)} candidate(s) "
+                f"that fit miss it, the closest, {closest.candidate.label}, by {'; '.join(closest.missed)} (at least); "
+                "relax the target to that, or give more GPUs (--gpus, --nodes)")
     memory = [j for j in judged if j.status in (BOUND_MEMORY, OUT_OF_MEMORY)]
     leanest = min(memory, key=lambda j: max(j.result.peak_memory) if j.result else max(j.bounds.peak_memory))
     need = max(leanest.result.peak_memory) if leanest.result else max(leanest.bounds.peak_memory)
     usable = (1 - q.headroom) * q.cluster_spec.gpu.memory_bytes
-    weights = 2 * q.model_spec.total_params
+    weights = 2 * q.model_spec.total_params()
     return (f"memory: no plan fits {q.gpus} GPU(s) of {fmt_bytes(q.cluster_spec.gpu.memory_bytes)} "
             f"({fmt_bytes(usable)} usable at --headroom {q.headroom:g}); the leanest, {leanest.candidate.label}, needs "
             f"{fmt_bytes(need)} on a GPU{' (at least: its bound)' if leanest.result is None else ''}; "
@@ -183,10 +184,15 @@ def _slo_flag(target) -> str:
                                                                   target.ttft_slo is None else "ttft-slo/--tpot-slo")
 
 
-def _target_ratio(target, result) -> float:
+def _target_ratio(target, figures_of) -> float:
+    """How far p99 figures (a ``ServingResult`` or ``CandidateBounds``) are past the targets, as the worst ratio."""
+    from ..inference.bounds import CandidateBounds
     from ..inference.planner import figures
 
-    _, latency, ttft, tpot = figures(result)
+    if isinstance(figures_of, CandidateBounds):
+        latency, ttft, tpot = figures_of.latency_p99, figures_of.ttft_p99, figures_of.tpot_p99
+    else:
+        _, latency, ttft, tpot = figures(figures_of)
     return max(v / s for v, s in ((latency, target.latency_slo), (ttft, target.ttft_slo), (tpot, target.tpot_slo))
                if s is not None)
 

@@ -183,6 +183,6 @@ def check_space(candidates: list[ServingCandidate], left_out: list[str]) -> None
         raise SpecError(f"--batch: every candidate's run is over the ops limit of {limit('ops'):,} (e.g. "
                         f"{left_out[0]}); serve fewer requests (--batch) or shorter outputs, or raise PIPEPLAN_MAX_OPS")
     total = sum(c.ops for c in candidates)
-    check("serving_ops", total, f"optimize --inference: {len(candidates):,} candidates whose runs together",
+    check("serving_ops", total, f"optimize --inference: the runs of its {len(candidates):,} candidates together",
           "pin --tp, --pp or --dp, serve fewer requests (--batch) or shorter outputs",
           f" (the most the search could simulate; {math.ceil(total * 4e-6):,} s at about 4 us per op)")
