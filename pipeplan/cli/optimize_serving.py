@@ -216,16 +216,16 @@ def layout_rows(answer) -> list[list[str]]:
 
     rows = []
     for lb in answer.ranked:
-        counts = (f"{lb.count('simulated', OVER_SLO, OUT_OF_MEMORY)} sim, {lb.count(BOUND_WORSE)} bound, "
-                  f"{lb.count(BOUND_SLO, OVER_SLO)} target, {lb.count(BOUND_MEMORY, OUT_OF_MEMORY)} memory")
+        counts = [lb.count("simulated", OVER_SLO, OUT_OF_MEMORY), lb.count(BOUND_WORSE), lb.count(BOUND_SLO, OVER_SLO),
+                  lb.count(BOUND_MEMORY, OUT_OF_MEMORY)]
         b = lb.best
         if b is None:
-            rows.append([lb.layout.label, "-", "-", "-", "-", "-", "-", counts])
+            rows.append([lb.layout.label, "-", "-", "-", "-", "-", "-", *counts])
             continue
         r, c = b.result, b.candidate
         rows.append([lb.layout.label, f"b={c.microbatch_size} k={c.in_flight} {c.split}", f"{r.tokens_per_second:,.0f}",
                      fmt_time(r.ttft.p99), fmt_time(r.tpot.p99), fmt_time(r.latency.p99),
-                     fmt_bytes(max(r.peak_memory)), counts])
+                     fmt_bytes(max(r.peak_memory)), *counts])
     return rows
 
 
@@ -249,8 +249,8 @@ def print_answer(answer) -> None:
         print(f"  - {line}")
     print(f"layouts ({len(answer.layouts)}; {len(answer.judged)} candidates, {answer.simulated} simulated; best plan "
           "of each, best first):")
-    print(table(["layout", "plan", "tokens/s", "TTFT p99", "TPOT p99", "latency p99", "peak memory",
-                 "candidates"], layout_rows(answer)))
+    print(table(["layout", "best plan", "tokens/s", "TTFT p99", "TPOT p99", "latency p99", "peak memory",
+                 "simulated", "cannot win", "miss target", "no memory"], layout_rows(answer)))
     if answer.left_out:
         print(f"left out (a run over the ops limit): {len(answer.left_out)} candidate(s), e.g. {answer.left_out[0]}")
 

@@ -111,7 +111,14 @@ def signed(seconds: float) -> str:
 
 
 def gb(nbytes: float) -> str:
-    return f"{nbytes / 1e9:,.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:,.1f} MB"
+    return f"{nbytes / 1e9:,.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:,.2f} MB"
+
+
+def _scaled(value: float, unit: str) -> str:
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:,.2f} {prefix}{unit}"
+    return f"{value:,.2f} {unit}"
 
 
 def layout_text(result: ServingResult) -> str:
@@ -121,10 +128,12 @@ def layout_text(result: ServingResult) -> str:
 
 def regime_line(a: Anatomy, gpu_bandwidth: float, kind: str) -> str:
     """Whether ``a``'s pass is memory- or compute-bound, with both sides of the roofline."""
-    ratio = lambda big, small: f"{big / small:,.0f}x" if small > 0 else "all of it"
+    def ratio(big: float, small: float) -> str:
+        return (f"{big / small:,.0f}x" if big >= 10 * small else f"{big / small:.1f}x") if small > 0 else "all of it"
+
     reads = (f"{gb(a.weight_bytes)} of weights + {gb(a.cache_bytes)} of KV cache per tensor rank over the "
-             f"pipeline = {ms(a.hbm)} at {gpu_bandwidth / 1e12:,.2f} TB/s")
-    work = f"{a.flops / 1e12:,.2f} TFLOP per tensor rank = {ms(a.flops_floor)} at the GEMM ceiling"
+             f"pipeline = {ms(a.hbm)} at {_scaled(gpu_bandwidth, 'B/s')}")
+    work = f"{_scaled(a.flops, 'FLOP')} per tensor rank = {ms(a.flops_floor)} at the GEMM ceiling"
     shape = a.step.shape
     what = (f"one token for each of {shape.requests} request(s)" if kind == "decode" else
             f"{shape.requests} prompt(s), {shape.num_tokens:,} tokens")
