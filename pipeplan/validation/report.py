@@ -81,7 +81,12 @@ def predictions(plan: Plan, base_dir: str | Path, profile: Profile | dict[str, A
 
 
 def build_report(measurements: Measurements) -> dict[str, Any]:
-    """The report of a finished run: measured, both predictions and their errors, and the measurements."""
+    """The report of a finished run: measured, both predictions and their errors, and the measurements
+    (a serving plan's: ``serving.build_serving_report``)."""
+    if measurements.plan.serving is not None:
+        from .serving import build_serving_report
+
+        return build_serving_report(measurements, REPORT_KIND, REPORT_VERSION)
     measured = measured_section(measurements.iterations)
     predicted, apriori = predictions(measurements.plan, measurements.base_dir, measurements.profile)
     raw = measurements.to_dict()
