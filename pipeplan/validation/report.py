@@ -111,6 +111,12 @@ def repredict(report: dict[str, Any], base_dir: str | Path | None = None) -> dic
     ``base_dir``: where the plan's relative cluster/model files are (default: the run's plan folder).
     """
     run = Measurements.from_dict(report)
+    if run.plan.serving is not None:
+        from .serving import measured_serving_section, serving_errors, serving_predictions
+
+        predicted, apriori, results = serving_predictions(run, base_dir or run.base_dir)
+        measured = measured_serving_section(results)
+        return {"predicted": serving_errors(predicted, measured), "apriori": serving_errors(apriori, measured)}
     measured = measured_section(run.iterations)
     predicted, apriori = predictions(run.plan, base_dir or run.base_dir, run.profile)
     return {"predicted": errors(predicted, measured), "apriori": errors(apriori, measured)}

@@ -158,9 +158,10 @@ def serving_errors(prediction: dict[str, Any], measured: dict[str, Any]) -> dict
     }
 
 
-def serving_predictions(m: Measurements) -> tuple[dict, dict, list[ServingResult]]:
-    """(calibrated, a-priori) sections and the measured iterations' figures of a serving run."""
-    resolved = resolve_serving(m.plan, m.base_dir)
+def serving_predictions(m: Measurements, base_dir: str | Path | None = None) -> tuple[dict, dict, list[ServingResult]]:
+    """(calibrated, a-priori) sections and the measured iterations' figures of a serving run (its spec files
+    beside ``base_dir``, default the run's plan folder)."""
+    resolved = resolve_serving(m.plan, base_dir or m.base_dir)
     workload = build_serving_workload(resolved)
     measured = [measured_result(t, workload, resolved) for t in m.iterations]
     calibrated_w = calibrated_workload(workload, m, resolved)
