@@ -27,6 +27,7 @@ from .breakdown import CommTime, CommunicationBreakdown, MemoryParts, communicat
 from .cluster import CLUSTER_PRESETS, ClusterSpec, GPUSpec, LinkSpec, load_cluster
 from .errors import SpecError
 from .export import EXPORTERS, ExportOptions, export_plan
+from .inference.planner import ServingAnswer, optimize_serving
 from .metrics import IterationFlops, megatron_flops
 from .model import MODEL_PRESETS, ModelSpec, load_model
 from .plan import Plan, even_split
@@ -47,3 +48,4 @@ __all__ = [
 __all__ += ["optimize", "OptimizeResult", "EXPORTERS", "ExportOptions", "export_plan"]
 __all__ += ["CommTime", "CommunicationBreakdown", "MemoryParts", "communication_breakdown", "memory_breakdown",
             "IterationFlops", "megatron_flops", "Sizing", "derive_sizing", "make_plan"]
+__all__ += ["optimize_serving", "ServingAnswer"]

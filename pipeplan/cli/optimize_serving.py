@@ -53,64 +53,30 @@ def wants_serving(args: argparse.Namespace) -> bool:
         or args.objective != "throughput"
 
 
-def check_arguments(args: argparse.Namespace):
-    """The request mix and targets the flags give, refusing what a serving search cannot use (one line each)."""
-    from ..inference.planner import ServingTarget
-    from ..inference.requests import ServingSpec, parse_mix
-
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse the training search's flags (one line each) and a search without its requests."""
     for flag in TRAINING_ONLY:
         if _given(args, flag):
             raise SpecError(f"{flag}: not used by optimize --inference (it searches serving plans); drop {flag}")
     if args.batch is None:
         raise SpecError("--batch: give how many requests to serve, e.g. --batch 64")
-    if args.mix is not None:
-        if args.prompt_len is not None or args.output_len is not None:
-            raise SpecError("--mix: give either --mix or --prompt-len/--output-len, not both")
-        mix = parse_mix(args.mix)
-    elif args.prompt_len is None or args.output_len is None:
-        missing = "--prompt-len" if args.prompt_len is None else "--output-len"
-        raise SpecError(f"{missing}: give the prompt and output lengths, e.g. --prompt-len 1024 --output-len 256 "
-                        "(or a request mix, --mix 512x128:3,2048x256)")
-    else:
-        mix = ServingSpec.uniform(args.prompt_len, args.output_len).mix
-    target = ServingTarget(args.objective, args.latency_slo, args.ttft_slo, args.tpot_slo)
-    return ServingSpec(mix), target
-
-
-def _check_positions(model, serving) -> None:
-    for c in serving.mix:
-        if c.prompt_len + c.output_len > model.seq_len:
-            flags = "--mix" if len(serving.mix) > 1 else "--prompt-len + --output-len"
-            raise SpecError(f"{flags}: {c.prompt_len:,} + {c.output_len:,} = {c.prompt_len + c.output_len:,} tokens "
-                            f"exceed {model.name}'s {model.seq_len:,} positions (model.seq_len); shorten the prompt "
-                            "or the output")
-
-
-def question_from_args(args: argparse.Namespace):
-    from ..inference.planner import ServingQuestion
-    from ..planner.optimize import _gpus_and_cluster
-
-    serving, target = check_arguments(args)
-    model, cluster, gpus, grown = _gpus_and_cluster(args.model, args.cluster, args.nodes, args.gpus)
-    _check_positions(model, serving)
-    nodes = cluster.nodes if (args.nodes is not None or grown) else None
-    return ServingQuestion(args.model, args.cluster, model, cluster, nodes, gpus, serving, args.batch, target,
-                           args.headroom)
 
 
 def run(args: argparse.Namespace) -> int:
     """The handler ``optimize`` hands a serving search to."""
-    from ..inference.candidates import check_space, enumerate_candidates, layouts
-    from ..inference.planner import search
+    from functools import partial
+
+    from ..inference.planner import optimize_serving
     from .optimize import _check_outputs, _portable
 
-    q = question_from_args(args)
+    check_arguments(args)
     _check_outputs(args)
-    found = layouts(q.model_spec, q.gpus, q.cluster_spec.gpus_per_node, q.batch, args.tp, args.pp, args.dp)
-    sizes = tuple(args.microbatch_sizes) if args.microbatch_sizes else None
-    candidates, left_out = enumerate_candidates(q.model_spec, q.cluster_spec, q.serving, found, sizes)
-    check_space(candidates, left_out)
-    answer = _search(search, q, candidates, left_out, quiet=args.json or not sys.stderr.isatty())
+    search = partial(optimize_serving, args.model, args.cluster, batch=args.batch, prompt_len=args.prompt_len,
+                     output_len=args.output_len, mix=args.mix, gpus=args.gpus, nodes=args.nodes, tp=args.tp,
+                     pp=args.pp, dp=args.dp, microbatch_sizes=args.microbatch_sizes, objective=args.objective,
+                     latency_slo=args.latency_slo, ttft_slo=args.ttft_slo, tpot_slo=args.tpot_slo,
+                     headroom=args.headroom)
+    answer = _search(search, quiet=args.json or not sys.stderr.isatty())
     chosen = answer.chosen
     if chosen is None:
         raise SpecError(nothing_fits(answer))
@@ -124,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         from ..charts.gantt import gantt
 
         passes = {p.microbatch: "prefill" if p.step == 0 else "decode" for p in chosen.result.resolved.passes.passes}
-        gantt(chosen.result.sim.timeline, args.gantt, title=f"{q.model_spec.name}: chosen serving plan", passes=passes)
+        gantt(chosen.result.sim.timeline, args.gantt, title=f"{answer.question.model_spec.name}: chosen serving plan",
+              passes=passes)
         written.append(args.gantt)
     if args.json:
         print_json(answer_dict(answer))
@@ -135,16 +102,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search(search, q, candidates, left_out, quiet: bool):
+def _search(search, quiet: bool):
     if quiet:
-        return search(q, candidates, left_out)
+        return search()
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("simulating serving candidates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("", total=None)
-        return search(q, candidates, left_out, progress=lambda: bar.advance(task))
+        return search(progress=lambda: bar.advance(task))
 
 
 def _others(answer) -> list:

@@ -10,10 +10,13 @@ latency (ties: more tokens per second); a remaining tie goes to the candidate li
 (``ServingCandidate.key``: fewer GPUs, smaller tp, pp, dp, the even cut, smaller b and k).
 
 Every layout's best plan is found (the answer's table shows one row per layout) by branch and bound:
-its candidates in order of their optimistic figures (``bounds.serving_bounds``, valid for the
+its candidates in order of their optimistic figures (``bounds.candidate_bounds``, valid for the
 simulator), each simulated unless its bounds already break a target or the memory, or cannot beat the
 layout's best so far; once one cannot, none after it can. The answer is the best layout's best,
 exactly the plan simulating every candidate would choose (``tests/test_inference_planner.py``).
+
+``optimize_serving`` is the keyword API (re-exported by ``pipeplan``); ``pipeplan optimize --inference``
+calls it.
 """
 from __future__ import annotations
 
@@ -242,3 +245,53 @@ def search(q: ServingQuestion, candidates: list[ServingCandidate], left_out: lis
     found = tuple(LayoutBest(lay, tuple(judge_layout(q, cs, progress)), q.target.objective)
                   for lay, cs in by_layout.items())
     return ServingAnswer(q, found, tuple(left_out))
+
+
+def check_positions(model: ModelSpec, serving: ServingSpec) -> None:
+    """Refuse a request class longer than the model's positions (``model.seq_len``)."""
+    for c in serving.mix:
+        if c.prompt_len + c.output_len > model.seq_len:
+            flags = "--mix" if len(serving.mix) > 1 else "--prompt-len + --output-len"
+            raise SpecError(f"{flags}: {c.prompt_len:,} + {c.output_len:,} = {c.prompt_len + c.output_len:,} tokens "
+                            f"exceed {model.name}'s {model.seq_len:,} positions (model.seq_len); shorten the prompt "
+                            "or the output")
+
+
+def optimize_serving(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict = "dgx-h100", *, batch: int,
+                     prompt_len: int | None = None, output_len: int | None = None, mix=None, gpus: int | None = None,
+                     nodes: int | None = None, tp: int | None = None, pp: int | None = None, dp: int | None = None,
+                     microbatch_sizes=None, objective: str = THROUGHPUT, latency_slo: float | None = None,
+                     ttft_slo: float | None = None, tpot_slo: float | None = None, headroom: float = 0.05,
+                     progress: Callable[[], None] | None = None) -> ServingAnswer:
+    """The serving plan for ``batch`` requests of ``prompt_len`` x ``output_len`` tokens (or a ``mix`` of
+    ``RequestClass``es, or its text "512x128:3,2048x256") on ``gpus`` GPUs (default: every GPU of
+    ``nodes``, else of one node); see the module docstring. ``answer.chosen`` is None when no candidate
+    fits and meets the targets; every step before the search refuses bad input with a one-line ``SpecError``.
+    """
+    from ..errors import positive_int
+    from ..limits import in_range
+    from ..planner.optimize import _gpus_and_cluster
+    from .candidates import check_space, enumerate_candidates, layouts
+    from .requests import parse_mix
+
+    target = ServingTarget(objective, latency_slo, ttft_slo, tpot_slo)
+    in_range("--batch", positive_int("--batch", batch), "global_batch")
+    if mix is not None:
+        if prompt_len is not None or output_len is not None:
+            raise SpecError("--mix: give either --mix or --prompt-len/--output-len, not both")
+        serving = ServingSpec(parse_mix(mix) if isinstance(mix, str) else tuple(mix))
+    elif prompt_len is None or output_len is None:
+        missing = "--prompt-len" if prompt_len is None else "--output-len"
+        raise SpecError(f"{missing}: give the prompt and output lengths, e.g. --prompt-len 1024 --output-len 256 "
+                        "(or a request mix, --mix 512x128:3,2048x256)")
+    else:
+        serving = ServingSpec.uniform(prompt_len, output_len)
+    spec, cluster_spec, gpus, grown = _gpus_and_cluster(model, cluster, nodes, gpus)
+    check_positions(spec, serving)
+    q = ServingQuestion(model, cluster, spec, cluster_spec, cluster_spec.nodes if nodes is not None or grown else None,
+                        gpus, serving, batch, target, headroom)
+    found = layouts(spec, gpus, cluster_spec.gpus_per_node, batch, tp, pp, dp)
+    candidates, left_out = enumerate_candidates(spec, cluster_spec, serving, found,
+                                                tuple(microbatch_sizes) if microbatch_sizes else None)
+    check_space(candidates, left_out)
+    return search(q, candidates, left_out, progress)
