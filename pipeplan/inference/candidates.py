@@ -13,8 +13,8 @@ A candidate serves B requests on at most G GPUs with ``dp`` replicas of a ``tp``
 * the cut: ``even`` (``plan.even_split``) and ``balanced`` (``balanced_split``, when it differs).
 
 A candidate whose run (passes x stages) is over the ``ops`` limit is left out, and said so; the
-whole space is refused up front when all its runs together are over ``serving_ops``
-(``pipeplan.limits``): that is the most a search could simulate, whatever it prunes.
+whole space is refused up front, before any cut is priced, when all its runs together could be over
+``serving_ops`` (``pipeplan.limits``): that is the most a search could simulate, whatever it prunes.
 """
 from __future__ import annotations
 
@@ -154,9 +154,10 @@ def balanced_split(model: ModelSpec, pp: int, seconds: tuple[float, float, float
 def enumerate_candidates(model: ModelSpec, cluster, serving: ServingSpec, found_layouts: list[Layout],
                          sizes: tuple[int, ...] | None = None) -> tuple[list[ServingCandidate], list[str]]:
     """Every candidate of the ``found_layouts`` (see the module docstring), and a line per group of
-    candidates left out for their size. ``sizes`` restricts the micro-batch sizes (requests per micro-batch)."""
+    candidates left out for their size. ``sizes`` restricts the micro-batch sizes (requests per micro-batch).
+    The space is sized (``check_space``) before any cut is computed."""
     ops_limit = limit("ops")
-    out, left_out = [], []
+    shapes, left_out = [], []
     for lay in found_layouts:
         for k in range(1, lay.pp + 1):
             for b in microbatch_sizes(lay.requests, k):
@@ -165,24 +166,29 @@ def enumerate_candidates(model: ModelSpec, cluster, serving: ServingSpec, found_
                 passes = pass_count(serving, lay.requests, b)
                 if passes * lay.pp > ops_limit:
                     left_out.append(f"{lay.label} b={b} k={k}: {passes * lay.pp:,} ops")
-                    continue
-                splits = {EVEN: even_split(model.num_pipeline_layers, lay.pp)}
-                if lay.pp > 1:
-                    seconds = layer_seconds(model, cluster, lay.tp, serving, lay.requests, b)
-                    balanced = balanced_split(model, lay.pp, seconds)
-                    if balanced != splits[EVEN]:
-                        splits[BALANCED] = balanced
-                out.extend(ServingCandidate(lay, name, cut, b, k, passes) for name, cut in splits.items())
+                else:
+                    shapes.append((lay, k, b, passes))
+    check_space(shapes, left_out)
+    out = []
+    for lay, k, b, passes in shapes:
+        splits = {EVEN: even_split(model.num_pipeline_layers, lay.pp)}
+        if lay.pp > 1:
+            seconds = layer_seconds(model, cluster, lay.tp, serving, lay.requests, b)
+            balanced = balanced_split(model, lay.pp, seconds)
+            if balanced != splits[EVEN]:
+                splits[BALANCED] = balanced
+        out.extend(ServingCandidate(lay, name, cut, b, k, passes) for name, cut in splits.items())
     return sorted(out, key=lambda c: c.key), left_out
 
 
-def check_space(candidates: list[ServingCandidate], left_out: list[str]) -> None:
-    """Refuse, before any simulation, a space whose runs together are over the ``serving_ops`` limit, or an
-    empty one (every candidate over the ``ops`` limit)."""
-    if not candidates:
+def check_space(shapes: list[tuple[Layout, int, int, int]], left_out: list[str]) -> None:
+    """Refuse, before anything is priced, a space whose runs together could be over the ``serving_ops`` limit
+    (each (layout, k, b) counted with both cuts when pp > 1), or an empty one (every run over ``ops``)."""
+    if not shapes:
         raise SpecError(f"--batch: every candidate's run is over the ops limit of {limit('ops'):,} (e.g. "
                         f"{left_out[0]}); serve fewer requests (--batch) or shorter outputs, or raise PIPEPLAN_MAX_OPS")
-    total = sum(c.ops for c in candidates)
-    check("serving_ops", total, f"optimize --inference: the runs of its {len(candidates):,} candidates together",
+    count = sum(2 if lay.pp > 1 else 1 for lay, _, _, _ in shapes)
+    total = sum(passes * lay.pp * (2 if lay.pp > 1 else 1) for lay, _, _, passes in shapes)
+    check("serving_ops", total, f"optimize --inference: the runs of its up to {count:,} candidates together",
           "pin --tp, --pp or --dp, serve fewer requests (--batch) or shorter outputs",
           f" (the most the search could simulate; {math.ceil(total * 4e-6):,} s at about 4 us per op)")

@@ -271,7 +271,7 @@ def optimize_serving(model: ModelSpec | str | dict, cluster: ClusterSpec | str |
     from ..errors import positive_int
     from ..limits import in_range
     from ..planner.optimize import _gpus_and_cluster
-    from .candidates import check_space, enumerate_candidates, layouts
+    from .candidates import enumerate_candidates, layouts
     from .requests import parse_mix
 
     target = ServingTarget(objective, latency_slo, ttft_slo, tpot_slo)
@@ -293,5 +293,4 @@ def optimize_serving(model: ModelSpec | str | dict, cluster: ClusterSpec | str |
     found = layouts(spec, gpus, cluster_spec.gpus_per_node, batch, tp, pp, dp)
     candidates, left_out = enumerate_candidates(spec, cluster_spec, serving, found,
                                                 tuple(microbatch_sizes) if microbatch_sizes else None)
-    check_space(candidates, left_out)
     return search(q, candidates, left_out, progress)
