@@ -191,7 +191,8 @@ def layout_rows(answer) -> list[list[str]]:
             continue
         r, c = b.result, b.candidate
         rows.append([lb.layout.label, f"b={c.microbatch_size} k={c.in_flight} {c.split}", f"{r.tokens_per_second:,.0f}",
-                     fmt_time(r.ttft.p99), fmt_time(r.tpot.p99), fmt_time(r.latency.p99),
+                     fmt_time(r.ttft.p99), fmt_time(r.tpot.p99) if r.tpot.p99 == r.tpot.p99 else "-",
+                     fmt_time(r.latency.p99),
                      fmt_bytes(max(r.peak_memory)), *counts])
     return rows
 
@@ -207,9 +208,9 @@ def print_answer(answer) -> None:
     print(f"chosen: {c.layout.label} ({c.layout.gpus} GPUs), {c.in_flight} micro-batch(es) of {c.microbatch_size} "
           f"request(s) in flight per replica, layers {' '.join(map(str, c.layers_per_stage))} ({c.split} cut), "
           f"continuous-decode")
+    tpot = f"  TPOT p50 {fmt_time(r.tpot.p50)} p99 {fmt_time(r.tpot.p99)}" if r.tpot.p50 == r.tpot.p50 else ""
     print(f"throughput {r.tokens_per_second:,.0f} output tokens/s  TTFT p50 {fmt_time(r.ttft.p50)} p99 "
-          f"{fmt_time(r.ttft.p99)}  TPOT p50 {fmt_time(r.tpot.p50)} p99 {fmt_time(r.tpot.p99)}  latency p50 "
-          f"{fmt_time(r.latency.p50)} p99 {fmt_time(r.latency.p99)}")
+          f"{fmt_time(r.ttft.p99)}{tpot}  latency p50 {fmt_time(r.latency.p50)} p99 {fmt_time(r.latency.p99)}")
     print(f"memory (fullest GPU at its peak): {_memory_text(r)}")
     print("why:")
     for line in explain(r, _others(answer)):

@@ -215,7 +215,8 @@ def compare_line(chosen: ServingResult, other: ServingResult) -> str:
     o_first, o_steps, o_tpot = last_request(other)
     head = (f"vs {layout_text(other)} b={other.plan.microbatch_size} k={other.plan.num_microbatches}: "
             f"{other.tokens_per_second:,.0f} tokens/s ({other.tokens_per_second / chosen.tokens_per_second - 1:+.0%}), "
-            f"TPOT mean {ms(other.tpot.mean)}, TTFT p50 {ms(other.ttft.p50)}, latency p99 {ms(other.latency.p99)}; "
+            + (f"TPOT mean {ms(other.tpot.mean)}, " if o_steps else "")
+            + f"TTFT p50 {ms(other.ttft.p50)}, latency p99 {ms(other.latency.p99)}; "
             f"its run ends at {ms(other.makespan)} ({signed(other.makespan - chosen.makespan)}): first token "
             f"{ms(o_first)} ({signed(o_first - c_first)})")
     parts = [head + (f" + {o_steps} steps of {ms(o_tpot)} ({signed(o_tpot - c_tpot)})" if o_steps else "")]
