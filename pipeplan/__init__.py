@@ -27,12 +27,12 @@ from .breakdown import CommTime, CommunicationBreakdown, MemoryParts, communicat
 from .cluster import CLUSTER_PRESETS, ClusterSpec, GPUSpec, LinkSpec, load_cluster
 from .errors import SpecError
 from .export import EXPORTERS, ExportOptions, export_plan
-from .inference.planner import ServingAnswer, optimize_serving
 from .metrics import IterationFlops, megatron_flops
 from .model import MODEL_PRESETS, ModelSpec, load_model
 from .plan import Plan, even_split
 from .planner.optimize import optimize
 from .planner.result import OptimizeResult
+from .inference.planner import ServingAnswer, optimize_serving
 from .profile import Profile
 from .sizing import Sizing, derive_sizing, make_plan
 
@@ -45,7 +45,6 @@ __all__ = [
     "PlanResult", "simulate", "CLUSTER_PRESETS", "ClusterSpec", "GPUSpec", "LinkSpec", "load_cluster",
     "SpecError", "lower", "MODEL_PRESETS", "ModelSpec", "load_model", "Plan", "even_split", "Profile",
 ]
-__all__ += ["optimize", "OptimizeResult", "EXPORTERS", "ExportOptions", "export_plan"]
+__all__ += ["optimize", "OptimizeResult", "EXPORTERS", "ExportOptions", "export_plan", "optimize_serving", "ServingAnswer"]
 __all__ += ["CommTime", "CommunicationBreakdown", "MemoryParts", "communication_breakdown", "memory_breakdown",
             "IterationFlops", "megatron_flops", "Sizing", "derive_sizing", "make_plan"]
-__all__ += ["optimize_serving", "ServingAnswer"]
