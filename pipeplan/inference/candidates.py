@@ -87,7 +87,7 @@ def layouts(model: ModelSpec, gpus: int, gpus_per_node: int, batch: int, tp: int
     if tp is not None and tp not in tps:
         raise SpecError(f"--tp: {tp} is not a tensor-parallel degree here; choose one of {', '.join(map(str, tps))} "
                         f"(dividing a node's {gpus_per_node} GPUs and {model.name}'s {model.heads} heads and "
-                        f"{model.kv_heads or model.heads} KV heads, at most --gpus {gpus})")
+                        f"{model.kv_heads or model.heads} KV heads, at most the {gpus} GPUs)")
     found = []
     for t in [tp] if tp is not None else tps:
         for p in range(1, min(gpus // t, model.num_pipeline_layers) + 1):
@@ -98,7 +98,8 @@ def layouts(model: ModelSpec, gpus: int, gpus_per_node: int, batch: int, tp: int
     if not found:
         pins = " x ".join(f"{name}={value}" for name, value in (("tp", tp), ("pp", pp), ("dp", dp)) if value)
         raise SpecError(f"--pp/--dp: no layout {pins} fits {gpus} GPUs serving {batch} requests (tp x pp x dp must be "
-                        f"at most the GPUs, dp must divide --batch); lower the pins or raise --gpus/--nodes")
+                        f"at most the GPUs, pp at most {model.name}'s {model.num_pipeline_layers} pipeline layers, dp "
+                        "must divide --batch); lower the pins or raise --gpus/--nodes")
     return found
 
 
