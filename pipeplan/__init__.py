@@ -37,6 +37,7 @@ from .model import MODEL_PRESETS, ModelSpec, load_model
 from .plan import Plan, even_split
 from .planner.optimize import optimize
 from .planner.result import OptimizeResult
+from .inference.planner import ServingAnswer, optimize_serving
 from .profile import Profile
 from .sizing import Sizing, derive_sizing, make_plan
 
@@ -49,7 +50,7 @@ __all__ = [
     "PlanResult", "simulate", "CLUSTER_PRESETS", "ClusterSpec", "GPUSpec", "LinkSpec", "load_cluster",
     "SpecError", "lower", "MODEL_PRESETS", "ModelSpec", "load_model", "Plan", "even_split", "Profile",
 ]
-__all__ += ["optimize", "OptimizeResult", "EXPORTERS", "ExportOptions", "export_plan"]
+__all__ += ["optimize", "OptimizeResult", "EXPORTERS", "ExportOptions", "export_plan", "optimize_serving", "ServingAnswer"]
 __all__ += ["CommTime", "CommunicationBreakdown", "MemoryParts", "communication_breakdown", "memory_breakdown",
             "IterationFlops", "megatron_flops", "Sizing", "derive_sizing", "make_plan"]
 __all__ += ["simulate_serving", "resolve_serving", "ServingResult", "ServingSpec", "RequestClass", "kv_bytes_per_token"]

@@ -61,6 +61,10 @@ LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
     # default keeps a band, or optimize's ties, to 12-28 s at a load of 2.
     Limit("band_ops", 2_000_000, "PIPEPLAN_MAX_BAND_OPS", "op re-timings",
           "ops x samples of an uncertainty band (x the plans and spreads compared in optimize's ties)"),
+    # ``optimize --inference`` may simulate every candidate (its bounds usually spare most): the sum of their
+    # runs' ops bounds its time, at 3-8 us per op about a minute or two at the default.
+    Limit("serving_ops", 20_000_000, "PIPEPLAN_MAX_SERVING_OPS", "ops",
+          "ops of all the candidates of `optimize --inference` together (passes x stages of each run)"),
 )}
 
 

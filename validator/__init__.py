@@ -9,5 +9,6 @@ Start it with torchrun (``python -m torch.distributed.run ... -m validator PLAN.
 * ``run``      — set-up (plan, cores, device, process group) and the measured iterations;
 * ``calibrate``, ``timing`` — op and link costs, clocks, other processes' load;
 * ``runtime``, ``compute``, ``modules`` — transfers, the action-list executor, the stages' ops;
-* ``gather``   — rank 0: the ranks' payloads as one ``Measurements``.
+* ``gather``   — rank 0: the ranks' payloads as one ``Measurements``;
+* ``serving_run``, ``serving_compute``, ``serving_modules`` — a serving plan: its passes with a KV cache.
 """

@@ -14,6 +14,7 @@ import platform
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,6 +45,7 @@ class RankContext:
     dtype: torch.dtype
     threads: int
     options: ValidateOptions
+    serving: Any = None  # a serving plan's ``ServingResolved`` (which pass each micro-batch is); None: training
 
 
 def device_name(device: torch.device) -> str:
@@ -148,4 +150,19 @@ def assemble(context: RankContext, gathered: list[dict], boundary_bytes: float, 
         calibration_reps=options.calibration_reps,
         clock_offsets=tuple(offsets),
         runtime=options.runtime,
+        pass_costs=_pass_costs(gathered),
+        generated=tuple(tuple(tokens) for _, tokens in sorted(
+            (r, t) for payload in gathered for r, t in payload.get("generated", {}).items())),
+        deterministic=all(payload.get("consistent", True) for payload in gathered),
     )
+
+
+def _pass_costs(gathered: list[dict]) -> tuple[tuple[float, ...], ...]:
+    """A serving run's mean replayed time of every F, per stage, indexed by micro-batch (empty for training)."""
+    merged: dict[int, dict[int, float]] = {}
+    for payload in gathered:
+        merged.update(payload.get("pass_costs", {}))
+    if not merged:
+        return ()
+    size = 1 + max(m for costs in merged.values() for m in costs)
+    return tuple(tuple(merged[s].get(m, 0.0) for m in range(size)) for s in sorted(merged))

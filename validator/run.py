@@ -5,6 +5,7 @@ import os
 import socket
 import time
 import zlib
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -73,8 +74,15 @@ def run_rank(plan_path: str, options: ValidateOptions, rank: int) -> Measurement
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     plan, base = load_scaled_plan(plan_path, options.scale)
-    resolved = resolve(plan.model, plan.cluster, plan, base)
-    schedule, model = resolved.schedule, resolved.model
+    serving = None
+    if plan.serving is not None:  # forward-only passes with a KV cache (validator.serving_run)
+        from pipeplan.inference.api import resolve_serving
+
+        serving = resolve_serving(plan, base)
+        schedule, model = serving.schedule, serving.model
+    else:
+        resolved = resolve(plan.model, plan.cluster, plan, base)
+        schedule, model = resolved.schedule, resolved.model
     if world != plan.pp:
         raise SpecError(
             f"plan.pp: the plan has {plan.pp} pipeline devices but torchrun started {world} ranks; "
@@ -91,40 +99,32 @@ def run_rank(plan_path: str, options: ValidateOptions, rank: int) -> Measurement
     # Binding NCCL to the rank's GPU up front lets barriers and collectives know their device.
     bound = {"device_id": device} if options.backend == "nccl" else {}
     dist.init_process_group(options.backend, timeout=timedelta(seconds=timeout), **bound)
-    context = RankContext(plan_path, plan, base, schedule, model, device, dtype, threads, options)
+    context = RankContext(plan_path, plan, base, schedule, model, device, dtype, threads, options, serving)
     return _measure(context, rank, world, timeout)
 
 
-def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Measurements | None:
-    plan, schedule, model, device, dtype = context.plan, context.schedule, context.model, context.device, context.dtype
-    options = context.options
-    batch, seq = plan.microbatch_size, plan.seq_len or model.seq_len
-    shape = (batch, seq, model.hidden)
-    channels = make_channels(schedule, rank, shape, dtype, device, options.backend, timeout)
-    runners = {
-        s: StageRunner(model, s, plan.stage_layers(s), batch, seq, plan.num_microbatches, device, dtype, SEED,
-                       recompute=plan.recompute_of(s))
-        for s in schedule.stages_of(rank)
-    }
-    clock = make_clock(device)
+@dataclass(frozen=True)
+class Rounds:
+    """The kept rounds of a run (each: this rank's calibration replay samples, link timings and the run
+    iteration), how many were tried, whether too few were undisturbed and why rounds were left out."""
+
+    stage_rounds: list
+    link_rounds: list
+    iterations: list
+    tried: int
+    disturbed: bool
+    reasons: list
+
+
+def timed_rounds(executor, runners: dict, channels: dict, clock, offsets: list[float], rank: int, world: int,
+                 numel: int, device: torch.device, options: ValidateOptions, timeout: float) -> Rounds:
+    """Calibration replay, link timing and one run iteration per round, until ``options.iterations`` rounds ran
+    on an undisturbed machine (see ``validator.quiet``) or three times that many were tried."""
     scalar_device = device if options.backend == "nccl" else torch.device("cpu")
-    with talking_to(None, "aligning clocks"):
-        offsets = clock_offsets(rank, world, scalar_device, timeout)
-
-    elem_bytes = torch.empty((), dtype=dtype).element_size()
-    numel = batch * seq * model.hidden
-    all_channels = sorted(plan_transfers(schedule))
-    if options.runtime == "torch":
-        from .torch_runtime import TorchExecutor
-
-        executor = TorchExecutor(schedule, rank, runners, clock, timeout, Fault.from_env())
-    else:
-        executor = RankExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
+    all_channels = sorted(plan_transfers(executor.schedule))
     kept: list[tuple[dict, dict, dict]] = []  # (stage round, link round, iteration)
     rounds: list[Round] = []
     host_key = float(zlib.crc32(socket.gethostname().encode()))
-    depth = {s: in_flight(schedule, s) for s in runners}
-    stage_round(runners, clock, reps=2, depth=depth)  # first-touch allocations and lazy initialisation
     run = 0
     reasons: list[str | None] = []
     # Keep going until ``iterations`` timed iterations ran on an undisturbed machine (see
@@ -179,16 +179,59 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
         chosen = quiet[: options.iterations]
     for k, why in zip(kept, reasons):
         k[2]["disturbance"] = why
-    stage_rounds = [k[0] for k in chosen]
-    link_rounds = [k[1] for k in chosen]
-    iterations = [k[2] for k in chosen]
+    return Rounds([k[0] for k in chosen], [k[1] for k in chosen], [k[2] for k in chosen], len(kept), disturbed,
+                  reasons)
+
+
+def gather_payload(context: RankContext, payload: dict, rank: int, world: int, boundary_bytes: float,
+                   offsets: list[float]) -> Measurements | None:
+    """Send this rank's payload to rank 0; rank 0 returns the run's measurements, the others None."""
+    gathered = [None] * world if rank == 0 else None
+    with talking_to(None if rank == 0 else 0, "gathering timings to rank 0"):
+        dist.gather_object(payload, gathered, dst=0)
+    if rank != 0:
+        return None
+    return assemble(context, gathered, boundary_bytes, offsets)
+
+
+def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Measurements | None:
+    if context.serving is not None:
+        from .serving_run import measure_serving
+
+        return measure_serving(context, rank, world, timeout)
+    plan, schedule, model, device, dtype = context.plan, context.schedule, context.model, context.device, context.dtype
+    options = context.options
+    batch, seq = plan.microbatch_size, plan.seq_len or model.seq_len
+    shape = (batch, seq, model.hidden)
+    channels = make_channels(schedule, rank, shape, dtype, device, options.backend, timeout)
+    runners = {
+        s: StageRunner(model, s, plan.stage_layers(s), batch, seq, plan.num_microbatches, device, dtype, SEED,
+                       recompute=plan.recompute_of(s))
+        for s in schedule.stages_of(rank)
+    }
+    clock = make_clock(device)
+    scalar_device = device if options.backend == "nccl" else torch.device("cpu")
+    with talking_to(None, "aligning clocks"):
+        offsets = clock_offsets(rank, world, scalar_device, timeout)
+
+    elem_bytes = torch.empty((), dtype=dtype).element_size()
+    numel = batch * seq * model.hidden
+    if options.runtime == "torch":
+        from .torch_runtime import TorchExecutor
+
+        executor = TorchExecutor(schedule, rank, runners, clock, timeout, Fault.from_env())
+    else:
+        executor = RankExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
+    depth = {s: in_flight(schedule, s) for s in runners}
+    stage_round(runners, clock, reps=2, depth=depth)  # first-touch allocations and lazy initialisation
+    kept = timed_rounds(executor, runners, channels, clock, offsets, rank, world, numel, device, options, timeout)
     barrier(timeout)
     isolated = stage_round(runners, clock, reps=3, depth=depth)
-    stage_costs = stage_timings(stage_rounds, fallback=isolated)
+    stage_costs = stage_timings(kept.stage_rounds, fallback=isolated)
     barrier(timeout)
     layer_costs = layer_timings(model, plan, schedule, rank, batch, seq, device, dtype, clock, reps=5)
     barrier(timeout)
-    links = link_timings(link_rounds, numel, elem_bytes)
+    links = link_timings(kept.link_rounds, numel, elem_bytes)
     losses = [float(loss) for r in runners.values() for loss in r.losses]
 
     payload = {
@@ -196,19 +239,14 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
         "stages": stage_costs,
         "links": links,
         "layers": layer_costs,
-        "iterations": iterations,
+        "iterations": kept.iterations,
         "losses": losses,
         # Every kept round's raw timings, for the calibration's spread (pipeplan.bands.calibration):
         # per round {stage: {kind: [s, ...]}} and {(src, dst): [boundary-size one-way s, ...]}.
-        "stage_rounds": stage_rounds,
-        "link_rounds": [{key: lists[1] for key, lists in r.items()} for r in link_rounds],
-        "tried": len(kept),
-        "disturbed": disturbed,
-        "left_out": summary(reasons),
+        "stage_rounds": kept.stage_rounds,
+        "link_rounds": [{key: lists[1] for key, lists in r.items()} for r in kept.link_rounds],
+        "tried": kept.tried,
+        "disturbed": kept.disturbed,
+        "left_out": summary(kept.reasons),
     }
-    gathered = [None] * world if rank == 0 else None
-    with talking_to(None if rank == 0 else 0, "gathering timings to rank 0"):
-        dist.gather_object(payload, gathered, dst=0)
-    if rank != 0:
-        return None
-    return assemble(context, gathered, elem_bytes * numel, offsets)
+    return gather_payload(context, payload, rank, world, elem_bytes * numel, offsets)

@@ -179,8 +179,9 @@ class Channel:
 
 
 def make_channels(schedule: Schedule, rank: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
-                  backend: str, timeout: float) -> dict[tuple[int, int], Channel]:
-    """Create one group per channel on every rank (``new_group`` is collective), keep this rank's."""
+                  backend: str, timeout: float, channel_type: type = Channel) -> dict[tuple[int, int], Channel]:
+    """Create one group per channel on every rank (``new_group`` is collective), keep this rank's
+    (as ``channel_type``: a serving run's buffers take each transfer's shape)."""
     staged = devices.stages_through_host(backend, device)
     mine = {}
     planned = plan_transfers(schedule)
@@ -192,8 +193,8 @@ def make_channels(schedule: Schedule, rank: int, shape: tuple[int, ...], dtype: 
     for (src, dst), transfers in sorted(planned.items()):
         group = dist.new_group([src, dst], timeout=timedelta(seconds=timeout), backend=backend)
         if rank in (src, dst):
-            mine[(src, dst)] = Channel(src, dst, group, transfers, shape, dtype, device, staged,
-                                       prepost=backend == "gloo", timeout=timeout)
+            mine[(src, dst)] = channel_type(src, dst, group, transfers, shape, dtype, device, staged,
+                                            prepost=backend == "gloo", timeout=timeout)
     return mine
 
 

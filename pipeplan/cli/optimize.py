@@ -8,6 +8,7 @@ from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES
 
 from ..errors import SpecError
 from ..export import EXPORTERS
+from . import optimize_serving
 from .argtypes import bounded_count, count, seconds, share
 from .bands import add_band_arguments, band_line
 from .output import fmt_bytes, fmt_pct, fmt_time, print_json
@@ -35,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pin sequence parallelism on or off (default: on wherever tp > 1)")
     p.add_argument("--distributed-optimizer", action=argparse.BooleanOptionalAction, default=None,
                    help="pin the distributed optimizer on or off (default: on wherever dp > 1)")
-    p.add_argument("--global-batch", type=bounded_count("global_batch"), required=True, help="sequences per iteration, all replicas")
+    p.add_argument("--global-batch", type=bounded_count("global_batch"), default=None,
+                   help="sequences per iteration, all replicas (required unless --inference)")
     p.add_argument("--seq-len", type=bounded_count("seq_len"), default=None, help="sequence length (default: the model's)")
     p.add_argument("--schedules", nargs="+", metavar="NAME", default=None,
                    help=f"schedules to consider (default: {' '.join(DEFAULT_SCHEDULES)}; also {' '.join(OTHERS)})")
@@ -47,12 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--solver-time-limit", type=seconds, default=None,
                    help="CP-SAT budget per candidate, deterministic seconds (default 5 for a pinned layout, "
                         "0.5 when several layouts are searched)")
-    p.add_argument("--layouts", type=count, default=3,
+    p.add_argument("--layouts", type=count, default=None,
                    help="layouts (tp, pp, dp) searched in full, the best the screen ranks (default 3)")
     p.add_argument("--compare-config", metavar="K=V,...", default=None,
                    help="a configuration to compare against, e.g. tp=8,pp=8,dp=24,b=2,v=2 (also schedule=, rc=)")
     p.add_argument("--headroom", type=share, default=0.05, help="share of GPU memory kept free (default 0.05)")
-    p.add_argument("--jobs", type=count, default=1, help="candidates solved at once in worker processes (default 1)")
+    p.add_argument("--jobs", type=count, default=None, help="candidates solved at once in worker processes (default 1)")
     p.add_argument("--profile", metavar="FILE", default=None,
                    help="measured costs (a profile or report from `pipeplan validate`) instead of the analytic model")
     p.add_argument("--target", choices=list(EXPORTERS), default=None,
@@ -68,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gantt", metavar="FILE", help="Gantt chart of the chosen plan (.png, .svg or .pdf)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_band_arguments(p)
+    optimize_serving.add_arguments(p)
     p.set_defaults(handler=run)
 
 
@@ -105,6 +108,11 @@ def search_target(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if optimize_serving.wants_serving(args):
+        return optimize_serving.run(args)
+    if args.global_batch is None:
+        raise SpecError("--global-batch: give the sequences per iteration, all replicas (e.g. --global-batch 64); "
+                        "or search a serving plan with --inference")
     import time
 
     started = time.perf_counter()
@@ -112,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     target = search_target(args)
     from functools import partial
 
+    from ..planner.layout_search import TOP_LAYOUTS
     from ..planner.optimize import optimize
     from ..profile import load_profile
 
@@ -121,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         nodes=args.nodes, seq_len=args.seq_len, schedules=args.schedules, microbatch_sizes=args.microbatch_sizes,
         time_limit=args.time_limit, solver_time_limit=args.solver_time_limit, headroom=args.headroom,
         distributed_optimizer=args.distributed_optimizer, sequence_parallel=args.sequence_parallel,
-        parallel=args.jobs, profile=profile, layouts=args.layouts, compare_config=args.compare_config, target=target)
+        parallel=args.jobs or 1, profile=profile, layouts=args.layouts or TOP_LAYOUTS, compare_config=args.compare_config, target=target)
     if args.json or not sys.stderr.isatty():
         result = search()
     else:

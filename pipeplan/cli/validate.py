@@ -72,6 +72,29 @@ def band_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pct_text(value: float | None) -> str:
+    return "" if value is None else f"{value:+.1f} %"
+
+
+def _serving_row(label: str, section: dict[str, Any], error: dict[str, Any] | None) -> list[str]:
+    figures = section["serving"]
+    err = error or {}
+    tpot = figures["tpot"]["mean"]
+    return [label, f"{figures['tokens_per_second']:,.0f}", _pct_text(err.get("tokens_per_second_pct")),
+            fmt_time(figures["ttft"]["p50"]), _pct_text(err.get("ttft_p50_pct")),
+            "-" if tpot is None else fmt_time(tpot), _pct_text(err.get("tpot_mean_pct")),
+            fmt_time(section["iteration_time"]), _pct_text(err.get("iteration_time_pct")),
+            fmt_pct(section["bubble_fraction"])]
+
+
+def serving_table(report: dict[str, Any]) -> str:
+    """A serving run's measured, calibrated and a-priori output tokens/s, TTFT, TPOT and run time."""
+    rows = [_serving_row("measured", report["measured"], None)]
+    for key, label in (("predicted", "predicted (calibrated)"), ("apriori", "a priori (cluster spec)")):
+        rows.append(_serving_row(label, report[key], report["errors"][key]))
+    return table(["", "tokens/s", "error", "TTFT p50", "error", "TPOT mean", "error", "run", "error", "bubble"], rows)
+
+
 def format_report(report: dict[str, Any]) -> str:
     plan, run = report["plan"], report["run"]
     model = plan["model"]["name"] if isinstance(plan["model"], dict) else plan["model"]
@@ -84,7 +107,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"{' on torch.distributed.pipelining' if run.get('runtime') == 'torch' else ''}, {run['backend']} on {run['device']}, "
         f"{run['dtype']}, {run['threads_per_rank']} thread(s)/rank, median of {run['iterations']} iterations "
         f"after {run['warmup']} warm-up",
-        table(
+        serving_table(report) if "serving" in report["measured"] else table(
             ["", "bubble", "error", "90 % band", "iteration", "error", "90 % band", "busy per device"],
             [
                 _row("measured", report["measured"], None),
@@ -96,6 +119,12 @@ def format_report(report: dict[str, Any]) -> str:
         ),
         *band_lines(report),
     ]
+    if "serving" in report["measured"]:
+        mix = plan["serving"]["mix"][0]
+        served = report.get("serving_run", {})
+        lines.insert(1, f"serving {plan['serving'].get('requests') or 'one per slot'} request(s) of {mix['prompt_len']} "
+                        f"prompt + {mix['output_len']} output tokens; one run = the whole mix served once"
+                        + ("" if served.get("deterministic", True) else "; WARNING: runs generated different tokens"))
     if run.get("disturbed"):
         lines.append(
             f"warning: other processes kept this machine busy during the run (fewer than {run['iterations']} of "
@@ -131,6 +160,9 @@ def run_validate(args: argparse.Namespace) -> int:
     options = ValidateOptions.from_args(args)
     if args.gantt:
         figure_format(args.gantt)
+    if args.profile_out and Plan.load(args.plan).serving is not None:
+        raise SpecError("--profile-out: a serving run's calibration prices each pass on its own, which a profile "
+                        "cannot hold; the report (--out) keeps it")
     for flag in ("out", "profile_out", "gantt"):
         path = getattr(args, flag)
         if path and not Path(path).resolve().parent.is_dir():

@@ -7,7 +7,8 @@
 * ``stopping``     — SIGTERM, SIGHUP and SIGINT end the run as ``Stopped``;
 * ``failure``      — which process failed first and why, in one line;
 * ``measurements`` — ``Measurements``: what the ranks measured (timelines and a profile);
-* ``report``       — ``build_report``: the measured, calibrated and a-priori numbers and their errors.
+* ``report``       — ``build_report``: the measured, calibrated and a-priori numbers and their errors;
+* ``serving``      — a serving plan's refusals, memory estimate and report (tokens/s, TTFT, TPOT).
 
 Nothing here imports torch; the ranks do (package ``validator``).
 """

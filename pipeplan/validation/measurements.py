@@ -60,6 +60,12 @@ class Measurements:
     calibration_reps: int
     clock_offsets: tuple[float, ...]
     runtime: str = "pipeplan"
+    # A serving plan's run: per stage, each micro-batch's F time as the calibration replay measured it (its
+    # mean over the kept rounds; a hole in the micro-batch ids holds 0), and each request's generated tokens
+    # (the last run's; ``deterministic``: every run generated the same). Empty for a training run.
+    pass_costs: tuple[tuple[float, ...], ...] = ()
+    generated: tuple[tuple[int, ...], ...] = ()
+    deterministic: bool = True
 
     def run_section(self) -> dict[str, Any]:
         """The report's ``run`` section: how the run was made."""
@@ -76,6 +82,9 @@ class Measurements:
             "profile": self.profile.to_dict(),
             "measured_iterations": [t.to_dict() for t in self.iterations],
             "losses": [list(l) for l in self.losses],
+            **({"serving_run": {"pass_costs": [list(c) for c in self.pass_costs],
+                                "generated": [list(t) for t in self.generated],
+                                "deterministic": self.deterministic}} if self.pass_costs else {}),
         }
 
     @staticmethod
@@ -104,6 +113,7 @@ class Measurements:
             calibration_reps=int(run["calibration_reps"]),
             clock_offsets=tuple(float(x) for x in run["clock_offsets"]),
             runtime=str(run.get("runtime", OPTIONAL_RUN_KEYS["runtime"])),
+            **_serving_run(data.get("serving_run")),
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -119,6 +129,20 @@ class Measurements:
             raise SpecError(f"measurements.version: this pipeplan reads version {MEASUREMENTS_VERSION}, "
                             f"got {data.get('version')}")
         return Measurements.from_dict(data)
+
+
+def _serving_run(data: Any) -> dict[str, Any]:
+    """The serving fields of ``Measurements`` from their saved form (none for a training run)."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("pass_costs"), list):
+        raise SpecError("measurements.serving_run: must be a mapping with pass_costs, generated and deterministic")
+    try:
+        return {"pass_costs": tuple(tuple(float(x) for x in c) for c in data["pass_costs"]),
+                "generated": tuple(tuple(int(x) for x in t) for t in data.get("generated", [])),
+                "deterministic": bool(data.get("deterministic", True))}
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"measurements.serving_run: {err}") from None
 
 
 def _plain(value: Any) -> Any:

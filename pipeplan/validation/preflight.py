@@ -1,7 +1,8 @@
 """Everything ``run_validation`` refuses before it starts a process, each as a one-line ``SpecError``.
 
 * the plan: its specs load, it is one pipeline replica (tp = dp = 1, overlapping sends), its actions
-  are ones the ranks run (F, B, I, W), its recomputation none or full;
+  are ones the ranks run (F, B, I, W), its recomputation none or full; a serving plan what
+  ``serving.check_serving_plan`` refuses;
 * ``--out``: its folder exists and it is not a folder itself;
 * ``--device cuda``: torch sees a CUDA device here (asked in a short-lived ``python -c`` that imports
   torch, so this process never does), enough of them for NCCL's one rank per GPU;
@@ -18,6 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from simulator.ir import Schedule
 from simulator.kinds import COMPOSITE_KINDS, COMPUTE_KINDS
@@ -48,6 +50,7 @@ class Checked:
     plan: Plan
     model: ModelSpec
     schedule: Schedule
+    serving: Any = None  # a serving plan's ``ServingResolved``
 
 
 def check_plan(plan_path: str, scale: float, runtime: str = "pipeplan") -> Checked:
@@ -60,6 +63,11 @@ def check_plan(plan_path: str, scale: float, runtime: str = "pipeplan") -> Check
                         f"blocking_p2p false); this plan has tp = {plan.tp}, dp = {plan.dp}, blocking_p2p = "
                         f"{str(plan.blocking_p2p).lower()}")
     base = Path(plan_path).resolve().parent
+    if plan.serving is not None:
+        from .serving import check_serving_plan
+
+        served = check_serving_plan(plan, base, runtime, scale)
+        return Checked(plan, served.model, served.schedule, served)
     resolved = resolve(plan.model, plan.cluster, plan, base)
     # torch's runtime runs an overlapped pair's two parts one after the other (validator.torch_runtime).
     runs = set(COMPUTE_KINDS) | (set(COMPOSITE_KINDS) if runtime == "torch" else set())
@@ -147,7 +155,12 @@ def available_host_bytes() -> float | None:
 
 def _need(checked: Checked, options: ValidateOptions, gpus: int) -> tuple[float, list[float]]:
     """(host bytes, bytes per GPU) the run needs."""
-    ranks = rank_bytes(checked.model, checked.plan, checked.schedule, on_gpu=options.device == "cuda")
+    if checked.serving is not None:
+        from .serving import serving_rank_bytes
+
+        ranks = serving_rank_bytes(checked.serving, on_gpu=options.device == "cuda")
+    else:
+        ranks = rank_bytes(checked.model, checked.plan, checked.schedule, on_gpu=options.device == "cuda")
     host = sum(RANK_BASE_BYTES + r.host for r in ranks)
     per_gpu = [0.0] * gpus
     for rank, need in enumerate(ranks if gpus else ()):  # validator.run: rank r computes on GPU r % count

@@ -118,7 +118,12 @@ def bands_section(calibrated: PlanResult, apriori: PlanResult, profile: Profile,
 
 
 def build_report(measurements: Measurements, band_samples: int | None = None, band_seed: int = 0) -> dict[str, Any]:
-    """The report of a finished run: measured, both predictions, their errors and bands, and the measurements."""
+    """The report of a finished run: measured, both predictions, their errors and bands, and the measurements
+    (a serving plan's: ``serving.build_serving_report``, without bands)."""
+    if measurements.plan.serving is not None:
+        from .serving import build_serving_report
+
+        return build_serving_report(measurements, REPORT_KIND, REPORT_VERSION)
     measured = measured_section(measurements.iterations)
     calibrated, apriori_result = predict(measurements.plan, measurements.base_dir, measurements.profile)
     predicted, apriori = _section(calibrated.timeline), _section(apriori_result.timeline)
@@ -146,6 +151,12 @@ def repredict(report: dict[str, Any], base_dir: str | Path | None = None) -> dic
     ``base_dir``: where the plan's relative cluster/model files are (default: the run's plan folder).
     """
     run = Measurements.from_dict(report)
+    if run.plan.serving is not None:
+        from .serving import measured_serving_section, serving_errors, serving_predictions
+
+        predicted, apriori, results = serving_predictions(run, base_dir or run.base_dir)
+        measured = measured_serving_section(results)
+        return {"predicted": serving_errors(predicted, measured), "apriori": serving_errors(apriori, measured)}
     measured = measured_section(run.iterations)
     predicted, apriori = predictions(run.plan, base_dir or run.base_dir, run.profile)
     return {"predicted": errors(predicted, measured), "apriori": errors(apriori, measured)}
