@@ -65,11 +65,23 @@ def lower_bound(problem: PartitionProblem) -> int:
 
     Perfect balance without recomputation: the slowest device does at least 1/p of the work, the
     fill is at least its value without recomputation (recomputing only lengthens I, whose weight in
-    φ is never negative) and, with chunks, the widest stage's φ is at least the average.
+    φ is never negative), with chunks the widest stage's φ is at least the average, and the
+    data-parallel tail at least its least value.
     """
     p, S = problem.pp, problem.num_stages
     a, b, c = problem.fill_weights
     base = sum(problem.forward) + sum(problem.backward_input) + sum(problem.backward_weight)
     phi = a * sum(problem.forward) + b * sum(problem.backward_input) + c * sum(problem.backward_weight)
     fill = (p - 1) * (problem.scale * math.ceil(phi / S) if problem.chunks > 1 else phi)
-    return problem.scale * problem.num_microbatches * math.ceil(base / p) + fill + problem.scale * problem.comm
+    return (problem.scale * problem.num_microbatches * math.ceil(base / p) + fill + problem.scale * problem.comm
+            + problem.scale * _least_tail(problem))
+
+
+def _least_tail(problem: PartitionProblem) -> int:
+    """The least data-parallel tail of any split (``PartitionProblem.exposed_tail``): stage k* holds at least
+    one layer, whose reduction, step and gather follow the collectives' latencies."""
+    tail = problem.tail_units
+    if tail is None or problem.tail_stage is None:
+        return 0
+    return tail.reduce_latency + tail.gather_latency + min(
+        o + r + g for o, r, g in zip(tail.optimizer, tail.reduce, tail.gather))

@@ -57,6 +57,20 @@ def _prefix(values: tuple[int, ...]) -> list[int]:
     return out
 
 
+def _exposed_tail(model, problem: PartitionProblem, tail, stage_sum, top: int):
+    """``PartitionProblem.exposed_tail`` as a CP-SAT expression: G(k*) + max(R(k*) + opt(k*), Σ opt of the
+    device of stage 0), the max an integer minimisation keeps tight."""
+    steps = sum(stage_sum("tail_optimizer", k) for k in problem.stages_of(problem.stage_to_device[0]))
+    k = problem.tail_stage
+    if k is None:
+        return steps
+    bound = top + sum(tail.optimizer) + sum(tail.reduce) + tail.reduce_latency
+    longest = model.NewIntVar(0, bound, "tail")
+    model.Add(longest >= tail.reduce_latency + stage_sum("tail_reduce", k) + stage_sum("tail_optimizer", k))
+    model.Add(longest >= steps)
+    return tail.gather_latency + stage_sum("tail_gather", k) + longest
+
+
 def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1, hint: tuple[int, ...] | None = None,
           hint_recompute: tuple[bool, ...] | None = None, objective: str = "time") -> Solution:
     """Minimise the analytic iteration time of ``problem`` (``objective="time"``).
@@ -75,6 +89,10 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
     model = cp_model.CpModel()
     prefix = {name: _prefix(getattr(problem, name)) for name in (
         "forward", "backward_input", "backward_weight", "activation", "held", "activation_rc", "held_rc", "static")}
+    tail = problem.tail_units if objective == "time" else None
+    if tail is not None:
+        prefix.update(tail_optimizer=_prefix(tail.optimizer), tail_reduce=_prefix(tail.reduce),
+                      tail_gather=_prefix(tail.gather))
 
     # Cut k is the first layer of stage k: an integer with its prefix sums read through Element
     # constraints. Prefix sums are monotone, so bound propagation on them moves the cuts as a
@@ -85,20 +103,21 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
     cuts.append(model.NewConstant(L))
     for k in range(S):
         model.Add(cuts[k + 1] >= cuts[k] + 1)
-    at_cut: dict[str, list] = {}
-    for name, values in prefix.items():
-        row = []
-        for k in range(S + 1):
-            if k in (0, S):
-                row.append(values[0] if k == 0 else values[L])
-                continue
+    at_cut: dict[tuple[str, int], object] = {}
+
+    def at(name: str, k: int):
+        """The prefix sum ``name`` at cut k (an Element variable, made once when first read)."""
+        values = prefix[name]
+        if k in (0, S):
+            return values[0] if k == 0 else values[L]
+        if (name, k) not in at_cut:
             v = model.NewIntVar(values[k], values[L - S + k], f"{name}@c{k}")
             model.AddElement(cuts[k], values, v)
-            row.append(v)
-        at_cut[name] = row
+            at_cut[name, k] = v
+        return at_cut[name, k]
 
     def stage_sum(name: str, k: int):
-        return at_cut[name][k + 1] - at_cut[name][k]
+        return at(name, k + 1) - at(name, k)
 
     a, b, c = problem.fill_weights
     big_f = prefix["forward"][-1]
@@ -167,8 +186,11 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
             fill = problem.scale * widest
         else:
             fill = sum(fill_terms)
+        exposed = 0
+        if tail is not None:
+            exposed = _exposed_tail(model, problem, tail, stage_sum, total_work)
         model.Minimize(problem.scale * problem.num_microbatches * slowest + (p - 1) * fill
-                       + problem.scale * problem.comm)
+                       + problem.scale * problem.comm + problem.scale * exposed)
 
     if hint:
         start = 0

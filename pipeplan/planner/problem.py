@@ -9,7 +9,7 @@ capacity rounded down), so a plan that fits here fits in the simulator.
 
 Analytic iteration time (the objective), with S = p·v stages and device d holding stages D(d):
 
-    T = m · max_d Σ_{k∈D(d)} (F_k + I_k + W_k)  +  fill  +  comm
+    T = m · max_d Σ_{k∈D(d)} (F_k + I_k + W_k)  +  fill  +  comm  +  tail
 
 fill = (p−1)/p · Σ_k φ_k with one stage per device (Σ_k t_k + (m−1)·max_k t_k for 1F1B), and
 (p−1) · max_k φ_k with chunks, where a lopsided chunk stretches every hop of the warm-up. φ is the
@@ -20,12 +20,16 @@ Full recomputation adds F to I; selective recomputation adds the re-run attentio
 none (attention="standard"), as with FlashAttention it equals none. ``comm``
 is the warm-up's forward and backward boundary transfers, Σ (forward + backward hop) / v, each hop
 ``Network.transfer_seconds`` on the network the simulator uses (the profile's links where it
-measured them).
+measured them). ``tail`` (dp > 1) is the data-parallel work exposed after the pipeline's last op, on the
+device of stage 0 whose last backward (of stage k*) ends the pipeline: max(R(k*) + opt(k*) + G(k*),
+Σ opt over the device's stages + G(k*)) (``dp_tail``), gradient reduction, Adam step and parameter gather
+priced as lowering prices them.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Sequence
 
 from simulator.ir import Schedule
@@ -36,6 +40,7 @@ from ..cluster import ClusterSpec
 from ..costs import layer_work, measured_stage_cost, price, static_bytes
 from ..model import ModelSpec
 from ..profile import Profile
+from .dp_tail import DataParallelTail, dp_tail
 
 # Integer resolution: the largest total is mapped to about this many units, which keeps the
 # rounding error near 1e-6 relative while CP-SAT's coefficients stay small.
@@ -67,6 +72,18 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class TailUnits:
+    """``PartitionProblem.exposed_tail``'s integers: per layer its optimizer step, reduction and gather
+    (bytes' share) on the device of stage 0, and the two collectives' latencies, in time units."""
+
+    optimizer: tuple[int, ...]
+    reduce: tuple[int, ...]
+    gather: tuple[int, ...]
+    reduce_latency: int
+    gather_latency: int
+
+
+@dataclass(frozen=True)
 class PartitionProblem:
     """Integer data of one candidate; the CP-SAT model and any brute force read only this.
 
@@ -81,6 +98,8 @@ class PartitionProblem:
     stage of device d's first action and ``last_action[d]`` (stage, kind) its last; ``bounds`` reads them.
     ``uniform_recompute``: every stage takes the same recomputation mode (a framework with one setting for
     all stages, e.g. Megatron-LM); CP-SAT, the polish and the exhaustive search keep to it.
+    ``params[i]`` is layer i's parameters on one GPU and ``dp_tail`` the data-parallel actions' prices
+    (None at dp = 1); ``tail_units`` turns them into the objective's integers.
     """
 
     pp: int
@@ -109,6 +128,8 @@ class PartitionProblem:
     last_action: tuple[tuple[int, str], ...] = ()
     split_backward: bool = True
     uniform_recompute: bool = False
+    params: tuple[float, ...] = ()
+    dp_tail: DataParallelTail | None = None
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -177,7 +198,47 @@ class PartitionProblem:
         fills = [a * f + b * i_ + c * w for f, i_, w, _, _ in values]
         slowest = max(sum(work[k] for k in self.stages_of(d)) for d in range(self.pp))
         fill_term = (self.pp - 1) * (self.scale * max(fills) if self.chunks > 1 else sum(fills))
-        return self.scale * self.num_microbatches * slowest + fill_term + self.scale * self.comm
+        return (self.scale * self.num_microbatches * slowest + fill_term + self.scale * self.comm
+                + self.scale * self.exposed_tail(layers_per_stage))
+
+    @property
+    def tail_stage(self) -> int | None:
+        """k*: the stage whose gradients the pipeline's last device (that of stage 0) reduces last, when its
+        last op is a backward of it (None: no such stage, the tail is the optimizer steps alone)."""
+        stage, kind = self.last_action[self.stage_to_device[0]] if self.last_action else (0, "B")
+        return stage if kind in ("B", "W") else None
+
+    @cached_property
+    def tail_units(self) -> TailUnits | None:
+        """The tail's integers (time units) on the device of stage 0; None without data parallelism."""
+        if self.dp_tail is None or not self.params:
+            return None
+        d0 = self.stage_to_device[0]
+        (r0, r1), (g0, g1) = self.dp_tail.reduce[d0], self.dp_tail.gather[d0]
+
+        def per_layer(rate: float) -> tuple[int, ...]:
+            return tuple(int(round(x * rate / self.time_unit)) for x in self.params)
+
+        return TailUnits(per_layer(self.dp_tail.optimizer), per_layer(r1), per_layer(g1),
+                         int(round(r0 / self.time_unit)), int(round(g0 / self.time_unit)))
+
+    def exposed_tail(self, layers_per_stage: Sequence[int]) -> int:
+        """The data-parallel tail the objective adds (module docstring), in time units; 0 at dp = 1:
+        G(k*) + max(R(k*) + opt(k*), Σ opt over the device of stage 0)."""
+        units = self.tail_units
+        if units is None:
+            return 0
+        starts = [0]
+        for n in layers_per_stage:
+            starts.append(starts[-1] + n)
+        steps = sum(units.optimizer[i] for k in self.stages_of(self.stage_to_device[0])
+                    for i in range(starts[k], starts[k + 1]))
+        k = self.tail_stage
+        if k is None:
+            return steps
+        own = range(starts[k], starts[k + 1])
+        reduce = units.reduce_latency + sum(units.reduce[i] + units.optimizer[i] for i in own)
+        return units.gather_latency + sum(units.gather[i] for i in own) + max(reduce, steps)
 
     @property
     def scale(self) -> int:
@@ -280,4 +341,6 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         last_action=tuple((actions[-1].stage, actions[-1].kind) for actions in schedule.device_actions),
         split_backward=any(a.kind == "I" for actions in schedule.device_actions for a in actions),
         uniform_recompute=uniform_recompute,
+        params=tuple(params),
+        dp_tail=dp_tail(cluster, tp, schedule.num_devices, dp, distributed_optimizer, network.port_capacity),
     )
