@@ -4,11 +4,9 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from simulator.ir import Schedule
 from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES, lookup
 
 from ..errors import SpecError
-from ..lowering import generated_schedule
 from .problem import Candidate, PartitionProblem
 
 
@@ -38,7 +36,7 @@ def schedule_variants(names: list[str] | None) -> list[tuple[str, int]]:
 
 def enumerate_candidates(num_layers: int, pp: int, batch: int, variants: list[tuple[str, int]],
                          microbatch_sizes: list[int] | None = None,
-                         runs: Callable[[str, int, int], bool] | None = None) -> list[tuple[Candidate, Schedule]]:
+                         runs: Callable[[str, int, int], bool] | None = None) -> list[Candidate]:
     """Every (schedule, v, b) whose generator accepts (p, m = batch/b, v) and whose p·v stages fit the layers.
 
     b runs over the divisors of the per-replica batch; the schedule's registry rule, the same check
@@ -56,7 +54,7 @@ def enumerate_candidates(num_layers: int, pp: int, batch: int, variants: list[tu
         for b in sizes:
             m = batch // b
             if entry.accepts(pp, m, v) and (runs is None or runs(name, m, v)):
-                found.append((Candidate(name, v, b, m), generated_schedule(name, pp, m, v)))
+                found.append(Candidate(name, v, b, m))
     return found
 
 

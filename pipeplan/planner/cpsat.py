@@ -57,18 +57,13 @@ def _prefix(values: tuple[int, ...]) -> list[int]:
     return out
 
 
-def _exposed_tail(model, problem: PartitionProblem, tail, stage_sum, top: int):
-    """``PartitionProblem.exposed_tail`` as a CP-SAT expression: G(k*) + max(R(k*) + opt(k*), Σ opt of the
-    device of stage 0), the max an integer minimisation keeps tight."""
-    steps = sum(stage_sum("tail_optimizer", k) for k in problem.stages_of(problem.stage_to_device[0]))
+def _exposed_tail(problem: PartitionProblem, tail, stage_sum):
+    """``PartitionProblem.exposed_tail`` as a CP-SAT expression."""
     k = problem.tail_stage
     if k is None:
-        return steps
-    bound = top + sum(tail.optimizer) + sum(tail.reduce) + tail.reduce_latency
-    longest = model.NewIntVar(0, bound, "tail")
-    model.Add(longest >= tail.reduce_latency + stage_sum("tail_reduce", k) + stage_sum("tail_optimizer", k))
-    model.Add(longest >= steps)
-    return tail.gather_latency + stage_sum("tail_gather", k) + longest
+        return 0
+    return (tail.reduce_latency + tail.gather_latency + stage_sum("tail_reduce", k)
+            + stage_sum("tail_optimizer", k) + stage_sum("tail_gather", k))
 
 
 def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1, hint: tuple[int, ...] | None = None,
@@ -188,7 +183,7 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
             fill = sum(fill_terms)
         exposed = 0
         if tail is not None:
-            exposed = _exposed_tail(model, problem, tail, stage_sum, total_work)
+            exposed = _exposed_tail(problem, tail, stage_sum)
         model.Minimize(problem.scale * problem.num_microbatches * slowest + (p - 1) * fill
                        + problem.scale * problem.comm + problem.scale * exposed)
 

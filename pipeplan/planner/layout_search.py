@@ -4,14 +4,19 @@
 
 1. *floors*: a layout whose static memory floor is above the usable memory is dropped (no split fits);
    the others get their ``time_floor``, a lower bound on any of their simulated plans;
-2. *screen*: every remaining layout is simulated with a quick plan (``screen_plan``: the uniform split
-   under 1F1B and under ZB-V, the smallest micro-batch, the least recomputation that fits), so each has
-   a simulated time before any is discarded; in order of ``screen_estimate`` (the
-   floor with a 1F1B fill), so that a time limit stops the screen after the likeliest ones;
-3. *full search*: in order of the screen's time (layouts whose screen did not fit after them, by floor),
-   ``search`` runs on a layout unless its floor is not below the best simulated plan so far (a valid
+2. *screen* (``screen``): every remaining layout gets a quick plan (the uniform split under 1F1B and
+   under ZB-V, the smallest micro-batch, the least recomputation that fits), simulated unless its memory
+   surely does not fit or its bound (valid for the simulated time) cannot beat the fastest fitting plan
+   simulated so far; in order of ``screen_order`` (the quick plans' bounds, or the floor with a 1F1B fill
+   where larger), so that the best screens come first and a time limit stops the screen after the
+   likeliest ones; a layout whose floor cannot beat a fitting screen is not screened (PRUNED);
+3. *full search*: in order of the screen's time (a layout whose quick plans were not simulated or did
+   not fit, by its ``screen_order``; one none of whose quick plans may fit memory last), ``search`` runs on
+   a layout unless its floor is not below the best simulated plan so far (a valid
    skip) or ``top`` layouts have already been searched to a plan (the heuristic stop: the screen's
-   order is the judge of which layouts deserve a search; the record says which were skipped so);
+   order is the judge of which layouts deserve a search; the record says which were skipped so); the
+   best simulated plan so far is the search's ``incumbent``, so its candidates whose simulated-time
+   bound cannot beat it are pruned, and a layout none of whose candidates can is recorded PRUNED;
 4. *answer*: the fastest simulated plan among everything simulated (screens, searches and the given
    configuration, ``--compare-config``), with the record of every layout.
 
@@ -26,18 +31,17 @@ import time
 from dataclasses import dataclass, replace
 
 from ..errors import OutOfTime, SpecError
-from .baselines import megatron_uniform
 from .cpsat import Solution
 from .layouts import Layout, LayoutPins, enumerate_layouts, memory_floor, time_floor
 from .problem import Candidate
 from .refine import fits_within
 from .request import OptimizeRequest
 from .result import LayoutRecord, OptimizeResult, Scored
-from .search import Progress, judge, search
+from .screen import SCREEN_ORDER, least_recompute, quick_plans, screen_order, screen_plan
+from .search import Dominated, Progress, search
 
 TOP_LAYOUTS = 3  # layouts searched in full (those the screen ranks first), besides the valid skips
 LAYOUT_POLISHED = 1  # proposals polished per layout searched (a pinned layout's search polishes two)
-SCREEN_ORDER = ("none", "selective", "full")
 
 
 @dataclass(frozen=True)
@@ -83,63 +87,6 @@ def layout_request(base: OptimizeRequest, layout: Layout) -> OptimizeRequest:
                    distributed_optimizer=layout.distributed_optimizer)
 
 
-def _least_recompute(request: OptimizeRequest, name: str, schedule: str, v: int, b: int,
-                     modes: tuple[str, ...] = SCREEN_ORDER) -> Scored | None:
-    """The uniform split under ``schedule`` at micro-batch b with the first recomputation in ``modes`` that
-    fits (headroom included); the last one tried when none fits; None when the schedule (or the request's
-    target) rejects (p, m, v)."""
-    batch = request.replica_batch
-    if batch % b or request.pp * v > request.model.num_pipeline_layers:
-        return None
-    m = batch // b
-    if not request.runs(schedule, m, v):
-        return None
-    layers = megatron_uniform(request.model, request.pp * v)
-    plan = request.plan_for(Candidate(schedule, v, b, m), layers, (False,) * len(layers))
-    scored = None
-    for mode in modes:
-        scored = judge(request, name, plan.with_(recompute=(mode,) * len(layers)))
-        if fits_within(scored, request.headroom):
-            return scored
-    return scored
-
-
-def screen_estimate(floor: float, layout: Layout, base: OptimizeRequest) -> float:
-    """The order layouts are screened in (step 2): the time floor stretched by the screen plan's own 1F1B fill,
-    (m + pp - 1) / m at its smallest micro-batch. Not a bound (the floor is the one pruning uses) but a rank:
-    without the fill, the floor ranks a deep pipeline with few micro-batches per replica (a 50 % bubble at
-    pp = 128, m = 256) above the shallower layouts, and a time limit could stop the screen before it reaches
-    the layouts that are fastest."""
-    batch = base.global_batch // layout.dp
-    b = min((b for b in base.microbatch_sizes or (1,) if batch % b == 0), default=1)
-    m = batch // b
-    return floor * (m + layout.pp - 1) / m
-
-
-SCREEN_SCHEDULES = (("1f1b", 1), ("zb-v", 2))  # one plain and one bubble-free family, where allowed
-
-
-def screen_plan(request: OptimizeRequest) -> Scored | None:
-    """A quick simulated plan of the request's layout (see the module docstring, step 2): the faster of
-    1F1B and ZB-V (those of them the request allows, else its first schedule) at the smallest micro-batch
-    size either runs with, uniform split, least recomputation that fits."""
-    allowed = [variant for variant in SCREEN_SCHEDULES if variant in request.variants] or [request.variants[0]]
-    sizes = request.microbatch_sizes or tuple(b for b in range(1, request.replica_batch + 1)
-                                              if request.replica_batch % b == 0)
-    modes = SCREEN_ORDER if request.model.attention == "standard" else ("none", "full")  # selective saves nothing
-    best = None
-    for schedule, v in allowed:
-        scored = next((s for s in (_least_recompute(request, "screen", schedule, v, b, modes) for b in sizes)
-                       if s is not None), None)
-        if scored is not None and (best is None or _screen_key(scored, request) < _screen_key(best, request)):
-            best = scored
-    return best
-
-
-def _screen_key(scored: Scored, request: OptimizeRequest) -> tuple[bool, float]:
-    return not fits_within(scored, request.headroom), scored.iteration_time
-
-
 def given_config(base: OptimizeRequest, pins: LayoutPins, config: GivenConfig) -> Scored:
     """The given configuration simulated on the request's model, cluster and batch (one-line errors);
     sequence parallelism and the distributed optimizer as the search would set them (the pins, else on)."""
@@ -149,7 +96,7 @@ def given_config(base: OptimizeRequest, pins: LayoutPins, config: GivenConfig) -
     request = layout_request(base, layout)
     schedule = config.schedule or ("interleaved" if config.v > 1 else "1f1b")
     modes = (config.rc,) if config.rc else SCREEN_ORDER
-    scored = _least_recompute(request, "given config", schedule, config.v, config.b, modes)
+    scored = least_recompute(request, "given config", schedule, config.v, config.b, modes)
     if scored is None:
         raise SpecError(f"--compare-config: {schedule} v={config.v} b={config.b} does not run with pp={config.pp} "
                         f"and {base.global_batch // config.dp} sequences per replica")
@@ -182,24 +129,33 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
         raise SpecError(f"no layout of {pins.gpus} GPUs fits {base.model.name}: weights, gradients and optimizer state "
                         f"alone need {least.memory_floor / 1e9:.1f} GB on a GPU at best ({least.layout.label}) of "
                         f"{usable / 1e9:.1f} GB usable; " + what_would_fit(base, pins))
-    open_layouts.sort(key=lambda lay: (screen_estimate(records[lay].time_floor, lay, base), lay.tp, lay.pp))
+    quicks = {lay: quick_plans(layout_request(base, lay)) for lay in open_layouts}
+    rank = {lay: screen_order(records[lay].time_floor, lay, base, quicks[lay]) for lay in open_layouts}
+    open_layouts.sort(key=lambda lay: (rank[lay], lay.tp, lay.pp))
     simulated: list[Scored] = []
     screens: dict[Layout, Scored] = {}
     for i, layout in enumerate(open_layouts):
         if progress:
             progress(i, len(open_layouts) + top, f"screening {layout.label}")
-        if time.perf_counter() > deadline and any(fits_within(s, base.headroom) for s in simulated):
+        best = min((s.iteration_time for s in simulated if fits_within(s, base.headroom)), default=float("inf"))
+        if time.perf_counter() > deadline and best < float("inf"):
             records[layout] = replace(records[layout], status="TIME LIMIT")
             continue
-        scored = screen_plan(layout_request(base, layout))
+        if records[layout].time_floor >= best:  # valid: no plan of it can beat a simulated one
+            records[layout] = replace(records[layout], status="PRUNED")
+            continue
+        scored = screen_plan(layout_request(base, layout), quicks[layout], best)
         if scored is not None:
             screens[layout] = scored
             simulated.append(scored)
             records[layout] = replace(records[layout], screened=scored.iteration_time,
                                       screen_fits=fits_within(scored, base.headroom))
+    # A fitting screen ranks by its time; a layout whose quick plans were not simulated (or did not fit) by
+    # their rank, a bound on them; one whose quick plans all surely overflow memory comes last, by floor.
     order = sorted((lay for lay in open_layouts if records[lay].status == "SCREENED"),
-                   key=lambda lay: (not records[lay].screen_fits, records[lay].screened
-                                    if records[lay].screen_fits else records[lay].time_floor, lay.tp, lay.pp))
+                   key=lambda lay: (not any(q.least_bound() < float("inf") for q in quicks[lay]),
+                                    records[lay].screened if records[lay].screen_fits else rank[lay],
+                                    records[lay].time_floor, lay.tp, lay.pp))
     results: list[OptimizeResult] = []
     timed_out = False
     for layout in order:
@@ -219,7 +175,11 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
             progress(len(open_layouts) + len(results), len(open_layouts) + top, f"searching {layout.label}")
         began = time.perf_counter()
         try:
-            result = search(replace(layout_request(base, layout), deadline=deadline, polished=LAYOUT_POLISHED))
+            result = search(replace(layout_request(base, layout), deadline=deadline, polished=LAYOUT_POLISHED,
+                                    incumbent=best))
+        except Dominated:
+            records[layout] = replace(record, status="PRUNED", search_time=time.perf_counter() - began)
+            continue
         except OutOfTime:
             timed_out = True
             records[layout] = replace(record, status="TIME LIMIT", search_time=time.perf_counter() - began)

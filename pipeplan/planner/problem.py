@@ -21,9 +21,9 @@ none (attention="standard"), as with FlashAttention it equals none. ``comm``
 is the warm-up's forward and backward boundary transfers, Σ (forward + backward hop) / v, each hop
 ``Network.transfer_seconds`` on the network the simulator uses (the profile's links where it
 measured them). ``tail`` (dp > 1) is the data-parallel work exposed after the pipeline's last op, on the
-device of stage 0 whose last backward (of stage k*) ends the pipeline: max(R(k*) + opt(k*) + G(k*),
-Σ opt over the device's stages + G(k*)) (``dp_tail``), gradient reduction, Adam step and parameter gather
-priced as lowering prices them.
+device of stage 0 whose last backward (of stage k*) ends the pipeline: R(k*) + opt(k*) + G(k*), stage
+k*'s gradient reduction, Adam step and parameter gather priced as lowering prices them (``dp_tail``; the
+simulated-time bounds also take the device's other steps, which CP-SAT's search is slower with).
 """
 from __future__ import annotations
 
@@ -204,7 +204,7 @@ class PartitionProblem:
     @property
     def tail_stage(self) -> int | None:
         """k*: the stage whose gradients the pipeline's last device (that of stage 0) reduces last, when its
-        last op is a backward of it (None: no such stage, the tail is the optimizer steps alone)."""
+        last op is a backward of it (None: no such stage, and the objective adds no tail)."""
         stage, kind = self.last_action[self.stage_to_device[0]] if self.last_action else (0, "B")
         return stage if kind in ("B", "W") else None
 
@@ -223,22 +223,14 @@ class PartitionProblem:
                          int(round(r0 / self.time_unit)), int(round(g0 / self.time_unit)))
 
     def exposed_tail(self, layers_per_stage: Sequence[int]) -> int:
-        """The data-parallel tail the objective adds (module docstring), in time units; 0 at dp = 1:
-        G(k*) + max(R(k*) + opt(k*), Σ opt over the device of stage 0)."""
-        units = self.tail_units
-        if units is None:
+        """The data-parallel tail the objective adds (module docstring), in time units; 0 at dp = 1."""
+        units, k = self.tail_units, self.tail_stage
+        if units is None or k is None:
             return 0
-        starts = [0]
-        for n in layers_per_stage:
-            starts.append(starts[-1] + n)
-        steps = sum(units.optimizer[i] for k in self.stages_of(self.stage_to_device[0])
-                    for i in range(starts[k], starts[k + 1]))
-        k = self.tail_stage
-        if k is None:
-            return steps
-        own = range(starts[k], starts[k + 1])
-        reduce = units.reduce_latency + sum(units.reduce[i] + units.optimizer[i] for i in own)
-        return units.gather_latency + sum(units.gather[i] for i in own) + max(reduce, steps)
+        start = sum(layers_per_stage[:k])
+        own = range(start, start + layers_per_stage[k])
+        return (units.reduce_latency + units.gather_latency
+                + sum(units.reduce[i] + units.optimizer[i] + units.gather[i] for i in own))
 
     @property
     def scale(self) -> int:

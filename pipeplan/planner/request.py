@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from simulator.schedules import SCHEDULES, lookup
@@ -16,12 +17,13 @@ from ..cluster import CLUSTER_PRESETS, ClusterSpec, load_cluster
 from ..errors import SpecError, positive_int
 from ..export import export_target
 from ..limits import MAX_SECONDS, check_model, check_planner_size, in_range
+from ..lowering import generated_schedule
 from ..model import MODEL_PRESETS, ModelSpec, load_model
 from ..parallel import check_sequence_parallel, check_tensor_group
 from ..plan import Plan, default_placement
 from ..profile import Profile, load_profile
 from .candidates import schedule_variants
-from .problem import Candidate
+from .problem import Candidate, PartitionProblem, build_problem
 
 MAX_JOBS = 8  # worker processes at most; a larger ``jobs`` is clamped, not refused
 
@@ -64,6 +66,9 @@ class OptimizeRequest:
     # search polishes one per layout (it compares layouts, each with its own best proposal).
     polished: int = 2
     target: str | None = None
+    # The fastest fitting plan simulated before this search (another layout's, a screen's), in seconds: a
+    # candidate whose simulated-time bound is not below it is pruned (``search.Dominated`` if all are).
+    incumbent: float = float("inf")
 
     @classmethod
     def create(cls, model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,
@@ -137,6 +142,13 @@ class OptimizeRequest:
         """Past the deadline: the search finishes what it must for an answer and starts nothing else."""
         return self.deadline is not None and time.perf_counter() > self.deadline
 
+    def problem_for(self, candidate: Candidate) -> PartitionProblem:
+        """``candidate``'s partition problem on the request's layout (built once per layout and candidate:
+        the screen, the search and the baselines ask for the same ones)."""
+        return _problem(self.model, self.cluster, candidate, self.sequence_length, self.tp, self.pp, self.dp,
+                        self.distributed_optimizer, self.sequence_parallel, self.headroom, self.profile,
+                        self.uniform_recompute)
+
     def plan_for(self, candidate: Candidate, layers: tuple[int, ...], recompute: tuple[bool, ...]) -> Plan:
         """The plan file for ``candidate`` cut into ``layers`` per stage, ``recompute`` per stage."""
         return Plan(model=self.model_ref, cluster=self.cluster_ref, nodes=self.plan_nodes,
@@ -145,6 +157,16 @@ class OptimizeRequest:
                     layers_per_stage=tuple(layers), recompute=tuple("full" if r else "none" for r in recompute),
                     seq_len=self.seq_len, dp=self.dp, tp=self.tp, sequence_parallel=self.sequence_parallel,
                     distributed_optimizer=self.distributed_optimizer, blocking_p2p=self.blocking_p2p)
+
+
+@lru_cache(maxsize=1024)  # a problem is a few per-layer tuples and the schedule's count vectors
+def _problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, seq_len: int, tp: int, pp: int, dp: int,
+             distributed_optimizer: bool, sequence_parallel: bool, headroom: float, profile: Profile | None,
+             uniform_recompute: bool) -> PartitionProblem:
+    schedule = generated_schedule(candidate.schedule, pp, candidate.num_microbatches, candidate.chunks)
+    return build_problem(model, cluster, candidate, schedule, seq_len, default_placement(pp, dp, tp), dp,
+                         distributed_optimizer, headroom, profile=profile, tp=tp, sequence_parallel=sequence_parallel,
+                         uniform_recompute=uniform_recompute)
 
 
 def target_schedules(target: str | None, schedules: list[str] | None) -> list[str] | None:

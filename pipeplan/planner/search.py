@@ -4,7 +4,8 @@
    with its partition problem, its analytic bound and a bound valid for the simulated time (``bounds``);
 2. ``solve_and_prune``: CP-SAT finds each candidate's best split and recomputation under the analytic
    objective and the simulator judges it at once; a candidate is skipped when its simulated-time bound
-   cannot beat the fastest simulation, or its analytic bound the ``rescore``-th best prediction once
+   (``bounds``, then the memory-aware ``relaxation``) cannot beat the fastest simulation (or the
+   request's ``incumbent``), or its analytic bound the ``rescore``-th best prediction once
    ``FAMILY_FEW`` of its schedule variant were judged;
 3. ``rescore``: the proposals' simulations; those that fit (headroom included) go on;
 4. ``polish``: the fastest ``request.polished`` of them move cuts and recomputation together (``refine``);
@@ -27,7 +28,6 @@ from typing import Callable
 
 from ..api import simulate
 from ..errors import OutOfTime, SpecError
-from ..lowering import generated_schedule
 from ..plan import Plan
 from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, deepspeed_parameters, megatron_uniform
 from .bounds import candidate_bound
@@ -35,7 +35,8 @@ from .candidates import enumerate_candidates, lower_bound
 from .cpsat import UNKNOWN, Solution, solve
 from .exhaustive import MAX_PLANS, exhaust, space_size
 from .infeasible import explain_infeasible
-from .problem import Candidate, PartitionProblem, build_problem
+from .problem import Candidate, PartitionProblem
+from .relaxation import relaxed_bound
 from .refine import MAX_EVALS, fits_within, refine
 from .request import OptimizeRequest
 from .result import CandidateRecord, OptimizeResult, Scored
@@ -109,6 +110,11 @@ class Polished:
     source: str = "cp-sat"
 
 
+class Dominated(Exception):
+    """Every candidate that might fit was pruned by a bound no better than ``request.incumbent``, a plan
+    simulated outside this search: the search has nothing faster to return."""
+
+
 def search(request: OptimizeRequest, progress: Progress | None = None) -> OptimizeResult:
     """Run the steps in order (see the module docstring); SpecError (one line) when nothing fits."""
     started = time.perf_counter()
@@ -139,12 +145,8 @@ def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
         raise SpecError(f"schedules: no schedule of {names} runs with pp = {request.pp} and a per-replica batch "
                         f"of {request.replica_batch}; try other --schedules or a larger --global-batch")
     out = []
-    for candidate, schedule in found:
-        problem = build_problem(request.model, request.cluster, candidate, schedule, request.sequence_length,
-                                request.gpus, request.dp, request.distributed_optimizer, request.headroom,
-                                profile=request.profile, tp=request.tp,
-                                sequence_parallel=request.sequence_parallel,
-                                uniform_recompute=request.uniform_recompute)
+    for candidate in found:
+        problem = request.problem_for(candidate)
         out.append(Bounded(candidate, problem, problem.seconds(lower_bound(problem)), candidate_bound(problem)))
     out.sort(key=lambda c: (c.bound, c.candidate.label))
     return out
@@ -153,8 +155,10 @@ def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
 def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: Progress | None = None) -> Solved:
     """CP-SAT per candidate in analytic-bound order, each proposal simulated as it comes.
 
-    A candidate is skipped when (a) its ``simulated_bound``, valid for the simulator (``bounds``),
-    is no better than the fastest fitting simulation so far: nothing in it can win; or (b) its
+    A candidate is skipped when (a) its ``simulated_bound``, valid for the simulator (``bounds``), or
+    the memory-aware ``relaxation.relaxed_bound`` (solved only for a candidate the cheaper checks leave;
+    infinite when no plan of it may fit) is no better than the fastest fitting simulation so far (or
+    ``request.incumbent``, a plan simulated before this search): nothing in it can win; or (b) its
     analytic bound is no better than the ``rescore``-th best prediction so far and its schedule
     variant already had ``FAMILY_FEW`` candidates solved and simulated: the analytic bound is a
     heuristic for the simulator (its fill term is approximate), so every family's best few are
@@ -168,10 +172,18 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
     records: dict[Candidate, CandidateRecord] = {}
     proposals: list[Proposal] = []
     solved_per_family: dict[tuple[str, int], int] = {}
-    fastest = [float("inf")]
+    fastest = [request.incumbent]
+    relaxed: dict[Candidate, float] = {}
+
+    def simulated_bound(item: Bounded, relax: bool = False) -> float:
+        """The cheap bound, raised by the linear relaxation (``relaxation``) where that was solved; ``relax``:
+        solve it now unless the cheap bound already prunes."""
+        if relax and item.simulated_bound < fastest[0] and item.candidate not in relaxed:
+            relaxed[item.candidate] = max(item.simulated_bound, relaxed_bound(item.problem))
+        return relaxed.get(item.candidate, item.simulated_bound)
 
     def pruned(item: Bounded) -> str | None:
-        if item.simulated_bound >= fastest[0]:
+        if simulated_bound(item) >= fastest[0]:
             return "PRUNED"
         if request.out_of_time and fastest[0] < float("inf"):
             return "TIME LIMIT"  # a fitting plan is in hand; the whole search's wall-clock budget is spent
@@ -180,6 +192,8 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
         if (len(best) >= request.rescore and item.bound >= best[request.rescore - 1]
                 and solved_per_family.get(family, 0) >= FAMILY_FEW):
             return "PRUNED (analytic)"
+        if simulated_bound(item, relax=True) >= fastest[0]:  # last: the relaxation is the costly check
+            return "PRUNED"
         return None
 
     width = request.jobs
@@ -193,7 +207,7 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
                 why = pruned(item)
                 if why:
                     records[item.candidate] = CandidateRecord(item.candidate, item.bound, why,
-                                                              simulated_bound=item.simulated_bound)
+                                                              simulated_bound=simulated_bound(item))
                 else:
                     started.append((item, _start_solve(request, item.problem, pool)))
             for item, job in started:
@@ -201,7 +215,7 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
                 if why:
                     job.cancel()
                     records[item.candidate] = CandidateRecord(item.candidate, item.bound, why,
-                                                              simulated_bound=item.simulated_bound)
+                                                              simulated_bound=simulated_bound(item))
                     continue
                 solution = job.result()
                 family = (item.candidate.schedule, item.candidate.chunks)
@@ -215,7 +229,7 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
                     proposals.append(Proposal(item.candidate, item.problem, solution, predicted, scored))
                 records[item.candidate] = CandidateRecord(item.candidate, item.bound, solution.status, predicted,
                                                           solution.gap, solution.wall_time,
-                                                          simulated_bound=item.simulated_bound)
+                                                          simulated_bound=simulated_bound(item))
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)  # on an error or Ctrl-C, queued solves do not run
@@ -255,6 +269,9 @@ def rescore(request: OptimizeRequest, solved: Solved) -> Rescored:
                                 judge(request, "cp-sat", _plan_of(request, p.candidate, p.solution)))
                       for p in shortlist(solved.proposals, len(solved.proposals)))
     fitting = [s for s in simulated if fits_within(s.scored, request.headroom)]
+    if not fitting and any(r.status == "PRUNED" and r.simulated_bound < float("inf") for r in solved.records):
+        # Only an outside incumbent prunes while nothing here fits: what was pruned may fit, but not beat it.
+        raise Dominated(f"no candidate of pp = {request.pp}, dp = {request.dp} can beat {request.incumbent:.4g} s")
     if not fitting:
         unsolved = [r for r in solved.records if r.status in (UNKNOWN, "TIME LIMIT")]
         if unsolved:
@@ -332,13 +349,7 @@ def score_baselines(request: OptimizeRequest, candidate: Candidate,
     baseline that breaks it.
     """
     if problem is None:
-        problem = build_problem(request.model, request.cluster, candidate,
-                                generated_schedule(candidate.schedule, request.pp, candidate.num_microbatches,
-                                                   candidate.chunks),
-                                request.sequence_length, request.gpus, request.dp, request.distributed_optimizer,
-                                request.headroom, profile=request.profile, tp=request.tp,
-                                sequence_parallel=request.sequence_parallel,
-                                uniform_recompute=request.uniform_recompute)
+        problem = request.problem_for(candidate)
     S = candidate.chunks * request.pp
     none, full = (False,) * S, (True,) * S
     out = []  # uniform, parameters, then the brute force when there is one
