@@ -72,6 +72,27 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class ScheduleShape:
+    """What a partition problem reads from a schedule's action lists: where each stage lives, every device's
+    count vectors (``live_count_profiles``), its first stage and last action, and whether backward is split
+    into I and W. Small, so it is kept where the action lists are not (``request``'s cache)."""
+
+    num_devices: int
+    stage_to_device: tuple[int, ...]
+    profiles: tuple[tuple[tuple[tuple[int, int], ...], ...], ...]
+    first_stage: tuple[int, ...]
+    last_action: tuple[tuple[int, str], ...]
+    split_backward: bool
+
+    @classmethod
+    def of(cls, schedule: Schedule) -> "ScheduleShape":
+        return cls(schedule.num_devices, tuple(schedule.stage_to_device), tuple(live_count_profiles(schedule)),
+                   tuple(actions[0].stage for actions in schedule.device_actions),
+                   tuple((actions[-1].stage, actions[-1].kind) for actions in schedule.device_actions),
+                   any(a.kind == "I" for actions in schedule.device_actions for a in actions))
+
+
+@dataclass(frozen=True)
 class TailUnits:
     """``PartitionProblem.exposed_tail``'s integers: per layer its optimizer step, reduction and gather
     (bytes' share) on the device of stage 0, and the two collectives' latencies, in time units."""
@@ -259,15 +280,17 @@ def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, se
                     send_backward_bytes=profile.boundary_bytes) for c, m in zip(costs, measured)]
 
 
-def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, schedule: Schedule, seq_len: int,
+def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, schedule: Schedule | ScheduleShape,
+                  seq_len: int,
                   gpus: list[int], dp: int = 1, distributed_optimizer: bool = False, headroom: float = 0.0,
                   allow_recompute: bool = True, profile: Profile | None = None, tp: int = 1,
                   sequence_parallel: bool = False, uniform_recompute: bool = False) -> PartitionProblem:
-    """The integer partition problem of ``candidate`` (``schedule`` is its generated action lists) on
-    one tensor rank of ``tp``.
+    """The integer partition problem of ``candidate`` (``schedule`` is its generated action lists, or their
+    ``ScheduleShape``) on one tensor rank of ``tp``.
 
     Selective recomputation is offered when some layer stores less with it than without (standard
     attention's scores) and no profile prices the ops (a profile times layers without it)."""
+    shape = schedule if isinstance(schedule, ScheduleShape) else ScheduleShape.of(schedule)
     b = candidate.microbatch_size
     plain = layer_costs(model, cluster, b, seq_len, recompute=False, profile=profile, tp=tp,
                         sequence_parallel=sequence_parallel)
@@ -294,7 +317,7 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
     params = [layer_work(model, i, b, seq_len, False, tp, sequence_parallel).params
               for i in range(model.num_pipeline_layers)]
     boundary = plain[0].send_forward_bytes  # every layer but the head sends b·s·h bf16 values
-    stage_to_device = schedule.stage_to_device
+    stage_to_device = shape.stage_to_device
     # The links the simulator will use: the cluster's, or the profile's where it measured them (they
     # may differ by direction, so the backward hop is priced on its own link).
     network = cluster.network(gpus)
@@ -304,7 +327,7 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
                + network.transfer_seconds(stage_to_device[k + 1], stage_to_device[k], boundary)
                for k in range(len(stage_to_device) - 1))
     return PartitionProblem(
-        pp=schedule.num_devices,
+        pp=shape.num_devices,
         chunks=candidate.chunks,
         num_microbatches=candidate.num_microbatches,
         stage_to_device=tuple(stage_to_device),
@@ -319,7 +342,7 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         activation_rc=tuple(mem(c.activation_bytes) for c in rc),
         held_rc=tuple(mem(c.activation_bytes) for c in rc),
         static=tuple(mem(static_bytes(p, dp, distributed_optimizer)) for p in params),
-        profiles=tuple(live_count_profiles(schedule)),
+        profiles=shape.profiles,
         capacity=int(math.floor(capacity_bytes / memory_unit)),
         fill_weights=SCHEDULES[candidate.schedule].fill_weights,
         comm=t(hops / candidate.chunks),
@@ -329,10 +352,10 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         backward_input_sel=() if sel is None else tuple(t(c.backward_input) for c in sel),
         activation_sel=() if sel is None else tuple(mem(c.activation_bytes) for c in sel),
         held_sel=() if sel is None else tuple(mem(c.weight_grad_bytes) for c in sel),
-        first_stage=tuple(actions[0].stage for actions in schedule.device_actions),
-        last_action=tuple((actions[-1].stage, actions[-1].kind) for actions in schedule.device_actions),
-        split_backward=any(a.kind == "I" for actions in schedule.device_actions for a in actions),
+        first_stage=shape.first_stage,
+        last_action=shape.last_action,
+        split_backward=shape.split_backward,
         uniform_recompute=uniform_recompute,
         params=tuple(params),
-        dp_tail=dp_tail(cluster, tp, schedule.num_devices, dp, distributed_optimizer, network.port_capacity),
+        dp_tail=dp_tail(cluster, tp, shape.num_devices, dp, distributed_optimizer, network.port_capacity),
     )

@@ -23,7 +23,7 @@ from ..parallel import check_sequence_parallel, check_tensor_group
 from ..plan import Plan, default_placement
 from ..profile import Profile, load_profile
 from .candidates import schedule_variants
-from .problem import Candidate, PartitionProblem, build_problem
+from .problem import Candidate, PartitionProblem, ScheduleShape, build_problem
 
 MAX_JOBS = 8  # worker processes at most; a larger ``jobs`` is clamped, not refused
 
@@ -163,10 +163,15 @@ class OptimizeRequest:
 def _problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, seq_len: int, tp: int, pp: int, dp: int,
              distributed_optimizer: bool, sequence_parallel: bool, headroom: float, profile: Profile | None,
              uniform_recompute: bool) -> PartitionProblem:
-    schedule = generated_schedule(candidate.schedule, pp, candidate.num_microbatches, candidate.chunks)
-    return build_problem(model, cluster, candidate, schedule, seq_len, default_placement(pp, dp, tp), dp,
+    shape = _shape(candidate.schedule, pp, candidate.num_microbatches, candidate.chunks)
+    return build_problem(model, cluster, candidate, shape, seq_len, default_placement(pp, dp, tp), dp,
                          distributed_optimizer, headroom, profile=profile, tp=tp, sequence_parallel=sequence_parallel,
                          uniform_recompute=uniform_recompute)
+
+
+@lru_cache(maxsize=1024)  # layouts with the same pp and m share one generated schedule's shape
+def _shape(name: str, p: int, m: int, v: int) -> ScheduleShape:
+    return ScheduleShape.of(generated_schedule(name, p, m, v))
 
 
 def target_schedules(target: str | None, schedules: list[str] | None) -> list[str] | None:
