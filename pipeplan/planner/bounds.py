@@ -84,10 +84,13 @@ def _dp_after(problem: PartitionProblem, device: int, stage_params: list[float])
     when that op is a backward of stage k*, its reduction, step and gather; in any case every step."""
     if problem.dp_tail is None:
         return 0.0
-    held = sum(stage_params[k] for k in problem.stages_of(device))
-    last, kind = problem.last_action[device] if problem.last_action else (None, "")
+    stages = problem.stages_of(device)
+    held = sum(stage_params[k] for k in stages)
+    _, kind = problem.last_action[device] if problem.last_action else (None, "")
     if kind in ("B", "W"):
-        seconds = problem.dp_tail.after_last(device, stage_params[last], held)
+        # Whichever of its stages the last op is a backward of (a cost-aware order may end on another than
+        # the generated order the problem read): the least of them.
+        seconds = min(problem.dp_tail.after_last(device, stage_params[k], held) for k in stages)
     else:
         seconds = problem.dp_tail.optimizer * held
     return seconds / problem.time_unit

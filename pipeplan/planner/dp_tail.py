@@ -4,17 +4,21 @@ After a device's last compute op, lowering's data-parallel actions still run on 
 ``REDUCE_GRAD`` (communication stream, after the stage's last backward), its ``OPTIMIZER`` step (compute
 stream, after the reduction) and, with the distributed optimizer, its ``GATHER_PARAMS`` (after the step).
 The device's optimizer steps come after all of its compute ops in its list. So if device d's last
-compute op is a backward (B or W) of stage k*, whose gradients are the last it reduces,
+compute op is a backward (B or W) of stage k*, whose reduction can only start after it,
 
     T ≥ end of d's last op + R_d(k*) + opt(k*) + G_d(k*)      and      T ≥ end of d's last op + Σ_{s∈D(d)} opt(s)
 
 where R_d and G_d are the reduction and the gather of d's data group alone on their ring (sharing ports
 only slows them) and opt the Adam step's HBM time. Each is affine in the stage's parameters: latency +
 parameters x seconds per parameter, priced by the same ``dataparallel.stage_collectives`` lowering uses.
+Where a device holds several stages the bounds take the least of its stages for k* (a cost-aware order
+may end on another stage than the generated order the planner reads).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..cluster import ClusterSpec
 from ..collectives import RING
@@ -53,13 +57,27 @@ def dp_tail(cluster: ClusterSpec, tp: int, pp: int, dp: int, distributed_optimiz
     ``port_capacity`` is the pipeline network's table, which lowering lets override the collectives' ports."""
     if dp <= 1:
         return None
-    layout = Layout(tp, pp, dp)
     reduce, gather = [], []
-    for device in range(pp):
-        collectives, ports = stage_collectives(cluster, layout, device, 1.0, distributed_optimizer, RING)
-        capacity = {**dict(ports), **port_capacity}
-        priced = [(c.path.latency, c.nbytes / c.path.rate(capacity)) for c in collectives]
-        reduce.append(priced[0])
-        gather.append(priced[1] if len(priced) > 1 else (0.0, 0.0))
+    for device, priced in enumerate(_collectives(cluster, tp, pp, dp, distributed_optimizer)):
+        rates = []
+        for latency, nbytes, link, ports in priced:
+            capacity = {port: port_capacity.get(port, own) for port, own in ports}
+            rates.append((latency, nbytes / link.rate(capacity)))
+        reduce.append(rates[0])
+        gather.append(rates[1] if len(rates) > 1 else (0.0, 0.0))
     step = optimizer_seconds(1.0, dp, distributed_optimizer, cluster.gpu.hbm_bandwidth)
     return DataParallelTail(step, tuple(reduce), tuple(gather))
+
+
+@lru_cache(maxsize=64)
+def _collectives(cluster: ClusterSpec, tp: int, pp: int, dp: int, distributed_optimizer: bool) -> tuple:
+    """Per pipeline device, its collectives for one parameter: (latency, bytes, link, (port, capacity) of the
+    ports it crosses), as lowering prices them (a layout search asks for each layout's many times)."""
+    layout = Layout(tp, pp, dp)
+    out = []
+    for device in range(pp):
+        collectives, ports = stage_collectives(cluster, layout, device, 1.0, distributed_optimizer, RING)
+        own = dict(ports)
+        out.append(tuple((c.path.latency, c.nbytes, c.path, tuple((port, own.get(port, math.inf))
+                                                                 for port in c.path.ports)) for c in collectives))
+    return tuple(out)

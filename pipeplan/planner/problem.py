@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Sequence
 
 from simulator.ir import Schedule
@@ -270,14 +270,20 @@ def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, se
     With a ``profile`` the op times are its single-layer measurements (as ``lower`` prices a stage
     from a profile: the sum of its layers), memory stays the model's.
     """
-    costs = [price(layer_work(model, i, microbatch_size, seq_len, recompute, tp, sequence_parallel), cluster.gpu,
-                   cluster.intra)
-             for i in range(model.num_pipeline_layers)]
+    costs = _priced_layers(model, cluster.gpu, cluster.intra, microbatch_size, seq_len, recompute, tp,
+                           sequence_parallel)
     if profile is None:
-        return costs
+        return list(costs)
     measured = profile.stage_profiles([[kind] for kind in model.layer_kinds])
     return [replace(measured_stage_cost(c, m, recompute), send_forward_bytes=profile.boundary_bytes,
                     send_backward_bytes=profile.boundary_bytes) for c, m in zip(costs, measured)]
+
+
+@lru_cache(maxsize=256)  # every candidate of a layout with the same b prices the same layers
+def _priced_layers(model: ModelSpec, gpu, intra, microbatch_size: int, seq_len: int, recompute: bool | str, tp: int,
+                   sequence_parallel: bool) -> tuple:
+    return tuple(price(layer_work(model, i, microbatch_size, seq_len, recompute, tp, sequence_parallel), gpu, intra)
+                 for i in range(model.num_pipeline_layers))
 
 
 def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, schedule: Schedule | ScheduleShape,

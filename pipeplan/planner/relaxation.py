@@ -41,7 +41,8 @@ def _kinds(problem: PartitionProblem) -> list[tuple[int, int]]:
 
 
 def _layer_values(problem: PartitionProblem, i: int, mode: str) -> dict[str, float]:
-    """Layer i's share of every row under ``mode``, slack included (``bounds``: 0.5 unit per rounded term)."""
+    """Layer i's share of every row under ``mode``, slack included (``bounds``: 0.5 unit per rounded time
+    term; ``surely_over``: one unit per memory term)."""
     f, w = problem.forward[i], problem.backward_weight[i]
     if mode == SELECTIVE:
         ib, act, held = problem.backward_input_sel[i], problem.activation_sel[i], problem.held_sel[i]
@@ -58,42 +59,70 @@ def _layer_values(problem: PartitionProblem, i: int, mode: str) -> dict[str, flo
             "params": problem.params[i] if problem.params else 0.0}
 
 
+class _Relaxation:
+    """The LP's variables and the rows every relaxation shares: each kind's count, every stage non-empty."""
+
+    def __init__(self, problem: PartitionProblem):
+        from ortools.linear_solver import pywraplp
+
+        self.pywraplp, self.problem = pywraplp, problem
+        self.solver = pywraplp.Solver.CreateSolver("GLOP")
+        self.inf = self.solver.infinity()
+        kinds = _kinds(problem)
+        modes = problem.modes  # with uniform_recompute too: a relaxation may mix modes
+        self.values = {(g, mu): _layer_values(problem, first, mu) for g, (first, _) in enumerate(kinds)
+                       for mu in modes}
+        self.x = {(g, k, mu): self.solver.NumVar(0.0, count, "") for g, (_, count) in enumerate(kinds)
+                  for k in range(problem.num_stages) for mu in modes}
+        for g, (_, count) in enumerate(kinds):
+            self.row(count, count, {}, lambda k, v: 1.0, only=lambda key, g=g: key[0] == g)
+        for k in range(problem.num_stages):
+            self.row(1.0, self.inf, {}, lambda k, v: 1.0, only=lambda key, k=k: key[1] == k)
+
+    def row(self, lower: float, upper: float, own: dict, coefficient, only=None) -> None:
+        """lower ≤ Σ own[var]·var + Σ x · coefficient(stage, values) ≤ upper."""
+        constraint = self.solver.Constraint(lower, upper)
+        for var, c in own.items():
+            constraint.SetCoefficient(var, c)
+        for key, var in self.x.items():
+            if only is None or only(key):
+                c = coefficient(key[1], self.values[key[0], key[2]])
+                if c:
+                    constraint.SetCoefficient(var, c)
+
+    def memory(self, limit: float) -> None:
+        """Every device's level under each of its count vectors at most ``limit`` units."""
+        problem = self.problem
+        for d in range(problem.pp):
+            ordered = problem.stages_of(d)
+            for vector in problem.profiles[d] if problem.profiles else ():
+                counts = dict(zip(ordered, vector))
+                self.row(-self.inf, limit, {}, lambda k, v, counts=counts: v["static"] + counts[k][0] * v["act"]
+                         + counts[k][1] * v["held"], only=lambda key, counts=counts: key[1] in counts)
+
+    def minimum(self, objective: dict) -> float | None:
+        """The least Σ coefficient · var (None: infeasible; 0 when the solver gives no answer)."""
+        goal = self.solver.Objective()
+        for var, c in objective.items():
+            goal.SetCoefficient(var, c)
+        goal.SetMinimization()
+        status = self.solver.Solve()
+        if status == self.pywraplp.Solver.INFEASIBLE:
+            return None
+        if status != self.pywraplp.Solver.OPTIMAL:
+            return 0.0
+        return max(0.0, goal.Value())
+
+
 def relaxed_bound(problem: PartitionProblem) -> float:
     """Seconds no split and recomputation of ``problem`` that may fit simulates faster than (module
     docstring); inf when none may fit; 0 when the solver gives no answer (no bound)."""
-    from ortools.linear_solver import pywraplp
-
     S, p = problem.num_stages, problem.pp
     if S > problem.num_layers:
         return math.inf
-    solver = pywraplp.Solver.CreateSolver("GLOP")
-    kinds = _kinds(problem)
-    modes = problem.modes  # with uniform_recompute too: a relaxation may mix modes
-    values = {(g, mu): _layer_values(problem, first, mu) for g, (first, _) in enumerate(kinds) for mu in modes}
-    x = {(g, k, mu): solver.NumVar(0.0, count, "") for g, (_, count) in enumerate(kinds)
-         for k in range(S) for mu in modes}
-    T = solver.NumVar(0.0, solver.infinity(), "T")
-    for g, (_, count) in enumerate(kinds):
-        row = solver.Constraint(count, count)
-        for k in range(S):
-            for mu in modes:
-                row.SetCoefficient(x[g, k, mu], 1.0)
-    for k in range(S):
-        row = solver.Constraint(1.0, solver.infinity())
-        for g in range(len(kinds)):
-            for mu in modes:
-                row.SetCoefficient(x[g, k, mu], 1.0)
-
-    def at_least(lower: float, coefficient) -> None:
-        """T ≥ lower + Σ x · coefficient(g, k, values)."""
-        row = solver.Constraint(lower, solver.infinity())
-        row.SetCoefficient(T, 1.0)
-        for (g, k, mu), var in x.items():
-            c = coefficient(k, values[g, mu])
-            if c:
-                row.SetCoefficient(var, -c)
-
-    at_least(0.0, lambda k, v: v["fwd"] + v["back"])  # one micro-batch's chain
+    lp = _Relaxation(problem)
+    T = lp.solver.NumVar(0.0, lp.inf, "T")
+    lp.row(0.0, lp.inf, {T: 1.0}, lambda k, v: -(v["fwd"] + v["back"]))  # one micro-batch's chain
     tail, unit = problem.dp_tail, problem.time_unit
     for d in range(p):
         stages = set(problem.stages_of(d))
@@ -110,29 +139,16 @@ def relaxed_bound(problem: PartitionProblem) -> float:
                 return v["back"] + (v["fwd"] if k > last else 0.0)
             return 0.0
 
-        at_least(0.0, lambda k, v: own(k, v) + after(k, v))
+        lp.row(0.0, lp.inf, {T: 1.0}, lambda k, v: -(own(k, v) + after(k, v)))
         if tail is not None:
             step = tail.optimizer / unit
-            at_least(0.0, lambda k, v: own(k, v) + (step * v["params"] if k in stages else 0.0))
+            lp.row(0.0, lp.inf, {T: 1.0}, lambda k, v: -(own(k, v) + (step * v["params"] if k in stages else 0.0)))
             if kind in ("B", "W"):
-                rate = (tail.reduce[d][1] + tail.gather[d][1] + tail.optimizer) / unit
-                at_least(tail.collectives(d, 0.0) / unit, lambda k, v: own(k, v) + (rate * v["params"] if k == last else 0.0))
-        limit = (problem.capacity + 1) * (1 + TOLERANCE) + 1
-        ordered = problem.stages_of(d)
-        for vector in problem.profiles[d] if problem.profiles else ():
-            counts = dict(zip(ordered, vector))
-            row = solver.Constraint(-solver.infinity(), limit)
-            for (g, k, mu), var in x.items():
-                if k in counts:
-                    nf, nh = counts[k]
-                    v = values[g, mu]
-                    c = v["static"] + nf * v["act"] + nh * v["held"]
-                    if c:
-                        row.SetCoefficient(var, c)
-    solver.Minimize(T)
-    status = solver.Solve()
-    if status == pywraplp.Solver.INFEASIBLE:
-        return math.inf
-    if status != pywraplp.Solver.OPTIMAL:
-        return 0.0
-    return max(0.0, T.solution_value()) * unit * (1 - TOLERANCE)
+                # The last op's stage: the one stage of a device that holds one; with several, a cost-aware
+                # order may end on another, so only the collectives' latency is sure.
+                rate = (tail.reduce[d][1] + tail.gather[d][1] + tail.optimizer) / unit if len(stages) == 1 else 0.0
+                lp.row(tail.collectives(d, 0.0) / unit, lp.inf, {T: 1.0},
+                       lambda k, v: -(own(k, v) + (rate * v["params"] if k == last else 0.0)))
+    lp.memory((problem.capacity + 1) * (1 + TOLERANCE) + 1)
+    value = lp.minimum({T: 1.0})
+    return math.inf if value is None else value * unit * (1 - TOLERANCE)
