@@ -7,6 +7,7 @@ from typing import Callable
 from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES, lookup
 
 from ..errors import SpecError
+from ..limits import limit, schedule_ops
 from .problem import Candidate, PartitionProblem
 
 
@@ -34,25 +35,48 @@ def schedule_variants(names: list[str] | None) -> list[tuple[str, int]]:
     return [(entry.name, v) for entry in entries for v in entry.planner_chunks]
 
 
+MAX_EVEN_CHUNKS = 8  # the largest chunk count tried beyond an entry's planner_chunks (see even_chunks)
+
+
+def even_chunks(variants: list[tuple[str, int]], blocks: int, pp: int) -> list[tuple[str, int]]:
+    """Besides ``variants`` (each entry's ``planner_chunks``), every chunk count v ≤ ``MAX_EVEN_CHUNKS`` that
+    splits the model's ``blocks`` transformer blocks evenly over pp·v stages (Megatron's interleaving asks
+    num_layers % (pp·v) == 0; the published 76.1B and 529.6B plans run v = 3), for each schedule whose
+    registry rule accepts v (interleaved: any v ≥ 2; zb-v: only 2). ``enumerate_candidates`` leaves out
+    those whose simulation would pass the ops limit (the search was sized by the planner_chunks,
+    ``limits.check_planner_size``)."""
+    out = list(variants)
+    for name in dict.fromkeys(n for n, _ in variants):
+        entry = SCHEDULES[name]
+        for v in range(2, MAX_EVEN_CHUNKS + 1):
+            if (name, v) not in out and blocks % (pp * v) == 0 and entry.accepts(pp, pp, v):
+                out.append((name, v))
+    return out
+
+
 def enumerate_candidates(num_layers: int, pp: int, batch: int, variants: list[tuple[str, int]],
                          microbatch_sizes: list[int] | None = None,
-                         runs: Callable[[str, int, int], bool] | None = None) -> list[Candidate]:
+                         runs: Callable[[str, int, int], bool] | None = None,
+                         blocks: int | None = None) -> list[Candidate]:
     """Every (schedule, v, b) whose generator accepts (p, m = batch/b, v) and whose p·v stages fit the layers.
 
     b runs over the divisors of the per-replica batch; the schedule's registry rule, the same check
     its generator runs (e.g. interleaved's m divisible by its number of rounds), decides the rest,
     so the planner never proposes a schedule the simulator or the validator cannot build.
     ``runs(schedule, m, v)``, when given, must accept it too (an export target's limits,
-    ``OptimizeRequest.runs``).
+    ``OptimizeRequest.runs``). With the model's ``blocks``, ``even_chunks`` adds chunk counts.
     """
     sizes = [b for b in divisors(batch) if microbatch_sizes is None or b in microbatch_sizes]
+    extra = [] if blocks is None else even_chunks(variants, blocks, pp)[len(variants):]
     found = []
-    for name, v in variants:
+    for name, v in list(variants) + extra:
         if pp * v > num_layers:
             continue
         entry = SCHEDULES[name]
         for b in sizes:
             m = batch // b
+            if (name, v) in extra and schedule_ops(pp, m, v, 3) > limit("ops"):
+                continue
             if entry.accepts(pp, m, v) and (runs is None or runs(name, m, v)):
                 found.append(Candidate(name, v, b, m))
     return found

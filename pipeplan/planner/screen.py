@@ -28,7 +28,7 @@ from .problem import Candidate, PartitionProblem
 from .refine import fits_within
 from .request import OptimizeRequest
 from .result import Scored
-from .search import judge
+from .starts import judge
 
 SCREEN_ORDER = ("none", "selective", "full")
 SCREEN_SCHEDULES = (("1f1b", 1), ("zb-v", 2))  # one plain and one bubble-free family, where allowed

@@ -7,11 +7,13 @@
    (``bounds``, then the memory-aware ``relaxation``) cannot beat the fastest simulation (or the
    request's ``incumbent``), or its analytic bound the ``rescore``-th best prediction once
    ``FAMILY_FEW`` of its schedule variant were judged;
-3. ``rescore``: the proposals' simulations; those that fit (headroom included) go on;
-4. ``polish``: the fastest ``request.polished`` of them move cuts and recomputation together (``refine``);
+3. ``rescore``: the proposals' simulations; those that fit (headroom included) go on, with the usual
+   splits (uniform, parameters) of every schedule variant's best proposal as further starts (``starts``);
+4. ``polish``: the fastest ``request.polished`` of them move layers and recomputation together (``refine``);
 5. ``exhaustive``: for small models, every split x recomputation of every candidate the valid bounds
    leave, simulated (``exhaustive``);
-6. ``score_baselines``: the baselines under the winner's schedule, b and m, through the same simulator;
+6. ``score_baselines`` (``starts``): the baselines under the winner's schedule, b and m, through the same
+   simulator;
 7. ``assemble``: whichever of the polished plan and the baselines simulates fastest and fits, with the
    search record, so the answer is never slower than a baseline.
 
@@ -26,10 +28,9 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
-from ..api import simulate
 from ..errors import OutOfTime, SpecError
 from ..plan import Plan
-from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, deepspeed_parameters, megatron_uniform
+from .baselines import megatron_uniform
 from .bounds import candidate_bound
 from .candidates import enumerate_candidates, lower_bound
 from .cpsat import UNKNOWN, Solution, solve
@@ -37,6 +38,7 @@ from .exhaustive import MAX_PLANS, exhaust, space_size
 from .infeasible import explain_infeasible
 from .problem import Candidate, PartitionProblem
 from .relaxation import relaxed_bound
+from .starts import judge, score_baselines, seed_starts
 from .refine import MAX_EVALS, fits_within, refine
 from .request import OptimizeRequest
 from .result import CandidateRecord, OptimizeResult, Scored
@@ -103,7 +105,8 @@ class Rescored:
 @dataclass(frozen=True)
 class Polished:
     """The winner of the polish: ``scored`` after it, ``start`` the simulated proposal it began from;
-    ``source`` "cp-sat", or "exhaustive" when the exhaustive search (small models) found faster."""
+    ``source`` "cp-sat" (the polish of CP-SAT's split), "<usual split> + polish" (of a seed, ``starts``), or
+    "exhaustive" when the exhaustive search (small models) found faster."""
 
     start: Simulated
     scored: Scored
@@ -131,15 +134,11 @@ def search(request: OptimizeRequest, progress: Progress | None = None) -> Optimi
     return assemble(request, solved, rescored, best, baselines, time.perf_counter() - started, bounded)
 
 
-def judge(request: OptimizeRequest, name: str, plan: Plan) -> Scored:
-    """``plan`` as the simulator replays it on the request's model, cluster and (measured) costs."""
-    return Scored(name, plan, simulate(request.model, request.cluster, plan, profile=request.profile))
-
-
 def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
     """Every candidate with its problem and bounds, in order of analytic bound (then label, for determinism)."""
     found = enumerate_candidates(request.model.num_pipeline_layers, request.pp, request.replica_batch,
-                                 list(request.variants), request.microbatch_sizes, request.runs)
+                                 list(request.variants), request.microbatch_sizes, request.runs,
+                                 blocks=request.model.num_layers)
     if not found:
         names = ", ".join(n for n, _ in request.variants)
         raise SpecError(f"schedules: no schedule of {names} runs with pp = {request.pp} and a per-replica batch "
@@ -283,8 +282,32 @@ def rescore(request: OptimizeRequest, solved: Solved) -> Rescored:
                                            request.replica_batch, request.sequence_length, request.headroom,
                                            request.distributed_optimizer, request.gpus, request.tp,
                                            request.sequence_parallel, request.deadline))
-    fitting.sort(key=lambda s: (s.scored.iteration_time, s.candidate.label))
+    if not request.out_of_time:
+        fitting += _seeds(request, simulated, fitting)
+    fitting.sort(key=lambda s: (s.scored.iteration_time, s.candidate.label, s.scored.name))
     return Rescored(simulated, tuple(fitting))
+
+
+def _seeds(request: OptimizeRequest, simulated: tuple[Simulated, ...], fitting: list[Simulated]) -> list[Simulated]:
+    """The usual splits of every schedule variant's best proposals, the one predicted fastest and the one whose
+    CP-SAT split simulated fastest (the b and m the analytic model and the simulator each prefer), as further
+    polish starts (``starts``)."""
+    chosen: dict[Candidate, Simulated] = {}
+    for key in (lambda s: (s.proposal.predicted, s.candidate.label),
+                lambda s: (not fits_within(s.scored, request.headroom), s.scored.iteration_time, s.candidate.label)):
+        seen: set[tuple[str, int]] = set()
+        for item in sorted(simulated, key=key):
+            variant = (item.candidate.schedule, item.candidate.chunks)
+            if variant not in seen:
+                seen.add(variant)
+                chosen.setdefault(item.candidate, item)
+    fastest = min([request.incumbent] + [s.scored.iteration_time for s in fitting])
+    out = []
+    for item in chosen.values():
+        for scored in seed_starts(request, [(item.candidate, item.proposal.problem)], fastest):
+            out.append(Simulated(item.proposal, scored))
+            fastest = min(fastest, scored.iteration_time)
+    return out
 
 
 def shortlist(proposals: tuple[Proposal, ...], rescore: int) -> list[Proposal]:
@@ -314,7 +337,8 @@ def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
         polished = refine(start.scored, partial(judge, request), request.headroom, start.proposal.problem,
                           max_evals=evals)
         if best is None or polished.iteration_time < best.scored.iteration_time:
-            best = Polished(start, polished)
+            source = "cp-sat" if start.scored.name == "cp-sat" else f"{start.scored.name} + polish"
+            best = Polished(start, polished, source)
     return best
 
 
@@ -337,41 +361,6 @@ def _candidate_of(plan: Plan) -> Candidate:
 
 def _problem_of(bounded: list[Bounded], plan: Plan) -> PartitionProblem:
     return next(b.problem for b in bounded if b.candidate == _candidate_of(plan))
-
-
-def score_baselines(request: OptimizeRequest, candidate: Candidate,
-                    problem: PartitionProblem | None = None) -> list[Scored]:
-    """The uniform and parameter-balanced splits of ``candidate`` (recomputing everywhere when they
-    do not fit otherwise), and for small models the best of every split and recomputation choice
-    (``_brute_force`` on ``problem``, built here when not given), as the simulator replays them.
-
-    "Fit" is the chosen plan's rule, headroom included, so a speed-up is never measured against a
-    baseline that breaks it.
-    """
-    if problem is None:
-        problem = request.problem_for(candidate)
-    S = candidate.chunks * request.pp
-    none, full = (False,) * S, (True,) * S
-    out = []  # uniform, parameters, then the brute force when there is one
-    for name, layers in ((UNIFORM, megatron_uniform(request.model, S)),
-                         (PARAMETERS, deepspeed_parameters(request.model, S, request.sequence_length))):
-        scored = judge(request, name, request.plan_for(candidate, layers, none))
-        if not fits_within(scored, request.headroom):
-            scored = judge(request, name, request.plan_for(candidate, layers, full))
-        out.append(scored)
-    best = _brute_force(request, candidate, problem)
-    return out if best is None else out + [best]
-
-
-def _brute_force(request: OptimizeRequest, candidate: Candidate, problem: PartitionProblem) -> Scored | None:
-    """The fastest plan of ``candidate`` over every split x every per-stage recomputation choice, each
-    simulated unless surely over memory or bounded above the best so far (``exhaustive.exhaust``);
-    None when the space is too large or nothing fits."""
-    if request.out_of_time or space_size([problem]) > MAX_PLANS:
-        return None
-    found = exhaust([(candidate, problem)], request.plan_for, lambda plan: judge(request, BRUTE_FORCE, plan),
-                    lambda scored: fits_within(scored, request.headroom), None)
-    return found.best if found.complete else None
 
 
 def assemble(request: OptimizeRequest, solved: Solved, rescored: Rescored, best: Polished,
