@@ -18,7 +18,7 @@ from .result import OptimizeResult
 from .search import Progress, search
 
 SOLVER_LIMIT = 5.0  # CP-SAT seconds per candidate (deterministic) when the layout is fixed
-WHOLE_SOLVER_LIMIT = 0.5  # ... and when several layouts are searched
+WHOLE_SOLVER_LIMIT = 0.1  # ... and when several layouts are searched
 
 
 def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,

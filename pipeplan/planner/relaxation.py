@@ -59,6 +59,16 @@ def _layer_values(problem: PartitionProblem, i: int, mode: str) -> dict[str, flo
             "params": problem.params[i] if problem.params else 0.0}
 
 
+def _strongest(vectors) -> list:
+    """Of a device's count vectors, the one with the most activations held and, per stage, the one holding the
+    most of that stage's (full, then held): a relaxation may drop rows, and these bind in practice (an
+    interleaved device at p = 16 has up to 60 vectors)."""
+    keep = {max(vectors, key=lambda v: (sum(f + h for f, h in v), v))}
+    for k in range(len(vectors[0]) if vectors else 0):
+        keep.add(max(vectors, key=lambda v: (v[k], v)))
+    return sorted(keep, reverse=True)
+
+
 class _Relaxation:
     """The LP's variables and the rows every relaxation shares: each kind's count, every stage non-empty."""
 
@@ -72,21 +82,26 @@ class _Relaxation:
         modes = problem.modes  # with uniform_recompute too: a relaxation may mix modes
         self.values = {(g, mu): _layer_values(problem, first, mu) for g, (first, _) in enumerate(kinds)
                        for mu in modes}
-        self.x = {(g, k, mu): self.solver.NumVar(0.0, count, "") for g, (_, count) in enumerate(kinds)
-                  for k in range(problem.num_stages) for mu in modes}
+        self.stages = range(problem.num_stages)
+        self.by_stage = [[(g, mu, self.solver.NumVar(0.0, count, "")) for g, (_, count) in enumerate(kinds)
+                          for mu in modes] for _ in self.stages]
         for g, (_, count) in enumerate(kinds):
-            self.row(count, count, {}, lambda k, v: 1.0, only=lambda key, g=g: key[0] == g)
-        for k in range(problem.num_stages):
-            self.row(1.0, self.inf, {}, lambda k, v: 1.0, only=lambda key, k=k: key[1] == k)
+            constraint = self.solver.Constraint(count, count)
+            for row in self.by_stage:
+                for kind, _, var in row:
+                    if kind == g:
+                        constraint.SetCoefficient(var, 1.0)
+        for k in self.stages:
+            self.row(1.0, self.inf, {}, lambda k, v: 1.0, stages=(k,))
 
-    def row(self, lower: float, upper: float, own: dict, coefficient, only=None) -> None:
-        """lower ≤ Σ own[var]·var + Σ x · coefficient(stage, values) ≤ upper."""
+    def row(self, lower: float, upper: float, own: dict, coefficient, stages=None) -> None:
+        """lower ≤ Σ own[var]·var + Σ x · coefficient(stage, values) ≤ upper, x over ``stages`` (None: all)."""
         constraint = self.solver.Constraint(lower, upper)
         for var, c in own.items():
             constraint.SetCoefficient(var, c)
-        for key, var in self.x.items():
-            if only is None or only(key):
-                c = coefficient(key[1], self.values[key[0], key[2]])
+        for k in self.stages if stages is None else stages:
+            for g, mu, var in self.by_stage[k]:
+                c = coefficient(k, self.values[g, mu])
                 if c:
                     constraint.SetCoefficient(var, c)
 
@@ -95,10 +110,10 @@ class _Relaxation:
         problem = self.problem
         for d in range(problem.pp):
             ordered = problem.stages_of(d)
-            for vector in problem.profiles[d] if problem.profiles else ():
+            for vector in _strongest(problem.profiles[d]) if problem.profiles else ():
                 counts = dict(zip(ordered, vector))
                 self.row(-self.inf, limit, {}, lambda k, v, counts=counts: v["static"] + counts[k][0] * v["act"]
-                         + counts[k][1] * v["held"], only=lambda key, counts=counts: key[1] in counts)
+                         + counts[k][1] * v["held"], stages=ordered)
 
     def minimum(self, objective: dict) -> float | None:
         """The least Σ coefficient · var (None: infeasible; 0 when the solver gives no answer)."""
