@@ -39,6 +39,7 @@ from .request import OptimizeRequest
 from .result import LayoutRecord, OptimizeResult, Scored
 from .screen import SCREEN_ORDER, least_recompute, quick_plans, screen_order, screen_plan
 from .search import Dominated, Progress, search
+from .starts import score_baselines
 
 TOP_LAYOUTS = 3  # layouts searched in full (those the screen ranks first), besides the valid skips
 LAYOUT_POLISHED = 1  # proposals polished per layout searched (a pinned layout's search polishes two)
@@ -176,7 +177,7 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
         began = time.perf_counter()
         try:
             result = search(replace(layout_request(base, layout), deadline=deadline, polished=LAYOUT_POLISHED,
-                                    incumbent=best))
+                                    incumbent=best, baselines=False))
         except Dominated:
             records[layout] = replace(record, status="PRUNED", search_time=time.perf_counter() - began)
             continue
@@ -193,7 +194,9 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
                                   search_time=time.perf_counter() - began)
     timed_out = timed_out or time.perf_counter() > deadline
     given = given_config(base, pins, compare) if compare is not None else None
-    return _answer(base, results, screens, given, records, layouts, timed_out, time.perf_counter() - started)
+    answer = _answer(base, results, screens, given, records, layouts, timed_out, time.perf_counter() - started)
+    answer = _with_baselines(replace(base, deadline=deadline), answer, given)
+    return replace(answer, search_time=time.perf_counter() - started)
 
 
 def what_would_fit(base: OptimizeRequest, pins: LayoutPins) -> str:
@@ -236,13 +239,22 @@ def _answer(base: OptimizeRequest, results: list[OptimizeResult], screens: dict[
     for other in extras:
         if other.iteration_time < best.iteration_time:
             best = replace(best, chosen=other, source="screen")
-    baselines = best.baselines
-    if given is not None:
-        baselines = baselines + (given,)
-        if fits_within(given, base.headroom) and given.iteration_time < best.iteration_time:
-            best = replace(best, chosen=given, source="given config")
-    return replace(best, baselines=baselines, layouts=tuple(records[lay] for lay in layouts),
-                   timed_out=timed_out, search_time=elapsed)
+    if given is not None and fits_within(given, base.headroom) and given.iteration_time < best.iteration_time:
+        best = replace(best, chosen=given, source="given config")
+    return replace(best, layouts=tuple(records[lay] for lay in layouts), timed_out=timed_out, search_time=elapsed)
+
+
+def _with_baselines(base: OptimizeRequest, answer: OptimizeResult, given: Scored | None) -> OptimizeResult:
+    """``answer`` with the baselines of its plan's layout and candidate (the searches leave them out), and one
+    of them as the plan when it simulates faster and fits: the answer is never slower than a baseline."""
+    plan = answer.plan
+    layout = Layout(plan.tp, plan.pp, plan.dp, plan.sequence_parallel, plan.distributed_optimizer)
+    candidate = Candidate(plan.schedule, plan.chunks, plan.microbatch_size, plan.num_microbatches)
+    baselines = tuple(score_baselines(layout_request(base, layout), candidate))
+    for scored in baselines:
+        if fits_within(scored, base.headroom) and scored.iteration_time < answer.iteration_time:
+            answer = replace(answer, chosen=scored, source=scored.name)
+    return replace(answer, baselines=baselines + ((given,) if given is not None else ()))
 
 
 def _screen_result(base: OptimizeRequest, screen: Scored) -> OptimizeResult:

@@ -69,6 +69,9 @@ class OptimizeRequest:
     # The fastest fitting plan simulated before this search (another layout's, a screen's), in seconds: a
     # candidate whose simulated-time bound is not below it is pruned (``search.Dominated`` if all are).
     incumbent: float = float("inf")
+    # Score the winner's baselines (uniform, parameters, brute force); a layout search scores them once, for
+    # the final answer, rather than in every layout it searches.
+    baselines: bool = True
 
     @classmethod
     def create(cls, model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,

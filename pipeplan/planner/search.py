@@ -128,7 +128,8 @@ def search(request: OptimizeRequest, progress: Progress | None = None) -> Optimi
         progress(total - 1, total, "simulating the best proposals")
     rescored = rescore(request, solved)
     best = exhaustive(request, bounded, polish(request, rescored))
-    baselines = score_baselines(request, _candidate_of(best.scored.plan), _problem_of(bounded, best.scored.plan))
+    baselines = (score_baselines(request, _candidate_of(best.scored.plan), _problem_of(bounded, best.scored.plan))
+                 if request.baselines else [])
     if progress:
         progress(total, total, "done")
     return assemble(request, solved, rescored, best, baselines, time.perf_counter() - started, bounded)
