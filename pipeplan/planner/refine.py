@@ -135,8 +135,10 @@ def _transfers(layers: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 
 def refine(start: Scored, judge: Callable[[str, Plan], Scored], headroom: float, problem: PartitionProblem,
-           max_evals: int = MAX_EVALS) -> Scored:
-    """Hill-climb from ``start`` over ``neighbours`` (module docstring); at most ``max_evals`` simulations."""
+           max_evals: int = MAX_EVALS, ceiling: float = float("inf")) -> Scored:
+    """Hill-climb from ``start`` over ``neighbours`` (module docstring); at most ``max_evals`` simulations. A
+    neighbour whose bound is not below ``ceiling`` (seconds: a plan simulated elsewhere, which it could not
+    beat) is not simulated either."""
     best, evals = start, 0
     tried = {(start.plan.layers_per_stage, start.plan.recompute)}
     improved = True
@@ -145,7 +147,7 @@ def refine(start: Scored, judge: Callable[[str, Plan], Scored], headroom: float,
         ranked = sorted(((plan_bound(problem, p.layers_per_stage, p.recompute), i, p)
                          for i, p in enumerate(neighbours(best.plan, problem))), key=lambda x: (x[0], x[1]))
         for bound, _, plan in ranked:
-            if bound >= best.iteration_time or evals >= max_evals:
+            if bound >= min(best.iteration_time, ceiling) or evals >= max_evals:
                 break
             key = (plan.layers_per_stage, plan.recompute)
             if key in tried:

@@ -327,7 +327,8 @@ def shortlist(proposals: tuple[Proposal, ...], rescore: int) -> list[Proposal]:
 
 def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
     """Polish the ``request.polished`` fastest fitting proposals with the simulator (cut moves and
-    recomputation changes together, ``refine``); the fastest result wins (the earlier on a tie)."""
+    recomputation changes together, ``refine``; only towards plans that could beat ``request.incumbent``);
+    the fastest result wins (the earlier on a tie)."""
     best = None
     for start in rescored.fitting[:request.polished]:
         if request.out_of_time:  # past the whole search's deadline: the fastest proposal as it is
@@ -336,7 +337,7 @@ def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
         actions = start.scored.result.resolved.schedule.num_actions()
         evals = max(MIN_POLISH_EVALS, min(MAX_EVALS, POLISH_ACTIONS // max(1, actions)))
         polished = refine(start.scored, partial(judge, request), request.headroom, start.proposal.problem,
-                          max_evals=evals)
+                          max_evals=evals, ceiling=request.incumbent)
         if best is None or polished.iteration_time < best.scored.iteration_time:
             source = "cp-sat" if start.scored.name == "cp-sat" else f"{start.scored.name} + polish"
             best = Polished(start, polished, source)
