@@ -147,10 +147,11 @@ class OptimizeRequest:
 
     def problem_for(self, candidate: Candidate) -> PartitionProblem:
         """``candidate``'s partition problem on the request's layout (built once per layout and candidate:
-        the screen, the search and the baselines ask for the same ones)."""
-        return _problem(self.model, self.cluster, candidate, self.sequence_length, self.tp, self.pp, self.dp,
-                        self.distributed_optimizer, self.sequence_parallel, self.headroom, self.profile,
-                        self.uniform_recompute)
+        the screen, the search and the baselines ask for the same ones; with a measured profile, each time)."""
+        build = _problem if self.profile is None else _problem.__wrapped__
+        return build(self.model, self.cluster, candidate, self.sequence_length, self.tp, self.pp, self.dp,
+                     self.distributed_optimizer, self.sequence_parallel, self.headroom, self.profile,
+                     self.uniform_recompute)
 
     def plan_for(self, candidate: Candidate, layers: tuple[int, ...], recompute: tuple[bool, ...]) -> Plan:
         """The plan file for ``candidate`` cut into ``layers`` per stage, ``recompute`` per stage."""
