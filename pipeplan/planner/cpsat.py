@@ -67,13 +67,16 @@ def _exposed_tail(problem: PartitionProblem, tail, stage_sum):
 
 
 def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1, hint: tuple[int, ...] | None = None,
-          hint_recompute: tuple[bool, ...] | None = None, objective: str = "time") -> Solution:
+          hint_recompute: tuple[bool, ...] | None = None, objective: str = "time",
+          wall_limit: float | None = None) -> Solution:
     """Minimise the analytic iteration time of ``problem`` (``objective="time"``).
 
     ``"memory"`` minimises the largest per-device memory level instead, ignoring the capacity (to
     say how much memory a plan would need); ``"none"`` only asks whether any split fits (to find
     how many devices would be enough). ``hint`` is a layers-per-stage split to start from and
     ``hint_recompute`` its recomputation flags; a hint that fits gives the search a first solution at once.
+    ``wall_limit`` (seconds) caps the wall-clock time as well (a search's deadline: then the answer may depend
+    on the machine's speed).
     """
     minimize_memory = objective == "memory"
     from ortools.sat.python import cp_model
@@ -199,7 +202,8 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
     # The deterministic budget makes the answer independent of machine load; the wall-clock cap
     # only guards against a budget that runs far slower than its nominal seconds.
     solver.parameters.max_deterministic_time = float(time_limit)
-    solver.parameters.max_time_in_seconds = 10.0 * float(time_limit)
+    solver.parameters.max_time_in_seconds = min(10.0 * float(time_limit),
+                                                float("inf") if wall_limit is None else max(0.01, wall_limit))
     solver.parameters.num_workers = int(workers)
     solver.parameters.random_seed = 0
     # Full linearisation puts the enforced (recompute) equalities into the LP: memory-bound models

@@ -125,9 +125,10 @@ def plans_of(problem: PartitionProblem, layers: Sequence[int]) -> Iterator[tuple
 
 def exhaust(items: Sequence[tuple[Candidate, PartitionProblem]], plan_for: Callable[[Candidate, tuple, tuple], Plan],
             judge: Judge, fits: Callable[[Scored], bool], incumbent: Scored | None,
-            max_simulations: int = MAX_SIMULATIONS) -> Exhaustive:
+            max_simulations: int = MAX_SIMULATIONS, stop: Callable[[], bool] | None = None) -> Exhaustive:
     """Branch and bound (module docstring) below ``incumbent``'s simulated time; deterministic: candidates
-    in order of bound then label, splits and patterns in a fixed order, ties keep the earlier plan."""
+    in order of bound then label, splits and patterns in a fixed order, ties keep the earlier plan. Once
+    ``stop()`` (a deadline) says so it returns what it has, not ``complete``."""
     best_time = math.inf if incumbent is None else incumbent.iteration_time
     best, sims = None, 0
     ordered = sorted(((candidate_bound(p), c.label, c, p) for c, p in items if p.num_stages <= p.num_layers),
@@ -139,7 +140,7 @@ def exhaust(items: Sequence[tuple[Candidate, PartitionProblem]], plan_for: Calla
             for modes in plans_of(problem, layers):
                 if plan_bound(problem, layers, modes) >= best_time:
                     continue
-                if sims >= max_simulations:
+                if sims >= max_simulations or (stop is not None and stop()):
                     return Exhaustive(best, sims, False)
                 sims += 1
                 plan = plan_for(candidate, layers, tuple(mode_of(m) == "full" for m in modes)).with_(recompute=modes)

@@ -27,17 +27,17 @@ depends on the inputs only (every step is deterministic).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 
 from ..errors import OutOfTime, SpecError
+from . import clock
 from .cpsat import Solution
 from .layouts import Layout, LayoutPins, enumerate_layouts, memory_floor, time_floor
 from .problem import Candidate
 from .refine import fits_within
 from .request import OptimizeRequest
 from .result import LayoutRecord, OptimizeResult, Scored
-from .screen import SCREEN_ORDER, least_recompute, quick_plans, screen_order, screen_plan
+from .screen import SCREEN_ORDER, least_recompute, quick_plans, screen_estimate, screen_order, screen_plan
 from .search import Dominated, Progress, search
 from .starts import score_baselines
 
@@ -107,7 +107,7 @@ def given_config(base: OptimizeRequest, pins: LayoutPins, config: GivenConfig) -
 def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, top: int = TOP_LAYOUTS,
                    compare: GivenConfig | None = None, progress: Progress | None = None) -> OptimizeResult:
     """Steps 1-4 of the module docstring. ``base`` carries everything but the layout."""
-    started = time.perf_counter()
+    started = clock.now()
     deadline = started + time_limit
     if compare is not None and compare.tp * compare.pp * compare.dp != pins.gpus:
         raise SpecError(f"--compare-config: tp x pp x dp = {compare.tp * compare.pp * compare.dp} but the search "
@@ -130,22 +130,32 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
         raise SpecError(f"no layout of {pins.gpus} GPUs fits {base.model.name}: weights, gradients and optimizer state "
                         f"alone need {least.memory_floor / 1e9:.1f} GB on a GPU at best ({least.layout.label}) of "
                         f"{usable / 1e9:.1f} GB usable; " + what_would_fit(base, pins))
-    quicks = {lay: quick_plans(layout_request(base, lay)) for lay in open_layouts}
-    rank = {lay: screen_order(records[lay].time_floor, lay, base, quicks[lay]) for lay in open_layouts}
-    open_layouts.sort(key=lambda lay: (rank[lay], lay.tp, lay.pp))
+    # Quick plans in the order of the floors' estimate, while time lasts; past the deadline the rest come after,
+    # by that estimate, their quick plans built when (if) they are screened.
+    estimate = {lay: screen_estimate(records[lay].time_floor, lay, base) for lay in open_layouts}
+    quicks: dict[Layout, list] = {}
+    for layout in sorted(open_layouts, key=lambda lay: (estimate[lay], lay.tp, lay.pp)):
+        if clock.now() > deadline:
+            break
+        quicks[layout] = quick_plans(layout_request(base, layout))
+    rank = {lay: screen_order(records[lay].time_floor, lay, base, quicks[lay]) if lay in quicks else estimate[lay]
+            for lay in open_layouts}
+    open_layouts.sort(key=lambda lay: (lay not in quicks, rank[lay], lay.tp, lay.pp))
     simulated: list[Scored] = []
     screens: dict[Layout, Scored] = {}
     for i, layout in enumerate(open_layouts):
         if progress:
             progress(i, len(open_layouts) + top, f"screening {layout.label}")
         best = min((s.iteration_time for s in simulated if fits_within(s, base.headroom)), default=float("inf"))
-        if time.perf_counter() > deadline and best < float("inf"):
+        if clock.now() > deadline and best < float("inf"):
             records[layout] = replace(records[layout], status="TIME LIMIT")
             continue
         if records[layout].time_floor >= best:  # valid: no plan of it can beat a simulated one
             records[layout] = replace(records[layout], status="PRUNED")
             continue
-        scored = screen_plan(layout_request(base, layout), quicks[layout], best)
+        if layout not in quicks:
+            quicks[layout] = quick_plans(layout_request(base, layout))
+        scored = screen_plan(layout_request(base, layout), quicks[layout], best, stop=lambda: clock.now() > deadline)
         if scored is not None:
             screens[layout] = scored
             simulated.append(scored)
@@ -168,35 +178,38 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
         if len(results) >= top:
             continue  # stays SCREENED: the screen ranked it below the layouts searched
         # Past the deadline with a fitting plan in hand (a search's, or a screen's), no search starts.
-        if time.perf_counter() > deadline and (results or any(fits_within(s, base.headroom) for s in screens.values())):
+        if clock.now() > deadline and (results or any(fits_within(s, base.headroom) for s in screens.values())):
             timed_out = True
             records[layout] = replace(record, status="TIME LIMIT")
             continue
         if progress:
             progress(len(open_layouts) + len(results), len(open_layouts) + top, f"searching {layout.label}")
-        began = time.perf_counter()
+        began = clock.now()
         try:
             result = search(replace(layout_request(base, layout), deadline=deadline, polished=LAYOUT_POLISHED,
                                     incumbent=best, baselines=False))
         except Dominated:
-            records[layout] = replace(record, status="PRUNED", search_time=time.perf_counter() - began)
+            records[layout] = replace(record, status="PRUNED", search_time=clock.now() - began)
             continue
         except OutOfTime:
             timed_out = True
-            records[layout] = replace(record, status="TIME LIMIT", search_time=time.perf_counter() - began)
+            records[layout] = replace(record, status="TIME LIMIT", search_time=clock.now() - began)
             continue
         except SpecError:
-            records[layout] = replace(record, status="NO FIT", search_time=time.perf_counter() - began)
+            records[layout] = replace(record, status="NO FIT", search_time=clock.now() - began)
             continue
         results.append(result)
         simulated.append(result.chosen)
         records[layout] = replace(record, status="SEARCHED", simulated=result.iteration_time,
-                                  search_time=time.perf_counter() - began)
-    timed_out = timed_out or time.perf_counter() > deadline
+                                  search_time=clock.now() - began)
+    timed_out = timed_out or clock.now() > deadline
     given = given_config(base, pins, compare) if compare is not None else None
-    answer = _answer(base, results, screens, given, records, layouts, timed_out, time.perf_counter() - started)
-    answer = _with_baselines(replace(base, deadline=deadline), answer, given)
-    return replace(answer, search_time=time.perf_counter() - started)
+    answer = _answer(base, results, screens, given, records, layouts, timed_out, clock.now() - started)
+    if clock.now() <= deadline:  # past it, the answer goes without baselines rather than past the time limit
+        answer = _with_baselines(replace(base, deadline=deadline), answer, given)
+    elif given is not None:
+        answer = replace(answer, baselines=(given,))
+    return replace(answer, search_time=clock.now() - started)
 
 
 def what_would_fit(base: OptimizeRequest, pins: LayoutPins) -> str:

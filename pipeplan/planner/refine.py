@@ -135,10 +135,11 @@ def _transfers(layers: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 
 def refine(start: Scored, judge: Callable[[str, Plan], Scored], headroom: float, problem: PartitionProblem,
-           max_evals: int = MAX_EVALS, ceiling: float = float("inf")) -> Scored:
-    """Hill-climb from ``start`` over ``neighbours`` (module docstring); at most ``max_evals`` simulations. A
-    neighbour whose bound is not below ``ceiling`` (seconds: a plan simulated elsewhere, which it could not
-    beat) is not simulated either."""
+           max_evals: int = MAX_EVALS, ceiling: float = float("inf"),
+           stop: Callable[[], bool] | None = None) -> Scored:
+    """Hill-climb from ``start`` over ``neighbours`` (module docstring); at most ``max_evals`` simulations, none
+    once ``stop()`` (a deadline) says so. A neighbour whose bound is not below ``ceiling`` (seconds: a plan
+    simulated elsewhere, which it could not beat) is not simulated either."""
     best, evals = start, 0
     tried = {(start.plan.layers_per_stage, start.plan.recompute)}
     improved = True
@@ -149,6 +150,8 @@ def refine(start: Scored, judge: Callable[[str, Plan], Scored], headroom: float,
         for bound, _, plan in ranked:
             if bound >= min(best.iteration_time, ceiling) or evals >= max_evals:
                 break
+            if stop is not None and stop():
+                return best
             key = (plan.layers_per_stage, plan.recompute)
             if key in tried:
                 continue

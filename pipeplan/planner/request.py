@@ -6,7 +6,6 @@ The search steps (``search.py``) take their settings from the request alone.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..model import MODEL_PRESETS, ModelSpec, load_model
 from ..parallel import check_sequence_parallel, check_tensor_group
 from ..plan import Plan, default_placement
 from ..profile import Profile, load_profile
+from . import clock
 from .candidates import schedule_variants
 from .problem import Candidate, PartitionProblem, ScheduleShape, build_problem
 
@@ -61,7 +61,7 @@ class OptimizeRequest:
     jobs: int = 1  # candidates solved at once in worker processes
     profile: Profile | None = None
     blocking_p2p: bool = False  # the plan's point-to-point exchanges block (Megatron 2021), as the plans say
-    deadline: float | None = None  # time.perf_counter() after which the search starts no optional work
+    deadline: float | None = None  # clock.now() after which the search starts no optional work
     # Proposals the simulator polishes: the runner-up schedule often overtakes after polish. A layout
     # search polishes one per layout (it compares layouts, each with its own best proposal).
     polished: int = 2
@@ -143,7 +143,7 @@ class OptimizeRequest:
     @property
     def out_of_time(self) -> bool:
         """Past the deadline: the search finishes what it must for an answer and starts nothing else."""
-        return self.deadline is not None and time.perf_counter() > self.deadline
+        return self.deadline is not None and clock.now() > self.deadline
 
     def problem_for(self, candidate: Candidate) -> PartitionProblem:
         """``candidate``'s partition problem on the request's layout (built once per layout and candidate:

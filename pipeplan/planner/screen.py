@@ -91,13 +91,16 @@ def screen_order(floor: float, layout: Layout, base: OptimizeRequest, quicks: li
     return max(screen_estimate(floor, layout, base), least if math.isfinite(least) else 0.0)
 
 
-def screen_plan(request: OptimizeRequest, quicks: list[QuickPlan], best: float = math.inf) -> Scored | None:
+def screen_plan(request: OptimizeRequest, quicks: list[QuickPlan], best: float = math.inf,
+                stop=lambda: False) -> Scored | None:
     """The fastest quick plan that fits (module docstring), of those not excluded by memory or by ``best``
     (the fastest fitting simulation so far, seconds); when none fits, the last one simulated; None when
-    nothing was simulated."""
+    nothing was simulated. Once ``stop()`` (a deadline) says so with a fitting plan in hand, no more."""
     chosen, fallback = None, None
     for quick in quicks:
         for mode in quick.problem.modes:
+            if best < math.inf and stop():
+                return chosen or fallback
             if not quick.may_fit(mode) or quick.bound(mode) >= best:
                 continue
             scored = judge(request, "screen", _plan(request, quick, mode))

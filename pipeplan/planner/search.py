@@ -22,7 +22,6 @@ a new stage is one more such function, called from ``search``.
 """
 from __future__ import annotations
 
-import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -30,6 +29,7 @@ from typing import Callable
 
 from ..errors import OutOfTime, SpecError
 from ..plan import Plan
+from . import clock
 from .baselines import megatron_uniform
 from .bounds import candidate_bound
 from .candidates import enumerate_candidates, lower_bound
@@ -37,11 +37,11 @@ from .cpsat import UNKNOWN, Solution, solve
 from .exhaustive import MAX_PLANS, exhaust, space_size
 from .infeasible import explain_infeasible
 from .problem import Candidate, PartitionProblem
-from .relaxation import relaxed_bound
-from .starts import judge, score_baselines, seed_starts
 from .refine import MAX_EVALS, fits_within, refine
+from .relaxation import relaxed_bound
 from .request import OptimizeRequest
 from .result import CandidateRecord, OptimizeResult, Scored
+from .starts import judge, score_baselines, seed_starts
 
 Progress = Callable[[int, int, str], None]  # (steps done, steps in all, what runs now)
 # Simulated actions one polish may spend (its simulations x the plan's actions), so that the polish of
@@ -120,7 +120,7 @@ class Dominated(Exception):
 
 def search(request: OptimizeRequest, progress: Progress | None = None) -> OptimizeResult:
     """Run the steps in order (see the module docstring); SpecError (one line) when nothing fits."""
-    started = time.perf_counter()
+    started = clock.now()
     bounded = bounded_candidates(request)
     total = len(bounded) + 1  # one step per candidate solved, one for the simulations
     solved = solve_and_prune(request, bounded, progress)
@@ -129,10 +129,10 @@ def search(request: OptimizeRequest, progress: Progress | None = None) -> Optimi
     rescored = rescore(request, solved)
     best = exhaustive(request, bounded, polish(request, rescored))
     baselines = (score_baselines(request, _candidate_of(best.scored.plan), _problem_of(bounded, best.scored.plan))
-                 if request.baselines else [])
+                 if request.baselines and not request.out_of_time else [])
     if progress:
         progress(total, total, "done")
-    return assemble(request, solved, rescored, best, baselines, time.perf_counter() - started, bounded)
+    return assemble(request, solved, rescored, best, baselines, clock.now() - started, bounded)
 
 
 def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
@@ -146,6 +146,8 @@ def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
                         f"of {request.replica_batch}; try other --schedules or a larger --global-batch")
     out = []
     for candidate in found:
+        if request.out_of_time and request.incumbent < float("inf"):
+            raise OutOfTime("the time limit ran out while this layout's candidates were listed")
         problem = request.problem_for(candidate)
         out.append(Bounded(candidate, problem, problem.seconds(lower_bound(problem)), candidate_bound(problem)))
     out.sort(key=lambda c: (c.bound, c.candidate.label))
@@ -209,7 +211,7 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
                     records[item.candidate] = CandidateRecord(item.candidate, item.bound, why,
                                                               simulated_bound=simulated_bound(item))
                 else:
-                    started.append((item, _start_solve(request, item.problem, pool)))
+                    started.append((item, _start_solve(request, item.problem, pool, fastest[0] < float("inf"))))
             for item, job in started:
                 why = pruned(item)
                 if why:
@@ -241,19 +243,22 @@ def _plan_of(request: OptimizeRequest, candidate: Candidate, solution: Solution)
     return plan.with_(recompute=solution.modes) if solution.modes else plan
 
 
-def _start_solve(request: OptimizeRequest, problem: PartitionProblem, pool: ProcessPoolExecutor | None) -> Future:
+def _start_solve(request: OptimizeRequest, problem: PartitionProblem, pool: ProcessPoolExecutor | None,
+                 in_hand: bool = False) -> Future:
     """Submit one CP-SAT solve to ``pool``, or run it here (a finished future) without one.
 
     The uniform split is the hint, with the first recomputation setting under which it fits: a
-    first solution at once, so a short budget still ends with a plan.
+    first solution at once, so a short budget still ends with a plan. With a fitting plan ``in_hand``,
+    the solve also stops at the search's deadline (wall clock).
     """
     hint = megatron_uniform(request.model, problem.num_stages)
     hint_recompute = next((rc for rc in ((False,) * len(hint), (True,) * len(hint))
                            if problem.objective(hint, rc) is not None), None)
     limit = request.time_limit
     if request.deadline is not None:  # never far past the whole search's budget; a hint is a first answer
-        limit = min(limit, max(0.1, request.deadline - time.perf_counter()))
-    args = (problem, limit, 1, hint, hint_recompute)
+        limit = min(limit, max(0.1, request.deadline - clock.now()))
+    wall = request.deadline - clock.now() if request.deadline is not None and in_hand else None
+    args = (problem, limit, 1, hint, hint_recompute, "time", wall)
     if pool:
         return pool.submit(solve, *args)
     done: Future = Future()
@@ -337,7 +342,7 @@ def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
         actions = start.scored.result.resolved.schedule.num_actions()
         evals = max(MIN_POLISH_EVALS, min(MAX_EVALS, POLISH_ACTIONS // max(1, actions)))
         polished = refine(start.scored, partial(judge, request), request.headroom, start.proposal.problem,
-                          max_evals=evals, ceiling=request.incumbent)
+                          max_evals=evals, ceiling=request.incumbent, stop=lambda: request.out_of_time)
         if best is None or polished.iteration_time < best.scored.iteration_time:
             source = "cp-sat" if start.scored.name == "cp-sat" else f"{start.scored.name} + polish"
             best = Polished(start, polished, source)
@@ -351,7 +356,8 @@ def exhaustive(request: OptimizeRequest, bounded: list[Bounded], best: Polished)
         return best
     found = exhaust([(b.candidate, b.problem) for b in bounded], request.plan_for,
                     lambda plan: judge(request, "exhaustive", plan),
-                    lambda scored: fits_within(scored, request.headroom), best.scored)
+                    lambda scored: fits_within(scored, request.headroom), best.scored,
+                    stop=lambda: request.out_of_time)
     if found.best is None or found.best.iteration_time >= best.scored.iteration_time:
         return best
     return Polished(best.start, found.best, "exhaustive")

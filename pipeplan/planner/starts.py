@@ -39,12 +39,12 @@ def seed_starts(request: OptimizeRequest, candidates: Iterable[tuple[Candidate, 
                 fastest: float) -> list[Scored]:
     """The usual splits of each candidate, with the least recomputation (one mode on every stage) that may fit
     and fits, simulated unless their bound (``bounds.plan_bound``) cannot beat ``fastest`` (seconds, the
-    fastest fitting plan simulated so far, lowered as seeds fit)."""
+    fastest fitting plan simulated so far, lowered as seeds fit), and none past the request's deadline."""
     out = []
     for candidate, problem in candidates:
         for name, layers in usual_splits(request, problem.num_stages):
             for modes in uniform_plans(problem, layers):  # least recomputation first
-                if plan_bound(problem, layers, modes) >= fastest:
+                if plan_bound(problem, layers, modes) >= fastest or request.out_of_time:
                     break
                 plan = request.plan_for(candidate, layers, (False,) * len(layers)).with_(recompute=modes)
                 scored = judge(request, name, plan)
@@ -85,5 +85,6 @@ def _brute_force(request: OptimizeRequest, candidate: Candidate, problem: Partit
     if request.out_of_time or space_size([problem]) > MAX_PLANS:
         return None
     found = exhaust([(candidate, problem)], request.plan_for, lambda plan: judge(request, BRUTE_FORCE, plan),
-                    lambda scored: fits_within(scored, request.headroom), None)
+                    lambda scored: fits_within(scored, request.headroom), None,
+                    stop=lambda: request.out_of_time)
     return found.best if found.complete else None
