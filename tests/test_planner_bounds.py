@@ -81,3 +81,26 @@ def test_bounds_never_exceed_the_simulated_time_with_data_parallelism(seed):
             # is before the iteration's end by at least the bound's data-parallel part.
             tails += any(o.action.kind == "REDUCE_GRAD" for o in result.timeline.ops)
     assert checked >= 20 and tails == checked
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_the_analytic_tail_is_the_simulated_data_parallel_tail_of_1f1b(distributed):
+    """1F1B ends on device 0's last backward of stage 0; after it the simulator runs that stage's gradient
+    reduction, Adam step and (distributed optimizer) parameter gather over a data group that spans nodes.
+    The analytic objective's tail (``PartitionProblem.exposed_tail``) is that time, read off the timeline."""
+    model = dict(name="tail", num_layers=6, hidden=1024, heads=8, ffn_hidden=4096, vocab=32000, seq_len=512)
+    cluster = dict(CLUSTER_PRESETS["dgx-h100"].to_dict(), nodes=4)
+    tp, pp, dp, m = 2, 2, 8, 4
+    spec, cl = pipeplan.load_model(model), pipeplan.load_cluster(cluster)
+    layers = (4, 4)
+    problem = build_problem(spec, cl, Candidate("1f1b", 1, 1, m), build_schedule("1f1b", pp, m), spec.seq_len,
+                            default_placement(pp, dp, tp), dp, distributed, tp=tp, sequence_parallel=True)
+    plan = pipeplan.Plan(model=model, cluster=cluster, schedule="1f1b", pp=pp, num_microbatches=m, microbatch_size=1,
+                         layers_per_stage=layers, tp=tp, dp=dp, sequence_parallel=True,
+                         distributed_optimizer=distributed)
+    ops = simulate(model, cluster, plan).timeline.ops
+    last = max(o.end for o in ops if o.device == 0 and o.action.kind == "B")
+    simulated_tail = max(o.end for o in ops) - last
+    analytic_tail = problem.exposed_tail(layers) * problem.time_unit
+    assert simulated_tail > 1e-4  # the rings cross the network: not negligible
+    assert analytic_tail == pytest.approx(simulated_tail, rel=1e-3)

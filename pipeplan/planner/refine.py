@@ -3,8 +3,9 @@ simulates faster.
 
 The analytic objective cannot tell apart the many splits with the same slowest device and widest stage
 (for 1F1B, Σ t_k + (m−1)·max t_k is the same for all of them; for llama3-8b at pp = 8 under interleaved
-v = 4, 246 splits share the optimum and simulate from 7.31 s to 9.05 s), while the simulator can: where
-the heavier stages sit shapes the warm-up, the drain and the bubbles in between. A neighbour of a plan is
+v = 4, 244 of the 361 splits that fit without recomputation share the optimum and simulate from 7.31 s
+to 9.05 s), while the simulator can: where the heavier stages sit shapes the warm-up, the drain and the
+bubbles in between. A neighbour of a plan is
 
 * one cut moved by one layer, with the fitting recomputation patterns of the devices that hold the two
   stages it touches (the other devices keep theirs);
