@@ -46,7 +46,10 @@ from .starts import judge, score_baselines, seed_starts
 Progress = Callable[[int, int, str], None]  # (steps done, steps in all, what runs now)
 # Simulated actions one polish may spend (its simulations x the plan's actions), so that the polish of
 # a 128-stage, 24,000-action plan costs what the polish of a small one does; 60 simulations at most.
-POLISH_ACTIONS = 500_000
+# Transfers keep a polish improving longer than single-cut moves did: the budget went from 500,000 to
+# 250,000 (llama3-405b at pp = 16, interleaved v = 4: 60 simulations per polish, 34 s, 24.21 s; now 30,
+# 24 s, 24.34 s; single-cut moves had reached 24.41 s in 33 s).
+POLISH_ACTIONS = 250_000
 MIN_POLISH_EVALS = 8
 FAMILY_FEW = 2  # candidates per schedule variant solved and simulated before its analytic bound may prune one
 
