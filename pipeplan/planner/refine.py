@@ -30,12 +30,11 @@ from typing import Callable
 
 from ..plan import Plan
 from .bounds import plan_bound
-from .exhaustive import device_patterns, surely_over, uniform_plans
+from .exhaustive import minimal_patterns, surely_over, uniform_plans
 from .problem import PartitionProblem
 from .result import Scored
 
 MAX_EVALS = 60
-_ORDER = {"none": 0, "selective": 1, "full": 2}
 
 
 def fits_within(scored: Scored, headroom: float) -> bool:
@@ -50,14 +49,6 @@ def _with(recompute: tuple[str, ...], devices_modes: tuple[dict[int, str], ...])
         for k, mode in modes.items():
             out[k] = mode
     return tuple(out)
-
-
-def minimal_patterns(problem: PartitionProblem, layers: tuple[int, ...], device: int) -> list[dict[int, str]]:
-    """``device``'s fitting recomputation patterns under ``layers`` that no other fitting pattern recomputes
-    less than on every stage (module docstring)."""
-    fitting = device_patterns(problem, layers, device)
-    return [mine for mine in fitting
-            if not any(other != mine and all(_ORDER[other[k]] <= _ORDER[mine[k]] for k in mine) for other in fitting)]
 
 
 def neighbours(plan: Plan, problem: PartitionProblem) -> list[Plan]:
@@ -144,7 +135,7 @@ def refine(start: Scored, judge: Callable[[str, Plan], Scored], headroom: float,
     best, evals = start, 0
     tried = {(start.plan.layers_per_stage, start.plan.recompute)}
     improved = True
-    while improved and evals < max_evals:
+    while improved and evals < max_evals and not (stop is not None and stop()):
         improved = False
         ranked = sorted(((plan_bound(problem, p.layers_per_stage, p.recompute), i, p)
                          for i, p in enumerate(neighbours(best.plan, problem))), key=lambda x: (x[0], x[1]))
