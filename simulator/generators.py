@@ -129,7 +129,8 @@ def interleaved(p: int, m: int, v: int = 2) -> Schedule:
         acts.extend(backward_action(r, k) for k in range(total - warmup, total))
         device_actions.append(acts)
     schedule = make_schedule(device_actions, [s % p for s in range(p * v)], m, "interleaved", v)
-    check_schedule(schedule)
+    if m % p:  # torch's generalised rounds are checked; Megatron's own (g = p) is deadlock-free by construction
+        check_schedule(schedule)  # (tests/test_schedules.py checks both on a grid), and checking costs 10x the build
     return schedule
 
 

@@ -146,8 +146,13 @@ def live_count_profiles(schedule) -> list[tuple[tuple[tuple[int, int], ...], ...
                 held[i] += 1
             elif action.kind == BACKWARD_WEIGHT:
                 held[i] -= 1
-        vectors = sorted(seen, reverse=True)
-        kept = [v for v in vectors if not any(_dominates(other, v) for other in vectors if other != v)]
+        # A vector that dominates another is lexicographically larger, so it comes first in this order; and
+        # one dominated by a dropped vector is dominated by whatever dropped that one: comparing with the
+        # vectors kept so far removes exactly the dominated ones, in O(n · kept) rather than O(n²).
+        kept: list[tuple] = []
+        for v in sorted(seen, reverse=True):
+            if not any(_dominates(k, v) for k in kept):
+                kept.append(v)
         profiles.append(tuple(kept) if kept else (tuple((0, 0) for _ in stages),))
     return profiles
 

@@ -91,7 +91,13 @@ def test_the_steps_compose_to_optimize():
     assert [r.candidate for r in solved.records] == [b.candidate for b in bounded]
     rescored = rescore(request, solved)
     times = [s.scored.iteration_time for s in rescored.fitting]
-    assert times == sorted(times) and all(any(f is s for s in rescored.simulated) for f in rescored.fitting)
+    assert times == sorted(times)
+    # Every start is a simulated proposal, or a usual split (uniform, parameters) of a proposal's candidate.
+    proposals = [s.proposal for s in rescored.simulated]
+    for f in rescored.fitting:
+        assert any(f is s for s in rescored.simulated) or (
+            f.scored.name in ("megatron-uniform", "deepspeed-parameters") and any(f.proposal is p for p in proposals)
+            and f.scored.plan.num_microbatches == f.candidate.num_microbatches)
     best = exhaustive(request, bounded, polish(request, rescored))
     assert best.scored.iteration_time <= best.start.scored.iteration_time
     plan = best.scored.plan

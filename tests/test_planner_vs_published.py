@@ -14,7 +14,7 @@ from planner_vs_published import optimized, published_time  # noqa: E402
 from published_runs import SEQ, TABLE_1, model_of  # noqa: E402
 
 from pipeplan.cluster import load_cluster  # noqa: E402
-from pipeplan.planner.layout_search import screen_estimate  # noqa: E402
+from pipeplan.planner.screen import screen_estimate  # noqa: E402
 from pipeplan.planner.layouts import Layout, time_floor  # noqa: E402
 from pipeplan.planner.request import OptimizeRequest  # noqa: E402
 

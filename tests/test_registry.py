@@ -134,7 +134,7 @@ def test_the_default_set_is_the_six_documented_schedules_and_the_rest_say_why_no
 def test_planner_proposes_exactly_what_the_rules_accept():
     pp, batch = 3, 14  # m = 7 and 14 break interleaved's rounds rule, the others run everything
     found = enumerate_candidates(64, pp, batch, schedule_variants(None))
-    proposed = {(c.schedule, c.chunks, c.num_microbatches) for c, _ in found}
+    proposed = {(c.schedule, c.chunks, c.num_microbatches) for c in found}
     expected = {(name, v, batch // b) for name, v in schedule_variants(None)
                 for b in range(1, batch + 1) if batch % b == 0 and SCHEDULES[name].accepts(pp, batch // b, v)}
     assert proposed == expected

@@ -61,3 +61,43 @@ def test_what_would_fit_stops_at_the_deadline_and_says_it_does_not_know():
     assert time.perf_counter() - began < 1.0
     assert text.startswith("no plan fits llama3-70b on pp = 8 GPUs") and "time limit ran out" in text
     assert "--pp" not in text
+
+
+def _clock_run_by_simulations(monkeypatch):
+    """The planner's clock, advanced 1 s by each simulation and by nothing else (so the test does not depend on
+    the machine's speed); every simulation is recorded as (start on that clock, fits with the 5 % headroom)."""
+    from pipeplan.planner import clock, starts
+
+    now, simulations = [0.0], []
+    real = starts.simulate
+
+    def simulate(*args, **kwargs):
+        started = now[0]
+        result = real(*args, **kwargs)
+        now[0] += 1.0
+        simulations.append((started, max(result.peak_memory) <= 0.95 * min(result.sim.capacity)))
+        return result
+
+    monkeypatch.setattr(clock, "now", lambda: now[0])
+    monkeypatch.setattr(starts, "simulate", simulate)
+    return simulations
+
+
+# Limits that fall (on this clock) in the first screen, the first layout's polish and the next layout's search
+# of the whole search, and in the starts and in the polish of a pinned layout's search.
+@pytest.mark.parametrize("pins,limit", [(dict(gpus=8), 0.5), (dict(gpus=8), 20.0), (dict(gpus=8), 50.0),
+                                        (dict(pp=8), 16.0), (dict(pp=8), 40.0)])
+def test_past_the_deadline_with_a_fitting_plan_in_hand_no_simulation_starts(monkeypatch, pins, limit):
+    """The whole search (gpus=8: its layouts) and a pinned layout's search (pp=8) check the deadline before
+    every optional step: once the clock is past it and a fitting plan was simulated, nothing more is
+    simulated; before a fitting plan exists the search goes on (it never answers "no plan fits" for want
+    of time)."""
+    simulations = _clock_run_by_simulations(monkeypatch)
+    result = pipeplan.optimize("llama3-8b", "dgx-h100", global_batch=64, solver_time_limit=0.5, time_limit=limit,
+                               **pins)
+    assert result.timed_out and max(result.result.peak_memory) <= 0.95 * 80e9
+    assert len(simulations) > limit  # the search did run into the deadline
+    for i, (started, _) in enumerate(simulations):
+        if started > limit:
+            assert not any(fits for _, fits in simulations[:i]), (
+                f"simulation {i} started at {started:.0f} s, past the {limit} s limit, with a fitting plan in hand")

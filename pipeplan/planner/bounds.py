@@ -12,8 +12,9 @@ where busy_d is the sum of d's op durations (m micro-batches of its stages' F + 
 included), head_d the dependency chain before d's first op (F of every stage before it, for one
 micro-batch) and tail_d the chain that must still run after d's last op (for a B or I of stage k:
 the backward of every stage below k; for a W: nothing). Also T ≥ the chain of one micro-batch
-through every forward and backward. Data-parallel reductions and optimizer steps only add ops, so
-the bound holds with them too.
+through every forward and backward. With dp > 1 the data-parallel actions follow d's last op
+(``dp_tail``): T ≥ head_d + busy_d + that tail, an alternative to the chain after it (both hold, so
+the larger counts).
 
 The problem's integers are rounded per layer to the nearest unit, so each summed term may be
 0.5 unit short of the float cost: the bounds subtract 0.5 unit per term summed (and a 1e-9
@@ -47,23 +48,52 @@ def plan_bound(problem: PartitionProblem, layers_per_stage: Sequence[int], recom
     n = list(layers_per_stage)
     back_terms = [n[k] * (2 if full[k] else 1) + (0 if problem.split_backward else n[k]) for k in range(len(n))]
     best = (sum(fwd) + sum(back)) - 0.5 * (sum(n) + sum(back_terms))  # one micro-batch's chain
+    stage_params = _stage_params(problem, n)
     for d in range(problem.pp):
         stages = problem.stages_of(d)
         busy = m * sum(values[k][0] + values[k][1] + values[k][2] for k in stages)
         terms = m * sum(n[k] * (3 + (1 if full[k] else 0)) for k in stages)
+        after, after_terms = 0.0, 0.0  # what must still run after d's last op, on other devices
         if problem.first_stage:
             first = problem.first_stage[d]
             busy += sum(fwd[:first])
             terms += sum(n[:first])
             last, kind = problem.last_action[d]
             if _backward_after(problem, kind):
-                busy += sum(back[:last])
-                terms += sum(back_terms[:last])
+                after, after_terms = sum(back[:last]), sum(back_terms[:last])
             elif kind == "F":
-                busy += sum(fwd[last + 1:]) + sum(back)
-                terms += sum(n[last + 1:]) + sum(back_terms)
-        best = max(best, busy - 0.5 * terms)
+                after, after_terms = sum(fwd[last + 1:]) + sum(back), sum(n[last + 1:]) + sum(back_terms)
+        own = busy - 0.5 * terms
+        best = max(best, own + after - 0.5 * after_terms, own + _dp_after(problem, d, stage_params))
     return max(0.0, best) * problem.time_unit * MARGIN
+
+
+def _stage_params(problem: PartitionProblem, layers_per_stage: Sequence[int]) -> list[float]:
+    """Each stage's parameters on one GPU (empty without a data-parallel tail to price)."""
+    if problem.dp_tail is None:
+        return []
+    out, start = [], 0
+    for n in layers_per_stage:
+        out.append(sum(problem.params[start:start + n]))
+        start += n
+    return out
+
+
+def _dp_after(problem: PartitionProblem, device: int, stage_params: list[float]) -> float:
+    """Time units the data-parallel tail runs at least after ``device``'s last compute op (``dp_tail``):
+    when that op is a backward of stage k*, its reduction, step and gather; in any case every step."""
+    if problem.dp_tail is None:
+        return 0.0
+    stages = problem.stages_of(device)
+    held = sum(stage_params[k] for k in stages)
+    _, kind = problem.last_action[device] if problem.last_action else (None, "")
+    if kind in ("B", "W"):
+        # Whichever of its stages the last op is a backward of (a cost-aware order may end on another than
+        # the generated order the problem read): the least of them.
+        seconds = min(problem.dp_tail.after_last(device, stage_params[k], held) for k in stages)
+    else:
+        seconds = problem.dp_tail.optimizer * held
+    return seconds / problem.time_unit
 
 
 def candidate_bound(problem: PartitionProblem) -> float:
@@ -82,6 +112,8 @@ def candidate_bound(problem: PartitionProblem) -> float:
     terms_per_layer = 2 if problem.split_backward else 3
     chain = F[L] + B[L] - 0.5 * terms_per_layer * L
     busy = m * (F[L] + I_[L] + W[L]) / problem.pp - 0.5 * 3 * m * L
+    if problem.dp_tail is not None:  # every device's optimizer steps follow its last op: their average too
+        busy += problem.dp_tail.optimizer * sum(problem.params) / problem.pp / problem.time_unit
     best = max(chain, busy)
     if problem.chunks == 1 and problem.first_stage and S <= L:
         best = max(best, _single_chunk_minimax(problem, F, I_, W, B))
@@ -99,6 +131,8 @@ def _single_chunk_minimax(problem: PartitionProblem, F, I_, W, B) -> float:
     i, j = idx[:, None], idx[None, :]
     work = (F[j] - F[i]) + (I_[j] - I_[i]) + (W[j] - W[i])
     valid = j > i
+    tail = problem.dp_tail
+    P = np.concatenate(([0.0], np.cumsum(problem.params, dtype=np.float64))) if tail is not None else None
     reach = np.full(L + 1, np.inf)
     reach[0] = -np.inf
     for k in range(S):
@@ -107,8 +141,15 @@ def _single_chunk_minimax(problem: PartitionProblem, F, I_, W, B) -> float:
         if problem.first_stage[d] == k:
             value = value + F[i] - 0.5 * i
         last, kind = problem.last_action[d]
+        after = np.zeros_like(value, dtype=np.float64)
         if last == k and kind in ("B", "I"):
-            value = value + B[i] - 0.5 * (1 if problem.split_backward else 2) * i
+            after = B[i] - 0.5 * (1 if problem.split_backward else 2) * i + 0.0 * j
+        if tail is not None:  # the device's one stage: its reduction, step and gather follow its last op
+            params = P[j] - P[i]
+            seconds = (tail.collectives(d, 0.0) + params * (tail.reduce[d][1] + tail.gather[d][1] + tail.optimizer)
+                       if kind in ("B", "W") else tail.optimizer * params)
+            after = np.maximum(after, seconds / problem.time_unit)
+        value = value + after
         value = np.where(valid, np.maximum(value, reach[:, None]), np.inf)
         reach = value.min(axis=0)
     return float(reach[L])

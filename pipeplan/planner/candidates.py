@@ -4,11 +4,10 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from simulator.ir import Schedule
 from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES, lookup
 
 from ..errors import SpecError
-from ..lowering import generated_schedule
+from ..limits import limit, schedule_ops
 from .problem import Candidate, PartitionProblem
 
 
@@ -36,27 +35,50 @@ def schedule_variants(names: list[str] | None) -> list[tuple[str, int]]:
     return [(entry.name, v) for entry in entries for v in entry.planner_chunks]
 
 
+MAX_EVEN_CHUNKS = 8  # the largest chunk count tried beyond an entry's planner_chunks (see even_chunks)
+
+
+def even_chunks(variants: list[tuple[str, int]], blocks: int, pp: int) -> list[tuple[str, int]]:
+    """Besides ``variants`` (each entry's ``planner_chunks``), every chunk count v ≤ ``MAX_EVEN_CHUNKS`` that
+    splits the model's ``blocks`` transformer blocks evenly over pp·v stages (Megatron's interleaving asks
+    num_layers % (pp·v) == 0; the published 76.1B and 529.6B plans run v = 3), for each schedule whose
+    registry rule accepts v (interleaved: any v ≥ 2; zb-v: only 2). ``enumerate_candidates`` leaves out
+    those whose simulation would pass the ops limit (the search was sized by the planner_chunks,
+    ``limits.check_planner_size``)."""
+    out = list(variants)
+    for name in dict.fromkeys(n for n, _ in variants):
+        entry = SCHEDULES[name]
+        for v in range(2, MAX_EVEN_CHUNKS + 1):
+            if (name, v) not in out and blocks % (pp * v) == 0 and entry.accepts(pp, pp, v):
+                out.append((name, v))
+    return out
+
+
 def enumerate_candidates(num_layers: int, pp: int, batch: int, variants: list[tuple[str, int]],
                          microbatch_sizes: list[int] | None = None,
-                         runs: Callable[[str, int, int], bool] | None = None) -> list[tuple[Candidate, Schedule]]:
+                         runs: Callable[[str, int, int], bool] | None = None,
+                         blocks: int | None = None) -> list[Candidate]:
     """Every (schedule, v, b) whose generator accepts (p, m = batch/b, v) and whose p·v stages fit the layers.
 
     b runs over the divisors of the per-replica batch; the schedule's registry rule, the same check
     its generator runs (e.g. interleaved's m divisible by its number of rounds), decides the rest,
     so the planner never proposes a schedule the simulator or the validator cannot build.
     ``runs(schedule, m, v)``, when given, must accept it too (an export target's limits,
-    ``OptimizeRequest.runs``).
+    ``OptimizeRequest.runs``). With the model's ``blocks``, ``even_chunks`` adds chunk counts.
     """
     sizes = [b for b in divisors(batch) if microbatch_sizes is None or b in microbatch_sizes]
+    extra = [] if blocks is None else even_chunks(variants, blocks, pp)[len(variants):]
     found = []
-    for name, v in variants:
+    for name, v in list(variants) + extra:
         if pp * v > num_layers:
             continue
         entry = SCHEDULES[name]
         for b in sizes:
             m = batch // b
+            if (name, v) in extra and schedule_ops(pp, m, v, 3) > limit("ops"):
+                continue
             if entry.accepts(pp, m, v) and (runs is None or runs(name, m, v)):
-                found.append((Candidate(name, v, b, m), generated_schedule(name, pp, m, v)))
+                found.append(Candidate(name, v, b, m))
     return found
 
 
@@ -65,11 +87,23 @@ def lower_bound(problem: PartitionProblem) -> int:
 
     Perfect balance without recomputation: the slowest device does at least 1/p of the work, the
     fill is at least its value without recomputation (recomputing only lengthens I, whose weight in
-    φ is never negative) and, with chunks, the widest stage's φ is at least the average.
+    φ is never negative), with chunks the widest stage's φ is at least the average, and the
+    data-parallel tail at least its least value.
     """
     p, S = problem.pp, problem.num_stages
     a, b, c = problem.fill_weights
     base = sum(problem.forward) + sum(problem.backward_input) + sum(problem.backward_weight)
     phi = a * sum(problem.forward) + b * sum(problem.backward_input) + c * sum(problem.backward_weight)
     fill = (p - 1) * (problem.scale * math.ceil(phi / S) if problem.chunks > 1 else phi)
-    return problem.scale * problem.num_microbatches * math.ceil(base / p) + fill + problem.scale * problem.comm
+    return (problem.scale * problem.num_microbatches * math.ceil(base / p) + fill + problem.scale * problem.comm
+            + problem.scale * _least_tail(problem))
+
+
+def _least_tail(problem: PartitionProblem) -> int:
+    """The least data-parallel tail of any split (``PartitionProblem.exposed_tail``): stage k* holds at least
+    one layer, whose reduction, step and gather follow the collectives' latencies."""
+    tail = problem.tail_units
+    if tail is None or problem.tail_stage is None:
+        return 0
+    return tail.reduce_latency + tail.gather_latency + min(
+        o + r + g for o, r, g in zip(tail.optimizer, tail.reduce, tail.gather))

@@ -57,14 +57,26 @@ def _prefix(values: tuple[int, ...]) -> list[int]:
     return out
 
 
+def _exposed_tail(problem: PartitionProblem, tail, stage_sum):
+    """``PartitionProblem.exposed_tail`` as a CP-SAT expression."""
+    k = problem.tail_stage
+    if k is None:
+        return 0
+    return (tail.reduce_latency + tail.gather_latency + stage_sum("tail_reduce", k)
+            + stage_sum("tail_optimizer", k) + stage_sum("tail_gather", k))
+
+
 def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1, hint: tuple[int, ...] | None = None,
-          hint_recompute: tuple[bool, ...] | None = None, objective: str = "time") -> Solution:
+          hint_recompute: tuple[bool, ...] | None = None, objective: str = "time",
+          wall_limit: float | None = None) -> Solution:
     """Minimise the analytic iteration time of ``problem`` (``objective="time"``).
 
     ``"memory"`` minimises the largest per-device memory level instead, ignoring the capacity (to
     say how much memory a plan would need); ``"none"`` only asks whether any split fits (to find
     how many devices would be enough). ``hint`` is a layers-per-stage split to start from and
     ``hint_recompute`` its recomputation flags; a hint that fits gives the search a first solution at once.
+    ``wall_limit`` (seconds) caps the wall-clock time as well (a search's deadline: then the answer may depend
+    on the machine's speed).
     """
     minimize_memory = objective == "memory"
     from ortools.sat.python import cp_model
@@ -75,6 +87,10 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
     model = cp_model.CpModel()
     prefix = {name: _prefix(getattr(problem, name)) for name in (
         "forward", "backward_input", "backward_weight", "activation", "held", "activation_rc", "held_rc", "static")}
+    tail = problem.tail_units if objective == "time" else None
+    if tail is not None:
+        prefix.update(tail_optimizer=_prefix(tail.optimizer), tail_reduce=_prefix(tail.reduce),
+                      tail_gather=_prefix(tail.gather))
 
     # Cut k is the first layer of stage k: an integer with its prefix sums read through Element
     # constraints. Prefix sums are monotone, so bound propagation on them moves the cuts as a
@@ -85,20 +101,21 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
     cuts.append(model.NewConstant(L))
     for k in range(S):
         model.Add(cuts[k + 1] >= cuts[k] + 1)
-    at_cut: dict[str, list] = {}
-    for name, values in prefix.items():
-        row = []
-        for k in range(S + 1):
-            if k in (0, S):
-                row.append(values[0] if k == 0 else values[L])
-                continue
+    at_cut: dict[tuple[str, int], object] = {}
+
+    def at(name: str, k: int):
+        """The prefix sum ``name`` at cut k (an Element variable, made once when first read)."""
+        values = prefix[name]
+        if k in (0, S):
+            return values[0] if k == 0 else values[L]
+        if (name, k) not in at_cut:
             v = model.NewIntVar(values[k], values[L - S + k], f"{name}@c{k}")
             model.AddElement(cuts[k], values, v)
-            row.append(v)
-        at_cut[name] = row
+            at_cut[name, k] = v
+        return at_cut[name, k]
 
     def stage_sum(name: str, k: int):
-        return at_cut[name][k + 1] - at_cut[name][k]
+        return at(name, k + 1) - at(name, k)
 
     a, b, c = problem.fill_weights
     big_f = prefix["forward"][-1]
@@ -167,8 +184,11 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
             fill = problem.scale * widest
         else:
             fill = sum(fill_terms)
+        exposed = 0
+        if tail is not None:
+            exposed = _exposed_tail(problem, tail, stage_sum)
         model.Minimize(problem.scale * problem.num_microbatches * slowest + (p - 1) * fill
-                       + problem.scale * problem.comm)
+                       + problem.scale * problem.comm + problem.scale * exposed)
 
     if hint:
         start = 0
@@ -182,7 +202,8 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
     # The deterministic budget makes the answer independent of machine load; the wall-clock cap
     # only guards against a budget that runs far slower than its nominal seconds.
     solver.parameters.max_deterministic_time = float(time_limit)
-    solver.parameters.max_time_in_seconds = 10.0 * float(time_limit)
+    solver.parameters.max_time_in_seconds = min(10.0 * float(time_limit),
+                                                float("inf") if wall_limit is None else max(0.01, wall_limit))
     solver.parameters.num_workers = int(workers)
     solver.parameters.random_seed = 0
     # Full linearisation puts the enforced (recompute) equalities into the LP: memory-bound models

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
+
 from ..plan import Plan
 from .bounds import candidate_bound, plan_bound
 from .problem import Candidate, PartitionProblem, mode_of
@@ -82,10 +84,50 @@ def surely_over(problem: PartitionProblem, device: int, layers: Sequence[int], m
 
 
 def device_patterns(problem: PartitionProblem, layers: Sequence[int], device: int) -> list[dict[int, str]]:
-    """The recomputation patterns (stage -> mode) of ``device``'s stages that may fit under ``layers``."""
+    """The recomputation patterns (stage -> mode) of ``device``'s stages that may fit under ``layers``, in
+    ``itertools.product`` order of ``problem.modes``."""
     stages = problem.stages_of(device)
-    patterns = (dict(zip(stages, combo)) for combo in itertools.product(problem.modes, repeat=len(stages)))
-    return [modes for modes in patterns if not surely_over(problem, device, layers, modes)]
+    combos, over = _over_every_pattern(problem, layers, device)
+    return [dict(zip(stages, (problem.modes[i] for i in combo))) for combo, no in zip(combos, over) if not no]
+
+
+def minimal_patterns(problem: PartitionProblem, layers: Sequence[int], device: int) -> list[dict[int, str]]:
+    """Of ``device_patterns``, those no other fitting pattern recomputes less than on every stage (modes in
+    ``problem.modes`` order, least first). Recomputing more only stores less, so the fitting patterns are
+    closed upwards and a fitting pattern is minimal when lowering any one stage by one mode overflows."""
+    stages, modes = problem.stages_of(device), problem.modes
+    combos, over = _over_every_pattern(problem, layers, device)
+    radix = len(modes)
+    weights = radix ** np.arange(len(stages) - 1, -1, -1)  # product order: the first stage is the top digit
+    index = combos @ weights if len(combos) else np.zeros(0, dtype=np.int64)
+    minimal = ~over
+    for j in range(len(stages)):
+        lower = combos[:, j] > 0
+        minimal &= ~(lower & ~over[np.where(lower, index - weights[j], 0)])
+    return [dict(zip(stages, (modes[i] for i in combo))) for combo, keep in zip(combos, minimal) if keep]
+
+
+def _over_every_pattern(problem: PartitionProblem, layers: Sequence[int], device: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pattern of ``device``'s stages (rows of mode indices, ``itertools.product`` order) and whether
+    it is ``surely_over``: the same sums, taken per stage and mode once and added per pattern."""
+    starts = np.concatenate(([0], np.cumsum(layers)))
+    stages, modes = problem.stages_of(device), problem.modes
+    ranges = [range(starts[k], starts[k + 1]) for k in stages]
+    tables = {"none": (problem.activation, problem.held), "full": (problem.activation_rc, problem.held_rc),
+              "selective": (problem.activation_sel, problem.held_sel)}
+    combos = np.array(list(itertools.product(range(len(modes)), repeat=len(stages))), dtype=np.int64)
+    combos = combos.reshape(-1, len(stages))
+    slack = problem.capacity + 1 - sum(problem.static[i] for r in ranges for i in r) + sum(len(r) for r in ranges)
+    sums = [[(sum(tables[mode][0][i] for i in r), sum(tables[mode][1][i] for i in r)) for mode in modes]
+            for r in ranges]
+    over = np.zeros(len(combos), dtype=bool)
+    for vector in problem.profiles[device]:
+        level = np.zeros(len(combos), dtype=np.int64)
+        for j, ((nf, nh), r) in enumerate(zip(vector, ranges)):
+            per_mode = np.array([nf * (a - len(r)) + nh * (h - len(r)) for a, h in sums[j]], dtype=np.int64)
+            level += per_mode[combos[:, j]]
+        over |= level > slack
+    return combos, over
 
 
 def _patterns(problem: PartitionProblem, layers: Sequence[int]) -> list[list[dict[int, str]]] | None:
@@ -125,9 +167,10 @@ def plans_of(problem: PartitionProblem, layers: Sequence[int]) -> Iterator[tuple
 
 def exhaust(items: Sequence[tuple[Candidate, PartitionProblem]], plan_for: Callable[[Candidate, tuple, tuple], Plan],
             judge: Judge, fits: Callable[[Scored], bool], incumbent: Scored | None,
-            max_simulations: int = MAX_SIMULATIONS) -> Exhaustive:
+            max_simulations: int = MAX_SIMULATIONS, stop: Callable[[], bool] | None = None) -> Exhaustive:
     """Branch and bound (module docstring) below ``incumbent``'s simulated time; deterministic: candidates
-    in order of bound then label, splits and patterns in a fixed order, ties keep the earlier plan."""
+    in order of bound then label, splits and patterns in a fixed order, ties keep the earlier plan. Once
+    ``stop()`` (a deadline) says so it returns what it has, not ``complete``."""
     best_time = math.inf if incumbent is None else incumbent.iteration_time
     best, sims = None, 0
     ordered = sorted(((candidate_bound(p), c.label, c, p) for c, p in items if p.num_stages <= p.num_layers),
@@ -139,7 +182,7 @@ def exhaust(items: Sequence[tuple[Candidate, PartitionProblem]], plan_for: Calla
             for modes in plans_of(problem, layers):
                 if plan_bound(problem, layers, modes) >= best_time:
                     continue
-                if sims >= max_simulations:
+                if sims >= max_simulations or (stop is not None and stop()):
                     return Exhaustive(best, sims, False)
                 sims += 1
                 plan = plan_for(candidate, layers, tuple(mode_of(m) == "full" for m in modes)).with_(recompute=modes)

@@ -5,13 +5,13 @@ split with recomputation allowed, 1F1B at b = 1, the schedule that keeps the few
 """
 from __future__ import annotations
 
-import time
 
 from simulator.schedules import build_schedule
 
 from ..cluster import ClusterSpec
 from ..model import ModelSpec
 from ..plan import default_placement
+from . import clock
 from .baselines import megatron_uniform
 from .cpsat import INFEASIBLE, solve
 from .problem import Candidate, build_problem
@@ -25,7 +25,7 @@ def _budget(deadline: float | None) -> float | None:
     when there is no time left to start one."""
     if deadline is None:
         return SEARCH_TIME_LIMIT
-    left = deadline - time.perf_counter()
+    left = deadline - clock.now()
     return min(SEARCH_TIME_LIMIT, left) if left >= MIN_SOLVE else None
 
 

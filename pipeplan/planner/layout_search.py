@@ -4,14 +4,19 @@
 
 1. *floors*: a layout whose static memory floor is above the usable memory is dropped (no split fits);
    the others get their ``time_floor``, a lower bound on any of their simulated plans;
-2. *screen*: every remaining layout is simulated with a quick plan (``screen_plan``: the uniform split
-   under 1F1B and under ZB-V, the smallest micro-batch, the least recomputation that fits), so each has
-   a simulated time before any is discarded; in order of ``screen_estimate`` (the
-   floor with a 1F1B fill), so that a time limit stops the screen after the likeliest ones;
-3. *full search*: in order of the screen's time (layouts whose screen did not fit after them, by floor),
-   ``search`` runs on a layout unless its floor is not below the best simulated plan so far (a valid
+2. *screen* (``screen``): every remaining layout gets a quick plan (the uniform split under 1F1B and
+   under ZB-V, the smallest micro-batch, the least recomputation that fits), simulated unless its memory
+   surely does not fit or its bound (valid for the simulated time) cannot beat the fastest fitting plan
+   simulated so far; in order of ``screen_order`` (the quick plans' bounds, or the floor with a 1F1B fill
+   where larger), so that the best screens come first and a time limit stops the screen after the
+   likeliest ones; a layout whose floor cannot beat a fitting screen is not screened (PRUNED);
+3. *full search*: in order of the screen's time (a layout whose quick plans were not simulated or did
+   not fit, by its ``screen_order``; one none of whose quick plans may fit memory last), ``search`` runs on
+   a layout unless its floor is not below the best simulated plan so far (a valid
    skip) or ``top`` layouts have already been searched to a plan (the heuristic stop: the screen's
-   order is the judge of which layouts deserve a search; the record says which were skipped so);
+   order is the judge of which layouts deserve a search; the record says which were skipped so); the
+   best simulated plan so far is the search's ``incumbent``, so its candidates whose simulated-time
+   bound cannot beat it are pruned, and a layout none of whose candidates can is recorded PRUNED;
 4. *answer*: the fastest simulated plan among everything simulated (screens, searches and the given
    configuration, ``--compare-config``), with the record of every layout.
 
@@ -22,22 +27,22 @@ depends on the inputs only (every step is deterministic).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 
 from ..errors import OutOfTime, SpecError
-from .baselines import megatron_uniform
+from . import clock
 from .cpsat import Solution
 from .layouts import Layout, LayoutPins, enumerate_layouts, memory_floor, time_floor
 from .problem import Candidate
 from .refine import fits_within
 from .request import OptimizeRequest
 from .result import LayoutRecord, OptimizeResult, Scored
-from .search import Progress, judge, search
+from .screen import SCREEN_ORDER, least_recompute, quick_plans, screen_estimate, screen_order, screen_plan
+from .search import Dominated, Progress, search
+from .starts import score_baselines
 
 TOP_LAYOUTS = 3  # layouts searched in full (those the screen ranks first), besides the valid skips
 LAYOUT_POLISHED = 1  # proposals polished per layout searched (a pinned layout's search polishes two)
-SCREEN_ORDER = ("none", "selective", "full")
 
 
 @dataclass(frozen=True)
@@ -83,63 +88,6 @@ def layout_request(base: OptimizeRequest, layout: Layout) -> OptimizeRequest:
                    distributed_optimizer=layout.distributed_optimizer)
 
 
-def _least_recompute(request: OptimizeRequest, name: str, schedule: str, v: int, b: int,
-                     modes: tuple[str, ...] = SCREEN_ORDER) -> Scored | None:
-    """The uniform split under ``schedule`` at micro-batch b with the first recomputation in ``modes`` that
-    fits (headroom included); the last one tried when none fits; None when the schedule (or the request's
-    target) rejects (p, m, v)."""
-    batch = request.replica_batch
-    if batch % b or request.pp * v > request.model.num_pipeline_layers:
-        return None
-    m = batch // b
-    if not request.runs(schedule, m, v):
-        return None
-    layers = megatron_uniform(request.model, request.pp * v)
-    plan = request.plan_for(Candidate(schedule, v, b, m), layers, (False,) * len(layers))
-    scored = None
-    for mode in modes:
-        scored = judge(request, name, plan.with_(recompute=(mode,) * len(layers)))
-        if fits_within(scored, request.headroom):
-            return scored
-    return scored
-
-
-def screen_estimate(floor: float, layout: Layout, base: OptimizeRequest) -> float:
-    """The order layouts are screened in (step 2): the time floor stretched by the screen plan's own 1F1B fill,
-    (m + pp - 1) / m at its smallest micro-batch. Not a bound (the floor is the one pruning uses) but a rank:
-    without the fill, the floor ranks a deep pipeline with few micro-batches per replica (a 50 % bubble at
-    pp = 128, m = 256) above the shallower layouts, and a time limit could stop the screen before it reaches
-    the layouts that are fastest."""
-    batch = base.global_batch // layout.dp
-    b = min((b for b in base.microbatch_sizes or (1,) if batch % b == 0), default=1)
-    m = batch // b
-    return floor * (m + layout.pp - 1) / m
-
-
-SCREEN_SCHEDULES = (("1f1b", 1), ("zb-v", 2))  # one plain and one bubble-free family, where allowed
-
-
-def screen_plan(request: OptimizeRequest) -> Scored | None:
-    """A quick simulated plan of the request's layout (see the module docstring, step 2): the faster of
-    1F1B and ZB-V (those of them the request allows, else its first schedule) at the smallest micro-batch
-    size either runs with, uniform split, least recomputation that fits."""
-    allowed = [variant for variant in SCREEN_SCHEDULES if variant in request.variants] or [request.variants[0]]
-    sizes = request.microbatch_sizes or tuple(b for b in range(1, request.replica_batch + 1)
-                                              if request.replica_batch % b == 0)
-    modes = SCREEN_ORDER if request.model.attention == "standard" else ("none", "full")  # selective saves nothing
-    best = None
-    for schedule, v in allowed:
-        scored = next((s for s in (_least_recompute(request, "screen", schedule, v, b, modes) for b in sizes)
-                       if s is not None), None)
-        if scored is not None and (best is None or _screen_key(scored, request) < _screen_key(best, request)):
-            best = scored
-    return best
-
-
-def _screen_key(scored: Scored, request: OptimizeRequest) -> tuple[bool, float]:
-    return not fits_within(scored, request.headroom), scored.iteration_time
-
-
 def given_config(base: OptimizeRequest, pins: LayoutPins, config: GivenConfig) -> Scored:
     """The given configuration simulated on the request's model, cluster and batch (one-line errors);
     sequence parallelism and the distributed optimizer as the search would set them (the pins, else on)."""
@@ -149,7 +97,7 @@ def given_config(base: OptimizeRequest, pins: LayoutPins, config: GivenConfig) -
     request = layout_request(base, layout)
     schedule = config.schedule or ("interleaved" if config.v > 1 else "1f1b")
     modes = (config.rc,) if config.rc else SCREEN_ORDER
-    scored = _least_recompute(request, "given config", schedule, config.v, config.b, modes)
+    scored = least_recompute(request, "given config", schedule, config.v, config.b, modes)
     if scored is None:
         raise SpecError(f"--compare-config: {schedule} v={config.v} b={config.b} does not run with pp={config.pp} "
                         f"and {base.global_batch // config.dp} sequences per replica")
@@ -159,7 +107,7 @@ def given_config(base: OptimizeRequest, pins: LayoutPins, config: GivenConfig) -
 def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, top: int = TOP_LAYOUTS,
                    compare: GivenConfig | None = None, progress: Progress | None = None) -> OptimizeResult:
     """Steps 1-4 of the module docstring. ``base`` carries everything but the layout."""
-    started = time.perf_counter()
+    started = clock.now()
     deadline = started + time_limit
     if compare is not None and compare.tp * compare.pp * compare.dp != pins.gpus:
         raise SpecError(f"--compare-config: tp x pp x dp = {compare.tp * compare.pp * compare.dp} but the search "
@@ -182,24 +130,43 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
         raise SpecError(f"no layout of {pins.gpus} GPUs fits {base.model.name}: weights, gradients and optimizer state "
                         f"alone need {least.memory_floor / 1e9:.1f} GB on a GPU at best ({least.layout.label}) of "
                         f"{usable / 1e9:.1f} GB usable; " + what_would_fit(base, pins))
-    open_layouts.sort(key=lambda lay: (screen_estimate(records[lay].time_floor, lay, base), lay.tp, lay.pp))
+    # Quick plans in the order of the floors' estimate, while time lasts; past the deadline the rest come after,
+    # by that estimate, their quick plans built when (if) they are screened.
+    estimate = {lay: screen_estimate(records[lay].time_floor, lay, base) for lay in open_layouts}
+    quicks: dict[Layout, list] = {}
+    for layout in sorted(open_layouts, key=lambda lay: (estimate[lay], lay.tp, lay.pp)):
+        if clock.now() > deadline:
+            break
+        quicks[layout] = quick_plans(layout_request(base, layout))
+    rank = {lay: screen_order(records[lay].time_floor, lay, base, quicks[lay]) if lay in quicks else estimate[lay]
+            for lay in open_layouts}
+    open_layouts.sort(key=lambda lay: (lay not in quicks, rank[lay], lay.tp, lay.pp))
     simulated: list[Scored] = []
     screens: dict[Layout, Scored] = {}
     for i, layout in enumerate(open_layouts):
         if progress:
             progress(i, len(open_layouts) + top, f"screening {layout.label}")
-        if time.perf_counter() > deadline and any(fits_within(s, base.headroom) for s in simulated):
+        best = min((s.iteration_time for s in simulated if fits_within(s, base.headroom)), default=float("inf"))
+        if clock.now() > deadline and best < float("inf"):
             records[layout] = replace(records[layout], status="TIME LIMIT")
             continue
-        scored = screen_plan(layout_request(base, layout))
+        if records[layout].time_floor >= best:  # valid: no plan of it can beat a simulated one
+            records[layout] = replace(records[layout], status="PRUNED")
+            continue
+        if layout not in quicks:
+            quicks[layout] = quick_plans(layout_request(base, layout))
+        scored = screen_plan(layout_request(base, layout), quicks[layout], best, stop=lambda: clock.now() > deadline)
         if scored is not None:
             screens[layout] = scored
             simulated.append(scored)
             records[layout] = replace(records[layout], screened=scored.iteration_time,
                                       screen_fits=fits_within(scored, base.headroom))
+    # A fitting screen ranks by its time; a layout whose quick plans were not simulated (or did not fit) by
+    # their rank, a bound on them; one whose quick plans all surely overflow memory comes last, by floor.
     order = sorted((lay for lay in open_layouts if records[lay].status == "SCREENED"),
-                   key=lambda lay: (not records[lay].screen_fits, records[lay].screened
-                                    if records[lay].screen_fits else records[lay].time_floor, lay.tp, lay.pp))
+                   key=lambda lay: (not any(q.least_bound() < float("inf") for q in quicks[lay]),
+                                    records[lay].screened if records[lay].screen_fits else rank[lay],
+                                    records[lay].time_floor, lay.tp, lay.pp))
     results: list[OptimizeResult] = []
     timed_out = False
     for layout in order:
@@ -211,29 +178,38 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
         if len(results) >= top:
             continue  # stays SCREENED: the screen ranked it below the layouts searched
         # Past the deadline with a fitting plan in hand (a search's, or a screen's), no search starts.
-        if time.perf_counter() > deadline and (results or any(fits_within(s, base.headroom) for s in screens.values())):
+        if clock.now() > deadline and (results or any(fits_within(s, base.headroom) for s in screens.values())):
             timed_out = True
             records[layout] = replace(record, status="TIME LIMIT")
             continue
         if progress:
             progress(len(open_layouts) + len(results), len(open_layouts) + top, f"searching {layout.label}")
-        began = time.perf_counter()
+        began = clock.now()
         try:
-            result = search(replace(layout_request(base, layout), deadline=deadline, polished=LAYOUT_POLISHED))
+            result = search(replace(layout_request(base, layout), deadline=deadline, polished=LAYOUT_POLISHED,
+                                    incumbent=best, baselines=False))
+        except Dominated:
+            records[layout] = replace(record, status="PRUNED", search_time=clock.now() - began)
+            continue
         except OutOfTime:
             timed_out = True
-            records[layout] = replace(record, status="TIME LIMIT", search_time=time.perf_counter() - began)
+            records[layout] = replace(record, status="TIME LIMIT", search_time=clock.now() - began)
             continue
         except SpecError:
-            records[layout] = replace(record, status="NO FIT", search_time=time.perf_counter() - began)
+            records[layout] = replace(record, status="NO FIT", search_time=clock.now() - began)
             continue
         results.append(result)
         simulated.append(result.chosen)
         records[layout] = replace(record, status="SEARCHED", simulated=result.iteration_time,
-                                  search_time=time.perf_counter() - began)
-    timed_out = timed_out or time.perf_counter() > deadline
+                                  search_time=clock.now() - began)
+    timed_out = timed_out or clock.now() > deadline
     given = given_config(base, pins, compare) if compare is not None else None
-    return _answer(base, results, screens, given, records, layouts, timed_out, time.perf_counter() - started)
+    answer = _answer(base, results, screens, given, records, layouts, timed_out, clock.now() - started)
+    if clock.now() <= deadline:  # past it, the answer goes without baselines rather than past the time limit
+        answer = _with_baselines(replace(base, deadline=deadline), answer, given)
+    elif given is not None:
+        answer = replace(answer, baselines=(given,))
+    return replace(answer, search_time=clock.now() - started)
 
 
 def what_would_fit(base: OptimizeRequest, pins: LayoutPins) -> str:
@@ -276,14 +252,24 @@ def _answer(base: OptimizeRequest, results: list[OptimizeResult], screens: dict[
     for other in extras:
         if other.iteration_time < best.iteration_time:
             best = replace(best, chosen=other, source="screen")
-    baselines = best.baselines
-    if given is not None:
-        baselines = baselines + (given,)
-        if fits_within(given, base.headroom) and given.iteration_time < best.iteration_time:
-            best = replace(best, chosen=given, source="given config")
+    if given is not None and fits_within(given, base.headroom) and given.iteration_time < best.iteration_time:
+        best = replace(best, chosen=given, source="given config")
     others = tuple(r.chosen for r in fitting if r is not best) + tuple(extras)
-    return replace(best, baselines=baselines, layouts=tuple(records[lay] for lay in layouts),
-                   timed_out=timed_out, search_time=elapsed, contenders=best.contenders + others)
+    return replace(best, layouts=tuple(records[lay] for lay in layouts), timed_out=timed_out, search_time=elapsed,
+                   contenders=best.contenders + others)
+
+
+def _with_baselines(base: OptimizeRequest, answer: OptimizeResult, given: Scored | None) -> OptimizeResult:
+    """``answer`` with the baselines of its plan's layout and candidate (the searches leave them out), and one
+    of them as the plan when it simulates faster and fits: the answer is never slower than a baseline."""
+    plan = answer.plan
+    layout = Layout(plan.tp, plan.pp, plan.dp, plan.sequence_parallel, plan.distributed_optimizer)
+    candidate = Candidate(plan.schedule, plan.chunks, plan.microbatch_size, plan.num_microbatches)
+    baselines = tuple(score_baselines(layout_request(base, layout), candidate))
+    for scored in baselines:
+        if fits_within(scored, base.headroom) and scored.iteration_time < answer.iteration_time:
+            answer = replace(answer, chosen=scored, source=scored.name)
+    return replace(answer, baselines=baselines + ((given,) if given is not None else ()))
 
 
 def _screen_result(base: OptimizeRequest, screen: Scored) -> OptimizeResult:

@@ -9,7 +9,7 @@ capacity rounded down), so a plan that fits here fits in the simulator.
 
 Analytic iteration time (the objective), with S = p·v stages and device d holding stages D(d):
 
-    T = m · max_d Σ_{k∈D(d)} (F_k + I_k + W_k)  +  fill  +  comm
+    T = m · max_d Σ_{k∈D(d)} (F_k + I_k + W_k)  +  fill  +  comm  +  tail
 
 fill = (p−1)/p · Σ_k φ_k with one stage per device (Σ_k t_k + (m−1)·max_k t_k for 1F1B), and
 (p−1) · max_k φ_k with chunks, where a lopsided chunk stretches every hop of the warm-up. φ is the
@@ -20,12 +20,16 @@ Full recomputation adds F to I; selective recomputation adds the re-run attentio
 none (attention="standard"), as with FlashAttention it equals none. ``comm``
 is the warm-up's forward and backward boundary transfers, Σ (forward + backward hop) / v, each hop
 ``Network.transfer_seconds`` on the network the simulator uses (the profile's links where it
-measured them).
+measured them). ``tail`` (dp > 1) is the data-parallel work exposed after the pipeline's last op, on the
+device of stage 0 whose last backward (of stage k*) ends the pipeline: R(k*) + opt(k*) + G(k*), stage
+k*'s gradient reduction, Adam step and parameter gather priced as lowering prices them (``dp_tail``; the
+simulated-time bounds also take the device's other steps, which CP-SAT's search is slower with).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property, lru_cache
 from typing import Sequence
 
 from simulator.ir import Schedule
@@ -36,6 +40,7 @@ from ..cluster import ClusterSpec
 from ..costs import layer_work, measured_stage_cost, price, static_bytes
 from ..model import ModelSpec
 from ..profile import Profile
+from .dp_tail import DataParallelTail, dp_tail
 
 # Integer resolution: the largest total is mapped to about this many units, which keeps the
 # rounding error near 1e-6 relative while CP-SAT's coefficients stay small.
@@ -67,6 +72,39 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class ScheduleShape:
+    """What a partition problem reads from a schedule's action lists: where each stage lives, every device's
+    count vectors (``live_count_profiles``), its first stage and last action, and whether backward is split
+    into I and W. Small, so it is kept where the action lists are not (``request``'s cache)."""
+
+    num_devices: int
+    stage_to_device: tuple[int, ...]
+    profiles: tuple[tuple[tuple[tuple[int, int], ...], ...], ...]
+    first_stage: tuple[int, ...]
+    last_action: tuple[tuple[int, str], ...]
+    split_backward: bool
+
+    @classmethod
+    def of(cls, schedule: Schedule) -> "ScheduleShape":
+        return cls(schedule.num_devices, tuple(schedule.stage_to_device), tuple(live_count_profiles(schedule)),
+                   tuple(actions[0].stage for actions in schedule.device_actions),
+                   tuple((actions[-1].stage, actions[-1].kind) for actions in schedule.device_actions),
+                   any(a.kind == "I" for actions in schedule.device_actions for a in actions))
+
+
+@dataclass(frozen=True)
+class TailUnits:
+    """``PartitionProblem.exposed_tail``'s integers: per layer its optimizer step, reduction and gather
+    (bytes' share) on the device of stage 0, and the two collectives' latencies, in time units."""
+
+    optimizer: tuple[int, ...]
+    reduce: tuple[int, ...]
+    gather: tuple[int, ...]
+    reduce_latency: int
+    gather_latency: int
+
+
+@dataclass(frozen=True)
 class PartitionProblem:
     """Integer data of one candidate; the CP-SAT model and any brute force read only this.
 
@@ -81,6 +119,8 @@ class PartitionProblem:
     stage of device d's first action and ``last_action[d]`` (stage, kind) its last; ``bounds`` reads them.
     ``uniform_recompute``: every stage takes the same recomputation mode (a framework with one setting for
     all stages, e.g. Megatron-LM); CP-SAT, the polish and the exhaustive search keep to it.
+    ``params[i]`` is layer i's parameters on one GPU and ``dp_tail`` the data-parallel actions' prices
+    (None at dp = 1); ``tail_units`` turns them into the objective's integers.
     """
 
     pp: int
@@ -109,6 +149,8 @@ class PartitionProblem:
     last_action: tuple[tuple[int, str], ...] = ()
     split_backward: bool = True
     uniform_recompute: bool = False
+    params: tuple[float, ...] = ()
+    dp_tail: DataParallelTail | None = None
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -177,7 +219,39 @@ class PartitionProblem:
         fills = [a * f + b * i_ + c * w for f, i_, w, _, _ in values]
         slowest = max(sum(work[k] for k in self.stages_of(d)) for d in range(self.pp))
         fill_term = (self.pp - 1) * (self.scale * max(fills) if self.chunks > 1 else sum(fills))
-        return self.scale * self.num_microbatches * slowest + fill_term + self.scale * self.comm
+        return (self.scale * self.num_microbatches * slowest + fill_term + self.scale * self.comm
+                + self.scale * self.exposed_tail(layers_per_stage))
+
+    @property
+    def tail_stage(self) -> int | None:
+        """k*: the stage whose gradients the pipeline's last device (that of stage 0) reduces last, when its
+        last op is a backward of it (None: no such stage, and the objective adds no tail)."""
+        stage, kind = self.last_action[self.stage_to_device[0]] if self.last_action else (0, "B")
+        return stage if kind in ("B", "W") else None
+
+    @cached_property
+    def tail_units(self) -> TailUnits | None:
+        """The tail's integers (time units) on the device of stage 0; None without data parallelism."""
+        if self.dp_tail is None or not self.params:
+            return None
+        d0 = self.stage_to_device[0]
+        (r0, r1), (g0, g1) = self.dp_tail.reduce[d0], self.dp_tail.gather[d0]
+
+        def per_layer(rate: float) -> tuple[int, ...]:
+            return tuple(int(round(x * rate / self.time_unit)) for x in self.params)
+
+        return TailUnits(per_layer(self.dp_tail.optimizer), per_layer(r1), per_layer(g1),
+                         int(round(r0 / self.time_unit)), int(round(g0 / self.time_unit)))
+
+    def exposed_tail(self, layers_per_stage: Sequence[int]) -> int:
+        """The data-parallel tail the objective adds (module docstring), in time units; 0 at dp = 1."""
+        units, k = self.tail_units, self.tail_stage
+        if units is None or k is None:
+            return 0
+        start = sum(layers_per_stage[:k])
+        own = range(start, start + layers_per_stage[k])
+        return (units.reduce_latency + units.gather_latency
+                + sum(units.reduce[i] + units.optimizer[i] + units.gather[i] for i in own))
 
     @property
     def scale(self) -> int:
@@ -196,25 +270,33 @@ def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, se
     With a ``profile`` the op times are its single-layer measurements (as ``lower`` prices a stage
     from a profile: the sum of its layers), memory stays the model's.
     """
-    costs = [price(layer_work(model, i, microbatch_size, seq_len, recompute, tp, sequence_parallel), cluster.gpu,
-                   cluster.intra)
-             for i in range(model.num_pipeline_layers)]
+    costs = _priced_layers(model, cluster.gpu, cluster.intra, microbatch_size, seq_len, recompute, tp,
+                           sequence_parallel)
     if profile is None:
-        return costs
+        return list(costs)
     measured = profile.stage_profiles([[kind] for kind in model.layer_kinds])
     return [replace(measured_stage_cost(c, m, recompute), send_forward_bytes=profile.boundary_bytes,
                     send_backward_bytes=profile.boundary_bytes) for c, m in zip(costs, measured)]
 
 
-def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, schedule: Schedule, seq_len: int,
+@lru_cache(maxsize=256)  # every candidate of a layout with the same b prices the same layers
+def _priced_layers(model: ModelSpec, gpu, intra, microbatch_size: int, seq_len: int, recompute: bool | str, tp: int,
+                   sequence_parallel: bool) -> tuple:
+    return tuple(price(layer_work(model, i, microbatch_size, seq_len, recompute, tp, sequence_parallel), gpu, intra)
+                 for i in range(model.num_pipeline_layers))
+
+
+def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, schedule: Schedule | ScheduleShape,
+                  seq_len: int,
                   gpus: list[int], dp: int = 1, distributed_optimizer: bool = False, headroom: float = 0.0,
                   allow_recompute: bool = True, profile: Profile | None = None, tp: int = 1,
                   sequence_parallel: bool = False, uniform_recompute: bool = False) -> PartitionProblem:
-    """The integer partition problem of ``candidate`` (``schedule`` is its generated action lists) on
-    one tensor rank of ``tp``.
+    """The integer partition problem of ``candidate`` (``schedule`` is its generated action lists, or their
+    ``ScheduleShape``) on one tensor rank of ``tp``.
 
     Selective recomputation is offered when some layer stores less with it than without (standard
     attention's scores) and no profile prices the ops (a profile times layers without it)."""
+    shape = schedule if isinstance(schedule, ScheduleShape) else ScheduleShape.of(schedule)
     b = candidate.microbatch_size
     plain = layer_costs(model, cluster, b, seq_len, recompute=False, profile=profile, tp=tp,
                         sequence_parallel=sequence_parallel)
@@ -241,7 +323,7 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
     params = [layer_work(model, i, b, seq_len, False, tp, sequence_parallel).params
               for i in range(model.num_pipeline_layers)]
     boundary = plain[0].send_forward_bytes  # every layer but the head sends b·s·h bf16 values
-    stage_to_device = schedule.stage_to_device
+    stage_to_device = shape.stage_to_device
     # The links the simulator will use: the cluster's, or the profile's where it measured them (they
     # may differ by direction, so the backward hop is priced on its own link).
     network = cluster.network(gpus)
@@ -251,7 +333,7 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
                + network.transfer_seconds(stage_to_device[k + 1], stage_to_device[k], boundary)
                for k in range(len(stage_to_device) - 1))
     return PartitionProblem(
-        pp=schedule.num_devices,
+        pp=shape.num_devices,
         chunks=candidate.chunks,
         num_microbatches=candidate.num_microbatches,
         stage_to_device=tuple(stage_to_device),
@@ -266,7 +348,7 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         activation_rc=tuple(mem(c.activation_bytes) for c in rc),
         held_rc=tuple(mem(c.activation_bytes) for c in rc),
         static=tuple(mem(static_bytes(p, dp, distributed_optimizer)) for p in params),
-        profiles=tuple(live_count_profiles(schedule)),
+        profiles=shape.profiles,
         capacity=int(math.floor(capacity_bytes / memory_unit)),
         fill_weights=SCHEDULES[candidate.schedule].fill_weights,
         comm=t(hops / candidate.chunks),
@@ -276,8 +358,10 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         backward_input_sel=() if sel is None else tuple(t(c.backward_input) for c in sel),
         activation_sel=() if sel is None else tuple(mem(c.activation_bytes) for c in sel),
         held_sel=() if sel is None else tuple(mem(c.weight_grad_bytes) for c in sel),
-        first_stage=tuple(actions[0].stage for actions in schedule.device_actions),
-        last_action=tuple((actions[-1].stage, actions[-1].kind) for actions in schedule.device_actions),
-        split_backward=any(a.kind == "I" for actions in schedule.device_actions for a in actions),
+        first_stage=shape.first_stage,
+        last_action=shape.last_action,
+        split_backward=shape.split_backward,
         uniform_recompute=uniform_recompute,
+        params=tuple(params),
+        dp_tail=dp_tail(cluster, tp, shape.num_devices, dp, distributed_optimizer, network.port_capacity),
     )

@@ -6,8 +6,8 @@ The search steps (``search.py``) take their settings from the request alone.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from simulator.schedules import SCHEDULES, lookup
@@ -16,12 +16,14 @@ from ..cluster import CLUSTER_PRESETS, ClusterSpec, load_cluster
 from ..errors import SpecError, positive_int
 from ..export import export_target
 from ..limits import MAX_SECONDS, check_model, check_planner_size, in_range
+from ..lowering import generated_schedule
 from ..model import MODEL_PRESETS, ModelSpec, load_model
 from ..parallel import check_sequence_parallel, check_tensor_group
 from ..plan import Plan, default_placement
 from ..profile import Profile, load_profile
+from . import clock
 from .candidates import schedule_variants
-from .problem import Candidate
+from .problem import Candidate, PartitionProblem, ScheduleShape, build_problem
 
 MAX_JOBS = 8  # worker processes at most; a larger ``jobs`` is clamped, not refused
 
@@ -59,11 +61,17 @@ class OptimizeRequest:
     jobs: int = 1  # candidates solved at once in worker processes
     profile: Profile | None = None
     blocking_p2p: bool = False  # the plan's point-to-point exchanges block (Megatron 2021), as the plans say
-    deadline: float | None = None  # time.perf_counter() after which the search starts no optional work
+    deadline: float | None = None  # clock.now() after which the search starts no optional work
     # Proposals the simulator polishes: the runner-up schedule often overtakes after polish. A layout
     # search polishes one per layout (it compares layouts, each with its own best proposal).
     polished: int = 2
     target: str | None = None
+    # The fastest fitting plan simulated before this search (another layout's, a screen's), in seconds: a
+    # candidate whose simulated-time bound is not below it is pruned (``search.Dominated`` if all are).
+    incumbent: float = float("inf")
+    # Score the winner's baselines (uniform, parameters, brute force); a layout search scores them once, for
+    # the final answer, rather than in every layout it searches.
+    baselines: bool = True
 
     @classmethod
     def create(cls, model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,
@@ -135,7 +143,15 @@ class OptimizeRequest:
     @property
     def out_of_time(self) -> bool:
         """Past the deadline: the search finishes what it must for an answer and starts nothing else."""
-        return self.deadline is not None and time.perf_counter() > self.deadline
+        return self.deadline is not None and clock.now() > self.deadline
+
+    def problem_for(self, candidate: Candidate) -> PartitionProblem:
+        """``candidate``'s partition problem on the request's layout (built once per layout and candidate:
+        the screen, the search and the baselines ask for the same ones; with a measured profile, each time)."""
+        build = _problem if self.profile is None else _problem.__wrapped__
+        return build(self.model, self.cluster, candidate, self.sequence_length, self.tp, self.pp, self.dp,
+                     self.distributed_optimizer, self.sequence_parallel, self.headroom, self.profile,
+                     self.uniform_recompute)
 
     def plan_for(self, candidate: Candidate, layers: tuple[int, ...], recompute: tuple[bool, ...]) -> Plan:
         """The plan file for ``candidate`` cut into ``layers`` per stage, ``recompute`` per stage."""
@@ -145,6 +161,21 @@ class OptimizeRequest:
                     layers_per_stage=tuple(layers), recompute=tuple("full" if r else "none" for r in recompute),
                     seq_len=self.seq_len, dp=self.dp, tp=self.tp, sequence_parallel=self.sequence_parallel,
                     distributed_optimizer=self.distributed_optimizer, blocking_p2p=self.blocking_p2p)
+
+
+@lru_cache(maxsize=1024)  # a problem is a few per-layer tuples and the schedule's count vectors
+def _problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, seq_len: int, tp: int, pp: int, dp: int,
+             distributed_optimizer: bool, sequence_parallel: bool, headroom: float, profile: Profile | None,
+             uniform_recompute: bool) -> PartitionProblem:
+    shape = _shape(candidate.schedule, pp, candidate.num_microbatches, candidate.chunks)
+    return build_problem(model, cluster, candidate, shape, seq_len, default_placement(pp, dp, tp), dp,
+                         distributed_optimizer, headroom, profile=profile, tp=tp, sequence_parallel=sequence_parallel,
+                         uniform_recompute=uniform_recompute)
+
+
+@lru_cache(maxsize=1024)  # layouts with the same pp and m share one generated schedule's shape
+def _shape(name: str, p: int, m: int, v: int) -> ScheduleShape:
+    return ScheduleShape.of(generated_schedule(name, p, m, v))
 
 
 def target_schedules(target: str | None, schedules: list[str] | None) -> list[str] | None:

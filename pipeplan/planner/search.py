@@ -4,13 +4,16 @@
    with its partition problem, its analytic bound and a bound valid for the simulated time (``bounds``);
 2. ``solve_and_prune``: CP-SAT finds each candidate's best split and recomputation under the analytic
    objective and the simulator judges it at once; a candidate is skipped when its simulated-time bound
-   cannot beat the fastest simulation, or its analytic bound the ``rescore``-th best prediction once
+   (``bounds``, then the memory-aware ``relaxation``) cannot beat the fastest simulation (or the
+   request's ``incumbent``), or its analytic bound the ``rescore``-th best prediction once
    ``FAMILY_FEW`` of its schedule variant were judged;
-3. ``rescore``: the proposals' simulations; those that fit (headroom included) go on;
-4. ``polish``: the fastest ``request.polished`` of them move cuts and recomputation together (``refine``);
+3. ``rescore``: the proposals' simulations; those that fit (headroom included) go on, with the usual
+   splits (uniform, parameters) of every schedule variant's best proposal as further starts (``starts``);
+4. ``polish``: the fastest ``request.polished`` of them move layers and recomputation together (``refine``);
 5. ``exhaustive``: for small models, every split x recomputation of every candidate the valid bounds
    leave, simulated (``exhaustive``);
-6. ``score_baselines``: the baselines under the winner's schedule, b and m, through the same simulator;
+6. ``score_baselines`` (``starts``): the baselines under the winner's schedule, b and m, through the same
+   simulator;
 7. ``assemble``: whichever of the polished plan and the baselines simulates fastest and fits, with the
    search record, so the answer is never slower than a baseline.
 
@@ -19,31 +22,34 @@ a new stage is one more such function, called from ``search``.
 """
 from __future__ import annotations
 
-import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
-from ..api import simulate
 from ..errors import OutOfTime, SpecError
-from ..lowering import generated_schedule
 from ..plan import Plan
-from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, deepspeed_parameters, megatron_uniform
+from . import clock
+from .baselines import megatron_uniform
 from .bounds import candidate_bound
 from .candidates import enumerate_candidates, lower_bound
 from .cpsat import UNKNOWN, Solution, solve
 from .exhaustive import MAX_PLANS, exhaust, space_size
 from .infeasible import explain_infeasible
-from .problem import Candidate, PartitionProblem, build_problem
+from .problem import Candidate, PartitionProblem
 from .refine import MAX_EVALS, fits_within, refine
+from .relaxation import relaxed_bound
 from .request import OptimizeRequest
 from .result import CandidateRecord, OptimizeResult, Scored
+from .starts import judge, score_baselines, seed_starts
 
 Progress = Callable[[int, int, str], None]  # (steps done, steps in all, what runs now)
 # Simulated actions one polish may spend (its simulations x the plan's actions), so that the polish of
 # a 128-stage, 24,000-action plan costs what the polish of a small one does; 60 simulations at most.
-POLISH_ACTIONS = 500_000
+# Transfers keep a polish improving longer than single-cut moves did: the budget went from 500,000 to
+# 250,000 (llama3-405b at pp = 16, interleaved v = 4: 60 simulations per polish, 34 s, 24.21 s; now 30,
+# 24 s, 24.34 s; single-cut moves had reached 24.41 s in 33 s).
+POLISH_ACTIONS = 250_000
 MIN_POLISH_EVALS = 8
 FAMILY_FEW = 2  # candidates per schedule variant solved and simulated before its analytic bound may prune one
 
@@ -102,16 +108,22 @@ class Rescored:
 @dataclass(frozen=True)
 class Polished:
     """The winner of the polish: ``scored`` after it, ``start`` the simulated proposal it began from;
-    ``source`` "cp-sat", or "exhaustive" when the exhaustive search (small models) found faster."""
+    ``source`` "cp-sat" (the polish of CP-SAT's split), "<usual split> + polish" (of a seed, ``starts``), or
+    "exhaustive" when the exhaustive search (small models) found faster."""
 
     start: Simulated
     scored: Scored
     source: str = "cp-sat"
 
 
+class Dominated(Exception):
+    """Every candidate that might fit was pruned by a bound no better than ``request.incumbent``, a plan
+    simulated outside this search: the search has nothing faster to return."""
+
+
 def search(request: OptimizeRequest, progress: Progress | None = None) -> OptimizeResult:
     """Run the steps in order (see the module docstring); SpecError (one line) when nothing fits."""
-    started = time.perf_counter()
+    started = clock.now()
     bounded = bounded_candidates(request)
     total = len(bounded) + 1  # one step per candidate solved, one for the simulations
     solved = solve_and_prune(request, bounded, progress)
@@ -119,32 +131,27 @@ def search(request: OptimizeRequest, progress: Progress | None = None) -> Optimi
         progress(total - 1, total, "simulating the best proposals")
     rescored = rescore(request, solved)
     best = exhaustive(request, bounded, polish(request, rescored))
-    baselines = score_baselines(request, _candidate_of(best.scored.plan), _problem_of(bounded, best.scored.plan))
+    baselines = (score_baselines(request, _candidate_of(best.scored.plan), _problem_of(bounded, best.scored.plan))
+                 if request.baselines and not request.out_of_time else [])
     if progress:
         progress(total, total, "done")
-    return assemble(request, solved, rescored, best, baselines, time.perf_counter() - started, bounded)
-
-
-def judge(request: OptimizeRequest, name: str, plan: Plan) -> Scored:
-    """``plan`` as the simulator replays it on the request's model, cluster and (measured) costs."""
-    return Scored(name, plan, simulate(request.model, request.cluster, plan, profile=request.profile))
+    return assemble(request, solved, rescored, best, baselines, clock.now() - started, bounded)
 
 
 def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
     """Every candidate with its problem and bounds, in order of analytic bound (then label, for determinism)."""
     found = enumerate_candidates(request.model.num_pipeline_layers, request.pp, request.replica_batch,
-                                 list(request.variants), request.microbatch_sizes, request.runs)
+                                 list(request.variants), request.microbatch_sizes, request.runs,
+                                 blocks=request.model.num_layers)
     if not found:
         names = ", ".join(n for n, _ in request.variants)
         raise SpecError(f"schedules: no schedule of {names} runs with pp = {request.pp} and a per-replica batch "
                         f"of {request.replica_batch}; try other --schedules or a larger --global-batch")
     out = []
-    for candidate, schedule in found:
-        problem = build_problem(request.model, request.cluster, candidate, schedule, request.sequence_length,
-                                request.gpus, request.dp, request.distributed_optimizer, request.headroom,
-                                profile=request.profile, tp=request.tp,
-                                sequence_parallel=request.sequence_parallel,
-                                uniform_recompute=request.uniform_recompute)
+    for candidate in found:
+        if request.out_of_time and request.incumbent < float("inf"):
+            raise OutOfTime("the time limit ran out while this layout's candidates were listed")
+        problem = request.problem_for(candidate)
         out.append(Bounded(candidate, problem, problem.seconds(lower_bound(problem)), candidate_bound(problem)))
     out.sort(key=lambda c: (c.bound, c.candidate.label))
     return out
@@ -153,8 +160,10 @@ def bounded_candidates(request: OptimizeRequest) -> list[Bounded]:
 def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: Progress | None = None) -> Solved:
     """CP-SAT per candidate in analytic-bound order, each proposal simulated as it comes.
 
-    A candidate is skipped when (a) its ``simulated_bound``, valid for the simulator (``bounds``),
-    is no better than the fastest fitting simulation so far: nothing in it can win; or (b) its
+    A candidate is skipped when (a) its ``simulated_bound``, valid for the simulator (``bounds``), or
+    the memory-aware ``relaxation.relaxed_bound`` (solved only for a candidate the cheaper checks leave;
+    infinite when no plan of it may fit) is no better than the fastest fitting simulation so far (or
+    ``request.incumbent``, a plan simulated before this search): nothing in it can win; or (b) its
     analytic bound is no better than the ``rescore``-th best prediction so far and its schedule
     variant already had ``FAMILY_FEW`` candidates solved and simulated: the analytic bound is a
     heuristic for the simulator (its fill term is approximate), so every family's best few are
@@ -168,10 +177,18 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
     records: dict[Candidate, CandidateRecord] = {}
     proposals: list[Proposal] = []
     solved_per_family: dict[tuple[str, int], int] = {}
-    fastest = [float("inf")]
+    fastest = [request.incumbent]
+    relaxed: dict[Candidate, float] = {}
+
+    def simulated_bound(item: Bounded, relax: bool = False) -> float:
+        """The cheap bound, raised by the linear relaxation (``relaxation``) where that was solved; ``relax``:
+        solve it now unless the cheap bound already prunes."""
+        if relax and item.simulated_bound < fastest[0] and item.candidate not in relaxed:
+            relaxed[item.candidate] = max(item.simulated_bound, relaxed_bound(item.problem))
+        return relaxed.get(item.candidate, item.simulated_bound)
 
     def pruned(item: Bounded) -> str | None:
-        if item.simulated_bound >= fastest[0]:
+        if simulated_bound(item) >= fastest[0]:
             return "PRUNED"
         if request.out_of_time and fastest[0] < float("inf"):
             return "TIME LIMIT"  # a fitting plan is in hand; the whole search's wall-clock budget is spent
@@ -180,6 +197,8 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
         if (len(best) >= request.rescore and item.bound >= best[request.rescore - 1]
                 and solved_per_family.get(family, 0) >= FAMILY_FEW):
             return "PRUNED (analytic)"
+        if simulated_bound(item, relax=True) >= fastest[0]:  # last: the relaxation is the costly check
+            return "PRUNED"
         return None
 
     width = request.jobs
@@ -193,15 +212,15 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
                 why = pruned(item)
                 if why:
                     records[item.candidate] = CandidateRecord(item.candidate, item.bound, why,
-                                                              simulated_bound=item.simulated_bound)
+                                                              simulated_bound=simulated_bound(item))
                 else:
-                    started.append((item, _start_solve(request, item.problem, pool)))
+                    started.append((item, _start_solve(request, item.problem, pool, fastest[0] < float("inf"))))
             for item, job in started:
                 why = pruned(item)
                 if why:
                     job.cancel()
                     records[item.candidate] = CandidateRecord(item.candidate, item.bound, why,
-                                                              simulated_bound=item.simulated_bound)
+                                                              simulated_bound=simulated_bound(item))
                     continue
                 solution = job.result()
                 family = (item.candidate.schedule, item.candidate.chunks)
@@ -215,7 +234,7 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
                     proposals.append(Proposal(item.candidate, item.problem, solution, predicted, scored))
                 records[item.candidate] = CandidateRecord(item.candidate, item.bound, solution.status, predicted,
                                                           solution.gap, solution.wall_time,
-                                                          simulated_bound=item.simulated_bound)
+                                                          simulated_bound=simulated_bound(item))
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)  # on an error or Ctrl-C, queued solves do not run
@@ -227,19 +246,22 @@ def _plan_of(request: OptimizeRequest, candidate: Candidate, solution: Solution)
     return plan.with_(recompute=solution.modes) if solution.modes else plan
 
 
-def _start_solve(request: OptimizeRequest, problem: PartitionProblem, pool: ProcessPoolExecutor | None) -> Future:
+def _start_solve(request: OptimizeRequest, problem: PartitionProblem, pool: ProcessPoolExecutor | None,
+                 in_hand: bool = False) -> Future:
     """Submit one CP-SAT solve to ``pool``, or run it here (a finished future) without one.
 
     The uniform split is the hint, with the first recomputation setting under which it fits: a
-    first solution at once, so a short budget still ends with a plan.
+    first solution at once, so a short budget still ends with a plan. With a fitting plan ``in_hand``,
+    the solve also stops at the search's deadline (wall clock).
     """
     hint = megatron_uniform(request.model, problem.num_stages)
     hint_recompute = next((rc for rc in ((False,) * len(hint), (True,) * len(hint))
                            if problem.objective(hint, rc) is not None), None)
     limit = request.time_limit
     if request.deadline is not None:  # never far past the whole search's budget; a hint is a first answer
-        limit = min(limit, max(0.1, request.deadline - time.perf_counter()))
-    args = (problem, limit, 1, hint, hint_recompute)
+        limit = min(limit, max(0.1, request.deadline - clock.now()))
+    wall = request.deadline - clock.now() if request.deadline is not None and in_hand else None
+    args = (problem, limit, 1, hint, hint_recompute, "time", wall)
     if pool:
         return pool.submit(solve, *args)
     done: Future = Future()
@@ -255,6 +277,9 @@ def rescore(request: OptimizeRequest, solved: Solved) -> Rescored:
                                 judge(request, "cp-sat", _plan_of(request, p.candidate, p.solution)))
                       for p in shortlist(solved.proposals, len(solved.proposals)))
     fitting = [s for s in simulated if fits_within(s.scored, request.headroom)]
+    if not fitting and any(r.status == "PRUNED" and r.simulated_bound < float("inf") for r in solved.records):
+        # Only an outside incumbent prunes while nothing here fits: what was pruned may fit, but not beat it.
+        raise Dominated(f"no candidate of pp = {request.pp}, dp = {request.dp} can beat {request.incumbent:.4g} s")
     if not fitting:
         unsolved = [r for r in solved.records if r.status in (UNKNOWN, "TIME LIMIT")]
         if unsolved:
@@ -266,8 +291,32 @@ def rescore(request: OptimizeRequest, solved: Solved) -> Rescored:
                                            request.replica_batch, request.sequence_length, request.headroom,
                                            request.distributed_optimizer, request.gpus, request.tp,
                                            request.sequence_parallel, request.deadline))
-    fitting.sort(key=lambda s: (s.scored.iteration_time, s.candidate.label))
+    if not request.out_of_time:
+        fitting += _seeds(request, simulated, fitting)
+    fitting.sort(key=lambda s: (s.scored.iteration_time, s.candidate.label, s.scored.name))
     return Rescored(simulated, tuple(fitting))
+
+
+def _seeds(request: OptimizeRequest, simulated: tuple[Simulated, ...], fitting: list[Simulated]) -> list[Simulated]:
+    """The usual splits of every schedule variant's best proposals, the one predicted fastest and the one whose
+    CP-SAT split simulated fastest (the b and m the analytic model and the simulator each prefer), as further
+    polish starts (``starts``)."""
+    chosen: dict[Candidate, Simulated] = {}
+    for key in (lambda s: (s.proposal.predicted, s.candidate.label),
+                lambda s: (not fits_within(s.scored, request.headroom), s.scored.iteration_time, s.candidate.label)):
+        seen: set[tuple[str, int]] = set()
+        for item in sorted(simulated, key=key):
+            variant = (item.candidate.schedule, item.candidate.chunks)
+            if variant not in seen:
+                seen.add(variant)
+                chosen.setdefault(item.candidate, item)
+    fastest = min([request.incumbent] + [s.scored.iteration_time for s in fitting])
+    out = []
+    for item in chosen.values():
+        for scored in seed_starts(request, [(item.candidate, item.proposal.problem)], fastest):
+            out.append(Simulated(item.proposal, scored))
+            fastest = min(fastest, scored.iteration_time)
+    return out
 
 
 def shortlist(proposals: tuple[Proposal, ...], rescore: int) -> list[Proposal]:
@@ -286,7 +335,8 @@ def shortlist(proposals: tuple[Proposal, ...], rescore: int) -> list[Proposal]:
 
 def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
     """Polish the ``request.polished`` fastest fitting proposals with the simulator (cut moves and
-    recomputation changes together, ``refine``); the fastest result wins (the earlier on a tie)."""
+    recomputation changes together, ``refine``; only towards plans that could beat ``request.incumbent``);
+    the fastest result wins (the earlier on a tie)."""
     best = None
     for start in rescored.fitting[:request.polished]:
         if request.out_of_time:  # past the whole search's deadline: the fastest proposal as it is
@@ -295,9 +345,10 @@ def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
         actions = start.scored.result.resolved.schedule.num_actions()
         evals = max(MIN_POLISH_EVALS, min(MAX_EVALS, POLISH_ACTIONS // max(1, actions)))
         polished = refine(start.scored, partial(judge, request), request.headroom, start.proposal.problem,
-                          max_evals=evals)
+                          max_evals=evals, ceiling=request.incumbent, stop=lambda: request.out_of_time)
         if best is None or polished.iteration_time < best.scored.iteration_time:
-            best = Polished(start, polished)
+            source = "cp-sat" if start.scored.name == "cp-sat" else f"{start.scored.name} + polish"
+            best = Polished(start, polished, source)
     return best
 
 
@@ -308,7 +359,8 @@ def exhaustive(request: OptimizeRequest, bounded: list[Bounded], best: Polished)
         return best
     found = exhaust([(b.candidate, b.problem) for b in bounded], request.plan_for,
                     lambda plan: judge(request, "exhaustive", plan),
-                    lambda scored: fits_within(scored, request.headroom), best.scored)
+                    lambda scored: fits_within(scored, request.headroom), best.scored,
+                    stop=lambda: request.out_of_time)
     if found.best is None or found.best.iteration_time >= best.scored.iteration_time:
         return best
     return Polished(best.start, found.best, "exhaustive")
@@ -320,47 +372,6 @@ def _candidate_of(plan: Plan) -> Candidate:
 
 def _problem_of(bounded: list[Bounded], plan: Plan) -> PartitionProblem:
     return next(b.problem for b in bounded if b.candidate == _candidate_of(plan))
-
-
-def score_baselines(request: OptimizeRequest, candidate: Candidate,
-                    problem: PartitionProblem | None = None) -> list[Scored]:
-    """The uniform and parameter-balanced splits of ``candidate`` (recomputing everywhere when they
-    do not fit otherwise), and for small models the best of every split and recomputation choice
-    (``_brute_force`` on ``problem``, built here when not given), as the simulator replays them.
-
-    "Fit" is the chosen plan's rule, headroom included, so a speed-up is never measured against a
-    baseline that breaks it.
-    """
-    if problem is None:
-        problem = build_problem(request.model, request.cluster, candidate,
-                                generated_schedule(candidate.schedule, request.pp, candidate.num_microbatches,
-                                                   candidate.chunks),
-                                request.sequence_length, request.gpus, request.dp, request.distributed_optimizer,
-                                request.headroom, profile=request.profile, tp=request.tp,
-                                sequence_parallel=request.sequence_parallel,
-                                uniform_recompute=request.uniform_recompute)
-    S = candidate.chunks * request.pp
-    none, full = (False,) * S, (True,) * S
-    out = []  # uniform, parameters, then the brute force when there is one
-    for name, layers in ((UNIFORM, megatron_uniform(request.model, S)),
-                         (PARAMETERS, deepspeed_parameters(request.model, S, request.sequence_length))):
-        scored = judge(request, name, request.plan_for(candidate, layers, none))
-        if not fits_within(scored, request.headroom):
-            scored = judge(request, name, request.plan_for(candidate, layers, full))
-        out.append(scored)
-    best = _brute_force(request, candidate, problem)
-    return out if best is None else out + [best]
-
-
-def _brute_force(request: OptimizeRequest, candidate: Candidate, problem: PartitionProblem) -> Scored | None:
-    """The fastest plan of ``candidate`` over every split x every per-stage recomputation choice, each
-    simulated unless surely over memory or bounded above the best so far (``exhaustive.exhaust``);
-    None when the space is too large or nothing fits."""
-    if request.out_of_time or space_size([problem]) > MAX_PLANS:
-        return None
-    found = exhaust([(candidate, problem)], request.plan_for, lambda plan: judge(request, BRUTE_FORCE, plan),
-                    lambda scored: fits_within(scored, request.headroom), None)
-    return found.best if found.complete else None
 
 
 def assemble(request: OptimizeRequest, solved: Solved, rescored: Rescored, best: Polished,

@@ -1,0 +1,90 @@
+"""The plans the simulator judges besides CP-SAT's: the splits people use (Megatron's uniform split, DeepSpeed's
+``parameters`` split) as polish starts for every schedule variant and as the answer's baselines, and the
+brute-force optimum for small models.
+
+Why starts: CP-SAT's split is one point of a plateau of the analytic objective (it sees the slowest device
+and the widest stage, so splits that only place the larger stages elsewhere tie), and the simulator may time
+that point far from the plateau's best (llama3-8b, pp = 8, interleaved v = 4: CP-SAT's split 8.72 s, the
+uniform split 8.25 s, the parameter split 7.40 s, the best 7.31 s). The polish goes to the fastest starts, so
+each variant's best candidate also offers the usual splits: a variant whose CP-SAT point simulates badly still
+gets polished from a good start.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from ..api import simulate
+from ..plan import Plan
+from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, deepspeed_parameters, megatron_uniform
+from .bounds import plan_bound
+from .exhaustive import MAX_PLANS, exhaust, space_size, uniform_plans
+from .problem import Candidate, PartitionProblem
+from .refine import fits_within
+from .request import OptimizeRequest
+from .result import Scored
+
+
+def judge(request: OptimizeRequest, name: str, plan: Plan) -> Scored:
+    """``plan`` as the simulator replays it on the request's model, cluster and (measured) costs."""
+    return Scored(name, plan, simulate(request.model, request.cluster, plan, profile=request.profile))
+
+
+def usual_splits(request: OptimizeRequest, stages: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(name, layers per stage) of Megatron's uniform split and DeepSpeed's parameter split."""
+    return ((UNIFORM, megatron_uniform(request.model, stages)),
+            (PARAMETERS, deepspeed_parameters(request.model, stages, request.sequence_length)))
+
+
+def seed_starts(request: OptimizeRequest, candidates: Iterable[tuple[Candidate, PartitionProblem]],
+                fastest: float) -> list[Scored]:
+    """The usual splits of each candidate, with the least recomputation (one mode on every stage) that may fit
+    and fits, simulated unless their bound (``bounds.plan_bound``) cannot beat ``fastest`` (seconds, the
+    fastest fitting plan simulated so far, lowered as seeds fit), and none past the request's deadline."""
+    out = []
+    for candidate, problem in candidates:
+        for name, layers in usual_splits(request, problem.num_stages):
+            for modes in uniform_plans(problem, layers):  # least recomputation first
+                if plan_bound(problem, layers, modes) >= fastest or request.out_of_time:
+                    break
+                plan = request.plan_for(candidate, layers, (False,) * len(layers)).with_(recompute=modes)
+                scored = judge(request, name, plan)
+                if fits_within(scored, request.headroom):
+                    out.append(scored)
+                    fastest = min(fastest, scored.iteration_time)
+                    break
+    return out
+
+
+def score_baselines(request: OptimizeRequest, candidate: Candidate,
+                    problem: PartitionProblem | None = None) -> list[Scored]:
+    """The uniform and parameter-balanced splits of ``candidate`` (recomputing everywhere when they
+    do not fit otherwise), and for small models the best of every split and recomputation choice
+    (``_brute_force`` on ``problem``, built here when not given), as the simulator replays them.
+
+    "Fit" is the chosen plan's rule, headroom included, so a speed-up is never measured against a
+    baseline that breaks it.
+    """
+    if problem is None:
+        problem = request.problem_for(candidate)
+    S = candidate.chunks * request.pp
+    none, full = (False,) * S, (True,) * S
+    out = []  # uniform, parameters, then the brute force when there is one
+    for name, layers in usual_splits(request, S):
+        scored = judge(request, name, request.plan_for(candidate, layers, none))
+        if not fits_within(scored, request.headroom):
+            scored = judge(request, name, request.plan_for(candidate, layers, full))
+        out.append(scored)
+    best = _brute_force(request, candidate, problem)
+    return out if best is None else out + [best]
+
+
+def _brute_force(request: OptimizeRequest, candidate: Candidate, problem: PartitionProblem) -> Scored | None:
+    """The fastest plan of ``candidate`` over every split x every per-stage recomputation choice, each
+    simulated unless surely over memory or bounded above the best so far (``exhaustive.exhaust``);
+    None when the space is too large or nothing fits."""
+    if request.out_of_time or space_size([problem]) > MAX_PLANS:
+        return None
+    found = exhaust([(candidate, problem)], request.plan_for, lambda plan: judge(request, BRUTE_FORCE, plan),
+                    lambda scored: fits_within(scored, request.headroom), None,
+                    stop=lambda: request.out_of_time)
+    return found.best if found.complete else None
