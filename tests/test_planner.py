@@ -205,7 +205,8 @@ def test_a_plateau_of_the_analytic_objective_does_not_hide_the_simulators_best()
     witness = pipeplan.simulate("llama3-8b", "dgx-h100", Plan(
         model="llama3-8b", cluster="dgx-h100", schedule="interleaved", pp=8, chunks=4, num_microbatches=64,
         microbatch_size=1, layers_per_stage=layers))
-    assert witness.fits and witness.iteration_time == pytest.approx(7.3095, abs=5e-4)
+    # 7.3095 s of pipeline, then device 0's optimizer steps (30 B/param over HBM: the embedding and four blocks, 12.5 ms).
+    assert witness.fits and witness.iteration_time == pytest.approx(7.3220, abs=5e-4)
     for schedules in (["interleaved"], None):
         result = pipeplan.optimize("llama3-8b", "dgx-h100", global_batch=64, pp=8, schedules=schedules,
                                    solver_time_limit=1.0)
