@@ -10,14 +10,19 @@ A cluster file or mapping may start from a preset and override some fields:
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from typing import Any
 
 from simulator.workload import Link, Network
 
 from .errors import SpecError, name_text, positive_int, positive_number
 from .fileio import load_mapping
+from .kernel_curves import ATTENTION_DIMS, GEMM_DIMS, ShapeCurve
 from .limits import check_cluster_values
+from .probe.record import ProbeRecord
+
+# Bytes per value a device's kernels move: fp8/int8, bf16/fp16, float32, float64.
+ELEMENT_BYTES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,16 @@ class GPUSpec:
     tensor-core GPUs; 256 x 128 is the largest cuBLAS/CUTLASS tile that guide names for Ampere and Hopper;
     SM counts and HBM bandwidths are the vendor datasheets (A100 SXM 108 SMs, 2.0 TB/s; H100 SXM
     132 SMs, 3.35 TB/s; L40S 142 SMs, 0.864 TB/s). ``hbm_bandwidth`` also prices the memory-bound
-    kernels (norms, softmax, dropout, activations) in ``pipeplan.costs``.
+    kernels (norms, softmax, dropout, activations) in ``pipeplan.costs``, unless ``kernel_bandwidth``
+    gives the rate those kernels reach (a CPU core runs them from cache, at a rate its vector units
+    set, not its memory bus).
+
+    Measured devices (``pipeplan probe``): ``gemm_curve`` replaces the tile-and-wave model with a
+    fitted ``ShapeCurve`` over (m, n, k), ``attention_forward``/``attention_backward`` price the
+    attention core as one kernel by (sequence, head size) instead of its GEMMs; the roofline stays.
+    ``element_bytes`` is the width of the values the kernels move: the model counts bf16 (2), a
+    float32 run (the CPU validator) moves 4, which doubles the memory-bound kernels' and the
+    roofline's bytes.
     """
 
     name: str
@@ -50,8 +64,26 @@ class GPUSpec:
     tile_n: int = 128
     hbm_bandwidth: float = 2.0e12
     op_overhead_s: float = 20e-6  # launch and synchronisation cost per layer pass
+    element_bytes: int = 2
+    kernel_bandwidth: float | None = None
+    gemm_curve: ShapeCurve | None = None
+    attention_forward: ShapeCurve | None = None
+    attention_backward: ShapeCurve | None = None
 
     def __post_init__(self) -> None:
+        for field_name, dims in (("gemm_curve", GEMM_DIMS), ("attention_forward", ATTENTION_DIMS),
+                                 ("attention_backward", ATTENTION_DIMS)):
+            if getattr(self, field_name) is not None:  # a mapping from a file becomes a hashable curve
+                object.__setattr__(self, field_name, ShapeCurve.from_dict(
+                    f"cluster.gpu.{field_name}", getattr(self, field_name), dims))
+        if (self.attention_forward is None) != (self.attention_backward is None):
+            raise SpecError("cluster.gpu.attention_backward: give attention_forward and attention_backward "
+                            "together (or neither, for the GEMM model)")
+        if self.element_bytes not in ELEMENT_BYTES or isinstance(self.element_bytes, bool):
+            raise SpecError(f"cluster.gpu.element_bytes: must be one of {', '.join(map(str, ELEMENT_BYTES))} "
+                            f"(2 for bf16/fp16, 4 for float32; got {self.element_bytes!r})")
+        if self.kernel_bandwidth is not None:
+            positive_number("cluster.gpu.kernel_bandwidth", self.kernel_bandwidth)
         name_text("cluster.gpu.name", self.name)
         positive_number("cluster.gpu.peak_flops", self.peak_flops)
         positive_number("cluster.gpu.memory_bytes", self.memory_bytes)
@@ -66,12 +98,33 @@ class GPUSpec:
         """``batch`` (m x k) @ (k x n) 16-bit GEMMs in one kernel alone on this GPU (see the class docstring)."""
         if m <= 0 or n <= 0 or k <= 0:
             return 0.0
+        memory = self.element_bytes * batch * (m * k + k * n + m * n) / self.hbm_bandwidth
+        if self.gemm_curve is not None:
+            return max(self.gemm_curve.seconds(2.0 * m * n * k * batch, (m, n, k)), memory)
         # A GEMM smaller than a tile runs one smaller tile (cuBLAS picks smaller tiles for it).
         tile_m, tile_n = min(self.tile_m, m), min(self.tile_n, n)
         waves = math.ceil(batch * math.ceil(m / tile_m) * math.ceil(n / tile_n) / self.sms)
         compute = waves * 2.0 * tile_m * tile_n * k * self.sms / (self.peak_flops * self.max_fraction)
-        memory = 2.0 * batch * (m * k + k * n + m * n) / self.hbm_bandwidth
         return max(compute, memory)
+
+    def attention_gemm_seconds(self, m: float, n: float, k: float, batch: int, backward: bool) -> float:
+        """One of an attention core's two forward GEMMs, QK^T (s, s, d) or AV (s, d, s), for ``batch``
+        (sequence, head) pairs: in the forward, or its share of the backward (dX and dW of it).
+
+        With measured attention curves each GEMM is half of the measured core of that (s, d); without,
+        the GEMMs are priced as GEMMs (the backward's two of each by ``gemm_seconds``).
+        """
+        curve = self.attention_backward if backward else self.attention_forward
+        if curve is None:
+            if backward:
+                return self.gemm_seconds(m, k, n, batch) + self.gemm_seconds(k, n, m, batch)
+            return self.gemm_seconds(m, n, k, batch)
+        s, d = m, (k if n == m else n)
+        return curve.seconds(4.0 * s * s * d * batch, (s, d)) / 2
+
+    def memory_kernel_seconds(self, model_bytes: float) -> float:
+        """Memory-bound kernels that move ``model_bytes`` as the model counts them (bf16 values)."""
+        return model_bytes * self.element_bytes / 2 / (self.kernel_bandwidth or self.hbm_bandwidth)
 
     def gemm_efficiency(self, m: float, n: float, k: float, batch: int = 1) -> float:
         """The share of peak a GEMM of that shape reaches: 2mnk·batch / (peak x ``gemm_seconds``)."""
@@ -117,8 +170,13 @@ class ClusterSpec:
     nodes_per_leaf: int = 0
     oversubscription: float = 1.0
     rail_optimized: bool = False
+    # What ``pipeplan probe`` measured to fit this spec (``pipeplan.probe.record``); no cost reads it,
+    # so it takes no part in equality or hashing.
+    probe: ProbeRecord | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if self.probe is not None:
+            object.__setattr__(self, "probe", ProbeRecord.from_dict(self.probe))
         name_text("cluster.name", self.name)
         positive_int("cluster.gpus_per_node", self.gpus_per_node)
         positive_int("cluster.nics_per_node", self.nics_per_node)
@@ -167,7 +225,15 @@ class ClusterSpec:
         return topology(self).capacity(port)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(replace(self, probe=None))
+        for curve in ("gemm_curve", "attention_forward", "attention_backward"):
+            if data["gpu"][curve] is not None:
+                data["gpu"][curve] = getattr(self.gpu, curve).to_dict()
+        if self.probe is None:
+            del data["probe"]
+        else:
+            data["probe"] = self.probe.to_dict()
+        return data
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "ClusterSpec":

@@ -8,7 +8,8 @@ add (``+``) into a stage's. ``price(work, gpu, tp_link)`` turns a work into the 
 ``StageCost``:
 
     time of an op = Σ its GEMMs' ``gpu.gemm_seconds(m, n, k)``  (efficiency by GEMM shape)
-                  + its memory-bound bytes / HBM bandwidth
+                  + its attention cores (``gpu.attention_gemm_seconds``: GEMMs, or a measured curve)
+                  + its memory-bound bytes / kernel bandwidth (``gpu.memory_kernel_seconds``)
                   + its tensor-parallel collectives, ring_seconds over t ranks on ``tp_link``
                   + a per-layer overhead
 
@@ -200,6 +201,11 @@ def _gemm_seconds(gpu: GPUSpec, gemms, shape) -> float:
     return sum(count * gpu.gemm_seconds(*shape(m, n, k), batch) for (m, n, k, batch), count in gemms)
 
 
+def _attention_seconds(gpu: GPUSpec, gemms, backward: bool) -> float:
+    """The attention cores' GEMMs (QK^T and AV) in the forward or in I (``GPUSpec.attention_gemm_seconds``)."""
+    return sum(count * gpu.attention_gemm_seconds(m, n, k, batch, backward) for (m, n, k, batch), count in gemms)
+
+
 def _tp_seconds_of(work: Work, tp_link: LinkSpec | None) -> tuple[float, float]:
     """The tensor-parallel collectives of ``work``'s forward and of its backward."""
     return tp_seconds(work.tp_forward, work.tp, tp_link), tp_seconds(work.tp_backward, work.tp, tp_link)
@@ -224,19 +230,18 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
     def dx(m, n, k): return m, k, n
     def dw(m, n, k): return k, n, m
     overhead = gpu.op_overhead_s * work.layers
-    hbm = gpu.hbm_bandwidth
-    core = _gemm_seconds(gpu, work.attention_gemms, fwd)
+    moved = gpu.memory_kernel_seconds
+    core = _attention_seconds(gpu, work.attention_gemms, backward=False)
     tp_forward, tp_backward = _tp_seconds_of(work, tp_link)
-    forward = (_gemm_seconds(gpu, work.gemms, fwd) + core + work.forward_memory_bytes / hbm
+    forward = (_gemm_seconds(gpu, work.gemms, fwd) + core + moved(work.forward_memory_bytes)
                + tp_forward + overhead)
-    backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _gemm_seconds(gpu, work.attention_gemms, dx)
-                      + _gemm_seconds(gpu, work.attention_gemms, dw) + work.input_grad_memory_bytes / hbm
-                      + tp_backward + overhead)
-    backward_weight = _gemm_seconds(gpu, work.gemms, dw) + work.weight_grad_memory_bytes / hbm + overhead
+    backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)
+                      + moved(work.input_grad_memory_bytes) + tp_backward + overhead)
+    backward_weight = _gemm_seconds(gpu, work.gemms, dw) + moved(work.weight_grad_memory_bytes) + overhead
     if work.recompute == "full":
         backward_input += forward
     elif work.recompute == "selective" and work.score_memory_bytes > 0:
-        backward_input += core + work.score_memory_bytes / hbm  # FlashAttention stores no scores to drop
+        backward_input += core + moved(work.score_memory_bytes)  # FlashAttention stores no scores to drop
     return StageCost(
         forward=forward,
         backward_input=backward_input,
