@@ -15,7 +15,9 @@ Nothing here reads the timings themselves.
 The peak (``core_peak_flops``) is an upper bound from ``/proc/cpuinfo``: the widest vector unit its
 flags name (avx512f: 16 float32 lanes, avx/avx2: 8, else sse: 4) x 2 for a fused multiply-add x 2
 FMA pipes (every x86 server core since Haswell and Zen 1 has two) x the highest clock the kernel
-reports. A core that splits 512-bit ops in two halves (AMD Zen 4) reaches half of it at most.
+reports. A core that splits 512-bit ops in two halves (AMD Zen 4) reaches half of it at most; a
+virtual machine may report its base clock (the TSC's) where the core boosts above it, which the
+factor 2 of Zen 4's halves more than covers there.
 """
 from __future__ import annotations
 
@@ -117,11 +119,19 @@ def max_clock_hz(info: dict[str, str] | None = None) -> float | None:
         return None
 
 
+def vector_bytes(flags: set[str]) -> int:
+    """Bytes of the widest vector register the flags name (the most one load or store moves)."""
+    return 4 * vector_lanes_fp32(flags)
+
+
+def cpu_flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
+
+
 def core_peak_flops() -> float | None:
     """float32 FLOP/s one core cannot exceed (module docstring), or None where /proc does not say."""
     info = _cpuinfo()
     clock = max_clock_hz(info)
     if clock is None:
         return None
-    flags = set(info.get("flags", "").split())
-    return vector_lanes_fp32(flags) * 2 * 2 * clock
+    return vector_lanes_fp32(set(info.get("flags", "").split())) * 2 * 2 * clock
