@@ -17,7 +17,7 @@ from simulator.workload import Link, Network
 
 from .errors import SpecError, name_text, positive_int, positive_number
 from .fileio import load_mapping
-from .kernel_curves import ATTENTION_DIMS, GEMM_DIMS, ShapeCurve
+from .kernel_curves import ATTENTION_DIMS, GEMM_DIMS, ShapeCurve, ShapeTable
 from .limits import check_cluster_values
 from .probe.record import ProbeRecord
 
@@ -48,8 +48,9 @@ class GPUSpec:
     set, not its memory bus).
 
     Measured devices (``pipeplan probe``): ``gemm_curve`` replaces the tile-and-wave model with a
-    fitted ``ShapeCurve`` over (m, n, k), ``attention_forward``/``attention_backward`` price the
-    attention core as one kernel by (sequence, head size) instead of its GEMMs; the roofline stays.
+    fitted ``ShapeCurve`` over (m, n, k); ``attention_forward``/``attention_backward`` price the
+    attention core as one kernel by its measured rate (a ``ShapeTable`` over sequence length and head
+    size) instead of as its GEMMs; the roofline stays.
     ``element_bytes`` is the width of the values the kernels move: the model counts bf16 (2), a
     float32 run (the CPU validator) moves 4, which doubles the memory-bound kernels' and the
     roofline's bytes.
@@ -67,14 +68,15 @@ class GPUSpec:
     element_bytes: int = 2
     kernel_bandwidth: float | None = None
     gemm_curve: ShapeCurve | None = None
-    attention_forward: ShapeCurve | None = None
-    attention_backward: ShapeCurve | None = None
+    attention_forward: ShapeTable | None = None
+    attention_backward: ShapeTable | None = None
 
     def __post_init__(self) -> None:
-        for field_name, dims in (("gemm_curve", GEMM_DIMS), ("attention_forward", ATTENTION_DIMS),
-                                 ("attention_backward", ATTENTION_DIMS)):
-            if getattr(self, field_name) is not None:  # a mapping from a file becomes a hashable curve
-                object.__setattr__(self, field_name, ShapeCurve.from_dict(
+        for field_name, kind, dims in (("gemm_curve", ShapeCurve, GEMM_DIMS),
+                                       ("attention_forward", ShapeTable, ATTENTION_DIMS),
+                                       ("attention_backward", ShapeTable, ATTENTION_DIMS)):
+            if getattr(self, field_name) is not None:  # a mapping from a file becomes a hashable curve/table
+                object.__setattr__(self, field_name, kind.from_dict(
                     f"cluster.gpu.{field_name}", getattr(self, field_name), dims))
         if (self.attention_forward is None) != (self.attention_backward is None):
             raise SpecError("cluster.gpu.attention_backward: give attention_forward and attention_backward "
@@ -111,16 +113,16 @@ class GPUSpec:
         """One of an attention core's two forward GEMMs, QK^T (s, s, d) or AV (s, d, s), for ``batch``
         (sequence, head) pairs: in the forward, or its share of the backward (dX and dW of it).
 
-        With measured attention curves each GEMM is half of the measured core of that (s, d); without,
+        With measured attention tables each GEMM is half of the measured core of that (s, d); without,
         the GEMMs are priced as GEMMs (the backward's two of each by ``gemm_seconds``).
         """
-        curve = self.attention_backward if backward else self.attention_forward
-        if curve is None:
+        table = self.attention_backward if backward else self.attention_forward
+        if table is None:
             if backward:
                 return self.gemm_seconds(m, k, n, batch) + self.gemm_seconds(k, n, m, batch)
             return self.gemm_seconds(m, n, k, batch)
         s, d = m, (k if n == m else n)
-        return curve.seconds(4.0 * s * s * d * batch, (s, d)) / 2
+        return table.seconds(4.0 * s * s * d * batch, (s, d)) / 2
 
     def memory_kernel_seconds(self, model_bytes: float) -> float:
         """Memory-bound kernels that move ``model_bytes`` as the model counts them (bf16 values)."""

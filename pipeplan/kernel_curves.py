@@ -12,13 +12,22 @@ A CPU's BLAS loses efficiency smoothly as a dimension shrinks below its register
 which this form follows and the GPU's tile-and-wave model (``GPUSpec.gemm_seconds``) does not: a CPU
 core is one "SM" with 1 x 1 tiles there, i.e. the same share of peak at every shape.
 
-``pipeplan probe`` fits the curves from timed kernels (``pipeplan.probe.fit``):
+A ``ShapeTable`` is the measured rate itself on a grid of shapes, for kernels no smooth form follows:
 
-* GEMM: dims (m, n, k) of an (m x k) @ (k x n) product, work 2·m·n·k per matrix of a batch; one call
-  per batched kernel;
-* attention core: dims (s, d), sequence length and head size, work 4·s²·d per (sequence, head) pair,
-  the dense count of QK^T and AV that ``pipeplan.model`` uses (a causal kernel does about half of it;
-  the fitted rate absorbs that); one call per core, forward and backward fitted apart.
+    seconds(work, dims) = work / rate(dims)
+
+with log(rate) interpolated linearly in log(dims) between grid points (bilinear for two dimensions)
+and held at the edge value outside the grid. The CPU's attention core needs it: torch's flash kernel
+ran its backward at head size 8 three to four times slower per element than at 16 (its vector loop
+is 16 wide), which no form monotone in the head size can follow.
+
+``pipeplan probe`` measures both (``pipeplan.probe.fit``, ``pipeplan.probe.spec``):
+
+* GEMM (curve): dims (m, n, k) of an (m x k) @ (k x n) product, work 2·m·n·k per matrix of a batch;
+  one call per batched kernel;
+* attention core (table): dims (s, d), sequence length and head size, work 4·s²·d per (sequence,
+  head) pair, the dense count of QK^T and AV that ``pipeplan.model`` uses (a causal kernel does about
+  half of it; the measured rate absorbs that); forward and backward apart.
 """
 from __future__ import annotations
 
@@ -85,3 +94,73 @@ class ShapeCurve:
             raise SpecError(f"{where}.halves: needs {len(dims)} numbers, one per dimension ({', '.join(dims)}); "
                             f"got {len(curve.halves)}")
         return curve
+
+
+@dataclass(frozen=True)
+class ShapeTable:
+    """A kernel's measured rate (FLOP/s) on a grid of shapes: ``seconds = work / rate(dims)``, log-rate
+    interpolated linearly in log-dims, held at the edges (module docstring).
+
+    ``axes`` are the grid's values per dimension, ascending; ``rates`` the rate at every grid point,
+    the last axis varying fastest."""
+
+    axes: tuple[tuple[float, ...], ...]
+    rates: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        axes = tuple(tuple(float(v) for v in axis) for axis in self.axes)  # JSON lists: keep it hashable
+        object.__setattr__(self, "axes", axes)
+        object.__setattr__(self, "rates", tuple(self.rates))
+        for axis in axes:
+            if not axis or any(v <= 0 or not math.isfinite(v) for v in axis) or list(axis) != sorted(set(axis)):
+                raise SpecError("axes: each axis must list distinct positive numbers in ascending order")
+        if len(self.rates) != math.prod(len(a) for a in axes):
+            raise SpecError(f"rates: needs one rate per grid point ({' x '.join(str(len(a)) for a in axes)} = "
+                            f"{math.prod(len(a) for a in axes)}), got {len(self.rates)}")
+        for rate in self.rates:
+            positive_number("rates", rate)
+
+    def rate(self, dims: tuple[float, ...]) -> float:
+        """The interpolated rate at ``dims`` (as many as ``axes``)."""
+        corners = [(0, 1.0)]  # (flat index, weight) of the grid points that enclose dims
+        for axis, value in zip(self.axes, dims):
+            x = math.log(min(max(value, axis[0]), axis[-1]))
+            hi = next((i for i, v in enumerate(axis) if math.log(v) >= x), len(axis) - 1)
+            lo = max(hi - 1, 0)
+            span = math.log(axis[hi]) - math.log(axis[lo])
+            frac = (x - math.log(axis[lo])) / span if span > 0 else 0.0
+            corners = [(index * len(axis) + i, weight * w) for index, weight in corners
+                       for i, w in ((lo, 1.0 - frac), (hi, frac)) if w > 0]
+        return math.exp(sum(w * math.log(self.rates[i]) for i, w in corners))
+
+    def seconds(self, work: float, dims: tuple[float, ...]) -> float:
+        return work / self.rate(dims) if work > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axes": [list(a) for a in self.axes], "rates": list(self.rates)}
+
+    @staticmethod
+    def from_dict(where: str, data: Any, dims: tuple[str, ...]) -> "ShapeTable":
+        """A table from its mapping; errors name ``where`` and the field."""
+        if isinstance(data, ShapeTable):
+            table = data
+        else:
+            if not isinstance(data, dict):
+                raise SpecError(f"{where}: must be a mapping with axes and rates (got {type(data).__name__})")
+            unknown = sorted(set(data) - {"axes", "rates"})
+            if unknown:
+                raise SpecError(f"{where}.{unknown[0]}: unknown field; known fields are axes, rates")
+            for required in ("axes", "rates"):
+                if not isinstance(data.get(required), (list, tuple)):
+                    raise SpecError(f"{where}.{required}: required, a list")
+            if not all(isinstance(a, (list, tuple)) for a in data["axes"]):
+                raise SpecError(f"{where}.axes: must be a list of {len(dims)} lists, one per dimension "
+                                f"({', '.join(dims)})")
+            try:
+                table = ShapeTable(tuple(tuple(a) for a in data["axes"]), tuple(data["rates"]))
+            except (SpecError, TypeError, ValueError) as err:
+                raise SpecError(f"{where}.{err}") from None
+        if len(table.axes) != len(dims):
+            raise SpecError(f"{where}.axes: needs {len(dims)} axes, one per dimension ({', '.join(dims)}); "
+                            f"got {len(table.axes)}")
+        return table

@@ -12,7 +12,7 @@ import pytest
 from pipeplan.api import simulate
 from pipeplan.cluster import GPUSpec, load_cluster
 from pipeplan.errors import SpecError
-from pipeplan.kernel_curves import ShapeCurve
+from pipeplan.kernel_curves import ShapeCurve, ShapeTable
 from pipeplan.plan import Plan
 from pipeplan.probe.run import ProbeOptions, check
 
@@ -113,8 +113,8 @@ def test_a_probed_spec_prices_ops_with_what_it_measured(probed):
 def test_measured_curves_price_gemms_attention_and_memory_kernels_as_written_by_hand():
     gpu = GPUSpec("core", 2e11, 8e9, hbm_bandwidth=1e10, element_bytes=4, kernel_bandwidth=5e9,
                   gemm_curve=ShapeCurve(1e11, (10.0, 20.0, 5.0), 2e-6),
-                  attention_forward=ShapeCurve(5e10, (16.0, 8.0), 1e-6),
-                  attention_backward=ShapeCurve(2e10, (32.0, 8.0), 3e-6))
+                  attention_forward=ShapeTable(((16, 256), (8, 32)), (1e10, 2e10, 3e10, 6e10)),
+                  attention_backward=ShapeTable(((16, 256), (8, 32)), (2e9, 8e9, 6e9, 2.4e10)))
     # 100 x 200 x 50: 2e6 FLOPs / 1e11 x 1.1 x 1.1 x 1.1 + 2 us; its 140 kB at 4 bytes take 14 us < that
     assert gpu.gemm_seconds(100, 200, 50) == pytest.approx(2e-5 * 1.331 + 2e-6, rel=1e-12)
     # 64 x 64 x 1024: 8,388,608 FLOPs / 1e11 x (1 + 10/64)(1 + 20/64)(1 + 5/1024) + 2 us = 130 us; it moves
@@ -122,13 +122,17 @@ def test_measured_curves_price_gemms_attention_and_memory_kernels_as_written_by_
     assert gpu.gemm_seconds(64, 64, 1024) == pytest.approx(8388608 / 1e11 * 1.15625 * 1.3125 * (1 + 5 / 1024) + 2e-6,
                                                            rel=1e-12)
     assert replace(gpu, hbm_bandwidth=1e8).gemm_seconds(64, 64, 1024) == pytest.approx(540672 / 1e8, rel=1e-12)
-    # an attention core at s = 64, d = 16 for 8 pairs: 4 x 64² x 16 x 8 FLOPs / 5e10 x 1.25 x 1.5 + 1 us,
-    # half of it in each of QK^T (64, 64, 16) and AV (64, 16, 64)
-    core = 4 * 64 * 64 * 16 * 8 / 5e10 * 1.25 * 1.5 + 1e-6
+    # an attention core at s = 64, d = 16 for 8 pairs: halfway between the grid's s and d in log terms,
+    # so its rate is the geometric mean of the four corners, sqrt(sqrt(1e10 x 2e10 x 3e10 x 6e10)) = 2.45e10;
+    # 4 x 64² x 16 x 8 FLOPs at that, half of it in each of QK^T (64, 64, 16) and AV (64, 16, 64)
+    core = 4 * 64 * 64 * 16 * 8 / (1e10 * 2e10 * 3e10 * 6e10) ** 0.25
     assert gpu.attention_gemm_seconds(64, 64, 16, 8, False) == pytest.approx(core / 2, rel=1e-12)
     assert gpu.attention_gemm_seconds(64, 16, 64, 8, False) == pytest.approx(core / 2, rel=1e-12)
-    back = 4 * 64 * 64 * 16 * 8 / 2e10 * 1.5 * 1.5 + 3e-6
+    back = 4 * 64 * 64 * 16 * 8 / (2e9 * 8e9 * 6e9 * 2.4e10) ** 0.25
     assert gpu.attention_gemm_seconds(64, 64, 16, 8, True) == pytest.approx(back / 2, rel=1e-12)
+    # past the grid the table holds its edge: s = 1024, d = 128 runs at the (256, 32) corner's rate
+    assert gpu.attention_gemm_seconds(1024, 1024, 128, 1, False) == pytest.approx(
+        4 * 1024 ** 2 * 128 / 6e10 / 2, rel=1e-12)
     # 1 MB counted in bf16 moves 2 MB in float32: 0.4 ms at 5 GB/s
     assert gpu.memory_kernel_seconds(1e6) == pytest.approx(4e-4, rel=1e-12)
 
@@ -138,6 +142,10 @@ def test_measured_curves_price_gemms_attention_and_memory_kernels_as_written_by_
     ("gemm_curve", {"rate": -1, "halves": [1, 2, 3]}, "gemm_curve.rate"),
     ("gemm_curve", {"rate": 1e11, "halves": [1, 2, 3], "speed": 1}, "gemm_curve.speed: unknown field"),
     ("attention_backward", None, "attention_backward: give attention_forward"),
+    ("attention_forward", {"axes": [[16, 64], [8]], "rates": [1e9]}, "needs one rate per grid point"),
+    ("attention_forward", {"axes": [[64, 16], [8]], "rates": [1e9, 1e9]}, "ascending"),
+    ("attention_forward", {"axes": [[16, 64]], "rates": [1e9, 1e9]}, "needs 2 axes"),
+    ("attention_forward", {"axes": [[16], [8]], "rates": [1e30]}, "attention_forward.rates"),
     ("element_bytes", 3, "element_bytes: must be one of"),
     ("kernel_bandwidth", 0, "kernel_bandwidth"),
     ("kernel_bandwidth", 1e30, "kernel_bandwidth"),

@@ -8,9 +8,9 @@ import pytest
 
 from pipeplan.cluster import GPUSpec, load_cluster
 from pipeplan.costs import layer_work, price
-from pipeplan.kernel_curves import ShapeCurve
+from pipeplan.kernel_curves import ShapeCurve, ShapeTable
 from pipeplan.model import MODEL_PRESETS
-from pipeplan.probe.fit import fit_affine, fit_curve, fit_tile_waves, tile_wave_seconds
+from pipeplan.probe.fit import fit_affine, fit_curve, fit_table, fit_tile_waves, tile_wave_seconds
 from pipeplan.probe.layer import VANISHING
 from pipeplan.probe.spec import build_spec
 from pipeplan.scaling import scale_model
@@ -39,6 +39,25 @@ def test_the_curve_of_known_parameters_is_recovered_from_timings_with_two_percen
     for dims in ((100, 300, 50), (3000, 40, 700)):
         w = 2.0 * math.prod(dims)
         assert fitted.seconds(w, dims) == pytest.approx(true.seconds(w, dims), rel=0.03)
+
+
+def test_a_table_holds_the_measured_rates_and_says_how_well_neighbours_predict_each():
+    # rates 1, 2, 4 GFLOP/s at s = 16, 32, 64 (d = 8): log-linear in s, so each middle point is its
+    # neighbours' log-interpolation exactly; d = 16 runs 3x faster at s = 32 than its neighbours say
+    dims = [(s, d) for s in (16, 32, 64) for d in (8, 16)]
+    rates = {(16, 8): 1e9, (32, 8): 2e9, (64, 8): 4e9, (16, 16): 1e9, (32, 16): 6e9, (64, 16): 4e9}
+    work = [4.0 * s * s * d for s, d in dims]
+    table, left_out = fit_table(dims, work, [w / rates[d] for w, d in zip(work, dims)])
+    assert table.axes == ((16, 32, 64), (8, 16))
+    assert [table.rate(d) for d in dims] == pytest.approx([rates[d] for d in dims], rel=1e-12)
+    assert table.rate((128, 8)) == pytest.approx(4e9) and table.rate((8, 4)) == pytest.approx(1e9)  # held at edges
+    assert table.rate((32, 8 * 2 ** 0.5)) == pytest.approx((2e9 * 6e9) ** 0.5, rel=1e-12)  # halfway in log d
+    by_point = dict(zip(dims, left_out))
+    assert by_point[(32, 8)] == pytest.approx(work[2] / 2e9, rel=1e-12)  # predicted exactly: residual 0
+    assert by_point[(32, 16)] == pytest.approx(work[3] / 2e9, rel=1e-12)  # neighbours say 2 GFLOP/s, it ran 6
+    assert by_point[(16, 8)] == pytest.approx(work[0] / 1e9)  # an edge point stands for itself
+    with pytest.raises(ValueError):
+        fit_table(dims[:-1], work[:-1], work[:-1])  # a hole in the grid
 
 
 def test_exact_timings_give_the_exact_curve():
@@ -85,10 +104,10 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
                   [true.gemm_seconds(*d) for d in gemm_dims])
     att = {}
     for name in ("attention_forward", "attention_backward"):
-        curve = getattr(true, name)
+        table = getattr(true, name)
         work = [4.0 * s * s * d * 8 for s, d in ATTENTION_DIMS]
         att[name] = result([[8, s, d] for s, d in ATTENTION_DIMS], work, [list(d) for d in ATTENTION_DIMS],
-                           [curve.seconds(w, d) for w, d in zip(work, ATTENTION_DIMS)])
+                           [table.seconds(w, d) for w, d in zip(work, ATTENTION_DIMS)])
     ew_sizes = [1e4 * 3 ** i for i in range(8)]
     ew = result([[i, 0, 0, 0] for i in range(8)], ew_sizes, [[] for _ in ew_sizes],
                 [ew_intercept + b * eb / 2 / true.kernel_bandwidth for b in ew_sizes])
@@ -108,8 +127,10 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
 
 CPU_TRUTH = GPUSpec("core", 1.66e11, 12e9, hbm_bandwidth=9e9, op_overhead_s=150e-6, element_bytes=4,
                     kernel_bandwidth=8e9, gemm_curve=ShapeCurve(8e10, (10.0, 12.0, 4.0), 2e-6),
-                    attention_forward=ShapeCurve(5e10, (40.0, 16.0), 5e-6),
-                    attention_backward=ShapeCurve(2.5e10, (60.0, 30.0), 1e-5))
+                    attention_forward=ShapeTable(((16, 64, 256), (8, 16, 64)),
+                                                 (1e10, 2e10, 3e10, 2e10, 3e10, 5e10, 3e10, 5e10, 7e10)),
+                    attention_backward=ShapeTable(((16, 64, 256), (8, 16, 64)),
+                                                  (2e9, 8e9, 1e10, 3e9, 1.5e10, 2e10, 5e9, 2e10, 3e10)))
 MACHINE = {"cpu_name": "a test CPU", "peak_flops": 1.66e11, "memory_bytes": 12e9, "devices": 2}
 OPTIONS = {"device": "cpu", "backend": "gloo"}
 
@@ -121,7 +142,8 @@ def test_the_spec_built_from_a_known_device_carries_its_figures():
     assert gpu.gemm_curve.rate == pytest.approx(8e10, rel=0.03)
     assert gpu.max_fraction == pytest.approx(8e10 / 1.66e11, rel=0.03)
     for name in ("attention_forward", "attention_backward"):
-        assert getattr(gpu, name).rate == pytest.approx(getattr(CPU_TRUTH, name).rate, rel=0.05)
+        assert getattr(gpu, name).axes == getattr(CPU_TRUTH, name).axes
+        assert getattr(gpu, name).rates == pytest.approx(getattr(CPU_TRUTH, name).rates, rel=0.02)
     assert gpu.kernel_bandwidth == pytest.approx(8e9, rel=0.02)
     assert gpu.hbm_bandwidth == pytest.approx(9e9, rel=0.02)
     assert gpu.op_overhead_s == pytest.approx(150e-6, rel=0.05)
@@ -143,8 +165,9 @@ def test_the_spec_built_from_a_known_device_carries_its_figures():
 
 def test_a_spec_on_a_gpu_keeps_the_tile_model_where_it_fits_and_takes_the_datasheet_peak():
     true = GPUSpec("H100", 989e12, 80e9, max_fraction=0.8, sms=132, hbm_bandwidth=3.0e12, op_overhead_s=20e-6,
-                   element_bytes=2, kernel_bandwidth=2.5e12, attention_forward=ShapeCurve(4e14, (128.0, 64.0), 5e-6),
-                   attention_backward=ShapeCurve(3e14, (256.0, 64.0), 8e-6))
+                   element_bytes=2, kernel_bandwidth=2.5e12,
+                   attention_forward=ShapeTable(((16, 64, 256), (8, 16, 64)), (4e14,) * 9),
+                   attention_backward=ShapeTable(((16, 64, 256), (8, 16, 64)), (3e14,) * 9))
     shapes = [(m, n, k) for m in (512, 2048, 8192) for n in (512, 2048, 8192) for k in (512, 8192)]
     ranks = _fake_ranks(true, (8e-6, 4e10), 3e-6, random.Random(3), "NVIDIA H100 80GB HBM3", 132, shapes)
     spec = build_spec(ranks, {"device": "cuda", "backend": "nccl"}, {**MACHINE, "peak_flops": None}, 20.0)

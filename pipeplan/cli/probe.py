@@ -37,9 +37,9 @@ def _summary_rows(spec: Any) -> list[list[str]]:
             if gpu.gemm_curve else f"{gpu.max_fraction * gpu.peak_flops / 1e9:.1f} GFLOP/s (tiles and waves)")
     rows = [["GEMM", gemm, *fit("gemm")]]
     for name in ("attention_forward", "attention_backward"):
-        c = getattr(gpu, name)
-        rows.append([name.replace("_", " "), f"{c.rate / 1e9:.1f} GFLOP/s, halves s/d "
-                     + "/".join(f"{h:.0f}" for h in c.halves), *fit(name)])
+        rates = getattr(gpu, name).rates
+        rows.append([name.replace("_", " "), f"{min(rates) / 1e9:.1f} - {max(rates) / 1e9:.1f} GFLOP/s over "
+                     f"{len(rates)} (s, d)", *fit(name)])
     rows += [
         ["memory-bound kernels", f"{gpu.kernel_bandwidth / 1e9:.2f} GB/s", *fit("elementwise_forward")],
         ["", "(backward)", *fit("elementwise_backward")],

@@ -9,6 +9,8 @@ so a 5 us kernel counts as much as a 50 ms one (a layer's small GEMMs matter as 
 * ``fit_tile_waves``: the GPU tile-and-wave model's one free number, ``max_fraction``, for a given SM
   count and tile (``GPUSpec.gemm_seconds`` without its roofline).
 * ``fit_affine``: seconds = intercept + size / rate (a memory-bound kernel's bytes, a link's message).
+* ``fit_table``: a ``ShapeTable`` holding each grid point's measured rate; what it would give for a
+  point from the points beside it (left out itself) is its honest error between grid points.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..kernel_curves import ShapeCurve
+from ..kernel_curves import ShapeCurve, ShapeTable
 
 HALF_GRID = np.concatenate(([0.0], np.geomspace(0.25, 4096.0, 29)))
 
@@ -115,3 +117,33 @@ def fit_affine(sizes: Sequence[float], seconds: Sequence[float]) -> Affine:
         raise ValueError("fit_affine needs at least 2 points with positive times and a positive size")
     c, a, sse = _solve(x, t)
     return Affine(float(c[0]), 1.0 / float(a[0]), math.sqrt(float(sse[0]) / len(t)))
+
+
+def fit_table(dims: Sequence[Sequence[float]], work: Sequence[float],
+              seconds: Sequence[float]) -> tuple[ShapeTable, list[float]]:
+    """The table of rates work / seconds over the grid the points span (each grid point measured once),
+    and per point the seconds the table gives for it when that point is left out: interpolated from its
+    two neighbours along the first axis (log-rate against log-size), or its own time at either end."""
+    points = [tuple(float(x) for x in d) for d in dims]
+    ndim = len(points[0]) if points else 0
+    axes = tuple(tuple(sorted({p[i] for p in points})) for i in range(ndim))
+    rate_at = {p: w / t for p, w, t in zip(points, work, seconds)}
+    grid = [()]
+    for axis in axes:
+        grid = [g + (v,) for g in grid for v in axis]
+    missing = [g for g in grid if g not in rate_at]
+    if missing or len(rate_at) != len(points):
+        raise ValueError(f"fit_table needs one point at every grid point (missing {missing[:1]})")
+    table = ShapeTable(axes, tuple(rate_at[g] for g in grid))
+    left_out = []
+    first = axes[0]
+    for p, w, t in zip(points, work, seconds):
+        i = first.index(p[0])
+        if 0 < i < len(first) - 1:
+            below, above = (first[i - 1],) + p[1:], (first[i + 1],) + p[1:]
+            frac = math.log(p[0] / first[i - 1]) / math.log(first[i + 1] / first[i - 1])
+            rate = math.exp((1 - frac) * math.log(rate_at[below]) + frac * math.log(rate_at[above]))
+            left_out.append(w / rate)
+        else:
+            left_out.append(t)
+    return table, left_out

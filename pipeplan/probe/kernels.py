@@ -28,11 +28,11 @@ from ..model import ModelSpec
 # grid about 40 ms); a GPU needs larger ones.
 GRIDS = {
     "cpu": {"tokens": (32, 128, 512, 2048), "widths": (16, 64, 256, 1024), "gemm_work": 2.0 ** 27,
-            "seq": (16, 64, 256), "head": (8, 16, 64), "attention_work": 2.0 ** 24,
+            "seq": (16, 32, 64, 128, 256, 512), "head": (8, 16, 32, 64, 128), "attention_work": 2.0 ** 23,
             "elementwise": ((64, 32), (64, 256), (256, 64), (256, 512), (1024, 128), (1024, 1024)),
-            "vocab": ((64, 512), (256, 4096), (1024, 2048)), "copy_bytes": (2 ** 24, 2 ** 26)},
+            "vocab": ((64, 512), (256, 4096), (1024, 2048)), "copy_bytes": (2 ** 26, 2 ** 28)},
     "cuda": {"tokens": (512, 2048, 8192), "widths": (512, 2048, 8192), "gemm_work": 2.0 ** 40,
-             "seq": (512, 2048, 8192), "head": (64, 128), "attention_work": 2.0 ** 38,
+             "seq": (512, 1024, 2048, 4096, 8192), "head": (64, 128), "attention_work": 2.0 ** 38,
              "elementwise": ((2048, 1024), (8192, 4096), (16384, 8192)),
              "vocab": ((2048, 32768), (8192, 131072)), "copy_bytes": (2 ** 28, 2 ** 30)},
 }
@@ -205,7 +205,8 @@ def elementwise_cases(torch: Any, device: Any, dtype: Any, grid: dict, backward:
 
 
 def copy_cases(torch: Any, device: Any, dtype: Any, grid: dict) -> list[Case]:
-    """Large copies (read + write: 2 x the tensor's bytes), past every cache: DRAM or HBM bandwidth."""
+    """Large copies (read + write: 2 x the tensor's bytes), past every cache (64 MB and more against a CPU's
+    32 MB of L3): DRAM or HBM bandwidth."""
     cases = []
     for nbytes in grid["copy_bytes"]:
         src = torch.empty(nbytes // 4, device=device, dtype=torch.float32).normal_()

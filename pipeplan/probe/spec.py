@@ -6,7 +6,8 @@ over the ranks and its median is what the fit sees:
 * ``gemm`` → ``gemm_curve`` (a ``ShapeCurve`` over m, n, k) or, where it fits better, the tile-and-wave
   model's ``max_fraction`` (on a GPU, with its SM count and 256 x 128 tiles; on a CPU the tile-and-wave
   model is one rate for every shape and the curve wins);
-* ``attention_forward``/``attention_backward`` → the attention curves over (s, d);
+* ``attention_forward``/``attention_backward`` → the attention tables over (s, d); a point's "fitted"
+  time in the record is what the table gives with that point left out (its neighbours along s);
 * ``elementwise_forward``/``_backward`` → ``kernel_bandwidth``: the model's bytes (times
   ``element_bytes`` / 2) over seconds, one affine fit over both passes; its intercept is each kernel
   call's fixed cost, which the layer overhead holds;
@@ -23,8 +24,7 @@ from typing import Any
 
 from ..cluster import ClusterSpec, GPUSpec, LinkSpec
 from ..costs import layer_work, price
-from ..kernel_curves import ShapeCurve
-from .fit import fit_affine, fit_curve, fit_tile_waves
+from .fit import fit_affine, fit_curve, fit_table, fit_tile_waves
 from .layer import VANISHING
 from .record import ProbePoint, ProbeQuantity, ProbeRecord
 from .worker import THREADS
@@ -72,10 +72,10 @@ def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) 
     element_bytes = 2 if cuda else 4
     gemm_fields, rate = _gemm(merged["gemm"], cuda, head.get("sms") or 1)
     peak = _peak(head.get("cuda_name"), machine.get("peak_flops"), rate, cuda)
-    attention = {}
+    attention, left_out = {}, {}
     for name in ("attention_forward", "attention_backward"):
         res = merged[name]
-        attention[name], _ = fit_curve([tuple(d) for d in res["dims"]], res["sizes"], _medians(res))
+        attention[name], left_out[name] = fit_table([tuple(d) for d in res["dims"]], res["sizes"], _medians(res))
     ew = {k: merged[f"elementwise_{k}"] for k in ("forward", "backward")}
     ew_bytes = [b * element_bytes / 2 for k in ("forward", "backward") for b in ew[k]["sizes"]]
     ew_fit = fit_affine(ew_bytes, [t for k in ("forward", "backward") for t in _medians(ew[k])])
@@ -97,9 +97,7 @@ def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) 
         "layer": layer_fitted,
         "link": [link_fit.intercept + b / link_fit.rate for b in merged["link"]["sizes"]],
     }
-    for name in ("attention_forward", "attention_backward"):
-        curve: ShapeCurve = attention[name]
-        fitted[name] = [curve.seconds(w, tuple(d)) for w, d in zip(merged[name]["sizes"], merged[name]["dims"])]
+    fitted.update(left_out)  # a table holds every grid point; its error is between them
     quantities = tuple((name, _quantity(merged[name], name, fitted[name])) for name in DIMS)
     notes = tuple(f"{name}: {q.disturbed}" for name, q in quantities if q.disturbed)
     record = ProbeRecord(device=device_name, backend=options["backend"], dtype="bfloat16" if cuda else "float32",
