@@ -17,7 +17,7 @@ from simulator.workload import Link, Network
 
 from .errors import SpecError, name_text, positive_int, positive_number
 from .fileio import load_mapping
-from .kernel_curves import ATTENTION_DIMS, GEMM_DIMS, ShapeCurve, ShapeTable
+from .kernel_curves import ATTENTION_DIMS, GEMM_DIMS, LayerOverheads, ShapeCurve, ShapeTable
 from .limits import check_cluster_values
 from .probe.record import ProbeRecord
 
@@ -50,7 +50,8 @@ class GPUSpec:
     Measured devices (``pipeplan probe``): ``gemm_curve`` replaces the tile-and-wave model with a
     fitted ``ShapeCurve`` over (m, n, k); ``attention_forward``/``attention_backward`` price the
     attention core as one kernel by its measured rate (a ``ShapeTable`` over sequence length and head
-    size) instead of as its GEMMs; the roofline stays.
+    size) instead of as its GEMMs; the roofline stays. ``layer_overheads`` gives the fixed cost of a
+    layer pass per layer kind and pass (F, I, W) in place of ``op_overhead_s`` for all.
     ``element_bytes`` is the width of the values the kernels move: the model counts bf16 (2), a
     float32 run (the CPU validator) moves 4, which doubles the memory-bound kernels' and the
     roofline's bytes.
@@ -70,8 +71,12 @@ class GPUSpec:
     gemm_curve: ShapeCurve | None = None
     attention_forward: ShapeTable | None = None
     attention_backward: ShapeTable | None = None
+    layer_overheads: LayerOverheads | None = None
 
     def __post_init__(self) -> None:
+        if self.layer_overheads is not None:
+            object.__setattr__(self, "layer_overheads", LayerOverheads.from_dict(
+                "cluster.gpu.layer_overheads", self.layer_overheads))
         for field_name, kind, dims in (("gemm_curve", ShapeCurve, GEMM_DIMS),
                                        ("attention_forward", ShapeTable, ATTENTION_DIMS),
                                        ("attention_backward", ShapeTable, ATTENTION_DIMS)):
@@ -228,9 +233,9 @@ class ClusterSpec:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(replace(self, probe=None))
-        for curve in ("gemm_curve", "attention_forward", "attention_backward"):
-            if data["gpu"][curve] is not None:
-                data["gpu"][curve] = getattr(self.gpu, curve).to_dict()
+        for measured in ("gemm_curve", "attention_forward", "attention_backward", "layer_overheads"):
+            if data["gpu"][measured] is not None:
+                data["gpu"][measured] = getattr(self.gpu, measured).to_dict()
         if self.probe is None:
             del data["probe"]
         else:

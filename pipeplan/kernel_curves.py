@@ -164,3 +164,54 @@ class ShapeTable:
             raise SpecError(f"{where}.axes: needs {len(dims)} axes, one per dimension ({', '.join(dims)}); "
                             f"got {len(table.axes)}")
         return table
+
+
+LAYER_KINDS = ("embedding", "block", "head")
+PASSES = ("forward", "input_grad", "weight_grad")
+
+
+@dataclass(frozen=True)
+class LayerOverheads:
+    """Seconds one layer pass costs beyond its kernels' work, per layer kind and pass (F, I, W).
+
+    Launching a pass's kernels, the framework's dispatch and autograd bookkeeping: a transformer
+    block runs some twenty kernels a pass, an embedding one (its W has nothing to run: the gradient
+    of a lookup comes with the backward), a head a handful. ``pipeplan probe`` measures each kind at a
+    vanishing size (``pipeplan.probe.layer``). Where a spec has none, ``GPUSpec.op_overhead_s`` is
+    charged for every layer and pass alike."""
+
+    embedding: tuple[float, float, float]
+    block: tuple[float, float, float]
+    head: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        for kind in LAYER_KINDS:
+            values = getattr(self, kind)
+            if not isinstance(values, (list, tuple)) or len(values) != len(PASSES):
+                raise SpecError(f"{kind}: needs {len(PASSES)} seconds ({', '.join(PASSES)}); got {values!r}")
+            for value in values:
+                positive_number(kind, value, allow_zero=True)
+            object.__setattr__(self, kind, tuple(float(v) for v in values))
+
+    def of(self, kind: str) -> tuple[float, float, float]:
+        return getattr(self, kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {kind: list(getattr(self, kind)) for kind in LAYER_KINDS}
+
+    @staticmethod
+    def from_dict(where: str, data: Any) -> "LayerOverheads":
+        if isinstance(data, LayerOverheads):
+            return data
+        if not isinstance(data, dict):
+            raise SpecError(f"{where}: must be a mapping of {', '.join(LAYER_KINDS)} to [F, I, W] seconds")
+        unknown = sorted(set(data) - set(LAYER_KINDS))
+        if unknown:
+            raise SpecError(f"{where}.{unknown[0]}: unknown layer kind; known kinds are {', '.join(LAYER_KINDS)}")
+        missing = [k for k in LAYER_KINDS if k not in data]
+        if missing:
+            raise SpecError(f"{where}.{missing[0]}: required field is missing")
+        try:
+            return LayerOverheads(**{k: data[k] for k in LAYER_KINDS})
+        except SpecError as err:
+            raise SpecError(f"{where}.{err}") from None

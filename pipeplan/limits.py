@@ -308,6 +308,10 @@ def check_cluster_values(cluster) -> None:
         in_range(f"cluster.gpu.{f}", getattr(gpu, f), "gpu_units")
     if gpu.kernel_bandwidth is not None:
         in_range("cluster.gpu.kernel_bandwidth", gpu.kernel_bandwidth, "bandwidth")
+    if gpu.layer_overheads is not None:
+        for kind in ("embedding", "block", "head"):
+            for value in gpu.layer_overheads.of(kind):
+                in_range(f"cluster.gpu.layer_overheads.{kind}", value, "latency")
     if gpu.gemm_curve is not None:
         in_range("cluster.gpu.gemm_curve.rate", gpu.gemm_curve.rate, "flops")
         in_range("cluster.gpu.gemm_curve.call_s", gpu.gemm_curve.call_s, "latency")

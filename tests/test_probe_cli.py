@@ -101,7 +101,7 @@ def test_a_probed_spec_prices_ops_with_what_it_measured(probed):
     element width dropped): the measured fields change the price, so they are read."""
     spec = load_cluster(str(probed))
     nominal = spec.to_dict()
-    for field in ("gemm_curve", "attention_forward", "attention_backward", "kernel_bandwidth"):
+    for field in ("gemm_curve", "attention_forward", "attention_backward", "kernel_bandwidth", "layer_overheads"):
         nominal["gpu"][field] = None
     nominal["gpu"]["element_bytes"] = 2
     plan = Plan.from_dict({"model": "tiny", "cluster": spec.to_dict(), "schedule": "1f1b", "pp": 2,
@@ -147,6 +147,10 @@ def test_measured_curves_price_gemms_attention_and_memory_kernels_as_written_by_
     ("attention_forward", {"axes": [[16, 64]], "rates": [1e9, 1e9]}, "needs 2 axes"),
     ("attention_forward", {"axes": [[16], [8]], "rates": [1e30]}, "attention_forward.rates"),
     ("element_bytes", 3, "element_bytes: must be one of"),
+    ("layer_overheads", {"embedding": [0, 0, 0], "block": [1e-4, 1e-4], "head": [0, 0, 0]},
+     "layer_overheads.block: needs 3"),
+    ("layer_overheads", {"embedding": [0, 0, 0], "block": [0, 0, 0], "head": [0, 0, -1]}, "layer_overheads.head"),
+    ("layer_overheads", {"embedding": [0, 0, 0], "block": [0, 0, 0]}, "layer_overheads.head: required"),
     ("kernel_bandwidth", 0, "kernel_bandwidth"),
     ("kernel_bandwidth", 1e30, "kernel_bandwidth"),
 ])

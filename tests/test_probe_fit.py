@@ -8,7 +8,7 @@ import pytest
 
 from pipeplan.cluster import GPUSpec, load_cluster
 from pipeplan.costs import layer_work, price
-from pipeplan.kernel_curves import ShapeCurve, ShapeTable
+from pipeplan.kernel_curves import LayerOverheads, ShapeCurve, ShapeTable
 from pipeplan.model import MODEL_PRESETS
 from pipeplan.probe.fit import fit_affine, fit_curve, fit_table, fit_tile_waves, tile_wave_seconds
 from pipeplan.probe.layer import VANISHING
@@ -113,10 +113,15 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
                 [ew_intercept + b * eb / 2 / true.kernel_bandwidth for b in ew_sizes])
     copy_sizes = [2.0 ** 25, 2.0 ** 27]
     copy = result([[b / 2] for b in copy_sizes], copy_sizes, [[], []], [b / true.hbm_bandwidth for b in copy_sizes])
-    no_overhead = GPUSpec(**{**{f: getattr(true, f) for f in true.__dataclass_fields__}, "op_overhead_s": 0.0})
-    c = price(layer_work(VANISHING, 1, 1, VANISHING.seq_len, False), no_overhead)
-    layer = result([[0], [1], [2]], [1.0] * 3, [[]] * 3,
-                   [t + true.op_overhead_s for t in (c.forward, c.backward_input, c.backward_weight)])
+    no_overhead = GPUSpec(**{**{f: getattr(true, f) for f in true.__dataclass_fields__}, "op_overhead_s": 0.0,
+                             "layer_overheads": None})
+    points, seconds = [], []
+    for k, kind in enumerate(("embedding", "block", "head")):
+        c = price(layer_work(VANISHING, k, 1, VANISHING.seq_len, False), no_overhead)
+        for p, t in enumerate((c.forward, c.backward_input, c.backward_weight)[:2 if kind == "embedding" else 3]):
+            points.append([k, p])
+            seconds.append(t + true.layer_overheads.of(kind)[p])
+    layer = result(points, [1.0] * len(points), [[]] * len(points), seconds)
     sizes = [4, 4096, 65536, 1 << 20, 1 << 22, 1 << 24]
     links = result([[n] for n in sizes], sizes, [[] for _ in sizes], [link[0] + n / link[1] for n in sizes])
     results = {"gemm": gemm, **att, "elementwise_forward": ew, "elementwise_backward": ew, "copy": copy,
@@ -125,7 +130,8 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
     return [head, {"rank": 1, "results": results, "torch": "2.13.0"}]
 
 
-CPU_TRUTH = GPUSpec("core", 1.66e11, 12e9, hbm_bandwidth=9e9, op_overhead_s=150e-6, element_bytes=4,
+CPU_TRUTH = GPUSpec("core", 1.66e11, 12e9, hbm_bandwidth=9e9, op_overhead_s=140e-6, element_bytes=4,
+                    layer_overheads=LayerOverheads((60e-6, 80e-6, 0.0), (150e-6, 200e-6, 70e-6), (90e-6, 110e-6, 30e-6)),
                     kernel_bandwidth=8e9, gemm_curve=ShapeCurve(8e10, (10.0, 12.0, 4.0), 2e-6),
                     attention_forward=ShapeTable(((16, 64, 256), (8, 16, 64)),
                                                  (1e10, 2e10, 3e10, 2e10, 3e10, 5e10, 3e10, 5e10, 7e10)),
@@ -146,7 +152,9 @@ def test_the_spec_built_from_a_known_device_carries_its_figures():
         assert getattr(gpu, name).rates == pytest.approx(getattr(CPU_TRUTH, name).rates, rel=0.02)
     assert gpu.kernel_bandwidth == pytest.approx(8e9, rel=0.02)
     assert gpu.hbm_bandwidth == pytest.approx(9e9, rel=0.02)
-    assert gpu.op_overhead_s == pytest.approx(150e-6, rel=0.05)
+    for kind in ("embedding", "block", "head"):
+        assert gpu.layer_overheads.of(kind) == pytest.approx(CPU_TRUTH.layer_overheads.of(kind), rel=0.05, abs=1e-6)
+    assert gpu.op_overhead_s == pytest.approx((150e-6 + 200e-6 + 70e-6) / 3, rel=0.05)  # the block's mean
     assert gpu.element_bytes == 4 and gpu.peak_flops == 1.66e11
     assert spec.intra.latency == pytest.approx(30e-6, rel=0.05)
     assert spec.intra.bandwidth == pytest.approx(1.5e9, rel=0.02)
@@ -165,6 +173,7 @@ def test_the_spec_built_from_a_known_device_carries_its_figures():
 
 def test_a_spec_on_a_gpu_keeps_the_tile_model_where_it_fits_and_takes_the_datasheet_peak():
     true = GPUSpec("H100", 989e12, 80e9, max_fraction=0.8, sms=132, hbm_bandwidth=3.0e12, op_overhead_s=20e-6,
+                   layer_overheads=LayerOverheads((5e-6, 5e-6, 0.0), (20e-6, 30e-6, 10e-6), (8e-6, 8e-6, 4e-6)),
                    element_bytes=2, kernel_bandwidth=2.5e12,
                    attention_forward=ShapeTable(((16, 64, 256), (8, 16, 64)), (4e14,) * 9),
                    attention_backward=ShapeTable(((16, 64, 256), (8, 16, 64)), (3e14,) * 9))

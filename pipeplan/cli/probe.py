@@ -43,7 +43,8 @@ def _summary_rows(spec: Any) -> list[list[str]]:
     rows += [
         ["memory-bound kernels", f"{gpu.kernel_bandwidth / 1e9:.2f} GB/s", *fit("elementwise_forward")],
         ["", "(backward)", *fit("elementwise_backward")],
-        ["layer pass overhead", fmt_time(gpu.op_overhead_s), *fit("layer")],
+        ["layer pass overhead", "F/I/W " + " / ".join(fmt_time(t) for t in gpu.layer_overheads.block)
+         + " a block, head " + " / ".join(fmt_time(t) for t in gpu.layer_overheads.head), *fit("layer")],
         ["memory (copy)", f"{gpu.hbm_bandwidth / 1e9:.2f} GB/s", *fit("copy")],
         ["link", f"{fmt_time(spec.intra.latency)} + bytes / {spec.intra.bandwidth / 1e9:.2f} GB/s", *fit("link")],
     ]

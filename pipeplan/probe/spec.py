@@ -12,8 +12,9 @@ over the ranks and its median is what the fit sees:
   ``element_bytes`` / 2) over seconds, one affine fit over both passes; its intercept is each kernel
   call's fixed cost, which the layer overhead holds;
 * ``copy`` → ``hbm_bandwidth`` (DRAM on a CPU), from copies past every cache;
-* ``layer`` → ``op_overhead_s``: the vanishing layer's F, I and W, each less what the fitted kernels
-  charge for it (``price`` with no overhead), averaged over the three passes;
+* ``layer`` → ``layer_overheads``: the vanishing embedding's, block's and head's F, I and W, each less
+  what the fitted kernels charge for it (``price`` with no overhead); ``op_overhead_s`` is the block's
+  mean over its passes (what a reader of the one figure gets);
 * ``link`` → ``intra`` (and ``inter``: one host has no inter-node link, so it gets the same figures):
   latency and bandwidth of one-way times by message size.
 """
@@ -24,8 +25,9 @@ from typing import Any
 
 from ..cluster import ClusterSpec, GPUSpec, LinkSpec
 from ..costs import layer_work, price
+from ..kernel_curves import LayerOverheads
 from .fit import fit_affine, fit_curve, fit_table, fit_tile_waves
-from .layer import VANISHING
+from .layer import KINDS, PASSES, VANISHING
 from .record import ProbePoint, ProbeQuantity, ProbeRecord
 from .worker import THREADS
 
@@ -35,7 +37,7 @@ GPU_TILE = (256, 128)
 DIMS = {"gemm": ("m", "n", "k", "layout"), "attention_forward": ("heads_x_batch", "s", "d"),
         "attention_backward": ("heads_x_batch", "s", "d"),
         "elementwise_forward": ("tokens", "hidden", "gated", "vocab"),
-        "elementwise_backward": ("tokens", "hidden", "gated", "vocab"), "layer": ("pass",),
+        "elementwise_backward": ("tokens", "hidden", "gated", "vocab"), "layer": ("kind", "pass"),
         "copy": ("bytes",), "link": ("bytes",)}
 
 
@@ -81,11 +83,12 @@ def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) 
     ew_fit = fit_affine(ew_bytes, [t for k in ("forward", "backward") for t in _medians(ew[k])])
     copy_fit = fit_affine(merged["copy"]["sizes"], _medians(merged["copy"]))
     device_name = head.get("cuda_name") or f"{machine['cpu_name']}, 1 core, float32"
-    gpu = GPUSpec(name=device_name, peak_flops=peak, memory_bytes=machine["memory_bytes"],
+    gpu = GPUSpec(name=device_name, peak_flops=peak, memory_bytes=machine["memory_bytes"],  # overheads: below
                   max_fraction=min(1.0, max(1e-3, rate / peak)), hbm_bandwidth=copy_fit.rate, op_overhead_s=0.0,
                   element_bytes=element_bytes, kernel_bandwidth=ew_fit.rate, **gemm_fields, **attention)
-    overhead, layer_fitted = _layer_overhead(merged["layer"], gpu)
-    gpu = GPUSpec(**{**{f: getattr(gpu, f) for f in gpu.__dataclass_fields__}, "op_overhead_s": overhead})
+    overheads, layer_fitted = _layer_overheads(merged["layer"], gpu)
+    gpu = GPUSpec(**{**{f: getattr(gpu, f) for f in gpu.__dataclass_fields__},
+                     "op_overhead_s": statistics.fmean(overheads.block), "layer_overheads": overheads})
     link_fit = fit_affine(merged["link"]["sizes"], _medians(merged["link"]))
     link = {"bandwidth": link_fit.rate, "latency": link_fit.intercept}
 
@@ -133,11 +136,16 @@ def _peak(cuda_name: str | None, cpu_bound: float | None, best_rate: float, cuda
     return max(cpu_bound, best_rate) if cpu_bound else best_rate
 
 
-def _layer_overhead(result: dict, gpu: GPUSpec) -> tuple[float, list[float]]:
-    """(op_overhead_s, fitted seconds of F, I, W): each pass's median less what ``gpu`` (no overhead)
-    charges for the vanishing layer, averaged over the passes, never below 0."""
-    modeled_cost = price(layer_work(VANISHING, 1, 1, VANISHING.seq_len, False), gpu)
-    modeled = [modeled_cost.forward, modeled_cost.backward_input, modeled_cost.backward_weight]
-    measured = _medians(result)
-    overhead = max(0.0, statistics.fmean(m - c for m, c in zip(measured, modeled)))
-    return overhead, [c + overhead for c in modeled]
+def _layer_overheads(result: dict, gpu: GPUSpec) -> tuple[LayerOverheads, list[float]]:
+    """Per layer kind and pass, the vanishing layer's median less what ``gpu`` (no overheads) charges
+    for it, never below 0 (an embedding's W, which runs nothing, 0); and the fitted seconds per point."""
+    measured = dict(zip((tuple(int(x) for x in shape) for shape in result["shapes"]), _medians(result)))
+    per_kind, fitted = {}, {}
+    for k, kind in enumerate(KINDS):
+        cost = price(layer_work(VANISHING, VANISHING.layer_kinds.index(kind), 1, VANISHING.seq_len, False), gpu)
+        modeled = (cost.forward, cost.backward_input, cost.backward_weight)
+        per_kind[kind] = tuple(max(0.0, measured[(k, p)] - modeled[p]) if (k, p) in measured else 0.0
+                               for p in range(len(PASSES)))
+        for p in range(len(PASSES)):
+            fitted[(k, p)] = modeled[p] + per_kind[kind][p]
+    return LayerOverheads(**per_kind), [fitted[tuple(int(x) for x in shape)] for shape in result["shapes"]]
