@@ -14,7 +14,7 @@ core is one "SM" with 1 x 1 tiles there, i.e. the same share of peak at every sh
 
 A ``ShapeTable`` is the measured rate itself on a grid of shapes, for kernels no smooth form follows:
 
-    seconds(work, dims) = work / rate(dims)
+    seconds(work, dims) = call_s + work / rate(dims)
 
 with log(rate) interpolated linearly in log(dims) between grid points (bilinear for two dimensions)
 and held at the edge value outside the grid. The CPU's attention core needs it: torch's flash kernel
@@ -98,14 +98,15 @@ class ShapeCurve:
 
 @dataclass(frozen=True)
 class ShapeTable:
-    """A kernel's measured rate (FLOP/s) on a grid of shapes: ``seconds = work / rate(dims)``, log-rate
-    interpolated linearly in log-dims, held at the edges (module docstring).
+    """A kernel's measured rate (FLOP/s) on a grid of shapes: ``seconds = call_s + work / rate(dims)``,
+    log-rate interpolated linearly in log-dims, held at the edges (module docstring).
 
     ``axes`` are the grid's values per dimension, ascending; ``rates`` the rate at every grid point,
-    the last axis varying fastest."""
+    the last axis varying fastest; ``call_s`` what one call costs at no size."""
 
     axes: tuple[tuple[float, ...], ...]
     rates: tuple[float, ...]
+    call_s: float = 0.0
 
     def __post_init__(self) -> None:
         axes = tuple(tuple(float(v) for v in axis) for axis in self.axes)  # JSON lists: keep it hashable
@@ -119,6 +120,7 @@ class ShapeTable:
                             f"{math.prod(len(a) for a in axes)}), got {len(self.rates)}")
         for rate in self.rates:
             positive_number("rates", rate)
+        positive_number("call_s", self.call_s, allow_zero=True)
 
     def rate(self, dims: tuple[float, ...]) -> float:
         """The interpolated rate at ``dims`` (as many as ``axes``)."""
@@ -134,10 +136,10 @@ class ShapeTable:
         return math.exp(sum(w * math.log(self.rates[i]) for i, w in corners))
 
     def seconds(self, work: float, dims: tuple[float, ...]) -> float:
-        return work / self.rate(dims) if work > 0 else 0.0
+        return self.call_s + work / self.rate(dims) if work > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"axes": [list(a) for a in self.axes], "rates": list(self.rates)}
+        return {"axes": [list(a) for a in self.axes], "rates": list(self.rates), "call_s": self.call_s}
 
     @staticmethod
     def from_dict(where: str, data: Any, dims: tuple[str, ...]) -> "ShapeTable":
@@ -146,10 +148,10 @@ class ShapeTable:
             table = data
         else:
             if not isinstance(data, dict):
-                raise SpecError(f"{where}: must be a mapping with axes and rates (got {type(data).__name__})")
-            unknown = sorted(set(data) - {"axes", "rates"})
+                raise SpecError(f"{where}: must be a mapping with axes, rates and call_s (got {type(data).__name__})")
+            unknown = sorted(set(data) - {"axes", "rates", "call_s"})
             if unknown:
-                raise SpecError(f"{where}.{unknown[0]}: unknown field; known fields are axes, rates")
+                raise SpecError(f"{where}.{unknown[0]}: unknown field; known fields are axes, rates, call_s")
             for required in ("axes", "rates"):
                 if not isinstance(data.get(required), (list, tuple)):
                     raise SpecError(f"{where}.{required}: required, a list")
@@ -157,7 +159,7 @@ class ShapeTable:
                 raise SpecError(f"{where}.axes: must be a list of {len(dims)} lists, one per dimension "
                                 f"({', '.join(dims)})")
             try:
-                table = ShapeTable(tuple(tuple(a) for a in data["axes"]), tuple(data["rates"]))
+                table = ShapeTable(tuple(tuple(a) for a in data["axes"]), tuple(data["rates"]), data.get("call_s", 0.0))
             except (SpecError, TypeError, ValueError) as err:
                 raise SpecError(f"{where}.{err}") from None
         if len(table.axes) != len(dims):

@@ -58,6 +58,11 @@ def test_a_table_holds_the_measured_rates_and_says_how_well_neighbours_predict_e
     assert by_point[(16, 8)] == pytest.approx(work[0] / 1e9)  # an edge point stands for itself
     with pytest.raises(ValueError):
         fit_table(dims[:-1], work[:-1], work[:-1])  # a hole in the grid
+    # a call of no size took 20 us: the rates are what is left after it, and it prices every call
+    timed = [2e-5 + w / rates[d] for w, d in zip(work, dims)]
+    table, _ = fit_table(dims, work, timed, call_s=2e-5)
+    assert table.call_s == 2e-5 and table.rates == pytest.approx([rates[d] for d in dims], rel=1e-9)
+    assert table.seconds(work[0], dims[0]) == pytest.approx(timed[0], rel=1e-12)
 
 
 def test_exact_timings_give_the_exact_curve():
@@ -105,9 +110,10 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
     att = {}
     for name in ("attention_forward", "attention_backward"):
         table = getattr(true, name)
-        work = [4.0 * s * s * d * 8 for s, d in ATTENTION_DIMS]
-        att[name] = result([[8, s, d] for s, d in ATTENTION_DIMS], work, [list(d) for d in ATTENTION_DIMS],
-                           [table.seconds(w, d) for w, d in zip(work, ATTENTION_DIMS)])
+        work = [4.0 * s * s * d * 8 for s, d in ATTENTION_DIMS] + [4.0 * 8 ** 3]
+        att[name] = result([[8, s, d] for s, d in ATTENTION_DIMS] + [[1, 8, 8]], work,
+                           [list(d) for d in ATTENTION_DIMS] + [[]],  # the last: a call of no size
+                           [table.seconds(w, d) for w, d in zip(work, ATTENTION_DIMS)] + [table.call_s])
     ew_sizes = [1e4 * 3 ** i for i in range(8)]
     ew = result([[i, 0, 0, 0] for i in range(8)], ew_sizes, [[] for _ in ew_sizes],
                 [ew_intercept + b * eb / 2 / true.kernel_bandwidth for b in ew_sizes])
@@ -134,9 +140,9 @@ CPU_TRUTH = GPUSpec("core", 1.66e11, 12e9, hbm_bandwidth=9e9, op_overhead_s=140e
                     layer_overheads=LayerOverheads((60e-6, 80e-6, 0.0), (150e-6, 200e-6, 70e-6), (90e-6, 110e-6, 30e-6)),
                     kernel_bandwidth=8e9, gemm_curve=ShapeCurve(8e10, (10.0, 12.0, 4.0), 2e-6),
                     attention_forward=ShapeTable(((16, 64, 256), (8, 16, 64)),
-                                                 (1e10, 2e10, 3e10, 2e10, 3e10, 5e10, 3e10, 5e10, 7e10)),
+                                                 (1e10, 2e10, 3e10, 2e10, 3e10, 5e10, 3e10, 5e10, 7e10), 1e-5),
                     attention_backward=ShapeTable(((16, 64, 256), (8, 16, 64)),
-                                                  (2e9, 8e9, 1e10, 3e9, 1.5e10, 2e10, 5e9, 2e10, 3e10)))
+                                                  (2e9, 8e9, 1e10, 3e9, 1.5e10, 2e10, 5e9, 2e10, 3e10), 3e-5))
 MACHINE = {"cpu_name": "a test CPU", "peak_flops": 1.66e11, "memory_bytes": 12e9, "devices": 2}
 OPTIONS = {"device": "cpu", "backend": "gloo"}
 
@@ -149,7 +155,8 @@ def test_the_spec_built_from_a_known_device_carries_its_figures():
     assert gpu.max_fraction == pytest.approx(8e10 / 1.66e11, rel=0.03)
     for name in ("attention_forward", "attention_backward"):
         assert getattr(gpu, name).axes == getattr(CPU_TRUTH, name).axes
-        assert getattr(gpu, name).rates == pytest.approx(getattr(CPU_TRUTH, name).rates, rel=0.02)
+        assert getattr(gpu, name).rates == pytest.approx(getattr(CPU_TRUTH, name).rates, rel=0.03)
+        assert getattr(gpu, name).call_s == pytest.approx(getattr(CPU_TRUTH, name).call_s, rel=0.02)
     assert gpu.kernel_bandwidth == pytest.approx(8e9, rel=0.02)
     assert gpu.hbm_bandwidth == pytest.approx(9e9, rel=0.02)
     for kind in ("embedding", "block", "head"):

@@ -119,22 +119,24 @@ def fit_affine(sizes: Sequence[float], seconds: Sequence[float]) -> Affine:
     return Affine(float(c[0]), 1.0 / float(a[0]), math.sqrt(float(sse[0]) / len(t)))
 
 
-def fit_table(dims: Sequence[Sequence[float]], work: Sequence[float],
-              seconds: Sequence[float]) -> tuple[ShapeTable, list[float]]:
-    """The table of rates work / seconds over the grid the points span (each grid point measured once),
-    and per point the seconds the table gives for it when that point is left out: interpolated from its
-    two neighbours along the first axis (log-rate against log-size), or its own time at either end."""
+def fit_table(dims: Sequence[Sequence[float]], work: Sequence[float], seconds: Sequence[float],
+              call_s: float = 0.0) -> tuple[ShapeTable, list[float]]:
+    """The table of rates work / (seconds − call_s) over the grid the points span (each grid point
+    measured once), and per point the seconds the table gives for it when that point is left out:
+    interpolated from its two neighbours along the first axis (log-rate against log-size), or its own
+    time at either end. ``call_s`` is what a call of no size took; it stays below every point's time."""
     points = [tuple(float(x) for x in d) for d in dims]
     ndim = len(points[0]) if points else 0
     axes = tuple(tuple(sorted({p[i] for p in points})) for i in range(ndim))
-    rate_at = {p: w / t for p, w, t in zip(points, work, seconds)}
+    call_s = min([call_s, *(0.5 * t for t in seconds)])  # a noisy call time never eats a kernel's whole time
+    rate_at = {p: w / (t - call_s) for p, w, t in zip(points, work, seconds)}
     grid = [()]
     for axis in axes:
         grid = [g + (v,) for g in grid for v in axis]
     missing = [g for g in grid if g not in rate_at]
     if missing or len(rate_at) != len(points):
         raise ValueError(f"fit_table needs one point at every grid point (missing {missing[:1]})")
-    table = ShapeTable(axes, tuple(rate_at[g] for g in grid))
+    table = ShapeTable(axes, tuple(rate_at[g] for g in grid), call_s)
     left_out = []
     first = axes[0]
     for p, w, t in zip(points, work, seconds):
@@ -143,7 +145,7 @@ def fit_table(dims: Sequence[Sequence[float]], work: Sequence[float],
             below, above = (first[i - 1],) + p[1:], (first[i + 1],) + p[1:]
             frac = math.log(p[0] / first[i - 1]) / math.log(first[i + 1] / first[i - 1])
             rate = math.exp((1 - frac) * math.log(rate_at[below]) + frac * math.log(rate_at[above]))
-            left_out.append(w / rate)
+            left_out.append(call_s + w / rate)
         else:
             left_out.append(t)
     return table, left_out

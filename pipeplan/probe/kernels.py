@@ -124,24 +124,27 @@ def gemm_cases(torch: Any, device: Any, dtype: Any, grid: dict) -> list[Case]:
 
 def attention_cases(torch: Any, device: Any, dtype: Any, grid: dict, backward: bool) -> list[Case]:
     """Causal attention cores (torch's scaled_dot_product_attention) over (s, d), about
-    ``attention_work`` FLOPs each (dense count 4·s²·d per sequence and head)."""
+    ``attention_work`` FLOPs each (dense count 4·s²·d per sequence and head), and last one core of
+    no size (one pair, s = d = 8: ``dims`` empty), whose time is the cost of a call."""
     F = torch.nn.functional
+    grid_points = [(s, d) for s in grid["seq"] for d in grid["head"]]
     cases = []
-    for s in grid["seq"]:
-        for d in grid["head"]:
-            pairs = max(1, min(256, round(grid["attention_work"] / (4.0 * s * s * d))))
-            q, k, v = (torch.randn(1, pairs, s, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-            g = torch.randn(1, pairs, s, d, device=device, dtype=dtype)
-            work = 4.0 * s * s * d * pairs
+    for i, (s, d) in enumerate(grid_points + [(8, 8)]):
+        call = i == len(grid_points)
+        pairs = 1 if call else max(1, min(256, round(grid["attention_work"] / (4.0 * s * s * d))))
+        q, k, v = (torch.randn(1, pairs, s, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        g = torch.randn(1, pairs, s, d, device=device, dtype=dtype)
+        work = 4.0 * s * s * d * pairs
+        dims = () if call else (s, d)
 
-            def forward(_s=None, q=q, k=k, v=v):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        def forward(_s=None, q=q, k=k, v=v):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-            if backward:
-                cases.append(Case((pairs, s, d), work, (s, d), forward,
-                                  lambda out, q=q, k=k, v=v, g=g: torch.autograd.grad(out, (q, k, v), g)))
-            else:
-                cases.append(Case((pairs, s, d), work, (s, d), _nothing, forward))
+        if backward:
+            cases.append(Case((pairs, s, d), work, dims, forward,
+                              lambda out, q=q, k=k, v=v, g=g: torch.autograd.grad(out, (q, k, v), g)))
+        else:
+            cases.append(Case((pairs, s, d), work, dims, _nothing, forward))
     return cases
 
 

@@ -76,8 +76,7 @@ def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) 
     peak = _peak(head.get("cuda_name"), machine.get("peak_flops"), rate, cuda)
     attention, left_out = {}, {}
     for name in ("attention_forward", "attention_backward"):
-        res = merged[name]
-        attention[name], left_out[name] = fit_table([tuple(d) for d in res["dims"]], res["sizes"], _medians(res))
+        attention[name], left_out[name] = _attention(merged[name])
     ew = {k: merged[f"elementwise_{k}"] for k in ("forward", "backward")}
     ew_bytes = [b * element_bytes / 2 for k in ("forward", "backward") for b in ew[k]["sizes"]]
     ew_fit = fit_affine(ew_bytes, [t for k in ("forward", "backward") for t in _medians(ew[k])])
@@ -109,6 +108,18 @@ def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) 
     return ClusterSpec(name=f"probed-{options['device']}-{options['backend']}", gpu=gpu,
                        gpus_per_node=machine["devices"], intra=LinkSpec("intra", **link),
                        inter=LinkSpec("inter", **link), nics_per_node=1, probe=record)
+
+
+def _attention(result: dict):
+    """The rate table over the grid points and, from the point with no dims, the cost of a call; the
+    fitted seconds per point (left out of the table for grid points, the call time for the call)."""
+    t = _medians(result)
+    grid = [i for i, d in enumerate(result["dims"]) if d]
+    calls = [t[i] for i, d in enumerate(result["dims"]) if not d]
+    table, left_out = fit_table([tuple(result["dims"][i]) for i in grid], [result["sizes"][i] for i in grid],
+                                [t[i] for i in grid], min(calls) if calls else 0.0)
+    fitted = dict(zip(grid, left_out))
+    return table, [fitted.get(i, table.call_s) for i in range(len(t))]
 
 
 def _merge(per_rank: list[dict]) -> dict[str, dict]:
