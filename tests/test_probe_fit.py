@@ -59,10 +59,13 @@ def test_a_table_holds_the_measured_rates_and_says_how_well_neighbours_predict_e
     with pytest.raises(ValueError):
         fit_table(dims[:-1], work[:-1], work[:-1])  # a hole in the grid
     # a call of no size took 20 us: the rates are what is left after it, and it prices every call
+    work = [1000 * w for w in work]  # 1000 pairs each: a call is a small part of every point
     timed = [2e-5 + w / rates[d] for w, d in zip(work, dims)]
     table, _ = fit_table(dims, work, timed, call_s=2e-5)
     assert table.call_s == 2e-5 and table.rates == pytest.approx([rates[d] for d in dims], rel=1e-9)
     assert table.seconds(work[0], dims[0]) == pytest.approx(timed[0], rel=1e-12)
+    # a call time longer than half of some point's (noise) is held to that half
+    assert fit_table(dims, work, timed, call_s=1.0)[0].call_s == pytest.approx(min(timed) / 2)
 
 
 def test_exact_timings_give_the_exact_curve():
