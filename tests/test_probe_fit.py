@@ -113,8 +113,8 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
     att = {}
     for name in ("attention_forward", "attention_backward"):
         table = getattr(true, name)
-        work = [4.0 * s * s * d * 8 for s, d in ATTENTION_DIMS] + [4.0 * 8 ** 3]
-        att[name] = result([[8, s, d] for s, d in ATTENTION_DIMS] + [[1, 8, 8]], work,
+        work = [4.0 * s * s * d * 256 for s, d in ATTENTION_DIMS] + [4.0 * 8 ** 3]  # 256 pairs a point, as probed
+        att[name] = result([[256, s, d] for s, d in ATTENTION_DIMS] + [[1, 8, 8]], work,
                            [list(d) for d in ATTENTION_DIMS] + [[]],  # the last: a call of no size
                            [table.seconds(w, d) for w, d in zip(work, ATTENTION_DIMS)] + [table.call_s])
     ew_sizes = [1e4 * 3 ** i for i in range(8)]
