@@ -25,11 +25,14 @@ from ..model import ModelSpec
 # Per device type: tokens x widths x widths of the GEMM grid (shapes past ``gemm_work`` FLOPs left out),
 # (s, d) of the attention grid, (tokens, hidden) of the memory-bound grid, (tokens, vocabulary) of the
 # head's, the copies' bytes. A CPU core spends 3 us - 2 ms per kernel on these (one pass of the GEMM
-# grid about 40 ms); a GPU needs larger ones.
+# grid about 40 ms); a GPU needs larger ones. The CPU's memory-bound kernels stay within a core's L2
+# (an MLP activation of tokens x 4·hidden float32 values up to 2 MB), where the layers a CPU
+# validation runs live: past the caches (1024 x 4096 values) they ran up to 3.5x slower per byte,
+# which one in-cache rate does not price.
 GRIDS = {
     "cpu": {"tokens": (32, 128, 512, 2048), "widths": (16, 64, 256, 1024), "gemm_work": 2.0 ** 27,
             "seq": (16, 32, 64, 128, 256, 512), "head": (8, 16, 32, 64, 128), "attention_work": 2.0 ** 23,
-            "elementwise": ((64, 32), (64, 256), (256, 64), (256, 512), (1024, 128), (1024, 1024)),
+            "elementwise": ((64, 32), (64, 256), (256, 64), (256, 512), (512, 256), (1024, 128)),
             "vocab": ((64, 512), (256, 4096), (1024, 2048)), "copy_bytes": (2 ** 26, 2 ** 28)},
     "cuda": {"tokens": (512, 2048, 8192), "widths": (512, 2048, 8192), "gemm_work": 2.0 ** 40,
              "seq": (512, 1024, 2048, 4096, 8192), "head": (64, 128), "attention_work": 2.0 ** 38,
