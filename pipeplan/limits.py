@@ -262,8 +262,8 @@ RANGES: dict[str, Range] = {
     "oversubscription": Range(1.0, 1e6, ""),
     "per_node": Range(1, 4096, ""),  # GPUs or NICs per node
     "gpu_units": Range(1, 2**20, ""),  # SMs, tile sizes
-    "half_length": Range(1e-6, 2**24, "", zero=True),
-    "per_byte": Range(1e-18, 1e-3, "s/B", zero=True),  # seconds per byte of memory first touched  # a kernel curve's half-performance size, a table's grid
+    "half_length": Range(1e-6, 2**24, "", zero=True),  # a kernel curve's half-performance size, a table's grid
+    "per_byte": Range(1e-18, 1e-3, "s/B", zero=True),  # seconds per byte of memory first touched
     # Model shapes: with all at their maximum a layer's FLOPs (24 b s h^2 + 4 b s^2 h) stay below 1e40.
     "hidden": Range(1, 2**20, ""),
     "heads": Range(1, 2**20, ""),

@@ -145,7 +145,8 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
 
 CPU_TRUTH = GPUSpec("core", 1.66e11, 12e9, hbm_bandwidth=9e9, op_overhead_s=140e-6, element_bytes=4,
                     first_touch_s_per_byte=0.6e-9,
-                    layer_overheads=LayerOverheads((60e-6, 80e-6, 0.0), (150e-6, 200e-6, 70e-6), (90e-6, 110e-6, 30e-6)),
+                    layer_overheads=LayerOverheads(embedding=(60e-6, 80e-6, 0.0), block=(150e-6, 200e-6, 70e-6),
+                                                   head=(90e-6, 110e-6, 30e-6)),
                     kernel_bandwidth=8e9, gemm_curve=ShapeCurve(8e10, (10.0, 12.0, 4.0), 2e-6),
                     attention_forward=ShapeTable(((16, 64, 256), (8, 16, 64)),
                                                  (1e10, 2e10, 3e10, 2e10, 3e10, 5e10, 3e10, 5e10, 7e10), 1e-5),

@@ -55,34 +55,45 @@ def _span(values: list[float], fmt: str) -> str:
     return f"{fmt.format(min(values))} .. {fmt.format(max(values))}"
 
 
+def _with_error(value: str, error: float, unit: str) -> str:
+    return f"{value} ({error:+.1f} {unit})"
+
+
 def row(name: str, scale: float, reports: list[dict]) -> str:
-    """One Markdown row from the repeats of one plan."""
+    """One Markdown row from the repeats of one plan: medians over the repeats, and their spread."""
+    med = statistics.median
+
     def each(section: str, key: str) -> list[float]:
         return [r[section][key] for r in reports]
 
     def errs(kind: str, key: str) -> list[float]:
         return [r["errors"][kind][key] for r in reports]
 
-    med = statistics.median
-    bubble, time = each("measured", "bubble_fraction"), each("measured", "iteration_time")
+    times = each("measured", "iteration_time")
     apriori = reports[0]["apriori"]  # the same for every repeat: nothing of the run goes into it
-    kept = sum(r["run"]["iterations"] if not r["run"]["disturbed"] else 0 for r in reports)
+    kept = sum(1 for r in reports for it in r["measured"]["iterations"] if not it.get("disturbance"))
     tried = sum(r["run"]["iterations_tried"] for r in reports)
     disturbed = sum(1 for r in reports if r["run"]["disturbed"])
-    return (f"| {name} | {scale:g} | {100 * med(bubble):.1f} % | {1e3 * med(time):.1f} ms "
-            f"| {100 * apriori['bubble_fraction']:.1f} % ({med(errs('apriori', 'bubble_points')):+.1f} pt) "
-            f"| {1e3 * apriori['iteration_time']:.1f} ms ({med(errs('apriori', 'iteration_time_pct')):+.1f} %) "
-            f"| {100 * med(each('predicted', 'bubble_fraction')):.1f} % ({med(errs('predicted', 'bubble_points')):+.1f} pt) "
-            f"| {1e3 * med(each('predicted', 'iteration_time')):.1f} ms "
-            f"({med(errs('predicted', 'iteration_time_pct')):+.1f} %) "
-            f"| {_span([1e3 * t for t in time], '{:.1f}')} ms; a priori {_span(errs('apriori', 'iteration_time_pct'), '{:+.1f}')} %, "
-            f"{_span(errs('apriori', 'bubble_points'), '{:+.1f}')} pt "
-            f"| {kept}/{tried}{f' ({disturbed} of {len(reports)} runs disturbed)' if disturbed else ''} |")
+    cells = [
+        name, f"{scale:g}",
+        f"{100 * med(each('measured', 'bubble_fraction')):.1f} %", f"{1e3 * med(times):.1f} ms",
+        _with_error(f"{100 * apriori['bubble_fraction']:.1f} %", med(errs("apriori", "bubble_points")), "pt"),
+        _with_error(f"{1e3 * apriori['iteration_time']:.1f} ms", med(errs("apriori", "iteration_time_pct")), "%"),
+        _with_error(f"{100 * med(each('predicted', 'bubble_fraction')):.1f} %",
+                    med(errs("predicted", "bubble_points")), "pt"),
+        _with_error(f"{1e3 * med(each('predicted', 'iteration_time')):.1f} ms",
+                    med(errs("predicted", "iteration_time_pct")), "%"),
+        f"{_span([1e3 * t for t in times], '{:.1f}')} ms; a priori "
+        f"{_span(errs('apriori', 'iteration_time_pct'), '{:+.1f}')} %, {_span(errs('apriori', 'bubble_points'), '{:+.1f}')} pt",
+        f"{kept}/{tried}" + (f" ({disturbed} of {len(reports)} runs disturbed)" if disturbed else ""),
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| plan | --scale | measured bubble | measured iteration | a-priori bubble (error) | a-priori iteration (error) "
-          "| calibrated bubble (error) | calibrated iteration (error) | spread over the repeats (measured iteration; "
-          "a-priori errors) | undisturbed / tried iterations |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| plan | --scale | measured bubble | measured iteration | a-priori bubble (error) "
+          "| a-priori iteration (error) | calibrated bubble (error) | calibrated iteration (error) "
+          "| spread over the repeats (measured iteration; a-priori errors) | undisturbed / tried iterations |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main() -> int:
@@ -111,8 +122,8 @@ def main() -> int:
         spec = probe(options)
         write_json_atomic(args.probe_out, spec.to_dict(), "--probe-out")
         cluster = Path(args.probe_out)
-        print(f"probed in {spec.probe.seconds:.1f} s{' (disturbed: ' + '; '.join(spec.probe.notes) + ')' if spec.probe.disturbed else ''}; "
-              f"wrote {cluster}", flush=True)
+        disturbed = f" (disturbed: {'; '.join(spec.probe.notes)})" if spec.probe.disturbed else ""
+        print(f"probed in {spec.probe.seconds:.1f} s{disturbed}; wrote {cluster}", flush=True)
     base = ValidateOptions.from_args(args)
     print(HEADER, flush=True)
     with tempfile.TemporaryDirectory(prefix="apriori-plans-") as folder:

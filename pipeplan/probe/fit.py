@@ -58,7 +58,8 @@ def _stretch(halves: np.ndarray, dims: np.ndarray) -> np.ndarray:
     return np.prod(1.0 + halves[:, None, :] / np.maximum(dims[None, :, :], 1.0), axis=-1)
 
 
-def fit_curve(dims: Sequence[Sequence[float]], work: Sequence[float], seconds: Sequence[float]) -> tuple[ShapeCurve, float]:
+def fit_curve(dims: Sequence[Sequence[float]], work: Sequence[float],
+              seconds: Sequence[float]) -> tuple[ShapeCurve, float]:
     """The ``ShapeCurve`` that fits kernels of ``dims`` doing ``work`` FLOPs in ``seconds``, and its
     relative RMS error. Needs at least 3 points with positive times."""
     d = np.asarray(dims, dtype=float)

@@ -97,8 +97,8 @@ def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) 
 
     fitted = {
         "gemm": [gpu.gemm_seconds(*d) for d in merged["gemm"]["dims"]],
-        "elementwise_forward": [ew_fit.intercept + b * element_bytes / 2 / ew_fit.rate for b in ew["forward"]["sizes"]],
-        "elementwise_backward": [ew_fit.intercept + b * element_bytes / 2 / ew_fit.rate for b in ew["backward"]["sizes"]],
+        **{f"elementwise_{k}": [ew_fit.intercept + b * element_bytes / 2 / ew_fit.rate for b in ew[k]["sizes"]]
+           for k in ("forward", "backward")},
         "copy": [copy_fit.intercept + b / copy_fit.rate for b in merged["copy"]["sizes"]],
         "first_touch": touch_fitted,
         "layer": layer_fitted,
