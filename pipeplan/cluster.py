@@ -108,7 +108,7 @@ class GPUSpec:
             raise SpecError(f"cluster.gpu.max_fraction: must be in (0, 1] (got {self.max_fraction})")
 
     def gemm_seconds(self, m: float, n: float, k: float, batch: int = 1) -> float:
-        """``batch`` (m x k) @ (k x n) 16-bit GEMMs in one kernel alone on this GPU (see the class docstring)."""
+        """``batch`` (m x k) @ (k x n) GEMMs (``element_bytes`` values) in one kernel alone on this GPU (class docstring)."""
         if m <= 0 or n <= 0 or k <= 0:
             return 0.0
         memory = self.element_bytes * batch * (m * k + k * n + m * n) / self.hbm_bandwidth
