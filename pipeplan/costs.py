@@ -115,7 +115,6 @@ class Work:
     tp_forward: tuple[tuple[TPCollective, int], ...] = ()
     tp_backward: tuple[tuple[TPCollective, int], ...] = ()
     kinds: tuple[tuple[str, int], ...] = ()  # layers by kind (embedding, block, head), for per-kind overheads
-    full_activation_bytes: float = 0.0  # what F stores without recomputation (a full re-run stores it before I)
 
     def __add__(self, later: "Work") -> "Work":
         """This run of layers followed by ``later`` (the layers right after it)."""
@@ -130,7 +129,7 @@ class Work:
 
 _SUMMED = ("layers", "forward_flops", "input_grad_flops", "weight_grad_flops", "activation_bytes",
            "weight_grad_bytes", "params", "forward_memory_bytes", "input_grad_memory_bytes",
-           "weight_grad_memory_bytes", "score_memory_bytes", "full_activation_bytes")
+           "weight_grad_memory_bytes", "score_memory_bytes")
 _MERGED = ("gemms", "attention_gemms", "tp_forward", "tp_backward", "kinds")
 
 
@@ -174,7 +173,6 @@ def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int,
         tp_forward=_counted(c.tp_forward),
         tp_backward=_counted(c.tp_backward),
         kinds=((model.layer_kind(index), 1),),
-        full_activation_bytes=c.activation_bytes,
     )
 
 
@@ -260,8 +258,8 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
     backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)
                       + moved(work.input_grad_memory_bytes) + tp_backward + overhead_i + kept_for_w)
     backward_weight = _gemm_seconds(gpu, work.gemms, dw) + moved(work.weight_grad_memory_bytes) + overhead_w
-    if work.recompute == "full":  # the re-run forward stores everything F did not
-        backward_input += forward + touch * max(0.0, work.full_activation_bytes - work.activation_bytes)
+    if work.recompute == "full":
+        backward_input += forward
     elif work.recompute == "selective" and work.score_memory_bytes > 0:
         backward_input += core + moved(work.score_memory_bytes)  # FlashAttention stores no scores to drop
     return StageCost(

@@ -179,19 +179,3 @@ def test_a_pass_pays_the_first_touch_of_what_it_keeps():
     assert touched.backward_input - plain.backward_input == pytest.approx(0.458752e-3, rel=1e-9)
     assert touched.backward_weight == plain.backward_weight
     assert touched.full_backward == pytest.approx(plain.full_backward, rel=1e-12)
-
-
-def test_a_full_recomputation_pays_the_first_touch_of_the_forward_it_runs_again():
-    """A recomputing tiny block stores its input only (2·256·64 = 32,768 bf16-counted bytes) in F; before
-    I it runs the forward again and stores all 524,288: I pays the re-run forward plus the touch of the
-    524,288 − 32,768 = 491,520 bytes that forward did not pay, x 2 for float32, at 1 ns a byte."""
-    from pipeplan.costs import layer_work, price
-    from pipeplan.model import MODEL_PRESETS
-
-    base = GPUSpec("core", 2e11, 8e9, hbm_bandwidth=1e10, element_bytes=4)
-    work = layer_work(MODEL_PRESETS["tiny"], 1, 4, 64, "full")
-    assert work.activation_bytes == 32768 and work.full_activation_bytes == 524288
-    plain, touched = price(work, base), price(work, replace(base, first_touch_s_per_byte=1e-9))
-    assert touched.forward - plain.forward == pytest.approx(32768 * 2e-9, rel=1e-9)
-    extra = touched.backward_input - plain.backward_input
-    assert extra == pytest.approx(32768 * 2e-9 + 491520 * 2e-9 + min(32768, work.weight_grad_bytes) * 2e-9, rel=1e-9)
