@@ -12,8 +12,7 @@ add (``+``) into a stage's. ``price(work, gpu, tp_link)`` turns a work into the 
                   + its memory-bound bytes / kernel bandwidth (``gpu.memory_kernel_seconds``)
                   + its tensor-parallel collectives, ring_seconds over t ranks on ``tp_link``
                   + a per-layer overhead (per layer kind and pass when measured)
-                  + the first touch of memory it keeps (``gpu.first_touch_s_per_byte``): F's
-                    activations, a split I's inputs for W
+                  + in F, the first touch of the activations it stores (``gpu.first_touch_s_per_byte``)
 
 The collectives sit on the op's critical path (Megatron runs them synchronously between the
 GEMMs, Shoeybi et al. 2019), so their time adds to F and to I. F's GEMMs are (m, n, k); I runs
@@ -249,14 +248,10 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
     moved = gpu.memory_kernel_seconds
     core = _attention_seconds(gpu, work.attention_gemms, backward=False)
     tp_forward, tp_backward = _tp_seconds_of(work, tp_link)
-    # Memory a pass takes fresh (``GPUSpec.first_touch_s_per_byte``): F what it stores, a split I what
-    # it keeps for W (the output gradients beside the stored inputs, counted as W's inputs).
-    touch = gpu.first_touch_s_per_byte * gpu.element_bytes / 2
-    kept_for_w = touch * min(work.activation_bytes, work.weight_grad_bytes)
     forward = (_gemm_seconds(gpu, work.gemms, fwd) + core + moved(work.forward_memory_bytes)
-               + touch * work.activation_bytes + tp_forward + overhead_f)
+               + gpu.first_touch_s_per_byte * work.activation_bytes * gpu.element_bytes / 2 + tp_forward + overhead_f)
     backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)
-                      + moved(work.input_grad_memory_bytes) + tp_backward + overhead_i + kept_for_w)
+                      + moved(work.input_grad_memory_bytes) + tp_backward + overhead_i)
     backward_weight = _gemm_seconds(gpu, work.gemms, dw) + moved(work.weight_grad_memory_bytes) + overhead_w
     if work.recompute == "full":
         backward_input += forward
@@ -266,7 +261,6 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
         forward=forward,
         backward_input=backward_input,
         backward_weight=backward_weight,
-        backward=backward_input - kept_for_w + backward_weight if kept_for_w else None,  # B keeps nothing for W
         send_forward_bytes=work.sent_bytes,
         send_backward_bytes=work.received_bytes,
         activation_bytes=work.activation_bytes,
