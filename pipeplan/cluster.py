@@ -52,10 +52,6 @@ class GPUSpec:
     attention core as one kernel by its measured rate (a ``ShapeTable`` over sequence length and head
     size) instead of as its GEMMs; the roofline stays. ``layer_overheads`` gives the fixed cost of a
     layer pass per layer kind and pass (F, I, W) in place of ``op_overhead_s`` for all.
-    ``first_touch_s_per_byte`` is what memory touched for the first time costs (page faults): a CPU
-    process's allocator hands freed activations back to the kernel and faults them in again in the
-    next forward (0.6 ns a byte, 2-3 us a 4 KB page, on the VM here), a GPU's caching allocator
-    keeps them (0); the forward pays it for what it stores.
     ``element_bytes`` is the width of the values the kernels move: the model counts bf16 (2), a
     float32 run (the CPU validator) moves 4, which doubles the memory-bound kernels' and the
     roofline's bytes.
@@ -76,10 +72,8 @@ class GPUSpec:
     attention_forward: ShapeTable | None = None
     attention_backward: ShapeTable | None = None
     layer_overheads: LayerOverheads | None = None
-    first_touch_s_per_byte: float = 0.0
 
     def __post_init__(self) -> None:
-        positive_number("cluster.gpu.first_touch_s_per_byte", self.first_touch_s_per_byte, allow_zero=True)
         if self.layer_overheads is not None:
             object.__setattr__(self, "layer_overheads", LayerOverheads.from_dict(
                 "cluster.gpu.layer_overheads", self.layer_overheads))

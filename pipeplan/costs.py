@@ -12,7 +12,6 @@ add (``+``) into a stage's. ``price(work, gpu, tp_link)`` turns a work into the 
                   + its memory-bound bytes / kernel bandwidth (``gpu.memory_kernel_seconds``)
                   + its tensor-parallel collectives, ring_seconds over t ranks on ``tp_link``
                   + a per-layer overhead (per layer kind and pass when measured)
-                  + in F, the first touch of the activations it stores (``gpu.first_touch_s_per_byte``)
 
 The collectives sit on the op's critical path (Megatron runs them synchronously between the
 GEMMs, Shoeybi et al. 2019), so their time adds to F and to I. F's GEMMs are (m, n, k); I runs
@@ -249,7 +248,7 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
     core = _attention_seconds(gpu, work.attention_gemms, backward=False)
     tp_forward, tp_backward = _tp_seconds_of(work, tp_link)
     forward = (_gemm_seconds(gpu, work.gemms, fwd) + core + moved(work.forward_memory_bytes)
-               + gpu.first_touch_s_per_byte * work.activation_bytes * gpu.element_bytes / 2 + tp_forward + overhead_f)
+               + tp_forward + overhead_f)
     backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)
                       + moved(work.input_grad_memory_bytes) + tp_backward + overhead_i)
     backward_weight = _gemm_seconds(gpu, work.gemms, dw) + moved(work.weight_grad_memory_bytes) + overhead_w

@@ -263,7 +263,6 @@ RANGES: dict[str, Range] = {
     "per_node": Range(1, 4096, ""),  # GPUs or NICs per node
     "gpu_units": Range(1, 2**20, ""),  # SMs, tile sizes
     "half_length": Range(1e-6, 2**24, "", zero=True),  # a kernel curve's half-performance size, a table's grid
-    "per_byte": Range(1e-18, 1e-3, "s/B", zero=True),  # seconds per byte of memory first touched
     # Model shapes: with all at their maximum a layer's FLOPs (24 b s h^2 + 4 b s^2 h) stay below 1e40.
     "hidden": Range(1, 2**20, ""),
     "heads": Range(1, 2**20, ""),
@@ -307,7 +306,6 @@ def check_cluster_values(cluster) -> None:
     in_range("cluster.gpu.max_fraction", gpu.max_fraction, "fraction")
     for f in ("sms", "tile_m", "tile_n"):
         in_range(f"cluster.gpu.{f}", getattr(gpu, f), "gpu_units")
-    in_range("cluster.gpu.first_touch_s_per_byte", gpu.first_touch_s_per_byte, "per_byte")
     if gpu.kernel_bandwidth is not None:
         in_range("cluster.gpu.kernel_bandwidth", gpu.kernel_bandwidth, "bandwidth")
     if gpu.layer_overheads is not None:

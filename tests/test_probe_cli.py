@@ -159,18 +159,3 @@ def test_a_bad_measured_field_is_named(probed, field, value, needle):
     data["gpu"][field] = value
     with pytest.raises(SpecError, match=needle):
         load_cluster(data)
-
-
-def test_a_forward_pays_the_first_touch_of_what_it_stores():
-    """tiny's block at b = 4 stores 256 tokens x (norm inputs 2·2h, attention and MLP inputs 2h + 2h; Q, K,
-    V, O input 2·4h; MLP inner 2·2f) = 256 x 2048 = 524,288 bf16-counted bytes (Korthikanti et al.); a
-    float32 run stores twice that, 1,048,576 B, at 1 ns a byte: 1.048576 ms more in F, nothing in I or W."""
-    from pipeplan.costs import layer_work, price
-    from pipeplan.model import MODEL_PRESETS
-
-    base = GPUSpec("core", 2e11, 8e9, hbm_bandwidth=1e10, element_bytes=4)
-    work = layer_work(MODEL_PRESETS["tiny"], 1, 4, 64, False)
-    assert work.activation_bytes == 524288
-    plain, touched = price(work, base), price(work, replace(base, first_touch_s_per_byte=1e-9))
-    assert touched.forward - plain.forward == pytest.approx(1.048576e-3, rel=1e-9)
-    assert (touched.backward_input, touched.backward_weight) == (plain.backward_input, plain.backward_weight)

@@ -120,10 +120,6 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
     ew_sizes = [1e4 * 3 ** i for i in range(8)]
     ew = result([[i, 0, 0, 0] for i in range(8)], ew_sizes, [[] for _ in ew_sizes],
                 [ew_intercept + b * eb / 2 / true.kernel_bandwidth for b in ew_sizes])
-    touch_sizes = [40.0 * 2 ** 20, 80.0 * 2 ** 20]
-    touch = result([[b, fresh] for b in touch_sizes for fresh in (1.0, 0.0)], [b for b in touch_sizes for _ in "ab"],
-                   [[]] * 4, [b / 2e10 + (b * true.first_touch_s_per_byte if fresh else 0.0)
-                              for b in touch_sizes for fresh in (1.0, 0.0)])
     copy_sizes = [2.0 ** 25, 2.0 ** 27]
     copy = result([[b / 2] for b in copy_sizes], copy_sizes, [[], []], [b / true.hbm_bandwidth for b in copy_sizes])
     no_overhead = GPUSpec(**{**{f: getattr(true, f) for f in true.__dataclass_fields__}, "op_overhead_s": 0.0,
@@ -138,13 +134,12 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
     sizes = [4, 4096, 65536, 1 << 20, 1 << 22, 1 << 24]
     links = result([[n] for n in sizes], sizes, [[] for _ in sizes], [link[0] + n / link[1] for n in sizes])
     results = {"gemm": gemm, **att, "elementwise_forward": ew, "elementwise_backward": ew, "copy": copy,
-               "layer": layer, "first_touch": touch}
+               "layer": layer}
     head = {"rank": 0, "results": {**results, "link": links}, "torch": "2.13.0", "cuda_name": cuda_name, "sms": sms}
     return [head, {"rank": 1, "results": results, "torch": "2.13.0"}]
 
 
 CPU_TRUTH = GPUSpec("core", 1.66e11, 12e9, hbm_bandwidth=9e9, op_overhead_s=140e-6, element_bytes=4,
-                    first_touch_s_per_byte=0.6e-9,
                     layer_overheads=LayerOverheads(embedding=(60e-6, 80e-6, 0.0), block=(150e-6, 200e-6, 70e-6),
                                                    head=(90e-6, 110e-6, 30e-6)),
                     kernel_bandwidth=8e9, gemm_curve=ShapeCurve(8e10, (10.0, 12.0, 4.0), 2e-6),
@@ -168,7 +163,6 @@ def test_the_spec_built_from_a_known_device_carries_its_figures():
         assert getattr(gpu, name).call_s == pytest.approx(getattr(CPU_TRUTH, name).call_s, rel=0.02)
     assert gpu.kernel_bandwidth == pytest.approx(8e9, rel=0.02)
     assert gpu.hbm_bandwidth == pytest.approx(9e9, rel=0.02)
-    assert gpu.first_touch_s_per_byte == pytest.approx(0.6e-9, rel=0.05)
     for kind in ("embedding", "block", "head"):
         assert gpu.layer_overheads.of(kind) == pytest.approx(CPU_TRUTH.layer_overheads.of(kind), rel=0.05, abs=1e-6)
     assert gpu.op_overhead_s == pytest.approx((150e-6 + 200e-6 + 70e-6) / 3, rel=0.05)  # the block's mean

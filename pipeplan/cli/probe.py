@@ -46,8 +46,6 @@ def _summary_rows(spec: Any) -> list[list[str]]:
         ["layer pass overhead", "F/I/W " + " / ".join(fmt_time(t) for t in gpu.layer_overheads.block)
          + " a block, head " + " / ".join(fmt_time(t) for t in gpu.layer_overheads.head), *fit("layer")],
         ["memory (copy)", f"{gpu.hbm_bandwidth / 1e9:.2f} GB/s", *fit("copy")],
-        ["fresh memory (first touch)", f"{gpu.first_touch_s_per_byte * 1e9:.2f} ns/B "
-         f"({gpu.first_touch_s_per_byte * 4096 * 1e6:.1f} us a 4 KB page)", *fit("first_touch")],
         ["link", f"{fmt_time(spec.intra.latency)} + bytes / {spec.intra.bandwidth / 1e9:.2f} GB/s", *fit("link")],
     ]
     return rows

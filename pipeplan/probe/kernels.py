@@ -33,13 +33,11 @@ GRIDS = {
     "cpu": {"tokens": (32, 128, 512, 2048), "widths": (16, 64, 256, 1024), "gemm_work": 2.0 ** 27,
             "seq": (16, 32, 64, 128, 256, 512), "head": (8, 16, 32, 64, 128), "attention_work": 2.0 ** 23,
             "elementwise": ((64, 32), (64, 256), (256, 64), (256, 512), (512, 256), (1024, 128)),
-            "vocab": ((64, 512), (256, 4096), (1024, 2048)), "copy_bytes": (2 ** 26, 2 ** 28),
-            "touch_bytes": (40 << 20, 80 << 20)},
+            "vocab": ((64, 512), (256, 4096), (1024, 2048)), "copy_bytes": (2 ** 26, 2 ** 28)},
     "cuda": {"tokens": (512, 2048, 8192), "widths": (512, 2048, 8192), "gemm_work": 2.0 ** 40,
              "seq": (512, 1024, 2048, 4096, 8192), "head": (64, 128), "attention_work": 2.0 ** 38,
              "elementwise": ((2048, 1024), (8192, 4096), (16384, 8192)),
-             "vocab": ((2048, 32768), (8192, 131072)), "copy_bytes": (2 ** 28, 2 ** 30),
-             "touch_bytes": (1 << 28, 1 << 29)},
+             "vocab": ((2048, 32768), (8192, 131072)), "copy_bytes": (2 ** 28, 2 ** 30)},
 }
 LAYOUTS = ("forward", "input_grad", "weight_grad")
 
@@ -209,19 +207,6 @@ def elementwise_cases(torch: Any, device: Any, dtype: Any, grid: dict, backward:
                               lambda loss: loss.backward()))
         else:
             cases.append(Case((tokens, 64, 0, vocab), head.forward_memory_bytes, (), _nothing, head_forward))
-    return cases
-
-
-def first_touch_cases(torch: Any, device: Any, grid: dict) -> list[Case]:
-    """Per size, filling memory just allocated (shape (bytes, 1)) and the same fill of memory already
-    touched (shape (bytes, 0)): their difference is what touching fresh memory costs. The sizes are
-    past glibc's largest mmap threshold (32 MB), so each allocation is new pages from the kernel."""
-    cases = []
-    for nbytes in grid["touch_bytes"]:
-        warm = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
-        cases.append(Case((float(nbytes), 1.0), float(nbytes), (), _nothing,
-                          lambda _s, n=nbytes // 4: torch.empty(n, device=device, dtype=torch.float32).fill_(1.0)))
-        cases.append(Case((float(nbytes), 0.0), float(nbytes), (), _nothing, lambda _s, warm=warm: warm.fill_(1.0)))
     return cases
 
 

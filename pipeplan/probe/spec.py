@@ -12,8 +12,6 @@ over the ranks and its median is what the fit sees:
   ``element_bytes`` / 2) over seconds, one affine fit over both passes; its intercept is each kernel
   call's fixed cost, which the layer overhead holds;
 * ``copy`` → ``hbm_bandwidth`` (DRAM on a CPU), from copies past every cache;
-* ``first_touch`` → ``first_touch_s_per_byte``: filling freshly allocated memory less filling touched
-  memory, per byte (page faults; about 0 on a GPU, whose caching allocator keeps its memory);
 * ``layer`` → ``layer_overheads``: the vanishing embedding's, block's and head's F, I and W, each less
   what the fitted kernels charge for it (``price`` with no overhead); ``op_overhead_s`` is the block's
   mean over its passes (what a reader of the one figure gets);
@@ -40,7 +38,7 @@ DIMS = {"gemm": ("m", "n", "k", "layout"), "attention_forward": ("heads_x_batch"
         "attention_backward": ("heads_x_batch", "s", "d"),
         "elementwise_forward": ("tokens", "hidden", "gated", "vocab"),
         "elementwise_backward": ("tokens", "hidden", "gated", "vocab"), "layer": ("kind", "pass"),
-        "copy": ("bytes",), "first_touch": ("bytes", "fresh"), "link": ("bytes",)}
+        "copy": ("bytes",), "link": ("bytes",)}
 
 
 def _medians(result: dict) -> list[float]:
@@ -83,12 +81,10 @@ def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) 
     ew_bytes = [b * element_bytes / 2 for k in ("forward", "backward") for b in ew[k]["sizes"]]
     ew_fit = fit_affine(ew_bytes, [t for k in ("forward", "backward") for t in _medians(ew[k])])
     copy_fit = fit_affine(merged["copy"]["sizes"], _medians(merged["copy"]))
-    touch, touch_fitted = _first_touch(merged["first_touch"])
     device_name = head.get("cuda_name") or f"{machine['cpu_name']}, 1 core, float32"
     gpu = GPUSpec(name=device_name, peak_flops=peak, memory_bytes=machine["memory_bytes"],  # overheads: below
                   max_fraction=min(1.0, max(1e-3, rate / peak)), hbm_bandwidth=copy_fit.rate, op_overhead_s=0.0,
-                  element_bytes=element_bytes, kernel_bandwidth=ew_fit.rate, first_touch_s_per_byte=touch,
-                  **gemm_fields, **attention)
+                  element_bytes=element_bytes, kernel_bandwidth=ew_fit.rate, **gemm_fields, **attention)
     overheads, layer_fitted = _layer_overheads(merged["layer"], gpu)
     gpu = GPUSpec(**{**{f: getattr(gpu, f) for f in gpu.__dataclass_fields__},
                      "op_overhead_s": statistics.fmean(overheads.block), "layer_overheads": overheads})
@@ -100,7 +96,6 @@ def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) 
         **{f"elementwise_{k}": [ew_fit.intercept + b * element_bytes / 2 / ew_fit.rate for b in ew[k]["sizes"]]
            for k in ("forward", "backward")},
         "copy": [copy_fit.intercept + b / copy_fit.rate for b in merged["copy"]["sizes"]],
-        "first_touch": touch_fitted,
         "layer": layer_fitted,
         "link": [link_fit.intercept + b / link_fit.rate for b in merged["link"]["sizes"]],
     }
@@ -125,17 +120,6 @@ def _attention(result: dict):
                                 [t[i] for i in grid], min(calls) if calls else 0.0)
     fitted = dict(zip(grid, left_out))
     return table, [fitted.get(i, table.call_s) for i in range(len(t))]
-
-
-def _first_touch(result: dict) -> tuple[float, list[float]]:
-    """Seconds per byte of fresh memory: the least-squares slope (through 0) of fresh fill minus warm
-    fill against bytes, never below 0; and the fitted seconds per point (a warm fill stands for itself)."""
-    medians = dict(zip((tuple(shape) for shape in result["shapes"]), _medians(result)))
-    sizes = sorted({shape[0] for shape in medians})
-    extra = [medians[(b, 1.0)] - medians[(b, 0.0)] for b in sizes]
-    per_byte = max(0.0, sum(e * b for e, b in zip(extra, sizes)) / sum(b * b for b in sizes))
-    fitted = [medians[(b, 0.0)] + (per_byte * b if fresh else 0.0) for b, fresh in map(tuple, result["shapes"])]
-    return per_byte, fitted
 
 
 def _merge(per_rank: list[dict]) -> dict[str, dict]:

@@ -25,7 +25,7 @@ TRIES = 3
 THREADS = 1
 # The kernel benchmarks, in the order they run (``_cases`` builds each one's cases).
 BENCHMARKS = ("gemm", "attention_forward", "attention_backward", "elementwise_forward",
-              "elementwise_backward", "layer", "copy", "first_touch")
+              "elementwise_backward", "layer", "copy")
 
 
 def _die_with_parent() -> None:
@@ -65,8 +65,6 @@ def _cases(torch: Any, name: str, device: Any, dtype: Any) -> list:
         return kernels.elementwise_cases(torch, device, dtype, grid, backward=name.endswith("backward"))
     if name == "layer":
         return layer.layer_cases(torch, device, dtype)
-    if name == "first_touch":
-        return kernels.first_touch_cases(torch, device, grid)
     return kernels.copy_cases(torch, device, dtype, grid)
 
 
