@@ -15,10 +15,14 @@ point spread, and how far the fitted spec is from each point. In a cluster file:
   every kept round;
 * ``spread``: the median over points of the samples' relative standard deviation (std / mean) —
   how much one kernel's time varies from call to call on this machine;
-* ``fit_residuals``: per point, median(samples) / fitted − 1 — how far the fitted form is from it;
+* ``fit_residuals``: per point, median(samples) / fitted − 1 — how far the fitted form is from it (an
+  attention table holds every grid point, so there a point's fitted time is what its neighbours along
+  the sequence length give with it left out: the table's error between grid points);
 * ``disturbed``: why a quantity's rounds stayed disturbed after reruns (None: quiet).
 
 A prediction's relative uncertainty from one kernel kind is about sqrt(spread² + rms(fit_residuals)²).
+Quantities (``pipeplan.probe.spec.DIMS`` names their shapes): gemm, attention_forward,
+attention_backward, elementwise_forward, elementwise_backward, layer, copy, link.
 """
 from __future__ import annotations
 
