@@ -17,8 +17,12 @@ from simulator.workload import Link, Network
 
 from .errors import SpecError, name_text, positive_int, positive_number
 from .fileio import load_mapping
-from .bands.spread import check_probe
+from .kernel_curves import ATTENTION_DIMS, GEMM_DIMS, LayerOverheads, ShapeCurve, ShapeTable
 from .limits import check_cluster_values
+from .probe.record import ProbeRecord
+
+# Bytes per value a device's kernels move: fp8/int8, bf16/fp16, float32, float64.
+ELEMENT_BYTES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,18 @@ class GPUSpec:
     tensor-core GPUs; 256 x 128 is the largest cuBLAS/CUTLASS tile that guide names for Ampere and Hopper;
     SM counts and HBM bandwidths are the vendor datasheets (A100 SXM 108 SMs, 2.0 TB/s; H100 SXM
     132 SMs, 3.35 TB/s; L40S 142 SMs, 0.864 TB/s). ``hbm_bandwidth`` also prices the memory-bound
-    kernels (norms, softmax, dropout, activations) in ``pipeplan.costs``.
+    kernels (norms, softmax, dropout, activations) in ``pipeplan.costs``, unless ``kernel_bandwidth``
+    gives the rate those kernels reach (a CPU core runs them from cache, at a rate its vector units
+    set, not its memory bus).
+
+    Measured devices (``pipeplan probe``): ``gemm_curve`` replaces the tile-and-wave model with a
+    fitted ``ShapeCurve`` over (m, n, k); ``attention_forward``/``attention_backward`` price the
+    attention core as one kernel by its measured rate (a ``ShapeTable`` over sequence length and head
+    size) instead of as its GEMMs; the roofline stays. ``layer_overheads`` gives the fixed cost of a
+    layer pass per layer kind and pass (F, I, W) in place of ``op_overhead_s`` for all.
+    ``element_bytes`` is the width of the values the kernels move: the model counts bf16 (2), a
+    float32 run (the CPU validator) moves 4, which doubles the memory-bound kernels' and the
+    roofline's bytes.
     """
 
     name: str
@@ -51,8 +66,31 @@ class GPUSpec:
     tile_n: int = 128
     hbm_bandwidth: float = 2.0e12
     op_overhead_s: float = 20e-6  # launch and synchronisation cost per layer pass
+    element_bytes: int = 2
+    kernel_bandwidth: float | None = None
+    gemm_curve: ShapeCurve | None = None
+    attention_forward: ShapeTable | None = None
+    attention_backward: ShapeTable | None = None
+    layer_overheads: LayerOverheads | None = None
 
     def __post_init__(self) -> None:
+        if self.layer_overheads is not None:
+            object.__setattr__(self, "layer_overheads", LayerOverheads.from_dict(
+                "cluster.gpu.layer_overheads", self.layer_overheads))
+        for field_name, kind, dims in (("gemm_curve", ShapeCurve, GEMM_DIMS),
+                                       ("attention_forward", ShapeTable, ATTENTION_DIMS),
+                                       ("attention_backward", ShapeTable, ATTENTION_DIMS)):
+            if getattr(self, field_name) is not None:  # a mapping from a file becomes a hashable curve/table
+                object.__setattr__(self, field_name, kind.from_dict(
+                    f"cluster.gpu.{field_name}", getattr(self, field_name), dims))
+        if (self.attention_forward is None) != (self.attention_backward is None):
+            raise SpecError("cluster.gpu.attention_backward: give attention_forward and attention_backward "
+                            "together (or neither, for the GEMM model)")
+        if self.element_bytes not in ELEMENT_BYTES or isinstance(self.element_bytes, bool):
+            raise SpecError(f"cluster.gpu.element_bytes: must be one of {', '.join(map(str, ELEMENT_BYTES))} "
+                            f"(2 for bf16/fp16, 4 for float32; got {self.element_bytes!r})")
+        if self.kernel_bandwidth is not None:
+            positive_number("cluster.gpu.kernel_bandwidth", self.kernel_bandwidth)
         name_text("cluster.gpu.name", self.name)
         positive_number("cluster.gpu.peak_flops", self.peak_flops)
         positive_number("cluster.gpu.memory_bytes", self.memory_bytes)
@@ -64,15 +102,36 @@ class GPUSpec:
             raise SpecError(f"cluster.gpu.max_fraction: must be in (0, 1] (got {self.max_fraction})")
 
     def gemm_seconds(self, m: float, n: float, k: float, batch: int = 1) -> float:
-        """``batch`` (m x k) @ (k x n) 16-bit GEMMs in one kernel alone on this GPU (see the class docstring)."""
+        """``batch`` (m x k) @ (k x n) GEMMs (``element_bytes`` values) in one kernel alone on this GPU (class docstring)."""
         if m <= 0 or n <= 0 or k <= 0:
             return 0.0
+        memory = self.element_bytes * batch * (m * k + k * n + m * n) / self.hbm_bandwidth
+        if self.gemm_curve is not None:
+            return max(self.gemm_curve.seconds(2.0 * m * n * k * batch, (m, n, k)), memory)
         # A GEMM smaller than a tile runs one smaller tile (cuBLAS picks smaller tiles for it).
         tile_m, tile_n = min(self.tile_m, m), min(self.tile_n, n)
         waves = math.ceil(batch * math.ceil(m / tile_m) * math.ceil(n / tile_n) / self.sms)
         compute = waves * 2.0 * tile_m * tile_n * k * self.sms / (self.peak_flops * self.max_fraction)
-        memory = 2.0 * batch * (m * k + k * n + m * n) / self.hbm_bandwidth
         return max(compute, memory)
+
+    def attention_gemm_seconds(self, m: float, n: float, k: float, batch: int, backward: bool) -> float:
+        """One of an attention core's two forward GEMMs, QK^T (s, s, d) or AV (s, d, s), for ``batch``
+        (sequence, head) pairs: in the forward, or its share of the backward (dX and dW of it).
+
+        With measured attention tables each GEMM is half of the measured core of that (s, d); without,
+        the GEMMs are priced as GEMMs (the backward's two of each by ``gemm_seconds``).
+        """
+        table = self.attention_backward if backward else self.attention_forward
+        if table is None:
+            if backward:
+                return self.gemm_seconds(m, k, n, batch) + self.gemm_seconds(k, n, m, batch)
+            return self.gemm_seconds(m, n, k, batch)
+        s, d = m, (k if n == m else n)
+        return table.seconds(4.0 * s * s * d * batch, (s, d)) / 2
+
+    def memory_kernel_seconds(self, model_bytes: float) -> float:
+        """Memory-bound kernels that move ``model_bytes`` as the model counts them (bf16 values)."""
+        return model_bytes * self.element_bytes / 2 / (self.kernel_bandwidth or self.hbm_bandwidth)
 
     def gemm_efficiency(self, m: float, n: float, k: float, batch: int = 1) -> float:
         """The share of peak a GEMM of that shape reaches: 2mnk·batch / (peak x ``gemm_seconds``)."""
@@ -118,14 +177,14 @@ class ClusterSpec:
     nodes_per_leaf: int = 0
     oversubscription: float = 1.0
     rail_optimized: bool = False
-    # What ``pipeplan probe`` measured, as it wrote it; bands read its spreads (``pipeplan.bands.spread``:
-    # ``probe.<gemm|memory|overhead|link>.spread`` and ``.residual``, ``probe.common``). Not part of the
-    # cluster's identity: two specs that differ only here price every plan alike.
-    probe: dict | None = field(default=None, compare=False, hash=False)
+    # What ``pipeplan probe`` measured to fit this spec (``pipeplan.probe.record``); no cost reads it,
+    # so it takes no part in equality or hashing.
+    probe: ProbeRecord | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if self.probe is not None:
+            object.__setattr__(self, "probe", ProbeRecord.from_dict(self.probe))
         name_text("cluster.name", self.name)
-        check_probe(self.probe)
         positive_int("cluster.gpus_per_node", self.gpus_per_node)
         positive_int("cluster.nics_per_node", self.nics_per_node)
         positive_int("cluster.nodes", self.nodes)
@@ -173,7 +232,15 @@ class ClusterSpec:
         return topology(self).capacity(port)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(replace(self, probe=None))
+        for measured in ("gemm_curve", "attention_forward", "attention_backward", "layer_overheads"):
+            if data["gpu"][measured] is not None:
+                data["gpu"][measured] = getattr(self.gpu, measured).to_dict()
+        if self.probe is None:
+            del data["probe"]
+        else:
+            data["probe"] = self.probe.to_dict()
+        return data
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "ClusterSpec":

@@ -8,9 +8,10 @@ add (``+``) into a stage's. ``price(work, gpu, tp_link)`` turns a work into the 
 ``StageCost``:
 
     time of an op = Σ its GEMMs' ``gpu.gemm_seconds(m, n, k)``  (efficiency by GEMM shape)
-                  + its memory-bound bytes / HBM bandwidth
+                  + its attention cores (``gpu.attention_gemm_seconds``: GEMMs, or a measured curve)
+                  + its memory-bound bytes / kernel bandwidth (``gpu.memory_kernel_seconds``)
                   + its tensor-parallel collectives, ring_seconds over t ranks on ``tp_link``
-                  + a per-layer overhead
+                  + a per-layer overhead (per layer kind and pass when measured)
 
 The collectives sit on the op's critical path (Megatron runs them synchronously between the
 GEMMs, Shoeybi et al. 2019), so their time adds to F and to I. F's GEMMs are (m, n, k); I runs
@@ -111,6 +112,7 @@ class Work:
     score_memory_bytes: float = 0.0
     tp_forward: tuple[tuple[TPCollective, int], ...] = ()
     tp_backward: tuple[tuple[TPCollective, int], ...] = ()
+    kinds: tuple[tuple[str, int], ...] = ()  # layers by kind (embedding, block, head), for per-kind overheads
 
     def __add__(self, later: "Work") -> "Work":
         """This run of layers followed by ``later`` (the layers right after it)."""
@@ -126,7 +128,7 @@ class Work:
 _SUMMED = ("layers", "forward_flops", "input_grad_flops", "weight_grad_flops", "activation_bytes",
            "weight_grad_bytes", "params", "forward_memory_bytes", "input_grad_memory_bytes",
            "weight_grad_memory_bytes", "score_memory_bytes")
-_MERGED = ("gemms", "attention_gemms", "tp_forward", "tp_backward")
+_MERGED = ("gemms", "attention_gemms", "tp_forward", "tp_backward", "kinds")
 
 
 def recompute_mode(recompute: bool | str) -> str:
@@ -168,6 +170,7 @@ def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int,
         score_memory_bytes=c.score_memory_bytes,
         tp_forward=_counted(c.tp_forward),
         tp_backward=_counted(c.tp_backward),
+        kinds=((model.layer_kind(index), 1),),
     )
 
 
@@ -200,6 +203,23 @@ def _gemm_seconds(gpu: GPUSpec, gemms, shape) -> float:
     return sum(count * gpu.gemm_seconds(*shape(m, n, k), batch) for (m, n, k, batch), count in gemms)
 
 
+def _overheads(work: Work, gpu: GPUSpec) -> tuple[float, float, float]:
+    """The fixed cost of ``work``'s layer passes in F, I and W: per layer kind and pass where the GPU
+    has measured them (``GPUSpec.layer_overheads``), else ``op_overhead_s`` per layer in each."""
+    if gpu.layer_overheads is None or not work.kinds:
+        return (gpu.op_overhead_s * work.layers,) * 3
+    f = i = w = 0.0
+    for kind, count in work.kinds:
+        kf, ki, kw = gpu.layer_overheads.of(kind)
+        f, i, w = f + count * kf, i + count * ki, w + count * kw
+    return f, i, w
+
+
+def _attention_seconds(gpu: GPUSpec, gemms, backward: bool) -> float:
+    """The attention cores' GEMMs (QK^T and AV) in the forward or in I (``GPUSpec.attention_gemm_seconds``)."""
+    return sum(count * gpu.attention_gemm_seconds(m, n, k, batch, backward) for (m, n, k, batch), count in gemms)
+
+
 def _tp_seconds_of(work: Work, tp_link: LinkSpec | None) -> tuple[float, float]:
     """The tensor-parallel collectives of ``work``'s forward and of its backward."""
     return tp_seconds(work.tp_forward, work.tp, tp_link), tp_seconds(work.tp_backward, work.tp, tp_link)
@@ -223,20 +243,19 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
     def fwd(m, n, k): return m, n, k
     def dx(m, n, k): return m, k, n
     def dw(m, n, k): return k, n, m
-    overhead = gpu.op_overhead_s * work.layers
-    hbm = gpu.hbm_bandwidth
-    core = _gemm_seconds(gpu, work.attention_gemms, fwd)
+    overhead_f, overhead_i, overhead_w = _overheads(work, gpu)
+    moved = gpu.memory_kernel_seconds
+    core = _attention_seconds(gpu, work.attention_gemms, backward=False)
     tp_forward, tp_backward = _tp_seconds_of(work, tp_link)
-    forward = (_gemm_seconds(gpu, work.gemms, fwd) + core + work.forward_memory_bytes / hbm
-               + tp_forward + overhead)
-    backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _gemm_seconds(gpu, work.attention_gemms, dx)
-                      + _gemm_seconds(gpu, work.attention_gemms, dw) + work.input_grad_memory_bytes / hbm
-                      + tp_backward + overhead)
-    backward_weight = _gemm_seconds(gpu, work.gemms, dw) + work.weight_grad_memory_bytes / hbm + overhead
+    forward = (_gemm_seconds(gpu, work.gemms, fwd) + core + moved(work.forward_memory_bytes)
+               + tp_forward + overhead_f)
+    backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)
+                      + moved(work.input_grad_memory_bytes) + tp_backward + overhead_i)
+    backward_weight = _gemm_seconds(gpu, work.gemms, dw) + moved(work.weight_grad_memory_bytes) + overhead_w
     if work.recompute == "full":
         backward_input += forward
     elif work.recompute == "selective" and work.score_memory_bytes > 0:
-        backward_input += core + work.score_memory_bytes / hbm  # FlashAttention stores no scores to drop
+        backward_input += core + moved(work.score_memory_bytes)  # FlashAttention stores no scores to drop
     return StageCost(
         forward=forward,
         backward_input=backward_input,

@@ -275,6 +275,7 @@ RANGES: dict[str, Range] = {
     "oversubscription": Range(1.0, 1e6, ""),
     "per_node": Range(1, 4096, ""),  # GPUs or NICs per node
     "gpu_units": Range(1, 2**20, ""),  # SMs, tile sizes
+    "half_length": Range(1e-6, 2**24, "", zero=True),  # a kernel curve's half-performance size, a table's grid
     # Model shapes: with all at their maximum a layer's FLOPs (24 b s h^2 + 4 b s^2 h) stay below 1e40.
     "hidden": Range(1, 2**20, ""),
     "heads": Range(1, 2**20, ""),
@@ -323,6 +324,24 @@ def check_cluster_values(cluster) -> None:
     in_range("cluster.gpu.max_fraction", gpu.max_fraction, "fraction")
     for f in ("sms", "tile_m", "tile_n"):
         in_range(f"cluster.gpu.{f}", getattr(gpu, f), "gpu_units")
+    if gpu.kernel_bandwidth is not None:
+        in_range("cluster.gpu.kernel_bandwidth", gpu.kernel_bandwidth, "bandwidth")
+    if gpu.layer_overheads is not None:
+        for kind in ("embedding", "block", "head"):
+            for value in gpu.layer_overheads.of(kind):
+                in_range(f"cluster.gpu.layer_overheads.{kind}", value, "latency")
+    if gpu.gemm_curve is not None:
+        in_range("cluster.gpu.gemm_curve.rate", gpu.gemm_curve.rate, "flops")
+        in_range("cluster.gpu.gemm_curve.call_s", gpu.gemm_curve.call_s, "latency")
+        for half in gpu.gemm_curve.halves:
+            in_range("cluster.gpu.gemm_curve.halves", half, "half_length")
+    for f in ("attention_forward", "attention_backward"):
+        table = getattr(gpu, f)
+        for rate in table.rates if table is not None else ():
+            in_range(f"cluster.gpu.{f}.rates", rate, "flops")
+        for axis in table.axes if table is not None else ():
+            for value in axis:
+                in_range(f"cluster.gpu.{f}.axes", value, "half_length")
     for section, link in (("intra", cluster.intra), ("inter", cluster.inter)):
         in_range(f"cluster.{section}.bandwidth", link.bandwidth, "bandwidth")
         in_range(f"cluster.{section}.latency", link.latency, "latency")

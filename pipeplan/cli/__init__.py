@@ -11,7 +11,7 @@ import sys
 from ..errors import USER_ERRORS
 
 # Modules that each add one or more subcommands, in the order --help lists them.
-COMMAND_MODULES = ["schedule", "simulate", "optimize", "export", "validate", "charts", "presets"]
+COMMAND_MODULES = ["schedule", "simulate", "optimize", "export", "validate", "probe", "charts", "presets"]
 
 
 def one_line(message: str) -> str:

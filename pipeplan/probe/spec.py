@@ -1,0 +1,162 @@
+"""From the ranks' timings to a cluster spec: every fitted GPU field, the links, and the probe record.
+
+Per benchmark (``pipeplan.probe.kernels``, ``layer``, ``links``), the samples of a point are pooled
+over the ranks and its median is what the fit sees:
+
+* ``gemm`` → ``gemm_curve`` (a ``ShapeCurve`` over m, n, k) or, where it fits better, the tile-and-wave
+  model's ``max_fraction`` (on a GPU, with its SM count and 256 x 128 tiles; on a CPU the tile-and-wave
+  model is one rate for every shape and the curve wins);
+* ``attention_forward``/``attention_backward`` → the attention tables over (s, d); a point's "fitted"
+  time in the record is what the table gives with that point left out (its neighbours along s);
+* ``elementwise_forward``/``_backward`` → ``kernel_bandwidth``: the model's bytes (times
+  ``element_bytes`` / 2) over seconds, one affine fit over both passes; its intercept is each kernel
+  call's fixed cost, which the layer overhead holds;
+* ``copy`` → ``hbm_bandwidth`` (DRAM on a CPU), from copies past every cache;
+* ``layer`` → ``layer_overheads``: the vanishing embedding's, block's and head's F, I and W, each less
+  what the fitted kernels charge for it (``price`` with no overhead); ``op_overhead_s`` is the block's
+  mean over its passes (what a reader of the one figure gets);
+* ``link`` → ``intra`` (and ``inter``: one host has no inter-node link, so it gets the same figures):
+  latency and bandwidth of one-way times by message size.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from ..cluster import ClusterSpec, GPUSpec, LinkSpec
+from ..costs import layer_work, price
+from ..kernel_curves import LayerOverheads
+from .fit import fit_affine, fit_curve, fit_table, fit_tile_waves
+from .layer import KINDS, PASSES, VANISHING
+from .record import ProbePoint, ProbeQuantity, ProbeRecord
+from .worker import THREADS
+
+# Dense bf16 peaks from the vendor datasheets (shared REFERENCE; H200 has the H100 SXM's SMs and clocks).
+DATASHEET_PEAKS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12))
+GPU_TILE = (256, 128)
+DIMS = {"gemm": ("m", "n", "k", "layout"), "attention_forward": ("heads_x_batch", "s", "d"),
+        "attention_backward": ("heads_x_batch", "s", "d"),
+        "elementwise_forward": ("tokens", "hidden", "gated", "vocab"),
+        "elementwise_backward": ("tokens", "hidden", "gated", "vocab"), "layer": ("kind", "pass"),
+        "copy": ("bytes",), "link": ("bytes",)}
+
+
+def _medians(result: dict) -> list[float]:
+    return [statistics.median(s) for s in result["samples"]]
+
+
+def _quantity(result: dict, name: str, fitted: list[float]) -> ProbeQuantity:
+    points = tuple(ProbePoint(tuple(float(x) for x in shape), tuple(samples), float(f))
+                   for shape, samples, f in zip(result["shapes"], result["samples"], fitted))
+    return ProbeQuantity("s", DIMS[name], points, result.get("disturbed"))
+
+
+def _gemm(result: dict, cuda: bool, sms: int) -> tuple[dict[str, Any], float]:
+    """GPU fields for the GEMM model that fits best, and the curve's rate or the tile model's."""
+    t = _medians(result)
+    dims = [tuple(d) for d in result["dims"]]
+    curve, curve_rms = fit_curve(dims, result["sizes"], t)
+    tile = GPU_TILE if cuda else (1, 1)
+    tile_rate, tile_rms = fit_tile_waves(dims, t, sms if cuda else 1, *tile)
+    if curve_rms <= tile_rms:
+        return {"gemm_curve": curve, "sms": sms if cuda else 1, "tile_m": tile[0], "tile_n": tile[1]}, curve.rate
+    return {"sms": sms if cuda else 1, "tile_m": tile[0], "tile_n": tile[1]}, tile_rate
+
+
+def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) -> ClusterSpec:
+    """The cluster spec of this machine from the ranks' results (``pipeplan.probe.worker``).
+
+    ``machine``: what the launcher knows of the host (``cpu_name``, ``peak_flops`` bound or None,
+    ``memory_bytes``, ``devices`` per node)."""
+    cuda = options["device"] == "cuda"
+    merged = _merge([r["results"] for r in ranks])
+    head = ranks[0]
+    element_bytes = 2 if cuda else 4
+    gemm_fields, rate = _gemm(merged["gemm"], cuda, head.get("sms") or 1)
+    peak = _peak(head.get("cuda_name"), machine.get("peak_flops"), rate, cuda)
+    attention, left_out = {}, {}
+    for name in ("attention_forward", "attention_backward"):
+        attention[name], left_out[name] = _attention(merged[name])
+    ew = {k: merged[f"elementwise_{k}"] for k in ("forward", "backward")}
+    ew_bytes = [b * element_bytes / 2 for k in ("forward", "backward") for b in ew[k]["sizes"]]
+    ew_fit = fit_affine(ew_bytes, [t for k in ("forward", "backward") for t in _medians(ew[k])])
+    copy_fit = fit_affine(merged["copy"]["sizes"], _medians(merged["copy"]))
+    device_name = head.get("cuda_name") or f"{machine['cpu_name']}, 1 core, float32"
+    gpu = GPUSpec(name=device_name, peak_flops=peak, memory_bytes=machine["memory_bytes"],  # overheads: below
+                  max_fraction=min(1.0, max(1e-3, rate / peak)), hbm_bandwidth=copy_fit.rate, op_overhead_s=0.0,
+                  element_bytes=element_bytes, kernel_bandwidth=ew_fit.rate, **gemm_fields, **attention)
+    overheads, layer_fitted = _layer_overheads(merged["layer"], gpu)
+    gpu = GPUSpec(**{**{f: getattr(gpu, f) for f in gpu.__dataclass_fields__},
+                     "op_overhead_s": statistics.fmean(overheads.block), "layer_overheads": overheads})
+    link_fit = fit_affine(merged["link"]["sizes"], _medians(merged["link"]))
+    link = {"bandwidth": link_fit.rate, "latency": link_fit.intercept}
+
+    fitted = {
+        "gemm": [gpu.gemm_seconds(*d) for d in merged["gemm"]["dims"]],
+        **{f"elementwise_{k}": [ew_fit.intercept + b * element_bytes / 2 / ew_fit.rate for b in ew[k]["sizes"]]
+           for k in ("forward", "backward")},
+        "copy": [copy_fit.intercept + b / copy_fit.rate for b in merged["copy"]["sizes"]],
+        "layer": layer_fitted,
+        "link": [link_fit.intercept + b / link_fit.rate for b in merged["link"]["sizes"]],
+    }
+    fitted.update(left_out)  # a table holds every grid point; its error is between them
+    quantities = tuple((name, _quantity(merged[name], name, fitted[name])) for name in DIMS)
+    notes = tuple(f"{name}: {q.disturbed}" for name, q in quantities if q.disturbed)
+    record = ProbeRecord(device=device_name, backend=options["backend"], dtype="bfloat16" if cuda else "float32",
+                         threads=THREADS, ranks=len(ranks), seconds=seconds, torch=head["torch"],
+                         disturbed=bool(notes), notes=notes, quantities=quantities)
+    return ClusterSpec(name=f"probed-{options['device']}-{options['backend']}", gpu=gpu,
+                       gpus_per_node=machine["devices"], intra=LinkSpec("intra", **link),
+                       inter=LinkSpec("inter", **link), nics_per_node=1, probe=record)
+
+
+def _attention(result: dict):
+    """The rate table over the grid points and, from the point with no dims, the cost of a call; the
+    fitted seconds per point (left out of the table for grid points, the call time for the call)."""
+    t = _medians(result)
+    grid = [i for i, d in enumerate(result["dims"]) if d]
+    calls = [t[i] for i, d in enumerate(result["dims"]) if not d]
+    table, left_out = fit_table([tuple(result["dims"][i]) for i in grid], [result["sizes"][i] for i in grid],
+                                [t[i] for i in grid], min(calls) if calls else 0.0)
+    fitted = dict(zip(grid, left_out))
+    return table, [fitted.get(i, table.call_s) for i in range(len(t))]
+
+
+def _merge(per_rank: list[dict]) -> dict[str, dict]:
+    """Per benchmark, the ranks' samples of each point pooled; a disturbance any rank saw is kept."""
+    merged: dict[str, dict] = {}
+    for results in per_rank:
+        for name, res in results.items():
+            if name not in merged:
+                merged[name] = {**res, "samples": [list(s) for s in res["samples"]]}
+                continue
+            for into, more in zip(merged[name]["samples"], res["samples"]):
+                into.extend(more)
+            merged[name]["disturbed"] = merged[name]["disturbed"] or res["disturbed"]
+    return merged
+
+
+def _peak(cuda_name: str | None, cpu_bound: float | None, best_rate: float, cuda: bool) -> float:
+    """A GPU's datasheet peak when its name is known, a CPU core's bound from its flags, else the
+    fitted rate itself (max_fraction 1)."""
+    if cuda:
+        for key, peak in DATASHEET_PEAKS:
+            if cuda_name and key in cuda_name:
+                return peak
+        return best_rate
+    return max(cpu_bound, best_rate) if cpu_bound else best_rate
+
+
+def _layer_overheads(result: dict, gpu: GPUSpec) -> tuple[LayerOverheads, list[float]]:
+    """Per layer kind and pass, the vanishing layer's median less what ``gpu`` (no overheads) charges
+    for it, never below 0 (an embedding's W, which runs nothing, 0); and the fitted seconds per point."""
+    measured = dict(zip((tuple(int(x) for x in shape) for shape in result["shapes"]), _medians(result)))
+    per_kind, fitted = {}, {}
+    for k, kind in enumerate(KINDS):
+        cost = price(layer_work(VANISHING, VANISHING.layer_kinds.index(kind), 1, VANISHING.seq_len, False), gpu)
+        modeled = (cost.forward, cost.backward_input, cost.backward_weight)
+        per_kind[kind] = tuple(max(0.0, measured[(k, p)] - modeled[p]) if (k, p) in measured else 0.0
+                               for p in range(len(PASSES)))
+        for p in range(len(PASSES)):
+            fitted[(k, p)] = modeled[p] + per_kind[kind][p]
+    return LayerOverheads(**per_kind), [fitted[tuple(int(x) for x in shape)] for shape in result["shapes"]]
