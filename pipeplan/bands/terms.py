@@ -23,7 +23,7 @@ from collections import defaultdict
 from simulator.kinds import BY_CODE, COMM, FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT, KINDS, OPTIMIZER
 
 from ..cluster import GPUSpec, LinkSpec
-from ..costs import Work, layer_work, tp_seconds
+from ..costs import Work, _attention_seconds, _overheads, layer_work, tp_seconds  # price()'s own terms
 
 Part = tuple[str, tuple, float]  # (op class, group, seconds or share)
 OpTerms = dict[tuple[int, int], tuple[Part, ...]]  # (stage, kind code) -> parts, shares summing to 1
@@ -41,23 +41,22 @@ def layer_parts(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None) -> dict[str,
     def fwd(m, n, k): return m, n, k
     def dx(m, n, k): return m, k, n
     def dw(m, n, k): return k, n, m
-    hbm = gpu.hbm_bandwidth
-    overhead = gpu.op_overhead_s * work.layers
-    core = _gemms(gpu, work.attention_gemms, fwd)
+    moved = gpu.memory_kernel_seconds
+    overhead_f, overhead_i, overhead_w = _overheads(work, gpu)
+    core = _attention_seconds(gpu, work.attention_gemms, backward=False)
     tp_fwd = tp_seconds(work.tp_forward, work.tp, tp_link)
     tp_bwd = tp_seconds(work.tp_backward, work.tp, tp_link)
-    forward = [("gemm", "F", _gemms(gpu, work.gemms, fwd) + core), ("memory", "F", work.forward_memory_bytes / hbm),
-               ("link", "F", tp_fwd), ("overhead", "F", overhead)]
+    forward = [("gemm", "F", _gemms(gpu, work.gemms, fwd) + core), ("memory", "F", moved(work.forward_memory_bytes)),
+               ("link", "F", tp_fwd), ("overhead", "F", overhead_f)]
     backward_input = [
-        ("gemm", "I", _gemms(gpu, work.gemms, dx) + _gemms(gpu, work.attention_gemms, dx)
-         + _gemms(gpu, work.attention_gemms, dw)),
-        ("memory", "I", work.input_grad_memory_bytes / hbm), ("link", "I", tp_bwd), ("overhead", "I", overhead)]
-    backward_weight = [("gemm", "W", _gemms(gpu, work.gemms, dw)), ("memory", "W", work.weight_grad_memory_bytes / hbm),
-                       ("overhead", "W", overhead)]
+        ("gemm", "I", _gemms(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)),
+        ("memory", "I", moved(work.input_grad_memory_bytes)), ("link", "I", tp_bwd), ("overhead", "I", overhead_i)]
+    backward_weight = [("gemm", "W", _gemms(gpu, work.gemms, dw)), ("memory", "W", moved(work.weight_grad_memory_bytes)),
+                       ("overhead", "W", overhead_w)]
     if work.recompute == "full":
         backward_input += forward
     elif work.recompute == "selective" and work.score_memory_bytes > 0:
-        backward_input += [("gemm", "F", core), ("memory", "F", work.score_memory_bytes / hbm)]
+        backward_input += [("gemm", "F", core), ("memory", "F", moved(work.score_memory_bytes))]
     return {"F": forward, "I": backward_input, "W": backward_weight}
 
 
