@@ -199,10 +199,11 @@ def split_static(static: float, dp: int, distributed_optimizer: bool) -> tuple[f
     return weights, grads, static - weights - grads  # the parts add up to the replayed static bytes exactly
 
 
-def _levels(timeline: Timeline, workload: Workload, start: Sequence[float]) -> list[list[float]]:
-    """Per device, the memory level after each event of ``simulator.memory.memory_events``."""
+def memory_levels(timeline: Timeline, workload: Workload, start: Sequence[float]) -> list[list[float]]:
+    """Per device, the memory level after each event of ``simulator.memory.memory_events`` (the workload's
+    pass classes and forward-only releases included)."""
     out = []
-    for d, events in enumerate(memory_events(timeline, workload.stages)):
+    for d, events in enumerate(memory_events(timeline, workload)):
         level, levels = start[d], [start[d]]
         for _, delta in events:
             level += delta
@@ -221,9 +222,9 @@ def memory_breakdown(timeline: Timeline, workload: Workload, dp: int,
     """
     p = timeline.num_devices
     static = list(workload.static_bytes) or [0.0] * p
-    full = _levels(timeline, workload, static)
+    full = memory_levels(timeline, workload, static)
     bare = replace(workload, stages=tuple(replace(c, gathered_bytes=0.0) for c in workload.stages))
-    without_buffers = _levels(timeline, bare, [0.0] * p)
+    without_buffers = memory_levels(timeline, bare, [0.0] * p)
     parts = []
     for d in range(p):
         peak_at = max(range(len(full[d])), key=full[d].__getitem__)

@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from simulator.engine import SimResult
-from simulator.memory import memory_events
 from simulator.workload import Workload
 
+from ..breakdown import memory_levels
 from .lowering import ServingResolved
 
 
@@ -66,17 +66,6 @@ class ServingMemory:
         return {"weights": self.weights, "kv_cache": self.kv_cache, "activations": self.activations}
 
 
-def _levels(timeline, workload: Workload, start: list[float]) -> list[list[float]]:
-    out = []
-    for d, events in enumerate(memory_events(timeline, workload)):
-        level, levels = start[d], [start[d]]
-        for _, delta in events:
-            level += delta
-            levels.append(level)
-        out.append(levels)
-    return out
-
-
 def serving_memory(sim: SimResult, workload: Workload) -> tuple[ServingMemory, ...]:
     """Per device, its peak split into weights, KV cache and activations (see the module docstring)."""
     p = len(sim.peak_memory)
@@ -87,8 +76,8 @@ def serving_memory(sim: SimResult, workload: Workload) -> tuple[ServingMemory, .
 
     cache_only = replace(workload, stages=no_activations(workload.stages),
                          pass_stages=tuple(no_activations(costs) for costs in workload.pass_stages))
-    full = _levels(sim.timeline, workload, static)
-    cache = _levels(sim.timeline, cache_only, [0.0] * p)
+    full = memory_levels(sim.timeline, workload, static)
+    cache = memory_levels(sim.timeline, cache_only, [0.0] * p)
     parts = []
     for d in range(p):
         at = max(range(len(full[d])), key=full[d].__getitem__)
