@@ -79,7 +79,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     if len(found) == 1 and compare is None:
         deadline = None if time_limit is None else started + time_limit
         result = search(replace(base, deadline=deadline), progress)  # base already has the one layout
-        timed_out = deadline is not None and clock.now() > deadline
+        timed_out = deadline is not None and (clock.now() > deadline or base.pace.cut)
         return replace(result, timed_out=timed_out, search_time=clock.now() - started)
     return search_layouts(base, pins, float("inf") if time_limit is None else time_limit - (clock.now() - started),
                           layouts, compare, progress)
