@@ -18,12 +18,15 @@
    best simulated plan so far is the search's ``incumbent``, so its candidates whose simulated-time
    bound cannot beat it are pruned, and a layout none of whose candidates can is recorded PRUNED;
 4. *answer*: the fastest simulated plan among everything simulated (screens, searches and the given
-   configuration, ``--compare-config``), with the record of every layout.
+   configuration, ``--compare-config``), with the record of every layout, against the baselines of its
+   own layout and candidate (scored once, here: the searches leave them out).
 
-``time_limit`` bounds the whole search in wall-clock seconds: past it, no new layout is searched and
-the running search stops its optional work (``OptimizeRequest.deadline``). Screening always finishes
-while no plan fits yet, so a time-out never turns into "no plan fits". Without a time-out the answer
-depends on the inputs only (every step is deterministic).
+``time_limit`` bounds the whole search in wall-clock seconds (``OptimizeRequest.deadline``, on
+``clock.now``): once a fitting plan is in hand, no quick plan, screen, layout search or optional step of
+a running search starts past it, nor a simulation that would end past it at the pace the search's
+simulations have shown (``clock.Pace``). Screening goes on while no plan fits yet, so a time-out never
+turns into "no plan fits". Without a time-out the answer depends on the inputs only (every step is
+deterministic).
 """
 from __future__ import annotations
 
