@@ -13,17 +13,21 @@ def now() -> float:
     return time.perf_counter()
 
 
+MIN_OPS = 1_000  # smaller simulations are mostly fixed costs: they say little about the time of larger ones
+
+
 class Pace:
-    """The most seconds per op any simulation of this search took so far (the pessimistic estimate of the
-    next one's time), and whether the deadline has cut any work (``cut``); one object shared by every
-    request of a search."""
+    """The most seconds per op any simulation of at least ``MIN_OPS`` ops of this search took so far (the
+    pessimistic estimate of the next one's time), and whether the deadline has cut any work (``cut``); one
+    object shared by every request of a search."""
 
     def __init__(self) -> None:
         self.per_op = 0.0
         self.cut = False
 
     def record(self, ops: int, seconds: float) -> None:
-        self.per_op = max(self.per_op, seconds / max(1, ops))
+        if ops >= MIN_OPS:
+            self.per_op = max(self.per_op, seconds / ops)
 
     def ends_after(self, ops: int, deadline: float) -> bool:
         """A simulation of ``ops`` ops started now would end after ``deadline``, at this pace."""
