@@ -134,12 +134,13 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
         raise SpecError(f"no layout of {pins.gpus} GPUs fits {base.model.name}: weights, gradients and optimizer state "
                         f"alone need {least.memory_floor / 1e9:.1f} GB on a GPU at best ({least.layout.label}) of "
                         f"{usable / 1e9:.1f} GB usable; " + what_would_fit(base, pins))
-    # Quick plans in the order of the floors' estimate, while time lasts; past the deadline the rest come after,
-    # by that estimate, their quick plans built when (if) they are screened.
+    # Quick plans in the order of the floors' estimate, for at most half the time limit (the other half is the
+    # screen's, which a first fitting plan needs); the rest come after, by that estimate, their quick plans
+    # built when (if) they are screened.
     estimate = {lay: screen_estimate(records[lay].time_floor, lay, base) for lay in open_layouts}
     quicks: dict[Layout, list] = {}
     for layout in sorted(open_layouts, key=lambda lay: (estimate[lay], lay.tp, lay.pp)):
-        if clock.now() > deadline:
+        if clock.now() > started + time_limit / 2:
             break
         quicks[layout] = quick_plans(layout_request(base, layout))
     rank = {lay: screen_order(records[lay].time_floor, lay, base, quicks[lay]) if lay in quicks else estimate[lay]
