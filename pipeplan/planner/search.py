@@ -341,15 +341,19 @@ def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
     for start in rescored.fitting[:request.polished]:
         actions = start.scored.result.resolved.schedule.num_actions()
         if request.no_time_for(actions):  # past the whole search's deadline: the fastest proposal as it is
-            best = best or Polished(start, start.scored)
+            best = best or Polished(start, start.scored, _source(start))
             break
         evals = max(MIN_POLISH_EVALS, min(MAX_EVALS, POLISH_ACTIONS // max(1, actions)))
         polished = refine(start.scored, partial(judge, request), request.headroom, start.proposal.problem,
                           max_evals=evals, ceiling=request.incumbent, stop=lambda: request.no_time_for(actions))
         if best is None or polished.iteration_time < best.scored.iteration_time:
-            source = "cp-sat" if start.scored.name == "cp-sat" else f"{start.scored.name} + polish"
-            best = Polished(start, polished, source)
+            best = Polished(start, polished, _source(start))
     return best
+
+
+def _source(start: Simulated) -> str:
+    """"cp-sat" for a start that is CP-SAT's split, "<usual split> + polish" for a seed."""
+    return "cp-sat" if start.scored.name == "cp-sat" else f"{start.scored.name} + polish"
 
 
 def exhaustive(request: OptimizeRequest, bounded: list[Bounded], best: Polished) -> Polished:
