@@ -64,8 +64,9 @@ def test_what_would_fit_stops_at_the_deadline_and_says_it_does_not_know():
 
 
 def _clock_run_by_simulations(monkeypatch):
-    """The planner's clock, advanced 1 s by each simulation and by nothing else (so the test does not depend on
-    the machine's speed); every simulation is recorded as (start on that clock, fits with the 5 % headroom)."""
+    """The planner's clock, advanced by each simulation (1 s per 1,000 actions) and by nothing else, so the test
+    does not depend on the machine's speed; every simulation is recorded as (start, end on that clock, fits
+    with the 5 % headroom)."""
     from pipeplan.planner import clock, starts
 
     now, simulations = [0.0], []
@@ -74,8 +75,8 @@ def _clock_run_by_simulations(monkeypatch):
     def simulate(*args, **kwargs):
         started = now[0]
         result = real(*args, **kwargs)
-        now[0] += 1.0
-        simulations.append((started, max(result.peak_memory) <= 0.95 * min(result.sim.capacity)))
+        now[0] += result.resolved.schedule.num_actions() / 1000
+        simulations.append((started, now[0], max(result.peak_memory) <= 0.95 * min(result.sim.capacity)))
         return result
 
     monkeypatch.setattr(clock, "now", lambda: now[0])
@@ -83,21 +84,35 @@ def _clock_run_by_simulations(monkeypatch):
     return simulations
 
 
-# Limits that fall (on this clock) in the first screen, the first layout's polish and the next layout's search
-# of the whole search, and in the starts and in the polish of a pinned layout's search.
-@pytest.mark.parametrize("pins,limit", [(dict(gpus=8), 0.5), (dict(gpus=8), 20.0), (dict(gpus=8), 50.0),
-                                        (dict(pp=8), 16.0), (dict(pp=8), 40.0)])
-def test_past_the_deadline_with_a_fitting_plan_in_hand_no_simulation_starts(monkeypatch, pins, limit):
-    """The whole search (gpus=8: its layouts) and a pinned layout's search (pp=8) check the deadline before
-    every optional step: once the clock is past it and a fitting plan was simulated, nothing more is
-    simulated; before a fitting plan exists the search goes on (it never answers "no plan fits" for want
-    of time)."""
+SEARCHES = {"whole": dict(gpus=8), "pinned": dict(pp=8)}  # all layouts of 8 GPUs; one layout (pp = 8)
+
+
+@pytest.fixture(scope="module")
+def unlimited():
+    """How long each search takes on that clock without a limit."""
+    total = {}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name, pins in SEARCHES.items():
+            simulations = _clock_run_by_simulations(monkeypatch)
+            pipeplan.optimize("llama3-8b", "dgx-h100", global_batch=64, solver_time_limit=0.5, **pins)
+            total[name] = simulations[-1][1]
+    return total
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+@pytest.mark.parametrize("share", [0.3, 0.8])
+def test_past_a_fitting_plan_no_simulation_runs_past_the_deadline(monkeypatch, unlimited, search, share):
+    """The whole search (its layouts) and a pinned layout's search (pp = 8), cut at 30 % and 80 % of what they
+    take without a limit: once a fitting plan was simulated, every simulation started is one that ends by the
+    deadline at the pace simulations have shown so far (here exact: the clock runs by the simulations' sizes),
+    so none ends more than its data-parallel ops (not in the estimate, under 1 s here) past it; before a
+    fitting plan exists the search goes on (it never answers "no plan fits" for want of time)."""
+    limit = share * unlimited[search]
     simulations = _clock_run_by_simulations(monkeypatch)
     result = pipeplan.optimize("llama3-8b", "dgx-h100", global_batch=64, solver_time_limit=0.5, time_limit=limit,
-                               **pins)
+                               **SEARCHES[search])
     assert result.timed_out and max(result.result.peak_memory) <= 0.95 * 80e9
-    assert len(simulations) > limit  # the search did run into the deadline
-    for i, (started, _) in enumerate(simulations):
-        if started > limit:
-            assert not any(fits for _, fits in simulations[:i]), (
-                f"simulation {i} started at {started:.0f} s, past the {limit} s limit, with a fitting plan in hand")
+    for i, (started, ended, _) in enumerate(simulations):
+        if any(fits for _, _, fits in simulations[:i]):
+            assert ended <= limit + 1.0, f"simulation {i}: {started:.1f}-{ended:.1f} s past the {limit:.1f} s limit"
+    assert simulations[-1][1] <= limit + 1.0 < unlimited[search]

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: none)")
     p.add_argument("--solver-time-limit", type=seconds, default=None,
                    help="CP-SAT budget per candidate, deterministic seconds (default 5 for a pinned layout, "
-                        "0.5 when several layouts are searched)")
+                        "0.1 when several layouts are searched)")
     p.add_argument("--layouts", type=count, default=None,
                    help="layouts (tp, pp, dp) searched in full, the best the screen ranks (default 3)")
     p.add_argument("--compare-config", metavar="K=V,...", default=None,

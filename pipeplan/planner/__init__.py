@@ -12,5 +12,6 @@ baselines.py   Megatron uniform, DeepSpeed ``parameters`` splits
 starts.py      judge(); the usual splits as polish starts and as baselines, brute force for small models
 bounds.py, relaxation.py, dp_tail.py   lower bounds on the simulated time (per plan, per candidate)
 layouts.py, layout_search.py, screen.py   the whole-configuration search over tp x pp x dp
+clock.py       the clock deadlines are read on, and the pace of a search's simulations
 infeasible.py  what would fit when nothing does
 """

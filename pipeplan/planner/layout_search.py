@@ -18,12 +18,15 @@
    best simulated plan so far is the search's ``incumbent``, so its candidates whose simulated-time
    bound cannot beat it are pruned, and a layout none of whose candidates can is recorded PRUNED;
 4. *answer*: the fastest simulated plan among everything simulated (screens, searches and the given
-   configuration, ``--compare-config``), with the record of every layout.
+   configuration, ``--compare-config``), with the record of every layout, against the baselines of its
+   own layout and candidate (scored once, here: the searches leave them out).
 
-``time_limit`` bounds the whole search in wall-clock seconds: past it, no new layout is searched and
-the running search stops its optional work (``OptimizeRequest.deadline``). Screening always finishes
-while no plan fits yet, so a time-out never turns into "no plan fits". Without a time-out the answer
-depends on the inputs only (every step is deterministic).
+``time_limit`` bounds the whole search in wall-clock seconds (``OptimizeRequest.deadline``, on
+``clock.now``): once a fitting plan is in hand, no quick plan, screen, layout search or optional step of
+a running search starts past it, nor a simulation that would end past it at the pace the search's
+simulations have shown (``clock.Pace``). Screening goes on while no plan fits yet, so a time-out never
+turns into "no plan fits". Without a time-out the answer depends on the inputs only (every step is
+deterministic).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from .request import OptimizeRequest
 from .result import LayoutRecord, OptimizeResult, Scored
 from .screen import SCREEN_ORDER, least_recompute, quick_plans, screen_estimate, screen_order, screen_plan
 from .search import Dominated, Progress, search
-from .starts import score_baselines
+from .starts import candidate_ops, score_baselines
 
 TOP_LAYOUTS = 3  # layouts searched in full (those the screen ranks first), besides the valid skips
 LAYOUT_POLISHED = 1  # proposals polished per layout searched (a pinned layout's search polishes two)
@@ -109,6 +112,7 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
     """Steps 1-4 of the module docstring. ``base`` carries everything but the layout."""
     started = clock.now()
     deadline = started + time_limit
+    base = replace(base, deadline=deadline if deadline < float("inf") else None)  # every screen and search checks it
     if compare is not None and compare.tp * compare.pp * compare.dp != pins.gpus:
         raise SpecError(f"--compare-config: tp x pp x dp = {compare.tp * compare.pp * compare.dp} but the search "
                         f"uses {pins.gpus} GPUs")
@@ -130,12 +134,13 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
         raise SpecError(f"no layout of {pins.gpus} GPUs fits {base.model.name}: weights, gradients and optimizer state "
                         f"alone need {least.memory_floor / 1e9:.1f} GB on a GPU at best ({least.layout.label}) of "
                         f"{usable / 1e9:.1f} GB usable; " + what_would_fit(base, pins))
-    # Quick plans in the order of the floors' estimate, while time lasts; past the deadline the rest come after,
-    # by that estimate, their quick plans built when (if) they are screened.
+    # Quick plans in the order of the floors' estimate, for at most half the time limit (the other half is the
+    # screen's, which a first fitting plan needs); the rest come after, by that estimate, their quick plans
+    # built when (if) they are screened.
     estimate = {lay: screen_estimate(records[lay].time_floor, lay, base) for lay in open_layouts}
     quicks: dict[Layout, list] = {}
     for layout in sorted(open_layouts, key=lambda lay: (estimate[lay], lay.tp, lay.pp)):
-        if clock.now() > deadline:
+        if clock.now() > started + time_limit / 2:
             break
         quicks[layout] = quick_plans(layout_request(base, layout))
     rank = {lay: screen_order(records[lay].time_floor, lay, base, quicks[lay]) if lay in quicks else estimate[lay]
@@ -177,8 +182,11 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
             continue
         if len(results) >= top:
             continue  # stays SCREENED: the screen ranked it below the layouts searched
-        # Past the deadline with a fitting plan in hand (a search's, or a screen's), no search starts.
-        if clock.now() > deadline and (results or any(fits_within(s, base.headroom) for s in screens.values())):
+        # Past the deadline (or too near it for the layout's largest quick plan) with a fitting plan in hand (a
+        # search's, or a screen's), no search starts.
+        in_hand = results or any(fits_within(s, base.headroom) for s in screens.values())
+        largest = max((candidate_ops(layout.pp, q.candidate) for q in quicks.get(layout, ())), default=0)
+        if in_hand and layout_request(base, layout).no_time_for(largest):
             timed_out = True
             records[layout] = replace(record, status="TIME LIMIT")
             continue
@@ -186,7 +194,7 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
             progress(len(open_layouts) + len(results), len(open_layouts) + top, f"searching {layout.label}")
         began = clock.now()
         try:
-            result = search(replace(layout_request(base, layout), deadline=deadline, polished=LAYOUT_POLISHED,
+            result = search(replace(layout_request(base, layout), polished=LAYOUT_POLISHED,
                                     incumbent=best, baselines=False))
         except Dominated:
             records[layout] = replace(record, status="PRUNED", search_time=clock.now() - began)
@@ -202,14 +210,11 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
         simulated.append(result.chosen)
         records[layout] = replace(record, status="SEARCHED", simulated=result.iteration_time,
                                   search_time=clock.now() - began)
-    timed_out = timed_out or clock.now() > deadline
+    timed_out = timed_out or clock.now() > deadline or base.pace.cut
     given = given_config(base, pins, compare) if compare is not None else None
     answer = _answer(base, results, screens, given, records, layouts, timed_out, clock.now() - started)
-    if clock.now() <= deadline:  # past it, the answer goes without baselines rather than past the time limit
-        answer = _with_baselines(replace(base, deadline=deadline), answer, given)
-    elif given is not None:
-        answer = replace(answer, baselines=(given,))
-    return replace(answer, search_time=clock.now() - started)
+    answer = _with_baselines(base, answer, given)  # those the time limit leaves room for
+    return replace(answer, timed_out=timed_out or base.pace.cut, search_time=clock.now() - started)
 
 
 def what_would_fit(base: OptimizeRequest, pins: LayoutPins) -> str:

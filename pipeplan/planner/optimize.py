@@ -41,9 +41,9 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     cannot beat the best simulated plan is skipped without counting). ``time_limit``: the whole search's
     wall-clock budget in seconds (None: none); past it the best plan found so far is returned and the
     result says so (``timed_out``). ``solver_time_limit``: CP-SAT's budget per candidate (deterministic
-    seconds; default 5 for one layout, 0.5 when several are searched: there the simulator's screen and
-    polish matter more than CP-SAT's last percent, and a chunked candidate that stays FEASIBLE spends it
-    all). ``compare_config`` ("tp=8,pp=8,dp=24,b=2,v=2"): a configuration simulated as a baseline;
+    seconds; default 5 for one layout, 0.1 when several are searched: there the simulator's screen, the
+    usual-split starts and the polish matter more than CP-SAT's last percent, and a chunked candidate that
+    stays FEASIBLE spends it all, at 4-6 s of CPU per deterministic second on llama3-70b). ``compare_config`` ("tp=8,pp=8,dp=24,b=2,v=2"): a configuration simulated as a baseline;
     the answer is never slower than it. ``parallel`` > 1 solves that many candidates at once in worker
     processes. ``profile``: measured op times and links (``pipeplan validate`` writes one) instead of
     the analytic cost model; it fixes b and the sequence length to the values it was measured at, and
@@ -79,7 +79,7 @@ def optimize(model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, g
     if len(found) == 1 and compare is None:
         deadline = None if time_limit is None else started + time_limit
         result = search(replace(base, deadline=deadline), progress)  # base already has the one layout
-        timed_out = deadline is not None and clock.now() > deadline
+        timed_out = deadline is not None and (clock.now() > deadline or base.pace.cut)
         return replace(result, timed_out=timed_out, search_time=clock.now() - started)
     return search_layouts(base, pins, float("inf") if time_limit is None else time_limit - (clock.now() - started),
                           layouts, compare, progress)

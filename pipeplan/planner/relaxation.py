@@ -9,7 +9,9 @@ one unit off per rounded term, so no plan the simulator fits is cut off).
 
 The relaxation: x[g, k, μ] ≥ 0 layers of kind g (layers with identical costs, memory and parameters) in
 stage k under mode μ, summing to the kind's count, every stage holding at least one layer; minimise T
-subject to those rows. Every real plan that may fit is a point of it (contiguity and whole layers
+subject to those rows (of a device's count vectors only the strongest, ``_strongest``, and of its
+data-parallel tail, where it holds several stages, only the collectives' latency: dropping rows keeps a
+relaxation). Every real plan that may fit is a point of it (contiguity and whole layers
 dropped), so its optimum is a lower bound on every such plan's ``plan_bound``, hence on its simulated
 time, and an infeasible relaxation means no plan of the candidate fits. Unlike ``candidate_bound`` it
 sees that memory forces recomputation (each recomputed layer adds its forward to a device's busy time):

@@ -6,7 +6,7 @@ The search steps (``search.py``) take their settings from the request alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -72,6 +72,7 @@ class OptimizeRequest:
     # Score the winner's baselines (uniform, parameters, brute force); a layout search scores them once, for
     # the final answer, rather than in every layout it searches.
     baselines: bool = True
+    pace: clock.Pace = field(default_factory=clock.Pace, compare=False)  # shared by a search's requests
 
     @classmethod
     def create(cls, model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,
@@ -144,6 +145,13 @@ class OptimizeRequest:
     def out_of_time(self) -> bool:
         """Past the deadline: the search finishes what it must for an answer and starts nothing else."""
         return self.deadline is not None and clock.now() > self.deadline
+
+    def no_time_for(self, ops: int) -> bool:
+        """Past the deadline, or a simulation of ``ops`` ops would end past it at the search's pace so far:
+        optional work that needs one does not start (and the search is marked cut short, ``pace.cut``)."""
+        late = self.deadline is not None and (clock.now() > self.deadline or self.pace.ends_after(ops, self.deadline))
+        self.pace.cut |= late
+        return late
 
     def problem_for(self, candidate: Candidate) -> PartitionProblem:
         """``candidate``'s partition problem on the request's layout (built once per layout and candidate:

@@ -28,7 +28,7 @@ from .problem import Candidate, PartitionProblem
 from .refine import fits_within
 from .request import OptimizeRequest
 from .result import Scored
-from .starts import judge
+from .starts import candidate_ops, judge
 
 SCREEN_ORDER = ("none", "selective", "full")
 SCREEN_SCHEDULES = (("1f1b", 1), ("zb-v", 2))  # one plain and one bubble-free family, where allowed
@@ -99,7 +99,7 @@ def screen_plan(request: OptimizeRequest, quicks: list[QuickPlan], best: float =
     chosen, fallback = None, None
     for quick in quicks:
         for mode in quick.problem.modes:
-            if best < math.inf and stop():
+            if best < math.inf and (stop() or request.no_time_for(candidate_ops(request.pp, quick.candidate))):
                 return chosen or fallback
             if not quick.may_fit(mode) or quick.bound(mode) >= best:
                 continue

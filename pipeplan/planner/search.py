@@ -41,7 +41,7 @@ from .refine import MAX_EVALS, fits_within, refine
 from .relaxation import relaxed_bound
 from .request import OptimizeRequest
 from .result import CandidateRecord, OptimizeResult, Scored
-from .starts import judge, score_baselines, seed_starts
+from .starts import candidate_ops, judge, plan_ops, score_baselines, seed_starts
 
 Progress = Callable[[int, int, str], None]  # (steps done, steps in all, what runs now)
 # Simulated actions one polish may spend (its simulations x the plan's actions), so that the polish of
@@ -132,7 +132,7 @@ def search(request: OptimizeRequest, progress: Progress | None = None) -> Optimi
     rescored = rescore(request, solved)
     best = exhaustive(request, bounded, polish(request, rescored))
     baselines = (score_baselines(request, _candidate_of(best.scored.plan), _problem_of(bounded, best.scored.plan))
-                 if request.baselines and not request.out_of_time else [])
+                 if request.baselines else [])
     if progress:
         progress(total, total, "done")
     return assemble(request, solved, rescored, best, baselines, clock.now() - started, bounded)
@@ -190,7 +190,7 @@ def solve_and_prune(request: OptimizeRequest, bounded: list[Bounded], progress: 
     def pruned(item: Bounded) -> str | None:
         if simulated_bound(item) >= fastest[0]:
             return "PRUNED"
-        if request.out_of_time and fastest[0] < float("inf"):
+        if fastest[0] < float("inf") and request.no_time_for(candidate_ops(request.pp, item.candidate)):
             return "TIME LIMIT"  # a fitting plan is in hand; the whole search's wall-clock budget is spent
         best = sorted(p.predicted for p in proposals)
         family = (item.candidate.schedule, item.candidate.chunks)
@@ -339,17 +339,21 @@ def polish(request: OptimizeRequest, rescored: Rescored) -> Polished:
     the fastest result wins (the earlier on a tie)."""
     best = None
     for start in rescored.fitting[:request.polished]:
-        if request.out_of_time:  # past the whole search's deadline: the fastest proposal as it is
-            best = best or Polished(start, start.scored)
-            break
         actions = start.scored.result.resolved.schedule.num_actions()
+        if request.no_time_for(actions):  # past the whole search's deadline: the fastest proposal as it is
+            best = best or Polished(start, start.scored, _source(start))
+            break
         evals = max(MIN_POLISH_EVALS, min(MAX_EVALS, POLISH_ACTIONS // max(1, actions)))
         polished = refine(start.scored, partial(judge, request), request.headroom, start.proposal.problem,
-                          max_evals=evals, ceiling=request.incumbent, stop=lambda: request.out_of_time)
+                          max_evals=evals, ceiling=request.incumbent, stop=lambda: request.no_time_for(actions))
         if best is None or polished.iteration_time < best.scored.iteration_time:
-            source = "cp-sat" if start.scored.name == "cp-sat" else f"{start.scored.name} + polish"
-            best = Polished(start, polished, source)
+            best = Polished(start, polished, _source(start))
     return best
+
+
+def _source(start: Simulated) -> str:
+    """"cp-sat" for a start that is CP-SAT's split, "<usual split> + polish" for a seed."""
+    return "cp-sat" if start.scored.name == "cp-sat" else f"{start.scored.name} + polish"
 
 
 def exhaustive(request: OptimizeRequest, bounded: list[Bounded], best: Polished) -> Polished:
@@ -360,7 +364,7 @@ def exhaustive(request: OptimizeRequest, bounded: list[Bounded], best: Polished)
     found = exhaust([(b.candidate, b.problem) for b in bounded], request.plan_for,
                     lambda plan: judge(request, "exhaustive", plan),
                     lambda scored: fits_within(scored, request.headroom), best.scored,
-                    stop=lambda: request.out_of_time)
+                    stop=lambda: request.no_time_for(plan_ops(best.scored.plan)))
     if found.best is None or found.best.iteration_time >= best.scored.iteration_time:
         return best
     return Polished(best.start, found.best, "exhaustive")

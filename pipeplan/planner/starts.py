@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from simulator.schedules import SCHEDULES
+
 from ..api import simulate
+from ..limits import schedule_ops
 from ..plan import Plan
+from . import clock
 from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, deepspeed_parameters, megatron_uniform
 from .bounds import plan_bound
 from .exhaustive import MAX_PLANS, exhaust, space_size, uniform_plans
@@ -25,8 +29,22 @@ from .result import Scored
 
 
 def judge(request: OptimizeRequest, name: str, plan: Plan) -> Scored:
-    """``plan`` as the simulator replays it on the request's model, cluster and (measured) costs."""
-    return Scored(name, plan, simulate(request.model, request.cluster, plan, profile=request.profile))
+    """``plan`` as the simulator replays it on the request's model, cluster and (measured) costs (its time per
+    op goes to the request's ``pace``)."""
+    started = clock.now()
+    result = simulate(request.model, request.cluster, plan, profile=request.profile)
+    request.pace.record(result.resolved.schedule.num_actions(), clock.now() - started)
+    return Scored(name, plan, result)
+
+
+def candidate_ops(pp: int, candidate: Candidate) -> int:
+    """The compute ops of ``candidate``'s schedule on pp devices (what ``request.no_time_for`` is asked)."""
+    kinds = 3 if SCHEDULES[candidate.schedule].split_backward else 2
+    return schedule_ops(pp, candidate.num_microbatches, candidate.chunks, kinds)
+
+
+def plan_ops(plan: Plan) -> int:
+    return candidate_ops(plan.pp, Candidate(plan.schedule, plan.chunks, plan.microbatch_size, plan.num_microbatches))
 
 
 def usual_splits(request: OptimizeRequest, stages: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -44,9 +62,9 @@ def seed_starts(request: OptimizeRequest, candidates: Iterable[tuple[Candidate, 
     for candidate, problem in candidates:
         for name, layers in usual_splits(request, problem.num_stages):
             for modes in uniform_plans(problem, layers):  # least recomputation first
-                if plan_bound(problem, layers, modes) >= fastest or request.out_of_time:
-                    break
                 plan = request.plan_for(candidate, layers, (False,) * len(layers)).with_(recompute=modes)
+                if plan_bound(problem, layers, modes) >= fastest or request.no_time_for(plan_ops(plan)):
+                    break
                 scored = judge(request, name, plan)
                 if fits_within(scored, request.headroom):
                     out.append(scored)
@@ -62,16 +80,19 @@ def score_baselines(request: OptimizeRequest, candidate: Candidate,
     (``_brute_force`` on ``problem``, built here when not given), as the simulator replays them.
 
     "Fit" is the chosen plan's rule, headroom included, so a speed-up is never measured against a
-    baseline that breaks it.
+    baseline that breaks it. Past the request's deadline no more is simulated (those scored by then).
     """
     if problem is None:
         problem = request.problem_for(candidate)
     S = candidate.chunks * request.pp
     none, full = (False,) * S, (True,) * S
     out = []  # uniform, parameters, then the brute force when there is one
+    ops = candidate_ops(request.pp, candidate)
     for name, layers in usual_splits(request, S):
+        if request.no_time_for(ops):  # a deadline: the baselines scored by then
+            return out
         scored = judge(request, name, request.plan_for(candidate, layers, none))
-        if not fits_within(scored, request.headroom):
+        if not fits_within(scored, request.headroom) and not request.no_time_for(ops):
             scored = judge(request, name, request.plan_for(candidate, layers, full))
         out.append(scored)
     best = _brute_force(request, candidate, problem)
@@ -84,7 +105,8 @@ def _brute_force(request: OptimizeRequest, candidate: Candidate, problem: Partit
     None when the space is too large or nothing fits."""
     if request.out_of_time or space_size([problem]) > MAX_PLANS:
         return None
+    ops = candidate_ops(request.pp, candidate)
     found = exhaust([(candidate, problem)], request.plan_for, lambda plan: judge(request, BRUTE_FORCE, plan),
                     lambda scored: fits_within(scored, request.headroom), None,
-                    stop=lambda: request.out_of_time)
+                    stop=lambda: request.no_time_for(ops))
     return found.best if found.complete else None
