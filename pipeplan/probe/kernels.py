@@ -15,6 +15,7 @@ inside the functions.
 """
 from __future__ import annotations
 
+import collections
 import random
 import time
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ GRIDS = {
              "vocab": ((2048, 32768), (8192, 131072)), "copy_bytes": (2 ** 28, 2 ** 30)},
 }
 LAYOUTS = ("forward", "input_grad", "weight_grad")
+# Results a benchmark keeps alive (``Timer``): about what a CPU pipeline stage holds in flight, more
+# than a core's L2 and its share of the L3.
+HOLD_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -61,28 +65,48 @@ def _nothing() -> None:
 
 
 class Timer:
-    """Times single calls on ``device``: wall clock on CPU, CUDA events on the current stream."""
+    """Times single calls on ``device``: wall clock on CPU, CUDA events on the current stream.
+
+    A pass prepares every case first (a backward's forward: its graph then waits, as a pipeline
+    stage's activations wait for their backward, and is read from wherever memory holds it by then)
+    and keeps the newest results, up to ``HOLD_BYTES``, as a stage keeps its in-flight micro-batches'
+    activations: a kernel writes to memory no recent kernel used, not to the cache lines the last
+    freed tensor left hot. On the CPU VM holding them made a block's memory-bound kernels 2.5-3x
+    slower and an attention forward 10 % slower (GEMMs: no change); a validator block's forward ran
+    1.4x slower with two micro-batches in flight than when each output was dropped at once."""
 
     def __init__(self, torch: Any, device: Any) -> None:
         self.torch, self.device = torch, device
         self.cuda = device.type == "cuda"
+        self.held: collections.deque = collections.deque()
+        self.held_bytes = 0
+
+    def _hold(self, result: Any) -> None:
+        tensors = [t for t in (result if isinstance(result, (tuple, list)) else (result,))
+                   if isinstance(t, self.torch.Tensor)]
+        for t in tensors:
+            self.held.append(t)
+            self.held_bytes += t.numel() * t.element_size()
+        while self.held_bytes > HOLD_BYTES and self.held:
+            t = self.held.popleft()
+            self.held_bytes -= t.numel() * t.element_size()
 
     def times(self, cases: list[Case], order: list[int]) -> list[float]:
         """Seconds of each case's ``run`` in ``order``, returned in case order."""
         out = [0.0] * len(cases)
+        states = {i: cases[i].prepare() for i in order}
         if not self.cuda:
             for i in order:
-                state = cases[i].prepare()
                 start = time.perf_counter()
-                cases[i].run(state)
+                result = cases[i].run(states.pop(i))
                 out[i] = time.perf_counter() - start
+                self._hold(result)
             return out
         events = []
         for i in order:
-            state = cases[i].prepare()
             begin, end = self.torch.cuda.Event(enable_timing=True), self.torch.cuda.Event(enable_timing=True)
             begin.record()
-            cases[i].run(state)
+            self._hold(cases[i].run(states.pop(i)))
             end.record()
             events.append((i, begin, end))
         self.torch.cuda.synchronize(self.device)
@@ -167,7 +191,7 @@ def _block_kernels(torch: Any, tokens: int, hidden: int, gated: bool, device: An
         act = F.silu(gate) * up if gated else F.gelu(up)
         return y + norm2(y), act
 
-    return block
+    return block, [up, gate, *norm.parameters(), *norm2.parameters()]
 
 
 def elementwise_cases(torch: Any, device: Any, dtype: Any, grid: dict, backward: bool) -> list[Case]:
@@ -179,15 +203,17 @@ def elementwise_cases(torch: Any, device: Any, dtype: Any, grid: dict, backward:
         for gated in (False, True):
             spec = ModelSpec("probe", 1, hidden, max(1, hidden // 64), 4 * hidden, 64, tokens, gated_mlp=gated)
             cost = spec.layer_cost(1, 1, tokens)
-            block = _block_kernels(torch, tokens, hidden, gated, device, dtype)
+            block, params = _block_kernels(torch, tokens, hidden, gated, device, dtype)
             x = torch.randn(tokens, hidden, device=device, dtype=dtype, requires_grad=True)
             if backward:
                 def graph(block=block, x=x):
                     out, act = block(x)
                     return out, act, torch.ones_like(out), torch.ones_like(act)
 
+                # fresh gradients of the input and of every weight, as a backward writes them
                 cases.append(Case((tokens, hidden, int(gated), 0), cost.input_grad_memory_bytes, (), graph,
-                                  lambda st: torch.autograd.backward(st[:2], st[2:])))
+                                  lambda st, leaves=[x, *params]: torch.autograd.grad(
+                                      st[:2], leaves, st[2:], allow_unused=True)))
             else:
                 cases.append(Case((tokens, hidden, int(gated), 0), cost.forward_memory_bytes, (), _nothing,
                                   lambda _s, block=block, x=x: block(x)))
@@ -204,10 +230,14 @@ def elementwise_cases(torch: Any, device: Any, dtype: Any, grid: dict, backward:
 
         if backward:
             cases.append(Case((tokens, 64, 0, vocab), head.input_grad_memory_bytes, (), head_forward,
-                              lambda loss: loss.backward()))
+                              lambda loss, leaves=[logits, h, *norm.parameters()]: torch.autograd.grad(loss, leaves)))
         else:
             cases.append(Case((tokens, 64, 0, vocab), head.forward_memory_bytes, (), _nothing, head_forward))
     return cases
+
+
+def _copy(src: Any, dst: Any) -> None:
+    dst.copy_(src)  # returns nothing: the destination is no new result to hold
 
 
 def copy_cases(torch: Any, device: Any, dtype: Any, grid: dict) -> list[Case]:
@@ -217,5 +247,5 @@ def copy_cases(torch: Any, device: Any, dtype: Any, grid: dict) -> list[Case]:
     for nbytes in grid["copy_bytes"]:
         src = torch.empty(nbytes // 4, device=device, dtype=torch.float32).normal_()
         dst = torch.empty_like(src)
-        cases.append(Case((float(nbytes),), 2.0 * nbytes, (), _nothing, lambda _s, src=src, dst=dst: dst.copy_(src)))
+        cases.append(Case((float(nbytes),), 2.0 * nbytes, (), _nothing, lambda _s, src=src, dst=dst: _copy(src, dst)))
     return cases
