@@ -148,7 +148,9 @@ def test_a_failing_rank_ends_the_run_cleanly(mode, monkeypatch, tmp_path):
     """Rank 1 dies / raises / hangs at its 6th op: the run ends within the timeout, names rank 1,
     leaves no report and no process behind."""
     monkeypatch.setenv(FAULT_ENV, f"1:5:{mode}")
-    timeout = 15.0
+    # 45 s: the ranks' start (torch's import, gloo's rendezvous) takes 10-20 s on a loaded 2-core machine
+    # and counts against the run's timeout; a hang is reported after one wait, timeout / 3 = 15 s.
+    timeout = 45.0
     out = tmp_path / "report.json"
     start = time.monotonic()
     with pytest.raises(ValidationFailed) as failure:
