@@ -43,16 +43,16 @@ class GPUSpec:
     0.970. A100 (0.88): 271.2 of 312 TFLOP/s = 0.869, bf16 1024 x 10240 x 5120, the best shape of
     Bekman's "Maximum Achievable Matmul FLOPS" search (stas00/ml-engineering, compute/accelerator,
     mean of 100 runs, torch 2.6 + CUDA 12.6), 320 tiles in 3 waves on 108 SMs = 0.988; NVIDIA's
-    cuBLAS 11.0 plot of 2020 ("CUDA 11 Features Revealed", Fig. 6) shows fp16 m = n = k = 8192 near
+    CUDA 11 cuBLAS plot of 2020 ("CUDA 11 Features Revealed", Fig. 6) shows fp16 m = n = k = 8192 near
     290 TFLOP/s, so the A100 ceiling was no lower with 2020 software. Other tensor-core GPUs take the
     H100's share; 256 x 128 is the largest cuBLAS/CUTLASS tile that guide names for Ampere and Hopper;
     SM counts and HBM bandwidths are the vendor datasheets (A100 SXM 108 SMs, 2.0 TB/s; H100 SXM
     132 SMs, 3.35 TB/s; L40S 142 SMs, 0.864 TB/s). ``hbm_bandwidth`` also prices the memory-bound
     kernels (norms, softmax, dropout, activations) in ``pipeplan.costs``, unless ``kernel_bandwidth``
     gives the rate those kernels reach (a CPU core runs them from cache, at a rate its vector units
-    set, not its memory bus; an A100 80 GB streams 1.80 of its 2.04 TB/s, 88 % of the datasheet,
-    in a read kernel Nsight Compute confirms, the ~90 % ceiling an NVIDIA GTC talk gives for any
-    kernel: NVIDIA developer forum, "Trouble to reach peak bandwidth of A100", 2025).
+    set, not its memory bus; an A100 80 GB SXM streams 1.80 of its 2.04 TB/s, 88 % of the datasheet,
+    in a read kernel that Nsight Compute confirms, where the poster cites an NVIDIA GTC talk in which no
+    kernel passed ~90 %: NVIDIA developer forum, "Trouble to Reach Peak Bandwidth of A100").
 
     Measured devices (``pipeplan probe``): ``gemm_curve`` replaces the tile-and-wave model with a
     fitted ``ShapeCurve`` over (m, n, k); ``attention_forward``/``attention_backward`` price the
