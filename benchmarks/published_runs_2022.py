@@ -20,7 +20,11 @@ others) and interleaving with three stages per device for 175B and 530B.
 
 Every run is simulated with the ``dgx-a100`` preset; nothing is fitted. Plans: Megatron's even split
 (embedding on the first stage, LM head on the last), 1F1B or interleaved, ``blocking_p2p`` (Megatron of
-2022 still waited for each batch_isend_irecv), standard (non-Flash) attention with dropout.
+2022 still waited for each batch_isend_irecv, then synchronized), standard (non-Flash) attention with
+dropout; the full-recomputation runs scatter each pipeline message over the tensor ranks
+(``scatter_gather_p2p``: ``--scatter-gather-tensors-in-pipeline`` was on by default in May 2022). With
+sequence parallelism Megatron split the already sequence-sharded message once more over the ranks; the
+plans cannot say that (``scatter_gather_p2p`` needs sp off), so they send s·b·h/t bytes a rank.
 
 Run: python benchmarks/published_runs_2022.py
 """
@@ -100,7 +104,7 @@ def plan_of(run: Run, present: bool = True) -> Plan:
                 num_microbatches=run.num_microbatches, microbatch_size=run.microbatch,
                 layers_per_stage=tuple(layers), chunks=run.chunks,
                 recompute=("selective" if present else "full",) * stages, nodes=run.gpus // 8, dp=1, tp=TP,
-                sequence_parallel=present, blocking_p2p=True)
+                sequence_parallel=present, blocking_p2p=True, scatter_gather_p2p=not present)
 
 
 def layer_milliseconds(recompute: str, sequence_parallel: bool) -> tuple[float, float]:
