@@ -15,7 +15,7 @@ virtual stages, else 1F1B; Megatron's even split (l / (pp·v) blocks a stage, th
 stage and the LM head on the last).
 
 Priced: the data-parallel gradient all-reduce (fp32 gradients, NCCL's rings over the stage's data
-group, one per NIC its GPUs reach on a node, per stage-chunk after its last backward) and the
+group, one per NIC its GPUs reach on a node, per bucket or per stage-chunk, see below) and the
 optimizer step (bytes / HBM bandwidth). Megatron 2021's point-to-point exchanges block
 (batch_isend_irecv, then wait, in its p2p_communication module; no --overlap-p2p-communication yet):
 the plans say ``blocking_p2p``; and they scatter each pipeline message over the tensor ranks and
@@ -44,8 +44,8 @@ from pipeplan.model import ModelSpec  # noqa: E402
 from pipeplan.plan import Plan  # noqa: E402
 
 VOCAB, SEQ = 51200, 2048
-CAVEAT = ("2021's unfused kernels (bias adds, transposes), fp16 gradients and sustained clocks are not "
-          "modelled")
+CAVEAT = ("2021's unfused kernels (bias adds, transposes), its per-micro-batch gradient accumulation and "
+          "fp16 gradients are not modelled")
 DDP_BUCKET_PARAMS = 25 * 2**20 // 2  # PyTorch DDP's bucket_cap_mb = 25 of fp16 gradients
 
 
