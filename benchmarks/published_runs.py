@@ -15,14 +15,18 @@ virtual stages, else 1F1B; Megatron's even split (l / (pp·v) blocks a stage, th
 stage and the LM head on the last).
 
 Priced: the data-parallel gradient all-reduce (fp32 gradients, NCCL's rings over the stage's data
-group, one per NIC its GPUs reach on a node, per stage-chunk after its last backward) and the
+group, one per NIC its GPUs reach on a node, per bucket or per stage-chunk, see below) and the
 optimizer step (bytes / HBM bandwidth). Megatron 2021's point-to-point exchanges block
 (batch_isend_irecv, then wait, in its p2p_communication module; no --overlap-p2p-communication yet):
 the plans say ``blocking_p2p``; and they scatter each pipeline message over the tensor ranks and
 gather it over NVLink (``--scatter-gather-tensors-in-pipeline``, on by default then): the plans with
-tp > 1 say ``scatter_gather_p2p``. Megatron 2021 all-reduced the gradients after the whole backward
-(``train_step``: ``allreduce_gradients`` after ``forward_backward_func``; ``--overlap-grad-reduce``
-came later): the plans say ``overlap_grad_reduce`` false.
+tp > 1 say ``scatter_gather_p2p``. The runs' own scripts (Megatron-LM ``examples/sc21/run_table_1.sh``,
+container ``nvcr.io/nvidia/pytorch:20.12-py3``, ``--fp16``) choose the data-parallel implementation
+per row: ``--DDP-impl torch`` up to 18.4B, whose PyTorch DistributedDataParallel all-reduces 25 MB
+buckets while the (last micro-batch's) backward runs, and ``--DDP-impl local`` from 39.1B on, whose
+``allreduce_gradients`` runs after the whole ``forward_backward_func`` (``--overlap-grad-reduce`` came
+later): the plans say ``overlap_grad_reduce`` true with DDP's buckets on every stage, or false. The
+simulator reduces fp32 gradients; these runs reduced fp16 ones (no ``--accumulate-allreduce-grads-in-fp32``).
 
 Run: python benchmarks/published_runs.py
 """
@@ -35,11 +39,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeplan import simulate  # noqa: E402
+from pipeplan.dataparallel import DataParallelOptions  # noqa: E402
 from pipeplan.model import ModelSpec  # noqa: E402
 from pipeplan.plan import Plan  # noqa: E402
 
 VOCAB, SEQ = 51200, 2048
-CAVEAT = "2021 kernels, fp16 and the A100's own GEMM ceiling are not modelled (the 83 % cap is the H100's)"
+CAVEAT = ("2021's unfused kernels (bias adds, transposes), its per-micro-batch gradient accumulation and "
+          "fp16 gradients are not modelled")
+DDP_BUCKET_PARAMS = 25 * 2**20 // 2  # PyTorch DDP's bucket_cap_mb = 25 of fp16 gradients
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class Run:
     microbatch: int
     chunks: int  # virtual stages per device (1: plain 1F1B)
     published_tflops: float
+    torch_ddp: bool = False  # --DDP-impl torch in run_table_1.sh (else local)
 
     @property
     def dp(self) -> int:
@@ -68,10 +76,10 @@ class Run:
 
 
 TABLE_1 = (
-    Run("1.7B", 24, 2304, 24, 1, 1, 32, 512, 16, 1, 137),
-    Run("3.6B", 30, 3072, 32, 2, 1, 64, 512, 16, 1, 138),
-    Run("7.5B", 36, 4096, 32, 4, 1, 128, 512, 16, 1, 142),
-    Run("18.4B", 40, 6144, 48, 8, 1, 256, 1024, 8, 1, 135),
+    Run("1.7B", 24, 2304, 24, 1, 1, 32, 512, 16, 1, 137, torch_ddp=True),
+    Run("3.6B", 30, 3072, 32, 2, 1, 64, 512, 16, 1, 138, torch_ddp=True),
+    Run("7.5B", 36, 4096, 32, 4, 1, 128, 512, 16, 1, 142, torch_ddp=True),
+    Run("18.4B", 40, 6144, 48, 8, 1, 256, 1024, 8, 1, 135, torch_ddp=True),
     Run("39.1B", 48, 8192, 64, 8, 2, 512, 1536, 4, 1, 138),
     Run("76.1B", 60, 10240, 80, 8, 4, 1024, 1792, 2, 3, 140),
     Run("145.6B", 80, 12288, 96, 8, 8, 1536, 2304, 2, 2, 148),
@@ -99,7 +107,14 @@ def plan_of(run: Run) -> Plan:
                 pp=run.pp, num_microbatches=run.num_microbatches, microbatch_size=run.microbatch,
                 layers_per_stage=tuple(layers), chunks=run.chunks, recompute=("full",) * stages,
                 nodes=run.gpus // 8, dp=run.dp, tp=run.tp, blocking_p2p=True, scatter_gather_p2p=run.tp > 1,
-                overlap_grad_reduce=False)
+                overlap_grad_reduce=run.torch_ddp)
+
+
+def dp_options_of(run: Run) -> DataParallelOptions:
+    """PyTorch DDP's 25 MB buckets on every stage for ``--DDP-impl torch``; Megatron's defaults otherwise."""
+    if run.torch_ddp:
+        return DataParallelOptions(bucket_params=DDP_BUCKET_PARAMS, bucketed_stages="every")
+    return DataParallelOptions()
 
 
 def megatron_flops(run: Run) -> float:
@@ -110,7 +125,7 @@ def megatron_flops(run: Run) -> float:
 
 def predicted_tflops(run: Run) -> float:
     """TFLOP/s per GPU the simulator predicts for ``run`` (eq. 3 FLOPs over the simulated iteration)."""
-    result = simulate(plan=plan_of(run))
+    result = simulate(plan=plan_of(run), dp_options=dp_options_of(run))
     return megatron_flops(run) / (result.iteration_time * run.gpus) / 1e12
 
 

@@ -37,15 +37,22 @@ class GPUSpec:
     2·tile_m·tile_n·k FLOPs at the SM's share of ``max_fraction`` x peak; a GEMM that moves more
     bytes (2·(mk + kn + mn), 16-bit) than that time allows at ``hbm_bandwidth`` is memory-bound.
 
-    Constants: ``max_fraction`` 0.83 is the per-SM ceiling behind the one GEMM measured on an H100
-    here (bf16 8192^3 ≈ 798 of 989 TFLOP/s = 0.807, shared REFERENCE), divided by that shape's wave
-    efficiency on 132 SMs (2048 tiles in 16 waves = 0.970); it is assumed the same share for other
-    tensor-core GPUs; 256 x 128 is the largest cuBLAS/CUTLASS tile that guide names for Ampere and Hopper;
+    Constants: ``max_fraction`` is the per-SM ceiling a GPU type's measured GEMM implies: the
+    measured share of peak divided by that shape's wave efficiency. H100 (the default, 0.83): bf16
+    8192^3 ≈ 798 of 989 TFLOP/s = 0.807 (shared REFERENCE), 2048 tiles in 16 waves on 132 SMs =
+    0.970. A100 (0.88): 271.2 of 312 TFLOP/s = 0.869, bf16 1024 x 10240 x 5120, the best shape of
+    Bekman's "Maximum Achievable Matmul FLOPS" search (stas00/ml-engineering, compute/accelerator,
+    mean of 100 runs, torch 2.6 + CUDA 12.6), 320 tiles in 3 waves on 108 SMs = 0.988; NVIDIA's
+    CUDA 11 cuBLAS plot of 2020 ("CUDA 11 Features Revealed", Fig. 6) shows fp16 m = n = k = 8192 near
+    290 TFLOP/s, so the A100 ceiling was no lower with 2020 software. Other tensor-core GPUs take the
+    H100's share; 256 x 128 is the largest cuBLAS/CUTLASS tile that guide names for Ampere and Hopper;
     SM counts and HBM bandwidths are the vendor datasheets (A100 SXM 108 SMs, 2.0 TB/s; H100 SXM
     132 SMs, 3.35 TB/s; L40S 142 SMs, 0.864 TB/s). ``hbm_bandwidth`` also prices the memory-bound
     kernels (norms, softmax, dropout, activations) in ``pipeplan.costs``, unless ``kernel_bandwidth``
     gives the rate those kernels reach (a CPU core runs them from cache, at a rate its vector units
-    set, not its memory bus).
+    set, not its memory bus; an A100 80 GB SXM streams 1.80 of its 2.04 TB/s, 88 % of the datasheet,
+    in a read kernel that Nsight Compute confirms, where the poster cites an NVIDIA GTC talk in which no
+    kernel passed ~90 %: NVIDIA developer forum, "Trouble to Reach Peak Bandwidth of A100").
 
     Measured devices (``pipeplan probe``): ``gemm_curve`` replaces the tile-and-wave model with a
     fitted ``ShapeCurve`` over (m, n, k); ``attention_forward``/``attention_backward`` price the
@@ -292,11 +299,18 @@ def merge_fields(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
 # HBM: H100 SXM 3.35 TB/s, A100 SXM 80 GB 2.0 TB/s (NVIDIA datasheets, shared REFERENCE); the L40S
 # has GDDR6 at 864 GB/s (NVIDIA L40S datasheet).
 H100 = GPUSpec("H100-SXM", 989e12, 80e9, sms=132, hbm_bandwidth=3.35e12)
-A100 = GPUSpec("A100-SXM-80GB", 312e12, 80e9, sms=108, hbm_bandwidth=2.0e12)
+# The A100's GEMM ceiling and the rate its memory-bound kernels reach are its own (GPUSpec docstring);
+# the H100 keeps its datasheet bandwidth for those kernels (no measurement of its own here yet).
+A100 = GPUSpec("A100-SXM-80GB", 312e12, 80e9, max_fraction=0.88, sms=108, hbm_bandwidth=2.0e12,
+               kernel_bandwidth=1.8e12)
 L40S = GPUSpec("L40S", 362e12, 48e9, sms=142, hbm_bandwidth=864e9)
 
 # dgx-h100: NVLink 4 450 GB/s each way per GPU, 8 ConnectX-7 NDR 400 Gb/s = 50 GB/s NICs (one per GPU).
-# dgx-a100: NVLink 3 300 GB/s each way, 8 HDR 200 Gb/s = 25 GB/s NICs (DGX A100 user guide).
+# dgx-a100: NVLink 3 300 GB/s each way is 12 links' line rate; NCCL's rings reach 230 GB/s of bus
+# bandwidth on it (~20 GB/s a link with 128-byte payloads, other limits take it to ~230: S. Jeaugey,
+# NVIDIA, nccl-tests issue #149, 2023), so the preset's NVLink is 230 GB/s; 8 HDR 200 Gb/s = 25 GB/s
+# NICs (DGX A100 user guide). The dgx-h100 NVLink stays at its 450 GB/s line rate (NCCL's rings
+# reach ~370 GB/s there, nccl-tests issue #212: not applied yet, it moves every H100 figure).
 # pcie-l40s: 8 L40S on PCIe Gen4 x16 (64 GB/s bidirectional in the datasheet = 32 GB/s each way; 25 GB/s
 # is what a Gen4 x16 copy reaches) behind one PCIe switch, one 100 GbE NIC (12.5 GB/s) per node.
 
@@ -305,7 +319,7 @@ CLUSTER_PRESETS: dict[str, ClusterSpec] = {
         "dgx-h100", H100, 8, LinkSpec("nvlink", 450e9, 3e-6), LinkSpec("ib", 50e9, 5e-6), nics_per_node=8
     ),
     "dgx-a100": ClusterSpec(
-        "dgx-a100", A100, 8, LinkSpec("nvlink", 300e9, 3e-6), LinkSpec("ib", 25e9, 5e-6), nics_per_node=8
+        "dgx-a100", A100, 8, LinkSpec("nvlink", 230e9, 3e-6), LinkSpec("ib", 25e9, 5e-6), nics_per_node=8
     ),
     "pcie-l40s": ClusterSpec(
         "pcie-l40s", L40S, 8, LinkSpec("pcie", 25e9, 10e-6), LinkSpec("eth", 12.5e9, 20e-6), nics_per_node=1

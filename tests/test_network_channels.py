@@ -85,7 +85,7 @@ def test_dp16_at_tp1_across_nodes_is_slower_with_one_nic_per_node():
 def test_scattered_pipeline_messages_by_hand():
     # llama3-8b, b = 1, s = 8192: S = 2·8192·4096 bytes between stage 0 (GPU 0, node 0) and stage 1
     # (GPU 8, node 1) at tp = 8. Each tensor rank sends S/8 over its own NIC (25 GB/s on dgx-a100, 5 us),
-    # then the 8 ranks all-gather S over NVLink (300 GB/s, 3 us): 5e-6 + S/8/25e9 + 7·3e-6 + 7/8·S/300e9.
+    # then the 8 ranks all-gather S over NVLink (NCCL's 230 GB/s, 3 us): 5e-6 + S/8/25e9 + 7·3e-6 + 7/8·S/230e9.
     common = dict(model="llama3-8b", cluster="dgx-a100", schedule="1f1b", pp=2, num_microbatches=1,
                   microbatch_size=1, layers_per_stage=even_split(34, 2), tp=8, nodes=2)
     s = 2 * 8192 * 4096
@@ -95,10 +95,10 @@ def test_scattered_pipeline_messages_by_hand():
         5e-6 + s / 25e9, rel=1e-12)
     assert scattered.stages[0].send_forward_bytes == s / 8
     assert scattered.network.transfer_seconds(0, 1, scattered.stages[0].send_forward_bytes) == pytest.approx(
-        5e-6 + s / 8 / 25e9 + 7 * 3e-6 + 7 / 8 * s / 300e9, rel=1e-12)
+        5e-6 + s / 8 / 25e9 + 7 * 3e-6 + 7 / 8 * s / 230e9, rel=1e-12)
     result = simulate(plan=llama_plan(scatter_gather_p2p=True, **common))
     sent = next(t for t in result.timeline.transfers if str(t.action) == "0F0")
-    assert sent.end - sent.start == pytest.approx(5e-6 + s / 8 / 25e9 + 21e-6 + 7 / 8 * s / 300e9, rel=1e-12)
+    assert sent.end - sent.start == pytest.approx(5e-6 + s / 8 / 25e9 + 21e-6 + 7 / 8 * s / 230e9, rel=1e-12)
 
 
 @pytest.mark.parametrize("changes", [dict(tp=1), dict(tp=8, sequence_parallel=True)])
