@@ -245,8 +245,8 @@ class Profile:
             "seq_len": self.seq_len,
             "dtype": self.dtype,
             "layers_per_stage": list(self.layers_per_stage),
-            "stages": [vars(s).copy() for s in self.stages],
-            "layers": {k: vars(v).copy() for k, v in self.layers.items()} if self.layers else None,
+            "stages": [_stage_dict(s) for s in self.stages],
+            "layers": {k: _stage_dict(v) for k, v in self.layers.items()} if self.layers else None,
             "boundary_bytes": self.boundary_bytes,
             **({"spread": self.spread.to_dict()} if self.spread is not None else {}),
             **({"collectives": [vars(c).copy() for c in self.collectives]} if self.collectives else {}),
@@ -292,6 +292,11 @@ class Profile:
 
     def save(self, path: str) -> None:
         write_json_atomic(path, self.to_dict())
+
+
+def _stage_dict(stage: StageProfile) -> dict[str, Any]:
+    """A stage's fields, without an unmeasured optimizer step (profiles written before it was measured)."""
+    return {k: v for k, v in vars(stage).items() if not (k == "optimizer" and v is None)}
 
 
 def _items(field: str, value: Any) -> list:
