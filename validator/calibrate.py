@@ -134,26 +134,28 @@ def stage_timings(samples: list[dict[int, dict[str, list[float]]]],
 
 
 def reduction_round(runners: dict[int, StageRunner], group, reps: int, timeout: float) -> dict[int, tuple[list, list]]:
-    """Each of this rank's stages' gradient all-reduce over its data-parallel ``group``, ``reps`` times at
-    one element and at the stage's gradient size, every member starting together (a barrier of the
-    group before each): {stage: (small, big)} seconds on this rank. Every data group of the run does this
-    at the same time, as their reductions overlap in the run."""
-    from .data_parallel import gradient_elements
+    """Each of this rank's stages' gradient reduction over its data-parallel ``group``, ``reps`` times as a
+    one-element all-reduce and as the run does it (``data_parallel.reduce_stage``: the stage's gradients
+    flattened, all-reduced, copied back; zeros here, cleared afterwards), every member starting together
+    (a barrier of the group before each): {stage: (small, big)} seconds on this rank. Every data group
+    of the run does this at the same time, as their reductions overlap in the run."""
+    from .data_parallel import reduce_stage
 
     measured = {}
     for stage, runner in sorted(runners.items()):
+        one = torch.zeros(1, dtype=runner.dtype, device=runner.device)
         lists = []
-        for numel in (1, gradient_elements(runner)):
-            buffer = torch.zeros(numel, dtype=runner.dtype, device=runner.device)
+        for reduce in (lambda: dist.all_reduce(one, group=group), lambda: reduce_stage(runner, group)):
             times = []
             for _ in range(reps):
                 with talking_to(None, "timing a gradient all-reduce"):
                     dist.barrier(group=group)
                     start = time.perf_counter()
-                    dist.all_reduce(buffer, group=group)
+                    reduce()
                     _sync(runner.device)
                     times.append(time.perf_counter() - start)
             lists.append(times)
+        runner.module.zero_grad(set_to_none=True)
         measured[stage] = tuple(lists)
     return measured
 

@@ -52,6 +52,13 @@ def unflatten_into(grads: list[torch.Tensor], flat: torch.Tensor) -> None:
         offset += g.numel()
 
 
+def reduce_stage(runner: StageRunner, group) -> None:
+    """The stage's gradients summed over ``group``: flattened, all-reduced as one buffer, copied back."""
+    grads, flat = flat_gradients(runner)
+    dist.all_reduce(flat, group=group)
+    unflatten_into(grads, flat)
+
+
 def gradient_elements(runner: StageRunner) -> int:
     """Elements one reduction of the stage carries: every parameter's."""
     return sum(p.numel() for p in runner.module.parameters())
@@ -76,9 +83,7 @@ class CommunicationStream:
             job = self.jobs.get()
             try:
                 job["start"] = self.clock.mark()
-                grads, flat = flat_gradients(job["runner"])
-                dist.all_reduce(flat, group=self.group)
-                unflatten_into(grads, flat)
+                reduce_stage(job["runner"], self.group)
                 job["end"] = self.clock.mark()
             except BaseException as err:  # handed to the compute thread, which raises it
                 job["error"] = err
