@@ -173,3 +173,19 @@ def test_profile_puts_measured_step_and_reduction_in_place():
     assert profile.with_measured_step((analytic,), (5, 5)) == (analytic,)  # another cut: analytic kept
     again = Profile.from_dict(json.loads(json.dumps(profile.to_dict())))
     assert again.collectives == (reduction,) and again.stages[0].optimizer == 0.25
+
+
+def test_reductions_are_handed_over_where_the_simulator_starts_them():
+    # Interleaved p=2 v=2 m=4, device 0's list: 0F0 0F1 2F0 2F1 0F2 2B0 0F3 2B1 2F2 0B0 2F3 0B1 2B2 2B3 0B2 0B3.
+    from pipeplan.lowering import generated_schedule
+    from validator.data_parallel import TrainingStep
+    from validator.timing import CpuClock
+
+    schedule = generated_schedule("interleaved", 2, 4, 2)
+    runners = {0: None, 2: None}
+    overlapped = TrainingStep(schedule, 0, runners, CpuClock(), data_ranks=2, overlap=True)
+    assert overlapped.handover == {13: [2], 15: [0]} and overlapped.order == [2, 0]  # after 2B3, after 0B3
+    # Without overlap all wait for the device's last backward, the stage whose backward came last first.
+    at_end = TrainingStep(schedule, 0, runners, CpuClock(), data_ranks=2, overlap=False)
+    assert at_end.handover == {15: [0, 2]} and at_end.order == [0, 2]
+    assert TrainingStep(schedule, 0, runners, CpuClock()).handover == {}  # dp = 1: nothing to reduce
