@@ -7,6 +7,7 @@ Skipped, with the validator's own figures, when the machine was disturbed in eve
 job's load shows up in it many times over.
 """
 import json
+import os
 
 import pytest
 
@@ -14,6 +15,7 @@ pytest.importorskip("torch")
 
 from test_validate_live import ATTEMPTS, BUBBLE_POINTS, PLANS, TIME_PCT, attempts, idle, summary, within  # noqa: E402
 
+from pipeplan.plan import Plan  # noqa: E402
 from pipeplan.validation import ValidateOptions  # noqa: E402
 from simulator.ir import Action  # noqa: E402
 
@@ -55,6 +57,12 @@ def check_ops(report):
 
 @pytest.mark.parametrize("name", ["tiny-tp2.json", "tiny-dp2.json", "tiny-tp2-pp2.json"])
 def test_tensor_and_data_parallel_runs_match_their_calibration(name):
+    ranks = Plan.load(str(PLANS / name)).num_gpus
+    if len(os.sched_getaffinity(0)) < ranks:
+        # More ranks than cores: each rank's thread waits for a core every op, which the validator judges
+        # a disturbed iteration, and an idle rank's core speeds up the others (on the 2-core VM tp = 2
+        # pp = 2 measured -10.9 points of bubble against its calibration).
+        pytest.skip(f"{name}: {ranks} ranks need {ranks} cores; this host allows {len(os.sched_getaffinity(0))}")
     quiet, reports = _quiet_reports(name)
     assert any(within(r) for r in quiet), f"{name}: calibrated errors: {summary(reports)}"
 
@@ -78,3 +86,17 @@ def _tiny_parameters():
     head = 2 * h + h * vocab
     embedding = vocab * h
     return [embedding, 8 * block, head]
+
+
+def test_tensor_parallel_pipeline_computes_the_recorded_tp1_losses():
+    """tp = 2 pp = 2 (4 ranks) against the committed tp = 1 run of the same cut, seed and data
+    (``validation/records/cpu-gloo-tiny-1f1b-p2.json``): every iteration's losses agree to float
+    tolerance, whatever the timings, so this runs on any host."""
+    from pipeplan.validation import run_validation
+
+    report = run_validation(str(PLANS / "tiny-tp2-pp2.json"), ValidateOptions(iterations=2, warmup=1, timeout=300))
+    check_ops(report)
+    record = json.loads((PLANS.parent / "records" / "cpu-gloo-tiny-1f1b-p2.json").read_text())
+    (losses,), (recorded,) = report["losses"], record["losses"]
+    assert len(losses) >= 3 * 8  # 1 warm-up and at least 2 timed iterations of 8 micro-batches
+    assert losses == pytest.approx(recorded[:len(losses)], rel=1e-4)
