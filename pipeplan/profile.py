@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from simulator.kinds import REDUCE_GRAD
+from simulator.kinds import GATHER_PARAMS, REDUCE_GRAD
 from simulator.workload import Collective, Link, Network, PairLinks, StageCost
 
 from .bands.calibration import CalibrationSpread
@@ -95,8 +95,9 @@ class LinkProfile:
 
 @dataclass(frozen=True)
 class CollectiveProfile:
-    """A stage's measured data-parallel collective (``kind`` REDUCE_GRAD): ``nbytes`` over its group take
-    ``latency + nbytes / bandwidth`` seconds on one member."""
+    """A stage's measured data-parallel collective (``kind`` REDUCE_GRAD: its gradient all-reduce, or
+    reduce-scatter with the distributed optimizer; GATHER_PARAMS: that optimizer's parameter all-gather):
+    ``nbytes`` over its group take ``latency + nbytes / bandwidth`` seconds on one member."""
 
     stage: int
     kind: str
@@ -105,8 +106,8 @@ class CollectiveProfile:
     bandwidth: float
 
     def __post_init__(self) -> None:
-        if self.kind != REDUCE_GRAD:
-            raise SpecError(f"profile.collectives.kind: only {REDUCE_GRAD} is measured (got {self.kind!r})")
+        if self.kind not in (REDUCE_GRAD, GATHER_PARAMS):
+            raise SpecError(f"profile.collectives.kind: {REDUCE_GRAD} or {GATHER_PARAMS} (got {self.kind!r})")
         positive_number("profile.collectives.nbytes", self.nbytes, allow_zero=True)
         positive_number("profile.collectives.latency", self.latency, allow_zero=True)
         in_range("profile.collectives.latency", self.latency, "latency")
@@ -189,21 +190,18 @@ class Profile:
 
     def with_measured_step(self, stages: tuple[StageCost, ...], layers_per_stage: tuple[int, ...]
                            ) -> tuple[StageCost, ...]:
-        """``stages`` with the measured optimizer steps and gradient reductions in place of the analytic ones
-        (the measured cut only; a stage without a REDUCE_GRAD collective, dp = 1, gets none)."""
+        """``stages`` with the measured optimizer steps and data-parallel collectives in place of the analytic
+        ones (the measured cut only; a stage without such a collective, dp = 1, gets none)."""
         if tuple(layers_per_stage) != tuple(self.layers_per_stage):
             return stages
-        reductions = {c.stage: c for c in self.collectives}
+        measured = {(c.stage, c.kind): c for c in self.collectives}
         out = []
         for k, cost in enumerate(stages):
-            measured = self.stages[k].optimizer
-            if measured is not None:
-                cost = replace(cost, optimizer=measured)
-            analytic = cost.collective(REDUCE_GRAD)
-            if k in reductions and analytic is not None:
-                mine = reductions[k].collective(analytic.buckets)
-                cost = replace(cost, collectives=tuple(mine if c.kind == REDUCE_GRAD else c for c in cost.collectives))
-            out.append(cost)
+            if self.stages[k].optimizer is not None:
+                cost = replace(cost, optimizer=self.stages[k].optimizer)
+            priced = tuple(measured[k, c.kind].collective(c.buckets) if (k, c.kind) in measured else c
+                           for c in cost.collectives)
+            out.append(replace(cost, collectives=priced))
         return tuple(out)
 
     def network(self, base: Network) -> Network:

@@ -5,7 +5,7 @@ stages with tensor parallelism (t = 2) and with data parallelism (d = 2) and sav
 
 Each rank writes OUT_FOLDER/rank{r}.pt: the tensor-parallel stage's losses, gradients and all-reduce
 counts after each op, and the data-parallel run's weights before and after one iteration with the
-kinds of the ops it timed.
+kinds of the ops it timed, with plain data parallelism ("dp") and the distributed optimizer ("zero").
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def tensor_parallel(rank: int, group) -> dict:
             "elements": tensor.elements}
 
 
-def data_parallel(rank: int, group) -> dict:
+def data_parallel(rank: int, group, distributed: bool = False) -> dict:
     from pipeplan.lowering import generated_schedule
     from pipeplan.model import load_model
     from validator.compute import StageRunner
@@ -61,7 +61,8 @@ def data_parallel(rank: int, group) -> dict:
                          torch.device("cpu"), torch.float32, SEED, lr=LR, data_ranks=2, data_rank=rank)
     before = {n: p.detach().clone() for n, p in runner.module.named_parameters()}
     clock = CpuClock()
-    step = TrainingStep(schedule, 0, {0: runner}, clock, group, 2, overlap=True, timeout=60)
+    step = TrainingStep(schedule, 0, {0: runner}, clock, group, 2, overlap=True, timeout=60,
+                        distributed=distributed, data_rank=rank)
     marks, _ = RankExecutor(schedule, 0, {0: runner}, {}, clock, None, step).run_iteration()
     after = {n: p.detach().clone() for n, p in runner.module.named_parameters()}
     return {"before": before, "after": after, "ops": [str(m.action) for m in marks]}
@@ -72,7 +73,8 @@ def run(rank: int, init: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
     group = dist.new_group([0, 1])
-    result = {"tp": tensor_parallel(rank, group), "dp": data_parallel(rank, group)}
+    result = {"tp": tensor_parallel(rank, group), "dp": data_parallel(rank, group),
+              "zero": data_parallel(rank, group, distributed=True)}
     torch.save(result, Path(out) / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()

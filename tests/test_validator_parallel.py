@@ -110,7 +110,9 @@ def test_tensor_parallel_all_reduces_match_megatrons_count(ranks):
     assert ranks[0]["tp"]["elements"] == 2 * ((2 * blocks + 1) * tokens * h + 3 * tokens + backward * tokens * h)
 
 
-def test_data_parallel_update_equals_dp1_over_all_microbatches(ranks):
+@pytest.mark.parametrize("variant, ends", [("dp", [REDUCE_GRAD, OPTIMIZER]),
+                                           ("zero", [REDUCE_GRAD, OPTIMIZER, "GATHER_PARAMS"])])
+def test_data_parallel_update_equals_dp1_over_all_microbatches(ranks, variant, ends):
     from pipeplan.lowering import generated_schedule
     from validator.data_parallel import TrainingStep
     from validator.runtime import RankExecutor
@@ -122,10 +124,10 @@ def test_data_parallel_update_equals_dp1_over_all_microbatches(ranks):
     clock = CpuClock()
     RankExecutor(schedule, 0, {0: runner}, {}, clock, None, TrainingStep(schedule, 0, {0: runner}, clock)).run_iteration()
     for result in ranks:
-        assert result["dp"]["ops"][-2:] == [f"0{REDUCE_GRAD}", f"0{OPTIMIZER}"]
+        assert result[variant]["ops"][-len(ends):] == [f"0{kind}" for kind in ends]
         for name, p in runner.module.named_parameters():
-            torch.testing.assert_close(result["dp"]["before"][name], before[name])
-            torch.testing.assert_close(result["dp"]["after"][name] - before[name], p.detach() - before[name],
+            torch.testing.assert_close(result[variant]["before"][name], before[name])
+            torch.testing.assert_close(result[variant]["after"][name] - before[name], p.detach() - before[name],
                                        rtol=1e-4, atol=1e-7)
     moved = max(float((p.detach() - before[n]).abs().max()) for n, p in runner.module.named_parameters())
     assert moved > 1e-3  # the update is large enough for the comparison to mean something
@@ -142,7 +144,6 @@ def _plan(tmp_path, **fields) -> str:
 @pytest.mark.parametrize("fields, message", [
     ({"sequence_parallel": True}, "plan.sequence_parallel: the validator runs tensor parallelism without"),
     ({"scatter_gather_p2p": True}, "plan.scatter_gather_p2p:"),
-    ({"tp": 1, "dp": 2, "distributed_optimizer": True}, "plan.distributed_optimizer:"),
     ({"blocking_p2p": True}, "plan.blocking_p2p:"),
 ])
 def test_preflight_refuses_what_the_validator_does_not_run(tmp_path, fields, message):
@@ -157,7 +158,7 @@ def test_preflight_refuses_torch_runtime_with_tp_and_indivisible_heads(tmp_path)
     model = {"name": "odd", "num_layers": 2, "hidden": 48, "heads": 3, "ffn_hidden": 96, "vocab": 64, "seq_len": 16}
     with pytest.raises(SpecError, match=r"plan.tp: the model's heads \(3\) is not divisible by tp = 2"):
         check_plan(_plan(tmp_path, model=model, layers_per_stage=[4]), 1.0)
-    for name in ("tiny-tp2.json", "tiny-dp2.json", "tiny-tp2-pp2.json"):
+    for name in ("tiny-tp2.json", "tiny-dp2.json", "tiny-dp2-distributed.json", "tiny-tp2-pp2.json"):
         assert check_plan(str(PLANS / name), 1.0).plan.num_gpus in (2, 4)
 
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from pipeplan.profile import CollectiveProfile, LinkProfile, StageProfile
 from simulator.ir import BACKWARD_INPUT, FORWARD, FULL_BACKWARD, Schedule
-from simulator.kinds import OPTIMIZER, REDUCE_GRAD
+from simulator.kinds import GATHER_PARAMS, OPTIMIZER, REDUCE_GRAD
 
 from . import devices
 from .compute import StageRunner
@@ -133,51 +133,62 @@ def stage_timings(samples: list[dict[int, dict[str, list[float]]]],
             for s in merged}
 
 
-def reduction_round(runners: dict[int, StageRunner], group, reps: int, timeout: float) -> dict[int, tuple[list, list]]:
-    """Each of this rank's stages' gradient reduction over its data-parallel ``group``, ``reps`` times as a
-    one-element all-reduce and as the run does it (``data_parallel.reduce_stage``: the stage's gradients
-    flattened, all-reduced, copied back; zeros here, cleared afterwards), every member starting together
-    (a barrier of the group before each): {stage: (small, big)} seconds on this rank. Every data group
-    of the run does this at the same time, as their reductions overlap in the run."""
-    from .data_parallel import reduce_stage
+def reduction_round(runners: dict[int, StageRunner], group, reps: int, timeout: float,
+                    distributed: bool = False, rank: int = 0, ranks: int = 1) -> dict[tuple[int, str], tuple[list, list]]:
+    """Each of this rank's stages' data-parallel collectives over ``group``, ``reps`` times as a one-element
+    all-reduce and as the run does them (``data_parallel``: the gradients flattened and all-reduced or,
+    with the ``distributed`` optimizer, reduce-scattered, and its parameter all-gather; on zero gradients
+    and the unchanged parameters here, gradients cleared afterwards), every member starting together (a
+    barrier of the group before each): {(stage, kind): (small, big)} seconds on this rank. Every data group
+    of the run does this at the same time, as their collectives overlap in the run."""
+    from .data_parallel import _padded, gather_stage, reduce_stage, scatter_stage
+
+    def current_shard(runner):
+        flat = _padded(torch.cat([p.detach().reshape(-1) for p in runner.module.parameters()]), ranks)
+        return flat.chunk(ranks)[rank].clone()
 
     measured = {}
     for stage, runner in sorted(runners.items()):
         one = torch.zeros(1, dtype=runner.dtype, device=runner.device)
-        lists = []
-        for reduce in (lambda: dist.all_reduce(one, group=group), lambda: reduce_stage(runner, group)):
-            times = []
-            for _ in range(reps):
-                with talking_to(None, "timing a gradient all-reduce"):
-                    dist.barrier(group=group)
-                    start = time.perf_counter()
-                    reduce()
-                    _sync(runner.device)
-                    times.append(time.perf_counter() - start)
-            lists.append(times)
+        kinds = {REDUCE_GRAD: (lambda: scatter_stage(runner, group, ranks)) if distributed
+                 else (lambda: reduce_stage(runner, group))}
+        if distributed:
+            shard = current_shard(runner)  # every rank's parameters are the same: gathering changes nothing
+            kinds[GATHER_PARAMS] = lambda: gather_stage(runner, shard, group, ranks)
+        for kind, work in kinds.items():
+            lists = []
+            for reduce in (lambda: dist.all_reduce(one, group=group), work):
+                times = []
+                for _ in range(reps):
+                    with talking_to(None, "timing a data-parallel collective"):
+                        dist.barrier(group=group)
+                        start = time.perf_counter()
+                        reduce()
+                        _sync(runner.device)
+                        times.append(time.perf_counter() - start)
+                lists.append(times)
+            measured[(stage, kind)] = tuple(lists)
         runner.module.zero_grad(set_to_none=True)
-        measured[stage] = tuple(lists)
     return measured
 
 
-def reduction_timings(samples: list[dict[int, tuple[list, list]]], runners: dict[int, StageRunner]
+def reduction_timings(samples: list[dict[tuple[int, str], tuple[list, list]]], runners: dict[int, StageRunner]
                       ) -> list[CollectiveProfile]:
-    """Per stage, the all-reduce's latency (median at one element) and bandwidth (the gradient bytes over
-    the extra median time), as ``link_timings`` makes a link's."""
+    """Per stage and kind, the collective's latency (median at one element) and bandwidth (the stage's
+    gradient bytes over the extra median time), as ``link_timings`` makes a link's."""
     from .data_parallel import gradient_elements
 
     out = []
-    for stage, runner in sorted(runners.items()):
-        small = [t for s in samples for t in s[stage][0]]
-        big = [t for s in samples for t in s[stage][1]]
-        if not small or not big:
-            continue
+    for stage, kind in sorted({key for s in samples for key in s}):
+        small = [t for s in samples for t in s[(stage, kind)][0]]
+        big = [t for s in samples for t in s[(stage, kind)][1]]
+        runner = runners[stage]
         elem = torch.empty((), dtype=runner.dtype).element_size()
         nbytes = gradient_elements(runner) * elem
         latency = statistics.median(small)
         extra = statistics.median(big) - latency
-        # A big reduction no slower than a one-element one: its bytes cost nothing measurable (1 ns).
-        out.append(CollectiveProfile(stage, REDUCE_GRAD, float(nbytes), latency, (nbytes - elem) / max(extra, 1e-9)))
+        # A big collective no slower than a one-element one: its bytes cost nothing measurable (1 ns).
+        out.append(CollectiveProfile(stage, kind, float(nbytes), latency, (nbytes - elem) / max(extra, 1e-9)))
     return out
 
 

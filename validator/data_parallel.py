@@ -16,9 +16,14 @@ stream that waits for it. The validator runs and times the same ops:
 * ``OPTIMIZER(s)``: the stage's SGD update on the compute thread, after the device's last compute op
   and the stage's reduction, stages in reduction order. Every plan times it, dp = 1 included.
 
+With the distributed optimizer (Megatron's ``--use-distributed-optimizer``, ZeRO stage 1) the
+reduction is a reduce-scatter: data rank r gets the summed gradients of its 1/dp slice of the stage's
+flat parameters (padded to a multiple of dp), its ``OPTIMIZER`` updates that slice only, and a
+``GATHER_PARAMS(s)`` on the communication thread then all-gathers the updated slices into every rank's
+parameters (``--overlap-param-gather`` off, as the simulator has it).
+
 The summed gradients are the global batch's mean because each data rank's loss is divided by
-dp x micro-batches (``compute.StageRunner``). The distributed optimizer (reduce-scatter, sharded step,
-parameter all-gather) is not run here; the preflight refuses it.
+dp x micro-batches (``compute.StageRunner``).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import torch.distributed as dist
 
 from pipeplan.dataparallel import reduction_order
 from simulator.ir import Action, Schedule
-from simulator.kinds import BACKWARD_WEIGHT, FULL_BACKWARD, OPTIMIZER, REDUCE_GRAD
+from simulator.kinds import BACKWARD_WEIGHT, FULL_BACKWARD, GATHER_PARAMS, OPTIMIZER, REDUCE_GRAD
 
 from .compute import StageRunner
 
@@ -59,22 +64,58 @@ def reduce_stage(runner: StageRunner, group) -> None:
     unflatten_into(grads, flat)
 
 
+def _padded(flat: torch.Tensor, ranks: int) -> torch.Tensor:
+    extra = -flat.numel() % ranks
+    return torch.cat([flat, flat.new_zeros(extra)]) if extra else flat
+
+
+def scatter_stage(runner: StageRunner, group, ranks: int) -> torch.Tensor:
+    """The distributed optimizer's reduction: this data rank's slice of the stage's summed flat gradients."""
+    _, flat = flat_gradients(runner)
+    flat = _padded(flat, ranks)
+    shard = flat.new_empty(flat.numel() // ranks)
+    dist.reduce_scatter_tensor(shard, flat, group=group)
+    return shard
+
+
+def sharded_update(runner: StageRunner, grad_shard: torch.Tensor, rank: int, ranks: int, apply: bool) -> torch.Tensor:
+    """SGD on this data rank's slice of the stage's flat parameters (learning rate 0 unless ``apply``);
+    the updated slice. Gradients are cleared, as ``StageRunner.step`` clears them."""
+    lr = runner.optimizer.param_groups[0]["lr"] if apply else 0.0
+    flat = _padded(torch.cat([p.detach().reshape(-1) for p in runner.module.parameters()]), ranks)
+    size = flat.numel() // ranks
+    shard = flat[rank * size:(rank + 1) * size] - lr * grad_shard
+    runner.optimizer.zero_grad(set_to_none=True)
+    return shard
+
+
+def gather_stage(runner: StageRunner, shard: torch.Tensor, group, ranks: int) -> None:
+    """Every data rank's updated slice all-gathered into the stage's parameters."""
+    full = shard.new_empty(shard.numel() * ranks)
+    dist.all_gather_into_tensor(full, shard, group=group)
+    offset = 0
+    with torch.no_grad():
+        for p in runner.module.parameters():
+            p.copy_(full[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
 def gradient_elements(runner: StageRunner) -> int:
     """Elements one reduction of the stage carries: every parameter's."""
     return sum(p.numel() for p in runner.module.parameters())
 
 
 class CommunicationStream:
-    """A thread that runs handed-over reductions one at a time, in order, and marks their start and end."""
+    """A thread that runs handed-over work one piece at a time, in order, and marks its start and end."""
 
-    def __init__(self, group, clock, timeout: float) -> None:
-        self.group, self.clock, self.timeout = group, clock, timeout
+    def __init__(self, clock) -> None:
+        self.clock = clock
         self.jobs: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="pipeplan-grad-reduce", daemon=True)
         self.thread.start()
 
-    def submit(self, stage: int, runner: StageRunner) -> dict:
-        job = {"stage": stage, "runner": runner, "done": threading.Event(), "error": None}
+    def submit(self, work) -> dict:
+        job = {"work": work, "done": threading.Event(), "error": None, "result": None}
         self.jobs.put(job)
         return job
 
@@ -83,7 +124,7 @@ class CommunicationStream:
             job = self.jobs.get()
             try:
                 job["start"] = self.clock.mark()
-                reduce_stage(job["runner"], self.group)
+                job["result"] = job["work"]()
                 job["end"] = self.clock.mark()
             except BaseException as err:  # handed to the compute thread, which raises it
                 job["error"] = err
@@ -91,12 +132,16 @@ class CommunicationStream:
 
 
 class TrainingStep:
-    """One rank's reductions and optimizer steps (see the module docstring), for the executor to call:
-    ``after(index)`` once its action ``index`` has run, ``finish()`` after its last op."""
+    """One rank's reductions, optimizer steps and (distributed optimizer) parameter gathers, see the module
+    docstring, for the executor to call: ``after(index)`` once its action ``index`` has run, ``finish()``
+    after its last op."""
 
     def __init__(self, schedule: Schedule, device: int, runners: dict[int, StageRunner], clock,
-                 data_group=None, data_ranks: int = 1, overlap: bool = True, timeout: float = 60.0) -> None:
+                 data_group=None, data_ranks: int = 1, overlap: bool = True, timeout: float = 60.0,
+                 distributed: bool = False, data_rank: int = 0) -> None:
         self.runners, self.clock, self.timeout = runners, clock, timeout
+        self.group, self.ranks, self.rank = data_group, data_ranks, data_rank
+        self.distributed = distributed and data_ranks > 1
         self.order = reduction_order(schedule, device, overlap)
         actions = schedule.device_actions[device]
         last = {}
@@ -110,30 +155,48 @@ class TrainingStep:
                     self.handover.setdefault(i, []).append(stage)
             else:
                 self.handover[max(last.values())] = list(self.order)
-        self.stream = CommunicationStream(data_group, clock, timeout) if self.handover else None
+        self.stream = CommunicationStream(clock) if self.handover else None
         self.jobs: dict[int, dict] = {}
 
     def after(self, index: int) -> None:
         for stage in self.handover.get(index, ()):
-            self.jobs[stage] = self.stream.submit(stage, self.runners[stage])
+            runner = self.runners[stage]
+            if self.distributed:
+                work = (lambda r=runner: scatter_stage(r, self.group, self.ranks))
+            else:
+                work = (lambda r=runner: reduce_stage(r, self.group))
+            self.jobs[stage] = self.stream.submit(work)
+
+    def _wait(self, job: dict, what: str) -> None:
+        from .runtime import PeerFailure
+
+        if not job["done"].wait(self.timeout):
+            raise PeerFailure(None, f"timed out after {self.timeout:g} s {what}")
+        if job["error"] is not None:
+            raise PeerFailure(None, f"{what}: {job['error']}")
 
     def finish(self, apply: bool = True) -> list[tuple[Action, object, object]]:
-        """Wait for each reduction and step its stage; the (action, start, end) marks of both kinds.
-        ``apply`` False (calibration) steps with a learning rate of 0 and reduces nothing."""
-        marks = []
+        """Wait for each reduction, step its stage (and gather its parameters); the (action, start, end) marks
+        of every kind. ``apply`` False (calibration) steps with a learning rate of 0 and communicates nothing."""
+        marks, gathers = [], []
         for stage in self.order:
+            runner = self.runners[stage]
             job = self.jobs.pop(stage, None)
             if job is not None:
-                if not job["done"].wait(self.timeout):
-                    from .runtime import PeerFailure
-
-                    raise PeerFailure(None, f"timed out after {self.timeout:g} s reducing stage {stage}'s gradients")
-                if job["error"] is not None:
-                    from .runtime import PeerFailure
-
-                    raise PeerFailure(None, f"reducing stage {stage}'s gradients: {job['error']}")
+                self._wait(job, f"reducing stage {stage}'s gradients")
                 marks.append((Action(stage, REDUCE_GRAD, None), job["start"], job["end"]))
             start = self.clock.mark()
-            self.runners[stage].step(apply)
+            if self.distributed:
+                grad = job["result"] if job is not None else _padded(flat_gradients(runner)[1], self.ranks).chunk(
+                    self.ranks)[self.rank]
+                shard = sharded_update(runner, grad, self.rank, self.ranks, apply)
+            else:
+                runner.step(apply)
             marks.append((Action(stage, OPTIMIZER, None), start, self.clock.mark()))
+            if self.distributed and apply:
+                gathers.append((stage, self.stream.submit(lambda r=runner, s=shard: gather_stage(r, s, self.group,
+                                                                                                  self.ranks))))
+        for stage, job in gathers:
+            self._wait(job, f"gathering stage {stage}'s parameters")
+            marks.append((Action(stage, GATHER_PARAMS, None), job["start"], job["end"]))
         return marks

@@ -124,7 +124,7 @@ class Rounds:
 
 def timed_rounds(executor, runners: dict, channels: dict, clock, offsets: list[float], place: RankPlace,
                  groups: Groups, world: int, numel: int, device: torch.device, options: ValidateOptions,
-                 timeout: float) -> Rounds:
+                 timeout: float, distributed: bool = False) -> Rounds:
     """Calibration replay, link timing (and with dp > 1 gradient all-reduce timing) and one run iteration per
     round, until ``options.iterations`` rounds ran on an undisturbed machine (see ``validator.quiet``) or
     three times that many were tried. A kept round's link timings are ``(links, reductions)``."""
@@ -151,7 +151,8 @@ def timed_rounds(executor, runners: dict, channels: dict, clock, offsets: list[f
         barrier(timeout)
         reductions_now = {}
         if groups.data is not None:
-            reductions_now = reduction_round(runners, groups.data, reps=2 * options.calibration_reps, timeout=timeout)
+            reductions_now = reduction_round(runners, groups.data, reps=2 * options.calibration_reps, timeout=timeout,
+                                             distributed=distributed, rank=place.dp_rank, ranks=place.layout.dp)
             barrier(timeout)
         r0, rw0, ro0 = time.perf_counter(), run_delay_seconds(), other_threads_cpu_seconds()
         marks, arrivals = executor.run_iteration()
@@ -245,12 +246,12 @@ def _measure(context: RankContext, place: RankPlace, groups: Groups, world: int,
         executor = TorchExecutor(schedule, rank, runners, clock, timeout, Fault.from_env())
     else:
         step = TrainingStep(schedule, device_rank, runners, clock, groups.data, plan.dp, plan.overlap_grad_reduce,
-                            timeout)
+                            timeout, distributed=plan.distributed_optimizer, data_rank=place.dp_rank)
         executor = RankExecutor(schedule, device_rank, runners, channels, clock, Fault.from_env(), step)
     depth = {s: in_flight(schedule, s) for s in runners}
     stage_round(runners, clock, reps=2, depth=depth)  # first-touch allocations and lazy initialisation
     kept = timed_rounds(executor, runners, channels, clock, offsets, place, groups, world, numel, device, options,
-                        timeout)
+                        timeout, plan.distributed_optimizer)
     barrier(timeout)
     isolated = stage_round(runners, clock, reps=3, depth=depth)
     stage_costs = stage_timings(kept.stage_rounds, fallback=isolated)

@@ -2,8 +2,8 @@
 
 * the plan: its specs load, its sends overlap, its actions are ones the ranks run (F, B, I, W), its
   recomputation none or full; with tensor parallelism no sequence parallelism and heads, KV heads,
-  FFN width and vocabulary divisible by tp; with data parallelism no distributed optimizer and no
-  stage the simulator would split into gradient buckets (the validator reduces each stage as one);
+  FFN width and vocabulary divisible by tp; with data parallelism no stage the simulator would split
+  into gradient buckets (the validator reduces each stage as one);
   tp = dp = 1 with ``--runtime torch`` and for a serving plan, which also gets what
   ``serving.check_serving_plan`` refuses;
 * ``--out``: its folder exists and it is not a folder itself;
@@ -111,9 +111,6 @@ def check_parallel(resolved) -> None:
                 raise SpecError(f"plan.tp: the model's {name} ({value}) is not divisible by tp = {plan.tp}; "
                                 "pick a tp that divides it")
     if plan.dp > 1:
-        if plan.distributed_optimizer:
-            raise SpecError("plan.distributed_optimizer: the validator all-reduces gradients and steps every "
-                            "parameter on each data rank; set it false to validate (the simulator prices it)")
         if plan.overlap_grad_reduce:
             for stage in range(plan.num_stages):
                 if stage_buckets(resolved, stage, DataParallelOptions(bucketed_stages=FIRST)):
