@@ -111,8 +111,9 @@ def run_rank(plan_path: str, options: ValidateOptions, rank: int) -> Measurement
 
 @dataclass(frozen=True)
 class Rounds:
-    """The kept rounds of a run (each: this rank's calibration replay samples, link timings and the run
-    iteration), how many were tried, whether too few were undisturbed and why rounds were left out."""
+    """The kept rounds of a run (each: this rank's calibration replay samples, its link and data-parallel
+    collective timings as a pair, and the run iteration), how many were tried, whether too few were
+    undisturbed and why rounds were left out."""
 
     stage_rounds: list
     link_rounds: list
