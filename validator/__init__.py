@@ -1,6 +1,6 @@
-"""Real execution of a pipeplan plan with torch.distributed: one rank per pipeline device runs its
-action list from the shared schedule IR (one rank per GPU of a 3D plan), times every op, calibrates, and sends its measurements to
-rank 0, which assembles them (timelines and a profile, ``pipeplan.validation.Measurements``).
+"""Real execution of a pipeplan plan with torch.distributed: one rank per GPU of the plan (tp·pp·dp)
+runs its pipeline device's action list from the shared schedule IR, times every op, calibrates, and
+sends its measurements to rank 0, which assembles them (timelines and a profile, ``pipeplan.validation.Measurements``).
 
 Start it with torchrun (``python -m torch.distributed.run ... -m validator PLAN.json``) or through
 ``pipeplan validate``. Importing this package does not import torch; its modules do.
