@@ -211,8 +211,9 @@ def _one_way_times(channel: Channel, back: Channel | None, rank: int, numel: int
     send call returned, on the aligned clock (``offsets``), and separately how long the call took
     (the runtime counts it in the sending op). Returns the sender's lists (one-way, issue).
     """
-    # a, b: the pipeline devices (``rank`` is one of them); ra, rb: their global ranks (clock offsets, dist).
-    a, b = channel.src, channel.dst
+    # b: the receiving pipeline device (``rank`` is it or the sender); ra, rb: the two global ranks
+    # (clock offsets, dist calls).
+    b = channel.dst
     ra, rb = channel.src_rank, channel.dst_rank
     back_group = back.group if back is not None else channel.group
     staged = channel.staged
