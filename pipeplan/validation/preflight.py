@@ -89,6 +89,7 @@ def check_plan(plan_path: str, scale: float, runtime: str = "pipeplan") -> Check
         return Checked(plan, resolved.model, resolved.schedule)
     scaled = scale_plan(plan, resolved.model, scale)
     again = resolve(scaled.model, scaled.cluster, scaled, base)
+    check_parallel(again)  # the scaled widths must split over tp too
     return Checked(scaled, again.model, again.schedule)
 
 
