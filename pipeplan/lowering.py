@@ -148,6 +148,8 @@ def build_workload(r: Resolved, profile: Profile | None = None,
     # Parameters per GPU: a work already counts one tensor rank's share (costs.layer_work).
     params = [w.params for w in works]
     schedule, stages, network = add_training_step(r, params, stages, network, dp_options)
+    if profile is not None:  # measured optimizer steps and gradient reductions, where the profile has them
+        stages = profile.with_measured_step(stages, plan.layers_per_stage)
     return Workload(
         schedule=schedule,
         stages=stages,

@@ -18,14 +18,21 @@ whether that stage recomputed (its B and I then hold one forward more). Single-l
 (``layers``) are always measured without it. Pricing (``costs.measured_stage_cost``) adds the
 measured forward to B and I when the plan recomputes a stage measured without, and takes it off in
 the opposite case, so one profile prices every recompute choice of its shapes.
+
+The end of the iteration: ``StageProfile.optimizer`` is a stage's measured optimizer step and
+``collectives`` its measured gradient reduction over its data-parallel group (latency and bandwidth
+of the all-reduce at the stage's gradient size). ``with_measured_step`` puts them in place of the
+analytic ``OPTIMIZER`` and ``REDUCE_GRAD`` costs for the measured cut; a profile without them (or
+another cut) keeps the analytic ones.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from simulator.workload import Link, Network, PairLinks
+from simulator.kinds import GATHER_PARAMS, REDUCE_GRAD
+from simulator.workload import Collective, Link, Network, PairLinks, StageCost
 
 from .bands.calibration import CalibrationSpread
 from .errors import SpecError, positive_int, positive_number
@@ -42,6 +49,7 @@ class StageProfile:
 
     ``recompute``: the stage ran with full recomputation, so ``backward`` and ``backward_input``
     include the forward it re-runs (a profile without the field was measured without).
+    ``optimizer``: its optimizer step, once per iteration (None: not measured).
     """
 
     forward: float
@@ -51,10 +59,11 @@ class StageProfile:
     send_forward_bytes: float = 0.0
     send_backward_bytes: float = 0.0
     recompute: bool = False
+    optimizer: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("forward", "backward", "backward_input", "backward_weight", "send_forward_bytes",
-                     "send_backward_bytes"):
+        names = ("forward", "backward", "backward_input", "backward_weight", "send_forward_bytes", "send_backward_bytes")
+        for name in names + (("optimizer",) if self.optimizer is not None else ()):
             positive_number(f"profile.stages.{name}", getattr(self, name), allow_zero=True)
             in_range(f"profile.stages.{name}", getattr(self, name), "bytes" if name.endswith("bytes") else "time")
         if not isinstance(self.recompute, bool):
@@ -85,6 +94,33 @@ class LinkProfile:
 
 
 @dataclass(frozen=True)
+class CollectiveProfile:
+    """A stage's measured data-parallel collective (``kind`` REDUCE_GRAD: its gradient all-reduce, or
+    reduce-scatter with the distributed optimizer; GATHER_PARAMS: that optimizer's parameter all-gather):
+    ``nbytes`` over its group take ``latency + nbytes / bandwidth`` seconds on one member."""
+
+    stage: int
+    kind: str
+    nbytes: float
+    latency: float
+    bandwidth: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in (REDUCE_GRAD, GATHER_PARAMS):
+            raise SpecError(f"profile.collectives.kind: {REDUCE_GRAD} or {GATHER_PARAMS} (got {self.kind!r})")
+        positive_number("profile.collectives.nbytes", self.nbytes, allow_zero=True)
+        positive_number("profile.collectives.latency", self.latency, allow_zero=True)
+        in_range("profile.collectives.latency", self.latency, "latency")
+        if not (self.bandwidth > 0):
+            raise SpecError(f"profile.collectives.bandwidth: must be > 0 (got {self.bandwidth!r})")
+
+    def collective(self, buckets=()) -> Collective:
+        """The simulator's collective: its measured time alone, on no shared port (the calibration timed it
+        with the run's other traffic around it, as it times links)."""
+        return Collective(self.kind, self.nbytes, Link(self.latency, self.bandwidth, ()), buckets=buckets)
+
+
+@dataclass(frozen=True)
 class Profile:
     device: str
     backend: str
@@ -101,6 +137,7 @@ class Profile:
     # How much the calibration's timings scattered (pipeplan.bands.calibration); None in profiles
     # recorded before the validator kept it.
     spread: CalibrationSpread | None = None
+    collectives: tuple[CollectiveProfile, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.stages) != len(self.layers_per_stage):
@@ -151,6 +188,22 @@ class Profile:
             ))
         return tuple(out)
 
+    def with_measured_step(self, stages: tuple[StageCost, ...], layers_per_stage: tuple[int, ...]
+                           ) -> tuple[StageCost, ...]:
+        """``stages`` with the measured optimizer steps and data-parallel collectives in place of the analytic
+        ones (the measured cut only; a stage without such a collective, dp = 1, gets none)."""
+        if tuple(layers_per_stage) != tuple(self.layers_per_stage):
+            return stages
+        measured = {(c.stage, c.kind): c for c in self.collectives}
+        out = []
+        for k, cost in enumerate(stages):
+            if self.stages[k].optimizer is not None:
+                cost = replace(cost, optimizer=self.stages[k].optimizer)
+            priced = tuple(measured[k, c.kind].collective(c.buckets) if (k, c.kind) in measured else c
+                           for c in cost.collectives)
+            out.append(replace(cost, collectives=priced))
+        return tuple(out)
+
     def network(self, base: Network) -> Network:
         """``base`` with the measured links replaced (their ports kept, port capacity the measured rate).
 
@@ -190,10 +243,11 @@ class Profile:
             "seq_len": self.seq_len,
             "dtype": self.dtype,
             "layers_per_stage": list(self.layers_per_stage),
-            "stages": [vars(s).copy() for s in self.stages],
-            "layers": {k: vars(v).copy() for k, v in self.layers.items()} if self.layers else None,
+            "stages": [_stage_dict(s) for s in self.stages],
+            "layers": {k: _stage_dict(v) for k, v in self.layers.items()} if self.layers else None,
             "boundary_bytes": self.boundary_bytes,
             **({"spread": self.spread.to_dict()} if self.spread is not None else {}),
+            **({"collectives": [vars(c).copy() for c in self.collectives]} if self.collectives else {}),
             "links": [
                 {**vars(link), "bandwidth": link.bandwidth if math.isfinite(link.bandwidth) else None}
                 for link in self.links
@@ -225,6 +279,7 @@ class Profile:
                 if data.get("layers") else None,
                 boundary_bytes=positive_number("profile.boundary_bytes", data.get("boundary_bytes", 0.0), allow_zero=True),
                 spread=CalibrationSpread.from_dict(data["spread"]) if data.get("spread") is not None else None,
+                collectives=tuple(_collective(c) for c in _items("collectives", data.get("collectives") or [])),
             )
         except KeyError as err:
             raise SpecError(f"profile.{err.args[0]}: required field is missing") from None
@@ -235,6 +290,11 @@ class Profile:
 
     def save(self, path: str) -> None:
         write_json_atomic(path, self.to_dict())
+
+
+def _stage_dict(stage: StageProfile) -> dict[str, Any]:
+    """A stage's fields, without an unmeasured optimizer step (profiles written before it was measured)."""
+    return {k: v for k, v in vars(stage).items() if not (k == "optimizer" and v is None)}
 
 
 def _items(field: str, value: Any) -> list:
@@ -272,6 +332,13 @@ def _link(value: Any) -> LinkProfile:
         math.inf if bandwidth is None else positive_number("profile.links.bandwidth", bandwidth),
         positive_number("profile.links.send_overhead", value.get("send_overhead", 0.0), allow_zero=True),
     )
+
+
+def _collective(value: Any) -> CollectiveProfile:
+    try:
+        return CollectiveProfile(**_mapping("collectives", value))
+    except TypeError as err:  # an unknown or missing key
+        raise SpecError(f"profile.collectives: {err}".replace("CollectiveProfile.__init__() ", "")) from None
 
 
 def _index(field: str, value: Any) -> int:

@@ -129,18 +129,21 @@ def test_validate_prints_the_table_and_writes_report_gantt_and_profile(cli_run):
     assert set(report["errors"]) == {"predicted", "apriori"}
     ops = report["measured"]["timeline"]["ops"]
     assert sorted(op[1] for op in ops if op[0] == 1)[:3] == ["1F0", "1F1", "1F2"]
-    assert len(ops) == 2 * 8 * 3  # zb-h1: F, I and W of 8 micro-batches on both devices
+    assert len(ops) == 2 * 8 * 3 + 2  # zb-h1: F, I and W of 8 micro-batches on both devices, and each's step
+    assert [op[1] for op in ops if op[1].endswith("OPTIMIZER")] == ["0OPTIMIZER", "1OPTIMIZER"]
     assert (folder / "gantt.png").stat().st_size > 10_000
     again = _cli("compare", str(folder / "report.json"))
     assert again.returncode == 0 and "predicted (calibrated)" in again.stdout
     sim = _cli("simulate", str(PLANS / "tiny-zb-h1-p2.json"), "--profile", str(folder / "profile.json"), "--json")
     assert sim.returncode == 0, sim.stderr
-    # The report's prediction leaves the optimizer step out, as the validator times none; simulate has it.
+    # The measured iteration ends with the optimizer steps, and so do the report's prediction and simulate's,
+    # each stage's step at its measured time.
     plan = Plan.load(str(PLANS / "tiny-zb-h1-p2.json"))
     without = simulate(plan=plan, base_dir=PLANS, profile=str(folder / "profile.json"),
                        dp_options=DataParallelOptions(optimizer_step=False))
-    assert without.iteration_time == pytest.approx(report["predicted"]["iteration_time"])
-    assert json.loads(sim.stdout)["iteration_time"] > report["predicted"]["iteration_time"]
+    assert json.loads(sim.stdout)["iteration_time"] == pytest.approx(report["predicted"]["iteration_time"])
+    assert without.iteration_time < report["predicted"]["iteration_time"]
+    assert all(stage["optimizer"] > 0 for stage in report["profile"]["stages"])
 
 
 @pytest.mark.parametrize("mode", ["kill", "raise", "hang"])

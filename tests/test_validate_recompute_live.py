@@ -32,7 +32,7 @@ def test_recomputation_runs_with_the_losses_of_the_plain_run(runs):
     assert [s["recompute"] for s in stages] == [True, False]
     assert [s["recompute"] for s in plain["profile"]["stages"]] == [False, False]
     ops = recomputed["measured"]["timeline"]["ops"]
-    assert len(ops) == 2 * 8 * 2  # 1F1B: F and B of 8 micro-batches on both devices
+    assert len(ops) == 2 * 8 * 2 + 2  # 1F1B: F and B of 8 micro-batches on both devices, and each's step
     (losses,), (reference,) = recomputed["losses"], plain["losses"]
     for report, values in ((recomputed, losses), (plain, reference)):
         assert len(values) == (OPTIONS.warmup + report["run"]["iterations_tried"]) * 8

@@ -1,4 +1,4 @@
-"""One rank of a validation run; start it through torchrun, one process per pipeline device.
+"""One rank of a validation run; start it through torchrun, one process per GPU of the plan (tp·pp·dp).
 
     python -m torch.distributed.run --nproc-per-node 2 -m validator PLAN.json --out report.json
 

@@ -4,6 +4,9 @@
   at once, so each op sees the same neighbours competing for cores and memory as in the real run.
   A stage that recomputes is timed as it runs: its B and I include the forward they re-run (the
   profile marks the stage, see ``pipeplan.profile``).
+* The end of the iteration: the replay times each stage's optimizer step too (with a learning rate
+  of 0, so the weights stay), and with data parallelism ``reduction_round`` times each stage's
+  gradient all-reduce over its data-parallel group at one element and at the stage's gradient size.
 * Links: for every channel a -> b of the schedule, one-way transfers in the same backend and through
   the same groups as the run, the receiver waiting and the sender computing on (see
   ``_one_way_times``), at one element (latency) and at the real boundary-tensor size; bandwidth is
@@ -26,8 +29,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from pipeplan.profile import LinkProfile, StageProfile
+from pipeplan.profile import CollectiveProfile, LinkProfile, StageProfile
 from simulator.ir import BACKWARD_INPUT, FORWARD, FULL_BACKWARD, Schedule
+from simulator.kinds import GATHER_PARAMS, OPTIMIZER, REDUCE_GRAD
 
 from . import devices
 from .compute import StageRunner
@@ -98,7 +102,7 @@ def replay_round(executor, runners: dict[int, StageRunner], clock) -> dict[int, 
     with its real sends, nothing waited for. Ops timed back to back in isolation instead under-state
     the ops whose activations the schedule leaves in slower memory, and the CPU that communication
     takes on a machine without spare cores."""
-    samples: dict[int, dict[str, list[float]]] = {s: {k: [] for k in "FBIW"} for s in runners}
+    samples: dict[int, dict[str, list[float]]] = {s: {k: [] for k in (*"FBIW", OPTIMIZER)} for s in runners}
     losses_before = {s: len(r.losses) for s, r in runners.items()}
     marks = executor.replay()
     times = clock.resolve([m for op in marks for m in (op.start, op.end)])
@@ -124,7 +128,68 @@ def stage_timings(samples: list[dict[int, dict[str, list[float]]]],
         for kind, values in kinds.items():
             if not merged.setdefault(stage, {}).get(kind):
                 merged[stage][kind] = list(values)
-    return {s: StageProfile(*(statistics.fmean(merged[s][k]) for k in "FBIW")) for s in merged}
+    return {s: StageProfile(*(statistics.fmean(merged[s][k]) for k in "FBIW"),
+                            optimizer=statistics.fmean(merged[s][OPTIMIZER]) if merged[s].get(OPTIMIZER) else None)
+            for s in merged}
+
+
+def reduction_round(runners: dict[int, StageRunner], group, reps: int, timeout: float,
+                    distributed: bool = False, rank: int = 0, ranks: int = 1) -> dict[tuple[int, str], tuple[list, list]]:
+    """Each of this rank's stages' data-parallel collectives over ``group``, ``reps`` times as a one-element
+    all-reduce and as the run does them (``data_parallel``: the gradients flattened and all-reduced or,
+    with the ``distributed`` optimizer, reduce-scattered, and its parameter all-gather; on zero gradients
+    and the unchanged parameters here, gradients cleared afterwards), every member starting together (a
+    barrier of the group before each): {(stage, kind): (small, big)} seconds on this rank. Every data group
+    of the run does this at the same time, as their collectives overlap in the run."""
+    from .data_parallel import _padded, gather_stage, reduce_stage, scatter_stage
+
+    def current_shard(runner):
+        flat = _padded(torch.cat([p.detach().reshape(-1) for p in runner.module.parameters()]), ranks)
+        return flat.chunk(ranks)[rank].clone()
+
+    measured = {}
+    for stage, runner in sorted(runners.items()):
+        one = torch.zeros(1, dtype=runner.dtype, device=runner.device)
+        kinds = {REDUCE_GRAD: (lambda: scatter_stage(runner, group, ranks)) if distributed
+                 else (lambda: reduce_stage(runner, group))}
+        if distributed:
+            shard = current_shard(runner)  # every rank's parameters are the same: gathering changes nothing
+            kinds[GATHER_PARAMS] = lambda: gather_stage(runner, shard, group, ranks)
+        for kind, work in kinds.items():
+            lists = []
+            for reduce in (lambda: dist.all_reduce(one, group=group), work):
+                times = []
+                for _ in range(reps):
+                    with talking_to(None, "timing a data-parallel collective"):
+                        dist.barrier(group=group)
+                        start = time.perf_counter()
+                        reduce()
+                        _sync(runner.device)
+                        times.append(time.perf_counter() - start)
+                lists.append(times)
+            measured[(stage, kind)] = tuple(lists)
+        runner.module.zero_grad(set_to_none=True)
+    return measured
+
+
+def reduction_timings(samples: list[dict[tuple[int, str], tuple[list, list]]], runners: dict[int, StageRunner]
+                      ) -> list[CollectiveProfile]:
+    """Per stage and kind, the collective's latency (median at one element) and bandwidth (the stage's
+    gradient bytes over the extra median time), as ``link_timings`` makes a link's."""
+    from .data_parallel import gradient_elements
+
+    out = []
+    for stage, kind in sorted({key for s in samples for key in s}):
+        small = [t for s in samples for t in s[(stage, kind)][0]]
+        big = [t for s in samples for t in s[(stage, kind)][1]]
+        runner = runners[stage]
+        elem = torch.empty((), dtype=runner.dtype).element_size()
+        nbytes = gradient_elements(runner) * elem
+        latency = statistics.median(small)
+        extra = statistics.median(big) - latency
+        # A big collective no slower than a one-element one: its bytes cost nothing measurable (1 ns).
+        out.append(CollectiveProfile(stage, kind, float(nbytes), latency, (nbytes - elem) / max(extra, 1e-9)))
+    return out
 
 
 def _burst(seconds: float) -> None:
@@ -146,7 +211,10 @@ def _one_way_times(channel: Channel, back: Channel | None, rank: int, numel: int
     send call returned, on the aligned clock (``offsets``), and separately how long the call took
     (the runtime counts it in the sending op). Returns the sender's lists (one-way, issue).
     """
-    a, b = channel.src, channel.dst
+    # b: the receiving pipeline device (``rank`` is it or the sender); ra, rb: the two global ranks
+    # (clock offsets, dist calls).
+    b = channel.dst
+    ra, rb = channel.src_rank, channel.dst_rank
     back_group = back.group if back is not None else channel.group
     staged = channel.staged
     tensor = torch.zeros(numel, dtype=channel.dtype, device=device)
@@ -156,26 +224,26 @@ def _one_way_times(channel: Channel, back: Channel | None, rank: int, numel: int
     times, issues = [], []
     for _ in range(reps):
         if rank == b:
-            work = dist.irecv(buffer, a, group=channel.group)
-            _wait(dist.isend(stamp, a, group=back_group), channel.timeout, a, f"link calibration with rank {a}")
-            _wait(work, channel.timeout, a, f"link calibration from rank {a}")
+            work = dist.irecv(buffer, ra, group=channel.group)
+            _wait(dist.isend(stamp, ra, group=back_group), channel.timeout, ra, f"link calibration with rank {ra}")
+            _wait(work, channel.timeout, ra, f"link calibration from rank {ra}")
             arrived = devices.to_device(buffer, device) if staged else buffer
             _sync(device)
-            stamp.fill_(time.perf_counter() - offsets[b])
+            stamp.fill_(time.perf_counter() - offsets[rb])
             del arrived
-            _wait(dist.isend(stamp, a, group=back_group), channel.timeout, a, f"link calibration with rank {a}")
+            _wait(dist.isend(stamp, ra, group=back_group), channel.timeout, ra, f"link calibration with rank {ra}")
         else:
-            _wait(dist.irecv(stamp, b, group=back_group), channel.timeout, b, f"link calibration with rank {b}")
+            _wait(dist.irecv(stamp, rb, group=back_group), channel.timeout, rb, f"link calibration with rank {rb}")
             _sync(device)
             issued = time.perf_counter()
             payload = devices.to_host(tensor) if staged else tensor
-            work = dist.isend(payload, b, group=channel.group)
+            work = dist.isend(payload, rb, group=channel.group)
             t0 = time.perf_counter()
             issues.append(t0 - issued)
-            t0 -= offsets[a]
+            t0 -= offsets[ra]
             _burst(BURST_SECONDS)
-            _wait(work, channel.timeout, b, f"link calibration to rank {b}")
-            _wait(dist.irecv(stamp, b, group=back_group), channel.timeout, b, f"link calibration with rank {b}")
+            _wait(work, channel.timeout, rb, f"link calibration to rank {rb}")
+            _wait(dist.irecv(stamp, rb, group=back_group), channel.timeout, rb, f"link calibration with rank {rb}")
             _sync(device)
             times.append(float(stamp.item()) - t0)
     return times, issues
@@ -197,13 +265,14 @@ def link_round(all_channels: list[tuple[int, int]], channels: dict[tuple[int, in
 
     All ranks walk the same channel list; a barrier separates pairs so no two measurements overlap.
     Returns the one-way times of the channels this rank sends on: {(src, dst): (small, big)}.
+    ``rank`` is this rank's pipeline device (every replica times its own channels at the same time).
     """
     measured = {}
     for src, dst in all_channels:
         if rank in (src, dst):
             channel = channels[(src, dst)]
             back = channels.get((dst, src))
-            with talking_to(dst if rank == src else src, "link calibration"):
+            with talking_to(channel.dst_rank if rank == src else channel.src_rank, "link calibration"):
                 small, _ = _one_way_times(channel, back, rank, 1, reps, device, offsets)
                 big, issue = _one_way_times(channel, back, rank, numel, reps, device, offsets)
             if rank == src:
@@ -243,12 +312,13 @@ def barrier(timeout: float) -> None:
 
 
 def layer_timings(model, plan, schedule: Schedule, rank: int, batch: int, seq: int, device: torch.device,
-                  dtype: torch.dtype, clock, reps: int) -> dict[str, StageProfile]:
+                  dtype: torch.dtype, clock, reps: int, tensor=None) -> dict[str, StageProfile]:
     """F, B, I, W of one layer of each kind this rank holds (embedding, block, head), timed alone.
 
     With these a profile prices any other cut of the same model and shapes (see pipeplan.profile).
     They are timed without recomputation, whatever the plan says; pricing adds the forward where a
-    plan recomputes.
+    plan recomputes. With tensor parallelism (``tensor``) every rank of the group times the same layers
+    together, each its share.
     """
     first_of_kind: dict[str, int] = {}
     for stage in schedule.stages_of(rank):
@@ -257,7 +327,7 @@ def layer_timings(model, plan, schedule: Schedule, rank: int, batch: int, seq: i
     timings = {}
     for kind, layer in first_of_kind.items():
         runner = StageRunner(model, 1000 + layer, range(layer, layer + 1), batch, seq, plan.num_microbatches,
-                             device, dtype, seed=0)
+                             device, dtype, seed=0, **({"tensor": tensor} if tensor is not None else {}))
         stage_round({0: runner}, clock, reps=2, depth={0: 1})  # warm-up
         samples = stage_round({0: runner}, clock, reps=reps, depth={0: 1})
         timings[kind] = stage_timings([samples])[0]

@@ -15,6 +15,11 @@ the same (input, output-gradient) pairs. The gradients are the same; F's memory 
 and B or I pays one more forward, which is what the simulator's cost model charges.
 
 The weights are updated once per iteration, after every op (``step``), with plain SGD.
+
+Tensor parallelism (``tensor``, t > 1): the stage is built as at tp = 1 from the same seed and cut into
+this tensor rank's share (``tensor_parallel.shard_state``). Data parallelism (``data_ranks`` d > 1):
+data rank r draws micro-batches r·m .. r·m + m - 1 of the d·m the global batch has, and the loss is
+divided by d·m, so the data ranks' summed gradients are those of the tp = 1, dp = 1 run over all d·m.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import torch
 from pipeplan.model import ModelSpec
 
 from .modules import StageModule, apply_weight_grads, microbatch_tokens
+from .tensor_parallel import SINGLE, TensorGroup, shard_state
 
 
 class StageRunner:
@@ -31,10 +37,18 @@ class StageRunner:
 
     def __init__(self, model: ModelSpec, stage: int, layers: range, batch: int, seq: int, num_microbatches: int,
                  device: torch.device, dtype: torch.dtype, seed: int, lr: float = 1e-4,
-                 recompute: bool = False) -> None:
+                 recompute: bool = False, tensor: TensorGroup = SINGLE, data_ranks: int = 1,
+                 data_rank: int = 0) -> None:
         # Same seed per stage on every run, so runs and calibration see identical weights.
         torch.manual_seed(seed * 7919 + stage)
-        self.module = StageModule(model, layers, loss_scale=num_microbatches).to(device=device, dtype=dtype)
+        scale = num_microbatches * data_ranks
+        module = StageModule(model, layers, loss_scale=scale)
+        if tensor.size > 1:
+            whole = module.state_dict()
+            module = StageModule(model, layers, loss_scale=scale, tensor=tensor)
+            module.load_state_dict(shard_state(whole, tensor.size, tensor.rank))
+        self.module = module.to(device=device, dtype=dtype)
+        self.data_offset = data_rank * num_microbatches
         self.stage, self.model, self.batch, self.seq = stage, model, batch, seq
         self.device, self.dtype, self.seed = device, dtype, seed
         self.recompute = recompute
@@ -59,7 +73,8 @@ class StageRunner:
     def forward(self, microbatch: int, received: torch.Tensor | None) -> torch.Tensor | None:
         tokens, targets = (None, None)
         if self.first or self.last:
-            tokens, targets = microbatch_tokens(self.model, self.batch, self.seq, microbatch, self.seed, self.device)
+            tokens, targets = microbatch_tokens(self.model, self.batch, self.seq, self.data_offset + microbatch,
+                                                self.seed, self.device)
         if self.recompute:
             # No graph: the activations inside the stage are freed as soon as the forward moves on.
             x = tokens if self.first else received.detach()
@@ -114,8 +129,22 @@ class StageRunner:
     def weight(self, microbatch: int) -> None:
         apply_weight_grads(self.module.store.take(microbatch))
 
-    def step(self) -> None:
-        self.optimizer.step()
+    def parameters_with_grads(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.module.parameters() if p.grad is not None]
+
+    def step(self, apply: bool = True) -> None:
+        """The SGD update, gradients then cleared; ``apply`` False does the same work with a learning rate
+        of 0 (calibration times the step without moving the weights)."""
+        groups = self.optimizer.param_groups
+        rates = [g["lr"] for g in groups]
+        if not apply:
+            for g in groups:
+                g["lr"] = 0.0
+        try:
+            self.optimizer.step()
+        finally:
+            for g, lr in zip(groups, rates):
+                g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
 
     def clear(self) -> None:

@@ -5,6 +5,10 @@ Each rank sends rank 0 a payload (``validator.run``): its stages' and single lay
 round (whose scatter becomes the profile's ``spread``), and per kept iteration its ops' start and end
 and the arrivals it saw, on rank 0's clock. Nothing here simulates; the report is built from the
 result elsewhere (``pipeplan.validation.report``).
+
+With tensor or data parallelism only replica (0, 0)'s ranks (``validator.placement``) make the profile
+and the timelines, each as its pipeline device, as the simulator times that replica; the other
+replicas' losses (data ranks' own micro-batches) and load figures count as well.
 """
 from __future__ import annotations
 
@@ -91,6 +95,7 @@ def _profile(context: RankContext, gathered: list[dict], boundary_bytes: float) 
             for s in range(schedule.num_stages)
         ),
         links=tuple(link for payload in gathered for link in payload["links"]),
+        collectives=tuple(c for payload in gathered for c in payload.get("collectives", ())),
         dtype=str(context.dtype).replace("torch.", ""),
         layers=layer_profiles,
         boundary_bytes=float(boundary_bytes),
@@ -103,7 +108,7 @@ def _timeline(schedule: Schedule, gathered: list[dict], it: int, boundary_bytes:
     ops, ends = [], {}
     for payload in gathered:
         for action, start, end in payload["iterations"][it]["ops"]:
-            ops.append((payload["rank"], action, start, end))
+            ops.append((payload.get("device", payload["rank"]), action, start, end))
             ends[action] = end
     origin = min(o[2] for o in ops)
     records = [OpRecord(d, Action.parse(a), s - origin, e - origin) for d, a, s, e in ops]
@@ -119,7 +124,8 @@ def _timeline(schedule: Schedule, gathered: list[dict], it: int, boundary_bytes:
             if before and seen - before[-1] < WAITED_S:
                 continue
             start = ends[producer] - origin
-            transfers.append(TransferRecord(src, payload["rank"], Action.parse(producer), Action.parse(consumer),
+            transfers.append(TransferRecord(src, payload.get("device", payload["rank"]), Action.parse(producer),
+                                            Action.parse(consumer),
                                             start, max(start, seen - origin), float(boundary_bytes)))
     records.sort(key=lambda r: (r.device, r.start))
     meta = {"schedule": schedule.name, "devices": schedule.num_devices, "microbatches": schedule.num_microbatches,
@@ -131,18 +137,22 @@ def _timeline(schedule: Schedule, gathered: list[dict], it: int, boundary_bytes:
 def assemble(context: RankContext, gathered: list[dict], boundary_bytes: float, offsets: list[float]) -> Measurements:
     """Rank 0: the per-rank payloads (in rank order) as the run's measurements."""
     options = context.options
+    everyone = gathered
+    gathered = sorted((p for p in everyone if p.get("replica", 0) == 0), key=lambda p: p.get("device", p["rank"]))
     return Measurements(
         plan=context.plan,
         profile=_profile(context, gathered, boundary_bytes),
         iterations=tuple(_timeline(context.schedule, gathered, it, boundary_bytes)
                          for it in range(len(gathered[0]["iterations"]))),
-        losses=tuple(tuple(payload["losses"]) for payload in gathered if payload["losses"]),
+        # Tensor rank 0 of every data rank: the others compute the same losses.
+        losses=tuple(tuple(payload["losses"]) for payload in everyone
+                     if payload["losses"] and payload.get("tensor_rank", 0) == 0),
         plan_file=str(Path(context.plan_path).resolve()),
         base_dir=str(context.base),
         scale=options.scale,
         backend=options.backend,
         threads_per_rank=context.threads,
-        world_size=len(gathered),
+        world_size=len(everyone),
         iterations_tried=gathered[0]["tried"],
         disturbed=gathered[0]["disturbed"],
         left_out=gathered[0]["left_out"],

@@ -9,6 +9,10 @@ The weight-gradient half of the backward is separable: every matmul weight goes 
 weight-gradient matmuls and nothing else, as in Zero Bubble's implementation (Qi et al., ICLR'24):
 I + W does the work of one full backward, not more. Norm and embedding weights are small and get
 their gradients from autograd during I (or B).
+
+With a ``TensorGroup`` of t > 1 ranks (``validator.tensor_parallel``) each module holds its tensor rank's
+share, Megatron-style: 1/t of the heads and of the FFN width per block, 1/t of the vocabulary in the
+embedding and the LM head, and the loss is the vocabulary-parallel cross-entropy.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeplan.model import BLOCK, EMBEDDING, HEAD, ModelSpec
+
+from .tensor_parallel import SINGLE, TensorGroup, VocabParallelEmbedding, vocab_parallel_cross_entropy
 
 
 class WeightGradStore:
@@ -89,35 +95,40 @@ class Block(nn.Module):
     biases, extra norms and norm kind a Hugging Face model's spec may give: they add no matmul.
     """
 
-    def __init__(self, model: ModelSpec, store: WeightGradStore) -> None:
+    def __init__(self, model: ModelSpec, store: WeightGradStore, tensor: TensorGroup = SINGLE) -> None:
         super().__init__()
-        h, q, kv = model.hidden, model.q_dim, model.kv_dim
-        self.heads, self.kv_heads, self.head_dim = model.heads, model.kv_heads or model.heads, model.head_size
+        h = model.hidden
+        # Column-parallel Q/K/V and up/gate (1/t of the heads, of the FFN width), row-parallel o and down.
+        self.heads = tensor.local(model.heads, "heads")
+        self.kv_heads = tensor.local(model.kv_heads or model.heads, "kv_heads")
+        self.head_dim, self.tensor = model.head_size, tensor
+        q, kv, ffn = self.heads * self.head_dim, self.kv_heads * self.head_dim, tensor.local(model.ffn_hidden, "ffn")
         self.norm1, self.norm2 = _norm(model), _norm(model)
         self.q, self.k, self.v = SplitLinear(h, q, store), SplitLinear(h, kv, store), SplitLinear(h, kv, store)
         self.o = SplitLinear(q, h, store)
         self.gated = model.gated_mlp
-        self.up = SplitLinear(h, model.ffn_hidden, store)
-        self.gate = SplitLinear(h, model.ffn_hidden, store) if model.gated_mlp else None
-        self.down = SplitLinear(model.ffn_hidden, h, store)
+        self.up = SplitLinear(h, ffn, store)
+        self.gate = SplitLinear(h, ffn, store) if model.gated_mlp else None
+        self.down = SplitLinear(ffn, h, store)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, h = x.shape
-        y = self.norm1(x)
+        y = self.tensor.copy_in(self.norm1(x))
         q = self.q(y).view(b, s, self.heads, self.head_dim).transpose(1, 2)
         k = self.k(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
-        x = x + self.o(attn.transpose(1, 2).reshape(b, s, self.heads * self.head_dim))
-        y = self.norm2(x)
+        x = x + self.tensor.reduce_out(self.o(attn.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)))
+        y = self.tensor.copy_in(self.norm2(x))
         inner = F.silu(self.gate(y)) * self.up(y) if self.gate is not None else F.gelu(self.up(y))
-        return x + self.down(inner)
+        return x + self.tensor.reduce_out(self.down(inner))
 
 
 class Embedding(nn.Module):
-    def __init__(self, model: ModelSpec) -> None:
+    def __init__(self, model: ModelSpec, tensor: TensorGroup = SINGLE) -> None:
         super().__init__()
-        self.tokens = nn.Embedding(model.vocab, model.hidden)
+        self.tokens = (nn.Embedding(model.vocab, model.hidden) if tensor.size == 1
+                       else VocabParallelEmbedding(model.vocab, model.hidden, tensor))
         rows = model.position_rows or model.seq_len
         self.positions = nn.Embedding(rows, model.hidden) if model.learned_positions else None
 
@@ -129,33 +140,36 @@ class Embedding(nn.Module):
 
 
 class Head(nn.Module):
-    """Final norm and LM head; the loss is computed by the stage (it needs the targets)."""
+    """Final norm and LM head (column-parallel over the vocabulary with t > 1: this rank's logits only);
+    the loss is computed by the stage (it needs the targets)."""
 
-    def __init__(self, model: ModelSpec, store: WeightGradStore) -> None:
+    def __init__(self, model: ModelSpec, store: WeightGradStore, tensor: TensorGroup = SINGLE) -> None:
         super().__init__()
-        self.norm = _norm(model)
-        self.lm_head = SplitLinear(model.hidden, model.vocab, store)
+        self.norm, self.tensor = _norm(model), tensor
+        self.lm_head = SplitLinear(model.hidden, tensor.local(model.vocab, "the vocabulary"), store)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(x))
+        return self.lm_head(self.tensor.copy_in(self.norm(x)))
 
 
 class StageModule(nn.Module):
     """The layers of one pipeline stage. ``forward(x, targets)`` returns the boundary tensor, or the
-    loss on the last stage (mean cross-entropy divided by ``loss_scale``, the micro-batch count)."""
+    loss on the last stage (mean cross-entropy divided by ``loss_scale``: micro-batches x data ranks, so the
+    data ranks' summed gradients are the mean over the global batch)."""
 
-    def __init__(self, model: ModelSpec, layers: range, loss_scale: int = 1) -> None:
+    def __init__(self, model: ModelSpec, layers: range, loss_scale: int = 1, tensor: TensorGroup = SINGLE) -> None:
         super().__init__()
+        self.tensor = tensor
         self.store = WeightGradStore()
         kinds = model.layer_kinds
         built = []
         for i in layers:
             if kinds[i] == EMBEDDING:
-                built.append(Embedding(model))
+                built.append(Embedding(model, tensor))
             elif kinds[i] == BLOCK:
-                built.append(Block(model, self.store))
+                built.append(Block(model, self.store, tensor))
             elif kinds[i] == HEAD:
-                built.append(Head(model, self.store))
+                built.append(Head(model, self.store, tensor))
         self.layers = nn.ModuleList(built)
         self.first = kinds[layers.start] == EMBEDDING
         self.last = kinds[layers.stop - 1] == HEAD
@@ -165,6 +179,9 @@ class StageModule(nn.Module):
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:
             x = layer(x)
+        if self.last and self.tensor.size > 1:
+            logits = x.float().reshape(-1, x.shape[-1])
+            return vocab_parallel_cross_entropy(logits, targets.reshape(-1), self.tensor).mean() / self.loss_scale
         if self.last:
             loss = F.cross_entropy(x.float().reshape(-1, self.vocab), targets.reshape(-1))
             return loss / self.loss_scale

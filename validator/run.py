@@ -19,9 +19,13 @@ from pipeplan.scaling import scale_plan
 from pipeplan.validation.measurements import Measurements
 from pipeplan.validation.options import ValidateOptions
 
-from .calibrate import (barrier, in_flight, layer_timings, link_round, link_timings, replay_round, stage_round,
-                        stage_timings)
+from simulator.kinds import is_compute
+
+from .calibrate import (barrier, in_flight, layer_timings, link_round, link_timings, reduction_round,
+                        reduction_timings, replay_round, stage_round, stage_timings)
 from .compute import StageRunner
+from .data_parallel import TrainingStep
+from .placement import Groups, RankPlace, make_groups
 from .devices import compute_device
 from .gather import RankContext, assemble
 from .runtime import Fault, RankExecutor, make_channels, plan_transfers, talking_to
@@ -83,10 +87,10 @@ def run_rank(plan_path: str, options: ValidateOptions, rank: int) -> Measurement
     else:
         resolved = resolve(plan.model, plan.cluster, plan, base)
         schedule, model = resolved.schedule, resolved.model
-    if world != plan.pp:
+    if world != plan.num_gpus:
         raise SpecError(
-            f"plan.pp: the plan has {plan.pp} pipeline devices but torchrun started {world} ranks; "
-            f"start nodes x procs-per-node = {plan.pp}"
+            f"plan.pp: the plan has tp x pp x dp = {plan.num_gpus} devices but torchrun started {world} ranks; "
+            f"start nodes x procs-per-node = {plan.num_gpus}"
         )
     # Before any thread starts (torch's, gloo's), so they all inherit the rank's cores.
     pin_to_own_cores(local_rank, local_world)
@@ -100,13 +104,16 @@ def run_rank(plan_path: str, options: ValidateOptions, rank: int) -> Measurement
     bound = {"device_id": device} if options.backend == "nccl" else {}
     dist.init_process_group(options.backend, timeout=timedelta(seconds=timeout), **bound)
     context = RankContext(plan_path, plan, base, schedule, model, device, dtype, threads, options, serving)
-    return _measure(context, rank, world, timeout)
+    place = RankPlace(plan.layout, rank)
+    groups = make_groups(place, options.backend, timeout)
+    return _measure(context, place, groups, world, timeout)
 
 
 @dataclass(frozen=True)
 class Rounds:
-    """The kept rounds of a run (each: this rank's calibration replay samples, link timings and the run
-    iteration), how many were tried, whether too few were undisturbed and why rounds were left out."""
+    """The kept rounds of a run (each: this rank's calibration replay samples, its link and data-parallel
+    collective timings as a pair, and the run iteration), how many were tried, whether too few were
+    undisturbed and why rounds were left out."""
 
     stage_rounds: list
     link_rounds: list
@@ -116,10 +123,13 @@ class Rounds:
     reasons: list
 
 
-def timed_rounds(executor, runners: dict, channels: dict, clock, offsets: list[float], rank: int, world: int,
-                 numel: int, device: torch.device, options: ValidateOptions, timeout: float) -> Rounds:
-    """Calibration replay, link timing and one run iteration per round, until ``options.iterations`` rounds ran
-    on an undisturbed machine (see ``validator.quiet``) or three times that many were tried."""
+def timed_rounds(executor, runners: dict, channels: dict, clock, offsets: list[float], place: RankPlace,
+                 groups: Groups, world: int, numel: int, device: torch.device, options: ValidateOptions,
+                 timeout: float, distributed: bool = False) -> Rounds:
+    """Calibration replay, link timing (and with dp > 1 gradient all-reduce timing) and one run iteration per
+    round, until ``options.iterations`` rounds ran on an undisturbed machine (see ``validator.quiet``) or
+    three times that many were tried. A kept round's link timings are ``(links, reductions)``."""
+    rank = place.rank
     scalar_device = device if options.backend == "nccl" else torch.device("cpu")
     all_channels = sorted(plan_transfers(executor.schedule))
     kept: list[tuple[dict, dict, dict]] = []  # (stage round, link round, iteration)
@@ -137,14 +147,20 @@ def timed_rounds(executor, runners: dict, channels: dict, clock, offsets: list[f
         stages_now = replay_round(executor, runners, clock)
         c1, cw1, co1 = time.perf_counter(), run_delay_seconds(), other_threads_cpu_seconds()
         barrier(timeout)
-        links_now = link_round(all_channels, channels, rank, numel, device, reps=2 * options.calibration_reps,
-                               timeout=timeout, offsets=offsets)
+        links_now = link_round(all_channels, channels, place.pp_rank, numel, device,
+                               reps=2 * options.calibration_reps, timeout=timeout, offsets=offsets)
         barrier(timeout)
+        reductions_now = {}
+        if groups.data is not None:
+            reductions_now = reduction_round(runners, groups.data, reps=2 * options.calibration_reps, timeout=timeout,
+                                             distributed=distributed, rank=place.dp_rank, ranks=place.layout.dp)
+            barrier(timeout)
         r0, rw0, ro0 = time.perf_counter(), run_delay_seconds(), other_threads_cpu_seconds()
         marks, arrivals = executor.run_iteration()
         r1, rw1, ro1 = time.perf_counter(), run_delay_seconds(), other_threads_cpu_seconds()
         times = clock.resolve([m for op in marks for m in (op.start, op.end)] + [a.mark for a in arrivals])
-        run_ops = sum(times[2 * k + 1] - times[2 * k] for k in range(len(marks)))
+        # Compute ops only: a reduction runs beside them on the communication thread.
+        run_ops = sum(times[2 * k + 1] - times[2 * k] for k, op in enumerate(marks) if is_compute(op.action.kind))
         calib_ops = sum(sum(v) for kinds in stages_now.values() for v in kinds.values())
         figures = {"host": host_key, "busy": host_busy_seconds() - busy0, "own": own_cpu_seconds() - own0,
                    "wall": time.perf_counter() - wall0, "steal": steal_seconds() - steal0,
@@ -165,7 +181,7 @@ def timed_rounds(executor, runners: dict, channels: dict, clock, offsets: list[f
         base_k = 2 * len(marks)
         seen = [[str(a.producer), str(a.consumer), a.src, times[base_k + k] - shift] for k, a in enumerate(arrivals)]
         rounds.append(Round.from_rows(rows, foreign))
-        kept.append((stages_now, links_now, {"ops": ops, "arrivals": seen, **rounds[-1].to_dict()}))
+        kept.append((stages_now, (links_now, reductions_now), {"ops": ops, "arrivals": seen, **rounds[-1].to_dict()}))
         # All ranks take the same decisions: the figures were all-gathered.
         reasons = judge(rounds)
         if reasons.count(None) >= options.iterations:
@@ -194,7 +210,8 @@ def gather_payload(context: RankContext, payload: dict, rank: int, world: int, b
     return assemble(context, gathered, boundary_bytes, offsets)
 
 
-def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Measurements | None:
+def _measure(context: RankContext, place: RankPlace, groups: Groups, world: int, timeout: float) -> Measurements | None:
+    rank, device_rank = place.rank, place.pp_rank
     if context.serving is not None:
         from .serving_run import measure_serving
 
@@ -203,11 +220,19 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
     options = context.options
     batch, seq = plan.microbatch_size, plan.seq_len or model.seq_len
     shape = (batch, seq, model.hidden)
-    channels = make_channels(schedule, rank, shape, dtype, device, options.backend, timeout)
+    channels = make_channels(schedule, device_rank, shape, dtype, device, options.backend, timeout,
+                             replicas=place.replicas(), replica=place.replica)
+    if plan.tp > 1 or plan.dp > 1:
+        # A tensor-parallel op waits on gloo's threads dozens of times; let them run as soon as they wake
+        # (validator.comm_threads: on the loaded 2-core VM a tp = 2 forward took 45 ms with, 70 ms without).
+        from .comm_threads import shorten_comm_slices
+
+        shorten_comm_slices()
     runners = {
         s: StageRunner(model, s, plan.stage_layers(s), batch, seq, plan.num_microbatches, device, dtype, SEED,
-                       recompute=plan.recompute_of(s))
-        for s in schedule.stages_of(rank)
+                       recompute=plan.recompute_of(s), tensor=groups.tensor, data_ranks=plan.dp,
+                       data_rank=place.dp_rank)
+        for s in schedule.stages_of(device_rank)
     }
     clock = make_clock(device)
     scalar_device = device if options.backend == "nccl" else torch.device("cpu")
@@ -221,21 +246,30 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
 
         executor = TorchExecutor(schedule, rank, runners, clock, timeout, Fault.from_env())
     else:
-        executor = RankExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
+        step = TrainingStep(schedule, device_rank, runners, clock, groups.data, plan.dp, plan.overlap_grad_reduce,
+                            timeout, distributed=plan.distributed_optimizer, data_rank=place.dp_rank)
+        executor = RankExecutor(schedule, device_rank, runners, channels, clock, Fault.from_env(), step)
     depth = {s: in_flight(schedule, s) for s in runners}
     stage_round(runners, clock, reps=2, depth=depth)  # first-touch allocations and lazy initialisation
-    kept = timed_rounds(executor, runners, channels, clock, offsets, rank, world, numel, device, options, timeout)
+    kept = timed_rounds(executor, runners, channels, clock, offsets, place, groups, world, numel, device, options,
+                        timeout, plan.distributed_optimizer)
     barrier(timeout)
     isolated = stage_round(runners, clock, reps=3, depth=depth)
     stage_costs = stage_timings(kept.stage_rounds, fallback=isolated)
     barrier(timeout)
-    layer_costs = layer_timings(model, plan, schedule, rank, batch, seq, device, dtype, clock, reps=5)
+    layer_costs = layer_timings(model, plan, schedule, device_rank, batch, seq, device, dtype, clock, reps=5,
+                                tensor=groups.tensor)
     barrier(timeout)
-    links = link_timings(kept.link_rounds, numel, elem_bytes)
+    links = link_timings([r[0] for r in kept.link_rounds], numel, elem_bytes)
+    reductions = reduction_timings([r[1] for r in kept.link_rounds], runners) if groups.data is not None else []
     losses = [float(loss) for r in runners.values() for loss in r.losses]
 
     payload = {
         "rank": rank,
+        "device": device_rank,
+        "replica": place.replica,
+        "tensor_rank": place.tp_rank,
+        "collectives": reductions,
         "stages": stage_costs,
         "links": links,
         "layers": layer_costs,
@@ -244,7 +278,7 @@ def _measure(context: RankContext, rank: int, world: int, timeout: float) -> Mea
         # Every kept round's raw timings, for the calibration's spread (pipeplan.bands.calibration):
         # per round {stage: {kind: [s, ...]}} and {(src, dst): [boundary-size one-way s, ...]}.
         "stage_rounds": kept.stage_rounds,
-        "link_rounds": [{key: lists[1] for key, lists in r.items()} for r in kept.link_rounds],
+        "link_rounds": [{key: lists[1] for key, lists in r[0].items()} for r in kept.link_rounds],
         "tried": kept.tried,
         "disturbed": kept.disturbed,
         "left_out": summary(kept.reasons),

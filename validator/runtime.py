@@ -14,6 +14,10 @@ unrelated send: the run cannot deadlock unless the schedule itself does, which t
 
 Every wait has a timeout; a failed or timed-out wait raises ``PeerFailure`` naming the peer and
 what was awaited, so the launcher can say which rank failed and why.
+
+With tensor or data parallelism every (data, tensor) replica runs the same schedule over channels of
+its own: a channel joins pipeline devices ``src`` -> ``dst`` of one replica, i.e. the global ranks
+``src_rank`` -> ``dst_rank`` in Megatron's order (``pipeplan.parallel.Layout``).
 """
 from __future__ import annotations
 
@@ -132,8 +136,10 @@ class Channel:
     """One ordered device pair's boundary tensors, in one process group of its own."""
 
     def __init__(self, src: int, dst: int, group, transfers: list[Transfer], shape: tuple[int, ...],
-                 dtype: torch.dtype, device: torch.device, staged: bool, prepost: bool, timeout: float) -> None:
+                 dtype: torch.dtype, device: torch.device, staged: bool, prepost: bool, timeout: float,
+                 ranks: tuple[int, int] | None = None) -> None:
         self.src, self.dst, self.group = src, dst, group
+        self.src_rank, self.dst_rank = ranks if ranks is not None else (src, dst)
         self.transfers = transfers
         self.by_consumer = {(t.producer, t.consumer): t for t in transfers}
         self.shape, self.dtype, self.timeout = shape, dtype, timeout
@@ -153,7 +159,7 @@ class Channel:
     def _post(self, t: Transfer) -> None:
         buffer = torch.empty(self.shape, dtype=self.dtype, device=self.buffer_device)
         with talking_to(self.src, f"posting the receive of {t.describe()}"):
-            self.posted[t.tag] = (dist.irecv(buffer, self.src, group=self.group, tag=t.tag), buffer)
+            self.posted[t.tag] = (dist.irecv(buffer, self.src_rank, group=self.group, tag=t.tag), buffer)
 
     def receive(self, producer: Action, consumer: Action) -> torch.Tensor:
         t = self.by_consumer[(producer, consumer)]
@@ -161,7 +167,7 @@ class Channel:
             if earlier.tag not in self.posted:
                 self._post(earlier)
         work, buffer = self.posted[t.tag]
-        _wait(work, self.timeout, self.src, f"{t.describe()} from rank {self.src}")
+        _wait(work, self.timeout, self.src_rank, f"{t.describe()} from rank {self.src_rank}")
         return devices.to_device(buffer, self.device) if self.staged else buffer
 
     # sending end
@@ -169,19 +175,24 @@ class Channel:
         t = self.by_consumer[(producer, consumer)]
         payload = tensor.detach()
         payload = devices.to_host(payload) if self.staged else payload.contiguous()
-        with talking_to(self.dst, f"sending {t.describe()} to rank {self.dst}"):
-            self.sends.append((dist.isend(payload, self.dst, group=self.group, tag=t.tag), payload, t))
+        with talking_to(self.dst_rank, f"sending {t.describe()} to rank {self.dst_rank}"):
+            self.sends.append((dist.isend(payload, self.dst_rank, group=self.group, tag=t.tag), payload, t))
 
     def finish_sends(self) -> None:
         for work, _, t in self.sends:
-            _wait(work, self.timeout, self.dst, f"rank {self.dst} to take {t.describe()}")
+            _wait(work, self.timeout, self.dst_rank, f"rank {self.dst_rank} to take {t.describe()}")
         self.sends = []
 
 
 def make_channels(schedule: Schedule, rank: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
-                  backend: str, timeout: float, channel_type: type = Channel) -> dict[tuple[int, int], Channel]:
+                  backend: str, timeout: float, channel_type: type = Channel,
+                  replicas: list[list[int]] | None = None, replica: int = 0) -> dict[tuple[int, int], Channel]:
     """Create one group per channel on every rank (``new_group`` is collective), keep this rank's
-    (as ``channel_type``: a serving run's buffers take each transfer's shape)."""
+    (as ``channel_type``: a serving run's buffers take each transfer's shape).
+
+    ``replicas``: per (data, tensor) replica the global rank of each pipeline device (None: one replica,
+    device = rank); every replica's groups are made on every rank, this rank (device ``rank`` of
+    replica ``replica``) keeps its own."""
     staged = devices.stages_through_host(backend, device)
     mine = {}
     planned = plan_transfers(schedule)
@@ -190,11 +201,14 @@ def make_channels(schedule: Schedule, rank: int, shape: tuple[int, ...], dtype: 
     # one stream would serialise a receive in front of the send it waits for).
     for key in list(planned):
         planned.setdefault((key[1], key[0]), [])
-    for (src, dst), transfers in sorted(planned.items()):
-        group = dist.new_group([src, dst], timeout=timedelta(seconds=timeout), backend=backend)
-        if rank in (src, dst):
-            mine[(src, dst)] = channel_type(src, dst, group, transfers, shape, dtype, device, staged,
-                                            prepost=backend == "gloo", timeout=timeout)
+    replicas = replicas or [list(range(schedule.num_devices))]
+    for r, ranks in enumerate(replicas):
+        for (src, dst), transfers in sorted(planned.items()):
+            group = dist.new_group([ranks[src], ranks[dst]], timeout=timedelta(seconds=timeout), backend=backend)
+            if r == replica and rank in (src, dst):
+                extra = {"ranks": (ranks[src], ranks[dst])} if len(replicas) > 1 else {}
+                mine[(src, dst)] = channel_type(src, dst, group, transfers, shape, dtype, device, staged,
+                                                prepost=backend == "gloo", timeout=timeout, **extra)
     return mine
 
 
@@ -217,8 +231,11 @@ class RankExecutor:
     """Runs one rank's action list once per call of ``run_iteration``."""
 
     def __init__(self, schedule: Schedule, rank: int, runners: dict[int, StageRunner],
-                 channels: dict[tuple[int, int], Channel], clock, fault: Fault | None = None) -> None:
+                 channels: dict[tuple[int, int], Channel], clock, fault: Fault | None = None, step=None) -> None:
+        """``rank``: the pipeline device; ``step``: its ``data_parallel.TrainingStep`` (None: the runners
+        step untimed after every iteration)."""
         self.schedule, self.rank, self.runners, self.channels, self.clock = schedule, rank, runners, channels, clock
+        self.step = step
         self.actions = schedule.device_actions[rank]
         deps = schedule_dependencies(schedule)
         device_of = schedule.stage_to_device
@@ -261,9 +278,12 @@ class RankExecutor:
     def run_iteration(self) -> tuple[list[OpMark], list[ArrivalMark]]:
         """One real iteration: every op waits for its inputs, computes, hands its output over."""
         marks, arrivals = self._iterate(replay=False)
+        if self.step is not None:
+            marks += [OpMark(*m) for m in self.step.finish()]
         self._finish_sends()
-        for runner in self.runners.values():
-            runner.step()
+        if self.step is None:
+            for runner in self.runners.values():
+                runner.step()
         return marks, arrivals
 
     def _finish_sends(self) -> None:
@@ -280,6 +300,8 @@ class RankExecutor:
         backend's send and receive work takes from compute. The traffic is drained at the end.
         """
         marks, _ = self._iterate(replay=True)
+        if self.step is not None:  # the optimizer steps, timed without moving the weights
+            marks += [OpMark(*m) for m in self.step.finish(apply=False)]
         # Receive before waiting on our own sends: with NCCL a peer's receive is only posted here.
         for channel in self.channels.values():
             if channel.dst == self.rank:
@@ -303,7 +325,7 @@ class RankExecutor:
                 channel.start_iteration()
         marks: list[OpMark] = []
         arrivals: list[ArrivalMark] = []
-        for action in self.actions:
+        for index, action in enumerate(self.actions):
             if replay:
                 received = self._synthetic(action)
             else:
@@ -322,4 +344,6 @@ class RankExecutor:
             # before it can start anything else (tens of microseconds for gloo), so it is part of the op.
             end = self.clock.mark()
             marks.append(OpMark(action, start, end))
+            if self.step is not None and not replay:
+                self.step.after(index)
         return marks, arrivals

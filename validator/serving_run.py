@@ -95,7 +95,11 @@ def measure_serving(context: RankContext, rank: int, world: int, timeout: float)
     """This rank's part of a serving run; rank 0 returns the measurements, the others None."""
     from pipeplan.profile import StageProfile
 
+    from pipeplan.parallel import Layout
+
+    from .placement import Groups, RankPlace
     from .run import gather_payload, timed_rounds
+    from .tensor_parallel import SINGLE
 
     check_consumers(context)
     plan, schedule, device, dtype = context.plan, context.schedule, context.device, context.dtype
@@ -108,8 +112,10 @@ def measure_serving(context: RankContext, rank: int, world: int, timeout: float)
         offsets = clock_offsets(rank, world, scalar_device, timeout)
     executor = ServingExecutor(schedule, rank, runners, channels, clock, Fault.from_env())
     numel = largest_boundary(context)
-    kept = timed_rounds(executor, runners, channels, clock, offsets, rank, world, numel, device, context.options,
-                        timeout)
+    # One pipeline replica (tp = dp = 1, see the preflight): the pipeline device is the rank.
+    place, groups = RankPlace(Layout(pp=plan.pp), rank), Groups(SINGLE, None)
+    kept = timed_rounds(executor, runners, channels, clock, offsets, place, groups, world, numel, device,
+                        context.options, timeout)
     barrier(timeout)
     elem_bytes = torch.empty((), dtype=dtype).element_size()
     costs = pass_costs(kept.stage_rounds, context, rank)
@@ -119,7 +125,7 @@ def measure_serving(context: RankContext, rank: int, world: int, timeout: float)
         "rank": rank,
         # A stage's mean pass, a summary for the profile; the report prices every pass from ``pass_costs``.
         "stages": {s: StageProfile(statistics.fmean(c.values()), 0.0, 0.0, 0.0) for s, c in costs.items()},
-        "links": link_timings(kept.link_rounds, numel, elem_bytes),
+        "links": link_timings([links for links, _ in kept.link_rounds], numel, elem_bytes),
         "layers": {},
         "iterations": kept.iterations,
         "losses": [],

@@ -148,12 +148,13 @@ def validation_figure(path: Path) -> None:
     from simulator.timeline import Timeline
 
     from ..validation import predictions
+    from ..validation.report import timed_step
 
     record = json.loads(VALIDATION_RECORD.read_text())
-    calibrated, _ = predictions(Plan.from_dict(record["plan"]), VALIDATION_RECORD.parents[1] / record["run"]["base_dir"],
-                                record["profile"])
-    predicted = Timeline.from_dict(calibrated["timeline"])
     measured = Timeline.from_dict(record["measured"]["timeline"])
+    calibrated, _ = predictions(Plan.from_dict(record["plan"]), VALIDATION_RECORD.parents[1] / record["run"]["base_dir"],
+                                record["profile"], timed_step([measured]))
+    predicted = Timeline.from_dict(calibrated["timeline"])
     side_by_side(predicted, measured, str(path), ("predicted (calibrated)", "measured, 2 CPU ranks, gloo"),
                  show_transfers=False)
 

@@ -101,8 +101,10 @@ def format_report(report: dict[str, Any]) -> str:
     # Plans (and older reports) without recomputation keep the header they always had.
     recompute = plan.get("recompute") or []
     recomputed = f" recompute [{', '.join(recompute)}]" if any(r != "none" for r in recompute) else ""
+    # A tensor- or data-parallel plan names its tp and dp; the timelines and busy times are replica (0, 0)'s.
+    parallel = "".join(f" {k}={plan[k]}" for k in ("tp", "dp") if plan.get(k, 1) > 1)
     lines = [
-        f"{model} {plan['schedule']} p={plan['pp']} m={plan['num_microbatches']} b={plan['microbatch_size']} "
+        f"{model} {plan['schedule']}{parallel} p={plan['pp']} m={plan['num_microbatches']} b={plan['microbatch_size']} "
         f"layers {plan['layers_per_stage']}{recomputed}: {run['world_size']} ranks"
         f"{' on torch.distributed.pipelining' if run.get('runtime') == 'torch' else ''}, {run['backend']} on {run['device']}, "
         f"{run['dtype']}, {run['threads_per_rank']} thread(s)/rank, median of {run['iterations']} iterations "

@@ -165,7 +165,7 @@ def run_validation(plan_path: str, options: ValidateOptions, out: str | None = N
             taken: list[int] = []
             while True:
                 port = free_port()
-                attempt = _run_torchrun(validator_command(plan_path, checked.plan.pp, port, options, str(run_dir)),
+                attempt = _run_torchrun(validator_command(plan_path, checked.plan.num_gpus, port, options, str(run_dir)),
                                         env, run_dir, max(0.1, deadline - time.monotonic()), options.timeout, guard)
                 if not master_port_taken(attempt.output, attempt.returncode, bool(attempt.rank_pids)):
                     break

@@ -1,7 +1,10 @@
 """Everything ``run_validation`` refuses before it starts a process, each as a one-line ``SpecError``.
 
-* the plan: its specs load, it is one pipeline replica (tp = dp = 1, overlapping sends), its actions
-  are ones the ranks run (F, B, I, W), its recomputation none or full; a serving plan what
+* the plan: its specs load, its sends overlap, its actions are ones the ranks run (F, B, I, W), its
+  recomputation none or full; with tensor parallelism no sequence parallelism and heads, KV heads,
+  FFN width and vocabulary divisible by tp; with data parallelism no stage the simulator would split
+  into gradient buckets (the validator reduces each stage as one);
+  tp = dp = 1 with ``--runtime torch`` and for a serving plan, which also gets what
   ``serving.check_serving_plan`` refuses;
 * ``--out``: its folder exists and it is not a folder itself;
 * ``--device cuda``: torch sees a CUDA device here (asked in a short-lived ``python -c`` that imports
@@ -58,10 +61,12 @@ def check_plan(plan_path: str, scale: float, runtime: str = "pipeplan") -> Check
     plan = Plan.load(plan_path)
     if plan.pp < 1:
         raise SpecError("plan.pp: must be at least 1")
-    if plan.tp > 1 or plan.dp > 1 or plan.blocking_p2p:
-        raise SpecError(f"plan: the validator runs one pipeline replica with overlapping sends (tp = 1, dp = 1, "
-                        f"blocking_p2p false); this plan has tp = {plan.tp}, dp = {plan.dp}, blocking_p2p = "
-                        f"{str(plan.blocking_p2p).lower()}")
+    if plan.blocking_p2p:
+        raise SpecError("plan.blocking_p2p: the validator's sends overlap compute; set blocking_p2p false to validate")
+    if (plan.tp > 1 or plan.dp > 1) and (plan.serving is not None or runtime == "torch"):
+        what = "a serving plan" if plan.serving is not None else "--runtime torch"
+        raise SpecError(f"plan: {what} runs one pipeline replica (tp = 1, dp = 1); this plan has tp = {plan.tp}, "
+                        f"dp = {plan.dp}" + ("; use --runtime pipeplan" if plan.serving is None else ""))
     base = Path(plan_path).resolve().parent
     if plan.serving is not None:
         from .serving import check_serving_plan
@@ -79,11 +84,39 @@ def check_plan(plan_path: str, scale: float, runtime: str = "pipeplan") -> Check
                         f"{torch_runs}")
     if "selective" in plan.recompute:
         raise SpecError("plan.recompute: the validator runs none or full recomputation, not selective (the simulator prices it)")
+    check_parallel(resolved)
     if scale == 1:
         return Checked(plan, resolved.model, resolved.schedule)
     scaled = scale_plan(plan, resolved.model, scale)
     again = resolve(scaled.model, scaled.cluster, scaled, base)
+    check_parallel(again)  # the scaled widths must split over tp too
     return Checked(scaled, again.model, again.schedule)
+
+
+def check_parallel(resolved) -> None:
+    """Refuse tensor- and data-parallel settings the validator does not run (see the module docstring)."""
+    from ..buckets import FIRST
+    from ..dataparallel import DataParallelOptions, stage_buckets
+
+    plan, model = resolved.plan, resolved.model
+    if plan.tp > 1:
+        if plan.scatter_gather_p2p:
+            raise SpecError("plan.scatter_gather_p2p: the validator's tensor ranks each send the whole pipeline "
+                            "message; set it false to validate (the simulator prices it)")
+        if plan.sequence_parallel:
+            raise SpecError("plan.sequence_parallel: the validator runs tensor parallelism without sequence "
+                            "parallelism; set it false to validate (the simulator prices it)")
+        for name, value in (("heads", model.heads), ("kv_heads", model.kv_heads or model.heads),
+                            ("ffn_hidden", model.ffn_hidden), ("vocab", model.vocab)):
+            if value % plan.tp:
+                raise SpecError(f"plan.tp: the model's {name} ({value}) is not divisible by tp = {plan.tp}; "
+                                "pick a tp that divides it")
+    if plan.dp > 1:
+        if plan.overlap_grad_reduce:
+            for stage in range(plan.num_stages):
+                if stage_buckets(resolved, stage, DataParallelOptions(bucketed_stages=FIRST)):
+                    raise SpecError(f"plan.overlap_grad_reduce: the simulator splits stage {stage}'s gradients into "
+                                    "buckets and the validator reduces a stage as one; set it false to validate")
 
 
 def check_out(out: str | None) -> None:
@@ -160,7 +193,10 @@ def _need(checked: Checked, options: ValidateOptions, gpus: int) -> tuple[float,
 
         ranks = serving_rank_bytes(checked.serving, on_gpu=options.device == "cuda")
     else:
+        # Every (data, tensor) replica's ranks counted as large as the tp = 1 pipeline's (a tensor rank
+        # builds its stages whole before keeping its share).
         ranks = rank_bytes(checked.model, checked.plan, checked.schedule, on_gpu=options.device == "cuda")
+        ranks = [r for r in ranks for _ in range(checked.plan.tp * checked.plan.dp)]
     host = sum(RANK_BASE_BYTES + r.host for r in ranks)
     per_gpu = [0.0] * gpus
     for rank, need in enumerate(ranks if gpus else ()):  # validator.run: rank r computes on GPU r % count
@@ -189,7 +225,7 @@ def check_memory(plan_path: str, checked: Checked, options: ValidateOptions, hos
         return
     host, per_gpu = _need(checked, options, len(gpu_free))
     if host_free is not None and host > host_free:
-        where = (f"{checked.plan.pp} ranks need about {_size(host)} of host memory "
+        where = (f"{checked.plan.num_gpus} ranks need about {_size(host)} of host memory "
                  f"and {_size(host_free)} is available")
     else:
         gpu = max(range(len(per_gpu)), key=lambda g: per_gpu[g] - gpu_free[g])
@@ -207,8 +243,8 @@ def preflight(plan_path: str, options: ValidateOptions, out: str | None) -> Chec
     if importlib.util.find_spec("torch") is None:  # after the plan's own faults: those need fixing either way
         raise SpecError("validate: needs torch; install it with pip install 'pipeplan[validate]'")
     gpu_free = cuda_free_bytes() if options.device == "cuda" else []
-    if options.backend == "nccl" and checked.plan.pp > len(gpu_free):
-        raise SpecError(f"--backend nccl: {checked.plan.pp} ranks on this node but "
+    if options.backend == "nccl" and checked.plan.num_gpus > len(gpu_free):
+        raise SpecError(f"--backend nccl: {checked.plan.num_gpus} ranks on this node but "
                         f"{len(gpu_free)} GPU(s); NCCL refuses two ranks on one GPU, use --backend gloo "
                         "(it stages boundary tensors through host memory)")
     check_memory(plan_path, checked, options, available_host_bytes(), gpu_free)

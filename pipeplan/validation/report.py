@@ -21,6 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from simulator.kinds import OPTIMIZER
 from simulator.timeline import Timeline, bubble_fraction, busy_time, iteration_time
 
 from ..api import PlanResult, simulate
@@ -78,23 +79,30 @@ def errors(prediction: dict[str, Any], measured: dict[str, Any]) -> dict[str, fl
     }
 
 
-def predict(plan: Plan, base_dir: str | Path, profile: Profile) -> tuple[PlanResult, PlanResult]:
+def timed_step(timelines: Sequence[Timeline]) -> bool:
+    """Whether a measured run timed its optimizer steps (OPTIMIZER ops in its timelines): the pipeplan runtime
+    does; torch's runtime and runs recorded before it did end with the last backward."""
+    return any(op.action.kind == OPTIMIZER for op in timelines[0].ops) if timelines else True
+
+
+def predict(plan: Plan, base_dir: str | Path, profile: Profile, step: bool = True) -> tuple[PlanResult, PlanResult]:
     """The (calibrated, a-priori) simulations of ``plan``, with the current simulator.
 
-    The validator's measured iteration ends with its last backward (it runs its optimizer step
-    untimed, afterwards), so the predictions leave the optimizer step out too.
+    ``step``: whether the measured iteration ends with the optimizer steps (``timed_step``); when it ends
+    with the last backward the predictions leave the step out too.
     """
-    untimed_step = DataParallelOptions(optimizer_step=False)
-    calibrated = simulate(plan=plan, base_dir=base_dir, profile=profile, dp_options=untimed_step)
-    apriori = simulate(plan=plan, base_dir=base_dir, dp_options=untimed_step)
+    options = DataParallelOptions(optimizer_step=step)
+    calibrated = simulate(plan=plan, base_dir=base_dir, profile=profile, dp_options=options)
+    apriori = simulate(plan=plan, base_dir=base_dir, dp_options=options)
     for result, label in ((calibrated, "predicted (calibrated)"), (apriori, "a priori")):
         result.timeline.meta["source"] = label
     return calibrated, apriori
 
 
-def predictions(plan: Plan, base_dir: str | Path, profile: Profile | dict[str, Any]) -> tuple[dict, dict]:
+def predictions(plan: Plan, base_dir: str | Path, profile: Profile | dict[str, Any],
+                step: bool = True) -> tuple[dict, dict]:
     """(calibrated, a-priori) prediction sections for ``plan``, with the current simulator."""
-    calibrated, apriori = predict(plan, base_dir, load_profile(profile))
+    calibrated, apriori = predict(plan, base_dir, load_profile(profile), step)
     return _section(calibrated.timeline), _section(apriori.timeline)
 
 
@@ -125,7 +133,8 @@ def build_report(measurements: Measurements, band_samples: int | None = None, ba
 
         return build_serving_report(measurements, REPORT_KIND, REPORT_VERSION)
     measured = measured_section(measurements.iterations)
-    calibrated, apriori_result = predict(measurements.plan, measurements.base_dir, measurements.profile)
+    calibrated, apriori_result = predict(measurements.plan, measurements.base_dir, measurements.profile,
+                                         timed_step(measurements.iterations))
     predicted, apriori = _section(calibrated.timeline), _section(apriori_result.timeline)
     bands = bands_section(calibrated, apriori_result, measurements.profile, measured, band_samples, band_seed)
     raw = measurements.to_dict()
@@ -158,7 +167,7 @@ def repredict(report: dict[str, Any], base_dir: str | Path | None = None) -> dic
         measured = measured_serving_section(results)
         return {"predicted": serving_errors(predicted, measured), "apriori": serving_errors(apriori, measured)}
     measured = measured_section(run.iterations)
-    predicted, apriori = predictions(run.plan, base_dir or run.base_dir, run.profile)
+    predicted, apriori = predictions(run.plan, base_dir or run.base_dir, run.profile, timed_step(run.iterations))
     return {"predicted": errors(predicted, measured), "apriori": errors(apriori, measured)}
 
 
@@ -166,7 +175,7 @@ def repredict_bands(report: dict[str, Any], base_dir: str | Path | None = None, 
                     seed: int = 0) -> dict[str, Any]:
     """``bands_section`` of a stored run (its calibration and measurement) with today's simulator."""
     run = Measurements.from_dict(report)
-    calibrated, apriori = predict(run.plan, base_dir or run.base_dir, run.profile)
+    calibrated, apriori = predict(run.plan, base_dir or run.base_dir, run.profile, timed_step(run.iterations))
     return bands_section(calibrated, apriori, run.profile, measured_section(run.iterations), samples, seed)
 
 

@@ -1,0 +1,85 @@
+"""Helper of tests/test_validator_parallel.py (not a test): two gloo ranks on this host run the tiny model's
+stages with tensor parallelism (t = 2) and with data parallelism (d = 2) and save what they computed.
+
+    python tests/parallel_worker.py OUT_FOLDER
+
+Each rank writes OUT_FOLDER/rank{r}.pt: the tensor-parallel stage's losses, gradients and all-reduce
+counts after each op, and the data-parallel run's weights before and after one iteration with the
+kinds of the ops it timed, with plain data parallelism ("dp") and the distributed optimizer ("zero").
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BATCH, SEQ, MICROBATCHES, SEED, LR = 2, 16, 2, 1234, 0.5
+
+
+def tensor_parallel(rank: int, group) -> dict:
+    from pipeplan.model import load_model
+    from validator.compute import StageRunner
+    from validator.tensor_parallel import TensorGroup
+
+    model = load_model("tiny")
+    tensor = TensorGroup(2, rank, group)
+    runner = StageRunner(model, 0, range(model.num_pipeline_layers), BATCH, SEQ, MICROBATCHES,
+                         torch.device("cpu"), torch.float32, SEED, tensor=tensor)
+    calls = []
+    runner.forward(0, None)
+    calls.append(tensor.calls)
+    runner.backward(0, None, split=False)
+    calls.append(tensor.calls)
+    runner.forward(1, None)
+    runner.backward(1, None, split=True)  # I, then W: the split backward's all-reduces are all in I
+    calls.append(tensor.calls)
+    runner.weight(1)
+    calls.append(tensor.calls)
+    grads = {n: p.grad.clone() for n, p in runner.module.named_parameters()}
+    return {"losses": [float(x) for x in runner.losses], "grads": grads, "calls": calls,
+            "elements": tensor.elements}
+
+
+def data_parallel(rank: int, group, distributed: bool = False) -> dict:
+    from pipeplan.lowering import generated_schedule
+    from pipeplan.model import load_model
+    from validator.compute import StageRunner
+    from validator.data_parallel import TrainingStep
+    from validator.runtime import RankExecutor
+    from validator.timing import CpuClock
+
+    model = load_model("tiny")
+    schedule = generated_schedule("1f1b", 1, MICROBATCHES, 1)
+    runner = StageRunner(model, 0, range(model.num_pipeline_layers), BATCH, SEQ, MICROBATCHES,
+                         torch.device("cpu"), torch.float32, SEED, lr=LR, data_ranks=2, data_rank=rank)
+    before = {n: p.detach().clone() for n, p in runner.module.named_parameters()}
+    clock = CpuClock()
+    step = TrainingStep(schedule, 0, {0: runner}, clock, group, 2, overlap=True, timeout=60,
+                        distributed=distributed, data_rank=rank)
+    marks, _ = RankExecutor(schedule, 0, {0: runner}, {}, clock, None, step).run_iteration()
+    after = {n: p.detach().clone() for n, p in runner.module.named_parameters()}
+    return {"before": before, "after": after, "ops": [str(m.action) for m in marks]}
+
+
+def run(rank: int, init: str, out: str) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
+    group = dist.new_group([0, 1])
+    result = {"tp": tensor_parallel(rank, group), "dp": data_parallel(rank, group),
+              "zero": data_parallel(rank, group, distributed=True)}
+    torch.save(result, Path(out) / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    mp.spawn(run, (os.path.join(tempfile.mkdtemp(dir=folder), "init"), folder), nprocs=2)
