@@ -180,7 +180,7 @@ def consumer_lists(c: Compiled, done: np.ndarray | None = None
 
 
 def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.ndarray, np.ndarray, float] | None = None
-               ) -> tuple[list[float], list[float], list[list], list]:
+               ) -> tuple[np.ndarray, np.ndarray, list[list], np.ndarray | None]:
     """The general engine: flows overlapping on a port share it max-min fairly.
 
     Each lane (a device's compute or communication stream) starts its next op when the op's
@@ -197,12 +197,12 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     it as final, what is in flight at T is re-created with its own start time, and the loop runs on
     from there; the times are those of the loop from 0, up to rounding.
     Returns (start and end as arrays, transfers as [src, dst, producer, consumer, start, end, nbytes],
-    and the TransferRecords of the transfers delivered before the cut).
+    and the consumers, in id order, of the transfers delivered before the cut (None without ``prefix``):
+    ``passes.transfer_records`` of the pass's ends gives their records).
     """
     n = len(c.actions)
     op_lane, duration = c.lane.tolist(), c.duration
     state = None if prefix is None else resume_state(c, *prefix)
-    done_records: list = [] if state is None else state.done_records
     pending, consumers = consumer_lists(c, None if state is None else state.ended)
     collective, early = c.collective, c.early
     lanes = c.num_lanes
@@ -386,10 +386,10 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
         else:
             deliver(ident, t)  # a bucket's gradients are complete before their producer ends
     if state is None:
-        return np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64), transfers, done_records
+        return np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64), transfers, None
     start_arr, end_arr = state.start, state.end
     if start:
         start_arr[list(start)] = list(start.values())
     if end:
         end_arr[list(end)] = list(end.values())
-    return start_arr, end_arr, transfers, done_records
+    return start_arr, end_arr, transfers, state.done_consumers

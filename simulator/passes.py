@@ -8,7 +8,7 @@ instant they do, on the state the pass reached by then.
 """
 from __future__ import annotations
 
-from itertools import repeat
+from itertools import chain, repeat
 
 import numpy as np
 
@@ -40,38 +40,60 @@ def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict
 def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
     """Start and end of every op, each transfer alone on its link; None on a wait cycle.
 
-    Lane k holds the op ids lane_bounds[k]..lane_bounds[k+1]-1 in order, so its pointer is an op
-    id. A lane runs until its next op waits for a producer not yet ended, and parks itself on that
-    producer (a producer has at most one waiting lane, except an op both a remote stage and its own
-    device's communication stream wait for). The loop keeps only ends; starts follow afterwards
-    from the same comparisons in numpy.
+    Lane k holds the op ids lane_bounds[k]..lane_bounds[k+1]-1 in order, read through one iterator
+    of (op, wait, delay, duration, hold) per lane. A lane runs until its next op waits for a
+    producer not yet ended, and parks itself on that producer with the op it read (a producer has
+    at most one waiting lane, except an op both a remote stage and its own device's communication
+    stream wait for); the producer's end puts the lane back on the stack, and a parked op with one
+    wait then runs at once (its producer has just ended). Half the ops of a 1F1B pass park their
+    lane, so resuming costs no more than running an op. The loop keeps only ends; starts follow
+    afterwards from the same comparisons in numpy.
     """
     if c.deadlock:
         return None
     n = len(c.actions)
     end = [-1.0] * n
     wait, delay, delay_arr, several = _wait_columns(c)
-    duration = c.duration
-    hold = c.hold
-    blocking = hold is not None
+    duration, hold = c.duration, c.hold
     waiter = [-1] * n
     more_waiters: dict[int, list[int]] = {}
+    bounds = c.lane_bounds
     lanes = c.num_lanes
-    pointer = c.lane_bounds[:lanes]
-    stop_at = c.lane_bounds[1:]
+    # + 0.0 is exact on the lane's time (>= 0), so a lane without blocking sends adds a zero hold.
+    reads = [zip(range(a, b), wait[a:b], delay[a:b], duration[a:b], repeat(0.0) if hold is None else hold[a:b])
+             for a, b in zip(bounds, bounds[1:])]
+    parked: list[tuple | None] = [None] * lanes
     free = [0.0] * lanes
-    stack = [k for k in range(lanes) if stop_at[k] > pointer[k]]
+    stack = [k for k in range(lanes) if bounds[k + 1] > bounds[k]]
+    open_lanes = len(stack)
     while stack:
         k = stack.pop()
         t = free[k]
-        stop = stop_at[k]
-        for o in range(pointer[k], stop):
-            r = wait[o]
+        ops = reads[k]
+        item = parked[k]
+        if item is not None:
+            o, r, dl, du, h = item
+            if r >= 0:  # its one producer has just ended
+                e = end[r] + dl
+                if e > t:
+                    t = e
+                t += du
+                end[o] = t
+                t += h
+                w = waiter[o]
+                if w >= 0:
+                    stack.append(w)
+                    if more_waiters:
+                        stack.extend(more_waiters.pop(o, ()))
+            else:  # several waits: read them all again
+                ops = chain((item,), ops)
+        for item in ops:
+            o, r, dl, du, h = item
             if r >= 0:
                 e = end[r]
                 if e < 0:
                     break
-                e += delay[o]
+                e += dl
                 if e > t:
                     t = e
             elif r == -2:
@@ -88,26 +110,27 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
                 if r != -2:
                     break
                 t = ready
-            t += duration[o]
+            t += du
             end[o] = t
-            if blocking:
-                t += hold[o]  # the lane waits until this op's sends are delivered
-            if waiter[o] >= 0:
-                stack.append(waiter[o])
+            t += h  # the lane waits until this op's sends are delivered
+            w = waiter[o]
+            if w >= 0:
+                stack.append(w)
                 if more_waiters:
                     stack.extend(more_waiters.pop(o, ()))
         else:
-            pointer[k] = stop
+            parked[k] = None
             free[k] = t
+            open_lanes -= 1
             continue
-        # The lane waits at op o for producer r.
+        # The lane waits at op o (read as ``item``) for producer r.
         if waiter[r] < 0:
             waiter[r] = k
         else:
             more_waiters.setdefault(r, []).append(k)
-        pointer[k] = o
+        parked[k] = item
         free[k] = t
-    if pointer != stop_at:
+    if open_lanes:
         return None
     return _starts(c, end, wait, delay_arr, several)
 

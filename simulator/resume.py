@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .compile import Compiled
-from .passes import transfer_records
 
 
 @dataclass
@@ -30,7 +29,7 @@ class Resume:
     lane_free: list[float]
     holding: list[int]
     delivered: dict[int, tuple[int, float]]   # unstarted op -> (inputs already delivered, latest arrival)
-    done_records: list                        # TransferRecords of transfers delivered before the cut
+    done_consumers: np.ndarray                # consumers (in id order) of the transfers delivered before the cut
     transfers: list[list]                     # in flight: [src, dst, producer, consumer, t0, nan, nbytes]
     op_ends: list[tuple[float, int]]          # (end, op) of ops running at the cut
     collective_flows: list[int]               # collective ops whose bytes are in flight
@@ -62,7 +61,7 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
                  for p, q, e, a in zip(producers[flying].tolist(), consumers[flying].tolist(),
                                        edges[flying].tolist(), t0[flying].tolist())]
     transfer_flows = list(enumerate(edges[flying].tolist()))
-    done_records = transfer_records(c, end, consumers[~in_flight])
+    done_consumers = consumers[~in_flight]
     waiting = ~in_flight & ~started[consumers]  # delivered to an op that has not started: it still counts
     arrived_at = dict(zip(consumers[waiting].tolist(), arrival[waiting].tolist()))
 
@@ -116,6 +115,6 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
         running[k] = holding[k] > 0
     op_ends.sort()
     releases.sort()
-    return Resume(ended, start_kept, end_kept, pointer, running, lane_free, holding, delivered, done_records, transfers, op_ends,
+    return Resume(ended, start_kept, end_kept, pointer, running, lane_free, holding, delivered, done_consumers, transfers, op_ends,
                   collective_flows, transfer_flows, releases)
 
