@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_right
 
 import numpy as np
 
@@ -151,16 +152,22 @@ class Flows:
         return flows
 
 
-def consumer_lists(c: Compiled, done: np.ndarray | None = None
-                   ) -> tuple[list[int], dict[int, list[tuple[int, tuple | None]]]]:
+def consumer_lists(c: Compiled, done: np.ndarray | None = None, unstarted: np.ndarray | None = None
+                   ) -> tuple[list[int] | dict[int, int], dict[int, list[tuple[int, tuple | None]]]]:
     """Per op, how many producers it waits for, and per producer its consumers in (consumer id, rule)
     order, each with the transfer spec when the consumer is on another device (None: local). Ops
     ``done`` before the loop starts, and ops nothing consumes, are not in the mapping: they deliver
-    nothing (any more)."""
-    n = len(c.actions)
-    rows, cols = np.nonzero(c.producers >= 0)  # row-major: consumer order, then rule order
-    producers = c.producers[rows, cols]
-    pending = np.bincount(rows, minlength=n).tolist()
+    nothing (any more). Given ``unstarted`` (the ops not started before the loop's cut, in id order:
+    every consumer of an op not done is among them), only those ops are counted, in a dict."""
+    if unstarted is None:
+        rows, cols = np.nonzero(c.producers >= 0)  # row-major: consumer order, then rule order
+        producers = c.producers[rows, cols]
+        pending: list[int] | dict[int, int] = np.bincount(rows, minlength=len(c.actions)).tolist()
+    else:
+        table = c.producers[unstarted]
+        picked, cols = np.nonzero(table >= 0)
+        rows, producers = unstarted[picked], table[picked, cols]
+        pending = dict(zip(unstarted.tolist(), np.bincount(picked, minlength=len(unstarted)).tolist()))
     if done is not None:
         open_rows = ~done[producers]
         rows, producers = rows[open_rows], producers[open_rows]
@@ -177,6 +184,19 @@ def consumer_lists(c: Compiled, done: np.ndarray | None = None
         early = {o for o, _ in buckets}
         consumers[prod] = [(o, spec) for o, spec in consumers.get(prod, ()) if o not in early]
     return pending, consumers
+
+
+class LaneOf(dict):
+    """Op id -> its lane, looked up in the lane bounds on first ask (ids run lane-major): what the
+    loop from a cut needs for its few thousand ops, without a list over all of them."""
+
+    def __init__(self, lane_bounds: list[int]):
+        super().__init__()
+        self.lane_bounds = lane_bounds
+
+    def __missing__(self, o: int) -> int:
+        k = self[o] = bisect_right(self.lane_bounds, o) - 1
+        return k
 
 
 def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.ndarray, np.ndarray, float] | None = None
@@ -201,12 +221,19 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     ``passes.transfer_records`` of the pass's ends gives their records).
     """
     n = len(c.actions)
-    op_lane, duration = c.lane.tolist(), c.duration
+    duration = c.duration
     state = None if prefix is None else resume_state(c, *prefix)
-    pending, consumers = consumer_lists(c, None if state is None else state.ended)
+    # From a cut, only the ops not started by then are counted and timed, in dicts.
+    if state is None:
+        op_lane: list[int] | LaneOf = c.lane.tolist()
+        pending, consumers = consumer_lists(c)
+        ready_at: list[float] | dict[int, float] = [0.0] * n
+    else:
+        op_lane = LaneOf(c.lane_bounds)
+        pending, consumers = consumer_lists(c, state.ended, state.unstarted)
+        ready_at = dict.fromkeys(pending, 0.0)
     collective, early = c.collective, c.early
     lanes = c.num_lanes
-    ready_at = [0.0] * n
     # From the cut, only the ops the loop runs get times: kept in dicts laid over the pass's arrays.
     start: list | dict = [math.nan] * n if state is None else {}
     end: list | dict = [math.nan] * n if state is None else {}

@@ -22,6 +22,7 @@ class Resume:
     """The loop's lists at the cut, plus what it must re-create there (in time order)."""
 
     ended: np.ndarray                         # per op: it ended before the cut (delivers nothing any more)
+    unstarted: np.ndarray                     # the ops not started before the cut, in id order
     start: np.ndarray                         # the pass's start where the op started before the cut, else nan
     end: np.ndarray                           # the pass's end where the op ended before the cut, else nan
     pointer: list[int]
@@ -38,7 +39,7 @@ class Resume:
 
 
 def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) -> Resume:
-    n, lanes = len(c.actions), c.num_lanes
+    lanes = c.num_lanes
     started = start < cut
     ended = started & (end < cut)
     lane_lo = np.asarray(c.lane_bounds[:-1], dtype=np.int64)
@@ -67,7 +68,8 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
 
     # Inputs delivered to the ops that have not started: local producers that ended, transfers done.
     delivered: dict[int, tuple[int, float]] = {}
-    for o in np.nonzero(~started)[0].tolist():
+    unstarted = np.nonzero(~started)[0]
+    for o in unstarted.tolist():
         count, latest = 0, 0.0
         for prod in c.producers[o].tolist():
             if prod < 0 or not ended[prod]:
@@ -115,6 +117,6 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
         running[k] = holding[k] > 0
     op_ends.sort()
     releases.sort()
-    return Resume(ended, start_kept, end_kept, pointer, running, lane_free, holding, delivered, done_consumers, transfers, op_ends,
-                  collective_flows, transfer_flows, releases)
+    return Resume(ended, unstarted, start_kept, end_kept, pointer, running, lane_free, holding, delivered,
+                  done_consumers, transfers, op_ends, collective_flows, transfer_flows, releases)
 
