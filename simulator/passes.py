@@ -8,12 +8,15 @@ instant they do, on the state the pass reached by then.
 """
 from __future__ import annotations
 
+from array import array
 from itertools import chain, repeat
 
 import numpy as np
 
 from .compile import Compiled
 from .timeline import TransferRecord
+
+_MINUS_ONE = (-1.0,)
 
 
 def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict[int, list[tuple[int, float]]]]:
@@ -52,7 +55,7 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
     if c.deadlock:
         return None
     n = len(c.actions)
-    end = [-1.0] * n
+    end = array("d", _MINUS_ONE) * n  # C doubles: no float object kept per op, and numpy reads it in place
     wait, delay, delay_arr, several = _wait_columns(c)
     duration, hold = c.duration, c.hold
     waiter = [-1] * n
@@ -135,10 +138,10 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
     return _starts(c, end, wait, delay_arr, several)
 
 
-def _starts(c: Compiled, end: list[float], wait: list[int], delay_arr: np.ndarray, several) -> tuple:
+def _starts(c: Compiled, end: array, wait: list[int], delay_arr: np.ndarray, several) -> tuple:
     """Start = the lane's free time (previous op's end, 0.0 first), raised to the latest arrival."""
     n = len(end)
-    end_arr = np.array(end, dtype=np.float64)
+    end_arr = np.frombuffer(end, dtype=np.float64)
     free_at = np.empty(n, dtype=np.float64)
     free_at[1:] = end_arr[:-1] if c.hold is None else end_arr[:-1] + np.asarray(c.hold[:-1], dtype=np.float64)
     firsts = np.asarray(c.lane_bounds[:-1], dtype=np.int64)[np.diff(c.lane_bounds) > 0]
