@@ -170,15 +170,24 @@ def port_uses(c: Compiled, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarr
     edges = c.edge[consumers]
     edge_ports = [[port_ids.setdefault(name, len(port_ids)) for name in spec[5]] for spec in c.edge_spec]
     if any(edge_ports):
-        lengths = c.edge_phase
-        counts = np.array([len(ports) for ports in edge_ports], dtype=np.int64)[edges]
-        flat_ports = np.array([x for ports in edge_ports for x in ports], dtype=np.int64)
-        offsets = np.concatenate(([0], np.cumsum([len(ports) for ports in edge_ports])))
-        rows = np.repeat(np.arange(len(edges)), counts)
-        within = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-        port_arr = flat_ports[offsets[edges[rows]] + within]
-        t0_arr = end[c.remote[consumers][rows]]
-        length_arr = lengths[edges[rows]]
+        # Per edge its port ids padded with -1 to the widest: row-major picks give the phases in
+        # consumer order, each consumer's ports in route order.
+        width = max(len(ports) for ports in edge_ports)
+        table = np.full((len(edge_ports), width), -1, dtype=np.int64)
+        for e, ports in enumerate(edge_ports):
+            table[e, :len(ports)] = ports
+        picked = table[edges]
+        producers = c.remote[consumers]
+        if width == 1 or bool((table >= 0).all()):
+            port_arr = picked.reshape(-1)
+            t0_arr = np.repeat(end[producers], width)
+            length_arr = np.repeat(c.edge_phase[edges], width)
+        else:
+            uses = picked >= 0
+            counts = uses.sum(axis=1)
+            port_arr = picked[uses]
+            t0_arr = np.repeat(end[producers], counts)
+            length_arr = np.repeat(c.edge_phase[edges], counts)
     else:
         port_arr = np.zeros(0, dtype=np.int64)
         t0_arr = length_arr = np.zeros(0)
