@@ -40,12 +40,33 @@ def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict
     return first, delay, np.asarray(delay, dtype=np.float64), several
 
 
+def _send_hold_waits(c: Compiled, wait: list[int], delay: list[float], several: dict
+                     ) -> tuple[list[int], list[float], dict[int, list[tuple[int, float]]]]:
+    """The waits with blocking sends (``Compiled.hold``) written as one more wait per op: on its
+    lane's previous op, delayed by that op's hold. The lane is then free at that op's end, and
+    max(end, end + hold, arrivals) = max(end + hold, arrivals) exactly, as a hold added to the
+    lane's time would give; the previous op has always ended, so the wait never parks the lane."""
+    wait, delay, several = list(wait), list(delay), dict(several)
+    hold = c.hold
+    bounds = c.lane_bounds
+    for a, b in zip(bounds, bounds[1:]):
+        for o in range(a + 1, b):
+            h = hold[o - 1]
+            if h > 0:
+                r = wait[o]
+                waits = [(r, delay[o])] if r >= 0 else list(several.get(o, ()))
+                waits.append((o - 1, h))
+                wait[o], delay[o], several[o] = -2, 0.0, waits
+    return wait, delay, several
+
+
 def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
     """Start and end of every op, each transfer alone on its link; None on a wait cycle.
 
     Lane k holds the op ids lane_bounds[k]..lane_bounds[k+1]-1 in order, read through one iterator
-    of (op, wait, delay, duration, hold) per lane. A lane runs until its next op waits for a
-    producer not yet ended, and parks itself on that producer with the op it read (a producer has
+    of (op, wait, delay, duration) per lane (blocking sends: ``_send_hold_waits``). A lane runs
+    until its next op waits for a producer not yet ended, and parks itself on that producer with
+    the op it read (a producer has
     at most one waiting lane, except an op both a remote stage and its own device's communication
     stream wait for); the producer's end puts the lane back on the stack, and a parked op with one
     wait then runs at once (its producer has just ended). Half the ops of a 1F1B pass park their
@@ -57,14 +78,14 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
     n = len(c.actions)
     end = array("d", _MINUS_ONE) * n  # C doubles: no float object kept per op, and numpy reads it in place
     wait, delay, delay_arr, several = _wait_columns(c)
-    duration, hold = c.duration, c.hold
+    run_wait, run_delay, run_several = (wait, delay, several) if c.hold is None else _send_hold_waits(
+        c, wait, delay, several)
+    duration = c.duration
     waiter = [-1] * n
     more_waiters: dict[int, list[int]] = {}
     bounds = c.lane_bounds
     lanes = c.num_lanes
-    # + 0.0 is exact on the lane's time (>= 0), so a lane without blocking sends adds a zero hold.
-    reads = [zip(range(a, b), wait[a:b], delay[a:b], duration[a:b], repeat(0.0) if hold is None else hold[a:b])
-             for a, b in zip(bounds, bounds[1:])]
+    reads = [zip(range(a, b), run_wait[a:b], run_delay[a:b], duration[a:b]) for a, b in zip(bounds, bounds[1:])]
     parked: list[tuple | None] = [None] * lanes
     free = [0.0] * lanes
     stack = [k for k in range(lanes) if bounds[k + 1] > bounds[k]]
@@ -75,14 +96,13 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
         ops = reads[k]
         item = parked[k]
         if item is not None:
-            o, r, dl, du, h = item
+            o, r, dl, du = item
             if r >= 0:  # its one producer has just ended
                 e = end[r] + dl
                 if e > t:
                     t = e
                 t += du
                 end[o] = t
-                t += h
                 w = waiter[o]
                 if w >= 0:
                     stack.append(w)
@@ -91,7 +111,7 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
             else:  # several waits: read them all again
                 ops = chain((item,), ops)
         for item in ops:
-            o, r, dl, du, h = item
+            o, r, dl, du = item
             if r >= 0:
                 e = end[r]
                 if e < 0:
@@ -101,7 +121,7 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
                     t = e
             elif r == -2:
                 ready = t
-                for r, dl in several[o]:
+                for r, dl in run_several[o]:
                     e = end[r]
                     if e < 0:
                         break
@@ -115,7 +135,6 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
                 t = ready
             t += du
             end[o] = t
-            t += h  # the lane waits until this op's sends are delivered
             w = waiter[o]
             if w >= 0:
                 stack.append(w)
