@@ -25,7 +25,8 @@ def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict
     A delay is what the consumer waits after its producer ends: a transfer's time, 0, or minus a
     bucket's lead (``Compiled.early``)."""
     delay_arr = c.edge_wait[c.edge]  # edge -1 (no remote producer) picks the trailing 0.0
-    first, delay = c.remote.tolist(), delay_arr.tolist()
+    # One float object per edge, shared by the ops that wait on it.
+    first, delay = c.remote.tolist(), np.array(c.edge_wait.tolist(), dtype=object)[c.edge].tolist()
     if not c.waits:
         return first, delay, delay_arr, {}
     several: dict[int, list[tuple[int, float]]] = {}
