@@ -19,8 +19,10 @@ from .timeline import TransferRecord
 _MINUS_ONE = (-1.0,)
 
 
-def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict[int, list[tuple[int, float]]]]:
-    """Per op its one wait (producer, delay), -2 where it has several (listed in the dict), -1 none.
+def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, np.ndarray,
+                                         dict[int, list[tuple[int, float]]]]:
+    """Per op its one wait (producer, delay), -2 where it has several (listed in the dict), -1 none:
+    as lists for the pass and as arrays for ``_starts``.
 
     A delay is what the consumer waits after its producer ends: a transfer's time, 0, or minus a
     bucket's lead (``Compiled.early``)."""
@@ -28,7 +30,7 @@ def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict
     # One float object per edge, shared by the ops that wait on it.
     first, delay = c.remote.tolist(), np.array(c.edge_wait.tolist(), dtype=object)[c.edge].tolist()
     if not c.waits:
-        return first, delay, delay_arr, {}
+        return first, delay, c.remote, delay_arr, {}
     several: dict[int, list[tuple[int, float]]] = {}
     for o, waits in c.waits.items():
         if len(waits) == 1:
@@ -38,7 +40,11 @@ def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, dict
             delay[o] = 0.0
             if waits:
                 several[o] = waits
-    return first, delay, np.asarray(delay, dtype=np.float64), several
+    listed = list(c.waits)
+    wait_arr = c.remote.copy()
+    wait_arr[listed] = [first[o] for o in listed]
+    delay_arr[listed] = [delay[o] for o in listed]  # delay_arr is a fresh array (picked by index)
+    return first, delay, wait_arr, delay_arr, several
 
 
 def _send_hold_waits(c: Compiled, wait: list[int], delay: list[float], several: dict
@@ -78,7 +84,7 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     n = len(c.actions)
     end = array("d", _MINUS_ONE) * n  # C doubles: no float object kept per op, and numpy reads it in place
-    wait, delay, delay_arr, several = _wait_columns(c)
+    wait, delay, wait_arr, delay_arr, several = _wait_columns(c)
     run_wait, run_delay, run_several = (wait, delay, several) if c.hold is None else _send_hold_waits(
         c, wait, delay, several)
     duration = c.duration
@@ -155,10 +161,10 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
         free[k] = t
     if open_lanes:
         return None
-    return _starts(c, end, wait, delay_arr, several)
+    return _starts(c, end, wait_arr, delay_arr, several)
 
 
-def _starts(c: Compiled, end: array, wait: list[int], delay_arr: np.ndarray, several) -> tuple:
+def _starts(c: Compiled, end: array, wait_arr: np.ndarray, delay_arr: np.ndarray, several) -> tuple:
     """Start = the lane's free time (previous op's end, 0.0 first), raised to the latest arrival."""
     n = len(end)
     end_arr = np.frombuffer(end, dtype=np.float64)
@@ -166,7 +172,6 @@ def _starts(c: Compiled, end: array, wait: list[int], delay_arr: np.ndarray, sev
     free_at[1:] = end_arr[:-1] if c.hold is None else end_arr[:-1] + np.asarray(c.hold[:-1], dtype=np.float64)
     firsts = np.asarray(c.lane_bounds[:-1], dtype=np.int64)[np.diff(c.lane_bounds) > 0]
     free_at[firsts] = 0.0
-    wait_arr = np.asarray(wait, dtype=np.int64)
     has = wait_arr >= 0
     arrival = end_arr[np.where(has, wait_arr, 0)] + delay_arr
     start_arr = np.where(has & (arrival > free_at), arrival, free_at)
