@@ -192,7 +192,7 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids, later_part=None
                     best = np.maximum(best, last_of[target, k])
                 elif rule.microbatch == STAGE:
                     best = np.maximum(best, per_stage[target, k])
-            producers[cons, j] = best
+            producers[:, j][cons] = best  # one index array on a column view
             if rule.required and bool(np.any(best < 0)):
                 found_all = False
     present = table >= 0
