@@ -145,7 +145,9 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
 def _transfer_records(compiled, pass_end: np.ndarray, done: np.ndarray | None, rows: list[list]) -> list:
     """The simulation's transfer records: those the pass timed (``done``, or every one when None) in
     consumer order, then the event loop's in the order it started them."""
-    return transfer_records(compiled, pass_end, done) + loop_transfer_records(compiled.actions, rows)
+    records = transfer_records(compiled, pass_end, done)
+    records.extend(loop_transfer_records(compiled.actions, rows))
+    return records
 
 
 def _delivery_times(compiled, pass_end: np.ndarray, done: np.ndarray | None, rows: list[list],

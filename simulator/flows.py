@@ -223,15 +223,17 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     n = len(c.actions)
     duration = c.duration
     state = None if prefix is None else resume_state(c, *prefix)
-    # From a cut, only the ops not started by then are counted and timed, in dicts.
-    if state is None:
-        op_lane: list[int] | LaneOf = c.lane.tolist()
-        pending, consumers = consumer_lists(c)
-        ready_at: list[float] | dict[int, float] = [0.0] * n
-    else:
-        op_lane = LaneOf(c.lane_bounds)
+    # From a late cut (a run that contends only at its end, as data-parallel reductions do) only the
+    # ops not started by then are counted, in dicts; per-op lists cost more there than the loop does,
+    # and less than dicts (in time and memory) when most ops are still to run.
+    if state is not None and 8 * len(state.unstarted) < n:
+        op_lane: list[int] | LaneOf = LaneOf(c.lane_bounds)
         pending, consumers = consumer_lists(c, state.ended, state.unstarted)
-        ready_at = dict.fromkeys(pending, 0.0)
+        ready_at: list[float] | dict[int, float] = dict.fromkeys(pending, 0.0)
+    else:
+        op_lane = c.lane.tolist()
+        pending, consumers = consumer_lists(c, None if state is None else state.ended)
+        ready_at = [0.0] * n
     collective, early = c.collective, c.early
     lanes = c.num_lanes
     # From the cut, only the ops the loop runs get times: kept in dicts laid over the pass's arrays.

@@ -256,20 +256,28 @@ def first_contention(c: Compiled, start: np.ndarray, end: np.ndarray) -> float |
     return float(t0[order[1:][overlapping]].min())
 
 
+RECORD_CHUNK = 1 << 14  # records are built this many at a time, so the columns' temporary lists stay small
+
+
 def transfer_records(c: Compiled, end: np.ndarray, consumers: np.ndarray | None = None) -> list[TransferRecord]:
     """One record per remote edge in consumer order (of ``consumers`` only, when given), each
     transfer alone on its link."""
     if consumers is None:
         consumers = np.nonzero(c.remote >= 0)[0]
-    producers = c.remote[consumers]
-    edges = c.edge[consumers]
-    t0 = end[producers]
-    t1 = t0 + np.asarray(c.edge_delay, dtype=np.float64)[edges]
+    delay = np.asarray(c.edge_delay, dtype=np.float64)
     # nbytes stays the spec's own Python object (an int stays an int), picked per edge.
     nbytes = [spec[2] for spec in c.edge_spec]
     get = c.actions.__getitem__
-    return list(map(
-        tuple.__new__, repeat(TransferRecord),
-        zip(c.device[producers].tolist(), c.device[consumers].tolist(), map(get, producers.tolist()),
-            map(get, consumers.tolist()), t0.tolist(), t1.tolist(), map(nbytes.__getitem__, edges.tolist())),
-    ))
+    records: list[TransferRecord] = []
+    for lo in range(0, len(consumers), RECORD_CHUNK):
+        part = consumers[lo:lo + RECORD_CHUNK]
+        producers = c.remote[part]
+        edges = c.edge[part]
+        t0 = end[producers]
+        t1 = t0 + delay[edges]
+        records.extend(map(
+            tuple.__new__, repeat(TransferRecord),
+            zip(c.device[producers].tolist(), c.device[part].tolist(), map(get, producers.tolist()),
+                map(get, part.tolist()), t0.tolist(), t1.tolist(), map(nbytes.__getitem__, edges.tolist())),
+        ))
+    return records

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from .passes import RECORD_CHUNK
 from .paused_gc import paused_gc
 from .timeline import OpRecord, Timeline, TransferRecord
 
@@ -64,14 +65,21 @@ class SimulatedTimeline(Timeline):
 
 
 def op_records(device: np.ndarray, actions: list, start: np.ndarray, end: np.ndarray) -> list[OpRecord]:
-    """One ``OpRecord`` per op id, from the columns."""
-    return list(map(tuple.__new__, repeat(OpRecord), zip(device.tolist(), actions, start.tolist(), end.tolist())))
+    """One ``OpRecord`` per op id, from the columns (``RECORD_CHUNK`` at a time)."""
+    records: list[OpRecord] = []
+    for lo in range(0, len(actions), RECORD_CHUNK):
+        hi = lo + RECORD_CHUNK
+        records.extend(map(tuple.__new__, repeat(OpRecord), zip(device[lo:hi].tolist(), actions[lo:hi],
+                                                                start[lo:hi].tolist(), end[lo:hi].tolist())))
+    return records
 
 
 def loop_transfer_records(actions: list, rows: list[list]) -> list[TransferRecord]:
     """``TransferRecord``s of the event loop's rows [src, dst, producer, consumer, start, end, nbytes]."""
-    if not rows:
-        return []
-    src, dst, prod, cons, t0, t1, nb = zip(*rows)
     get = actions.__getitem__
-    return list(map(tuple.__new__, repeat(TransferRecord), zip(src, dst, map(get, prod), map(get, cons), t0, t1, nb)))
+    records: list[TransferRecord] = []
+    for lo in range(0, len(rows), RECORD_CHUNK):
+        src, dst, prod, cons, t0, t1, nb = zip(*rows[lo:lo + RECORD_CHUNK])
+        records.extend(map(tuple.__new__, repeat(TransferRecord),
+                           zip(src, dst, map(get, prod), map(get, cons), t0, t1, nb)))
+    return records
