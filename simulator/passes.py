@@ -19,51 +19,48 @@ from .timeline import TransferRecord
 _MINUS_ONE = (-1.0,)
 
 
-def _wait_columns(c: Compiled) -> tuple[list[int], list[float], np.ndarray, np.ndarray,
-                                         dict[int, list[tuple[int, float]]]]:
+def _wait_columns(c: Compiled) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, list[tuple[int, float]]]]:
     """Per op its one wait (producer, delay), -2 where it has several (listed in the dict), -1 none:
-    as lists for the pass and as arrays for ``_starts``.
+    the producers, the delays as objects (for the pass's lists) and as floats (for ``_starts``).
 
     A delay is what the consumer waits after its producer ends: a transfer's time, 0, or minus a
-    bucket's lead (``Compiled.early``)."""
+    bucket's lead (``Compiled.early``). The objects are one float per edge, shared by the ops that
+    wait on it."""
     delay_arr = c.edge_wait[c.edge]  # edge -1 (no remote producer) picks the trailing 0.0
-    # One float object per edge, shared by the ops that wait on it.
-    first, delay = c.remote.tolist(), np.array(c.edge_wait.tolist(), dtype=object)[c.edge].tolist()
+    delay_obj = np.array(c.edge_wait.tolist(), dtype=object)[c.edge]
     if not c.waits:
-        return first, delay, c.remote, delay_arr, {}
+        return c.remote, delay_obj, delay_arr, {}
+    wait_arr = c.remote.copy()
     several: dict[int, list[tuple[int, float]]] = {}
     for o, waits in c.waits.items():
         if len(waits) == 1:
-            first[o], delay[o] = waits[0]
+            wait_arr[o], delay_obj[o] = waits[0]
         else:
-            first[o] = -2 if waits else -1
-            delay[o] = 0.0
+            wait_arr[o] = -2 if waits else -1
+            delay_obj[o] = 0.0
             if waits:
                 several[o] = waits
     listed = list(c.waits)
-    wait_arr = c.remote.copy()
-    wait_arr[listed] = [first[o] for o in listed]
-    delay_arr[listed] = [delay[o] for o in listed]  # delay_arr is a fresh array (picked by index)
-    return first, delay, wait_arr, delay_arr, several
+    delay_arr[listed] = delay_obj[listed].astype(np.float64)  # delay_arr is a fresh array (picked by index)
+    return wait_arr, delay_obj, delay_arr, several
 
 
-def _send_hold_waits(c: Compiled, wait: list[int], delay: list[float], several: dict
-                     ) -> tuple[list[int], list[float], dict[int, list[tuple[int, float]]]]:
+def _send_hold_waits(c: Compiled, wait: np.ndarray, delay: np.ndarray, several: dict
+                     ) -> tuple[np.ndarray, np.ndarray, dict[int, list[tuple[int, float]]]]:
     """The waits with blocking sends (``Compiled.hold``) written as one more wait per op: on its
     lane's previous op, delayed by that op's hold. The lane is then free at that op's end, and
     max(end, end + hold, arrivals) = max(end + hold, arrivals) exactly, as a hold added to the
     lane's time would give; the previous op has always ended, so the wait never parks the lane."""
-    wait, delay, several = list(wait), list(delay), dict(several)
+    wait, delay, several = wait.copy(), delay.copy(), dict(several)
     hold = c.hold
-    bounds = c.lane_bounds
-    for a, b in zip(bounds, bounds[1:]):
-        for o in range(a + 1, b):
-            h = hold[o - 1]
-            if h > 0:
-                r = wait[o]
-                waits = [(r, delay[o])] if r >= 0 else list(several.get(o, ()))
-                waits.append((o - 1, h))
-                wait[o], delay[o], several[o] = -2, 0.0, waits
+    after_hold = np.zeros(len(hold), dtype=bool)
+    after_hold[1:] = np.asarray(hold[:-1], dtype=np.float64) > 0
+    after_hold[[a for a in c.lane_bounds[:-1] if a < len(hold)]] = False  # a lane's first op follows none
+    for o in np.nonzero(after_hold)[0].tolist():
+        r = int(wait[o])
+        waits = [(r, delay[o])] if r >= 0 else list(several.get(o, ()))
+        waits.append((o - 1, hold[o - 1]))
+        wait[o], delay[o], several[o] = -2, 0.0, waits
     return wait, delay, several
 
 
@@ -84,15 +81,16 @@ def uncontended_times(c: Compiled) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     n = len(c.actions)
     end = array("d", _MINUS_ONE) * n  # C doubles: no float object kept per op, and numpy reads it in place
-    wait, delay, wait_arr, delay_arr, several = _wait_columns(c)
-    run_wait, run_delay, run_several = (wait, delay, several) if c.hold is None else _send_hold_waits(
-        c, wait, delay, several)
+    wait_arr, delay_obj, delay_arr, several = _wait_columns(c)
+    run_wait, run_delay, run_several = (wait_arr, delay_obj, several) if c.hold is None else _send_hold_waits(
+        c, wait_arr, delay_obj, several)
     duration = c.duration
     waiter = [-1] * n
     more_waiters: dict[int, list[int]] = {}
     bounds = c.lane_bounds
     lanes = c.num_lanes
-    reads = [zip(range(a, b), run_wait[a:b], run_delay[a:b], duration[a:b]) for a, b in zip(bounds, bounds[1:])]
+    reads = [zip(range(a, b), run_wait[a:b].tolist(), run_delay[a:b].tolist(), duration[a:b])
+             for a, b in zip(bounds, bounds[1:])]
     parked: list[tuple | None] = [None] * lanes
     free = [0.0] * lanes
     stack = [k for k in range(lanes) if bounds[k + 1] > bounds[k]]
