@@ -64,26 +64,26 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
     transfer_flows = list(enumerate(edges[flying].tolist()))
     done_consumers = consumers[~in_flight]
     waiting = ~in_flight & ~started[consumers]  # delivered to an op that has not started: it still counts
-    arrived_at = dict(zip(consumers[waiting].tolist(), arrival[waiting].tolist()))
 
-    # Inputs delivered to the ops that have not started: local producers that ended, transfers done.
-    delivered: dict[int, tuple[int, float]] = {}
+    # Inputs delivered to the ops that have not started: local producers that ended, transfers done;
+    # per op their count and the latest arrival (0.0 when none is later: arrivals before 0 and NaN
+    # never raise it, as the loop's own comparisons would not).
     unstarted = np.nonzero(~started)[0]
-    for o in unstarted.tolist():
-        count, latest = 0, 0.0
-        for prod in c.producers[o].tolist():
-            if prod < 0 or not ended[prod]:
-                continue
-            if prod == c.remote[o]:
-                if o not in arrived_at:
-                    continue
-                t = arrived_at[o]
-            else:
-                t = float(end[prod])
-            count += 1
-            latest = t if t > latest else latest
-        if count:
-            delivered[o] = (count, latest)
+    producers_of = c.producers[unstarted]
+    exists = producers_of >= 0
+    safe = np.where(exists, producers_of, 0)
+    arrived = np.zeros(len(started), dtype=bool)
+    arrived[consumers[waiting]] = True
+    arrival_of = np.zeros(len(started), dtype=np.float64)
+    arrival_of[consumers[waiting]] = arrival[waiting]
+    through_edge = producers_of == c.remote[unstarted][:, None]
+    counted = exists & ended[safe] & (~through_edge | arrived[unstarted][:, None])
+    when = np.where(through_edge, arrival_of[unstarted][:, None], end[safe])
+    latest = np.where(counted & (when > 0.0), when, 0.0).max(axis=1, initial=0.0)
+    count = counted.sum(axis=1)
+    some = np.nonzero(count)[0]
+    delivered: dict[int, tuple[int, float]] = dict(zip(
+        unstarted[some].tolist(), zip(count[some].tolist(), latest[some].tolist())))
 
     running, lane_free, holding = [False] * lanes, [0.0] * lanes, [0] * lanes
     op_ends: list[tuple[float, int]] = []
