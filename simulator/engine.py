@@ -13,7 +13,8 @@ One algorithm in four steps, each in its own module:
 2. ``passes.uncontended_times``: the exact pass in dependency order, every transfer alone;
 3. ``passes.first_contention``: do any two bandwidth phases overlap on a port? Only then
    ``flows.event_loop`` re-times with max-min sharing, from that first instant on;
-4. here: records, memory replay (``memory``) and the figures of the result.
+4. here: memory replay (``memory``), the figures of the result, and its timeline, whose records
+   ``records.SimulatedTimeline`` builds from the columns when they are first read.
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """A simulated timeline whose records are built the first time they are read.
 
 A 1F1B iteration at p = 64, m = 1024 has 131,072 ops and 129,024 transfers: their records (a
-tuple and two floats each) cost a third of the simulation, and the planner's search reads only
-the figures (iteration time, memory, fit), never the records. ``SimulatedTimeline`` keeps the
-engine's columns and builds ``ops``, and separately ``transfers``, on first read; in every other
-respect it is a ``Timeline`` (equal to one holding the same records, copied and pickled as one).
+tuple and two floats each) take a third of the time of simulating and reading them, and the
+planner's search reads only the figures (iteration time, memory, fit), never the records.
+``SimulatedTimeline`` keeps the engine's columns and builds ``ops``, and separately ``transfers``,
+on first read; in every other respect it is a ``Timeline`` (equal to one holding the same
+records, copied and pickled as one).
 """
 from __future__ import annotations
 
