@@ -1,14 +1,18 @@
 """Simulated ops per second (compute ops + transfers) with link sharing on.
 
-Two figures per case: the default path (a dependency-order pass, then a port-overlap check that
-falls back to the event loop when transfers contend) and the event loop forced on every op. Each is
-the best of a few runs, in wall-clock seconds and in this process's CPU seconds (on a shared machine
-the wall clock also counts the time other processes hold the cores).
-Run: python benchmarks/bench_simulator.py [--repeats N]
+Per case, the default path (a dependency-order pass, then a port-overlap check that hands over to the
+max-min event loop from the first contended instant) run ``--repeats`` times: the best and the median
+in wall-clock seconds and in this process's CPU seconds (on a shared machine the wall clock also counts
+the time other processes hold the cores). ``simulate`` builds the timeline's records (one tuple per op
+and per transfer) when they are first read; the "+ records" row times simulate and that first read
+together. Then the event loop forced on every op, once. Last, the process's peak resident memory.
+Run: python benchmarks/bench_simulator.py [--repeats N] [--dp-only] [--no-event-loop]
 """
 from __future__ import annotations
 
 import argparse
+import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,39 +55,60 @@ def dp_workload(p: int, m: int, dp: int, message_bytes: float, grad_bytes: float
     return Workload(schedule, tuple(stages), Network(base.network.links, ports))
 
 
-def measure(workload: Workload, force: bool, repeats: int = 3) -> tuple[float, float, int]:
-    """(best wall seconds, best CPU seconds, ops + transfers) over ``repeats`` simulations."""
-    wall = cpu = float("inf")
+def measure(workload: Workload, force: bool, repeats: int = 3, records: bool = False
+            ) -> tuple[list[float], list[float], int]:
+    """(wall seconds, CPU seconds, ops + transfers) of ``repeats`` simulations, reading the timeline's
+    records within the timing when ``records``."""
+    wall: list[float] = []
+    cpu: list[float] = []
     count = 0
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         result = simulate(workload, force_event_loop=force)
-        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
-        count = len(result.timeline.ops) + len(result.timeline.transfers)
+        if records:
+            count = len(result.timeline.ops) + len(result.timeline.transfers)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        if not records:
+            count = len(result.timeline.ops) + len(result.timeline.transfers)
         del result
     return wall, cpu, count
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each default-path case (best kept)")
-    repeats = max(1, parser.parse_args().repeats)
-    cases = [
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each default-path case")
+    parser.add_argument("--dp-only", action="store_true", help="only the data-parallel case")
+    parser.add_argument("--no-event-loop", action="store_true", help="skip the forced event-loop runs")
+    args = parser.parse_args()
+    repeats = max(1, args.repeats)
+    cases = [] if args.dp_only else [
         ("1f1b", 64, 1024, 1, 64e6, "1f1b p=64 m=1024, 64 MB messages (no overlap on ports)"),
         ("interleaved", 32, 256, 2, 64e6, "interleaved p=32 m=256 v=2, 64 MB messages"),
         ("1f1b", 64, 1024, 1, 1e9, "1f1b p=64 m=1024, 1 GB messages (transfers contend)"),
     ]
-    print(f"{'case':60s} {'path':12s} {'ops+transfers':>14s} {'wall s':>7s} {'per second':>11s} "
-          f"{'CPU s':>7s} {'per CPU s':>11s}")
+    print(f"{'case':60s} {'path':16s} {'ops+transfers':>13s} {'wall s best/median':>19s} "
+          f"{'per second best/median':>23s} {'CPU s best/median':>18s} {'per CPU s best/median':>22s}")
     workloads = [(label, nvlink_workload(name, p, m, v, nbytes)) for name, p, m, v, nbytes, label in cases]
     workloads.append(("1f1b p=64 m=1024 with dp=8 DP collectives contending on ports",
                       dp_workload(64, 1024, 8, 64e6, 1e9)))
+    runs = [("default", False, False), ("default + records", False, True)]
+    if not args.no_event_loop:
+        runs.append(("event loop", True, True))
     for label, workload in workloads:
-        for force in (False, True):
-            wall, cpu, count = measure(workload, force, repeats=1 if force else repeats)
-            path = "event loop" if force else "default"
-            print(f"{label:60s} {path:12s} {count:14,d} {wall:7.2f} {count / wall:11,.0f} {cpu:7.2f} "
-                  f"{count / cpu:11,.0f}")
+        for path, force, records in runs:
+            wall, cpu, count = measure(workload, force, repeats=1 if force else repeats, records=records)
+            figures = []
+            for seconds in (wall, cpu):
+                best, median = min(seconds), statistics.median(seconds)
+                figures.append(f"{best:9.3f}/{median:<9.3f} {count / best:11,.0f}/{count / median:<11,.0f}")
+            print(f"{label:60s} {path:16s} {count:13,d} {figures[0]} {figures[1]}")
+    print(f"peak resident memory: {peak_rss_mb():.0f} MB")
 
 
 if __name__ == "__main__":

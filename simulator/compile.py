@@ -138,15 +138,23 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids, later_part=None
     compute = code < NUM_COMPUTE
     table = np.full((num_stages, NUM_COMPUTE, num_mb), -1, dtype=np.int64)
     per_stage = np.full((num_stages, NUM_KINDS), -1, dtype=np.int64)
+    # Flat indices into the tables (one index array instead of three: numpy's fancy indexing
+    # with several arrays costs several times more).
+    flat = table.reshape(-1)
+    stage_row = stage * (NUM_COMPUTE * num_mb)
     if bool(compute.all()):  # the common case: no masks to apply
-        table[stage, code, mb] = ids
-        unique = bool(np.array_equal(table[stage, code, mb], ids))
+        key = stage_row + code * num_mb + mb
+        flat[key] = ids
+        unique = bool(np.array_equal(flat[key], ids))
     else:
         first = ~compute if later_part is None else ~compute & ~later_part
-        table[stage[compute], code[compute], mb[compute]] = ids[compute]
-        per_stage[stage[first], code[first]] = ids[first]
-        unique = bool(np.array_equal(table[stage[compute], code[compute], mb[compute]], ids[compute])) and bool(
-            np.array_equal(per_stage[stage[first], code[first]], ids[first]))
+        key = (stage_row + code * num_mb + mb)[compute]
+        flat[key] = ids[compute]
+        flat_per_stage = per_stage.reshape(-1)
+        stage_key = (stage * NUM_KINDS + code)[first]
+        flat_per_stage[stage_key] = ids[first]
+        unique = bool(np.array_equal(flat[key], ids[compute])) and bool(
+            np.array_equal(flat_per_stage[stage_key], ids[first]))
         if later_part is not None:
             np.maximum.at(per_stage, (stage[later_part], code[later_part]), ids[later_part])
     codes_present = set(np.nonzero(np.bincount(code, minlength=NUM_KINDS))[0].tolist())
@@ -164,22 +172,27 @@ def _binding_producers(stage, code, mb, num_stages, num_mb, ids, later_part=None
                 target = target + num_stages
             else:
                 applies = (target >= 0) & (target < num_stages)
-            cons, target = consumers[applies], target[applies]
+            if bool(applies.all()):
+                cons = consumers
+            else:
+                cons, target = consumers[applies], target[applies]
             best = np.full(len(cons), -1, dtype=np.int64)
+            row = None  # the flat index of (target stage, kind 0, the micro-batch the rule names)
             for kind in rule.kinds:
                 k = KINDS[kind].code
                 if k not in codes_present:
                     continue
-                if rule.microbatch == SAME:
-                    best = np.maximum(best, table[target, k, mb[cons]])
+                if rule.microbatch in (SAME, PREVIOUS_PASS):
+                    if row is None:
+                        wanted = mb[cons] if rule.microbatch == SAME else mb[cons] - recurrence
+                        row = target * (NUM_COMPUTE * num_mb) + wanted
+                    np.maximum(best, flat[row + k * num_mb], out=best)
                 elif rule.microbatch == EVERY:
                     last_of = table.max(axis=2) if last_of is None else last_of
                     best = np.maximum(best, last_of[target, k])
                 elif rule.microbatch == STAGE:
                     best = np.maximum(best, per_stage[target, k])
-                elif rule.microbatch == PREVIOUS_PASS:
-                    best = np.maximum(best, table[target, k, mb[cons] - recurrence])
-            producers[cons, j] = best
+            producers[:, j][cons] = best  # one index array on a column view
             if rule.required and bool(np.any(best < 0)):
                 found_all = False
     present = table >= 0
@@ -207,7 +220,8 @@ def _unique(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     present = np.zeros(int(key.max()) + 1, dtype=bool)
     present[key] = True
     uniq = np.nonzero(present)[0]
-    rank = np.cumsum(present) - 1
+    rank = np.empty(len(present), dtype=np.int64)  # read only where a key is
+    rank[uniq] = np.arange(len(uniq), dtype=np.int64)
     return uniq, rank[key]
 
 
@@ -253,7 +267,11 @@ def compile_workload(workload: Workload) -> Compiled:
     n = len(actions)
     if n == 0 or num_stages == 0:
         raise ScheduleError("schedule holds no actions: give every device its list, e.g. '0F0,0B0'")
-    stage_t, kind_t, mb_t = zip(*actions)
+    # One flat list sliced three ways: half the time of zip(*actions) on 131,072 actions.
+    fields = list(chain.from_iterable(actions))
+    if len(fields) != 3 * n:
+        raise ScheduleError("schedule: every action is (stage, kind, micro-batch), e.g. Action(0, 'F', 0)")
+    stage_t, kind_t, mb_t = fields[0::3], fields[1::3], fields[2::3]
     code = _kind_codes(kind_t)
     counts = [len(acts) for acts in per_device]
     bucket_of: dict[int, tuple] = {}

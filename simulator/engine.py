@@ -13,15 +13,14 @@ One algorithm in four steps, each in its own module:
 2. ``passes.uncontended_times``: the exact pass in dependency order, every transfer alone;
 3. ``passes.first_contention``: do any two bandwidth phases overlap on a port? Only then
    ``flows.event_loop`` re-times with max-min sharing, from that first instant on;
-4. here: records, memory replay (``memory``) and the figures of the result.
+4. here: memory replay (``memory``), the figures of the result, and its timeline, whose records
+   ``records.SimulatedTimeline`` builds from the columns when they are first read.
 """
 from __future__ import annotations
 
-import gc
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import repeat
+from functools import partial
 
 import numpy as np
 
@@ -31,7 +30,9 @@ from .flows import event_loop
 from .kinds import rules_for
 from .memory import memory_curves_columns, peak_memory
 from .passes import first_contention, transfer_records, uncontended_times
-from .timeline import OpRecord, Timeline, TransferRecord
+from .paused_gc import paused_gc
+from .records import SimulatedTimeline, loop_transfer_records, op_records
+from .timeline import Timeline
 from .workload import Workload
 
 
@@ -82,31 +83,6 @@ class SimResult:
         }
 
 
-@contextmanager
-def paused_gc():
-    """Pause the cyclic garbage collector, and hand what survives to its oldest generation.
-
-    A simulation allocates a few hundred thousand tuples (records, actions, producer lists) that
-    all stay alive; each allocation burst triggers collections that rescan them, which cost as
-    much as the simulation itself on large schedules. The engine makes no reference cycles, so
-    nothing is lost by not collecting. Re-enabled as it was, the collector would scan them all at the
-    next allocation (a young collection of every object made meanwhile: a fifth of the simulation's
-    time at p = 64, m = 1024); ``gc.freeze()`` then ``gc.unfreeze()`` moves them to the oldest
-    generation instead, which a full collection scans when Python next runs one. Skipped while the
-    caller keeps objects frozen (``gc.get_freeze_count()``), whose freeze this must not undo.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            if gc.get_freeze_count() == 0:
-                gc.freeze()
-                gc.unfreeze()
-            gc.enable()
-
-
 def simulate(workload: Workload, force_event_loop: bool = False) -> SimResult:
     """Time ``workload.schedule`` on ``workload``'s stages and network (see the module docstring).
 
@@ -129,26 +105,22 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
         check_order_and_deadlock(schedule)  # raises with the named devices and actions
         raise AssertionError("the pass and the checker disagree on a deadlock")
     start_arr, end_arr = times
-    actions = compiled.actions
     cut = None if force_event_loop else event_loop_cut(compiled, start_arr, end_arr)
+    rows: list[list] = []
+    pass_end, done = end_arr, None  # the transfers timed by the pass: all, or those delivered before the cut
     if force_event_loop or cut is not None:
         prefix = None if force_event_loop else (start_arr, end_arr, cut)
-        start_arr, end_arr, rows, records = event_loop(compiled, workload.network.port_capacity, prefix)
-        if rows:
-            src, dst, prod, cons, t0, t1, nb = zip(*rows)
-            get = actions.__getitem__
-            records = records + list(map(tuple.__new__, repeat(TransferRecord),
-                                         zip(src, dst, map(get, prod), map(get, cons), t0, t1, nb)))
-    else:
-        records = transfer_records(compiled, end_arr)
-    start, end = start_arr.tolist(), end_arr.tolist()
+        start_arr, end_arr, rows, done = event_loop(compiled, workload.network.port_capacity, prefix)
+        if done is None:
+            done = np.zeros(0, dtype=np.int64)
     p = schedule.num_devices
-    ops = list(map(tuple.__new__, repeat(OpRecord), zip(compiled.device.tolist(), actions, start, end)))
-    timeline = Timeline(p, ops, records, simulated_meta(schedule))
+    timeline = SimulatedTimeline(p, simulated_meta(schedule),
+                                 partial(op_records, compiled.device, compiled.actions, start_arr, end_arr),
+                                 partial(_transfer_records, compiled, pass_end, done, rows))
     static = list(workload.static_bytes) or [0.0] * p
     capacity = list(workload.capacity_bytes) or [math.inf] * p
     rules = rules_for(schedule.forward_only)
-    delivered = _delivery_times(compiled, end_arr, records) if any(r.release for r in rules) else None
+    delivered = _delivery_times(compiled, pass_end, done, rows, end_arr) if any(r.release for r in rules) else None
     # A device's ops of each stream are in run order (lane-major ids): lane 2d + 1 starts at lane_bounds[2d + 1].
     splits = compiled.lane_bounds[1:-1:2] if compiled.num_lanes == 2 * p else None
     curves, live = memory_curves_columns(compiled.device, compiled.cost, compiled.code, start_arr, end_arr,
@@ -171,13 +143,29 @@ def _simulate(workload: Workload, force_event_loop: bool) -> SimResult:
     )
 
 
-def _delivery_times(compiled, end: np.ndarray, records: list) -> np.ndarray:
-    """Per op, when its last outgoing transfer arrives; its end when it sends nothing (``kinds.DELIVERED``)."""
+def _transfer_records(compiled, pass_end: np.ndarray, done: np.ndarray | None, rows: list[list]) -> list:
+    """The simulation's transfer records: those the pass timed (``done``, or every one when None) in
+    consumer order, then the event loop's in the order it started them."""
+    records = transfer_records(compiled, pass_end, done)
+    records.extend(loop_transfer_records(compiled.actions, rows))
+    return records
+
+
+def _delivery_times(compiled, pass_end: np.ndarray, done: np.ndarray | None, rows: list[list],
+                    end: np.ndarray) -> np.ndarray:
+    """Per op, when its last outgoing transfer arrives; its end when it sends nothing (``kinds.DELIVERED``).
+
+    The transfers the pass timed arrive at their producer's end plus the edge's time alone (as
+    their records say), the event loop's when its rows say."""
     delivered = end.copy()
-    if records:
-        where = {a: o for o, a in enumerate(compiled.actions)}
-        producers = np.fromiter((where[r.action] for r in records), np.int64, len(records))
-        np.maximum.at(delivered, producers, np.fromiter((r.end for r in records), np.float64, len(records)))
+    consumers = np.nonzero(compiled.remote >= 0)[0] if done is None else done
+    if len(consumers):
+        producers = compiled.remote[consumers]
+        arrival = pass_end[producers] + np.asarray(compiled.edge_delay, dtype=np.float64)[compiled.edge[consumers]]
+        np.maximum.at(delivered, producers, arrival)
+    if rows:
+        np.maximum.at(delivered, np.array([r[2] for r in rows], dtype=np.int64),
+                      np.array([r[5] for r in rows], dtype=np.float64))
     return delivered
 
 

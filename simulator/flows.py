@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .compile import Compiled
+from .loop_inputs import LaneOf, consumer_lists
 from .resume import resume_state
 
 
@@ -151,36 +152,8 @@ class Flows:
         return flows
 
 
-def consumer_lists(c: Compiled, done: np.ndarray | None = None
-                   ) -> tuple[list[int], dict[int, list[tuple[int, tuple | None]]]]:
-    """Per op, how many producers it waits for, and per producer its consumers in (consumer id, rule)
-    order, each with the transfer spec when the consumer is on another device (None: local). Ops
-    ``done`` before the loop starts, and ops nothing consumes, are not in the mapping: they deliver
-    nothing (any more)."""
-    n = len(c.actions)
-    rows, cols = np.nonzero(c.producers >= 0)  # row-major: consumer order, then rule order
-    producers = c.producers[rows, cols]
-    pending = np.bincount(rows, minlength=n).tolist()
-    if done is not None:
-        open_rows = ~done[producers]
-        rows, producers = rows[open_rows], producers[open_rows]
-    spec_index = np.where(producers == c.remote[rows], c.edge[rows], -1)
-    consumers: dict[int, list[tuple[int, tuple | None]]] = {}
-    specs = c.edge_spec + [None]  # index -1 picks None
-    for prod, consumer, spec in zip(producers.tolist(), rows.tolist(), spec_index.tolist()):
-        listed = consumers.get(prod)
-        if listed is None:
-            consumers[prod] = [(consumer, specs[spec])]
-        else:
-            listed.append((consumer, specs[spec]))
-    for prod, buckets in c.early.items():  # delivered before the producer ends, when it starts
-        early = {o for o, _ in buckets}
-        consumers[prod] = [(o, spec) for o, spec in consumers.get(prod, ()) if o not in early]
-    return pending, consumers
-
-
 def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.ndarray, np.ndarray, float] | None = None
-               ) -> tuple[list[float], list[float], list[list], list]:
+               ) -> tuple[np.ndarray, np.ndarray, list[list], np.ndarray | None]:
     """The general engine: flows overlapping on a port share it max-min fairly.
 
     Each lane (a device's compute or communication stream) starts its next op when the op's
@@ -197,16 +170,25 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
     it as final, what is in flight at T is re-created with its own start time, and the loop runs on
     from there; the times are those of the loop from 0, up to rounding.
     Returns (start and end as arrays, transfers as [src, dst, producer, consumer, start, end, nbytes],
-    and the TransferRecords of the transfers delivered before the cut).
+    and the consumers, in id order, of the transfers delivered before the cut (None without ``prefix``):
+    ``passes.transfer_records`` of the pass's ends gives their records).
     """
     n = len(c.actions)
-    op_lane, duration = c.lane.tolist(), c.duration
+    duration = c.duration
     state = None if prefix is None else resume_state(c, *prefix)
-    done_records: list = [] if state is None else state.done_records
-    pending, consumers = consumer_lists(c, None if state is None else state.ended)
+    # From a late cut (a run that contends only at its end, as data-parallel reductions do) only the
+    # ops not started by then are counted, in dicts; per-op lists cost more there than the loop does,
+    # and less than dicts (in time and memory) when most ops are still to run.
+    if state is not None and 8 * len(state.unstarted) < n:
+        op_lane: list[int] | LaneOf = LaneOf(c.lane_bounds)
+        pending, consumers = consumer_lists(c, state.ended, state.unstarted)
+        ready_at: list[float] | dict[int, float] = dict.fromkeys(pending, 0.0)
+    else:
+        op_lane = c.lane.tolist()
+        pending, consumers = consumer_lists(c, None if state is None else state.ended)
+        ready_at = [0.0] * n
     collective, early = c.collective, c.early
     lanes = c.num_lanes
-    ready_at = [0.0] * n
     # From the cut, only the ops the loop runs get times: kept in dicts laid over the pass's arrays.
     start: list | dict = [math.nan] * n if state is None else {}
     end: list | dict = [math.nan] * n if state is None else {}
@@ -386,10 +368,10 @@ def event_loop(c: Compiled, port_capacity: dict[str, float], prefix: tuple[np.nd
         else:
             deliver(ident, t)  # a bucket's gradients are complete before their producer ends
     if state is None:
-        return np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64), transfers, done_records
+        return np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64), transfers, None
     start_arr, end_arr = state.start, state.end
     if start:
         start_arr[list(start)] = list(start.values())
     if end:
         end_arr[list(end)] = list(end.values())
-    return start_arr, end_arr, transfers, done_records
+    return start_arr, end_arr, transfers, state.done_consumers

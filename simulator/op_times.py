@@ -32,7 +32,8 @@ def op_durations(workload: Workload, stage: np.ndarray, cost_index: np.ndarray, 
         per_kind = np.array(rows, dtype=np.float64)
     except (TypeError, ValueError):
         raise ScheduleError("stages: every op time must be a number of seconds") from None
-    duration = per_kind[cost_index, code]
+    cell = cost_index * per_kind.shape[1] + code  # each op's (cost row, kind) in the flattened table
+    duration = per_kind.reshape(-1)[cell]
     bad = np.nonzero(~(duration >= 0))[0]
     if len(bad):
         o = int(bad[0])
@@ -40,7 +41,8 @@ def op_durations(workload: Workload, stage: np.ndarray, cost_index: np.ndarray, 
                             f"{duration[o]!r}; op times must be finite numbers >= 0")
     collective: dict[int, tuple] = {}
     per_stage: dict[tuple, tuple | None] = {}  # a collective crosses hundreds of ports: rate it once
-    times = duration.tolist()
+    # The list shares one float object per distinct (cost row, kind) instead of making one per op.
+    times = np.array(per_kind.reshape(-1).tolist(), dtype=object)[cell].tolist()
     for o in (np.nonzero(code >= NUM_COMPUTE)[0].tolist() if has_comm else ()):
         bucket = bucket_of.get(o)
         key = (int(stage[o]), int(code[o]), None if bucket is None else bucket[1])

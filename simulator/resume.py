@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .compile import Compiled
-from .passes import transfer_records
 
 
 @dataclass
@@ -23,6 +22,7 @@ class Resume:
     """The loop's lists at the cut, plus what it must re-create there (in time order)."""
 
     ended: np.ndarray                         # per op: it ended before the cut (delivers nothing any more)
+    unstarted: np.ndarray                     # the ops not started before the cut, in id order
     start: np.ndarray                         # the pass's start where the op started before the cut, else nan
     end: np.ndarray                           # the pass's end where the op ended before the cut, else nan
     pointer: list[int]
@@ -30,7 +30,7 @@ class Resume:
     lane_free: list[float]
     holding: list[int]
     delivered: dict[int, tuple[int, float]]   # unstarted op -> (inputs already delivered, latest arrival)
-    done_records: list                        # TransferRecords of transfers delivered before the cut
+    done_consumers: np.ndarray                # consumers (in id order) of the transfers delivered before the cut
     transfers: list[list]                     # in flight: [src, dst, producer, consumer, t0, nan, nbytes]
     op_ends: list[tuple[float, int]]          # (end, op) of ops running at the cut
     collective_flows: list[int]               # collective ops whose bytes are in flight
@@ -39,7 +39,7 @@ class Resume:
 
 
 def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) -> Resume:
-    n, lanes = len(c.actions), c.num_lanes
+    lanes = c.num_lanes
     started = start < cut
     ended = started & (end < cut)
     lane_lo = np.asarray(c.lane_bounds[:-1], dtype=np.int64)
@@ -62,27 +62,28 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
                  for p, q, e, a in zip(producers[flying].tolist(), consumers[flying].tolist(),
                                        edges[flying].tolist(), t0[flying].tolist())]
     transfer_flows = list(enumerate(edges[flying].tolist()))
-    done_records = transfer_records(c, end, consumers[~in_flight])
+    done_consumers = consumers[~in_flight]
     waiting = ~in_flight & ~started[consumers]  # delivered to an op that has not started: it still counts
-    arrived_at = dict(zip(consumers[waiting].tolist(), arrival[waiting].tolist()))
 
-    # Inputs delivered to the ops that have not started: local producers that ended, transfers done.
-    delivered: dict[int, tuple[int, float]] = {}
-    for o in np.nonzero(~started)[0].tolist():
-        count, latest = 0, 0.0
-        for prod in c.producers[o].tolist():
-            if prod < 0 or not ended[prod]:
-                continue
-            if prod == c.remote[o]:
-                if o not in arrived_at:
-                    continue
-                t = arrived_at[o]
-            else:
-                t = float(end[prod])
-            count += 1
-            latest = t if t > latest else latest
-        if count:
-            delivered[o] = (count, latest)
+    # Inputs delivered to the ops that have not started: local producers that ended, transfers done;
+    # per op their count and the latest arrival (0.0 when none is later: arrivals before 0 and NaN
+    # never raise it, as the loop's own comparisons would not).
+    unstarted = np.nonzero(~started)[0]
+    producers_of = c.producers[unstarted]
+    exists = producers_of >= 0
+    safe = np.where(exists, producers_of, 0)
+    arrived = np.zeros(len(started), dtype=bool)
+    arrived[consumers[waiting]] = True
+    arrival_of = np.zeros(len(started), dtype=np.float64)
+    arrival_of[consumers[waiting]] = arrival[waiting]
+    through_edge = producers_of == c.remote[unstarted][:, None]
+    counted = exists & ended[safe] & (~through_edge | arrived[unstarted][:, None])
+    when = np.where(through_edge, arrival_of[unstarted][:, None], end[safe])
+    latest = np.where(counted & (when > 0.0), when, 0.0).max(axis=1, initial=0.0)
+    count = counted.sum(axis=1)
+    some = np.nonzero(count)[0]
+    delivered: dict[int, tuple[int, float]] = dict(zip(
+        unstarted[some].tolist(), zip(count[some].tolist(), latest[some].tolist())))
 
     running, lane_free, holding = [False] * lanes, [0.0] * lanes, [0] * lanes
     op_ends: list[tuple[float, int]] = []
@@ -116,6 +117,6 @@ def resume_state(c: Compiled, start: np.ndarray, end: np.ndarray, cut: float) ->
         running[k] = holding[k] > 0
     op_ends.sort()
     releases.sort()
-    return Resume(ended, start_kept, end_kept, pointer, running, lane_free, holding, delivered, done_records, transfers, op_ends,
-                  collective_flows, transfer_flows, releases)
+    return Resume(ended, unstarted, start_kept, end_kept, pointer, running, lane_free, holding, delivered,
+                  done_consumers, transfers, op_ends, collective_flows, transfer_flows, releases)
 
