@@ -1,6 +1,6 @@
 """optimize, given only the model, the GPUs, the cluster and the global batch of a Megatron SC'21 Table 1
 row, finds a plan that simulates at least as fast as the published configuration
-(``benchmarks/planner_vs_published.py`` prints every row, without a time limit; here three of the smaller
+(``benchmarks/planner_vs_published.py`` prints every row, without a time limit; here the three smallest
 ones whole, and of the largest the screen of the published layout), and the search's simulation savings
 that keep the large rows affordable without a time limit change no answer."""
 from __future__ import annotations
@@ -45,7 +45,7 @@ def simulated(monkeypatch):
     return counts
 
 
-@pytest.mark.parametrize("name", ["1.7B", "3.6B", "18.4B"])
+@pytest.mark.parametrize("name", ["1.7B", "3.6B", "7.5B"])
 def test_optimize_is_not_slower_than_the_published_configuration(name):
     run = ROWS[name]
     result, _, _ = optimized(run, time_limit=None, layouts=1, solver_time_limit=0.3)
