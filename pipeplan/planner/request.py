@@ -73,6 +73,9 @@ class OptimizeRequest:
     # the final answer, rather than in every layout it searches.
     baselines: bool = True
     pace: clock.Pace = field(default_factory=clock.Pace, compare=False)  # shared by a search's requests
+    # The usual-split plans simulated so far (``starts.judge``, by plan file), shared like ``pace``: the screen,
+    # the seeds and the baselines ask for the same uniform splits, which at 1008B cost 6 s of CPU each.
+    judged: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def create(cls, model: ModelSpec | str | dict, cluster: ClusterSpec | str | dict, global_batch: int,

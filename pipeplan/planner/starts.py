@@ -21,19 +21,31 @@ from ..plan import Plan
 from . import clock
 from .baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, deepspeed_parameters, megatron_uniform
 from .bounds import plan_bound
-from .exhaustive import MAX_PLANS, exhaust, space_size, uniform_plans
+from .exhaustive import MAX_PLANS, exhaust, space_size, surely_over, uniform_plans
 from .problem import Candidate, PartitionProblem
 from .refine import fits_within
 from .request import OptimizeRequest
 from .result import Scored
 
 
+# Plans by these names are the usual splits (quick plans, seeds, baselines, the given configuration), asked for
+# again by later steps: their simulations are kept (``OptimizeRequest.judged``). CP-SAT's, the polish's and the
+# exhaustive search's plans are mostly new, and are not kept (a polish of a small model simulates hundreds).
+REUSED = frozenset({"screen", UNIFORM, PARAMETERS, "given config"})
+
+
 def judge(request: OptimizeRequest, name: str, plan: Plan) -> Scored:
     """``plan`` as the simulator replays it on the request's model, cluster and (measured) costs (its time per
-    op goes to the request's ``pace``)."""
+    op goes to the request's ``pace``); a usual split (``REUSED``) simulated before in this search is not
+    simulated again (the simulator is deterministic)."""
+    key = plan.to_json() if name in REUSED else None
+    if key is not None and key in request.judged:
+        return Scored(name, plan, request.judged[key])
     started = clock.now()
     result = simulate(request.model, request.cluster, plan, profile=request.profile)
     request.pace.record(result.resolved.schedule.num_actions(), clock.now() - started)
+    if key is not None:
+        request.judged[key] = result
     return Scored(name, plan, result)
 
 
@@ -91,10 +103,15 @@ def score_baselines(request: OptimizeRequest, candidate: Candidate,
     for name, layers in usual_splits(request, S):
         if request.no_time_for(ops):  # a deadline: the baselines scored by then
             return out
-        scored = judge(request, name, request.plan_for(candidate, layers, none))
-        if not fits_within(scored, request.headroom) and not request.no_time_for(ops):
+        # Without recomputation, unless some device is surely over memory so (it would not fit: full it is).
+        scored = None
+        if not any(surely_over(problem, d, layers, dict.fromkeys(problem.stages_of(d), "none"))
+                   for d in range(request.pp)):
+            scored = judge(request, name, request.plan_for(candidate, layers, none))
+        if (scored is None or not fits_within(scored, request.headroom)) and not request.no_time_for(ops):
             scored = judge(request, name, request.plan_for(candidate, layers, full))
-        out.append(scored)
+        if scored is not None:
+            out.append(scored)
     best = _brute_force(request, candidate, problem)
     return out if best is None else out + [best]
 
