@@ -130,3 +130,14 @@ def test_pruned_candidates_could_not_beat_the_rescored_best():
                       == (r.candidate.schedule, r.candidate.chunks) and s.predicted is not None]
             assert len(family) >= 2
     assert len(solved.proposals) == len([r for r in solved.records if r.predicted is not None])
+
+
+def test_without_a_pipeline_no_chunked_schedule_is_a_candidate():
+    """pp = 1: interleaved and zb-v would only reorder one device's own layers; the candidates are the
+    unchunked schedules alone (at pp = 2 the same call offers v = 2 too)."""
+    from pipeplan.planner.candidates import enumerate_candidates, schedule_variants
+    variants = schedule_variants(["1f1b", "interleaved", "zb-v"])
+    one = enumerate_candidates(12, 1, 8, variants, blocks=10)
+    assert one and {c.chunks for c in one} == {1} and {c.schedule for c in one} == {"1f1b"}
+    two = enumerate_candidates(12, 2, 8, variants, blocks=10)
+    assert {c.chunks for c in two} >= {1, 2}
