@@ -1,10 +1,12 @@
 """Helper of tests/test_validator_parallel.py (not a test): two gloo ranks on this host run the tiny model's
-stages with tensor parallelism (t = 2) and with data parallelism (d = 2) and save what they computed.
+stages with tensor parallelism (t = 2), without and with sequence parallelism (the latter also cut into two
+pipeline stages), and with data parallelism (d = 2), and save what they computed.
 
     python tests/parallel_worker.py OUT_FOLDER
 
-Each rank writes OUT_FOLDER/rank{r}.pt: the tensor-parallel stage's losses, gradients and all-reduce
-counts after each op, and the data-parallel run's weights before and after one iteration with the
+Each rank writes OUT_FOLDER/rank{r}.pt: the tensor-parallel stage's losses, gradients and collective
+counts per kind after each op ("tp", "sp"), the two-stage sequence-parallel run's losses, boundary tensors
+and gradients ("sp_pp2"), and the data-parallel run's weights before and after one iteration with the
 kinds of the ops it timed, with plain data parallelism ("dp") and the distributed optimizer ("zero").
 """
 from __future__ import annotations
@@ -23,28 +25,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 BATCH, SEQ, MICROBATCHES, SEED, LR = 2, 16, 2, 1234, 0.5
 
 
-def tensor_parallel(rank: int, group) -> dict:
+def tensor_parallel(rank: int, group, sequence_parallel: bool = False) -> dict:
     from pipeplan.model import load_model
     from validator.compute import StageRunner
     from validator.tensor_parallel import TensorGroup
 
     model = load_model("tiny")
-    tensor = TensorGroup(2, rank, group)
+    tensor = TensorGroup(2, rank, group, sequence_parallel)
     runner = StageRunner(model, 0, range(model.num_pipeline_layers), BATCH, SEQ, MICROBATCHES,
                          torch.device("cpu"), torch.float32, SEED, tensor=tensor)
-    calls = []
+    calls, elements = [], []
+
+    def snapshot():
+        calls.append(dict(tensor.calls))
+        elements.append(dict(tensor.elements))
+
     runner.forward(0, None)
-    calls.append(tensor.calls)
+    snapshot()
     runner.backward(0, None, split=False)
-    calls.append(tensor.calls)
+    snapshot()
     runner.forward(1, None)
-    runner.backward(1, None, split=True)  # I, then W: the split backward's all-reduces are all in I
-    calls.append(tensor.calls)
+    runner.backward(1, None, split=True)  # I, then W: the split backward's collectives are all in I
+    snapshot()
     runner.weight(1)
-    calls.append(tensor.calls)
+    snapshot()
     grads = {n: p.grad.clone() for n, p in runner.module.named_parameters()}
-    return {"losses": [float(x) for x in runner.losses], "grads": grads, "calls": calls,
-            "elements": tensor.elements}
+    return {"losses": [float(x) for x in runner.losses], "grads": grads, "calls": calls, "elements": elements}
+
+
+def sequence_parallel_pipeline(rank: int, group) -> dict:
+    """Layers 0-4 and 5-9 as two stages on this tensor rank, the boundary tensors handed over by hand."""
+    from pipeplan.model import load_model
+    from validator.compute import StageRunner
+    from validator.tensor_parallel import TensorGroup
+
+    model = load_model("tiny")
+    tensor = TensorGroup(2, rank, group, sequence_parallel=True)
+    first, last = (StageRunner(model, s, layers, BATCH, SEQ, MICROBATCHES, torch.device("cpu"), torch.float32,
+                               SEED, tensor=tensor) for s, layers in ((0, range(0, 5)), (1, range(5, 10))))
+    sent, returned = [], []
+    for mb in range(MICROBATCHES):
+        sent.append(first.forward(mb, None))
+        last.forward(mb, sent[-1].clone())
+        returned.append(last.backward(mb, None, split=False))
+        first.backward(mb, returned[-1].clone(), split=False)
+    grads = {f"{s}.{n}": p.grad.clone() for s, runner in enumerate((first, last))
+             for n, p in runner.module.named_parameters()}
+    return {"losses": [float(x) for x in last.losses], "sent": sent, "returned": returned, "grads": grads}
 
 
 def data_parallel(rank: int, group, distributed: bool = False) -> dict:
@@ -73,7 +100,8 @@ def run(rank: int, init: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
     group = dist.new_group([0, 1])
-    result = {"tp": tensor_parallel(rank, group), "dp": data_parallel(rank, group),
+    result = {"tp": tensor_parallel(rank, group), "sp": tensor_parallel(rank, group, sequence_parallel=True),
+              "sp_pp2": sequence_parallel_pipeline(rank, group), "dp": data_parallel(rank, group),
               "zero": data_parallel(rank, group, distributed=True)}
     torch.save(result, Path(out) / f"rank{rank}.pt")
     dist.barrier()
