@@ -1,4 +1,5 @@
-"""The validator's tensor and data parallelism, against the tp = 1, dp = 1 run and hand counts.
+"""The validator's tensor (with and without sequence) and data parallelism, against the tp = 1, dp = 1 run
+and hand counts.
 
 One helper run (``tests/parallel_worker.py``, two gloo ranks, about 10-40 s with torch's import) computes
 the sharded and data-parallel results; the references are computed here, at tp = 1 and dp = 1 in this
@@ -103,11 +104,87 @@ def test_tensor_parallel_all_reduces_match_megatrons_count(ranks):
     # cross-entropy three times forward (max, target logit, sum of exponentials), none backward.
     blocks = load_model("tiny").num_layers
     forward, backward = 2 * blocks + 1 + 3, 2 * blocks + 1
-    assert ranks[0]["tp"]["calls"] == [forward, forward + backward, 2 * (forward + backward),
-                                       2 * (forward + backward)]  # W (after I) all-reduces nothing
+    assert [c["all_reduce"] for c in ranks[0]["tp"]["calls"]] == [
+        forward, forward + backward, 2 * (forward + backward), 2 * (forward + backward)]  # W all-reduces nothing
+    assert all(c.keys() == {"all_reduce"} for c in ranks[0]["tp"]["calls"])
     tokens, h = worker.BATCH * worker.SEQ, load_model("tiny").hidden
     # Each s·b·h block all-reduce carries every token's hidden vector; the loss's carry one number per token.
-    assert ranks[0]["tp"]["elements"] == 2 * ((2 * blocks + 1) * tokens * h + 3 * tokens + backward * tokens * h)
+    assert ranks[0]["tp"]["elements"][-1]["all_reduce"] == 2 * (
+        (2 * blocks + 1) * tokens * h + 3 * tokens + backward * tokens * h)
+
+
+def _split_sequence(tensor, rank: int):
+    """Tensor rank ``rank``'s half of a [b, s, h] tensor's sequence."""
+    return tensor.chunk(2, dim=1)[rank]
+
+
+def test_sequence_parallel_losses_and_gradients_equal_tp1(ranks):
+    from validator.tensor_parallel import shard_state
+
+    ref = _reference(worker.MICROBATCHES, True)
+    ref.forward(0, None)
+    ref.backward(0, None, split=False)
+    ref.forward(1, None)
+    ref.backward(1, None, split=True)
+    ref.weight(1)
+    losses = [float(x) for x in ref.losses]
+    grads = {n: p.grad for n, p in ref.module.named_parameters()}
+    for r, result in enumerate(ranks):
+        assert result["sp"]["losses"] == pytest.approx(losses, rel=1e-5)
+        share = shard_state(grads, 2, r)  # the norms' gradients whole: summed over both ranks' tokens
+        assert share.keys() == result["sp"]["grads"].keys()
+        for name, grad in result["sp"]["grads"].items():
+            torch.testing.assert_close(grad, share[name], rtol=1e-4, atol=1e-6)
+
+
+def test_sequence_parallel_collectives_match_megatrons_count(ranks):
+    # Hand count, tiny model (8 blocks), t = 2, one stage of all 10 layers. Forward: per block an
+    # all-gather before QKV and before FC1, a reduce-scatter after attention-out and after FC2
+    # (Korthikanti et al. 2022, Fig. 5); the embedding's reduce-scatter; the head's all-gather; the
+    # cross-entropy's 3 all-reduces of one number per token. Backward: the conjugates (each gather's
+    # gradient reduce-scattered, each scatter's gathered), no all-reduce, except that the 2nd (last of
+    # m = 2) backward sums the replicated norms' gradients: (2 per block + the final norm) x (weight, bias).
+    blocks, h = load_model("tiny").num_layers, load_model("tiny").hidden
+    pairs = 2 * blocks + 1
+    tokens = worker.BATCH * worker.SEQ
+    shard = worker.BATCH * (worker.SEQ // 2) * h  # s·b·h/t
+    norms = (2 * blocks + 1) * 2 * h
+    calls = ranks[0]["sp"]["calls"]
+    assert calls == [
+        {"all_gather": pairs, "reduce_scatter": pairs, "all_reduce": 3},                      # F0
+        {"all_gather": 2 * pairs, "reduce_scatter": 2 * pairs, "all_reduce": 3},              # + B0
+        {"all_gather": 4 * pairs, "reduce_scatter": 4 * pairs, "all_reduce": 3 + 3 + 1},      # + F1, I1
+        {"all_gather": 4 * pairs, "reduce_scatter": 4 * pairs, "all_reduce": 7}]              # + W1: none
+    assert ranks[0]["sp"]["elements"][-1] == {"all_gather": 4 * pairs * shard, "reduce_scatter": 4 * pairs * shard,
+                                              "all_reduce": 6 * tokens + norms}
+    assert ranks[1]["sp"]["calls"] == calls
+
+
+def test_sequence_parallel_two_stages_equal_tp1(ranks):
+    from validator.compute import StageRunner
+    from validator.tensor_parallel import shard_state
+
+    model = load_model("tiny")
+    ref = [StageRunner(model, s, layers, worker.BATCH, worker.SEQ, worker.MICROBATCHES, torch.device("cpu"),
+                       torch.float32, worker.SEED) for s, layers in ((0, range(0, 5)), (1, range(5, 10)))]
+    sent, returned = [], []
+    for mb in range(worker.MICROBATCHES):
+        sent.append(ref[0].forward(mb, None))
+        ref[1].forward(mb, sent[-1].clone())
+        returned.append(ref[1].backward(mb, None, split=False))
+        ref[0].backward(mb, returned[-1].clone(), split=False)
+    grads = {f"{s}.{n}": p.grad for s, runner in enumerate(ref) for n, p in runner.module.named_parameters()}
+    for r, result in enumerate(ranks):
+        got = result["sp_pp2"]
+        assert got["losses"] == pytest.approx([float(x) for x in ref[1].losses], rel=1e-5)
+        for mb in range(worker.MICROBATCHES):  # each rank sends and gets back its half of the sequence
+            assert got["sent"][mb].shape == (worker.BATCH, worker.SEQ // 2, model.hidden)
+            torch.testing.assert_close(got["sent"][mb], _split_sequence(sent[mb], r), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(got["returned"][mb], _split_sequence(returned[mb], r), rtol=1e-4, atol=1e-7)
+        share = shard_state(grads, 2, r)
+        assert share.keys() == got["grads"].keys()
+        for name, grad in got["grads"].items():
+            torch.testing.assert_close(grad, share[name], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant, ends", [("dp", [REDUCE_GRAD, OPTIMIZER]),
@@ -142,7 +219,7 @@ def _plan(tmp_path, **fields) -> str:
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"sequence_parallel": True}, "plan.sequence_parallel: the validator runs tensor parallelism without"),
+    ({"sequence_parallel": True, "seq_len": 63}, "plan.sequence_parallel: the sequence (63) is not divisible by tp = 2"),
     ({"scatter_gather_p2p": True}, "plan.scatter_gather_p2p:"),
     ({"blocking_p2p": True}, "plan.blocking_p2p:"),
 ])
@@ -158,8 +235,10 @@ def test_preflight_refuses_torch_runtime_with_tp_and_indivisible_heads(tmp_path)
     model = {"name": "odd", "num_layers": 2, "hidden": 48, "heads": 3, "ffn_hidden": 96, "vocab": 64, "seq_len": 16}
     with pytest.raises(SpecError, match=r"plan.tp: the model's heads \(3\) is not divisible by tp = 2"):
         check_plan(_plan(tmp_path, model=model, layers_per_stage=[4]), 1.0)
-    for name in ("tiny-tp2.json", "tiny-dp2.json", "tiny-dp2-distributed.json", "tiny-tp2-pp2.json"):
+    for name in ("tiny-tp2.json", "tiny-dp2.json", "tiny-dp2-distributed.json", "tiny-tp2-pp2.json",
+                 "tiny-tp2-sp.json"):
         assert check_plan(str(PLANS / name), 1.0).plan.num_gpus in (2, 4)
+    assert check_plan(str(PLANS / "tiny-tp2-sp.json"), 1.0).plan.sequence_parallel
 
 
 def test_profile_puts_measured_step_and_reduction_in_place():
