@@ -41,7 +41,6 @@ import torch.distributed as dist
 ROW_SPLIT = ("q.weight", "k.weight", "v.weight", "up.weight", "gate.weight", "lm_head.weight", "tokens.weight")
 COLUMN_SPLIT = ("o.weight", "down.weight")
 
-
 ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER = "all_reduce", "all_gather", "reduce_scatter"
 # torch 2.13 renamed the dim-0 tensor collectives (the old names warn); older releases have only the old.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -53,8 +52,9 @@ class TensorGroup:
     """One tensor-parallel group as this rank sees it; ``size`` 1 (``group`` None) is tp = 1, no traffic.
 
     ``calls`` counts the collectives this rank issued per kind (``ALL_REDUCE``, ``ALL_GATHER``,
-    ``REDUCE_SCATTER``) and ``elements`` what this rank put in (a gather's shard, a reduce-scatter's
-    result shard), so a test can hold the modules to Megatron's count."""
+    ``REDUCE_SCATTER``) and ``elements`` their sizes (an all-reduce's tensor; an all-gather's or a
+    reduce-scatter's s·b·h/t shard, what this rank sends or keeps), so a test can hold the modules to
+    Megatron's count."""
 
     size: int = 1
     rank: int = 0
