@@ -219,7 +219,8 @@ def _plan(tmp_path, **fields) -> str:
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"sequence_parallel": True, "seq_len": 63}, "plan.sequence_parallel: the sequence (63) is not divisible by tp = 2"),
+    ({"sequence_parallel": True, "seq_len": 63},
+     "plan.sequence_parallel: the sequence (63) is not divisible by tp = 2"),
     ({"scatter_gather_p2p": True}, "plan.scatter_gather_p2p:"),
     ({"blocking_p2p": True}, "plan.blocking_p2p:"),
 ])

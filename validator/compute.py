@@ -22,8 +22,8 @@ are this rank's [b, s/t, h] slice, and the backward that completes an iteration'
 I; each stage runs m of them per iteration) ends by summing the replicated weights' gradients over the
 tensor group (``reduce_replicated_grads``): every gradient they get is in by then (the norms' and
 positions' come from autograd, none is deferred to W), and the data-parallel reduction, handed over after
-the stage's last backward op, sees the summed ones, so a distributed optimizer's shards do too. Data parallelism (``data_ranks`` d > 1):
-data rank r draws micro-batches r·m .. r·m + m - 1 of the d·m the global batch has, and the loss is
+the stage's last backward op, sees the summed ones, so a distributed optimizer's shards do too.
+Data parallelism (``data_ranks`` d > 1): data rank r draws micro-batches r·m .. r·m + m - 1 of the d·m the global batch has, and the loss is
 divided by d·m, so the data ranks' summed gradients are those of the tp = 1, dp = 1 run over all d·m.
 """
 from __future__ import annotations
