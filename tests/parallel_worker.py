@@ -5,7 +5,7 @@ pipeline stages), and with data parallelism (d = 2), and save what they computed
     python tests/parallel_worker.py OUT_FOLDER
 
 Each rank writes OUT_FOLDER/rank{r}.pt: the tensor-parallel stage's losses, gradients and collective
-counts per kind after each op ("tp", "sp"), the two-stage sequence-parallel run's losses, boundary tensors
+counts per kind after each op ("tp", "sp", and "sp_positions" with learned positions), the two-stage sequence-parallel run's losses, boundary tensors
 and gradients ("sp_pp2"), and the data-parallel run's weights before and after one iteration with the
 kinds of the ops it timed, with plain data parallelism ("dp") and the distributed optimizer ("zero").
 """
@@ -25,12 +25,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 BATCH, SEQ, MICROBATCHES, SEED, LR = 2, 16, 2, 1234, 0.5
 
 
-def tensor_parallel(rank: int, group, sequence_parallel: bool = False) -> dict:
+def tiny(learned_positions: bool = False):
+    """The tiny preset, or the same with GPT-2-style learned positions."""
+    import dataclasses
+
     from pipeplan.model import load_model
+
+    return dataclasses.replace(load_model("tiny"), learned_positions=learned_positions)
+
+
+def tensor_parallel(rank: int, group, sequence_parallel: bool = False, learned_positions: bool = False) -> dict:
     from validator.compute import StageRunner
     from validator.tensor_parallel import TensorGroup
 
-    model = load_model("tiny")
+    model = tiny(learned_positions)
     tensor = TensorGroup(2, rank, group, sequence_parallel)
     runner = StageRunner(model, 0, range(model.num_pipeline_layers), BATCH, SEQ, MICROBATCHES,
                          torch.device("cpu"), torch.float32, SEED, tensor=tensor)
@@ -101,6 +109,7 @@ def run(rank: int, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
     group = dist.new_group([0, 1])
     result = {"tp": tensor_parallel(rank, group), "sp": tensor_parallel(rank, group, sequence_parallel=True),
+              "sp_positions": tensor_parallel(rank, group, sequence_parallel=True, learned_positions=True),
               "sp_pp2": sequence_parallel_pipeline(rank, group), "dp": data_parallel(rank, group),
               "zero": data_parallel(rank, group, distributed=True)}
     torch.save(result, Path(out) / f"rank{rank}.pt")

@@ -40,10 +40,10 @@ def ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
 
 
-def _reference(num_microbatches: int, split_second: bool, lr: float = 1e-4):
+def _reference(num_microbatches: int, split_second: bool, lr: float = 1e-4, learned_positions: bool = False):
     from validator.compute import StageRunner
 
-    model = load_model("tiny")
+    model = worker.tiny(learned_positions)
     return StageRunner(model, 0, range(model.num_pipeline_layers), worker.BATCH, worker.SEQ, num_microbatches,
                        torch.device("cpu"), torch.float32, worker.SEED, lr=lr)
 
@@ -118,10 +118,11 @@ def _split_sequence(tensor, rank: int):
     return tensor.chunk(2, dim=1)[rank]
 
 
-def test_sequence_parallel_losses_and_gradients_equal_tp1(ranks):
+@pytest.mark.parametrize("variant", ["sp", "sp_positions"])
+def test_sequence_parallel_losses_and_gradients_equal_tp1(ranks, variant):
     from validator.tensor_parallel import shard_state
 
-    ref = _reference(worker.MICROBATCHES, True)
+    ref = _reference(worker.MICROBATCHES, True, learned_positions=variant == "sp_positions")
     ref.forward(0, None)
     ref.backward(0, None, split=False)
     ref.forward(1, None)
@@ -129,11 +130,13 @@ def test_sequence_parallel_losses_and_gradients_equal_tp1(ranks):
     ref.weight(1)
     losses = [float(x) for x in ref.losses]
     grads = {n: p.grad for n, p in ref.module.named_parameters()}
+    if variant == "sp_positions":  # each rank adds and gets gradients for its half of the positions only
+        assert grads["layers.0.positions.weight"][: worker.SEQ].abs().sum(dim=1).min() > 0
     for r, result in enumerate(ranks):
-        assert result["sp"]["losses"] == pytest.approx(losses, rel=1e-5)
-        share = shard_state(grads, 2, r)  # the norms' gradients whole: summed over both ranks' tokens
-        assert share.keys() == result["sp"]["grads"].keys()
-        for name, grad in result["sp"]["grads"].items():
+        assert result[variant]["losses"] == pytest.approx(losses, rel=1e-5)
+        share = shard_state(grads, 2, r)  # norms' and positions' gradients whole: summed over both ranks' tokens
+        assert share.keys() == result[variant]["grads"].keys()
+        for name, grad in result[variant]["grads"].items():
             torch.testing.assert_close(grad, share[name], rtol=1e-4, atol=1e-6)
 
 
