@@ -37,7 +37,16 @@ def ranks(tmp_path_factory):
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "parallel_worker.py"), str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return Ranks([torch.load(out / f"rank{r}.pt") for r in range(2)],
+                 [torch.load(out / f"sp-dp-rank{r}.pt") for r in range(4)])
+
+
+class Ranks(list):
+    """The two ranks' results, and the four tp x dp ranks' as ``sp_dp``."""
+
+    def __init__(self, two, four):
+        super().__init__(two)
+        self.sp_dp = four
 
 
 def _reference(num_microbatches: int, split_second: bool, lr: float = 1e-4, learned_positions: bool = False):
@@ -211,6 +220,30 @@ def test_data_parallel_update_equals_dp1_over_all_microbatches(ranks, variant, e
                                        rtol=1e-4, atol=1e-7)
     moved = max(float((p.detach() - before[n]).abs().max()) for n, p in runner.module.named_parameters())
     assert moved > 1e-3  # the update is large enough for the comparison to mean something
+
+
+def test_sequence_parallel_with_distributed_optimizer_updates_as_tp1_dp1(ranks, tmp_path_factory):
+    """tp = 2 with sequence parallelism x dp = 2 with the distributed optimizer (four ranks): each tensor
+    rank's update is its slice of the tp = 1, dp = 1 update over all micro-batches, the norms' included
+    (their gradients summed over the tensor group before the reduce-scatter over the data group)."""
+    from pipeplan.lowering import generated_schedule
+    from validator.data_parallel import TrainingStep
+    from validator.runtime import RankExecutor
+    from validator.tensor_parallel import shard_state
+    from validator.timing import CpuClock
+
+    runner = _reference(2 * worker.MICROBATCHES, False, lr=worker.LR)
+    before = {n: p.detach().clone() for n, p in runner.module.named_parameters()}
+    schedule = generated_schedule("1f1b", 1, 2 * worker.MICROBATCHES, 1)
+    clock = CpuClock()
+    RankExecutor(schedule, 0, {0: runner}, {}, clock, None, TrainingStep(schedule, 0, {0: runner}, clock)).run_iteration()
+    moved = {n: p.detach() - before[n] for n, p in runner.module.named_parameters()}
+    assert moved["layers.1.norm1.weight"].abs().max() > 1e-3  # a norm moves enough for the check to bite
+    for rank, result in enumerate(ranks.sp_dp):
+        want = shard_state(moved, 2, rank % 2)
+        for name, after in result["after"].items():
+            # atol: one float32 step of a weight near 1 (the norms), which the difference keeps
+            torch.testing.assert_close(after - result["before"][name], want[name], rtol=1e-4, atol=3e-7)
 
 
 def _plan(tmp_path, **fields) -> str:
