@@ -1,8 +1,8 @@
 """The validator's tensor (with and without sequence) and data parallelism, against the tp = 1, dp = 1 run
 and hand counts.
 
-One helper run (``tests/parallel_worker.py``, two gloo ranks, about 10-40 s with torch's import) computes
-the sharded and data-parallel results; the references are computed here, at tp = 1 and dp = 1 in this
+One helper run (``tests/parallel_worker.py``, two gloo ranks then four, about 20-60 s with torch's import)
+computes the sharded and data-parallel results; the references are computed here, at tp = 1 and dp = 1 in this
 process. The placement is checked against Megatron-LM's own example, the refusals by their one-line
 errors, the profile's measured step by the numbers put in.
 """
