@@ -55,7 +55,7 @@ def check_ops(report):
     assert kinds.count("F") == kinds.count("B") == m * devices
 
 
-@pytest.mark.parametrize("name", ["tiny-tp2.json", "tiny-dp2.json", "tiny-tp2-pp2.json"])
+@pytest.mark.parametrize("name", ["tiny-tp2.json", "tiny-tp2-sp.json", "tiny-dp2.json", "tiny-tp2-pp2.json"])
 def test_tensor_and_data_parallel_runs_match_their_calibration(name):
     ranks = Plan.load(str(PLANS / name)).num_gpus
     if len(os.sched_getaffinity(0)) < ranks:
@@ -88,13 +88,21 @@ def _tiny_parameters():
     return [embedding, 8 * block, head]
 
 
-def test_tensor_parallel_pipeline_computes_the_recorded_tp1_losses():
-    """tp = 2 pp = 2 (4 ranks) against the committed tp = 1 run of the same cut, seed and data
-    (``validation/records/cpu-gloo-tiny-1f1b-p2.json``): every iteration's losses agree to float
-    tolerance, whatever the timings, so this runs on any host."""
+@pytest.mark.parametrize("sequence_parallel", [False, True])
+def test_tensor_parallel_pipeline_computes_the_recorded_tp1_losses(tmp_path, sequence_parallel):
+    """tp = 2 pp = 2 (4 ranks), without and with sequence parallelism (each tensor rank then sends its
+    half of the sequence down the pipeline), against the committed tp = 1 run of the same cut, seed
+    and data (``validation/records/cpu-gloo-tiny-1f1b-p2.json``): every iteration's losses agree to
+    float tolerance, whatever the timings, so this runs on any host."""
     from pipeplan.validation import run_validation
 
-    report = run_validation(str(PLANS / "tiny-tp2-pp2.json"), ValidateOptions(iterations=2, warmup=1, timeout=300))
+    plan = json.loads((PLANS / "tiny-tp2-pp2.json").read_text())
+    plan.update(cluster=str((PLANS.parent / "cpu.json").resolve()), sequence_parallel=sequence_parallel)
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    report = run_validation(str(tmp_path / "plan.json"), ValidateOptions(iterations=2, warmup=1, timeout=300))
+    assert report["plan"].get("sequence_parallel", False) == sequence_parallel
+    # The measured pipeline message: b·s·h fp32 elements, halved when each tensor rank sends its half.
+    assert report["profile"]["boundary_bytes"] == 4 * 4 * 64 * 64 / (2 if sequence_parallel else 1)
     check_ops(report)
     record = json.loads((PLANS.parent / "records" / "cpu-gloo-tiny-1f1b-p2.json").read_text())
     (losses,), (recorded,) = report["losses"], record["losses"]

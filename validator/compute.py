@@ -17,8 +17,13 @@ and B or I pays one more forward, which is what the simulator's cost model charg
 The weights are updated once per iteration, after every op (``step``), with plain SGD.
 
 Tensor parallelism (``tensor``, t > 1): the stage is built as at tp = 1 from the same seed and cut into
-this tensor rank's share (``tensor_parallel.shard_state``). Data parallelism (``data_ranks`` d > 1):
-data rank r draws micro-batches r·m .. r·m + m - 1 of the d·m the global batch has, and the loss is
+this tensor rank's share (``tensor_parallel.shard_state``). With sequence parallelism the boundary tensors
+are this rank's [b, s/t, h] slice, and the backward that completes an iteration's m-th micro-batch (B or
+I; each stage runs m of them per iteration) ends by summing the replicated weights' gradients over the
+tensor group (``reduce_replicated_grads``): every gradient they get is in by then (the norms' and
+positions' come from autograd, none is deferred to W), and the data-parallel reduction, handed over after
+the stage's last backward op, sees the summed ones, so a distributed optimizer's shards do too.
+Data parallelism (``data_ranks`` d > 1): data rank r draws micro-batches r·m .. r·m + m - 1 of the d·m the global batch has, and the loss is
 divided by d·m, so the data ranks' summed gradients are those of the tp = 1, dp = 1 run over all d·m.
 """
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 from pipeplan.model import ModelSpec
 
 from .modules import StageModule, apply_weight_grads, microbatch_tokens
-from .tensor_parallel import SINGLE, TensorGroup, shard_state
+from .tensor_parallel import SINGLE, TensorGroup, reduce_replicated_grads, shard_state
 
 
 class StageRunner:
@@ -48,6 +53,7 @@ class StageRunner:
             module = StageModule(model, layers, loss_scale=scale, tensor=tensor)
             module.load_state_dict(shard_state(whole, tensor.size, tensor.rank))
         self.module = module.to(device=device, dtype=dtype)
+        self.tensor, self.num_microbatches, self.backwards = tensor, num_microbatches, 0
         self.data_offset = data_rank * num_microbatches
         self.stage, self.model, self.batch, self.seq = stage, model, batch, seq
         self.device, self.dtype, self.seed = device, dtype, seed
@@ -68,7 +74,7 @@ class StageRunner:
         return self.module.last
 
     def boundary_shape(self) -> tuple[int, int, int]:
-        return (self.batch, self.seq, self.model.hidden)
+        return boundary_shape(self.batch, self.seq, self.model.hidden, self.tensor)
 
     def forward(self, microbatch: int, received: torch.Tensor | None) -> torch.Tensor | None:
         tokens, targets = (None, None)
@@ -124,6 +130,9 @@ class StageRunner:
         if split:
             store.pending[microbatch] = store.collecting
         store.collecting = []
+        self.backwards += 1
+        if self.backwards % self.num_microbatches == 0:
+            reduce_replicated_grads(self.module, self.tensor)
         return None if self.first else x.grad
 
     def weight(self, microbatch: int) -> None:
@@ -154,3 +163,10 @@ class StageRunner:
         self.targets.clear()
         self.module.store.pending.clear()
         self.optimizer.zero_grad(set_to_none=True)
+        self.backwards = 0
+
+
+def boundary_shape(batch: int, seq: int, hidden: int, tensor: TensorGroup = SINGLE) -> tuple[int, int, int]:
+    """The tensor a stage sends to the next: [b, s, h], or with sequence parallelism this rank's [b, s/t, h]."""
+    held = tensor.sequence_slice(seq)
+    return (batch, held.stop - held.start, hidden)

@@ -12,7 +12,9 @@ their gradients from autograd during I (or B).
 
 With a ``TensorGroup`` of t > 1 ranks (``validator.tensor_parallel``) each module holds its tensor rank's
 share, Megatron-style: 1/t of the heads and of the FFN width per block, 1/t of the vocabulary in the
-embedding and the LM head, and the loss is the vocabulary-parallel cross-entropy.
+embedding and the LM head, and the loss is the vocabulary-parallel cross-entropy. With sequence
+parallelism (the group's ``sequence_parallel``) the hidden states between the tensor-parallel regions, and
+so a stage's input and output, are this rank's s/t slice of the sequence: [b, s/t, h].
 """
 from __future__ import annotations
 
@@ -112,21 +114,25 @@ class Block(nn.Module):
         self.down = SplitLinear(ffn, h, store)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, s, h = x.shape
-        y = self.tensor.copy_in(self.norm1(x))
+        y = self.tensor.enter(self.norm1(x))
+        b, s, _ = y.shape  # the whole sequence (x holds s/t of it with sequence parallelism)
         q = self.q(y).view(b, s, self.heads, self.head_dim).transpose(1, 2)
         k = self.k(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
-        x = x + self.tensor.reduce_out(self.o(attn.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)))
-        y = self.tensor.copy_in(self.norm2(x))
+        x = x + self.tensor.leave(self.o(attn.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)))
+        y = self.tensor.enter(self.norm2(x))
         inner = F.silu(self.gate(y)) * self.up(y) if self.gate is not None else F.gelu(self.up(y))
-        return x + self.tensor.reduce_out(self.down(inner))
+        return x + self.tensor.leave(self.down(inner))
 
 
 class Embedding(nn.Module):
+    """Token embedding (vocabulary-parallel with t > 1) plus learned positions, added on the positions
+    this rank holds (with sequence parallelism its s/t slice, after the reduce-scatter)."""
+
     def __init__(self, model: ModelSpec, tensor: TensorGroup = SINGLE) -> None:
         super().__init__()
+        self.tensor = tensor
         self.tokens = (nn.Embedding(model.vocab, model.hidden) if tensor.size == 1
                        else VocabParallelEmbedding(model.vocab, model.hidden, tensor))
         rows = model.position_rows or model.seq_len
@@ -135,13 +141,14 @@ class Embedding(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.tokens(tokens)
         if self.positions is not None:
-            x = x + self.positions(torch.arange(tokens.shape[1], device=tokens.device))
+            held = self.tensor.sequence_slice(tokens.shape[1])
+            x = x + self.positions(torch.arange(held.start, held.stop, device=tokens.device))
         return x
 
 
 class Head(nn.Module):
-    """Final norm and LM head (column-parallel over the vocabulary with t > 1: this rank's logits only);
-    the loss is computed by the stage (it needs the targets)."""
+    """Final norm and LM head (column-parallel over the vocabulary with t > 1: this rank's logits only, of
+    the whole sequence); the loss is computed by the stage (it needs the targets)."""
 
     def __init__(self, model: ModelSpec, store: WeightGradStore, tensor: TensorGroup = SINGLE) -> None:
         super().__init__()
@@ -149,7 +156,7 @@ class Head(nn.Module):
         self.lm_head = SplitLinear(model.hidden, tensor.local(model.vocab, "the vocabulary"), store)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.tensor.copy_in(self.norm(x)))
+        return self.lm_head(self.tensor.enter(self.norm(x)))
 
 
 class StageModule(nn.Module):

@@ -56,9 +56,10 @@ class Groups:
     data: object
 
 
-def make_groups(place: RankPlace, backend: str, timeout: float) -> Groups:
+def make_groups(place: RankPlace, backend: str, timeout: float, sequence_parallel: bool = False) -> Groups:
     """Create every tensor group and every data group on every rank (``new_group`` is collective: all
-    ranks make all groups, in one order), and keep this rank's."""
+    ranks make all groups, in one order), and keep this rank's (its tensor group with the plan's
+    ``sequence_parallel``)."""
     layout = place.layout
     wait = timedelta(seconds=timeout)
     tensor, data = SINGLE, None
@@ -68,7 +69,7 @@ def make_groups(place: RankPlace, backend: str, timeout: float) -> Groups:
                 members = layout.tensor_group(p, d)
                 group = dist.new_group(members, timeout=wait, backend=backend)
                 if place.rank in members:
-                    tensor = TensorGroup(layout.tp, members.index(place.rank), group)
+                    tensor = TensorGroup(layout.tp, members.index(place.rank), group, sequence_parallel)
     if layout.dp > 1:
         for p in range(layout.pp):
             for t in range(layout.tp):

@@ -1,6 +1,7 @@
 """One rank's whole run: set up, calibrate, execute the schedule, gather the measurements to rank 0."""
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -23,7 +24,7 @@ from simulator.kinds import is_compute
 
 from .calibrate import (barrier, in_flight, layer_timings, link_round, link_timings, reduction_round,
                         reduction_timings, replay_round, stage_round, stage_timings)
-from .compute import StageRunner
+from .compute import StageRunner, boundary_shape
 from .data_parallel import TrainingStep
 from .placement import Groups, RankPlace, make_groups
 from .devices import compute_device
@@ -105,7 +106,7 @@ def run_rank(plan_path: str, options: ValidateOptions, rank: int) -> Measurement
     dist.init_process_group(options.backend, timeout=timedelta(seconds=timeout), **bound)
     context = RankContext(plan_path, plan, base, schedule, model, device, dtype, threads, options, serving)
     place = RankPlace(plan.layout, rank)
-    groups = make_groups(place, options.backend, timeout)
+    groups = make_groups(place, options.backend, timeout, plan.sequence_parallel)
     return _measure(context, place, groups, world, timeout)
 
 
@@ -219,7 +220,7 @@ def _measure(context: RankContext, place: RankPlace, groups: Groups, world: int,
     plan, schedule, model, device, dtype = context.plan, context.schedule, context.model, context.device, context.dtype
     options = context.options
     batch, seq = plan.microbatch_size, plan.seq_len or model.seq_len
-    shape = (batch, seq, model.hidden)
+    shape = boundary_shape(batch, seq, model.hidden, groups.tensor)
     channels = make_channels(schedule, device_rank, shape, dtype, device, options.backend, timeout,
                              replicas=place.replicas(), replica=place.replica)
     if plan.tp > 1 or plan.dp > 1:
@@ -240,7 +241,7 @@ def _measure(context: RankContext, place: RankPlace, groups: Groups, world: int,
         offsets = clock_offsets(rank, world, scalar_device, timeout)
 
     elem_bytes = torch.empty((), dtype=dtype).element_size()
-    numel = batch * seq * model.hidden
+    numel = math.prod(shape)
     if options.runtime == "torch":
         from .torch_runtime import TorchExecutor
 

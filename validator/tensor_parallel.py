@@ -10,8 +10,20 @@ block forward, 2 backward, as the simulator prices them (``pipeplan.costs``). Th
 the LM head are split over the vocabulary (``VocabParallelEmbedding``; the head column-parallel) and the
 loss is Megatron's vocabulary-parallel cross-entropy (``vocab_parallel_cross_entropy``: the max, the
 target logit and the sum of exponentials all-reduced, never the logits). Norms and learned positions
-are replicated; their gradients agree on every tensor rank without a reduction, since what flows into
-them is already all-reduced. Sequence parallelism is not built here (the preflight refuses it).
+are replicated; without sequence parallelism their gradients agree on every tensor rank without a
+reduction, since what flows into them is already all-reduced.
+
+Sequence parallelism (``TensorGroup.sequence_parallel``; Korthikanti et al. 2022, arXiv 2205.05198,
+Sec. 4.2.2): outside the tensor-parallel regions (norms, residual adds) each tensor rank holds s/t of
+the sequence, the contiguous slice ``sequence_slice``. ``enter`` (their ``g``) all-gathers the
+sequence before each column-parallel region (QKV, FC1, the LM head) and reduce-scatters the gradient
+backward; ``leave`` (their ``ḡ``) reduce-scatters the row-parallel partial sums (attention-out, FC2,
+the vocabulary-parallel embedding) into sequence shards and all-gathers the gradient backward: 2
+all-gathers and 2 reduce-scatters of s·b·h/t elements per block forward, their conjugates backward.
+The replicated weights then see only their rank's tokens, so their gradients are summed over the
+group once all backwards are done (``reduce_replicated_grads``, Megatron's all-reduce of the
+layernorm gradients under sequence parallelism). Tensors here are [batch, sequence, hidden]; the
+collectives run on a sequence-first contiguous copy, as the gloo and NCCL collectives split dim 0.
 
 ``shard_state`` cuts a tp = 1 stage's weights into tensor rank r's share, so a tensor-parallel run
 starts from exactly the weights of the tp = 1 run with the same seed.
@@ -29,25 +41,53 @@ import torch.distributed as dist
 ROW_SPLIT = ("q.weight", "k.weight", "v.weight", "up.weight", "gate.weight", "lm_head.weight", "tokens.weight")
 COLUMN_SPLIT = ("o.weight", "down.weight")
 
+ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER = "all_reduce", "all_gather", "reduce_scatter"
+# torch 2.13 renamed the dim-0 tensor collectives (the old names warn); older releases have only the old.
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 @dataclass
 class TensorGroup:
     """One tensor-parallel group as this rank sees it; ``size`` 1 (``group`` None) is tp = 1, no traffic.
 
-    ``calls`` counts the all-reduces this rank issued and ``elements`` what they carried, so a test can
-    hold the module to Megatron's count."""
+    ``calls`` counts the collectives this rank issued per kind (``ALL_REDUCE``, ``ALL_GATHER``,
+    ``REDUCE_SCATTER``) and ``elements`` their sizes (an all-reduce's tensor; an all-gather's or a
+    reduce-scatter's s·b·h/t shard, what this rank sends or keeps), so a test can hold the modules to
+    Megatron's count."""
 
     size: int = 1
     rank: int = 0
     group: object = None
-    calls: int = field(default=0, compare=False)
-    elements: int = field(default=0, compare=False)
+    sequence_parallel: bool = False
+    calls: dict = field(default_factory=dict, compare=False)
+    elements: dict = field(default_factory=dict, compare=False)
+
+    def _count(self, kind: str, numel: int) -> None:
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        self.elements[kind] = self.elements.get(kind, 0) + numel
 
     def all_reduce(self, tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-        self.calls += 1
-        self.elements += tensor.numel()
+        self._count(ALL_REDUCE, tensor.numel())
         dist.all_reduce(tensor, op=op, group=self.group)
         return tensor
+
+    def gather_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """[b, s/t, h] shards of every rank -> [b, s, h], rank r's slice r-th."""
+        shard = x.transpose(0, 1).contiguous()
+        self._count(ALL_GATHER, shard.numel())
+        whole = torch.empty((shard.shape[0] * self.size, *shard.shape[1:]), dtype=x.dtype, device=x.device)
+        _all_gather(whole, shard, group=self.group)
+        return whole.transpose(0, 1).contiguous()
+
+    def scatter_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """[b, s, h] partial sums -> this rank's [b, s/t, h] slice of their sum over the ranks."""
+        whole = x.transpose(0, 1).contiguous()
+        shard = torch.empty((self.local(whole.shape[0], "the sequence"), *whole.shape[1:]), dtype=x.dtype,
+                            device=x.device)
+        self._count(REDUCE_SCATTER, shard.numel())
+        _reduce_scatter(shard, whole, group=self.group)
+        return shard.transpose(0, 1).contiguous()
 
     def copy_in(self, x: torch.Tensor) -> torch.Tensor:
         """Megatron's ``f``: x unchanged forward, its gradient all-reduced backward."""
@@ -56,6 +96,23 @@ class TensorGroup:
     def reduce_out(self, x: torch.Tensor) -> torch.Tensor:
         """Megatron's ``g``: the partial sums all-reduced forward, the gradient unchanged backward."""
         return x if self.size == 1 else _ReduceOut.apply(x, self)
+
+    def enter(self, x: torch.Tensor) -> torch.Tensor:
+        """Into a column-parallel region: ``copy_in``, or with sequence parallelism the sequence
+        all-gathered forward and the gradient reduce-scattered backward."""
+        return _GatherIn.apply(x, self) if self.sequence_parallel and self.size > 1 else self.copy_in(x)
+
+    def leave(self, x: torch.Tensor) -> torch.Tensor:
+        """Out of a row-parallel region: ``reduce_out``, or with sequence parallelism the partial sums
+        reduce-scattered into sequence shards forward and the gradient all-gathered backward."""
+        return _ScatterOut.apply(x, self) if self.sequence_parallel and self.size > 1 else self.reduce_out(x)
+
+    def sequence_slice(self, seq: int) -> slice:
+        """The positions of a ``seq``-long sequence this rank holds outside the tensor-parallel regions."""
+        if not (self.sequence_parallel and self.size > 1):
+            return slice(0, seq)
+        part = self.local(seq, "the sequence")
+        return slice(self.rank * part, (self.rank + 1) * part)
 
     def local(self, n: int, what: str) -> int:
         """This rank's share of ``n`` (heads, FFN width, vocabulary), which t must divide."""
@@ -88,10 +145,52 @@ class _ReduceOut(torch.autograd.Function):
         return grad, None
 
 
+class _GatherIn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, tensor):  # type: ignore[override]
+        ctx.tensor = tensor
+        return tensor.gather_sequence(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return ctx.tensor.scatter_sequence(grad), None
+
+
+class _ScatterOut(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, tensor):  # type: ignore[override]
+        ctx.tensor = tensor
+        return tensor.scatter_sequence(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return ctx.tensor.gather_sequence(grad), None
+
+
+def is_replicated(name: str) -> bool:
+    """Whether the parameter ``name`` of a stage is whole on every tensor rank (not cut by ``shard_state``)."""
+    return ".".join(name.split(".")[-2:]) not in ROW_SPLIT + COLUMN_SPLIT
+
+
+def reduce_replicated_grads(module: torch.nn.Module, tensor: TensorGroup) -> None:
+    """With sequence parallelism: sum the replicated weights' gradients (norms, learned positions), each
+    from this rank's tokens only, over the tensor group, in one flat all-reduce."""
+    if not (tensor.sequence_parallel and tensor.size > 1):
+        return
+    grads = [p.grad for n, p in module.named_parameters() if is_replicated(n) and p.grad is not None]
+    if not grads:
+        return
+    flat = tensor.all_reduce(torch.cat([g.reshape(-1) for g in grads]))
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 class VocabParallelEmbedding(torch.nn.Module):
     """Token embedding whose rows (the vocabulary) are split over the tensor ranks: each rank looks up the
     tokens in its range, zeroes the others, and the ranks' results are all-reduced (Megatron's
-    ``VocabParallelEmbedding``)."""
+    ``VocabParallelEmbedding``); with sequence parallelism reduce-scattered into sequence shards."""
 
     def __init__(self, vocab: int, hidden: int, tensor: TensorGroup) -> None:
         super().__init__()
@@ -103,7 +202,7 @@ class VocabParallelEmbedding(torch.nn.Module):
         outside = (tokens < self.start) | (tokens >= self.stop)
         local = (tokens - self.start).masked_fill(outside, 0)
         out = torch.nn.functional.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)
-        return self.tensor.reduce_out(out)
+        return self.tensor.leave(out)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):

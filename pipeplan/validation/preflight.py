@@ -1,8 +1,8 @@
 """Everything ``run_validation`` refuses before it starts a process, each as a one-line ``SpecError``.
 
 * the plan: its specs load, its sends overlap, its actions are ones the ranks run (F, B, I, W), its
-  recomputation none or full; with tensor parallelism no sequence parallelism and heads, KV heads,
-  FFN width and vocabulary divisible by tp; with data parallelism no stage the simulator would split
+  recomputation none or full; with tensor parallelism heads, KV heads, FFN width and vocabulary
+  divisible by tp, and with sequence parallelism the sequence too; with data parallelism no stage the simulator would split
   into gradient buckets (the validator reduces each stage as one);
   tp = dp = 1 with ``--runtime torch`` and for a serving plan, which also gets what
   ``serving.check_serving_plan`` refuses;
@@ -103,9 +103,10 @@ def check_parallel(resolved) -> None:
         if plan.scatter_gather_p2p:
             raise SpecError("plan.scatter_gather_p2p: the validator's tensor ranks each send the whole pipeline "
                             "message; set it false to validate (the simulator prices it)")
-        if plan.sequence_parallel:
-            raise SpecError("plan.sequence_parallel: the validator runs tensor parallelism without sequence "
-                            "parallelism; set it false to validate (the simulator prices it)")
+        seq = plan.seq_len or model.seq_len
+        if plan.sequence_parallel and seq % plan.tp:
+            raise SpecError(f"plan.sequence_parallel: the sequence ({seq}) is not divisible by tp = {plan.tp}; "
+                            "pick a seq_len that tp divides or set sequence_parallel false")
         for name, value in (("heads", model.heads), ("kv_heads", model.kv_heads or model.heads),
                             ("ffn_hidden", model.ffn_hidden), ("vocab", model.vocab)):
             if value % plan.tp:
