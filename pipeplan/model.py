@@ -296,8 +296,11 @@ class ModelSpec:
         moved = n * h * (4 + (6 if self.learned_positions else 0) + (5 if self.dropout else 0))
         boundary = BYTES_BF16 * n * h
         # Vocabulary-parallel lookup: each rank holds V/t rows; the partial outputs are summed
-        # (reduce-scattered with sequence parallelism). The backward needs no collective.
+        # (reduce-scattered with sequence parallelism). Without sequence parallelism the backward needs
+        # no collective (every rank already has the whole output gradient); with it, each rank's
+        # gradient covers s/t of the sequence and is all-gathered for its rows' scatter-add.
         tp_f = () if tp == 1 else ((REDUCE_SCATTER if sp else ALL_REDUCE, boundary),)
+        tp_b = ((ALL_GATHER, boundary),) if tp > 1 and sp else ()
         return LayerCost(
             forward_flops=2 * n * h + project_flops,  # a gather and an add: memory-bound, FLOPs are nominal
             input_grad_flops=project_flops,  # project_in's dX: the gradient the embedding rows get
@@ -312,6 +315,7 @@ class ModelSpec:
             forward_memory_bytes=moved,
             weight_grad_memory_bytes=2 * moved,  # the scatter-add into the embedding's gradient
             tp_forward=tp_f,
+            tp_backward=tp_b,
         )
 
     def _head_cost(self, b: int, s: int, tp: int, sp: bool) -> LayerCost:
