@@ -9,7 +9,8 @@ add (``+``) into a stage's. ``price(work, gpu, tp_link)`` turns a work into the 
 
     time of an op = Σ its GEMMs' ``gpu.gemm_seconds(m, n, k)``  (efficiency by GEMM shape)
                   + its attention cores (``gpu.attention_gemm_seconds``: GEMMs, or a measured curve)
-                  + its memory-bound bytes / kernel bandwidth (``gpu.memory_kernel_seconds``)
+                  + its memory-bound bytes / kernel bandwidth (``gpu.memory_kernel_seconds``; I and W
+                    at the backward's where the GPU gives one)
                   + its tensor-parallel collectives, ring_seconds over t ranks on ``tp_link``
                   + a per-layer overhead (per layer kind and pass when measured)
 
@@ -250,8 +251,8 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
     forward = (_gemm_seconds(gpu, work.gemms, fwd) + core + moved(work.forward_memory_bytes)
                + tp_forward + overhead_f)
     backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)
-                      + moved(work.input_grad_memory_bytes) + tp_backward + overhead_i)
-    backward_weight = _gemm_seconds(gpu, work.gemms, dw) + moved(work.weight_grad_memory_bytes) + overhead_w
+                      + moved(work.input_grad_memory_bytes, True) + tp_backward + overhead_i)
+    backward_weight = _gemm_seconds(gpu, work.gemms, dw) + moved(work.weight_grad_memory_bytes, True) + overhead_w
     if work.recompute == "full":
         backward_input += forward
     elif work.recompute == "selective" and work.score_memory_bytes > 0:

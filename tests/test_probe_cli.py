@@ -101,7 +101,8 @@ def test_a_probed_spec_prices_ops_with_what_it_measured(probed):
     element width dropped): the measured fields change the price, so they are read."""
     spec = load_cluster(str(probed))
     nominal = spec.to_dict()
-    for field in ("gemm_curve", "attention_forward", "attention_backward", "kernel_bandwidth", "layer_overheads"):
+    for field in ("gemm_curve", "attention_forward", "attention_backward", "kernel_bandwidth",
+                  "backward_kernel_bandwidth", "layer_overheads"):
         nominal["gpu"][field] = None
     nominal["gpu"]["element_bytes"] = 2
     plan = Plan.from_dict({"model": "tiny", "cluster": spec.to_dict(), "schedule": "1f1b", "pp": 2,
@@ -133,8 +134,13 @@ def test_measured_curves_price_gemms_attention_and_memory_kernels_as_written_by_
     # past the grid the table holds its edge: s = 1024, d = 128 runs at the (256, 32) corner's rate
     assert gpu.attention_gemm_seconds(1024, 1024, 128, 1, False) == pytest.approx(
         4 * 1024 ** 2 * 128 / 6e10 / 2, rel=1e-12)
-    # 1 MB counted in bf16 moves 2 MB in float32: 0.4 ms at 5 GB/s
+    # 1 MB counted in bf16 moves 2 MB in float32: 0.4 ms at 5 GB/s, in the backward too without a rate of its own
     assert gpu.memory_kernel_seconds(1e6) == pytest.approx(4e-4, rel=1e-12)
+    assert gpu.memory_kernel_seconds(1e6, backward=True) == pytest.approx(4e-4, rel=1e-12)
+    # with one, the backward's 2 MB at 8 GB/s take 0.25 ms, the forward's still 0.4 ms
+    split = replace(gpu, backward_kernel_bandwidth=8e9)
+    assert split.memory_kernel_seconds(1e6, backward=True) == pytest.approx(2.5e-4, rel=1e-12)
+    assert split.memory_kernel_seconds(1e6) == pytest.approx(4e-4, rel=1e-12)
 
 
 @pytest.mark.parametrize("field, value, needle", [
@@ -153,6 +159,8 @@ def test_measured_curves_price_gemms_attention_and_memory_kernels_as_written_by_
     ("layer_overheads", {"embedding": [0, 0, 0], "block": [0, 0, 0]}, "layer_overheads.head: required"),
     ("kernel_bandwidth", 0, "kernel_bandwidth"),
     ("kernel_bandwidth", 1e30, "kernel_bandwidth"),
+    ("backward_kernel_bandwidth", -1, "backward_kernel_bandwidth"),
+    ("backward_kernel_bandwidth", 1e30, "backward_kernel_bandwidth"),
 ])
 def test_a_bad_measured_field_is_named(probed, field, value, needle):
     data = json.loads(probed.read_text())

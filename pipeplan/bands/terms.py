@@ -50,8 +50,8 @@ def layer_parts(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None) -> dict[str,
                ("link", "F", tp_fwd), ("overhead", "F", overhead_f)]
     backward_input = [
         ("gemm", "I", _gemms(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)),
-        ("memory", "I", moved(work.input_grad_memory_bytes)), ("link", "I", tp_bwd), ("overhead", "I", overhead_i)]
-    backward_weight = [("gemm", "W", _gemms(gpu, work.gemms, dw)), ("memory", "W", moved(work.weight_grad_memory_bytes)),
+        ("memory", "I", moved(work.input_grad_memory_bytes, True)), ("link", "I", tp_bwd), ("overhead", "I", overhead_i)]
+    backward_weight = [("gemm", "W", _gemms(gpu, work.gemms, dw)), ("memory", "W", moved(work.weight_grad_memory_bytes, True)),
                        ("overhead", "W", overhead_w)]
     if work.recompute == "full":
         backward_input += forward

@@ -41,8 +41,10 @@ def _summary_rows(spec: Any) -> list[list[str]]:
         rows.append([name.replace("_", " "), f"{min(rates) / 1e9:.1f} - {max(rates) / 1e9:.1f} GFLOP/s over "
                      f"{len(rates)} (s, d)", *fit(name)])
     rows += [
-        ["memory-bound kernels", f"{gpu.kernel_bandwidth / 1e9:.2f} GB/s", *fit("elementwise_forward")],
-        ["", "(backward)", *fit("elementwise_backward")],
+        ["memory-bound kernels alone", "forward", *fit("elementwise_forward")],
+        ["", "backward", *fit("elementwise_backward")],
+        ["in layers: memory-bound", f"F {gpu.kernel_bandwidth / 1e9:.2f} GB/s, I/W "
+         f"{(gpu.backward_kernel_bandwidth or gpu.kernel_bandwidth) / 1e9:.2f} GB/s", "", "", ""],
         ["layer pass overhead", "F/I/W " + " / ".join(fmt_time(t) for t in gpu.layer_overheads.block)
          + " a block, head " + " / ".join(fmt_time(t) for t in gpu.layer_overheads.head), *fit("layer")],
         ["memory (copy)", f"{gpu.hbm_bandwidth / 1e9:.2f} GB/s", *fit("copy")],

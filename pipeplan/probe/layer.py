@@ -1,19 +1,29 @@
-"""Layers at a vanishing size: what one layer pass costs beyond its kernels' work, per layer kind.
+"""Whole layers, as eager PyTorch training code writes them, at a few shapes: what a layer pass costs
+beyond its GEMMs and attention core, per layer kind and pass.
 
-The cost model charges a fixed cost per layer and pass (``GPUSpec.layer_overheads``, ``pipeplan.costs``):
-launching the pass's kernels, the framework's dispatch and autograd bookkeeping, Python. The probe
-measures it on layers of ``VANISHING`` shape (hidden 8, one head, 8 tokens, vocabulary 64), written
-as eager PyTorch training code writes them, with the weight gradients split off the backward as Zero
-Bubble's implementation does (Qi et al., ICLR'24: each linear's backward computes the input gradient
-and queues (input, output gradient) for W):
+The cost model prices a layer pass as its GEMMs, its attention core, its memory-bound kernels (the
+bytes ``pipeplan.model`` counts, at ``kernel_bandwidth``, or ``backward_kernel_bandwidth`` in I and W)
+and a fixed cost per layer kind and pass (``GPUSpec.layer_overheads``: launching the pass's kernels,
+the framework's dispatch and autograd bookkeeping, Python). On a CPU the last two are what the
+kernels cost *inside a layer*: a norm, an activation or a residual add there costs several times
+what the same kernel costs timed alone, and an eager backward spends about what its forward spends
+on them, not the twice the model's byte count says. So the probe times whole layers and
+``pipeplan.probe.spec`` fits both from what is left of each pass after its priced GEMMs and
+attention core: per pass, a rate over the model's memory-bound bytes (the blocks') and, per layer
+kind and pass, a fixed cost.
+
+The layers (``LAYER_SHAPES``; none is a preset's shape or a validation plan's) are written as
+eager training code writes them, with the weight gradients split off the backward as Zero Bubble's
+implementation does (Qi et al., ICLR'24: each linear's backward computes the input gradient and
+queues (input, output gradient) for W):
 
 * embedding: a token lookup; its backward (I) computes the table's gradient, so its W has nothing
   to run and costs nothing;
 * block: pre-norm attention (separate Q, K, V projections, torch's attention kernel) and a GeLU MLP;
 * head: the final norm, the vocabulary projection and the cross-entropy loss.
 
-At that size the kernels' own work is nothing; what the fitted kernel models still charge for it
-(their per-call terms) is subtracted in ``pipeplan.probe.spec``, so nothing is counted twice.
+As a pipeline stage does, each pass runs on two micro-batches in flight (both forwards, then both
+input gradients, then both weight gradients), and every forward reads a fresh input.
 """
 from __future__ import annotations
 
@@ -22,8 +32,14 @@ from typing import Any
 from ..model import ModelSpec
 from .kernels import Case, _nothing
 
-# hidden, heads, ffn, vocabulary, tokens of the vanishing layers (one sequence)
+# hidden, heads, ffn, vocabulary, sequence length; and sequences per micro-batch. The first is of a
+# vanishing size (its passes are nearly all fixed cost); the others span widths 32-128, head sizes 8-16
+# and 32-256 tokens.
 VANISHING = ModelSpec("vanishing", 1, 8, 1, 32, 64, 8)
+LAYER_SHAPES = ((VANISHING, 1), (ModelSpec("probe-narrow", 1, 32, 2, 128, 256, 128), 2),
+                (ModelSpec("probe-wide", 1, 128, 8, 512, 1024, 32), 1),
+                (ModelSpec("probe-heads", 1, 96, 12, 384, 2048, 96), 1))
+IN_FLIGHT = 2
 KINDS = ("embedding", "block", "head")
 PASSES = ("forward", "input_grad", "weight_grad")
 
@@ -44,8 +60,8 @@ def _split_linear(torch: Any, queue: list):
     return SplitLinear.apply
 
 
-def _layers(torch: Any, spec: ModelSpec, device: Any, dtype: Any, queue: list) -> dict:
-    """Per kind, (layer function of its input, that input)."""
+def _layers(torch: Any, spec: ModelSpec, batch: int, device: Any, dtype: Any, queue: list) -> dict:
+    """Per kind, (layer function of its input, a function making a fresh input)."""
     F = torch.nn.functional
     linear = _split_linear(torch, queue)
     h, f, v, s = spec.hidden, spec.ffn_hidden, spec.vocab, spec.seq_len
@@ -57,8 +73,8 @@ def _layers(torch: Any, spec: ModelSpec, device: Any, dtype: Any, queue: list) -
          "down": weight(h, f), "vocab": weight(v, h)}
     norms = [torch.nn.LayerNorm(h).to(device=device, dtype=dtype) for _ in range(3)]
     table = torch.nn.Embedding(v, h).to(device=device, dtype=dtype)
-    tokens = torch.randint(0, v, (1, s), device=device)
-    targets = torch.randint(0, v, (1, s), device=device)
+    tokens = torch.randint(0, v, (batch, s), device=device)
+    targets = torch.randint(0, v, (batch, s), device=device)
 
     def block(x):
         b = x.shape[0]
@@ -72,8 +88,10 @@ def _layers(torch: Any, spec: ModelSpec, device: Any, dtype: Any, queue: list) -
         logits = linear(norms[2](x), w["vocab"])
         return F.cross_entropy(logits.reshape(-1, v).float(), targets.reshape(-1))
 
-    x = torch.randn(1, s, h, device=device, dtype=dtype, requires_grad=True)
-    return {"embedding": (table, tokens), "block": (block, x), "head": (head, x)}
+    def fresh():
+        return torch.randn(batch, s, h, device=device, dtype=dtype, requires_grad=True)
+
+    return {"embedding": (table, lambda: tokens), "block": (block, fresh), "head": (head, fresh)}
 
 
 def _weight_grads(work: list) -> None:
@@ -82,29 +100,39 @@ def _weight_grads(work: list) -> None:
         weight.grad = dw if weight.grad is None else weight.grad.add_(dw)
 
 
-def layer_cases(torch: Any, device: Any, dtype: Any, spec: ModelSpec = VANISHING) -> list[Case]:
-    """F and I of each kind, W of the block and the head (an embedding's W runs nothing), at ``spec``'s
-    shape; a case's shape is (kind index, pass index)."""
-    queue: list = []
-    layers = _layers(torch, spec, device, dtype, queue)
+def layer_cases(torch: Any, device: Any, dtype: Any, shapes=LAYER_SHAPES) -> list[Case]:
+    """Per shape, F and I of each kind and W of the block and the head (an embedding's W runs
+    nothing), each on ``IN_FLIGHT`` micro-batches: a case's shape is (shape index, kind index, pass
+    index), its time that of one micro-batch's pass (the mean over those in flight)."""
     cases = []
-    for k, kind in enumerate(KINDS):
-        fn, x = layers[kind]
-        out_shape = () if kind == "head" else (1, spec.seq_len, spec.hidden)
-        grad = torch.ones(out_shape, device=device, dtype=dtype if kind != "head" else torch.float32)
+    for j, (spec, batch) in enumerate(shapes):
+        queue: list = []
+        layers = _layers(torch, spec, batch, device, dtype, queue)
+        for k, kind in enumerate(KINDS):
+            fn, fresh = layers[kind]
+            out_shape = () if kind == "head" else (batch, spec.seq_len, spec.hidden)
+            grad = torch.ones(out_shape, device=device, dtype=dtype if kind != "head" else torch.float32)
 
-        def forward(_s=None, fn=fn, x=x):
-            return fn(x)
+            def forwards(_s=None, fn=fn, fresh=fresh):
+                return [fn(fresh()) for _ in range(IN_FLIGHT)]
 
-        def input_grad(out, grad=grad):
-            queue.clear()
-            torch.autograd.backward(out, grad)
+            def input_grads(outs, grad=grad, queue=queue):
+                queued = []
+                for out in outs:
+                    queue.clear()
+                    torch.autograd.backward(out, grad)
+                    queued.append(list(queue))
+                return queued
 
-        def ready_for_w(forward=forward, input_grad=input_grad):
-            input_grad(forward())
-            return list(queue)
+            def ready_for_w(forwards=forwards, input_grads=input_grads):
+                return input_grads(forwards())
 
-        cases += [Case((k, 0), 1.0, (), _nothing, forward), Case((k, 1), 1.0, (), forward, input_grad)]
-        if kind != "embedding":
-            cases.append(Case((k, 2), 1.0, (), ready_for_w, _weight_grads))
+            def weight_grads(queued):
+                for work in queued:
+                    _weight_grads(work)
+
+            per = 1.0 / IN_FLIGHT
+            cases += [Case((j, k, 0), per, (), _nothing, forwards), Case((j, k, 1), per, (), forwards, input_grads)]
+            if kind != "embedding":
+                cases.append(Case((j, k, 2), per, (), ready_for_w, weight_grads))
     return cases

@@ -8,26 +8,32 @@ over the ranks and its median is what the fit sees:
   model is one rate for every shape and the curve wins);
 * ``attention_forward``/``attention_backward`` → the attention tables over (s, d); a point's "fitted"
   time in the record is what the table gives with that point left out (its neighbours along s);
-* ``elementwise_forward``/``_backward`` → ``kernel_bandwidth``: the model's bytes (times
-  ``element_bytes`` / 2) over seconds, one affine fit over both passes; its intercept is each kernel
-  call's fixed cost, which the layer overhead holds;
+* ``elementwise_forward``/``_backward``: the memory-bound kernels timed alone, the model's bytes
+  (times ``element_bytes`` / 2) over seconds, one affine fit over both passes, recorded; on a GPU its
+  rate is ``kernel_bandwidth``;
 * ``copy`` → ``hbm_bandwidth`` (DRAM on a CPU), from copies past every cache;
-* ``layer`` → ``layer_overheads``: the vanishing embedding's, block's and head's F, I and W, each less
-  what the fitted kernels charge for it (``price`` with no overhead); ``op_overhead_s`` is the block's
-  mean over its passes (what a reader of the one figure gets);
+* ``layer`` → on a CPU ``kernel_bandwidth``, ``backward_kernel_bandwidth`` and ``layer_overheads``:
+  whole layers at ``LAYER_SHAPES``, less what their GEMMs and attention cores are priced at; the
+  blocks' remainders over the model's memory-bound bytes, one affine fit per pass (F; I), give the
+  forward's and the backward's rate, and per layer kind and pass the median over the shapes of what
+  is left after that is its fixed cost (never below 0; an embedding's W, which runs nothing, 0). On a
+  GPU, whose layers at those shapes are all fixed cost, the fixed cost is what is left after the
+  fitted kernels (the elementwise rate included). ``op_overhead_s`` is the block's mean over its
+  passes (what a reader of the one figure gets);
 * ``link`` → ``intra`` (and ``inter``: one host has no inter-node link, so it gets the same figures):
   latency and bandwidth of one-way times by message size.
 """
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 from typing import Any
 
 from ..cluster import ClusterSpec, GPUSpec, LinkSpec
 from ..costs import layer_work, price
 from ..kernel_curves import LayerOverheads
 from .fit import fit_affine, fit_curve, fit_table, fit_tile_waves
-from .layer import KINDS, PASSES, VANISHING
+from .layer import IN_FLIGHT, KINDS, LAYER_SHAPES, PASSES
 from .record import ProbePoint, ProbeQuantity, ProbeRecord
 from .worker import THREADS
 
@@ -37,7 +43,7 @@ GPU_TILE = (256, 128)
 DIMS = {"gemm": ("m", "n", "k", "layout"), "attention_forward": ("heads_x_batch", "s", "d"),
         "attention_backward": ("heads_x_batch", "s", "d"),
         "elementwise_forward": ("tokens", "hidden", "gated", "vocab"),
-        "elementwise_backward": ("tokens", "hidden", "gated", "vocab"), "layer": ("kind", "pass"),
+        "elementwise_backward": ("tokens", "hidden", "gated", "vocab"), "layer": ("shape", "kind", "pass"),
         "copy": ("bytes",), "link": ("bytes",)}
 
 
@@ -85,8 +91,8 @@ def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) 
     gpu = GPUSpec(name=device_name, peak_flops=peak, memory_bytes=machine["memory_bytes"],  # overheads: below
                   max_fraction=min(1.0, max(1e-3, rate / peak)), hbm_bandwidth=copy_fit.rate, op_overhead_s=0.0,
                   element_bytes=element_bytes, kernel_bandwidth=ew_fit.rate, **gemm_fields, **attention)
-    overheads, layer_fitted = _layer_overheads(merged["layer"], gpu)
-    gpu = GPUSpec(**{**{f: getattr(gpu, f) for f in gpu.__dataclass_fields__},
+    rates, overheads, layer_fitted = _layer_fit(merged["layer"], gpu, fit_rates=not cuda)
+    gpu = GPUSpec(**{**{f: getattr(gpu, f) for f in gpu.__dataclass_fields__}, **rates,
                      "op_overhead_s": statistics.fmean(overheads.block), "layer_overheads": overheads})
     link_fit = fit_affine(merged["link"]["sizes"], _medians(merged["link"]))
     link = {"bandwidth": link_fit.rate, "latency": link_fit.intercept}
@@ -147,16 +153,35 @@ def _peak(cuda_name: str | None, cpu_bound: float | None, best_rate: float, cuda
     return max(cpu_bound, best_rate) if cpu_bound else best_rate
 
 
-def _layer_overheads(result: dict, gpu: GPUSpec) -> tuple[LayerOverheads, list[float]]:
-    """Per layer kind and pass, the vanishing layer's median less what ``gpu`` (no overheads) charges
-    for it, never below 0 (an embedding's W, which runs nothing, 0); and the fitted seconds per point."""
-    measured = dict(zip((tuple(int(x) for x in shape) for shape in result["shapes"]), _medians(result)))
-    per_kind, fitted = {}, {}
+def _layer_fit(result: dict, gpu: GPUSpec, fit_rates: bool) -> tuple[dict, LayerOverheads, list[float]]:
+    """(the memory-bound rates fitted in whole layers, or none; the fixed cost per layer kind and
+    pass; the fitted seconds per point, as sampled: ``IN_FLIGHT`` passes) from the layers' timings
+    (module docstring)."""
+    bare = replace(gpu, layer_overheads=None, op_overhead_s=0.0,
+                   **({"kernel_bandwidth": 1e30, "backward_kernel_bandwidth": 1e30} if fit_rates else {}))
+    points = []  # (shape index, kind index, pass index, seconds of one pass, priced kernels, memory bytes)
+    for shape, t in zip(result["shapes"], _medians(result)):
+        j, k, p = (int(x) for x in shape)
+        spec, batch = LAYER_SHAPES[j]
+        work = layer_work(spec, spec.layer_kinds.index(KINDS[k]), batch, spec.seq_len, False)
+        cost = price(work, bare)
+        moved = (work.forward_memory_bytes, work.input_grad_memory_bytes, work.weight_grad_memory_bytes)[p]
+        points.append((j, k, p, t / IN_FLIGHT, (cost.forward, cost.backward_input, cost.backward_weight)[p],
+                       moved * gpu.element_bytes / 2 if fit_rates else 0.0))
+    rates, seconds_per_byte = {}, {0: 0.0, 1: 0.0, 2: 0.0}
+    if fit_rates:
+        block = KINDS.index("block")
+        for p, field in ((0, "kernel_bandwidth"), (1, "backward_kernel_bandwidth")):
+            mine = [pt for pt in points if pt[1] == block and pt[2] == p and pt[5] > 0]
+            fit = fit_affine([pt[5] for pt in mine], [max(pt[3] - pt[4], 1e-3 * pt[3]) for pt in mine])
+            rates[field], seconds_per_byte[p] = fit.rate, 1.0 / fit.rate
+        seconds_per_byte[2] = seconds_per_byte[1]  # W is a backward; the model counts bytes only for an embedding's
+    per_kind = {}
     for k, kind in enumerate(KINDS):
-        cost = price(layer_work(VANISHING, VANISHING.layer_kinds.index(kind), 1, VANISHING.seq_len, False), gpu)
-        modeled = (cost.forward, cost.backward_input, cost.backward_weight)
-        per_kind[kind] = tuple(max(0.0, measured[(k, p)] - modeled[p]) if (k, p) in measured else 0.0
-                               for p in range(len(PASSES)))
-        for p in range(len(PASSES)):
-            fitted[(k, p)] = modeled[p] + per_kind[kind][p]
-    return LayerOverheads(**per_kind), [fitted[tuple(int(x) for x in shape)] for shape in result["shapes"]]
+        per_kind[kind] = tuple(
+            max(0.0, statistics.median(pt[3] - pt[4] - pt[5] * seconds_per_byte[p] for pt in points
+                                       if pt[1] == k and pt[2] == p))
+            if any(pt[1] == k and pt[2] == p for pt in points) else 0.0
+            for p in range(len(PASSES)))
+    fitted = [IN_FLIGHT * (pt[4] + pt[5] * seconds_per_byte[pt[2]] + per_kind[KINDS[pt[1]]][pt[2]]) for pt in points]
+    return rates, LayerOverheads(**per_kind), fitted
