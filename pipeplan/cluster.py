@@ -45,9 +45,7 @@ class GPUSpec:
     132 SMs, 3.35 TB/s; L40S 142 SMs, 0.864 TB/s). ``hbm_bandwidth`` also prices the memory-bound
     kernels (norms, softmax, dropout, activations) in ``pipeplan.costs``, unless ``kernel_bandwidth``
     gives the rate those kernels reach (a CPU core runs them from cache, at a rate its vector units
-    set, not its memory bus); ``backward_kernel_bandwidth``, where given, is that rate in the backward
-    (I and W), whose bytes the model counts twice the forward's while an eager CPU backward spends
-    about what its forward spends on them (``pipeplan probe`` measures both in whole layers).
+    set, not its memory bus).
 
     Measured devices (``pipeplan probe``): ``gemm_curve`` replaces the tile-and-wave model with a
     fitted ``ShapeCurve`` over (m, n, k); ``attention_forward``/``attention_backward`` price the
@@ -70,7 +68,6 @@ class GPUSpec:
     op_overhead_s: float = 20e-6  # launch and synchronisation cost per layer pass
     element_bytes: int = 2
     kernel_bandwidth: float | None = None
-    backward_kernel_bandwidth: float | None = None
     gemm_curve: ShapeCurve | None = None
     attention_forward: ShapeTable | None = None
     attention_backward: ShapeTable | None = None
@@ -92,9 +89,8 @@ class GPUSpec:
         if self.element_bytes not in ELEMENT_BYTES or isinstance(self.element_bytes, bool):
             raise SpecError(f"cluster.gpu.element_bytes: must be one of {', '.join(map(str, ELEMENT_BYTES))} "
                             f"(2 for bf16/fp16, 4 for float32; got {self.element_bytes!r})")
-        for field_name in ("kernel_bandwidth", "backward_kernel_bandwidth"):
-            if getattr(self, field_name) is not None:
-                positive_number(f"cluster.gpu.{field_name}", getattr(self, field_name))
+        if self.kernel_bandwidth is not None:
+            positive_number("cluster.gpu.kernel_bandwidth", self.kernel_bandwidth)
         name_text("cluster.gpu.name", self.name)
         positive_number("cluster.gpu.peak_flops", self.peak_flops)
         positive_number("cluster.gpu.memory_bytes", self.memory_bytes)
@@ -133,11 +129,9 @@ class GPUSpec:
         s, d = m, (k if n == m else n)
         return table.seconds(4.0 * s * s * d * batch, (s, d)) / 2
 
-    def memory_kernel_seconds(self, model_bytes: float, backward: bool = False) -> float:
-        """Memory-bound kernels that move ``model_bytes`` as the model counts them (bf16 values), in the
-        forward or in the backward (``backward_kernel_bandwidth`` where given)."""
-        rate = (self.backward_kernel_bandwidth if backward else None) or self.kernel_bandwidth or self.hbm_bandwidth
-        return model_bytes * self.element_bytes / 2 / rate
+    def memory_kernel_seconds(self, model_bytes: float) -> float:
+        """Memory-bound kernels that move ``model_bytes`` as the model counts them (bf16 values)."""
+        return model_bytes * self.element_bytes / 2 / (self.kernel_bandwidth or self.hbm_bandwidth)
 
     def gemm_efficiency(self, m: float, n: float, k: float, batch: int = 1) -> float:
         """The share of peak a GEMM of that shape reaches: 2mnk·batch / (peak x ``gemm_seconds``)."""

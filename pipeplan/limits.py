@@ -324,9 +324,8 @@ def check_cluster_values(cluster) -> None:
     in_range("cluster.gpu.max_fraction", gpu.max_fraction, "fraction")
     for f in ("sms", "tile_m", "tile_n"):
         in_range(f"cluster.gpu.{f}", getattr(gpu, f), "gpu_units")
-    for name in ("kernel_bandwidth", "backward_kernel_bandwidth"):
-        if getattr(gpu, name) is not None:
-            in_range(f"cluster.gpu.{name}", getattr(gpu, name), "bandwidth")
+    if gpu.kernel_bandwidth is not None:
+        in_range("cluster.gpu.kernel_bandwidth", gpu.kernel_bandwidth, "bandwidth")
     if gpu.layer_overheads is not None:
         for kind in ("embedding", "block", "head"):
             for value in gpu.layer_overheads.of(kind):

@@ -140,9 +140,9 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
 
 CPU_TRUTH = GPUSpec("core", 1.66e11, 12e9, hbm_bandwidth=9e9, op_overhead_s=140e-6, element_bytes=4,
                     layer_overheads=LayerOverheads(embedding=(60e-6, 80e-6, 0.0), block=(150e-6, 200e-6, 70e-6),
-                                                   head=(90e-6, 110e-6, 30e-6)),
-                    kernel_bandwidth=3e9, backward_kernel_bandwidth=6e9,
-                    gemm_curve=ShapeCurve(8e10, (10.0, 12.0, 4.0), 2e-6),
+                                                   head=(90e-6, 110e-6, 30e-6),
+                                                   per_byte=((5e-10, 0.0, 0.0), (4e-10, 2e-10, 0.0), (1e-10, 5e-11, 0.0))),
+                    kernel_bandwidth=8e9, gemm_curve=ShapeCurve(8e10, (10.0, 12.0, 4.0), 2e-6),
                     attention_forward=ShapeTable(((16, 64, 256), (8, 16, 64)),
                                                  (1e10, 2e10, 3e10, 2e10, 3e10, 5e10, 3e10, 5e10, 7e10), 1e-5),
                     attention_backward=ShapeTable(((16, 64, 256), (8, 16, 64)),
@@ -161,9 +161,10 @@ def test_the_spec_built_from_a_known_device_carries_its_figures():
         assert getattr(gpu, name).axes == getattr(CPU_TRUTH, name).axes
         assert getattr(gpu, name).rates == pytest.approx(getattr(CPU_TRUTH, name).rates, rel=0.03)
         assert getattr(gpu, name).call_s == pytest.approx(getattr(CPU_TRUTH, name).call_s, rel=0.02)
-    # the memory-bound rates in whole layers, forward and backward apart
-    assert gpu.kernel_bandwidth == pytest.approx(3e9, rel=0.03)
-    assert gpu.backward_kernel_bandwidth == pytest.approx(6e9, rel=0.03)
+    assert gpu.kernel_bandwidth == pytest.approx(8e9, rel=0.02)
+    # in whole layers, per kind and pass: the cost per byte of the memory-bound kernels
+    for kind in ("embedding", "block", "head"):
+        assert gpu.layer_overheads.memory_of(kind) == pytest.approx(CPU_TRUTH.layer_overheads.memory_of(kind), rel=0.05)
     assert gpu.hbm_bandwidth == pytest.approx(9e9, rel=0.02)
     for kind in ("embedding", "block", "head"):
         assert gpu.layer_overheads.of(kind) == pytest.approx(CPU_TRUTH.layer_overheads.of(kind), rel=0.05, abs=1e-6)

@@ -8,18 +8,20 @@ over the ranks and its median is what the fit sees:
   model is one rate for every shape and the curve wins);
 * ``attention_forward``/``attention_backward`` → the attention tables over (s, d); a point's "fitted"
   time in the record is what the table gives with that point left out (its neighbours along s);
-* ``elementwise_forward``/``_backward``: the memory-bound kernels timed alone, the model's bytes
-  (times ``element_bytes`` / 2) over seconds, one affine fit over both passes, recorded; on a GPU its
-  rate is ``kernel_bandwidth``;
+* ``elementwise_forward``/``_backward`` → ``kernel_bandwidth``: the memory-bound kernels timed
+  alone, the model's bytes (times ``element_bytes`` / 2) over seconds, one affine fit over both
+  passes (on a CPU a layer's own kernels are priced by ``layer_overheads.per_byte`` instead);
 * ``copy`` → ``hbm_bandwidth`` (DRAM on a CPU), from copies past every cache;
-* ``layer`` → on a CPU ``kernel_bandwidth``, ``backward_kernel_bandwidth`` and ``layer_overheads``:
-  whole layers at ``LAYER_SHAPES``, less what their GEMMs and attention cores are priced at; the
-  blocks' remainders over the model's memory-bound bytes, one affine fit per pass (F; I), give the
-  forward's and the backward's rate, and per layer kind and pass the median over the shapes of what
-  is left after that is its fixed cost (never below 0; an embedding's W, which runs nothing, 0). On a
-  GPU, whose layers at those shapes are all fixed cost, the fixed cost is what is left after the
-  fitted kernels (the elementwise rate included). ``op_overhead_s`` is the block's mean over its
-  passes (what a reader of the one figure gets);
+* ``layer`` → ``layer_overheads``: whole layers at ``LAYER_SHAPES``, less what their GEMMs and
+  attention cores are priced at. On a CPU, per layer kind and pass, that remainder against the
+  bytes its memory-bound kernels move: ``per_byte`` is the median over the larger shapes of the
+  slope from the vanishing one (a median of three, so one disturbed shape does not set it; never
+  below 0), and the fixed cost the median over the shapes of what is left after it (never below 0).
+  A pass whose kernels the model counts no bytes for (a block's or a head's W, an embedding's I)
+  keeps the median remainder as its fixed cost; an embedding's W, which runs nothing, 0. On a GPU, whose layers at those shapes are all
+  fixed cost, the fixed cost is what is left after the fitted kernels (the elementwise rate
+  included). ``op_overhead_s`` is the block's mean over its passes (what a reader of the one figure
+  gets);
 * ``link`` → ``intra`` (and ``inter``: one host has no inter-node link, so it gets the same figures):
   latency and bandwidth of one-way times by message size.
 """
@@ -91,8 +93,8 @@ def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) 
     gpu = GPUSpec(name=device_name, peak_flops=peak, memory_bytes=machine["memory_bytes"],  # overheads: below
                   max_fraction=min(1.0, max(1e-3, rate / peak)), hbm_bandwidth=copy_fit.rate, op_overhead_s=0.0,
                   element_bytes=element_bytes, kernel_bandwidth=ew_fit.rate, **gemm_fields, **attention)
-    rates, overheads, layer_fitted = _layer_fit(merged["layer"], gpu, fit_rates=not cuda)
-    gpu = GPUSpec(**{**{f: getattr(gpu, f) for f in gpu.__dataclass_fields__}, **rates,
+    overheads, layer_fitted = _layer_fit(merged["layer"], gpu, fit_rates=not cuda)
+    gpu = GPUSpec(**{**{f: getattr(gpu, f) for f in gpu.__dataclass_fields__},
                      "op_overhead_s": statistics.fmean(overheads.block), "layer_overheads": overheads})
     link_fit = fit_affine(merged["link"]["sizes"], _medians(merged["link"]))
     link = {"bandwidth": link_fit.rate, "latency": link_fit.intercept}
@@ -153,35 +155,34 @@ def _peak(cuda_name: str | None, cpu_bound: float | None, best_rate: float, cuda
     return max(cpu_bound, best_rate) if cpu_bound else best_rate
 
 
-def _layer_fit(result: dict, gpu: GPUSpec, fit_rates: bool) -> tuple[dict, LayerOverheads, list[float]]:
-    """(the memory-bound rates fitted in whole layers, or none; the fixed cost per layer kind and
-    pass; the fitted seconds per point, as sampled: ``IN_FLIGHT`` passes) from the layers' timings
+def _layer_fit(result: dict, gpu: GPUSpec, fit_rates: bool) -> tuple[LayerOverheads, list[float]]:
+    """(per layer kind and pass the fixed cost and, on a CPU, the cost per byte of the memory-bound
+    kernels; the fitted seconds per point, as sampled: ``IN_FLIGHT`` passes) from the layers' timings
     (module docstring)."""
-    bare = replace(gpu, layer_overheads=None, op_overhead_s=0.0,
-                   **({"kernel_bandwidth": 1e30, "backward_kernel_bandwidth": 1e30} if fit_rates else {}))
-    points = []  # (shape index, kind index, pass index, seconds of one pass, priced kernels, memory bytes)
+    bare = replace(gpu, layer_overheads=None, op_overhead_s=0.0, **({"kernel_bandwidth": 1e30} if fit_rates else {}))
+    points = []  # (kind index, pass index, seconds of one pass, priced kernels, bytes moved)
     for shape, t in zip(result["shapes"], _medians(result)):
         j, k, p = (int(x) for x in shape)
         spec, batch = LAYER_SHAPES[j]
         work = layer_work(spec, spec.layer_kinds.index(KINDS[k]), batch, spec.seq_len, False)
         cost = price(work, bare)
         moved = (work.forward_memory_bytes, work.input_grad_memory_bytes, work.weight_grad_memory_bytes)[p]
-        points.append((j, k, p, t / IN_FLIGHT, (cost.forward, cost.backward_input, cost.backward_weight)[p],
+        points.append((k, p, t / IN_FLIGHT, (cost.forward, cost.backward_input, cost.backward_weight)[p],
                        moved * gpu.element_bytes / 2 if fit_rates else 0.0))
-    rates, seconds_per_byte = {}, {0: 0.0, 1: 0.0, 2: 0.0}
-    if fit_rates:
-        block = KINDS.index("block")
-        for p, field in ((0, "kernel_bandwidth"), (1, "backward_kernel_bandwidth")):
-            mine = [pt for pt in points if pt[1] == block and pt[2] == p and pt[5] > 0]
-            fit = fit_affine([pt[5] for pt in mine], [max(pt[3] - pt[4], 1e-3 * pt[3]) for pt in mine])
-            rates[field], seconds_per_byte[p] = fit.rate, 1.0 / fit.rate
-        seconds_per_byte[2] = seconds_per_byte[1]  # W is a backward; the model counts bytes only for an embedding's
-    per_kind = {}
+    fixed = {kind: [0.0] * len(PASSES) for kind in KINDS}
+    per_byte = {kind: [0.0] * len(PASSES) for kind in KINDS}
     for k, kind in enumerate(KINDS):
-        per_kind[kind] = tuple(
-            max(0.0, statistics.median(pt[3] - pt[4] - pt[5] * seconds_per_byte[p] for pt in points
-                                       if pt[1] == k and pt[2] == p))
-            if any(pt[1] == k and pt[2] == p for pt in points) else 0.0
-            for p in range(len(PASSES)))
-    fitted = [IN_FLIGHT * (pt[4] + pt[5] * seconds_per_byte[pt[2]] + per_kind[KINDS[pt[1]]][pt[2]]) for pt in points]
-    return rates, LayerOverheads(**per_kind), fitted
+        for p in range(len(PASSES)):
+            mine = [pt for pt in points if pt[0] == k and pt[1] == p]
+            if not mine:
+                continue  # an embedding's W runs nothing
+            smallest = min(mine, key=lambda pt: pt[4])  # the vanishing shape: nearly all fixed cost
+            slopes = [((pt[2] - pt[3]) - (smallest[2] - smallest[3])) / (pt[4] - smallest[4])
+                      for pt in mine if pt[4] > smallest[4]]
+            per_byte[kind][p] = max(0.0, statistics.median(slopes)) if slopes else 0.0
+            fixed[kind][p] = max(0.0, statistics.median(pt[2] - pt[3] - pt[4] * per_byte[kind][p] for pt in mine))
+    overheads = LayerOverheads(**{kind: tuple(fixed[kind]) for kind in KINDS},
+                               per_byte=tuple(tuple(per_byte[kind]) for kind in KINDS) if fit_rates else None)
+    fitted = [IN_FLIGHT * (pt[3] + fixed[KINDS[pt[0]]][pt[1]] + pt[4] * per_byte[KINDS[pt[0]]][pt[1]])
+              for pt in points]
+    return overheads, fitted
