@@ -216,3 +216,14 @@ def test_the_written_spec_loads_back_equal_and_keeps_the_record(tmp_path):
 def _times(cost):
     return cost.forward, cost.backward_input, cost.backward_weight
 
+
+
+def test_round_trips_the_other_rank_waited_in_do_not_set_the_link():
+    """Three of every five round trips 20x longer (the other rank waited for its core): the median is one
+    of them; the lower quartile keeps the link's own latency and bandwidth."""
+    ranks = _fake_ranks(CPU_TRUTH, (30e-6, 1.5e9), 4e-6, random.Random(4))
+    link = ranks[0]["results"]["link"]
+    link["samples"] = [[t * (20.0 if i % 5 in (1, 2, 3) else 1.0) for i, t in enumerate(s * 3)] for s in link["samples"]]
+    spec = build_spec(ranks, OPTIONS, MACHINE, 12.0)
+    assert spec.intra.latency == pytest.approx(30e-6, rel=0.05)
+    assert spec.intra.bandwidth == pytest.approx(1.5e9, rel=0.03)
