@@ -9,7 +9,8 @@ add (``+``) into a stage's. ``price(work, gpu, tp_link)`` turns a work into the 
 
     time of an op = Σ its GEMMs' ``gpu.gemm_seconds(m, n, k)``  (efficiency by GEMM shape)
                   + its attention cores (``gpu.attention_gemm_seconds``: GEMMs, or a measured curve)
-                  + its memory-bound bytes / kernel bandwidth (``gpu.memory_kernel_seconds``)
+                  + its memory-bound bytes / kernel bandwidth (``gpu.memory_kernel_seconds``), or
+                    at each layer kind's measured cost per byte (``layer_overheads.per_byte``)
                   + its tensor-parallel collectives, ring_seconds over t ranks on ``tp_link``
                   + a per-layer overhead (per layer kind and pass when measured)
 
@@ -113,6 +114,8 @@ class Work:
     tp_forward: tuple[tuple[TPCollective, int], ...] = ()
     tp_backward: tuple[tuple[TPCollective, int], ...] = ()
     kinds: tuple[tuple[str, int], ...] = ()  # layers by kind (embedding, block, head), for per-kind overheads
+    # per layer kind its one layer's memory-bound bytes in F, I and W, for measured per-kind costs per byte
+    memory_by_kind: tuple[tuple[tuple[str, float, float, float], int], ...] = ()
 
     def __add__(self, later: "Work") -> "Work":
         """This run of layers followed by ``later`` (the layers right after it)."""
@@ -128,7 +131,7 @@ class Work:
 _SUMMED = ("layers", "forward_flops", "input_grad_flops", "weight_grad_flops", "activation_bytes",
            "weight_grad_bytes", "params", "forward_memory_bytes", "input_grad_memory_bytes",
            "weight_grad_memory_bytes", "score_memory_bytes")
-_MERGED = ("gemms", "attention_gemms", "tp_forward", "tp_backward", "kinds")
+_MERGED = ("gemms", "attention_gemms", "tp_forward", "tp_backward", "kinds", "memory_by_kind")
 
 
 def recompute_mode(recompute: bool | str) -> str:
@@ -171,6 +174,8 @@ def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int,
         tp_forward=_counted(c.tp_forward),
         tp_backward=_counted(c.tp_backward),
         kinds=((model.layer_kind(index), 1),),
+        memory_by_kind=(((model.layer_kind(index), c.forward_memory_bytes, c.input_grad_memory_bytes,
+                          c.weight_grad_memory_bytes), 1),),
     )
 
 
@@ -215,6 +220,22 @@ def _overheads(work: Work, gpu: GPUSpec) -> tuple[float, float, float]:
     return f, i, w
 
 
+def _memory_seconds(work: Work, gpu: GPUSpec) -> tuple[float, float, float]:
+    """The memory-bound kernels of ``work``'s F, I and W: at each layer kind's measured cost per byte
+    where the GPU has them (``layer_overheads.per_byte``, moved bytes = the model's x element_bytes / 2),
+    else all bytes at ``gpu.memory_kernel_seconds``."""
+    if gpu.layer_overheads is None or gpu.layer_overheads.per_byte is None or not work.memory_by_kind:
+        moved = gpu.memory_kernel_seconds
+        return (moved(work.forward_memory_bytes), moved(work.input_grad_memory_bytes),
+                moved(work.weight_grad_memory_bytes))
+    f = i = w = 0.0
+    width = gpu.element_bytes / 2
+    for (kind, bf, bi, bw), count in work.memory_by_kind:
+        sf, si, sw = gpu.layer_overheads.memory_of(kind)
+        f, i, w = f + count * bf * width * sf, i + count * bi * width * si, w + count * bw * width * sw
+    return f, i, w
+
+
 def _attention_seconds(gpu: GPUSpec, gemms, backward: bool) -> float:
     """The attention cores' GEMMs (QK^T and AV) in the forward or in I (``GPUSpec.attention_gemm_seconds``)."""
     return sum(count * gpu.attention_gemm_seconds(m, n, k, batch, backward) for (m, n, k, batch), count in gemms)
@@ -247,11 +268,11 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
     moved = gpu.memory_kernel_seconds
     core = _attention_seconds(gpu, work.attention_gemms, backward=False)
     tp_forward, tp_backward = _tp_seconds_of(work, tp_link)
-    forward = (_gemm_seconds(gpu, work.gemms, fwd) + core + moved(work.forward_memory_bytes)
-               + tp_forward + overhead_f)
+    memory_f, memory_i, memory_w = _memory_seconds(work, gpu)
+    forward = _gemm_seconds(gpu, work.gemms, fwd) + core + memory_f + tp_forward + overhead_f
     backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)
-                      + moved(work.input_grad_memory_bytes) + tp_backward + overhead_i)
-    backward_weight = _gemm_seconds(gpu, work.gemms, dw) + moved(work.weight_grad_memory_bytes) + overhead_w
+                      + memory_i + tp_backward + overhead_i)
+    backward_weight = _gemm_seconds(gpu, work.gemms, dw) + memory_w + overhead_w
     if work.recompute == "full":
         backward_input += forward
     elif work.recompute == "selective" and work.score_memory_bytes > 0:

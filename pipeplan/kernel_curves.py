@@ -174,17 +174,24 @@ PASSES = ("forward", "input_grad", "weight_grad")
 
 @dataclass(frozen=True)
 class LayerOverheads:
-    """Seconds one layer pass costs beyond its kernels' work, per layer kind and pass (F, I, W).
+    """What one layer pass costs beyond its GEMMs and attention core, per layer kind and pass (F, I, W).
 
-    Launching a pass's kernels, the framework's dispatch and autograd bookkeeping: a transformer
-    block runs some twenty kernels a pass, an embedding one (its W has nothing to run: the gradient
-    of a lookup comes with the backward), a head a handful. ``pipeplan probe`` measures each kind at a
-    vanishing size (``pipeplan.probe.layer``). Where a spec has none, ``GPUSpec.op_overhead_s`` is
-    charged for every layer and pass alike."""
+    ``embedding``, ``block``, ``head``: the fixed seconds of a pass (launching its kernels, the
+    framework's dispatch and autograd bookkeeping); a transformer block runs some twenty kernels a
+    pass, an embedding one (its W has nothing to run: the gradient of a lookup comes with the
+    backward), a head a handful. ``per_byte``, where given, is in the same order (embedding, block,
+    head) the seconds each pass's memory-bound kernels take per byte they move (``pipeplan.model``'s
+    bf16 count times ``element_bytes`` / 2): it replaces ``kernel_bandwidth`` for layers, since on a
+    CPU a norm or an activation inside a layer costs what no kernel timed alone shows, a head's
+    cross-entropy moves its bytes faster than a block's norms and activation do, and an eager
+    backward spends about what its forward spends where the model counts twice the bytes.
+    ``pipeplan probe`` measures both in whole layers (``pipeplan.probe.layer``). Where a spec has
+    none, ``GPUSpec.op_overhead_s`` is charged for every layer and pass alike."""
 
     embedding: tuple[float, float, float]
     block: tuple[float, float, float]
     head: tuple[float, float, float]
+    per_byte: tuple[tuple[float, float, float], ...] | None = None
 
     def __post_init__(self) -> None:
         for kind in LAYER_KINDS:
@@ -194,12 +201,40 @@ class LayerOverheads:
             for value in values:
                 positive_number(kind, value, allow_zero=True)
             object.__setattr__(self, kind, tuple(float(v) for v in values))
+        if self.per_byte is not None:
+            per_byte = self.per_byte
+            if isinstance(per_byte, dict):
+                unknown = sorted(set(per_byte) - set(LAYER_KINDS))
+                if unknown:
+                    raise SpecError(f"per_byte.{unknown[0]}: unknown layer kind; known kinds are {', '.join(LAYER_KINDS)}")
+                missing = [k for k in LAYER_KINDS if k not in per_byte]
+                if missing:
+                    raise SpecError(f"per_byte.{missing[0]}: required field is missing")
+                per_byte = tuple(per_byte[k] for k in LAYER_KINDS)
+            if not isinstance(per_byte, (list, tuple)) or len(per_byte) != len(LAYER_KINDS):
+                raise SpecError(f"per_byte: a mapping of {', '.join(LAYER_KINDS)} to [F, I, W] seconds per byte")
+            rows = []
+            for kind, values in zip(LAYER_KINDS, per_byte):
+                if not isinstance(values, (list, tuple)) or len(values) != len(PASSES):
+                    raise SpecError(f"per_byte.{kind}: needs {len(PASSES)} seconds per byte ({', '.join(PASSES)}); "
+                                    f"got {values!r}")
+                for value in values:
+                    positive_number(f"per_byte.{kind}", value, allow_zero=True)
+                rows.append(tuple(float(v) for v in values))
+            object.__setattr__(self, "per_byte", tuple(rows))
 
     def of(self, kind: str) -> tuple[float, float, float]:
         return getattr(self, kind)
 
+    def memory_of(self, kind: str) -> tuple[float, float, float] | None:
+        """Seconds per byte of ``kind``'s memory-bound kernels in F, I and W, or None (not measured)."""
+        return None if self.per_byte is None else self.per_byte[LAYER_KINDS.index(kind)]
+
     def to_dict(self) -> dict[str, Any]:
-        return {kind: list(getattr(self, kind)) for kind in LAYER_KINDS}
+        data: dict[str, Any] = {kind: list(getattr(self, kind)) for kind in LAYER_KINDS}
+        if self.per_byte is not None:
+            data["per_byte"] = {kind: list(values) for kind, values in zip(LAYER_KINDS, self.per_byte)}
+        return data
 
     @staticmethod
     def from_dict(where: str, data: Any) -> "LayerOverheads":
@@ -207,13 +242,14 @@ class LayerOverheads:
             return data
         if not isinstance(data, dict):
             raise SpecError(f"{where}: must be a mapping of {', '.join(LAYER_KINDS)} to [F, I, W] seconds")
-        unknown = sorted(set(data) - set(LAYER_KINDS))
+        unknown = sorted(set(data) - set(LAYER_KINDS) - {"per_byte"})
         if unknown:
-            raise SpecError(f"{where}.{unknown[0]}: unknown layer kind; known kinds are {', '.join(LAYER_KINDS)}")
+            raise SpecError(f"{where}.{unknown[0]}: unknown layer kind; known kinds are {', '.join(LAYER_KINDS)} "
+                            "(and per_byte)")
         missing = [k for k in LAYER_KINDS if k not in data]
         if missing:
             raise SpecError(f"{where}.{missing[0]}: required field is missing")
         try:
-            return LayerOverheads(**{k: data[k] for k in LAYER_KINDS})
+            return LayerOverheads(**{k: data[k] for k in LAYER_KINDS}, per_byte=data.get("per_byte"))
         except SpecError as err:
             raise SpecError(f"{where}.{err}") from None

@@ -14,7 +14,9 @@ from pipeplan.validation import repredict_bands
 
 REPO = Path(__file__).resolve().parents[1]
 VALIDATION = REPO / "validation"
-RECORDS = sorted((VALIDATION / "records").glob("*.json"))
+# the validation reports among the records (which also keep probed cluster specs)
+RECORDS = [p for p in sorted((VALIDATION / "records").glob("*.json"))
+           if json.loads(p.read_text()).get("kind") == "pipeplan.validation"]
 PLAN = VALIDATION / "plans" / "tiny-zb-h1-p2.json"
 
 

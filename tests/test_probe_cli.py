@@ -12,7 +12,10 @@ import pytest
 from pipeplan.api import simulate
 from pipeplan.cluster import GPUSpec, load_cluster
 from pipeplan.errors import SpecError
-from pipeplan.kernel_curves import ShapeCurve, ShapeTable
+from pipeplan.bands.terms import layer_parts
+from pipeplan.costs import price, stage_work
+from pipeplan.kernel_curves import LayerOverheads, ShapeCurve, ShapeTable
+from pipeplan.model import MODEL_PRESETS
 from pipeplan.plan import Plan
 from pipeplan.probe.run import ProbeOptions, check
 
@@ -137,6 +140,30 @@ def test_measured_curves_price_gemms_attention_and_memory_kernels_as_written_by_
     assert gpu.memory_kernel_seconds(1e6) == pytest.approx(4e-4, rel=1e-12)
 
 
+def test_measured_per_byte_costs_price_each_layer_kinds_memory_kernels_by_hand():
+    """tiny, b = 1, s = 64: a block's forward moves 64 x (20 x 64 + 4 x 256) = 147,456 bf16 bytes (two norms
+    4h each, 12h of adds, 4f of GeLU), I twice that; the head 64 x (4 x 64 + 6 x 512) = 212,992 in F and I.
+    In float32 (x 2) at the per-byte costs below, a stage of 2 blocks and the head costs exactly that more
+    than the same stage with the memory-bound kernels free."""
+    costs = ((0.0, 0.0, 0.0), (3e-10, 1e-10, 0.0), (5e-11, 2e-11, 0.0))
+    base = GPUSpec("core", 2e11, 8e9, hbm_bandwidth=1e10, element_bytes=4, kernel_bandwidth=5e9,
+                   gemm_curve=ShapeCurve(1e11, (10.0, 20.0, 5.0), 2e-6))
+    fixed = dict(embedding=(1e-5, 2e-5, 0.0), block=(1e-4, 1e-4, 5e-5), head=(3e-5, 3e-5, 1e-5))
+    priced = replace(base, layer_overheads=LayerOverheads(**fixed, per_byte=costs))
+    free = replace(base, layer_overheads=LayerOverheads(**fixed, per_byte=((0.0,) * 3,) * 3))
+    model = MODEL_PRESETS["tiny"]
+    work = stage_work(model, range(model.num_pipeline_layers - 3, model.num_pipeline_layers), 1, 64, False)  # 2 blocks, head
+    block, head = 64 * (20 * 64 + 4 * 256) * 2, 64 * (4 * 64 + 6 * 512) * 2
+    a, b = price(work, priced), price(work, free)
+    assert a.forward - b.forward == pytest.approx(2 * block * 3e-10 + head * 5e-11, rel=1e-9)
+    assert a.backward_input - b.backward_input == pytest.approx(2 * 2 * block * 1e-10 + head * 2e-11, rel=1e-9)
+    assert a.backward_weight == pytest.approx(b.backward_weight, rel=1e-12)
+    # the band's parts add up to the same price (they mirror price term by term)
+    parts = layer_parts(work, priced, None)
+    assert sum(t for _, _, t in parts["F"]) == pytest.approx(a.forward, rel=1e-12)
+    assert sum(t for _, _, t in parts["I"]) == pytest.approx(a.backward_input, rel=1e-12)
+
+
 @pytest.mark.parametrize("field, value, needle", [
     ("gemm_curve", {"rate": 1e11, "halves": [1, 2]}, "needs 3 numbers"),
     ("gemm_curve", {"rate": -1, "halves": [1, 2, 3]}, "gemm_curve.rate"),
@@ -153,6 +180,11 @@ def test_measured_curves_price_gemms_attention_and_memory_kernels_as_written_by_
     ("layer_overheads", {"embedding": [0, 0, 0], "block": [0, 0, 0]}, "layer_overheads.head: required"),
     ("kernel_bandwidth", 0, "kernel_bandwidth"),
     ("kernel_bandwidth", 1e30, "kernel_bandwidth"),
+    ("layer_overheads", {"embedding": [0, 0, 0], "block": [0, 0, 0], "head": [0, 0, 0],
+                         "per_byte": {"embedding": [0, 0, 0], "block": [0, 0], "head": [0, 0, 0]}}, "per_byte.block: needs 3"),
+    ("layer_overheads", {"embedding": [0, 0, 0], "block": [0, 0, 0], "head": [0, 0, 0],
+                         "per_byte": {"embedding": [0, 0, 0], "block": [0, 0, 0], "head": [0, -1e-9, 0]}},
+     "per_byte.head"),
 ])
 def test_a_bad_measured_field_is_named(probed, field, value, needle):
     data = json.loads(probed.read_text())

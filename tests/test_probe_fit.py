@@ -11,7 +11,7 @@ from pipeplan.costs import layer_work, price
 from pipeplan.kernel_curves import LayerOverheads, ShapeCurve, ShapeTable
 from pipeplan.model import MODEL_PRESETS
 from pipeplan.probe.fit import fit_affine, fit_curve, fit_table, fit_tile_waves, tile_wave_seconds
-from pipeplan.probe.layer import VANISHING
+from pipeplan.probe.layer import IN_FLIGHT, LAYER_SHAPES
 from pipeplan.probe.spec import build_spec
 from pipeplan.scaling import scale_model
 
@@ -122,15 +122,14 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
                 [ew_intercept + b * eb / 2 / true.kernel_bandwidth for b in ew_sizes])
     copy_sizes = [2.0 ** 25, 2.0 ** 27]
     copy = result([[b / 2] for b in copy_sizes], copy_sizes, [[], []], [b / true.hbm_bandwidth for b in copy_sizes])
-    no_overhead = GPUSpec(**{**{f: getattr(true, f) for f in true.__dataclass_fields__}, "op_overhead_s": 0.0,
-                             "layer_overheads": None})
     points, seconds = [], []
-    for k, kind in enumerate(("embedding", "block", "head")):
-        c = price(layer_work(VANISHING, k, 1, VANISHING.seq_len, False), no_overhead)
-        for p, t in enumerate((c.forward, c.backward_input, c.backward_weight)[:2 if kind == "embedding" else 3]):
-            points.append([k, p])
-            seconds.append(t + true.layer_overheads.of(kind)[p])
-    layer = result(points, [1.0] * len(points), [[]] * len(points), seconds)
+    for j, (spec, batch) in enumerate(LAYER_SHAPES):  # whole layers: the true price, two micro-batches a sample
+        for k, kind in enumerate(("embedding", "block", "head")):
+            c = price(layer_work(spec, spec.layer_kinds.index(kind), batch, spec.seq_len, False), true)
+            for p, t in enumerate((c.forward, c.backward_input, c.backward_weight)[:2 if kind == "embedding" else 3]):
+                points.append([j, k, p])
+                seconds.append(IN_FLIGHT * t)
+    layer = result(points, [1.0 / IN_FLIGHT] * len(points), [[]] * len(points), seconds)
     sizes = [4, 4096, 65536, 1 << 20, 1 << 22, 1 << 24]
     links = result([[n] for n in sizes], sizes, [[] for _ in sizes], [link[0] + n / link[1] for n in sizes])
     results = {"gemm": gemm, **att, "elementwise_forward": ew, "elementwise_backward": ew, "copy": copy,
@@ -141,7 +140,8 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
 
 CPU_TRUTH = GPUSpec("core", 1.66e11, 12e9, hbm_bandwidth=9e9, op_overhead_s=140e-6, element_bytes=4,
                     layer_overheads=LayerOverheads(embedding=(60e-6, 80e-6, 0.0), block=(150e-6, 200e-6, 70e-6),
-                                                   head=(90e-6, 110e-6, 30e-6)),
+                                                   head=(90e-6, 110e-6, 30e-6),
+                                                   per_byte=((5e-10, 0.0, 0.0), (4e-10, 2e-10, 0.0), (1e-10, 5e-11, 0.0))),
                     kernel_bandwidth=8e9, gemm_curve=ShapeCurve(8e10, (10.0, 12.0, 4.0), 2e-6),
                     attention_forward=ShapeTable(((16, 64, 256), (8, 16, 64)),
                                                  (1e10, 2e10, 3e10, 2e10, 3e10, 5e10, 3e10, 5e10, 7e10), 1e-5),
@@ -162,6 +162,9 @@ def test_the_spec_built_from_a_known_device_carries_its_figures():
         assert getattr(gpu, name).rates == pytest.approx(getattr(CPU_TRUTH, name).rates, rel=0.03)
         assert getattr(gpu, name).call_s == pytest.approx(getattr(CPU_TRUTH, name).call_s, rel=0.02)
     assert gpu.kernel_bandwidth == pytest.approx(8e9, rel=0.02)
+    # in whole layers, per kind and pass: the cost per byte of the memory-bound kernels
+    for kind in ("embedding", "block", "head"):
+        assert gpu.layer_overheads.memory_of(kind) == pytest.approx(CPU_TRUTH.layer_overheads.memory_of(kind), rel=0.05)
     assert gpu.hbm_bandwidth == pytest.approx(9e9, rel=0.02)
     for kind in ("embedding", "block", "head"):
         assert gpu.layer_overheads.of(kind) == pytest.approx(CPU_TRUTH.layer_overheads.of(kind), rel=0.05, abs=1e-6)
@@ -213,3 +216,14 @@ def test_the_written_spec_loads_back_equal_and_keeps_the_record(tmp_path):
 def _times(cost):
     return cost.forward, cost.backward_input, cost.backward_weight
 
+
+
+def test_round_trips_the_other_rank_waited_in_do_not_set_the_link():
+    """Three of every five round trips 20x longer (the other rank waited for its core): the median is one
+    of them; the lower quartile keeps the link's own latency and bandwidth."""
+    ranks = _fake_ranks(CPU_TRUTH, (30e-6, 1.5e9), 4e-6, random.Random(4))
+    link = ranks[0]["results"]["link"]
+    link["samples"] = [[t * (20.0 if i % 5 in (1, 2, 3) else 1.0) for i, t in enumerate(s * 3)] for s in link["samples"]]
+    spec = build_spec(ranks, OPTIONS, MACHINE, 12.0)
+    assert spec.intra.latency == pytest.approx(30e-6, rel=0.05)
+    assert spec.intra.bandwidth == pytest.approx(1.5e9, rel=0.03)

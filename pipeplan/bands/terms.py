@@ -23,7 +23,7 @@ from collections import defaultdict
 from simulator.kinds import BY_CODE, COMM, FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT, KINDS, OPTIMIZER
 
 from ..cluster import GPUSpec, LinkSpec
-from ..costs import Work, _attention_seconds, _overheads, layer_work, tp_seconds  # price()'s own terms
+from ..costs import Work, _attention_seconds, _memory_seconds, _overheads, layer_work, tp_seconds  # price()'s own terms
 
 Part = tuple[str, tuple, float]  # (op class, group, seconds or share)
 OpTerms = dict[tuple[int, int], tuple[Part, ...]]  # (stage, kind code) -> parts, shares summing to 1
@@ -46,12 +46,13 @@ def layer_parts(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None) -> dict[str,
     core = _attention_seconds(gpu, work.attention_gemms, backward=False)
     tp_fwd = tp_seconds(work.tp_forward, work.tp, tp_link)
     tp_bwd = tp_seconds(work.tp_backward, work.tp, tp_link)
-    forward = [("gemm", "F", _gemms(gpu, work.gemms, fwd) + core), ("memory", "F", moved(work.forward_memory_bytes)),
+    memory_f, memory_i, memory_w = _memory_seconds(work, gpu)
+    forward = [("gemm", "F", _gemms(gpu, work.gemms, fwd) + core), ("memory", "F", memory_f),
                ("link", "F", tp_fwd), ("overhead", "F", overhead_f)]
     backward_input = [
         ("gemm", "I", _gemms(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)),
-        ("memory", "I", moved(work.input_grad_memory_bytes)), ("link", "I", tp_bwd), ("overhead", "I", overhead_i)]
-    backward_weight = [("gemm", "W", _gemms(gpu, work.gemms, dw)), ("memory", "W", moved(work.weight_grad_memory_bytes)),
+        ("memory", "I", memory_i), ("link", "I", tp_bwd), ("overhead", "I", overhead_i)]
+    backward_weight = [("gemm", "W", _gemms(gpu, work.gemms, dw)), ("memory", "W", memory_w),
                        ("overhead", "W", overhead_w)]
     if work.recompute == "full":
         backward_input += forward

@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_probe)
 
 
+def _rate(seconds_per_byte: float) -> str:
+    return f"{1e-9 / seconds_per_byte:.2f} GB/s" if seconds_per_byte > 0 else "-"
+
+
 def _summary_rows(spec: Any) -> list[list[str]]:
     gpu, probe = spec.gpu, spec.probe
     q = dict(probe.quantities)
@@ -41,10 +45,13 @@ def _summary_rows(spec: Any) -> list[list[str]]:
         rows.append([name.replace("_", " "), f"{min(rates) / 1e9:.1f} - {max(rates) / 1e9:.1f} GFLOP/s over "
                      f"{len(rates)} (s, d)", *fit(name)])
     rows += [
-        ["memory-bound kernels", f"{gpu.kernel_bandwidth / 1e9:.2f} GB/s", *fit("elementwise_forward")],
+        ["memory-bound kernels", f"{gpu.kernel_bandwidth / 1e9:.2f} GB/s (alone)", *fit("elementwise_forward")],
         ["", "(backward)", *fit("elementwise_backward")],
         ["layer pass overhead", "F/I/W " + " / ".join(fmt_time(t) for t in gpu.layer_overheads.block)
          + " a block, head " + " / ".join(fmt_time(t) for t in gpu.layer_overheads.head), *fit("layer")],
+        *([["in layers: memory-bound", "F/I/W " + " / ".join(_rate(b) for b in gpu.layer_overheads.memory_of("block"))
+             + " a block, head " + " / ".join(_rate(b) for b in gpu.layer_overheads.memory_of("head")), "", "", ""]]
+          if gpu.layer_overheads.per_byte else []),
         ["memory (copy)", f"{gpu.hbm_bandwidth / 1e9:.2f} GB/s", *fit("copy")],
         ["link", f"{fmt_time(spec.intra.latency)} + bytes / {spec.intra.bandwidth / 1e9:.2f} GB/s", *fit("link")],
     ]

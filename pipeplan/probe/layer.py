@@ -1,19 +1,29 @@
-"""Layers at a vanishing size: what one layer pass costs beyond its kernels' work, per layer kind.
+"""Whole layers, as eager PyTorch training code writes them, at a few shapes: what a layer pass costs
+beyond its GEMMs and attention core, per layer kind and pass.
 
-The cost model charges a fixed cost per layer and pass (``GPUSpec.layer_overheads``, ``pipeplan.costs``):
-launching the pass's kernels, the framework's dispatch and autograd bookkeeping, Python. The probe
-measures it on layers of ``VANISHING`` shape (hidden 8, one head, 8 tokens, vocabulary 64), written
-as eager PyTorch training code writes them, with the weight gradients split off the backward as Zero
-Bubble's implementation does (Qi et al., ICLR'24: each linear's backward computes the input gradient
-and queues (input, output gradient) for W):
+The cost model prices a layer pass as its GEMMs, its attention core, its memory-bound kernels (the
+bytes ``pipeplan.model`` counts) and a fixed cost (launching the pass's kernels, the framework's
+dispatch and autograd bookkeeping, Python). On a CPU the last two are what the kernels cost *inside
+a layer*: a norm, an activation or a residual add there costs several times what the same kernel
+timed alone costs, a head's cross-entropy moves its bytes faster than a block's norms do, and an
+eager backward spends about what its forward spends on them where the model counts twice the
+bytes. So the probe times whole layers and ``pipeplan.probe.spec`` fits, per layer kind and pass,
+what is left after the priced GEMMs and attention core: a fixed cost and a cost per byte
+(``GPUSpec.layer_overheads``).
+
+The layers are the repository's eager reference implementation, ``validator.compute.StageRunner``
+over ``validator.modules`` (what a pipeline stage runs when ``pipeplan validate`` times a plan), one
+layer a stage, at ``LAYER_SHAPES`` (none is a preset's shape or a validation plan's):
 
 * embedding: a token lookup; its backward (I) computes the table's gradient, so its W has nothing
   to run and costs nothing;
-* block: pre-norm attention (separate Q, K, V projections, torch's attention kernel) and a GeLU MLP;
+* block: pre-norm attention (separate Q, K, V projections, torch's attention kernel) and an MLP,
+  the weight gradients split off the backward as Zero Bubble's implementation does (Qi et al.,
+  ICLR'24);
 * head: the final norm, the vocabulary projection and the cross-entropy loss.
 
-At that size the kernels' own work is nothing; what the fitted kernel models still charge for it
-(their per-call terms) is subtracted in ``pipeplan.probe.spec``, so nothing is counted twice.
+As a pipeline stage does, each pass runs on ``IN_FLIGHT`` micro-batches (both forwards, then both
+input gradients, then both weight gradients), and every forward reads a fresh input.
 """
 from __future__ import annotations
 
@@ -22,89 +32,71 @@ from typing import Any
 from ..model import ModelSpec
 from .kernels import Case, _nothing
 
-# hidden, heads, ffn, vocabulary, tokens of the vanishing layers (one sequence)
+# hidden, heads, ffn, vocabulary, sequence length; and sequences per micro-batch. The first is of a
+# vanishing size (its passes are nearly all fixed cost); the others span widths 32-128, head sizes 8-16
+# and 32-256 tokens.
 VANISHING = ModelSpec("vanishing", 1, 8, 1, 32, 64, 8)
+LAYER_SHAPES = ((VANISHING, 1), (ModelSpec("probe-narrow", 1, 32, 2, 128, 256, 128), 2),
+                (ModelSpec("probe-wide", 1, 128, 8, 512, 1024, 32), 1),
+                (ModelSpec("probe-heads", 1, 96, 12, 384, 2048, 96), 1))
+IN_FLIGHT = 2
 KINDS = ("embedding", "block", "head")
 PASSES = ("forward", "input_grad", "weight_grad")
 
 
-def _split_linear(torch: Any, queue: list):
-    class SplitLinear(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, weight):  # type: ignore[override]
-            ctx.save_for_backward(x, weight)
-            return x @ weight.t()
+def _stage(torch: Any, spec: ModelSpec, batch: int, kind: str, device: Any, dtype: Any):
+    from validator.compute import StageRunner  # the eager reference stage (imports torch)
 
-        @staticmethod
-        def backward(ctx, grad):  # type: ignore[override]
-            x, weight = ctx.saved_tensors
-            queue.append((weight, x, grad))
-            return grad @ weight, None
-
-    return SplitLinear.apply
+    index = spec.layer_kinds.index(kind)
+    return StageRunner(spec, index, range(index, index + 1), batch, spec.seq_len, IN_FLIGHT, device, dtype, seed=1)
 
 
-def _layers(torch: Any, spec: ModelSpec, device: Any, dtype: Any, queue: list) -> dict:
-    """Per kind, (layer function of its input, that input)."""
-    F = torch.nn.functional
-    linear = _split_linear(torch, queue)
-    h, f, v, s = spec.hidden, spec.ffn_hidden, spec.vocab, spec.seq_len
-
-    def weight(*shape):
-        return torch.randn(*shape, device=device, dtype=dtype, requires_grad=True)
-
-    w = {"q": weight(h, h), "k": weight(h, h), "v": weight(h, h), "o": weight(h, h), "up": weight(f, h),
-         "down": weight(h, f), "vocab": weight(v, h)}
-    norms = [torch.nn.LayerNorm(h).to(device=device, dtype=dtype) for _ in range(3)]
-    table = torch.nn.Embedding(v, h).to(device=device, dtype=dtype)
-    tokens = torch.randint(0, v, (1, s), device=device)
-    targets = torch.randint(0, v, (1, s), device=device)
-
-    def block(x):
-        b = x.shape[0]
-        y = norms[0](x)
-        q, k, v_ = (linear(y, w[n]).view(b, s, spec.heads, -1).transpose(1, 2) for n in "qkv")
-        attn = F.scaled_dot_product_attention(q, k, v_, is_causal=True)
-        x = x + linear(attn.transpose(1, 2).reshape(b, s, h), w["o"])
-        return x + linear(F.gelu(linear(norms[1](x), w["up"])), w["down"])
-
-    def head(x):
-        logits = linear(norms[2](x), w["vocab"])
-        return F.cross_entropy(logits.reshape(-1, v).float(), targets.reshape(-1))
-
-    x = torch.randn(1, s, h, device=device, dtype=dtype, requires_grad=True)
-    return {"embedding": (table, tokens), "block": (block, x), "head": (head, x)}
-
-
-def _weight_grads(work: list) -> None:
-    for weight, x, grad in work:
-        dw = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        weight.grad = dw if weight.grad is None else weight.grad.add_(dw)
-
-
-def layer_cases(torch: Any, device: Any, dtype: Any, spec: ModelSpec = VANISHING) -> list[Case]:
-    """F and I of each kind, W of the block and the head (an embedding's W runs nothing), at ``spec``'s
-    shape; a case's shape is (kind index, pass index)."""
-    queue: list = []
-    layers = _layers(torch, spec, device, dtype, queue)
+def layer_cases(torch: Any, device: Any, dtype: Any, shapes=LAYER_SHAPES) -> list[Case]:
+    """Per shape, F and I of each kind and W of the block and the head (an embedding's W runs
+    nothing), each on ``IN_FLIGHT`` micro-batches: a case's shape is (shape index, kind index, pass
+    index), its size 1 / ``IN_FLIGHT`` (a sample is the time of ``IN_FLIGHT`` passes)."""
     cases = []
-    for k, kind in enumerate(KINDS):
-        fn, x = layers[kind]
-        out_shape = () if kind == "head" else (1, spec.seq_len, spec.hidden)
-        grad = torch.ones(out_shape, device=device, dtype=dtype if kind != "head" else torch.float32)
+    for j, (spec, batch) in enumerate(shapes):
+        for k, kind in enumerate(KINDS):
+            runner = _stage(torch, spec, batch, kind, device, dtype)
+            boundary = (batch, spec.seq_len, spec.hidden)
+            ids = iter(range(1 << 30))  # a micro-batch number per pass: the runner keeps state by it
 
-        def forward(_s=None, fn=fn, x=x):
-            return fn(x)
+            def forwards(_s=None, runner=runner, boundary=boundary, ids=ids):
+                done = []
+                for _ in range(IN_FLIGHT):
+                    mb = next(ids)
+                    x = None if runner.first else torch.randn(boundary, device=device, dtype=dtype)
+                    runner.forward(mb, x)
+                    done.append(mb)
+                return done
 
-        def input_grad(out, grad=grad):
-            queue.clear()
-            torch.autograd.backward(out, grad)
+            def input_grads(done, runner=runner, boundary=boundary):
+                grads = [None if runner.last else torch.ones(boundary, device=device, dtype=dtype) for _ in done]
+                for mb, grad in zip(done, grads):
+                    runner.backward(mb, grad, True)
+                return done
 
-        def ready_for_w(forward=forward, input_grad=input_grad):
-            input_grad(forward())
-            return list(queue)
+            def ready_for_w(forwards=forwards, input_grads=input_grads):
+                return input_grads(forwards())
 
-        cases += [Case((k, 0), 1.0, (), _nothing, forward), Case((k, 1), 1.0, (), forward, input_grad)]
-        if kind != "embedding":
-            cases.append(Case((k, 2), 1.0, (), ready_for_w, _weight_grads))
+            def weight_grads(done, runner=runner):
+                for mb in done:
+                    runner.weight(mb)
+
+            def kept(done, runner=runner):
+                """What the runner keeps of these micro-batches, handed to the timer, which holds the
+                newest results as a stage holds its in-flight micro-batches (``kernels.Timer``)."""
+                held = []
+                for mb in done:
+                    held += [runner.inputs.pop(mb, None), runner.outputs.pop(mb, None)]
+                    held += [t for work in runner.module.store.pending.pop(mb, []) for t in work[1:]]
+                return [t for t in held if isinstance(t, torch.Tensor)]
+
+            per = 1.0 / IN_FLIGHT
+            cases += [Case((j, k, 0), per, (), _nothing, lambda _s, f=forwards, h=kept: h(f())),
+                      Case((j, k, 1), per, (), forwards, lambda done, i=input_grads, h=kept: h(i(done)))]
+            if kind != "embedding":
+                cases.append(Case((j, k, 2), per, (), ready_for_w,
+                                  lambda done, w=weight_grads: w(done) or []))
     return cases

@@ -8,26 +8,34 @@ over the ranks and its median is what the fit sees:
   model is one rate for every shape and the curve wins);
 * ``attention_forward``/``attention_backward`` → the attention tables over (s, d); a point's "fitted"
   time in the record is what the table gives with that point left out (its neighbours along s);
-* ``elementwise_forward``/``_backward`` → ``kernel_bandwidth``: the model's bytes (times
-  ``element_bytes`` / 2) over seconds, one affine fit over both passes; its intercept is each kernel
-  call's fixed cost, which the layer overhead holds;
+* ``elementwise_forward``/``_backward`` → ``kernel_bandwidth``: the memory-bound kernels timed
+  alone, the model's bytes (times ``element_bytes`` / 2) over seconds, one affine fit over both
+  passes (on a CPU a layer's own kernels are priced by ``layer_overheads.per_byte`` instead);
 * ``copy`` → ``hbm_bandwidth`` (DRAM on a CPU), from copies past every cache;
-* ``layer`` → ``layer_overheads``: the vanishing embedding's, block's and head's F, I and W, each less
-  what the fitted kernels charge for it (``price`` with no overhead); ``op_overhead_s`` is the block's
-  mean over its passes (what a reader of the one figure gets);
+* ``layer`` → ``layer_overheads``: whole layers at ``LAYER_SHAPES``, less what their GEMMs and
+  attention cores are priced at. On a CPU, per layer kind and pass, that remainder against the
+  bytes its memory-bound kernels move: ``per_byte`` is the median over the larger shapes of the
+  slope from the vanishing one (a median of three, so one disturbed shape does not set it; never
+  below 0), and the fixed cost the median over the shapes of what is left after it (never below 0).
+  A pass whose kernels the model counts no bytes for (a block's or a head's W, an embedding's I)
+  keeps the median remainder as its fixed cost; an embedding's W, which runs nothing, 0. On a GPU, whose layers at those shapes are all
+  fixed cost, the fixed cost is what is left after the fitted kernels (the elementwise rate
+  included). ``op_overhead_s`` is the block's mean over its passes (what a reader of the one figure
+  gets);
 * ``link`` → ``intra`` (and ``inter``: one host has no inter-node link, so it gets the same figures):
-  latency and bandwidth of one-way times by message size.
+  latency and bandwidth of one-way times by message size, the lower quartile of each size's trips.
 """
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 from typing import Any
 
 from ..cluster import ClusterSpec, GPUSpec, LinkSpec
 from ..costs import layer_work, price
 from ..kernel_curves import LayerOverheads
 from .fit import fit_affine, fit_curve, fit_table, fit_tile_waves
-from .layer import KINDS, PASSES, VANISHING
+from .layer import IN_FLIGHT, KINDS, LAYER_SHAPES, PASSES
 from .record import ProbePoint, ProbeQuantity, ProbeRecord
 from .worker import THREADS
 
@@ -37,12 +45,19 @@ GPU_TILE = (256, 128)
 DIMS = {"gemm": ("m", "n", "k", "layout"), "attention_forward": ("heads_x_batch", "s", "d"),
         "attention_backward": ("heads_x_batch", "s", "d"),
         "elementwise_forward": ("tokens", "hidden", "gated", "vocab"),
-        "elementwise_backward": ("tokens", "hidden", "gated", "vocab"), "layer": ("kind", "pass"),
+        "elementwise_backward": ("tokens", "hidden", "gated", "vocab"), "layer": ("shape", "kind", "pass"),
         "copy": ("bytes",), "link": ("bytes",)}
 
 
 def _medians(result: dict) -> list[float]:
     return [statistics.median(s) for s in result["samples"]]
+
+
+def _lower_quartiles(result: dict) -> list[float]:
+    """Per point the 25th percentile of its samples: a round trip is only ever lengthened by the
+    other rank waiting for its core, and the validator keeps only iterations nobody waited in (on
+    this VM, with other jobs running, the median 4-byte trip was 1.8 ms, the lower quartile 0.1 ms)."""
+    return [statistics.quantiles(s, n=4, method="inclusive")[0] if len(s) > 1 else s[0] for s in result["samples"]]
 
 
 def _quantity(result: dict, name: str, fitted: list[float]) -> ProbeQuantity:
@@ -85,10 +100,10 @@ def build_spec(ranks: list[dict], options: dict, machine: dict, seconds: float) 
     gpu = GPUSpec(name=device_name, peak_flops=peak, memory_bytes=machine["memory_bytes"],  # overheads: below
                   max_fraction=min(1.0, max(1e-3, rate / peak)), hbm_bandwidth=copy_fit.rate, op_overhead_s=0.0,
                   element_bytes=element_bytes, kernel_bandwidth=ew_fit.rate, **gemm_fields, **attention)
-    overheads, layer_fitted = _layer_overheads(merged["layer"], gpu)
+    overheads, layer_fitted = _layer_fit(merged["layer"], gpu, fit_rates=not cuda)
     gpu = GPUSpec(**{**{f: getattr(gpu, f) for f in gpu.__dataclass_fields__},
                      "op_overhead_s": statistics.fmean(overheads.block), "layer_overheads": overheads})
-    link_fit = fit_affine(merged["link"]["sizes"], _medians(merged["link"]))
+    link_fit = fit_affine(merged["link"]["sizes"], _lower_quartiles(merged["link"]))
     link = {"bandwidth": link_fit.rate, "latency": link_fit.intercept}
 
     fitted = {
@@ -147,16 +162,34 @@ def _peak(cuda_name: str | None, cpu_bound: float | None, best_rate: float, cuda
     return max(cpu_bound, best_rate) if cpu_bound else best_rate
 
 
-def _layer_overheads(result: dict, gpu: GPUSpec) -> tuple[LayerOverheads, list[float]]:
-    """Per layer kind and pass, the vanishing layer's median less what ``gpu`` (no overheads) charges
-    for it, never below 0 (an embedding's W, which runs nothing, 0); and the fitted seconds per point."""
-    measured = dict(zip((tuple(int(x) for x in shape) for shape in result["shapes"]), _medians(result)))
-    per_kind, fitted = {}, {}
+def _layer_fit(result: dict, gpu: GPUSpec, fit_rates: bool) -> tuple[LayerOverheads, list[float]]:
+    """(per layer kind and pass the fixed cost and, on a CPU, the cost per byte of the memory-bound
+    kernels; the fitted seconds per point, as sampled: ``IN_FLIGHT`` passes) from the layers' timings
+    (module docstring)."""
+    bare = replace(gpu, layer_overheads=None, op_overhead_s=0.0, **({"kernel_bandwidth": 1e30} if fit_rates else {}))
+    points = []  # (kind index, pass index, seconds of one pass, priced kernels, bytes moved)
+    for shape, t in zip(result["shapes"], _medians(result)):
+        j, k, p = (int(x) for x in shape)
+        spec, batch = LAYER_SHAPES[j]
+        work = layer_work(spec, spec.layer_kinds.index(KINDS[k]), batch, spec.seq_len, False)
+        cost = price(work, bare)
+        moved = (work.forward_memory_bytes, work.input_grad_memory_bytes, work.weight_grad_memory_bytes)[p]
+        points.append((k, p, t / IN_FLIGHT, (cost.forward, cost.backward_input, cost.backward_weight)[p],
+                       moved * gpu.element_bytes / 2 if fit_rates else 0.0))
+    fixed = {kind: [0.0] * len(PASSES) for kind in KINDS}
+    per_byte = {kind: [0.0] * len(PASSES) for kind in KINDS}
     for k, kind in enumerate(KINDS):
-        cost = price(layer_work(VANISHING, VANISHING.layer_kinds.index(kind), 1, VANISHING.seq_len, False), gpu)
-        modeled = (cost.forward, cost.backward_input, cost.backward_weight)
-        per_kind[kind] = tuple(max(0.0, measured[(k, p)] - modeled[p]) if (k, p) in measured else 0.0
-                               for p in range(len(PASSES)))
         for p in range(len(PASSES)):
-            fitted[(k, p)] = modeled[p] + per_kind[kind][p]
-    return LayerOverheads(**per_kind), [fitted[tuple(int(x) for x in shape)] for shape in result["shapes"]]
+            mine = [pt for pt in points if pt[0] == k and pt[1] == p]
+            if not mine:
+                continue  # an embedding's W runs nothing
+            smallest = min(mine, key=lambda pt: pt[4])  # the vanishing shape: nearly all fixed cost
+            slopes = [((pt[2] - pt[3]) - (smallest[2] - smallest[3])) / (pt[4] - smallest[4])
+                      for pt in mine if pt[4] > smallest[4]]
+            per_byte[kind][p] = max(0.0, statistics.median(slopes)) if slopes else 0.0
+            fixed[kind][p] = max(0.0, statistics.median(pt[2] - pt[3] - pt[4] * per_byte[kind][p] for pt in mine))
+    overheads = LayerOverheads(**{kind: tuple(fixed[kind]) for kind in KINDS},
+                               per_byte=tuple(tuple(per_byte[kind]) for kind in KINDS) if fit_rates else None)
+    fitted = [IN_FLIGHT * (pt[3] + fixed[KINDS[pt[0]]][pt[1]] + pt[4] * per_byte[KINDS[pt[0]]][pt[1]])
+              for pt in points]
+    return overheads, fitted

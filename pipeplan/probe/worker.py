@@ -26,6 +26,9 @@ THREADS = 1
 # The kernel benchmarks, in the order they run (``_cases`` builds each one's cases).
 BENCHMARKS = ("gemm", "attention_forward", "attention_backward", "elementwise_forward",
               "elementwise_backward", "layer", "copy")
+# Benchmarks that take more passes per round: a layer's fixed cost and its cost per byte come from
+# differences between a few shapes, so their medians need more samples than a curve over dozens.
+MORE_REPS = {"layer": 3}
 
 
 def _die_with_parent() -> None:
@@ -129,7 +132,8 @@ def _rank(rank: int, ranks: int, options: dict, store_path: str) -> dict:
         if rank == 0 or not cuda:
             for k, name in enumerate(BENCHMARKS):
                 cases: list[Case] = _cases(torch, name, device, dtype)
-                samples, why, tries = measure(timer, cases, options["reps"], seed=1000 * k + 17 * rank)
+                reps = options["reps"] * MORE_REPS.get(name, 1)
+                samples, why, tries = measure(timer, cases, reps, seed=1000 * k + 17 * rank)
                 results[name] = {"shapes": [list(c.shape) for c in cases], "sizes": [c.size for c in cases],
                                  "dims": [list(c.dims) for c in cases], "samples": samples,
                                  "disturbed": why, "tries": tries}
