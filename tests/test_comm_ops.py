@@ -193,7 +193,8 @@ def test_blocking_sends_keep_the_sender_until_delivery():
     assert {str(a): t for a, t in oracle.items()} == _times(simulate(w))
 
 
-def test_validate_refuses_tensor_and_data_parallel_plans_in_one_line(tmp_path):
+def test_validate_refuses_a_data_parallel_plan_its_cluster_cannot_place_in_one_line(tmp_path):
+    """dp = 2 on the 2-GPU CPU cluster asks for 4 ranks: refused before anything starts, naming the placement."""
     import json
     import subprocess
     import sys
@@ -205,4 +206,5 @@ def test_validate_refuses_tensor_and_data_parallel_plans_in_one_line(tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     out = subprocess.run([sys.executable, "-m", "pipeplan", "validate", str(tmp_path / "plan.json")],
                          capture_output=True, text=True, cwd=root, timeout=120)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "dp = 2" in out.stderr
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "plan.placement" in out.stderr and "lower pp/dp" in out.stderr
