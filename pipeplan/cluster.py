@@ -54,6 +54,17 @@ class GPUSpec:
     in a read kernel that Nsight Compute confirms, where the poster cites an NVIDIA GTC talk in which no
     kernel passed ~90 %: NVIDIA developer forum, "Trouble to Reach Peak Bandwidth of A100").
 
+    Standard (non-Flash) attention's s x s traffic, the scores its batched GEMMs write and read and
+    its softmax and dropout pass through memory, moves at ``score_bandwidth`` in the forward and
+    ``score_backward_bandwidth`` in the backward where a GPU has them (else as other kernels). A100:
+    Dao et al. 2022 (FlashAttention, arXiv 2205.14135, App. E.6) timed Megatron-LM's attention on an
+    A100-SXM4-40GB (1.555 TB/s): fp16, 16 x 8 heads of 64, s = 2048, dropout 0.1, padding mask,
+    ``A100_ATTENTION_MS``. Counted as ``pipeplan.model`` counts them per score element (QK^T's and AV's
+    bytes as ``gemm_seconds`` does, 2 + 4d/s each; the masked softmax reads 2 + 1/8 mask and writes
+    2, its backward reads 4 and writes 2; dropout reads 2 and writes 2 + a 1-byte mask, its backward
+    reads 3 and writes 2): 13.375 bytes forward, 19.5 backward (the four GEMMs of the backward), i.e.
+    57 % and 80 % of the datasheet bandwidth; the A100 80 GB takes those shares of its 2.039 TB/s.
+
     Measured devices (``pipeplan probe``): ``gemm_curve`` replaces the tile-and-wave model with a
     fitted ``ShapeCurve`` over (m, n, k); ``attention_forward``/``attention_backward`` price the
     attention core as one kernel by its measured rate (a ``ShapeTable`` over sequence length and head
@@ -75,6 +86,8 @@ class GPUSpec:
     op_overhead_s: float = 20e-6  # launch and synchronisation cost per layer pass
     element_bytes: int = 2
     kernel_bandwidth: float | None = None
+    score_bandwidth: float | None = None
+    score_backward_bandwidth: float | None = None
     gemm_curve: ShapeCurve | None = None
     attention_forward: ShapeTable | None = None
     attention_backward: ShapeTable | None = None
@@ -96,8 +109,12 @@ class GPUSpec:
         if self.element_bytes not in ELEMENT_BYTES or isinstance(self.element_bytes, bool):
             raise SpecError(f"cluster.gpu.element_bytes: must be one of {', '.join(map(str, ELEMENT_BYTES))} "
                             f"(2 for bf16/fp16, 4 for float32; got {self.element_bytes!r})")
-        if self.kernel_bandwidth is not None:
-            positive_number("cluster.gpu.kernel_bandwidth", self.kernel_bandwidth)
+        for f in ("kernel_bandwidth", "score_bandwidth", "score_backward_bandwidth"):
+            if getattr(self, f) is not None:
+                positive_number(f"cluster.gpu.{f}", getattr(self, f))
+        if (self.score_bandwidth is None) != (self.score_backward_bandwidth is None):
+            raise SpecError("cluster.gpu.score_backward_bandwidth: give score_bandwidth and score_backward_bandwidth "
+                            "together (or neither, to price attention scores as other memory-bound kernels)")
         name_text("cluster.gpu.name", self.name)
         positive_number("cluster.gpu.peak_flops", self.peak_flops)
         positive_number("cluster.gpu.memory_bytes", self.memory_bytes)
@@ -108,11 +125,12 @@ class GPUSpec:
         if not 0 < positive_number("cluster.gpu.max_fraction", self.max_fraction) <= 1:
             raise SpecError(f"cluster.gpu.max_fraction: must be in (0, 1] (got {self.max_fraction})")
 
-    def gemm_seconds(self, m: float, n: float, k: float, batch: int = 1) -> float:
-        """``batch`` (m x k) @ (k x n) GEMMs (``element_bytes`` values) in one kernel alone on this GPU (class docstring)."""
+    def gemm_seconds(self, m: float, n: float, k: float, batch: int = 1, bandwidth: float | None = None) -> float:
+        """``batch`` (m x k) @ (k x n) GEMMs (``element_bytes`` values) in one kernel alone on this GPU (class
+        docstring); their bytes move at ``bandwidth`` (default ``hbm_bandwidth``)."""
         if m <= 0 or n <= 0 or k <= 0:
             return 0.0
-        memory = self.element_bytes * batch * (m * k + k * n + m * n) / self.hbm_bandwidth
+        memory = self.element_bytes * batch * (m * k + k * n + m * n) / (bandwidth or self.hbm_bandwidth)
         if self.gemm_curve is not None:
             return max(self.gemm_curve.seconds(2.0 * m * n * k * batch, (m, n, k)), memory)
         # A GEMM smaller than a tile runs one smaller tile (cuBLAS picks smaller tiles for it).
@@ -121,24 +139,35 @@ class GPUSpec:
         compute = waves * 2.0 * tile_m * tile_n * k * self.sms / (self.peak_flops * self.max_fraction)
         return max(compute, memory)
 
-    def attention_gemm_seconds(self, m: float, n: float, k: float, batch: int, backward: bool) -> float:
+    def attention_gemm_seconds(self, m: float, n: float, k: float, batch: int, backward: bool,
+                               standard: bool = False) -> float:
         """One of an attention core's two forward GEMMs, QK^T (s, s, d) or AV (s, d, s), for ``batch``
         (sequence, head) pairs: in the forward, or its share of the backward (dX and dW of it).
 
         With measured attention tables each GEMM is half of the measured core of that (s, d); without,
-        the GEMMs are priced as GEMMs (the backward's two of each by ``gemm_seconds``).
+        the GEMMs are priced as GEMMs (the backward's two of each by ``gemm_seconds``), their bytes at
+        the score bandwidths when the scores pass through memory (``standard`` attention).
         """
         table = self.attention_backward if backward else self.attention_forward
         if table is None:
+            rate = (self.score_backward_bandwidth if backward else self.score_bandwidth) if standard else None
             if backward:
-                return self.gemm_seconds(m, k, n, batch) + self.gemm_seconds(k, n, m, batch)
-            return self.gemm_seconds(m, n, k, batch)
+                return self.gemm_seconds(m, k, n, batch, rate) + self.gemm_seconds(k, n, m, batch, rate)
+            return self.gemm_seconds(m, n, k, batch, rate)
         s, d = m, (k if n == m else n)
         return table.seconds(4.0 * s * s * d * batch, (s, d)) / 2
 
     def memory_kernel_seconds(self, model_bytes: float) -> float:
         """Memory-bound kernels that move ``model_bytes`` as the model counts them (bf16 values)."""
         return model_bytes * self.element_bytes / 2 / (self.kernel_bandwidth or self.hbm_bandwidth)
+
+    def score_seconds(self, model_bytes: float, backward: bool) -> float:
+        """Standard attention's softmax and dropout moving ``model_bytes`` of scores (bf16 values), in the
+        forward or the backward: at the score bandwidths where the GPU has them, else as other kernels."""
+        rate = self.score_backward_bandwidth if backward else self.score_bandwidth
+        if rate is None:
+            return self.memory_kernel_seconds(model_bytes)
+        return model_bytes * self.element_bytes / 2 / rate
 
     def gemm_efficiency(self, m: float, n: float, k: float, batch: int = 1) -> float:
         """The share of peak a GEMM of that shape reaches: 2mnk·batch / (peak x ``gemm_seconds``)."""
@@ -301,8 +330,14 @@ def merge_fields(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
 H100 = GPUSpec("H100-SXM", 989e12, 80e9, sms=132, hbm_bandwidth=3.35e12)
 # The A100's GEMM ceiling and the rate its memory-bound kernels reach are its own (GPUSpec docstring);
 # the H100 keeps its datasheet bandwidth for those kernels (no measurement of its own here yet).
+# Megatron-LM's attention on an A100-SXM4-40GB, ms (Dao et al. 2022, App. E.6): forward 16.50 - 8.43 (Table 11's
+# forward + backward less Table 10's backward; Table 9's 16.19 disagrees with both), backward 8.43 (Table 10).
+A100_ATTENTION_MS = (16.50 - 8.43, 8.43)
+_SCORE_ELEMENTS, _SCORE_BYTES = 16 * 8 * 2048**2, (13.375, 19.5)  # the timed run; bytes per score element
+_SCORE_SHARES = tuple(_SCORE_ELEMENTS * b / (ms * 1e-3) / 1.555e12 for b, ms in zip(_SCORE_BYTES, A100_ATTENTION_MS))
 A100 = GPUSpec("A100-SXM-80GB", 312e12, 80e9, max_fraction=0.88, sms=108, hbm_bandwidth=2.0e12,
-               kernel_bandwidth=1.8e12)
+               kernel_bandwidth=1.8e12, score_bandwidth=_SCORE_SHARES[0] * 2.039e12,
+               score_backward_bandwidth=_SCORE_SHARES[1] * 2.039e12)
 L40S = GPUSpec("L40S", 362e12, 48e9, sms=142, hbm_bandwidth=864e9)
 
 # dgx-h100: NVLink 4 450 GB/s each way per GPU, 8 ConnectX-7 NDR 400 Gb/s = 50 GB/s NICs (one per GPU).

@@ -111,6 +111,7 @@ class Work:
     input_grad_memory_bytes: float = 0.0
     weight_grad_memory_bytes: float = 0.0
     score_memory_bytes: float = 0.0
+    score_backward_memory_bytes: float = 0.0
     tp_forward: tuple[tuple[TPCollective, int], ...] = ()
     tp_backward: tuple[tuple[TPCollective, int], ...] = ()
     kinds: tuple[tuple[str, int], ...] = ()  # layers by kind (embedding, block, head), for per-kind overheads
@@ -130,7 +131,7 @@ class Work:
 
 _SUMMED = ("layers", "forward_flops", "input_grad_flops", "weight_grad_flops", "activation_bytes",
            "weight_grad_bytes", "params", "forward_memory_bytes", "input_grad_memory_bytes",
-           "weight_grad_memory_bytes", "score_memory_bytes")
+           "weight_grad_memory_bytes", "score_memory_bytes", "score_backward_memory_bytes")
 _MERGED = ("gemms", "attention_gemms", "tp_forward", "tp_backward", "kinds", "memory_by_kind")
 
 
@@ -171,6 +172,7 @@ def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int,
         input_grad_memory_bytes=c.input_grad_memory_bytes,
         weight_grad_memory_bytes=c.weight_grad_memory_bytes,
         score_memory_bytes=c.score_memory_bytes,
+        score_backward_memory_bytes=c.score_backward_memory_bytes,
         tp_forward=_counted(c.tp_forward),
         tp_backward=_counted(c.tp_backward),
         kinds=((model.layer_kind(index), 1),),
@@ -223,10 +225,12 @@ def _overheads(work: Work, gpu: GPUSpec) -> tuple[float, float, float]:
 def _memory_seconds(work: Work, gpu: GPUSpec) -> tuple[float, float, float]:
     """The memory-bound kernels of ``work``'s F, I and W: at each layer kind's measured cost per byte
     where the GPU has them (``layer_overheads.per_byte``, moved bytes = the model's x element_bytes / 2),
-    else all bytes at ``gpu.memory_kernel_seconds``."""
+    else at ``gpu.memory_kernel_seconds``, standard attention's scores at ``gpu.score_seconds``."""
     if gpu.layer_overheads is None or gpu.layer_overheads.per_byte is None or not work.memory_by_kind:
         moved = gpu.memory_kernel_seconds
-        return (moved(work.forward_memory_bytes), moved(work.input_grad_memory_bytes),
+        scores_f, scores_i = work.score_memory_bytes, work.score_backward_memory_bytes
+        return (moved(work.forward_memory_bytes - scores_f) + gpu.score_seconds(scores_f, backward=False),
+                moved(work.input_grad_memory_bytes - scores_i) + gpu.score_seconds(scores_i, backward=True),
                 moved(work.weight_grad_memory_bytes))
     f = i = w = 0.0
     width = gpu.element_bytes / 2
@@ -236,9 +240,20 @@ def _memory_seconds(work: Work, gpu: GPUSpec) -> tuple[float, float, float]:
     return f, i, w
 
 
-def _attention_seconds(gpu: GPUSpec, gemms, backward: bool) -> float:
-    """The attention cores' GEMMs (QK^T and AV) in the forward or in I (``GPUSpec.attention_gemm_seconds``)."""
-    return sum(count * gpu.attention_gemm_seconds(m, n, k, batch, backward) for (m, n, k, batch), count in gemms)
+def _attention_seconds(gpu: GPUSpec, gemms, backward: bool, standard: bool = False) -> float:
+    """The attention cores' GEMMs (QK^T and AV) in the forward or in I (``GPUSpec.attention_gemm_seconds``);
+    ``standard``: their scores pass through memory (``Work.score_memory_bytes`` > 0)."""
+    return sum(count * gpu.attention_gemm_seconds(m, n, k, batch, backward, standard)
+               for (m, n, k, batch), count in gemms)
+
+
+def selective_rerun_seconds(work: Work, gpu: GPUSpec) -> float:
+    """What selective recomputation runs again before I: the attention core's forward GEMMs and its
+    softmax and dropout (0 without stored scores, as with FlashAttention)."""
+    if work.recompute != "selective" or work.score_memory_bytes <= 0:
+        return 0.0
+    return (_attention_seconds(gpu, work.attention_gemms, backward=False, standard=True)
+            + gpu.score_seconds(work.score_memory_bytes, backward=False))
 
 
 def _tp_seconds_of(work: Work, tp_link: LinkSpec | None) -> tuple[float, float]:
@@ -265,18 +280,18 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
     def dx(m, n, k): return m, k, n
     def dw(m, n, k): return k, n, m
     overhead_f, overhead_i, overhead_w = _overheads(work, gpu)
-    moved = gpu.memory_kernel_seconds
-    core = _attention_seconds(gpu, work.attention_gemms, backward=False)
+    standard = work.score_memory_bytes > 0
+    core = _attention_seconds(gpu, work.attention_gemms, backward=False, standard=standard)
     tp_forward, tp_backward = _tp_seconds_of(work, tp_link)
     memory_f, memory_i, memory_w = _memory_seconds(work, gpu)
     forward = _gemm_seconds(gpu, work.gemms, fwd) + core + memory_f + tp_forward + overhead_f
-    backward_input = (_gemm_seconds(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)
+    backward_input = (_gemm_seconds(gpu, work.gemms, dx)
+                      + _attention_seconds(gpu, work.attention_gemms, backward=True, standard=standard)
                       + memory_i + tp_backward + overhead_i)
     backward_weight = _gemm_seconds(gpu, work.gemms, dw) + memory_w + overhead_w
     if work.recompute == "full":
         backward_input += forward
-    elif work.recompute == "selective" and work.score_memory_bytes > 0:
-        backward_input += core + moved(work.score_memory_bytes)  # FlashAttention stores no scores to drop
+    backward_input += selective_rerun_seconds(work, gpu)  # FlashAttention stores no scores to drop
     return StageCost(
         forward=forward,
         backward_input=backward_input,

@@ -69,6 +69,7 @@ class LayerCost:
     input_grad_memory_bytes: float = 0.0
     weight_grad_memory_bytes: float = 0.0
     score_memory_bytes: float = 0.0
+    score_backward_memory_bytes: float = 0.0  # the backward's share of input_grad_memory_bytes on the scores
     tp_forward: tuple[TPCollective, ...] = ()
     tp_backward: tuple[TPCollective, ...] = ()
 
@@ -249,13 +250,18 @@ class ModelSpec:
         activation = n * (replicated * rep_share + (split + score) / tp)
         selective = n * (replicated * rep_share + split / tp)
         # Memory-bound kernels per token, read + write, bf16: the norms, two residual adds (with
-        # dropout: read, write, mask), the MLP activation, and with standard attention the softmax
-        # over the scores (read, write) and its dropout (read, write, mask). The backward reads
-        # the saved tensors and the output gradient and writes the input gradient: counted twice
-        # the forward. Sequence parallelism splits the norm/dropout region over t.
+        # dropout: read, write, mask), the MLP activation. The backward reads the saved tensors and
+        # the output gradient and writes the input gradient: counted twice the forward. Sequence
+        # parallelism splits the norm/dropout region over t. Standard attention's scores, per score
+        # element as Megatron-LM's kernels move them: the causal fused softmax reads the lower
+        # triangle and writes the whole row (1 + 2), its backward reads the lower triangles of the
+        # gradient and the output and writes the row (2 + 2) (scaled_upper_triang_masked_softmax.h);
+        # dropout reads 2 and writes 2 and a 1-byte mask, its backward reads 2 + 1 and writes 2.
         act_bytes = (6 if self.gated_mlp else 4) * f / tp
         elementwise = n * ((4 * h * self.block_norms + 12 * h + 2 * mask * h) * rep_share + act_bytes)
-        scores = n * ((4 + 5 * mask) * s * a / tp if self.attention == "standard" else 0.0)
+        standard = self.attention == "standard"
+        scores = n * ((3 + 5 * mask) * s * a / tp if standard else 0.0)
+        scores_backward = n * ((4 + 5 * mask) * s * a / tp if standard else 0.0)
         boundary = BYTES_BF16 * n * h
         if tp == 1:
             tp_f = tp_b = ()
@@ -276,8 +282,9 @@ class ModelSpec:
             gemms=gemms,
             attention_gemms=attention_gemms,
             forward_memory_bytes=elementwise + scores,
-            input_grad_memory_bytes=2 * (elementwise + scores),
+            input_grad_memory_bytes=2 * elementwise + scores_backward,
             score_memory_bytes=scores,
+            score_backward_memory_bytes=scores_backward,
             tp_forward=tp_f,
             tp_backward=tp_b,
         )

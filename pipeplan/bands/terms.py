@@ -23,7 +23,8 @@ from collections import defaultdict
 from simulator.kinds import BY_CODE, COMM, FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT, KINDS, OPTIMIZER
 
 from ..cluster import GPUSpec, LinkSpec
-from ..costs import Work, _attention_seconds, _memory_seconds, _overheads, layer_work, tp_seconds  # price()'s own terms
+from ..costs import (Work, _attention_seconds, _memory_seconds, _overheads, layer_work,  # price()'s own terms
+                     selective_rerun_seconds, tp_seconds)
 
 Part = tuple[str, tuple, float]  # (op class, group, seconds or share)
 OpTerms = dict[tuple[int, int], tuple[Part, ...]]  # (stage, kind code) -> parts, shares summing to 1
@@ -41,23 +42,24 @@ def layer_parts(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None) -> dict[str,
     def fwd(m, n, k): return m, n, k
     def dx(m, n, k): return m, k, n
     def dw(m, n, k): return k, n, m
-    moved = gpu.memory_kernel_seconds
+    standard = work.score_memory_bytes > 0
     overhead_f, overhead_i, overhead_w = _overheads(work, gpu)
-    core = _attention_seconds(gpu, work.attention_gemms, backward=False)
+    core = _attention_seconds(gpu, work.attention_gemms, backward=False, standard=standard)
     tp_fwd = tp_seconds(work.tp_forward, work.tp, tp_link)
     tp_bwd = tp_seconds(work.tp_backward, work.tp, tp_link)
     memory_f, memory_i, memory_w = _memory_seconds(work, gpu)
     forward = [("gemm", "F", _gemms(gpu, work.gemms, fwd) + core), ("memory", "F", memory_f),
                ("link", "F", tp_fwd), ("overhead", "F", overhead_f)]
     backward_input = [
-        ("gemm", "I", _gemms(gpu, work.gemms, dx) + _attention_seconds(gpu, work.attention_gemms, backward=True)),
+        ("gemm", "I", _gemms(gpu, work.gemms, dx)
+         + _attention_seconds(gpu, work.attention_gemms, backward=True, standard=standard)),
         ("memory", "I", memory_i), ("link", "I", tp_bwd), ("overhead", "I", overhead_i)]
     backward_weight = [("gemm", "W", _gemms(gpu, work.gemms, dw)), ("memory", "W", memory_w),
                        ("overhead", "W", overhead_w)]
     if work.recompute == "full":
         backward_input += forward
     elif work.recompute == "selective" and work.score_memory_bytes > 0:
-        backward_input += [("gemm", "F", core), ("memory", "F", moved(work.score_memory_bytes))]
+        backward_input += [("gemm", "F", core), ("memory", "F", selective_rerun_seconds(work, gpu) - core)]
     return {"F": forward, "I": backward_input, "W": backward_weight}
 
 
