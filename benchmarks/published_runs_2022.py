@@ -21,10 +21,19 @@ others) and interleaving with three stages per device for 175B and 530B.
 Every run is simulated with the ``dgx-a100`` preset; nothing is fitted. Plans: Megatron's even split
 (embedding on the first stage, LM head on the last), 1F1B or interleaved, ``blocking_p2p`` (Megatron of
 2022 still waited for each batch_isend_irecv, then synchronized), standard (non-Flash) attention with
-dropout; the full-recomputation runs scatter each pipeline message over the tensor ranks
+dropout and the extra memory-bound passes of Megatron-LM's code of May 2022 (``kernels="megatron-2022"``,
+``pipeplan.megatron_kernels``: the QKV bias added after the GEMM, layout copies, the fp32 cross-entropy);
+the full-recomputation runs scatter each pipeline message over the tensor ranks
 (``scatter_gather_p2p``: ``--scatter-gather-tensors-in-pipeline`` was on by default in May 2022). With
 sequence parallelism Megatron split the already sequence-sharded message once more over the ranks; the
 plans cannot say that (``scatter_gather_p2p`` needs sp off), so they send s·b·h/t bytes a rank.
+
+Megatron of 2022 ran the backward's tensor-parallel collectives asynchronously (``mpu/layers.py``,
+``LinearWithGradAccumulationAndAsyncCommunication``): the input gradient's all-reduce beside the
+weight-gradient GEMM; with sequence parallelism the input's second all-gather beside the input-gradient
+GEMM and the reduce-scatter beside the weight-gradient GEMM. The cost model keeps the backward's
+collectives on its critical path and has no second all-gather: what running beside a GEMM costs both
+(SMs and memory they share) is not modelled.
 
 Run: python benchmarks/published_runs_2022.py
 """
@@ -86,7 +95,7 @@ LAYER_22B = {("none", False): (7.7, 11.9), ("none", True): (7.2, 11.8), ("full",
 
 def model_of(run: Run) -> ModelSpec:
     return ModelSpec(f"gpt-{run.name}", run.layers, run.hidden, run.heads, 4 * run.hidden, VOCAB, SEQ,
-                     dropout=True, learned_positions=True, attention="standard")
+                     dropout=True, learned_positions=True, attention="standard", kernels="megatron-2022")
 
 
 def plan_of(run: Run, present: bool = True) -> Plan:

@@ -29,6 +29,7 @@ from typing import Any
 from .collectives import ALL_GATHER, ALL_REDUCE, REDUCE_SCATTER
 from .errors import SpecError, name_text, positive_int
 from .fileio import load_mapping
+from .megatron_kernels import KERNEL_CHOICES, with_kernels
 
 BYTES_BF16 = 2
 EMBEDDING, BLOCK, HEAD = "embedding", "block", "head"
@@ -82,7 +83,8 @@ class ModelSpec:
     ``kv_heads`` < ``heads`` is grouped-query attention; ``dropout`` adds the 1-byte masks GPT keeps.
     ``attention`` is the attention kernel: ``"flash"`` (FlashAttention, Dao et al. 2022: the s x s
     scores never reach memory) or ``"standard"`` (softmax and dropout over stored scores, as
-    Megatron-LM's fused softmax in 2021).
+    Megatron-LM's fused softmax in 2021). ``kernels`` adds the memory-bound passes older Megatron-LM code
+    made (``pipeplan.megatron_kernels``: "fused", the default, "megatron-2022" or "megatron-2021").
 
     The other fields make the parameter count what ``transformers`` builds (``pipeplan.hf_config``):
     ``head_dim`` (None: hidden / heads), ``tied_embeddings``, biases of Q/K/V (``qkv_bias``), of the
@@ -115,6 +117,7 @@ class ModelSpec:
     final_norm: bool = True
     position_rows: int | None = None
     embed_dim: int | None = None
+    kernels: str = "fused"
 
     def __post_init__(self) -> None:
         name_text("model.name", self.name)
@@ -133,6 +136,8 @@ class ModelSpec:
             raise SpecError(f"model.heads: {self.heads} must divide hidden ({self.hidden}), or give head_dim")
         if self.attention not in ATTENTION_CHOICES:
             raise SpecError(f"model.attention: {self.attention!r} is not one of {', '.join(ATTENTION_CHOICES)}")
+        if self.kernels not in KERNEL_CHOICES:
+            raise SpecError(f"model.kernels: {self.kernels!r} is not one of {', '.join(KERNEL_CHOICES)}")
         if self.norm not in NORM_PARAMS:
             raise SpecError(f"model.norm: {self.norm!r} is not one of {', '.join(NORM_PARAMS)}")
         if isinstance(self.block_norms, bool) or not isinstance(self.block_norms, int) or self.block_norms < 0:
@@ -205,11 +210,9 @@ class ModelSpec:
         s = seq_len or self.seq_len
         self.check_tp(tp)
         kind = self.layer_kind(index)
-        if kind == EMBEDDING:
-            return self._embedding_cost(microbatch, s, tp, sequence_parallel)
-        if kind == HEAD:
-            return self._head_cost(microbatch, s, tp, sequence_parallel)
-        return self._block_cost(microbatch, s, tp, sequence_parallel)
+        cost = (self._embedding_cost if kind == EMBEDDING else self._head_cost if kind == HEAD else
+                self._block_cost)(microbatch, s, tp, sequence_parallel)
+        return with_kernels(self.kernels, kind, cost, microbatch * s, self.hidden, self.vocab, tp)
 
     @property
     def block_matrix_params(self) -> int:
@@ -249,14 +252,11 @@ class ModelSpec:
         rep_share = 1 / tp if sp else 1
         activation = n * (replicated * rep_share + (split + score) / tp)
         selective = n * (replicated * rep_share + split / tp)
-        # Memory-bound kernels per token, read + write, bf16: the norms, two residual adds (with
-        # dropout: read, write, mask), the MLP activation. The backward reads the saved tensors and
-        # the output gradient and writes the input gradient: counted twice the forward. Sequence
-        # parallelism splits the norm/dropout region over t. Standard attention's scores, per score
-        # element as Megatron-LM's kernels move them: the causal fused softmax reads the lower
-        # triangle and writes the whole row (1 + 2), its backward reads the lower triangles of the
-        # gradient and the output and writes the row (2 + 2) (scaled_upper_triang_masked_softmax.h);
-        # dropout reads 2 and writes 2 and a 1-byte mask, its backward reads 2 + 1 and writes 2.
+        # Memory-bound kernels per token, read + write, bf16: the norms, two residual adds (with dropout:
+        # read, write, mask), the MLP activation; the backward counted twice the forward; sequence
+        # parallelism splits the norm/dropout region over t. Scores per score element as Megatron's kernels
+        # move them: the causal softmax reads the lower triangle, writes the row (1 + 2; backward 2 + 2,
+        # scaled_upper_triang_masked_softmax.h); dropout 2 + 2 + a 1-byte mask (backward 2 + 1 + 2).
         act_bytes = (6 if self.gated_mlp else 4) * f / tp
         elementwise = n * ((4 * h * self.block_norms + 12 * h + 2 * mask * h) * rep_share + act_bytes)
         standard = self.attention == "standard"

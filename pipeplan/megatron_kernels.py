@@ -1,0 +1,57 @@
+"""What a block, an LM head and a weight gradient cost beyond the model's fused count under older
+Megatron-LM code: the memory-bound passes its GPT of 2021-22 made (``ModelSpec.kernels``).
+
+``"fused"`` (the default) is the count of ``pipeplan.model``: a GEMM's bias fused into the kernel
+after it, no layout copies, a cross-entropy that reads the 16-bit logits once. Megatron-LM's GPT
+with ``--fp16`` moved more (bytes per token of one tensor-parallel rank, 16-bit values, t ranks):
+
+* ``"megatron-2022"`` (Megatron-LM of May 2022, ``megatron/model/transformer.py`` and
+  ``megatron/mpu/layers.py``, the code of Korthikanti et al. 2022), per block: the QKV bias added
+  after the 3-D GEMM (``output + bias``: read and write 3h/t values, 12h/t bytes; its gradient a
+  reduction reading 3h/t, 6h/t bytes) and the attention output's ``permute(2, 0, 1, 3).contiguous()``
+  (read and write h/t, 4h/t bytes); in the backward the copies that reshape the gradients of the
+  transposed q, k and v views (12h/t), their concatenation into the QKV gradient
+  (``split_tensor_along_last_dim``'s backward, 12h/t) and the permute's (4h/t): 16h/t bytes
+  forward, 34h/t backward. Per logit of the LM head, the cross-entropy on ``output.float()``
+  (``mpu/cross_entropy.py``: the cast reads 2 and writes 4, max reads 4, subtract, exp and divide
+  in place read and write 4 each, the sum reads 4; backward multiplies in place, 8, and casts back,
+  6): 38 bytes forward and 14 backward where the fused count has 6 and 6.
+* ``"megatron-2021"`` (the code of Narayanan et al. SC'21, April 2021): the same passes, and the
+  gradients of every micro-batch accumulated into the 16-bit ``.grad`` by autograd (read the new and
+  the accumulated gradient, write the sum: 6 bytes per parameter in W; fp16 runs without
+  ``--accumulate-allreduce-grads-in-fp32``; gradient accumulation fusion came later). The first
+  micro-batch of an iteration only stores its gradient; the count charges every micro-batch, 1/m too
+  much of it.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import LayerCost
+
+FUSED, MEGATRON_2022, MEGATRON_2021 = "fused", "megatron-2022", "megatron-2021"
+KERNEL_CHOICES = (FUSED, MEGATRON_2022, MEGATRON_2021)
+
+BLOCK_FORWARD_BYTES = 16  # x h/t per token: QKV bias add 12, context permute copy 4
+BLOCK_BACKWARD_BYTES = 34  # x h/t per token: bias gradient 6, q/k/v gradient copies 12, concatenation 12, permute 4
+LOGIT_FORWARD_BYTES, LOGIT_BACKWARD_BYTES = 38 - 6, 14 - 6  # per logit, beyond the fused count
+ACCUMULATE_BYTES = 6  # per parameter and micro-batch: read two 16-bit gradients, write their sum
+
+
+def with_kernels(kernels: str, kind: str, cost: "LayerCost", tokens: int, hidden: int, vocab: int,
+                 tp: int) -> "LayerCost":
+    """``cost`` (one layer of kind ``kind`` for ``tokens`` tokens on one of ``tp`` ranks) with the
+    memory-bound bytes ``kernels`` adds (module docstring)."""
+    if kernels == FUSED:
+        return cost
+    forward = backward = 0.0
+    if kind == "block":
+        forward, backward = tokens * BLOCK_FORWARD_BYTES * hidden / tp, tokens * BLOCK_BACKWARD_BYTES * hidden / tp
+    elif kind == "head":
+        forward, backward = tokens * LOGIT_FORWARD_BYTES * vocab / tp, tokens * LOGIT_BACKWARD_BYTES * vocab / tp
+    accumulate = ACCUMULATE_BYTES * cost.params if kernels == MEGATRON_2021 else 0.0
+    return replace(cost, forward_memory_bytes=cost.forward_memory_bytes + forward,
+                   input_grad_memory_bytes=cost.input_grad_memory_bytes + backward,
+                   weight_grad_memory_bytes=cost.weight_grad_memory_bytes + accumulate)
