@@ -136,3 +136,13 @@ def test_older_megatron_kernels_add_their_passes_by_hand():
             assert older.forward_flops == fused.forward_flops and older.activation_bytes == fused.activation_bytes
     with pytest.raises(SpecError, match="model.kernels"):
         gpt("megatron-2019")
+
+
+@pytest.mark.parametrize("override, field", [({"score_bandwidth": None}, "score_backward_bandwidth"),
+                                             ({"score_backward_bandwidth": 0}, "score_backward_bandwidth"),
+                                             ({"score_bandwidth": "fast"}, "score_bandwidth")])
+def test_score_bandwidths_are_refused_in_one_line_naming_the_field(override, field):
+    from pipeplan.cluster import load_cluster
+    from pipeplan.errors import SpecError
+    with pytest.raises(SpecError, match=rf"^cluster\.gpu\.{field}: [^\n]*$"):
+        load_cluster("dgx-a100", overrides={"gpu": override})
