@@ -31,8 +31,12 @@ from simulator.ir import Action, to_csv  # noqa: E402
 from simulator.schedules import SCHEDULES  # noqa: E402
 from validator.modules import StageModule  # noqa: E402
 from validator.runtime import FAULT_ENV  # noqa: E402
-from validator.torch_runtime import deferred_weight_grads  # noqa: E402
-from validator.torch_timing import ops_from_spans  # noqa: E402
+from validator.calibrate import replay_round  # noqa: E402
+from validator.gather import WAITED_S  # noqa: E402
+from validator.runtime import OpMark  # noqa: E402
+from validator.timing import CpuClock  # noqa: E402
+from validator.torch_runtime import deferred_weight_grads, remote_inputs  # noqa: E402
+from validator.torch_timing import ops_from_spans, wait_lead  # noqa: E402
 
 from test_validate_live import OPTIONS, attempts, idle, summary, within  # noqa: E402
 
@@ -75,27 +79,91 @@ def test_torch_lowering_issues_each_ops_send_before_the_next_op(name, p):
             assert send in texts[at + 1:following]
 
 
-def test_an_op_runs_from_its_method_start_to_the_next_compute_action():
-    """Spans as torch's runtime records them on rank 1 of a 3-stage 1F1B (numbers by hand): the wait
-    for 1F0's input (1-5) is not in the op; its SEND (10-12) and the receive torch posts next (12-13)
-    are, and so is the REDUCE_GRAD after the last op."""
+def test_an_op_runs_from_its_action_start_or_its_input_to_the_next_compute_action():
+    """Spans as torch's runtime records them on rank 1 of a 3-stage 1F1B (numbers by hand). 1F0's wait for
+    its input returned at 5 after waiting for data (``ready``): the op starts there, not at its span's
+    start (1); its SEND (10-12) and the receive torch posts next (12-13) are in it, and so is the loop's
+    step to the next action (13-14). 1B0 waited for nothing: it starts with its action (14), its
+    wait on arrived data and torch's Python before the method (14-16) included. The REDUCE_GRAD after
+    the last op is in that op."""
     spans = [("PP:1UNSHARD", 0, 1), ("PP:1F0", 1, 10), ("PP:1SEND_F0", 10, 12), ("PP:1RECV_F1", 12, 13),
-             ("PP:1B0", 13, 30), ("PP:1RECV_B1", 30, 31), ("PP:1W0", 31, 37), ("PP:1REDUCE_GRAD", 37, 38)]
-    starts = {"1F0": 5, "1B0": 16, "1W0": 31.5}
-    ops = ops_from_spans(spans, {Action.parse(op): t for op, t in starts.items()})
-    assert [(str(op.action), op.start, op.end) for op in ops] == [("1F0", 5, 13), ("1B0", 16, 31), ("1W0", 31.5, 38)]
+             ("PP:1B0", 14, 30), ("PP:1RECV_B1", 30, 31), ("PP:1W0", 31, 37), ("PP:1REDUCE_GRAD", 37, 38)]
+    starts = {"1F0": 5.5, "1B0": 16, "1W0": 31.5}
+    ops = ops_from_spans(spans, {Action.parse(op): t for op, t in starts.items()}, ready={Action.parse("1F0"): 5})
+    assert [(str(op.action), op.start, op.end) for op in ops] == [("1F0", 5, 14), ("1B0", 14, 31), ("1W0", 31, 38)]
 
 
 def test_an_overlapped_pair_is_timed_as_the_simulator_prices_it():
     """DualPipeV's pair is one torch action; its parts run one after the other, then its SENDs.
     In a run the F part holds the pair's time and the B part none (the simulator's convention); in
-    calibration each part keeps its own time. Numbers by hand."""
+    calibration each part keeps its own time, split where the B part's method starts. Numbers by hand."""
     spans = [("PP:(0F3;3B1)OVERLAP_F_B", 2, 20), ("PP:0SEND_F3", 20, 21), ("PP:3RECV_F2", 21, 22), ("PP:0F4", 22, 30)]
     starts = {Action.parse("0F3"): 3, Action.parse("3B1"): 9, Action.parse("0F4"): 23}
     run = [(str(op.action), op.start, op.end) for op in ops_from_spans(spans, starts)]
-    assert run == [("0F3", 3, 22), ("3B1", 22, 22), ("0F4", 23, 30)]
+    assert run == [("0F3", 2, 22), ("3B1", 22, 22), ("0F4", 22, 30)]
     calibration = [(str(op.action), op.start, op.end) for op in ops_from_spans(spans, starts, split_pairs=True)]
-    assert calibration == [("0F3", 3, 9), ("3B1", 9, 22), ("0F4", 23, 30)]
+    assert calibration == [("0F3", 2, 9), ("3B1", 9, 22), ("0F4", 22, 30)]
+
+
+@pytest.mark.parametrize("p", [2, 4])
+@pytest.mark.parametrize("name", LIVE)
+def test_torch_waits_for_a_receive_in_exactly_the_ops_the_calibration_adds_a_wait_to(name, p):
+    """The calibration adds the cost of torch's wait for a receive to the ops ``remote_inputs`` names:
+    one per RECV_F / RECV_B that torch's own lowering posts on the rank, for the op of the same stage
+    and micro-batch. Hand count for p = 2 with 8 micro-batches: 1F1B waits in 8 ops per rank (rank 0's
+    backwards, rank 1's forwards); interleaved (stages 0, 2 | 1, 3) in 24, three crossing inputs of 8
+    each (rank 0: 2F, 0B, 2B; rank 1: 1F, 3F, 1B); ZB-V (stages 0, 3 | 1, 2) in 16, as its hand-offs
+    from stage 1 to 2 and back and the loss's turn at stage 3 need no receive (rank 0: 3F, 0I; rank 1:
+    1F, 2I)."""
+    schedule = SCHEDULES[name].build(p, 8, 2 if name != "1f1b" else None)
+    for rank, actions in _lowered(schedule).items():
+        receives = sorted((a.stage_index, a.microbatch_index, a.computation_type.value == "RECV_F")
+                          for a in actions if a.computation_type.value in ("RECV_F", "RECV_B"))
+        waiting = sorted((a.stage, a.microbatch, a.kind == "F")
+                         for a, inputs in remote_inputs(schedule, rank).items() for _ in inputs)
+        assert waiting == receives
+        if p == 2:
+            assert len(waiting) == {"1f1b": 8, "interleaved": 24, "zb-v": 16}[name]
+
+
+def test_a_wait_counts_in_its_op_only_when_its_data_was_there():
+    """``wait_lead``: the mean of the calibration's waits that returned within WAITED_S (50 us); one that
+    took 17 ms waited for data in flight, which the run counts as waiting, not in the op."""
+    assert WAITED_S == 50e-6
+    assert wait_lead([2e-6, 4e-6, 3e-6, 17e-3]) == pytest.approx(3e-6)
+    assert wait_lead([50e-6, 10e-6]) == pytest.approx(30e-6)
+    assert wait_lead([17e-3]) == 0.0 and wait_lead([]) == 0.0
+
+
+class _Runner:
+    def __init__(self):
+        self.losses = []
+
+    def clear(self):
+        pass
+
+
+class _Replayer:
+    """A replay's marks on a CPU clock (seconds by hand) and, if given, what the replay left out per op."""
+
+    def __init__(self, waits=None):
+        if waits is not None:
+            self.replay_waits = waits
+
+    def replay(self):
+        return [OpMark(Action.parse("1F0"), 1.0, 3.0), OpMark(Action.parse("1B0"), 3.0, 7.0),
+                OpMark(Action.parse("1F1"), 7.0, 9.5)]
+
+
+def test_calibration_adds_the_replays_left_out_waits_to_the_ops_that_wait():
+    """torch's replay says 1F0 and 1F1 wait for a receive in the run (0.25 s each, by hand): their samples
+    are 2.25 and 2.75; 1B0 keeps its 4. An executor without ``replay_waits`` (pipeplan's) gets its
+    spans as they are."""
+    left_out = {Action.parse("1F0"): 0.25, Action.parse("1F1"): 0.25}
+    torch_round = replay_round(_Replayer(left_out), {1: _Runner()}, CpuClock())
+    assert torch_round[1]["F"] == [2.25, 2.75] and torch_round[1]["B"] == [4.0]
+    plain = replay_round(_Replayer(), {1: _Runner()}, CpuClock())
+    assert plain[1]["F"] == [2.0, 2.5] and plain[1]["B"] == [4.0]
 
 
 def test_torch_lowers_every_schedule_pipeplan_generates():
