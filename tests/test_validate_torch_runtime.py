@@ -35,7 +35,7 @@ from validator.calibrate import replay_round  # noqa: E402
 from validator.gather import WAITED_S  # noqa: E402
 from validator.runtime import OpMark  # noqa: E402
 from validator.timing import CpuClock  # noqa: E402
-from validator.torch_runtime import deferred_weight_grads, remote_inputs  # noqa: E402
+from validator.torch_runtime import collected_between_steps, deferred_weight_grads, remote_inputs  # noqa: E402
 from validator.torch_timing import ops_from_spans, wait_lead  # noqa: E402
 
 from test_validate_live import OPTIONS, attempts, idle, summary, within  # noqa: E402
@@ -164,6 +164,39 @@ def test_calibration_adds_the_replays_left_out_waits_to_the_ops_that_wait():
     assert torch_round[1]["F"] == [2.25, 2.75] and torch_round[1]["B"] == [4.0]
     plain = replay_round(_Replayer(), {1: _Runner()}, CpuClock())
     assert plain[1]["F"] == [2.0, 2.5] and plain[1]["B"] == [4.0]
+
+
+class _Cycle:
+    pass
+
+
+def test_no_garbage_collection_inside_a_step_and_its_garbage_collected_after():
+    """As torchtitan runs torch's runtime: the collector is off inside (``gc.isenabled``), a reference cycle
+    made there outlives the block's allocations and is gone once it ends (a weak reference to it dies);
+    a caller that had the collector off keeps it off, its cycle uncollected."""
+    import gc
+    import weakref
+
+    def cycle():
+        node = _Cycle()
+        node.self = node
+        return weakref.ref(node)
+
+    assert gc.isenabled()
+    with collected_between_steps():
+        assert not gc.isenabled()
+        ref = cycle()
+        kept = [[] for _ in range(5000)]  # far past generation 0's threshold (700): collections if enabled
+        assert ref() is not None and len(kept) == 5000
+    assert gc.isenabled() and ref() is None
+    gc.disable()
+    try:
+        with collected_between_steps():
+            ref = cycle()
+        assert not gc.isenabled() and ref() is not None
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def test_torch_lowers_every_schedule_pipeplan_generates():

@@ -33,6 +33,8 @@ Timing (``validator.torch_timing``): each action's span from torch's ``record_fu
 compute op from its action's start, or from where torch's wait for its input returned if that wait
 waited for data, to the start of the next compute action: all the CPU work torch does for the op
 (its Python, a wait on input already there, its SEND and the receives torch posts before the next op).
+Python's garbage collector is paused during a step and collects between steps, as torchtitan runs
+it (``collected_between_steps``); the calibration's replay likewise.
 
 Calibration (``replay``): the same stage calls as torch's runtime makes for each action of the
 lowered list, in that order, with the real sends and receives, but no receive waited for: each F
@@ -44,9 +46,11 @@ by then: each op that waits in the run gets their mean (``replay_waits``, 1-4 us
 """
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from functools import partial
 from typing import Callable
 
@@ -81,6 +85,23 @@ def deferred_weight_grads(store: WeightGradStore) -> Callable[[], Callable[[], N
         work, store.collecting = store.collecting, []
         return partial(apply_weight_grads, work)
     return build
+
+
+@contextmanager
+def collected_between_steps():
+    """Python's cyclic garbage collector off while the block runs, then a young collection (generations
+    0 and 1): how torchtitan runs torch's pipelining runtime (``torchtitan.tools.utils.GarbageCollection``,
+    "used to avoid stragglers in garbage collection"; it collects every ``gc_freq`` steps). A
+    collection inside a step lands on one rank at a random moment and the other waits for it (one
+    took 5-13 ms on the loaded 2-core VM), which no calibration predicts."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+            gc.collect(1)
 
 
 def remote_inputs(schedule: Schedule, rank: int) -> dict[Action, list[tuple[Action, int]]]:
@@ -257,7 +278,7 @@ class TorchExecutor:
         ranks waited for (``_arrivals``)."""
         self._begin()
         losses: list[torch.Tensor] = []
-        with self.timer.installed():
+        with collected_between_steps(), self.timer.installed():
             self.runtime.step(*self.args, target=self.target, losses=losses, return_outputs=False, **self.kwargs)
         marks = ops_from_spans(self.timer.spans, self.starts, ready=self.ready)
         arrivals = self._arrivals()
@@ -288,6 +309,10 @@ class TorchExecutor:
         self._begin()
         self.replaying = True
         sends, receives, losses = [], [], {}
+        with collected_between_steps():
+            return self._replay(sends, receives, losses)
+
+    def _replay(self, sends: list, receives: list, losses: dict) -> list[OpMark]:
         try:
             for stage in self.stages.values():
                 stage.clear_runtime_states()
