@@ -75,27 +75,30 @@ def test_torch_lowering_issues_each_ops_send_before_the_next_op(name, p):
             assert send in texts[at + 1:following]
 
 
-def test_an_op_runs_from_its_method_start_to_the_next_compute_action():
-    """Spans as torch's runtime records them on rank 1 of a 3-stage 1F1B (numbers by hand): the wait
-    for 1F0's input (1-5) is not in the op; its SEND (10-12) and the receive torch posts next (12-13)
-    are, and so is the REDUCE_GRAD after the last op."""
+def test_an_op_runs_from_its_action_start_or_its_input_to_the_next_compute_action():
+    """Spans as torch's runtime records them on rank 1 of a 3-stage 1F1B (numbers by hand). 1F0's wait for
+    its input returned at 5 after waiting for data (``ready``): the op starts there, not at its span's
+    start (1); its SEND (10-12) and the receive torch posts next (12-13) are in it, and so is the loop's
+    step to the next action (13-14). 1B0 waited for nothing: it starts with its action (14), its
+    wait on arrived data and torch's Python before the method (14-16) included. The REDUCE_GRAD after
+    the last op is in that op."""
     spans = [("PP:1UNSHARD", 0, 1), ("PP:1F0", 1, 10), ("PP:1SEND_F0", 10, 12), ("PP:1RECV_F1", 12, 13),
-             ("PP:1B0", 13, 30), ("PP:1RECV_B1", 30, 31), ("PP:1W0", 31, 37), ("PP:1REDUCE_GRAD", 37, 38)]
-    starts = {"1F0": 5, "1B0": 16, "1W0": 31.5}
-    ops = ops_from_spans(spans, {Action.parse(op): t for op, t in starts.items()})
-    assert [(str(op.action), op.start, op.end) for op in ops] == [("1F0", 5, 13), ("1B0", 16, 31), ("1W0", 31.5, 38)]
+             ("PP:1B0", 14, 30), ("PP:1RECV_B1", 30, 31), ("PP:1W0", 31, 37), ("PP:1REDUCE_GRAD", 37, 38)]
+    starts = {"1F0": 5.5, "1B0": 16, "1W0": 31.5}
+    ops = ops_from_spans(spans, {Action.parse(op): t for op, t in starts.items()}, ready={Action.parse("1F0"): 5})
+    assert [(str(op.action), op.start, op.end) for op in ops] == [("1F0", 5, 14), ("1B0", 14, 31), ("1W0", 31, 38)]
 
 
 def test_an_overlapped_pair_is_timed_as_the_simulator_prices_it():
     """DualPipeV's pair is one torch action; its parts run one after the other, then its SENDs.
     In a run the F part holds the pair's time and the B part none (the simulator's convention); in
-    calibration each part keeps its own time. Numbers by hand."""
+    calibration each part keeps its own time, split where the B part's method starts. Numbers by hand."""
     spans = [("PP:(0F3;3B1)OVERLAP_F_B", 2, 20), ("PP:0SEND_F3", 20, 21), ("PP:3RECV_F2", 21, 22), ("PP:0F4", 22, 30)]
     starts = {Action.parse("0F3"): 3, Action.parse("3B1"): 9, Action.parse("0F4"): 23}
     run = [(str(op.action), op.start, op.end) for op in ops_from_spans(spans, starts)]
-    assert run == [("0F3", 3, 22), ("3B1", 22, 22), ("0F4", 23, 30)]
+    assert run == [("0F3", 2, 22), ("3B1", 22, 22), ("0F4", 22, 30)]
     calibration = [(str(op.action), op.start, op.end) for op in ops_from_spans(spans, starts, split_pairs=True)]
-    assert calibration == [("0F3", 3, 9), ("3B1", 9, 22), ("0F4", 23, 30)]
+    assert calibration == [("0F3", 2, 9), ("3B1", 9, 22), ("0F4", 22, 30)]
 
 
 def test_torch_lowers_every_schedule_pipeplan_generates():

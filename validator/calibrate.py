@@ -101,13 +101,16 @@ def replay_round(executor, runners: dict[int, StageRunner], clock) -> dict[int, 
     """Every op of this rank's action list timed by ``RankExecutor.replay``: in the schedule's order,
     with its real sends, nothing waited for. Ops timed back to back in isolation instead under-state
     the ops whose activations the schedule leaves in slower memory, and the CPU that communication
-    takes on a machine without spare cores."""
+    takes on a machine without spare cores. An executor whose replay leaves out work the run does
+    for some ops (torch's: its waits for their receives) says what it costs each in ``replay_waits``
+    (seconds per action), added to their samples."""
     samples: dict[int, dict[str, list[float]]] = {s: {k: [] for k in (*"FBIW", OPTIMIZER)} for s in runners}
     losses_before = {s: len(r.losses) for s, r in runners.items()}
     marks = executor.replay()
+    extra = getattr(executor, "replay_waits", {})
     times = clock.resolve([m for op in marks for m in (op.start, op.end)])
     for k, op in enumerate(marks):
-        samples[op.action.stage][op.action.kind].append(times[2 * k + 1] - times[2 * k])
+        samples[op.action.stage][op.action.kind].append(times[2 * k + 1] - times[2 * k] + extra.get(op.action, 0.0))
     for stage, runner in runners.items():
         runner.clear()  # calibration must not leave gradients for the real run's update
         del runner.losses[losses_before[stage]:]

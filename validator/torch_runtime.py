@@ -30,19 +30,27 @@ parts run one after the other (nothing overlaps them without a custom function f
 which the simulator prices as F + B of the two stages when no overlap cost is given.
 
 Timing (``validator.torch_timing``): each action's span from torch's ``record_function`` label, a
-compute op from its stage method's start (after torch's wait for its input) to the start of the next
-compute action (its SEND and the receives torch posts before the next op included).
+compute op from its action's start, or from where torch's wait for its input returned if that wait
+waited for data, to the start of the next compute action: all the CPU work torch does for the op
+(its Python, a wait on input already there, its SEND and the receives torch posts before the next op).
+Python's garbage collector is paused during a step and collects between steps, as torchtitan runs
+it (``collected_between_steps``); the calibration's replay likewise.
 
 Calibration (``replay``): the same stage calls as torch's runtime makes for each action of the
 lowered list, in that order, with the real sends and receives, but no receive waited for: each F
 reads the receive buffer the last iteration left and each backward the last gradient (the replay's
 receives land in scratch tensors and are waited for at the end), so every op is timed alone in the
-schedule's order and cache state, with the traffic the run has around it.
+schedule's order and cache state, with the traffic the run has around it. The one thing of the run
+it does not do, torch's wait on an op's receive, it times at the end, on receives that have arrived
+by then: each op that waits in the run gets their mean (``replay_waits``, 1-4 us on the 2-core VM).
 """
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
+import time
+from contextlib import contextmanager
 from functools import partial
 from typing import Callable
 
@@ -59,7 +67,8 @@ from .comm_threads import shorten_comm_slices
 from .compute import StageRunner
 from .modules import WeightGradStore, apply_weight_grads, microbatch_tokens
 from .runtime import ArrivalMark, Fault, OpMark, _wait
-from .torch_timing import PROFILER_PREFIX, StepHooks, ops_from_spans
+from .gather import WAITED_S
+from .torch_timing import PROFILER_PREFIX, StepHooks, ops_from_spans, wait_lead
 
 _RECEIVES = (_ComputationType.RECV_F, _ComputationType.RECV_B)
 
@@ -76,6 +85,34 @@ def deferred_weight_grads(store: WeightGradStore) -> Callable[[], Callable[[], N
         work, store.collecting = store.collecting, []
         return partial(apply_weight_grads, work)
     return build
+
+
+@contextmanager
+def collected_between_steps():
+    """Python's cyclic garbage collector off while the block runs, then a young collection (generations
+    0 and 1): how torchtitan runs torch's pipelining runtime (``torchtitan.tools.utils.GarbageCollection``,
+    "used to avoid stragglers in garbage collection"; it collects every ``gc_freq`` steps). A
+    collection inside a step lands on one rank at a random moment and the other waits for it (one
+    took 5-13 ms on the loaded 2-core VM), which no calibration predicts."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+            gc.collect(1)
+
+
+def remote_inputs(schedule: Schedule, rank: int) -> dict[Action, list[tuple[Action, int]]]:
+    """Per compute action of ``rank``: the ops on other ranks whose output it takes, with their rank.
+    torch's runtime waits for a receive in exactly the actions that have one (its lowering posts one
+    RECV_F or RECV_B per such input; a stage next to one on the same rank takes its input by hand-off)."""
+    deps = schedule_dependencies(schedule)
+    device_of = schedule.stage_to_device
+    return {a: [(d.producer, device_of[d.producer.stage]) for d in deps[a]
+                if d.direction != "local" and device_of[d.producer.stage] != rank]
+            for a in schedule.simulated_actions(rank)}
 
 
 class Recomputed(torch.nn.Module):
@@ -112,6 +149,9 @@ class TorchExecutor:
         self.ops_run = 0
         self.replaying = False
         self.starts: dict[Action, object] = {}
+        self.ready: dict[Action, object] = {}  # where an op's wait for input returned, if it waited
+        # What the last calibration round adds to each op that waits for a receive in the run (``replay``).
+        self.replay_waits: dict[Action, float] = {}
         self.scratch: dict[tuple, torch.Tensor] = {}  # calibration's receive buffers
         self.timeout = timeout
         self.timer = StepHooks(clock, timeout, self._waited_for)
@@ -142,11 +182,7 @@ class TorchExecutor:
         self.comm_threads = shorten_comm_slices()
         deps = schedule_dependencies(schedule)
         device_of = schedule.stage_to_device
-        self.remote_inputs = {
-            a: [(d.producer, device_of[d.producer.stage]) for d in deps[a]
-                if d.direction != "local" and device_of[d.producer.stage] != rank]
-            for a in schedule.simulated_actions(rank)
-        }
+        self.remote_inputs = remote_inputs(schedule, rank)
         self.receivers = sorted({device_of[c.stage] for c, ds in deps.items() for d in ds
                                  if device_of[d.producer.stage] == rank != device_of[c.stage]})
 
@@ -224,6 +260,9 @@ class TorchExecutor:
             if self.fault is not None and self.ops_run == self.fault.op:
                 self.fault.trigger(action)
             self.ops_run += 1
+            waits = self.timer.arrivals.get(self.timer.current, ())
+            if waits and waits[-1][1] > WAITED_S:  # torch's wait for this op's input waited for data
+                self.ready[action] = waits[-1][0]
         self.starts[action] = self.clock.mark()
 
     # ------------------------------------------------------------------------------------ running
@@ -232,15 +271,16 @@ class TorchExecutor:
         self.clock.begin_iteration()
         self.timer.clear()
         self.starts.clear()
+        self.ready.clear()
 
     def run_iteration(self) -> tuple[list[OpMark], list[ArrivalMark]]:
         """One ``step`` of torch's runtime, then the SGD update; the ops' marks and the arrivals the
         ranks waited for (``_arrivals``)."""
         self._begin()
         losses: list[torch.Tensor] = []
-        with self.timer.installed():
+        with collected_between_steps(), self.timer.installed():
             self.runtime.step(*self.args, target=self.target, losses=losses, return_outputs=False, **self.kwargs)
-        marks = ops_from_spans(self.timer.spans, self.starts)
+        marks = ops_from_spans(self.timer.spans, self.starts, ready=self.ready)
         arrivals = self._arrivals()
         last = self.schedule.num_stages - 1
         if last in self.runners:
@@ -258,15 +298,21 @@ class TorchExecutor:
             remote = [(producer, part, src) for part in getattr(action, "parts", (action,))
                       for producer, src in self.remote_inputs.get(part, ())]
             arrivals += [ArrivalMark(producer, part, src, mark)
-                         for (producer, part, src), (mark, waited) in zip(remote, waits) if waited]
+                         for (producer, part, src), (mark, seconds) in zip(remote, waits) if seconds > WAITED_S]
         return arrivals
 
     def replay(self) -> list[OpMark]:
         """Calibration: torch's stage calls for every action of the lowered list, in order, with the
-        real sends and receives, none waited for until the end."""
+        real sends and receives, none waited for until the end. Then each receive's wait is timed
+        (nearly all have arrived by then): ``replay_waits`` gives every op that waits for a receive
+        in the run what such a wait costs when its data is there (``wait_lead``)."""
         self._begin()
         self.replaying = True
         sends, receives, losses = [], [], {}
+        with collected_between_steps():
+            return self._replay(sends, receives, losses)
+
+    def _replay(self, sends: list, receives: list, losses: dict) -> list[OpMark]:
         try:
             for stage in self.stages.values():
                 stage.clear_runtime_states()
@@ -276,9 +322,14 @@ class TorchExecutor:
                         receives += self._post_scratch_receive(action)
                     else:
                         self._replay_action(action, sends, losses)
+            arrived = []
             for work, src in receives:
+                before = time.perf_counter()
                 _wait(work, self.timeout, src, f"calibration traffic from rank {src}")
+                arrived.append(time.perf_counter() - before)
             self.timer.wait(sends)
+            lead = wait_lead(arrived)
+            self.replay_waits = {a: lead for a, inputs in self.remote_inputs.items() if inputs}
         finally:
             self.replaying = False
         for stage in self.stages.values():
