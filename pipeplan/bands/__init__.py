@@ -14,7 +14,7 @@ from importlib import import_module
 _WHERE = {
     "band": ("Band", "PlanBand", "Comparison", "plan_band", "compare", "check_band_size", "affordable_samples",
              "DEFAULT_SAMPLES", "LEVEL"),
-    "calibration": ("CalibrationSpread", "estimate_spread"),
+    "calibration": ("CalibrationSpread", "estimate_spread", "device_spread", "device_weights"),
     "sampling": ("Samples", "sample_plan"),
     "ties": ("OptimizeBands", "optimize_bands"),
     "spread": ("Spread", "ClassSpread", "OP_CLASSES", "NO_SPREAD", "DEFAULT_APRIORI", "DEFAULT_CALIBRATED",
