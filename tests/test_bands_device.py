@@ -8,12 +8,14 @@
 * the report: with no spread the samples' median is the mean-time simulation, exactly.
 """
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeplan.bands import CalibrationSpread, estimate_spread
 
+CPU = str(Path(__file__).resolve().parents[1] / "validation" / "cpu.json")
 MEANS = {(0, "F"): 2e-3, (0, "B"): 4e-3, (1, "F"): 3e-3, (1, "B"): 5e-3}
 
 
@@ -61,3 +63,50 @@ def test_a_profile_spread_written_before_the_device_field_loads_with_zero():
     assert CalibrationSpread.from_dict(old).device == 0.0
     new = CalibrationSpread.from_dict({**old, "device": 0.07})
     assert new.device == 0.07 and CalibrationSpread.from_dict(new.to_dict()) == new
+
+
+def two_parallel_ops(t: float):
+    """Zero Bubble H1 on two devices with one micro-batch, F and I taking 1 ns and W ``t``: each device's W
+    starts after a few tens of microseconds of transfers and ends the iteration, so one iteration is
+    max(start_0 + W_0, start_1 + W_1) with W_0, W_1 independent under a device factor alone."""
+    import pipeplan
+    from pipeplan.dataparallel import DataParallelOptions
+    from pipeplan.profile import Profile, StageProfile
+
+    eps = 1e-9
+    profile = Profile(device="test", backend="gloo", model="tiny", microbatch_size=4, seq_len=64,
+                      layers_per_stage=(5, 5), stages=(StageProfile(eps, eps, eps, t), StageProfile(eps, eps, eps, t)))
+    plan = pipeplan.Plan(model="tiny", cluster=CPU, schedule="zb-h1", pp=2, num_microbatches=1, microbatch_size=4,
+                         layers_per_stage=(5, 5))
+    return pipeplan.simulate(plan=plan, profile=profile, dp_options=DataParallelOptions(optimizer_step=False)), profile
+
+
+def test_a_device_factor_per_device_gives_the_closed_form_mean_of_a_maximum():
+    from pipeplan.bands import ClassSpread, Spread, sample_plan
+
+    t, s, n = 1.0, 0.1, 2000
+    result, profile = two_parallel_ops(t)
+    ws = [op for op in result.timeline.ops if op.action.kind == "W"]
+    assert len(ws) == 2 and all(op.end - op.start == pytest.approx(t, rel=1e-12) for op in ws)
+    lag = abs(ws[0].start - ws[1].start)  # the W's start this far apart
+    assert lag < 1e-3
+    drawn = sample_plan(result, Spread("device only", compute=ClassSpread(device=s)), n, seed=0, profile=profile)
+    times = drawn.iteration_time
+    # max(t·exp(s·Z0), t·exp(s·Z1)) = t·exp(s·M), M the larger of two standard normals, whose density is
+    # 2·phi(z)·Phi(z): E[exp(s·M)] = 2·exp(s^2/2)·Phi(s/sqrt(2)) (about 1 + s/sqrt(pi), the normals' form).
+    expected = (result.iteration_time - t) + t * 2 * math.exp(s * s / 2) * 0.5 * math.erfc(-s / 2)
+    standard_error = times.std(ddof=1) / math.sqrt(n)
+    assert abs(times.mean() - expected) < 3 * standard_error + lag
+    assert times.mean() - result.iteration_time > 10 * standard_error  # above the median-time simulation
+
+
+def test_the_device_draws_are_one_per_device_and_sample():
+    from pipeplan.bands import ClassSpread, Spread, sample_plan
+
+    result, profile = two_parallel_ops(1.0)
+    alone = sample_plan(result, Spread("device only", compute=ClassSpread(device=0.1)), 500, seed=3, profile=profile)
+    again = sample_plan(result, Spread("device only", compute=ClassSpread(device=0.1)), 500, seed=3, profile=profile)
+    assert np.array_equal(alone.iteration_time, again.iteration_time)
+    # Were both W's drawn one factor, the iteration would be the point times a log-normal with median 1;
+    # two draws give exp(s·M), whose median is exp(0.1 x 0.545) (M's median: Phi(m)^2 = 1/2).
+    assert np.median(alone.iteration_time) > result.iteration_time * 1.02

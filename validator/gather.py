@@ -84,6 +84,7 @@ def _profile(context: RankContext, gathered: list[dict], boundary_bytes: float) 
     spread = estimate_spread(
         [{s: kinds for payload in gathered for s, kinds in payload["stage_rounds"][r].items()} for r in rounds],
         [{key: values for payload in gathered for key, values in payload["link_rounds"][r].items()} for r in rounds],
+        stage_devices=schedule.stage_to_device,
     ) if rounds else None
     return Profile(
         device=device_name(context.device), backend=context.options.backend, model=model.name,

@@ -2,7 +2,7 @@
 
 The model (one sample; ``Spread`` gives the 1-sigmas per op class c):
 
-    op o's time   = t_o · [ sum over its parts p of share_p · exp(sc_c·Z + ss_c·Z_g(p)) ] · max(0, 1 + si_o·e_o)
+    op o's time   = t_o · [ sum over its parts p of share_p · exp(sc_c·Z + ss_c·Z_g(p) + sd_c·Z_d(o)) ] · max(0, 1 + si_o·e_o)
     transfer's    = t   · exp(sc_link·Z + ss_link·Z_link) · max(0, 1 + si_link·e)
 
 * Z ~ N(0, 1): one draw per sample shared by every op and transfer, each class scaling it by its own
@@ -12,12 +12,16 @@ The model (one sample; ``Spread`` gives the 1-sigmas per op class c):
 * Z_g ~ N(0, 1): one draw per sample and group g (an op type: a layer kind's F, I or W, a measured
   stage's op, a link; see ``terms``), times the class's ``systematic`` 1-sigma ss_c: the same for every
   micro-batch of that op type, so an op type priced too low stays too low all iteration long.
+* Z_d ~ N(0, 1): one draw per sample and device d (the device op o runs on), times the class's
+  ``device`` 1-sigma sd_c: one rank slow for the whole iteration while the others wait for it. Each
+  device's draw is its own, so the iteration (a maximum over dependency paths) is on average longer
+  than the one simulated at the median op times.
 * e_o ~ N(0, 1): one draw per op and sample, independent, times si_o = sqrt(sum_p share_p^2 · si_c(p)^2)
   (the parts' ``independent`` 1-sigmas combined as independent normals): one op's run-to-run noise.
   Normal (not log-normal) so that a chain of n equal ops with only this noise sums to exactly
   n·t ± sqrt(n)·si·t, the closed form the tests check; clipped at 0 (no op runs backwards).
 
-Draws are seeded: the common and group draws from (seed, the group's name), so two plans sampled with
+Draws are seeded: the common, group and device draws from (seed, the group's name), so two plans sampled with
 one seed see the same machine and the same op-type errors (common random numbers: what two plans
 share cancels when they are compared), and the per-op draws from (seed, the plan). The same seed
 gives the same samples, bit for bit.
@@ -75,7 +79,8 @@ def sample_plan(result, spread: Spread, samples: int, seed: int = 0, profile=Non
     p = len(compiled.bounds) - 1
     terms = op_terms(resolved, len(workload.stages), measured=profile is not None)
     keys = compiled.stage.astype(np.int64) * NUM_KINDS + compiled.code.astype(np.int64)
-    unique, where = np.unique(keys, return_inverse=True)
+    unique, first, where = np.unique(keys, return_index=True, return_inverse=True)
+    unique_device = compiled.device[first].astype(np.int64)  # a stage runs on one device
     parts = [terms.get((int(k) // NUM_KINDS, int(k) % NUM_KINDS), ()) for k in unique]
     common = group_draws(seed, ("common",), samples)
 
@@ -94,7 +99,13 @@ def sample_plan(result, spread: Spread, samples: int, seed: int = 0, profile=Non
             key = (cls,) + tuple(group)
             if key not in cache:
                 cache[key] = group_draws(seed, key, samples) if s.systematic else np.zeros(samples)
-            total += share * np.exp(s.common * common + s.systematic * cache[key])
+            exponent = s.common * common + s.systematic * cache[key]
+            if s.device:
+                device_key = ("device", int(unique_device[u]))
+                if device_key not in cache:
+                    cache[device_key] = group_draws(seed, device_key, samples)
+                exponent = exponent + s.device * cache[device_key]
+            total += share * np.exp(exponent)
             weight += share
             var += (share * s.independent) ** 2
         factor[:, u] = total / weight

@@ -3,21 +3,26 @@
 Op classes: ``gemm`` (matrix multiplications), ``memory`` (memory-bound kernels and the optimizer
 step), ``overhead`` (per-layer launch and synchronisation), ``link`` (transfers between devices,
 collectives, the tensor-parallel collectives inside an op) and ``compute`` (a whole op timed by a
-calibration, which cannot tell its GEMMs from the rest). Per class, three relative 1-sigmas
+calibration, which cannot tell its GEMMs from the rest). Per class, four relative 1-sigmas
 (``ClassSpread``), one per level of the sampling model (``pipeplan.bands.sampling``):
 
 * ``common``: one factor per sample shared by every op of the class and, through one draw, by every
   class (a slow machine, or a cost model off by a constant, slows every op at once);
 * ``systematic``: one factor per sample and op type (a layer kind's F, I or W; a measured stage's
   op; a link), the same for every micro-batch: how far one priced op type may sit from its truth;
-* ``independent``: each op instance on its own (run-to-run noise of one op).
+* ``independent``: each op instance on its own (run-to-run noise of one op);
+* ``device``: one factor per sample and device, on every op of that device: one rank slowed for a
+  whole iteration (its cores taken by something else) while the others wait for it. The mean of a
+  maximum over dependency paths exceeds the maximum of the means, so this raises an iteration's
+  typical time and idle time, not only its spread. Measured by a calibration only (0 elsewhere).
 
 Where a spread comes from, in order:
 
 1. a calibrated prediction (a measured profile): the profile's ``spread`` (``CalibrationSpread``,
    written by the validator from its calibration rounds): compute ``common`` = the rounds' speed
    spread combined with ``CALIBRATED_MODEL`` (the calibrated model's own error), ``independent`` =
-   the op timings' spread, ``systematic`` = its standard error over ``samples``; links alike.
+   the op timings' spread, ``systematic`` = its standard error over ``samples``, ``device`` = the
+   rounds' per-device speed spread; links alike, without a device factor.
    A profile without one (recorded before it existed) gets ``DEFAULT_CALIBRATED``.
 2. an a-priori prediction from a cluster spec with a ``probe`` section (``pipeplan probe`` writes it),
    in either of two forms. The probe's record: ``probe.quantities.<name>`` with ``spread`` (one
@@ -50,16 +55,17 @@ PROBE_CLASSES = ("gemm", "memory", "overhead", "link")
 PROBE_QUANTITIES = {"gemm": ("gemm", "attention_forward", "attention_backward"),
                     "memory": ("elementwise_forward", "elementwise_backward", "copy"),
                     "overhead": ("layer",), "link": ("link",)}
-LEVELS = ("common", "systematic", "independent")
+LEVELS = ("common", "systematic", "independent", "device")
 
 
 @dataclass(frozen=True)
 class ClassSpread:
-    """Relative 1-sigmas of one op class at the three levels (see the module docstring)."""
+    """Relative 1-sigmas of one op class at the four levels (see the module docstring)."""
 
     common: float = 0.0
     systematic: float = 0.0
     independent: float = 0.0
+    device: float = 0.0
 
     def __post_init__(self) -> None:
         for level in LEVELS:
@@ -67,7 +73,7 @@ class ClassSpread:
 
     @property
     def zero(self) -> bool:
-        return not (self.common or self.systematic or self.independent)
+        return not any(getattr(self, level) for level in LEVELS)
 
     def text(self) -> str:
         parts = [f"{level} {100 * getattr(self, level):.3g} %" for level in LEVELS if getattr(self, level)]
@@ -100,7 +106,8 @@ class Spread:
         return [c for c in OP_CLASSES if not self.of(c).zero]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, **{c: vars(self.of(c)).copy() for c in OP_CLASSES if not self.of(c).zero}}
+        return {"source": self.source, **{c: {k: v for k, v in vars(self.of(c)).items() if v or k != "device"}
+                                          for c in OP_CLASSES if not self.of(c).zero}}
 
 
 NO_SPREAD = Spread("none")
@@ -143,7 +150,7 @@ def calibrated_spread(spread: CalibrationSpread | None) -> Spread:
     common = math.hypot(s.common, CALIBRATED_MODEL)
     return replace(
         DEFAULT_APRIORI, source=f"{source}: {s.rounds} rounds, {s.samples} timings per op type",
-        compute=ClassSpread(common, s.independent / math.sqrt(s.samples), s.independent),
+        compute=ClassSpread(common, s.independent / math.sqrt(s.samples), s.independent, s.device),
         link=ClassSpread(common, s.link / math.sqrt(s.link_samples), s.link),
     )
 
