@@ -110,3 +110,59 @@ def test_the_device_draws_are_one_per_device_and_sample():
     # Were both W's drawn one factor, the iteration would be the point times a log-normal with median 1;
     # two draws give exp(s·M), whose median is exp(0.1 x 0.545) (M's median: Phi(m)^2 = 1/2).
     assert np.median(alone.iteration_time) > result.iteration_time * 1.02
+
+
+def test_with_no_spread_the_reported_median_is_the_point_prediction_exactly():
+    import pipeplan
+    from pipeplan.bands import NO_SPREAD, sample_plan
+    from pipeplan.validation.report import median_section
+
+    plan = pipeplan.Plan(model="tiny", cluster=CPU, schedule="zb-v", pp=2, num_microbatches=8, microbatch_size=4,
+                         chunks=2, layers_per_stage=(3, 2, 2, 3))
+    result = pipeplan.simulate(plan=plan)
+    point = {"iteration_time": result.iteration_time, "bubble_fraction": result.bubble_fraction, "busy_time": [1.0]}
+    section = median_section(point, sample_plan(result, NO_SPREAD, 21))
+    assert section["iteration_time"] == result.iteration_time and section["bubble_fraction"] == result.bubble_fraction
+    assert section["point"] == {"iteration_time": result.iteration_time, "bubble_fraction": result.bubble_fraction}
+    assert section["median_of"]["samples"] == 21 and section["busy_time"] == [1.0]
+    assert median_section(point, None) is point  # nothing drawn: the point is the prediction
+
+
+RECORD = Path(__file__).resolve().parents[1] / "validation" / "records" / "cpu-gloo-tiny-1f1b-p2.json"
+
+
+def _with_rounds(record, spread, calib_ops):
+    import copy
+
+    out = copy.deepcopy(record)
+    out["profile"]["spread"] = spread
+    for it, ops in zip(out["measured_iterations"], calib_ops):
+        it["meta"]["calib_ops"] = ops
+    return out
+
+
+def test_an_old_report_takes_its_device_term_from_its_rounds_per_rank_op_times():
+    import json
+
+    from pipeplan.validation import Measurements
+    from pipeplan.validation.report import predict, run_device_spread, timed_step
+
+    record = json.loads(RECORD.read_text())
+    rounds = len(record["measured_iterations"])
+    e, stored = 0.05, {"rounds": rounds, "common": 0.08, "independent": 0.0, "samples": 80}
+    # Rank 0 5 % slow and rank 1 5 % fast, then the other way round: the round's own factor stays 1 and
+    # each rank's factor is 1 +- e. With two equal ranks a device 1-sigma s leaves s^2 / 2 in each
+    # rank's factor, so s = e·sqrt(2) (times sqrt(R / (R - 1)): the sample variance's ddof).
+    calib_ops = [[0.1 * (1 + e), 0.1 * (1 - e)] if r % 2 else [0.1 * (1 - e), 0.1 * (1 + e)] for r in range(rounds)]
+    report = _with_rounds(record, stored, calib_ops)
+    run = Measurements.from_dict(report)
+    calibrated, _ = predict(run.plan, RECORD.parents[1] / record["run"]["base_dir"], run.profile,
+                            timed_step(run.iterations))
+    spread = run_device_spread(report, run, calibrated).spread
+    device = e * math.sqrt(2 * rounds / (rounds - 1))
+    assert spread.device == pytest.approx(device, rel=1e-9)
+    # The round's factor held the devices' share, device^2 x (1/2^2 + 1/2^2): taken out.
+    assert spread.common == pytest.approx(math.sqrt(0.08 ** 2 - device ** 2 / 2), rel=1e-9)
+    # A profile written with the field keeps it, 0 included.
+    kept = _with_rounds(record, {**stored, "device": 0.0}, calib_ops)
+    assert run_device_spread(kept, Measurements.from_dict(kept), calibrated).spread.device == 0.0
