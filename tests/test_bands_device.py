@@ -166,3 +166,32 @@ def test_an_old_report_takes_its_device_term_from_its_rounds_per_rank_op_times()
     # A profile written with the field keeps it, 0 included.
     kept = _with_rounds(record, {**stored, "device": 0.0}, calib_ops)
     assert run_device_spread(kept, Measurements.from_dict(kept), calibrated).spread.device == 0.0
+
+
+def test_a_report_states_the_median_as_its_prediction_keeps_the_point_and_compare_reads_it(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from pipeplan.validation import Measurements, build_report, load_report, write_report
+    from pipeplan.validation.report import calibrated_samples, predict, timed_step
+
+    record = json.loads(RECORD.read_text())
+    run = Measurements.from_dict({**record, "run": {**record["run"], "base_dir": str(RECORD.parents[1] / "plans")}})
+    report = json.loads(json.dumps(build_report(run)))
+    calibrated, _ = predict(run.plan, run.base_dir, run.profile, timed_step(run.iterations))
+    drawn = calibrated_samples(calibrated, run.profile)
+    predicted = report["predicted"]
+    assert predicted["point"] == {"iteration_time": calibrated.iteration_time,
+                                  "bubble_fraction": calibrated.bubble_fraction}
+    assert predicted["iteration_time"] == float(np.median(drawn.iteration_time))
+    assert predicted["median_of"] == {"samples": 200, "seed": 0}
+    measured = report["measured"]["iteration_time"]
+    assert report["errors"]["predicted"]["iteration_time_pct"] == pytest.approx(
+        100 * (float(np.median(drawn.iteration_time)) - measured) / measured, rel=1e-12)
+    write_report(report, tmp_path / "r.json")
+    load_report(str(tmp_path / "r.json"))
+    out = subprocess.run([sys.executable, "-m", "pipeplan", "compare", str(tmp_path / "r.json")], capture_output=True,
+                         text=True, cwd=RECORD.parents[2], timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"{1e3 * predicted['iteration_time']:.2f} ms" in out.stdout
