@@ -145,7 +145,7 @@ def test_an_old_report_takes_its_device_term_from_its_rounds_per_rank_op_times()
     import json
 
     from pipeplan.validation import Measurements
-    from pipeplan.validation.report import predict, run_device_spread, timed_step
+    from pipeplan.validation.report import predict, profile_with_round_device_spread, timed_step
 
     record = json.loads(RECORD.read_text())
     rounds = len(record["measured_iterations"])
@@ -158,14 +158,14 @@ def test_an_old_report_takes_its_device_term_from_its_rounds_per_rank_op_times()
     run = Measurements.from_dict(report)
     calibrated, _ = predict(run.plan, RECORD.parents[1] / record["run"]["base_dir"], run.profile,
                             timed_step(run.iterations))
-    spread = run_device_spread(report, run, calibrated).spread
+    spread = profile_with_round_device_spread(report, run, calibrated).spread
     device = e * math.sqrt(2 * rounds / (rounds - 1))
     assert spread.device == pytest.approx(device, rel=1e-9)
     # The round's factor held the devices' share, device^2 x (1/2^2 + 1/2^2): taken out.
     assert spread.common == pytest.approx(math.sqrt(0.08 ** 2 - device ** 2 / 2), rel=1e-9)
     # A profile written with the field keeps it, 0 included.
     kept = _with_rounds(record, {**stored, "device": 0.0}, calib_ops)
-    assert run_device_spread(kept, Measurements.from_dict(kept), calibrated).spread.device == 0.0
+    assert profile_with_round_device_spread(kept, Measurements.from_dict(kept), calibrated).spread.device == 0.0
 
 
 def test_a_report_states_the_median_as_its_prediction_keeps_the_point_and_compare_reads_it(tmp_path):

@@ -195,7 +195,7 @@ def build_report(measurements: Measurements, band_samples: int | None = None, ba
     }
 
 
-def run_device_spread(report: dict[str, Any], run: Measurements, calibrated: PlanResult) -> Profile:
+def profile_with_round_device_spread(report: dict[str, Any], run: Measurements, calibrated: PlanResult) -> Profile:
     """``run.profile``, its spread given a ``device`` term from the run's own rounds when the stored
     profile predates the field: each timed iteration's calibration round recorded every rank's summed op
     time (``calib_ops``), which is a device's round time; ``device_spread`` on those, with each device's
@@ -224,7 +224,7 @@ def repredict(report: dict[str, Any], base_dir: str | Path | None = None, sample
               seed: int = 0) -> dict[str, dict[str, float]]:
     """Errors of today's simulator against a stored run (its calibration and measurement): ``predicted``
     the samples' median (as ``build_report``; a run stored before profiles had a device term takes one
-    from its own rounds, ``run_device_spread``), ``point`` the mean-time simulation, ``apriori``.
+    from its own rounds, ``profile_with_round_device_spread``), ``point`` the mean-time simulation, ``apriori``.
 
     ``base_dir``: where the plan's relative cluster/model files are (default: the run's plan folder).
     """
@@ -237,7 +237,7 @@ def repredict(report: dict[str, Any], base_dir: str | Path | None = None, sample
         return {"predicted": serving_errors(predicted, measured), "apriori": serving_errors(apriori, measured)}
     measured = measured_section(run.iterations)
     calibrated, apriori_result = predict(run.plan, base_dir or run.base_dir, run.profile, timed_step(run.iterations))
-    profile = run_device_spread(report, run, calibrated)
+    profile = profile_with_round_device_spread(report, run, calibrated)
     point, apriori = _section(calibrated.timeline), _section(apriori_result.timeline)
     predicted = median_section(point, calibrated_samples(calibrated, profile, samples, seed), seed)
     return {"predicted": errors(predicted, measured), "apriori": errors(apriori, measured),
@@ -249,7 +249,7 @@ def repredict_bands(report: dict[str, Any], base_dir: str | Path | None = None, 
     """``bands_section`` of a stored run (its calibration and measurement) with today's simulator."""
     run = Measurements.from_dict(report)
     calibrated, apriori = predict(run.plan, base_dir or run.base_dir, run.profile, timed_step(run.iterations))
-    profile = run_device_spread(report, run, calibrated)
+    profile = profile_with_round_device_spread(report, run, calibrated)
     return bands_section(calibrated, apriori, profile, measured_section(run.iterations), samples, seed)
 
 
