@@ -100,12 +100,16 @@ class TensorGroup:
     def enter(self, x: torch.Tensor) -> torch.Tensor:
         """Into a column-parallel region: ``copy_in``, or with sequence parallelism the sequence
         all-gathered forward and the gradient reduce-scattered backward."""
-        return _GatherIn.apply(x, self) if self.sequence_parallel and self.size > 1 else self.copy_in(x)
+        if self.sequence_parallel and self.size > 1:
+            return _SequenceExchange.apply(x, self, True)
+        return self.copy_in(x)
 
     def leave(self, x: torch.Tensor) -> torch.Tensor:
         """Out of a row-parallel region: ``reduce_out``, or with sequence parallelism the partial sums
         reduce-scattered into sequence shards forward and the gradient all-gathered backward."""
-        return _ScatterOut.apply(x, self) if self.sequence_parallel and self.size > 1 else self.reduce_out(x)
+        if self.sequence_parallel and self.size > 1:
+            return _SequenceExchange.apply(x, self, False)
+        return self.reduce_out(x)
 
     def sequence_slice(self, seq: int) -> slice:
         """The positions of a ``seq``-long sequence this rank holds outside the tensor-parallel regions."""
@@ -145,26 +149,20 @@ class _ReduceOut(torch.autograd.Function):
         return grad, None
 
 
-class _GatherIn(torch.autograd.Function):
+class _SequenceExchange(torch.autograd.Function):
+    """Sequence parallelism's ``g`` and ``ḡ``, conjugates of each other: ``gather`` True all-gathers the
+    sequence forward and reduce-scatters the gradient backward (into a column-parallel region), False
+    the reverse (out of a row-parallel region)."""
+
     @staticmethod
-    def forward(ctx, x, tensor):  # type: ignore[override]
-        ctx.tensor = tensor
-        return tensor.gather_sequence(x)
+    def forward(ctx, x, tensor, gather):  # type: ignore[override]
+        ctx.tensor, ctx.gather = tensor, gather
+        return tensor.gather_sequence(x) if gather else tensor.scatter_sequence(x)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        return ctx.tensor.scatter_sequence(grad), None
-
-
-class _ScatterOut(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, tensor):  # type: ignore[override]
-        ctx.tensor = tensor
-        return tensor.scatter_sequence(x)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        return ctx.tensor.gather_sequence(grad), None
+        tensor = ctx.tensor
+        return (tensor.scatter_sequence(grad) if ctx.gather else tensor.gather_sequence(grad)), None, None
 
 
 def is_replicated(name: str) -> bool:
