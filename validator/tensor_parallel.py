@@ -42,9 +42,10 @@ ROW_SPLIT = ("q.weight", "k.weight", "v.weight", "up.weight", "gate.weight", "lm
 COLUMN_SPLIT = ("o.weight", "down.weight")
 
 ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER = "all_reduce", "all_gather", "reduce_scatter"
-# torch 2.13 renamed the dim-0 tensor collectives (the old names warn); older releases have only the old.
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+# The collectives over dim 0 of one tensor: torch 2.13 renamed them (the old names warn with a
+# FutureWarning there); the releases before have only the old names.
+all_gather_dim0 = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_dim0 = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 @dataclass
@@ -77,7 +78,7 @@ class TensorGroup:
         shard = x.transpose(0, 1).contiguous()
         self._count(ALL_GATHER, shard.numel())
         whole = torch.empty((shard.shape[0] * self.size, *shard.shape[1:]), dtype=x.dtype, device=x.device)
-        _all_gather(whole, shard, group=self.group)
+        all_gather_dim0(whole, shard, group=self.group)
         return whole.transpose(0, 1).contiguous()
 
     def scatter_sequence(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +87,7 @@ class TensorGroup:
         shard = torch.empty((self.local(whole.shape[0], "the sequence"), *whole.shape[1:]), dtype=x.dtype,
                             device=x.device)
         self._count(REDUCE_SCATTER, shard.numel())
-        _reduce_scatter(shard, whole, group=self.group)
+        reduce_scatter_dim0(shard, whole, group=self.group)
         return shard.transpose(0, 1).contiguous()
 
     def copy_in(self, x: torch.Tensor) -> torch.Tensor:
