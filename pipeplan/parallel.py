@@ -31,9 +31,21 @@ class Layout:
     def gpu(self, tp_rank: int, dp_rank: int, pp_rank: int) -> int:
         return tp_rank + self.tp * (dp_rank + self.dp * pp_rank)
 
+    def ranks(self, gpu: int) -> tuple[int, int, int]:
+        """The (tensor, data, pipeline) ranks of ``gpu``, the inverse of ``gpu(tp_rank, dp_rank, pp_rank)``."""
+        return gpu % self.tp, (gpu // self.tp) % self.dp, gpu // (self.tp * self.dp)
+
     def pipeline_gpus(self, dp_rank: int = 0, tp_rank: int = 0) -> list[int]:
         """The GPU of every pipeline rank of one (data, tensor) replica; replica (0, 0) is the simulated one."""
         return [self.gpu(tp_rank, dp_rank, p) for p in range(self.pp)]
+
+    def replica(self, dp_rank: int, tp_rank: int) -> int:
+        """The number of the (data, tensor) replica, d·tp + t: its index in ``replicas()``."""
+        return dp_rank * self.tp + tp_rank
+
+    def replicas(self) -> list[list[int]]:
+        """Per replica (numbered as ``replica``), the GPU of each pipeline rank."""
+        return [self.pipeline_gpus(d, t) for d in range(self.dp) for t in range(self.tp)]
 
     def tensor_group(self, pp_rank: int, dp_rank: int = 0) -> list[int]:
         return [self.gpu(t, dp_rank, pp_rank) for t in range(self.tp)]

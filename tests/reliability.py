@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_cli import REPO, pipeplan as run_cli  # noqa: F401  (tests/ is on sys.path)
+from inprocess import REPO, run_pipeplan  # tests/ is on sys.path
 
 TINY_PLAN = {"model": "model.json", "cluster": "cluster.json", "schedule": "1f1b", "pp": 2, "num_microbatches": 4,
              "microbatch_size": 1, "layers_per_stage": [5, 5]}
@@ -44,14 +44,32 @@ def assert_one_line_error(out, command: str, *needles: str) -> str:
     return lines[0]
 
 
+def run_cli(*args, cwd=None):
+    """``pipeplan ARGS`` in ``cwd`` (the repository by default), run in this process as a subprocess would run it
+    (``inprocess.run_pipeplan``: hundreds of cases here, each a second of interpreter start and import saved)."""
+    return run_pipeplan(*args, cwd=cwd or REPO)
+
+
+def _unchanged(cwd, run):
+    """``run()``'s result; asserts the folder's files are unchanged byte for byte after it, nothing new."""
+    before = {p.name: p.read_bytes() for p in Path(cwd).iterdir()}
+    out = run()
+    assert {p.name: p.read_bytes() for p in Path(cwd).iterdir()} == before
+    return out
+
+
 def run_in(cwd, *args, env=None):
     """``pipeplan ARGS`` as a subprocess in ``cwd`` (60 s at most, so work that should have been refused fails
     instead of hanging); asserts the folder's files are unchanged byte for byte after it, nothing new."""
-    before = {p.name: p.read_bytes() for p in Path(cwd).iterdir()}
-    out = subprocess.run([sys.executable, "-m", "pipeplan", *args], capture_output=True, text=True, cwd=cwd,
-                         timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **(env or {})})
-    assert {p.name: p.read_bytes() for p in Path(cwd).iterdir()} == before
-    return out
+    return _unchanged(cwd, lambda: subprocess.run(
+        [sys.executable, "-m", "pipeplan", *args], capture_output=True, text=True, cwd=cwd, timeout=60,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **(env or {})}))
+
+
+def run_here(cwd, *args, env=None):
+    """``run_in`` run in this process as the subprocess would run it (``inprocess.run_pipeplan``), for the
+    tests that check hundreds of command lines."""
+    return _unchanged(cwd, lambda: run_pipeplan(*args, cwd=cwd, env=env, timeout=60))
 
 
 def refused_in_one_line(out, *words) -> str:

@@ -15,6 +15,8 @@ from pipeplan.planner.refine import fits_within
 from pipeplan.plan import Plan, even_split
 from simulator.schedules import DEFAULT_SCHEDULES, SCHEDULES
 
+from shared_searches import llama3_8b_on_one_dgx_h100  # tests/ is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -185,8 +187,6 @@ def test_llama3_8b_default_search_is_at_least_as_fast_as_every_single_schedule_s
     """The issue's case: pp = 8 on one DGX H100, global batch 64. The default search (every default
     schedule) must not lose to any search restricted to one schedule, as it once did by pruning on the
     analytic objective."""
-    kwargs = dict(global_batch=64, pp=8, solver_time_limit=1.0)
-    default = pipeplan.optimize("llama3-8b", "dgx-h100", **kwargs)
-    singles = {name: pipeplan.optimize("llama3-8b", "dgx-h100", schedules=[name], **kwargs).iteration_time
-               for name in DEFAULT_SCHEDULES}
+    default = llama3_8b_on_one_dgx_h100(None)  # global batch 64, 1 s per solve; test_planner checks two of these too
+    singles = {name: llama3_8b_on_one_dgx_h100((name,)).iteration_time for name in DEFAULT_SCHEDULES}
     assert default.iteration_time <= min(singles.values()) * (1 + 1e-12), (default.plan.schedule, singles)

@@ -1,8 +1,6 @@
 """3D flags of ``pipeplan simulate`` and the API: derivations, one-line errors, the new output lines and keys."""
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,12 +8,14 @@ import pytest
 import pipeplan
 from pipeplan import SpecError, derive_sizing
 
+from inprocess import run_pipeplan  # tests/ is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def pipeplan_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pipeplan", *args], capture_output=True, text=True,
-                          cwd=cwd or REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    """``pipeplan ARGS`` run in this process as its subprocess runs (``inprocess``; ``test_cli`` runs the real one)."""
+    return run_pipeplan(*args, cwd=cwd or REPO)
 
 
 @pytest.mark.parametrize("given, expected", [

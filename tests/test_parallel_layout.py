@@ -23,6 +23,15 @@ def test_megatron_docstring_example():
     assert default_placement(8, 2) == [0, 2, 4, 6, 8, 10, 12, 14]  # tp = 1: as before
 
 
+def test_ranks_of_a_gpu_read_megatrons_example_backwards():
+    # The same example: GPU 13 is in tensor group [12, 13] (tensor rank 1), data group [13, 15] (data rank 0)
+    # and pipeline group [1, 5, 9, 13] (pipeline rank 3), which is replica (d, t) = (0, 1), the second.
+    layout = Layout(tp=2, pp=4, dp=2)
+    assert layout.ranks(13) == (1, 0, 3) and layout.ranks(6) == (0, 1, 1)
+    assert layout.replica(0, 1) == 1 and layout.replicas()[1] == [1, 5, 9, 13]
+    assert [layout.gpu(*layout.ranks(g)) for g in range(16)] == list(range(16))
+
+
 def test_tensor_groups_stay_inside_a_node():
     Layout(tp=8, pp=2, dp=1).check_fits(16, 8)
     with pytest.raises(SpecError, match="tp: a tensor-parallel group must stay inside one node of 8 GPUs"):

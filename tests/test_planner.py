@@ -11,6 +11,8 @@ from pipeplan import Plan, SpecError
 from pipeplan.cluster import CLUSTER_PRESETS
 from pipeplan.planner.baselines import BRUTE_FORCE, PARAMETERS, UNIFORM, linear_partition, megatron_uniform
 
+from shared_searches import llama3_8b_on_one_dgx_h100  # tests/ is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -207,9 +209,8 @@ def test_a_plateau_of_the_analytic_objective_does_not_hide_the_simulators_best()
         microbatch_size=1, layers_per_stage=layers))
     # 7.3095 s of pipeline, then device 0's optimizer steps (30 B/param over HBM: the embedding and four blocks, 12.5 ms).
     assert witness.fits and witness.iteration_time == pytest.approx(7.3220, abs=5e-4)
-    for schedules in (["interleaved"], None):
-        result = pipeplan.optimize("llama3-8b", "dgx-h100", global_batch=64, pp=8, schedules=schedules,
-                                   solver_time_limit=1.0)
+    for schedules in (("interleaved",), None):
+        result = llama3_8b_on_one_dgx_h100(schedules)  # global batch 64, pp = 8, 1 s per solve (test_layouts' too)
         assert_fits_with_headroom(result, 0.05)
         assert result.iteration_time <= witness.iteration_time * (1 + 1e-9), (schedules, result.plan.schedule)
 

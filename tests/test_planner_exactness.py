@@ -4,6 +4,7 @@ The brute force enumerates every split of the layers into p·v contiguous non-em
 recompute choice; the objective and memory rule are restated from the planner's docstring
 (T·p·v = p·v·m·max device work + fill + p·v·comm; memory = static + Σ count·bytes per count vector).
 """
+import functools
 import itertools
 import random
 
@@ -23,6 +24,7 @@ def compositions(n, parts):
         yield tuple(bounds[i + 1] - bounds[i] for i in range(parts))
 
 
+@functools.cache  # each seed's instance is solved by two tests; a problem is a frozen (hashable) dataclass
 def brute_force(pr):
     """Minimum objective over all splits and recompute choices, or None if nothing fits."""
     best = None

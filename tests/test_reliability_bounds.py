@@ -1,10 +1,10 @@
 """Unbounded work: every job is sized before it starts and refused past a limit in one line.
 
-The CLI runs as a subprocess: exit code 2, one stderr line that names the field, the number and the
-environment variable that raises the limit, no traceback, inputs unchanged, no new files. The
-subprocess timeout (60 s) is generous, so a regression that starts the work fails instead of
-hanging. Unit tests below hold the structures that used to grow with p^2 or layers^2 to their
-hand-counted contents.
+The command line runs as a subprocess would run it, in this process (``reliability.run_here``): exit code 2,
+one stderr line that names the field, the number and the environment variable that raises the limit, no
+traceback, inputs unchanged, no new files. The timeout (60 s) is generous, so a regression that starts the
+work fails instead of hanging. Unit tests below hold the structures that used to grow with p^2 or layers^2
+to their hand-counted contents.
 """
 import json
 import subprocess
@@ -21,11 +21,11 @@ from pipeplan.topology import topology
 from simulator import build_schedule, uniform_network
 from simulator.workload import Network, PairLinks
 
-from reliability import REPO, refused_in_one_line as refused, run_in  # tests/ is on sys.path
+from reliability import REPO, refused_in_one_line as refused, run_here  # tests/ is on sys.path
 
 
 def run(*args, cwd, env=None):
-    return run_in(cwd, *args, env=env)
+    return run_here(cwd, *args, env=env)
 
 
 def test_schedule_with_a_huge_device_count_is_refused_with_its_op_count(tmp_path):

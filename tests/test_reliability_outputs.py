@@ -1,9 +1,10 @@
 """No output ever replaces an input, another output of the same run, a folder or a special file.
 
-Every subcommand that writes, driven as a subprocess on inputs in the test's temp folder: a refused output
-is exit 2 with one line naming the flag, before any work (nothing new in the folder, every input byte for
-byte the same); a character device (a symlink in the temp folder to /dev/null: the test never creates
-anything in /dev) and a FIFO are written through and stay what they are.
+Every subcommand that writes, driven as the command line (run in this process, ``reliability.run_cli``) on
+inputs in the test's temp folder: a refused output is exit 2 with one line naming the flag, before any work
+(nothing new in the folder, every input byte for byte the same); a character device (a symlink in the temp
+folder to /dev/null: the test never creates anything in /dev) and a FIFO are written through and stay what
+they are.
 """
 import json
 import os

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from pipeplan.cli import main
 from pipeplan.cli.simulate import EXIT_OUT_OF_MEMORY, PLAN_FLAGS
 
-from reliability import REPO, refused_in_one_line as refused, run_in  # tests/ is on sys.path
+from reliability import REPO, refused_in_one_line as refused, run_here  # tests/ is on sys.path
 
 
 def run(*args, cwd, env=None):
-    return run_in(cwd, *args, env=env)
+    return run_here(cwd, *args, env=env)
 
 
 def strict_json(text: str):

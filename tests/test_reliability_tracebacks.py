@@ -3,8 +3,8 @@ saved timelines given to ``gantt`` and reports given to ``compare`` (device out 
 devices, wrong types), spec fields of the wrong type, inputs that are folders or nested past the parser,
 outputs into a folder, into /proc, or ``figures --out FILE``.
 
-Each case runs the command line as a subprocess in the test's temp folder, which holds afterwards exactly
-what it held before (no chart drawn from a damaged file, no input touched).
+Each case runs the command line (in this process, ``reliability.run_cli``) in the test's temp folder, which
+holds afterwards exactly what it held before (no chart drawn from a damaged file, no input touched).
 """
 import json
 

@@ -81,6 +81,18 @@ def attempts(plan, reports=(), options=OPTIONS):
     return reports, stopped
 
 
+_PAIR: list = []
+
+
+def plain_and_recomputed():
+    """tiny-1f1b-p2 then tiny-1f1b-recompute-p2, run back to back with OPTIONS once per session: the plain run is
+    1F1B's first attempt here and, with the recomputing run just after it, test_validate_recompute_live's pair."""
+    if not _PAIR:
+        _PAIR.extend(run_validation(str(PLANS / name), OPTIONS)
+                     for name in ("tiny-1f1b-p2.json", "tiny-1f1b-recompute-p2.json"))
+    return tuple(_PAIR)
+
+
 def summary(reports):
     return [(r["errors"]["predicted"], r["run"]["iterations_tried"], r["run"].get("left_out", "")) for r in reports]
 
@@ -107,6 +119,8 @@ def test_calibrated_prediction_matches_a_real_run(schedule, cli_run):
         out, folder = cli_run
         assert out.returncode == 0, out.stderr
         reports.append(json.loads((folder / "report.json").read_text()))
+    if schedule == "1f1b":
+        reports.append(plain_and_recomputed()[0])
     reports, stopped = attempts(PLANS / f"tiny-{schedule}-p2.json", reports)
     quiet = [r for r in reports if idle(r)]
     if not quiet:

@@ -13,16 +13,16 @@ pytest.importorskip("torch")
 
 from pipeplan.validation import ValidateOptions, run_validation  # noqa: E402
 
-from test_validate_live import ATTEMPTS, OPTIONS, attempts, idle, summary, within  # noqa: E402
+from test_validate_live import ATTEMPTS, OPTIONS, attempts, idle, plain_and_recomputed, summary, within  # noqa: E402
 
 PLANS = Path(__file__).resolve().parents[1] / "validation" / "plans"
 
 
 @pytest.fixture(scope="module")
 def runs():
-    """(without, with recomputation) reports of the same plan."""
-    return (run_validation(str(PLANS / "tiny-1f1b-p2.json"), OPTIONS),
-            run_validation(str(PLANS / "tiny-1f1b-recompute-p2.json"), OPTIONS))
+    """(without, with recomputation) reports of the same plan, run back to back (made once per session: the
+    plain run is also test_validate_live's first 1F1B attempt)."""
+    return plain_and_recomputed()
 
 
 def test_recomputation_runs_with_the_losses_of_the_plain_run(runs):

@@ -16,6 +16,8 @@ from pipeplan.profile import LinkProfile, Profile, StageProfile
 from pipeplan.scaling import scale_model, scale_plan
 from simulator.schedules import build_schedule
 
+from inprocess import run_pipeplan  # tests/ is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 PLANS = REPO / "validation" / "plans"
 
@@ -170,8 +172,9 @@ def test_scale_keeps_cuts_and_schedule_and_shrinks_shapes():
 
 
 def _pipeplan(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "pipeplan", *args], capture_output=True, text=True, cwd=cwd,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
+    """``pipeplan ARGS`` run in this process as its subprocess runs (``inprocess``; test_validate_live runs the
+    real ``validate`` and ``compare``)."""
+    return run_pipeplan(*args, cwd=cwd, timeout=60)
 
 
 @pytest.mark.parametrize("args,field", [

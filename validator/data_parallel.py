@@ -38,6 +38,7 @@ from simulator.ir import Action, Schedule
 from simulator.kinds import BACKWARD_WEIGHT, FULL_BACKWARD, GATHER_PARAMS, OPTIMIZER, REDUCE_GRAD
 
 from .compute import StageRunner
+from .tensor_parallel import all_gather_dim0, reduce_scatter_dim0
 
 
 def flat_gradients(runner: StageRunner) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -74,7 +75,7 @@ def scatter_stage(runner: StageRunner, group, ranks: int) -> torch.Tensor:
     _, flat = flat_gradients(runner)
     flat = _padded(flat, ranks)
     shard = flat.new_empty(flat.numel() // ranks)
-    dist.reduce_scatter_tensor(shard, flat, group=group)
+    reduce_scatter_dim0(shard, flat, group=group)
     return shard
 
 
@@ -92,7 +93,7 @@ def sharded_update(runner: StageRunner, grad_shard: torch.Tensor, rank: int, ran
 def gather_stage(runner: StageRunner, shard: torch.Tensor, group, ranks: int) -> None:
     """Every data rank's updated slice all-gathered into the stage's parameters."""
     full = shard.new_empty(shard.numel() * ranks)
-    dist.all_gather_into_tensor(full, shard, group=group)
+    all_gather_dim0(full, shard, group=group)
     offset = 0
     with torch.no_grad():
         for p in runner.module.parameters():

@@ -27,24 +27,24 @@ class RankPlace:
 
     @property
     def tp_rank(self) -> int:
-        return self.rank % self.layout.tp
+        return self.layout.ranks(self.rank)[0]
 
     @property
     def dp_rank(self) -> int:
-        return (self.rank // self.layout.tp) % self.layout.dp
+        return self.layout.ranks(self.rank)[1]
 
     @property
     def pp_rank(self) -> int:
-        return self.rank // (self.layout.tp * self.layout.dp)
+        return self.layout.ranks(self.rank)[2]
 
     @property
     def replica(self) -> int:
-        """This rank's pipeline replica, numbered d·tp + t (replica 0 is the simulated one)."""
-        return self.dp_rank * self.layout.tp + self.tp_rank
+        """This rank's pipeline replica (``Layout.replica``; replica 0 is the simulated one)."""
+        return self.layout.replica(self.dp_rank, self.tp_rank)
 
     def replicas(self) -> list[list[int]]:
         """Per replica, the global rank of each pipeline device."""
-        return [self.layout.pipeline_gpus(d, t) for d in range(self.layout.dp) for t in range(self.layout.tp)]
+        return self.layout.replicas()
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,10 @@ ROW_SPLIT = ("q.weight", "k.weight", "v.weight", "up.weight", "gate.weight", "lm
 COLUMN_SPLIT = ("o.weight", "down.weight")
 
 ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER = "all_reduce", "all_gather", "reduce_scatter"
-# torch 2.13 renamed the dim-0 tensor collectives (the old names warn); older releases have only the old.
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+# The collectives over dim 0 of one tensor: torch 2.13 renamed them (the old names warn with a
+# FutureWarning there); the releases before have only the old names.
+all_gather_dim0 = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_dim0 = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 @dataclass
@@ -77,7 +78,7 @@ class TensorGroup:
         shard = x.transpose(0, 1).contiguous()
         self._count(ALL_GATHER, shard.numel())
         whole = torch.empty((shard.shape[0] * self.size, *shard.shape[1:]), dtype=x.dtype, device=x.device)
-        _all_gather(whole, shard, group=self.group)
+        all_gather_dim0(whole, shard, group=self.group)
         return whole.transpose(0, 1).contiguous()
 
     def scatter_sequence(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +87,7 @@ class TensorGroup:
         shard = torch.empty((self.local(whole.shape[0], "the sequence"), *whole.shape[1:]), dtype=x.dtype,
                             device=x.device)
         self._count(REDUCE_SCATTER, shard.numel())
-        _reduce_scatter(shard, whole, group=self.group)
+        reduce_scatter_dim0(shard, whole, group=self.group)
         return shard.transpose(0, 1).contiguous()
 
     def copy_in(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,12 +101,16 @@ class TensorGroup:
     def enter(self, x: torch.Tensor) -> torch.Tensor:
         """Into a column-parallel region: ``copy_in``, or with sequence parallelism the sequence
         all-gathered forward and the gradient reduce-scattered backward."""
-        return _GatherIn.apply(x, self) if self.sequence_parallel and self.size > 1 else self.copy_in(x)
+        if self.sequence_parallel and self.size > 1:
+            return _SequenceExchange.apply(x, self, True)
+        return self.copy_in(x)
 
     def leave(self, x: torch.Tensor) -> torch.Tensor:
         """Out of a row-parallel region: ``reduce_out``, or with sequence parallelism the partial sums
         reduce-scattered into sequence shards forward and the gradient all-gathered backward."""
-        return _ScatterOut.apply(x, self) if self.sequence_parallel and self.size > 1 else self.reduce_out(x)
+        if self.sequence_parallel and self.size > 1:
+            return _SequenceExchange.apply(x, self, False)
+        return self.reduce_out(x)
 
     def sequence_slice(self, seq: int) -> slice:
         """The positions of a ``seq``-long sequence this rank holds outside the tensor-parallel regions."""
@@ -145,26 +150,20 @@ class _ReduceOut(torch.autograd.Function):
         return grad, None
 
 
-class _GatherIn(torch.autograd.Function):
+class _SequenceExchange(torch.autograd.Function):
+    """Sequence parallelism's ``g`` and ``ḡ``, conjugates of each other: ``gather`` True all-gathers the
+    sequence forward and reduce-scatters the gradient backward (into a column-parallel region), False
+    the reverse (out of a row-parallel region)."""
+
     @staticmethod
-    def forward(ctx, x, tensor):  # type: ignore[override]
-        ctx.tensor = tensor
-        return tensor.gather_sequence(x)
+    def forward(ctx, x, tensor, gather):  # type: ignore[override]
+        ctx.tensor, ctx.gather = tensor, gather
+        return tensor.gather_sequence(x) if gather else tensor.scatter_sequence(x)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        return ctx.tensor.scatter_sequence(grad), None
-
-
-class _ScatterOut(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, tensor):  # type: ignore[override]
-        ctx.tensor = tensor
-        return tensor.scatter_sequence(x)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        return ctx.tensor.gather_sequence(grad), None
+        tensor = ctx.tensor
+        return (tensor.scatter_sequence(grad) if ctx.gather else tensor.gather_sequence(grad)), None, None
 
 
 def is_replicated(name: str) -> bool:
