@@ -41,12 +41,13 @@ from ..model import ModelSpec
 from .kernels import Case, _nothing
 
 # hidden, heads, ffn, vocabulary, sequence length; and sequences per micro-batch. The first is of a
-# vanishing size (its passes are nearly all fixed cost); the others span widths 32-128, head sizes 8-16
-# and 32-256 tokens.
+# vanishing size (its passes are nearly all fixed cost); the others span widths 32-160, head sizes 8-16
+# and 32-256 tokens, and a block's forward moves 5 kB to 3 MB in float32 (the last: past a core's L2).
 VANISHING = ModelSpec("vanishing", 1, 8, 1, 32, 64, 8)
 LAYER_SHAPES = ((VANISHING, 1), (ModelSpec("probe-narrow", 1, 32, 2, 128, 256, 128), 2),
                 (ModelSpec("probe-wide", 1, 128, 8, 512, 1024, 32), 1),
-                (ModelSpec("probe-heads", 1, 96, 12, 384, 2048, 96), 1))
+                (ModelSpec("probe-heads", 1, 96, 12, 384, 2048, 96), 1),
+                (ModelSpec("probe-long", 1, 160, 10, 640, 512, 256), 1))
 IN_FLIGHT = 2
 KINDS = ("embedding", "block", "head")
 PASSES = ("forward", "input_grad", "weight_grad")
