@@ -22,8 +22,9 @@ each weight GEMM's dX, (m, k, n), and both backward GEMMs of the attention core,
 Recomputation (Korthikanti et al. 2022): ``"full"`` stores only each layer's input and runs the
 whole forward (collectives included) again before the input gradient (I, or B when the backward
 is not split); F itself then records no graph, priced at the measured no-graph fixed cost and cost
-per byte where the spec has them (``layer_overheads.no_grad``, a probed CPU), else as the forward; ``"selective"`` drops the stored attention scores and re-runs the attention core
-(QK^T, softmax, dropout, AV) before I; with FlashAttention there is nothing to drop and nothing
+per byte where the spec has them (``layer_overheads.no_grad``, a probed CPU), else as the forward.
+``"selective"`` drops the stored attention scores and re-runs the attention core (QK^T, softmax,
+dropout, AV) before I; with FlashAttention there is nothing to drop and nothing
 extra to run. After I a stage keeps what W still needs, at most what F stored. The planner prices
 each layer on its own (``price(layer_work(...))``), lowering prices each stage's sum, so the two
 agree up to rounding.
