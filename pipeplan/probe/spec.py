@@ -14,11 +14,11 @@ over the ranks and its median is what the fit sees:
 * ``copy`` → ``hbm_bandwidth`` (DRAM on a CPU), from copies past every cache;
 * ``layer`` → ``layer_overheads``: whole layers at ``LAYER_SHAPES`` in a stage's steady state, less
   what their GEMMs and attention cores are priced at. On a CPU, per layer kind and pass, that
-  remainder against the bytes its memory-bound kernels move: the least-squares line through the
-  shapes (``line_fit``), its intercept the fixed cost and its slope ``per_byte`` (neither below 0).
-  The shapes span 5 kB to 3 MB moved a pass, so a CPU stage's layers are priced between them rather
-  than past them. A pass whose kernels the model counts no bytes for (a block's or a head's W, an
-  embedding's I) keeps the mean remainder as its fixed cost; an embedding's W, which runs nothing,
+  remainder against the bytes its memory-bound kernels move (``overhead_fit``): the cost per byte
+  is the median of the slopes from the vanishing shape to the four others, the fixed cost the median
+  of what is left after it (neither below 0); the shapes span 5 kB to 3 MB moved a block forward.
+  A pass whose kernels the model counts no bytes for (a block's or a head's W, an
+  embedding's I) keeps the median remainder as its fixed cost; an embedding's W, which runs nothing,
   0. The forward without its graph (pass ``NO_GRAD``) is fitted as F is, into ``no_grad``. On a
   GPU, whose layers at those shapes are all fixed cost, the fixed cost is what is left after the
   fitted kernels (the elementwise rate included). ``op_overhead_s`` is the block's mean over its
@@ -163,21 +163,18 @@ def _peak(cuda_name: str | None, cpu_bound: float | None, best_rate: float, cuda
     return max(cpu_bound, best_rate) if cpu_bound else best_rate
 
 
-def line_fit(moved: list[float], left: list[float]) -> tuple[float, float]:
-    """(fixed seconds, seconds per byte), both >= 0: the least-squares line through what is left of
-    each layer pass after its priced kernels (``left``) against the bytes it moves (``moved``). Where
-    the passes move no bytes (or all the same), the mean of what is left; a negative slope or
-    intercept is held at 0 and the other refitted."""
-    n = len(moved)
-    mean_b, mean_r = sum(moved) / n, sum(left) / n
-    spread = sum((b - mean_b) ** 2 for b in moved)
-    slope = sum((b - mean_b) * (r - mean_r) for b, r in zip(moved, left)) / spread if spread > 0 else 0.0
-    if slope <= 0:
-        return max(0.0, mean_r), 0.0
-    intercept = mean_r - slope * mean_b
-    if intercept < 0:
-        return 0.0, max(0.0, sum(b * r for b, r in zip(moved, left)) / sum(b * b for b in moved))
-    return intercept, slope
+def overhead_fit(moved: list[float], left: list[float]) -> tuple[float, float]:
+    """(fixed seconds, seconds per byte), both >= 0, from what is left of each layer pass after its
+    priced kernels (``left``) against the bytes it moves (``moved``): the cost per byte is the median
+    of the slopes from the shape that moves least (the vanishing one, nearly all fixed cost) to each
+    other shape, the fixed cost the median of what is left after it. What is left is a small
+    difference of large numbers where GEMMs dominate a layer (the GEMM curve misses single shapes by
+    up to a third), so one shape the curve misprices must not set the line: with four other shapes,
+    it moves neither median. Where no shape moves more bytes than another, the median of what is left."""
+    smallest = min(range(len(moved)), key=lambda i: moved[i])
+    slopes = [(r - left[smallest]) / (b - moved[smallest]) for b, r in zip(moved, left) if b > moved[smallest]]
+    per_byte = max(0.0, statistics.median(slopes)) if slopes else 0.0
+    return max(0.0, statistics.median(r - b * per_byte for b, r in zip(moved, left))), per_byte
 
 
 def _layer_fit(result: dict, gpu: GPUSpec, fit_rates: bool) -> tuple[LayerOverheads, list[float]]:
@@ -202,7 +199,7 @@ def _layer_fit(result: dict, gpu: GPUSpec, fit_rates: bool) -> tuple[LayerOverhe
             mine = [pt for pt in points if pt[0] == k and pt[1] == p]
             if not mine:
                 continue  # an embedding's W runs nothing
-            fixed[kind][p], per_byte[kind][p] = line_fit([pt[4] for pt in mine], [pt[2] - pt[3] for pt in mine])
+            fixed[kind][p], per_byte[kind][p] = overhead_fit([pt[4] for pt in mine], [pt[2] - pt[3] for pt in mine])
     no_grad = fit_rates and any(pt[1] == NO_GRAD for pt in points)
     overheads = LayerOverheads(**{kind: tuple(fixed[kind][:len(PASSES)]) for kind in KINDS},
                                per_byte=tuple(tuple(per_byte[kind][:len(PASSES)]) for kind in KINDS) if fit_rates else None,
