@@ -21,8 +21,10 @@ each weight GEMM's dX, (m, k, n), and both backward GEMMs of the attention core,
 
 Recomputation (Korthikanti et al. 2022): ``"full"`` stores only each layer's input and runs the
 whole forward (collectives included) again before the input gradient (I, or B when the backward
-is not split); ``"selective"`` drops the stored attention scores and re-runs the attention core
-(QK^T, softmax, dropout, AV) before I; with FlashAttention there is nothing to drop and nothing
+is not split); F itself then records no graph, priced at the measured no-graph fixed cost and cost
+per byte where the spec has them (``layer_overheads.no_grad``, a probed CPU), else as the forward.
+``"selective"`` drops the stored attention scores and re-runs the attention core (QK^T, softmax,
+dropout, AV) before I; with FlashAttention there is nothing to drop and nothing
 extra to run. After I a stage keeps what W still needs, at most what F stored. The planner prices
 each layer on its own (``price(layer_work(...))``), lowering prices each stage's sum, so the two
 agree up to rounding.
@@ -240,6 +242,20 @@ def _memory_seconds(work: Work, gpu: GPUSpec) -> tuple[float, float, float]:
     return f, i, w
 
 
+def _no_grad_terms(work: Work, gpu: GPUSpec) -> tuple[float, float] | None:
+    """(memory-bound kernels, fixed cost) of ``work``'s forward run without its graph (a fully
+    recomputing stage's F), per layer kind at the measured no-graph cost per byte and fixed cost
+    (``layer_overheads.no_grad``); None where the GPU has not measured them."""
+    overheads = gpu.layer_overheads
+    if overheads is None or overheads.no_grad is None or overheads.per_byte is None or not work.memory_by_kind:
+        return None
+    width, memory, fixed = gpu.element_bytes / 2, 0.0, 0.0
+    for (kind, bf, _, _), count in work.memory_by_kind:
+        kind_fixed, per_byte = overheads.no_grad_of(kind)
+        memory, fixed = memory + count * bf * width * per_byte, fixed + count * kind_fixed
+    return memory, fixed
+
+
 def _attention_seconds(gpu: GPUSpec, gemms, backward: bool, standard: bool = False) -> float:
     """The attention cores' GEMMs (QK^T and AV) in the forward or in I (``GPUSpec.attention_gemm_seconds``);
     ``standard``: their scores pass through memory (``Work.score_memory_bytes`` > 0)."""
@@ -290,7 +306,10 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
                       + memory_i + tp_backward + overhead_i)
     backward_weight = _gemm_seconds(gpu, work.gemms, dw) + memory_w + overhead_w
     if work.recompute == "full":
-        backward_input += forward
+        backward_input += forward  # the re-run records the graph the backward needs
+        no_grad = _no_grad_terms(work, gpu)
+        if no_grad is not None:  # F itself records no graph
+            forward += sum(no_grad) - memory_f - overhead_f
     backward_input += selective_rerun_seconds(work, gpu)  # FlashAttention stores no scores to drop
     return StageCost(
         forward=forward,

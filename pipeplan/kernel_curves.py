@@ -186,12 +186,18 @@ class LayerOverheads:
     cross-entropy moves its bytes faster than a block's norms and activation do, and an eager
     backward spends about what its forward spends where the model counts twice the bytes.
     ``pipeplan probe`` measures both in whole layers (``pipeplan.probe.layer``). Where a spec has
-    none, ``GPUSpec.op_overhead_s`` is charged for every layer and pass alike."""
+    none, ``GPUSpec.op_overhead_s`` is charged for every layer and pass alike.
+
+    ``no_grad``, where given, is per kind (embedding, block, head) the fixed seconds and the seconds
+    per byte of a forward run without recording its graph, as a fully recomputing stage runs its F
+    (``validator.compute``: under ``torch.no_grad()``, each activation freed as the next is made):
+    no autograd nodes to build, no tensors saved, memory reused while it is still in the cache."""
 
     embedding: tuple[float, float, float]
     block: tuple[float, float, float]
     head: tuple[float, float, float]
     per_byte: tuple[tuple[float, float, float], ...] | None = None
+    no_grad: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
         for kind in LAYER_KINDS:
@@ -222,9 +228,15 @@ class LayerOverheads:
                     positive_number(f"per_byte.{kind}", value, allow_zero=True)
                 rows.append(tuple(float(v) for v in values))
             object.__setattr__(self, "per_byte", tuple(rows))
+        if self.no_grad is not None:
+            object.__setattr__(self, "no_grad", _per_kind_pairs("no_grad", self.no_grad))
 
     def of(self, kind: str) -> tuple[float, float, float]:
         return getattr(self, kind)
+
+    def no_grad_of(self, kind: str) -> tuple[float, float] | None:
+        """(fixed seconds, seconds per byte) of ``kind``'s forward without a graph, or None (not measured)."""
+        return None if self.no_grad is None else self.no_grad[LAYER_KINDS.index(kind)]
 
     def memory_of(self, kind: str) -> tuple[float, float, float] | None:
         """Seconds per byte of ``kind``'s memory-bound kernels in F, I and W, or None (not measured)."""
@@ -234,6 +246,8 @@ class LayerOverheads:
         data: dict[str, Any] = {kind: list(getattr(self, kind)) for kind in LAYER_KINDS}
         if self.per_byte is not None:
             data["per_byte"] = {kind: list(values) for kind, values in zip(LAYER_KINDS, self.per_byte)}
+        if self.no_grad is not None:
+            data["no_grad"] = {kind: list(values) for kind, values in zip(LAYER_KINDS, self.no_grad)}
         return data
 
     @staticmethod
@@ -242,14 +256,37 @@ class LayerOverheads:
             return data
         if not isinstance(data, dict):
             raise SpecError(f"{where}: must be a mapping of {', '.join(LAYER_KINDS)} to [F, I, W] seconds")
-        unknown = sorted(set(data) - set(LAYER_KINDS) - {"per_byte"})
+        unknown = sorted(set(data) - set(LAYER_KINDS) - {"per_byte", "no_grad"})
         if unknown:
             raise SpecError(f"{where}.{unknown[0]}: unknown layer kind; known kinds are {', '.join(LAYER_KINDS)} "
-                            "(and per_byte)")
+                            "(and per_byte, no_grad)")
         missing = [k for k in LAYER_KINDS if k not in data]
         if missing:
             raise SpecError(f"{where}.{missing[0]}: required field is missing")
         try:
-            return LayerOverheads(**{k: data[k] for k in LAYER_KINDS}, per_byte=data.get("per_byte"))
+            return LayerOverheads(**{k: data[k] for k in LAYER_KINDS}, per_byte=data.get("per_byte"),
+                                  no_grad=data.get("no_grad"))
         except SpecError as err:
             raise SpecError(f"{where}.{err}") from None
+
+
+def _per_kind_pairs(field: str, value: Any) -> tuple[tuple[float, float], ...]:
+    """A mapping of each layer kind (or a sequence in ``LAYER_KINDS`` order) to [fixed seconds, seconds per byte]."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(LAYER_KINDS))
+        if unknown:
+            raise SpecError(f"{field}.{unknown[0]}: unknown layer kind; known kinds are {', '.join(LAYER_KINDS)}")
+        missing = [k for k in LAYER_KINDS if k not in value]
+        if missing:
+            raise SpecError(f"{field}.{missing[0]}: required field is missing")
+        value = tuple(value[k] for k in LAYER_KINDS)
+    if not isinstance(value, (list, tuple)) or len(value) != len(LAYER_KINDS):
+        raise SpecError(f"{field}: a mapping of {', '.join(LAYER_KINDS)} to [fixed seconds, seconds per byte]")
+    rows = []
+    for kind, pair in zip(LAYER_KINDS, value):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise SpecError(f"{field}.{kind}: needs [fixed seconds, seconds per byte]; got {pair!r}")
+        for number in pair:
+            positive_number(f"{field}.{kind}", number, allow_zero=True)
+        rows.append((float(pair[0]), float(pair[1])))
+    return tuple(rows)

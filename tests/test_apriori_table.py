@@ -88,3 +88,35 @@ def test_a_table_is_made_again_from_saved_reports(tmp_path):
     rows = [line for line in out.stdout.splitlines() if line.startswith("| tiny")]
     assert len(rows) == 1 and rows[0].startswith("| tiny-gpipe-m4-b8 | 1 | 20.0 % | 100.0 ms |")
     assert "1 plans: a priori within 10 % and 3 pt in 1" in out.stdout
+
+
+def test_the_per_op_check_prices_each_stage_as_the_cost_model_does(tmp_path):
+    """``apriori_ops.py`` on the repository's probed spec: one row per stage of the plan, each cell
+    measured / a priori, the a priori being ``price(stage_work(...))`` of that stage (recomputation as
+    the plan says); a bad ``--rounds`` is refused before anything runs."""
+    from pipeplan.cluster import load_cluster
+    from pipeplan.costs import price, stage_work
+    from pipeplan.validation.preflight import check_plan
+
+    cluster = REPO / "validation" / "probed-cpu.json"
+    script = REPO / "validation" / "apriori_ops.py"
+    out = subprocess.run([sys.executable, str(script), "--cluster", str(cluster), "--only", "interleaved",
+                          "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| tiny-interleaved-recompute |")]
+    checked = check_plan(str(apriori_table.PLANS / "tiny-interleaved-recompute.json"), 1.0)
+    model, plan = checked.model, checked.plan
+    assert len(rows) == len(plan.layers_per_stage) == 4
+    gpu = load_cluster(str(cluster)).gpu
+    for stage, line in enumerate(rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == str(stage)
+        recompute = plan.recompute_of(stage)
+        assert cells[2] == f"{len(plan.stage_layers(stage))}{' (recompute)' if recompute else ''}"
+        cost = price(stage_work(model, plan.stage_layers(stage), plan.microbatch_size, model.seq_len, recompute), gpu)
+        for cell, want in zip(cells[3:6], (cost.forward, cost.backward_input, cost.backward_weight)):
+            measured, priced = (float(x) for x in cell.split(" (")[0].split(" / "))
+            assert measured > 0 and priced == pytest.approx(1e3 * want, abs=0.006)
+    bad = subprocess.run([sys.executable, str(script), "--cluster", str(cluster), "--rounds", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--rounds" in bad.stderr.strip().splitlines()[-1]

@@ -164,6 +164,39 @@ def test_measured_per_byte_costs_price_each_layer_kinds_memory_kernels_by_hand()
     assert sum(t for _, _, t in parts["I"]) == pytest.approx(a.backward_input, rel=1e-12)
 
 
+def test_a_recomputing_stages_forward_is_priced_without_its_graph_by_hand():
+    """A fully recomputing stage's F runs under no_grad (``validator.compute``). tiny, b = 1, s = 64, two
+    blocks: each forward moves 147,456 bf16 bytes (see above), 294,912 in float32. With a measured
+    no-graph fixed cost and cost per byte below the forward's, F costs exactly the difference less than
+    the same stage's F without recomputation; its I is that stage's I plus the forward *with* its graph
+    (the re-run records it); W is unchanged."""
+    base = GPUSpec("core", 2e11, 8e9, hbm_bandwidth=1e10, element_bytes=4, kernel_bandwidth=5e9,
+                   gemm_curve=ShapeCurve(1e11, (10.0, 20.0, 5.0), 2e-6))
+    fixed = dict(embedding=(1e-5, 2e-5, 0.0), block=(3e-4, 2e-4, 5e-5), head=(3e-5, 3e-5, 1e-5))
+    per_byte = ((0.0, 0.0, 0.0), (8e-10, 6e-10, 0.0), (2e-10, 1e-10, 0.0))
+    no_grad = {"embedding": [1e-5, 0.0], "block": [2e-4, 6e-10], "head": [3e-5, 2e-10]}
+    with_no_grad = replace(base, layer_overheads=LayerOverheads(**fixed, per_byte=per_byte, no_grad=no_grad))
+    without = replace(base, layer_overheads=LayerOverheads(**fixed, per_byte=per_byte))
+    model = MODEL_PRESETS["tiny"]
+    blocks = range(1, 3)
+    plain = price(stage_work(model, blocks, 1, 64, False), with_no_grad)
+    again = price(stage_work(model, blocks, 1, 64, True), with_no_grad)
+    moved = 64 * (20 * 64 + 4 * 256) * 2
+    assert plain.forward - again.forward == pytest.approx(2 * (1e-4 + moved * (8e-10 - 6e-10)), rel=1e-9)
+    assert again.backward_input == pytest.approx(plain.backward_input + plain.forward, rel=1e-12)
+    assert again.backward_weight == pytest.approx(plain.backward_weight, rel=1e-12)
+    # a spec that never measured the no-graph forward prices it as the forward, as before
+    old = price(stage_work(model, blocks, 1, 64, True), without)
+    assert old.forward == pytest.approx(plain.forward, rel=1e-12)
+    assert old.backward_input == pytest.approx(plain.backward_input + plain.forward, rel=1e-12)
+    # the band's parts mirror it
+    parts = layer_parts(stage_work(model, blocks, 1, 64, True), with_no_grad, None)
+    assert sum(t for _, _, t in parts["F"]) == pytest.approx(again.forward, rel=1e-12)
+    assert sum(t for _, _, t in parts["I"]) == pytest.approx(again.backward_input, rel=1e-12)
+    # and it survives the cluster file
+    assert LayerOverheads.from_dict("x", with_no_grad.layer_overheads.to_dict()) == with_no_grad.layer_overheads
+
+
 @pytest.mark.parametrize("field, value, needle", [
     ("gemm_curve", {"rate": 1e11, "halves": [1, 2]}, "needs 3 numbers"),
     ("gemm_curve", {"rate": -1, "halves": [1, 2, 3]}, "gemm_curve.rate"),
@@ -185,6 +218,12 @@ def test_measured_per_byte_costs_price_each_layer_kinds_memory_kernels_by_hand()
     ("layer_overheads", {"embedding": [0, 0, 0], "block": [0, 0, 0], "head": [0, 0, 0],
                          "per_byte": {"embedding": [0, 0, 0], "block": [0, 0, 0], "head": [0, -1e-9, 0]}},
      "per_byte.head"),
+    ("layer_overheads", {"embedding": [0, 0, 0], "block": [0, 0, 0], "head": [0, 0, 0],
+                         "no_grad": {"embedding": [0, 0], "block": [0, 0, 0], "head": [0, 0]}}, "no_grad.block: needs"),
+    ("layer_overheads", {"embedding": [0, 0, 0], "block": [0, 0, 0], "head": [0, 0, 0],
+                         "no_grad": {"embedding": [0, 0], "block": [0, 0]}}, "no_grad.head: required"),
+    ("layer_overheads", {"embedding": [0, 0, 0], "block": [0, 0, 0], "head": [0, 0, 0],
+                         "no_grad": {"embedding": [0, 0], "block": [-1, 0], "head": [0, 0]}}, "no_grad.block"),
 ])
 def test_a_bad_measured_field_is_named(probed, field, value, needle):
     data = json.loads(probed.read_text())

@@ -11,8 +11,8 @@ from pipeplan.costs import layer_work, price
 from pipeplan.kernel_curves import LayerOverheads, ShapeCurve, ShapeTable
 from pipeplan.model import MODEL_PRESETS
 from pipeplan.probe.fit import fit_affine, fit_curve, fit_table, fit_tile_waves, tile_wave_seconds
-from pipeplan.probe.layer import IN_FLIGHT, LAYER_SHAPES
-from pipeplan.probe.spec import build_spec
+from pipeplan.probe.layer import IN_FLIGHT, LAYER_SHAPES, NO_GRAD
+from pipeplan.probe.spec import build_spec, overhead_fit
 from pipeplan.scaling import scale_model
 
 GEMM_DIMS = [(t, o, i) for t in (32, 128, 512, 2048) for i in (16, 64, 256, 1024) for o in (16, 64, 256, 1024)
@@ -129,6 +129,10 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
             for p, t in enumerate((c.forward, c.backward_input, c.backward_weight)[:2 if kind == "embedding" else 3]):
                 points.append([j, k, p])
                 seconds.append(IN_FLIGHT * t)
+            if true.layer_overheads.no_grad is not None:  # the forward without its graph: a recomputing stage's F
+                points.append([j, k, NO_GRAD])
+                seconds.append(IN_FLIGHT * price(layer_work(spec, spec.layer_kinds.index(kind), batch, spec.seq_len,
+                                                            True), true).forward)
     layer = result(points, [1.0 / IN_FLIGHT] * len(points), [[]] * len(points), seconds)
     sizes = [4, 4096, 65536, 1 << 20, 1 << 22, 1 << 24]
     links = result([[n] for n in sizes], sizes, [[] for _ in sizes], [link[0] + n / link[1] for n in sizes])
@@ -141,7 +145,8 @@ def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, r
 CPU_TRUTH = GPUSpec("core", 1.66e11, 12e9, hbm_bandwidth=9e9, op_overhead_s=140e-6, element_bytes=4,
                     layer_overheads=LayerOverheads(embedding=(60e-6, 80e-6, 0.0), block=(150e-6, 200e-6, 70e-6),
                                                    head=(90e-6, 110e-6, 30e-6),
-                                                   per_byte=((5e-10, 0.0, 0.0), (4e-10, 2e-10, 0.0), (1e-10, 5e-11, 0.0))),
+                                                   per_byte=((5e-10, 0.0, 0.0), (4e-10, 2e-10, 0.0), (1e-10, 5e-11, 0.0)),
+                                                   no_grad=((40e-6, 3e-10), (100e-6, 3e-10), (70e-6, 8e-11))),
                     kernel_bandwidth=8e9, gemm_curve=ShapeCurve(8e10, (10.0, 12.0, 4.0), 2e-6),
                     attention_forward=ShapeTable(((16, 64, 256), (8, 16, 64)),
                                                  (1e10, 2e10, 3e10, 2e10, 3e10, 5e10, 3e10, 5e10, 7e10), 1e-5),
@@ -168,6 +173,9 @@ def test_the_spec_built_from_a_known_device_carries_its_figures():
     assert gpu.hbm_bandwidth == pytest.approx(9e9, rel=0.02)
     for kind in ("embedding", "block", "head"):
         assert gpu.layer_overheads.of(kind) == pytest.approx(CPU_TRUTH.layer_overheads.of(kind), rel=0.05, abs=1e-6)
+        # the forward without its graph, fitted as F is
+        assert gpu.layer_overheads.no_grad_of(kind) == pytest.approx(CPU_TRUTH.layer_overheads.no_grad_of(kind),
+                                                                     rel=0.05, abs=1e-6)
     assert gpu.op_overhead_s == pytest.approx((150e-6 + 200e-6 + 70e-6) / 3, rel=0.05)  # the block's mean
     assert gpu.element_bytes == 4 and gpu.peak_flops == 1.66e11
     assert spec.intra.latency == pytest.approx(30e-6, rel=0.05)
@@ -227,3 +235,16 @@ def test_round_trips_the_other_rank_waited_in_do_not_set_the_link():
     spec = build_spec(ranks, OPTIONS, MACHINE, 12.0)
     assert spec.intra.latency == pytest.approx(30e-6, rel=0.05)
     assert spec.intra.bandwidth == pytest.approx(1.5e9, rel=0.03)
+
+
+def test_the_layer_overhead_fit_recovers_a_known_line_and_ignores_one_mispriced_shape():
+    moved = [5e3, 3e5, 6e5, 6.6e5, 3e6]
+    left = [2e-4 + 2e-10 * b for b in moved]
+    assert overhead_fit(moved, left) == pytest.approx((2e-4, 2e-10), rel=1e-9)
+    # the largest shape's GEMMs priced 1 ms off: its slope from the vanishing shape is off, the median is not
+    off = left[:-1] + [left[-1] + 1e-3]
+    assert overhead_fit(moved, off) == pytest.approx((2e-4, 2e-10), rel=1e-9)
+    # a pass whose bytes buy nothing: no cost per byte, the median is the fixed cost
+    assert overhead_fit(moved, [3e-4, 1e-4, 2e-4, 2e-4, 1e-4]) == pytest.approx((2e-4, 0.0), abs=1e-15)
+    # no bytes at all (a W): the median
+    assert overhead_fit([0.0] * 3, [1e-4, 2e-4, 3e-4]) == pytest.approx((2e-4, 0.0), rel=1e-9)

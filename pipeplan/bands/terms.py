@@ -23,8 +23,8 @@ from collections import defaultdict
 from simulator.kinds import BY_CODE, COMM, FORWARD, FULL_BACKWARD, BACKWARD_INPUT, BACKWARD_WEIGHT, KINDS, OPTIMIZER
 
 from ..cluster import GPUSpec, LinkSpec
-from ..costs import (Work, _attention_seconds, _memory_seconds, _overheads, layer_work,  # price()'s own terms
-                     selective_rerun_seconds, tp_seconds)
+from ..costs import (Work, _attention_seconds, _memory_seconds, _no_grad_terms, _overheads,  # price()'s own terms
+                     layer_work, selective_rerun_seconds, tp_seconds)
 
 Part = tuple[str, tuple, float]  # (op class, group, seconds or share)
 OpTerms = dict[tuple[int, int], tuple[Part, ...]]  # (stage, kind code) -> parts, shares summing to 1
@@ -57,7 +57,10 @@ def layer_parts(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None) -> dict[str,
     backward_weight = [("gemm", "W", _gemms(gpu, work.gemms, dw)), ("memory", "W", memory_w),
                        ("overhead", "W", overhead_w)]
     if work.recompute == "full":
-        backward_input += forward
+        backward_input += forward  # the re-run records the graph
+        no_grad = _no_grad_terms(work, gpu)
+        if no_grad is not None:  # F itself does not (``costs.price``)
+            forward = [forward[0], ("memory", "F", no_grad[0]), forward[2], ("overhead", "F", no_grad[1])]
     elif work.recompute == "selective" and work.score_memory_bytes > 0:
         backward_input += [("gemm", "F", core), ("memory", "F", selective_rerun_seconds(work, gpu) - core)]
     return {"F": forward, "I": backward_input, "W": backward_weight}

@@ -23,7 +23,15 @@ layer a stage, at ``LAYER_SHAPES`` (none is a preset's shape or a validation pla
 * head: the final norm, the vocabulary projection and the cross-entropy loss.
 
 As a pipeline stage does, each pass runs on ``IN_FLIGHT`` micro-batches (both forwards, then both
-input gradients, then both weight gradients), and every forward reads a fresh input.
+input gradients, then both weight gradients), and every forward reads a fresh input. Each case runs
+in a stage's steady state (``kernels.Case.warm``): ``WARM`` untimed repetitions of the same layer's
+passes right before the timed one, as a stage runs its layers op after op, not after the other
+benchmarks' shapes.
+
+A fully recomputing stage runs its F without recording the graph (``validator.compute``: under
+``torch.no_grad()``); the probe times that forward too (pass ``NO_GRAD``, a recomputing
+``StageRunner``), so the cost model prices it as run (``LayerOverheads.no_grad``) rather than as a
+forward that builds its graph.
 """
 from __future__ import annotations
 
@@ -33,31 +41,39 @@ from ..model import ModelSpec
 from .kernels import Case, _nothing
 
 # hidden, heads, ffn, vocabulary, sequence length; and sequences per micro-batch. The first is of a
-# vanishing size (its passes are nearly all fixed cost); the others span widths 32-128, head sizes 8-16
-# and 32-256 tokens.
+# vanishing size (its passes are nearly all fixed cost); the others span widths 32-160, head sizes 8-16
+# and 32-256 tokens, and a block's forward moves 5 kB to 3 MB in float32 (the last: past a core's L2).
 VANISHING = ModelSpec("vanishing", 1, 8, 1, 32, 64, 8)
 LAYER_SHAPES = ((VANISHING, 1), (ModelSpec("probe-narrow", 1, 32, 2, 128, 256, 128), 2),
                 (ModelSpec("probe-wide", 1, 128, 8, 512, 1024, 32), 1),
-                (ModelSpec("probe-heads", 1, 96, 12, 384, 2048, 96), 1))
+                (ModelSpec("probe-heads", 1, 96, 12, 384, 2048, 96), 1),
+                (ModelSpec("probe-long", 1, 160, 10, 640, 512, 256), 1))
 IN_FLIGHT = 2
 KINDS = ("embedding", "block", "head")
 PASSES = ("forward", "input_grad", "weight_grad")
+NO_GRAD = len(PASSES)  # the pass index of a forward without its graph (a recomputing stage's F)
+# Untimed repetitions before each timed one: one leaves the caches, the allocator's free lists and the
+# interpreter as the stage's previous op of the same layer does.
+WARM = 1
 
 
-def _stage(torch: Any, spec: ModelSpec, batch: int, kind: str, device: Any, dtype: Any):
+def _stage(torch: Any, spec: ModelSpec, batch: int, kind: str, device: Any, dtype: Any, recompute: bool = False):
     from validator.compute import StageRunner  # the eager reference stage (imports torch)
 
     index = spec.layer_kinds.index(kind)
-    return StageRunner(spec, index, range(index, index + 1), batch, spec.seq_len, IN_FLIGHT, device, dtype, seed=1)
+    return StageRunner(spec, index, range(index, index + 1), batch, spec.seq_len, IN_FLIGHT, device, dtype, seed=1,
+                       recompute=recompute)
 
 
 def layer_cases(torch: Any, device: Any, dtype: Any, shapes=LAYER_SHAPES) -> list[Case]:
-    """Per shape, F and I of each kind and W of the block and the head (an embedding's W runs
-    nothing), each on ``IN_FLIGHT`` micro-batches: a case's shape is (shape index, kind index, pass
-    index), its size 1 / ``IN_FLIGHT`` (a sample is the time of ``IN_FLIGHT`` passes)."""
+    """Per shape, F and I of each kind, W of the block and the head (an embedding's W runs
+    nothing) and F without the graph (pass ``NO_GRAD``), each on ``IN_FLIGHT`` micro-batches: a
+    case's shape is (shape index, kind index, pass index), its size 1 / ``IN_FLIGHT`` (a sample is
+    the time of ``IN_FLIGHT`` passes)."""
     cases = []
     for j, (spec, batch) in enumerate(shapes):
         for k, kind in enumerate(KINDS):
+            cases.append(_no_grad_case(torch, spec, batch, j, k, device, dtype))
             runner = _stage(torch, spec, batch, kind, device, dtype)
             boundary = (batch, spec.seq_len, spec.hidden)
             ids = iter(range(1 << 30))  # a micro-batch number per pass: the runner keeps state by it
@@ -94,9 +110,27 @@ def layer_cases(torch: Any, device: Any, dtype: Any, shapes=LAYER_SHAPES) -> lis
                 return [t for t in held if isinstance(t, torch.Tensor)]
 
             per = 1.0 / IN_FLIGHT
-            cases += [Case((j, k, 0), per, (), _nothing, lambda _s, f=forwards, h=kept: h(f())),
-                      Case((j, k, 1), per, (), forwards, lambda done, i=input_grads, h=kept: h(i(done)))]
+            cases += [Case((j, k, 0), per, (), _nothing, lambda _s, f=forwards, h=kept: h(f()), WARM),
+                      Case((j, k, 1), per, (), forwards, lambda done, i=input_grads, h=kept: h(i(done)), WARM)]
             if kind != "embedding":
                 cases.append(Case((j, k, 2), per, (), ready_for_w,
-                                  lambda done, w=weight_grads: w(done) or []))
+                                  lambda done, w=weight_grads: w(done) or [], WARM))
     return cases
+
+
+def _no_grad_case(torch: Any, spec: ModelSpec, batch: int, j: int, k: int, device: Any, dtype: Any) -> Case:
+    """``IN_FLIGHT`` forwards of a recomputing stage of one layer (no graph; it keeps their inputs)."""
+    runner = _stage(torch, spec, batch, KINDS[k], device, dtype, recompute=True)
+    boundary = (batch, spec.seq_len, spec.hidden)
+    ids = iter(range(1 << 30))
+
+    def forwards(_s=None):
+        held = []
+        for _ in range(IN_FLIGHT):
+            mb = next(ids)
+            x = None if runner.first else torch.randn(boundary, device=device, dtype=dtype)
+            held.append(runner.forward(mb, x))
+            held += [runner.inputs.pop(mb, None), runner.targets.pop(mb, None)]
+        return [t for t in held if isinstance(t, torch.Tensor)]
+
+    return Case((j, k, NO_GRAD), 1.0 / IN_FLIGHT, (), _nothing, forwards, WARM)

@@ -12,16 +12,17 @@ over the ranks and its median is what the fit sees:
   alone, the model's bytes (times ``element_bytes`` / 2) over seconds, one affine fit over both
   passes (on a CPU a layer's own kernels are priced by ``layer_overheads.per_byte`` instead);
 * ``copy`` → ``hbm_bandwidth`` (DRAM on a CPU), from copies past every cache;
-* ``layer`` → ``layer_overheads``: whole layers at ``LAYER_SHAPES``, less what their GEMMs and
-  attention cores are priced at. On a CPU, per layer kind and pass, that remainder against the
-  bytes its memory-bound kernels move: ``per_byte`` is the median over the larger shapes of the
-  slope from the vanishing one (a median of three, so one disturbed shape does not set it; never
-  below 0), and the fixed cost the median over the shapes of what is left after it (never below 0).
-  A pass whose kernels the model counts no bytes for (a block's or a head's W, an embedding's I)
-  keeps the median remainder as its fixed cost; an embedding's W, which runs nothing, 0. On a GPU, whose layers at those shapes are all
-  fixed cost, the fixed cost is what is left after the fitted kernels (the elementwise rate
-  included). ``op_overhead_s`` is the block's mean over its passes (what a reader of the one figure
-  gets);
+* ``layer`` → ``layer_overheads``: whole layers at ``LAYER_SHAPES`` in a stage's steady state, less
+  what their GEMMs and attention cores are priced at. On a CPU, per layer kind and pass, that
+  remainder against the bytes its memory-bound kernels move (``overhead_fit``): the cost per byte
+  is the median of the slopes from the vanishing shape to the four others, the fixed cost the median
+  of what is left after it (neither below 0); the shapes span 5 kB to 3 MB moved a block forward.
+  A pass whose kernels the model counts no bytes for (a block's or a head's W, an
+  embedding's I) keeps the median remainder as its fixed cost; an embedding's W, which runs nothing,
+  0. The forward without its graph (pass ``NO_GRAD``) is fitted as F is, into ``no_grad``. On a
+  GPU, whose layers at those shapes are all fixed cost, the fixed cost is what is left after the
+  fitted kernels (the elementwise rate included). ``op_overhead_s`` is the block's mean over its
+  passes (what a reader of the one figure gets);
 * ``link`` → ``intra`` (and ``inter``: one host has no inter-node link, so it gets the same figures):
   latency and bandwidth of one-way times by message size, the lower quartile of each size's trips.
 """
@@ -35,7 +36,7 @@ from ..cluster import ClusterSpec, GPUSpec, LinkSpec
 from ..costs import layer_work, price
 from ..kernel_curves import LayerOverheads
 from .fit import fit_affine, fit_curve, fit_table, fit_tile_waves
-from .layer import IN_FLIGHT, KINDS, LAYER_SHAPES, PASSES
+from .layer import IN_FLIGHT, KINDS, LAYER_SHAPES, NO_GRAD, PASSES
 from .record import ProbePoint, ProbeQuantity, ProbeRecord
 from .worker import THREADS
 
@@ -162,6 +163,20 @@ def _peak(cuda_name: str | None, cpu_bound: float | None, best_rate: float, cuda
     return max(cpu_bound, best_rate) if cpu_bound else best_rate
 
 
+def overhead_fit(moved: list[float], left: list[float]) -> tuple[float, float]:
+    """(fixed seconds, seconds per byte), both >= 0, from what is left of each layer pass after its
+    priced kernels (``left``) against the bytes it moves (``moved``): the cost per byte is the median
+    of the slopes from the shape that moves least (the vanishing one, nearly all fixed cost) to each
+    other shape, the fixed cost the median of what is left after it. What is left is a small
+    difference of large numbers where GEMMs dominate a layer (the GEMM curve misses single shapes by
+    up to a third), so one shape the curve misprices must not set the line: with four other shapes,
+    it moves neither median. Where no shape moves more bytes than another, the median of what is left."""
+    smallest = min(range(len(moved)), key=lambda i: moved[i])
+    slopes = [(r - left[smallest]) / (b - moved[smallest]) for b, r in zip(moved, left) if b > moved[smallest]]
+    per_byte = max(0.0, statistics.median(slopes)) if slopes else 0.0
+    return max(0.0, statistics.median(r - b * per_byte for b, r in zip(moved, left))), per_byte
+
+
 def _layer_fit(result: dict, gpu: GPUSpec, fit_rates: bool) -> tuple[LayerOverheads, list[float]]:
     """(per layer kind and pass the fixed cost and, on a CPU, the cost per byte of the memory-bound
     kernels; the fitted seconds per point, as sampled: ``IN_FLIGHT`` passes) from the layers' timings
@@ -173,23 +188,23 @@ def _layer_fit(result: dict, gpu: GPUSpec, fit_rates: bool) -> tuple[LayerOverhe
         spec, batch = LAYER_SHAPES[j]
         work = layer_work(spec, spec.layer_kinds.index(KINDS[k]), batch, spec.seq_len, False)
         cost = price(work, bare)
-        moved = (work.forward_memory_bytes, work.input_grad_memory_bytes, work.weight_grad_memory_bytes)[p]
-        points.append((k, p, t / IN_FLIGHT, (cost.forward, cost.backward_input, cost.backward_weight)[p],
+        moved = (work.forward_memory_bytes, work.input_grad_memory_bytes, work.weight_grad_memory_bytes,
+                 work.forward_memory_bytes)[p]  # a forward without its graph moves what a forward moves
+        points.append((k, p, t / IN_FLIGHT, (cost.forward, cost.backward_input, cost.backward_weight, cost.forward)[p],
                        moved * gpu.element_bytes / 2 if fit_rates else 0.0))
-    fixed = {kind: [0.0] * len(PASSES) for kind in KINDS}
-    per_byte = {kind: [0.0] * len(PASSES) for kind in KINDS}
+    fixed = {kind: [0.0] * (len(PASSES) + 1) for kind in KINDS}
+    per_byte = {kind: [0.0] * (len(PASSES) + 1) for kind in KINDS}
     for k, kind in enumerate(KINDS):
-        for p in range(len(PASSES)):
+        for p in range(len(PASSES) + 1):
             mine = [pt for pt in points if pt[0] == k and pt[1] == p]
             if not mine:
                 continue  # an embedding's W runs nothing
-            smallest = min(mine, key=lambda pt: pt[4])  # the vanishing shape: nearly all fixed cost
-            slopes = [((pt[2] - pt[3]) - (smallest[2] - smallest[3])) / (pt[4] - smallest[4])
-                      for pt in mine if pt[4] > smallest[4]]
-            per_byte[kind][p] = max(0.0, statistics.median(slopes)) if slopes else 0.0
-            fixed[kind][p] = max(0.0, statistics.median(pt[2] - pt[3] - pt[4] * per_byte[kind][p] for pt in mine))
-    overheads = LayerOverheads(**{kind: tuple(fixed[kind]) for kind in KINDS},
-                               per_byte=tuple(tuple(per_byte[kind]) for kind in KINDS) if fit_rates else None)
+            fixed[kind][p], per_byte[kind][p] = overhead_fit([pt[4] for pt in mine], [pt[2] - pt[3] for pt in mine])
+    no_grad = fit_rates and any(pt[1] == NO_GRAD for pt in points)
+    overheads = LayerOverheads(**{kind: tuple(fixed[kind][:len(PASSES)]) for kind in KINDS},
+                               per_byte=tuple(tuple(per_byte[kind][:len(PASSES)]) for kind in KINDS) if fit_rates else None,
+                               no_grad=tuple((fixed[kind][NO_GRAD], per_byte[kind][NO_GRAD]) for kind in KINDS)
+                               if no_grad else None)
     fitted = [IN_FLIGHT * (pt[3] + fixed[KINDS[pt[0]]][pt[1]] + pt[4] * per_byte[KINDS[pt[0]]][pt[1]])
               for pt in points]
     return overheads, fitted

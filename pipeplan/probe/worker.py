@@ -28,7 +28,7 @@ BENCHMARKS = ("gemm", "attention_forward", "attention_backward", "elementwise_fo
               "elementwise_backward", "layer", "copy")
 # Benchmarks that take more passes per round: a layer's fixed cost and its cost per byte come from
 # differences between a few shapes, so their medians need more samples than a curve over dozens.
-MORE_REPS = {"layer": 3}
+MORE_REPS = {"layer": 2}
 
 
 def _die_with_parent() -> None:
