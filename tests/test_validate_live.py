@@ -155,8 +155,11 @@ def test_validate_prints_the_table_and_writes_report_gantt_and_profile(cli_run):
     plan = Plan.load(str(PLANS / "tiny-zb-h1-p2.json"))
     without = simulate(plan=plan, base_dir=PLANS, profile=str(folder / "profile.json"),
                        dp_options=DataParallelOptions(optimizer_step=False))
-    assert json.loads(sim.stdout)["iteration_time"] == pytest.approx(report["predicted"]["iteration_time"])
-    assert without.iteration_time < report["predicted"]["iteration_time"]
+    # simulate prints the mean-time simulation, which the report keeps as its point (its prediction is the
+    # median over the calibration's scatter, at least the point's time)
+    point = report["predicted"]["point"]["iteration_time"]
+    assert json.loads(sim.stdout)["iteration_time"] == pytest.approx(point)
+    assert without.iteration_time < point <= report["predicted"]["iteration_time"] * 1.05
     assert all(stage["optimizer"] > 0 for stage in report["profile"]["stages"])
 
 
