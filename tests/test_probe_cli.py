@@ -20,7 +20,7 @@ from pipeplan.plan import Plan
 from pipeplan.probe.run import ProbeOptions, check
 
 from reliability import REPO, assert_one_line_error, run_in  # tests/ is on sys.path
-from test_probe_fit import CPU_TRUTH, MACHINE, OPTIONS, _fake_ranks
+from test_probe_fit import CPU_TRUTH, MACHINE, OPTIONS, fake_ranks
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -76,7 +76,7 @@ def probed(tmp_path):
     """A spec as the probe writes it (fitted from synthetic timings of a known device), in a file."""
     from pipeplan.probe.spec import build_spec
 
-    spec = build_spec(_fake_ranks(CPU_TRUTH, (30e-6, 1.5e9), 4e-6, random.Random(5)), OPTIONS, MACHINE, 10.0)
+    spec = build_spec(fake_ranks(CPU_TRUTH, (30e-6, 1.5e9), 4e-6, random.Random(5)), OPTIONS, MACHINE, 10.0)
     (tmp_path / "probed.json").write_text(json.dumps(spec.to_dict()))
     return tmp_path / "probed.json"
 

@@ -100,7 +100,7 @@ def test_fits_refuse_too_few_points():
         fit_affine([1.0], [1.0])
 
 
-def _fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, rng: random.Random,
+def fake_ranks(true: GPUSpec, link: tuple[float, float], ew_intercept: float, rng: random.Random,
                 cuda_name: str | None = None, sms: int | None = None, gemm_dims=GEMM_DIMS) -> list[dict]:
     """What two ranks would report on a device that follows ``true`` exactly, +-1 % per sample."""
     def result(shapes, sizes, dims, seconds):
@@ -157,7 +157,7 @@ OPTIONS = {"device": "cpu", "backend": "gloo"}
 
 
 def test_the_spec_built_from_a_known_device_carries_its_figures():
-    spec = build_spec(_fake_ranks(CPU_TRUTH, (30e-6, 1.5e9), 4e-6, random.Random(2)), OPTIONS, MACHINE, 12.0)
+    spec = build_spec(fake_ranks(CPU_TRUTH, (30e-6, 1.5e9), 4e-6, random.Random(2)), OPTIONS, MACHINE, 12.0)
     gpu = spec.gpu
     assert gpu.gemm_curve is not None  # on a CPU the curve fits better than one rate for every shape
     assert gpu.gemm_curve.rate == pytest.approx(8e10, rel=0.03)
@@ -200,7 +200,7 @@ def test_a_spec_on_a_gpu_keeps_the_tile_model_where_it_fits_and_takes_the_datash
                    attention_forward=ShapeTable(((16, 64, 256), (8, 16, 64)), (4e14,) * 9),
                    attention_backward=ShapeTable(((16, 64, 256), (8, 16, 64)), (3e14,) * 9))
     shapes = [(m, n, k) for m in (512, 2048, 8192) for n in (512, 2048, 8192) for k in (512, 8192)]
-    ranks = _fake_ranks(true, (8e-6, 4e10), 3e-6, random.Random(3), "NVIDIA H100 80GB HBM3", 132, shapes)
+    ranks = fake_ranks(true, (8e-6, 4e10), 3e-6, random.Random(3), "NVIDIA H100 80GB HBM3", 132, shapes)
     spec = build_spec(ranks, {"device": "cuda", "backend": "nccl"}, {**MACHINE, "peak_flops": None}, 20.0)
     assert spec.gpu.gemm_curve is None and spec.gpu.sms == 132
     assert spec.gpu.peak_flops == 989e12
@@ -209,7 +209,7 @@ def test_a_spec_on_a_gpu_keeps_the_tile_model_where_it_fits_and_takes_the_datash
 
 
 def test_the_written_spec_loads_back_equal_and_keeps_the_record(tmp_path):
-    spec = build_spec(_fake_ranks(CPU_TRUTH, (30e-6, 1.5e9), 4e-6, random.Random(4)), OPTIONS, MACHINE, 12.0)
+    spec = build_spec(fake_ranks(CPU_TRUTH, (30e-6, 1.5e9), 4e-6, random.Random(4)), OPTIONS, MACHINE, 12.0)
     path = tmp_path / "cluster.json"
     path.write_text(json.dumps(spec.to_dict()))
     again = load_cluster(str(path))
@@ -229,7 +229,7 @@ def _times(cost):
 def test_round_trips_the_other_rank_waited_in_do_not_set_the_link():
     """Three of every five round trips 20x longer (the other rank waited for its core): the median is one
     of them; the lower quartile keeps the link's own latency and bandwidth."""
-    ranks = _fake_ranks(CPU_TRUTH, (30e-6, 1.5e9), 4e-6, random.Random(4))
+    ranks = fake_ranks(CPU_TRUTH, (30e-6, 1.5e9), 4e-6, random.Random(4))
     link = ranks[0]["results"]["link"]
     link["samples"] = [[t * (20.0 if i % 5 in (1, 2, 3) else 1.0) for i, t in enumerate(s * 3)] for s in link["samples"]]
     spec = build_spec(ranks, OPTIONS, MACHINE, 12.0)

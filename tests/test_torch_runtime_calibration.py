@@ -14,7 +14,7 @@ from validator.timing import CpuClock  # noqa: E402
 from validator.torch_runtime import collected_between_steps, remote_inputs  # noqa: E402
 from validator.torch_timing import wait_lead  # noqa: E402
 
-from test_validate_torch_runtime import LIVE, _lowered  # noqa: E402
+from test_validate_torch_runtime import LIVE, lowered  # noqa: E402
 
 
 @pytest.mark.parametrize("p", [2, 4])
@@ -28,7 +28,7 @@ def test_torch_waits_for_a_receive_in_exactly_the_ops_the_calibration_adds_a_wai
     from stage 1 to 2 and back and the loss's turn at stage 3 need no receive (rank 0: 3F, 0I; rank 1:
     1F, 2I)."""
     schedule = SCHEDULES[name].build(p, 8, 2 if name != "1f1b" else None)
-    for rank, actions in _lowered(schedule).items():
+    for rank, actions in lowered(schedule).items():
         receives = sorted((a.stage_index, a.microbatch_index, a.computation_type.value == "RECV_F")
                           for a in actions if a.computation_type.value in ("RECV_F", "RECV_B"))
         waiting = sorted((a.stage, a.microbatch, a.kind == "F")

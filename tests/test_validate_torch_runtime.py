@@ -42,7 +42,7 @@ TORCH = dataclasses.replace(OPTIONS, runtime="torch")
 LIVE = ("1f1b", "interleaved", "zb-v")
 
 
-def _lowered(schedule):
+def lowered(schedule):
     """torch's own passes on the schedule's compute-only CSV, as ``_PipelineScheduleRuntime._load_csv`` runs them."""
     rows = list(csv.reader(io.StringIO(to_csv(schedule))))
     actions = {rank: [_Action.from_str(cell) for cell in row] for rank, row in enumerate(rows)}
@@ -61,7 +61,7 @@ def test_torch_lowering_issues_each_ops_send_before_the_next_op(name, p):
     the op whose output crosses ranks and before the rank's next compute action, on every rank."""
     schedule = SCHEDULES[name].build(p, 8, 2 if name != "1f1b" else None)
     device_of = schedule.stage_to_device
-    for rank, actions in _lowered(schedule).items():
+    for rank, actions in lowered(schedule).items():
         texts = [str(a) for a in actions]
         compute = [k for k, a in enumerate(actions) if a.computation_type.value in ("F", "B", "I", "W")]
         crossing = [a for a in actions if a.computation_type.value in ("F", "B", "I")
@@ -112,9 +112,9 @@ def test_torch_lowers_every_schedule_pipeplan_generates():
             if entry.accepts(p, 8, v):
                 if entry.forward_only:
                     with pytest.raises(AssertionError, match="expected 8 total backwards"):
-                        _lowered(entry.build(p, 8, v))
+                        lowered(entry.build(p, 8, v))
                     continue
-                _lowered(entry.build(p, 8, v))  # raises if torch rejects it
+                lowered(entry.build(p, 8, v))  # raises if torch rejects it
                 lowered.add(name)
     assert lowered == {name for name, entry in SCHEDULES.items() if not entry.forward_only}
 
