@@ -122,3 +122,14 @@ def test_optimize_compares_only_what_the_band_limit_allows_and_says_so(monkeypat
     alone = optimize_bands(result, samples=40)
     assert alone.chosen.to_dict() == full.chosen.to_dict() and alone.comparisons == ()
     assert alone.note.startswith("4 of the 4 closest plans not compared: over the band limit of ")
+
+
+def test_a_report_with_a_scatter_median_also_prints_the_mean_time_simulation():
+    record = json.loads((VALIDATION / "records" / "cpu-gloo-tiny-1f1b-p2.json").read_text())
+    text = format_report(record)
+    assert "at mean op times" not in text  # a record from before the median keeps its table
+    measured = record["measured"]
+    record["predicted"]["point"] = {"iteration_time": 1.1 * measured["iteration_time"],
+                                    "bubble_fraction": measured["bubble_fraction"] + 0.02}
+    (row,) = [line for line in format_report(record).splitlines() if "at mean op times" in line]
+    assert "+2.00 pt" in row and "+10.0 %" in row  # 2 points and 10 % over the measurement, as set above

@@ -44,6 +44,19 @@ def _row(label: str, section: dict[str, Any], error: dict[str, float] | None,
     ]
 
 
+def _point_row(report: dict[str, Any]) -> list[list[str]]:
+    """The calibrated simulation at mean op times (what ``simulate --profile`` prints), when the calibrated
+    prediction above it is the median over the calibration's scatter; reports without one print nothing."""
+    point = report["predicted"].get("point")
+    if point is None:
+        return []
+    from ..validation.report import errors
+
+    error = errors(point, report["measured"])
+    return [[" at mean op times", fmt_pct(point["bubble_fraction"]), f"{error['bubble_points']:+.2f} pt", "",
+             fmt_time(point["iteration_time"]), f"{error['iteration_time_pct']:+.1f} %", "", ""]]
+
+
 def _band_text(band: dict[str, Any] | None, key: str, fmt) -> str:
     """``low .. high`` and whether the measured median fell inside (``*``: it did not)."""
     if not band or key not in band:
@@ -115,6 +128,7 @@ def format_report(report: dict[str, Any]) -> str:
                 _row("measured", report["measured"], None),
                 _row("predicted (calibrated)", report["predicted"], report["errors"]["predicted"],
                      (report.get("bands") or {}).get("predicted")),
+                *_point_row(report),
                 _row("a priori (cluster spec)", report["apriori"], report["errors"]["apriori"],
                      (report.get("bands") or {}).get("apriori")),
             ],
