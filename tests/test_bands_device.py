@@ -35,8 +35,9 @@ def test_the_calibration_recovers_the_drawn_device_scatter_within_its_sampling_e
     est = estimate_spread(drawn_rounds(rounds, common, device, independent), stage_devices={0: 0, 1: 1})
     standard_error = device / math.sqrt(2 * (rounds - 1))
     assert abs(est.device - device) < 3 * standard_error
-    # Each device's factor in a round is estimated from its 16 ops, which it takes 1/16 of their variance from.
-    assert est.independent == pytest.approx(independent * math.sqrt(1 - 1 / 16), rel=0.05)
+    # Each device's factor in a round is fitted to its 16 ops (1/16 of their variance): the estimate pays for
+    # those fitted factors (and the keys' means) in its degrees of freedom, so it is the drawn sigma.
+    assert est.independent == pytest.approx(independent, rel=0.02)
     # The round's factor without the devices' share: the common draw and the ops' noise averaged over
     # 32 ops (what the estimate without a device map carries too, see test_bands.py).
     assert est.common == pytest.approx(math.hypot(common, independent / math.sqrt(32)), rel=0.15)
@@ -125,6 +126,7 @@ def test_with_no_spread_the_reported_median_is_the_point_prediction_exactly():
     assert section["iteration_time"] == result.iteration_time and section["bubble_fraction"] == result.bubble_fraction
     assert section["point"] == {"iteration_time": result.iteration_time, "bubble_fraction": result.bubble_fraction}
     assert section["median_of"]["samples"] == 21 and section["busy_time"] == [1.0]
+    assert section["device_bubble_fraction"] == [1 - 1.0 / result.iteration_time]  # busy 1 s over the median
     assert median_section(point, None) is point  # nothing drawn: the point is the prediction
 
 

@@ -82,10 +82,13 @@ def _relative_residuals(values: Sequence[float], centre: float) -> list[float]:
     return [v / centre - 1.0 for v in values] if centre > 0 else []
 
 
-def _spread(residuals: list[float]) -> float:
-    """Root mean square of relative residuals (each key's own mean subtracted, so no ddof is owed to
-    one grand mean; a key with a single timing contributes nothing)."""
-    return math.sqrt(sum(r * r for r in residuals) / len(residuals)) if residuals else 0.0
+def _spread(residuals: list[float], fitted: int = 0) -> float:
+    """The relative 1-sigma behind ``residuals``: their sum of squares over the degrees of freedom left once
+    the ``fitted`` centres they were taken from (estimated from the same timings) are paid for (a sum of N
+    squared residuals around p fitted parameters has expectation (N - p)·sigma^2); an RMS when ``fitted`` is 0."""
+    if not residuals:
+        return 0.0
+    return math.sqrt(sum(r * r for r in residuals) / max(1, len(residuals) - fitted))
 
 
 def device_weights(expected: Sequence[Sequence[float]]) -> list[float]:
@@ -158,13 +161,17 @@ def estimate_spread(stage_rounds: Sequence[StageRound],
                 cell[1] += len(row) * means[key]
                 cell[2] += len(row) * means[key] ** 2
     own = {rd: (t / e if e > 0 else 1.0) / factors[rd[0]] for rd, (t, e, _) in sums.items()}
-    residuals = []
+    residuals, centred = [], set()
     for key, rows in per_key.items():
         if key in means and sum(len(row) for row in rows) >= 2:
+            centred.add(key)
             for r, row in enumerate(rows):
                 scale = factors[r] * (own[(r, device_of(key))] if stage_devices is not None else 1.0)
                 residuals += _relative_residuals(row, means[key] * scale)
-    independent = _spread(residuals)
+    # Centres fitted to these same timings: each key's mean, and a factor per round (per round and device
+    # with a device map), less the one overall scale per device that the means and the factors share.
+    scales = len(stage_rounds) * len(used) - len(used) if stage_devices is not None else len(stage_rounds) - 1
+    independent = _spread(residuals, len(centred) + scales)
     full = [r for r in range(len(stage_rounds)) if all(sums[(r, d)][1] > 0 for d in used)]
     device = 0.0
     if stage_devices is not None and len(full) >= 2 and len(used) >= 2:
@@ -186,5 +193,5 @@ def estimate_spread(stage_rounds: Sequence[StageRound],
             link_counts.append(len(values))
     return CalibrationSpread(rounds=max(1, len(stage_rounds)), common=min(common, 2.0),
                              independent=min(independent, 2.0), samples=max(1, samples),
-                             link=min(_spread(link_residuals), 2.0), link_samples=min(link_counts, default=1),
+                             link=min(_spread(link_residuals, len(link_counts)), 2.0), link_samples=min(link_counts, default=1),
                              device=min(device, 2.0))

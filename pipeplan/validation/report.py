@@ -134,8 +134,10 @@ def median_section(point: dict[str, Any], drawn: Samples | None, seed: int = 0) 
     medians of ``drawn``, and the point's kept under ``point``; ``point`` itself when nothing was drawn."""
     if drawn is None:
         return point
-    return {**point, "iteration_time": float(np.median(drawn.iteration_time)),
-            "bubble_fraction": float(np.median(drawn.bubble_fraction)),
+    median_time = float(np.median(drawn.iteration_time))
+    # The point's busy times over the median iteration, as the measured section's own (``_section``) are.
+    return {**point, "iteration_time": median_time, "bubble_fraction": float(np.median(drawn.bubble_fraction)),
+            "device_bubble_fraction": [1 - b / median_time for b in point["busy_time"]],
             "point": {"iteration_time": point["iteration_time"], "bubble_fraction": point["bubble_fraction"]},
             "median_of": {"samples": len(drawn.iteration_time), "seed": seed}}
 
