@@ -38,7 +38,7 @@ from simulator.schedules import SCHEDULES
 
 from ..cluster import ClusterSpec
 from ..costs import layer_work, measured_stage_cost, price, static_bytes
-from ..model import ModelSpec
+from ..model import RECOMPUTED_KINDS, ModelSpec
 from ..profile import Profile
 from .dp_tail import DataParallelTail, dp_tail
 
@@ -274,9 +274,11 @@ def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, se
                            sequence_parallel)
     if profile is None:
         return list(costs)
-    measured = profile.stage_profiles([[kind] for kind in model.layer_kinds])
-    return [replace(measured_stage_cost(c, m, recompute), send_forward_bytes=profile.boundary_bytes,
-                    send_backward_bytes=profile.boundary_bytes) for c, m in zip(costs, measured)]
+    kinds = model.layer_kinds
+    measured = profile.stage_profiles([[kind] for kind in kinds])
+    return [replace(measured_stage_cost(c, m, recompute, float(kind in RECOMPUTED_KINDS)),
+                    send_forward_bytes=profile.boundary_bytes, send_backward_bytes=profile.boundary_bytes)
+            for c, m, kind in zip(costs, measured, kinds)]
 
 
 @lru_cache(maxsize=256)  # every candidate of a layout with the same b prices the same layers
