@@ -365,5 +365,6 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         split_backward=shape.split_backward,
         uniform_recompute=uniform_recompute,
         params=tuple(params),
-        dp_tail=dp_tail(cluster, tp, shape.num_devices, dp, distributed_optimizer, network.port_capacity),
+        dp_tail=dp_tail(cluster, tp, shape.num_devices, dp, distributed_optimizer, network.port_capacity,
+                        model.kernels),
     )
