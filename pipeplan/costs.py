@@ -133,8 +133,8 @@ class Work:
             raise ValueError("a stage runs on one tensor-parallel group")
         summed = {f: getattr(self, f) + getattr(later, f) for f in _SUMMED}
         merged = {f: _merge(getattr(self, f), getattr(later, f)) for f in _MERGED}
-        reruns = [w for w in (self.rerun, later.rerun) if w is not None]
-        rerun = reruns[0] + reruns[1] if len(reruns) == 2 else (reruns or [None])[0]
+        rerun = (self.rerun if later.rerun is None else later.rerun if self.rerun is None
+                 else self.rerun + later.rerun)
         return replace(self, **summed, **merged, sent_bytes=later.sent_bytes, rerun=rerun)
 
 
@@ -189,7 +189,7 @@ def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int,
                           c.weight_grad_memory_bytes), 1),),
     )
     if mode == "full" and model.layer_kind(index) in RECOMPUTED_KINDS:
-        work = replace(work, rerun=replace(work, recompute="none", activation_bytes=c.activation_bytes))
+        work = replace(work, rerun=replace(work, recompute="none"))
     return work
 
 

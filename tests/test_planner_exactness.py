@@ -165,7 +165,9 @@ def test_problem_costs_agree_with_the_lowering_and_memory_bounds_the_simulator()
             idx = range(start, start + n)
             start += n
             forward = sum(problem.forward[i] for i in idx) * problem.time_unit
-            backward = (sum(problem.backward_input[i] for i in idx) * problem.time_unit + (forward if rc[k] else 0))
+            rerun = sum(problem.recomputed[i] for i in idx) * problem.time_unit  # the blocks' forward only
+            assert rerun == sum(problem.forward[i] for i in idx if model.layer_kind(i) == "block") * problem.time_unit
+            backward = (sum(problem.backward_input[i] for i in idx) * problem.time_unit + (rerun if rc[k] else 0))
             assert forward == pytest.approx(workload.stages[k].forward, rel=1e-4)
             assert backward == pytest.approx(workload.stages[k].backward_input, rel=1e-4)
         result = simulate(workload)

@@ -113,7 +113,9 @@ class PartitionProblem:
     recomputation and ``activation_rc[i]`` / ``held_rc[i]`` with it; ``static[i]`` weights,
     gradients and optimizer state. ``profiles[d]`` are device d's count vectors
     ((full, held) per stage it holds, see ``live_count_profiles``), ``capacity`` the per-device
-    limit. Recomputing stage k fully adds ``forward`` of its layers to its I. ``backward_input_sel``,
+    limit. Recomputing stage k fully adds ``recomputed`` of its layers to its I: ``rerun[i]``, the
+    forward of the layers full recomputation checkpoints (the blocks, ``model.RECOMPUTED_KINDS``; 0 for
+    the embedding and the head), or every layer's ``forward`` when ``rerun`` is empty. ``backward_input_sel``,
     ``activation_sel`` and ``held_sel`` are I and the stored bytes under selective recomputation
     (empty: selective is not offered, it would store what none stores). ``first_stage[d]`` is the
     stage of device d's first action and ``last_action[d]`` (stage, kind) its last; ``bounds`` reads them.
@@ -151,6 +153,12 @@ class PartitionProblem:
     uniform_recompute: bool = False
     params: tuple[float, ...] = ()
     dp_tail: DataParallelTail | None = None
+    rerun: tuple[int, ...] = ()
+
+    @property
+    def recomputed(self) -> tuple[int, ...]:
+        """Per layer, the time units full recomputation runs again before its I (class docstring)."""
+        return self.rerun or self.forward
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -185,7 +193,7 @@ class PartitionProblem:
                 i_, act, held = self.backward_input, self.activation_rc, self.held_rc
             else:
                 i_, act, held = self.backward_input, self.activation, self.held
-            extra = f if mode == FULL else 0
+            extra = sum(self.recomputed[i] for i in layers) if mode == FULL else 0
             out.append((f, sum(i_[i] for i in layers) + extra, w, sum(act[i] for i in layers),
                         sum(held[i] for i in layers)))
         return out
@@ -367,4 +375,5 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         params=tuple(params),
         dp_tail=dp_tail(cluster, tp, shape.num_devices, dp, distributed_optimizer, network.port_capacity,
                         model.kernels),
+        rerun=tuple(t(c.forward) if kind in RECOMPUTED_KINDS else 0 for c, kind in zip(plain, model.layer_kinds)),
     )
