@@ -28,7 +28,7 @@ fixed cost and cost per byte where the spec has them (``layer_overheads.no_grad`
 else as their forward.
 ``"selective"`` drops the stored attention scores and re-runs the attention core (QK^T, softmax,
 dropout, AV) before I; with FlashAttention there is nothing to drop and nothing
-extra to run. After I a stage keeps what W still needs, at most what F stored. The planner prices
+extra to run. After I each layer keeps what W still needs, at most what it stored. The planner prices
 each layer on its own (``price(layer_work(...))``), lowering prices each stage's sum, so the two
 agree up to rounding.
 
@@ -92,7 +92,8 @@ class Work:
     """One micro-batch through one layer or a run of consecutive layers on one tensor rank, before it meets a GPU.
 
     ``activation_bytes`` are what F stores (per ``recompute``); ``weight_grad_bytes`` what W needs
-    after I, summed over the layers. ``received_bytes`` is the tensor the first layer gets from the
+    after I, each layer's at most what it stored (a checkpointed block keeps its input, a head its
+    LM head input), summed over the layers. ``received_bytes`` is the tensor the first layer gets from the
     layer before it (0 for the embedding), ``sent_bytes`` the one the last layer passes on; their
     gradients travel back the same size. ``gemms``, ``attention_gemms``, ``tp_forward`` and
     ``tp_backward`` are multisets, ((item, count), ...); the other sums are plain numbers.
@@ -170,7 +171,7 @@ def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int,
         input_grad_flops=c.input_grad_flops,
         weight_grad_flops=c.weight_grad_flops,
         activation_bytes=stored,
-        weight_grad_bytes=c.weight_grad_bytes,
+        weight_grad_bytes=min(stored, c.weight_grad_bytes),  # each layer keeps for W at most what it stored
         params=c.params,
         received_bytes=received,
         sent_bytes=c.boundary_bytes,

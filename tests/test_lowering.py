@@ -62,6 +62,8 @@ def test_full_recomputation_of_a_stage_holding_the_head_reruns_its_blocks_only()
     assert full.forward_flops - full.rerun.forward_flops == 2 * n * h * v  # the LM head, not re-run
     # Stored: each block's bf16 input; the head keeps its norm input, the LM head input and the logits.
     assert full.activation_bytes == 2 * (2 * n * h) + n * (2 * h + 2 * h + 2 * v)
+    # After I each layer keeps for W at most what it stored: a block its input, the head its LM head's input.
+    assert price(full, gpu).weight_grad_bytes == 2 * (2 * n * h) + 2 * n * h
     blocks = sum(price(layer_work(model, i, b, s, "none"), gpu).forward for i in (3, 4))
     rc, base = price(full, gpu), price(plain, gpu)
     assert rc.backward_input == pytest.approx(base.backward_input + blocks, rel=1e-12)

@@ -352,11 +352,10 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         backward_weight=tuple(t(c.backward_weight) for c in plain),
         activation=tuple(mem(c.activation_bytes) for c in plain),
         held=tuple(mem(c.weight_grad_bytes) for c in plain),
-        # lowering keeps min(activation, Σ weight-grad bytes) after I; with recomputation the layer
-        # input alone is never more than a layer's weight-grad bytes except for a dropout embedding,
-        # so the per-layer stored bytes are the exact value or an upper bound.
+        # lowering keeps after I each layer's weight-grad bytes, at most what it stored (costs.layer_work):
+        # the per-layer priced weight_grad_bytes, summed as lowering sums them.
         activation_rc=tuple(mem(c.activation_bytes) for c in rc),
-        held_rc=tuple(mem(c.activation_bytes) for c in rc),
+        held_rc=tuple(mem(c.weight_grad_bytes) for c in rc),
         static=tuple(mem(static_bytes(p, dp, distributed_optimizer)) for p in params),
         profiles=shape.profiles,
         capacity=int(math.floor(capacity_bytes / memory_unit)),
