@@ -30,7 +30,8 @@ and ``examples/pretrain_gpt3_175B.sh``: ``--fp16 --clip-grad 1.0``), which sets 
   DDP's buffer has the parameters' dtype, ``megatron/model/distributed.py``; PyTorch DDP reduces
   ``.grad``), where the fused default reduces fp32 ``main_grad``;
 * the optimizer step (``Float16OptimizerWithFloat16Params.step``, ``megatron/optimizer/optimizer.py``
-  of April 2021 and May 2022) makes five passes over memory, in bytes per parameter:
+  and ``clip_grads.py`` at Megatron-LM commits a8d172b31e, 28 April 2021, and 55ba1f7b96, 26 May 2022)
+  makes five passes over memory, in bytes per parameter:
   ``_copy_model_grads_to_main_grads`` (``grad.float()``: read 2, write 4), ``_unscale_main_grads_and_check_for_nan``
   (``torch._amp_foreach_non_finite_check_and_unscale_``: read 4, write 4), ``clip_grad_norm_fp32``'s
   norm (``amp_C.multi_tensor_l2norm``: read 4), apex ``FusedAdam`` (read the gradient, the fp32 weight,
