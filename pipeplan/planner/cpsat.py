@@ -63,6 +63,13 @@ def _rerun_of(problem: PartitionProblem, prefix: dict, stage_sum):
     return lambda k, f: stage_sum("recomputed", k)
 
 
+def _inert(problem: PartitionProblem, layers: range) -> bool:
+    """Full recomputation of these layers re-runs and saves nothing (the embedding or the head alone): CP-SAT
+    may set it at no cost, and a plan should not ask a framework for it."""
+    return all(problem.recomputed[i] == 0 and problem.activation_rc[i] == problem.activation[i]
+               and problem.held_rc[i] == problem.held[i] for i in layers)
+
+
 def _prefix(values: tuple[int, ...]) -> list[int]:
     out = [0]
     for x in values:
@@ -231,10 +238,13 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
         return Solution(status, wall_time=wall)
     values = [solver.Value(c) for c in cuts]
     layers = tuple(values[k + 1] - values[k] for k in range(S))
+    flags = [bool(solver.Value(r)) for r in recompute]
+    if not problem.uniform_recompute:  # a stage whose recomputation changes nothing (no block) says none
+        flags = [flag and not _inert(problem, range(values[k], values[k + 1])) for k, flag in enumerate(flags)]
     return Solution(
         status=status,
         layers_per_stage=layers,
-        recompute=tuple(bool(solver.Value(r)) for r in recompute),
+        recompute=tuple(flags),
         objective=int(round(solver.ObjectiveValue())),
         bound=float(solver.BestObjectiveBound()),
         wall_time=wall,
