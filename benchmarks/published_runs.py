@@ -12,13 +12,18 @@ to the table (the GPU's efficiency model and its sources are ``pipeplan.cluster.
 are Megatron's GPT of 2021: learned positions, dropout, standard (non-Flash) attention with the fused
 softmax, and the extra memory-bound passes of Megatron-LM's code of April 2021 (``kernels=
 "megatron-2021"``, ``pipeplan.megatron_kernels``: the QKV bias added after the GEMM, layout copies,
-the fp32 cross-entropy, the per-micro-batch accumulation of fp16 gradients). Plans: dp = GPUs / (tp·pp), m = B / (dp·b); the interleaved schedule where the paper gives
+the fp32 cross-entropy, the per-micro-batch accumulation of fp16 gradients, and ``--fp16`` without
+``--accumulate-allreduce-grads-in-fp32``: fp16 gradients reduced, the fp16 optimizer's five passes).
+Full recomputation checkpoints the transformer layers only, as Megatron's ``_checkpointed_forward``
+does (the embedding, final norm, LM head and loss are not re-run; eq. 3 counts the same). Plans:
+dp = GPUs / (tp·pp), m = B / (dp·b); the interleaved schedule where the paper gives
 virtual stages, else 1F1B; Megatron's even split (l / (pp·v) blocks a stage, the embedding on the first
 stage and the LM head on the last).
 
-Priced: the data-parallel gradient all-reduce (fp32 gradients, NCCL's rings over the stage's data
+Priced: the data-parallel gradient all-reduce (fp16 gradients, NCCL's rings over the stage's data
 group, one per NIC its GPUs reach on a node, per bucket or per stage-chunk, see below) and the
-optimizer step (bytes / HBM bandwidth). Megatron 2021's point-to-point exchanges block
+optimizer step (Megatron's fp16 step, 52 bytes per parameter at the A100's streaming rate,
+``pipeplan.megatron_kernels``). Megatron 2021's point-to-point exchanges block
 (batch_isend_irecv, then wait, in its p2p_communication module; no --overlap-p2p-communication yet):
 the plans say ``blocking_p2p``; and they scatter each pipeline message over the tensor ranks and
 gather it over NVLink (``--scatter-gather-tensors-in-pipeline``, on by default then): the plans with
@@ -27,8 +32,7 @@ container ``nvcr.io/nvidia/pytorch:20.12-py3``, ``--fp16``) choose the data-para
 per row: ``--DDP-impl torch`` up to 18.4B, whose PyTorch DistributedDataParallel all-reduces 25 MB
 buckets while the (last micro-batch's) backward runs, and ``--DDP-impl local`` from 39.1B on, whose
 ``allreduce_gradients`` runs after the whole ``forward_backward_func`` (``--overlap-grad-reduce`` came
-later): the plans say ``overlap_grad_reduce`` true with DDP's buckets on every stage, or false. The
-simulator reduces fp32 gradients; these runs reduced fp16 ones (no ``--accumulate-allreduce-grads-in-fp32``).
+later): the plans say ``overlap_grad_reduce`` true with DDP's buckets on every stage, or false.
 
 Run: python benchmarks/published_runs.py
 """
@@ -46,8 +50,7 @@ from pipeplan.model import ModelSpec  # noqa: E402
 from pipeplan.plan import Plan  # noqa: E402
 
 VOCAB, SEQ = 51200, 2048
-CAVEAT = ("the runs all-reduced fp16 gradients where the simulator reduces fp32 ones, and 2021's cuBLAS and "
-          "NCCL are priced at today's measured A100 rates")
+CAVEAT = "2021's cuBLAS and NCCL are priced at today's measured A100 rates"
 DDP_BUCKET_PARAMS = 25 * 2**20 // 2  # PyTorch DDP's bucket_cap_mb = 25 of fp16 gradients
 
 

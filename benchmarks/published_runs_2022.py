@@ -22,7 +22,8 @@ Every run is simulated with the ``dgx-a100`` preset; nothing is fitted. Plans: M
 (embedding on the first stage, LM head on the last), 1F1B or interleaved, ``blocking_p2p`` (Megatron of
 2022 still waited for each batch_isend_irecv, then synchronized), standard (non-Flash) attention with
 dropout and the extra memory-bound passes of Megatron-LM's code of May 2022 (``kernels="megatron-2022"``,
-``pipeplan.megatron_kernels``: the QKV bias added after the GEMM, layout copies, the fp32 cross-entropy);
+``pipeplan.megatron_kernels``: the QKV bias added after the GEMM, layout copies, the fp32 cross-entropy,
+and ``--fp16``'s optimizer step, 52 bytes a parameter); full recomputation checkpoints the blocks only;
 the full-recomputation runs scatter each pipeline message over the tensor ranks
 (``scatter_gather_p2p``: ``--scatter-gather-tensors-in-pipeline`` was on by default in May 2022). With
 sequence parallelism Megatron split the already sequence-sharded message once more over the ranks; the

@@ -19,13 +19,16 @@ GEMMs, Shoeybi et al. 2019), so their time adds to F and to I. F's GEMMs are (m,
 each weight GEMM's dX, (m, k, n), and both backward GEMMs of the attention core, (m, k, n) and
 (k, n, m); W runs each weight GEMM's dW, (k, n, m).
 
-Recomputation (Korthikanti et al. 2022): ``"full"`` stores only each layer's input and runs the
-whole forward (collectives included) again before the input gradient (I, or B when the backward
-is not split); F itself then records no graph, priced at the measured no-graph fixed cost and cost
-per byte where the spec has them (``layer_overheads.no_grad``, a probed CPU), else as the forward.
+Recomputation (Korthikanti et al. 2022): ``"full"`` checkpoints the transformer blocks, as Megatron-LM
+and torchtitan do (``model.RECOMPUTED_KINDS``): each block stores only its input and runs its forward
+(collectives included) again before the input gradient (I, or B when the backward is not split);
+the embedding and the final norm + LM head + loss keep their activations and are not re-run
+(``Work.rerun`` is what is). The blocks' F then records no graph, priced at the measured no-graph
+fixed cost and cost per byte where the spec has them (``layer_overheads.no_grad``, a probed CPU),
+else as their forward.
 ``"selective"`` drops the stored attention scores and re-runs the attention core (QK^T, softmax,
 dropout, AV) before I; with FlashAttention there is nothing to drop and nothing
-extra to run. After I a stage keeps what W still needs, at most what F stored. The planner prices
+extra to run. After I each layer keeps what W still needs, at most what it stored. The planner prices
 each layer on its own (``price(layer_work(...))``), lowering prices each stage's sum, so the two
 agree up to rounding.
 
@@ -44,7 +47,7 @@ from simulator.workload import StageCost
 from .cluster import GPUSpec, LinkSpec
 from .collectives import ring_seconds
 from .errors import SpecError
-from .model import Gemm, ModelSpec, TPCollective
+from .model import RECOMPUTED_KINDS, Gemm, ModelSpec, TPCollective
 from .profile import StageProfile
 
 # Per parameter, Megatron mixed precision (shared REFERENCE): bf16 weights, fp32 gradients (main_grad),
@@ -89,11 +92,13 @@ class Work:
     """One micro-batch through one layer or a run of consecutive layers on one tensor rank, before it meets a GPU.
 
     ``activation_bytes`` are what F stores (per ``recompute``); ``weight_grad_bytes`` what W needs
-    after I, summed over the layers. ``received_bytes`` is the tensor the first layer gets from the
+    after I, each layer's at most what it stored (a checkpointed block keeps its input, a head its
+    LM head input), summed over the layers. ``received_bytes`` is the tensor the first layer gets from the
     layer before it (0 for the embedding), ``sent_bytes`` the one the last layer passes on; their
     gradients travel back the same size. ``gemms``, ``attention_gemms``, ``tp_forward`` and
     ``tp_backward`` are multisets, ((item, count), ...); the other sums are plain numbers.
-    ``rerun_*`` is what recomputation runs again before I (the forward, or the attention core).
+    ``rerun`` is what full recomputation runs again before I: the work of the checkpointed layers
+    (recompute "none", their forward recording its graph), None when there are none.
     """
 
     layers: int
@@ -119,6 +124,7 @@ class Work:
     kinds: tuple[tuple[str, int], ...] = ()  # layers by kind (embedding, block, head), for per-kind overheads
     # per layer kind its one layer's memory-bound bytes in F, I and W, for measured per-kind costs per byte
     memory_by_kind: tuple[tuple[tuple[str, float, float, float], int], ...] = ()
+    rerun: "Work | None" = None
 
     def __add__(self, later: "Work") -> "Work":
         """This run of layers followed by ``later`` (the layers right after it)."""
@@ -128,7 +134,9 @@ class Work:
             raise ValueError("a stage runs on one tensor-parallel group")
         summed = {f: getattr(self, f) + getattr(later, f) for f in _SUMMED}
         merged = {f: _merge(getattr(self, f), getattr(later, f)) for f in _MERGED}
-        return replace(self, **summed, **merged, sent_bytes=later.sent_bytes)
+        rerun = (self.rerun if later.rerun is None else later.rerun if self.rerun is None
+                 else self.rerun + later.rerun)
+        return replace(self, **summed, **merged, sent_bytes=later.sent_bytes, rerun=rerun)
 
 
 _SUMMED = ("layers", "forward_flops", "input_grad_flops", "weight_grad_flops", "activation_bytes",
@@ -156,14 +164,14 @@ def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int,
     received = (model.layer_cost(index - 1, microbatch_size, seq_len, tp, sequence_parallel).boundary_bytes
                 if index > 0 else 0.0)
     stored = {"none": c.activation_bytes, "selective": c.selective_bytes, "full": c.recompute_bytes}[mode]
-    return Work(
+    work = Work(
         layers=1,
         recompute=mode,
         forward_flops=c.forward_flops,
         input_grad_flops=c.input_grad_flops,
         weight_grad_flops=c.weight_grad_flops,
         activation_bytes=stored,
-        weight_grad_bytes=c.weight_grad_bytes,
+        weight_grad_bytes=min(stored, c.weight_grad_bytes),  # each layer keeps for W at most what it stored
         params=c.params,
         received_bytes=received,
         sent_bytes=c.boundary_bytes,
@@ -181,6 +189,9 @@ def layer_work(model: ModelSpec, index: int, microbatch_size: int, seq_len: int,
         memory_by_kind=(((model.layer_kind(index), c.forward_memory_bytes, c.input_grad_memory_bytes,
                           c.weight_grad_memory_bytes), 1),),
     )
+    if mode == "full" and model.layer_kind(index) in RECOMPUTED_KINDS:
+        work = replace(work, rerun=replace(work, recompute="none"))
+    return work
 
 
 def stage_work(model: ModelSpec, layers: range, microbatch_size: int, seq_len: int, recompute: bool | str,
@@ -280,10 +291,28 @@ def _tp_seconds_of(work: Work, tp_link: LinkSpec | None) -> tuple[float, float]:
 def tp_seconds_in_ops(work: Work, tp_link: LinkSpec | None) -> tuple[float, float]:
     """(in F, in I or B): the tensor-parallel collective time inside each op ``price`` makes of ``work``.
 
-    A fully recomputing stage runs its forward, and so its forward's collectives, again before I.
+    A fully recomputing stage runs its blocks' forward, and so their collectives, again before I.
     """
     forward, backward = _tp_seconds_of(work, tp_link)
-    return forward, backward + (forward if work.recompute == "full" else 0.0)
+    rerun = tp_seconds(work.rerun.tp_forward, work.tp, tp_link) if work.rerun is not None else 0.0
+    return forward, backward + rerun
+
+
+def forward_parts(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None) -> tuple[float, float, float, float]:
+    """``work``'s forward recording its graph, in parts: (GEMMs and attention cores, memory-bound
+    kernels, tensor-parallel collectives, per-layer overhead)."""
+    core = _attention_seconds(gpu, work.attention_gemms, backward=False, standard=work.score_memory_bytes > 0)
+    return (_gemm_seconds(gpu, work.gemms, lambda m, n, k: (m, n, k)) + core, _memory_seconds(work, gpu)[0],
+            tp_seconds(work.tp_forward, work.tp, tp_link), _overheads(work, gpu)[0])
+
+
+def rerun_share(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None) -> float:
+    """The share of ``work``'s forward (recording its graph) that full recomputation runs again: its
+    checkpointed layers' (``Work.rerun``; 0 when it holds none or does not recompute fully)."""
+    if work.rerun is None:
+        return 0.0
+    total = sum(forward_parts(replace(work, recompute="none", rerun=None), gpu, tp_link))
+    return sum(forward_parts(work.rerun, gpu, tp_link)) / total if total > 0 else 0.0
 
 
 @lru_cache(maxsize=1 << 16)  # pure in frozen inputs; a search prices the same block thousands of times
@@ -305,11 +334,12 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
                       + _attention_seconds(gpu, work.attention_gemms, backward=True, standard=standard)
                       + memory_i + tp_backward + overhead_i)
     backward_weight = _gemm_seconds(gpu, work.gemms, dw) + memory_w + overhead_w
-    if work.recompute == "full":
-        backward_input += forward  # the re-run records the graph the backward needs
-        no_grad = _no_grad_terms(work, gpu)
-        if no_grad is not None:  # F itself records no graph
-            forward += sum(no_grad) - memory_f - overhead_f
+    if work.rerun is not None:  # full recomputation of the checkpointed blocks
+        _, rerun_memory, _, rerun_overhead = rerun = forward_parts(work.rerun, gpu, tp_link)
+        backward_input += sum(rerun)  # the re-run records the graph the backward needs
+        no_grad = _no_grad_terms(work.rerun, gpu)
+        if no_grad is not None:  # their F itself records no graph
+            forward += sum(no_grad) - rerun_memory - rerun_overhead
     backward_input += selective_rerun_seconds(work, gpu)  # FlashAttention stores no scores to drop
     return StageCost(
         forward=forward,
@@ -322,15 +352,17 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
     )
 
 
-def measured_stage_cost(analytic: StageCost, measured: StageProfile, recompute: bool = False) -> StageCost:
+def measured_stage_cost(analytic: StageCost, measured: StageProfile, recompute: bool = False,
+                        share: float = 1.0) -> StageCost:
     """A stage with measured op times and boundary bytes; memory stays the model's.
 
-    With recomputation the backward pays one more forward, as in ``price``. A stage measured
-    with it (``measured.recompute``, see ``pipeplan.profile``) already holds that forward in B and I;
-    one measured without (every single-layer timing) gets the measured forward added. A stage
-    measured with it but priced without has the forward taken off, so profiles stay reusable.
+    With recomputation the backward pays its blocks' forward once more, as in ``price``: ``share``
+    of the measured forward (``rerun_share``: 1 for blocks only, 0 for an embedding or a head alone).
+    A stage measured with it (``measured.recompute``, see ``pipeplan.profile``) already holds that
+    forward in B and I; one measured without (every single-layer timing) gets it added. A stage
+    measured with it but priced without has it taken off, so profiles stay reusable.
     """
-    extra = measured.forward * (int(recompute) - int(measured.recompute))
+    extra = share * measured.forward * (int(recompute) - int(measured.recompute))
     return replace(
         analytic, forward=measured.forward, backward=measured.backward + extra,
         backward_input=measured.backward_input + extra, backward_weight=measured.backward_weight,

@@ -8,7 +8,8 @@ et al. SC'21; Megatron-LM ``distributed/param_and_grad_buffer.py``):
   its gradients over its data-parallel group (``Layout.data_group``), or a reduce-scatter with the
   distributed optimizer. Gradients are reduced in fp32 (``GRAD_BYTES``): Megatron accumulates and
   reduces the ``main_grad`` buffer in fp32 for bf16 training (``accumulate_allreduce_grads_in_fp32``),
-  the 4 gradient bytes of the 18 per parameter in shared REFERENCE. With ``--overlap-grad-reduce``
+  the 4 gradient bytes of the 18 per parameter in shared REFERENCE; a model with Megatron-LM's fp16
+  code of 2021-22 (``ModelSpec.kernels``) reduces fp16 ones (``megatron_kernels.FP16_GRAD_BYTES``). With ``--overlap-grad-reduce``
   each stage-chunk (Megatron's per-model-chunk buffers) reduces when its last backward ends and
   overlaps the device's remaining backwards, and a bucketed stage's buckets start still earlier,
   each as soon as the last backward has filled it (``pipeplan.buckets``: Megatron's default cuts
@@ -17,8 +18,9 @@ et al. SC'21; Megatron-LM ``distributed/param_and_grad_buffer.py``):
   ``allreduce_gradients`` after the whole forward-backward).
 * ``OPTIMIZER(s)`` on the compute stream after the stage's last backward (and its reduction, with
   dp > 1): Adam on the stage's (shard of) parameters, memory-bound, priced as the bytes it reads and
-  writes over the GPU's HBM bandwidth (``OPTIMIZER_BYTES`` per parameter). At dp = 1 it is the only
-  action added.
+  writes (``OPTIMIZER_BYTES`` per parameter; Megatron-LM's fp16 step of 2021-22 its five passes,
+  ``megatron_kernels.FP16_STEP_BYTES``) at the rate memory-bound kernels stream from HBM
+  (``GPUSpec.kernel_bandwidth``, at most ``hbm_bandwidth``). At dp = 1 it is the only action added.
 * ``GATHER_PARAMS(s)`` with the distributed optimizer: the all-gather of the updated bf16 parameters
   (``PARAM_BYTES``) over the same group after the step (``--overlap-param-gather`` off).
 
@@ -39,8 +41,10 @@ from simulator.workload import Bucket, Collective, Network, StageCost
 from .buckets import EVERY, FIRST, bucketed, gradient_buckets, last_weight_kind, megatron_bucket_params
 from .cluster import ClusterSpec
 from .collectives import ALL_GATHER, ALL_REDUCE, REDUCE_SCATTER, RING, TREE, group_collective, port_sharing
+from .cluster import GPUSpec
 from .costs import GRAD_BYTES, OPTIMIZER_STATE_BYTES, WEIGHT_BYTES, layer_work, price
 from .errors import SpecError
+from .megatron_kernels import FP16_GRAD_BYTES, FP16_STEP_BYTES, FUSED
 from .parallel import Layout
 
 PARAM_BYTES = WEIGHT_BYTES  # bf16 model weights, what the distributed optimizer all-gathers
@@ -116,19 +120,37 @@ def with_step_actions(schedule: Schedule, dp: int, distributed_optimizer: bool, 
     return make_schedule(rows, schedule.stage_to_device, schedule.num_microbatches, schedule.name, schedule.chunks)
 
 
-def optimizer_seconds(params: float, dp: int, distributed_optimizer: bool, hbm_bandwidth: float) -> float:
-    """The Adam step over ``params`` parameters (a 1/dp shard with the distributed optimizer) from HBM."""
-    return params / (dp if distributed_optimizer else 1) * OPTIMIZER_BYTES / hbm_bandwidth
+def optimizer_bytes(kernels: str = FUSED) -> float:
+    """Bytes per parameter the optimizer step moves: fused Adam over fp32 state, or Megatron-LM's fp16
+    step of 2021-22 for a model with its ``kernels``."""
+    return OPTIMIZER_BYTES if kernels == FUSED else FP16_STEP_BYTES
+
+
+def reduced_grad_bytes(kernels: str = FUSED) -> float:
+    """Bytes per parameter of the gradient the data-parallel group reduces: fp32, or fp16 in Megatron-LM's
+    fp16 runs of 2021-22 (``kernels``)."""
+    return GRAD_BYTES if kernels == FUSED else FP16_GRAD_BYTES
+
+
+def optimizer_seconds(params: float, dp: int, distributed_optimizer: bool, gpu: GPUSpec,
+                      kernels: str = FUSED) -> float:
+    """The optimizer step over ``params`` parameters (a 1/dp shard with the distributed optimizer):
+    ``optimizer_bytes`` each, streamed at the memory-bound kernels' rate, never above ``hbm_bandwidth``
+    (a CPU's ``kernel_bandwidth`` is its rate from cache, which a pass over all the state does not see)."""
+    rate = min(gpu.hbm_bandwidth, gpu.kernel_bandwidth or gpu.hbm_bandwidth)
+    return params / (dp if distributed_optimizer else 1) * optimizer_bytes(kernels) / rate
 
 
 def stage_collectives(cluster: ClusterSpec, layout: Layout, device: int, params: float, distributed: bool,
-                      algorithm: str) -> tuple[tuple[Collective, ...], tuple[tuple[str, float], ...]]:
-    """A stage's data-parallel collectives (its gradient reduction, then the parameter gather with the
-    distributed optimizer) over pipeline rank ``device``'s data group, and the capacity of every port
-    they cross: the group's rings priced once per unit of bytes (``_unit_collectives``, cached) and
-    scaled, since a ring's bytes are linear in the bytes reduced and nothing else depends on them."""
+                      algorithm: str, grad_bytes: float = GRAD_BYTES
+                      ) -> tuple[tuple[Collective, ...], tuple[tuple[str, float], ...]]:
+    """A stage's data-parallel collectives (its gradient reduction of ``grad_bytes`` per parameter, then
+    the parameter gather with the distributed optimizer) over pipeline rank ``device``'s data group, and
+    the capacity of every port they cross: the group's rings priced once per unit of bytes
+    (``_unit_collectives``, cached) and scaled, since a ring's bytes are linear in the bytes reduced and
+    nothing else depends on them."""
     units, ports = _unit_collectives(cluster, layout, device, distributed, algorithm)
-    sizes = (GRAD_BYTES, PARAM_BYTES)
+    sizes = (grad_bytes, PARAM_BYTES)
     return tuple(replace(unit, nbytes=unit.nbytes * params * size) for unit, size in zip(units, sizes)), ports
 
 
@@ -180,12 +202,13 @@ def add_training_step(r, params: list[float], stages: tuple[StageCost, ...], net
     capacity: dict[str, float] = {}
     new_stages = []
     for k, cost in enumerate(stages):
-        step = optimizer_seconds(params[k], plan.dp, distributed, cluster.gpu.hbm_bandwidth)
+        step = optimizer_seconds(params[k], plan.dp, distributed, cluster.gpu, r.model.kernels)
         if plan.dp == 1:
             new_stages.append(replace(cost, optimizer=step))
             continue
         device = r.schedule.stage_to_device[k]
-        collectives, ports = stage_collectives(cluster, layout, device, params[k], distributed, options.algorithm)
+        collectives, ports = stage_collectives(cluster, layout, device, params[k], distributed, options.algorithm,
+                                               reduced_grad_bytes(r.model.kernels))
         buckets = stage_buckets(r, k, options) if plan.overlap_grad_reduce else ()
         if buckets:
             collectives = (replace(collectives[0], buckets=buckets),) + collectives[1:]

@@ -12,7 +12,9 @@ numbers fall out:
   without sequence parallelism, s·b·h/t·(34 + 5·a·s/h) with it; the 5·a·s/h attention-score term
   is absent with FlashAttention-style kernels (``attention="flash"``, the default) and with
   selective recomputation;
-* full recomputation keeps only the block input, 2·s·b·h bytes (/t with sequence parallelism);
+* full recomputation keeps only a block's input, 2·s·b·h bytes (/t with sequence parallelism); the
+  embedding and the final norm + LM head are not checkpointed (``model.RECOMPUTED_KINDS``) and keep
+  what they keep without it;
 * the tensor-parallel collectives of each layer (Shoeybi et al. 2019 Fig. 3: 2 all-reduces of
   s·b·h values in the forward, 2 in the backward; Korthikanti et al. 2022 Sec. 4.2.2: an all-gather
   and a reduce-scatter instead of each with sequence parallelism); the embedding and LM head are
@@ -126,7 +128,7 @@ def embedding_cost(model: ModelSpec, b: int, s: int, tp: int, sp: bool) -> Layer
         params=params,
         activation_bytes=mask + project_input,
         weight_grad_bytes=project_input,
-        recompute_bytes=mask,
+        recompute_bytes=mask + project_input,  # not checkpointed (``model.RECOMPUTED_KINDS``)
         boundary_bytes=boundary * share,
         selective_bytes=mask + project_input,
         gemms=project,
@@ -171,7 +173,7 @@ def head_cost(model: ModelSpec, b: int, s: int, tp: int, sp: bool) -> LayerCost:
         params=v * e / tp + (model.norm_params(h) if model.final_norm else 0) + (h * e if e != h else 0),
         activation_bytes=stored,
         weight_grad_bytes=n * (2 * h * share + (2 * e if e != h else 0)),
-        recompute_bytes=boundary * share,
+        recompute_bytes=stored,  # not checkpointed (``model.RECOMPUTED_KINDS``)
         boundary_bytes=0.0,  # the loss is a scalar
         selective_bytes=stored,
         gemms=((n, v / tp, e, 1),) + project,

@@ -15,7 +15,7 @@ from simulator.stage_times import StageTimes
 from simulator.workload import Network, StageCost, Workload
 
 from .cluster import ClusterSpec
-from .costs import Work, measured_stage_cost, price, stage_work, static_bytes
+from .costs import Work, measured_stage_cost, price, rerun_share, stage_work, static_bytes
 from .dataparallel import DataParallelOptions, add_training_step
 from .errors import SpecError
 from .model import ModelSpec
@@ -116,6 +116,14 @@ def stage_works(r: Resolved) -> list[Work]:
             for k in range(plan.num_stages)]
 
 
+def _rerun_share(r: Resolved, stage: int) -> float:
+    """The share of ``stage``'s forward that full recomputation runs again (its blocks'), by the cost model."""
+    plan = r.plan
+    work = stage_work(r.model, plan.stage_layers(stage), plan.microbatch_size, r.seq_len, "full", plan.tp,
+                      plan.sequence_parallel)
+    return rerun_share(work, r.cluster.gpu, r.cluster.intra)
+
+
 def static_per_device(r: Resolved, works: list[Work]) -> tuple[float, ...]:
     """Weights, gradients and optimizer state on each pipeline device: the sum over the stages it holds."""
     plan = r.plan
@@ -141,7 +149,7 @@ def build_workload(r: Resolved, profile: Profile | None = None,
     if profile is not None:
         profile.check_plan(r.model.name, plan.layers_per_stage, plan.microbatch_size, s)
         kinds = [[r.model.layer_kind(i) for i in plan.stage_layers(k)] for k in range(plan.num_stages)]
-        stages = tuple(measured_stage_cost(c, m, plan.recompute_of(k))
+        stages = tuple(measured_stage_cost(c, m, plan.recompute_of(k), _rerun_share(r, k))
                        for k, (c, m) in enumerate(zip(stages, profile.stage_profiles(kinds))))
         network = profile.network(network)
     stages, network = pipeline_messages(plan, r.cluster, stages, network)

@@ -22,6 +22,23 @@ with ``--fp16`` moved more (bytes per token of one tensor-parallel rank, 16-bit 
   ``--accumulate-allreduce-grads-in-fp32``; gradient accumulation fusion came later). The first
   micro-batch of an iteration only stores its gradient; the count charges every micro-batch, 1/m too
   much of it.
+
+Both ran ``--fp16`` without ``--accumulate-allreduce-grads-in-fp32`` (Megatron-LM ``examples/sc21/CONFIG.sh``
+and ``examples/pretrain_gpt3_175B.sh``: ``--fp16 --clip-grad 1.0``), which sets two more numbers:
+
+* the data-parallel reduction moves fp16 gradients, ``FP16_GRAD_BYTES`` per parameter (the local
+  DDP's buffer has the parameters' dtype, ``megatron/model/distributed.py``; PyTorch DDP reduces
+  ``.grad``), where the fused default reduces fp32 ``main_grad``;
+* the optimizer step (``Float16OptimizerWithFloat16Params.step``, ``megatron/optimizer/optimizer.py``
+  and ``clip_grads.py`` at Megatron-LM commits a8d172b31e, 28 April 2021, and 55ba1f7b96, 26 May 2022)
+  makes five passes over memory, in bytes per parameter:
+  ``_copy_model_grads_to_main_grads`` (``grad.float()``: read 2, write 4), ``_unscale_main_grads_and_check_for_nan``
+  (``torch._amp_foreach_non_finite_check_and_unscale_``: read 4, write 4), ``clip_grad_norm_fp32``'s
+  norm (``amp_C.multi_tensor_l2norm``: read 4), apex ``FusedAdam`` (read the gradient, the fp32 weight,
+  m and v, write the last three: 28) and ``_copy_main_params_to_model_params`` (``multi_tensor_scale``:
+  read 4, write 2): 6 + 8 + 4 + 28 + 6 = 52 (``FP16_STEP_BYTES``). Left out: clipping's scaling pass
+  (read and write 4), which runs only when the norm exceeds 1.0, and zeroing the local DDP's fp16
+  gradient buffer (write 2) before the next iteration.
 """
 from __future__ import annotations
 
@@ -38,6 +55,8 @@ BLOCK_FORWARD_BYTES = 16  # x h/t per token: QKV bias add 12, context permute co
 BLOCK_BACKWARD_BYTES = 34  # x h/t per token: bias gradient 6, q/k/v gradient copies 12, concatenation 12, permute 4
 LOGIT_FORWARD_BYTES, LOGIT_BACKWARD_BYTES = 38 - 6, 14 - 6  # per logit, beyond the fused count
 ACCUMULATE_BYTES = 6  # per parameter and micro-batch: read two 16-bit gradients, write their sum
+FP16_GRAD_BYTES = 2  # per parameter, the gradient the data-parallel group reduces
+FP16_STEP_BYTES = 6 + 8 + 4 + 28 + 6  # per parameter: grad copy, unscale, norm, Adam, weight copy
 
 
 def with_kernels(kernels: str, kind: str, cost: "LayerCost", tokens: int, hidden: int, vocab: int,

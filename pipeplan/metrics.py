@@ -13,9 +13,9 @@ Clusters Using Megatron-LM", section 5.1 and appendix) use them:
 Both are read off the model's own per-layer FLOPs (``ModelSpec.layer_cost``), so they count what
 the simulator times (grouped-query attention, SwiGLU). For a GPT block those are eq. 3's terms
 exactly: 72·b·s·h² + 12·b·s²·h per layer, 6·b·s·h·V for the LM head (``megatron_flops`` is eq. 3
-itself, for comparing with Megatron's tables). Two differences from eq. 3 are on purpose: the
-embedding's nominal 2·b·s·h FLOPs per pass are counted, and pipeplan's full recomputation re-runs
-every layer of the stage, the LM head included, where eq. 3 assumes the head is not recomputed.
+itself, for comparing with Megatron's tables). Full recomputation re-runs the blocks only
+(``model.RECOMPUTED_KINDS``), as eq. 3 assumes; one difference from eq. 3 is on purpose: the
+embedding's nominal 2·b·s·h FLOPs per pass are counted.
 
 GPUs = tp x pp x dp; every figure is for the whole global batch (all data-parallel replicas).
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .lowering import Resolved
+from .model import RECOMPUTED_KINDS
 
 
 def megatron_flops(batch: int, seq_len: int, layers: int, hidden: int, vocab: int, recompute: bool = True) -> float:
@@ -67,7 +68,8 @@ def iteration_flops(r: Resolved) -> IterationFlops:
     recomputed = 0.0
     for stage in range(plan.num_stages):
         if plan.recompute_of(stage):
-            recomputed += sum(r.model.layer_cost(i, b, s).forward_flops for i in plan.stage_layers(stage))
+            recomputed += sum(r.model.layer_cost(i, b, s).forward_flops for i in plan.stage_layers(stage)
+                              if r.model.layer_kind(i) in RECOMPUTED_KINDS)
     replica = model_flops_per_iteration(r)
     return IterationFlops(model=replica * plan.dp,
                           hardware=(replica + recomputed * plan.num_microbatches) * plan.dp)

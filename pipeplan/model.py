@@ -17,6 +17,12 @@ from .megatron_kernels import KERNEL_CHOICES, with_kernels
 
 BYTES_BF16 = 2
 EMBEDDING, BLOCK, HEAD = "embedding", "block", "head"
+# The layer kinds full activation recomputation checkpoints: the transformer blocks only. Megatron-LM
+# wraps its layers in ``_checkpointed_forward`` (``ParallelTransformer`` in megatron/model/transformer.py
+# of 2021-22; ``TransformerBlock`` in megatron/core/transformer/transformer_block.py) and applies the
+# final norm after it; the embedding, the output layer and the loss run outside. torchtitan's
+# ``apply_ac`` wraps each ``TransformerBlock`` the same way.
+RECOMPUTED_KINDS = (BLOCK,)
 ATTENTION_CHOICES = ("flash", "standard")
 # Parameters per channel of each norm kind: RMSNorm scales (a weight), LayerNorm scales and shifts.
 NORM_PARAMS = {"rmsnorm": 1, "layernorm": 2}
@@ -45,7 +51,7 @@ class LayerCost:
     params: float
     activation_bytes: float  # stored by F for the backward, without recomputation
     weight_grad_bytes: float  # the part of it W still needs after I: the inputs of the matmuls
-    recompute_bytes: float  # stored with full recomputation: the layer input only
+    recompute_bytes: float  # stored with full recomputation: a block its input only, other kinds as without
     boundary_bytes: float  # the tensor sent to the next stage (and its gradient back)
     selective_bytes: float = 0.0  # stored with selective recomputation: without the attention scores
     gemms: tuple[Gemm, ...] = ()

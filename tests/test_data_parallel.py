@@ -132,6 +132,30 @@ def test_optimizer_step_is_bytes_over_hbm_bandwidth_by_hand():
     assert dist.stages[0].collective("REDUCE_GRAD").nbytes == pytest.approx(params * 4 / 2, rel=1e-12)
 
 
+def test_megatron_fp16_runs_step_in_five_passes_and_reduce_fp16_gradients_by_hand():
+    """Megatron-LM's fp16 optimizer of 2021-22 (pipeplan.megatron_kernels): fp16 grads copied to fp32
+    (2 + 4), unscaled with the inf check (4 + 4), their norm for clipping (4), FusedAdam (16 + 12), fp32
+    weights copied to fp16 (4 + 2) = 52 B per parameter, against the fused count's 30; all at the A100's
+    streaming rate for memory-bound kernels (1.8 TB/s, below its 2.0 TB/s datasheet). Without
+    --accumulate-allreduce-grads-in-fp32 the data-parallel all-reduce moves 2-byte gradients."""
+    from pipeplan import Plan
+    from pipeplan.model import ModelSpec
+
+    def lowered(kernels):
+        model = ModelSpec("gpt", 4, 1024, 16, 4096, 51200, 1024, kernels=kernels)
+        plan = Plan(model=model.to_dict(), cluster="dgx-a100", schedule="1f1b", pp=2, num_microbatches=4,
+                    microbatch_size=1, layers_per_stage=(3, 3), nodes=2, dp=8)
+        workload, r = lower(model, "dgx-a100", plan)
+        return workload, stage_work(r.model, plan.stage_layers(0), 1, r.seq_len, False).params
+
+    for kernels, step_bytes, grad_bytes in (("fused", 30, 4), ("megatron-2021", 52, 2), ("megatron-2022", 52, 2)):
+        workload, params = lowered(kernels)
+        assert workload.stages[0].optimizer == pytest.approx(params * step_bytes / 1.8e12, rel=1e-12)
+        reduce = workload.stages[0].collective("REDUCE_GRAD")
+        fused = lowered("fused")[0].stages[0].collective("REDUCE_GRAD")
+        assert reduce.nbytes == pytest.approx(fused.nbytes * grad_bytes / 4, rel=1e-12)
+
+
 def test_without_overlap_every_reduction_starts_after_the_devices_last_backward():
     for overlap in (True, False):
         plan = llama_plan(schedule="interleaved", chunks=2, layers_per_stage=even_split(34, 16), dp=2, nodes=2,

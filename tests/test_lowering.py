@@ -44,6 +44,39 @@ def test_recomputation_stores_the_input_and_pays_the_forward_again():
     assert rc.forward == plain.forward
 
 
+def test_full_recomputation_of_a_stage_holding_the_head_reruns_its_blocks_only():
+    """Megatron-LM checkpoints the transformer layers (``_checkpointed_forward``); the final norm, the
+    LM head and the loss keep their activations and are not re-run. Hand count for the last two blocks
+    and the head of a small GPT (h 256, 4 heads, FFN 4h, V 1000, b 2, s 128, no dropout)."""
+    from pipeplan.costs import tp_seconds_in_ops
+    from pipeplan.model import ModelSpec
+
+    model = ModelSpec("gpt-small", 4, 256, 4, 1024, 1000, 128)
+    gpu, link = load_cluster("dgx-a100").gpu, load_cluster("dgx-a100").intra
+    b, s, h, v, n = 2, 128, 256, 1000, 2 * 128
+    layers = range(3, 6)  # blocks 3 and 4 (pipeline layers), then the head
+    full, plain = (stage_work(model, layers, b, s, mode) for mode in ("full", "none"))
+    # What is re-run: two blocks' forward, 24·b·s·h² + 4·b·s²·h FLOPs each, and their four GEMMs each.
+    assert full.rerun.forward_flops == 2 * (24 * b * s * h * h + 4 * b * s * s * h)
+    assert dict(full.rerun.gemms) == {(n, 3 * h, h, 1): 2, (n, h, h, 1): 2, (n, 4 * h, h, 1): 2, (n, h, 4 * h, 1): 2}
+    assert full.forward_flops - full.rerun.forward_flops == 2 * n * h * v  # the LM head, not re-run
+    # Stored: each block's bf16 input; the head keeps its norm input, the LM head input and the logits.
+    assert full.activation_bytes == 2 * (2 * n * h) + n * (2 * h + 2 * h + 2 * v)
+    # After I each layer keeps for W at most what it stored: a block its input, the head its LM head's input.
+    assert price(full, gpu).weight_grad_bytes == 2 * (2 * n * h) + 2 * n * h
+    blocks = sum(price(layer_work(model, i, b, s, "none"), gpu).forward for i in (3, 4))
+    rc, base = price(full, gpu), price(plain, gpu)
+    assert rc.backward_input == pytest.approx(base.backward_input + blocks, rel=1e-12)
+    assert rc.forward == base.forward and rc.backward_weight == base.backward_weight
+    # With t = 2 the re-run repeats the blocks' 2 all-reduces of b·s·h bf16 values each, not the
+    # vocabulary-parallel cross-entropy's three fp32 ones.
+    tp_full = stage_work(model, layers, b, s, "full", tp=2)
+    ring = 2 * (2 - 1) / 2 * 2 * n * h / link.bandwidth + 2 * (2 - 1) * link.latency
+    forward, backward = tp_seconds_in_ops(tp_full, link)
+    plain_forward, plain_backward = tp_seconds_in_ops(stage_work(model, layers, b, s, "none", tp=2), link)
+    assert (forward, backward - plain_backward) == (plain_forward, pytest.approx(2 * 2 * ring, rel=1e-12))
+
+
 def test_a_stage_is_the_sum_of_its_layers():
     model, gpu = load_model("llama3-8b"), load_cluster("dgx-h100").gpu
     layers = range(3, 8)

@@ -165,7 +165,9 @@ def test_problem_costs_agree_with_the_lowering_and_memory_bounds_the_simulator()
             idx = range(start, start + n)
             start += n
             forward = sum(problem.forward[i] for i in idx) * problem.time_unit
-            backward = (sum(problem.backward_input[i] for i in idx) * problem.time_unit + (forward if rc[k] else 0))
+            rerun = sum(problem.recomputed[i] for i in idx) * problem.time_unit  # the blocks' forward only
+            assert rerun == sum(problem.forward[i] for i in idx if model.layer_kind(i) == "block") * problem.time_unit
+            backward = (sum(problem.backward_input[i] for i in idx) * problem.time_unit + (rerun if rc[k] else 0))
             assert forward == pytest.approx(workload.stages[k].forward, rel=1e-4)
             assert backward == pytest.approx(workload.stages[k].backward_input, rel=1e-4)
         result = simulate(workload)
@@ -183,3 +185,20 @@ def test_problem_costs_agree_with_the_lowering_and_memory_bounds_the_simulator()
             predicted = level * problem.memory_unit
             assert predicted >= result.peak_memory[d]
             assert predicted <= result.peak_memory[d] * 1.001
+
+
+def test_cpsat_leaves_a_stage_without_blocks_unrecomputed():
+    """Full recomputation checkpoints blocks only: on a stage holding the embedding or the head alone it
+    re-runs and saves nothing, and CP-SAT may set it at no cost. The plan says none there (what a framework
+    asked to checkpoint such a stage would do anyway); a 6-block model cut one layer a stage under
+    interleaved v = 4 at pp = 2 puts the embedding and the head on stages of their own."""
+    import pipeplan
+    from test_export import CPU  # tests/ is on sys.path
+
+    six = dict(pipeplan.load_model("tiny").to_dict(), name="tiny-6", num_layers=6)
+    plan = pipeplan.optimize(six, CPU, global_batch=16, pp=2, schedules=["interleaved"]).plan
+    spec = pipeplan.load_model(six)
+    blockless = [k for k in range(plan.num_stages)
+                 if not any(spec.layer_kind(i) == "block" for i in plan.stage_layers(k))]
+    assert blockless, plan.layers_per_stage  # the case this test is about
+    assert all(plan.recompute_mode(k) == "none" for k in blockless), plan.recompute

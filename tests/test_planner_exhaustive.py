@@ -53,7 +53,10 @@ def instance(seed):
     fat = simulate(model, cluster, pipeplan.Plan(model=model, cluster=cluster, schedule="zb-h2", pp=pp,
                                                  num_microbatches=1, microbatch_size=batch, layers_per_stage=uniform))
     low, high = max(lean.peak_memory), max(fat.peak_memory)
-    cluster["gpu"]["memory_bytes"] = rng.uniform(low, high) / (1 - HEADROOM)
+    # At least 1e-4 above the leanest peak: the planner rounds each memory term up (by at most one of
+    # 2^22 units of the capacity), so a limit exactly at a peak is refused. Where the head's stage sets
+    # the peak, full recomputation (which leaves the head alone) does not lower it, and low == high.
+    cluster["gpu"]["memory_bytes"] = max(rng.uniform(low, high), low * (1 + 1e-4)) / (1 - HEADROOM)
     return model, cluster, pp, batch
 
 

@@ -173,9 +173,11 @@ def test_the_spec_built_from_a_known_device_carries_its_figures():
     assert gpu.hbm_bandwidth == pytest.approx(9e9, rel=0.02)
     for kind in ("embedding", "block", "head"):
         assert gpu.layer_overheads.of(kind) == pytest.approx(CPU_TRUTH.layer_overheads.of(kind), rel=0.05, abs=1e-6)
-        # the forward without its graph, fitted as F is
-        assert gpu.layer_overheads.no_grad_of(kind) == pytest.approx(CPU_TRUTH.layer_overheads.no_grad_of(kind),
-                                                                     rel=0.05, abs=1e-6)
+        # the forward of a recomputing stage, fitted as F is: a block's without its graph; the embedding and
+        # the head are not checkpointed, so theirs is their forward with its graph
+        truth = CPU_TRUTH.layer_overheads
+        no_grad = truth.no_grad_of(kind) if kind == "block" else (truth.of(kind)[0], truth.memory_of(kind)[0])
+        assert gpu.layer_overheads.no_grad_of(kind) == pytest.approx(no_grad, rel=0.05, abs=1e-6)
     assert gpu.op_overhead_s == pytest.approx((150e-6 + 200e-6 + 70e-6) / 3, rel=0.05)  # the block's mean
     assert gpu.element_bytes == 4 and gpu.peak_flops == 1.66e11
     assert spec.intra.latency == pytest.approx(30e-6, rel=0.05)

@@ -49,8 +49,10 @@ def test_the_layer_benchmark_times_each_pass_and_the_forward_without_graph_in_st
     want = sorted([(0, 0, p) for p in (0, 1, NO_GRAD)] + [(0, k, p) for k in (1, 2) for p in (*range(len(PASSES)), NO_GRAD)])
     assert got == want and len(KINDS) == 3
     assert all(c.warm == WARM >= 1 and c.size == 1.0 / IN_FLIGHT for c in cases)
-    # every case runs: the no-graph forward of a block returns its output and kept input, no graph
+    # every case runs: a recomputing stage's block runs under reentrant checkpointing, its output hangs on
+    # one checkpoint node with no graph inside (the embedding and the head are not checkpointed)
     for case in cases:
         result = case.run(case.prepare())
-        if case.shape[2] == NO_GRAD:
-            assert result and not any(t.requires_grad for t in result)
+        if case.shape[2] == NO_GRAD and KINDS[case.shape[1]] == "block":
+            nodes = {type(t.grad_fn).__name__ for t in result if t.grad_fn is not None}
+            assert result and nodes == {"CheckpointFunctionBackward"}, nodes

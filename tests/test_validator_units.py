@@ -9,8 +9,9 @@ import pytest
 from pipeplan import simulate
 from pipeplan.errors import SpecError
 from pipeplan import lower
-from pipeplan.costs import stage_work
-from pipeplan.model import MODEL_PRESETS
+from pipeplan.cluster import load_cluster
+from pipeplan.costs import rerun_share, stage_work
+from pipeplan.model import MODEL_PRESETS, load_model
 from pipeplan.plan import Plan
 from pipeplan.profile import LinkProfile, Profile, StageProfile
 from pipeplan.scaling import scale_model, scale_plan
@@ -49,26 +50,37 @@ def test_input_then_weight_gradient_equals_full_backward():
 
 @pytest.mark.parametrize("stage,layers", [(0, range(0, 3)), (1, range(2, 5)), (2, range(8, 10))])
 @pytest.mark.parametrize("split", [False, True])
-def test_recomputation_gives_the_same_gradients(stage, layers, split):
-    """Full recomputation (F without a graph, the forward again inside B or I) changes what is kept
-    and when it is computed, never the math: input and weight gradients equal the stored-graph run's,
-    for the first (embedding), a middle and the last (head + loss) stage, B and I + W alike."""
+def test_recomputation_gives_the_same_gradients(stage, layers, split, monkeypatch):
+    """Full recomputation (each block's forward without a graph in F, again inside B or I) changes
+    what is kept and when it is computed, never the math: input and weight gradients equal the
+    stored-graph run's, for the first (embedding), a middle and the last (head + loss) stage, B and
+    I + W alike. B or I re-runs the blocks' matmuls and nothing else (hand count: tiny's blocks have
+    6 matmuls, q k v o up down; the LM head's is not re-run, as in Megatron-LM)."""
     torch = pytest.importorskip("torch")
+    from validator import modules
     from validator.compute import StageRunner
 
     torch.set_num_threads(1)
+    calls = []
+    plain_forward = modules.SplitLinear.forward
+    monkeypatch.setattr(modules.SplitLinear, "forward", lambda self, x: calls.append(self) or plain_forward(self, x))
     model = MODEL_PRESETS["tiny"]
     runners = [StageRunner(model, stage, layers, 2, 16, 4, torch.device("cpu"), torch.float64, seed=3,
                            recompute=recompute) for recompute in (False, True)]
     first, last = runners[0].first, runners[0].last
+    blocks = sum(model.layer_kind(i) == "block" for i in layers)
     x = None if first else torch.randn(2, 16, model.hidden, dtype=torch.float64)
     g = None if last else torch.randn(2, 16, model.hidden, dtype=torch.float64)
     results = []
     for runner in runners:
+        calls.clear()
         outs = [runner.forward(mb, None if first else x.clone()) for mb in range(2)]
-        if runner.recompute:
-            assert not runner.outputs and all(o is None or o.grad_fn is None for o in outs)
+        assert len(calls) == 2 * (6 * blocks + int(last))
+        calls.clear()
         dxs = [runner.backward(mb, g, split=split) for mb in range(2)]
+        assert len(calls) == (2 * 6 * blocks if runner.recompute else 0)
+        assert not any(isinstance(c, modules.SplitLinear) and c is getattr(layer, "lm_head", None)
+                       for c in calls for layer in runner.module.layers)
         if split:
             for mb in range(2):
                 runner.weight(mb)
@@ -83,7 +95,7 @@ def test_recomputation_gives_the_same_gradients(stage, layers, split):
     for name in g_a:
         assert torch.allclose(g_a[name], g_b[name], rtol=1e-10, atol=1e-12), name
     assert loss_a == pytest.approx(loss_b, rel=1e-12) and len(loss_a) == (2 if last else 0)
-    assert not runners[1].inputs and not runners[1].targets  # B / I took what F kept
+    assert not runners[1].inputs and not runners[1].outputs  # B / I took what F kept
 
 
 def test_transfers_follow_the_dependency_rules_in_sender_order():
@@ -137,8 +149,9 @@ def test_profile_for_another_cut_is_refused_naming_the_field():
 
 
 def test_a_profile_measured_with_recomputation_is_not_charged_the_forward_twice():
-    """A stage measured recomputing holds the extra forward already; one measured without gets it
-    added; the same profile priced without recomputation has it taken off."""
+    """A stage measured recomputing holds the extra forward of its blocks already; one measured
+    without gets it added; the same profile priced without recomputation has it taken off. Stage 0
+    holds the embedding, which is not re-run: the blocks' share of its forward is the cost model's."""
     plan = Plan.load(str(PLANS / "tiny-1f1b-recompute-p2.json"))
     plain = _profile(plan)
     forward = plain.stages[0].forward
@@ -150,14 +163,18 @@ def test_a_profile_measured_with_recomputation_is_not_charged_the_forward_twice(
     with pytest.raises(SpecError, match="profile.stages.recompute"):
         StageProfile(1.0, 2.0, 1.5, 0.5, recompute="yes")
     without = plan.with_(recompute=("none", "none"))
-    for profile, recomputing, other in ((measured, plan, without), (plain, plan, without)):
-        workload, _ = lower(plan.model, plan.cluster, recomputing, PLANS, profile)
-        assert workload.stages[0].full_backward == pytest.approx(3 * forward)
-        assert workload.stages[0].backward_input == pytest.approx(2.5 * forward)
+    model, cluster = load_model(plan.model), load_cluster(str(PLANS / plan.cluster))
+    work = stage_work(model, plan.stage_layers(0), plan.microbatch_size, plan.seq_len or model.seq_len, "full")
+    share = rerun_share(work, cluster.gpu, cluster.intra)
+    assert 0.5 < share < 1  # the blocks' forward, not the embedding's
+    for profile, offset in ((measured, 1.0), (plain, share)):
+        workload, _ = lower(plan.model, plan.cluster, plan, PLANS, profile)
+        assert workload.stages[0].full_backward == pytest.approx((2 + offset) * forward)
+        assert workload.stages[0].backward_input == pytest.approx((1.5 + offset) * forward)
         assert workload.stages[1].full_backward == pytest.approx(2 * forward)
-        workload, _ = lower(plan.model, plan.cluster, other, PLANS, profile)
-        assert workload.stages[0].full_backward == pytest.approx(2 * forward)
-        assert workload.stages[0].backward_input == pytest.approx(1.5 * forward)
+        workload, _ = lower(plan.model, plan.cluster, without, PLANS, profile)
+        assert workload.stages[0].full_backward == pytest.approx((2 + offset - share) * forward)
+        assert workload.stages[0].backward_input == pytest.approx((1.5 + offset - share) * forward)
 
 
 def test_scale_keeps_cuts_and_schedule_and_shrinks_shapes():

@@ -8,11 +8,14 @@
   (input, output-gradient) pairs the weight gradients need are kept.
 * W(m): those weight-gradient matmuls, accumulated into ``.grad``.
 
-With full activation recomputation (``recompute``, the plan's ``"full"``) F runs under
-``torch.no_grad()`` and keeps only the stage input; B and I first run the forward again from it with
-the graph recorded, then do the same backward as without recomputation. W is unchanged: I leaves it
-the same (input, output-gradient) pairs. The gradients are the same; F's memory is only its input,
-and B or I pays one more forward, which is what the simulator's cost model charges.
+With full activation recomputation (``recompute``, the plan's ``"full"``) each transformer block runs
+under activation checkpointing, Megatron-LM's way (``StageModule``'s ``checkpoint="reentrant"``): in F
+a block runs without a graph and keeps only its input; B and I run each block's forward again from it,
+recording the graph, as the backward reaches it. The embedding, the final norm, the LM head and the
+loss are not checkpointed: they keep their graph from F and are not re-run. W is unchanged: I leaves
+it the same (input, output-gradient) pairs. The gradients are the same; F keeps the blocks' inputs
+and what the other layers keep, and B or I pays the blocks' forward once more, which is what the
+simulator's cost model charges (``pipeplan.costs``, ``Work.rerun``).
 
 The weights are updated once per iteration, after every op (``step``), with plain SGD.
 
@@ -32,7 +35,7 @@ import torch
 
 from pipeplan.model import ModelSpec
 
-from .modules import StageModule, apply_weight_grads, microbatch_tokens
+from .modules import REENTRANT, StageModule, apply_weight_grads, microbatch_tokens
 from .tensor_parallel import SINGLE, TensorGroup, reduce_replicated_grads, shard_state
 
 
@@ -47,10 +50,11 @@ class StageRunner:
         # Same seed per stage on every run, so runs and calibration see identical weights.
         torch.manual_seed(seed * 7919 + stage)
         scale = num_microbatches * data_ranks
-        module = StageModule(model, layers, loss_scale=scale)
+        checkpoint = REENTRANT if recompute else ""
+        module = StageModule(model, layers, loss_scale=scale, checkpoint=checkpoint)
         if tensor.size > 1:
             whole = module.state_dict()
-            module = StageModule(model, layers, loss_scale=scale, tensor=tensor)
+            module = StageModule(model, layers, loss_scale=scale, tensor=tensor, checkpoint=checkpoint)
             module.load_state_dict(shard_state(whole, tensor.size, tensor.rank))
         self.module = module.to(device=device, dtype=dtype)
         self.tensor, self.num_microbatches, self.backwards = tensor, num_microbatches, 0
@@ -61,8 +65,6 @@ class StageRunner:
         self.optimizer = torch.optim.SGD(self.module.parameters(), lr=lr)
         self.inputs: dict[int, torch.Tensor] = {}
         self.outputs: dict[int, torch.Tensor] = {}
-        # Recomputing stages keep the last stage's targets next to the input, for the re-run loss.
-        self.targets: dict[int, torch.Tensor | None] = {}
         self.losses: list[torch.Tensor] = []
 
     @property
@@ -81,14 +83,6 @@ class StageRunner:
         if self.first or self.last:
             tokens, targets = microbatch_tokens(self.model, self.batch, self.seq, self.data_offset + microbatch,
                                                 self.seed, self.device)
-        if self.recompute:
-            # No graph: the activations inside the stage are freed as soon as the forward moves on.
-            x = tokens if self.first else received.detach()
-            with torch.no_grad():
-                out = self.module(x, targets if self.last else None)
-            self.inputs[microbatch] = x
-            self.targets[microbatch] = targets
-            return None if self.last else out
         if self.first:
             x = tokens
         else:
@@ -98,25 +92,12 @@ class StageRunner:
         self.outputs[microbatch] = out
         return None if self.last else out.detach()
 
-    def _rerun(self, microbatch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A recomputing stage's forward again from its kept input, this time recording the graph."""
-        x = self.inputs.pop(microbatch)
-        targets = self.targets.pop(microbatch)
-        if not self.first:
-            x = x.requires_grad_(True)
-        with torch.enable_grad():
-            out = self.module(x, targets if self.last else None)
-        return x, out
-
     def backward(self, microbatch: int, grad_output: torch.Tensor | None, split: bool) -> torch.Tensor | None:
         """B (``split`` False) or I (``split`` True); returns the gradient of the stage input.
 
-        A recomputing stage runs its forward first, inside this op: that is the cost it pays."""
-        if self.recompute:
-            x, out = self._rerun(microbatch)
-        else:
-            x = self.inputs.pop(microbatch)
-            out = self.outputs.pop(microbatch)
+        A recomputing stage runs its blocks' forward again inside this op: that is the cost it pays."""
+        x = self.inputs.pop(microbatch)
+        out = self.outputs.pop(microbatch)
         store = self.module.store
         store.defer, store.collecting = split, []
         try:
@@ -160,7 +141,6 @@ class StageRunner:
         """Drop held activations and deferred work (after calibration, before the real run)."""
         self.inputs.clear()
         self.outputs.clear()
-        self.targets.clear()
         self.module.store.pending.clear()
         self.optimizer.zero_grad(set_to_none=True)
         self.backwards = 0

@@ -21,10 +21,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pipeplan.model import BLOCK, EMBEDDING, HEAD, ModelSpec
 
 from .tensor_parallel import SINGLE, TensorGroup, VocabParallelEmbedding, vocab_parallel_cross_entropy
+
+
+REENTRANT, NON_REENTRANT = "reentrant", "non-reentrant"
+CHECKPOINTS = ("", REENTRANT, NON_REENTRANT)  # "": no recomputation
 
 
 class WeightGradStore:
@@ -162,10 +167,22 @@ class Head(nn.Module):
 class StageModule(nn.Module):
     """The layers of one pipeline stage. ``forward(x, targets)`` returns the boundary tensor, or the
     loss on the last stage (mean cross-entropy divided by ``loss_scale``: micro-batches x data ranks, so the
-    data ranks' summed gradients are the mean over the global batch)."""
+    data ranks' summed gradients are the mean over the global batch).
 
-    def __init__(self, model: ModelSpec, layers: range, loss_scale: int = 1, tensor: TensorGroup = SINGLE) -> None:
+    ``checkpoint`` (full activation recomputation) runs each transformer block under torch's activation
+    checkpointing, and nothing else: the embedding, the final norm, the LM head and the loss keep their
+    graph, as Megatron-LM's ``_checkpointed_forward`` and torchtitan's per-block ``apply_ac`` do
+    (``pipeplan.model.RECOMPUTED_KINDS``). ``"reentrant"`` is Megatron's ``CheckpointFunction``: the block's
+    forward runs without a graph, keeps its input, and runs again, recording the graph, inside the
+    backward; ``"non-reentrant"`` is torchtitan's (a graph whose saved tensors are dropped and recomputed),
+    the one torch's pipelining runtime can split into I and W with ``autograd.grad``."""
+
+    def __init__(self, model: ModelSpec, layers: range, loss_scale: int = 1, tensor: TensorGroup = SINGLE,
+                 checkpoint: str = "") -> None:
         super().__init__()
+        if checkpoint not in CHECKPOINTS:
+            raise ValueError(f"checkpoint: {checkpoint!r}; choose one of {CHECKPOINTS}")
+        self.checkpoint = checkpoint
         self.tensor = tensor
         self.store = WeightGradStore()
         kinds = model.layer_kinds
@@ -185,7 +202,10 @@ class StageModule(nn.Module):
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x)
+            if self.checkpoint and isinstance(layer, Block):
+                x = checkpoint(layer, x, use_reentrant=self.checkpoint == REENTRANT)
+            else:
+                x = layer(x)
         if self.last and self.tensor.size > 1:
             logits = x.float().reshape(-1, x.shape[-1])
             return vocab_parallel_cross_entropy(logits, targets.reshape(-1), self.tensor).mean() / self.loss_scale

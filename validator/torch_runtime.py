@@ -21,8 +21,11 @@ The stages are the very modules pipeplan's runtime runs (``StageRunner.module``,
   it torch splits the backward by autograd-graph surgery, which re-runs each ``SplitLinear``'s whole
   backward in W (and defers stage 0's entire backward to W); with it I and W do the same work in
   both runtimes and a comparison of the two isolates the runtime;
-* a recomputing stage (``plan.recompute`` "full") runs under torch's activation checkpointing
-  (``Recomputed``), which keeps the forward's inputs only and re-runs it inside B or I.
+* a recomputing stage (``plan.recompute`` "full") runs each transformer block under torch's
+  non-reentrant activation checkpointing, as torchtitan's ``apply_ac`` does (``StageModule``'s
+  ``checkpoint``): a block keeps its input only and re-runs inside B or I; the embedding and the head
+  are not checkpointed. (Reentrant checkpointing, pipeplan's runtime's, cannot serve torch's I, which
+  takes input gradients with ``autograd.grad``.)
 
 Both runtimes compute the same losses, micro-batch by micro-batch (tests/test_validate_torch_runtime.py).
 torch's runtime also runs DualPipeV's overlapped pairs, ``(F;B)OVERLAP_F_B``: one action whose
@@ -58,14 +61,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining.schedules import _batch_p2p, _ComputationType, _PipelineScheduleRuntime
-from torch.utils.checkpoint import checkpoint
 
 from simulator.deps import schedule_dependencies
 from simulator.ir import BACKWARD_INPUT, BACKWARD_WEIGHT, FORWARD, FULL_BACKWARD, Action, Schedule, to_csv
 
 from .comm_threads import shorten_comm_slices
 from .compute import StageRunner
-from .modules import WeightGradStore, apply_weight_grads, microbatch_tokens
+from .modules import NON_REENTRANT, WeightGradStore, apply_weight_grads, microbatch_tokens
 from .runtime import ArrivalMark, Fault, OpMark, _wait
 from .gather import WAITED_S
 from .torch_timing import PROFILER_PREFIX, StepHooks, ops_from_spans, wait_lead
@@ -115,19 +117,6 @@ def remote_inputs(schedule: Schedule, rank: int) -> dict[Action, list[tuple[Acti
             for a in schedule.simulated_actions(rank)}
 
 
-class Recomputed(torch.nn.Module):
-    """A recomputing stage's module as torch runs one (activation checkpointing, non-reentrant): the
-    forward keeps only its inputs, the backward runs the forward again first; pipeplan's runtime does
-    the same by hand (``StageRunner``)."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        return checkpoint(self.module, x, targets, use_reentrant=False)
-
-
 def _static_shapes(runner: StageRunner, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(input, output) examples on the meta device: token ids or a boundary tensor in, a boundary
     tensor or the scalar loss out. With both given torch skips its metadata inference."""
@@ -160,7 +149,9 @@ class TorchExecutor:
         self.stages: dict[int, PipelineStage] = {}
         for s in sorted(runners):
             example_in, example_out = _static_shapes(runners[s], device)
-            module = Recomputed(runners[s].module) if runners[s].recompute else runners[s].module
+            module = runners[s].module
+            if runners[s].recompute:
+                module.checkpoint = NON_REENTRANT  # torchtitan's per-block checkpointing (module docstring)
             stage = PipelineStage(module, s, schedule.num_stages, device, input_args=example_in,
                                   output_args=example_out, dw_builder=deferred_weight_grads(runners[s].module.store))
             self._instrument(stage, runners[s].module.store)

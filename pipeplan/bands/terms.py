@@ -8,7 +8,7 @@ to 1. The group names what one systematic error is shared by:
   W), the layer's GEMMs (``gemm``), memory-bound kernels (``memory``), tensor-parallel collectives
   (``link``, one group for all) and per-layer overhead (``overhead``); every stage holding a block
   shares the block's errors. A full backward B is I's parts and W's; a recomputing stage's I holds
-  its forward's parts (the same op run again), a selectively recomputing one the attention core's.
+  its blocks' forward parts (the same op run again), a selectively recomputing one the attention core's.
 * measured costs (a profile): one ``compute`` part per stage and op, its own group (each was timed
   on its own).
 * per-stage kinds: the optimizer step is ``memory`` (a pass over the state at HBM bandwidth), a
@@ -24,7 +24,7 @@ from simulator.kinds import BY_CODE, COMM, FORWARD, FULL_BACKWARD, BACKWARD_INPU
 
 from ..cluster import GPUSpec, LinkSpec
 from ..costs import (Work, _attention_seconds, _memory_seconds, _no_grad_terms, _overheads,  # price()'s own terms
-                     layer_work, selective_rerun_seconds, tp_seconds)
+                     forward_parts, layer_work, selective_rerun_seconds, tp_seconds)
 
 Part = tuple[str, tuple, float]  # (op class, group, seconds or share)
 OpTerms = dict[tuple[int, int], tuple[Part, ...]]  # (stage, kind code) -> parts, shares summing to 1
@@ -56,11 +56,14 @@ def layer_parts(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None) -> dict[str,
         ("memory", "I", memory_i), ("link", "I", tp_bwd), ("overhead", "I", overhead_i)]
     backward_weight = [("gemm", "W", _gemms(gpu, work.gemms, dw)), ("memory", "W", memory_w),
                        ("overhead", "W", overhead_w)]
-    if work.recompute == "full":
-        backward_input += forward  # the re-run records the graph
-        no_grad = _no_grad_terms(work, gpu)
-        if no_grad is not None:  # F itself does not (``costs.price``)
-            forward = [forward[0], ("memory", "F", no_grad[0]), forward[2], ("overhead", "F", no_grad[1])]
+    if work.rerun is not None:  # full recomputation re-runs the checkpointed blocks' forward
+        compute, memory, link, overhead = forward_parts(work.rerun, gpu, tp_link)
+        backward_input += [("gemm", "F", compute), ("memory", "F", memory), ("link", "F", link),
+                           ("overhead", "F", overhead)]  # the re-run records the graph
+        no_grad = _no_grad_terms(work.rerun, gpu)
+        if no_grad is not None:  # their F itself does not (``costs.price``)
+            forward = [forward[0], ("memory", "F", memory_f - memory + no_grad[0]), forward[2],
+                       ("overhead", "F", overhead_f - overhead + no_grad[1])]
     elif work.recompute == "selective" and work.score_memory_bytes > 0:
         backward_input += [("gemm", "F", core), ("memory", "F", selective_rerun_seconds(work, gpu) - core)]
     return {"F": forward, "I": backward_input, "W": backward_weight}

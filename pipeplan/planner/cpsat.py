@@ -50,6 +50,26 @@ class Solution:
         return max(0.0, (self.objective - self.bound) / self.objective) if self.objective else 0.0
 
 
+def _rerun_of(problem: PartitionProblem, prefix: dict, stage_sum):
+    """(k, F_k) -> what full recomputation re-runs in stage k (``PartitionProblem.recomputed``). The layers it
+    does not re-run are the embedding and the head, the first and the last layer, which stage 0 and stage
+    S - 1 always hold: F_k less those, with no Element constraint more. Else the prefix sums of ``recomputed``."""
+    L, S, forward, rerun = problem.num_layers, problem.num_stages, problem.forward, problem.recomputed
+    skipped = {i for i in range(L) if rerun[i] != forward[i]}
+    if skipped <= {0, L - 1} and all(rerun[i] == 0 for i in skipped):
+        first, last = (forward[0] if 0 in skipped else 0), (forward[L - 1] if L - 1 in skipped else 0)
+        return lambda k, f: f - (first if k == 0 else 0) - (last if k == S - 1 else 0)
+    prefix["recomputed"] = _prefix(rerun)
+    return lambda k, f: stage_sum("recomputed", k)
+
+
+def _inert(problem: PartitionProblem, layers: range) -> bool:
+    """Full recomputation of these layers re-runs and saves nothing (the embedding or the head alone): CP-SAT
+    may set it at no cost, and a plan should not ask a framework for it."""
+    return all(problem.recomputed[i] == 0 and problem.activation_rc[i] == problem.activation[i]
+               and problem.held_rc[i] == problem.held[i] for i in layers)
+
+
 def _prefix(values: tuple[int, ...]) -> list[int]:
     out = [0]
     for x in values:
@@ -119,6 +139,7 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
 
     a, b, c = problem.fill_weights
     big_f = prefix["forward"][-1]
+    rerun = _rerun_of(problem, prefix, stage_sum)
     work, fill_terms, act, held = [], [], [], []
     recompute = []
     for k in range(S):
@@ -127,8 +148,8 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
         if not problem.allow_recompute:
             model.Add(r == 0)
         recompute.append(r)
-        extra = model.NewIntVar(0, big_f, f"rf{k}")  # = r_k · F_k, the recomputed forward
-        model.Add(extra == f).OnlyEnforceIf(r)
+        extra = model.NewIntVar(0, big_f, f"rf{k}")  # = r_k · (stage k's recomputed forward)
+        model.Add(extra == rerun(k, f)).OnlyEnforceIf(r)
         model.Add(extra == 0).OnlyEnforceIf(r.Not())
         work.append(f + i_ + w + extra)
         fill_terms.append(a * f + b * (i_ + extra) + c * w)
@@ -217,10 +238,13 @@ def solve(problem: PartitionProblem, time_limit: float = 10.0, workers: int = 1,
         return Solution(status, wall_time=wall)
     values = [solver.Value(c) for c in cuts]
     layers = tuple(values[k + 1] - values[k] for k in range(S))
+    flags = [bool(solver.Value(r)) for r in recompute]
+    if not problem.uniform_recompute:  # a stage whose recomputation changes nothing (no block) says none
+        flags = [flag and not _inert(problem, range(values[k], values[k + 1])) for k, flag in enumerate(flags)]
     return Solution(
         status=status,
         layers_per_stage=layers,
-        recompute=tuple(bool(solver.Value(r)) for r in recompute),
+        recompute=tuple(flags),
         objective=int(round(solver.ObjectiveValue())),
         bound=float(solver.BestObjectiveBound()),
         wall_time=wall,

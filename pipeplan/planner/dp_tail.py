@@ -22,7 +22,8 @@ from functools import lru_cache
 
 from ..cluster import ClusterSpec
 from ..collectives import RING
-from ..dataparallel import optimizer_seconds, stage_collectives
+from ..dataparallel import optimizer_seconds, reduced_grad_bytes, stage_collectives
+from ..megatron_kernels import FUSED
 from ..parallel import Layout
 
 
@@ -51,32 +52,34 @@ class DataParallelTail:
 
 
 def dp_tail(cluster: ClusterSpec, tp: int, pp: int, dp: int, distributed_optimizer: bool,
-            port_capacity: dict[str, float]) -> DataParallelTail | None:
+            port_capacity: dict[str, float], kernels: str = FUSED) -> DataParallelTail | None:
     """The tail's prices for a tp x pp x dp layout (None at dp = 1: lowering adds no data-parallel action).
 
-    ``port_capacity`` is the pipeline network's table, which lowering lets override the collectives' ports."""
+    ``port_capacity`` is the pipeline network's table, which lowering lets override the collectives' ports;
+    ``kernels`` the model's (its gradients' width and optimizer step, ``dataparallel``)."""
     if dp <= 1:
         return None
     reduce, gather = [], []
-    for device, priced in enumerate(_collectives(cluster, tp, pp, dp, distributed_optimizer)):
+    for device, priced in enumerate(_collectives(cluster, tp, pp, dp, distributed_optimizer, kernels)):
         rates = []
         for latency, nbytes, link, ports in priced:
             capacity = {port: port_capacity.get(port, own) for port, own in ports}
             rates.append((latency, nbytes / link.rate(capacity)))
         reduce.append(rates[0])
         gather.append(rates[1] if len(rates) > 1 else (0.0, 0.0))
-    step = optimizer_seconds(1.0, dp, distributed_optimizer, cluster.gpu.hbm_bandwidth)
+    step = optimizer_seconds(1.0, dp, distributed_optimizer, cluster.gpu, kernels)
     return DataParallelTail(step, tuple(reduce), tuple(gather))
 
 
 @lru_cache(maxsize=64)
-def _collectives(cluster: ClusterSpec, tp: int, pp: int, dp: int, distributed_optimizer: bool) -> tuple:
+def _collectives(cluster: ClusterSpec, tp: int, pp: int, dp: int, distributed_optimizer: bool, kernels: str) -> tuple:
     """Per pipeline device, its collectives for one parameter: (latency, bytes, link, (port, capacity) of the
     ports it crosses), as lowering prices them (a layout search asks for each layout's many times)."""
     layout = Layout(tp, pp, dp)
     out = []
     for device in range(pp):
-        collectives, ports = stage_collectives(cluster, layout, device, 1.0, distributed_optimizer, RING)
+        collectives, ports = stage_collectives(cluster, layout, device, 1.0, distributed_optimizer, RING,
+                                               reduced_grad_bytes(kernels))
         own = dict(ports)
         out.append(tuple((c.path.latency, c.nbytes, c.path, tuple((port, own.get(port, math.inf))
                                                                  for port in c.path.ports)) for c in collectives))

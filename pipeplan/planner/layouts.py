@@ -160,5 +160,5 @@ def time_floor(model: ModelSpec, cluster: ClusterSpec, layout: Layout, global_ba
     best = min((batch // b) * sum(_layer_price(model, cluster, i, b, seq_len, layout.tp,
                                                layout.sequence_parallel)[0] for i in layers) for b in sizes)
     params = sum(_layer_price(model, cluster, i, 1, seq_len, layout.tp, layout.sequence_parallel)[1] for i in layers)
-    step = optimizer_seconds(params / layout.pp, layout.dp, layout.distributed_optimizer, cluster.gpu.hbm_bandwidth)
+    step = optimizer_seconds(params / layout.pp, layout.dp, layout.distributed_optimizer, cluster.gpu, model.kernels)
     return (best / layout.pp + step) * (1 - 1e-9)

@@ -38,7 +38,7 @@ from simulator.schedules import SCHEDULES
 
 from ..cluster import ClusterSpec
 from ..costs import layer_work, measured_stage_cost, price, static_bytes
-from ..model import ModelSpec
+from ..model import RECOMPUTED_KINDS, ModelSpec
 from ..profile import Profile
 from .dp_tail import DataParallelTail, dp_tail
 
@@ -113,7 +113,9 @@ class PartitionProblem:
     recomputation and ``activation_rc[i]`` / ``held_rc[i]`` with it; ``static[i]`` weights,
     gradients and optimizer state. ``profiles[d]`` are device d's count vectors
     ((full, held) per stage it holds, see ``live_count_profiles``), ``capacity`` the per-device
-    limit. Recomputing stage k fully adds ``forward`` of its layers to its I. ``backward_input_sel``,
+    limit. Recomputing stage k fully adds ``recomputed`` of its layers to its I: ``rerun[i]``, the
+    forward of the layers full recomputation checkpoints (the blocks, ``model.RECOMPUTED_KINDS``; 0 for
+    the embedding and the head), or every layer's ``forward`` when ``rerun`` is empty. ``backward_input_sel``,
     ``activation_sel`` and ``held_sel`` are I and the stored bytes under selective recomputation
     (empty: selective is not offered, it would store what none stores). ``first_stage[d]`` is the
     stage of device d's first action and ``last_action[d]`` (stage, kind) its last; ``bounds`` reads them.
@@ -151,6 +153,12 @@ class PartitionProblem:
     uniform_recompute: bool = False
     params: tuple[float, ...] = ()
     dp_tail: DataParallelTail | None = None
+    rerun: tuple[int, ...] = ()
+
+    @property
+    def recomputed(self) -> tuple[int, ...]:
+        """Per layer, the time units full recomputation runs again before its I (class docstring)."""
+        return self.rerun or self.forward
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -185,7 +193,7 @@ class PartitionProblem:
                 i_, act, held = self.backward_input, self.activation_rc, self.held_rc
             else:
                 i_, act, held = self.backward_input, self.activation, self.held
-            extra = f if mode == FULL else 0
+            extra = sum(self.recomputed[i] for i in layers) if mode == FULL else 0
             out.append((f, sum(i_[i] for i in layers) + extra, w, sum(act[i] for i in layers),
                         sum(held[i] for i in layers)))
         return out
@@ -274,9 +282,11 @@ def layer_costs(model: ModelSpec, cluster: ClusterSpec, microbatch_size: int, se
                            sequence_parallel)
     if profile is None:
         return list(costs)
-    measured = profile.stage_profiles([[kind] for kind in model.layer_kinds])
-    return [replace(measured_stage_cost(c, m, recompute), send_forward_bytes=profile.boundary_bytes,
-                    send_backward_bytes=profile.boundary_bytes) for c, m in zip(costs, measured)]
+    kinds = model.layer_kinds
+    measured = profile.stage_profiles([[kind] for kind in kinds])
+    return [replace(measured_stage_cost(c, m, recompute, float(kind in RECOMPUTED_KINDS)),
+                    send_forward_bytes=profile.boundary_bytes, send_backward_bytes=profile.boundary_bytes)
+            for c, m, kind in zip(costs, measured, kinds)]
 
 
 @lru_cache(maxsize=256)  # every candidate of a layout with the same b prices the same layers
@@ -342,11 +352,10 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         backward_weight=tuple(t(c.backward_weight) for c in plain),
         activation=tuple(mem(c.activation_bytes) for c in plain),
         held=tuple(mem(c.weight_grad_bytes) for c in plain),
-        # lowering keeps min(activation, Σ weight-grad bytes) after I; with recomputation the layer
-        # input alone is never more than a layer's weight-grad bytes except for a dropout embedding,
-        # so the per-layer stored bytes are the exact value or an upper bound.
+        # lowering keeps after I each layer's weight-grad bytes, at most what it stored (costs.layer_work):
+        # the per-layer priced weight_grad_bytes, summed as lowering sums them.
         activation_rc=tuple(mem(c.activation_bytes) for c in rc),
-        held_rc=tuple(mem(c.activation_bytes) for c in rc),
+        held_rc=tuple(mem(c.weight_grad_bytes) for c in rc),
         static=tuple(mem(static_bytes(p, dp, distributed_optimizer)) for p in params),
         profiles=shape.profiles,
         capacity=int(math.floor(capacity_bytes / memory_unit)),
@@ -363,5 +372,7 @@ def build_problem(model: ModelSpec, cluster: ClusterSpec, candidate: Candidate, 
         split_backward=shape.split_backward,
         uniform_recompute=uniform_recompute,
         params=tuple(params),
-        dp_tail=dp_tail(cluster, tp, shape.num_devices, dp, distributed_optimizer, network.port_capacity),
+        dp_tail=dp_tail(cluster, tp, shape.num_devices, dp, distributed_optimizer, network.port_capacity,
+                        model.kernels),
+        rerun=tuple(t(c.forward) if kind in RECOMPUTED_KINDS else 0 for c, kind in zip(plain, model.layer_kinds)),
     )

@@ -37,7 +37,8 @@ def _kinds(problem: PartitionProblem) -> list[tuple[int, int]]:
         key = (problem.forward[i], problem.backward_input[i], problem.backward_weight[i], problem.activation[i],
                problem.held[i], problem.activation_rc[i], problem.held_rc[i], problem.static[i],
                problem.backward_input_sel[i] if sel else 0, problem.activation_sel[i] if sel else 0,
-               problem.held_sel[i] if sel else 0, problem.params[i] if problem.params else 0.0)
+               problem.held_sel[i] if sel else 0, problem.params[i] if problem.params else 0.0,
+               problem.recomputed[i])
         groups.setdefault(key, []).append(i)
     return [(members[0], len(members)) for members in groups.values()]
 
@@ -49,7 +50,7 @@ def _layer_values(problem: PartitionProblem, i: int, mode: str) -> dict[str, flo
     if mode == SELECTIVE:
         ib, act, held = problem.backward_input_sel[i], problem.activation_sel[i], problem.held_sel[i]
     elif mode == FULL:
-        ib, act, held = problem.backward_input[i] + f, problem.activation_rc[i], problem.held_rc[i]
+        ib, act, held = problem.backward_input[i] + problem.recomputed[i], problem.activation_rc[i], problem.held_rc[i]
     else:
         ib, act, held = problem.backward_input[i], problem.activation[i], problem.held[i]
     full = 1 if mode == FULL else 0

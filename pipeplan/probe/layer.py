@@ -28,10 +28,10 @@ in a stage's steady state (``kernels.Case.warm``): ``WARM`` untimed repetitions 
 passes right before the timed one, as a stage runs its layers op after op, not after the other
 benchmarks' shapes.
 
-A fully recomputing stage runs its F without recording the graph (``validator.compute``: under
-``torch.no_grad()``); the probe times that forward too (pass ``NO_GRAD``, a recomputing
-``StageRunner``), so the cost model prices it as run (``LayerOverheads.no_grad``) rather than as a
-forward that builds its graph.
+A fully recomputing stage runs its blocks' F without recording the graph (``validator.compute``:
+Megatron's reentrant activation checkpointing per block; the embedding and the head keep theirs); the
+probe times that forward too (pass ``NO_GRAD``, a recomputing ``StageRunner``), so the cost model
+prices a block's as run (``LayerOverheads.no_grad``) rather than as a forward that builds its graph.
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def _no_grad_case(torch: Any, spec: ModelSpec, batch: int, j: int, k: int, devic
             mb = next(ids)
             x = None if runner.first else torch.randn(boundary, device=device, dtype=dtype)
             held.append(runner.forward(mb, x))
-            held += [runner.inputs.pop(mb, None), runner.targets.pop(mb, None)]
+            held += [runner.inputs.pop(mb, None), runner.outputs.pop(mb, None)]
         return [t for t in held if isinstance(t, torch.Tensor)]
 
     return Case((j, k, NO_GRAD), 1.0 / IN_FLIGHT, (), _nothing, forwards, WARM)
