@@ -17,8 +17,8 @@ over the ranks and its median is what the fit sees:
   remainder against the bytes its memory-bound kernels move (``overhead_fit``): the cost per byte
   is the median of the slopes from the vanishing shape to the four others, the fixed cost the median
   of what is left after it (neither below 0); the shapes span 5 kB to 3 MB moved a block forward.
-  A pass whose kernels the model counts no bytes for (a block's or a head's W, an
-  embedding's I) keeps the median remainder as its fixed cost; an embedding's W, which runs nothing,
+  A pass whose kernels the model counts no bytes for (a block's or a head's W) keeps the median
+  remainder as its fixed cost; an embedding's W, which runs nothing (its tables' gradients come in I),
   0. The forward without its graph (pass ``NO_GRAD``) is fitted as F is, into ``no_grad``. On a
   GPU, whose layers at those shapes are all fixed cost, the fixed cost is what is left after the
   fitted kernels (the elementwise rate included). ``op_overhead_s`` is the block's mean over its
