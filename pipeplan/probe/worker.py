@@ -165,7 +165,8 @@ def _measure_link(torch: Any, dist: Any, rank: int, device: Any, options: dict, 
     best = None
     for attempt in range(TRIES):
         watch = Watch.start()
-        samples = ping_pong(torch, dist, rank, device, staged, options["link_reps"], options["wait_s"], 99 + attempt)
+        samples = ping_pong(torch, dist, rank, device, staged, options["link_reps"], options["wait_s"], 99 + attempt,
+                            prepost=options["backend"] == "gloo")
         why, amount = _disturbance(watch)
         # Both ranks learn the larger disturbance, so they agree on whether to run again.
         shared = torch.tensor([amount if why else 0.0], dtype=torch.float64, device=flag_device)
