@@ -137,6 +137,10 @@ def _rank(rank: int, ranks: int, options: dict, store_path: str) -> dict:
                 results[name] = {"shapes": [list(c.shape) for c in cases], "sizes": [c.size for c in cases],
                                  "dims": [list(c.dims) for c in cases], "samples": samples,
                                  "disturbed": why, "tries": tries}
+                if name == "layer" and not cuda:  # the GEMMs and attention cores as they ran inside each pass
+                    from .layer import INSIDE_REPS, inside
+
+                    results[name]["inside"] = inside(timer, cases, INSIDE_REPS, seed=1000 * k + 17 * rank + 7)
                 del cases
         _barrier(dist, wait)
         link, why, tries = _measure_link(torch, dist, rank, device, options, cuda)
