@@ -114,6 +114,15 @@ def embedding_cost(model: ModelSpec, b: int, s: int, tp: int, sp: bool) -> Layer
     mask = n * h * share if model.dropout else 0
     # gather (read, write), position add (read two, write), dropout (read, write, mask)
     moved = n * h * (4 + (6 if model.learned_positions else 0) + (5 if model.dropout else 0))
+    # The backward (I: a lookup's gradient is no GEMM a W could defer; Megatron's and the validator's
+    # autograd run it with the input gradient) writes each table's gradient densely: zero the
+    # table (write, 2 per value), scatter-add the rows (read the output gradient, read and write
+    # the row: 6), add the result into the parameter's gradient (read two, write one: 6 per value,
+    # ``megatron_kernels.ACCUMULATE_BYTES``); learned positions first sum the gradient over the
+    # batch (read n, write s values); dropout's backward reads the gradient and the mask, writes.
+    table_grad = 8 * model.vocab * e / tp + 6 * n * e
+    positions_grad = (8 * rows * h + (2 * n * h + 8 * s * h) * share) if model.learned_positions else 0.0
+    backward_moved = table_grad + positions_grad + (5 * n * h * share if model.dropout else 0.0)
     boundary = BYTES_BF16 * n * h
     # Vocabulary-parallel lookup: each rank holds V/t rows; the partial outputs are summed
     # (reduce-scattered with sequence parallelism). Without sequence parallelism the backward needs
@@ -123,8 +132,8 @@ def embedding_cost(model: ModelSpec, b: int, s: int, tp: int, sp: bool) -> Layer
     tp_b = ((ALL_GATHER, boundary),) if tp > 1 and sp else ()
     return LayerCost(
         forward_flops=2 * n * h + project_flops,  # a gather and an add: memory-bound, FLOPs are nominal
-        input_grad_flops=project_flops,  # project_in's dX: the gradient the embedding rows get
-        weight_grad_flops=2 * n * h + project_flops,
+        input_grad_flops=2 * n * h + project_flops,  # the scatter-add (nominal) and project_in's dX
+        weight_grad_flops=project_flops,  # project_in's dW, the one GEMM here
         params=params,
         activation_bytes=mask + project_input,
         weight_grad_bytes=project_input,
@@ -133,7 +142,7 @@ def embedding_cost(model: ModelSpec, b: int, s: int, tp: int, sp: bool) -> Layer
         selective_bytes=mask + project_input,
         gemms=project,
         forward_memory_bytes=moved,
-        weight_grad_memory_bytes=2 * moved,  # the scatter-add into the embedding's gradient
+        input_grad_memory_bytes=backward_moved,
         tp_forward=tp_f,
         tp_backward=tp_b,
     )

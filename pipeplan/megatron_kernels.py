@@ -21,7 +21,8 @@ with ``--fp16`` moved more (bytes per token of one tensor-parallel rank, 16-bit 
   the accumulated gradient, write the sum: 6 bytes per parameter in W; fp16 runs without
   ``--accumulate-allreduce-grads-in-fp32``; gradient accumulation fusion came later). The first
   micro-batch of an iteration only stores its gradient; the count charges every micro-batch, 1/m too
-  much of it.
+  much of it. An embedding's tables are accumulated in every version (a lookup's dense gradient,
+  added in I: ``pipeplan.layer_costs.embedding_cost``), so this adds nothing to it.
 
 Both ran ``--fp16`` without ``--accumulate-allreduce-grads-in-fp32`` (Megatron-LM ``examples/sc21/CONFIG.sh``
 and ``examples/pretrain_gpt3_175B.sh``: ``--fp16 --clip-grad 1.0``), which sets two more numbers:
@@ -70,7 +71,8 @@ def with_kernels(kernels: str, kind: str, cost: "LayerCost", tokens: int, hidden
         forward, backward = tokens * BLOCK_FORWARD_BYTES * hidden / tp, tokens * BLOCK_BACKWARD_BYTES * hidden / tp
     elif kind == "head":
         forward, backward = tokens * LOGIT_FORWARD_BYTES * vocab / tp, tokens * LOGIT_BACKWARD_BYTES * vocab / tp
-    accumulate = ACCUMULATE_BYTES * cost.params if kernels == MEGATRON_2021 else 0.0
+    # An embedding's count already accumulates its tables' gradients (in I, ``layer_costs.embedding_cost``).
+    accumulate = ACCUMULATE_BYTES * cost.params if kernels == MEGATRON_2021 and kind != "embedding" else 0.0
     return replace(cost, forward_memory_bytes=cost.forward_memory_bytes + forward,
                    input_grad_memory_bytes=cost.input_grad_memory_bytes + backward,
                    weight_grad_memory_bytes=cost.weight_grad_memory_bytes + accumulate)

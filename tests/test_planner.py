@@ -207,8 +207,10 @@ def test_a_plateau_of_the_analytic_objective_does_not_hide_the_simulators_best()
     witness = pipeplan.simulate("llama3-8b", "dgx-h100", Plan(
         model="llama3-8b", cluster="dgx-h100", schedule="interleaved", pp=8, chunks=4, num_microbatches=64,
         microbatch_size=1, layers_per_stage=layers))
-    # 7.3095 s of pipeline, then device 0's optimizer steps (30 B/param over HBM: the embedding and four blocks, 12.5 ms).
-    assert witness.fits and witness.iteration_time == pytest.approx(7.3220, abs=5e-4)
+    # 7.3190 s of pipeline, then device 0's optimizer steps (30 B/param over HBM: the embedding and four blocks, 12.5 ms).
+    # (7.3095 s of pipeline before the embedding's I carried its table's dense gradient: 4.40 GB a micro-batch,
+    # 1.31 ms at 3.35 TB/s.)
+    assert witness.fits and witness.iteration_time == pytest.approx(7.3315, abs=5e-4)
     for schedules in (("interleaved",), None):
         result = llama3_8b_on_one_dgx_h100(schedules)  # global batch 64, pp = 8, 1 s per solve (test_layouts' too)
         assert_fits_with_headroom(result, 0.05)

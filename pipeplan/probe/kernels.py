@@ -128,6 +128,23 @@ class Timer:
             out[i] = begin.elapsed_time(end) / 1e3
         return out
 
+    def self_seconds(self, cases: list[Case], order: list[int], groups: tuple[tuple[str, ...], ...]) -> list[list[float]]:
+        """Per case of ``order`` (returned in case order), run as ``times`` runs it but under torch's profiler
+        (CPU only): the self CPU seconds of its operators in each of ``groups`` (operator names, such as
+        ``aten::mm``). What a kernel takes inside a layer, in the state the layer leaves it."""
+        from torch.profiler import ProfilerActivity, profile
+
+        out: list[list[float]] = [[0.0] * len(groups) for _ in cases]
+        states = {i: cases[i].prepare() for i in order if not cases[i].warm}
+        for i in order:
+            state = self._warm_up(cases[i]) if cases[i].warm else states.pop(i)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                result = cases[i].run(state)
+            self._hold(result)
+            events = prof.key_averages()
+            out[i] = [1e-6 * sum(e.self_cpu_time_total for e in events if e.key in names) for names in groups]
+        return out
+
     def _warm_up(self, case: Case) -> Any:
         """``case.warm`` untimed runs, each right after its own prepare; the state for the timed one."""
         for _ in range(case.warm):

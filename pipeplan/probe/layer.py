@@ -28,6 +28,13 @@ in a stage's steady state (``kernels.Case.warm``): ``WARM`` untimed repetitions 
 passes right before the timed one, as a stage runs its layers op after op, not after the other
 benchmarks' shapes.
 
+What a layer's GEMMs and attention core take inside it is measured too (``inside``: the same cases
+under torch's profiler, their self CPU time): what is left of a pass is its measured time less those,
+in the same state, rather than less their price from the kernel benchmarks, which ran at other
+moments and in other states. On the CPU VM two quiet probes ten minutes apart fitted a block
+forward's cost per byte at 188 and 1 ps/B from priced remainders: the layers ran 45 % slower in the
+first (a 32-wide block's forward 0.63 against 0.43 ms) while the GEMM curve moved 5 %.
+
 A fully recomputing stage runs its blocks' F without recording the graph (``validator.compute``:
 Megatron's reentrant activation checkpointing per block; the embedding and the head keep theirs); the
 probe times that forward too (pass ``NO_GRAD``, a recomputing ``StageRunner``), so the cost model
@@ -116,6 +123,29 @@ def layer_cases(torch: Any, device: Any, dtype: Any, shapes=LAYER_SHAPES) -> lis
                 cases.append(Case((j, k, 2), per, (), ready_for_w,
                                   lambda done, w=weight_grads: w(done) or [], WARM))
     return cases
+
+
+# The operators whose self time ``inside`` sums: the GEMMs the model prices by the curve, and the
+# attention core it prices by the attention tables (torch's CPU flash kernel, forward and backward).
+GEMM_OPS = ("aten::mm", "aten::bmm", "aten::addmm")
+ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                 "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+INSIDE_REPS = 3
+
+
+def inside(timer: Any, cases: list[Case], reps: int, seed: int) -> list[list[list[float]]]:
+    """Per case, ``reps`` samples of [GEMM seconds, attention-core seconds] as they ran inside its
+    ``IN_FLIGHT`` passes (``Timer.self_seconds``, shuffled passes as ``run_rounds`` runs them)."""
+    import random
+
+    rng = random.Random(seed)
+    samples: list[list[list[float]]] = [[] for _ in cases]
+    for _ in range(reps):
+        order = list(range(len(cases)))
+        rng.shuffle(order)
+        for i, got in enumerate(timer.self_seconds(cases, order, (GEMM_OPS, ATTENTION_OPS))):
+            samples[i].append(got)
+    return samples
 
 
 def _no_grad_case(torch: Any, spec: ModelSpec, batch: int, j: int, k: int, device: Any, dtype: Any) -> Case:

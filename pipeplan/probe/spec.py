@@ -13,12 +13,13 @@ over the ranks and its median is what the fit sees:
   passes (on a CPU a layer's own kernels are priced by ``layer_overheads.per_byte`` instead);
 * ``copy`` → ``hbm_bandwidth`` (DRAM on a CPU), from copies past every cache;
 * ``layer`` → ``layer_overheads``: whole layers at ``LAYER_SHAPES`` in a stage's steady state, less
-  what their GEMMs and attention cores are priced at. On a CPU, per layer kind and pass, that
+  what their GEMMs and attention cores took inside them (``inside``, the profiler's self times: on a
+  CPU; where a result lacks them, and on a GPU, less their price). On a CPU, per layer kind and pass, that
   remainder against the bytes its memory-bound kernels move (``overhead_fit``): the cost per byte
   is the median of the slopes from the vanishing shape to the four others, the fixed cost the median
   of what is left after it (neither below 0); the shapes span 5 kB to 3 MB moved a block forward.
-  A pass whose kernels the model counts no bytes for (a block's or a head's W, an
-  embedding's I) keeps the median remainder as its fixed cost; an embedding's W, which runs nothing,
+  A pass whose kernels the model counts no bytes for (a block's or a head's W) keeps the median
+  remainder as its fixed cost; an embedding's W, which runs nothing (its tables' gradients come in I),
   0. The forward without its graph (pass ``NO_GRAD``) is fitted as F is, into ``no_grad``. On a
   GPU, whose layers at those shapes are all fixed cost, the fixed cost is what is left after the
   fitted kernels (the elementwise rate included). ``op_overhead_s`` is the block's mean over its
@@ -145,8 +146,12 @@ def _merge(per_rank: list[dict]) -> dict[str, dict]:
         for name, res in results.items():
             if name not in merged:
                 merged[name] = {**res, "samples": [list(s) for s in res["samples"]]}
+                if "inside" in res:
+                    merged[name]["inside"] = [list(s) for s in res["inside"]]
                 continue
             for into, more in zip(merged[name]["samples"], res["samples"]):
+                into.extend(more)
+            for into, more in zip(merged[name].get("inside", ()), res.get("inside", ())):
                 into.extend(more)
             merged[name]["disturbed"] = merged[name]["disturbed"] or res["disturbed"]
     return merged
@@ -182,16 +187,19 @@ def _layer_fit(result: dict, gpu: GPUSpec, fit_rates: bool) -> tuple[LayerOverhe
     kernels; the fitted seconds per point, as sampled: ``IN_FLIGHT`` passes) from the layers' timings
     (module docstring)."""
     bare = replace(gpu, layer_overheads=None, op_overhead_s=0.0, **({"kernel_bandwidth": 1e30} if fit_rates else {}))
-    points = []  # (kind index, pass index, seconds of one pass, priced kernels, bytes moved)
-    for shape, t in zip(result["shapes"], _medians(result)):
+    points = []  # (kind index, pass index, seconds of one pass, priced kernels, bytes moved, kernels as they ran)
+    ran = [sum(statistics.median(part) for part in zip(*s)) / IN_FLIGHT if s else None
+           for s in result.get("inside") or [[] for _ in result["shapes"]]]
+    for shape, t, inside in zip(result["shapes"], _medians(result), ran):
         j, k, p = (int(x) for x in shape)
         spec, batch = LAYER_SHAPES[j]
         work = layer_work(spec, spec.layer_kinds.index(KINDS[k]), batch, spec.seq_len, False)
         cost = price(work, bare)
+        priced = (cost.forward, cost.backward_input, cost.backward_weight, cost.forward)[p]
         moved = (work.forward_memory_bytes, work.input_grad_memory_bytes, work.weight_grad_memory_bytes,
                  work.forward_memory_bytes)[p]  # a forward without its graph moves what a forward moves
-        points.append((k, p, t / IN_FLIGHT, (cost.forward, cost.backward_input, cost.backward_weight, cost.forward)[p],
-                       moved * gpu.element_bytes / 2 if fit_rates else 0.0))
+        points.append((k, p, t / IN_FLIGHT, priced, moved * gpu.element_bytes / 2 if fit_rates else 0.0,
+                       priced if inside is None else inside))
     fixed = {kind: [0.0] * (len(PASSES) + 1) for kind in KINDS}
     per_byte = {kind: [0.0] * (len(PASSES) + 1) for kind in KINDS}
     for k, kind in enumerate(KINDS):
@@ -199,7 +207,7 @@ def _layer_fit(result: dict, gpu: GPUSpec, fit_rates: bool) -> tuple[LayerOverhe
             mine = [pt for pt in points if pt[0] == k and pt[1] == p]
             if not mine:
                 continue  # an embedding's W runs nothing
-            fixed[kind][p], per_byte[kind][p] = overhead_fit([pt[4] for pt in mine], [pt[2] - pt[3] for pt in mine])
+            fixed[kind][p], per_byte[kind][p] = overhead_fit([pt[4] for pt in mine], [pt[2] - pt[5] for pt in mine])
     no_grad = fit_rates and any(pt[1] == NO_GRAD for pt in points)
     overheads = LayerOverheads(**{kind: tuple(fixed[kind][:len(PASSES)]) for kind in KINDS},
                                per_byte=tuple(tuple(per_byte[kind][:len(PASSES)]) for kind in KINDS) if fit_rates else None,

@@ -137,6 +137,10 @@ def _rank(rank: int, ranks: int, options: dict, store_path: str) -> dict:
                 results[name] = {"shapes": [list(c.shape) for c in cases], "sizes": [c.size for c in cases],
                                  "dims": [list(c.dims) for c in cases], "samples": samples,
                                  "disturbed": why, "tries": tries}
+                if name == "layer" and not cuda:  # the GEMMs and attention cores as they ran inside each pass
+                    from .layer import INSIDE_REPS, inside
+
+                    results[name]["inside"] = inside(timer, cases, INSIDE_REPS, seed=1000 * k + 17 * rank + 7)
                 del cases
         _barrier(dist, wait)
         link, why, tries = _measure_link(torch, dist, rank, device, options, cuda)
@@ -165,7 +169,8 @@ def _measure_link(torch: Any, dist: Any, rank: int, device: Any, options: dict, 
     best = None
     for attempt in range(TRIES):
         watch = Watch.start()
-        samples = ping_pong(torch, dist, rank, device, staged, options["link_reps"], options["wait_s"], 99 + attempt)
+        samples = ping_pong(torch, dist, rank, device, staged, options["link_reps"], options["wait_s"], 99 + attempt,
+                            prepost=options["backend"] == "gloo")
         why, amount = _disturbance(watch)
         # Both ranks learn the larger disturbance, so they agree on whether to run again.
         shared = torch.tensor([amount if why else 0.0], dtype=torch.float64, device=flag_device)
