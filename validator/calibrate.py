@@ -5,8 +5,14 @@
   A stage that recomputes is timed as it runs: its B and I include the forward they re-run (the
   profile marks the stage, see ``pipeplan.profile``).
 * The end of the iteration: the replay times each stage's optimizer step too (with a learning rate
-  of 0, so the weights stay), and with data parallelism ``reduction_round`` times each stage's
-  gradient all-reduce over its data-parallel group at one element and at the stage's gradient size.
+  of 0, so the weights stay). With data parallelism it also reduces each stage's gradients over its
+  data-parallel group as the run does (handed to the communication thread after the stage's last
+  backward, every data rank having replayed its own ops): that is the reduction's cost at the
+  stage's gradient size, and ``reduction_round`` adds its latency (a one-element all-reduce, every
+  member starting together) and the distributed optimizer's parameter all-gather. Timed alone after a
+  barrier instead, the reduction missed what it costs in the run: the replicas' compute drifts apart
+  by milliseconds within an iteration and the reduction waits for the slowest (on the CPU VM dp = 2
+  reduced in 3.4 ms alone, 4-10 ms in the run), which a simulator of one replica cannot show.
 * Links: for every channel a -> b of the schedule, one-way transfers in the same backend and through
   the same groups as the run, the receiver waiting and the sender computing on (see
   ``_one_way_times``), at one element (latency) and at the real boundary-tensor size; bandwidth is
@@ -103,8 +109,10 @@ def replay_round(executor, runners: dict[int, StageRunner], clock) -> dict[int, 
     the ops whose activations the schedule leaves in slower memory, and the CPU that communication
     takes on a machine without spare cores. An executor whose replay leaves out work the run does
     for some ops (torch's: its waits for their receives) says what it costs each in ``replay_waits``
-    (seconds per action), added to their samples."""
-    samples: dict[int, dict[str, list[float]]] = {s: {k: [] for k in (*"FBIW", OPTIMIZER)} for s in runners}
+    (seconds per action), added to their samples. With data parallelism the samples hold each stage's
+    gradient reduction (``REDUCE_GRAD``) too, timed as the run times it (see the module docstring)."""
+    samples: dict[int, dict[str, list[float]]] = {s: {k: [] for k in (*"FBIW", OPTIMIZER, REDUCE_GRAD)}
+                                                  for s in runners}
     losses_before = {s: len(r.losses) for s, r in runners.items()}
     marks = executor.replay()
     extra = getattr(executor, "replay_waits", {})
@@ -139,7 +147,7 @@ def stage_timings(samples: list[dict[int, dict[str, list[float]]]],
 def reduction_round(runners: dict[int, StageRunner], group, reps: int, timeout: float,
                     distributed: bool = False, rank: int = 0, ranks: int = 1) -> dict[tuple[int, str], tuple[list, list]]:
     """Each of this rank's stages' data-parallel collectives over ``group``, ``reps`` times as a one-element
-    all-reduce and as the run does them (``data_parallel``: the gradients flattened and all-reduced or,
+    all-reduce and as the run does them (``data_parallel``: the flat gradient buffer all-reduced or,
     with the ``distributed`` optimizer, reduce-scattered, and its parameter all-gather; on zero gradients
     and the unchanged parameters here, gradients cleared afterwards), every member starting together (a
     barrier of the group before each): {(stage, kind): (small, big)} seconds on this rank. Every data group
@@ -171,25 +179,30 @@ def reduction_round(runners: dict[int, StageRunner], group, reps: int, timeout: 
                         times.append(time.perf_counter() - start)
                 lists.append(times)
             measured[(stage, kind)] = tuple(lists)
-        runner.module.zero_grad(set_to_none=True)
+        runner.zero_grads()
     return measured
 
 
-def reduction_timings(samples: list[dict[tuple[int, str], tuple[list, list]]], runners: dict[int, StageRunner]
-                      ) -> list[CollectiveProfile]:
+def reduction_timings(samples: list[dict[tuple[int, str], tuple[list, list]]], runners: dict[int, StageRunner],
+                      replayed: list[dict[int, dict[str, list[float]]]] = ()) -> list[CollectiveProfile]:
     """Per stage and kind, the collective's latency (median at one element) and bandwidth (the stage's
-    gradient bytes over the extra median time), as ``link_timings`` makes a link's."""
+    gradient bytes over the extra time), as ``link_timings`` makes a link's. The extra time is over the
+    mean of the ``replayed`` rounds' reductions where they have some (``replay_round``: as the run does
+    them; a mean, as for the ops, since the reduction is one more term of the iteration's sum), else over
+    the median of ``reduction_round``'s."""
     from .data_parallel import gradient_elements
 
     out = []
     for stage, kind in sorted({key for s in samples for key in s}):
         small = [t for s in samples for t in s[(stage, kind)][0]]
-        big = [t for s in samples for t in s[(stage, kind)][1]]
+        in_replay = [t for r in replayed for t in r.get(stage, {}).get(kind, [])]
+        big = statistics.fmean(in_replay) if in_replay else statistics.median(
+            t for s in samples for t in s[(stage, kind)][1])
         runner = runners[stage]
         elem = torch.empty((), dtype=runner.dtype).element_size()
         nbytes = gradient_elements(runner) * elem
         latency = statistics.median(small)
-        extra = statistics.median(big) - latency
+        extra = big - latency
         # A big collective no slower than a one-element one: its bytes cost nothing measurable (1 ns).
         out.append(CollectiveProfile(stage, kind, float(nbytes), latency, (nbytes - elem) / max(extra, 1e-9)))
     return out

@@ -4,8 +4,8 @@ The simulator ends every training iteration with them (``pipeplan.dataparallel``
 ``REDUCE_GRAD`` on the device's communication stream (dp > 1) and an ``OPTIMIZER`` on its compute
 stream that waits for it. The validator runs and times the same ops:
 
-* ``REDUCE_GRAD(s)``: the stage's gradients, flattened into one buffer, all-reduced (summed) over its
-  data-parallel group. A thread of the rank stands for the communication stream: it runs the
+* ``REDUCE_GRAD(s)``: the stage's gradients, which live in one flat buffer (``compute.StageRunner``),
+  all-reduced (summed) in place over its data-parallel group. A thread of the rank stands for the communication stream: it runs the
   reductions one after another in the order they were handed to it, each from when the thread
   starts it to when the all-reduce returns. With the plan's ``overlap_grad_reduce`` a stage is
   handed over right after its last backward (B, or W with a split backward) and overlaps the
@@ -41,28 +41,9 @@ from .compute import StageRunner
 from .tensor_parallel import all_gather_dim0, reduce_scatter_dim0
 
 
-def flat_gradients(runner: StageRunner) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The stage's gradients (a zero tensor for a parameter without one) and one flat copy of them all."""
-    grads = []
-    for p in runner.module.parameters():
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        grads.append(p.grad)
-    return grads, torch.cat([g.reshape(-1) for g in grads])
-
-
-def unflatten_into(grads: list[torch.Tensor], flat: torch.Tensor) -> None:
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 def reduce_stage(runner: StageRunner, group) -> None:
-    """The stage's gradients summed over ``group``: flattened, all-reduced as one buffer, copied back."""
-    grads, flat = flat_gradients(runner)
-    dist.all_reduce(flat, group=group)
-    unflatten_into(grads, flat)
+    """The stage's gradients summed over ``group``: its flat gradient buffer all-reduced in place."""
+    dist.all_reduce(runner.flat_grads, group=group)
 
 
 def _padded(flat: torch.Tensor, ranks: int) -> torch.Tensor:
@@ -71,9 +52,9 @@ def _padded(flat: torch.Tensor, ranks: int) -> torch.Tensor:
 
 
 def scatter_stage(runner: StageRunner, group, ranks: int) -> torch.Tensor:
-    """The distributed optimizer's reduction: this data rank's slice of the stage's summed flat gradients."""
-    _, flat = flat_gradients(runner)
-    flat = _padded(flat, ranks)
+    """The distributed optimizer's reduction: this data rank's slice of the stage's summed flat gradients
+    (its buffer is padded to a multiple of ``ranks``)."""
+    flat = runner.grad_buffer
     shard = flat.new_empty(flat.numel() // ranks)
     reduce_scatter_dim0(shard, flat, group=group)
     return shard
@@ -86,7 +67,7 @@ def sharded_update(runner: StageRunner, grad_shard: torch.Tensor, rank: int, ran
     flat = _padded(torch.cat([p.detach().reshape(-1) for p in runner.module.parameters()]), ranks)
     size = flat.numel() // ranks
     shard = flat[rank * size:(rank + 1) * size] - lr * grad_shard
-    runner.optimizer.zero_grad(set_to_none=True)
+    runner.zero_grads()
     return shard
 
 
@@ -178,7 +159,8 @@ class TrainingStep:
 
     def finish(self, apply: bool = True) -> list[tuple[Action, object, object]]:
         """Wait for each reduction, step its stage (and gather its parameters); the (action, start, end) marks
-        of every kind. ``apply`` False (calibration) steps with a learning rate of 0 and communicates nothing."""
+        of every kind. ``apply`` False (the calibration replay) steps with a learning rate of 0 and gathers no
+        parameters; its reductions are real, on the replay's own gradients."""
         marks, gathers = [], []
         for stage in self.order:
             runner = self.runners[stage]
@@ -188,8 +170,7 @@ class TrainingStep:
                 marks.append((Action(stage, REDUCE_GRAD, None), job["start"], job["end"]))
             start = self.clock.mark()
             if self.distributed:
-                grad = job["result"] if job is not None else _padded(flat_gradients(runner)[1], self.ranks).chunk(
-                    self.ranks)[self.rank]
+                grad = job["result"] if job is not None else runner.grad_buffer.chunk(self.ranks)[self.rank]
                 shard = sharded_update(runner, grad, self.rank, self.ranks, apply)
             else:
                 runner.step(apply)

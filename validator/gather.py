@@ -29,6 +29,7 @@ from pipeplan.profile import Profile, StageProfile
 from pipeplan.validation.measurements import Measurements
 from pipeplan.validation.options import ValidateOptions
 from simulator.ir import Action, Schedule
+from simulator.kinds import is_compute
 from simulator.timeline import OpRecord, Timeline, TransferRecord
 
 # A receive that returned this long after the receiver's previous op ended was waited for.
@@ -82,7 +83,9 @@ def _profile(context: RankContext, gathered: list[dict], boundary_bytes: float) 
     last = schedule.num_stages - 1
     rounds = range(min(len(payload.get("stage_rounds", ())) for payload in gathered))
     spread = estimate_spread(
-        [{s: kinds for payload in gathered for s, kinds in payload["stage_rounds"][r].items()} for r in rounds],
+        # Compute ops only: the replay's gradient reductions (``calibrate.replay_round``) wait on other replicas.
+        [{s: {k: v for k, v in kinds.items() if is_compute(k)} for payload in gathered
+          for s, kinds in payload["stage_rounds"][r].items()} for r in rounds],
         [{key: values for payload in gathered for key, values in payload["link_rounds"][r].items()} for r in rounds],
         stage_devices=schedule.stage_to_device,
     ) if rounds else None

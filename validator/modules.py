@@ -69,13 +69,14 @@ class _SplitLinearFn(torch.autograd.Function):
 
 
 def apply_weight_grads(work: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
-    """Run deferred weight-gradient matmuls, accumulating into ``.grad`` as autograd would."""
-    for weight, x, grad_out in work:
-        grad = _weight_grad(x, grad_out)
-        if weight.grad is None:
-            weight.grad = grad
-        else:
-            weight.grad.add_(grad)
+    """Run deferred weight-gradient matmuls, accumulating into ``.grad`` as autograd would (in place, no graph)."""
+    with torch.no_grad():
+        for weight, x, grad_out in work:
+            grad = _weight_grad(x, grad_out)
+            if weight.grad is None:
+                weight.grad = grad
+            else:
+                weight.grad.add_(grad)
 
 
 class SplitLinear(nn.Module):

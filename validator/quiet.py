@@ -117,6 +117,15 @@ def judge(rounds: list[Round]) -> list[str | None]:
     return reasons
 
 
+def too_disturbed(reasons: list[str | None], needed: int) -> bool:
+    """Whether a run's comparison rests on a disturbed machine: fewer than ``needed`` rounds passed the
+    detectors, or more rounds failed them than passed. Each detector fires on a threshold, so where most
+    rounds crossed one, the same load at a smaller dose most likely sat below it in the rest (on a busy CI
+    machine a dp = 2 run whose 5 passing rounds came out of 12 missed its calibration by 6 points of bubble)."""
+    passed = reasons.count(None)
+    return passed < needed or passed < len(reasons) - passed
+
+
 def summary(reasons: list[str | None]) -> str:
     """One line: how many rounds each detector left out, with the worst figures of the first."""
     left = [why for why in reasons if why]

@@ -30,7 +30,7 @@ from .placement import Groups, RankPlace, make_groups
 from .devices import compute_device
 from .gather import RankContext, assemble
 from .runtime import Fault, RankExecutor, make_channels, plan_transfers, talking_to
-from .quiet import FIELDS, Round, judge, summary
+from .quiet import FIELDS, Round, judge, summary, too_disturbed
 from .timing import (clock_offsets, foreign_cores, host_busy_seconds, make_clock, other_threads_cpu_seconds,
                      own_cpu_seconds, run_delay_seconds, steal_seconds)
 
@@ -162,7 +162,7 @@ def timed_rounds(executor, runners: dict, channels: dict, clock, offsets: list[f
         times = clock.resolve([m for op in marks for m in (op.start, op.end)] + [a.mark for a in arrivals])
         # Compute ops only: a reduction runs beside them on the communication thread.
         run_ops = sum(times[2 * k + 1] - times[2 * k] for k, op in enumerate(marks) if is_compute(op.action.kind))
-        calib_ops = sum(sum(v) for kinds in stages_now.values() for v in kinds.values())
+        calib_ops = sum(sum(v) for kinds in stages_now.values() for kind, v in kinds.items() if is_compute(kind))
         figures = {"host": host_key, "busy": host_busy_seconds() - busy0, "own": own_cpu_seconds() - own0,
                    "wall": time.perf_counter() - wall0, "steal": steal_seconds() - steal0,
                    "run_wall": r1 - r0, "run_wait": rw1 - rw0, "run_ops": run_ops,
@@ -188,7 +188,7 @@ def timed_rounds(executor, runners: dict, channels: dict, clock, offsets: list[f
         if reasons.count(None) >= options.iterations:
             break
     quiet = [k for k, why in zip(kept, reasons) if why is None]
-    disturbed = len(quiet) < options.iterations
+    disturbed = too_disturbed(reasons, options.iterations)
     if disturbed:  # the least disturbed by the coarse counter, back in run order
         order = sorted(range(len(kept)), key=lambda i: (reasons[i] is not None, rounds[i].foreign_cores))
         chosen = [kept[i] for i in sorted(order[: options.iterations])]
@@ -262,7 +262,8 @@ def _measure(context: RankContext, place: RankPlace, groups: Groups, world: int,
                                 tensor=groups.tensor)
     barrier(timeout)
     links = link_timings([r[0] for r in kept.link_rounds], numel, elem_bytes)
-    reductions = reduction_timings([r[1] for r in kept.link_rounds], runners) if groups.data is not None else []
+    reductions = (reduction_timings([r[1] for r in kept.link_rounds], runners, kept.stage_rounds)
+                  if groups.data is not None else [])
     losses = [float(loss) for r in runners.values() for loss in r.losses]
 
     payload = {

@@ -300,7 +300,7 @@ class RankExecutor:
         backend's send and receive work takes from compute. The traffic is drained at the end.
         """
         marks, _ = self._iterate(replay=True)
-        if self.step is not None:  # the optimizer steps, timed without moving the weights
+        if self.step is not None:  # the reductions, and the optimizer steps timed without moving the weights
             marks += [OpMark(*m) for m in self.step.finish(apply=False)]
         # Receive before waiting on our own sends: with NCCL a peer's receive is only posted here.
         for channel in self.channels.values():
@@ -344,6 +344,6 @@ class RankExecutor:
             # before it can start anything else (tens of microseconds for gloo), so it is part of the op.
             end = self.clock.mark()
             marks.append(OpMark(action, start, end))
-            if self.step is not None and not replay:
+            if self.step is not None:  # the replay reduces its gradients as the run does (calibrate.replay_round)
                 self.step.after(index)
         return marks, arrivals

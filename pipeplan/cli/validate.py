@@ -144,7 +144,8 @@ def format_report(report: dict[str, Any]) -> str:
     if run.get("disturbed"):
         lines.append(
             f"warning: other processes kept this machine busy during the run (fewer than {run['iterations']} of "
-            f"{run['iterations_tried']} iterations ran undisturbed); the measurement includes their interference"
+            f"{run['iterations_tried']} iterations ran undisturbed, or fewer than half); the measurement includes "
+            "their interference"
         )
         if run.get("left_out"):
             lines.append(f"  {run['left_out']}")
