@@ -59,7 +59,7 @@ class GPUSpec:
     ``score_backward_bandwidth`` in the backward where a GPU has them (else as other kernels). A100:
     Dao et al. 2022 (FlashAttention, arXiv 2205.14135, App. E.6) timed Megatron-LM's attention on an
     A100-SXM4-40GB (1.555 TB/s): fp16, 16 x 8 heads of 64, s = 2048, dropout 0.1, padding mask,
-    ``A100_ATTENTION_MS``. Counted as ``pipeplan.model`` counts them per score element (QK^T's and AV's
+    ``A100_ATTENTION_MS``. Counted as ``pipeplan.layer_costs`` counts them per score element (QK^T's and AV's
     bytes as ``gemm_seconds`` does, 2 + 4d/s each; the masked softmax reads 2 + 1/8 mask and writes
     2, its backward reads 4 and writes 2; dropout reads 2 and writes 2 + a 1-byte mask, its backward
     reads 3 and writes 2): 13.375 bytes forward, 19.5 backward (the four GEMMs of the backward), i.e.

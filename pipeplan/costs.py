@@ -321,15 +321,13 @@ def price(work: Work, gpu: GPUSpec, tp_link: LinkSpec | None = None) -> StageCos
 
     Times are summed before the per-layer overhead, which counts layers exactly.
     """
-    def fwd(m, n, k): return m, n, k
     def dx(m, n, k): return m, k, n
     def dw(m, n, k): return k, n, m
-    overhead_f, overhead_i, overhead_w = _overheads(work, gpu)
+    _, overhead_i, overhead_w = _overheads(work, gpu)
     standard = work.score_memory_bytes > 0
-    core = _attention_seconds(gpu, work.attention_gemms, backward=False, standard=standard)
-    tp_forward, tp_backward = _tp_seconds_of(work, tp_link)
-    memory_f, memory_i, memory_w = _memory_seconds(work, gpu)
-    forward = _gemm_seconds(gpu, work.gemms, fwd) + core + memory_f + tp_forward + overhead_f
+    tp_backward = tp_seconds(work.tp_backward, work.tp, tp_link)
+    _, memory_i, memory_w = _memory_seconds(work, gpu)
+    forward = sum(forward_parts(work, gpu, tp_link))
     backward_input = (_gemm_seconds(gpu, work.gemms, dx)
                       + _attention_seconds(gpu, work.attention_gemms, backward=True, standard=standard)
                       + memory_i + tp_backward + overhead_i)

@@ -148,12 +148,14 @@ def embedding_cost(model: ModelSpec, b: int, s: int, tp: int, sp: bool) -> Layer
     )
 
 
-def head_cost(model: ModelSpec, b: int, s: int, tp: int, sp: bool) -> LayerCost:
+def head_cost(model: ModelSpec, b: int, s: int, tp: int, sp: bool, loss: bool = True) -> LayerCost:
     """The final norm, OPT's project_out (h -> e) when the embedding is narrower, and the LM head.
 
     A tied LM head is the token embedding's matrix; its stage still holds a copy (Megatron keeps
     one on the last pipeline stage and all-reduces the two gradients), so ``params`` count it and
-    ``total_params`` takes it off once.
+    ``total_params`` takes it off once. With ``loss`` (training) the logits feed the vocab-parallel
+    cross-entropy; without (serving) the tensor ranks' logits are all-gathered, as Megatron's inference
+    gathers them (``gather_from_tensor_model_parallel_region``) for sampling, which reads them once.
     """
     h, v, e, n = model.hidden, model.vocab, model.embedding_width, b * s
     share = 1 / tp if sp else 1
@@ -165,11 +167,13 @@ def head_cost(model: ModelSpec, b: int, s: int, tp: int, sp: bool) -> LayerCost:
     # the fused cross-entropy turns into gradients
     stored = n * ((norm_input + 2 * h) * share + (2 * e if e != h else 0) + 2 * v / tp)
     # final norm (read, write); cross-entropy: read bf16 logits, write fp32 softmax; backward
-    # reads it and writes bf16 gradients
-    moved = n * (2 * norm_input * share + 6 * v / tp)
+    # reads it and writes bf16 gradients. Serving: sampling reads the gathered bf16 logits.
+    moved = n * (2 * norm_input * share + (6 * v / tp if loss else BYTES_BF16 * v))
     boundary = BYTES_BF16 * n * h
     if tp == 1:
         tp_f = tp_b = ()
+    elif not loss:
+        tp_f, tp_b = ((ALL_GATHER, BYTES_BF16 * n * v),), ()
     else:
         # vocab-parallel cross-entropy: max, sum of exponentials and target logit, one fp32 per token each
         ce = ((ALL_REDUCE, 4.0 * n),) * 3

@@ -1,7 +1,7 @@
 """What a block, an LM head and a weight gradient cost beyond the model's fused count under older
 Megatron-LM code: the memory-bound passes its GPT of 2021-22 made (``ModelSpec.kernels``).
 
-``"fused"`` (the default) is the count of ``pipeplan.model``: a GEMM's bias fused into the kernel
+``"fused"`` (the default) is the count of ``pipeplan.layer_costs``: a GEMM's bias fused into the kernel
 after it, no layout copies, a cross-entropy that reads the 16-bit logits once. Megatron-LM's GPT
 with ``--fp16`` moved more (bytes per token of one tensor-parallel rank, 16-bit values, t ranks):
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import SpecError, name_text, positive_int
 from .fileio import load_mapping
-from .megatron_kernels import KERNEL_CHOICES, with_kernels
+from .megatron_kernels import FUSED, KERNEL_CHOICES, with_kernels
 
 BYTES_BF16 = 2
 EMBEDDING, BLOCK, HEAD = "embedding", "block", "head"
@@ -195,16 +195,21 @@ class ModelSpec:
                             f"({self.kv_heads or self.heads})")
 
     def layer_cost(self, index: int, microbatch: int, seq_len: int | None = None, tp: int = 1,
-                   sequence_parallel: bool = False) -> LayerCost:
-        """Layer ``index`` for ``microbatch`` sequences of ``seq_len`` on one of ``tp`` tensor-parallel ranks."""
+                   sequence_parallel: bool = False, loss: bool = True) -> LayerCost:
+        """Layer ``index`` for ``microbatch`` sequences of ``seq_len`` on one of ``tp`` tensor-parallel ranks;
+        ``loss`` False: a serving pass, whose head gathers logits for sampling (``layer_costs.head_cost``)."""
         from .layer_costs import block_cost, embedding_cost, head_cost  # it imports this module
 
         s = seq_len or self.seq_len
         self.check_tp(tp)
         kind = self.layer_kind(index)
-        layer = embedding_cost if kind == EMBEDDING else head_cost if kind == HEAD else block_cost
-        cost = layer(self, microbatch, s, tp, sequence_parallel)
-        return with_kernels(self.kernels, kind, cost, microbatch * s, self.hidden, self.vocab, tp)
+        if kind == HEAD:
+            cost = head_cost(self, microbatch, s, tp, sequence_parallel, loss=loss)
+        else:
+            cost = (embedding_cost if kind == EMBEDDING else block_cost)(self, microbatch, s, tp, sequence_parallel)
+        # Megatron's extra passes on the logits are its loss's: a serving head has none.
+        kernels = self.kernels if loss or kind != HEAD else FUSED
+        return with_kernels(kernels, kind, cost, microbatch * s, self.hidden, self.vocab, tp)
 
     @property
     def block_matrix_params(self) -> int:

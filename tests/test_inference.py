@@ -49,6 +49,25 @@ def test_a_decode_step_of_one_block_is_its_bytes_over_hbm_bandwidth():
     assert seconds == pytest.approx((weights + 8192 * 4096) / 2 / 3.35e12 + 2 * all_reduce, rel=1e-3)
 
 
+def test_a_decode_step_of_the_head_reads_its_weights_and_gathers_the_logits_for_sampling():
+    # Llama 3 8B's final norm and LM head (4096 x 128,256, untied) for 16 requests' last tokens, one H100, no
+    # launch overhead. By hand: the head's weights, 2 x 4096 x 128,256 bytes, read once (a decode GEMM of 16 rows
+    # is memory-bound); the norm reads and writes 16 x 4096 bf16 values; sampling reads the 16 x 128,256 bf16
+    # logits once. No loss: no fp32 softmax, no cross-entropy all-reduces, whatever Megatron kernels say.
+    weights, norm, logits = 2 * 4096 * 128_256, 16 * 2 * (2 * 4096), 16 * 2 * 128_256
+    shape = PassShape.decode_of((1024,) * 16)
+    head = layer_pass(LLAMA8, "head", NO_OVERHEAD, None, 1, shape).seconds
+    assert head == pytest.approx((weights + 16 * 2 * 4096 + 16 * 2 * 128_256 + norm + logits) / 3.35e12, rel=2e-3)
+    megatron = replace(LLAMA8, kernels="megatron-2022")
+    assert layer_pass(megatron, "head", NO_OVERHEAD, None, 1, shape).seconds == head
+    # tp = 2: half the head (and its GEMM's output) per rank, then each rank's half of the logits all-gathered:
+    # (n-1)/n·S/B + (n-1)·α over NVLink (450 GB/s, 3 us) for the S = 16 x 128,256 x 2 bytes gathered.
+    gather = logits / 2 / 450e9 + 3e-6
+    tp2 = layer_pass(LLAMA8, "head", NO_OVERHEAD, H100.intra, 2, shape).seconds
+    by_hand = (weights / 2 + 16 * 2 * 4096 + 16 * 2 * 128_256 / 2 + norm + logits) / 3.35e12 + gather
+    assert tp2 == pytest.approx(by_hand, rel=2e-3)
+
+
 def test_a_prefill_is_compute_bound():
     # 8 prompts of 2,048 tokens through one Llama 3 8B block: 2 FLOPs per weight per token, plus the attention
     # core 4·s²·hidden per prompt, at the GEMM ceiling (0.83 x 989 TFLOP/s) is the floor; norms, residual

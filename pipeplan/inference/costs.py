@@ -5,10 +5,11 @@ one token for a decode step) and leaves that request's KV cache ``context`` toke
 
 **Prefill** (compute-bound): each block's weight GEMMs on the Σs new tokens, priced by their shapes
 (``GPUSpec.gemm_seconds``, as training's forward in ``pipeplan.costs``); the attention core per
-request, QK^T and AV of s x s per head, counted dense as ``pipeplan.model`` does; the memory-bound
+request, QK^T and AV of s x s per head, counted dense as ``pipeplan.layer_costs`` does; the memory-bound
 kernels (norms, residual adds, the MLP activation) at HBM bandwidth; the tensor-parallel
 all-reduces, 2 per block of the tokens' hidden states (Shoeybi et al. 2019, ``costs.tp_seconds``);
-writing the tokens' K and V. The LM head runs on each request's last token only.
+writing the tokens' K and V. The LM head runs on each request's last token only; its logits are
+all-gathered over the tensor ranks and read once for sampling (no loss: ``layer_costs.head_cost``).
 
 **Decode** (memory-bound): the same GEMMs on one token per request: at small batches
 ``gemm_seconds``' roofline prices them by the bytes they move, the weights (2 bytes per parameter)
@@ -117,7 +118,7 @@ def layer_pass(model: ModelSpec, kind: str, gpu: GPUSpec, link: LinkSpec | None,
     index = {EMBEDDING: 0, BLOCK: 1, HEAD: model.num_pipeline_layers - 1}[kind]
     # The head computes logits for each request's last token; the other layers see every new token.
     n = shape.requests if kind == HEAD else shape.num_tokens
-    c = model.layer_cost(index, n, 1, tp)  # n tokens as n one-token sequences: GEMMs of m = n rows
+    c = model.layer_cost(index, n, 1, tp, loss=False)  # n tokens as n one-token sequences: GEMMs of m = n rows
     gemms = sum(gpu.gemm_seconds(m, cols, k, batch) for m, cols, k, batch in c.gemms)
     memory = c.forward_memory_bytes - c.score_memory_bytes
     seconds = gemms + memory / gpu.hbm_bandwidth + tp_seconds(tuple((x, 1) for x in c.tp_forward), tp, link)

@@ -61,7 +61,7 @@ def _layer_terms(model: ModelSpec, tp: int, index: int, step: Pass) -> tuple[flo
     shape = step.shape
     kind = model.layer_kind(index)
     n = shape.requests if index == model.num_pipeline_layers - 1 else shape.num_tokens
-    c = model.layer_cost(index, n, 1, tp)
+    c = model.layer_cost(index, n, 1, tp, loss=False)
     weights = sum(2.0 * cols * k * batch for _, cols, k, batch in c.gemms)
     flops = sum(2.0 * m * cols * k * batch for m, cols, k, batch in c.gemms)
     cache = 0.0

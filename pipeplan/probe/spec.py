@@ -175,7 +175,8 @@ def overhead_fit(moved: list[float], left: list[float]) -> tuple[float, float]:
     other shape, the fixed cost the median of what is left after it. What is left is a small
     difference of large numbers where GEMMs dominate a layer (the GEMM curve misses single shapes by
     up to a third), so one shape the curve misprices must not set the line: with four other shapes,
-    it moves neither median. Where no shape moves more bytes than another, the median of what is left."""
+    however far off it is, it moves either median only within the range the other shapes' values span.
+    Where no shape moves more bytes than another, the median of what is left."""
     smallest = min(range(len(moved)), key=lambda i: moved[i])
     slopes = [(r - left[smallest]) / (b - moved[smallest]) for b, r in zip(moved, left) if b > moved[smallest]]
     per_byte = max(0.0, statistics.median(slopes)) if slopes else 0.0
