@@ -77,7 +77,11 @@ def block_cost(model: ModelSpec, b: int, s: int, tp: int, sp: bool) -> LayerCost
     if tp == 1:
         tp_f = tp_b = ()
     elif sp:
-        tp_f = tp_b = ((ALL_GATHER, boundary), (REDUCE_SCATTER, boundary)) * 2
+        tp_f = ((ALL_GATHER, boundary), (REDUCE_SCATTER, boundary)) * 2
+        # Backward: the conjugates, and the QKV and FC1 inputs all-gathered once more: Megatron keeps only
+        # this rank's sequence shard of a column-parallel input (what Korthikanti's sbh/t counts) and
+        # gathers it again for the weight gradient (``LinearWithGradAccumulationAndAsyncCommunication``).
+        tp_b = tp_f + ((ALL_GATHER, boundary),) * 2
     else:
         tp_f = tp_b = ((ALL_REDUCE, boundary),) * 2
     return LayerCost(
@@ -178,7 +182,8 @@ def head_cost(model: ModelSpec, b: int, s: int, tp: int, sp: bool, loss: bool = 
         # vocab-parallel cross-entropy: max, sum of exponentials and target logit, one fp32 per token each
         ce = ((ALL_REDUCE, 4.0 * n),) * 3
         tp_f = ((ALL_GATHER, boundary),) + ce if sp else ce
-        tp_b = ((REDUCE_SCATTER if sp else ALL_REDUCE, boundary),)  # the head input's gradient
+        # the head input's gradient; with sequence parallelism its input gathered again (as a block's)
+        tp_b = ((REDUCE_SCATTER, boundary), (ALL_GATHER, boundary)) if sp else ((ALL_REDUCE, boundary),)
     return LayerCost(
         forward_flops=logits_flops + project_flops,
         input_grad_flops=logits_flops + project_flops,

@@ -35,6 +35,28 @@ def test_layouts_of_16_gpus_for_llama3_8b_by_hand():
         (2, 1, 8, False), (2, 2, 4, False), (2, 4, 2, False), (2, 8, 1, False)}
 
 
+def test_where_sequence_parallelism_runs_slower_both_ways_are_searched():
+    """On PCIe L40S boxes (25 GB/s between GPUs, 864 GB/s of GDDR6) the backward's extra all-gathers of the
+    QKV and FC1 inputs cost more than splitting the norms and dropout saves: the simulator, judging a whole
+    plan, finds sequence parallelism slower there (and lighter), so a search left open tries it off and on;
+    on DGX H100 NVLink it is faster and alone."""
+    model = pipeplan.load_model("llama3-8b")
+
+    def run(cluster, sp):
+        plan = Plan(model="llama3-8b", cluster=cluster, schedule="1f1b", pp=2, num_microbatches=4, microbatch_size=1,
+                    layers_per_stage=even_split(model.num_pipeline_layers, 2), recompute=("full",) * 2, tp=4, dp=1,
+                    sequence_parallel=sp, seq_len=2048)
+        result = pipeplan.simulate(plan=plan)
+        return result.iteration_time, max(result.peak_memory)
+
+    (slow_on, light_on), (slow_off, heavy_off) = run("pcie-l40s", True), run("pcie-l40s", False)
+    assert slow_on > slow_off and light_on < heavy_off
+    assert run("dgx-h100", True)[0] < run("dgx-h100", False)[0]
+    pcie = enumerate_layouts(model, pipeplan.load_cluster("pcie-l40s"), 8, LayoutPins(8), seq_len=2048)
+    assert {(lay.tp, lay.sequence_parallel) for lay in pcie} == {(1, False), (2, False), (2, True), (4, False),
+                                                                 (4, True), (8, False), (8, True)}
+
+
 def _random_plan(rng, model, layout, batch):
     while True:
         name = rng.choice(DEFAULT_SCHEDULES)

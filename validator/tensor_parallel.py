@@ -20,6 +20,11 @@ sequence before each column-parallel region (QKV, FC1, the LM head) and reduce-s
 backward; ``leave`` (their ``ḡ``) reduce-scatters the row-parallel partial sums (attention-out, FC2,
 the vocabulary-parallel embedding) into sequence shards and all-gathers the gradient backward: 2
 all-gathers and 2 reduce-scatters of s·b·h/t elements per block forward, their conjugates backward.
+Unlike Megatron, a column-parallel region keeps its all-gathered input whole for the backward (autograd
+saves what the matmul read), so the backward does not gather it again: t times the norm outputs'
+activation memory, and two all-gathers fewer per block than the simulator prices for Megatron
+(``pipeplan.layer_costs.block_cost``). The calibrated prediction times the ops as they ran; an a-priori
+prediction of a sequence-parallel run here counts those two all-gathers too many.
 The replicated weights then see only their rank's tokens, so their gradients are summed over the
 group once all backwards are done (``reduce_replicated_grads``, Megatron's all-reduce of the
 layernorm gradients under sequence parallelism). Tensors here are [batch, sequence, hidden]; the

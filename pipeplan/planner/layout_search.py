@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from ..errors import OutOfTime, SpecError
 from . import clock
 from .cpsat import Solution
-from .layouts import Layout, LayoutPins, enumerate_layouts, memory_floor, time_floor
+from .layouts import Layout, LayoutPins, enumerate_layouts, memory_floor, sequence_parallel_choices, time_floor
 from .problem import Candidate
 from .refine import fits_within
 from .request import OptimizeRequest
@@ -93,8 +93,10 @@ def layout_request(base: OptimizeRequest, layout: Layout) -> OptimizeRequest:
 
 def given_config(base: OptimizeRequest, pins: LayoutPins, config: GivenConfig) -> Scored:
     """The given configuration simulated on the request's model, cluster and batch (one-line errors);
-    sequence parallelism and the distributed optimizer as the search would set them (the pins, else on)."""
-    sp = config.tp > 1 and pins.sequence_parallel is not False
+    sequence parallelism and the distributed optimizer as the search would set them (the pins, else on;
+    sequence parallelism off where it runs slower, ``layouts.sequence_parallel_choices``)."""
+    open_sp = sequence_parallel_choices(base.model, base.cluster, config.tp, base.sequence_length) == (True,)
+    sp = config.tp > 1 and (pins.sequence_parallel if pins.sequence_parallel is not None else open_sp)
     do = config.dp > 1 and pins.distributed_optimizer is not False
     layout = Layout(config.tp, config.pp, config.dp, sp, do)
     request = layout_request(base, layout)
@@ -116,9 +118,9 @@ def search_layouts(base: OptimizeRequest, pins: LayoutPins, time_limit: float, t
     if compare is not None and compare.tp * compare.pp * compare.dp != pins.gpus:
         raise SpecError(f"--compare-config: tp x pp x dp = {compare.tp * compare.pp * compare.dp} but the search "
                         f"uses {pins.gpus} GPUs")
-    layouts = enumerate_layouts(base.model, base.cluster, base.global_batch, pins)
-    usable = base.cluster.gpu.memory_bytes * (1 - base.headroom)
     seq = base.sequence_length
+    layouts = enumerate_layouts(base.model, base.cluster, base.global_batch, pins, seq)
+    usable = base.cluster.gpu.memory_bytes * (1 - base.headroom)
     records: dict[Layout, LayoutRecord] = {}
     open_layouts = []
     for layout in layouts:
@@ -224,7 +226,7 @@ def what_would_fit(base: OptimizeRequest, pins: LayoutPins) -> str:
     usable = base.cluster.gpu.memory_bytes * (1 - base.headroom)
     if free != pins:
         seq = base.sequence_length
-        fitting = [lay for lay in enumerate_layouts(base.model, base.cluster, base.global_batch, free)
+        fitting = [lay for lay in enumerate_layouts(base.model, base.cluster, base.global_batch, free, seq)
                    if memory_floor(base.model, lay, seq) <= usable]
         if fitting:
             best = min(fitting, key=lambda lay: time_floor(base.model, base.cluster, lay, base.global_batch, seq))

@@ -5,10 +5,14 @@ the pipeline devices pp (at most the pipeline layers) and the data-parallel repl
 global batch), with sequence parallelism and the distributed optimizer on or off. ``enumerate_layouts``
 lists every layout the pins allow, so that tp·pp·dp equals the GPUs the user gives.
 
-Two switches are not searched when left open, because pipeplan's cost model makes them dominant:
-sequence parallelism (with tp > 1) moves the same bytes as tensor parallelism's all-reduces (a
-reduce-scatter and an all-gather instead of each all-reduce) and splits the norms and dropout over the
-tensor ranks, so it is never slower and stores less; the distributed optimizer (with dp > 1) moves the
+Two switches are not searched when left open where pipeplan's cost model makes them dominant:
+sequence parallelism (with tp > 1) stores less (the norms' and dropout's activations split over the
+tensor ranks) and, forward, moves the same bytes as tensor parallelism's all-reduces (a reduce-scatter
+and an all-gather instead of each all-reduce) while splitting the norms and dropout's work; backward it
+all-gathers the QKV and FC1 inputs once more (Megatron keeps only their shards). It is on where the
+model's layers, priced one micro-batch of one sequence, run no slower with it (on NVLink the split
+memory-bound work outweighs the extra all-gathers about twice), and both ways are searched where they run
+slower (a slow tensor-parallel link); the distributed optimizer (with dp > 1) moves the
 same ring bytes (a reduce-scatter of the gradients and an all-gather of bf16 weights instead of the
 all-reduce), shards the Adam step and its state, and stores less; it is slower by at most its
 parameter all-gather, which follows the step exposed where the gradient reduction it replaces would
@@ -79,9 +83,21 @@ def _tp_allowed(model: ModelSpec, tp: int) -> bool:
     return True
 
 
-def enumerate_layouts(model: ModelSpec, cluster: ClusterSpec, global_batch: int, pins: LayoutPins) -> list[Layout]:
-    """Every layout the pins allow, smallest tp then pp first. Raises SpecError (one line, naming the
-    pinned flag and what would work) when the pins leave none."""
+def sequence_parallel_choices(model: ModelSpec, cluster: ClusterSpec, tp: int, seq_len: int) -> tuple[bool, ...]:
+    """Sequence parallelism left open at ``tp``: (True,) where the model's layers (one sequence, no
+    recomputation) run no slower with it, else (False, True) (see the module docstring)."""
+    if tp == 1:
+        return (False,)
+    layers = range(model.num_pipeline_layers)
+    with_sp, without = (sum(_layer_price(model, cluster, i, 1, seq_len, tp, sp)[0] for i in layers) for sp in (True, False))
+    return (True,) if with_sp <= without else (False, True)
+
+
+def enumerate_layouts(model: ModelSpec, cluster: ClusterSpec, global_batch: int, pins: LayoutPins,
+                      seq_len: int | None = None) -> list[Layout]:
+    """Every layout the pins allow, smallest tp then pp first (sequence parallelism off before on where
+    both are searched). Raises SpecError (one line, naming the pinned flag and what would work) when the
+    pins leave none. ``seq_len``: the plans' sequence length (None: the model's)."""
     gpus, per_node, layers = pins.gpus, cluster.gpus_per_node, model.num_pipeline_layers
     tps = [t for t in divisors(per_node) if gpus % t == 0 and _tp_allowed(model, t)]
     if pins.tp is not None:
@@ -98,11 +114,10 @@ def enumerate_layouts(model: ModelSpec, cluster: ClusterSpec, global_batch: int,
                 continue
             if (pins.pp is not None and pp != pins.pp) or (pins.dp is not None and dp != pins.dp):
                 continue
-            sp = pins.sequence_parallel if pins.sequence_parallel is not None else tp > 1
+            sps = ((pins.sequence_parallel,) if pins.sequence_parallel is not None
+                   else sequence_parallel_choices(model, cluster, tp, seq_len or model.seq_len))
             do = pins.distributed_optimizer if pins.distributed_optimizer is not None else dp > 1
-            if sp and tp == 1:
-                continue
-            out.append(Layout(tp, pp, dp, sp, do))
+            out += [Layout(tp, pp, dp, sp, do) for sp in sps if not (sp and tp == 1)]
     if not out:
         raise SpecError(_no_layout(model, global_batch, pins, tps))
     return out
