@@ -154,8 +154,10 @@ def test_sequence_parallel_collectives_match_megatrons_count(ranks):
     # all-gather before QKV and before FC1, a reduce-scatter after attention-out and after FC2
     # (Korthikanti et al. 2022, Fig. 5); the embedding's reduce-scatter; the head's all-gather; the
     # cross-entropy's 3 all-reduces of one number per token. Backward: the conjugates (each gather's
-    # gradient reduce-scattered, each scatter's gathered), no all-reduce, except that the 2nd (last of
-    # m = 2) backward sums the replicated norms' gradients: (2 per block + the final norm) x (weight, bias).
+    # gradient reduce-scattered, each scatter's gathered) and, as Megatron keeps only the shard of a
+    # column-parallel input, that input gathered once more (QKV's, FC1's, the head's: one per region,
+    # in B or I, none in W); no all-reduce, except that the 2nd (last of m = 2) backward sums the
+    # replicated norms' gradients: (2 per block + the final norm) x (weight, bias).
     blocks, h = load_model("tiny").num_layers, load_model("tiny").hidden
     pairs = 2 * blocks + 1
     tokens = worker.BATCH * worker.SEQ
@@ -164,10 +166,10 @@ def test_sequence_parallel_collectives_match_megatrons_count(ranks):
     calls = ranks[0]["sp"]["calls"]
     assert calls == [
         {"all_gather": pairs, "reduce_scatter": pairs, "all_reduce": 3},                      # F0
-        {"all_gather": 2 * pairs, "reduce_scatter": 2 * pairs, "all_reduce": 3},              # + B0
-        {"all_gather": 4 * pairs, "reduce_scatter": 4 * pairs, "all_reduce": 3 + 3 + 1},      # + F1, I1
-        {"all_gather": 4 * pairs, "reduce_scatter": 4 * pairs, "all_reduce": 7}]              # + W1: none
-    assert ranks[0]["sp"]["elements"][-1] == {"all_gather": 4 * pairs * shard, "reduce_scatter": 4 * pairs * shard,
+        {"all_gather": 3 * pairs, "reduce_scatter": 2 * pairs, "all_reduce": 3},              # + B0
+        {"all_gather": 6 * pairs, "reduce_scatter": 4 * pairs, "all_reduce": 3 + 3 + 1},      # + F1, I1
+        {"all_gather": 6 * pairs, "reduce_scatter": 4 * pairs, "all_reduce": 7}]              # + W1: none
+    assert ranks[0]["sp"]["elements"][-1] == {"all_gather": 6 * pairs * shard, "reduce_scatter": 4 * pairs * shard,
                                               "all_reduce": 6 * tokens + norms}
     assert ranks[1]["sp"]["calls"] == calls
 

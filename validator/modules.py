@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pipeplan.model import BLOCK, EMBEDDING, HEAD, ModelSpec
 
+from .sequence_saves import shard_saves
 from .tensor_parallel import SINGLE, TensorGroup, VocabParallelEmbedding, vocab_parallel_cross_entropy
 
 
@@ -120,6 +121,10 @@ class Block(nn.Module):
         self.down = SplitLinear(ffn, h, store)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with shard_saves(self.tensor):  # Megatron's sequence-parallel saves (no-op otherwise)
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.tensor.enter(self.norm1(x))
         b, s, _ = y.shape  # the whole sequence (x holds s/t of it with sequence parallelism)
         q = self.q(y).view(b, s, self.heads, self.head_dim).transpose(1, 2)
@@ -162,7 +167,8 @@ class Head(nn.Module):
         self.lm_head = SplitLinear(model.hidden, tensor.local(model.vocab, "the vocabulary"), store)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.tensor.enter(self.norm(x)))
+        with shard_saves(self.tensor):
+            return self.lm_head(self.tensor.enter(self.norm(x)))
 
 
 class StageModule(nn.Module):

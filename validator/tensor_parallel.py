@@ -20,11 +20,8 @@ sequence before each column-parallel region (QKV, FC1, the LM head) and reduce-s
 backward; ``leave`` (their ``ḡ``) reduce-scatters the row-parallel partial sums (attention-out, FC2,
 the vocabulary-parallel embedding) into sequence shards and all-gathers the gradient backward: 2
 all-gathers and 2 reduce-scatters of s·b·h/t elements per block forward, their conjugates backward.
-Unlike Megatron, a column-parallel region keeps its all-gathered input whole for the backward (autograd
-saves what the matmul read), so the backward does not gather it again: t times the norm outputs'
-activation memory, and two all-gathers fewer per block than the simulator prices for Megatron
-(``pipeplan.layer_costs.block_cost``). The calibrated prediction times the ops as they ran; an a-priori
-prediction of a sequence-parallel run here counts those two all-gathers too many.
+As Megatron, a column-parallel region keeps only this rank's shard of its gathered input for the
+backward and gathers it again there (``sequence_saves``): one more all-gather per region backward.
 The replicated weights then see only their rank's tokens, so their gradients are summed over the
 group once all backwards are done (``reduce_replicated_grads``, Megatron's all-reduce of the
 layernorm gradients under sequence parallelism). Tensors here are [batch, sequence, hidden]; the
@@ -68,6 +65,8 @@ class TensorGroup:
     sequence_parallel: bool = False
     calls: dict = field(default_factory=dict, compare=False)
     elements: dict = field(default_factory=dict, compare=False)
+    # Called with (whole, shard) after ``enter`` gathers a sequence (``sequence_saves.shard_saves``).
+    on_gather: object = field(default=None, compare=False)
 
     def _count(self, kind: str, numel: int) -> None:
         self.calls[kind] = self.calls.get(kind, 0) + 1
@@ -163,7 +162,12 @@ class _SequenceExchange(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, tensor, gather):  # type: ignore[override]
         ctx.tensor, ctx.gather = tensor, gather
-        return tensor.gather_sequence(x) if gather else tensor.scatter_sequence(x)
+        if not gather:
+            return tensor.scatter_sequence(x)
+        whole = tensor.gather_sequence(x)
+        if tensor.on_gather is not None:
+            tensor.on_gather(whole, x)
+        return whole
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
