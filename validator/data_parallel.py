@@ -5,9 +5,9 @@ The simulator ends every training iteration with them (``pipeplan.dataparallel``
 stream that waits for it. The validator runs and times the same ops:
 
 * ``REDUCE_GRAD(s)``: the stage's gradients, which live in one flat buffer (``compute.StageRunner``),
-  all-reduced (summed) in place over its data-parallel group. A thread of the rank stands for the communication stream: it runs the
-  reductions one after another in the order they were handed to it, each from when the thread
-  starts it to when the all-reduce returns. With the plan's ``overlap_grad_reduce`` a stage is
+  all-reduced (summed) in place over its data-parallel group. A thread of the rank stands for the
+  communication stream: it runs the reductions one after another in the order they were handed to it,
+  each from when the thread starts it to when the all-reduce returns. With the plan's ``overlap_grad_reduce`` a stage is
   handed over right after its last backward (B, or W with a split backward) and overlaps the
   device's remaining backwards (Megatron's ``--overlap-grad-reduce``, each model chunk its own
   buffer); without it every reduction is handed over after the device's last backward, the stage
