@@ -89,7 +89,8 @@ def sequence_parallel_choices(model: ModelSpec, cluster: ClusterSpec, tp: int, s
     if tp == 1:
         return (False,)
     layers = range(model.num_pipeline_layers)
-    with_sp, without = (sum(_layer_price(model, cluster, i, 1, seq_len, tp, sp)[0] for i in layers) for sp in (True, False))
+    with_sp, without = (sum(_layer_price(model, cluster, i, 1, seq_len, tp, sp)[0] for i in layers)
+                        for sp in (True, False))
     return (True,) if with_sp <= without else (False, True)
 
 
