@@ -9,7 +9,7 @@
   data-parallel group as the run does (handed to the communication thread after the stage's last
   backward, every data rank having replayed its own ops): that is the reduction's cost at the
   stage's gradient size, and ``reduction_round`` adds its latency (a one-element all-reduce, every
-  member starting together) and the distributed optimizer's parameter all-gather. Timed alone after a
+  member starting together) and times the distributed optimizer's parameter all-gather. Timed alone after a
   barrier instead, the reduction missed what it costs in the run: the replicas' compute drifts apart
   by milliseconds within an iteration and the reduction waits for the slowest (on the CPU VM dp = 2
   reduced in 3.4 ms alone, 4-10 ms in the run), which a simulator of one replica cannot show.
@@ -147,12 +147,13 @@ def stage_timings(samples: list[dict[int, dict[str, list[float]]]],
 def reduction_round(runners: dict[int, StageRunner], group, reps: int, timeout: float,
                     distributed: bool = False, rank: int = 0, ranks: int = 1) -> dict[tuple[int, str], tuple[list, list]]:
     """Each of this rank's stages' data-parallel collectives over ``group``, ``reps`` times as a one-element
-    all-reduce and as the run does them (``data_parallel``: the flat gradient buffer all-reduced or,
-    with the ``distributed`` optimizer, reduce-scattered, and its parameter all-gather; on zero gradients
-    and the unchanged parameters here, gradients cleared afterwards), every member starting together (a
-    barrier of the group before each): {(stage, kind): (small, big)} seconds on this rank. Every data group
-    of the run does this at the same time, as their collectives overlap in the run."""
-    from .data_parallel import _padded, gather_stage, reduce_stage, scatter_stage
+    all-reduce (the latency of ``REDUCE_GRAD`` and, with the ``distributed`` optimizer, ``GATHER_PARAMS``)
+    and the parameter all-gather as the run does it (``data_parallel.gather_stage``, the unchanged
+    parameters here), every member starting together (a barrier of the group before each):
+    {(stage, kind): (small, big)} seconds on this rank, ``big`` empty for the gradient reduction, which
+    the replay times where the run has it (``replay_round``). Every data group of the run does this at the
+    same time, as their collectives overlap in the run."""
+    from .data_parallel import _padded, gather_stage
 
     def current_shard(runner):
         flat = _padded(torch.cat([p.detach().reshape(-1) for p in runner.module.parameters()]), ranks)
@@ -161,43 +162,42 @@ def reduction_round(runners: dict[int, StageRunner], group, reps: int, timeout: 
     measured = {}
     for stage, runner in sorted(runners.items()):
         one = torch.zeros(1, dtype=runner.dtype, device=runner.device)
-        kinds = {REDUCE_GRAD: (lambda: scatter_stage(runner, group, ranks)) if distributed
-                 else (lambda: reduce_stage(runner, group))}
+        kinds = {REDUCE_GRAD: None}  # the reduction itself: timed in the replay
         if distributed:
             shard = current_shard(runner)  # every rank's parameters are the same: gathering changes nothing
             kinds[GATHER_PARAMS] = lambda: gather_stage(runner, shard, group, ranks)
         for kind, work in kinds.items():
-            lists = []
-            for reduce in (lambda: dist.all_reduce(one, group=group), work):
-                times = []
+            lists = [[], []]
+            for which, reduce in enumerate((lambda: dist.all_reduce(one, group=group), work)):
+                if reduce is None:
+                    continue
                 for _ in range(reps):
                     with talking_to(None, "timing a data-parallel collective"):
                         dist.barrier(group=group)
                         start = time.perf_counter()
                         reduce()
                         _sync(runner.device)
-                        times.append(time.perf_counter() - start)
-                lists.append(times)
+                        lists[which].append(time.perf_counter() - start)
             measured[(stage, kind)] = tuple(lists)
-        runner.zero_grads()
     return measured
 
 
 def reduction_timings(samples: list[dict[tuple[int, str], tuple[list, list]]], runners: dict[int, StageRunner],
-                      replayed: list[dict[int, dict[str, list[float]]]] = ()) -> list[CollectiveProfile]:
+                      replayed: list[dict[int, dict[str, list[float]]]]) -> list[CollectiveProfile]:
     """Per stage and kind, the collective's latency (median at one element) and bandwidth (the stage's
     gradient bytes over the extra time), as ``link_timings`` makes a link's. The extra time is over the
-    mean of the ``replayed`` rounds' reductions where they have some (``replay_round``: as the run does
-    them; a mean, as for the ops, since the reduction is one more term of the iteration's sum), else over
-    the median of ``reduction_round``'s."""
+    mean of the ``replayed`` rounds' gradient reductions (``replay_round``: as the run does them; a mean,
+    as for the ops, since the reduction is one more term of the iteration's sum), and over the median of
+    ``reduction_round``'s for the parameter all-gather."""
     from .data_parallel import gradient_elements
 
     out = []
     for stage, kind in sorted({key for s in samples for key in s}):
         small = [t for s in samples for t in s[(stage, kind)][0]]
-        in_replay = [t for r in replayed for t in r.get(stage, {}).get(kind, [])]
-        big = statistics.fmean(in_replay) if in_replay else statistics.median(
-            t for s in samples for t in s[(stage, kind)][1])
+        if kind == REDUCE_GRAD:
+            big = statistics.fmean(t for r in replayed for t in r[stage][kind])
+        else:
+            big = statistics.median(t for s in samples for t in s[(stage, kind)][1])
         runner = runners[stage]
         elem = torch.empty((), dtype=runner.dtype).element_size()
         nbytes = gradient_elements(runner) * elem
