@@ -20,10 +20,8 @@ simulator's cost model charges (``pipeplan.costs``, ``Work.rerun``).
 The weights are updated once per iteration, after every op (``step``), with plain SGD. Every parameter's
 ``.grad`` is a view into one flat buffer per stage, allocated once and zeroed after each step (Megatron's
 contiguous gradient buffer, torch DDP's ``gradient_as_bucket_view``): autograd and W accumulate into it in
-place, and the data-parallel reduction communicates it as it is, with no copy. (Flattening the gradients
-into a fresh buffer at every reduction, as this did before, page-faulted the buffer in: on the CPU VM that
-cat took 7 ms instead of 0.5 ms in most run iterations but not in the calibration's back-to-back reductions,
-and dp = 2 measured 5-10 points more bubble than predicted.)
+place, and the data-parallel reduction communicates it as it is, with no copy: a fresh flat copy per
+reduction is new memory each time, whose page faults cost 7 ms of a 12 ms reduction on the CPU VM.
 
 Tensor parallelism (``tensor``, t > 1): the stage is built as at tp = 1 from the same seed and cut into
 this tensor rank's share (``tensor_parallel.shard_state``). With sequence parallelism the boundary tensors

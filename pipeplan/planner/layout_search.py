@@ -95,8 +95,10 @@ def given_config(base: OptimizeRequest, pins: LayoutPins, config: GivenConfig) -
     """The given configuration simulated on the request's model, cluster and batch (one-line errors);
     sequence parallelism and the distributed optimizer as the search would set them (the pins, else on;
     sequence parallelism off where it runs slower, ``layouts.sequence_parallel_choices``)."""
-    open_sp = sequence_parallel_choices(base.model, base.cluster, config.tp, base.sequence_length) == (True,)
-    sp = config.tp > 1 and (pins.sequence_parallel if pins.sequence_parallel is not None else open_sp)
+    if pins.sequence_parallel is not None:
+        sp = config.tp > 1 and pins.sequence_parallel
+    else:
+        sp = sequence_parallel_choices(base.model, base.cluster, config.tp, base.sequence_length) == (True,)
     do = config.dp > 1 and pins.distributed_optimizer is not False
     layout = Layout(config.tp, config.pp, config.dp, sp, do)
     request = layout_request(base, layout)
