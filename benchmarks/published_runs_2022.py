@@ -32,9 +32,10 @@ plans cannot say that (``scatter_gather_p2p`` needs sp off), so they send s·b·
 Megatron of 2022 ran the backward's tensor-parallel collectives asynchronously (``mpu/layers.py``,
 ``LinearWithGradAccumulationAndAsyncCommunication``): the input gradient's all-reduce beside the
 weight-gradient GEMM; with sequence parallelism the input's second all-gather beside the input-gradient
-GEMM and the reduce-scatter beside the weight-gradient GEMM. The cost model keeps the backward's
-collectives on its critical path and has no second all-gather: what running beside a GEMM costs both
-(SMs and memory they share) is not modelled.
+GEMM and the reduce-scatter beside the weight-gradient GEMM. The cost model prices those collectives
+(the second all-gather included) on the backward's critical path: what running beside a GEMM costs both
+(SMs and memory they share) is not modelled, so the backward is expected slower than Table 4's and the
+forward, whose collectives are on its critical path in Megatron too, is the cleaner check.
 
 Run: python benchmarks/published_runs_2022.py
 """
@@ -161,7 +162,7 @@ def main() -> None:
               f"{run.present_seconds:>12.2f} {present:>9.2f} {e_present:>+7.1%} {mfu:>6.1%}  "
               f"{run.full_recompute_seconds:>6.2f} {full:>9.2f} {e_full:>+7.1%}")
     print(f"mean absolute error {sum(errors) / len(errors):.1%}, worst {max(errors):.1%} over the 8 runs "
-          f"(target: every run within 20 %)")
+          f"(targets: mean <= 10 %, every run within 20 %)")
 
 
 if __name__ == "__main__":

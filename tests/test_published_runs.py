@@ -11,10 +11,6 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-OPTIMISTIC = ("every row is optimistic with the A100's own constants (GEMM ceiling 0.88, kernels at 1.8 TB/s, "
-              "standard attention's scores at the rates FlashAttention's authors timed Megatron's attention at, "
-              "NCCL's 230 GB/s NVLink), the runs' own data-parallel implementation and Megatron-LM 2021's "
-              "extra passes and fp16 optimizer: 13.0 % mean (README, published runs)")
 
 
 def _load(name):
@@ -39,7 +35,6 @@ def test_table_1_every_row_within_twenty_percent(errors):
     assert max(abs(e) for e in errors) <= 0.20, errors
 
 
-@pytest.mark.xfail(strict=True, reason=OPTIMISTIC)
 def test_table_1_within_ten_percent_on_average(errors):
     assert sum(abs(e) for e in errors) / len(errors) <= 0.10, errors
 
@@ -67,10 +62,20 @@ def test_korthikanti_2022_layer_within_twenty_percent(runs_2022):
         assert f + b == pytest.approx(forward + backward, rel=0.20), (recompute, sp, f, b)
 
 
-def test_korthikanti_2022_every_run_within_twenty_percent(runs_2022):
+def test_korthikanti_2022_layer_forwards_within_three_percent(runs_2022):
+    # The forward's collectives are on its critical path in Megatron-LM of 2022 as in the cost model (the
+    # backward's ran beside the weight-gradient GEMMs, which the model does not price): the forward
+    # times the A100's GEMM ceiling, norms, attention and collectives against a measurement in training.
+    for (recompute, sp), (forward, _) in runs_2022.LAYER_22B.items():
+        f, _ = runs_2022.layer_milliseconds(recompute, sp)
+        assert f == pytest.approx(forward, rel=0.03), (recompute, sp, f)
+
+
+def test_korthikanti_2022_every_run_within_twenty_percent_and_ten_on_average(runs_2022):
     errors = [r.present_seconds / runs_2022.predicted_seconds(r) - 1 for r in runs_2022.TABLE]
     errors += [r.full_recompute_seconds / runs_2022.predicted_seconds(r, present=False) - 1 for r in runs_2022.TABLE]
     assert max(abs(e) for e in errors) <= 0.20, errors
+    assert sum(abs(e) for e in errors) / len(errors) <= 0.10, errors
 
 
 def test_standard_attention_scores_are_counted_as_megatrons_kernels_move_them():
