@@ -9,7 +9,7 @@ import pytest
 
 import pipeplan
 from pipeplan.bands import plan_band
-from pipeplan.cli.validate import format_report
+from pipeplan.cli.validate import band_lines, format_report
 from pipeplan.validation import repredict_bands
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +96,30 @@ def test_a_validation_report_prints_where_the_measurement_fell():
     calibrated = next(l for l in text.splitlines() if l.startswith("measured vs the calibrated 90 % band:"))
     inside = record["bands"]["predicted"]["inside"]["iteration_time"]
     assert f"iteration {'inside' if inside['median'] else 'OUTSIDE'} ({inside['iterations']} of 10" in calibrated
+
+
+def test_a_plan_without_a_pipeline_leaves_its_bubble_unjudged():
+    # p = 1, t = 2 (validation/plans/tiny-tp2-sp.json): every sample's bubble is 0, whatever the op times, so
+    # the band is [0, 0]; a run's idle time between ops (its host's gaps, 0.04 % in the README's run) would
+    # be "OUTSIDE" every time. The report marks the bubble unjudged and the text says so; a pipeline's
+    # bubble band (tiny zb-h1, p = 2) has width and is judged.
+    from pipeplan.validation.report import bands_section
+    tp_plan = VALIDATION / "plans" / "tiny-tp2-sp.json"
+    for path, judged in ((tp_plan, False), (PLAN, True)):
+        result = pipeplan.simulate(plan=pipeplan.Plan.load(str(path)), base_dir=path.parent)
+        time = result.iteration_time
+        runs = [{"iteration_time": time * f, "bubble_fraction": 0.0004} for f in (0.99, 1.0, 1.01)]
+        bands = bands_section(result, result, None, {"iteration_time": time, "bubble_fraction": 0.0004,
+                                                     "iterations": runs}, samples=40)
+        for key in ("predicted", "apriori"):
+            bubble = bands[key]["bubble_fraction"]
+            assert (bubble["low"] == bubble["high"] == 0.0) is not judged
+            assert bands[key]["inside"]["bubble_fraction"].get("judged", True) is judged
+            assert "judged" not in bands[key]["inside"]["iteration_time"]
+        if not judged:
+            lines = band_lines({"bands": bands})
+            assert len(lines) == 2 and all("bubble not judged (the band has no width" in line for line in lines)
+            assert all("iteration inside (3 of 3 iterations inside)" in line for line in lines)
 
 
 def test_the_recorded_runs_fall_inside_their_bands():

@@ -99,15 +99,15 @@ def row(name: str, scale: float, reports: list[dict]) -> str:
 
 def band_counts(reports: list[dict], kind: str) -> tuple[int, int]:
     """(cases whose measured median fell inside ``kind``'s 90 % band, cases): iteration time and bubble
-    of every report that has a band."""
+    of every report that has a band, less the bubbles a band without width leaves unjudged."""
     inside = [r["bands"][kind]["inside"][q]["median"] for r in reports if kind in r.get("bands", {})
-              for q in ("iteration_time", "bubble_fraction")]
+              for q in ("iteration_time", "bubble_fraction") if r["bands"][kind]["inside"][q].get("judged", True)]
     return sum(inside), len(inside)
 
 
 def _held(reports: list[dict], kind: str) -> str:
-    held = [[r["bands"][kind]["inside"][q]["median"] for r in reports if kind in r.get("bands", {})]
-            for q in ("iteration_time", "bubble_fraction")]
+    held = [[r["bands"][kind]["inside"][q]["median"] for r in reports if kind in r.get("bands", {})
+             and r["bands"][kind]["inside"][q].get("judged", True)] for q in ("iteration_time", "bubble_fraction")]
     label = "a priori" if kind == "apriori" else "calibrated"
     if not held[0]:
         return f"{label}: no band"

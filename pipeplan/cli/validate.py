@@ -62,7 +62,8 @@ def _band_text(band: dict[str, Any] | None, key: str, fmt) -> str:
     if not band or key not in band:
         return ""
     inside = band.get("inside", {}).get(key, {})
-    return f"{fmt(band[key]['low'])} .. {fmt(band[key]['high'])}" + ("" if inside.get("median", True) else " *")
+    missed = not inside.get("median", True) and inside.get("judged", True)
+    return f"{fmt(band[key]['low'])} .. {fmt(band[key]['high'])}" + (" *" if missed else "")
 
 
 def band_lines(report: dict[str, Any]) -> list[str]:
@@ -78,6 +79,10 @@ def band_lines(report: dict[str, Any]) -> list[str]:
         said = []
         for name, what in (("iteration_time", "iteration"), ("bubble_fraction", "bubble")):
             inside = band["inside"][name]
+            if not inside.get("judged", True):
+                said.append(f"{what} not judged (the band has no width: no op time moves the predicted bubble, "
+                            f"and what idles between ops is the host's)")
+                continue
             said.append(f"{what} {'inside' if inside['median'] else 'OUTSIDE'} ({inside['iterations']} of "
                         f"{inside['of']} iterations inside)")
         lines.append(f"measured vs the {label} {100 * band['level']:.0f} % band: {', '.join(said)}; "

@@ -162,6 +162,10 @@ def bands_section(calibrated: PlanResult, apriori: PlanResult, profile: Profile,
         for name, bounds in (("iteration_time", band.iteration_time), ("bubble_fraction", band.bubble_fraction)):
             inside[name] = {"median": bounds.contains(measured[name]),
                             "iterations": sum(bounds.contains(run[name]) for run in runs), "of": len(runs)}
+        if band.bubble_fraction.low == band.bubble_fraction.high:
+            # No sample moved the bubble (a plan without a pipeline, nothing exposed): the measured idle
+            # time is the host's gaps between ops, which no prediction holds, so the band cannot judge it.
+            inside["bubble_fraction"]["judged"] = False
         out[key] = {**band.to_dict(), "inside": inside}
     return out
 

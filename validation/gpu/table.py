@@ -34,6 +34,8 @@ def _band(report: dict, key: str, name: str) -> str:
     if key not in bands:
         return "-"
     inside = bands[key]["inside"][name]
+    if not inside.get("judged", True):
+        return "n/a"
     return f"{'in' if inside['median'] else 'OUT'} ({inside['iterations']}/{inside['of']})"
 
 
