@@ -118,7 +118,7 @@ def test_a_plan_without_a_pipeline_leaves_its_bubble_unjudged():
             assert "judged" not in bands[key]["inside"]["iteration_time"]
         if not judged:
             lines = band_lines({"bands": bands})
-            assert len(lines) == 2 and all("bubble not judged (the band has no width" in line for line in lines)
+            assert len(lines) == 2 and all("bubble not judged (the band has no width: no sample moved" in line for line in lines)
             assert all("iteration inside (3 of 3 iterations inside)" in line for line in lines)
 
 

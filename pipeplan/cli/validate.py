@@ -80,8 +80,8 @@ def band_lines(report: dict[str, Any]) -> list[str]:
         for name, what in (("iteration_time", "iteration"), ("bubble_fraction", "bubble")):
             inside = band["inside"][name]
             if not inside.get("judged", True):
-                said.append(f"{what} not judged (the band has no width: no op time moves the predicted bubble, "
-                            f"and what idles between ops is the host's)")
+                said.append(f"{what} not judged (the band has no width: no sample moved the predicted bubble, "
+                            f"as in a plan without a pipeline, and what idles between its ops is the host's)")
                 continue
             said.append(f"{what} {'inside' if inside['median'] else 'OUTSIDE'} ({inside['iterations']} of "
                         f"{inside['of']} iterations inside)")
