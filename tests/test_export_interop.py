@@ -154,7 +154,6 @@ def titan_config(words: list[str], config: str):
 def test_torchtitan_loads_the_exported_options_to_the_plans_degrees_and_stages(tmp_path):
     pytest.importorskip("torchtitan.config", reason="torchtitan not installed (pip install -e '.[interop]')")
     from torch.distributed.pipelining import schedules as torch_schedules
-    from torchtitan.distributed.pipeline_parallel import _get_pp_rank_to_stage_indices_mapping
 
     six = dict(load_model("tiny").to_dict(), name="tiny-6", num_layers=6)  # llama3_debugmodel's 6 layers
     cases = [(pipeplan.optimize(six, CPU, global_batch=16, pp=2, schedules=[name]).plan, "llama3_debugmodel")
@@ -185,9 +184,14 @@ def test_torchtitan_loads_the_exported_options_to_the_plans_degrees_and_stages(t
                                                        + ["norm", "lm_head"])
         for s in range(plan.num_stages):
             assert [int(n.split(".")[1]) for n in parts[s] if n.startswith("layers.")] == blocks_of(plan, r.model, s)
-        for rank in range(plan.pp):  # torchtitan places the parts by the schedule's name
-            placed = _get_pp_rank_to_stage_indices_mapping(rank, plan.pp, par.pipeline_parallel_schedule, len(parts))
-            assert list(placed) == r.schedule.stages_of(rank)
+        # torchtitan places the parts by the schedule's class (its pipeline_llm): V-shaped for torch's
+        # ScheduleZBVZeroBubble and ScheduleDualPipeV (rank r: stages r and 2p-1-r), else looped (r, r+p, ...)
+        v_shaped = issubclass(torch_schedules.get_schedule_class(par.pipeline_parallel_schedule),
+                              (torch_schedules.ScheduleZBVZeroBubble, torch_schedules.ScheduleDualPipeV))
+        for rank in range(plan.pp):
+            placed = [s for s in range(len(parts))
+                      if (min(s, 2 * plan.pp - 1 - s) if v_shaped else s % plan.pp) == rank]
+            assert placed == r.schedule.stages_of(rank)
         if export.schedule_csv is None:
             assert par.pipeline_parallel_schedule_csv == ""
             assert torch_schedules.get_schedule_class(par.pipeline_parallel_schedule).__name__ \

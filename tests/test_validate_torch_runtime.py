@@ -283,14 +283,14 @@ def test_gloo_threads_get_a_short_slice_and_the_compute_thread_keeps_its_own():
     import ctypes
     import threading
 
-    from validator.comm_threads import _SchedAttr, shorten_comm_slices
+    from validator.comm_threads import shorten_comm_slices, thread_slice
 
     libc = ctypes.CDLL(None, use_errno=True)
 
     def slice_of(tid):
-        attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr))
-        assert libc.syscall(315, tid, ctypes.byref(attr), attr.size, 0) == 0
-        return attr.sched_runtime
+        runtime = thread_slice(tid)
+        assert runtime is not None
+        return runtime
 
     ready, stop, tids = threading.Event(), threading.Event(), []
 

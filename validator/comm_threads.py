@@ -28,16 +28,29 @@ class _SchedAttr(ctypes.Structure):
                 ("sched_util_min", ctypes.c_uint32), ("sched_util_max", ctypes.c_uint32)]
 
 
-def _set_slice(libc, tid: int, nanoseconds: int) -> bool:
+def _sched_attr(libc, tid: int) -> _SchedAttr | None:
     attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr))
-    if libc.syscall(_SYS_SCHED_GETATTR, tid, ctypes.byref(attr), attr.size, 0) != 0 or attr.sched_policy != 0:
+    return attr if libc.syscall(_SYS_SCHED_GETATTR, tid, ctypes.byref(attr), attr.size, 0) == 0 else None
+
+
+def thread_slice(tid: int) -> int | None:
+    """The scheduler slice (``sched_runtime``, ns) the kernel reports for thread ``tid``; None where it
+    cannot say (not x86_64, no such thread)."""
+    if os.uname().machine != "x86_64":
+        return None
+    attr = _sched_attr(ctypes.CDLL(None, use_errno=True), tid)
+    return None if attr is None else attr.sched_runtime
+
+
+def _set_slice(libc, tid: int, nanoseconds: int) -> bool:
+    attr = _sched_attr(libc, tid)
+    if attr is None or attr.sched_policy != 0:
         return False  # not an ordinary (SCHED_OTHER) thread: leave it alone
     attr.size, attr.sched_runtime = ctypes.sizeof(_SchedAttr), nanoseconds
     if libc.syscall(_SYS_SCHED_SETATTR, tid, ctypes.byref(attr), 0) != 0:
         return False
-    check = _SchedAttr(size=ctypes.sizeof(_SchedAttr))
-    libc.syscall(_SYS_SCHED_GETATTR, tid, ctypes.byref(check), check.size, 0)
-    return check.sched_runtime == nanoseconds
+    check = _sched_attr(libc, tid)
+    return check is not None and check.sched_runtime == nanoseconds
 
 
 def shorten_comm_slices(nanoseconds: int = COMM_SLICE_NS) -> int:
