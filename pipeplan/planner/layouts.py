@@ -109,14 +109,14 @@ def enumerate_layouts(model: ModelSpec, cluster: ClusterSpec, global_batch: int,
         tps = [pins.tp]
     out = []
     for tp in tps:
+        sps = ((pins.sequence_parallel,) if pins.sequence_parallel is not None
+               else sequence_parallel_choices(model, cluster, tp, seq_len or model.seq_len))
         for pp in divisors(gpus // tp):
             dp = gpus // (tp * pp)
             if pp > layers or global_batch % dp:
                 continue
             if (pins.pp is not None and pp != pins.pp) or (pins.dp is not None and dp != pins.dp):
                 continue
-            sps = ((pins.sequence_parallel,) if pins.sequence_parallel is not None
-                   else sequence_parallel_choices(model, cluster, tp, seq_len or model.seq_len))
             do = pins.distributed_optimizer if pins.distributed_optimizer is not None else dp > 1
             out += [Layout(tp, pp, dp, sp, do) for sp in sps if not (sp and tp == 1)]
     if not out:
